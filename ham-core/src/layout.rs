@@ -1,0 +1,707 @@
+//! The state segment's layout: a [`Header`] followed by a fixed-capacity table of
+//! [`EntitySlot`]s.
+//!
+//! Everything here is `#[repr(C)]` and made only of atomics, so that
+//! * any bit pattern is a valid value (a reader can never be handed an invalid enum or bool);
+//! * concurrent access from several processes is defined behaviour (no plain loads racing stores);
+//! * the layout is the same for every build of ham that shares [`LAYOUT_VERSION`].
+//!
+//! # The record protocol (A/B copies)
+//! The HAM is the single writer, and it may be SIGKILLed between any two instructions. A
+//! plain seqlock would then be left odd forever. Each entity slot instead holds two copies of
+//! its record. A copy is `checksum` + `body`, and `body[GEN]` is its generation. The newest
+//! copy whose checksum matches its body is the record; a slot with no valid copy is free
+//! (a zero-filled segment is therefore all free).
+//!
+//! To publish generation `g + 1` the writer overwrites the copy at index `(g + 1) % 2`,
+//! never the copy holding `g`:
+//! 1. `checksum := 0` (the copy is now invalid), then a release fence so that no body store
+//!    is seen before it;
+//! 2. the body words, relaxed;
+//! 3. `checksum := sum(body)` with `Release`, pairing with the `Acquire` load in
+//!    [`EntityCopy::load`].
+//!
+//! A writer killed anywhere in steps 1–3 leaves that copy invalid (or, if it died after
+//! step 3, complete), and the other copy still holds generation `g`. A reader that races the
+//! writer sees a body that does not match the checksum it loaded and retries.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// `b"HAMSTATE"` read as a little-endian `u64`.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
+/// Bumped on every incompatible change of anything in this module.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Longest entity name, in bytes (UTF-8).
+pub const NAME_MAX: usize = 63;
+const NAME_WORDS: usize = 8;
+
+/// Header flag: `hamctl shutdown` (or SIGTERM) was received; the HAM is stopping on purpose,
+/// and a Guardian must not take over.
+pub const FLAG_STOP_INTENT: u32 = 1 << 0;
+/// Header flag: this HAM found a valid segment at start and re-adopted it (warm start).
+pub const FLAG_WARM_START: u32 = 1 << 1;
+
+/// The segment header. Written only by the HAM that owns the current epoch.
+#[repr(C, align(64))]
+pub struct Header {
+    /// [`MAGIC`]; stored last (with `Release`) when a segment is created.
+    magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    layout_version: AtomicU32,
+    /// `size_of::<Header>()` of the writer.
+    header_size: AtomicU32,
+    /// Size of the whole object in bytes.
+    total_size: AtomicU64,
+    /// Number of entity slots.
+    entity_capacity: AtomicU32,
+    /// `size_of::<EntitySlot>()` of the writer.
+    slot_size: AtomicU32,
+    /// Byte offset of slot 0.
+    entities_offset: AtomicU64,
+    /// Bumped by each HAM that takes ownership; every write checks it still owns it.
+    epoch: AtomicU64,
+    /// Pid of the HAM owning `epoch` (stored as `u32`).
+    ham_pid: AtomicU32,
+    /// Pid of the current Guardian, 0 if none.
+    guardian_pid: AtomicU32,
+    /// Start time (clock ticks since boot, `/proc/PID/stat` field 22) of `ham_pid`.
+    ham_start_time: AtomicU64,
+    /// Start time of `guardian_pid`.
+    guardian_start_time: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds of the HAM's last loop turn; the Guardian's lease.
+    liveness: AtomicU64,
+    /// `FLAG_*` bits.
+    flags: AtomicU32,
+    /// Slots `0..entity_count` have ever been used; readers need not look further.
+    entity_count: AtomicU32,
+    /// Wall-clock nanoseconds since the Unix epoch when the segment was created.
+    created_unix_ns: AtomicU64,
+    /// Times a HAM died and was replaced (QNX's "Ham Failures").
+    ham_failures: AtomicU32,
+    /// Times a Guardian died and was replaced.
+    guardian_failures: AtomicU32,
+    /// Intent slot for changes that span records; reserved for the takeover protocol.
+    intent: [AtomicU64; 8],
+    _reserved: [AtomicU64; 42],
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() == 512);
+const _: () = assert!(std::mem::align_of::<Header>() == 64);
+
+/// What a reader takes from the header in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    pub epoch: u64,
+    pub ham_pid: i32,
+    pub ham_start_time: u64,
+    pub guardian_pid: i32,
+    pub guardian_start_time: u64,
+    pub liveness_ns: u64,
+    pub flags: u32,
+    pub entity_count: u32,
+    pub entity_capacity: u32,
+    pub created_unix_ns: u64,
+    pub ham_failures: u32,
+    pub guardian_failures: u32,
+}
+
+impl Header {
+    /// Loads every reader-visible field (each word is read atomically; fields written by
+    /// different steps of the HAM may come from different moments).
+    pub fn snapshot(&self) -> HeaderSnapshot {
+        HeaderSnapshot {
+            // Acquire pairs with the Release stores of `set_epoch`.
+            epoch: self.epoch.load(Ordering::Acquire),
+            ham_pid: self.ham_pid.load(Ordering::Relaxed) as i32,
+            ham_start_time: self.ham_start_time.load(Ordering::Relaxed),
+            guardian_pid: self.guardian_pid.load(Ordering::Relaxed) as i32,
+            guardian_start_time: self.guardian_start_time.load(Ordering::Relaxed),
+            liveness_ns: self.liveness.load(Ordering::Relaxed),
+            flags: self.flags.load(Ordering::Relaxed),
+            entity_count: self.entity_count.load(Ordering::Relaxed),
+            entity_capacity: self.entity_capacity.load(Ordering::Relaxed),
+            created_unix_ns: self.created_unix_ns.load(Ordering::Relaxed),
+            ham_failures: self.ham_failures.load(Ordering::Relaxed),
+            guardian_failures: self.guardian_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn magic(&self) -> u64 {
+        // Acquire pairs with the Release store in `init`: a reader that sees the magic sees
+        // every geometry field.
+        self.magic.load(Ordering::Acquire)
+    }
+    pub fn layout_version(&self) -> u32 {
+        self.layout_version.load(Ordering::Relaxed)
+    }
+    pub fn header_size(&self) -> u32 {
+        self.header_size.load(Ordering::Relaxed)
+    }
+    pub fn total_size(&self) -> u64 {
+        self.total_size.load(Ordering::Relaxed)
+    }
+    pub fn entity_capacity(&self) -> u32 {
+        self.entity_capacity.load(Ordering::Relaxed)
+    }
+    pub fn slot_size(&self) -> u32 {
+        self.slot_size.load(Ordering::Relaxed)
+    }
+    pub fn entities_offset(&self) -> u64 {
+        self.entities_offset.load(Ordering::Relaxed)
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    pub fn entity_count(&self) -> u32 {
+        self.entity_count.load(Ordering::Acquire)
+    }
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
+
+    /// Fills in a zeroed header. The magic goes last, with `Release`.
+    pub(crate) fn init(&self, total_size: u64, capacity: u32, created_unix_ns: u64) {
+        self.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        self.header_size
+            .store(std::mem::size_of::<Header>() as u32, Ordering::Relaxed);
+        self.total_size.store(total_size, Ordering::Relaxed);
+        self.entity_capacity.store(capacity, Ordering::Relaxed);
+        self.slot_size
+            .store(std::mem::size_of::<EntitySlot>() as u32, Ordering::Relaxed);
+        self.entities_offset
+            .store(std::mem::size_of::<Header>() as u64, Ordering::Relaxed);
+        self.created_unix_ns
+            .store(created_unix_ns, Ordering::Relaxed);
+        // Release pairs with the Acquire in `magic()`.
+        self.magic.store(MAGIC, Ordering::Release);
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        // Release pairs with the Acquire loads in `epoch()` / `snapshot()`.
+        self.epoch.store(epoch, Ordering::Release);
+    }
+    pub(crate) fn set_ham(&self, pid: i32, start_time: u64) {
+        self.ham_start_time.store(start_time, Ordering::Relaxed);
+        self.ham_pid.store(pid as u32, Ordering::Release);
+    }
+    pub(crate) fn set_guardian(&self, pid: i32, start_time: u64) {
+        self.guardian_start_time
+            .store(start_time, Ordering::Relaxed);
+        self.guardian_pid.store(pid as u32, Ordering::Release);
+    }
+    pub(crate) fn set_liveness(&self, mono_ns: u64) {
+        self.liveness.store(mono_ns, Ordering::Relaxed);
+    }
+    pub(crate) fn set_flags(&self, flags: u32) {
+        self.flags.store(flags, Ordering::Release);
+    }
+    pub(crate) fn set_entity_count(&self, n: u32) {
+        // Release: a reader that sees the count sees the slots published before it.
+        self.entity_count.store(n, Ordering::Release);
+    }
+    pub(crate) fn bump_ham_failures(&self) {
+        self.ham_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn bump_guardian_failures(&self) {
+        self.guardian_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entity records
+// ---------------------------------------------------------------------------------------------
+
+/// Index of each field in [`EntityCopy::body`]. The body is plain `u64` words so that the
+/// checksum covers exactly what is stored, and a new field is a new index (and a new
+/// [`LAYOUT_VERSION`]).
+mod word {
+    pub const GEN: usize = 0;
+    pub const NAME: usize = 1; // NAME..NAME+8: UTF-8, NUL padded
+    pub const PID: usize = 9;
+    pub const START_TIME: usize = 10;
+    pub const STATE: usize = 11;
+    pub const RESTARTS: usize = 12;
+    pub const STARTS: usize = 13;
+    pub const LAST_EXIT: usize = 14;
+    pub const STARTED_MONO: usize = 15;
+    pub const EXITED_MONO: usize = 16;
+    pub const STARTED_UNIX: usize = 17;
+    pub const EXITED_UNIX: usize = 18;
+    pub const BODY_WORDS: usize = 31;
+}
+const BODY_WORDS: usize = word::BODY_WORDS;
+
+/// One copy of an entity record: a checksum and the body it covers.
+#[repr(C)]
+pub struct EntityCopy {
+    /// `checksum(body)`, or 0 while the copy is being written. Written last, `Release`.
+    checksum: AtomicU64,
+    body: [AtomicU64; BODY_WORDS],
+}
+
+/// An entity slot: two copies, the newer valid one wins.
+#[repr(C, align(64))]
+pub struct EntitySlot {
+    copies: [EntityCopy; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<EntityCopy>() == 256);
+const _: () = assert!(std::mem::size_of::<EntitySlot>() == 512);
+
+/// The lifecycle state of an entity as stored in the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntityState {
+    /// Not running, and not to be started until asked (`hamctl start`).
+    Stopped = 1,
+    /// ham decided to start it and is spawning it; no pid yet.
+    Starting = 2,
+    /// Running with `pid`.
+    Running = 3,
+    /// Asked to stop: stop signal sent, waiting for its exit (SIGKILL at the deadline).
+    Stopping = 4,
+    /// Exited, and its restart mode says it stays down.
+    Exited = 5,
+    /// Spawning failed; ham tries again at a deadline.
+    Backoff = 6,
+}
+
+impl EntityState {
+    pub fn from_word(w: u64) -> Option<Self> {
+        Some(match w {
+            1 => Self::Stopped,
+            2 => Self::Starting,
+            3 => Self::Running,
+            4 => Self::Stopping,
+            5 => Self::Exited,
+            6 => Self::Backoff,
+            _ => return None,
+        })
+    }
+    /// The name used by `hamctl status` and its JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Exited => "exited",
+            Self::Backoff => "backoff",
+        }
+    }
+    /// States in which the record's pid names a live (or not yet reaped) process.
+    pub fn has_process(self) -> bool {
+        matches!(self, Self::Running | Self::Stopping)
+    }
+}
+
+/// How an entity's last run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LastExit {
+    /// It has not exited yet.
+    #[default]
+    None,
+    /// It exited with this status (0 is a clean exit).
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It died but no source could tell how; treated as abnormal.
+    Unknown,
+}
+
+impl LastExit {
+    fn to_word(self) -> u64 {
+        let (kind, value): (u64, i32) = match self {
+            Self::None => (0, 0),
+            Self::Code(c) => (1, c),
+            Self::Signal(s) => (2, s),
+            Self::Unknown => (3, 0),
+        };
+        (kind << 32) | u64::from(value as u32)
+    }
+    fn from_word(w: u64) -> Option<Self> {
+        let value = (w & 0xffff_ffff) as u32 as i32;
+        Some(match w >> 32 {
+            0 => Self::None,
+            1 => Self::Code(value),
+            2 => Self::Signal(value),
+            3 => Self::Unknown,
+            _ => return None,
+        })
+    }
+    /// A clean exit is status 0; a signal, a non-zero status or an unknown end is abnormal.
+    pub fn is_abnormal(self) -> bool {
+        !matches!(self, Self::None | Self::Code(0))
+    }
+}
+
+/// An entity record as plain data, decoded from the newest valid copy of a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityRecord {
+    /// Generation of the copy it was read from (0 for a record not yet published).
+    pub generation: u64,
+    pub name: String,
+    /// 0 when there is no process.
+    pub pid: i32,
+    /// Start time of `pid` in clock ticks since boot; with `pid` it names one process.
+    pub start_time: u64,
+    pub state: EntityState,
+    /// Automatic restarts (after a death). Operator starts are counted in `starts`.
+    pub restarts: u32,
+    /// Starts asked for by an operator (`hamctl start|restart`), including the first start.
+    pub starts: u32,
+    pub last_exit: LastExit,
+    pub started_mono_ns: u64,
+    pub exited_mono_ns: u64,
+    pub started_unix_ns: u64,
+    pub exited_unix_ns: u64,
+}
+
+impl EntityRecord {
+    /// A fresh, stopped record.
+    pub fn new(name: &str) -> Self {
+        Self {
+            generation: 0,
+            name: name.to_owned(),
+            pid: 0,
+            start_time: 0,
+            state: EntityState::Stopped,
+            restarts: 0,
+            starts: 0,
+            last_exit: LastExit::None,
+            started_mono_ns: 0,
+            exited_mono_ns: 0,
+            started_unix_ns: 0,
+            exited_unix_ns: 0,
+        }
+    }
+
+    fn encode(&self, generation: u64) -> [u64; BODY_WORDS] {
+        let mut b = [0u64; BODY_WORDS];
+        b[word::GEN] = generation;
+        let name = self.name.as_bytes();
+        let n = name.len().min(NAME_MAX);
+        let mut bytes = [0u8; NAME_WORDS * 8];
+        bytes[..n].copy_from_slice(&name[..n]);
+        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+            b[word::NAME + i] = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        }
+        b[word::PID] = u64::from(self.pid as u32);
+        b[word::START_TIME] = self.start_time;
+        b[word::STATE] = self.state as u64;
+        b[word::RESTARTS] = u64::from(self.restarts);
+        b[word::STARTS] = u64::from(self.starts);
+        b[word::LAST_EXIT] = self.last_exit.to_word();
+        b[word::STARTED_MONO] = self.started_mono_ns;
+        b[word::EXITED_MONO] = self.exited_mono_ns;
+        b[word::STARTED_UNIX] = self.started_unix_ns;
+        b[word::EXITED_UNIX] = self.exited_unix_ns;
+        b
+    }
+
+    /// Decodes a body whose checksum matched. A body with a valid checksum but impossible
+    /// contents (a writer from a bug, not a crash) is rejected as corrupt.
+    fn decode(b: &[u64; BODY_WORDS]) -> Result<Self, RecordError> {
+        let mut bytes = [0u8; NAME_WORDS * 8];
+        for i in 0..NAME_WORDS {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&b[word::NAME + i].to_le_bytes());
+        }
+        let len = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+        if len > NAME_MAX {
+            return Err(RecordError::Corrupt("name is not NUL-terminated"));
+        }
+        let name = std::str::from_utf8(&bytes[..len])
+            .map_err(|_| RecordError::Corrupt("name is not UTF-8"))?
+            .to_owned();
+        let state =
+            EntityState::from_word(b[word::STATE]).ok_or(RecordError::Corrupt("unknown state"))?;
+        let last_exit = LastExit::from_word(b[word::LAST_EXIT])
+            .ok_or(RecordError::Corrupt("unknown exit kind"))?;
+        let small = |w: u64, what| u32::try_from(w).map_err(|_| RecordError::Corrupt(what));
+        Ok(Self {
+            generation: b[word::GEN],
+            name,
+            pid: small(b[word::PID], "pid out of range")? as i32,
+            start_time: b[word::START_TIME],
+            state,
+            restarts: small(b[word::RESTARTS], "restart count out of range")?,
+            starts: small(b[word::STARTS], "start count out of range")?,
+            last_exit,
+            started_mono_ns: b[word::STARTED_MONO],
+            exited_mono_ns: b[word::EXITED_MONO],
+            started_unix_ns: b[word::STARTED_UNIX],
+            exited_unix_ns: b[word::EXITED_UNIX],
+        })
+    }
+}
+
+/// Why a slot could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A copy validated but holds impossible values.
+    #[error("record is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A 64-bit checksum of a body (a multiply–xorshift mix per word; 0 is reserved for
+/// "invalid"). It detects torn copies, not deliberate forgery: the state segment is
+/// writable only by ham itself.
+fn checksum(body: &[u64; BODY_WORDS]) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ BODY_WORDS as u64;
+    for &w in body {
+        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+    }
+    if h == 0 { 1 } else { h }
+}
+
+impl EntityCopy {
+    /// Loads this copy; `None` if it is invalid (being written, torn, or never written).
+    fn load(&self) -> Option<[u64; BODY_WORDS]> {
+        // Acquire pairs with the Release store of the checksum in `store`: every body word
+        // written before that checksum is visible, or a newer one (which then mismatches).
+        let sum = self.checksum.load(Ordering::Acquire);
+        if sum == 0 {
+            return None;
+        }
+        let mut body = [0u64; BODY_WORDS];
+        for (dst, src) in body.iter_mut().zip(self.body.iter()) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        (checksum(&body) == sum).then_some(body)
+    }
+
+    fn store(&self, body: &[u64; BODY_WORDS]) {
+        self.checksum.store(0, Ordering::Relaxed);
+        // Release fence: the invalidation above is ordered before every body store below.
+        fence(Ordering::Release);
+        for (dst, &src) in self.body.iter().zip(body.iter()) {
+            dst.store(src, Ordering::Relaxed);
+        }
+        // Release pairs with the Acquire load in `load`.
+        self.checksum.store(checksum(body), Ordering::Release);
+    }
+}
+
+/// How many times a reader retries a slot that a writer keeps changing under it.
+const READ_RETRIES: usize = 64;
+
+impl EntitySlot {
+    /// The newest valid copy's body, if any. A copy is valid when its checksum matches and
+    /// it sits at the index its generation selects (`gen % 2`, generation ≥ 1).
+    fn newest(&self) -> Result<Option<[u64; BODY_WORDS]>, RecordError> {
+        for _ in 0..READ_RETRIES {
+            let valid = |i: usize| {
+                self.copies[i]
+                    .load()
+                    .filter(|b| b[word::GEN] != 0 && (b[word::GEN] % 2) as usize == i)
+            };
+            match (valid(0), valid(1)) {
+                (Some(a), Some(b)) => {
+                    return Ok(Some(if b[word::GEN] > a[word::GEN] { b } else { a }));
+                }
+                (Some(x), None) | (None, Some(x)) => return Ok(Some(x)),
+                (None, None) => {
+                    // A writer killed mid-store leaves checksum 0, so two zero checksums mean
+                    // free (never published, or cleared). A non-zero, mismatching checksum is
+                    // a read that raced the writer: read again.
+                    if self.copies[0].checksum.load(Ordering::Acquire) == 0
+                        && self.copies[1].checksum.load(Ordering::Acquire) == 0
+                    {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(RecordError::Corrupt(
+            "no copy validates (checksum mismatch)",
+        ))
+    }
+
+    /// Reads the record: `Ok(None)` for a free slot.
+    pub fn read(&self) -> Result<Option<EntityRecord>, RecordError> {
+        match self.newest()? {
+            None => Ok(None),
+            Some(body) => EntityRecord::decode(&body).map(Some),
+        }
+    }
+
+    /// Publishes `rec` as the next generation and returns it. Single writer only: the caller
+    /// must be the HAM owning the current epoch (enforced by `SegmentWriter`).
+    pub(crate) fn publish(&self, rec: &EntityRecord) -> u64 {
+        // A copy that no longer validates (the previous writer died mid-store) is simply not
+        // counted: we overwrite it, never the newest valid one.
+        let current = match self.newest() {
+            Ok(Some(body)) => body[word::GEN],
+            Ok(None) | Err(_) => {
+                let g0 = self.copies[0].load().map(|b| b[word::GEN]).unwrap_or(0);
+                let g1 = self.copies[1].load().map(|b| b[word::GEN]).unwrap_or(0);
+                g0.max(g1)
+            }
+        };
+        let next = current + 1;
+        self.copies[(next % 2) as usize].store(&rec.encode(next));
+        next
+    }
+
+    /// Makes the slot free: both copies invalid.
+    pub(crate) fn clear(&self) {
+        for c in &self.copies {
+            c.checksum.store(0, Ordering::Release);
+        }
+    }
+
+    /// Test hook: stores only the first `words` body words of the next generation, as a
+    /// writer killed mid-publish would leave them.
+    #[doc(hidden)]
+    pub fn publish_torn_for_test(&self, rec: &EntityRecord, words: usize) {
+        let current = self
+            .newest()
+            .ok()
+            .flatten()
+            .map(|b| b[word::GEN])
+            .unwrap_or(0);
+        let next = current + 1;
+        let copy = &self.copies[(next % 2) as usize];
+        let body = rec.encode(next);
+        copy.checksum.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (dst, &src) in copy.body.iter().zip(body.iter()).take(words) {
+            dst.store(src, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeroed_slot() -> Box<EntitySlot> {
+        // A slot built from atomics, all zero: the state of a fresh segment.
+        Box::new(EntitySlot {
+            copies: std::array::from_fn(|_| EntityCopy {
+                checksum: AtomicU64::new(0),
+                body: std::array::from_fn(|_| AtomicU64::new(0)),
+            }),
+        })
+    }
+
+    fn sample(name: &str) -> EntityRecord {
+        EntityRecord {
+            generation: 0,
+            name: name.into(),
+            pid: 4242,
+            start_time: 99,
+            state: EntityState::Running,
+            restarts: 3,
+            starts: 1,
+            last_exit: LastExit::Signal(9),
+            started_mono_ns: 10,
+            exited_mono_ns: 5,
+            started_unix_ns: 11,
+            exited_unix_ns: 6,
+        }
+    }
+
+    #[test]
+    fn zeroed_slot_is_free() {
+        assert_eq!(zeroed_slot().read(), Ok(None));
+    }
+
+    #[test]
+    fn publish_then_read_round_trips() {
+        let slot = zeroed_slot();
+        let rec = sample("web");
+        assert_eq!(slot.publish(&rec), 1);
+        let got = slot.read().unwrap().unwrap();
+        assert_eq!(
+            got,
+            EntityRecord {
+                generation: 1,
+                ..rec.clone()
+            }
+        );
+        let mut rec2 = rec;
+        rec2.restarts = 4;
+        rec2.last_exit = LastExit::Code(3);
+        assert_eq!(slot.publish(&rec2), 2);
+        assert_eq!(slot.read().unwrap().unwrap().last_exit, LastExit::Code(3));
+    }
+
+    #[test]
+    fn a_torn_publish_leaves_the_previous_generation_readable() {
+        let slot = zeroed_slot();
+        let mut rec = sample("db");
+        slot.publish(&rec);
+        slot.publish(&rec);
+        for words in 0..BODY_WORDS {
+            rec.restarts = 100 + words as u32;
+            slot.publish_torn_for_test(&rec, words);
+            let got = slot.read().unwrap().unwrap();
+            assert_eq!(got.generation, 2, "torn after {words} words");
+            assert_eq!(got.restarts, 3);
+        }
+        // The next writer recovers: it overwrites the torn copy, not the valid one.
+        rec.restarts = 7;
+        assert_eq!(slot.publish(&rec), 3);
+        assert_eq!(slot.read().unwrap().unwrap().restarts, 7);
+    }
+
+    #[test]
+    fn exit_words_round_trip() {
+        for e in [
+            LastExit::None,
+            LastExit::Code(0),
+            LastExit::Code(-1),
+            LastExit::Code(255),
+            LastExit::Signal(9),
+            LastExit::Unknown,
+        ] {
+            assert_eq!(LastExit::from_word(e.to_word()), Some(e));
+        }
+        assert_eq!(LastExit::from_word(7 << 32), None);
+    }
+
+    #[test]
+    fn clear_frees_the_slot() {
+        let slot = zeroed_slot();
+        slot.publish(&sample("x"));
+        slot.clear();
+        assert_eq!(slot.read(), Ok(None));
+    }
+
+    #[test]
+    fn long_names_are_truncated_to_the_limit() {
+        let slot = zeroed_slot();
+        let long = "n".repeat(NAME_MAX + 10);
+        slot.publish(&sample(&long));
+        assert_eq!(slot.read().unwrap().unwrap().name.len(), NAME_MAX);
+    }
+
+    #[test]
+    fn concurrent_reader_never_sees_a_torn_record() {
+        let slot: &'static EntitySlot = Box::leak(zeroed_slot());
+        let mut first = sample("r");
+        (first.restarts, first.starts, first.pid) = (0, 0, 0);
+        slot.publish(&first);
+        let writer = std::thread::spawn(move || {
+            let mut rec = sample("r");
+            for i in 0..20_000u32 {
+                rec.restarts = i;
+                rec.starts = i;
+                rec.pid = i as i32;
+                slot.publish(&rec);
+            }
+        });
+        let mut seen = 0;
+        while !writer.is_finished() {
+            if let Ok(Some(r)) = slot.read() {
+                assert_eq!(r.restarts, r.starts);
+                assert_eq!(r.pid as u32, r.restarts);
+                seen += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert!(seen > 0);
+    }
+}

@@ -1,0 +1,19 @@
+//! `ham-core`: what the HAM, its Guardian, `hamctl` and the SDK agree on.
+//!
+//! * [`layout`] — the `#[repr(C)]` state segment: header and entity slots, and the A/B
+//!   record protocol that survives a writer killed between any two instructions.
+//! * [`segment`] — creating, attaching and validating the named shared-memory object.
+//! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
+//! * [`duration`] — the duration syntax used in configuration files.
+//!
+//! `unsafe` is denied here except in [`segment`], where the mapping is turned into typed
+//! references.
+#![deny(unsafe_code)]
+
+pub mod duration;
+pub mod layout;
+pub mod policy;
+pub mod segment;
+
+pub use layout::{EntityRecord, EntityState, LastExit};
+pub use segment::{Segment, SegmentError};

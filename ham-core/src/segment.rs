@@ -1,0 +1,456 @@
+//! The named shared-memory object that holds the state (`shm_open(3)`, under `/dev/shm`).
+//!
+//! It outlives the HAM and its Guardian on purpose: a later `ham` finds it and starts warm.
+//! Only the HAM owning the current epoch writes it, through [`SegmentWriter`]; everyone else
+//! maps it read-only and validates magic, layout version and geometry before trusting it.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::mem::{align_of, size_of};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::Mode;
+use rustix::shm;
+
+use crate::layout::{
+    EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, LAYOUT_VERSION, MAGIC, RecordError,
+};
+
+/// Why a segment could not be created, opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment {name} does not exist")]
+    NotFound { name: String },
+    #[error("segment {name} already exists")]
+    Exists { name: String },
+    #[error("segment {name}: {what}: {source}")]
+    Io {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("segment {name} is not a ham state segment (magic {found:#018x})")]
+    BadMagic { name: String, found: u64 },
+    #[error("segment {name} has layout version {found}, this ham understands {expected}")]
+    Version {
+        name: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("segment {name} is inconsistent: {why}")]
+    Geometry { name: String, why: String },
+    #[error("entity slot {index} is out of range (capacity {capacity})")]
+    NoSlot { index: u32, capacity: u32 },
+    /// Another HAM took ownership: this one must stop writing at once.
+    #[error("fenced: this HAM owns epoch {ours} but the segment is at epoch {current}")]
+    Fenced { ours: u64, current: u64 },
+    #[error("entity slot {index}: {source}")]
+    Record {
+        index: u32,
+        #[source]
+        source: RecordError,
+    },
+}
+
+/// Read-only or read-write mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// A mapped, validated state segment.
+pub struct Segment {
+    name: String,
+    map: MmapRaw,
+    capacity: u32,
+    access: Access,
+}
+
+/// Bytes needed for `capacity` entity slots, rounded up to whole pages.
+pub fn segment_size(capacity: u32) -> u64 {
+    let raw = size_of::<Header>() as u64 + u64::from(capacity) * size_of::<EntitySlot>() as u64;
+    raw.div_ceil(4096) * 4096
+}
+
+fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
+    move |source| SegmentError::Io {
+        name: name.to_owned(),
+        what,
+        source,
+    }
+}
+
+impl Segment {
+    /// Creates a new, zero-filled segment (mode 0600) with room for `capacity` entities.
+    /// Fails with [`SegmentError::Exists`] if the name is taken.
+    pub fn create(name: &str, capacity: u32, created_unix_ns: u64) -> Result<Self, SegmentError> {
+        let fd = shm::open(
+            name,
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| {
+            if e == rustix::io::Errno::EXIST {
+                SegmentError::Exists { name: name.into() }
+            } else {
+                io_err(name, "shm_open")(e.into())
+            }
+        })?;
+        let file = File::from(fd);
+        let size = segment_size(capacity);
+        let made = (|| {
+            file.set_len(size).map_err(io_err(name, "ftruncate"))?;
+            let map = MmapOptions::new()
+                .len(size as usize)
+                .map_raw(&file)
+                .map_err(io_err(name, "mmap"))?;
+            Ok(Self {
+                name: name.into(),
+                map,
+                capacity,
+                access: Access::ReadWrite,
+            })
+        })();
+        let seg = match made {
+            Ok(seg) => seg,
+            Err(e) => {
+                let _ = shm::unlink(name);
+                return Err(e);
+            }
+        };
+        seg.header().init(size, capacity, created_unix_ns);
+        Ok(seg)
+    }
+
+    /// Opens an existing segment and validates it.
+    pub fn open(name: &str, access: Access) -> Result<Self, SegmentError> {
+        let oflags = match access {
+            Access::ReadOnly => shm::OFlags::RDONLY,
+            Access::ReadWrite => shm::OFlags::RDWR,
+        };
+        let fd = shm::open(name, oflags, Mode::empty()).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                SegmentError::NotFound { name: name.into() }
+            } else {
+                io_err(name, "shm_open")(e.into())
+            }
+        })?;
+        let file = File::from(fd);
+        let len = file.metadata().map_err(io_err(name, "fstat"))?.len();
+        let geometry = |why: String| SegmentError::Geometry {
+            name: name.into(),
+            why,
+        };
+        if len < size_of::<Header>() as u64 {
+            return Err(geometry(format!("{len} bytes, smaller than the header")));
+        }
+        let len_usize = usize::try_from(len).map_err(|_| geometry(format!("{len} bytes")))?;
+        let opts = {
+            let mut o = MmapOptions::new();
+            o.len(len_usize);
+            o
+        };
+        let map = match access {
+            Access::ReadOnly => opts.map_raw_read_only(&file),
+            Access::ReadWrite => opts.map_raw(&file),
+        }
+        .map_err(io_err(name, "mmap"))?;
+        let mut seg = Self {
+            name: name.into(),
+            map,
+            capacity: 0,
+            access,
+        };
+        let h = seg.header();
+        let magic = h.magic();
+        if magic != MAGIC {
+            return Err(SegmentError::BadMagic {
+                name: name.into(),
+                found: magic,
+            });
+        }
+        if h.layout_version() != LAYOUT_VERSION {
+            return Err(SegmentError::Version {
+                name: name.into(),
+                found: h.layout_version(),
+                expected: LAYOUT_VERSION,
+            });
+        }
+        if h.header_size() as usize != size_of::<Header>()
+            || h.slot_size() as usize != size_of::<EntitySlot>()
+            || h.entities_offset() != size_of::<Header>() as u64
+        {
+            return Err(geometry(format!(
+                "header {} / slot {} / offset {} bytes, expected {} / {} / {}",
+                h.header_size(),
+                h.slot_size(),
+                h.entities_offset(),
+                size_of::<Header>(),
+                size_of::<EntitySlot>(),
+                size_of::<Header>()
+            )));
+        }
+        let capacity = h.entity_capacity();
+        if h.total_size() != len || segment_size(capacity) > len {
+            return Err(geometry(format!(
+                "size field {} and capacity {capacity} do not fit the object's {len} bytes",
+                h.total_size()
+            )));
+        }
+        seg.capacity = capacity;
+        Ok(seg)
+    }
+
+    /// Removes the name (mappings stay valid until unmapped). Missing is not an error.
+    pub fn unlink(name: &str) -> Result<(), SegmentError> {
+        match shm::unlink(name) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io_err(name, "shm_unlink")(e.into())),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned (≥ align_of::<Header>() = 64) and at least
+        // size_of::<Header>() long (checked in `open`, sized in `create`). Header is made
+        // only of atomics, so every bit pattern is valid and shared mutation by another
+        // process goes through UnsafeCell. The reference lives no longer than `self`, which
+        // owns the mapping; the object is never truncated by ham while mapped.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    /// Slot `index`, or `None` past the capacity. Indices from the segment itself must go
+    /// through here, so a corrupt count can never lead a reader off the end.
+    pub fn slot(&self, index: u32) -> Option<&EntitySlot> {
+        if index >= self.capacity {
+            return None;
+        }
+        let offset = size_of::<Header>() + index as usize * size_of::<EntitySlot>();
+        debug_assert!(offset + size_of::<EntitySlot>() <= self.map.len());
+        debug_assert_eq!(offset % align_of::<EntitySlot>(), 0);
+        // SAFETY: index < capacity and `open`/`create` checked that
+        // header + capacity * slot size fits the mapping; the offset is a multiple of 64
+        // (header 512 bytes, slots 512 bytes) on a page-aligned base. EntitySlot is atomics
+        // only: every bit pattern is valid and cross-process mutation is interior.
+        unsafe { Some(&*(self.map.as_ptr().add(offset) as *const EntitySlot)) }
+    }
+
+    /// Reads every used slot: `(index, record)`; free slots are skipped, unreadable ones are
+    /// returned as errors for the caller to report.
+    pub fn records(&self) -> Vec<(u32, Result<EntityRecord, RecordError>)> {
+        let count = self.header().entity_count().min(self.capacity);
+        (0..count)
+            .filter_map(|i| {
+                let slot = self.slot(i)?;
+                match slot.read() {
+                    Ok(None) => None,
+                    Ok(Some(r)) => Some((i, Ok(r))),
+                    Err(e) => Some((i, Err(e))),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The only way to write a segment: owned by the HAM of one epoch. Each write first checks
+/// that the epoch in the header is still ours, so a fenced HAM can never overwrite the state
+/// of the one that replaced it.
+pub struct SegmentWriter {
+    seg: Segment,
+    epoch: u64,
+}
+
+impl SegmentWriter {
+    /// Takes ownership of a read-write segment: bumps the epoch and records this HAM.
+    pub fn take(seg: Segment, pid: i32, start_time: u64) -> Result<Self, SegmentError> {
+        if seg.access != Access::ReadWrite {
+            return Err(io_err(&seg.name, "take ownership")(io::Error::from(
+                io::ErrorKind::PermissionDenied,
+            )));
+        }
+        let epoch = seg.header().epoch() + 1;
+        seg.header().set_epoch(epoch);
+        seg.header().set_ham(pid, start_time);
+        Ok(Self { seg, epoch })
+    }
+
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn owned(&self) -> Result<&Header, SegmentError> {
+        let h = self.seg.header();
+        let current = h.epoch();
+        if current != self.epoch {
+            return Err(SegmentError::Fenced {
+                ours: self.epoch,
+                current,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Publishes `rec` into slot `index` and returns the new generation.
+    pub fn publish(&self, index: u32, rec: &EntityRecord) -> Result<u64, SegmentError> {
+        let h = self.owned()?;
+        let slot = self.seg.slot(index).ok_or(SegmentError::NoSlot {
+            index,
+            capacity: self.seg.capacity,
+        })?;
+        let generation = slot.publish(rec);
+        if h.entity_count() <= index {
+            h.set_entity_count(index + 1);
+        }
+        Ok(generation)
+    }
+
+    /// Frees slot `index`.
+    pub fn clear(&self, index: u32) -> Result<(), SegmentError> {
+        self.owned()?;
+        if let Some(slot) = self.seg.slot(index) {
+            slot.clear();
+        }
+        Ok(())
+    }
+
+    pub fn set_liveness(&self, mono_ns: u64) -> Result<(), SegmentError> {
+        self.owned()?.set_liveness(mono_ns);
+        Ok(())
+    }
+
+    pub fn set_guardian(&self, pid: i32, start_time: u64) -> Result<(), SegmentError> {
+        self.owned()?.set_guardian(pid, start_time);
+        Ok(())
+    }
+
+    pub fn set_flags(&self, flags: u32) -> Result<(), SegmentError> {
+        self.owned()?.set_flags(flags);
+        Ok(())
+    }
+
+    /// Records that a stop was asked for (before anything is stopped).
+    pub fn set_stop_intent(&self) -> Result<(), SegmentError> {
+        let h = self.owned()?;
+        h.set_flags(h.flags() | FLAG_STOP_INTENT);
+        Ok(())
+    }
+
+    pub fn bump_ham_failures(&self) -> Result<(), SegmentError> {
+        self.owned()?.bump_ham_failures();
+        Ok(())
+    }
+
+    pub fn bump_guardian_failures(&self) -> Result<(), SegmentError> {
+        self.owned()?.bump_guardian_failures();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::EntityState;
+
+    fn unique(tag: &str) -> String {
+        format!("/ham-core-test-{tag}-{}", std::process::id())
+    }
+
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = Segment::unlink(&self.0);
+        }
+    }
+
+    #[test]
+    fn create_write_and_attach_read_only() {
+        let name = unique("rw");
+        let _guard = Unlink(name.clone());
+        let seg = Segment::create(&name, 8, 1).unwrap();
+        let w = SegmentWriter::take(seg, 1234, 77).unwrap();
+        assert_eq!(w.epoch(), 1);
+        let mut rec = EntityRecord::new("web");
+        rec.state = EntityState::Running;
+        rec.pid = 99;
+        w.publish(3, &rec).unwrap();
+
+        let ro = Segment::open(&name, Access::ReadOnly).unwrap();
+        assert_eq!(ro.capacity(), 8);
+        let snap = ro.header().snapshot();
+        assert_eq!((snap.epoch, snap.ham_pid, snap.entity_count), (1, 1234, 4));
+        let recs = ro.records();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].0, 3);
+        assert_eq!(recs[0].1.as_ref().unwrap().pid, 99);
+        assert!(ro.slot(8).is_none());
+        assert!(matches!(
+            Segment::create(&name, 8, 1),
+            Err(SegmentError::Exists { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_owner_fences_the_first() {
+        let name = unique("fence");
+        let _guard = Unlink(name.clone());
+        let first = SegmentWriter::take(Segment::create(&name, 2, 1).unwrap(), 1, 1).unwrap();
+        let second =
+            SegmentWriter::take(Segment::open(&name, Access::ReadWrite).unwrap(), 2, 2).unwrap();
+        assert_eq!(second.epoch(), 2);
+        let rec = EntityRecord::new("a");
+        assert!(matches!(
+            first.publish(0, &rec),
+            Err(SegmentError::Fenced {
+                ours: 1,
+                current: 2
+            })
+        ));
+        assert!(second.publish(0, &rec).is_ok());
+    }
+
+    #[test]
+    fn attach_rejects_foreign_objects() {
+        let name = unique("foreign");
+        let _guard = Unlink(name.clone());
+        let fd = shm::open(
+            name.as_str(),
+            shm::OFlags::CREATE | shm::OFlags::RDWR,
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let file = File::from(fd);
+        file.set_len(8192).unwrap();
+        assert!(matches!(
+            Segment::open(&name, Access::ReadOnly),
+            Err(SegmentError::BadMagic { found: 0, .. })
+        ));
+        file.set_len(16).unwrap();
+        assert!(matches!(
+            Segment::open(&name, Access::ReadOnly),
+            Err(SegmentError::Geometry { .. })
+        ));
+        assert!(matches!(
+            Segment::open("/ham-core-test-missing", Access::ReadOnly),
+            Err(SegmentError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! `hamctl` — status and control of a running `ham`. See the README for exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ham_guardian::control::{self, Request};
+use ham_guardian::{config, exit, mono_ns, status};
+
+const USAGE: &str = "\
+usage: hamctl [-c|--config FILE] [--timeout DURATION] COMMAND
+commands:
+  status [--json]          entities, pids, restarts, last exits (read from the state segment)
+  start ENTITY             start a stopped entity
+  stop ENTITY              stop an entity; it stays stopped
+  restart ENTITY           stop then start an entity
+  shutdown                 stop every entity and ham itself
+  ping                     check that ham's loop answers
+FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml. DURATION defaults to 60s.
+exit codes: 0 ok, 1 the command failed, 2 usage, 3 ham not reachable";
+
+struct Args {
+    config: PathBuf,
+    timeout: Duration,
+    command: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1).peekable();
+    let mut config = None;
+    let mut timeout = Duration::from_secs(60);
+    let mut command = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(exit::OK);
+            }
+            "-c" | "--config" => {
+                config = Some(PathBuf::from(args.next().ok_or("--config needs a FILE")?));
+            }
+            "--timeout" => {
+                let v = args.next().ok_or("--timeout needs a DURATION")?;
+                timeout = Duration::from_nanos(
+                    ham_core::duration::parse_ns(&v).map_err(|e| format!("--timeout: {e}"))?,
+                );
+            }
+            _ => command.push(a),
+        }
+    }
+    let config = config
+        .or_else(|| std::env::var_os("HAM_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    Ok(Args {
+        config,
+        timeout,
+        command,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => return usage(&e),
+    };
+    let inst = match config::load_instance(&args.config) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("hamctl: {e}");
+            return ExitCode::from(exit::FAILED as u8);
+        }
+    };
+    let words: Vec<&str> = args.command.iter().map(String::as_str).collect();
+    let req = match words.as_slice() {
+        ["status"] | ["status", "--json"] => {
+            return match status::read(&inst.segment_name(), mono_ns()) {
+                Ok(s) if words.len() == 2 => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).expect("serialisable")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{}", s.to_table());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hamctl: instance `{}` is not running: {e}", inst.name);
+                    ExitCode::from(exit::UNAVAILABLE as u8)
+                }
+            };
+        }
+        ["start", e] => Request::Start {
+            entity: e.to_string(),
+        },
+        ["stop", e] => Request::Stop {
+            entity: e.to_string(),
+        },
+        ["restart", e] => Request::Restart {
+            entity: e.to_string(),
+        },
+        ["shutdown"] => Request::Shutdown,
+        ["ping"] => Request::Ping,
+        [] => return usage("no command given"),
+        _ => return usage(&format!("unknown command `{}`", args.command.join(" "))),
+    };
+    match control::request(&inst.socket_path(), &req, args.timeout) {
+        Ok(r) if r.ok => {
+            if let Some(m) = r.message {
+                println!("{m}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!(
+                "hamctl: {}",
+                r.error.unwrap_or_else(|| "request failed".into())
+            );
+            ExitCode::from(exit::FAILED as u8)
+        }
+        Err(e) => {
+            eprintln!("hamctl: {e}");
+            ExitCode::from(exit::UNAVAILABLE as u8)
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("hamctl: {msg}\n{USAGE}");
+    ExitCode::from(exit::USAGE as u8)
+}

@@ -1,0 +1,715 @@
+//! The configuration file (TOML) in two layers: the raw file as written (with spans), then
+//! the resolved, validated [`Config`] the daemon runs. Every error names the file, line,
+//! column and key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ham_core::duration;
+use ham_core::layout::NAME_MAX;
+use ham_core::policy::RestartMode;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default control socket and pid-file directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/ham";
+/// Default process-log directory.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/ham";
+/// Default config file, when neither `-c` nor `HAM_CONFIG` names one.
+pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
+/// Longest instance name (it becomes part of a shm object name and a socket path).
+pub const INSTANCE_NAME_MAX: usize = 32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    ham: Spanned<RawHam>,
+    #[serde(default)]
+    entity: Vec<Spanned<RawEntity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHam {
+    name: Spanned<String>,
+    run_dir: Option<Spanned<String>>,
+    log_dir: Option<Spanned<String>>,
+    max_entities: Option<Spanned<u32>>,
+}
+
+/// Only the `[ham]` table; everything else is ignored. What `hamctl` needs to find an
+/// instance, even when the rest of the file has been edited into something invalid.
+#[derive(Debug, Deserialize)]
+struct RawInstanceOnly {
+    ham: RawHamLenient,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHamLenient {
+    name: Spanned<String>,
+    run_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntity {
+    name: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<SignalSpec>>,
+    stop_timeout: Option<Spanned<String>>,
+    restart: Option<Spanned<String>>,
+    output: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SignalSpec {
+    Number(i64),
+    Name(String),
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no place in the file (e.g. it cannot be read).
+    pub line: usize,
+    pub column: usize,
+    /// The key the error is about, when known (`entity[2].command`).
+    pub key: Option<String>,
+    pub message: String,
+    /// The offending line of the file, for display.
+    pub source_line: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(src) = &self.source_line {
+            write!(
+                f,
+                "\n  {:>4} | {}\n       | {}^",
+                self.line,
+                src,
+                " ".repeat(self.column.saturating_sub(1))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where an entity's stdout and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// ham's own stdout/stderr.
+    Inherit,
+    /// Appended to this file (created if missing).
+    File(PathBuf),
+}
+
+/// One supervised process, resolved.
+#[derive(Debug, Clone)]
+pub struct EntityConfig {
+    pub name: String,
+    /// argv as written; `argv[0]` is what the program sees.
+    pub argv: Vec<String>,
+    /// The absolute path that is executed.
+    pub exec_path: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub stop_signal: i32,
+    pub stop_timeout_ns: u64,
+    pub restart: RestartMode,
+    pub output: Output,
+}
+
+/// A whole instance, resolved and valid.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute path of the file it came from.
+    pub path: PathBuf,
+    pub instance: Instance,
+    pub log_dir: PathBuf,
+    pub max_entities: u32,
+    pub entities: Vec<EntityConfig>,
+}
+
+/// What names an instance: enough for `hamctl` to find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub run_dir: PathBuf,
+}
+
+impl Instance {
+    /// The POSIX shm name of the state segment.
+    pub fn segment_name(&self) -> String {
+        format!("/ham.{}.state", self.name)
+    }
+    /// The control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.sock", self.name))
+    }
+    /// The pid file.
+    pub fn pid_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.pid", self.name))
+    }
+}
+
+pub const DEFAULT_STOP_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_ENTITIES: u32 = 1024;
+const MAX_ENTITIES_LIMIT: u32 = 65_536;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column, source_line) = match span {
+            Some(r) => {
+                let (l, c) = line_col(self.text, r.start);
+                let src = self.text.lines().nth(l - 1).map(str::to_owned);
+                (l, c, src)
+            }
+            None => (0, 0, None),
+        };
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key,
+            message: msg.into(),
+            source_line,
+        }
+    }
+
+    /// Resolves a path written in the file: relative paths are relative to the file's folder.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The key on the line of `offset`, for errors the TOML parser reports without one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('#')).then(|| key.to_owned())
+}
+
+fn read(path: &Path) -> Result<(PathBuf, String), ConfigError> {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let text = std::fs::read_to_string(&abs).map_err(|e| ConfigError {
+        file: abs.clone(),
+        line: 0,
+        column: 0,
+        key: None,
+        message: format!("cannot read: {e}"),
+        source_line: None,
+    })?;
+    Ok((abs, text))
+}
+
+fn de_error(ctx: &Ctx, e: toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let key = span.clone().and_then(|s| key_at(ctx.text, s.start));
+    ctx.err(span, key, e.message().trim().to_owned())
+}
+
+fn instance_name(ctx: &Ctx, name: &Spanned<String>) -> Result<String, ConfigError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= INSTANCE_NAME_MAX
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+    if !ok {
+        return Err(ctx.err(
+            Some(name.span()),
+            Some("ham.name".into()),
+            format!(
+                "instance name `{n}` must be 1 to {INSTANCE_NAME_MAX} characters of A-Z a-z 0-9 - _"
+            ),
+        ));
+    }
+    Ok(n.clone())
+}
+
+/// Reads only what identifies the instance (`[ham] name`, `run_dir`).
+pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
+    let (abs, text) = read(path)?;
+    let ctx = Ctx {
+        file: &abs,
+        text: &text,
+        dir: abs.parent().unwrap_or(Path::new("/")).to_owned(),
+    };
+    let raw: RawInstanceOnly = toml::from_str(&text).map_err(|e| de_error(&ctx, e))?;
+    Ok(Instance {
+        name: instance_name(&ctx, &raw.ham.name)?,
+        run_dir: raw
+            .ham
+            .run_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| ctx.path(d.get_ref())),
+    })
+}
+
+/// Reads and validates a whole configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let (abs, text) = read(path)?;
+    parse(&abs, &text)
+}
+
+/// Validates configuration text as if it were the file `file`.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = Ctx {
+        file,
+        text,
+        dir: file.parent().unwrap_or(Path::new("/")).to_owned(),
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| de_error(&ctx, e))?;
+    let ham = raw.ham.get_ref();
+    let instance = Instance {
+        name: instance_name(&ctx, &ham.name)?,
+        run_dir: ham
+            .run_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| ctx.path(d.get_ref())),
+    };
+    let log_dir = ham
+        .log_dir
+        .as_ref()
+        .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref()));
+    let max_entities = match &ham.max_entities {
+        None => DEFAULT_MAX_ENTITIES,
+        Some(m) if (1..=MAX_ENTITIES_LIMIT).contains(m.get_ref()) => *m.get_ref(),
+        Some(m) => {
+            return Err(ctx.err(
+                Some(m.span()),
+                Some("ham.max_entities".into()),
+                format!("must be between 1 and {MAX_ENTITIES_LIMIT}"),
+            ));
+        }
+    };
+    if raw.entity.len() > max_entities as usize {
+        return Err(ctx.err(
+            Some(raw.entity[max_entities as usize].span()),
+            Some("entity".into()),
+            format!(
+                "{} entities configured but ham.max_entities is {max_entities}",
+                raw.entity.len()
+            ),
+        ));
+    }
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut entities = Vec::with_capacity(raw.entity.len());
+    for (i, e) in raw.entity.iter().enumerate() {
+        let ent = entity(&ctx, i, e.get_ref())?;
+        if let Some(first) = seen.insert(ent.name.clone(), i) {
+            let (line, _) = line_col(text, raw.entity[first].get_ref().name.span().start);
+            return Err(ctx.err(
+                Some(e.get_ref().name.span()),
+                Some(format!("entity[{i}].name")),
+                format!(
+                    "duplicate entity name `{}` (first defined on line {line})",
+                    ent.name
+                ),
+            ));
+        }
+        entities.push(ent);
+    }
+
+    Ok(Config {
+        path: file.to_owned(),
+        instance,
+        log_dir,
+        max_entities,
+        entities,
+    })
+}
+
+fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigError> {
+    let key = |k: &str| Some(format!("entity[{i}].{k}"));
+    let name = e.name.get_ref();
+    let name_ok = !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+    if !name_ok {
+        return Err(ctx.err(
+            Some(e.name.span()),
+            key("name"),
+            format!(
+                "entity name `{name}` must be 1 to {NAME_MAX} characters of A-Z a-z 0-9 - _ . @ :"
+            ),
+        ));
+    }
+
+    let argv = e.command.get_ref().clone();
+    let Some(program) = argv.first() else {
+        return Err(ctx.err(Some(e.command.span()), key("command"), "command is empty"));
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(ctx.err(
+            Some(e.command.span()),
+            key("command"),
+            "command contains a NUL byte",
+        ));
+    }
+
+    for (k, v) in &e.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(ctx.err(
+                Some(e.name.span()),
+                key("env"),
+                format!("environment variable `{k}` has an invalid name or value"),
+            ));
+        }
+    }
+    let search_path = e
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let exec_path = resolve_program(ctx, program, &search_path)
+        .map_err(|why| ctx.err(Some(e.command.span()), key("command"), why))?;
+
+    let cwd = match &e.cwd {
+        None => None,
+        Some(c) => {
+            let p = ctx.path(c.get_ref());
+            if !p.is_dir() {
+                return Err(ctx.err(
+                    Some(c.span()),
+                    key("cwd"),
+                    format!("{} is not a directory", p.display()),
+                ));
+            }
+            Some(p)
+        }
+    };
+
+    let (mut uid, mut gid) = (None, None);
+    if let Some(u) = &e.user {
+        match nix::unistd::User::from_name(u.get_ref()) {
+            Ok(Some(user)) => {
+                uid = Some(user.uid.as_raw());
+                gid = Some(user.gid.as_raw());
+            }
+            Ok(None) => {
+                return Err(ctx.err(
+                    Some(u.span()),
+                    key("user"),
+                    format!("no such user `{}`", u.get_ref()),
+                ));
+            }
+            Err(err) => {
+                return Err(ctx.err(
+                    Some(u.span()),
+                    key("user"),
+                    format!("cannot look up user: {err}"),
+                ));
+            }
+        }
+    }
+    if let Some(g) = &e.group {
+        match nix::unistd::Group::from_name(g.get_ref()) {
+            Ok(Some(group)) => gid = Some(group.gid.as_raw()),
+            Ok(None) => {
+                return Err(ctx.err(
+                    Some(g.span()),
+                    key("group"),
+                    format!("no such group `{}`", g.get_ref()),
+                ));
+            }
+            Err(err) => {
+                return Err(ctx.err(
+                    Some(g.span()),
+                    key("group"),
+                    format!("cannot look up group: {err}"),
+                ));
+            }
+        }
+    }
+
+    let stop_signal = match &e.stop_signal {
+        None => libc::SIGTERM,
+        Some(s) => parse_signal(s.get_ref())
+            .map_err(|why| ctx.err(Some(s.span()), key("stop_signal"), why))?,
+    };
+    let stop_timeout_ns = match &e.stop_timeout {
+        None => duration::parse_ns(DEFAULT_STOP_TIMEOUT).expect("default parses"),
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), key("stop_timeout"), why))?,
+    };
+    let restart = match &e.restart {
+        None => RestartMode::default(),
+        Some(r) => RestartMode::parse(r.get_ref()).ok_or_else(|| {
+            ctx.err(
+                Some(r.span()),
+                key("restart"),
+                format!(
+                    "unknown restart mode `{}` (use \"always\", \"on-failure\" or \"never\")",
+                    r.get_ref()
+                ),
+            )
+        })?,
+    };
+    let output = match &e.output {
+        None => Output::Inherit,
+        Some(o) if o.get_ref() == "inherit" => Output::Inherit,
+        Some(o) if o.get_ref().is_empty() => {
+            return Err(ctx.err(Some(o.span()), key("output"), "output path is empty"));
+        }
+        Some(o) => {
+            let p = ctx.path(o.get_ref());
+            match p.parent() {
+                Some(dir) if dir.is_dir() => Output::File(p),
+                _ => {
+                    return Err(ctx.err(
+                        Some(o.span()),
+                        key("output"),
+                        format!("the folder of {} does not exist", p.display()),
+                    ));
+                }
+            }
+        }
+    };
+
+    Ok(EntityConfig {
+        name: name.clone(),
+        argv,
+        exec_path,
+        env: e.env.clone(),
+        cwd,
+        uid,
+        gid,
+        stop_signal,
+        stop_timeout_ns,
+        restart,
+        output,
+    })
+}
+
+fn parse_signal(s: &SignalSpec) -> Result<i32, String> {
+    match s {
+        SignalSpec::Number(n) => i32::try_from(*n)
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| format!("signal number {n} is out of range (1-64)")),
+        SignalSpec::Name(name) => {
+            let upper = name.to_ascii_uppercase();
+            let full = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
+            full.parse::<nix::sys::signal::Signal>()
+                .map(|s| s as i32)
+                .map_err(|_| format!("unknown signal `{name}`"))
+        }
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+fn resolve_program(ctx: &Ctx, program: &str, search_path: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let p = ctx.path(program);
+        if !p.exists() {
+            return Err(format!("executable {} does not exist", p.display()));
+        }
+        if !is_executable(&p) {
+            return Err(format!("{} is not an executable file", p.display()));
+        }
+        return Ok(p);
+    }
+    search_path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("executable `{program}` not found in PATH ({search_path})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/tmp/ham-test/ham.toml"), text)
+    }
+
+    const OK: &str = r#"
+[ham]
+name = "demo"
+run_dir = "run"
+
+[[entity]]
+name = "web"
+command = ["sleep", "100"]
+env = { FOO = "bar" }
+stop_signal = "INT"
+stop_timeout = "2s"
+restart = "on-failure"
+
+[[entity]]
+name = "db"
+command = ["/bin/sh", "-c", "exit 3"]
+stop_signal = 9
+"#;
+
+    #[test]
+    fn a_valid_file_resolves() {
+        let c = parse_str(OK).unwrap();
+        assert_eq!(c.instance.name, "demo");
+        assert_eq!(c.instance.run_dir, Path::new("/tmp/ham-test/run"));
+        assert_eq!(c.instance.segment_name(), "/ham.demo.state");
+        assert_eq!(c.entities.len(), 2);
+        let web = &c.entities[0];
+        assert!(web.exec_path.is_absolute() && web.exec_path.ends_with("sleep"));
+        assert_eq!(web.stop_signal, libc::SIGINT);
+        assert_eq!(web.stop_timeout_ns, 2_000_000_000);
+        assert_eq!(web.restart, RestartMode::OnFailure);
+        assert_eq!(c.entities[1].stop_signal, 9);
+        assert_eq!(c.entities[1].restart, RestartMode::Always);
+    }
+
+    fn err_of(text: &str) -> ConfigError {
+        parse_str(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = err_of(
+            "[ham]\nname = \"x\"\n\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\ncolour = \"red\"\n",
+        );
+        assert_eq!((e.line, e.column), (7, 1), "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_type_is_located() {
+        let e = err_of("[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = \"true\"\n");
+        assert_eq!(e.line, 5, "{e}");
+        assert_eq!(e.key.as_deref(), Some("command"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_second() {
+        let e = err_of(
+            "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n",
+        );
+        assert_eq!((e.line, e.column), (7, 8), "{e}");
+        assert!(e.message.contains("first defined on line 4"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("entity[1].name"));
+    }
+
+    #[test]
+    fn missing_executable_is_refused() {
+        let e = err_of(
+            "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"/nonexistent/prog\"]\n",
+        );
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("does not exist"), "{e}");
+        let e = err_of(
+            "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"no-such-program-ham\"]\n",
+        );
+        assert!(e.message.contains("not found in PATH"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        let base = "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        for (extra, key, words) in [
+            ("restart = \"sometimes\"", "restart", "unknown restart mode"),
+            ("stop_signal = \"SIGNOPE\"", "stop_signal", "unknown signal"),
+            ("stop_signal = 99", "stop_signal", "out of range"),
+            (
+                "stop_timeout = \"5 fortnights\"",
+                "stop_timeout",
+                "unknown unit",
+            ),
+            ("user = \"no-such-user-ham\"", "user", "no such user"),
+            ("cwd = \"/nonexistent\"", "cwd", "not a directory"),
+        ] {
+            let e = err_of(&format!("{base}{extra}\n"));
+            assert_eq!(e.line, 6, "{extra}: {e}");
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("entity[0].{key}").as_str()),
+                "{e}"
+            );
+            assert!(e.message.contains(words), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_instance_names_are_refused() {
+        let e = err_of("[ham]\nname = \"a/b\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("ham.name")));
+        let e = err_of("[ham]\nname = \"\"\n");
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn missing_ham_table_is_an_error() {
+        let e = err_of("[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n");
+        assert!(e.message.contains("ham"), "{e}");
+    }
+
+    #[test]
+    fn display_shows_the_line() {
+        let e = err_of("[ham]\nname = \"x\"\nbogus = 1\n");
+        let s = e.to_string();
+        assert!(s.starts_with("/tmp/ham-test/ham.toml:3:1: "), "{s}");
+        assert!(s.contains("bogus = 1"), "{s}");
+    }
+}

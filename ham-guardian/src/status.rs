@@ -1,0 +1,270 @@
+//! The status view: read from the state segment, read-only, so it answers even when the HAM
+//! is busy (or gone: a stale segment is shown as such).
+
+use ham_core::duration::format_ns;
+use ham_core::layout::{FLAG_STOP_INTENT, FLAG_WARM_START};
+use ham_core::segment::{Access, Segment, SegmentError};
+use ham_core::{EntityState, LastExit};
+use serde::Serialize;
+
+use crate::procfs;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub ham: HamStatus,
+    pub guardian: Option<GuardianStatus>,
+    pub entities: Vec<EntityStatus>,
+    /// Slots that could not be read (corrupt), as messages.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HamStatus {
+    pub pid: i32,
+    pub epoch: u64,
+    /// Whether that pid still runs with the recorded start time.
+    pub alive: bool,
+    /// "cold" (a new segment) or "warm" (an existing one re-adopted).
+    pub start: &'static str,
+    /// A shutdown has been asked for.
+    pub stopping: bool,
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GuardianStatus {
+    pub pid: i32,
+    pub alive: bool,
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntityStatus {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub state: &'static str,
+    /// Automatic restarts after a death.
+    pub restarts: u32,
+    /// Operator starts (the first start and `hamctl start|restart`).
+    pub starts: u32,
+    pub last_exit: Option<ExitJson>,
+    /// Nanoseconds since the current process started, when running.
+    pub uptime_ns: Option<u64>,
+}
+
+/// `{"code": N}`, `{"signal": N}` or `{"unknown": true}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitJson {
+    Code(i32),
+    Signal(i32),
+    Unknown(bool),
+}
+
+impl ExitJson {
+    fn from(e: LastExit) -> Option<Self> {
+        match e {
+            LastExit::None => None,
+            LastExit::Code(c) => Some(Self::Code(c)),
+            LastExit::Signal(s) => Some(Self::Signal(s)),
+            LastExit::Unknown => Some(Self::Unknown(true)),
+        }
+    }
+    fn human(&self) -> String {
+        match self {
+            Self::Code(c) => format!("code {c}"),
+            Self::Signal(s) => format!("signal {s}"),
+            Self::Unknown(_) => "unknown".into(),
+        }
+    }
+}
+
+/// Reads the status of the instance whose segment is `segment_name`.
+pub fn read(segment_name: &str, now_mono_ns: u64) -> Result<Status, SegmentError> {
+    let seg = Segment::open(segment_name, Access::ReadOnly)?;
+    Ok(from_segment(&seg, now_mono_ns))
+}
+
+/// Builds the status from a mapped segment.
+pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
+    let h = seg.header().snapshot();
+    let guardian = (h.guardian_pid > 0).then(|| GuardianStatus {
+        pid: h.guardian_pid,
+        alive: procfs::is_alive(h.guardian_pid, h.guardian_start_time),
+        failures: h.guardian_failures,
+    });
+    let mut entities = Vec::new();
+    let mut errors = Vec::new();
+    for (index, rec) in seg.records() {
+        match rec {
+            Ok(r) => {
+                let running = r.state.has_process() && r.pid > 0;
+                entities.push(EntityStatus {
+                    pid: running.then_some(r.pid),
+                    state: r.state.as_str(),
+                    restarts: r.restarts,
+                    starts: r.starts,
+                    last_exit: ExitJson::from(r.last_exit),
+                    uptime_ns: (r.state == EntityState::Running)
+                        .then(|| now_mono_ns.saturating_sub(r.started_mono_ns)),
+                    name: r.name,
+                });
+            }
+            Err(e) => errors.push(format!("slot {index}: {e}")),
+        }
+    }
+    Status {
+        ham: HamStatus {
+            pid: h.ham_pid,
+            epoch: h.epoch,
+            alive: procfs::is_alive(h.ham_pid, h.ham_start_time),
+            start: if h.flags & FLAG_WARM_START != 0 {
+                "warm"
+            } else {
+                "cold"
+            },
+            stopping: h.flags & FLAG_STOP_INTENT != 0,
+            failures: h.ham_failures,
+        },
+        guardian,
+        entities,
+        errors,
+    }
+}
+
+impl Status {
+    /// The aligned table `hamctl status` prints.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "ham pid {}{} · epoch {} · {} start",
+            self.ham.pid,
+            if self.ham.alive { "" } else { " (not running)" },
+            self.ham.epoch,
+            self.ham.start
+        );
+        match &self.guardian {
+            Some(g) => out.push_str(&format!(
+                " · guardian pid {}{}",
+                g.pid,
+                if g.alive { "" } else { " (not running)" }
+            )),
+            None => out.push_str(" · no guardian"),
+        }
+        if self.ham.stopping {
+            out.push_str(" · shutting down");
+        }
+        out.push('\n');
+        let header = [
+            "NAME",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "STARTS",
+            "LAST EXIT",
+            "UPTIME",
+        ];
+        let rows: Vec<[String; 7]> = self
+            .entities
+            .iter()
+            .map(|e| {
+                [
+                    e.name.clone(),
+                    e.state.to_owned(),
+                    e.pid.map_or("-".into(), |p| p.to_string()),
+                    e.restarts.to_string(),
+                    e.starts.to_string(),
+                    e.last_exit.as_ref().map_or("-".into(), ExitJson::human),
+                    e.uptime_ns.map_or("-".into(), format_ns),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut line = |cells: Vec<&str>| {
+            let mut l = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(cell);
+                } else {
+                    l.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(header.to_vec());
+        for row in &rows {
+            line(row.iter().map(String::as_str).collect());
+        }
+        for e in &self.errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_json_shapes() {
+        assert_eq!(
+            serde_json::to_string(&ExitJson::Code(3)).unwrap(),
+            r#"{"code":3}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ExitJson::Signal(9)).unwrap(),
+            r#"{"signal":9}"#
+        );
+        assert_eq!(ExitJson::from(LastExit::None), None);
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let s = Status {
+            ham: HamStatus {
+                pid: 10,
+                epoch: 1,
+                alive: true,
+                start: "cold",
+                stopping: false,
+                failures: 0,
+            },
+            guardian: None,
+            entities: vec![
+                EntityStatus {
+                    name: "a-long-name".into(),
+                    pid: Some(123),
+                    state: "running",
+                    restarts: 2,
+                    starts: 1,
+                    last_exit: Some(ExitJson::Signal(9)),
+                    uptime_ns: Some(1_500_000_000),
+                },
+                EntityStatus {
+                    name: "b".into(),
+                    pid: None,
+                    state: "stopped",
+                    restarts: 0,
+                    starts: 1,
+                    last_exit: None,
+                    uptime_ns: None,
+                },
+            ],
+            errors: vec![],
+        };
+        let t = s.to_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        let col = lines[1].find("STATE").unwrap();
+        assert_eq!(lines[2].find("running"), Some(col), "{t}");
+        assert_eq!(lines[3].find("stopped"), Some(col), "{t}");
+        assert!(lines[2].ends_with("1.50s"), "{t}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real `ham` and `hamctl` binaries, real processes, everything under a
+//! temporary directory. One test binary, one module per area (as ripgrep does).
+//!
+//! Tests wait for the state they expect by polling `hamctl status --json` against a
+//! generous deadline; none sleeps to synchronise, and none asserts how fast anything is.
+
+mod util;
+
+mod config_errors;
+mod control;
+mod instances;
+mod supervision;

@@ -1,0 +1,263 @@
+//! The test harness: an instance of `ham` in its own temporary directory, with helpers to
+//! run `hamctl`, read the status and wait for a state. Dropping it stops everything it
+//! started, even when the test failed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const HAM: &str = env!("CARGO_BIN_EXE_ham");
+pub const HAMCTL: &str = env!("CARGO_BIN_EXE_hamctl");
+
+/// How long a test waits for a state before it fails. Generous: CI machines are slow and
+/// the speed of recovery is the benchmark's business, not the tests'.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique instance name for this test process.
+pub fn unique_name(tag: &str) -> String {
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        tag
+    )
+}
+
+pub struct Ham {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    /// Entity pids seen in any status, so Drop can clean up after a crashed ham.
+    seen: std::cell::RefCell<Vec<(i32, u64)>>,
+}
+
+/// Writes a configuration with a fresh instance name; `body` holds the `[[entity]]` tables.
+pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join("ham.toml");
+    let text = format!("[ham]\nname = \"{name}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\n\n{body}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Ham {
+    /// Starts `ham` on a configuration made of `body`, and waits until its status answers.
+    pub fn start(tag: &str, body: &str) -> Ham {
+        let dir = tempfile::Builder::new()
+            .prefix("ham-test-")
+            .tempdir()
+            .unwrap();
+        // World-readable so tests can run hamctl as another user.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = unique_name(tag);
+        let config = write_config(dir.path(), &name, body);
+        let child = Command::new(HAM)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("ham.stderr")).unwrap())
+            .spawn()
+            .expect("ham starts");
+        let ham = Ham {
+            dir,
+            name,
+            config,
+            child: Some(child),
+            seen: Default::default(),
+        };
+        ham.wait_for("ham to publish its status", |_| true);
+        ham
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Runs `hamctl -c CONFIG ARGS…`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(HAMCTL)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("hamctl runs")
+    }
+
+    /// `hamctl status --json`, parsed; `None` if it fails (e.g. not up yet).
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.ctl(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+        let mut seen = self.seen.borrow_mut();
+        for e in v["entities"].as_array().into_iter().flatten() {
+            if let Some(pid) = e["pid"].as_i64() {
+                let pid = pid as i32;
+                if let Some(st) = start_time(pid) {
+                    if !seen.contains(&(pid, st)) {
+                        seen.push((pid, st));
+                    }
+                }
+            }
+        }
+        Some(v)
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().expect("hamctl status --json succeeds")
+    }
+
+    /// Polls the status until `pred` holds; fails the test with the last status otherwise.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < DEADLINE {
+            if let Some(s) = self.try_status() {
+                if pred(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "timed out after {DEADLINE:?} waiting for {what}; last status: {}\nham stderr:\n{}",
+            last.map_or("none".into(), |s| s.to_string()),
+            self.stderr()
+        );
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ham.stderr")).unwrap_or_default()
+    }
+
+    /// Waits for `ham` itself to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let child = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "ham did not exit:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn segment_path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/shm/ham.{}.state", self.name))
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("run")
+            .join(format!("{}.sock", self.name))
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("run")
+            .join(format!("{}.pid", self.name))
+    }
+}
+
+impl Drop for Ham {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Ask first (that stops the entities), then insist.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Entities of a ham that died: only processes this test's ham started, checked by
+        // pid and start time.
+        for &(pid, st) in self.seen.borrow().iter() {
+            if start_time(pid) == Some(st) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = std::fs::remove_file(self.segment_path());
+    }
+}
+
+/// Field 22 of /proc/PID/stat, or None if no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// True while `pid` with `start_time` exists and is not a zombie.
+pub fn alive(pid: i32, st: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let state = stat[close + 1..].split_ascii_whitespace().next();
+    start_time(pid) == Some(st) && state != Some("Z")
+}
+
+/// The entity named `name` in a status.
+pub fn entity<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["entities"]
+        .as_array()
+        .expect("entities is a list")
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no entity {name} in {status}"))
+}
+
+pub fn pid_of(status: &Value, name: &str) -> i32 {
+    entity(status, name)["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{name} has no pid in {status}")) as i32
+}
+
+pub fn running(status: &Value, name: &str) -> bool {
+    entity(status, name)["state"] == "running"
+}
+
+pub fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+}
+
+pub fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// An entity table running `sleep` for a long time.
+pub fn sleeper(name: &str) -> String {
+    format!(
+        "[[entity]]\nname = \"{name}\"\ncommand = [\"sleep\", \"1000\"]\nstop_timeout = \"2s\"\n\n"
+    )
+}
