@@ -41,6 +41,13 @@ pub const FLAG_STOP_INTENT: u32 = 1 << 0;
 /// Header flag: this HAM found a valid segment at start and re-adopted it (warm start).
 pub const FLAG_WARM_START: u32 = 1 << 1;
 
+/// Exit status source: `waitid` on the HAM's own children.
+pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;
+/// Exit status source: `ioctl(PIDFD_GET_INFO, PIDFD_INFO_EXIT)` (Linux ≥ 6.15).
+pub const EXIT_SOURCE_PIDFD_INFO: u32 = 1 << 1;
+/// Exit status source: the netlink proc connector (needs CAP_NET_ADMIN).
+pub const EXIT_SOURCE_PROC_CONNECTOR: u32 = 1 << 2;
+
 /// The segment header. Written only by the HAM that owns the current epoch.
 #[repr(C, align(64))]
 pub struct Header {
@@ -80,9 +87,14 @@ pub struct Header {
     ham_failures: AtomicU32,
     /// Times a Guardian died and was replaced.
     guardian_failures: AtomicU32,
-    /// Intent slot for changes that span records; reserved for the takeover protocol.
+    /// `EXIT_SOURCE_*` bits: where the HAM gets the exit status of processes that are not
+    /// its children.
+    exit_sources: AtomicU32,
+    _pad: AtomicU32,
+    /// Reserved for changes that span records (none does yet: each record is published on
+    /// its own, see docs/ARCHITECTURE.md).
     intent: [AtomicU64; 8],
-    _reserved: [AtomicU64; 42],
+    _reserved: [AtomicU64; 41],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
@@ -103,6 +115,7 @@ pub struct HeaderSnapshot {
     pub created_unix_ns: u64,
     pub ham_failures: u32,
     pub guardian_failures: u32,
+    pub exit_sources: u32,
 }
 
 impl Header {
@@ -123,6 +136,7 @@ impl Header {
             created_unix_ns: self.created_unix_ns.load(Ordering::Relaxed),
             ham_failures: self.ham_failures.load(Ordering::Relaxed),
             guardian_failures: self.guardian_failures.load(Ordering::Relaxed),
+            exit_sources: self.exit_sources.load(Ordering::Relaxed),
         }
     }
 
@@ -176,9 +190,11 @@ impl Header {
         self.magic.store(MAGIC, Ordering::Release);
     }
 
-    pub(crate) fn set_epoch(&self, epoch: u64) {
-        // Release pairs with the Acquire loads in `epoch()` / `snapshot()`.
-        self.epoch.store(epoch, Ordering::Release);
+    /// Takes the next epoch: atomic, so two would-be owners never get the same one, and the
+    /// older one's next write sees it is fenced.
+    pub(crate) fn next_epoch(&self) -> u64 {
+        // AcqRel: pairs with the Acquire loads in `epoch()` / `snapshot()`.
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
     pub(crate) fn set_ham(&self, pid: i32, start_time: u64) {
         self.ham_start_time.store(start_time, Ordering::Relaxed);
@@ -198,6 +214,9 @@ impl Header {
     pub(crate) fn set_entity_count(&self, n: u32) {
         // Release: a reader that sees the count sees the slots published before it.
         self.entity_count.store(n, Ordering::Release);
+    }
+    pub(crate) fn set_exit_sources(&self, bits: u32) {
+        self.exit_sources.store(bits, Ordering::Relaxed);
     }
     pub(crate) fn bump_ham_failures(&self) {
         self.ham_failures.fetch_add(1, Ordering::Relaxed);
@@ -471,17 +490,29 @@ impl EntityCopy {
         (checksum(&body) == sum).then_some(body)
     }
 
-    fn store(&self, body: &[u64; BODY_WORDS]) {
+    fn store(&self, body: &[u64; BODY_WORDS], hook: Option<Hook>) {
         self.checksum.store(0, Ordering::Relaxed);
         // Release fence: the invalidation above is ordered before every body store below.
         fence(Ordering::Release);
-        for (dst, &src) in self.body.iter().zip(body.iter()) {
+        if let Some(h) = hook {
+            h("publish:invalidated");
+        }
+        for (i, (dst, &src)) in self.body.iter().zip(body.iter()).enumerate() {
             dst.store(src, Ordering::Relaxed);
+            if i == BODY_WORDS / 2 {
+                if let Some(h) = hook {
+                    h("publish:half-written");
+                }
+            }
         }
         // Release pairs with the Acquire load in `load`.
         self.checksum.store(checksum(body), Ordering::Release);
     }
 }
+
+/// A failpoint hook: called with a step's name between the steps of a publish, so tests can
+/// kill the writer there. `None` in production.
+pub type Hook = fn(&'static str);
 
 /// How many times a reader retries a slot that a writer keeps changing under it.
 const READ_RETRIES: usize = 64;
@@ -528,7 +559,7 @@ impl EntitySlot {
 
     /// Publishes `rec` as the next generation and returns it. Single writer only: the caller
     /// must be the HAM owning the current epoch (enforced by `SegmentWriter`).
-    pub(crate) fn publish(&self, rec: &EntityRecord) -> u64 {
+    pub(crate) fn publish(&self, rec: &EntityRecord, hook: Option<Hook>) -> u64 {
         // A copy that no longer validates (the previous writer died mid-store) is simply not
         // counted: we overwrite it, never the newest valid one.
         let current = match self.newest() {
@@ -540,7 +571,7 @@ impl EntitySlot {
             }
         };
         let next = current + 1;
-        self.copies[(next % 2) as usize].store(&rec.encode(next));
+        self.copies[(next % 2) as usize].store(&rec.encode(next), hook);
         next
     }
 
@@ -612,7 +643,7 @@ mod tests {
     fn publish_then_read_round_trips() {
         let slot = zeroed_slot();
         let rec = sample("web");
-        assert_eq!(slot.publish(&rec), 1);
+        assert_eq!(slot.publish(&rec, None), 1);
         let got = slot.read().unwrap().unwrap();
         assert_eq!(
             got,
@@ -624,7 +655,7 @@ mod tests {
         let mut rec2 = rec;
         rec2.restarts = 4;
         rec2.last_exit = LastExit::Code(3);
-        assert_eq!(slot.publish(&rec2), 2);
+        assert_eq!(slot.publish(&rec2, None), 2);
         assert_eq!(slot.read().unwrap().unwrap().last_exit, LastExit::Code(3));
     }
 
@@ -632,8 +663,8 @@ mod tests {
     fn a_torn_publish_leaves_the_previous_generation_readable() {
         let slot = zeroed_slot();
         let mut rec = sample("db");
-        slot.publish(&rec);
-        slot.publish(&rec);
+        slot.publish(&rec, None);
+        slot.publish(&rec, None);
         for words in 0..BODY_WORDS {
             rec.restarts = 100 + words as u32;
             slot.publish_torn_for_test(&rec, words);
@@ -643,7 +674,7 @@ mod tests {
         }
         // The next writer recovers: it overwrites the torn copy, not the valid one.
         rec.restarts = 7;
-        assert_eq!(slot.publish(&rec), 3);
+        assert_eq!(slot.publish(&rec, None), 3);
         assert_eq!(slot.read().unwrap().unwrap().restarts, 7);
     }
 
@@ -665,7 +696,7 @@ mod tests {
     #[test]
     fn clear_frees_the_slot() {
         let slot = zeroed_slot();
-        slot.publish(&sample("x"));
+        slot.publish(&sample("x"), None);
         slot.clear();
         assert_eq!(slot.read(), Ok(None));
     }
@@ -674,7 +705,7 @@ mod tests {
     fn long_names_are_truncated_to_the_limit() {
         let slot = zeroed_slot();
         let long = "n".repeat(NAME_MAX + 10);
-        slot.publish(&sample(&long));
+        slot.publish(&sample(&long), None);
         assert_eq!(slot.read().unwrap().unwrap().name.len(), NAME_MAX);
     }
 
@@ -683,14 +714,14 @@ mod tests {
         let slot: &'static EntitySlot = Box::leak(zeroed_slot());
         let mut first = sample("r");
         (first.restarts, first.starts, first.pid) = (0, 0, 0);
-        slot.publish(&first);
+        slot.publish(&first, None);
         let writer = std::thread::spawn(move || {
             let mut rec = sample("r");
             for i in 0..20_000u32 {
                 rec.restarts = i;
                 rec.starts = i;
                 rec.pid = i as i32;
-                slot.publish(&rec);
+                slot.publish(&rec, None);
             }
         });
         let mut seen = 0;

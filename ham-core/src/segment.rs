@@ -14,7 +14,7 @@ use rustix::fs::Mode;
 use rustix::shm;
 
 use crate::layout::{
-    EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, LAYOUT_VERSION, MAGIC, RecordError,
+    EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, RecordError,
 };
 
 /// Why a segment could not be created, opened or written.
@@ -273,6 +273,7 @@ impl Segment {
 pub struct SegmentWriter {
     seg: Segment,
     epoch: u64,
+    hook: Option<Hook>,
 }
 
 impl SegmentWriter {
@@ -283,10 +284,18 @@ impl SegmentWriter {
                 io::ErrorKind::PermissionDenied,
             )));
         }
-        let epoch = seg.header().epoch() + 1;
-        seg.header().set_epoch(epoch);
+        let epoch = seg.header().next_epoch();
         seg.header().set_ham(pid, start_time);
-        Ok(Self { seg, epoch })
+        Ok(Self {
+            seg,
+            epoch,
+            hook: None,
+        })
+    }
+
+    /// Installs a failpoint hook called between the steps of every publish (tests only).
+    pub fn set_hook(&mut self, hook: Option<Hook>) {
+        self.hook = hook;
     }
 
     pub fn segment(&self) -> &Segment {
@@ -316,7 +325,7 @@ impl SegmentWriter {
             index,
             capacity: self.seg.capacity,
         })?;
-        let generation = slot.publish(rec);
+        let generation = slot.publish(rec, self.hook);
         if h.entity_count() <= index {
             h.set_entity_count(index + 1);
         }
@@ -351,6 +360,11 @@ impl SegmentWriter {
     pub fn set_stop_intent(&self) -> Result<(), SegmentError> {
         let h = self.owned()?;
         h.set_flags(h.flags() | FLAG_STOP_INTENT);
+        Ok(())
+    }
+
+    pub fn set_exit_sources(&self, bits: u32) -> Result<(), SegmentError> {
+        self.owned()?.set_exit_sources(bits);
         Ok(())
     }
 

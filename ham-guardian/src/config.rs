@@ -37,6 +37,7 @@ struct RawHam {
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
     max_entities: Option<Spanned<u32>>,
+    liveness_timeout: Option<Spanned<String>>,
 }
 
 /// Only the `[ham]` table; everything else is ignored. What `hamctl` needs to find an
@@ -150,6 +151,8 @@ pub struct Config {
     pub instance: Instance,
     pub log_dir: PathBuf,
     pub max_entities: u32,
+    /// How long the HAM may go without turning its loop before the Guardian fences it.
+    pub liveness_timeout_ns: u64,
     pub entities: Vec<EntityConfig>,
 }
 
@@ -176,6 +179,8 @@ impl Instance {
 }
 
 pub const DEFAULT_STOP_TIMEOUT: &str = "10s";
+pub const DEFAULT_LIVENESS_TIMEOUT: &str = "2s";
+const MIN_LIVENESS_TIMEOUT_NS: u64 = 20_000_000;
 pub const DEFAULT_MAX_ENTITIES: u32 = 1024;
 const MAX_ENTITIES_LIMIT: u32 = 65_536;
 
@@ -183,6 +188,10 @@ struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     dir: PathBuf,
+    /// Check that executables, folders, users and groups exist now. Off when a Guardian
+    /// re-reads the text its HAM already validated: a program deleted since then must make
+    /// that entity fail to start, not the takeover.
+    strict: bool,
 }
 
 impl Ctx<'_> {
@@ -285,6 +294,7 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
         file: &abs,
         text: &text,
         dir: abs.parent().unwrap_or(Path::new("/")).to_owned(),
+        strict: true,
     };
     let raw: RawInstanceOnly = toml::from_str(&text).map_err(|e| de_error(&ctx, e))?;
     Ok(Instance {
@@ -304,10 +314,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text as if it were the file `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_with(file, text, true)
+}
+
+/// Re-reads text that a HAM already validated (see `Ctx::strict`).
+pub fn parse_validated(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_with(file, text, false)
+}
+
+fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigError> {
     let ctx = Ctx {
         file,
         text,
         dir: file.parent().unwrap_or(Path::new("/")).to_owned(),
+        strict,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| de_error(&ctx, e))?;
     let ham = raw.ham.get_ref();
@@ -331,6 +351,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 Some("ham.max_entities".into()),
                 format!("must be between 1 and {MAX_ENTITIES_LIMIT}"),
             ));
+        }
+    };
+    let liveness_timeout_ns = match &ham.liveness_timeout {
+        None => duration::parse_ns(DEFAULT_LIVENESS_TIMEOUT).expect("default parses"),
+        Some(t) => {
+            let ns = duration::parse_ns(t.get_ref())
+                .map_err(|why| ctx.err(Some(t.span()), Some("ham.liveness_timeout".into()), why))?;
+            if ns < MIN_LIVENESS_TIMEOUT_NS {
+                return Err(ctx.err(
+                    Some(t.span()),
+                    Some("ham.liveness_timeout".into()),
+                    "must be at least 20ms",
+                ));
+            }
+            ns
         }
     };
     if raw.entity.len() > max_entities as usize {
@@ -367,6 +402,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         instance,
         log_dir,
         max_entities,
+        liveness_timeout_ns,
         entities,
     })
 }
@@ -416,14 +452,17 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         .cloned()
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let exec_path = resolve_program(ctx, program, &search_path)
-        .map_err(|why| ctx.err(Some(e.command.span()), key("command"), why))?;
+    let exec_path = match resolve_program(ctx, program, &search_path) {
+        Ok(p) => p,
+        Err(_) if !ctx.strict => ctx.path(program),
+        Err(why) => return Err(ctx.err(Some(e.command.span()), key("command"), why)),
+    };
 
     let cwd = match &e.cwd {
         None => None,
         Some(c) => {
             let p = ctx.path(c.get_ref());
-            if !p.is_dir() {
+            if ctx.strict && !p.is_dir() {
                 return Err(ctx.err(
                     Some(c.span()),
                     key("cwd"),
@@ -509,7 +548,7 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         Some(o) => {
             let p = ctx.path(o.get_ref());
             match p.parent() {
-                Some(dir) if dir.is_dir() => Output::File(p),
+                Some(dir) if dir.is_dir() || !ctx.strict => Output::File(p),
                 _ => {
                     return Err(ctx.err(
                         Some(o.span()),

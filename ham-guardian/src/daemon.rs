@@ -1,22 +1,25 @@
-//! The HAM: one epoll loop over a pidfd per entity, a signalfd, one timerfd for every
-//! deadline, and the control socket. Nothing polls: an idle HAM sleeps in `epoll_wait`.
+//! The HAM role: one epoll loop over a pidfd per entity, the Guardian's pidfd, a signalfd,
+//! one timerfd for every deadline, and the control socket. Nothing polls: an idle HAM
+//! sleeps in `epoll_wait` until its next deadline (the liveness tick the Guardian watches).
 //!
-//! Each entity is a small state machine (see `EntityState`); every transition is published
-//! to the state segment before or after the side effect it describes, as documented in
-//! `docs/ARCHITECTURE.md`. What to do after an exit is decided by `ham_core::policy`.
+//! Each entity is a small state machine (`EntityState`); every transition is published to
+//! the state segment in the order `docs/ARCHITECTURE.md` argues is crash-safe. What to do
+//! after an exit is decided by `ham_core::policy`. The same code starts cold, starts warm
+//! from a segment left by a dead pair, and runs a promoted Guardian.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use ham_core::layout::FLAG_STOP_INTENT;
+use ham_core::layout::{
+    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID, FLAG_STOP_INTENT,
+    FLAG_WARM_START,
+};
 use ham_core::policy::{self, AfterExit, Wanted};
 use ham_core::segment::{Access, Segment, SegmentError, SegmentWriter, segment_size};
 use ham_core::{EntityRecord, EntityState, LastExit};
@@ -28,11 +31,16 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 
 use crate::config::{Config, EntityConfig, Output};
 use crate::control::{MAX_REQUEST, Request, Response};
+use crate::failpoint;
+use crate::handoff::{self, Passed};
+use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
 const TOK_SIGNAL: u64 = 1;
 const TOK_TIMER: u64 = 2;
 const TOK_LISTEN: u64 = 3;
+const TOK_GUARDIAN: u64 = 4;
+const TOK_PROCCONN: u64 = 5;
 const TOK_CONN: u64 = 1 << 32;
 const TOK_PIDFD: u64 = 2 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
@@ -72,11 +80,16 @@ struct Entity {
     slot: u32,
     rec: EntityRecord,
     pidfd: Option<OwnedFd>,
+    /// The process is not our child (adopted after a takeover or a warm start): its exit
+    /// status comes from the proc connector or its pidfd, not from `waitid`.
+    adopted: bool,
     wanted: Wanted,
     stop_deadline: Option<u64>,
     retry_at: Option<u64>,
     spawn_failures: u32,
     last_spawn_error: Option<String>,
+    /// Deaths seen by this HAM; a late exit status is applied only to the death it is for.
+    deaths: u64,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -84,6 +97,27 @@ struct Entity {
 enum TimerKind {
     StopKill,
     Retry,
+    Liveness,
+    GuardianRetry,
+    StatusPatch,
+}
+
+/// An adopted entity died before anyone could tell how; its status may still come through
+/// its pidfd once something reaps it.
+struct StatusPatch {
+    entity: usize,
+    pid: i32,
+    death: u64,
+    pidfd: OwnedFd,
+    tries: u32,
+    at: u64,
+}
+
+struct GuardianProc {
+    pid: i32,
+    start_time: u64,
+    pidfd: OwnedFd,
+    sock: OwnedFd,
 }
 
 struct Conn {
@@ -91,9 +125,19 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+/// How this HAM came to be.
+pub enum Origin {
+    /// `ham -c FILE`: cold, or warm from a segment left by a dead pair.
+    Started,
+    /// A Guardian promoting itself after its HAM died or was fenced, with what the HAM
+    /// handed over.
+    Promoted { passed: HashMap<u32, Passed> },
+}
+
 /// The HAM role.
 pub struct Daemon {
     cfg: Config,
+    config_text: String,
     writer: SegmentWriter,
     epoll: OwnedFd,
     signals: SignalFd,
@@ -107,6 +151,14 @@ pub struct Daemon {
     timers: BinaryHeap<Reverse<(u64, TimerKind, usize)>>,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,
+    guardian: Option<GuardianProc>,
+    guardian_retry_at: Option<u64>,
+    tick_ns: u64,
+    next_tick: u64,
+    proc_conn: Option<ProcConnector>,
+    exit_cache: HashMap<i32, i32>,
+    patches: Vec<StatusPatch>,
+    origin: Option<Origin>,
 }
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
@@ -120,34 +172,46 @@ macro_rules! say {
 }
 
 impl Daemon {
-    /// Sets up the instance: refuses if one is already running, creates the segment, the
-    /// control socket and the pid file, and blocks the signals the loop reads.
-    pub fn new(cfg: Config) -> Result<Self, DaemonError> {
+    /// `ham -c FILE`: refuses if the instance runs; starts warm from a valid segment whose
+    /// HAM and Guardian are both gone, cold otherwise.
+    pub fn start(cfg: Config, config_text: String) -> Result<Self, DaemonError> {
         let inst = cfg.instance.clone();
         std::fs::create_dir_all(&inst.run_dir).map_err(io_ctx(format!(
             "creating run_dir {}",
             inst.run_dir.display()
         )))?;
-
-        // An existing segment: refuse if its HAM lives, otherwise it is stale.
         let seg_name = inst.segment_name();
+        let needed = cfg.max_entities.max(cfg.entities.len() as u32);
+        let mut warm = None;
         match Segment::open(&seg_name, Access::ReadOnly) {
             Ok(old) => {
                 let h = old.header().snapshot();
-                if procfs::is_alive(h.ham_pid, h.ham_start_time) {
-                    return Err(DaemonError::AlreadyRunning {
-                        name: inst.name.clone(),
-                        pid: h.ham_pid,
-                    });
+                for (pid, st) in [
+                    (h.ham_pid, h.ham_start_time),
+                    (h.guardian_pid, h.guardian_start_time),
+                ] {
+                    if procfs::is_alive(pid, st) {
+                        return Err(DaemonError::AlreadyRunning {
+                            name: inst.name.clone(),
+                            pid: h.ham_pid,
+                        });
+                    }
                 }
-                log(
-                    &inst.name,
-                    format_args!(
-                        "cold start: removing the stale segment {seg_name} of ham pid {} (not running)",
-                        h.ham_pid
-                    ),
-                );
-                Segment::unlink(&seg_name)?;
+                if old.capacity() < cfg.entities.len() as u32 {
+                    log(
+                        &inst.name,
+                        format_args!(
+                            "cold start: the segment {seg_name} holds {} entities, the configuration {}",
+                            old.capacity(),
+                            cfg.entities.len()
+                        ),
+                    );
+                    stop_recorded_processes(&inst.name, &old);
+                    Segment::unlink(&seg_name)?;
+                } else {
+                    drop(old);
+                    warm = Some(Segment::open(&seg_name, Access::ReadWrite)?);
+                }
             }
             Err(SegmentError::NotFound { .. }) => {
                 log(
@@ -165,7 +229,91 @@ impl Daemon {
                 Segment::unlink(&seg_name)?;
             }
         }
+        let me = std::process::id() as i32;
+        let my_start = procfs::start_time(me).unwrap_or(0);
+        let (seg, flags) = match warm {
+            Some(seg) => {
+                let h = seg.header().snapshot();
+                log(
+                    &inst.name,
+                    format_args!(
+                        "warm start: re-adopting the segment {seg_name} (epoch {}, ham pid {} gone)",
+                        h.epoch, h.ham_pid
+                    ),
+                );
+                (seg, FLAG_WARM_START)
+            }
+            None => (Segment::create(&seg_name, needed, unix_ns())?, 0),
+        };
+        let writer = SegmentWriter::take(seg, me, my_start)?;
+        writer.set_flags(flags)?;
+        writer.set_guardian(0, 0)?;
+        let listener = bind_socket(&inst.socket_path())?;
+        Self::build(cfg, config_text, writer, listener, Origin::Started)
+    }
 
+    /// A Guardian taking over: the old HAM is dead (or fenced and dead).
+    pub fn promote(
+        cfg: Config,
+        config_text: String,
+        listener: UnixListener,
+        passed: HashMap<u32, Passed>,
+    ) -> Result<Self, DaemonError> {
+        let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadWrite)?;
+        let me = std::process::id() as i32;
+        // A new Guardian first: if this process dies anywhere in the takeover, that one
+        // finds its parent gone and takes over in turn.
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &listener) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log(
+                    &cfg.instance.name,
+                    format_args!("cannot start a guardian yet: {e}"),
+                );
+                None
+            }
+        };
+        let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
+        failpoint::hit("promote:after-epoch");
+        writer.bump_ham_failures()?;
+        let flags = writer.segment().header().flags();
+        writer.set_flags(flags | FLAG_WARM_START)?;
+        match &guardian {
+            Some(g) => writer.set_guardian(g.pid, g.start_time)?,
+            None => writer.set_guardian(0, 0)?,
+        }
+        log(
+            &cfg.instance.name,
+            format_args!(
+                "guardian pid {me} promoted to HAM (epoch {})",
+                writer.epoch()
+            ),
+        );
+        listener
+            .set_nonblocking(true)
+            .map_err(io_ctx("socket O_NONBLOCK"))?;
+        let mut d = Self::build(
+            cfg,
+            config_text,
+            writer,
+            listener,
+            Origin::Promoted { passed },
+        )?;
+        d.guardian = guardian;
+        Ok(d)
+    }
+
+    fn build(
+        cfg: Config,
+        config_text: String,
+        mut writer: SegmentWriter,
+        listener: UnixListener,
+        origin: Origin,
+    ) -> Result<Self, DaemonError> {
+        let inst = cfg.instance.clone();
+        if cfg!(debug_assertions) {
+            writer.set_hook(Some(failpoint::hit));
+        }
         // Signals are blocked before anything else exists, so none is lost and none kills us.
         let mut mask = SigSet::empty();
         for s in [
@@ -179,16 +327,19 @@ impl Daemon {
         mask.thread_block().map_err(io_ctx("blocking signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io_ctx("signalfd"))?;
-
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(io_ctx("PR_SET_CHILD_SUBREAPER"))?;
 
-        let capacity = cfg.max_entities.max(cfg.entities.len() as u32);
-        let seg = Segment::create(&seg_name, capacity, unix_ns())?;
-        let me = std::process::id() as i32;
-        let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
+        let mut sources = EXIT_SOURCE_WAITID;
+        if sys::pidfd_info_exit_supported() {
+            sources |= EXIT_SOURCE_PIDFD_INFO;
+        }
+        if ProcConnector::open().is_ok() {
+            sources |= EXIT_SOURCE_PROC_CONNECTOR;
+        }
+        writer.set_exit_sources(sources)?;
 
-        let listener = bind_socket(&inst.socket_path())?;
+        let me = std::process::id();
         std::fs::write(inst.pid_path(), format!("{me}\n"))
             .map_err(io_ctx(format!("writing {}", inst.pid_path().display())))?;
 
@@ -211,40 +362,22 @@ impl Daemon {
         add(timerfd.as_fd(), TOK_TIMER)?;
         add(listener.as_fd(), TOK_LISTEN)?;
 
-        let entities: Vec<Entity> = cfg
-            .entities
-            .iter()
-            .enumerate()
-            .map(|(i, ec)| Entity {
-                cfg: ec.clone(),
-                slot: i as u32,
-                rec: EntityRecord::new(&ec.name),
-                pidfd: None,
-                wanted: Wanted::Up,
-                stop_deadline: None,
-                retry_at: None,
-                spawn_failures: 0,
-                last_spawn_error: None,
-                waiters: Vec::new(),
-            })
-            .collect();
-        let by_name = entities
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.cfg.name.clone(), i))
-            .collect();
+        let capacity = writer.segment().capacity();
         log(
             &inst.name,
             format_args!(
-                "pid {me}, {} entities, segment {seg_name} ({} KiB), socket {}",
-                entities.len(),
+                "pid {me}, epoch {}, {} entities, segment {} ({} KiB), socket {}",
+                writer.epoch(),
+                cfg.entities.len(),
+                inst.segment_name(),
                 segment_size(capacity) / 1024,
                 inst.socket_path().display()
             ),
         );
+        let tick_ns = (cfg.liveness_timeout_ns / 4).max(1);
         Ok(Self {
             my_uid: rustix::process::geteuid().as_raw(),
-            cfg,
+            config_text,
             writer,
             epoll,
             signals,
@@ -253,26 +386,61 @@ impl Daemon {
             listener,
             conns: HashMap::new(),
             next_conn: 0,
-            entities,
-            by_name,
+            entities: Vec::new(),
+            by_name: HashMap::new(),
             timers: BinaryHeap::new(),
             shutdown: None,
+            guardian: None,
+            guardian_retry_at: None,
+            tick_ns,
+            next_tick: 0,
+            proc_conn: None,
+            exit_cache: HashMap::new(),
+            patches: Vec::new(),
+            origin: Some(origin),
+            cfg,
         })
     }
 
-    /// Starts every entity and runs until a shutdown completes. Returns the exit code.
+    /// Starts the Guardian, takes over or starts every entity, and runs until a shutdown
+    /// completes. Returns the exit code.
     pub fn run(mut self) -> Result<i32, DaemonError> {
-        for i in 0..self.entities.len() {
-            self.publish(i);
+        let promoted = matches!(self.origin, Some(Origin::Promoted { .. }));
+        // The Guardian comes first: from here on, a death of this HAM is covered.
+        if self.guardian.is_some() {
+            self.guardian_started();
+        } else {
+            self.spawn_guardian();
         }
-        for i in 0..self.entities.len() {
-            self.entities[i].rec.starts += 1;
-            self.spawn(i);
+        if promoted {
+            failpoint::hit("promote:after-guardian");
         }
+        let passed = match self.origin.take() {
+            Some(Origin::Promoted { passed }) => passed,
+            _ => HashMap::new(),
+        };
+        self.adopt(passed);
+        if self.writer.segment().header().flags() & FLAG_STOP_INTENT != 0 {
+            say!(
+                self,
+                "the previous HAM was shutting down: finishing the shutdown"
+            );
+            self.begin_shutdown(None);
+        }
+        self.schedule_tick(mono_ns());
         let mut events = Vec::with_capacity(64);
         loop {
+            if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {
+                self.finish();
+                return Ok(crate::exit::OK);
+            }
+            self.rearm_timer();
             events.clear();
-            match epoll::wait(&self.epoll, spare(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(io_ctx("epoll_wait")(e)),
@@ -285,6 +453,8 @@ impl Daemon {
                         TOK_SIGNAL => self.on_signals(),
                         TOK_TIMER => self.on_timer(),
                         TOK_LISTEN => self.on_accept(),
+                        TOK_GUARDIAN => self.on_guardian_exit(),
+                        TOK_PROCCONN => self.drain_proc_connector(),
                         _ => {}
                     },
                     TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
@@ -292,11 +462,266 @@ impl Daemon {
                     _ => {}
                 }
             }
-            if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {
-                self.finish();
-                return Ok(crate::exit::OK);
+        }
+    }
+
+    // -- taking over the state -------------------------------------------------------------
+
+    /// Builds the entity table from the configuration and whatever the segment holds:
+    /// records of configured entities are resumed (their processes adopted, checked by pid +
+    /// start time), records of entities no longer configured are stopped and freed, and
+    /// new entities get a free slot and are started.
+    fn adopt(&mut self, mut passed: HashMap<u32, Passed>) {
+        let mut found: HashMap<String, (u32, EntityRecord)> = HashMap::new();
+        for (slot, rec) in self.writer.segment().records() {
+            match rec {
+                Ok(r) => {
+                    found.insert(r.name.clone(), (slot, r));
+                }
+                Err(e) => {
+                    say!(self, "slot {slot} is unreadable ({e}); freeing it");
+                    let _ = self.writer.clear(slot);
+                }
             }
-            self.rearm_timer();
+        }
+        let configured: HashSet<&str> = self.cfg.entities.iter().map(|e| e.name.as_str()).collect();
+        let orphans: Vec<(u32, EntityRecord)> = found
+            .iter()
+            .filter(|(name, _)| !configured.contains(name.as_str()))
+            .map(|(_, v)| v.clone())
+            .collect();
+        for (slot, rec) in orphans {
+            found.remove(&rec.name);
+            say!(
+                self,
+                "{}: no longer configured; stopping it and freeing slot {slot}",
+                rec.name
+            );
+            if rec.state.has_process() || rec.state == EntityState::Starting {
+                signal_recorded(&rec, libc::SIGTERM);
+            }
+            let _ = self.writer.clear(slot);
+        }
+        let mut used: HashSet<u32> = found.values().map(|(s, _)| *s).collect();
+        let mut next_free = 0u32;
+        let cfgs = self.cfg.entities.clone();
+        let mut to_resume = Vec::new();
+        let mut to_start = Vec::new();
+        for ec in cfgs {
+            let (slot, rec, existing) = match found.remove(&ec.name) {
+                Some((slot, rec)) => (slot, rec, true),
+                None => {
+                    while used.contains(&next_free) {
+                        next_free += 1;
+                    }
+                    used.insert(next_free);
+                    (next_free, EntityRecord::new(&ec.name), false)
+                }
+            };
+            let i = self.entities.len();
+            self.by_name.insert(ec.name.clone(), i);
+            self.entities.push(Entity {
+                cfg: ec,
+                slot,
+                rec,
+                pidfd: None,
+                adopted: false,
+                wanted: Wanted::Up,
+                stop_deadline: None,
+                retry_at: None,
+                spawn_failures: 0,
+                last_spawn_error: None,
+                deaths: 0,
+                waiters: Vec::new(),
+            });
+            if existing {
+                to_resume.push(i);
+            } else {
+                to_start.push(i);
+            }
+        }
+        // Records of processes that may still run come first, so that the proc connector is
+        // listening before any of them can die unseen.
+        if to_resume.iter().any(|&i| self.entities[i].rec.pid > 0) {
+            self.ensure_proc_connector();
+        }
+        for i in to_resume {
+            let p = passed.remove(&self.entities[i].slot);
+            self.resume(i, p);
+        }
+        for i in to_start {
+            self.publish(i);
+            self.entities[i].rec.starts += 1;
+            self.spawn(i);
+        }
+        self.release_proc_connector_if_idle();
+    }
+
+    /// Carries on from one entity's record.
+    fn resume(&mut self, i: usize, passed: Option<Passed>) {
+        let rec = self.entities[i].rec.clone();
+        match rec.state {
+            EntityState::Stopped | EntityState::Exited => self.publish(i),
+            EntityState::Backoff => self.spawn(i),
+            EntityState::Starting if rec.pid <= 0 => self.spawn(i),
+            EntityState::Starting | EntityState::Running | EntityState::Stopping => {
+                let passed = passed.filter(|p| p.pid == rec.pid && p.start_time == rec.start_time);
+                match open_verified(rec.pid, rec.start_time, passed.as_ref()) {
+                    Some(pidfd)
+                        if rec.state == EntityState::Starting && runs_ham_binary(rec.pid) =>
+                    {
+                        // Forked but never released into its program: it is exiting on its
+                        // own; make sure, then start it for real.
+                        let _ = rustix::process::pidfd_send_signal(
+                            &pidfd,
+                            rustix::process::Signal::KILL,
+                        );
+                        wait_pidfd(&pidfd, 5_000);
+                        say!(
+                            self,
+                            "{}: pid {} was never released; starting it again",
+                            rec.name,
+                            rec.pid
+                        );
+                        self.spawn(i);
+                    }
+                    Some(pidfd) => {
+                        let tok = TOK_PIDFD | i as u64;
+                        if let Err(e) = epoll::add(
+                            &self.epoll,
+                            &pidfd,
+                            epoll::EventData::new_u64(tok),
+                            epoll::EventFlags::IN,
+                        ) {
+                            say!(self, "{}: cannot watch pid {}: {e}", rec.name, rec.pid);
+                        }
+                        self.send_to_guardian(
+                            self.entities[i].slot,
+                            rec.pid,
+                            rec.start_time,
+                            &pidfd,
+                        );
+                        let e = &mut self.entities[i];
+                        e.pidfd = Some(pidfd);
+                        e.adopted = true;
+                        if e.rec.state == EntityState::Starting {
+                            e.rec.state = EntityState::Running;
+                            e.rec.started_mono_ns = mono_ns();
+                            e.rec.started_unix_ns = unix_ns();
+                        }
+                        let stopping = e.rec.state == EntityState::Stopping;
+                        say!(self, "{}: adopted pid {}", rec.name, rec.pid);
+                        if stopping {
+                            // Resume the stop: signal again and arm a fresh deadline.
+                            self.entities[i].rec.state = EntityState::Running;
+                            self.begin_stop(i, Wanted::Down);
+                        } else {
+                            self.publish(i);
+                        }
+                    }
+                    None => {
+                        // It died while no HAM was watching.
+                        let status = passed
+                            .as_ref()
+                            .and_then(|p| sys::pidfd_exit_status(&p.pidfd).ok().flatten())
+                            .map_or(LastExit::Unknown, decode_wait_status);
+                        if rec.state == EntityState::Starting {
+                            self.spawn(i);
+                        } else {
+                            say!(
+                                self,
+                                "{}: pid {} died while no HAM was watching",
+                                rec.name,
+                                rec.pid
+                            );
+                            if rec.state == EntityState::Stopping {
+                                self.entities[i].wanted = Wanted::Down;
+                            }
+                            self.on_exit(i, status);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // -- the Guardian ----------------------------------------------------------------------
+
+    /// Starts a Guardian (or schedules another try).
+    fn spawn_guardian(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        match spawn_guardian_process(&self.cfg, &self.config_text, &self.listener) {
+            Ok(g) => {
+                let _ = self.writer.set_guardian(g.pid, g.start_time);
+                self.guardian = Some(g);
+                self.guardian_started();
+            }
+            Err(e) => {
+                let at = mono_ns() + 1_000_000_000;
+                say!(self, "cannot start the guardian: {e}; retrying in 1s");
+                self.guardian_retry_at = Some(at);
+                self.timers.push(Reverse((at, TimerKind::GuardianRetry, 0)));
+            }
+        }
+    }
+
+    /// Watches a new Guardian and hands it every live entity's pidfd.
+    fn guardian_started(&mut self) {
+        let Some(g) = &self.guardian else { return };
+        say!(self, "guardian pid {}", g.pid);
+        let _ = epoll::add(
+            &self.epoll,
+            &g.pidfd,
+            epoll::EventData::new_u64(TOK_GUARDIAN),
+            epoll::EventFlags::IN,
+        );
+        self.guardian_retry_at = None;
+        for e in &self.entities {
+            if let Some(fd) = &e.pidfd {
+                self.send_to_guardian(e.slot, e.rec.pid, e.rec.start_time, fd);
+            }
+        }
+    }
+
+    fn on_guardian_exit(&mut self) {
+        let Some(g) = self.guardian.take() else {
+            return;
+        };
+        let how = match rustix::process::waitid(
+            WaitId::PidFd(g.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(st)) => decode_waitid(&st),
+            Ok(None) => {
+                self.guardian = Some(g); // not dead after all
+                return;
+            }
+            Err(_) => LastExit::Unknown,
+        };
+        let _ = self.writer.set_guardian(0, 0);
+        if self.shutdown.is_some() {
+            return;
+        }
+        say!(
+            self,
+            "guardian pid {} died ({}); starting a new one",
+            g.pid,
+            describe(how)
+        );
+        let _ = self.writer.bump_guardian_failures();
+        self.spawn_guardian();
+    }
+
+    /// Gives the Guardian a duplicate of an entity's pidfd (best effort: without it the
+    /// Guardian falls back to pidfd_open + start time at a takeover).
+    fn send_to_guardian(&self, slot: u32, pid: i32, start_time: u64, pidfd: &OwnedFd) {
+        // (sendmsg duplicates the descriptor into the message; ours stays ours)
+        if let Some(g) = &self.guardian {
+            if let Err(e) = handoff::send(&g.sock, slot, pid, start_time, pidfd) {
+                say!(self, "cannot hand pid {pid} to the guardian: {e}");
+            }
         }
     }
 
@@ -322,8 +747,23 @@ impl Daemon {
         self.answer_waiters(i);
     }
 
+    fn schedule_tick(&mut self, now: u64) {
+        self.next_tick = now + self.tick_ns;
+        self.timers
+            .push(Reverse((self.next_tick, TimerKind::Liveness, 0)));
+    }
+
     // -- processes -------------------------------------------------------------------------
 
+    /// Starts entity `i`'s program. The order is what makes a crash at any step safe:
+    /// 1. publish `starting` (no pid): a successor starts it;
+    /// 2. fork a child that waits before `execve`;
+    /// 3. publish `starting` + pid + start time, and hand the pidfd to the Guardian;
+    /// 4. release the child into its program;
+    /// 5. publish `running`.
+    ///
+    /// A HAM killed before step 4 leaves a child that exits on its own without running
+    /// anything; one killed after it leaves a record naming the running process.
     fn spawn(&mut self, i: usize) {
         let now = mono_ns();
         {
@@ -331,13 +771,42 @@ impl Daemon {
             e.stop_deadline = None;
             e.retry_at = None;
             e.wanted = Wanted::Up;
+            e.adopted = false;
             e.rec.state = EntityState::Starting;
             e.rec.pid = 0;
             e.rec.start_time = 0;
         }
         self.publish(i);
+        failpoint::hit("spawn:after-starting");
+        let forked = build_spec(&self.entities[i].cfg, &self.cfg).and_then(SpawnSpec::fork);
+        let result = match forked {
+            Ok(pending) => {
+                failpoint::hit("spawn:after-fork");
+                let pid = pending.pid;
+                let st = procfs::start_time(pid).unwrap_or(0);
+                {
+                    let e = &mut self.entities[i];
+                    e.rec.pid = pid;
+                    e.rec.start_time = st;
+                }
+                self.publish(i);
+                self.send_to_guardian(self.entities[i].slot, pid, st, &pending.pidfd);
+                failpoint::hit("spawn:after-record-pid");
+                let released = pending.release();
+                failpoint::hit("spawn:after-release");
+                released.map_err(|(err, pidfd)| {
+                    // The child reported the failure and exits: reap it here.
+                    let _ = rustix::process::waitid(
+                        WaitId::PidFd(pidfd.as_fd()),
+                        WaitIdOptions::EXITED,
+                    );
+                    err
+                })
+            }
+            Err(e) => Err(e),
+        };
         let e = &mut self.entities[i];
-        match spawn_process(&e.cfg, &self.cfg) {
+        match result {
             Ok((pid, pidfd)) => {
                 let tok = TOK_PIDFD | i as u64;
                 if let Err(err) = epoll::add(
@@ -346,7 +815,8 @@ impl Daemon {
                     epoll::EventData::new_u64(tok),
                     epoll::EventFlags::IN,
                 ) {
-                    // Without a watch we would never see it die: kill it and retry later.
+                    // Without a watch we would never see it die: kill it; the kill is seen
+                    // through SIGCHLD.
                     log(
                         &self.cfg.instance.name,
                         format_args!("{}: cannot watch pid {pid}: {err}", e.cfg.name),
@@ -354,8 +824,6 @@ impl Daemon {
                     let _ =
                         rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
                 }
-                e.rec.pid = pid;
-                e.rec.start_time = procfs::start_time(pid).unwrap_or(0);
                 e.rec.state = EntityState::Running;
                 e.rec.started_mono_ns = now;
                 e.rec.started_unix_ns = unix_ns();
@@ -363,8 +831,11 @@ impl Daemon {
                 e.spawn_failures = 0;
                 e.last_spawn_error = None;
                 self.publish(i);
+                failpoint::hit("spawn:after-running");
             }
             Err(err) => {
+                e.rec.pid = 0;
+                e.rec.start_time = 0;
                 e.spawn_failures += 1;
                 let delay = policy::spawn_retry_delay_ns(e.spawn_failures);
                 let msg = format!("cannot start {}: {err}", e.cfg.exec_path.display());
@@ -388,28 +859,60 @@ impl Daemon {
 
     /// The entity's pidfd is readable: its process has exited.
     fn on_pidfd(&mut self, i: usize) {
-        let Some(fd) = self.entities.get(i).and_then(|e| e.pidfd.as_ref()) else {
+        let Some(e) = self.entities.get(i) else {
             return;
         };
-        let status = match rustix::process::waitid(
-            WaitId::PidFd(fd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
-            // A stale event from this batch for a process already handled: still running.
-            Ok(None) => return,
-            Ok(Some(st)) => {
-                if let Some(code) = st.exit_status() {
-                    LastExit::Code(code)
-                } else if let Some(sig) = st.terminating_signal() {
-                    LastExit::Signal(sig)
-                } else {
-                    LastExit::Unknown
-                }
+        if e.pidfd.is_none() {
+            return;
+        }
+        let (pid, adopted) = (e.rec.pid, e.adopted);
+        if adopted {
+            self.drain_proc_connector();
+        }
+        let fd = self.entities[i].pidfd.as_ref().expect("checked above");
+        let status = if adopted {
+            match self.exit_cache.remove(&pid) {
+                Some(ws) => Some(decode_wait_status(ws)),
+                None => sys::pidfd_exit_status(fd)
+                    .ok()
+                    .flatten()
+                    .map(decode_wait_status),
             }
-            // Not our child (cannot happen before a takeover): no status source here.
-            Err(_) => LastExit::Unknown,
+        } else {
+            match rustix::process::waitid(
+                WaitId::PidFd(fd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                // A stale event from this batch for a process already handled: still running.
+                Ok(None) => return,
+                Ok(Some(st)) => Some(decode_waitid(&st)),
+                Err(_) => None,
+            }
         };
-        self.on_exit(i, status);
+        let late = match status {
+            Some(s) => s,
+            None => {
+                // Dead (the pidfd said so), status not known yet: go on, and fill it in if
+                // its pidfd gives it once something reaps the process.
+                // (The proc connector's message is sent just after the pidfd wakes us.)
+                if let Ok(dup) = fd.try_clone() {
+                    let at = mono_ns() + 1_000_000;
+                    self.patches.push(StatusPatch {
+                        entity: i,
+                        pid,
+                        death: self.entities[i].deaths + 1,
+                        pidfd: dup,
+                        tries: 0,
+                        at,
+                    });
+                    self.timers.push(Reverse((at, TimerKind::StatusPatch, i)));
+                }
+                LastExit::Unknown
+            }
+        };
+        failpoint::hit("exit:before-record");
+        self.on_exit(i, late);
+        self.release_proc_connector_if_idle();
     }
 
     fn on_exit(&mut self, i: usize, exit: LastExit) {
@@ -417,7 +920,9 @@ impl Daemon {
         let shutting_down = self.shutdown.is_some();
         let e = &mut self.entities[i];
         let old_pid = e.rec.pid;
+        e.deaths += 1;
         e.pidfd = None; // closing it also removes it from the epoll set
+        e.adopted = false;
         e.stop_deadline = None;
         e.rec.pid = 0;
         e.rec.start_time = 0;
@@ -430,48 +935,39 @@ impl Daemon {
             e.wanted
         };
         let decision = policy::after_exit(e.cfg.restart, wanted, exit);
-        let how = match exit {
-            LastExit::Code(c) => format!("exited with code {c}"),
-            LastExit::Signal(s) => format!("killed by signal {s}"),
-            LastExit::Unknown => "died (status unknown)".into(),
-            LastExit::None => "ended".into(),
-        };
+        let how = describe(exit);
+        let name = e.cfg.name.clone();
         match decision {
             AfterExit::Restart => {
                 e.rec.restarts += 1;
+                e.rec.state = EntityState::Starting;
+                let n = e.rec.restarts;
                 say!(
                     self,
-                    "{}: pid {old_pid} {how}; restarting (restart {})",
-                    self.entities[i].cfg.name,
-                    self.entities[i].rec.restarts
+                    "{name}: pid {old_pid} {how}; restarting (restart {n})"
                 );
+                self.publish(i);
+                failpoint::hit("exit:after-record");
                 self.spawn(i);
             }
             AfterExit::OperatorStart => {
                 e.rec.starts += 1;
-                say!(
-                    self,
-                    "{}: pid {old_pid} {how}; starting again as asked",
-                    self.entities[i].cfg.name
-                );
+                e.rec.state = EntityState::Starting;
+                say!(self, "{name}: pid {old_pid} {how}; starting again as asked");
+                self.publish(i);
                 self.spawn(i);
             }
             AfterExit::Stopped => {
                 e.rec.state = EntityState::Stopped;
-                say!(
-                    self,
-                    "{}: pid {old_pid} {how}; stopped",
-                    self.entities[i].cfg.name
-                );
+                say!(self, "{name}: pid {old_pid} {how}; stopped");
                 self.publish(i);
             }
             AfterExit::Exited => {
                 e.rec.state = EntityState::Exited;
+                let mode = e.cfg.restart.as_str();
                 say!(
                     self,
-                    "{}: pid {old_pid} {how}; not restarted (restart = {})",
-                    self.entities[i].cfg.name,
-                    self.entities[i].cfg.restart.as_str()
+                    "{name}: pid {old_pid} {how}; not restarted (restart = {mode})"
                 );
                 self.publish(i);
             }
@@ -486,14 +982,16 @@ impl Daemon {
         e.wanted = wanted;
         match e.rec.state {
             EntityState::Running => {
-                let sig = e.cfg.stop_signal;
-                signal_entity(e, sig);
                 let deadline = now + e.cfg.stop_timeout_ns;
                 e.stop_deadline = Some(deadline);
                 e.rec.state = EntityState::Stopping;
                 self.timers
                     .push(Reverse((deadline, TimerKind::StopKill, i)));
                 self.publish(i);
+                failpoint::hit("stop:after-record");
+                let e = &self.entities[i];
+                signal_entity(e, e.cfg.stop_signal);
+                failpoint::hit("stop:after-signal");
             }
             EntityState::Stopping => {}
             EntityState::Backoff | EntityState::Starting => {
@@ -527,41 +1025,87 @@ impl Daemon {
                 break;
             }
             self.timers.pop();
-            let e = &mut self.entities[i];
             match kind {
-                TimerKind::StopKill
-                    if e.stop_deadline == Some(at) && e.rec.state == EntityState::Stopping =>
-                {
-                    say!(
-                        self,
-                        "{}: did not stop within {}; sending SIGKILL",
-                        e.cfg.name,
-                        ham_core::duration::format_ns(e.cfg.stop_timeout_ns)
-                    );
-                    let e = &mut self.entities[i];
-                    e.stop_deadline = None;
-                    signal_entity(e, libc::SIGKILL);
+                TimerKind::Liveness if at == self.next_tick => {
+                    let _ = self.writer.set_liveness(now);
+                    self.schedule_tick(now);
                 }
-                TimerKind::Retry
+                TimerKind::GuardianRetry if self.guardian_retry_at == Some(at) => {
+                    self.spawn_guardian();
+                }
+                TimerKind::StatusPatch => self.try_patches(now),
+                TimerKind::StopKill => {
+                    let e = &mut self.entities[i];
+                    if e.stop_deadline == Some(at) && e.rec.state == EntityState::Stopping {
+                        let (name, t) = (e.cfg.name.clone(), e.cfg.stop_timeout_ns);
+                        e.stop_deadline = None;
+                        say!(
+                            self,
+                            "{name}: did not stop within {}; sending SIGKILL",
+                            ham_core::duration::format_ns(t)
+                        );
+                        signal_entity(&self.entities[i], libc::SIGKILL);
+                    }
+                }
+                TimerKind::Retry => {
+                    let e = &self.entities[i];
                     if e.retry_at == Some(at)
                         && e.rec.state == EntityState::Backoff
-                        && self.shutdown.is_none() =>
-                {
-                    self.spawn(i);
+                        && self.shutdown.is_none()
+                    {
+                        self.spawn(i);
+                    }
                 }
                 _ => {}
             }
         }
     }
 
+    /// Applies exit statuses that became readable through an adopted process's pidfd.
+    fn try_patches(&mut self, now: u64) {
+        self.drain_proc_connector();
+        let mut keep = Vec::new();
+        for mut p in std::mem::take(&mut self.patches) {
+            if p.at > now {
+                keep.push(p);
+                continue;
+            }
+            let status = match self.exit_cache.remove(&p.pid) {
+                Some(ws) => Ok(Some(ws)),
+                None => sys::pidfd_exit_status(&p.pidfd),
+            };
+            match status {
+                Ok(Some(ws)) => {
+                    let e = &mut self.entities[p.entity];
+                    if e.deaths == p.death {
+                        e.rec.last_exit = decode_wait_status(ws);
+                        self.publish(p.entity);
+                    }
+                }
+                _ if p.tries < 14 => {
+                    p.tries += 1;
+                    p.at = now + (1_000_000u64 << p.tries);
+                    self.timers
+                        .push(Reverse((p.at, TimerKind::StatusPatch, p.entity)));
+                    keep.push(p);
+                }
+                _ => {} // nobody reaped it within ~30 s: it stays "unknown"
+            }
+        }
+        self.patches = keep;
+        self.release_proc_connector_if_idle();
+    }
+
     fn rearm_timer(&mut self) {
-        // Drop entries that no longer match their entity, so the timer never wakes us for
+        // Drop entries that no longer match their owner, so the timer never wakes us for
         // nothing.
         while let Some(Reverse((at, kind, i))) = self.timers.peek().copied() {
-            let e = &self.entities[i];
             let live = match kind {
-                TimerKind::StopKill => e.stop_deadline == Some(at),
-                TimerKind::Retry => e.retry_at == Some(at),
+                TimerKind::StopKill => self.entities[i].stop_deadline == Some(at),
+                TimerKind::Retry => self.entities[i].retry_at == Some(at),
+                TimerKind::Liveness => self.next_tick == at,
+                TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
+                TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
             };
             if live {
                 break;
@@ -572,21 +1116,19 @@ impl Daemon {
         if next == self.armed_at {
             return;
         }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         let value = match next {
             Some(at) => Timespec {
                 tv_sec: (at / 1_000_000_000) as i64,
                 tv_nsec: (at % 1_000_000_000).max(1) as i64,
             },
-            None => Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            None => zero,
         };
         let spec = Itimerspec {
-            it_interval: Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            it_interval: zero,
             it_value: value,
         };
         match rustix::time::timerfd_settime(&self.timerfd, TimerfdTimerFlags::ABSTIME, &spec) {
@@ -621,11 +1163,12 @@ impl Daemon {
         }
     }
 
-    /// Reaps exited children. Entity processes go through their own exit path (so the status
-    /// lands in their record); anything else is an orphan that ham, as subreaper, inherited.
+    /// Reaps exited children. Entity processes and the Guardian go through their own exit
+    /// paths (so the status lands where it belongs); anything else is an orphan that ham, as
+    /// subreaper, inherited.
     fn reap_children(&mut self) {
         loop {
-            let pid = match crate::sys::peek_exited_child() {
+            let pid = match sys::peek_exited_child() {
                 Ok(Some(pid)) => pid,
                 Ok(None) => return,
                 Err(e) => {
@@ -636,13 +1179,58 @@ impl Daemon {
             if let Some(i) = self
                 .entities
                 .iter()
-                .position(|e| e.pidfd.is_some() && e.rec.pid == pid)
+                .position(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
+            } else if self.guardian.as_ref().is_some_and(|g| g.pid == pid) {
+                self.on_guardian_exit();
             } else if let Some(p) = Pid::from_raw(pid) {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
             }
         }
+    }
+
+    fn ensure_proc_connector(&mut self) {
+        if self.proc_conn.is_some() {
+            return;
+        }
+        match ProcConnector::open() {
+            Ok(pc) => {
+                let _ = epoll::add(
+                    &self.epoll,
+                    &pc,
+                    epoll::EventData::new_u64(TOK_PROCCONN),
+                    epoll::EventFlags::IN,
+                );
+                self.proc_conn = Some(pc);
+            }
+            Err(e) => say!(
+                self,
+                "proc connector unavailable ({e}); exit statuses of adopted processes come from their pidfds"
+            ),
+        }
+    }
+
+    fn release_proc_connector_if_idle(&mut self) {
+        if self.proc_conn.is_some()
+            && self.patches.is_empty()
+            && !self.entities.iter().any(|e| e.adopted)
+        {
+            self.proc_conn = None;
+            self.exit_cache.clear();
+        }
+    }
+
+    fn drain_proc_connector(&mut self) {
+        let Some(pc) = &self.proc_conn else { return };
+        let adopted: HashSet<i32> = self
+            .entities
+            .iter()
+            .filter(|e| e.adopted)
+            .map(|e| e.rec.pid)
+            .chain(self.patches.iter().map(|p| p.pid))
+            .collect();
+        pc.drain(|pid| adopted.contains(&pid), &mut self.exit_cache);
     }
 
     // -- control socket --------------------------------------------------------------------
@@ -857,7 +1445,8 @@ impl Daemon {
             waiters.extend(requester);
             return;
         }
-        // Written before anything is stopped, so a Guardian never mistakes this for a crash.
+        // Written before anything is stopped, so a Guardian never mistakes this for a crash:
+        // if this HAM dies now, the Guardian finishes the shutdown instead of resurrecting.
         if let Err(e) = self.writer.set_stop_intent() {
             say!(self, "cannot record the stop intent: {e}");
         }
@@ -867,15 +1456,25 @@ impl Daemon {
         }
     }
 
-    /// Everything is stopped: remove what this instance made, answer, and return.
+    /// Everything is stopped: stop the Guardian, remove what this instance made, answer.
     fn finish(&mut self) {
+        if let Some(g) = self.guardian.take() {
+            let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::TERM);
+            if !wait_pidfd(&g.pidfd, 5_000) {
+                let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
+                wait_pidfd(&g.pidfd, 5_000);
+            }
+            let _ = rustix::process::waitid(
+                WaitId::PidFd(g.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            );
+        }
         let inst = &self.cfg.instance;
         let _ = std::fs::remove_file(inst.socket_path());
         let _ = std::fs::remove_file(inst.pid_path());
         if let Err(e) = Segment::unlink(&inst.segment_name()) {
             say!(self, "{e}");
         }
-        let _ = self.writer.set_flags(FLAG_STOP_INTENT);
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {
                 reply(stream, &Response::err("ham shut down"));
@@ -888,9 +1487,166 @@ impl Daemon {
     }
 }
 
-/// The spare capacity of `v` as an epoll buffer.
-fn spare(v: &mut Vec<epoll::Event>) -> rustix::buffer::SpareCapacity<'_, epoll::Event> {
-    rustix::buffer::spare_capacity(v)
+/// Starts a Guardian: this same binary in the Guardian role, told which process is its HAM,
+/// and handed the config text, a socket for pidfds, and the control listener (so clients
+/// queue through a takeover). If this process dies before releasing it, the child runs
+/// anyway, finds its HAM gone, and takes over.
+fn spawn_guardian_process(
+    cfg: &Config,
+    config_text: &str,
+    listener: &UnixListener,
+) -> io::Result<GuardianProc> {
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let memfd = rustix::fs::memfd_create("ham-config", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::io::write(&memfd, config_text.as_bytes())?;
+    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0))?;
+    let listener = listener.as_fd().try_clone_to_owned()?;
+    let me = std::process::id() as i32;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut spec = SpawnSpec::new(
+        Path::new("/proc/self/exe"),
+        &[
+            "ham".into(),
+            "--guardian".into(),
+            "--config".into(),
+            cfg.path.display().to_string(),
+            "--ham-pid".into(),
+            me.to_string(),
+            "--ham-start".into(),
+            procfs::start_time(me).unwrap_or(0).to_string(),
+        ],
+        &env,
+    )?;
+    spec.fd(theirs, handoff::FD_SOCKET)
+        .fd(memfd, handoff::FD_CONFIG)
+        .fd(listener, handoff::FD_LISTENER)
+        .exec_if_orphaned();
+    let pending = spec.fork()?;
+    failpoint::hit("guardian:after-fork");
+    let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
+        let _ = wait_pidfd(&pidfd, 1_000);
+        e
+    })?;
+    Ok(GuardianProc {
+        pid,
+        start_time: procfs::start_time(pid).unwrap_or(0),
+        pidfd,
+        sock: ours,
+    })
+}
+
+fn describe(exit: LastExit) -> String {
+    match exit {
+        LastExit::Code(c) => format!("exited with code {c}"),
+        LastExit::Signal(s) => format!("killed by signal {s}"),
+        LastExit::Unknown => "died (status unknown)".into(),
+        LastExit::None => "ended".into(),
+    }
+}
+
+fn decode_waitid(st: &rustix::process::WaitIdStatus) -> LastExit {
+    if let Some(code) = st.exit_status() {
+        LastExit::Code(code)
+    } else if let Some(sig) = st.terminating_signal() {
+        LastExit::Signal(sig)
+    } else {
+        LastExit::Unknown
+    }
+}
+
+/// Decodes a `wait(2)` status word.
+pub fn decode_wait_status(ws: i32) -> LastExit {
+    let sig = ws & 0x7f;
+    if sig == 0 {
+        LastExit::Code((ws >> 8) & 0xff)
+    } else if sig != 0x7f {
+        LastExit::Signal(sig)
+    } else {
+        LastExit::Unknown
+    }
+}
+
+/// A pidfd for `pid` if it is still the process that started at `start_time`: the passed
+/// descriptor when it names it, otherwise `pidfd_open` *then* the start-time check (checking
+/// first would race with pid reuse).
+fn open_verified(pid: i32, start_time: u64, passed: Option<&Passed>) -> Option<OwnedFd> {
+    let pidfd = match passed {
+        Some(p) => p.pidfd.try_clone().ok()?,
+        None => rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?,
+    };
+    // Alive and not a zombie (a zombie's pidfd is already readable).
+    let exited = rustix::event::poll(
+        &mut [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )],
+        Some(&Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    )
+    .map_or(true, |n| n > 0);
+    (!exited && procfs::start_time(pid) == Some(start_time)).then_some(pidfd)
+}
+
+/// True if `pid` still runs this very binary: a child forked by a HAM and never released
+/// into its program.
+fn runs_ham_binary(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(theirs), Ok(ours)) = (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata("/proc/self/exe"),
+    ) else {
+        return false;
+    };
+    theirs.dev() == ours.dev() && theirs.ino() == ours.ino()
+}
+
+/// Waits up to `ms` for a pidfd to report its process's exit.
+fn wait_pidfd(pidfd: &OwnedFd, ms: u64) -> bool {
+    let ts = Timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+    };
+    rustix::event::poll(
+        &mut [rustix::event::PollFd::new(
+            pidfd,
+            rustix::event::PollFlags::IN,
+        )],
+        Some(&ts),
+    )
+    .is_ok_and(|n| n > 0)
+}
+
+/// Stops the processes a segment records (it is being replaced): SIGTERM to each one still
+/// verified by pid + start time.
+fn stop_recorded_processes(instance: &str, seg: &Segment) {
+    for (_, rec) in seg.records() {
+        if let Ok(rec) = rec {
+            if rec.pid > 0 && procfs::is_alive(rec.pid, rec.start_time) {
+                log(
+                    instance,
+                    format_args!("{}: stopping pid {}", rec.name, rec.pid),
+                );
+                signal_recorded(&rec, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Signals a process named only by a record, after opening a pidfd and checking its start
+/// time, so a reused pid is never signalled.
+fn signal_recorded(rec: &EntityRecord, sig: i32) {
+    if let Some(fd) = open_verified(rec.pid, rec.start_time, None) {
+        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+            let _ = rustix::process::pidfd_send_signal(&fd, s);
+        }
+    }
 }
 
 fn reply(mut stream: UnixStream, r: &Response) {
@@ -916,58 +1672,65 @@ fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 /// Only called while the process is unreaped (we hold its pidfd), so its pid and process
 /// group id cannot have been reused.
 fn signal_entity(e: &Entity, sig: i32) {
-    if e.pidfd.is_none() || e.rec.pid <= 0 {
-        return;
-    }
+    let Some(pidfd) = &e.pidfd else { return };
     let Ok(signal) = Signal::try_from(sig) else {
         return;
     };
     let pid = nix::unistd::Pid::from_raw(e.rec.pid);
     let _ = nix::sys::signal::killpg(pid, signal);
     if nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g != pid) {
-        let _ = nix::sys::signal::kill(pid, signal);
+        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+            let _ = rustix::process::pidfd_send_signal(pidfd, s);
+        }
     }
 }
 
-/// Starts one entity's process: its own process group, stdin from /dev/null, output as
-/// configured, an empty signal mask and SIGPIPE at its default, and the
-/// variables that tell it which instance it belongs to. Returns its pid and a pidfd.
-fn spawn_process(ec: &EntityConfig, cfg: &Config) -> io::Result<(i32, OwnedFd)> {
-    let mut cmd = Command::new(&ec.exec_path);
-    cmd.arg0(&ec.argv[0]).args(&ec.argv[1..]);
-    cmd.envs(&ec.env);
-    cmd.env("HAM_INSTANCE", &cfg.instance.name)
-        .env("HAM_RUN_DIR", &cfg.instance.run_dir)
-        .env("HAM_CONFIG", &cfg.path)
-        .env("HAM_ENTITY", &ec.name);
-    cmd.stdin(Stdio::null());
-    cmd.process_group(0);
-    crate::sys::reset_signals_in_child(&mut cmd);
+/// What an entity's child gets: its own process group, stdin from /dev/null, output as
+/// configured, and ham's environment (without failpoint variables) plus the entity's own
+/// and the variables that name its instance.
+fn build_spec(ec: &EntityConfig, cfg: &Config) -> io::Result<SpawnSpec> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()) && !ec.env.contains_key(k))
+        .filter(|(k, _)| !k.starts_with("HAM_"))
+        .collect();
+    env.extend(ec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("HAM_INSTANCE".into(), cfg.instance.name.clone()));
+    env.push((
+        "HAM_RUN_DIR".into(),
+        cfg.instance.run_dir.display().to_string(),
+    ));
+    env.push(("HAM_CONFIG".into(), cfg.path.display().to_string()));
+    env.push(("HAM_ENTITY".into(), ec.name.clone()));
+    let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, &env)?;
+    spec.new_process_group();
+    spec.user(ec.uid, ec.gid);
     if let Some(dir) = &ec.cwd {
-        cmd.current_dir(dir);
+        spec.cwd(dir)?;
     }
-    if let Some(gid) = ec.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = ec.uid {
-        cmd.uid(uid);
-    }
+    let devnull = OpenOptions::new().read(true).open("/dev/null")?;
+    spec.fd(devnull.into(), 0);
     if let Output::File(path) = &ec.output {
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-        cmd.stdout(f.try_clone()?);
-        cmd.stderr(f);
+        spec.fd(f.try_clone()?.into(), 1);
+        spec.fd(f.into(), 2);
     }
-    let child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    // The child is not reaped until we reap it, so this pidfd names exactly it.
-    let pidfd = rustix::process::pidfd_open(
-        Pid::from_raw(pid).expect("a spawned child has a positive pid"),
-        PidfdFlags::empty(),
-    )?;
-    drop(child); // std's Child neither waits nor kills on drop
-    Ok((pid, pidfd))
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_decode() {
+        assert_eq!(decode_wait_status(3 << 8), LastExit::Code(3));
+        assert_eq!(decode_wait_status(0), LastExit::Code(0));
+        assert_eq!(decode_wait_status(9), LastExit::Signal(9));
+        assert_eq!(decode_wait_status(6 | 0x80), LastExit::Signal(6)); // core dumped
+        assert_eq!(decode_wait_status(0x137f), LastExit::Unknown); // stopped, not an exit
+    }
 }

@@ -7,6 +7,9 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod failpoint;
+pub mod guardian;
+pub mod handoff;
 pub mod procfs;
 pub mod status;
 pub mod sys;

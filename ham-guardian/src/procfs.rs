@@ -22,9 +22,18 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
-/// True if `pid` runs and started at `start_time`.
+/// True if `pid` runs (and is not a zombie) and started at `start_time`.
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
-    pid > 0 && self::start_time(pid) == Some(start_time)
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_ascii_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x")) && parse_start_time(&stat) == Some(start_time)
 }
 
 #[cfg(test)]

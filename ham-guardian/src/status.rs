@@ -2,7 +2,10 @@
 //! is busy (or gone: a stale segment is shown as such).
 
 use ham_core::duration::format_ns;
-use ham_core::layout::{FLAG_STOP_INTENT, FLAG_WARM_START};
+use ham_core::layout::{
+    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID, FLAG_STOP_INTENT,
+    FLAG_WARM_START,
+};
 use ham_core::segment::{Access, Segment, SegmentError};
 use ham_core::{EntityState, LastExit};
 use serde::Serialize;
@@ -14,6 +17,10 @@ pub struct Status {
     pub ham: HamStatus,
     pub guardian: Option<GuardianStatus>,
     pub entities: Vec<EntityStatus>,
+    /// Where the HAM gets exit statuses: "waitid" (its own children), "pidfd_info_exit"
+    /// (Linux ≥ 6.15, any reaped process), "proc_connector" (netlink, needs CAP_NET_ADMIN).
+    /// Without the last two, a process that dies while no HAM is its parent ends "unknown".
+    pub exit_sources: Vec<&'static str>,
     /// Slots that could not be read (corrupt), as messages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -129,6 +136,15 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
         },
         guardian,
         entities,
+        exit_sources: [
+            (EXIT_SOURCE_WAITID, "waitid"),
+            (EXIT_SOURCE_PIDFD_INFO, "pidfd_info_exit"),
+            (EXIT_SOURCE_PROC_CONNECTOR, "proc_connector"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| h.exit_sources & bit != 0)
+        .map(|(_, name)| name)
+        .collect(),
         errors,
     }
 }
@@ -150,6 +166,13 @@ impl Status {
                 if g.alive { "" } else { " (not running)" }
             )),
             None => out.push_str(" · no guardian"),
+        }
+        if self.ham.failures > 0 || self.guardian.as_ref().is_some_and(|g| g.failures > 0) {
+            out.push_str(&format!(
+                " · failures: ham {}, guardian {}",
+                self.ham.failures,
+                self.guardian.as_ref().map_or(0, |g| g.failures)
+            ));
         }
         if self.ham.stopping {
             out.push_str(" · shutting down");
@@ -257,6 +280,7 @@ mod tests {
                     uptime_ns: None,
                 },
             ],
+            exit_sources: vec![],
             errors: vec![],
         };
         let t = s.to_table();

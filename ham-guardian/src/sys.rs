@@ -1,7 +1,10 @@
 //! The system calls no safe wrapper covers. Each `unsafe` block states its invariant.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The pid of a child that has exited and is waiting to be reaped, without reaping it
 /// (`waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT)`). `Ok(None)` when there is none.
@@ -32,24 +35,521 @@ pub fn peek_exited_child() -> io::Result<Option<i32>> {
     Ok((pid != 0).then_some(pid))
 }
 
-/// Makes `cmd`'s child start with an empty signal mask and SIGPIPE at its default
-/// disposition. ham blocks the signals it reads through its signalfd and ignores SIGPIPE;
-/// without this a supervised program would inherit both and could not be stopped with
-/// SIGTERM. (std's spawn keeps the parent's mask.)
-pub fn reset_signals_in_child(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // sigemptyset, sigprocmask and signal, all async-signal-safe; it touches no memory
-    // shared with other threads and allocates nothing.
+// ---------------------------------------------------------------------------------------------
+// Spawning with a release handshake
+// ---------------------------------------------------------------------------------------------
+
+/// Everything a child needs, prepared before `fork` so the child allocates nothing.
+pub struct SpawnSpec {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// `(source, target)`: the child gets `source` as fd `target` (without CLOEXEC).
+    fds: Vec<(OwnedFd, RawFd)>,
+    new_process_group: bool,
+    exec_if_orphaned: bool,
+}
+
+fn cstr(s: &str, what: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+impl SpawnSpec {
+    pub fn new(
+        path: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(Self {
+            path: CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
+            })?,
+            argv: argv
+                .iter()
+                .map(|a| cstr(a, "argument"))
+                .collect::<io::Result<_>>()?,
+            envp: env
+                .iter()
+                .map(|(k, v)| cstr(&format!("{k}={v}"), "environment"))
+                .collect::<io::Result<_>>()?,
+            cwd: None,
+            uid: None,
+            gid: None,
+            fds: Vec::new(),
+            new_process_group: false,
+            exec_if_orphaned: false,
+        })
+    }
+    pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
+        use std::os::unix::ffi::OsStrExt;
+        self.cwd =
+            Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte")
+            })?);
+        Ok(self)
+    }
+    pub fn user(&mut self, uid: Option<u32>, gid: Option<u32>) -> &mut Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+    /// Gives the child `fd` as descriptor number `target`.
+    pub fn fd(&mut self, fd: OwnedFd, target: RawFd) -> &mut Self {
+        self.fds.push((fd, target));
+        self
+    }
+    pub fn new_process_group(&mut self) -> &mut Self {
+        self.new_process_group = true;
+        self
+    }
+    /// Runs the program even if the parent dies before releasing the child (for a Guardian,
+    /// which then finds its HAM gone and takes over).
+    pub fn exec_if_orphaned(&mut self) -> &mut Self {
+        self.exec_if_orphaned = true;
+        self
+    }
+
+    /// Forks a child that prepares itself (process group, empty signal mask, SIGPIPE at its
+    /// default, descriptors, folder, user) and then waits, before `execve`, until
+    /// [`Pending::release`] is called. If this process dies first the child sees the end of
+    /// the release pipe and exits with status [`NOT_RELEASED`] without running anything:
+    /// a program never runs unless its pid was recorded first.
+    pub fn fork(self) -> io::Result<Pending> {
+        let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (st_r, st_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let fds: Vec<(RawFd, RawFd)> = self.fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+        let raw = ChildRaw {
+            path: self.path.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            cwd: self.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            uid: self.uid,
+            gid: self.gid,
+            fds: &fds,
+            new_process_group: self.new_process_group,
+            exec_if_orphaned: self.exec_if_orphaned,
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+            st_r: st_r.as_raw_fd(),
+            st_w: st_w.as_raw_fd(),
+        };
+        // SAFETY: fork has no memory-safety preconditions. In the child we call only
+        // `child_after_fork`, which performs async-signal-safe system calls on pointers
+        // prepared above (they stay valid: the child's copy of memory is not freed) and
+        // never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; we are the child of a fork.
+            unsafe { child_after_fork(&raw) }
+        }
+        drop(go_r);
+        drop(st_w);
+        // The child is not reaped until we reap it, so the pidfd names exactly it.
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid"),
+            rustix::process::PidfdFlags::empty(),
+        )?;
+        Ok(Pending {
+            pid,
+            pidfd,
+            go: go_w,
+            status: st_r,
+        })
+    }
+}
+
+/// Exit status of a child whose parent died before releasing it.
+pub const NOT_RELEASED: i32 = 125;
+/// Exit status of a child whose preparation or `execve` failed.
+pub const EXEC_FAILED: i32 = 127;
+
+struct ChildRaw<'a> {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    fds: &'a [(RawFd, RawFd)],
+    new_process_group: bool,
+    exec_if_orphaned: bool,
+    go_r: RawFd,
+    go_w: RawFd,
+    st_r: RawFd,
+    st_w: RawFd,
+}
+
+/// The child side of [`SpawnSpec::fork`].
+///
+/// # Safety
+/// Must be called only in the child of a `fork`, with every pointer in `c` valid.
+unsafe fn child_after_fork(c: &ChildRaw) -> ! {
+    // SAFETY: only async-signal-safe system calls, on descriptors and NUL-terminated
+    // strings prepared by the parent before fork; nothing allocates.
     unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
+        let fail = |st_w: RawFd| -> ! {
+            let e = *libc::__errno_location();
+            let b = e.to_ne_bytes();
+            libc::write(st_w, b.as_ptr().cast(), b.len());
+            libc::_exit(EXEC_FAILED)
+        };
+        // Our copies of the parent's ends: without closing go_w, the parent's death would
+        // never look like an end of file.
+        libc::close(c.go_w);
+        libc::close(c.st_r);
+        if c.new_process_group && libc::setpgid(0, 0) != 0 {
+            fail(c.st_w);
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            fail(c.st_w);
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Move every source above the targets first, so no dup2 clobbers a later source.
+        let mut moved = [0 as RawFd; 16];
+        let n = c.fds.len().min(moved.len());
+        for (i, (src, _)) in c.fds.iter().take(n).enumerate() {
+            let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+            if fd < 0 {
+                fail(c.st_w);
             }
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            Ok(())
-        });
+            moved[i] = fd;
+        }
+        for (i, (_, target)) in c.fds.iter().take(n).enumerate() {
+            if libc::dup2(moved[i], *target) < 0 {
+                fail(c.st_w);
+            }
+        }
+        if !c.cwd.is_null() && libc::chdir(c.cwd) != 0 {
+            fail(c.st_w);
+        }
+        if let Some(gid) = c.gid {
+            if libc::getuid() == 0 {
+                libc::setgroups(0, std::ptr::null());
+            }
+            if libc::setgid(gid) != 0 {
+                fail(c.st_w);
+            }
+        }
+        if let Some(uid) = c.uid {
+            if libc::setuid(uid) != 0 {
+                fail(c.st_w);
+            }
+        }
+        // Wait for the parent to record our pid.
+        let mut b = 0u8;
+        loop {
+            let r = libc::read(c.go_r, (&raw mut b).cast(), 1);
+            if r == 1 {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            if c.exec_if_orphaned {
+                break;
+            }
+            libc::_exit(NOT_RELEASED);
+        }
+        libc::execve(c.path, c.argv, c.envp);
+        fail(c.st_w)
+    }
+}
+
+/// A forked child waiting to be released into `execve`.
+pub struct Pending {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    go: OwnedFd,
+    status: OwnedFd,
+}
+
+impl Pending {
+    /// Lets the child run its program and waits until `execve` succeeded (the status
+    /// pipe closes) or failed (the child reports errno and exits with [`EXEC_FAILED`]).
+    pub fn release(self) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
+        // A child that already failed has closed its end; EPIPE is then expected.
+        let _ = rustix::io::write(&self.go, b"g");
+        drop(self.go);
+        let mut buf = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match rustix::io::read(&self.status, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err((e.into(), self.pidfd)),
+            }
+        }
+        if got == 0 {
+            Ok((self.pid, self.pidfd))
+        } else {
+            Err((
+                io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+                self.pidfd,
+            ))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit status of a process that is not our child
+// ---------------------------------------------------------------------------------------------
+
+/// `PIDFD_GET_INFO`'s argument (version 0, 64 bytes; `exit_code` since Linux 6.15). Defined
+/// here because Debian 12's headers and the libc crate lack it.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte struct.
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+
+/// The wait status of a process that has exited and been reaped (by anyone), through
+/// `ioctl(PIDFD_GET_INFO)` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15). `Ok(None)`: not available
+/// (yet: not reaped, or an older kernel).
+pub fn pidfd_exit_status(pidfd: impl AsFd) -> io::Result<Option<i32>> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: PIDFD_GET_INFO writes at most the size encoded in the request (64 bytes) into
+    // `info`, which is exactly that large and lives across the call.
+    let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO, &raw mut info) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // ESRCH: gone and not reaped yet; ENOTTY/EINVAL: the kernel lacks the ioctl.
+            Some(libc::ESRCH | libc::ENOTTY | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+}
+
+/// Whether this kernel has `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15).
+pub fn pidfd_info_exit_supported() -> bool {
+    let v = rustix::system::uname();
+    let release = v.release().to_string_lossy();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 15)
+}
+
+/// The netlink process-events connector: the kernel's multicast of every process's exit,
+/// with its wait status. Needs CAP_NET_ADMIN. ham listens only while it supervises
+/// processes that are not its children (after a takeover or a warm start).
+pub struct ProcConnector {
+    fd: OwnedFd,
+}
+
+const NETLINK_CONNECTOR: i32 = 11;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+const NLMSG_HDRLEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+
+impl ProcConnector {
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: socket() has no memory preconditions; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                NETLINK_CONNECTOR,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::CN_IDX_PROC;
+        // SAFETY: addr is a valid sockaddr_nl and its size is passed.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // nlmsghdr + cn_msg{idx, val, seq, ack, len, flags} + PROC_CN_MCAST_LISTEN.
+        let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
+        let mut msg = Vec::with_capacity(total);
+        msg.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
+        msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes()); // nlmsg_type
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_seq
+        msg.extend_from_slice(&std::process::id().to_ne_bytes()); // nlmsg_pid
+        msg.extend_from_slice(&libc::CN_IDX_PROC.to_ne_bytes()); // cb_id.idx
+        msg.extend_from_slice(&1u32.to_ne_bytes()); // cb_id.val (CN_VAL_PROC)
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
+        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        msg.extend_from_slice(&1u32.to_ne_bytes()); // PROC_CN_MCAST_LISTEN
+        rustix::io::write(&fd, &msg)?;
+        Ok(Self { fd })
+    }
+
+    /// Reads every queued event and keeps the exits of the pids in `wanted`
+    /// (pid → wait status).
+    pub fn drain(&self, wanted: impl Fn(i32) -> bool, out: &mut HashMap<i32, i32>) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match rustix::io::read(&self.fd, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return, // EAGAIN, or ENOBUFS after an overrun
+            };
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= n {
+                let len = u32_at(&buf, off) as usize;
+                if len < NLMSG_HDRLEN || off + len > n {
+                    break;
+                }
+                let ev = off + NLMSG_HDRLEN + CN_MSG_LEN;
+                if ev + 32 <= off + len && u32_at(&buf, ev) == PROC_EVENT_EXIT {
+                    let pid = u32_at(&buf, ev + 16) as i32;
+                    let tgid = u32_at(&buf, ev + 20) as i32;
+                    let code = u32_at(&buf, ev + 24) as i32;
+                    if pid == tgid && wanted(pid) {
+                        out.insert(pid, code);
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+impl AsFd for ProcConnector {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// Takes ownership of a descriptor inherited across `execve` (the Guardian's handoff fds),
+/// after checking it is open, and marks it close-on-exec.
+pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the descriptor table; an unused number gives EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above), was given to this process for exactly
+    // this purpose by its parent, and nothing else in the process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(script: &str) -> SpawnSpec {
+        SpawnSpec::new(
+            std::path::Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), script.into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+        )
+        .unwrap()
+    }
+
+    fn wait_status(pidfd: &OwnedFd) -> rustix::process::WaitIdStatus {
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn released_child_runs_its_program() {
+        let p = spec("exit 7").fork().unwrap();
+        let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
+    }
+
+    #[test]
+    fn unreleased_child_never_runs_its_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let p = spec(&format!("touch {}", marker.display())).fork().unwrap();
+        let Pending {
+            pidfd, go, status, ..
+        } = p;
+        drop(go); // as if ham died before releasing it
+        drop(status);
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(NOT_RELEASED));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let p = SpawnSpec::new(std::path::Path::new("/nonexistent/x"), &["x".into()], &[])
+            .unwrap()
+            .fork()
+            .unwrap();
+        let (err, pidfd) = p.release().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(EXEC_FAILED));
+    }
+
+    #[test]
+    fn exit_status_of_a_reaped_process_through_its_pidfd() {
+        if !pidfd_info_exit_supported() {
+            return; // nothing to check on this kernel; ham falls back (status "unknown")
+        }
+        let p = spec("exit 9").fork().unwrap();
+        let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+        let copy = pidfd.try_clone().unwrap();
+        wait_status(&pidfd); // reaped here, as another process (init) would
+        assert_eq!(pidfd_exit_status(&copy).unwrap(), Some(9 << 8));
     }
 }

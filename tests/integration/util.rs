@@ -40,15 +40,28 @@ pub struct Ham {
 
 /// Writes a configuration with a fresh instance name; `body` holds the `[[entity]]` tables.
 pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
+    write_config_with(dir, name, "", body)
+}
+
+/// Like [`write_config`], with extra lines for the `[ham]` table.
+pub fn write_config_with(dir: &Path, name: &str, ham_extra: &str, body: &str) -> PathBuf {
     let path = dir.join("ham.toml");
-    let text = format!("[ham]\nname = \"{name}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\n\n{body}");
+    let text = format!(
+        "[ham]\nname = \"{name}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\n{ham_extra}\n{body}"
+    );
     std::fs::write(&path, text).unwrap();
     path
 }
 
 impl Ham {
-    /// Starts `ham` on a configuration made of `body`, and waits until its status answers.
+    /// Starts `ham` on a configuration made of `body`, and waits until its status answers
+    /// and its Guardian runs.
     pub fn start(tag: &str, body: &str) -> Ham {
+        Self::start_with(tag, "", body, &[])
+    }
+
+    /// Starts `ham` with extra `[ham]` lines and environment variables.
+    pub fn start_with(tag: &str, ham_extra: &str, body: &str, env: &[(&str, &str)]) -> Ham {
         let dir = tempfile::Builder::new()
             .prefix("ham-test-")
             .tempdir()
@@ -56,24 +69,38 @@ impl Ham {
         // World-readable so tests can run hamctl as another user.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let name = unique_name(tag);
-        let config = write_config(dir.path(), &name, body);
-        let child = Command::new(HAM)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("ham.stderr")).unwrap())
-            .spawn()
-            .expect("ham starts");
-        let ham = Ham {
+        let config = write_config_with(dir.path(), &name, ham_extra, body);
+        let mut ham = Ham {
             dir,
             name,
             config,
-            child: Some(child),
+            child: None,
             seen: Default::default(),
         };
-        ham.wait_for("ham to publish its status", |_| true);
+        ham.spawn(env);
+        ham.wait_for("ham and its guardian to be up", |s| {
+            s["guardian"]["alive"] == true && s["ham"]["alive"] == true
+        });
         ham
+    }
+
+    /// Starts `ham` on this instance's configuration (again), as the test's child.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ham.stderr"))
+            .unwrap();
+        let child = Command::new(HAM)
+            .arg("--config")
+            .arg(&self.config)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("ham starts");
+        self.child = Some(child);
     }
 
     pub fn pid(&self) -> i32 {
@@ -176,6 +203,28 @@ impl Ham {
 
 impl Drop for Ham {
     fn drop(&mut self) {
+        // Whoever is the HAM now (it may be a promoted Guardian): ask it to shut down.
+        if let Some(s) = self.try_status() {
+            if s["ham"]["alive"] == true {
+                let _ = Command::new(HAMCTL)
+                    .arg("-c")
+                    .arg(&self.config)
+                    .args(["--timeout", "20s", "shutdown"])
+                    .output();
+            }
+            // Anything of this instance's pair still alive after that is killed.
+            for who in ["ham", "guardian"] {
+                if let Some(pid) = s[who]["pid"].as_i64() {
+                    let pid = pid as i32;
+                    if pid > 0 && instance_of(pid).as_deref() == Some(self.name.as_str()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
         if let Some(mut child) = self.child.take() {
             // Ask first (that stops the entities), then insist.
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -200,8 +249,62 @@ impl Drop for Ham {
                 );
             }
         }
+        // Entities of this instance that anything above missed.
+        for pid in processes_where(|env| env_has(env, "HAM_INSTANCE", &self.name)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = std::fs::remove_file(self.segment_path());
     }
+}
+
+/// The instance a `ham` process (HAM or Guardian) serves, from its command line.
+fn instance_of(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--config")?;
+    let config = std::str::from_utf8(args.get(i + 1)?).ok()?;
+    let text = std::fs::read_to_string(config).ok()?;
+    let line = text.lines().find(|l| l.starts_with("name = "))?;
+    Some(
+        line.trim_start_matches("name = ")
+            .trim_matches('"')
+            .to_owned(),
+    )
+}
+
+fn env_has(env: &[u8], key: &str, value: &str) -> bool {
+    let want = format!("{key}={value}");
+    env.split(|&b| b == 0).any(|kv| kv == want.as_bytes())
+}
+
+/// Live (non-zombie) processes whose environment satisfies `pred`.
+pub fn processes_where(pred: impl Fn(&[u8]) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Some(st) = start_time(pid) else { continue };
+        if !alive(pid, st) {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if pred(&env) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The live processes running entity `entity` of instance `instance`.
+pub fn entity_processes(instance: &str, entity: &str) -> Vec<i32> {
+    processes_where(|env| {
+        env_has(env, "HAM_INSTANCE", instance) && env_has(env, "HAM_ENTITY", entity)
+    })
 }
 
 /// Field 22 of /proc/PID/stat, or None if no such process.

@@ -17,14 +17,31 @@ exit codes: 0 stopped on request / config valid, 1 invalid config or failure,
 enum Mode {
     Run(PathBuf),
     Check(PathBuf),
+    Guardian(PathBuf, i32, u64),
 }
 
 fn parse_args() -> Result<Mode, String> {
     let mut args = std::env::args().skip(1);
     let mut config: Option<PathBuf> = None;
     let mut check = false;
+    let mut guardian = false;
+    let (mut ham_pid, mut ham_start) = (0i32, 0u64);
     while let Some(a) = args.next() {
         match a.as_str() {
+            // Internal: how a HAM starts its Guardian (see ham_guardian::handoff).
+            "--guardian" => guardian = true,
+            "--ham-pid" => {
+                ham_pid = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--ham-pid needs a pid")?;
+            }
+            "--ham-start" => {
+                ham_start = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--ham-start needs a start time")?;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(exit::OK);
@@ -46,7 +63,9 @@ fn parse_args() -> Result<Mode, String> {
     let path = config
         .or_else(|| std::env::var_os("HAM_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
-    Ok(if check {
+    Ok(if guardian {
+        Mode::Guardian(path, ham_pid, ham_start)
+    } else if check {
         Mode::Check(path)
     } else {
         Mode::Run(path)
@@ -61,11 +80,25 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE as u8);
         }
     };
-    let (path, check) = match &mode {
+    let (path, check) = match mode {
         Mode::Run(p) => (p, false),
         Mode::Check(p) => (p, true),
+        Mode::Guardian(p, pid, start) => {
+            return ExitCode::from(ham_guardian::guardian::run(p, pid, start) as u8);
+        }
     };
-    let cfg = match config::load(path) {
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "ham: invalid configuration: {}: cannot read: {e}",
+                path.display()
+            );
+            return ExitCode::from(exit::FAILED as u8);
+        }
+    };
+    let abs = std::path::absolute(&path).unwrap_or(path);
+    let cfg = match config::parse(&abs, &text) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ham: invalid configuration: {e}");
@@ -81,7 +114,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let code = match Daemon::new(cfg).and_then(Daemon::run) {
+    let code = match Daemon::start(cfg, text).and_then(Daemon::run) {
         Ok(code) => code,
         Err(e @ ham_guardian::daemon::DaemonError::AlreadyRunning { .. }) => {
             eprintln!("ham: {e}");

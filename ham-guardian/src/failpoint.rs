@@ -1,0 +1,62 @@
+//! Failpoints: named places in the HAM's write paths where a test can make it die by
+//! SIGKILL, exactly as an operator's `kill -9` would.
+//!
+//! Compiled in debug builds only (`cfg(debug_assertions)`); in a release build [`hit`] is
+//! an empty inline function. A failpoint fires when `HAM_FAILPOINT` names it, the file
+//! `$HAM_FAILPOINT_FILE.armed` exists, and `$HAM_FAILPOINT_FILE` does not: it creates that
+//! file (so it fires once, whichever process reaches it) and kills its own process.
+
+/// Every failpoint, in the order a restart passes them.
+pub const ALL: &[&str] = &[
+    "exit:before-record",
+    "exit:after-record",
+    "spawn:after-starting",
+    "spawn:after-fork",
+    "spawn:after-record-pid",
+    "spawn:after-release",
+    "spawn:after-running",
+    "publish:invalidated",
+    "publish:half-written",
+    "stop:after-record",
+    "stop:after-signal",
+    "guardian:after-fork",
+    "promote:after-epoch",
+    "promote:after-guardian",
+];
+
+/// The environment variables a failpoint reads; ham removes them from entities' environment.
+pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
+
+#[cfg(debug_assertions)]
+pub fn hit(name: &'static str) {
+    use std::sync::OnceLock;
+    static ARMED: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+    let Some((want, file)) = ARMED.get_or_init(|| {
+        let name = std::env::var("HAM_FAILPOINT").ok()?;
+        let file = std::env::var_os("HAM_FAILPOINT_FILE")?;
+        Some((name, file.into()))
+    }) else {
+        return;
+    };
+    if want != name {
+        return;
+    }
+    let mut armed = file.clone().into_os_string();
+    armed.push(".armed");
+    if !std::path::Path::new(&armed).exists() {
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .is_err()
+    {
+        return; // already fired
+    }
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_name: &'static str) {}

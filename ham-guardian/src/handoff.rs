@@ -1,0 +1,134 @@
+//! What a HAM hands its Guardian: descriptors inherited across `execve`, and a pidfd for
+//! every entity process as soon as it exists (`SCM_RIGHTS` over a `SOCK_SEQPACKET` pair).
+//! At a takeover the Guardian then needs no pid lookup for any process the HAM knew, and it
+//! can read the exit status of one that died in the gap through the pidfd it holds.
+
+use std::collections::HashMap;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The Guardian's end of the socket pair.
+pub const FD_SOCKET: RawFd = 3;
+/// A memfd holding the configuration text the HAM runs.
+pub const FD_CONFIG: RawFd = 4;
+/// The control socket's listener, so requests queue through a takeover.
+pub const FD_LISTENER: RawFd = 5;
+
+/// One message: slot, pid, start time (16 bytes), with the pidfd attached.
+const MSG_LEN: usize = 16;
+
+/// A pidfd the HAM handed over, with what it was for.
+pub struct Passed {
+    pub pid: i32,
+    pub start_time: u64,
+    pub pidfd: OwnedFd,
+}
+
+/// Sends one entity's pidfd. Non-blocking: a Guardian that does not read must not stall
+/// the HAM.
+pub fn send(
+    sock: &OwnedFd,
+    slot: u32,
+    pid: i32,
+    start_time: u64,
+    pidfd: &OwnedFd,
+) -> io::Result<()> {
+    let mut msg = [0u8; MSG_LEN];
+    msg[0..4].copy_from_slice(&slot.to_ne_bytes());
+    msg[4..8].copy_from_slice(&pid.to_ne_bytes());
+    msg[8..16].copy_from_slice(&start_time.to_ne_bytes());
+    let fds = [pidfd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    anc.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(&msg)],
+        &mut anc,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// Receives every queued message into `into` (newest per slot wins). Returns `false` once
+/// the HAM's end is closed.
+pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
+    loop {
+        let mut msg = [0u8; MSG_LEN];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let r = rustix::net::recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(&mut msg)],
+            &mut anc,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        );
+        let n = match r {
+            Ok(r) => r.bytes,
+            Err(rustix::io::Errno::AGAIN) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        };
+        let mut fd = None;
+        for m in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                for f in fds {
+                    fd.get_or_insert(f);
+                }
+            }
+        }
+        if n == 0 && fd.is_none() {
+            return false; // end of stream
+        }
+        let (Some(pidfd), MSG_LEN) = (fd, n) else {
+            continue; // malformed: ignore it
+        };
+        let slot = u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes"));
+        let pid = i32::from_ne_bytes(msg[4..8].try_into().expect("4 bytes"));
+        let start_time = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
+        into.insert(
+            slot,
+            Passed {
+                pid,
+                start_time,
+                pidfd,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfds_cross_the_pair() {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let me = rustix::process::pidfd_open(
+            rustix::process::getpid(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        send(&a, 7, 1234, 99, &me).unwrap();
+        send(&a, 7, 1235, 100, &me).unwrap();
+        send(&a, 2, 42, 1, &me).unwrap();
+        let mut got = HashMap::new();
+        assert!(recv_all(&b, &mut got));
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[&7].pid, got[&7].start_time), (1235, 100));
+        drop(a);
+        assert!(!recv_all(&b, &mut got));
+    }
+}
