@@ -315,18 +315,7 @@ impl Daemon {
             writer.set_hook(Some(failpoint::hit));
         }
         // Signals are blocked before anything else exists, so none is lost and none kills us.
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGCHLD,
-            Signal::SIGHUP,
-        ] {
-            mask.add(s);
-        }
-        mask.thread_block().map_err(io_ctx("blocking signals"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(io_ctx("signalfd"))?;
+        let signals = signalfd().map_err(io_ctx("signalfd"))?;
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(io_ctx("PR_SET_CHILD_SUBREAPER"))?;
 
@@ -586,13 +575,7 @@ impl Daemon {
                         self.spawn(i);
                     }
                     Some(pidfd) => {
-                        let tok = TOK_PIDFD | i as u64;
-                        if let Err(e) = epoll::add(
-                            &self.epoll,
-                            &pidfd,
-                            epoll::EventData::new_u64(tok),
-                            epoll::EventFlags::IN,
-                        ) {
+                        if let Err(e) = self.watch(i, &pidfd) {
                             say!(self, "{}: cannot watch pid {}: {e}", rec.name, rec.pid);
                         }
                         self.send_to_guardian(
@@ -725,6 +708,16 @@ impl Daemon {
         }
     }
 
+    /// Adds entity `i`'s pidfd to the loop.
+    fn watch(&self, i: usize, pidfd: &OwnedFd) -> rustix::io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            pidfd,
+            epoll::EventData::new_u64(TOK_PIDFD | i as u64),
+            epoll::EventFlags::IN,
+        )
+    }
+
     // -- segment ---------------------------------------------------------------------------
 
     fn publish(&mut self, i: usize) {
@@ -805,16 +798,14 @@ impl Daemon {
             }
             Err(e) => Err(e),
         };
+        let watched = match &result {
+            Ok((_, pidfd)) => self.watch(i, pidfd),
+            Err(_) => Ok(()),
+        };
         let e = &mut self.entities[i];
         match result {
             Ok((pid, pidfd)) => {
-                let tok = TOK_PIDFD | i as u64;
-                if let Err(err) = epoll::add(
-                    &self.epoll,
-                    &pidfd,
-                    epoll::EventData::new_u64(tok),
-                    epoll::EventFlags::IN,
-                ) {
+                if let Err(err) = watched {
                     // Without a watch we would never see it die: kill it; the kill is seen
                     // through SIGCHLD.
                     log(
@@ -1538,6 +1529,22 @@ fn spawn_guardian_process(
         pidfd,
         sock: ours,
     })
+}
+
+/// Blocks the signals ham reads (SIGTERM, SIGINT, SIGHUP, SIGCHLD) and returns a signalfd
+/// for them. Both roles use it; children get an empty mask back (see `sys::SpawnSpec`).
+pub(crate) fn signalfd() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
 fn describe(exit: LastExit) -> String {

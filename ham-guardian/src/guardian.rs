@@ -12,8 +12,6 @@ use std::path::PathBuf;
 
 use ham_core::layout::FLAG_STOP_INTENT;
 use ham_core::segment::{Access, Segment, SegmentError};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::epoll;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
@@ -63,19 +61,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     })?;
     let name = cfg.instance.name.clone();
 
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        mask.add(s);
-    }
-    mask.thread_block()
-        .map_err(|e| io_err("blocking signals")(e.into()))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| io_err("signalfd")(e.into()))?;
+    let signals = crate::daemon::signalfd().map_err(|e| io_err("signalfd")(e.into()))?;
 
     let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadOnly)?;
     // Our HAM is our parent. Open its pidfd first, then check that it is still our parent
@@ -137,6 +123,10 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         .map_err(|e| io_err("epoll_ctl")(e.into()))?;
     }
 
+    log(
+        &name,
+        format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
+    );
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let mut sock_open = true;
     let mut last_liveness = seg.header().snapshot().liveness_ns;

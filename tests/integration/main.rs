@@ -6,7 +6,9 @@
 
 mod util;
 
+mod chaos;
 mod config_errors;
 mod control;
+mod guardian;
 mod instances;
 mod supervision;

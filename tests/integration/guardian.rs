@@ -1,0 +1,257 @@
+//! The HAM/Guardian pair: takeover, replacement, fencing, warm start, failpoints.
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+fn pid_at(s: &Value, who: &str) -> i32 {
+    s[who]["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no {who} pid in {s}")) as i32
+}
+
+fn two_sleepers() -> String {
+    format!("{}{}", sleeper("a"), sleeper("b"))
+}
+
+#[test]
+fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
+    let mut ham = Ham::start("takeover", &two_sleepers());
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = (
+        pid_at(&s, "ham"),
+        pid_at(&s, "guardian"),
+        s["ham"]["epoch"].as_u64().unwrap(),
+    );
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
+
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1, "the HAM died of the signal");
+    let s = ham.wait_for("the guardian promoted, with a new guardian", |s| {
+        s["ham"]["pid"] == g
+            && s["ham"]["alive"] == true
+            && s["guardian"]["alive"] == true
+            && s["guardian"]["pid"] != g
+    });
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    assert_eq!(s["ham"]["failures"], 1);
+    // Entities kept running, each exactly once.
+    assert_eq!((pid_of(&s, "a"), pid_of(&s, "b")), (a, b));
+    assert_eq!(entity_processes(&ham.name, "a"), vec![a]);
+    assert_eq!(entity_processes(&ham.name, "b"), vec![b]);
+    assert_eq!(entity(&s, "a")["restarts"], 0);
+
+    // A death after the takeover (of a process the new HAM did not start) is handled, with
+    // its real exit status.
+    sigkill(a);
+    let s = ham.wait_for("a restarted by the new HAM with its status", |s| {
+        running(s, "a") && entity(s, "a")["last_exit"] == json!({"signal": 9})
+    });
+    assert_eq!(entity(&s, "a")["restarts"], 1);
+    assert_eq!(entity_processes(&ham.name, "a").len(), 1);
+    assert!(
+        ham.ctl(&["ping"]).status.success(),
+        "the control socket survived"
+    );
+}
+
+#[test]
+fn a_sigkilled_guardian_is_replaced() {
+    let ham = Ham::start("guardian", &two_sleepers());
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = (
+        pid_at(&s, "ham"),
+        pid_at(&s, "guardian"),
+        s["ham"]["epoch"].clone(),
+    );
+    sigkill(g);
+    let s = ham.wait_for("a new guardian", |s| {
+        s["guardian"]["alive"] == true && s["guardian"]["pid"] != g
+    });
+    assert_eq!(pid_at(&s, "ham"), h);
+    assert_eq!(s["ham"]["epoch"], epoch);
+    assert_eq!(s["guardian"]["failures"], 1);
+    assert_eq!(entity(&s, "a")["restarts"], 0);
+}
+
+#[test]
+fn a_stopped_ham_is_fenced_and_replaced() {
+    let mut ham = Ham::start_with(
+        "fence",
+        "liveness_timeout = \"300ms\"",
+        &two_sleepers(),
+        &[],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = (
+        pid_at(&s, "ham"),
+        pid_at(&s, "guardian"),
+        s["ham"]["epoch"].as_u64().unwrap(),
+    );
+    let a = pid_of(&s, "a");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // The stopped HAM was killed (fenced) before anyone took its place: never two HAMs.
+    assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
+    let s = ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+    });
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    assert_eq!(pid_of(&s, "a"), a);
+    assert!(ham.stderr().contains("fencing it"), "{}", ham.stderr());
+}
+
+#[test]
+fn after_both_die_a_new_ham_starts_warm() {
+    let mut ham = Ham::start("warm", &two_sleepers());
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = (
+        pid_at(&s, "ham"),
+        pid_at(&s, "guardian"),
+        s["ham"]["epoch"].as_u64().unwrap(),
+    );
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
+    assert_eq!(s["ham"]["start"], "cold");
+    // Both die: stop the Guardian so it cannot take over, kill the HAM, then the Guardian.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1);
+    sigkill(g);
+    // While nobody supervises, b dies.
+    sigkill(b);
+    ham.spawn(&[]);
+    let s = ham.wait_for("a warm start with b restarted", |s| {
+        s["ham"]["pid"] == ham.pid() && running(s, "b") && entity(s, "b")["restarts"] == 1
+    });
+    assert_eq!(s["ham"]["start"], "warm");
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    assert_eq!(
+        pid_of(&s, "a"),
+        a,
+        "the healthy entity was re-adopted, not restarted"
+    );
+    assert_eq!(entity(&s, "a")["restarts"], 0);
+    assert_ne!(pid_of(&s, "b"), b);
+    assert_eq!(entity_processes(&ham.name, "a"), vec![a]);
+    assert_eq!(entity_processes(&ham.name, "b").len(), 1);
+    ham.wait_for("a new guardian", |s| s["guardian"]["alive"] == true);
+}
+
+#[test]
+fn shutdown_is_not_a_crash_the_guardian_goes_too() {
+    let mut ham = Ham::start("shutdown-pair", &two_sleepers());
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let g = pid_at(&s, "guardian");
+    let g_start = start_time(g).unwrap();
+    assert!(ham.ctl(&["shutdown"]).status.success());
+    assert_eq!(ham.wait_exit(), 0);
+    assert!(!alive(g, g_start), "the guardian outlived the shutdown");
+    assert!(entity_processes(&ham.name, "a").is_empty());
+    assert!(!ham.segment_path().exists());
+}
+
+/// How a failpoint's write path is reached.
+enum Trigger {
+    KillEntity,
+    Stop,
+    KillGuardian,
+    KillHam,
+}
+
+fn trigger_of(fp: &str) -> Trigger {
+    match fp {
+        "stop:after-record" | "stop:after-signal" => Trigger::Stop,
+        "guardian:after-fork" => Trigger::KillGuardian,
+        "promote:after-epoch" | "promote:after-guardian" => Trigger::KillHam,
+        _ => Trigger::KillEntity,
+    }
+}
+
+/// Kills the HAM at one failpoint and checks the state the pair ends in.
+fn survive_failpoint(fp: &str) {
+    let marks = tempfile::tempdir().unwrap();
+    let fired = marks.path().join("fired");
+    let fired_s = fired.display().to_string();
+    let ham = Ham::start_with(
+        "fp",
+        "",
+        &two_sleepers(),
+        &[("HAM_FAILPOINT", fp), ("HAM_FAILPOINT_FILE", &fired_s)],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g) = (pid_at(&s, "ham"), pid_at(&s, "guardian"));
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
+    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    match trigger_of(fp) {
+        Trigger::KillEntity => sigkill(a),
+        Trigger::Stop => {
+            // The HAM dies before answering; the answer is not what is tested.
+            let _ = ham.ctl(&["--timeout", "2s", "stop", "a"]);
+        }
+        Trigger::KillGuardian => sigkill(g),
+        Trigger::KillHam => sigkill(h),
+    }
+    // First the failpoint fires (the HAM kills itself there), then the pair recovers.
+    let start = std::time::Instant::now();
+    while !fired.exists() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "failpoint {fp} never fired:\n{}",
+            ham.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let s = ham.wait_for(&format!("recovery from failpoint {fp}"), |s| {
+        let pair_up =
+            s["ham"]["alive"] == true && s["guardian"]["alive"] == true && s["ham"]["pid"] != h;
+        let a_ok = match trigger_of(fp) {
+            Trigger::KillEntity => running(s, "a") && entity(s, "a")["restarts"] == 1,
+            Trigger::Stop => entity(s, "a")["state"] == "stopped",
+            _ => running(s, "a"),
+        };
+        pair_up && a_ok
+    });
+    eprintln!(
+        "failpoint {fp}: fired; ham pid {} (was {h}), epoch {}",
+        s["ham"]["pid"], s["ham"]["epoch"]
+    );
+    assert_eq!(pid_of(&s, "b"), b, "{fp}: b was restarted");
+    assert_eq!(entity(&s, "b")["restarts"], 0, "{fp}");
+    let expected_a = match trigger_of(fp) {
+        Trigger::Stop => 0,
+        _ => 1,
+    };
+    assert_eq!(
+        entity_processes(&ham.name, "a").len(),
+        expected_a,
+        "{fp}: processes of a: status {s}"
+    );
+    // One takeover, or two when the failpoint killed a HAM that was itself taking over.
+    let takeovers = if let Trigger::KillHam = trigger_of(fp) {
+        2
+    } else {
+        1
+    };
+    assert_eq!(s["ham"]["epoch"], 1 + takeovers, "{fp}: {s}");
+    if let Trigger::KillGuardian | Trigger::KillHam = trigger_of(fp) {
+        assert_eq!(pid_of(&s, "a"), a, "{fp}: a was restarted");
+    }
+    assert_eq!(entity_processes(&ham.name, "b"), vec![b], "{fp}");
+}
+
+#[test]
+fn a_kill_at_every_failpoint_ends_in_a_correct_state() {
+    if !cfg!(debug_assertions) {
+        panic!("failpoints exist in debug builds only: run the tests without --release");
+    }
+    for fp in ham_guardian::failpoint::ALL {
+        survive_failpoint(fp);
+    }
+}
