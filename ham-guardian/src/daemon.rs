@@ -162,7 +162,7 @@ pub struct Daemon {
 }
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
-    eprintln!("ham[{instance}]: {msg}");
+    crate::log_line(format_args!("ham[{instance}]"), msg);
 }
 
 macro_rules! say {

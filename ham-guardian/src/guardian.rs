@@ -25,7 +25,7 @@ const TOK_SIGNAL: u64 = 3;
 const TOK_TIMER: u64 = 4;
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
-    eprintln!("ham[{instance}] guardian: {msg}");
+    crate::log_line(format_args!("ham[{instance}] guardian"), msg);
 }
 
 /// Runs the Guardian role for the HAM `ham_pid` (started at `ham_start`); returns the

@@ -26,6 +26,14 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 3;
 }
 
+/// Writes one log line to stderr in a single `write`, so the lines of the HAM and its
+/// Guardian (which share stderr) never interleave mid-line.
+pub fn log_line(prefix: std::fmt::Arguments, msg: std::fmt::Arguments) {
+    use std::io::Write;
+    let line = format!("{prefix}: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);

@@ -1,0 +1,758 @@
+//! The five scenarios.
+
+use std::time::Duration;
+
+use ham_core::layout::{EntityState, FLAG_STOP_INTENT, HeaderSnapshot};
+use ham_core::segment::Segment;
+use serde_json::{Map, json};
+
+use crate::report::{Outcome, ScenarioResult, stats};
+use crate::stamps::{Stamps, index_of};
+use crate::sys::{self, Result, mono_ns, ms};
+use crate::systems::{ALL, Ctx, Kind, Sup};
+
+/// Each victim has been up at least this long before it is killed: stays clear of the
+/// peers' 1 s restart throttles (runsv, s6 at default settings), as the peers' harness does.
+const MIN_ALIVE_NS: u64 = 1_100_000_000;
+/// Quiet time after a replacement reported, before the next kill.
+const GAP_NS: u64 = 10_000_000;
+/// How long a restart may take before it counts as failed.
+const RESTART_TIMEOUT_NS: u64 = 10_000_000_000;
+/// After the pair looks complete, how long it must stay so before the next takeover kill
+/// (the new Guardian has to finish starting: exec, config, segment, pidfd).
+const PAIR_SETTLE_NS: u64 = 50_000_000;
+
+pub struct Params {
+    /// Services for the restart and takeover scenarios.
+    pub n: usize,
+    pub kills: usize,
+    pub storm_reps: usize,
+    pub takeover_kills: usize,
+    pub idle_s: f64,
+}
+
+impl Params {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                n: 20,
+                kills: 40,
+                storm_reps: 2,
+                takeover_kills: 10,
+                idle_s: 3.0,
+            }
+        } else {
+            Self {
+                n: 100,
+                kills: 200,
+                storm_reps: 5,
+                takeover_kills: 100,
+                idle_s: 30.0,
+            }
+        }
+    }
+}
+
+/// Findings about ham worth reporting (takeover trouble, log errors, stop problems).
+#[derive(Default)]
+pub struct Problems(pub Vec<String>);
+
+impl Problems {
+    pub fn add(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        eprintln!("  ! {s}");
+        self.0.push(s);
+    }
+}
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("  {}", msg.as_ref());
+}
+
+/// Starts `kind` with `n` services and waits until each has reported once.
+fn start_up<'a>(
+    ctx: &'a Ctx,
+    stamps: &mut Stamps,
+    kind: Kind,
+    n: usize,
+    label: &str,
+) -> Result<Sup<'a>> {
+    stamps.reset(n);
+    let t0 = mono_ns();
+    let sup = Sup::start(ctx, kind, n, label)?;
+    stamps.wait_all(60)?;
+    progress(format!(
+        "{} with {n} services up in {:.0} ms",
+        kind.name(),
+        ms(mono_ns() - t0)
+    ));
+    Ok(sup)
+}
+
+fn finish(sup: &mut Sup<'_>, problems: &mut Problems) {
+    for f in sup.log_findings() {
+        problems.add(format!("ham log ({}): {f}", sup.dir.display()));
+    }
+    if let Err(e) = sup.stop() {
+        problems.add(format!("stopping {}: {e}", sup.kind.name()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// restart_latency, restart_storm
+// ---------------------------------------------------------------------------------------------
+
+struct RestartRun {
+    lat: Vec<f64>,
+    lat_fail: usize,
+    storm: Vec<f64>,
+    storm_fail: usize,
+}
+
+/// Sequential SIGKILLs, round robin over the services: latency = the replacement's own
+/// stamp − the stamp taken just before `kill()`.
+fn latency_loop(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    kills: usize,
+    run: &mut RestartRun,
+    name: &str,
+) -> Result<()> {
+    let n = stamps.slots.len();
+    let mut last_done = 0;
+    for it in 0..kills {
+        let idx = it % n;
+        stamps.drain();
+        let Some(old) = stamps.slots[idx] else {
+            run.lat_fail += 1;
+            continue;
+        };
+        sys::sleep_until((old.ns + MIN_ALIVE_NS).max(last_done + GAP_NS));
+        sys::check_interrupted()?;
+        stamps.drain();
+        let old = stamps.slots[idx].expect("reported above");
+        if !ctx.is_our_service(old.pid) {
+            return Err(format!("pid {} is not a service of this run", old.pid));
+        }
+        let t0 = mono_ns();
+        if !sys::kill(old.pid, libc::SIGKILL) {
+            run.lat_fail += 1;
+            continue;
+        }
+        let back = stamps.wait_for(t0 + RESTART_TIMEOUT_NS, |s| {
+            s[idx].is_some_and(|x| x.pid != old.pid)
+        })?;
+        last_done = mono_ns();
+        match stamps.slots[idx] {
+            Some(new) if back => run.lat.push(ms(new.ns.saturating_sub(t0))),
+            _ => {
+                run.lat_fail += 1;
+                eprintln!("  ! {name}: service {idx} not back within 10 s");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every service SIGKILLed at once; the time until the last replacement stamped.
+fn storm_loop(ctx: &Ctx, stamps: &mut Stamps, reps: usize, run: &mut RestartRun) -> Result<()> {
+    for _ in 0..reps {
+        stamps.drain();
+        let latest = stamps
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.ns)
+            .max()
+            .unwrap_or(0);
+        sys::sleep_until(latest + MIN_ALIVE_NS);
+        sys::check_interrupted()?;
+        stamps.drain();
+        let old = stamps.pids();
+        if old.len() != stamps.slots.len() {
+            run.storm_fail += 1;
+            continue;
+        }
+        if let Some(p) = old.iter().find(|&&p| !ctx.is_our_service(p)) {
+            return Err(format!("pid {p} is not a service of this run"));
+        }
+        let t0 = mono_ns();
+        for &p in &old {
+            sys::kill(p, libc::SIGKILL);
+        }
+        let back = stamps.wait_for(t0 + 60_000_000_000, |s| {
+            s.iter()
+                .zip(&old)
+                .all(|(x, &o)| x.is_some_and(|x| x.pid != o))
+        })?;
+        if back {
+            let last = stamps
+                .slots
+                .iter()
+                .flatten()
+                .map(|s| s.ns)
+                .max()
+                .unwrap_or(t0);
+            run.storm.push(ms(last.saturating_sub(t0)));
+        } else {
+            run.storm_fail += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+pub fn restart(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    p: &Params,
+    want_lat: bool,
+    want_storm: bool,
+    problems: &mut Problems,
+) -> Result<Vec<ScenarioResult>> {
+    let mut lat = ScenarioResult {
+        scenario: "restart_latency",
+        unit: "ms",
+        title: format!(
+            "SIGKILL of one service → the replacement's first instruction; {} services, {} kills round robin",
+            p.n, p.kills
+        ),
+        systems: Vec::new(),
+        ratios: true,
+        columns: Vec::new(),
+        ratio_metrics: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut storm = ScenarioResult {
+        scenario: "restart_storm",
+        unit: "ms",
+        title: format!(
+            "all {} services SIGKILLed at once → the last replacement stamped; {} repetitions",
+            p.n, p.storm_reps
+        ),
+        systems: Vec::new(),
+        ratios: true,
+        columns: Vec::new(),
+        ratio_metrics: Vec::new(),
+        notes: Vec::new(),
+    };
+    for kind in ALL {
+        let name = kind.name().to_owned();
+        if let Err(why) = kind.available() {
+            lat.systems
+                .push((name.clone(), Outcome::Skipped(why.clone())));
+            storm.systems.push((name, Outcome::Skipped(why)));
+            continue;
+        }
+        // supervisord restarts about once a second: fewer kills keep the run short.
+        let kills = if kind == Kind::Supervisord {
+            p.kills.min(50)
+        } else {
+            p.kills
+        };
+        eprintln!("[restart] {name}");
+        let mut run = RestartRun {
+            lat: Vec::new(),
+            lat_fail: 0,
+            storm: Vec::new(),
+            storm_fail: 0,
+        };
+        let result = (|| -> Result<()> {
+            let mut sup = start_up(ctx, stamps, kind, p.n, "restart")?;
+            std::thread::sleep(Duration::from_millis(300));
+            if want_lat {
+                latency_loop(ctx, stamps, kills, &mut run, &name)?;
+            }
+            if want_storm {
+                storm_loop(ctx, stamps, p.storm_reps, &mut run)?;
+            }
+            finish(&mut sup, problems);
+            Ok(())
+        })();
+        sys::check_interrupted()?;
+        let outcome = |v: &[f64], fails: usize| match (&result, stats(v)) {
+            (Err(e), _) => Outcome::Failed(e.clone()),
+            (Ok(()), Some(stats)) => Outcome::Measured {
+                stats,
+                failures: fails,
+                extra: Map::new(),
+            },
+            (Ok(()), None) => Outcome::Failed(format!("no measurement ({fails} failures)")),
+        };
+        if let (Some(s), true) = (stats(&run.lat), want_lat) {
+            progress(format!(
+                "restart latency: median {:.3} ms, p99 {:.3} ms, {} failures",
+                s.median, s.p99, run.lat_fail
+            ));
+        }
+        if let (Some(s), true) = (stats(&run.storm), want_storm) {
+            progress(format!("storm: median {:.2} ms", s.median));
+        }
+        if kind == Kind::Ham && (run.lat_fail > 0 || run.storm_fail > 0) {
+            problems.add(format!(
+                "ham: {} restart(s) and {} storm(s) did not come back within the timeout",
+                run.lat_fail, run.storm_fail
+            ));
+        }
+        lat.systems
+            .push((name.clone(), outcome(&run.lat, run.lat_fail)));
+        storm
+            .systems
+            .push((name, outcome(&run.storm, run.storm_fail)));
+    }
+    lat.notes.push(format!(
+        "each victim up ≥ {} ms before its kill, {} ms quiet after each restart",
+        MIN_ALIVE_NS / 1_000_000,
+        GAP_NS / 1_000_000
+    ));
+    if lat
+        .systems
+        .iter()
+        .any(|(n, o)| n == "supervisord" && !matches!(o, Outcome::Skipped(_)))
+    {
+        lat.notes
+            .push("supervisord: at most 50 kills (it restarts about once a second)".into());
+    }
+    let mut out = Vec::new();
+    if want_lat {
+        out.push(lat);
+    }
+    if want_storm {
+        out.push(storm);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// takeover
+// ---------------------------------------------------------------------------------------------
+
+/// `Ok(header)` when the HAM and the Guardian are both alive, the epoch is at least
+/// `min_epoch`, and every entity runs the process that last reported for it.
+fn pair_state(
+    seg: &Segment,
+    stamps: &Stamps,
+    n: usize,
+    min_epoch: u64,
+) -> std::result::Result<HeaderSnapshot, String> {
+    let h = seg.header().snapshot();
+    if h.epoch < min_epoch {
+        return Err(format!("epoch {} (waiting for {min_epoch})", h.epoch));
+    }
+    if h.flags & FLAG_STOP_INTENT != 0 {
+        return Err("stop intent set".into());
+    }
+    if !sys::alive(h.ham_pid, Some(h.ham_start_time)) {
+        return Err(format!("HAM pid {} not alive", h.ham_pid));
+    }
+    if h.guardian_pid <= 0 || !sys::alive(h.guardian_pid, Some(h.guardian_start_time)) {
+        return Err(format!("guardian pid {} not alive", h.guardian_pid));
+    }
+    let mut running = 0;
+    for (slot, rec) in seg.records() {
+        let r = rec.map_err(|e| format!("slot {slot}: {e}"))?;
+        let Some(i) = index_of(&r.name) else { continue };
+        if r.state != EntityState::Running {
+            return Err(format!("{} is {}", r.name, r.state.as_str()));
+        }
+        if stamps.slots.get(i).copied().flatten().map(|s| s.pid) != Some(r.pid) {
+            return Err(format!("{} pid {} has not reported", r.name, r.pid));
+        }
+        if !sys::alive(r.pid, Some(r.start_time)) {
+            return Err(format!("{} pid {} is not alive", r.name, r.pid));
+        }
+        running += 1;
+    }
+    if running != n {
+        return Err(format!("{running} of {n} entities running"));
+    }
+    Ok(h)
+}
+
+fn wait_pair_up(
+    seg: &Segment,
+    stamps: &mut Stamps,
+    n: usize,
+    min_epoch: u64,
+) -> Result<HeaderSnapshot> {
+    let deadline = mono_ns() + 30_000_000_000;
+    loop {
+        sys::check_interrupted()?;
+        sys::reap();
+        stamps.drain();
+        let why = match pair_state(seg, stamps, n, min_epoch) {
+            Ok(h) => {
+                sys::sleep_until(mono_ns() + PAIR_SETTLE_NS);
+                stamps.drain();
+                match pair_state(seg, stamps, n, min_epoch) {
+                    Ok(h2)
+                        if (h2.epoch, h2.ham_pid, h2.guardian_pid)
+                            == (h.epoch, h.ham_pid, h.guardian_pid) =>
+                    {
+                        return Ok(h2);
+                    }
+                    Ok(_) => "the pair changed while settling".to_owned(),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if mono_ns() > deadline {
+            return Err(format!(
+                "the HAM/Guardian pair did not come back within 30 s: {why}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Kills the HAM named in `h` after checking it is ours (ham binary, start time).
+fn check_ham_is_ours(ctx: &Ctx, h: &HeaderSnapshot) -> Result<()> {
+    if sys::exe(h.ham_pid).as_deref() != Some(ctx.ham.as_path())
+        || !sys::alive(h.ham_pid, Some(h.ham_start_time))
+    {
+        return Err(format!("HAM pid {} is not ours or not alive", h.ham_pid));
+    }
+    Ok(())
+}
+
+pub fn takeover(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    p: &Params,
+    problems: &mut Problems,
+) -> Result<ScenarioResult> {
+    let mut res = ScenarioResult {
+        scenario: "takeover",
+        unit: "ms",
+        title: format!(
+            "SIGKILL of the HAM; {} entities, {} kills each: ham_supervising = HAM + one entity \
+             killed together → that entity's replacement stamped; ham_new_guardian = HAM killed → \
+             the header names a new, live Guardian",
+            p.n, p.takeover_kills
+        ),
+        systems: Vec::new(),
+        ratios: false,
+        columns: Vec::new(),
+        ratio_metrics: Vec::new(),
+        notes: Vec::new(),
+    };
+    eprintln!("[takeover] ham");
+    let n = p.n;
+    let mut sup_lat = Vec::new();
+    let mut sup_fail = 0usize;
+    let mut guard_lat = Vec::new();
+    let mut guard_fail = 0usize;
+    let mut readopt_restarts = 0usize;
+    let result = (|| -> Result<HeaderSnapshot> {
+        let mut sup = start_up(ctx, stamps, Kind::Ham, n, "takeover")?;
+        let seg = &sup.ham.as_ref().expect("a ham instance").seg;
+        let mut h = wait_pair_up(seg, stamps, n, 0)?;
+        sys::tight_timer_slack();
+
+        // (a) HAM and one entity killed at the same instant.
+        for it in 0..p.takeover_kills {
+            let idx = it % n;
+            let victim = stamps.slots[idx].expect("all reported").pid;
+            if !ctx.is_our_service(victim) {
+                return Err(format!("pid {victim} is not a service of this run"));
+            }
+            check_ham_is_ours(ctx, &h)?;
+            let others: Vec<_> = stamps.slots.clone();
+            let t0 = mono_ns();
+            sys::kill(h.ham_pid, libc::SIGKILL);
+            sys::kill(victim, libc::SIGKILL);
+            let back = stamps.wait_for(t0 + RESTART_TIMEOUT_NS, |s| {
+                s[idx].is_some_and(|x| x.pid != victim)
+            })?;
+            match stamps.slots[idx] {
+                Some(new) if back => sup_lat.push(ms(new.ns.saturating_sub(t0))),
+                _ => {
+                    sup_fail += 1;
+                    problems.add(format!(
+                        "takeover (a) #{it}: entity {idx} not restarted within 10 s"
+                    ));
+                }
+            }
+            sys::reap();
+            h = wait_pair_up(seg, stamps, n, h.epoch + 1)?;
+            readopt_restarts += stamps
+                .slots
+                .iter()
+                .zip(&others)
+                .enumerate()
+                .filter(|(i, (a, b))| *i != idx && a.map(|x| x.pid) != b.map(|x| x.pid))
+                .count();
+        }
+        progress(format!(
+            "(a) HAM + entity: {} measured, {sup_fail} failed",
+            sup_lat.len()
+        ));
+
+        // (b) HAM killed; poll the header until it names a new, live Guardian.
+        for it in 0..p.takeover_kills {
+            check_ham_is_ours(ctx, &h)?;
+            let before: Vec<_> = stamps.slots.clone();
+            let t0 = mono_ns();
+            sys::kill(h.ham_pid, libc::SIGKILL);
+            let deadline = t0 + RESTART_TIMEOUT_NS;
+            let mut seen = None;
+            while mono_ns() < deadline {
+                let s = seg.header().snapshot();
+                let g = s.guardian_pid;
+                if g > 0 && g != h.guardian_pid && g != h.ham_pid {
+                    let t = mono_ns();
+                    if sys::alive(g, None) {
+                        seen = Some(t);
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            match seen {
+                Some(t) => guard_lat.push(ms(t - t0)),
+                None => {
+                    guard_fail += 1;
+                    problems.add(format!(
+                        "takeover (b) #{it}: no new live guardian within 10 s"
+                    ));
+                }
+            }
+            sys::reap();
+            h = wait_pair_up(seg, stamps, n, h.epoch + 1)?;
+            readopt_restarts += stamps
+                .slots
+                .iter()
+                .zip(&before)
+                .filter(|(a, b)| a.map(|x| x.pid) != b.map(|x| x.pid))
+                .count();
+        }
+        progress(format!(
+            "(b) HAM alone: {} measured, {guard_fail} failed",
+            guard_lat.len()
+        ));
+        let last = seg.header().snapshot();
+        finish(&mut sup, problems);
+        Ok(last)
+    })();
+    sys::check_interrupted()?;
+    if readopt_restarts > 0 {
+        problems.add(format!(
+            "takeover: {readopt_restarts} entities that were not killed got a new process \
+             (a takeover should re-adopt them with their pids unchanged)"
+        ));
+    }
+    let mut extra_a = Map::new();
+    let mut extra_b = Map::new();
+    match &result {
+        Ok(h) => {
+            extra_b.insert("ham_failures_in_header".into(), json!(h.ham_failures));
+            extra_b.insert("final_epoch".into(), json!(h.epoch));
+        }
+        Err(e) => problems.add(format!("takeover aborted: {e}")),
+    }
+    extra_a.insert(
+        "unkilled_entities_restarted".into(),
+        json!(readopt_restarts),
+    );
+    for (name, v, fails, extra) in [
+        ("ham_supervising", &sup_lat, sup_fail, extra_a),
+        ("ham_new_guardian", &guard_lat, guard_fail, extra_b),
+    ] {
+        let o = match (stats(v), &result) {
+            (Some(stats), Ok(_)) => Outcome::Measured {
+                stats,
+                failures: fails,
+                extra,
+            },
+            (Some(stats), Err(e)) => {
+                let mut extra = extra;
+                extra.insert("aborted".into(), json!(e));
+                Outcome::Measured {
+                    stats,
+                    failures: fails,
+                    extra,
+                }
+            }
+            (None, Err(e)) => Outcome::Failed(e.clone()),
+            (None, Ok(_)) => Outcome::Failed("no measurement".into()),
+        };
+        res.systems.push((name.into(), o));
+    }
+    res.notes.push(format!(
+        "between kills: HAM and Guardian alive, all entities running, stable for {} ms",
+        PAIR_SETTLE_NS / 1_000_000
+    ));
+    Ok(res)
+}
+
+// ---------------------------------------------------------------------------------------------
+// footprint, idle
+// ---------------------------------------------------------------------------------------------
+
+fn settle_s(kind: Kind) -> f64 {
+    match kind {
+        Kind::Ham | Kind::Bare => 1.0,
+        _ => 1.5,
+    }
+}
+
+pub fn footprint(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    problems: &mut Problems,
+) -> Result<ScenarioResult> {
+    let mut res = ScenarioResult {
+        scenario: "footprint",
+        unit: "KiB",
+        title: "PSS of all supervisor processes with 100 services (median of 5 samples); \
+                RSS/PSS from smaps_rollup at 1 and 100 services"
+            .into(),
+        systems: Vec::new(),
+        ratios: true,
+        columns: vec![
+            ("rss_kib_1", "RSS@1"),
+            ("pss_kib_1", "PSS@1"),
+            ("rss_kib_100", "RSS@100"),
+            ("pss_kib_100", "PSS@100"),
+            ("processes", "procs"),
+        ],
+        ratio_metrics: vec!["rss_kib_1", "pss_kib_1", "rss_kib_100", "pss_kib_100"],
+        notes: Vec::new(),
+    };
+    for kind in ALL {
+        let name = kind.name().to_owned();
+        if let Err(why) = kind.available() {
+            res.systems.push((name, Outcome::Skipped(why)));
+            continue;
+        }
+        eprintln!("[footprint] {name}");
+        let r = (|| -> Result<Outcome> {
+            let mut extra = Map::new();
+            let mut pss100 = Vec::new();
+            for n in [1usize, 100] {
+                let mut sup = start_up(ctx, stamps, kind, n, &format!("mem{n}"))?;
+                sys::sleep_interruptible(settle_s(kind))?;
+                let mut rss = Vec::new();
+                let mut pss = Vec::new();
+                let mut procs = 0;
+                for _ in 0..5 {
+                    let s = sys::sample(&sup.sup_pids());
+                    rss.push(s.rss_kib as f64);
+                    pss.push(s.pss_kib as f64);
+                    procs = s.nproc;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let (r, p) = (stats(&rss).expect("5"), stats(&pss).expect("5"));
+                progress(format!(
+                    "{n} services: RSS {:.0} KiB, PSS {:.0} KiB, {procs} processes",
+                    r.median, p.median
+                ));
+                extra.insert(format!("rss_kib_{n}"), json!(r.median));
+                extra.insert(format!("pss_kib_{n}"), json!(p.median));
+                extra.insert(format!("processes_{n}"), json!(procs));
+                if n == 100 {
+                    extra.insert("processes".into(), json!(procs));
+                    pss100 = pss;
+                }
+                finish(&mut sup, problems);
+            }
+            Ok(Outcome::Measured {
+                stats: stats(&pss100).expect("5 samples"),
+                failures: 0,
+                extra,
+            })
+        })();
+        sys::check_interrupted()?;
+        res.systems.push((name, r.unwrap_or_else(Outcome::Failed)));
+    }
+    Ok(res)
+}
+
+pub fn idle(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    p: &Params,
+    problems: &mut Problems,
+) -> Result<ScenarioResult> {
+    let mut res = ScenarioResult {
+        scenario: "idle",
+        unit: "wakeups/30s",
+        title: format!(
+            "100 idle services for {} s: context switches (voluntary + involuntary) of all \
+             supervisor processes, scaled to 30 s; CPU = utime+stime",
+            p.idle_s
+        ),
+        systems: Vec::new(),
+        ratios: true,
+        columns: vec![
+            ("wakeups", "wakeups"),
+            ("cpu_ms", "CPU ms"),
+            ("cpu_ms_schedstat", "sched ms"),
+            ("processes", "procs"),
+        ],
+        ratio_metrics: vec!["cpu_ms", "cpu_ms_schedstat"],
+        notes: Vec::new(),
+    };
+    let hz = sys::clock_ticks_per_s();
+    for kind in ALL {
+        let name = kind.name().to_owned();
+        if let Err(why) = kind.available() {
+            res.systems.push((name, Outcome::Skipped(why)));
+            continue;
+        }
+        eprintln!("[idle] {name}");
+        let r = (|| -> Result<Outcome> {
+            let mut sup = start_up(ctx, stamps, kind, 100, "idle")?;
+            sys::sleep_interruptible(settle_s(kind))?;
+            let pids = sup.sup_pids();
+            let a = sys::sample(&pids);
+            let t0 = mono_ns();
+            sys::sleep_interruptible(p.idle_s)?;
+            let b = sys::sample(&pids);
+            let secs = ms(mono_ns() - t0) / 1000.0;
+            let after = sup.sup_pids();
+            if after != pids || b.nproc != a.nproc {
+                problems.add(format!(
+                    "idle {name}: supervisor processes changed during the window ({pids:?} → {after:?})"
+                ));
+            }
+            let wake = (b.voluntary + b.nonvoluntary) - (a.voluntary + a.nonvoluntary);
+            let per30 = wake as f64 * 30.0 / secs;
+            let cpu_ms = (b.ticks - a.ticks) as f64 * 1000.0 / hz as f64;
+            let sched_ms = ms(b.sched_ns - a.sched_ns);
+            progress(format!(
+                "{wake} wake-ups in {secs:.1} s ({per30:.0}/30 s), CPU {cpu_ms:.0} ms (schedstat {sched_ms:.2} ms)"
+            ));
+            finish(&mut sup, problems);
+            let mut extra = Map::new();
+            extra.insert("seconds".into(), json!((secs * 100.0).round() / 100.0));
+            extra.insert("wakeups".into(), json!(wake));
+            extra.insert("voluntary".into(), json!(b.voluntary - a.voluntary));
+            extra.insert(
+                "nonvoluntary".into(),
+                json!(b.nonvoluntary - a.nonvoluntary),
+            );
+            extra.insert("cpu_ms".into(), json!(cpu_ms));
+            extra.insert(
+                "cpu_ms_schedstat".into(),
+                json!((sched_ms * 1000.0).round() / 1000.0),
+            );
+            extra.insert("processes".into(), json!(a.nproc));
+            Ok(Outcome::Measured {
+                stats: stats(&[per30]).expect("one value"),
+                failures: 0,
+                extra,
+            })
+        })();
+        sys::check_interrupted()?;
+        res.systems.push((name, r.unwrap_or_else(Outcome::Failed)));
+    }
+    res.notes.push(format!(
+        "median = wake-ups per 30 s (one window of {} s); CPU ms = utime+stime over the window \
+         ({} ms ticks); sched ms = /proc/PID/schedstat on-CPU time",
+        p.idle_s,
+        1000 / hz
+    ));
+    Ok(res)
+}

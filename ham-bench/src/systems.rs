@@ -1,0 +1,528 @@
+//! The supervisors under test: how each is set up, started, found and stopped.
+//!
+//! Every process is signalled by pid, and only after checking it is one the bench started
+//! (its own spawn, checked by start time) or one those started (checked by executable, and
+//! for services by the report FIFO in their command line or environment).
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ham_core::segment::{Access, Segment};
+
+use crate::stamps::service_id;
+use crate::sys::{self, Result, mono_ns};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ham,
+    Bare,
+    S6,
+    Runit,
+    Supervisord,
+}
+
+pub const ALL: [Kind; 5] = [
+    Kind::Ham,
+    Kind::Bare,
+    Kind::S6,
+    Kind::Runit,
+    Kind::Supervisord,
+];
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ham => "ham",
+            Kind::Bare => "bare",
+            Kind::S6 => "s6",
+            Kind::Runit => "runit",
+            Kind::Supervisord => "supervisord",
+        }
+    }
+
+    /// The programs this system needs from $PATH (none for ham and bare, which the bench
+    /// brings along).
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Kind::Ham | Kind::Bare => &[],
+            Kind::S6 => &["s6-svscan", "s6-supervise"],
+            Kind::Runit => &["runsvdir", "runsv"],
+            Kind::Supervisord => &["supervisord"],
+        }
+    }
+
+    /// `Err(reason)` when it cannot be run here.
+    pub fn available(self) -> std::result::Result<(), String> {
+        match self.programs().iter().find(|p| sys::which(p).is_none()) {
+            Some(p) => Err(format!("{p} not installed")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What every system shares: paths, and the counter that makes names unique.
+pub struct Ctx {
+    pub base: PathBuf,
+    pub child: PathBuf,
+    pub fifo: PathBuf,
+    pub ham: PathBuf,
+    pub hamctl: PathBuf,
+    pub me: PathBuf,
+    pub pid: u32,
+    counter: Cell<u32>,
+}
+
+impl Ctx {
+    pub fn new(base: PathBuf, bin_dir: &Path, me: PathBuf) -> Result<Self> {
+        let find = |name: &str| -> Result<PathBuf> {
+            let p = bin_dir.join(name);
+            fs::canonicalize(&p).map_err(|e| {
+                format!(
+                    "{}: {e} (build it first: cargo build --release -p ham-bench -p ham-guardian)",
+                    p.display()
+                )
+            })
+        };
+        Ok(Self {
+            child: find("ham-bench-child")?,
+            ham: find("ham")?,
+            hamctl: find("hamctl")?,
+            fifo: base.join("stamps.fifo"),
+            base,
+            me,
+            pid: std::process::id(),
+            counter: Cell::new(0),
+        })
+    }
+
+    fn next(&self) -> u32 {
+        let k = self.counter.get() + 1;
+        self.counter.set(k);
+        k
+    }
+
+    /// The prefix of every ham instance name of this run.
+    pub fn instance_prefix(&self) -> String {
+        format!("hb{}-", self.pid)
+    }
+
+    /// A service process of this run: our child binary, reporting to our FIFO.
+    pub fn is_our_service(&self, pid: i32) -> bool {
+        if sys::exe(pid).as_deref() != Some(self.child.as_path()) {
+            return false;
+        }
+        let fifo = self.fifo.to_string_lossy();
+        sys::cmdline(pid).get(2).map(String::as_str) == Some(&*fifo)
+            || sys::environ_has(pid, &format!("ANCHOR_FIFO={fifo}"))
+    }
+
+    /// SIGKILLs every service process of this run that is still there; returns how many.
+    pub fn kill_our_services(&self) -> usize {
+        let victims: Vec<i32> = sys::all_processes()
+            .into_iter()
+            .filter(|(pid, s)| s.state != 'Z' && self.is_our_service(*pid))
+            .map(|(pid, _)| pid)
+            .collect();
+        for &p in &victims {
+            sys::kill(p, libc::SIGKILL);
+        }
+        let deadline = mono_ns() + 5_000_000_000;
+        while victims.iter().any(|&p| sys::alive(p, None)) && mono_ns() < deadline {
+            sys::reap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sys::reap();
+        victims.len()
+    }
+
+    /// Removes every state segment a ham of this run may have left.
+    pub fn unlink_our_segments(&self) {
+        let prefix = format!("ham.{}", self.instance_prefix());
+        let Ok(dir) = fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.ends_with(".state") {
+                let _ = Segment::unlink(&format!("/{name}"));
+            }
+        }
+    }
+}
+
+/// A ham instance: its files and its mapped state segment.
+pub struct HamInst {
+    pub config: PathBuf,
+    pub name: String,
+    pub seg: Segment,
+}
+
+/// One running supervisor under test.
+pub struct Sup<'a> {
+    pub kind: Kind,
+    ctx: &'a Ctx,
+    pub dir: PathBuf,
+    /// The process the bench spawned, and its start time.
+    main: (i32, u64),
+    /// Executables our supervisor's other processes may have.
+    exes: Vec<PathBuf>,
+    pub ham: Option<HamInst>,
+    stopped: bool,
+}
+
+fn canon(p: Option<PathBuf>) -> Vec<PathBuf> {
+    p.and_then(|p| fs::canonicalize(p).ok())
+        .into_iter()
+        .collect()
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn toml_str(s: &str) -> String {
+    // A JSON string literal is a valid TOML basic string.
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+impl<'a> Sup<'a> {
+    /// Sets up and starts `kind` running `n` services. The caller has reset the stamps.
+    pub fn start(ctx: &'a Ctx, kind: Kind, n: usize, label: &str) -> Result<Self> {
+        let k = ctx.next();
+        let dir = ctx.base.join(format!("{}-{label}-{k}", kind.name()));
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let child = ctx.child.to_string_lossy().into_owned();
+        let fifo = ctx.fifo.to_string_lossy().into_owned();
+        let mut exes = Vec::new();
+        let mut ham = None;
+        let mut cmd = match kind {
+            Kind::Ham => {
+                let name = format!("{}{k}", ctx.instance_prefix());
+                let mut t = String::new();
+                let _ = writeln!(t, "[ham]\nname = {}", toml_str(&name));
+                let _ = writeln!(
+                    t,
+                    "run_dir = {}",
+                    toml_str(&dir.join("run").to_string_lossy())
+                );
+                let _ = writeln!(
+                    t,
+                    "log_dir = {}",
+                    toml_str(&dir.join("log").to_string_lossy())
+                );
+                let _ = writeln!(t, "liveness_timeout = \"2s\"");
+                for i in 0..n {
+                    let id = service_id(i);
+                    let _ = writeln!(
+                        t,
+                        "\n[[entity]]\nname = {}\ncommand = [{}, {}, {}]\nstop_timeout = \"1s\"",
+                        toml_str(&id),
+                        toml_str(&child),
+                        toml_str(&id),
+                        toml_str(&fifo)
+                    );
+                }
+                let config = dir.join("ham.toml");
+                write(&config, &t)?;
+                exes.push(ctx.ham.clone());
+                let mut c = Command::new(&ctx.ham);
+                c.arg("-c").arg(&config);
+                ham = Some((config, name));
+                c
+            }
+            Kind::Bare => {
+                exes.push(ctx.me.clone());
+                let mut c = Command::new(&ctx.me);
+                c.arg("__bare-sup")
+                    .arg(n.to_string())
+                    .arg(&ctx.child)
+                    .arg(&ctx.fifo);
+                c
+            }
+            Kind::S6 => {
+                let scan = dir.join("scan");
+                for i in 0..n {
+                    let s = scan.join(service_id(i));
+                    fs::create_dir_all(&s).map_err(|e| format!("mkdir {}: {e}", s.display()))?;
+                    symlink(&ctx.child, s.join("run")).map_err(|e| format!("symlink: {e}"))?;
+                    // The "min" settings: readiness notification and no death tally, so
+                    // s6-supervise does not wait 1 s before a restart.
+                    write(&s.join("notification-fd"), "3\n")?;
+                    write(&s.join("max-death-tally"), "0\n")?;
+                }
+                exes.extend(canon(sys::which("s6-svscan")));
+                exes.extend(canon(sys::which("s6-supervise")));
+                let mut c = Command::new("s6-svscan");
+                c.arg(&scan);
+                c
+            }
+            Kind::Runit => {
+                let sv = dir.join("sv");
+                for i in 0..n {
+                    let s = sv.join(service_id(i));
+                    fs::create_dir_all(&s).map_err(|e| format!("mkdir {}: {e}", s.display()))?;
+                    symlink(&ctx.child, s.join("run")).map_err(|e| format!("symlink: {e}"))?;
+                }
+                exes.extend(canon(sys::which("runsvdir")));
+                exes.extend(canon(sys::which("runsv")));
+                let mut c = Command::new("runsvdir");
+                c.arg("-P").arg(&sv);
+                c
+            }
+            Kind::Supervisord => {
+                let d = dir.to_string_lossy();
+                fs::create_dir_all(dir.join("childlogs")).map_err(|e| format!("mkdir: {e}"))?;
+                let mut t = format!(
+                    "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\nloglevel=info\n\
+                     pidfile={d}/supervisord.pid\nchildlogdir={d}/childlogs\n"
+                );
+                for i in 0..n {
+                    let id = service_id(i);
+                    // startsecs=0: a process counts as started at once (the minimum setting).
+                    let _ = write!(
+                        t,
+                        "\n[program:{id}]\ncommand={child} {id} {fifo}\nautorestart=true\nstartsecs=0\n"
+                    );
+                }
+                let conf = dir.join("supervisord.conf");
+                write(&conf, &t)?;
+                let mut c = Command::new("supervisord");
+                c.arg("-n").arg("-c").arg(&conf);
+                c
+            }
+        };
+        let log = File::create(dir.join("out.log")).map_err(|e| format!("log file: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .current_dir(&dir)
+            .env("ANCHOR_FIFO", &ctx.fifo)
+            .process_group(0);
+        let child_proc = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", kind.name()))?;
+        let pid = child_proc.id() as i32;
+        drop(child_proc); // reaped by sys::reap (the bench is a subreaper anyway)
+        let start = sys::stat(pid).map(|s| s.start_time).unwrap_or(0);
+        let mut sup = Self {
+            kind,
+            ctx,
+            dir,
+            main: (pid, start),
+            exes,
+            ham: None,
+            stopped: false,
+        };
+        if let Some((config, name)) = ham {
+            let seg_name = format!("/ham.{name}.state");
+            let deadline = mono_ns() + 20_000_000_000;
+            let seg = loop {
+                sys::check_interrupted()?;
+                match Segment::open(&seg_name, Access::ReadOnly) {
+                    Ok(s) if s.header().snapshot().ham_pid > 0 => break s,
+                    _ if !sys::alive(pid, None) => {
+                        return Err(format!(
+                            "ham exited at start; see {}",
+                            sup.dir.join("out.log").display()
+                        ));
+                    }
+                    _ if mono_ns() > deadline => {
+                        return Err(format!("no segment {seg_name} after 20 s"));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(2)),
+                }
+            };
+            sup.ham = Some(HamInst { config, name, seg });
+        }
+        Ok(sup)
+    }
+
+    /// The supervisor's own processes (never the services).
+    pub fn sup_pids(&self) -> Vec<i32> {
+        let main = self.main.0;
+        match self.kind {
+            Kind::Ham => {
+                let Some(h) = &self.ham else {
+                    return vec![main];
+                };
+                let s = h.seg.header().snapshot();
+                [s.ham_pid, s.guardian_pid]
+                    .into_iter()
+                    .filter(|&p| p > 0 && sys::alive(p, None))
+                    .collect()
+            }
+            Kind::Bare | Kind::Supervisord => vec![main],
+            Kind::S6 => std::iter::once(main)
+                .chain(sys::children_named(main, "s6-supervise"))
+                .collect(),
+            Kind::Runit => std::iter::once(main)
+                .chain(sys::children_named(main, "runsv"))
+                .collect(),
+        }
+    }
+
+    /// Sends `sig` to `pid` if it is the process we spawned or runs one of our executables.
+    fn signal_ours(&self, pid: i32, sig: i32) -> bool {
+        let ours = if pid == self.main.0 {
+            sys::alive(pid, Some(self.main.1))
+        } else {
+            sys::exe(pid).is_some_and(|e| self.exes.contains(&e))
+        };
+        ours && sys::kill(pid, sig)
+    }
+
+    /// Stops the supervisor and everything it ran; idempotent. `Err` lists what went wrong
+    /// (everything is cleaned up anyway).
+    pub fn stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let mut problems = Vec::new();
+        let mut pids = self.sup_pids();
+        if !pids.contains(&self.main.0) && sys::alive(self.main.0, Some(self.main.1)) {
+            pids.push(self.main.0);
+        }
+        match self.kind {
+            Kind::Ham => {
+                let config = self.ham.as_ref().map(|h| h.config.clone());
+                if let Some(config) = config {
+                    if let Err(e) = self.hamctl_shutdown(&config) {
+                        problems.push(e);
+                    }
+                }
+            }
+            Kind::Bare | Kind::Supervisord => {
+                self.signal_ours(self.main.0, libc::SIGTERM);
+            }
+            Kind::S6 => {
+                // SIGTERM to s6-svscan and to each s6-supervise: bring the service down, exit.
+                for &p in &pids {
+                    self.signal_ours(p, libc::SIGTERM);
+                }
+            }
+            Kind::Runit => {
+                // runsvdir: SIGHUP = SIGTERM every runsv, then exit.
+                self.signal_ours(self.main.0, libc::SIGHUP);
+            }
+        }
+        let deadline = mono_ns() + 15_000_000_000;
+        while pids.iter().any(|&p| sys::alive(p, None)) && mono_ns() < deadline {
+            sys::reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for &p in &pids {
+            if sys::alive(p, None) && self.signal_ours(p, libc::SIGKILL) {
+                problems.push(format!(
+                    "{}: pid {p} still there 15 s after the stop; SIGKILLed",
+                    self.kind.name()
+                ));
+            }
+        }
+        sys::reap();
+        let left = self.ctx.kill_our_services();
+        if left > 0 {
+            problems.push(format!(
+                "{}: {left} service process(es) left after the stop; SIGKILLed",
+                self.kind.name()
+            ));
+        }
+        if let Some(h) = &self.ham {
+            let seg_name = format!("/ham.{}.state", h.name);
+            if Path::new(&format!("/dev/shm{seg_name}")).exists() {
+                problems.push(format!(
+                    "ham: segment {seg_name} left after shutdown; removed"
+                ));
+                let _ = Segment::unlink(&seg_name);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    fn hamctl_shutdown(&self, config: &Path) -> Result<()> {
+        let mut c = Command::new(&self.ctx.hamctl)
+            .arg("-c")
+            .arg(config)
+            .arg("shutdown")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("hamctl: {e}"))?;
+        let deadline = mono_ns() + 30_000_000_000;
+        loop {
+            match c.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => {
+                    let mut err = String::new();
+                    if let Some(mut e) = c.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    return Err(format!("hamctl shutdown: {st}: {}", err.trim()));
+                }
+                Ok(None) if mono_ns() > deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Err("hamctl shutdown did not return within 30 s".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("hamctl: {e}")),
+            }
+        }
+    }
+
+    /// Lines of ham's log that look like trouble (deduplicated, with counts).
+    pub fn log_findings(&self) -> Vec<String> {
+        if self.kind != Kind::Ham {
+            return Vec::new();
+        }
+        let Ok(text) = fs::read_to_string(self.dir.join("out.log")) else {
+            return Vec::new();
+        };
+        let mut seen: Vec<(String, usize, String)> = Vec::new();
+        for line in text.lines() {
+            let l = line.to_ascii_lowercase();
+            let bad = [
+                "cannot", "error", "panick", "fenced", "fail", "invalid", "corrupt",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+                && !l.contains("ham_failures");
+            if !bad {
+                continue;
+            }
+            let key: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+            match seen.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(e) => e.1 += 1,
+                None => seen.push((key, 1, line.to_owned())),
+            }
+        }
+        seen.into_iter()
+            .map(|(_, n, example)| format!("{n}× {example}"))
+            .collect()
+    }
+}
+
+impl Drop for Sup<'_> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            for f in self.log_findings() {
+                eprintln!("warning: ham log ({}): {f}", self.dir.display());
+            }
+        }
+        if let Err(e) = self.stop() {
+            eprintln!("warning: {e}");
+        }
+    }
+}
