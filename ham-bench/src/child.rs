@@ -9,7 +9,7 @@
 //!   in the service directory, and `./run` can be a symlink to this binary);
 //! * FIFO: `argv[2]`, else `$ANCHOR_FIFO`; with neither, nothing is reported.
 //!
-//! Run without arguments (s6), it also signals readiness when `./notification-fd` exists, after
+//! It also signals s6 readiness when `./notification-fd` exists in its folder, after
 //! the stamp has been taken and reported.
 //!
 //! `#![no_main]`: the C `main` is ours, so no Rust runtime set-up runs before the stamp.
@@ -70,9 +70,9 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         }
     }
 
-    if argc <= 1 {
-        notify_s6_readiness();
-    }
+    // s6-supervise runs `./run SERVICENAME`, so readiness cannot hinge on argc: notify
+    // whenever the working folder has a `notification-fd` (only an s6 service folder does).
+    notify_s6_readiness();
     loop {
         // SAFETY: pause(2) has no preconditions; it returns only after a caught signal.
         unsafe { libc::pause() };
