@@ -1582,9 +1582,15 @@ pub fn decode_wait_status(ws: i32) -> LastExit {
 /// descriptor when it names it, otherwise `pidfd_open` *then* the start-time check (checking
 /// first would race with pid reuse).
 fn open_verified(pid: i32, start_time: u64, passed: Option<&Passed>) -> Option<OwnedFd> {
-    let pidfd = match passed {
-        Some(p) => p.pidfd.try_clone().ok()?,
-        None => rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?,
+    // A handed-over pidfd was opened by the HAM on this very process (pid + start time
+    // recorded with it), and a pidfd never refers to another process: only liveness is left
+    // to check.
+    let (pidfd, known) = match passed {
+        Some(p) if p.pid == pid && p.start_time == start_time => (p.pidfd.try_clone().ok()?, true),
+        _ => (
+            rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?,
+            false,
+        ),
     };
     // Alive and not a zombie (a zombie's pidfd is already readable).
     let exited = rustix::event::poll(
@@ -1598,7 +1604,7 @@ fn open_verified(pid: i32, start_time: u64, passed: Option<&Passed>) -> Option<O
         }),
     )
     .map_or(true, |n| n > 0);
-    (!exited && procfs::start_time(pid) == Some(start_time)).then_some(pidfd)
+    (!exited && (known || procfs::start_time(pid) == Some(start_time))).then_some(pidfd)
 }
 
 /// True if `pid` still runs this very binary: a child forked by a HAM and never released
