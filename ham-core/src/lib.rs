@@ -4,6 +4,8 @@
 //!   record protocol that survives a writer killed between any two instructions.
 //! * [`segment`] — creating, attaching and validating the named shared-memory object.
 //! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
+//! * [`engine`] — the recovery policies (switch preset, NX-OS stages, Erlang intensity) as
+//!   pure decisions over a fixed-size memory; not yet wired into the daemon.
 //! * [`duration`] — the duration syntax used in configuration files.
 //!
 //! `unsafe` is denied here except in [`segment`], where the mapping is turned into typed
@@ -11,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod duration;
+pub mod engine;
 pub mod layout;
 pub mod policy;
 pub mod segment;
