@@ -221,7 +221,9 @@ impl<'a> Sup<'a> {
                     let id = service_id(i);
                     let _ = writeln!(
                         t,
-                        "\n[[entity]]\nname = {}\ncommand = [{}, {}, {}]\nstop_timeout = \"1s\"",
+                        // Restart at once, every time, like the bare loop and the peers: the
+                        // default switch policy would hold a service off after 5 exits.
+                        "\n[[entity]]\nname = {}\ncommand = [{}, {}, {}]\nstop_timeout = \"1s\"\npolicy = {{ kind = \"immediate\" }}",
                         toml_str(&id),
                         toml_str(&child),
                         toml_str(&id),

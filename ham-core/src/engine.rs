@@ -149,6 +149,41 @@ pub struct Memory {
     pub gave_up: bool,
 }
 
+/// Words [`Memory::to_words`] produces: two stamp rings, their lengths and flags, stage and
+/// tries, the hold-off deadline.
+pub const MEMORY_WORDS: usize = 2 * STAMPS + 3;
+
+impl Memory {
+    /// Encodes the memory as plain words for the state segment's record.
+    pub fn to_words(&self) -> [u64; MEMORY_WORDS] {
+        let mut w = [0u64; MEMORY_WORDS];
+        w[..STAMPS].copy_from_slice(&self.exits.at);
+        w[STAMPS..2 * STAMPS].copy_from_slice(&self.holdoffs.at);
+        w[2 * STAMPS] = u64::from(self.exits.len)
+            | (u64::from(self.holdoffs.len) << 8)
+            | (u64::from(self.gave_up) << 16);
+        w[2 * STAMPS + 1] = u64::from(self.stage) | (u64::from(self.tries) << 32);
+        w[2 * STAMPS + 2] = self.held_until;
+        w
+    }
+
+    /// Decodes words written by [`Memory::to_words`]; out-of-range lengths are clamped, so
+    /// any bit pattern gives a usable memory.
+    pub fn from_words(w: &[u64; MEMORY_WORDS]) -> Self {
+        let mut m = Self::default();
+        m.exits.at.copy_from_slice(&w[..STAMPS]);
+        m.holdoffs.at.copy_from_slice(&w[STAMPS..2 * STAMPS]);
+        let flags = w[2 * STAMPS];
+        m.exits.len = ((flags & 0xff) as u8).min(STAMPS as u8);
+        m.holdoffs.len = (((flags >> 8) & 0xff) as u8).min(STAMPS as u8);
+        m.gave_up = (flags >> 16) & 1 == 1;
+        m.stage = (w[2 * STAMPS + 1] & 0xffff_ffff) as u32;
+        m.tries = (w[2 * STAMPS + 1] >> 32) as u32;
+        m.held_until = w[2 * STAMPS + 2];
+        m
+    }
+}
+
 /// Something that happened to an entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -189,6 +224,14 @@ impl Fallback {
     }
 }
 
+/// The memory after an operator start (see [`decide`]).
+pub fn decide_operator_start(mem: &Memory) -> Memory {
+    let mut m = *mem;
+    m.gave_up = false;
+    m.held_until = 0;
+    m
+}
+
 /// Decides what follows `event` at `now`. Pure: the same inputs give the same outputs, so a
 /// successor that finds the new memory published knows the decision was taken, and one that
 /// finds the old memory takes the same decision again.
@@ -199,9 +242,10 @@ pub fn decide(policy: &Policy, mem: &Memory, event: Event, now: Nanos) -> (Memor
             // An operator start resets what the policy concluded, but not the history of
             // exits: a long-standing complaint about start limits is that manual starts
             // count; here they neither count nor erase.
-            m.gave_up = false;
-            m.held_until = 0;
-            return (m, Decision::Restart { stateless: false });
+            return (
+                decide_operator_start(&m),
+                Decision::Restart { stateless: false },
+            );
         }
         Event::Exit { lifetime } => lifetime,
     };
@@ -449,6 +493,22 @@ mod tests {
         // Spread out, it never escalates.
         let times: Vec<Nanos> = (1..40).map(|i| i * 2 * S).collect();
         assert!(run(&p, &times).iter().all(|d| *d != Decision::GiveUp));
+    }
+
+    #[test]
+    fn memory_round_trips_through_words() {
+        let p = Policy::switch_preset();
+        let mut m = Memory::default();
+        for t in 1..=7 {
+            m = decide(&p, &m, exit(S), t * S).0;
+        }
+        m.stage = 3;
+        m.tries = 2;
+        m.gave_up = true;
+        assert_eq!(Memory::from_words(&m.to_words()), m);
+        // Garbage decodes to something usable.
+        let junk = Memory::from_words(&[u64::MAX; MEMORY_WORDS]);
+        assert_eq!(junk.exits.as_slice().len(), STAMPS);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -40,6 +40,9 @@ const NAME_WORDS: usize = 8;
 pub const FLAG_STOP_INTENT: u32 = 1 << 0;
 /// Header flag: this HAM found a valid segment at start and re-adopted it (warm start).
 pub const FLAG_WARM_START: u32 = 1 << 1;
+/// Header flag: an operator switched device restarts off (`hamctl device-restart disable`);
+/// escalations to a device restart are logged and skipped.
+pub const FLAG_DEVICE_RESTART_OFF: u32 = 1 << 2;
 
 /// Exit status source: `waitid` on the HAM's own children.
 pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;
@@ -246,7 +249,8 @@ mod word {
     pub const EXITED_MONO: usize = 16;
     pub const STARTED_UNIX: usize = 17;
     pub const EXITED_UNIX: usize = 18;
-    pub const BODY_WORDS: usize = 31;
+    pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
+    pub const BODY_WORDS: usize = 63;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
 
@@ -264,8 +268,9 @@ pub struct EntitySlot {
     copies: [EntityCopy; 2],
 }
 
-const _: () = assert!(std::mem::size_of::<EntityCopy>() == 256);
-const _: () = assert!(std::mem::size_of::<EntitySlot>() == 512);
+const _: () = assert!(std::mem::size_of::<EntityCopy>() == 512);
+const _: () = assert!(std::mem::size_of::<EntitySlot>() == 1024);
+const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= BODY_WORDS);
 
 /// The lifecycle state of an entity as stored in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -283,6 +288,8 @@ pub enum EntityState {
     Exited = 5,
     /// Spawning failed; ham tries again at a deadline.
     Backoff = 6,
+    /// Its recovery policy holds it off until a deadline (e.g. 5 exits in 2 minutes).
+    HeldOff = 7,
 }
 
 impl EntityState {
@@ -294,6 +301,7 @@ impl EntityState {
             4 => Self::Stopping,
             5 => Self::Exited,
             6 => Self::Backoff,
+            7 => Self::HeldOff,
             _ => return None,
         })
     }
@@ -306,6 +314,7 @@ impl EntityState {
             Self::Stopping => "stopping",
             Self::Exited => "exited",
             Self::Backoff => "backoff",
+            Self::HeldOff => "held-off",
         }
     }
     /// States in which the record's pid names a live (or not yet reaped) process.
@@ -374,6 +383,9 @@ pub struct EntityRecord {
     pub exited_mono_ns: u64,
     pub started_unix_ns: u64,
     pub exited_unix_ns: u64,
+    /// What the recovery policy remembers (windows, stage, hold-off), published with the
+    /// state it explains.
+    pub policy: crate::engine::Memory,
 }
 
 impl EntityRecord {
@@ -392,6 +404,7 @@ impl EntityRecord {
             exited_mono_ns: 0,
             started_unix_ns: 0,
             exited_unix_ns: 0,
+            policy: crate::engine::Memory::default(),
         }
     }
 
@@ -415,6 +428,8 @@ impl EntityRecord {
         b[word::EXITED_MONO] = self.exited_mono_ns;
         b[word::STARTED_UNIX] = self.started_unix_ns;
         b[word::EXITED_UNIX] = self.exited_unix_ns;
+        let m = self.policy.to_words();
+        b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
         b
     }
 
@@ -450,6 +465,11 @@ impl EntityRecord {
             exited_mono_ns: b[word::EXITED_MONO],
             started_unix_ns: b[word::STARTED_UNIX],
             exited_unix_ns: b[word::EXITED_UNIX],
+            policy: crate::engine::Memory::from_words(
+                b[word::POLICY..word::POLICY + crate::engine::MEMORY_WORDS]
+                    .try_into()
+                    .expect("MEMORY_WORDS words"),
+            ),
         })
     }
 }
@@ -631,6 +651,7 @@ mod tests {
             exited_mono_ns: 5,
             started_unix_ns: 11,
             exited_unix_ns: 6,
+            policy: crate::engine::Memory::default(),
         }
     }
 

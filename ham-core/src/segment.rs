@@ -245,7 +245,7 @@ impl Segment {
         debug_assert_eq!(offset % align_of::<EntitySlot>(), 0);
         // SAFETY: index < capacity and `open`/`create` checked that
         // header + capacity * slot size fits the mapping; the offset is a multiple of 64
-        // (header 512 bytes, slots 512 bytes) on a page-aligned base. EntitySlot is atomics
+        // (header 512 bytes, slots 1024 bytes) on a page-aligned base. EntitySlot is atomics
         // only: every bit pattern is valid and cross-process mutation is interior.
         unsafe { Some(&*(self.map.as_ptr().add(offset) as *const EntitySlot)) }
     }

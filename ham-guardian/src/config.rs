@@ -26,8 +26,38 @@ pub const INSTANCE_NAME_MAX: usize = 32;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     ham: Spanned<RawHam>,
+    device: Option<RawDevice>,
     #[serde(default)]
     entity: Vec<Spanned<RawEntity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    restart_command: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    kind: Spanned<String>,
+    exits: Option<Spanned<u32>>,
+    within: Option<Spanned<String>>,
+    hold_off: Option<Spanned<String>>,
+    holdoffs: Option<Spanned<u32>>,
+    holdoffs_within: Option<Spanned<String>>,
+    max: Option<Spanned<u32>>,
+    then: Option<Spanned<String>>,
+    stages: Option<Spanned<Vec<RawStage>>>,
+    secondary: Option<Spanned<Vec<RawStage>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    action: Spanned<String>,
+    retries: Spanned<u32>,
+    min_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +97,7 @@ struct RawEntity {
     stop_timeout: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
     output: Option<Spanned<String>>,
+    policy: Option<Spanned<RawPolicy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +172,16 @@ pub struct EntityConfig {
     pub stop_timeout_ns: u64,
     pub restart: RestartMode,
     pub output: Output,
+    pub policy: Recovery,
+}
+
+/// How an entity that is to be restarted is restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// At once, every time (no windows, no escalation).
+    Immediate,
+    /// As the recovery engine's policy decides.
+    Engine(ham_core::engine::Policy),
 }
 
 /// A whole instance, resolved and valid.
@@ -153,6 +194,8 @@ pub struct Config {
     pub max_entities: u32,
     /// How long the HAM may go without turning its loop before the Guardian fences it.
     pub liveness_timeout_ns: u64,
+    /// `[device] restart_command`: what a device restart runs (argv, `argv[0]` resolved).
+    pub device_restart: Option<(PathBuf, Vec<String>)>,
     pub entities: Vec<EntityConfig>,
 }
 
@@ -397,12 +440,30 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         entities.push(ent);
     }
 
+    let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
+        None => None,
+        Some(cmd) => {
+            let key = Some("device.restart_command".to_owned());
+            let Some(program) = cmd.get_ref().first() else {
+                return Err(ctx.err(Some(cmd.span()), key, "command is empty"));
+            };
+            let path =
+                match resolve_program(&ctx, program, &std::env::var("PATH").unwrap_or_default()) {
+                    Ok(p) => p,
+                    Err(_) if !ctx.strict => ctx.path(program),
+                    Err(why) => return Err(ctx.err(Some(cmd.span()), key, why)),
+                };
+            Some((path, cmd.get_ref().clone()))
+        }
+    };
+
     Ok(Config {
         path: file.to_owned(),
         instance,
         log_dir,
         max_entities,
         liveness_timeout_ns,
+        device_restart,
         entities,
     })
 }
@@ -560,7 +621,13 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         }
     };
 
+    let policy = match &e.policy {
+        None => Recovery::Engine(ham_core::engine::Policy::switch_preset()),
+        Some(p) => policy(ctx, i, p)?,
+    };
+
     Ok(EntityConfig {
+        policy,
         name: name.clone(),
         argv,
         exec_path,
@@ -572,6 +639,157 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         stop_timeout_ns,
         restart,
         output,
+    })
+}
+
+fn policy(ctx: &Ctx, i: usize, p: &Spanned<RawPolicy>) -> Result<Recovery, ConfigError> {
+    use ham_core::engine::{Escalation, Policy, Stage, StageAction, Window};
+    let r = p.get_ref();
+    let key = |k: &str| Some(format!("entity[{i}].policy.{k}"));
+    let dur = |v: &Option<Spanned<String>>, k: &str, default: u64| -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(t) => {
+                duration::parse_ns(t.get_ref()).map_err(|why| ctx.err(Some(t.span()), key(k), why))
+            }
+        }
+    };
+    let positive = |v: &Option<Spanned<u32>>, k: &str, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() > 0 => Ok(*n.get_ref()),
+            Some(n) => Err(ctx.err(Some(n.span()), key(k), "must be at least 1")),
+        }
+    };
+    let kind = r.kind.get_ref().as_str();
+    // Keys that belong to another kind are mistakes, not options to ignore.
+    let allowed: &[&str] = match kind {
+        "immediate" => &[],
+        "switch" => &["exits", "within", "hold_off", "holdoffs", "holdoffs_within"],
+        "intensity" => &["max", "within", "then"],
+        "stages" => &["stages", "secondary"],
+        other => {
+            return Err(ctx.err(
+                Some(r.kind.span()),
+                key("kind"),
+                format!(
+                    "unknown policy kind `{other}` (use \"switch\", \"stages\", \"intensity\" or \"immediate\")"
+                ),
+            ));
+        }
+    };
+    let present: [(&str, Option<std::ops::Range<usize>>); 9] = [
+        ("exits", r.exits.as_ref().map(|v| v.span())),
+        ("within", r.within.as_ref().map(|v| v.span())),
+        ("hold_off", r.hold_off.as_ref().map(|v| v.span())),
+        ("holdoffs", r.holdoffs.as_ref().map(|v| v.span())),
+        (
+            "holdoffs_within",
+            r.holdoffs_within.as_ref().map(|v| v.span()),
+        ),
+        ("max", r.max.as_ref().map(|v| v.span())),
+        ("then", r.then.as_ref().map(|v| v.span())),
+        ("stages", r.stages.as_ref().map(|v| v.span())),
+        ("secondary", r.secondary.as_ref().map(|v| v.span())),
+    ];
+    for (k, span) in present {
+        if let Some(span) = span {
+            if !allowed.contains(&k) {
+                return Err(ctx.err(
+                    Some(span),
+                    key(k),
+                    format!("`{k}` does not apply to a policy of kind \"{kind}\""),
+                ));
+            }
+        }
+    }
+    let preset = Policy::switch_preset();
+    let Policy::Switch {
+        exits: p_exits,
+        hold_off: p_hold,
+        holdoffs: p_holdoffs,
+    } = preset
+    else {
+        unreachable!("the preset is a switch policy")
+    };
+    Ok(match kind {
+        "immediate" => Recovery::Immediate,
+        "switch" => Recovery::Engine(Policy::Switch {
+            exits: Window {
+                count: positive(&r.exits, "exits", p_exits.count)?,
+                within: dur(&r.within, "within", p_exits.within)?,
+            },
+            hold_off: dur(&r.hold_off, "hold_off", p_hold)?,
+            holdoffs: Window {
+                count: positive(&r.holdoffs, "holdoffs", p_holdoffs.count)?,
+                within: dur(&r.holdoffs_within, "holdoffs_within", p_holdoffs.within)?,
+            },
+        }),
+        "intensity" => {
+            Recovery::Engine(Policy::Intensity {
+                max: r.max.as_ref().map_or(1, |m| *m.get_ref()),
+                within: dur(&r.within, "within", 5_000_000_000)?,
+                then: match r.then.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+                    None | Some(("give-up", _)) => Escalation::GiveUp,
+                    Some(("device-restart", _)) => Escalation::DeviceRestart,
+                    Some((other, span)) => {
+                        return Err(ctx.err(
+                        Some(span),
+                        key("then"),
+                        format!("unknown escalation `{other}` (use \"give-up\" or \"device-restart\")"),
+                    ));
+                    }
+                },
+            })
+        }
+        _ => {
+            let stages = |v: &Option<Spanned<Vec<RawStage>>>,
+                          k: &str|
+             -> Result<Vec<Stage>, ConfigError> {
+                let Some(list) = v else { return Ok(Vec::new()) };
+                list.get_ref()
+                    .iter()
+                    .enumerate()
+                    .map(|(n, st)| {
+                        let sk = |f: &str| key(&format!("{k}[{n}].{f}"));
+                        let action = match st.action.get_ref().as_str() {
+                            "stateful-restart" => StageAction::StatefulRestart,
+                            "stateless-restart" => StageAction::StatelessRestart,
+                            "device-restart" => StageAction::DeviceRestart,
+                            other => {
+                                return Err(ctx.err(
+                                    Some(st.action.span()),
+                                    sk("action"),
+                                    format!("unknown stage action `{other}` (use \"stateful-restart\", \"stateless-restart\" or \"device-restart\")"),
+                                ));
+                            }
+                        };
+                        let min_lifetime = match &st.min_lifetime {
+                            None => 0,
+                            Some(t) => duration::parse_ns(t.get_ref())
+                                .map_err(|why| ctx.err(Some(t.span()), sk("min_lifetime"), why))?,
+                        };
+                        Ok(Stage {
+                            action,
+                            retries: *st.retries.get_ref(),
+                            min_lifetime,
+                        })
+                    })
+                    .collect()
+            };
+            let primary = stages(&r.stages, "stages")?;
+            if primary.is_empty() {
+                return Err(ctx.err(
+                    Some(p.span()),
+                    key("stages"),
+                    "a policy of kind \"stages\" needs at least one stage",
+                ));
+            }
+            Recovery::Engine(Policy::Stages {
+                primary,
+                secondary: stages(&r.secondary, "secondary")?,
+            })
+        }
     })
 }
 
@@ -728,6 +946,79 @@ stop_signal = 9
             );
             assert!(e.message.contains(words), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn policies_parse_with_defaults_and_precise_errors() {
+        use ham_core::engine::{Policy, Window};
+        let base = "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let c = parse_str(base).unwrap();
+        assert_eq!(
+            c.entities[0].policy,
+            Recovery::Engine(Policy::switch_preset())
+        );
+        let c = parse_str(&format!("{base}policy = {{ kind = \"switch\", exits = 3, within = \"2s\", hold_off = \"1s\" }}\n")).unwrap();
+        match &c.entities[0].policy {
+            Recovery::Engine(Policy::Switch {
+                exits, hold_off, ..
+            }) => {
+                assert_eq!(
+                    *exits,
+                    Window {
+                        count: 3,
+                        within: 2_000_000_000
+                    }
+                );
+                assert_eq!(*hold_off, 1_000_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = parse_str(&format!("{base}policy = {{ kind = \"immediate\" }}\n")).unwrap();
+        assert_eq!(c.entities[0].policy, Recovery::Immediate);
+        for (extra, k, words) in [
+            (
+                "policy = { kind = \"sometimes\" }",
+                "entity[0].policy.kind",
+                "unknown policy kind",
+            ),
+            (
+                "policy = { kind = \"switch\", max = 3 }",
+                "entity[0].policy.max",
+                "does not apply",
+            ),
+            (
+                "policy = { kind = \"switch\", within = \"soon\" }",
+                "entity[0].policy.within",
+                "not a duration",
+            ),
+            (
+                "policy = { kind = \"switch\", exits = 0 }",
+                "entity[0].policy.exits",
+                "at least 1",
+            ),
+            (
+                "policy = { kind = \"stages\", stages = [{ action = \"pray\", retries = 1 }] }",
+                "entity[0].policy.stages[0].action",
+                "unknown stage action",
+            ),
+            (
+                "policy = { kind = \"intensity\", then = \"panic\" }",
+                "entity[0].policy.then",
+                "unknown escalation",
+            ),
+        ] {
+            let e = err_of(&format!("{base}{extra}\n"));
+            assert_eq!(e.line, 6, "{extra}: {e}");
+            assert_eq!(e.key.as_deref(), Some(k), "{e}");
+            assert!(e.message.contains(words), "{extra}: {e}");
+        }
+        let e = err_of(&format!(
+            "[device]\nrestart_command = [\"/no/such/reboot\"]\n{base}"
+        ));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (2, Some("device.restart_command"))
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum Request {
     Restart { entity: String },
     /// Stop every entity, remove the segment and the socket, and exit 0.
     Shutdown,
+    /// Switch escalations to a device restart on or off (kept across takeovers and starts).
+    DeviceRestart { enabled: bool },
 }
 
 /// The answer to a [`Request`].

@@ -16,9 +16,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
+use ham_core::engine::{self, Decision};
 use ham_core::layout::{
-    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID, FLAG_STOP_INTENT,
-    FLAG_WARM_START,
+    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
+    FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
 };
 use ham_core::policy::{self, AfterExit, Wanted};
 use ham_core::segment::{Access, Segment, SegmentError, SegmentWriter, segment_size};
@@ -29,7 +30,7 @@ use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-use crate::config::{Config, EntityConfig, Output};
+use crate::config::{Config, EntityConfig, Output, Recovery};
 use crate::control::{MAX_REQUEST, Request, Response};
 use crate::failpoint;
 use crate::handoff::{self, Passed};
@@ -100,6 +101,7 @@ enum TimerKind {
     Liveness,
     GuardianRetry,
     StatusPatch,
+    HoldOff,
 }
 
 /// An adopted entity died before anyone could tell how; its status may still come through
@@ -246,7 +248,10 @@ impl Daemon {
             None => (Segment::create(&seg_name, needed, unix_ns())?, 0),
         };
         let writer = SegmentWriter::take(seg, me, my_start)?;
-        writer.set_flags(flags)?;
+        // The device-restart switch survives warm starts (header) and cold ones (log_dir).
+        let old_flags = writer.segment().header().flags();
+        let off = old_flags & FLAG_DEVICE_RESTART_OFF != 0 || device_restart_marker(&cfg).exists();
+        writer.set_flags(flags | if off { FLAG_DEVICE_RESTART_OFF } else { 0 })?;
         writer.set_guardian(0, 0)?;
         let listener = bind_socket(&inst.socket_path())?;
         Self::build(cfg, config_text, writer, listener, Origin::Started)
@@ -552,6 +557,13 @@ impl Daemon {
         match rec.state {
             EntityState::Stopped | EntityState::Exited => self.publish(i),
             EntityState::Backoff => self.spawn(i),
+            EntityState::HeldOff => {
+                // The hold-off's deadline is in the record (same monotonic clock).
+                let at = rec.policy.held_until.max(mono_ns());
+                self.timers.push(Reverse((at, TimerKind::HoldOff, i)));
+                self.entities[i].rec.policy.held_until = at;
+                self.publish(i);
+            }
             EntityState::Starting if rec.pid <= 0 => self.spawn(i),
             EntityState::Starting | EntityState::Running | EntityState::Stopping => {
                 let passed = passed.filter(|p| p.pid == rec.pid && p.start_time == rec.start_time);
@@ -930,16 +942,17 @@ impl Daemon {
         let name = e.cfg.name.clone();
         match decision {
             AfterExit::Restart => {
-                e.rec.restarts += 1;
-                e.rec.state = EntityState::Starting;
-                let n = e.rec.restarts;
-                say!(
-                    self,
-                    "{name}: pid {old_pid} {how}; restarting (restart {n})"
-                );
-                self.publish(i);
-                failpoint::hit("exit:after-record");
-                self.spawn(i);
+                let decision = match &e.cfg.policy {
+                    Recovery::Immediate => Decision::Restart { stateless: false },
+                    Recovery::Engine(p) => {
+                        let lifetime = now.saturating_sub(e.rec.started_mono_ns);
+                        let (mem, d) =
+                            engine::decide(p, &e.rec.policy, engine::Event::Exit { lifetime }, now);
+                        e.rec.policy = mem;
+                        d
+                    }
+                };
+                self.apply(i, decision, &format!("pid {old_pid} {how}"));
             }
             AfterExit::OperatorStart => {
                 e.rec.starts += 1;
@@ -965,6 +978,128 @@ impl Daemon {
         }
     }
 
+    /// Carries out a recovery decision for entity `i`, whose process is gone (`why`). The
+    /// decision and the policy's memory are published in one record before any effect.
+    fn apply(&mut self, i: usize, decision: Decision, why: &str) {
+        let name = self.entities[i].cfg.name.clone();
+        match decision {
+            Decision::Restart { stateless } => {
+                let e = &mut self.entities[i];
+                e.rec.restarts += 1;
+                e.rec.state = EntityState::Starting;
+                let n = e.rec.restarts;
+                let kind = if stateless { " (stateless)" } else { "" };
+                say!(self, "{name}: {why}; restarting{kind} (restart {n})");
+                self.publish(i);
+                failpoint::hit("exit:after-record");
+                self.spawn(i);
+            }
+            Decision::HoldOff { until } => {
+                let e = &mut self.entities[i];
+                e.rec.state = EntityState::HeldOff;
+                e.rec.policy.held_until = until;
+                let wait = until.saturating_sub(mono_ns());
+                say!(
+                    self,
+                    "{name}: {why}; held off for {} by its recovery policy",
+                    ham_core::duration::format_ns(wait)
+                );
+                self.timers.push(Reverse((until, TimerKind::HoldOff, i)));
+                self.publish(i);
+            }
+            Decision::DeviceRestart { otherwise } => {
+                // The fallback is recorded first: whatever becomes of the device restart,
+                // the entity's own state is settled.
+                self.apply(i, otherwise.as_decision(), why);
+                self.device_restart(&format!("{name}: services cannot be restored ({why})"));
+            }
+            Decision::GiveUp => {
+                let e = &mut self.entities[i];
+                e.rec.state = EntityState::Exited;
+                say!(
+                    self,
+                    "{name}: {why}; its recovery policy gives up (hamctl start {name} to try again)"
+                );
+                self.publish(i);
+            }
+        }
+    }
+
+    /// Runs `[device] restart_command`, unless an operator switched device restarts off or
+    /// none is configured; either way the reason is logged.
+    fn device_restart(&mut self, reason: &str) {
+        if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
+            say!(
+                self,
+                "device restart skipped (switched off by hamctl device-restart disable): {reason}"
+            );
+            return;
+        }
+        let Some((path, argv)) = self.cfg.device_restart.clone() else {
+            say!(
+                self,
+                "device restart needed but no [device] restart_command is configured: {reason}"
+            );
+            return;
+        };
+        let env = [
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
+            ("HAM_CONDITION".to_owned(), "device-restart".to_owned()),
+            ("HAM_REASON".to_owned(), reason.to_owned()),
+        ];
+        let started = SpawnSpec::new(&path, &argv, &env).and_then(|mut spec| {
+            spec.new_process_group();
+            spec.fork()
+        });
+        match started.map(|p| p.release()) {
+            Ok(Ok((pid, _pidfd))) => {
+                say!(
+                    self,
+                    "device restart: {reason}; running {} (pid {pid})",
+                    path.display()
+                );
+            }
+            Ok(Err((e, _))) | Err(e) => {
+                say!(
+                    self,
+                    "device restart: {reason}; cannot run {}: {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    /// Switches device restarts on or off; kept in the segment's header (so takeovers and
+    /// warm starts keep it) and in `log_dir` (so a cold start after a reboot keeps it too).
+    fn set_device_restart(&mut self, enabled: bool) -> Result<(), String> {
+        let flags = self.writer.segment().header().flags();
+        let flags = if enabled {
+            flags & !FLAG_DEVICE_RESTART_OFF
+        } else {
+            flags | FLAG_DEVICE_RESTART_OFF
+        };
+        self.writer.set_flags(flags).map_err(|e| e.to_string())?;
+        let marker = device_restart_marker(&self.cfg);
+        let persisted = if enabled {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::create_dir_all(&self.cfg.log_dir)
+                .and_then(|()| std::fs::write(&marker, "off\n"))
+        };
+        persisted
+            .map_err(|e| format!("switched, but not persisted in {}: {e}", marker.display()))?;
+        say!(
+            self,
+            "device restart {}",
+            if enabled { "enabled" } else { "disabled" }
+        );
+        Ok(())
+    }
+
     /// Sends the stop signal to a running entity (its process group, and the process itself
     /// if it left the group) and arms the SIGKILL deadline.
     fn begin_stop(&mut self, i: usize, wanted: Wanted) {
@@ -985,8 +1120,9 @@ impl Daemon {
                 failpoint::hit("stop:after-signal");
             }
             EntityState::Stopping => {}
-            EntityState::Backoff | EntityState::Starting => {
+            EntityState::Backoff | EntityState::Starting | EntityState::HeldOff => {
                 e.retry_at = None;
+                e.rec.policy.held_until = 0;
                 if wanted == Wanted::Restart {
                     e.rec.starts += 1;
                     self.spawn(i);
@@ -1025,6 +1161,19 @@ impl Daemon {
                     self.spawn_guardian();
                 }
                 TimerKind::StatusPatch => self.try_patches(now),
+                TimerKind::HoldOff => {
+                    let e = &mut self.entities[i];
+                    if e.rec.state == EntityState::HeldOff
+                        && e.rec.policy.held_until == at
+                        && self.shutdown.is_none()
+                    {
+                        e.rec.policy.held_until = 0;
+                        e.rec.restarts += 1;
+                        let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
+                        say!(self, "{name}: hold-off over; restarting (restart {n})");
+                        self.spawn(i);
+                    }
+                }
                 TimerKind::StopKill => {
                     let e = &mut self.entities[i];
                     if e.stop_deadline == Some(at) && e.rec.state == EntityState::Stopping {
@@ -1097,6 +1246,10 @@ impl Daemon {
                 TimerKind::Liveness => self.next_tick == at,
                 TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
                 TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
+                TimerKind::HoldOff => {
+                    self.entities[i].rec.state == EntityState::HeldOff
+                        && self.entities[i].rec.policy.held_until == at
+                }
             };
             if live {
                 break;
@@ -1357,6 +1510,16 @@ impl Daemon {
         match (req, entity) {
             (Request::Ping, _) => reply(stream, &Response::ok("pong")),
             (Request::Shutdown, _) => self.begin_shutdown(Some(stream)),
+            (Request::DeviceRestart { enabled }, _) => match self.set_device_restart(enabled) {
+                Ok(()) => reply(
+                    stream,
+                    &Response::ok(format!(
+                        "device restart {}",
+                        if enabled { "enabled" } else { "disabled" }
+                    )),
+                ),
+                Err(e) => reply(stream, &Response::err(e)),
+            },
             (Request::Stop { .. }, Some(i)) => {
                 self.entities[i].waiters.push((stream, WaitFor::Down));
                 self.begin_stop(i, Wanted::Down);
@@ -1369,8 +1532,12 @@ impl Daemon {
                     EntityState::Running => self.answer_waiters(i),
                     EntityState::Stopping => e.wanted = Wanted::Restart,
                     EntityState::Starting => {}
-                    EntityState::Stopped | EntityState::Exited | EntityState::Backoff => {
+                    EntityState::Stopped
+                    | EntityState::Exited
+                    | EntityState::Backoff
+                    | EntityState::HeldOff => {
                         e.rec.starts += 1;
+                        e.rec.policy = engine::decide_operator_start(&e.rec.policy);
                         self.spawn(i);
                     }
                 }
@@ -1545,6 +1712,12 @@ pub(crate) fn signalfd() -> nix::Result<SignalFd> {
     }
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// The file whose presence says device restarts are switched off, across cold starts.
+fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
+    cfg.log_dir
+        .join(format!("{}.device-restart-disabled", cfg.instance.name))
 }
 
 fn describe(exit: LastExit) -> String {

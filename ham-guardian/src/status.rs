@@ -3,8 +3,8 @@
 
 use ham_core::duration::format_ns;
 use ham_core::layout::{
-    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID, FLAG_STOP_INTENT,
-    FLAG_WARM_START,
+    EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
+    FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
 };
 use ham_core::segment::{Access, Segment, SegmentError};
 use ham_core::{EntityState, LastExit};
@@ -17,6 +17,8 @@ pub struct Status {
     pub ham: HamStatus,
     pub guardian: Option<GuardianStatus>,
     pub entities: Vec<EntityStatus>,
+    /// Whether escalations to a device restart are carried out (`hamctl device-restart`).
+    pub device_restart: bool,
     /// Where the HAM gets exit statuses: "waitid" (its own children), "pidfd_info_exit"
     /// (Linux ≥ 6.15, any reaped process), "proc_connector" (netlink, needs CAP_NET_ADMIN).
     /// Without the last two, a process that dies while no HAM is its parent ends "unknown".
@@ -136,6 +138,7 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
         },
         guardian,
         entities,
+        device_restart: h.flags & FLAG_DEVICE_RESTART_OFF == 0,
         exit_sources: [
             (EXIT_SOURCE_WAITID, "waitid"),
             (EXIT_SOURCE_PIDFD_INFO, "pidfd_info_exit"),
@@ -176,6 +179,9 @@ impl Status {
         }
         if self.ham.stopping {
             out.push_str(" · shutting down");
+        }
+        if !self.device_restart {
+            out.push_str(" · device restart off");
         }
         out.push('\n');
         let header = [
@@ -280,6 +286,7 @@ mod tests {
                     uptime_ns: None,
                 },
             ],
+            device_restart: true,
             exit_sources: vec![],
             errors: vec![],
         };

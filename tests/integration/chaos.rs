@@ -73,7 +73,17 @@ fn chaos_kills_end_in_one_process_per_entity_and_matching_counters() {
     eprintln!("chaos: HAM_CHAOS_SEED={seed} HAM_CHAOS_KILLS={kills}");
     let mut rng = Rng(seed);
     let names = ["e0", "e1", "e2", "e3"];
-    let body: String = names.iter().map(|n| sleeper(n)).collect();
+    // Restarted at once however often they die (the default switch policy would hold them
+    // off after 5 exits in 2 minutes; that policy has its own tests).
+    let body: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "{}\npolicy = {{ kind = \"immediate\" }}\n\n",
+                sleeper(n).trim_end()
+            )
+        })
+        .collect();
     let ham = Ham::start("chaos", &body);
     ham.wait_for("all running", |s| names.iter().all(|n| running(s, n)));
 

@@ -11,4 +11,5 @@ mod config_errors;
 mod control;
 mod guardian;
 mod instances;
+mod recovery;
 mod supervision;

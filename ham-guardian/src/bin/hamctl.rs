@@ -15,6 +15,8 @@ commands:
   stop ENTITY              stop an entity; it stays stopped
   restart ENTITY           stop then start an entity
   shutdown                 stop every entity and ham itself
+  device-restart enable|disable
+                           allow or forbid escalations to a device restart
   ping                     check that ham's loop answers
 FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml. DURATION defaults to 60s.
 exit codes: 0 ok, 1 the command failed, 2 usage, 3 ham not reachable";
@@ -101,6 +103,8 @@ fn main() -> ExitCode {
             entity: e.to_string(),
         },
         ["shutdown"] => Request::Shutdown,
+        ["device-restart", "enable"] => Request::DeviceRestart { enabled: true },
+        ["device-restart", "disable"] => Request::DeviceRestart { enabled: false },
         ["ping"] => Request::Ping,
         [] => return usage("no command given"),
         _ => return usage(&format!("unknown command `{}`", args.command.join(" "))),

@@ -1,0 +1,111 @@
+//! Recovery policies with real processes: the switch preset scaled down (3 exits in 10 s →
+//! hold off 1 s; 2 hold-offs in 60 s → device restart, which here runs a command that writes
+//! a marker file), the operator's switch, and an Erlang-style intensity that gives up.
+
+use crate::util::*;
+
+/// A crash loop under a scaled-down switch policy, with a device restart command that
+/// appends to `marker`.
+fn crash_loop(tag: &str, marker: &std::path::Path) -> Ham {
+    let device = format!(
+        "[device]\nrestart_command = [\"/bin/sh\", \"-c\", \"echo restart >> {}\"]\n\n",
+        marker.display()
+    );
+    let body = format!(
+        "{device}[[entity]]\nname = \"crashy\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 1\"]\n\
+         policy = {{ kind = \"switch\", exits = 3, within = \"10s\", hold_off = \"1s\", holdoffs = 2, holdoffs_within = \"60s\" }}\n\n{}",
+        sleeper("steady")
+    );
+    Ham::start(tag, &body)
+}
+
+#[test]
+fn the_switch_policy_holds_off_then_restarts_the_device() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("device-restarted");
+    let ham = crash_loop("switch-on", &marker);
+    ham.wait_for("the first hold-off", |s| {
+        entity(s, "crashy")["state"] == "held-off"
+    });
+    let s = ham.status();
+    assert_eq!(
+        entity(&s, "crashy")["restarts"],
+        2,
+        "held off at the third exit: {s}"
+    );
+    assert_eq!(s["device_restart"], true);
+    // The second hold-off within the window escalates to the device restart.
+    let start = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no device restart:\n{}",
+            ham.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        ham.stderr().contains("services cannot be restored"),
+        "{}",
+        ham.stderr()
+    );
+    // ham itself carries on, and the other entity was never touched.
+    let s = ham.status();
+    assert_eq!(entity(&s, "steady")["restarts"], 0);
+    assert!(ham.ctl(&["ping"]).status.success());
+}
+
+#[test]
+fn a_disabled_device_restart_is_skipped_and_the_switch_survives_a_takeover() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("device-restarted");
+    let mut ham = crash_loop("switch-off", &marker);
+    let out = ham.ctl(&["device-restart", "disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ham.status()["device_restart"], false);
+    // Two hold-offs (restarts 3 and 6 happen after them): the escalation was reached.
+    ham.wait_for("two hold-offs", |s| {
+        entity(s, "crashy")["restarts"].as_u64() >= Some(6)
+    });
+    assert!(
+        ham.stderr().contains("device restart skipped"),
+        "{}",
+        ham.stderr()
+    );
+    assert!(
+        !marker.exists(),
+        "the device restart ran although switched off"
+    );
+
+    // The switch is kept through a takeover.
+    let g = ham.status()["guardian"]["pid"].as_i64().unwrap();
+    sigkill(ham.pid());
+    ham.wait_exit();
+    let s = ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    assert_eq!(s["device_restart"], false);
+    assert!(ham.ctl(&["device-restart", "enable"]).status.success());
+    assert_eq!(ham.status()["device_restart"], true);
+}
+
+#[test]
+fn an_intensity_policy_gives_up_and_an_operator_start_tries_again() {
+    let body = "[[entity]]\nname = \"crashy\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 2\"]\n\
+                policy = { kind = \"intensity\", max = 2, within = \"60s\" }\n";
+    let ham = Ham::start("intensity", body);
+    let s = ham.wait_for("the policy gave up", |s| {
+        entity(s, "crashy")["state"] == "exited" && entity(s, "crashy")["restarts"] == 2
+    });
+    assert_eq!(entity(&s, "crashy")["last_exit"]["code"], 2);
+    assert!(ham.stderr().contains("gives up"), "{}", ham.stderr());
+    // An operator start is honoured (and is not an automatic restart).
+    let _ = ham.ctl(&["start", "crashy"]);
+    let s = ham.wait_for("started by the operator", |s| {
+        entity(s, "crashy")["starts"] == 2
+    });
+    assert_eq!(
+        entity(&s, "crashy")["restarts"].as_u64().map(|r| r >= 2),
+        Some(true)
+    );
+}
