@@ -17,6 +17,8 @@ use toml::Spanned;
 pub const DEFAULT_RUN_DIR: &str = "/run/ham";
 /// Default process-log directory.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/ham";
+/// Default syslog socket.
+pub const DEFAULT_SYSLOG: &str = "/dev/log";
 /// Default config file, when neither `-c` nor `HAM_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
 /// Longest instance name (it becomes part of a shm object name and a socket path).
@@ -68,6 +70,7 @@ struct RawHam {
     log_dir: Option<Spanned<String>>,
     max_entities: Option<Spanned<u32>>,
     liveness_timeout: Option<Spanned<String>>,
+    syslog: Option<Spanned<String>>,
 }
 
 /// Only the `[ham]` table; everything else is ignored. What `hamctl` needs to find an
@@ -81,6 +84,7 @@ struct RawInstanceOnly {
 struct RawHamLenient {
     name: Spanned<String>,
     run_dir: Option<Spanned<String>>,
+    log_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,7 +194,8 @@ pub struct Config {
     /// Absolute path of the file it came from.
     pub path: PathBuf,
     pub instance: Instance,
-    pub log_dir: PathBuf,
+    /// Where each automatic restart is reported at LOG_ERR (None: not at all).
+    pub syslog: Option<PathBuf>,
     pub max_entities: u32,
     /// How long the HAM may go without turning its loop before the Guardian fences it.
     pub liveness_timeout_ns: u64,
@@ -204,6 +209,7 @@ pub struct Config {
 pub struct Instance {
     pub name: String,
     pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
 }
 
 impl Instance {
@@ -218,6 +224,10 @@ impl Instance {
     /// The pid file.
     pub fn pid_path(&self) -> PathBuf {
         self.run_dir.join(format!("{}.pid", self.name))
+    }
+    /// The process log.
+    pub fn process_log_path(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.name))
     }
 }
 
@@ -346,6 +356,10 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
             .ham
             .run_dir
             .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| ctx.path(d.get_ref())),
+        log_dir: raw
+            .ham
+            .log_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
     })
 }
 
@@ -380,11 +394,17 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
             .run_dir
             .as_ref()
             .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| ctx.path(d.get_ref())),
+        log_dir: ham
+            .log_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
     };
-    let log_dir = ham
-        .log_dir
-        .as_ref()
-        .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref()));
+    // Syslog: `/dev/log` unless configured; "" turns it off.
+    let syslog = match &ham.syslog {
+        None => Some(PathBuf::from(DEFAULT_SYSLOG)),
+        Some(p) if p.get_ref().is_empty() => None,
+        Some(p) => Some(ctx.path(p.get_ref())),
+    };
     let max_entities = match &ham.max_entities {
         None => DEFAULT_MAX_ENTITIES,
         Some(m) if (1..=MAX_ENTITIES_LIMIT).contains(m.get_ref()) => *m.get_ref(),
@@ -460,7 +480,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
     Ok(Config {
         path: file.to_owned(),
         instance,
-        log_dir,
+        syslog,
         max_entities,
         liveness_timeout_ns,
         device_restart,

@@ -34,6 +34,7 @@ use crate::config::{Config, EntityConfig, Output, Recovery};
 use crate::control::{MAX_REQUEST, Request, Response};
 use crate::failpoint;
 use crate::handoff::{self, Passed};
+use crate::proclog::{LogRecord, ProcessLog, Syslog};
 use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
@@ -161,6 +162,8 @@ pub struct Daemon {
     exit_cache: HashMap<i32, i32>,
     patches: Vec<StatusPatch>,
     origin: Option<Origin>,
+    plog: ProcessLog,
+    syslog: Syslog,
 }
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
@@ -369,6 +372,17 @@ impl Daemon {
             ),
         );
         let tick_ns = (cfg.liveness_timeout_ns / 4).max(1);
+        let (plog, err) = ProcessLog::open(inst.process_log_path());
+        if let Some(e) = err {
+            log(
+                &inst.name,
+                format_args!(
+                    "cannot open the process log {}: {e}; going on without it",
+                    inst.process_log_path().display()
+                ),
+            );
+        }
+        let syslog = Syslog::new(cfg.syslog.clone());
         Ok(Self {
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
@@ -392,6 +406,8 @@ impl Daemon {
             exit_cache: HashMap::new(),
             patches: Vec::new(),
             origin: Some(origin),
+            plog,
+            syslog,
             cfg,
         })
     }
@@ -952,19 +968,21 @@ impl Daemon {
                         d
                     }
                 };
-                self.apply(i, decision, &format!("pid {old_pid} {how}"));
+                self.apply(i, decision, old_pid, exit);
             }
             AfterExit::OperatorStart => {
                 e.rec.starts += 1;
                 e.rec.state = EntityState::Starting;
                 say!(self, "{name}: pid {old_pid} {how}; starting again as asked");
                 self.publish(i);
+                self.record(i, Some((old_pid, exit)), "operator", "restart", "as asked");
                 self.spawn(i);
             }
             AfterExit::Stopped => {
                 e.rec.state = EntityState::Stopped;
                 say!(self, "{name}: pid {old_pid} {how}; stopped");
                 self.publish(i);
+                self.record(i, Some((old_pid, exit)), "operator", "stop", "stopped");
             }
             AfterExit::Exited => {
                 e.rec.state = EntityState::Exited;
@@ -974,14 +992,49 @@ impl Daemon {
                     "{name}: pid {old_pid} {how}; not restarted (restart = {mode})"
                 );
                 self.publish(i);
+                let cond = condition_of(exit);
+                self.record(
+                    i,
+                    Some((old_pid, exit)),
+                    cond,
+                    "stay-down",
+                    &format!("restart = {mode}"),
+                );
             }
         }
     }
 
-    /// Carries out a recovery decision for entity `i`, whose process is gone (`why`). The
-    /// decision and the policy's memory are published in one record before any effect.
-    fn apply(&mut self, i: usize, decision: Decision, why: &str) {
+    /// Appends to the process log.
+    fn record(
+        &mut self,
+        i: usize,
+        gone: Option<(i32, LastExit)>,
+        condition: &str,
+        action: &str,
+        result: &str,
+    ) {
+        let e = &self.entities[i];
+        let rec = LogRecord {
+            time_unix_ms: unix_ns() / 1_000_000,
+            entity: e.cfg.name.clone(),
+            pid: gone
+                .map(|(p, _)| p)
+                .or((e.rec.pid > 0).then_some(e.rec.pid)),
+            exit: gone.and_then(|(_, x)| crate::status::ExitJson::from(x)),
+            condition: condition.to_owned(),
+            action: action.to_owned(),
+            result: result.to_owned(),
+        };
+        self.plog.append(&rec);
+    }
+
+    /// Carries out a recovery decision for entity `i`, whose process `pid` is gone with
+    /// `exit`. The decision and the policy's memory are published in one record before any
+    /// effect; then it goes to the process log (and, for a restart, to syslog).
+    fn apply(&mut self, i: usize, decision: Decision, pid: i32, exit: LastExit) {
         let name = self.entities[i].cfg.name.clone();
+        let why = format!("pid {pid} {}", describe(exit));
+        let cond = condition_of(exit);
         match decision {
             Decision::Restart { stateless } => {
                 let e = &mut self.entities[i];
@@ -992,26 +1045,49 @@ impl Daemon {
                 say!(self, "{name}: {why}; restarting{kind} (restart {n})");
                 self.publish(i);
                 failpoint::hit("exit:after-record");
+                self.record(
+                    i,
+                    Some((pid, exit)),
+                    cond,
+                    "restart",
+                    &format!("restart {n}{kind}"),
+                );
+                self.syslog
+                    .err(&format!("{name}: {why}; restarted (restart {n})"));
                 self.spawn(i);
             }
             Decision::HoldOff { until } => {
                 let e = &mut self.entities[i];
                 e.rec.state = EntityState::HeldOff;
                 e.rec.policy.held_until = until;
-                let wait = until.saturating_sub(mono_ns());
+                let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
                 say!(
                     self,
-                    "{name}: {why}; held off for {} by its recovery policy",
-                    ham_core::duration::format_ns(wait)
+                    "{name}: {why}; held off for {wait} by its recovery policy"
                 );
                 self.timers.push(Reverse((until, TimerKind::HoldOff, i)));
                 self.publish(i);
+                self.record(
+                    i,
+                    Some((pid, exit)),
+                    cond,
+                    "hold-off",
+                    &format!("for {wait}"),
+                );
             }
             Decision::DeviceRestart { otherwise } => {
                 // The fallback is recorded first: whatever becomes of the device restart,
                 // the entity's own state is settled.
-                self.apply(i, otherwise.as_decision(), why);
-                self.device_restart(&format!("{name}: services cannot be restored ({why})"));
+                self.apply(i, otherwise.as_decision(), pid, exit);
+                let result =
+                    self.device_restart(&format!("{name}: services cannot be restored ({why})"));
+                self.record(
+                    i,
+                    Some((pid, exit)),
+                    "escalation",
+                    "device-restart",
+                    &result,
+                );
             }
             Decision::GiveUp => {
                 let e = &mut self.entities[i];
@@ -1021,53 +1097,38 @@ impl Daemon {
                     "{name}: {why}; its recovery policy gives up (hamctl start {name} to try again)"
                 );
                 self.publish(i);
+                self.record(i, Some((pid, exit)), cond, "give-up", "left down");
             }
         }
     }
 
     /// Runs `[device] restart_command`, unless an operator switched device restarts off or
-    /// none is configured; either way the reason is logged.
-    fn device_restart(&mut self, reason: &str) {
-        if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
-            say!(
-                self,
-                "device restart skipped (switched off by hamctl device-restart disable): {reason}"
-            );
-            return;
-        }
-        let Some((path, argv)) = self.cfg.device_restart.clone() else {
-            say!(
-                self,
-                "device restart needed but no [device] restart_command is configured: {reason}"
-            );
-            return;
+    /// none is configured; says what happened.
+    fn device_restart(&mut self, reason: &str) -> String {
+        let result = if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
+            "skipped: switched off (hamctl device-restart disable)".to_owned()
+        } else if let Some((path, argv)) = self.cfg.device_restart.clone() {
+            // What led here must be on disk before the device goes down.
+            self.plog.sync();
+            let env = [
+                ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+                ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
+                ("HAM_CONDITION".to_owned(), "device-restart".to_owned()),
+                ("HAM_REASON".to_owned(), reason.to_owned()),
+            ];
+            let started = SpawnSpec::new(&path, &argv, &env).and_then(|mut spec| {
+                spec.new_process_group();
+                spec.fork()
+            });
+            match started.map(|p| p.release()) {
+                Ok(Ok((pid, _pidfd))) => format!("running {} (pid {pid})", path.display()),
+                Ok(Err((e, _))) | Err(e) => format!("failed: cannot run {}: {e}", path.display()),
+            }
+        } else {
+            "skipped: no [device] restart_command configured".to_owned()
         };
-        let env = [
-            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
-            ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
-            ("HAM_CONDITION".to_owned(), "device-restart".to_owned()),
-            ("HAM_REASON".to_owned(), reason.to_owned()),
-        ];
-        let started = SpawnSpec::new(&path, &argv, &env).and_then(|mut spec| {
-            spec.new_process_group();
-            spec.fork()
-        });
-        match started.map(|p| p.release()) {
-            Ok(Ok((pid, _pidfd))) => {
-                say!(
-                    self,
-                    "device restart: {reason}; running {} (pid {pid})",
-                    path.display()
-                );
-            }
-            Ok(Err((e, _))) | Err(e) => {
-                say!(
-                    self,
-                    "device restart: {reason}; cannot run {}: {e}",
-                    path.display()
-                );
-            }
-        }
+        say!(self, "device restart: {reason}: {result}");
+        result
     }
 
     /// Switches device restarts on or off; kept in the segment's header (so takeovers and
@@ -1087,7 +1148,7 @@ impl Daemon {
                 _ => Ok(()),
             }
         } else {
-            std::fs::create_dir_all(&self.cfg.log_dir)
+            std::fs::create_dir_all(&self.cfg.instance.log_dir)
                 .and_then(|()| std::fs::write(&marker, "off\n"))
         };
         persisted
@@ -1171,6 +1232,10 @@ impl Daemon {
                         e.rec.restarts += 1;
                         let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
                         say!(self, "{name}: hold-off over; restarting (restart {n})");
+                        self.record(i, None, "hold-off-over", "restart", &format!("restart {n}"));
+                        self.syslog.err(&format!(
+                            "{name}: restarted after its hold-off (restart {n})"
+                        ));
                         self.spawn(i);
                     }
                 }
@@ -1521,6 +1586,7 @@ impl Daemon {
                 Err(e) => reply(stream, &Response::err(e)),
             },
             (Request::Stop { .. }, Some(i)) => {
+                self.record(i, None, "operator", "stop", "asked");
                 self.entities[i].waiters.push((stream, WaitFor::Down));
                 self.begin_stop(i, Wanted::Down);
                 self.answer_waiters(i);
@@ -1538,11 +1604,13 @@ impl Daemon {
                     | EntityState::HeldOff => {
                         e.rec.starts += 1;
                         e.rec.policy = engine::decide_operator_start(&e.rec.policy);
+                        self.record(i, None, "operator", "start", "asked");
                         self.spawn(i);
                     }
                 }
             }
             (Request::Restart { .. }, Some(i)) => {
+                self.record(i, None, "operator", "restart", "asked");
                 self.entities[i].waiters.push((stream, WaitFor::Up));
                 self.begin_stop(i, Wanted::Restart);
             }
@@ -1716,8 +1784,18 @@ pub(crate) fn signalfd() -> nix::Result<SignalFd> {
 
 /// The file whose presence says device restarts are switched off, across cold starts.
 fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
-    cfg.log_dir
+    cfg.instance
+        .log_dir
         .join(format!("{}.device-restart-disabled", cfg.instance.name))
+}
+
+/// The QNX-style condition an exit raises.
+fn condition_of(exit: LastExit) -> &'static str {
+    if exit.is_abnormal() {
+        "abnormal-death"
+    } else {
+        "death"
+    }
 }
 
 fn describe(exit: LastExit) -> String {

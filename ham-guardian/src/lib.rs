@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod guardian;
 pub mod handoff;
 pub mod procfs;
+pub mod proclog;
 pub mod status;
 pub mod sys;
 

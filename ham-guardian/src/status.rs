@@ -63,7 +63,7 @@ pub struct EntityStatus {
 }
 
 /// `{"code": N}`, `{"signal": N}` or `{"unknown": true}`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ExitJson {
     Code(i32),
@@ -72,7 +72,7 @@ pub enum ExitJson {
 }
 
 impl ExitJson {
-    fn from(e: LastExit) -> Option<Self> {
+    pub fn from(e: LastExit) -> Option<Self> {
         match e {
             LastExit::None => None,
             LastExit::Code(c) => Some(Self::Code(c)),
@@ -80,7 +80,7 @@ impl ExitJson {
             LastExit::Unknown => Some(Self::Unknown(true)),
         }
     }
-    fn human(&self) -> String {
+    pub fn human(&self) -> String {
         match self {
             Self::Code(c) => format!("code {c}"),
             Self::Signal(s) => format!("signal {s}"),

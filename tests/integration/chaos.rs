@@ -25,37 +25,6 @@ impl Rng {
     }
 }
 
-/// SIGKILLs one of the pair and waits until it has really exited. A killed process that has
-/// not been scheduled yet still looks alive in /proc; without the wait, a loaded machine lets
-/// the next kill hit its partner too, and that is a double fault (a warm start), not chaos.
-fn kill_and_wait(pid: i32) -> bool {
-    let Some(p) = rustix::process::Pid::from_raw(pid) else {
-        return false;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-        return false;
-    };
-    if rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_err() {
-        return false;
-    }
-    let mut fds = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let ready = rustix::event::poll(
-        &mut fds,
-        Some(&rustix::time::Timespec {
-            tv_sec: 30,
-            tv_nsec: 0,
-        }),
-    );
-    assert!(
-        ready.is_ok_and(|n| n > 0),
-        "pid {pid} did not die within 30 s of SIGKILL"
-    );
-    true
-}
-
 fn live_pid(s: &Value, who: &str) -> Option<i32> {
     (s[who]["alive"] == true).then(|| s[who]["pid"].as_i64().unwrap() as i32)
 }

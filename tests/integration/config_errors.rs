@@ -47,19 +47,19 @@ fn refused(b: &Broken, line: usize, col: usize, words: &str) {
     assert!(text(&out.stderr).contains(&place));
 }
 
-// The header written by write_config takes lines 1–4 and a blank line; the marker entity
-// takes lines 6–9 and a blank line; `bad` starts on line 11.
+// The header written by write_config takes lines 1–5 and a blank line; the marker entity
+// takes lines 7–10 and a blank line; `bad` starts on line 12.
 
 #[test]
 fn unknown_key() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = [\"true\"]\nrestrat = \"never\"\n");
-    refused(&b, 14, 1, "unknown field `restrat`");
+    refused(&b, 15, 1, "unknown field `restrat`");
 }
 
 #[test]
 fn bad_type() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = \"true\"\n");
-    refused(&b, 13, 11, "`command`");
+    refused(&b, 14, 11, "`command`");
 }
 
 #[test]
@@ -67,28 +67,28 @@ fn duplicate_name() {
     let b = broken("[[entity]]\nname = \"marker\"\ncommand = [\"true\"]\n");
     refused(
         &b,
-        12,
+        13,
         8,
-        "duplicate entity name `marker` (first defined on line 7)",
+        "duplicate entity name `marker` (first defined on line 8)",
     );
 }
 
 #[test]
 fn missing_executable() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = [\"/no/such/program\"]\n");
-    refused(&b, 13, 11, "/no/such/program does not exist");
+    refused(&b, 14, 11, "/no/such/program does not exist");
 }
 
 #[test]
 fn bad_stop_timeout() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = [\"true\"]\nstop_timeout = \"soon\"\n");
-    refused(&b, 14, 16, "`entity[1].stop_timeout`");
+    refused(&b, 15, 16, "`entity[1].stop_timeout`");
 }
 
 #[test]
 fn toml_syntax_error() {
     let b = broken("[[entity]\nname = \"x\"\n");
-    refused(&b, 11, 10, "unclosed array table");
+    refused(&b, 12, 10, "unclosed array table");
 }
 
 #[test]

@@ -123,7 +123,9 @@ fn after_both_die_a_new_ham_starts_warm() {
     .unwrap();
     sigkill(h);
     assert_eq!(ham.wait_exit(), -1);
-    sigkill(g);
+    // Wait for the Guardian's death too: a new ham rightly refuses to start while the old
+    // Guardian still runs.
+    assert!(kill_and_wait(g));
     // While nobody supervises, b dies.
     sigkill(b);
     ham.spawn(&[]);

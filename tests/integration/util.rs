@@ -46,8 +46,14 @@ pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// Like [`write_config`], with extra lines for the `[ham]` table.
 pub fn write_config_with(dir: &Path, name: &str, ham_extra: &str, body: &str) -> PathBuf {
     let path = dir.join("ham.toml");
+    // Tests never write to the machine's syslog unless they bring their own socket.
+    let syslog = if ham_extra.contains("syslog") {
+        ""
+    } else {
+        "syslog = \"\"\n"
+    };
     let text = format!(
-        "[ham]\nname = \"{name}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\n{ham_extra}\n{body}"
+        "[ham]\nname = \"{name}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\n{syslog}{ham_extra}\n{body}"
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -363,4 +369,35 @@ pub fn sleeper(name: &str) -> String {
     format!(
         "[[entity]]\nname = \"{name}\"\ncommand = [\"sleep\", \"1000\"]\nstop_timeout = \"2s\"\n\n"
     )
+}
+
+/// SIGKILLs one of the pair and waits until it has really exited. A killed process that has
+/// not been scheduled yet still looks alive in /proc; without the wait, a loaded machine lets
+/// the next kill hit its partner too, and that is a double fault (a warm start), not chaos.
+pub fn kill_and_wait(pid: i32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
+        return false;
+    };
+    if rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_err() {
+        return false;
+    }
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ready = rustix::event::poll(
+        &mut fds,
+        Some(&rustix::time::Timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        }),
+    );
+    assert!(
+        ready.is_ok_and(|n| n > 0),
+        "pid {pid} did not die within 30 s of SIGKILL"
+    );
+    true
 }

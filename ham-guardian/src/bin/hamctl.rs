@@ -17,6 +17,7 @@ commands:
   shutdown                 stop every entity and ham itself
   device-restart enable|disable
                            allow or forbid escalations to a device restart
+  log [ENTITY] [--json]    the process log: conditions seen and actions taken, newest last
   ping                     check that ham's loop answers
 FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml. DURATION defaults to 60s.
 exit codes: 0 ok, 1 the command failed, 2 usage, 3 ham not reachable";
@@ -93,6 +94,14 @@ fn main() -> ExitCode {
                 }
             };
         }
+        ["log", rest @ ..] if rest.len() <= 2 => {
+            let json = rest.contains(&"--json");
+            let entity = rest.iter().find(|w| **w != "--json").copied();
+            if rest.iter().filter(|w| **w != "--json").count() > 1 {
+                return usage("log takes at most one ENTITY");
+            }
+            return print_log(&inst, entity, json);
+        }
         ["start", e] => Request::Start {
             entity: e.to_string(),
         },
@@ -128,6 +137,63 @@ fn main() -> ExitCode {
             ExitCode::from(exit::UNAVAILABLE as u8)
         }
     }
+}
+
+fn print_log(inst: &config::Instance, entity: Option<&str>, json: bool) -> ExitCode {
+    let path = inst.process_log_path();
+    let records = match ham_guardian::proclog::read(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hamctl: cannot read {}: {e}", path.display());
+            return ExitCode::from(exit::UNAVAILABLE as u8);
+        }
+    };
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| entity.is_none_or(|e| r.entity == e))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).expect("serialisable")
+        );
+    } else {
+        for r in &records {
+            println!(
+                "{}  {:<16} {:>7}  {:<10} {:<15} {:<14} {}",
+                utc(r.time_unix_ms),
+                r.entity,
+                r.pid.map_or("-".into(), |p| p.to_string()),
+                r.exit.as_ref().map_or("-".into(), |x| x.human()),
+                r.condition,
+                r.action,
+                r.result
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` UTC from milliseconds since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let (secs, milli) = (ms / 1000, ms % 1000);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn usage(msg: &str) -> ExitCode {
