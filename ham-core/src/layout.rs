@@ -250,6 +250,7 @@ mod word {
     pub const STARTED_UNIX: usize = 17;
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
+    pub const PENDING: usize = 54; // bit 0: start again once stopped (operator restart)
     pub const BODY_WORDS: usize = 63;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
@@ -270,7 +271,8 @@ pub struct EntitySlot {
 
 const _: () = assert!(std::mem::size_of::<EntityCopy>() == 512);
 const _: () = assert!(std::mem::size_of::<EntitySlot>() == 1024);
-const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= BODY_WORDS);
+const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= word::PENDING);
+const _: () = assert!(word::PENDING < BODY_WORDS);
 
 /// The lifecycle state of an entity as stored in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -290,6 +292,8 @@ pub enum EntityState {
     Backoff = 6,
     /// Its recovery policy holds it off until a deadline (e.g. 5 exits in 2 minutes).
     HeldOff = 7,
+    /// Waiting for the entities it starts `after` to be ready.
+    Waiting = 8,
 }
 
 impl EntityState {
@@ -302,6 +306,7 @@ impl EntityState {
             5 => Self::Exited,
             6 => Self::Backoff,
             7 => Self::HeldOff,
+            8 => Self::Waiting,
             _ => return None,
         })
     }
@@ -315,6 +320,7 @@ impl EntityState {
             Self::Exited => "exited",
             Self::Backoff => "backoff",
             Self::HeldOff => "held-off",
+            Self::Waiting => "waiting",
         }
     }
     /// States in which the record's pid names a live (or not yet reaped) process.
@@ -386,6 +392,9 @@ pub struct EntityRecord {
     /// What the recovery policy remembers (windows, stage, hold-off), published with the
     /// state it explains.
     pub policy: crate::engine::Memory,
+    /// Being stopped in order to be started again (`hamctl restart`): a successor that
+    /// finds it `stopping` finishes the restart rather than leaving it down.
+    pub restart_pending: bool,
 }
 
 impl EntityRecord {
@@ -405,6 +414,7 @@ impl EntityRecord {
             started_unix_ns: 0,
             exited_unix_ns: 0,
             policy: crate::engine::Memory::default(),
+            restart_pending: false,
         }
     }
 
@@ -430,6 +440,7 @@ impl EntityRecord {
         b[word::EXITED_UNIX] = self.exited_unix_ns;
         let m = self.policy.to_words();
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
+        b[word::PENDING] = u64::from(self.restart_pending);
         b
     }
 
@@ -470,6 +481,7 @@ impl EntityRecord {
                     .try_into()
                     .expect("MEMORY_WORDS words"),
             ),
+            restart_pending: b[word::PENDING] & 1 == 1,
         })
     }
 }
@@ -652,6 +664,7 @@ mod tests {
             started_unix_ns: 11,
             exited_unix_ns: 6,
             policy: crate::engine::Memory::default(),
+            restart_pending: false,
         }
     }
 

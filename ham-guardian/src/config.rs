@@ -102,6 +102,9 @@ struct RawEntity {
     restart: Option<Spanned<String>>,
     output: Option<Spanned<String>>,
     policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    after: Vec<Spanned<String>>,
+    ready_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +180,11 @@ pub struct EntityConfig {
     pub restart: RestartMode,
     pub output: Output,
     pub policy: Recovery,
+    /// Indices of the entities that must be ready before this one starts (and that are
+    /// stopped only after it).
+    pub after: Vec<usize>,
+    /// Running this long makes it ready (0: as soon as it runs).
+    pub ready_after_ns: u64,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -459,6 +467,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         }
         entities.push(ent);
     }
+    resolve_after(&ctx, &raw.entity, &mut entities)?;
 
     let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
         None => None,
@@ -646,7 +655,15 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         Some(p) => policy(ctx, i, p)?,
     };
 
+    let ready_after_ns = match &e.ready_after {
+        None => 0,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), key("ready_after"), why))?,
+    };
+
     Ok(EntityConfig {
+        after: Vec::new(), // resolved once every name is known
+        ready_after_ns,
         policy,
         name: name.clone(),
         argv,
@@ -811,6 +828,79 @@ fn policy(ctx: &Ctx, i: usize, p: &Spanned<RawPolicy>) -> Result<Recovery, Confi
             })
         }
     })
+}
+
+/// Resolves `after` names to indices; refuses unknown names, self-references and cycles.
+fn resolve_after(
+    ctx: &Ctx,
+    raw: &[Spanned<RawEntity>],
+    entities: &mut [EntityConfig],
+) -> Result<(), ConfigError> {
+    let index: HashMap<&str, usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    for (i, e) in raw.iter().enumerate() {
+        for (n, dep) in e.get_ref().after.iter().enumerate() {
+            let key = Some(format!("entity[{i}].after[{n}]"));
+            match index.get(dep.get_ref().as_str()) {
+                Some(&j) if j == i => {
+                    return Err(ctx.err(Some(dep.span()), key, "an entity cannot wait for itself"));
+                }
+                Some(&j) => entities[i].after.push(j),
+                None => {
+                    return Err(ctx.err(
+                        Some(dep.span()),
+                        key,
+                        format!("no entity named `{}`", dep.get_ref()),
+                    ));
+                }
+            }
+        }
+    }
+    // Depth-first search for a cycle: 0 unvisited, 1 on the path, 2 done.
+    fn visit(
+        i: usize,
+        es: &[EntityConfig],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[i] = 1;
+        path.push(i);
+        for &j in &es[i].after {
+            if mark[j] == 1 {
+                let from = path.iter().position(|&k| k == j).unwrap_or(0);
+                let mut cycle = path[from..].to_vec();
+                cycle.push(j);
+                return Some(cycle);
+            }
+            if mark[j] == 0 {
+                if let Some(c) = visit(j, es, mark, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+        None
+    }
+    let mut mark = vec![0u8; entities.len()];
+    for i in 0..entities.len() {
+        if mark[i] == 0 {
+            if let Some(cycle) = visit(i, entities, &mut mark, &mut Vec::new()) {
+                let names: Vec<&str> = cycle.iter().map(|&k| entities[k].name.as_str()).collect();
+                let first = cycle[0];
+                let span = raw[first].get_ref().after.first().map(|a| a.span());
+                return Err(ctx.err(
+                    span,
+                    Some(format!("entity[{first}].after")),
+                    format!("`after` makes a cycle: {}", names.join(" → ")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_signal(s: &SignalSpec) -> Result<i32, String> {
@@ -1039,6 +1129,33 @@ stop_signal = 9
             (e.line, e.key.as_deref()),
             (2, Some("device.restart_command"))
         );
+    }
+
+    #[test]
+    fn after_is_resolved_and_cycles_are_refused() {
+        let ent = |n: &str, after: &str| {
+            format!("[[entity]]\nname = \"{n}\"\ncommand = [\"true\"]\nafter = [{after}]\n")
+        };
+        let c = parse_str(&format!(
+            "[ham]\nname = \"x\"\n{}{}{}",
+            ent("db", ""),
+            ent("web", "\"db\""),
+            ent("cache", "\"db\", \"web\"")
+        ))
+        .unwrap();
+        assert_eq!(c.entities[2].after, vec![0, 1]);
+        let e = err_of(&format!(
+            "[ham]\nname = \"x\"\n{}{}",
+            ent("a", "\"b\""),
+            ent("b", "\"a\"")
+        ));
+        assert!(e.message.contains("cycle: a → b → a"), "{e}");
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("entity[0].after")));
+        let e = err_of(&format!("[ham]\nname = \"x\"\n{}", ent("a", "\"nope\"")));
+        assert!(e.message.contains("no entity named `nope`"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("entity[0].after[0]"));
+        let e = err_of(&format!("[ham]\nname = \"x\"\n{}", ent("a", "\"a\"")));
+        assert!(e.message.contains("itself"), "{e}");
     }
 
     #[test]

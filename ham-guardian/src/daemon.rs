@@ -92,6 +92,8 @@ struct Entity {
     last_spawn_error: Option<String>,
     /// Deaths seen by this HAM; a late exit status is applied only to the death it is for.
     deaths: u64,
+    /// Running for its `ready_after`: entities that start `after` it may start.
+    ready: bool,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -103,6 +105,7 @@ enum TimerKind {
     GuardianRetry,
     StatusPatch,
     HoldOff,
+    Ready,
 }
 
 /// An adopted entity died before anyone could tell how; its status may still come through
@@ -542,6 +545,7 @@ impl Daemon {
                 spawn_failures: 0,
                 last_spawn_error: None,
                 deaths: 0,
+                ready: false,
                 waiters: Vec::new(),
             });
             if existing {
@@ -562,7 +566,7 @@ impl Daemon {
         for i in to_start {
             self.publish(i);
             self.entities[i].rec.starts += 1;
-            self.spawn(i);
+            self.start_when_ready(i);
         }
         self.release_proc_connector_if_idle();
     }
@@ -581,6 +585,7 @@ impl Daemon {
                 self.publish(i);
             }
             EntityState::Starting if rec.pid <= 0 => self.spawn(i),
+            EntityState::Waiting => self.start_when_ready(i),
             EntityState::Starting | EntityState::Running | EntityState::Stopping => {
                 let passed = passed.filter(|p| p.pid == rec.pid && p.start_time == rec.start_time);
                 match open_verified(rec.pid, rec.start_time, passed.as_ref()) {
@@ -623,11 +628,18 @@ impl Daemon {
                         let stopping = e.rec.state == EntityState::Stopping;
                         say!(self, "{}: adopted pid {}", rec.name, rec.pid);
                         if stopping {
-                            // Resume the stop: signal again and arm a fresh deadline.
+                            // Resume the stop (or the restart it was part of): signal again
+                            // and arm a fresh deadline.
                             self.entities[i].rec.state = EntityState::Running;
-                            self.begin_stop(i, Wanted::Down);
+                            let wanted = if rec.restart_pending {
+                                Wanted::Restart
+                            } else {
+                                Wanted::Down
+                            };
+                            self.begin_stop(i, wanted);
                         } else {
                             self.publish(i);
+                            self.became_running(i, mono_ns());
                         }
                     }
                     None => {
@@ -793,6 +805,8 @@ impl Daemon {
             e.retry_at = None;
             e.wanted = Wanted::Up;
             e.adopted = false;
+            e.ready = false;
+            e.rec.restart_pending = false;
             e.rec.state = EntityState::Starting;
             e.rec.pid = 0;
             e.rec.start_time = 0;
@@ -851,6 +865,7 @@ impl Daemon {
                 e.last_spawn_error = None;
                 self.publish(i);
                 failpoint::hit("spawn:after-running");
+                self.became_running(i, now);
             }
             Err(err) => {
                 e.rec.pid = 0;
@@ -931,6 +946,9 @@ impl Daemon {
         };
         failpoint::hit("exit:before-record");
         self.on_exit(i, late);
+        if self.shutdown.is_some() {
+            self.stop_next_layer();
+        }
         self.release_proc_connector_if_idle();
     }
 
@@ -940,6 +958,7 @@ impl Daemon {
         let e = &mut self.entities[i];
         let old_pid = e.rec.pid;
         e.deaths += 1;
+        e.ready = false;
         e.pidfd = None; // closing it also removes it from the epoll set
         e.adopted = false;
         e.stop_deadline = None;
@@ -1001,6 +1020,48 @@ impl Daemon {
                     &format!("restart = {mode}"),
                 );
             }
+        }
+    }
+
+    /// Starts entity `i` now if everything it starts `after` is ready, else marks it waiting.
+    fn start_when_ready(&mut self, i: usize) {
+        let deps_ready = self.entities[i].cfg.after.iter().all(|&j| {
+            let d = &self.entities[j];
+            d.rec.state == EntityState::Running && d.ready
+        });
+        if deps_ready {
+            self.spawn(i);
+        } else if self.entities[i].rec.state != EntityState::Waiting {
+            self.entities[i].rec.state = EntityState::Waiting;
+            self.publish(i);
+        }
+    }
+
+    /// Entity `i` runs (started or adopted): it is ready now, or at its `ready_after`.
+    fn became_running(&mut self, i: usize, now: u64) {
+        let e = &self.entities[i];
+        let at = e.rec.started_mono_ns + e.cfg.ready_after_ns;
+        if at <= now {
+            self.on_ready(i);
+        } else {
+            self.timers.push(Reverse((at, TimerKind::Ready, i)));
+        }
+    }
+
+    /// Entity `i` is ready: start whatever was waiting for it.
+    fn on_ready(&mut self, i: usize) {
+        self.entities[i].ready = true;
+        if self.shutdown.is_some() {
+            return;
+        }
+        let waiting: Vec<usize> = (0..self.entities.len())
+            .filter(|&j| {
+                self.entities[j].rec.state == EntityState::Waiting
+                    && self.entities[j].cfg.after.contains(&i)
+            })
+            .collect();
+        for j in waiting {
+            self.start_when_ready(j);
         }
     }
 
@@ -1172,6 +1233,7 @@ impl Daemon {
                 let deadline = now + e.cfg.stop_timeout_ns;
                 e.stop_deadline = Some(deadline);
                 e.rec.state = EntityState::Stopping;
+                e.rec.restart_pending = wanted == Wanted::Restart;
                 self.timers
                     .push(Reverse((deadline, TimerKind::StopKill, i)));
                 self.publish(i);
@@ -1181,7 +1243,10 @@ impl Daemon {
                 failpoint::hit("stop:after-signal");
             }
             EntityState::Stopping => {}
-            EntityState::Backoff | EntityState::Starting | EntityState::HeldOff => {
+            EntityState::Backoff
+            | EntityState::Starting
+            | EntityState::HeldOff
+            | EntityState::Waiting => {
                 e.retry_at = None;
                 e.rec.policy.held_until = 0;
                 if wanted == Wanted::Restart {
@@ -1222,6 +1287,15 @@ impl Daemon {
                     self.spawn_guardian();
                 }
                 TimerKind::StatusPatch => self.try_patches(now),
+                TimerKind::Ready => {
+                    let e = &self.entities[i];
+                    if e.rec.state == EntityState::Running
+                        && !e.ready
+                        && e.rec.started_mono_ns + e.cfg.ready_after_ns == at
+                    {
+                        self.on_ready(i);
+                    }
+                }
                 TimerKind::HoldOff => {
                     let e = &mut self.entities[i];
                     if e.rec.state == EntityState::HeldOff
@@ -1311,6 +1385,12 @@ impl Daemon {
                 TimerKind::Liveness => self.next_tick == at,
                 TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
                 TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
+                TimerKind::Ready => {
+                    let e = &self.entities[i];
+                    e.rec.state == EntityState::Running
+                        && !e.ready
+                        && e.rec.started_mono_ns + e.cfg.ready_after_ns == at
+                }
                 TimerKind::HoldOff => {
                     self.entities[i].rec.state == EntityState::HeldOff
                         && self.entities[i].rec.policy.held_until == at
@@ -1597,7 +1677,7 @@ impl Daemon {
                 match e.rec.state {
                     EntityState::Running => self.answer_waiters(i),
                     EntityState::Stopping => e.wanted = Wanted::Restart,
-                    EntityState::Starting => {}
+                    EntityState::Starting | EntityState::Waiting => {}
                     EntityState::Stopped
                     | EntityState::Exited
                     | EntityState::Backoff
@@ -1677,8 +1757,27 @@ impl Daemon {
             say!(self, "cannot record the stop intent: {e}");
         }
         self.shutdown = Some(requester.into_iter().collect());
+        self.stop_next_layer();
+    }
+
+    /// During a shutdown: stops every entity that no live entity starts `after`, in reverse
+    /// order of the configuration; called again as entities exit, so dependents always stop
+    /// before what they depend on.
+    fn stop_next_layer(&mut self) {
+        let alive = |e: &Entity| {
+            matches!(
+                e.rec.state,
+                EntityState::Running | EntityState::Stopping | EntityState::Starting
+            )
+        };
         for i in (0..self.entities.len()).rev() {
-            self.begin_stop(i, Wanted::Down);
+            let needed = self
+                .entities
+                .iter()
+                .any(|d| d.cfg.after.contains(&i) && alive(d));
+            if !needed && self.entities[i].rec.state != EntityState::Stopping {
+                self.begin_stop(i, Wanted::Down);
+            }
         }
     }
 

@@ -11,5 +11,6 @@ mod config_errors;
 mod control;
 mod guardian;
 mod instances;
+mod ordering;
 mod recovery;
 mod supervision;
