@@ -63,7 +63,7 @@ fn a_restart_interrupted_by_a_takeover_is_finished_by_the_new_ham() {
     });
     assert_eq!(entity(&s, "slow")["starts"], 2);
     assert_eq!(entity(&s, "slow")["restarts"], 0);
-    // The old process is gone (ham waits for its exit before it starts the new one; its loop.s
+    // The old process is gone (ham waits for its exit before it starts the new one; its loop's
     // short-lived `sleep` children share its environment, so count by pid, not by scan).
     assert!(
         !alive(old, old_start),
