@@ -250,7 +250,7 @@ mod word {
     pub const STARTED_UNIX: usize = 17;
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
-    pub const PENDING: usize = 54; // bit 0: start again once stopped (operator restart)
+    pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: for its group
     pub const BODY_WORDS: usize = 63;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
@@ -395,6 +395,8 @@ pub struct EntityRecord {
     /// Being stopped in order to be started again (`hamctl restart`): a successor that
     /// finds it `stopping` finishes the restart rather than leaving it down.
     pub restart_pending: bool,
+    /// The pending restart is its group's (automatic), not an operator's.
+    pub restart_for_group: bool,
 }
 
 impl EntityRecord {
@@ -415,6 +417,7 @@ impl EntityRecord {
             exited_unix_ns: 0,
             policy: crate::engine::Memory::default(),
             restart_pending: false,
+            restart_for_group: false,
         }
     }
 
@@ -440,7 +443,8 @@ impl EntityRecord {
         b[word::EXITED_UNIX] = self.exited_unix_ns;
         let m = self.policy.to_words();
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
-        b[word::PENDING] = u64::from(self.restart_pending);
+        b[word::PENDING] =
+            u64::from(self.restart_pending) | (u64::from(self.restart_for_group) << 1);
         b
     }
 
@@ -482,6 +486,7 @@ impl EntityRecord {
                     .expect("MEMORY_WORDS words"),
             ),
             restart_pending: b[word::PENDING] & 1 == 1,
+            restart_for_group: b[word::PENDING] & 2 == 2,
         })
     }
 }
@@ -665,6 +670,7 @@ mod tests {
             exited_unix_ns: 6,
             policy: crate::engine::Memory::default(),
             restart_pending: false,
+            restart_for_group: false,
         }
     }
 

@@ -43,6 +43,9 @@ pub enum AfterExit {
     /// Start it again now because an operator asked (`hamctl restart`); not counted as an
     /// automatic restart.
     OperatorStart,
+    /// Start it again now because its group restarts (one_for_all, rest_for_one): an
+    /// automatic restart, but not one its own policy's windows count.
+    GroupRestart,
     /// It was asked to stop: it stays stopped.
     Stopped,
     /// Its restart mode keeps it down.
@@ -58,6 +61,8 @@ pub enum Wanted {
     Down,
     /// An operator asked for a restart: stop, then start.
     Restart,
+    /// Its group restarts: stop, then start.
+    GroupRestart,
 }
 
 /// Decides what follows an exit.
@@ -65,6 +70,7 @@ pub fn after_exit(mode: RestartMode, wanted: Wanted, exit: LastExit) -> AfterExi
     match wanted {
         Wanted::Down => AfterExit::Stopped,
         Wanted::Restart => AfterExit::OperatorStart,
+        Wanted::GroupRestart => AfterExit::GroupRestart,
         Wanted::Up => match mode {
             RestartMode::Always => AfterExit::Restart,
             RestartMode::OnFailure if exit.is_abnormal() => AfterExit::Restart,

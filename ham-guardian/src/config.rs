@@ -31,6 +31,16 @@ struct RawFile {
     device: Option<RawDevice>,
     #[serde(default)]
     entity: Vec<Spanned<RawEntity>>,
+    #[serde(default)]
+    group: Vec<Spanned<RawGroup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    strategy: Option<Spanned<String>>,
+    members: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +195,8 @@ pub struct EntityConfig {
     pub after: Vec<usize>,
     /// Running this long makes it ready (0: as soon as it runs).
     pub ready_after_ns: u64,
+    /// The group it belongs to (index into `Config::groups`).
+    pub group: Option<usize>,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -210,6 +222,26 @@ pub struct Config {
     /// `[device] restart_command`: what a device restart runs (argv, `argv[0]` resolved).
     pub device_restart: Option<(PathBuf, Vec<String>)>,
     pub entities: Vec<EntityConfig>,
+    pub groups: Vec<Group>,
+}
+
+/// Erlang/OTP's restart strategies for a group of entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Only the entity that died is restarted.
+    OneForOne,
+    /// One dies → every member is restarted.
+    OneForAll,
+    /// One dies → it and the members listed after it are restarted.
+    RestForOne,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub strategy: Strategy,
+    /// Entity indices, in the order given.
+    pub members: Vec<usize>,
 }
 
 /// What names an instance: enough for `hamctl` to find it.
@@ -468,6 +500,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         entities.push(ent);
     }
     resolve_after(&ctx, &raw.entity, &mut entities)?;
+    let groups = groups(&ctx, &raw.group, &mut entities)?;
 
     let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
         None => None,
@@ -494,6 +527,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         liveness_timeout_ns,
         device_restart,
         entities,
+        groups,
     })
 }
 
@@ -663,6 +697,7 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
 
     Ok(EntityConfig {
         after: Vec::new(), // resolved once every name is known
+        group: None,       // likewise
         ready_after_ns,
         policy,
         name: name.clone(),
@@ -828,6 +863,75 @@ fn policy(ctx: &Ctx, i: usize, p: &Spanned<RawPolicy>) -> Result<Recovery, Confi
             })
         }
     })
+}
+
+/// Resolves `[[group]]` tables; an entity belongs to one group at most.
+fn groups(
+    ctx: &Ctx,
+    raw: &[Spanned<RawGroup>],
+    entities: &mut [EntityConfig],
+) -> Result<Vec<Group>, ConfigError> {
+    let mut out: Vec<Group> = Vec::new();
+    for (g, rg) in raw.iter().enumerate() {
+        let r = rg.get_ref();
+        let key = |k: &str| Some(format!("group[{g}].{k}"));
+        if out.iter().any(|o| o.name == *r.name.get_ref()) {
+            return Err(ctx.err(
+                Some(r.name.span()),
+                key("name"),
+                format!("duplicate group name `{}`", r.name.get_ref()),
+            ));
+        }
+        let strategy = match r
+            .strategy
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("one_for_one", _)) => Strategy::OneForOne,
+            Some(("one_for_all", _)) => Strategy::OneForAll,
+            Some(("rest_for_one", _)) => Strategy::RestForOne,
+            Some((other, span)) => {
+                return Err(ctx.err(
+                    Some(span),
+                    key("strategy"),
+                    format!(
+                        "unknown strategy `{other}` (use \"one_for_one\", \"one_for_all\" or \"rest_for_one\")"
+                    ),
+                ));
+            }
+        };
+        let mut members = Vec::new();
+        for (n, m) in r.members.get_ref().iter().enumerate() {
+            let mk = Some(format!("group[{g}].members[{n}]"));
+            let Some(i) = entities.iter().position(|e| e.name == *m.get_ref()) else {
+                return Err(ctx.err(
+                    Some(m.span()),
+                    mk,
+                    format!("no entity named `{}`", m.get_ref()),
+                ));
+            };
+            if let Some(other) = entities[i].group {
+                let other = if other == g {
+                    r.name.get_ref().clone()
+                } else {
+                    out[other].name.clone()
+                };
+                return Err(ctx.err(
+                    Some(m.span()),
+                    mk,
+                    format!("`{}` is already a member of group `{other}`", m.get_ref()),
+                ));
+            }
+            entities[i].group = Some(g);
+            members.push(i);
+        }
+        out.push(Group {
+            name: r.name.get_ref().clone(),
+            strategy,
+            members,
+        });
+    }
+    Ok(out)
 }
 
 /// Resolves `after` names to indices; refuses unknown names, self-references and cycles.
@@ -1156,6 +1260,27 @@ stop_signal = 9
         assert_eq!(e.key.as_deref(), Some("entity[0].after[0]"));
         let e = err_of(&format!("[ham]\nname = \"x\"\n{}", ent("a", "\"a\"")));
         assert!(e.message.contains("itself"), "{e}");
+    }
+
+    #[test]
+    fn groups_resolve_and_refuse_double_membership() {
+        let ents = "[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n[[entity]]\nname = \"b\"\ncommand = [\"true\"]\n";
+        let c = parse_str(&format!(
+            "[ham]\nname = \"x\"\n{ents}[[group]]\nname = \"g\"\nstrategy = \"rest_for_one\"\nmembers = [\"b\", \"a\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.groups[0].strategy, Strategy::RestForOne);
+        assert_eq!(c.groups[0].members, vec![1, 0]);
+        assert_eq!(c.entities[0].group, Some(0));
+        let e = err_of(&format!(
+            "[ham]\nname = \"x\"\n{ents}[[group]]\nname = \"g\"\nmembers = [\"a\", \"a\"]\n"
+        ));
+        assert!(e.message.contains("already a member of group `g`"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("group[0].members[1]"));
+        let e = err_of(&format!(
+            "[ham]\nname = \"x\"\n{ents}[[group]]\nname = \"g\"\nstrategy = \"all_for_none\"\nmembers = []\n"
+        ));
+        assert!(e.message.contains("unknown strategy"), "{e}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-use crate::config::{Config, EntityConfig, Output, Recovery};
+use crate::config::{Config, EntityConfig, Output, Recovery, Strategy};
 use crate::control::{MAX_REQUEST, Request, Response};
 use crate::failpoint;
 use crate::handoff::{self, Passed};
@@ -631,10 +631,10 @@ impl Daemon {
                             // Resume the stop (or the restart it was part of): signal again
                             // and arm a fresh deadline.
                             self.entities[i].rec.state = EntityState::Running;
-                            let wanted = if rec.restart_pending {
-                                Wanted::Restart
-                            } else {
-                                Wanted::Down
+                            let wanted = match (rec.restart_pending, rec.restart_for_group) {
+                                (true, true) => Wanted::GroupRestart,
+                                (true, false) => Wanted::Restart,
+                                _ => Wanted::Down,
                             };
                             self.begin_stop(i, wanted);
                         } else {
@@ -807,6 +807,7 @@ impl Daemon {
             e.adopted = false;
             e.ready = false;
             e.rec.restart_pending = false;
+            e.rec.restart_for_group = false;
             e.rec.state = EntityState::Starting;
             e.rec.pid = 0;
             e.rec.start_time = 0;
@@ -987,7 +988,19 @@ impl Daemon {
                         d
                     }
                 };
+                let restarted = matches!(decision, Decision::Restart { .. });
                 self.apply(i, decision, old_pid, exit);
+                if restarted {
+                    self.restart_group(i);
+                }
+            }
+            AfterExit::GroupRestart => {
+                e.rec.restart_for_group = false;
+                say!(
+                    self,
+                    "{name}: pid {old_pid} {how}; restarting with its group"
+                );
+                self.apply(i, Decision::Restart { stateless: false }, old_pid, exit);
             }
             AfterExit::OperatorStart => {
                 e.rec.starts += 1;
@@ -1019,6 +1032,38 @@ impl Daemon {
                     "stay-down",
                     &format!("restart = {mode}"),
                 );
+            }
+        }
+    }
+
+    /// Entity `i` died and is being restarted: its group's strategy may restart others too
+    /// (stopped first, then started again, each counted as an automatic restart).
+    fn restart_group(&mut self, i: usize) {
+        let Some(g) = self.entities[i].cfg.group else {
+            return;
+        };
+        let group = &self.cfg.groups[g];
+        let others: Vec<usize> = match group.strategy {
+            Strategy::OneForOne => return,
+            Strategy::OneForAll => group.members.iter().copied().filter(|&m| m != i).collect(),
+            Strategy::RestForOne => group
+                .members
+                .iter()
+                .skip_while(|&&m| m != i)
+                .skip(1)
+                .copied()
+                .collect(),
+        };
+        let (gname, dead) = (group.name.clone(), self.entities[i].cfg.name.clone());
+        for m in others {
+            if self.entities[m].rec.state == EntityState::Running {
+                say!(
+                    self,
+                    "group {gname}: restarting {} because {dead} died",
+                    self.entities[m].cfg.name
+                );
+                self.record(m, None, "group", "restart", &format!("{dead} died"));
+                self.begin_stop(m, Wanted::GroupRestart);
             }
         }
     }
@@ -1233,7 +1278,8 @@ impl Daemon {
                 let deadline = now + e.cfg.stop_timeout_ns;
                 e.stop_deadline = Some(deadline);
                 e.rec.state = EntityState::Stopping;
-                e.rec.restart_pending = wanted == Wanted::Restart;
+                e.rec.restart_pending = matches!(wanted, Wanted::Restart | Wanted::GroupRestart);
+                e.rec.restart_for_group = wanted == Wanted::GroupRestart;
                 self.timers
                     .push(Reverse((deadline, TimerKind::StopKill, i)));
                 self.publish(i);
@@ -1251,6 +1297,9 @@ impl Daemon {
                 e.rec.policy.held_until = 0;
                 if wanted == Wanted::Restart {
                     e.rec.starts += 1;
+                    self.spawn(i);
+                } else if wanted == Wanted::GroupRestart {
+                    e.rec.restarts += 1;
                     self.spawn(i);
                 } else {
                     e.rec.state = EntityState::Stopped;

@@ -71,3 +71,50 @@ fn a_restart_interrupted_by_a_takeover_is_finished_by_the_new_ham() {
     );
     let _ = req.wait();
 }
+
+fn group_of_three(strategy: &str) -> String {
+    format!(
+        "{}{}{}[[group]]\nname = \"trio\"\nstrategy = \"{strategy}\"\nmembers = [\"a\", \"b\", \"c\"]\n",
+        sleeper("a"),
+        sleeper("b"),
+        sleeper("c")
+    )
+}
+
+#[test]
+fn one_for_all_restarts_every_member_when_one_dies() {
+    let ham = Ham::start("one-for-all", &group_of_three("one_for_all"));
+    let s = ham.wait_for("all running", |s| {
+        ["a", "b", "c"].iter().all(|n| running(s, n))
+    });
+    let before: Vec<i32> = ["a", "b", "c"].iter().map(|n| pid_of(&s, n)).collect();
+    sigkill(before[1]);
+    let s = ham.wait_for("the whole group restarted", |s| {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| running(s, n) && entity(s, n)["restarts"] == 1)
+    });
+    for (n, old) in ["a", "b", "c"].iter().zip(&before) {
+        assert_ne!(pid_of(&s, n), *old, "{n} kept its process");
+        assert_eq!(entity_processes(&ham.name, n).len(), 1, "{n}");
+    }
+}
+
+#[test]
+fn rest_for_one_restarts_the_dead_member_and_those_after_it() {
+    let ham = Ham::start("rest-for-one", &group_of_three("rest_for_one"));
+    let s = ham.wait_for("all running", |s| {
+        ["a", "b", "c"].iter().all(|n| running(s, n))
+    });
+    let (a, b, c) = (pid_of(&s, "a"), pid_of(&s, "b"), pid_of(&s, "c"));
+    sigkill(b);
+    let s = ham.wait_for("b and c restarted", |s| {
+        ["b", "c"]
+            .iter()
+            .all(|n| running(s, n) && entity(s, n)["restarts"] == 1)
+    });
+    assert_eq!(pid_of(&s, "a"), a, "a comes before b and is left alone");
+    assert_eq!(entity(&s, "a")["restarts"], 0);
+    assert_ne!(pid_of(&s, "b"), b);
+    assert_ne!(pid_of(&s, "c"), c);
+}
