@@ -147,6 +147,8 @@ pub struct Memory {
     pub held_until: Nanos,
     /// Set once the policy gave up; cleared by an operator start.
     pub gave_up: bool,
+    /// Consecutive restarts delayed by a back-off (reset after a healthy lifetime).
+    pub backoff_n: u16,
 }
 
 /// Words [`Memory::to_words`] produces: two stamp rings, their lengths and flags, stage and
@@ -161,7 +163,8 @@ impl Memory {
         w[STAMPS..2 * STAMPS].copy_from_slice(&self.holdoffs.at);
         w[2 * STAMPS] = u64::from(self.exits.len)
             | (u64::from(self.holdoffs.len) << 8)
-            | (u64::from(self.gave_up) << 16);
+            | (u64::from(self.gave_up) << 16)
+            | (u64::from(self.backoff_n) << 24);
         w[2 * STAMPS + 1] = u64::from(self.stage) | (u64::from(self.tries) << 32);
         w[2 * STAMPS + 2] = self.held_until;
         w
@@ -177,6 +180,7 @@ impl Memory {
         m.exits.len = ((flags & 0xff) as u8).min(STAMPS as u8);
         m.holdoffs.len = (((flags >> 8) & 0xff) as u8).min(STAMPS as u8);
         m.gave_up = (flags >> 16) & 1 == 1;
+        m.backoff_n = ((flags >> 24) & 0xffff) as u16;
         m.stage = (w[2 * STAMPS + 1] & 0xffff_ffff) as u32;
         m.tries = (w[2 * STAMPS + 1] >> 32) as u32;
         m.held_until = w[2 * STAMPS + 2];
@@ -224,11 +228,69 @@ impl Fallback {
     }
 }
 
+/// Back-off between restarts (an option on restarts, whatever the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// The same delay before every restart.
+    Fixed { delay: Nanos, reset_after: Nanos },
+    /// `initial`, doubling at each consecutive restart, at most `max`.
+    Exponential {
+        initial: Nanos,
+        max: Nanos,
+        reset_after: Nanos,
+    },
+}
+
+impl Backoff {
+    /// The delay before restart number `n` (0-based) of a run of quick restarts.
+    pub fn delay(&self, n: u16) -> Nanos {
+        match *self {
+            Self::Fixed { delay, .. } => delay,
+            Self::Exponential { initial, max, .. } => initial
+                .saturating_mul(1u64 << u32::from(n).min(40))
+                .min(max),
+        }
+    }
+    fn reset_after(&self) -> Nanos {
+        match *self {
+            Self::Fixed { reset_after, .. } | Self::Exponential { reset_after, .. } => reset_after,
+        }
+    }
+}
+
+/// Applies a back-off to a decision: an immediate restart becomes a hold-off of the back-off's
+/// delay. A process that lived `reset_after` or longer starts a new run of restarts.
+pub fn with_backoff(
+    backoff: &Backoff,
+    mem: &mut Memory,
+    decision: Decision,
+    lifetime: Nanos,
+    now: Nanos,
+) -> Decision {
+    if lifetime >= backoff.reset_after() {
+        mem.backoff_n = 0;
+    }
+    match decision {
+        Decision::Restart { .. } => {
+            let delay = backoff.delay(mem.backoff_n);
+            mem.backoff_n = mem.backoff_n.saturating_add(1);
+            if delay == 0 {
+                return decision;
+            }
+            let until = now.saturating_add(delay);
+            mem.held_until = until;
+            Decision::HoldOff { until }
+        }
+        other => other,
+    }
+}
+
 /// The memory after an operator start (see [`decide`]).
 pub fn decide_operator_start(mem: &Memory) -> Memory {
     let mut m = *mem;
     m.gave_up = false;
     m.held_until = 0;
+    m.backoff_n = 0;
     m
 }
 
@@ -509,6 +571,38 @@ mod tests {
         // Garbage decodes to something usable.
         let junk = Memory::from_words(&[u64::MAX; MEMORY_WORDS]);
         assert_eq!(junk.exits.as_slice().len(), STAMPS);
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_caps_and_resets_after_a_healthy_run() {
+        let b = Backoff::Exponential {
+            initial: S / 10,
+            max: 2 * S,
+            reset_after: 60 * S,
+        };
+        let mut m = Memory::default();
+        let restart = Decision::Restart { stateless: false };
+        let mut delays = Vec::new();
+        for k in 0..7 {
+            let now = k * 100 * S;
+            match with_backoff(&b, &mut m, restart, S, now) {
+                Decision::HoldOff { until } => delays.push(until - now),
+                d => panic!("{d:?}"),
+            }
+        }
+        assert_eq!(
+            delays,
+            vec![S / 10, S / 5, 2 * S / 5, 4 * S / 5, 8 * S / 5, 2 * S, 2 * S]
+        );
+        // A process that lived a minute starts over.
+        let d = with_backoff(&b, &mut m, restart, 61 * S, 0);
+        assert_eq!(d, Decision::HoldOff { until: S / 10 });
+        // Other decisions pass through.
+        assert_eq!(
+            with_backoff(&b, &mut m, Decision::GiveUp, S, 0),
+            Decision::GiveUp
+        );
+        assert_eq!(Memory::from_words(&m.to_words()), m);
     }
 
     #[test]

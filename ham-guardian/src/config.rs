@@ -115,6 +115,17 @@ struct RawEntity {
     #[serde(default)]
     after: Vec<Spanned<String>>,
     ready_after: Option<Spanned<String>>,
+    backoff: Option<Spanned<RawBackoff>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    kind: Spanned<String>,
+    delay: Option<Spanned<String>>,
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+    reset_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +208,8 @@ pub struct EntityConfig {
     pub ready_after_ns: u64,
     /// The group it belongs to (index into `Config::groups`).
     pub group: Option<usize>,
+    /// Delay before automatic restarts, if any.
+    pub backoff: Option<ham_core::engine::Backoff>,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -695,7 +708,13 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
             .map_err(|why| ctx.err(Some(t.span()), key("ready_after"), why))?,
     };
 
+    let backoff = match &e.backoff {
+        None => None,
+        Some(b) => Some(backoff(ctx, i, b)?),
+    };
+
     Ok(EntityConfig {
+        backoff,
         after: Vec::new(), // resolved once every name is known
         group: None,       // likewise
         ready_after_ns,
@@ -863,6 +882,59 @@ fn policy(ctx: &Ctx, i: usize, p: &Spanned<RawPolicy>) -> Result<Recovery, Confi
             })
         }
     })
+}
+
+fn backoff(
+    ctx: &Ctx,
+    i: usize,
+    b: &Spanned<RawBackoff>,
+) -> Result<ham_core::engine::Backoff, ConfigError> {
+    use ham_core::engine::Backoff;
+    let r = b.get_ref();
+    let key = |k: &str| Some(format!("entity[{i}].backoff.{k}"));
+    let dur =
+        |v: &Option<Spanned<String>>, k: &str, default: Option<u64>| -> Result<u64, ConfigError> {
+            match (v, default) {
+                (Some(t), _) => duration::parse_ns(t.get_ref())
+                    .map_err(|why| ctx.err(Some(t.span()), key(k), why)),
+                (None, Some(d)) => Ok(d),
+                (None, None) => Err(ctx.err(Some(b.span()), key(k), format!("`{k}` is required"))),
+            }
+        };
+    let misplaced = |v: &Option<Spanned<String>>, k: &str, kind: &str| -> Result<(), ConfigError> {
+        match v {
+            Some(t) => Err(ctx.err(
+                Some(t.span()),
+                key(k),
+                format!("`{k}` does not apply to a back-off of kind \"{kind}\""),
+            )),
+            None => Ok(()),
+        }
+    };
+    let reset_after = dur(&r.reset_after, "reset_after", Some(60_000_000_000))?;
+    match r.kind.get_ref().as_str() {
+        "fixed" => {
+            misplaced(&r.initial, "initial", "fixed")?;
+            misplaced(&r.max, "max", "fixed")?;
+            Ok(Backoff::Fixed {
+                delay: dur(&r.delay, "delay", None)?,
+                reset_after,
+            })
+        }
+        "exponential" => {
+            misplaced(&r.delay, "delay", "exponential")?;
+            Ok(Backoff::Exponential {
+                initial: dur(&r.initial, "initial", Some(100_000_000))?,
+                max: dur(&r.max, "max", Some(30_000_000_000))?,
+                reset_after,
+            })
+        }
+        other => Err(ctx.err(
+            Some(r.kind.span()),
+            key("kind"),
+            format!("unknown back-off kind `{other}` (use \"fixed\" or \"exponential\")"),
+        )),
+    }
 }
 
 /// Resolves `[[group]]` tables; an entity belongs to one group at most.
@@ -1260,6 +1332,31 @@ stop_signal = 9
         assert_eq!(e.key.as_deref(), Some("entity[0].after[0]"));
         let e = err_of(&format!("[ham]\nname = \"x\"\n{}", ent("a", "\"a\"")));
         assert!(e.message.contains("itself"), "{e}");
+    }
+
+    #[test]
+    fn backoffs_parse_and_refuse_misplaced_keys() {
+        use ham_core::engine::Backoff;
+        let base = "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let c = parse_str(&format!(
+            "{base}backoff = {{ kind = \"fixed\", delay = \"2s\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.entities[0].backoff,
+            Some(Backoff::Fixed {
+                delay: 2_000_000_000,
+                reset_after: 60_000_000_000
+            })
+        );
+        let e = err_of(&format!("{base}backoff = {{ kind = \"fixed\" }}\n"));
+        assert!(e.message.contains("`delay` is required"), "{e}");
+        let e = err_of(&format!(
+            "{base}backoff = {{ kind = \"fixed\", delay = \"1s\", max = \"2s\" }}\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("entity[0].backoff.max"), "{e}");
+        let e = err_of(&format!("{base}backoff = {{ kind = \"random\" }}\n"));
+        assert!(e.message.contains("unknown back-off kind"), "{e}");
     }
 
     #[test]

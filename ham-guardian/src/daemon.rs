@@ -978,16 +978,19 @@ impl Daemon {
         let name = e.cfg.name.clone();
         match decision {
             AfterExit::Restart => {
-                let decision = match &e.cfg.policy {
+                let lifetime = now.saturating_sub(e.rec.started_mono_ns);
+                let mut decision = match &e.cfg.policy {
                     Recovery::Immediate => Decision::Restart { stateless: false },
                     Recovery::Engine(p) => {
-                        let lifetime = now.saturating_sub(e.rec.started_mono_ns);
                         let (mem, d) =
                             engine::decide(p, &e.rec.policy, engine::Event::Exit { lifetime }, now);
                         e.rec.policy = mem;
                         d
                     }
                 };
+                if let Some(b) = &e.cfg.backoff {
+                    decision = engine::with_backoff(b, &mut e.rec.policy, decision, lifetime, now);
+                }
                 let restarted = matches!(decision, Decision::Restart { .. });
                 self.apply(i, decision, old_pid, exit);
                 if restarted {

@@ -187,3 +187,28 @@ fn an_intensity_policy_gives_up_and_an_operator_start_tries_again() {
         Some(true)
     );
 }
+
+#[test]
+fn a_backoff_delays_every_automatic_restart() {
+    let body = "[[entity]]\nname = \"crashy\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 1\"]\n\
+                policy = { kind = \"immediate\" }\n\
+                backoff = { kind = \"exponential\", initial = \"50ms\", max = \"200ms\" }\n";
+    let ham = Ham::start("backoff", body);
+    ham.wait_for("four restarts", |s| {
+        entity(s, "crashy")["restarts"].as_u64() >= Some(4)
+    });
+    let out = ham.ctl(&["log", "crashy", "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deaths: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["condition"] == "abnormal-death")
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert!(deaths.len() >= 4, "{log}");
+    assert!(
+        deaths.iter().all(|a| *a == "hold-off"),
+        "a restart happened without its back-off: {deaths:?}"
+    );
+}
