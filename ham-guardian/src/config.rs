@@ -116,6 +116,35 @@ struct RawEntity {
     after: Vec<Spanned<String>>,
     ready_after: Option<Spanned<String>>,
     backoff: Option<Spanned<RawBackoff>>,
+    #[serde(default)]
+    condition: Vec<Spanned<RawCondition>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    on: Spanned<String>,
+    class: Option<Spanned<String>>,
+    severity: Option<Spanned<u32>>,
+    #[serde(default)]
+    action: Vec<Spanned<RawAction>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    #[serde(rename = "do")]
+    act: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<String>>,
+    message: Option<Spanned<String>>,
+    delay: Option<Spanned<String>>,
+    entity: Option<Spanned<String>>,
+    signal: Option<Spanned<SignalSpec>>,
+    #[serde(default)]
+    break_on_fail: bool,
+    #[serde(default)]
+    on_fail: Vec<Spanned<RawAction>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +239,8 @@ pub struct EntityConfig {
     pub group: Option<usize>,
     /// Delay before automatic restarts, if any.
     pub backoff: Option<ham_core::engine::Backoff>,
+    /// Conditions and their actions (resolved once every entity name is known).
+    pub conditions: Vec<crate::actions::Condition>,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -514,6 +545,16 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
     }
     resolve_after(&ctx, &raw.entity, &mut entities)?;
     let groups = groups(&ctx, &raw.group, &mut entities)?;
+    for (i, e) in raw.entity.iter().enumerate() {
+        let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
+        entities[i].conditions = e
+            .get_ref()
+            .condition
+            .iter()
+            .enumerate()
+            .map(|(n, c)| condition(&ctx, &format!("entity[{i}].condition[{n}]"), c, &names))
+            .collect::<Result<_, _>>()?;
+    }
 
     let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
         None => None,
@@ -714,6 +755,7 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
     };
 
     Ok(EntityConfig {
+        conditions: Vec::new(), // resolved once every name is known
         backoff,
         after: Vec::new(), // resolved once every name is known
         group: None,       // likewise
@@ -935,6 +977,140 @@ fn backoff(
             format!("unknown back-off kind `{other}` (use \"fixed\" or \"exponential\")"),
         )),
     }
+}
+
+fn condition(
+    ctx: &Ctx,
+    key: &str,
+    c: &Spanned<RawCondition>,
+    names: &[String],
+) -> Result<crate::actions::Condition, ConfigError> {
+    use crate::actions::{Condition, Trigger};
+    let r = c.get_ref();
+    let mut trigger = Trigger::parse(r.on.get_ref()).ok_or_else(|| {
+        ctx.err(
+            Some(r.on.span()),
+            Some(format!("{key}.on")),
+            format!(
+                "unknown condition `{}` (use \"death\", \"abnormal-death\", \"restart\", \"raise\" or \"any\")",
+                r.on.get_ref()
+            ),
+        )
+    })?;
+    if let Trigger::Raise { class, severity } = &mut trigger {
+        *class = r.class.as_ref().map(|c| c.get_ref().clone());
+        *severity = r.severity.as_ref().map(|s| *s.get_ref());
+    } else if let Some(span) = r
+        .class
+        .as_ref()
+        .map(|v| v.span())
+        .or_else(|| r.severity.as_ref().map(|v| v.span()))
+    {
+        return Err(ctx.err(
+            Some(span),
+            Some(key.to_owned()),
+            "`class` and `severity` apply to `on = \"raise\"` only",
+        ));
+    }
+    let actions = r
+        .action
+        .iter()
+        .enumerate()
+        .map(|(n, a)| action(ctx, &format!("{key}.action[{n}]"), a, names))
+        .collect::<Result<_, _>>()?;
+    Ok(Condition { trigger, actions })
+}
+
+fn action(
+    ctx: &Ctx,
+    key: &str,
+    a: &Spanned<RawAction>,
+    names: &[String],
+) -> Result<crate::actions::Action, ConfigError> {
+    use crate::actions::{Action, ActionKind};
+    let r = a.get_ref();
+    let k = |f: &str| Some(format!("{key}.{f}"));
+    let need = |what: &str| {
+        ctx.err(
+            Some(a.span()),
+            k(what),
+            format!("`do = \"{}\"` needs `{what}`", r.act.get_ref()),
+        )
+    };
+    let dur = |v: &Spanned<String>, f: &str| {
+        duration::parse_ns(v.get_ref()).map_err(|why| ctx.err(Some(v.span()), k(f), why))
+    };
+    let kind = match r.act.get_ref().as_str() {
+        "execute" => {
+            let cmd = r.command.as_ref().ok_or_else(|| need("command"))?;
+            let Some(program) = cmd.get_ref().first() else {
+                return Err(ctx.err(Some(cmd.span()), k("command"), "command is empty"));
+            };
+            let search = std::env::var("PATH").unwrap_or_default();
+            let path = match resolve_program(ctx, program, &search) {
+                Ok(p) => p,
+                Err(_) if !ctx.strict => ctx.path(program),
+                Err(why) => return Err(ctx.err(Some(cmd.span()), k("command"), why)),
+            };
+            ActionKind::Execute {
+                path,
+                argv: cmd.get_ref().clone(),
+                timeout_ns: match &r.timeout {
+                    Some(t) => dur(t, "timeout")?,
+                    None => 60_000_000_000,
+                },
+            }
+        }
+        "log" => ActionKind::Log {
+            message: r
+                .message
+                .as_ref()
+                .ok_or_else(|| need("message"))?
+                .get_ref()
+                .clone(),
+        },
+        "delay" => ActionKind::Delay {
+            ns: dur(r.delay.as_ref().ok_or_else(|| need("delay"))?, "delay")?,
+        },
+        "signal" => {
+            let target = r.entity.as_ref().ok_or_else(|| need("entity"))?;
+            let entity = names
+                .iter()
+                .position(|n| n == target.get_ref())
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(target.span()),
+                        k("entity"),
+                        format!("no entity named `{}`", target.get_ref()),
+                    )
+                })?;
+            let sig = r.signal.as_ref().ok_or_else(|| need("signal"))?;
+            let signal = parse_signal(sig.get_ref())
+                .map_err(|why| ctx.err(Some(sig.span()), k("signal"), why))?;
+            ActionKind::Signal { entity, signal }
+        }
+        "device-restart" => ActionKind::DeviceRestart,
+        other => {
+            return Err(ctx.err(
+                Some(r.act.span()),
+                k("do"),
+                format!(
+                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"signal\" or \"device-restart\")"
+                ),
+            ));
+        }
+    };
+    let on_fail = r
+        .on_fail
+        .iter()
+        .enumerate()
+        .map(|(n, f)| action(ctx, &format!("{key}.on_fail[{n}]"), f, names))
+        .collect::<Result<_, _>>()?;
+    Ok(Action {
+        kind,
+        break_on_fail: r.break_on_fail,
+        on_fail,
+    })
 }
 
 /// Resolves `[[group]]` tables; an entity belongs to one group at most.
@@ -1357,6 +1533,47 @@ stop_signal = 9
         assert_eq!(e.key.as_deref(), Some("entity[0].backoff.max"), "{e}");
         let e = err_of(&format!("{base}backoff = {{ kind = \"random\" }}\n"));
         assert!(e.message.contains("unknown back-off kind"), "{e}");
+    }
+
+    #[test]
+    fn conditions_and_actions_parse_with_precise_errors() {
+        use crate::actions::{ActionKind, Trigger};
+        let base = "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let c = parse_str(&format!(
+            "{base}[[entity.condition]]\non = \"raise\"\nclass = \"temp\"\n[[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"true\"]\nbreak_on_fail = true\non_fail = [{{ do = \"log\", message = \"hook failed\" }}]\n"
+        ))
+        .unwrap();
+        let cond = &c.entities[0].conditions[0];
+        assert_eq!(
+            cond.trigger,
+            Trigger::Raise {
+                class: Some("temp".into()),
+                severity: None
+            }
+        );
+        assert!(matches!(cond.actions[0].kind, ActionKind::Execute { .. }));
+        assert!(cond.actions[0].break_on_fail);
+        assert_eq!(
+            cond.actions[0].on_fail[0].kind,
+            ActionKind::Log {
+                message: "hook failed".into()
+            }
+        );
+        let e = err_of(&format!("{base}[[entity.condition]]\non = \"eclipse\"\n"));
+        assert_eq!(e.key.as_deref(), Some("entity[0].condition[0].on"), "{e}");
+        let e = err_of(&format!(
+            "{base}[[entity.condition]]\non = \"death\"\n[[entity.condition.action]]\ndo = \"signal\"\nentity = \"ghost\"\nsignal = \"HUP\"\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("entity[0].condition[0].action[0].entity"),
+            "{e}"
+        );
+        assert_eq!(e.line, 10, "{e}");
+        let e = err_of(&format!(
+            "{base}[[entity.condition]]\non = \"death\"\n[[entity.condition.action]]\ndo = \"execute\"\n"
+        ));
+        assert!(e.message.contains("needs `command`"), "{e}");
     }
 
     #[test]

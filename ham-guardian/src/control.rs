@@ -25,6 +25,13 @@ pub enum Request {
     Shutdown,
     /// Switch escalations to a device restart on or off (kept across takeovers and starts).
     DeviceRestart { enabled: bool },
+    /// A detector's event on an entity: fires its matching `raise` conditions.
+    Raise {
+        entity: String,
+        class: String,
+        severity: u32,
+        value: i64,
+    },
 }
 
 /// The answer to a [`Request`].

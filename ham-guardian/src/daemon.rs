@@ -30,6 +30,7 @@ use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
+use crate::actions::{Action, ActionKind, Condition, Event};
 use crate::config::{Config, EntityConfig, Output, Recovery, Strategy};
 use crate::control::{MAX_REQUEST, Request, Response};
 use crate::failpoint;
@@ -45,6 +46,7 @@ const TOK_GUARDIAN: u64 = 4;
 const TOK_PROCCONN: u64 = 5;
 const TOK_CONN: u64 = 1 << 32;
 const TOK_PIDFD: u64 = 2 << 32;
+const TOK_ACTION: u64 = 3 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
 /// Why the daemon could not start or had to stop.
@@ -106,6 +108,7 @@ enum TimerKind {
     StatusPatch,
     HoldOff,
     Ready,
+    Action,
 }
 
 /// An adopted entity died before anyone could tell how; its status may still come through
@@ -167,6 +170,32 @@ pub struct Daemon {
     origin: Option<Origin>,
     plog: ProcessLog,
     syslog: Syslog,
+    /// Condition runs in progress, and the pids of the commands they wait for.
+    runs: HashMap<u32, Run>,
+    next_run: u32,
+    exec_pids: HashMap<i32, u32>,
+}
+
+/// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
+/// the list whose action failed).
+struct Run {
+    entity: usize,
+    condition: &'static str,
+    env: Vec<(String, String)>,
+    stack: Vec<(Vec<Action>, usize)>,
+    waiting: Option<Wait>,
+}
+
+enum Wait {
+    Exec {
+        pid: i32,
+        pidfd: OwnedFd,
+        deadline: u64,
+        action: Action,
+    },
+    Delay {
+        until: u64,
+    },
 }
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
@@ -411,6 +440,9 @@ impl Daemon {
             origin: Some(origin),
             plog,
             syslog,
+            runs: HashMap::new(),
+            next_run: 0,
+            exec_pids: HashMap::new(),
             cfg,
         })
     }
@@ -472,6 +504,7 @@ impl Daemon {
                     },
                     TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
                     TOK_PIDFD => self.on_pidfd((tok & !TOK_KIND_MASK) as usize),
+                    TOK_ACTION => self.on_action_exit((tok & !TOK_KIND_MASK) as u32),
                     _ => {}
                 }
             }
@@ -976,6 +1009,16 @@ impl Daemon {
         let decision = policy::after_exit(e.cfg.restart, wanted, exit);
         let how = describe(exit);
         let name = e.cfg.name.clone();
+        if !shutting_down {
+            self.fire(
+                i,
+                Event::Death {
+                    abnormal: exit.is_abnormal(),
+                },
+                Some((old_pid, exit)),
+            );
+        }
+        let e = &mut self.entities[i];
         match decision {
             AfterExit::Restart => {
                 let lifetime = now.saturating_sub(e.rec.started_mono_ns);
@@ -1068,6 +1111,241 @@ impl Daemon {
                 self.record(m, None, "group", "restart", &format!("{dead} died"));
                 self.begin_stop(m, Wanted::GroupRestart);
             }
+        }
+    }
+
+    // -- conditions and actions ------------------------------------------------------------
+
+    /// Fires the conditions of entity `i` that match `event`: each matching condition's
+    /// actions start as a run of their own.
+    fn fire(&mut self, i: usize, event: Event, gone: Option<(i32, LastExit)>) {
+        let conds: Vec<Condition> = self.entities[i]
+            .cfg
+            .conditions
+            .iter()
+            .filter(|c| c.trigger.matches(&event))
+            .cloned()
+            .collect();
+        if conds.is_empty() {
+            return;
+        }
+        let e = &self.entities[i];
+        let mut env = vec![
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
+            ("HAM_ENTITY".to_owned(), e.cfg.name.clone()),
+            ("HAM_CONDITION".to_owned(), event.name().to_owned()),
+        ];
+        if let Some((pid, exit)) = gone {
+            env.push(("HAM_PID".to_owned(), pid.to_string()));
+            match exit {
+                LastExit::Code(c) => env.push(("HAM_EXIT_CODE".to_owned(), c.to_string())),
+                LastExit::Signal(s) => env.push(("HAM_EXIT_SIGNAL".to_owned(), s.to_string())),
+                LastExit::Unknown => env.push(("HAM_EXIT_UNKNOWN".to_owned(), "1".to_owned())),
+                LastExit::None => {}
+            }
+        } else if e.rec.pid > 0 {
+            env.push(("HAM_PID".to_owned(), e.rec.pid.to_string()));
+        }
+        if let Event::Raise {
+            class,
+            severity,
+            value,
+        } = &event
+        {
+            env.push(("HAM_RAISE_CLASS".to_owned(), class.clone()));
+            env.push(("HAM_RAISE_SEVERITY".to_owned(), severity.to_string()));
+            env.push(("HAM_RAISE_VALUE".to_owned(), value.to_string()));
+        }
+        for c in conds {
+            let id = self.next_run;
+            self.next_run = self.next_run.wrapping_add(1);
+            self.runs.insert(
+                id,
+                Run {
+                    entity: i,
+                    condition: event.name(),
+                    env: env.clone(),
+                    stack: vec![(c.actions, 0)],
+                    waiting: None,
+                },
+            );
+            self.advance(id);
+        }
+    }
+
+    /// Runs the actions of run `id` until one has to wait (a command, a delay) or none is left.
+    fn advance(&mut self, id: u32) {
+        loop {
+            let Some(run) = self.runs.get_mut(&id) else {
+                return;
+            };
+            let next = loop {
+                let Some((list, at)) = run.stack.last_mut() else {
+                    break None;
+                };
+                if *at < list.len() {
+                    *at += 1;
+                    break Some(list[*at - 1].clone());
+                }
+                run.stack.pop();
+            };
+            let Some(action) = next else {
+                self.runs.remove(&id);
+                return;
+            };
+            let (i, cond) = (run.entity, run.condition);
+            let name = self.entities[i].cfg.name.clone();
+            match &action.kind {
+                ActionKind::Log { message } => {
+                    say!(self, "{name}: {cond}: {message}");
+                    self.record(i, None, cond, "log", message);
+                }
+                ActionKind::Delay { ns } => {
+                    let until = mono_ns() + ns;
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.waiting = Some(Wait::Delay { until });
+                    }
+                    self.timers
+                        .push(Reverse((until, TimerKind::Action, id as usize)));
+                    return;
+                }
+                ActionKind::Signal { entity, signal } => {
+                    let target = &self.entities[*entity];
+                    if target.pidfd.is_some() && target.rec.state.has_process() {
+                        signal_entity(target, *signal);
+                        let what = format!("signal {signal} to {}", target.cfg.name);
+                        self.record(i, None, cond, "signal", &what);
+                    } else {
+                        let why = format!("{} is not running", target.cfg.name);
+                        self.action_failed(id, &action, "signal", &why);
+                    }
+                }
+                ActionKind::DeviceRestart => {
+                    let result = self.device_restart(&format!("{name}: {cond}"));
+                    if result.starts_with("running") {
+                        self.record(i, None, cond, "device-restart", &result);
+                    } else {
+                        self.action_failed(id, &action, "device-restart", &result);
+                    }
+                }
+                ActionKind::Execute {
+                    path,
+                    argv,
+                    timeout_ns,
+                } => {
+                    let env = self.runs[&id].env.clone();
+                    let started = SpawnSpec::new(path, argv, &env).and_then(|mut spec| {
+                        spec.new_process_group();
+                        spec.fork()
+                    });
+                    match started.map(|p| p.release()) {
+                        Ok(Ok((pid, pidfd))) => {
+                            let deadline = mono_ns() + timeout_ns;
+                            let _ = epoll::add(
+                                &self.epoll,
+                                &pidfd,
+                                epoll::EventData::new_u64(TOK_ACTION | u64::from(id)),
+                                epoll::EventFlags::IN,
+                            );
+                            self.exec_pids.insert(pid, id);
+                            self.timers
+                                .push(Reverse((deadline, TimerKind::Action, id as usize)));
+                            if let Some(run) = self.runs.get_mut(&id) {
+                                run.waiting = Some(Wait::Exec {
+                                    pid,
+                                    pidfd,
+                                    deadline,
+                                    action,
+                                });
+                            }
+                            return;
+                        }
+                        Ok(Err((e, pidfd))) => {
+                            let _ = rustix::process::waitid(
+                                WaitId::PidFd(pidfd.as_fd()),
+                                WaitIdOptions::EXITED,
+                            );
+                            let why = format!("cannot run {}: {e}", path.display());
+                            self.action_failed(id, &action, "execute", &why);
+                        }
+                        Err(e) => {
+                            let why = format!("cannot run {}: {e}", path.display());
+                            self.action_failed(id, &action, "execute", &why);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An action failed: log it, skip the rest of its list if it says so, and run its fail
+    /// list next.
+    fn action_failed(&mut self, id: u32, action: &Action, what: &str, why: &str) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let (i, cond) = (run.entity, run.condition);
+        if action.break_on_fail {
+            if let Some((list, at)) = run.stack.last_mut() {
+                *at = list.len();
+            }
+        }
+        if !action.on_fail.is_empty() {
+            run.stack.push((action.on_fail.clone(), 0));
+        }
+        let name = self.entities[i].cfg.name.clone();
+        say!(self, "{name}: {cond}: {what} failed: {why}");
+        self.record(i, None, cond, what, &format!("failed: {why}"));
+    }
+
+    /// A command run by an action exited.
+    fn on_action_exit(&mut self, id: u32) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let Some(Wait::Exec { pidfd, .. }) = &run.waiting else {
+            return;
+        };
+        let status = match rustix::process::waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(None) => return, // still running
+            Ok(Some(st)) => decode_waitid(&st),
+            Err(_) => LastExit::Unknown,
+        };
+        let Some(Wait::Exec { pid, action, .. }) = run.waiting.take() else {
+            return;
+        };
+        let (i, cond) = (run.entity, run.condition);
+        self.exec_pids.remove(&pid);
+        if status == LastExit::Code(0) {
+            self.record(i, None, cond, "execute", &format!("pid {pid} exited 0"));
+        } else {
+            let why = format!("pid {pid} {}", describe(status));
+            self.action_failed(id, &action, "execute", &why);
+        }
+        self.advance(id);
+    }
+
+    /// A delay ended, or a command ran past its timeout (it is killed; its exit reports the
+    /// failure).
+    fn on_action_timer(&mut self, id: u32, at: u64) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        match &run.waiting {
+            Some(Wait::Delay { until }) if *until == at => {
+                run.waiting = None;
+                self.advance(id);
+            }
+            Some(Wait::Exec {
+                pidfd, deadline, ..
+            }) if *deadline == at => {
+                let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            }
+            _ => {}
         }
     }
 
@@ -1164,6 +1442,9 @@ impl Daemon {
                 self.syslog
                     .err(&format!("{name}: {why}; restarted (restart {n})"));
                 self.spawn(i);
+                if self.entities[i].rec.state == EntityState::Running {
+                    self.fire(i, Event::Restart, Some((pid, exit)));
+                }
             }
             Decision::HoldOff { until } => {
                 let e = &mut self.entities[i];
@@ -1339,6 +1620,7 @@ impl Daemon {
                     self.spawn_guardian();
                 }
                 TimerKind::StatusPatch => self.try_patches(now),
+                TimerKind::Action => self.on_action_timer(i as u32, at),
                 TimerKind::Ready => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running
@@ -1437,6 +1719,14 @@ impl Daemon {
                 TimerKind::Liveness => self.next_tick == at,
                 TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
                 TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
+                TimerKind::Action => self
+                    .runs
+                    .get(&(i as u32))
+                    .is_some_and(|r| match &r.waiting {
+                        Some(Wait::Delay { until }) => *until == at,
+                        Some(Wait::Exec { deadline, .. }) => *deadline == at,
+                        None => false,
+                    }),
                 TimerKind::Ready => {
                     let e = &self.entities[i];
                     e.rec.state == EntityState::Running
@@ -1525,6 +1815,8 @@ impl Daemon {
                 self.on_pidfd(i);
             } else if self.guardian.as_ref().is_some_and(|g| g.pid == pid) {
                 self.on_guardian_exit();
+            } else if let Some(&id) = self.exec_pids.get(&pid) {
+                self.on_action_exit(id);
             } else if let Some(p) = Pid::from_raw(pid) {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
             }
@@ -1690,22 +1982,65 @@ impl Daemon {
             return;
         }
         let entity = match &req {
-            Request::Start { entity } | Request::Stop { entity } | Request::Restart { entity } => {
-                match self.by_name.get(entity) {
-                    Some(&i) => Some(i),
-                    None => {
-                        reply(
-                            stream,
-                            &Response::err(format!("no entity named `{entity}`")),
-                        );
-                        return;
-                    }
+            Request::Start { entity }
+            | Request::Stop { entity }
+            | Request::Restart { entity }
+            | Request::Raise { entity, .. } => match self.by_name.get(entity) {
+                Some(&i) => Some(i),
+                None => {
+                    reply(
+                        stream,
+                        &Response::err(format!("no entity named `{entity}`")),
+                    );
+                    return;
                 }
-            }
+            },
             _ => None,
         };
         match (req, entity) {
             (Request::Ping, _) => reply(stream, &Response::ok("pong")),
+            (
+                Request::Raise {
+                    class,
+                    severity,
+                    value,
+                    ..
+                },
+                Some(i),
+            ) => {
+                let n = self.entities[i]
+                    .cfg
+                    .conditions
+                    .iter()
+                    .filter(|c| {
+                        c.trigger.matches(&Event::Raise {
+                            class: class.clone(),
+                            severity,
+                            value,
+                        })
+                    })
+                    .count();
+                self.record(
+                    i,
+                    None,
+                    "raise",
+                    "raise",
+                    &format!("class {class} severity {severity} value {value}: {n} condition(s)"),
+                );
+                self.fire(
+                    i,
+                    Event::Raise {
+                        class,
+                        severity,
+                        value,
+                    },
+                    None,
+                );
+                reply(
+                    stream,
+                    &Response::ok(format!("raised; {n} condition(s) matched")),
+                );
+            }
             (Request::Shutdown, _) => self.begin_shutdown(Some(stream)),
             (Request::DeviceRestart { enabled }, _) => match self.set_device_restart(enabled) {
                 Ok(()) => reply(

@@ -4,6 +4,7 @@
 //! `unsafe` is denied here except in [`sys`], which wraps the few calls no safe crate offers.
 #![deny(unsafe_code)]
 
+pub mod actions;
 pub mod config;
 pub mod control;
 pub mod daemon;

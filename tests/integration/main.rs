@@ -7,6 +7,7 @@
 mod util;
 
 mod chaos;
+mod conditions;
 mod config_errors;
 mod control;
 mod guardian;

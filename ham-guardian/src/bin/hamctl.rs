@@ -18,6 +18,8 @@ commands:
   device-restart enable|disable
                            allow or forbid escalations to a device restart
   log [ENTITY] [--json]    the process log: conditions seen and actions taken, newest last
+  raise ENTITY CLASS [SEVERITY [VALUE]]
+                           a detector's event: fires the entity's matching raise conditions
   ping                     check that ham's loop answers
 FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml. DURATION defaults to 60s.
 exit codes: 0 ok, 1 the command failed, 2 usage, 3 ham not reachable";
@@ -112,6 +114,24 @@ fn main() -> ExitCode {
             entity: e.to_string(),
         },
         ["shutdown"] => Request::Shutdown,
+        ["raise", e, class, rest @ ..] if rest.len() <= 2 => {
+            let severity = match rest.first().map(|s| s.parse::<u32>()) {
+                None => 0,
+                Some(Ok(s)) => s,
+                Some(Err(_)) => return usage("SEVERITY must be a whole number"),
+            };
+            let value = match rest.get(1).map(|s| s.parse::<i64>()) {
+                None => 0,
+                Some(Ok(v)) => v,
+                Some(Err(_)) => return usage("VALUE must be a whole number"),
+            };
+            Request::Raise {
+                entity: e.to_string(),
+                class: class.to_string(),
+                severity,
+                value,
+            }
+        }
         ["device-restart", "enable"] => Request::DeviceRestart { enabled: true },
         ["device-restart", "disable"] => Request::DeviceRestart { enabled: false },
         ["ping"] => Request::Ping,

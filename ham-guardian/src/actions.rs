@@ -1,0 +1,181 @@
+//! QNX-style conditions and actions on an entity: when a condition fires (its entity died,
+//! died abnormally, was restarted, or a detector raised an event), its actions run in
+//! order, each with its own fail list. The daemon runs them as state machines driven by its
+//! loop (a command is a child watched through its pidfd, a delay is a timer), so a slow
+//! action never holds up another entity's restart.
+//!
+//! This module holds the resolved configuration and the matching rules; `daemon.rs` runs
+//! them.
+
+use std::path::PathBuf;
+
+/// What fires a condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Any death (QNX CONDDEATH).
+    Death,
+    /// A death with a non-zero status, a signal, or an unknown end (CONDABNORMALDEATH).
+    AbnormalDeath,
+    /// The entity was restarted automatically (CONDRESTART).
+    Restart,
+    /// A detector raised an event (CONDRAISE); `None` matches any class / severity.
+    Raise {
+        class: Option<String>,
+        severity: Option<u32>,
+    },
+    /// Any of the above (CONDANY).
+    Any,
+}
+
+impl Trigger {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "death" => Self::Death,
+            "abnormal-death" => Self::AbnormalDeath,
+            "restart" => Self::Restart,
+            "raise" => Self::Raise {
+                class: None,
+                severity: None,
+            },
+            "any" => Self::Any,
+            _ => return None,
+        })
+    }
+
+    /// The name given to actions (`HAM_CONDITION`) and the process log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Death => "death",
+            Self::AbnormalDeath => "abnormal-death",
+            Self::Restart => "restart",
+            Self::Raise { .. } => "raise",
+            Self::Any => "any",
+        }
+    }
+
+    /// Whether this condition fires for `event`.
+    pub fn matches(&self, event: &Event) -> bool {
+        match (self, event) {
+            (Self::Any, _) => true,
+            (Self::Death, Event::Death { .. }) => true,
+            (Self::AbnormalDeath, Event::Death { abnormal }) => *abnormal,
+            (Self::Restart, Event::Restart) => true,
+            (
+                Self::Raise { class, severity },
+                Event::Raise {
+                    class: c,
+                    severity: s,
+                    ..
+                },
+            ) => {
+                class.as_ref().is_none_or(|want| want == c)
+                    && severity.is_none_or(|want| want == *s)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Something that happened to an entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Death {
+        abnormal: bool,
+    },
+    Restart,
+    Raise {
+        class: String,
+        severity: u32,
+        value: i64,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Death { abnormal: true } => "abnormal-death",
+            Self::Death { abnormal: false } => "death",
+            Self::Restart => "restart",
+            Self::Raise { .. } => "raise",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionKind {
+    /// Run a command; it succeeds if it exits 0 within `timeout`.
+    Execute {
+        path: PathBuf,
+        argv: Vec<String>,
+        timeout_ns: u64,
+    },
+    /// Write a line to ham's log and the process log (never fails).
+    Log { message: String },
+    /// Wait before the next action (never fails).
+    Delay { ns: u64 },
+    /// Send a signal to another entity's process group; fails if it is not running.
+    Signal { entity: usize, signal: i32 },
+    /// Restart the device (`[device] restart_command`); fails if it is switched off, not
+    /// configured, or cannot be run.
+    DeviceRestart,
+}
+
+impl ActionKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Execute { .. } => "execute",
+            Self::Log { .. } => "log",
+            Self::Delay { .. } => "delay",
+            Self::Signal { .. } => "signal",
+            Self::DeviceRestart => "device-restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub kind: ActionKind,
+    /// On failure, skip the rest of the list (after the fail list) — QNX HACTIONBREAKONFAIL.
+    pub break_on_fail: bool,
+    /// Run when this action fails (QNX's action-fail list).
+    pub on_fail: Vec<Action>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub trigger: Trigger,
+    pub actions: Vec<Action>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_match_their_events() {
+        let abnormal = Event::Death { abnormal: true };
+        let clean = Event::Death { abnormal: false };
+        assert!(Trigger::Death.matches(&abnormal) && Trigger::Death.matches(&clean));
+        assert!(Trigger::AbnormalDeath.matches(&abnormal));
+        assert!(!Trigger::AbnormalDeath.matches(&clean));
+        assert!(!Trigger::Restart.matches(&clean));
+        assert!(Trigger::Any.matches(&Event::Restart));
+        let raise = Event::Raise {
+            class: "temp".into(),
+            severity: 3,
+            value: 90,
+        };
+        assert!(Trigger::parse("raise").unwrap().matches(&raise));
+        let exact = Trigger::Raise {
+            class: Some("temp".into()),
+            severity: Some(3),
+        };
+        assert!(exact.matches(&raise));
+        let other = Trigger::Raise {
+            class: Some("fan".into()),
+            severity: None,
+        };
+        assert!(!other.matches(&raise));
+        assert!(!exact.matches(&abnormal));
+    }
+}

@@ -1,0 +1,110 @@
+//! QNX-style conditions and actions: a death runs a hook with the details in its
+//! environment; a detector's raise runs an action whose failure runs its fail list.
+
+use crate::util::*;
+
+fn wait_for_file(ham: &Ham, path: &std::path::Path) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if t.ends_with('\n') {
+                return t;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} never written:\n{}",
+            path.display(),
+            ham.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_abnormal_death_runs_its_execute_action_with_the_details() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("hook");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"abnormal-death\"\n[[entity.condition.action]]\ndo = \"execute\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo $HAM_ENTITY $HAM_CONDITION $HAM_PID $HAM_EXIT_SIGNAL >> {}\"]\n",
+        sleeper("web"),
+        out.display()
+    );
+    let ham = Ham::start("cond-death", &body);
+    let s = ham.wait_for("web running", |s| running(s, "web"));
+    let pid = pid_of(&s, "web");
+    sigkill(pid);
+    assert_eq!(
+        wait_for_file(&ham, &out),
+        format!("web abnormal-death {pid} 9\n")
+    );
+    // The restart happened as usual.
+    ham.wait_for("web restarted", |s| {
+        running(s, "web") && entity(s, "web")["restarts"] == 1
+    });
+}
+
+#[test]
+fn a_raised_condition_runs_its_action_and_a_failure_runs_the_fail_list() {
+    let work = tempfile::tempdir().unwrap();
+    let failed = work.path().join("failed");
+    let other = work.path().join("other");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\nclass = \"temperature\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 4\"]\nbreak_on_fail = true\n\
+         on_fail = [{{ do = \"execute\", command = [\"/bin/sh\", \"-c\", \"echo $HAM_RAISE_CLASS $HAM_RAISE_SEVERITY $HAM_RAISE_VALUE > {f}\"] }}]\n\
+         [[entity.condition.action]]\ndo = \"log\"\nmessage = \"after\"\n\n\
+         [[entity.condition]]\non = \"raise\"\nclass = \"fan\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo ran > {o}\"]\n",
+        sleeper("sensor"),
+        f = failed.display(),
+        o = other.display()
+    );
+    let ham = Ham::start("cond-raise", &body);
+    ham.wait_for("sensor running", |s| running(s, "sensor"));
+    let out = ham.ctl(&["raise", "sensor", "temperature", "3", "92"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 condition(s) matched"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(wait_for_file(&ham, &failed), "temperature 3 92\n");
+    // The fail list has run; break_on_fail skipped the rest (a `log` action, which would have
+    // been recorded in the same turn of ham's loop as the fail list's result), and the other
+    // class never fired.
+    let start = std::time::Instant::now();
+    let log = loop {
+        let out = ham.ctl(&["log", "sensor", "--json"]);
+        let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let steps: Vec<(String, String)> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap().to_owned(),
+                    r["result"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if steps.len() >= 3 {
+            break steps;
+        }
+        assert!(start.elapsed() < DEADLINE, "{steps:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(log[0].0, "raise");
+    assert_eq!(log[1].0, "execute");
+    assert!(
+        log[1].1.contains("failed") && log[1].1.contains("code 4"),
+        "{log:?}"
+    );
+    assert_eq!(log[2].0, "execute");
+    assert!(log[2].1.ends_with("exited 0"), "{log:?}");
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(!other.exists(), "a condition of another class fired");
+    let out = ham.ctl(&["raise", "nobody", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+}
