@@ -127,6 +127,17 @@ impl Stamps {
     pub fn clear(&mut self) {
         *self = Self::default();
     }
+    /// The stamps as `STAMPS` words plus the length (for a record).
+    pub fn to_words(&self) -> ([u64; STAMPS], u8) {
+        (self.at, self.len)
+    }
+    /// The inverse of [`Stamps::to_words`]; a length out of range is clamped.
+    pub fn from_words(at: [u64; STAMPS], len: u8) -> Self {
+        Self {
+            at,
+            len: len.min(STAMPS as u8),
+        }
+    }
     pub fn as_slice(&self) -> &[Nanos] {
         &self.at[..(self.len as usize).min(STAMPS)]
     }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -251,7 +251,10 @@ mod word {
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
     pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: for its group
-    pub const BODY_WORDS: usize = 63;
+    pub const EXITS: usize = 55; // EXITS..EXITS+16: recent automatic exits (for conditions)
+    pub const RESTARTS_AT: usize = 71; // ..+16: recent automatic restarts
+    pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8
+    pub const BODY_WORDS: usize = 95;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
 
@@ -269,8 +272,10 @@ pub struct EntitySlot {
     copies: [EntityCopy; 2],
 }
 
-const _: () = assert!(std::mem::size_of::<EntityCopy>() == 512);
-const _: () = assert!(std::mem::size_of::<EntitySlot>() == 1024);
+const _: () = assert!(std::mem::size_of::<EntityCopy>() == 768);
+const _: () = assert!(std::mem::size_of::<EntitySlot>() == 1536);
+const _: () = assert!(word::EXITS + crate::engine::STAMPS == word::RESTARTS_AT);
+const _: () = assert!(word::RESTARTS_AT + crate::engine::STAMPS == word::STAMP_LENS);
 const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= word::PENDING);
 const _: () = assert!(word::PENDING < BODY_WORDS);
 
@@ -397,6 +402,10 @@ pub struct EntityRecord {
     pub restart_pending: bool,
     /// The pending restart is its group's (automatic), not an operator's.
     pub restart_for_group: bool,
+    /// When it recently exited on its own, and was restarted automatically (for the
+    /// `exits-within` and `restarts-within` conditions).
+    pub exit_stamps: crate::engine::Stamps,
+    pub restart_stamps: crate::engine::Stamps,
 }
 
 impl EntityRecord {
@@ -418,6 +427,8 @@ impl EntityRecord {
             policy: crate::engine::Memory::default(),
             restart_pending: false,
             restart_for_group: false,
+            exit_stamps: crate::engine::Stamps::default(),
+            restart_stamps: crate::engine::Stamps::default(),
         }
     }
 
@@ -445,6 +456,11 @@ impl EntityRecord {
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
         b[word::PENDING] =
             u64::from(self.restart_pending) | (u64::from(self.restart_for_group) << 1);
+        let (ex, ex_len) = self.exit_stamps.to_words();
+        let (rs, rs_len) = self.restart_stamps.to_words();
+        b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
+        b[word::RESTARTS_AT..word::RESTARTS_AT + rs.len()].copy_from_slice(&rs);
+        b[word::STAMP_LENS] = u64::from(ex_len) | (u64::from(rs_len) << 8);
         b
     }
 
@@ -487,6 +503,18 @@ impl EntityRecord {
             ),
             restart_pending: b[word::PENDING] & 1 == 1,
             restart_for_group: b[word::PENDING] & 2 == 2,
+            exit_stamps: crate::engine::Stamps::from_words(
+                b[word::EXITS..word::EXITS + crate::engine::STAMPS]
+                    .try_into()
+                    .expect("STAMPS words"),
+                (b[word::STAMP_LENS] & 0xff) as u8,
+            ),
+            restart_stamps: crate::engine::Stamps::from_words(
+                b[word::RESTARTS_AT..word::RESTARTS_AT + crate::engine::STAMPS]
+                    .try_into()
+                    .expect("STAMPS words"),
+                ((b[word::STAMP_LENS] >> 8) & 0xff) as u8,
+            ),
         })
     }
 }
@@ -671,6 +699,8 @@ mod tests {
             policy: crate::engine::Memory::default(),
             restart_pending: false,
             restart_for_group: false,
+            exit_stamps: crate::engine::Stamps::default(),
+            restart_stamps: crate::engine::Stamps::default(),
         }
     }
 

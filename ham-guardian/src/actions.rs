@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+use ham_core::engine::Stamps;
+
 /// What fires a condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
@@ -25,6 +27,13 @@ pub enum Trigger {
     },
     /// Any of the above (CONDANY).
     Any,
+    /// The entity's `count`-th exit within `within` (automatic exits only).
+    ExitsWithin { count: u32, within: u64 },
+    /// The entity's `count`-th automatic restart within `within`.
+    RestartsWithin { count: u32, within: u64 },
+    /// A death after a lifetime shorter than this (a restart that did not live its minimum
+    /// lifetime).
+    LifetimeShorter { than: u64 },
 }
 
 impl Trigger {
@@ -38,6 +47,15 @@ impl Trigger {
                 severity: None,
             },
             "any" => Self::Any,
+            "exits-within" => Self::ExitsWithin {
+                count: 0,
+                within: 0,
+            },
+            "restarts-within" => Self::RestartsWithin {
+                count: 0,
+                within: 0,
+            },
+            "lifetime-shorter" => Self::LifetimeShorter { than: 0 },
             _ => return None,
         })
     }
@@ -50,6 +68,9 @@ impl Trigger {
             Self::Restart => "restart",
             Self::Raise { .. } => "raise",
             Self::Any => "any",
+            Self::ExitsWithin { .. } => "exits-within",
+            Self::RestartsWithin { .. } => "restarts-within",
+            Self::LifetimeShorter { .. } => "lifetime-shorter",
         }
     }
 
@@ -58,8 +79,21 @@ impl Trigger {
         match (self, event) {
             (Self::Any, _) => true,
             (Self::Death, Event::Death { .. }) => true,
-            (Self::AbnormalDeath, Event::Death { abnormal }) => *abnormal,
-            (Self::Restart, Event::Restart) => true,
+            (Self::AbnormalDeath, Event::Death { abnormal, .. }) => *abnormal,
+            (Self::Restart, Event::Restart { .. }) => true,
+            // Fires when the count is reached, not again for every exit past it.
+            (
+                Self::ExitsWithin { count, within },
+                Event::Death {
+                    exits: Some(exits),
+                    now,
+                    ..
+                },
+            ) => exits.within(*now, *within) == *count,
+            (Self::RestartsWithin { count, within }, Event::Restart { restarts, now }) => {
+                restarts.within(*now, *within) == *count
+            }
+            (Self::LifetimeShorter { than }, Event::Death { lifetime, .. }) => lifetime < than,
             (
                 Self::Raise { class, severity },
                 Event::Raise {
@@ -81,8 +115,16 @@ impl Trigger {
 pub enum Event {
     Death {
         abnormal: bool,
+        lifetime: u64,
+        /// Recent automatic exits, this one included (`None` for an asked-for stop).
+        exits: Option<Stamps>,
+        now: u64,
     },
-    Restart,
+    Restart {
+        /// Recent automatic restarts, this one included.
+        restarts: Stamps,
+        now: u64,
+    },
     Raise {
         class: String,
         severity: u32,
@@ -93,9 +135,11 @@ pub enum Event {
 impl Event {
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Death { abnormal: true } => "abnormal-death",
-            Self::Death { abnormal: false } => "death",
-            Self::Restart => "restart",
+            Self::Death { abnormal: true, .. } => "abnormal-death",
+            Self::Death {
+                abnormal: false, ..
+            } => "death",
+            Self::Restart { .. } => "restart",
             Self::Raise { .. } => "raise",
         }
     }
@@ -151,15 +195,72 @@ pub struct Condition {
 mod tests {
     use super::*;
 
+    fn death(abnormal: bool) -> Event {
+        Event::Death {
+            abnormal,
+            lifetime: 10,
+            exits: None,
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn window_triggers_fire_when_their_count_is_reached() {
+        let s = 1_000_000_000;
+        let mut exits = Stamps::default();
+        let t = Trigger::ExitsWithin {
+            count: 3,
+            within: 10 * s,
+        };
+        let mut fired = Vec::new();
+        for k in 1..=5u64 {
+            exits.push(k * s);
+            fired.push(t.matches(&Event::Death {
+                abnormal: true,
+                lifetime: s,
+                exits: Some(exits),
+                now: k * s,
+            }));
+        }
+        assert_eq!(fired, vec![false, false, true, false, false]);
+        let short = Trigger::LifetimeShorter { than: 2 * s };
+        assert!(short.matches(&Event::Death {
+            abnormal: false,
+            lifetime: s,
+            exits: None,
+            now: 0
+        }));
+        assert!(!short.matches(&Event::Death {
+            abnormal: false,
+            lifetime: 3 * s,
+            exits: None,
+            now: 0
+        }));
+        let mut restarts = Stamps::default();
+        restarts.push(s);
+        restarts.push(2 * s);
+        let r = Trigger::RestartsWithin {
+            count: 2,
+            within: 5 * s,
+        };
+        assert!(r.matches(&Event::Restart {
+            restarts,
+            now: 2 * s
+        }));
+    }
+
     #[test]
     fn triggers_match_their_events() {
-        let abnormal = Event::Death { abnormal: true };
-        let clean = Event::Death { abnormal: false };
+        let abnormal = death(true);
+        let clean = death(false);
         assert!(Trigger::Death.matches(&abnormal) && Trigger::Death.matches(&clean));
         assert!(Trigger::AbnormalDeath.matches(&abnormal));
         assert!(!Trigger::AbnormalDeath.matches(&clean));
         assert!(!Trigger::Restart.matches(&clean));
-        assert!(Trigger::Any.matches(&Event::Restart));
+        assert!(Trigger::Any.matches(&Event::Restart {
+            restarts: Stamps::default(),
+            now: 0
+        }));
         let raise = Event::Raise {
             class: "temp".into(),
             severity: 3,

@@ -126,6 +126,9 @@ struct RawCondition {
     on: Spanned<String>,
     class: Option<Spanned<String>>,
     severity: Option<Spanned<u32>>,
+    count: Option<Spanned<u32>>,
+    within: Option<Spanned<String>>,
+    than: Option<Spanned<String>>,
     #[serde(default)]
     action: Vec<Spanned<RawAction>>,
 }
@@ -992,11 +995,44 @@ fn condition(
             Some(r.on.span()),
             Some(format!("{key}.on")),
             format!(
-                "unknown condition `{}` (use \"death\", \"abnormal-death\", \"restart\", \"raise\" or \"any\")",
+                "unknown condition `{}` (use \"death\", \"abnormal-death\", \"restart\", \"raise\", \"any\", \"exits-within\", \"restarts-within\" or \"lifetime-shorter\")",
                 r.on.get_ref()
             ),
         )
     })?;
+    let need = |what: &str| {
+        ctx.err(
+            Some(r.on.span()),
+            Some(format!("{key}.{what}")),
+            format!("`on = \"{}\"` needs `{what}`", r.on.get_ref()),
+        )
+    };
+    let window = |trigger: &str| -> Result<(u32, u64), ConfigError> {
+        let count = r.count.as_ref().ok_or_else(|| need("count"))?;
+        let max = ham_core::engine::STAMPS as u32;
+        if !(1..=max).contains(count.get_ref()) {
+            return Err(ctx.err(
+                Some(count.span()),
+                Some(format!("{key}.count")),
+                format!("`{trigger}` counts 1 to {max} events"),
+            ));
+        }
+        let within = r.within.as_ref().ok_or_else(|| need("within"))?;
+        let ns = duration::parse_ns(within.get_ref())
+            .map_err(|why| ctx.err(Some(within.span()), Some(format!("{key}.within")), why))?;
+        Ok((*count.get_ref(), ns))
+    };
+    match &mut trigger {
+        Trigger::ExitsWithin { count, within } | Trigger::RestartsWithin { count, within } => {
+            (*count, *within) = window(r.on.get_ref())?;
+        }
+        Trigger::LifetimeShorter { than } => {
+            let t = r.than.as_ref().ok_or_else(|| need("than"))?;
+            *than = duration::parse_ns(t.get_ref())
+                .map_err(|why| ctx.err(Some(t.span()), Some(format!("{key}.than")), why))?;
+        }
+        _ => {}
+    }
     if let Trigger::Raise { class, severity } = &mut trigger {
         *class = r.class.as_ref().map(|c| c.get_ref().clone());
         *severity = r.severity.as_ref().map(|s| *s.get_ref());

@@ -1009,16 +1009,19 @@ impl Daemon {
         let decision = policy::after_exit(e.cfg.restart, wanted, exit);
         let how = describe(exit);
         let name = e.cfg.name.clone();
-        if !shutting_down {
-            self.fire(
-                i,
-                Event::Death {
-                    abnormal: exit.is_abnormal(),
-                },
-                Some((old_pid, exit)),
-            );
+        // Exits the entity made on its own are stamped in the record (published below with
+        // the decision), for the `exits-within` conditions.
+        let automatic = wanted == Wanted::Up;
+        if automatic {
+            e.rec.exit_stamps.push(now);
         }
-        let e = &mut self.entities[i];
+        let death = Event::Death {
+            abnormal: exit.is_abnormal(),
+            lifetime: now.saturating_sub(e.rec.started_mono_ns),
+            exits: automatic.then_some(e.rec.exit_stamps),
+            now,
+        };
+        let restarts_before = e.rec.restarts;
         match decision {
             AfterExit::Restart => {
                 let lifetime = now.saturating_sub(e.rec.started_mono_ns);
@@ -1078,6 +1081,19 @@ impl Daemon {
                     "stay-down",
                     &format!("restart = {mode}"),
                 );
+            }
+        }
+        // Conditions fire once the record that explains them is published: a successor that
+        // finds the old record decides again, but never runs these twice.
+        if !shutting_down {
+            self.fire(i, death, Some((old_pid, exit)));
+            let e = &self.entities[i];
+            if e.rec.restarts > restarts_before && e.rec.state == EntityState::Running {
+                let restarted = Event::Restart {
+                    restarts: e.rec.restart_stamps,
+                    now,
+                };
+                self.fire(i, restarted, Some((old_pid, exit)));
             }
         }
     }
@@ -1160,12 +1176,17 @@ impl Daemon {
         for c in conds {
             let id = self.next_run;
             self.next_run = self.next_run.wrapping_add(1);
+            // HAM_CONDITION names the condition that fired (`exits-within`, `raise`, …).
+            let mut env = env.clone();
+            if let Some(v) = env.iter_mut().find(|(k, _)| k == "HAM_CONDITION") {
+                v.1 = c.trigger.name().to_owned();
+            }
             self.runs.insert(
                 id,
                 Run {
                     entity: i,
-                    condition: event.name(),
-                    env: env.clone(),
+                    condition: c.trigger.name(),
+                    env,
                     stack: vec![(c.actions, 0)],
                     waiting: None,
                 },
@@ -1426,6 +1447,7 @@ impl Daemon {
             Decision::Restart { stateless } => {
                 let e = &mut self.entities[i];
                 e.rec.restarts += 1;
+                e.rec.restart_stamps.push(mono_ns());
                 e.rec.state = EntityState::Starting;
                 let n = e.rec.restarts;
                 let kind = if stateless { " (stateless)" } else { "" };
@@ -1442,9 +1464,6 @@ impl Daemon {
                 self.syslog
                     .err(&format!("{name}: {why}; restarted (restart {n})"));
                 self.spawn(i);
-                if self.entities[i].rec.state == EntityState::Running {
-                    self.fire(i, Event::Restart, Some((pid, exit)));
-                }
             }
             Decision::HoldOff { until } => {
                 let e = &mut self.entities[i];
@@ -1638,6 +1657,7 @@ impl Daemon {
                     {
                         e.rec.policy.held_until = 0;
                         e.rec.restarts += 1;
+                        e.rec.restart_stamps.push(now);
                         let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
                         say!(self, "{name}: hold-off over; restarting (restart {n})");
                         self.record(i, None, "hold-off-over", "restart", &format!("restart {n}"));
@@ -1645,6 +1665,14 @@ impl Daemon {
                             "{name}: restarted after its hold-off (restart {n})"
                         ));
                         self.spawn(i);
+                        let e = &self.entities[i];
+                        if e.rec.state == EntityState::Running {
+                            let restarted = Event::Restart {
+                                restarts: e.rec.restart_stamps,
+                                now,
+                            };
+                            self.fire(i, restarted, None);
+                        }
                     }
                 }
                 TimerKind::StopKill => {

@@ -108,3 +108,32 @@ fn a_raised_condition_runs_its_action_and_a_failure_runs_the_fail_list() {
     let out = ham.ctl(&["raise", "nobody", "x"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn an_exits_within_condition_fires_once_when_its_count_is_reached() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("burst");
+    let body = format!(
+        "[[entity]]\nname = \"crashy\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 1\"]\n\
+         policy = {{ kind = \"immediate\" }}\nbackoff = {{ kind = \"fixed\", delay = \"20ms\" }}\n\
+         [[entity.condition]]\non = \"exits-within\"\ncount = 3\nwithin = \"60s\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION >> {}\"]\n",
+        out.display()
+    );
+    let ham = Ham::start("cond-window", &body);
+    assert_eq!(wait_for_file(&ham, &out), "exits-within\n");
+    ham.wait_for("more exits past the count", |s| {
+        entity(s, "crashy")["restarts"].as_u64() >= Some(8)
+    });
+    // Its record: fired at the third exit only.
+    let out_log = ham.ctl(&["log", "crashy", "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&out_log.stdout).unwrap();
+    let hooks = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "execute")
+        .count();
+    assert_eq!(hooks, 1, "{log}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "exits-within\n");
+}
