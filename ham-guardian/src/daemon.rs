@@ -473,6 +473,7 @@ impl Daemon {
             self.begin_shutdown(None);
         }
         self.schedule_tick(mono_ns());
+        sys::trim_heap();
         let mut events = Vec::with_capacity(64);
         loop {
             if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {

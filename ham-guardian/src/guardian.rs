@@ -127,6 +127,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         &name,
         format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
     );
+    sys::trim_heap();
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let mut sock_open = true;
     let mut last_liveness = seg.header().snapshot().liveness_ns;
