@@ -3,22 +3,11 @@
 
 use crate::util::*;
 
+/// Waits for a hook to have written a whole line to `path`, and returns the file.
 fn wait_for_file(ham: &Ham, path: &std::path::Path) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            if t.ends_with('\n') {
-                return t;
-            }
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{} never written:\n{}",
-            path.display(),
-            ham.stderr()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let line_written = || std::fs::read_to_string(path).is_ok_and(|t| t.ends_with('\n'));
+    wait_until(ham, &path.display().to_string(), line_written);
+    std::fs::read_to_string(path).unwrap()
 }
 
 #[test]

@@ -201,15 +201,7 @@ fn survive_failpoint(fp: &str) {
         Trigger::KillHam => sigkill(h),
     }
     // First the failpoint fires (the HAM kills itself there), then the pair recovers.
-    let start = std::time::Instant::now();
-    while !fired.exists() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "failpoint {fp} never fired:\n{}",
-            ham.stderr()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until(&ham, &format!("failpoint {fp} to fire"), || fired.exists());
     let s = ham.wait_for(&format!("recovery from failpoint {fp}"), |s| {
         let pair_up =
             s["ham"]["alive"] == true && s["guardian"]["alive"] == true && s["ham"]["pid"] != h;

@@ -35,15 +35,7 @@ fn the_switch_policy_holds_off_then_restarts_the_device() {
     );
     assert_eq!(s["device_restart"], true);
     // The second hold-off within the window escalates to the device restart.
-    let start = std::time::Instant::now();
-    while !marker.exists() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no device restart:\n{}",
-            ham.stderr()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(&ham, "the device restart command", || marker.exists());
     assert!(
         ham.stderr().contains("services cannot be restored"),
         "{}",

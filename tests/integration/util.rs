@@ -313,6 +313,20 @@ pub fn entity_processes(instance: &str, entity: &str) -> Vec<i32> {
     })
 }
 
+/// Waits until `cond` holds (e.g. a file a hook writes), failing the test with `what` and
+/// ham's stderr after [`DEADLINE`].
+pub fn wait_until(ham: &Ham, what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}:\n{}",
+            ham.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Field 22 of /proc/PID/stat, or None if no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
