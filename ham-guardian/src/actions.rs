@@ -157,6 +157,9 @@ pub enum ActionKind {
     Log { message: String },
     /// Wait before the next action (never fails).
     Delay { ns: u64 },
+    /// Wait until `path` exists; fails after `timeout_ns` (QNX `ham_action_waitfor`). The path
+    /// is checked every 20 ms while the action waits, and never otherwise.
+    WaitFor { path: PathBuf, timeout_ns: u64 },
     /// Send a signal to another entity's process group; fails if it is not running.
     Signal { entity: usize, signal: i32 },
     /// Restart the device (`[device] restart_command`); fails if it is switched off, not
@@ -170,6 +173,7 @@ impl ActionKind {
             Self::Execute { .. } => "execute",
             Self::Log { .. } => "log",
             Self::Delay { .. } => "delay",
+            Self::WaitFor { .. } => "waitfor",
             Self::Signal { .. } => "signal",
             Self::DeviceRestart => "device-restart",
         }

@@ -144,6 +144,7 @@ struct RawAction {
     delay: Option<Spanned<String>>,
     entity: Option<Spanned<String>>,
     signal: Option<Spanned<SignalSpec>>,
+    path: Option<Spanned<String>>,
     #[serde(default)]
     break_on_fail: bool,
     #[serde(default)]
@@ -1126,12 +1127,19 @@ fn action(
             ActionKind::Signal { entity, signal }
         }
         "device-restart" => ActionKind::DeviceRestart,
+        "waitfor" => ActionKind::WaitFor {
+            path: ctx.path(r.path.as_ref().ok_or_else(|| need("path"))?.get_ref()),
+            timeout_ns: dur(
+                r.timeout.as_ref().ok_or_else(|| need("timeout"))?,
+                "timeout",
+            )?,
+        },
         other => {
             return Err(ctx.err(
                 Some(r.act.span()),
                 k("do"),
                 format!(
-                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"signal\" or \"device-restart\")"
+                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"waitfor\", \"signal\" or \"device-restart\")"
                 ),
             ));
         }

@@ -196,7 +196,15 @@ enum Wait {
     Delay {
         until: u64,
     },
+    Path {
+        path: std::path::PathBuf,
+        deadline: u64,
+        next: u64,
+    },
 }
+
+/// How often a `waitfor` action looks for its path.
+const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
 fn log(instance: &str, msg: std::fmt::Arguments) {
     crate::log_line(format_args!("ham[{instance}]"), msg);
@@ -1232,6 +1240,26 @@ impl Daemon {
                         .push(Reverse((until, TimerKind::Action, id as usize)));
                     return;
                 }
+                ActionKind::WaitFor { path, timeout_ns } => {
+                    if path.exists() {
+                        let what = format!("{} exists", path.display());
+                        self.record(i, None, cond, "waitfor", &what);
+                        continue;
+                    }
+                    let now = mono_ns();
+                    let deadline = now + timeout_ns;
+                    let next = (now + WAITFOR_EVERY_NS).min(deadline);
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.waiting = Some(Wait::Path {
+                            path: path.clone(),
+                            deadline,
+                            next,
+                        });
+                    }
+                    self.timers
+                        .push(Reverse((next, TimerKind::Action, id as usize)));
+                    return;
+                }
                 ActionKind::Signal { entity, signal } => {
                     let target = &self.entities[*entity];
                     if target.pidfd.is_some() && target.rec.state.has_process() {
@@ -1366,6 +1394,36 @@ impl Daemon {
                 pidfd, deadline, ..
             }) if *deadline == at => {
                 let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            }
+            Some(Wait::Path {
+                path,
+                deadline,
+                next,
+            }) if *next == at => {
+                let (path, deadline) = (path.clone(), *deadline);
+                let (i, cond) = (run.entity, run.condition);
+                if path.exists() {
+                    run.waiting = None;
+                    let what = format!("{} exists", path.display());
+                    self.record(i, None, cond, "waitfor", &what);
+                    self.advance(id);
+                } else if at >= deadline {
+                    run.waiting = None;
+                    let Some((list, idx)) = run.stack.last() else {
+                        return;
+                    };
+                    let action = list[*idx - 1].clone();
+                    let why = format!("{} did not appear in time", path.display());
+                    self.action_failed(id, &action, "waitfor", &why);
+                    self.advance(id);
+                } else {
+                    let next = (at + WAITFOR_EVERY_NS).min(deadline);
+                    if let Some(Wait::Path { next: n, .. }) = &mut run.waiting {
+                        *n = next;
+                    }
+                    self.timers
+                        .push(Reverse((next, TimerKind::Action, id as usize)));
+                }
             }
             _ => {}
         }
@@ -1754,6 +1812,7 @@ impl Daemon {
                     .is_some_and(|r| match &r.waiting {
                         Some(Wait::Delay { until }) => *until == at,
                         Some(Wait::Exec { deadline, .. }) => *deadline == at,
+                        Some(Wait::Path { next, .. }) => *next == at,
                         None => false,
                     }),
                 TimerKind::Ready => {

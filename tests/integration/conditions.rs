@@ -126,3 +126,42 @@ fn an_exits_within_condition_fires_once_when_its_count_is_reached() {
     assert_eq!(hooks, 1, "{log}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "exits-within\n");
 }
+
+#[test]
+fn waitfor_waits_for_its_path_and_fails_at_its_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let done = work.path().join("done");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\nclass = \"go\"\n\
+         [[entity.condition.action]]\ndo = \"waitfor\"\npath = \"{}\"\ntimeout = \"30s\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo done > {}\"]\n\n\
+         [[entity.condition]]\non = \"raise\"\nclass = \"never\"\n\
+         [[entity.condition.action]]\ndo = \"waitfor\"\npath = \"{}/never\"\ntimeout = \"100ms\"\n\
+         on_fail = [{{ do = \"log\", message = \"gave up waiting\" }}]\n",
+        sleeper("app"),
+        ready.display(),
+        done.display(),
+        work.path().display()
+    );
+    let ham = Ham::start("waitfor", &body);
+    ham.wait_for("app running", |s| running(s, "app"));
+    assert!(ham.ctl(&["raise", "app", "go"]).status.success());
+    // The next action waits for the path: once it exists, the run goes on.
+    std::fs::write(&ready, "").unwrap();
+    assert_eq!(wait_for_file(&ham, &done), "done\n");
+
+    assert!(ham.ctl(&["raise", "app", "never"]).status.success());
+    let failed = || {
+        let out = ham.ctl(&["log", "app", "--json"]);
+        let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        log.as_array().unwrap().iter().any(|r| {
+            r["action"] == "waitfor" && r["result"].as_str().unwrap().contains("did not appear")
+        }) && log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "log" && r["result"] == "gave up waiting")
+    };
+    wait_until(&ham, "the waitfor timeout and its fail list", failed);
+}
