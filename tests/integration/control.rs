@@ -164,3 +164,36 @@ fn the_control_socket_refuses_other_users() {
         "the refused request had no effect"
     );
 }
+
+#[test]
+fn garbage_on_the_control_socket_is_answered_and_ham_carries_on() {
+    use std::io::{Read, Write};
+    let ham = Ham::start("garbage", &sleeper("a"));
+    let s = ham.wait_for("running", |s| running(s, "a"));
+    let ask = |bytes: &[u8]| {
+        let mut c = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = c.write_all(bytes);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+    };
+    let a = ask(b"{\"cmd\": \"stop\", \"entity\": 42}\n");
+    assert!(
+        a.contains("\"ok\":false") && a.contains("bad request"),
+        "{a}"
+    );
+    let a = ask(b"\xff\xfe not json at all\n");
+    assert!(a.contains("bad request"), "{a}");
+    let a = ask(&vec![b'x'; 10_000]);
+    assert!(a.contains("at most 4096 bytes"), "{a}");
+    // A client that connects and says nothing is simply dropped.
+    drop(std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap());
+    // Still supervising: same process, and a death is still handled.
+    assert_eq!(pid_of(&ham.status(), "a"), pid_of(&s, "a"));
+    sigkill(pid_of(&s, "a"));
+    ham.wait_for("a restarted", |s| {
+        running(s, "a") && entity(s, "a")["restarts"] == 1
+    });
+}
