@@ -174,6 +174,8 @@ pub struct Daemon {
     runs: HashMap<u32, Run>,
     next_run: u32,
     exec_pids: HashMap<i32, u32>,
+    /// For each entity, the entities that start `after` it (they stop before it).
+    dependents: Vec<Vec<usize>>,
 }
 
 /// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
@@ -451,6 +453,7 @@ impl Daemon {
             runs: HashMap::new(),
             next_run: 0,
             exec_pids: HashMap::new(),
+            dependents: Vec::new(),
             cfg,
         })
     }
@@ -594,6 +597,12 @@ impl Daemon {
                 to_resume.push(i);
             } else {
                 to_start.push(i);
+            }
+        }
+        self.dependents = vec![Vec::new(); self.entities.len()];
+        for (d, e) in self.entities.iter().enumerate() {
+            for &j in &e.cfg.after {
+                self.dependents[j].push(d);
             }
         }
         // Records of processes that may still run come first, so that the proc connector is
@@ -2246,11 +2255,14 @@ impl Daemon {
             )
         };
         for i in (0..self.entities.len()).rev() {
-            let needed = self
-                .entities
-                .iter()
-                .any(|d| d.cfg.after.contains(&i) && alive(d));
-            if !needed && self.entities[i].rec.state != EntityState::Stopping {
+            if matches!(
+                self.entities[i].rec.state,
+                EntityState::Stopping | EntityState::Stopped | EntityState::Exited
+            ) {
+                continue;
+            }
+            let needed = self.dependents[i].iter().any(|&d| alive(&self.entities[d]));
+            if !needed {
                 self.begin_stop(i, Wanted::Down);
             }
         }
