@@ -118,6 +118,9 @@ struct RawEntity {
     backoff: Option<Spanned<RawBackoff>>,
     #[serde(default)]
     condition: Vec<Spanned<RawCondition>>,
+    #[serde(default)]
+    notify: bool,
+    watchdog: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +248,10 @@ pub struct EntityConfig {
     pub backoff: Option<ham_core::engine::Backoff>,
     /// Conditions and their actions (resolved once every entity name is known).
     pub conditions: Vec<crate::actions::Condition>,
+    /// It speaks sd_notify: it gets `NOTIFY_SOCKET`, and is ready once it sends `READY=1`.
+    pub notify: bool,
+    /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
+    pub watchdog_ns: Option<u64>,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -312,6 +319,10 @@ impl Instance {
     /// The pid file.
     pub fn pid_path(&self) -> PathBuf {
         self.run_dir.join(format!("{}.pid", self.name))
+    }
+    /// The sd_notify socket (`NOTIFY_SOCKET` of entities with `notify = true`).
+    pub fn notify_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.notify", self.name))
     }
     /// The process log.
     pub fn process_log_path(&self) -> PathBuf {
@@ -758,7 +769,24 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         Some(b) => Some(backoff(ctx, i, b)?),
     };
 
+    let watchdog_ns = match &e.watchdog {
+        None => None,
+        Some(_) if !e.notify => {
+            return Err(ctx.err(
+                e.watchdog.as_ref().map(|w| w.span()),
+                key("watchdog"),
+                "`watchdog` needs `notify = true` (the process pets it with WATCHDOG=1)",
+            ));
+        }
+        Some(w) => Some(
+            duration::parse_ns(w.get_ref())
+                .map_err(|why| ctx.err(Some(w.span()), key("watchdog"), why))?,
+        ),
+    };
+
     Ok(EntityConfig {
+        notify: e.notify,
+        watchdog_ns,
         conditions: Vec::new(), // resolved once every name is known
         backoff,
         after: Vec::new(), // resolved once every name is known
@@ -1618,6 +1646,20 @@ stop_signal = 9
             "{base}[[entity.condition]]\non = \"death\"\n[[entity.condition.action]]\ndo = \"execute\"\n"
         ));
         assert!(e.message.contains("needs `command`"), "{e}");
+    }
+
+    #[test]
+    fn a_watchdog_needs_notify() {
+        let base = "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let e = err_of(&format!("{base}watchdog = \"1s\"\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (6, Some("entity[0].watchdog")),
+            "{e}"
+        );
+        let c = parse_str(&format!("{base}notify = true\nwatchdog = \"1s\"\n")).unwrap();
+        assert_eq!(c.entities[0].watchdog_ns, Some(1_000_000_000));
+        assert!(c.entities[0].notify);
     }
 
     #[test]

@@ -44,6 +44,7 @@ const TOK_TIMER: u64 = 2;
 const TOK_LISTEN: u64 = 3;
 const TOK_GUARDIAN: u64 = 4;
 const TOK_PROCCONN: u64 = 5;
+const TOK_NOTIFY: u64 = 6;
 const TOK_CONN: u64 = 1 << 32;
 const TOK_PIDFD: u64 = 2 << 32;
 const TOK_ACTION: u64 = 3 << 32;
@@ -96,6 +97,9 @@ struct Entity {
     deaths: u64,
     /// Running for its `ready_after`: entities that start `after` it may start.
     ready: bool,
+    /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
+    watchdog_at: Option<u64>,
+    watchdog_ns: Option<u64>,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -109,6 +113,7 @@ enum TimerKind {
     HoldOff,
     Ready,
     Action,
+    Watchdog,
 }
 
 /// An adopted entity died before anyone could tell how; its status may still come through
@@ -134,6 +139,14 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+/// The sockets an instance keeps through takeovers: handed to each Guardian.
+pub struct Sockets {
+    /// The control socket.
+    pub listener: UnixListener,
+    /// The sd_notify socket (SO_PASSCRED: each datagram names its sender).
+    pub notify: std::os::unix::net::UnixDatagram,
+}
+
 /// How this HAM came to be.
 pub enum Origin {
     /// `ham -c FILE`: cold, or warm from a segment left by a dead pair.
@@ -153,6 +166,7 @@ pub struct Daemon {
     timerfd: OwnedFd,
     armed_at: Option<u64>,
     listener: UnixListener,
+    notify: std::os::unix::net::UnixDatagram,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     entities: Vec<Entity>,
@@ -298,22 +312,25 @@ impl Daemon {
         let off = old_flags & FLAG_DEVICE_RESTART_OFF != 0 || device_restart_marker(&cfg).exists();
         writer.set_flags(flags | if off { FLAG_DEVICE_RESTART_OFF } else { 0 })?;
         writer.set_guardian(0, 0)?;
-        let listener = bind_socket(&inst.socket_path())?;
-        Self::build(cfg, config_text, writer, listener, Origin::Started)
+        let sockets = Sockets {
+            listener: bind_socket(&inst.socket_path())?,
+            notify: bind_notify(&inst.notify_path())?,
+        };
+        Self::build(cfg, config_text, writer, sockets, Origin::Started)
     }
 
     /// A Guardian taking over: the old HAM is dead (or fenced and dead).
     pub fn promote(
         cfg: Config,
         config_text: String,
-        listener: UnixListener,
+        sockets: Sockets,
         passed: HashMap<u32, Passed>,
     ) -> Result<Self, DaemonError> {
         let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadWrite)?;
         let me = std::process::id() as i32;
         // A new Guardian first: if this process dies anywhere in the takeover, that one
         // finds its parent gone and takes over in turn.
-        let guardian = match spawn_guardian_process(&cfg, &config_text, &listener) {
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets) {
             Ok(g) => Some(g),
             Err(e) => {
                 log(
@@ -339,14 +356,15 @@ impl Daemon {
                 writer.epoch()
             ),
         );
-        listener
+        sockets
+            .listener
             .set_nonblocking(true)
             .map_err(io_ctx("socket O_NONBLOCK"))?;
         let mut d = Self::build(
             cfg,
             config_text,
             writer,
-            listener,
+            sockets,
             Origin::Promoted { passed },
         )?;
         d.guardian = guardian;
@@ -357,9 +375,13 @@ impl Daemon {
         cfg: Config,
         config_text: String,
         mut writer: SegmentWriter,
-        listener: UnixListener,
+        sockets: Sockets,
         origin: Origin,
     ) -> Result<Self, DaemonError> {
+        let Sockets { listener, notify } = sockets;
+        notify
+            .set_nonblocking(true)
+            .map_err(io_ctx("notify socket O_NONBLOCK"))?;
         let inst = cfg.instance.clone();
         if cfg!(debug_assertions) {
             writer.set_hook(Some(failpoint::hit));
@@ -400,6 +422,7 @@ impl Daemon {
         add(signals.as_fd(), TOK_SIGNAL)?;
         add(timerfd.as_fd(), TOK_TIMER)?;
         add(listener.as_fd(), TOK_LISTEN)?;
+        add(notify.as_fd(), TOK_NOTIFY)?;
 
         let capacity = writer.segment().capacity();
         log(
@@ -434,6 +457,7 @@ impl Daemon {
             timerfd,
             armed_at: None,
             listener,
+            notify,
             conns: HashMap::new(),
             next_conn: 0,
             entities: Vec::new(),
@@ -512,6 +536,7 @@ impl Daemon {
                         TOK_LISTEN => self.on_accept(),
                         TOK_GUARDIAN => self.on_guardian_exit(),
                         TOK_PROCCONN => self.drain_proc_connector(),
+                        TOK_NOTIFY => self.on_notify(),
                         _ => {}
                     },
                     TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
@@ -591,6 +616,8 @@ impl Daemon {
                 last_spawn_error: None,
                 deaths: 0,
                 ready: false,
+                watchdog_at: None,
+                watchdog_ns: None,
                 waiters: Vec::new(),
             });
             if existing {
@@ -726,7 +753,8 @@ impl Daemon {
         if self.shutdown.is_some() {
             return;
         }
-        match spawn_guardian_process(&self.cfg, &self.config_text, &self.listener) {
+        let sockets = (&self.listener, &self.notify);
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
             Ok(g) => {
                 let _ = self.writer.set_guardian(g.pid, g.start_time);
                 self.guardian = Some(g);
@@ -1011,6 +1039,7 @@ impl Daemon {
         let old_pid = e.rec.pid;
         e.deaths += 1;
         e.ready = false;
+        e.watchdog_at = None;
         e.pidfd = None; // closing it also removes it from the epoll set
         e.adopted = false;
         e.stop_deadline = None;
@@ -1454,13 +1483,121 @@ impl Daemon {
 
     /// Entity `i` runs (started or adopted): it is ready now, or at its `ready_after`.
     fn became_running(&mut self, i: usize, now: u64) {
+        let e = &mut self.entities[i];
+        // A watchdog counts from now: after a takeover every process is taken as having
+        // just petted it, so the takeover itself never looks like a missed beat.
+        if let Some(ns) = e.cfg.watchdog_ns {
+            let at = now + ns;
+            e.watchdog_at = Some(at);
+            self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
+        }
         let e = &self.entities[i];
+        if e.cfg.notify {
+            return; // ready when it says READY=1
+        }
         let at = e.rec.started_mono_ns + e.cfg.ready_after_ns;
         if at <= now {
             self.on_ready(i);
         } else {
             self.timers.push(Reverse((at, TimerKind::Ready, i)));
         }
+    }
+
+    /// Datagrams on the sd_notify socket: `READY=1`, `WATCHDOG=1`, `WATCHDOG_USEC=`,
+    /// `STOPPING=1`, `STATUS=`, from the main process of an entity with `notify = true`
+    /// (identified by the kernel-supplied credentials, as systemd's NotifyAccess=main).
+    fn on_notify(&mut self) {
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut space =
+                [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+            let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
+            let n = match rustix::net::recvmsg(
+                &self.notify,
+                &mut [io::IoSliceMut::new(&mut buf)],
+                &mut anc,
+                rustix::net::RecvFlags::DONTWAIT,
+            ) {
+                Ok(r) => r.bytes,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            };
+            let mut pid = None;
+            for m in anc.drain() {
+                if let rustix::net::RecvAncillaryMessage::ScmCredentials(c) = m {
+                    pid = Some(c.pid.as_raw_nonzero().get());
+                }
+            }
+            let Some(pid) = pid else { continue };
+            let Some(i) = self.entities.iter().position(|e| {
+                e.cfg.notify && e.rec.pid == pid && e.rec.state == EntityState::Running
+            }) else {
+                continue; // not a main process of ours: ignored, as systemd does
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let now = mono_ns();
+            for line in text.lines() {
+                match line.split_once('=') {
+                    Some(("READY", "1")) if !self.entities[i].ready => {
+                        let name = self.entities[i].cfg.name.clone();
+                        say!(self, "{name}: READY=1");
+                        self.on_ready(i);
+                    }
+                    Some(("WATCHDOG", "1")) => self.pet_watchdog(i, now, None),
+                    Some(("WATCHDOG_USEC", us)) => {
+                        if let Ok(us) = us.parse::<u64>() {
+                            self.pet_watchdog(i, now, Some(us.saturating_mul(1000)));
+                        }
+                    }
+                    Some(("STOPPING", "1")) => {
+                        let name = self.entities[i].cfg.name.clone();
+                        say!(self, "{name}: STOPPING=1");
+                    }
+                    Some(("STATUS", status)) => {
+                        let name = self.entities[i].cfg.name.clone();
+                        self.record(i, None, "status", "status", status);
+                        say!(self, "{name}: STATUS={status}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `WATCHDOG=1` (and `WATCHDOG_USEC=`): the next beat is due one period from now.
+    fn pet_watchdog(&mut self, i: usize, now: u64, period: Option<u64>) {
+        let e = &mut self.entities[i];
+        if let Some(p) = period {
+            e.watchdog_ns = Some(p);
+        }
+        let Some(ns) = e.watchdog_ns.or(e.cfg.watchdog_ns) else {
+            return;
+        };
+        let at = now + ns;
+        e.watchdog_at = Some(at);
+        self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
+    }
+
+    /// A missed sd_notify watchdog: SIGABRT (so it leaves a core), SIGKILL after its
+    /// `stop_timeout`, and the death is then handled like any other (its policy decides).
+    fn watchdog_missed(&mut self, i: usize) {
+        let now = mono_ns();
+        let e = &mut self.entities[i];
+        e.watchdog_at = None;
+        let deadline = now + e.cfg.stop_timeout_ns;
+        e.stop_deadline = Some(deadline);
+        e.rec.state = EntityState::Stopping;
+        e.wanted = Wanted::Up;
+        // A successor finishing this stop starts it again, as an automatic restart.
+        e.rec.restart_pending = true;
+        e.rec.restart_for_group = true;
+        let name = e.cfg.name.clone();
+        self.timers
+            .push(Reverse((deadline, TimerKind::StopKill, i)));
+        self.publish(i);
+        say!(self, "{name}: missed its watchdog; sending SIGABRT");
+        self.record(i, None, "watchdog-missed", "abort", "SIGABRT");
+        signal_entity(&self.entities[i], libc::SIGABRT);
     }
 
     /// Entity `i` is ready: start whatever was waiting for it.
@@ -1708,6 +1845,15 @@ impl Daemon {
                 }
                 TimerKind::StatusPatch => self.try_patches(now),
                 TimerKind::Action => self.on_action_timer(i as u32, at),
+                TimerKind::Watchdog => {
+                    let e = &self.entities[i];
+                    if e.watchdog_at == Some(at)
+                        && e.rec.state == EntityState::Running
+                        && self.shutdown.is_none()
+                    {
+                        self.watchdog_missed(i);
+                    }
+                }
                 TimerKind::Ready => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running
@@ -1810,6 +1956,7 @@ impl Daemon {
         // nothing.
         while let Some(Reverse((at, kind, i))) = self.timers.peek().copied() {
             let live = match kind {
+                TimerKind::Watchdog => self.entities[i].watchdog_at == Some(at),
                 TimerKind::StopKill => self.entities[i].stop_deadline == Some(at),
                 TimerKind::Retry => self.entities[i].retry_at == Some(at),
                 TimerKind::Liveness => self.next_tick == at,
@@ -2303,11 +2450,12 @@ impl Daemon {
 /// and handed the config text, a socket for pidfds, and the control listener (so clients
 /// queue through a takeover). If this process dies before releasing it, the child runs
 /// anyway, finds its HAM gone, and takes over.
-fn spawn_guardian_process(
+fn spawn_guardian_process<'a>(
     cfg: &Config,
     config_text: &str,
-    listener: &UnixListener,
+    sockets: impl Into<SocketRefs<'a>>,
 ) -> io::Result<GuardianProc> {
+    let SocketRefs(listener, notify) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::SEQPACKET,
@@ -2318,6 +2466,7 @@ fn spawn_guardian_process(
     rustix::io::write(&memfd, config_text.as_bytes())?;
     rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0))?;
     let listener = listener.as_fd().try_clone_to_owned()?;
+    let notify = notify.as_fd().try_clone_to_owned()?;
     let me = std::process::id() as i32;
     let env: Vec<(String, String)> = std::env::vars().collect();
     let mut spec = SpawnSpec::new(
@@ -2337,6 +2486,7 @@ fn spawn_guardian_process(
     spec.fd(theirs, handoff::FD_SOCKET)
         .fd(memfd, handoff::FD_CONFIG)
         .fd(listener, handoff::FD_LISTENER)
+        .fd(notify, handoff::FD_NOTIFY)
         .exec_if_orphaned();
     let pending = spec.fork()?;
     failpoint::hit("guardian:after-fork");
@@ -2503,6 +2653,35 @@ fn reply(mut stream: UnixStream, r: &Response) {
     let _ = stream.write_all(&r.to_line());
 }
 
+/// Borrowed sockets to hand to a Guardian.
+struct SocketRefs<'a>(&'a UnixListener, &'a std::os::unix::net::UnixDatagram);
+
+impl<'a> From<&'a Sockets> for SocketRefs<'a> {
+    fn from(s: &'a Sockets) -> Self {
+        Self(&s.listener, &s.notify)
+    }
+}
+
+impl<'a> From<(&'a UnixListener, &'a std::os::unix::net::UnixDatagram)> for SocketRefs<'a> {
+    fn from((l, n): (&'a UnixListener, &'a std::os::unix::net::UnixDatagram)) -> Self {
+        Self(l, n)
+    }
+}
+
+/// Binds the sd_notify socket (mode 0666 so entities running as other users can notify;
+/// senders are identified by their credentials, not by the path).
+fn bind_notify(path: &Path) -> Result<std::os::unix::net::UnixDatagram, DaemonError> {
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io_ctx(format!("removing stale {}", path.display())))?;
+    }
+    let sock = std::os::unix::net::UnixDatagram::bind(path)
+        .map_err(io_ctx(format!("binding {}", path.display())))?;
+    rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(io_ctx("SO_PASSCRED"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io_ctx(format!("chmod {}", path.display())))?;
+    Ok(sock)
+}
+
 fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     // Only reached once no live HAM owns this instance, so an existing socket is stale.
     if path.exists() {
@@ -2551,6 +2730,15 @@ fn build_spec(ec: &EntityConfig, cfg: &Config) -> io::Result<SpawnSpec> {
     ));
     env.push(("HAM_CONFIG".into(), cfg.path.display().to_string()));
     env.push(("HAM_ENTITY".into(), ec.name.clone()));
+    if ec.notify {
+        env.push((
+            "NOTIFY_SOCKET".into(),
+            cfg.instance.notify_path().display().to_string(),
+        ));
+        if let Some(ns) = ec.watchdog_ns {
+            env.push(("WATCHDOG_USEC".into(), (ns / 1000).to_string()));
+        }
+    }
     let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, &env)?;
     spec.new_process_group();
     spec.user(ec.uid, ec.gid);

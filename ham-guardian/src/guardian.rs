@@ -15,7 +15,7 @@ use ham_core::segment::{Access, Segment, SegmentError};
 use rustix::event::epoll;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, Sockets};
 use crate::handoff::{self, Passed};
 use crate::{config, exit, mono_ns, procfs, sys};
 
@@ -51,6 +51,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let sock = sys::take_inherited(handoff::FD_SOCKET).map_err(io_err("handoff socket"))?;
     let memfd = sys::take_inherited(handoff::FD_CONFIG).map_err(io_err("config memfd"))?;
     let listener = sys::take_inherited(handoff::FD_LISTENER).map_err(io_err("control listener"))?;
+    let notify = sys::take_inherited(handoff::FD_NOTIFY).map_err(io_err("notify socket"))?;
+    let sockets = Sockets {
+        listener: UnixListener::from(listener),
+        notify: std::os::unix::net::UnixDatagram::from(notify),
+    };
     let mut text = String::new();
     std::fs::File::from(memfd)
         .read_to_string(&mut text)
@@ -83,7 +88,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             );
             let flags = seg.header().flags();
             drop(seg);
-            return promote(cfg, text, listener, HashMap::new(), flags);
+            return promote(cfg, text, sockets, HashMap::new(), flags);
         }
     };
 
@@ -203,7 +208,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     drop(sock);
     let flags = seg.header().flags();
     drop(seg);
-    promote(cfg, text, listener, passed, flags)
+    promote(cfg, text, sockets, passed, flags)
 }
 
 /// SIGKILL through the pidfd, then wait until the kernel reports the exit: only then is it
@@ -234,7 +239,7 @@ fn fence(name: &str, ham_pidfd: &OwnedFd) {
 fn promote(
     cfg: config::Config,
     text: String,
-    listener: OwnedFd,
+    sockets: Sockets,
     passed: HashMap<u32, Passed>,
     flags: u32,
 ) -> Result<i32, DaemonError> {
@@ -260,6 +265,5 @@ fn promote(
         Err(e) => return Err(e.into()),
     }
     log(&name, format_args!("the HAM is gone: taking over"));
-    let listener = UnixListener::from(listener);
-    Daemon::promote(cfg, text, listener, passed)?.run()
+    Daemon::promote(cfg, text, sockets, passed)?.run()
 }

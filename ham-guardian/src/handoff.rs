@@ -19,6 +19,8 @@ pub const FD_SOCKET: RawFd = 3;
 pub const FD_CONFIG: RawFd = 4;
 /// The control socket's listener, so requests queue through a takeover.
 pub const FD_LISTENER: RawFd = 5;
+/// The sd_notify datagram socket, so notifications are not lost in a takeover.
+pub const FD_NOTIFY: RawFd = 6;
 
 /// One message: slot, pid, start time (16 bytes), with the pidfd attached.
 const MSG_LEN: usize = 16;

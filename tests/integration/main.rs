@@ -12,6 +12,7 @@ mod config_errors;
 mod control;
 mod guardian;
 mod instances;
+mod notify;
 mod ordering;
 mod recovery;
 mod supervision;
