@@ -250,7 +250,7 @@ mod word {
     pub const STARTED_UNIX: usize = 17;
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
-    pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: for its group
+    pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: automatically
     pub const EXITS: usize = 55; // EXITS..EXITS+16: recent automatic exits (for conditions)
     pub const RESTARTS_AT: usize = 71; // ..+16: recent automatic restarts
     pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8
@@ -400,8 +400,9 @@ pub struct EntityRecord {
     /// Being stopped in order to be started again (`hamctl restart`): a successor that
     /// finds it `stopping` finishes the restart rather than leaving it down.
     pub restart_pending: bool,
-    /// The pending restart is its group's (automatic), not an operator's.
-    pub restart_for_group: bool,
+    /// The pending restart is ham's own (a group restart, a missed watchdog), not an
+    /// operator's: it counts as an automatic restart.
+    pub restart_automatic: bool,
     /// When it recently exited on its own, and was restarted automatically (for the
     /// `exits-within` and `restarts-within` conditions).
     pub exit_stamps: crate::engine::Stamps,
@@ -426,7 +427,7 @@ impl EntityRecord {
             exited_unix_ns: 0,
             policy: crate::engine::Memory::default(),
             restart_pending: false,
-            restart_for_group: false,
+            restart_automatic: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
         }
@@ -455,7 +456,7 @@ impl EntityRecord {
         let m = self.policy.to_words();
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
         b[word::PENDING] =
-            u64::from(self.restart_pending) | (u64::from(self.restart_for_group) << 1);
+            u64::from(self.restart_pending) | (u64::from(self.restart_automatic) << 1);
         let (ex, ex_len) = self.exit_stamps.to_words();
         let (rs, rs_len) = self.restart_stamps.to_words();
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
@@ -502,7 +503,7 @@ impl EntityRecord {
                     .expect("MEMORY_WORDS words"),
             ),
             restart_pending: b[word::PENDING] & 1 == 1,
-            restart_for_group: b[word::PENDING] & 2 == 2,
+            restart_automatic: b[word::PENDING] & 2 == 2,
             exit_stamps: crate::engine::Stamps::from_words(
                 b[word::EXITS..word::EXITS + crate::engine::STAMPS]
                     .try_into()
@@ -649,8 +650,8 @@ impl EntitySlot {
 
     /// Test hook: stores only the first `words` body words of the next generation, as a
     /// writer killed mid-publish would leave them.
-    #[doc(hidden)]
-    pub fn publish_torn_for_test(&self, rec: &EntityRecord, words: usize) {
+    #[cfg(test)]
+    fn publish_torn_for_test(&self, rec: &EntityRecord, words: usize) {
         let current = self
             .newest()
             .ok()
@@ -698,7 +699,7 @@ mod tests {
             exited_unix_ns: 6,
             policy: crate::engine::Memory::default(),
             restart_pending: false,
-            restart_for_group: false,
+            restart_automatic: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
         }

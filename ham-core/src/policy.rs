@@ -43,9 +43,10 @@ pub enum AfterExit {
     /// Start it again now because an operator asked (`hamctl restart`); not counted as an
     /// automatic restart.
     OperatorStart,
-    /// Start it again now because its group restarts (one_for_all, rest_for_one): an
-    /// automatic restart, but not one its own policy's windows count.
-    GroupRestart,
+    /// Start it again now because ham stopped it to restart it (its group restarts, or it
+    /// missed its watchdog and a takeover came): an automatic restart, but not one its own
+    /// policy's windows count.
+    AutoRestart,
     /// It was asked to stop: it stays stopped.
     Stopped,
     /// Its restart mode keeps it down.
@@ -61,8 +62,8 @@ pub enum Wanted {
     Down,
     /// An operator asked for a restart: stop, then start.
     Restart,
-    /// Its group restarts: stop, then start.
-    GroupRestart,
+    /// ham restarts it on its own account (its group restarts): stop, then start.
+    AutoRestart,
 }
 
 /// Decides what follows an exit.
@@ -70,7 +71,7 @@ pub fn after_exit(mode: RestartMode, wanted: Wanted, exit: LastExit) -> AfterExi
     match wanted {
         Wanted::Down => AfterExit::Stopped,
         Wanted::Restart => AfterExit::OperatorStart,
-        Wanted::GroupRestart => AfterExit::GroupRestart,
+        Wanted::AutoRestart => AfterExit::AutoRestart,
         Wanted::Up => match mode {
             RestartMode::Always => AfterExit::Restart,
             RestartMode::OnFailure if exit.is_abnormal() => AfterExit::Restart,

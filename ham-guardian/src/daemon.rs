@@ -97,6 +97,8 @@ struct Entity {
     deaths: u64,
     /// Running for its `ready_after`: entities that start `after` it may start.
     ready: bool,
+    /// Its environment, built once (see `entity_env`).
+    env: Vec<(String, String)>,
     /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
     watchdog_at: Option<u64>,
     watchdog_ns: Option<u64>,
@@ -591,6 +593,7 @@ impl Daemon {
         let mut to_resume = Vec::new();
         let mut to_start = Vec::new();
         for ec in cfgs {
+            let env = entity_env(&ec, &self.cfg);
             let (slot, rec, existing) = match found.remove(&ec.name) {
                 Some((slot, rec)) => (slot, rec, true),
                 None => {
@@ -618,6 +621,7 @@ impl Daemon {
                 ready: false,
                 watchdog_at: None,
                 watchdog_ns: None,
+                env,
                 waiters: Vec::new(),
             });
             if existing {
@@ -709,8 +713,8 @@ impl Daemon {
                             // Resume the stop (or the restart it was part of): signal again
                             // and arm a fresh deadline.
                             self.entities[i].rec.state = EntityState::Running;
-                            let wanted = match (rec.restart_pending, rec.restart_for_group) {
-                                (true, true) => Wanted::GroupRestart,
+                            let wanted = match (rec.restart_pending, rec.restart_automatic) {
+                                (true, true) => Wanted::AutoRestart,
                                 (true, false) => Wanted::Restart,
                                 _ => Wanted::Down,
                             };
@@ -886,14 +890,15 @@ impl Daemon {
             e.adopted = false;
             e.ready = false;
             e.rec.restart_pending = false;
-            e.rec.restart_for_group = false;
+            e.rec.restart_automatic = false;
             e.rec.state = EntityState::Starting;
             e.rec.pid = 0;
             e.rec.start_time = 0;
         }
         self.publish(i);
         failpoint::hit("spawn:after-starting");
-        let forked = build_spec(&self.entities[i].cfg, &self.cfg).and_then(SpawnSpec::fork);
+        let e = &self.entities[i];
+        let forked = build_spec(&e.cfg, &e.env).and_then(SpawnSpec::fork);
         let result = match forked {
             Ok(pending) => {
                 failpoint::hit("spawn:after-fork");
@@ -1090,11 +1095,11 @@ impl Daemon {
                     self.restart_group(i);
                 }
             }
-            AfterExit::GroupRestart => {
-                e.rec.restart_for_group = false;
+            AfterExit::AutoRestart => {
+                e.rec.restart_automatic = false;
                 say!(
                     self,
-                    "{name}: pid {old_pid} {how}; restarting with its group"
+                    "{name}: pid {old_pid} {how}; stopped by ham to be restarted; restarting"
                 );
                 self.apply(i, Decision::Restart { stateless: false }, old_pid, exit);
             }
@@ -1134,13 +1139,8 @@ impl Daemon {
         // finds the old record decides again, but never runs these twice.
         if !shutting_down {
             self.fire(i, death, Some((old_pid, exit)));
-            let e = &self.entities[i];
-            if e.rec.restarts > restarts_before && e.rec.state == EntityState::Running {
-                let restarted = Event::Restart {
-                    restarts: e.rec.restart_stamps,
-                    now,
-                };
-                self.fire(i, restarted, Some((old_pid, exit)));
+            if self.entities[i].rec.restarts > restarts_before {
+                self.fire_restarted(i, Some((old_pid, exit)));
             }
         }
     }
@@ -1172,7 +1172,7 @@ impl Daemon {
                     self.entities[m].cfg.name
                 );
                 self.record(m, None, "group", "restart", &format!("{dead} died"));
-                self.begin_stop(m, Wanted::GroupRestart);
+                self.begin_stop(m, Wanted::AutoRestart);
             }
         }
     }
@@ -1590,7 +1590,7 @@ impl Daemon {
         e.wanted = Wanted::Up;
         // A successor finishing this stop starts it again, as an automatic restart.
         e.rec.restart_pending = true;
-        e.rec.restart_for_group = true;
+        e.rec.restart_automatic = true;
         let name = e.cfg.name.clone();
         self.timers
             .push(Reverse((deadline, TimerKind::StopKill, i)));
@@ -1650,25 +1650,7 @@ impl Daemon {
         let cond = condition_of(exit);
         match decision {
             Decision::Restart { stateless } => {
-                let e = &mut self.entities[i];
-                e.rec.restarts += 1;
-                e.rec.restart_stamps.push(mono_ns());
-                e.rec.state = EntityState::Starting;
-                let n = e.rec.restarts;
-                let kind = if stateless { " (stateless)" } else { "" };
-                say!(self, "{name}: {why}; restarting{kind} (restart {n})");
-                self.publish(i);
-                failpoint::hit("exit:after-record");
-                self.record(
-                    i,
-                    Some((pid, exit)),
-                    cond,
-                    "restart",
-                    &format!("restart {n}{kind}"),
-                );
-                self.syslog
-                    .err(&format!("{name}: {why}; restarted (restart {n})"));
-                self.spawn(i);
+                self.restart(i, Some((pid, exit)), cond, &why, stateless);
             }
             Decision::HoldOff { until } => {
                 let e = &mut self.entities[i];
@@ -1713,6 +1695,45 @@ impl Daemon {
                 self.publish(i);
                 self.record(i, Some((pid, exit)), cond, "give-up", "left down");
             }
+        }
+    }
+
+    /// An automatic restart: counted and stamped in the record that is published before the
+    /// spawn, then logged (process log and syslog at LOG_ERR).
+    fn restart(
+        &mut self,
+        i: usize,
+        gone: Option<(i32, LastExit)>,
+        condition: &str,
+        why: &str,
+        stateless: bool,
+    ) {
+        let e = &mut self.entities[i];
+        e.rec.restarts += 1;
+        e.rec.restart_stamps.push(mono_ns());
+        e.rec.policy.held_until = 0;
+        e.rec.state = EntityState::Starting;
+        let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
+        let kind = if stateless { " (stateless)" } else { "" };
+        say!(self, "{name}: {why}; restarting{kind} (restart {n})");
+        self.publish(i);
+        failpoint::hit("exit:after-record");
+        self.record(i, gone, condition, "restart", &format!("restart {n}{kind}"));
+        self.syslog
+            .err(&format!("{name}: {why}; restarted (restart {n})"));
+        self.spawn(i);
+    }
+
+    /// Fires the `restart` conditions of entity `i` if its restart got it running.
+    fn fire_restarted(&mut self, i: usize, gone: Option<(i32, LastExit)>) {
+        let e = &self.entities[i];
+        if e.rec.state == EntityState::Running {
+            // Now, not the exit's time: the stamp of this restart is newer than the exit.
+            let restarted = Event::Restart {
+                restarts: e.rec.restart_stamps,
+                now: mono_ns(),
+            };
+            self.fire(i, restarted, gone);
         }
     }
 
@@ -1786,8 +1807,8 @@ impl Daemon {
                 let deadline = now + e.cfg.stop_timeout_ns;
                 e.stop_deadline = Some(deadline);
                 e.rec.state = EntityState::Stopping;
-                e.rec.restart_pending = matches!(wanted, Wanted::Restart | Wanted::GroupRestart);
-                e.rec.restart_for_group = wanted == Wanted::GroupRestart;
+                e.rec.restart_pending = matches!(wanted, Wanted::Restart | Wanted::AutoRestart);
+                e.rec.restart_automatic = wanted == Wanted::AutoRestart;
                 self.timers
                     .push(Reverse((deadline, TimerKind::StopKill, i)));
                 self.publish(i);
@@ -1806,7 +1827,7 @@ impl Daemon {
                 if wanted == Wanted::Restart {
                     e.rec.starts += 1;
                     self.spawn(i);
-                } else if wanted == Wanted::GroupRestart {
+                } else if wanted == Wanted::AutoRestart {
                     e.rec.restarts += 1;
                     self.spawn(i);
                 } else {
@@ -1835,63 +1856,39 @@ impl Daemon {
                 break;
             }
             self.timers.pop();
+            if !self.timer_is_current(kind, i, at) {
+                continue;
+            }
             match kind {
-                TimerKind::Liveness if at == self.next_tick => {
+                TimerKind::Liveness => {
                     let _ = self.writer.set_liveness(now);
                     self.schedule_tick(now);
                 }
-                TimerKind::GuardianRetry if self.guardian_retry_at == Some(at) => {
-                    self.spawn_guardian();
-                }
+                TimerKind::GuardianRetry => self.spawn_guardian(),
                 TimerKind::StatusPatch => self.try_patches(now),
                 TimerKind::Action => self.on_action_timer(i as u32, at),
                 TimerKind::Watchdog => {
                     let e = &self.entities[i];
-                    if e.watchdog_at == Some(at)
-                        && e.rec.state == EntityState::Running
-                        && self.shutdown.is_none()
-                    {
+                    if e.rec.state == EntityState::Running && self.shutdown.is_none() {
                         self.watchdog_missed(i);
                     }
                 }
                 TimerKind::Ready => {
                     let e = &self.entities[i];
-                    if e.rec.state == EntityState::Running
-                        && !e.ready
-                        && e.rec.started_mono_ns + e.cfg.ready_after_ns == at
-                    {
+                    if e.rec.state == EntityState::Running && !e.ready {
                         self.on_ready(i);
                     }
                 }
                 TimerKind::HoldOff => {
-                    let e = &mut self.entities[i];
-                    if e.rec.state == EntityState::HeldOff
-                        && e.rec.policy.held_until == at
-                        && self.shutdown.is_none()
-                    {
-                        e.rec.policy.held_until = 0;
-                        e.rec.restarts += 1;
-                        e.rec.restart_stamps.push(now);
-                        let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
-                        say!(self, "{name}: hold-off over; restarting (restart {n})");
-                        self.record(i, None, "hold-off-over", "restart", &format!("restart {n}"));
-                        self.syslog.err(&format!(
-                            "{name}: restarted after its hold-off (restart {n})"
-                        ));
-                        self.spawn(i);
-                        let e = &self.entities[i];
-                        if e.rec.state == EntityState::Running {
-                            let restarted = Event::Restart {
-                                restarts: e.rec.restart_stamps,
-                                now,
-                            };
-                            self.fire(i, restarted, None);
-                        }
+                    let e = &self.entities[i];
+                    if e.rec.state == EntityState::HeldOff && self.shutdown.is_none() {
+                        self.restart(i, None, "hold-off-over", "hold-off over", false);
+                        self.fire_restarted(i, None);
                     }
                 }
                 TimerKind::StopKill => {
                     let e = &mut self.entities[i];
-                    if e.stop_deadline == Some(at) && e.rec.state == EntityState::Stopping {
+                    if e.rec.state == EntityState::Stopping {
                         let (name, t) = (e.cfg.name.clone(), e.cfg.stop_timeout_ns);
                         e.stop_deadline = None;
                         say!(
@@ -1904,14 +1901,10 @@ impl Daemon {
                 }
                 TimerKind::Retry => {
                     let e = &self.entities[i];
-                    if e.retry_at == Some(at)
-                        && e.rec.state == EntityState::Backoff
-                        && self.shutdown.is_none()
-                    {
+                    if e.rec.state == EntityState::Backoff && self.shutdown.is_none() {
                         self.spawn(i);
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -1951,37 +1944,38 @@ impl Daemon {
         self.release_proc_connector_if_idle();
     }
 
+    /// Whether a heap entry is still the deadline its owner waits for (entries are never
+    /// removed when a deadline moves; stale ones are skipped here).
+    fn timer_is_current(&self, kind: TimerKind, i: usize, at: u64) -> bool {
+        match kind {
+            TimerKind::Watchdog => self.entities[i].watchdog_at == Some(at),
+            TimerKind::StopKill => self.entities[i].stop_deadline == Some(at),
+            TimerKind::Retry => self.entities[i].retry_at == Some(at),
+            TimerKind::Liveness => self.next_tick == at,
+            TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
+            TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
+            TimerKind::Action => self
+                .runs
+                .get(&(i as u32))
+                .is_some_and(|r| match &r.waiting {
+                    Some(Wait::Delay { until }) => *until == at,
+                    Some(Wait::Exec { deadline, .. }) => *deadline == at,
+                    Some(Wait::Path { next, .. }) => *next == at,
+                    None => false,
+                }),
+            TimerKind::Ready => {
+                let e = &self.entities[i];
+                e.rec.started_mono_ns + e.cfg.ready_after_ns == at
+            }
+            TimerKind::HoldOff => self.entities[i].rec.policy.held_until == at,
+        }
+    }
+
     fn rearm_timer(&mut self) {
         // Drop entries that no longer match their owner, so the timer never wakes us for
         // nothing.
         while let Some(Reverse((at, kind, i))) = self.timers.peek().copied() {
-            let live = match kind {
-                TimerKind::Watchdog => self.entities[i].watchdog_at == Some(at),
-                TimerKind::StopKill => self.entities[i].stop_deadline == Some(at),
-                TimerKind::Retry => self.entities[i].retry_at == Some(at),
-                TimerKind::Liveness => self.next_tick == at,
-                TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
-                TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
-                TimerKind::Action => self
-                    .runs
-                    .get(&(i as u32))
-                    .is_some_and(|r| match &r.waiting {
-                        Some(Wait::Delay { until }) => *until == at,
-                        Some(Wait::Exec { deadline, .. }) => *deadline == at,
-                        Some(Wait::Path { next, .. }) => *next == at,
-                        None => false,
-                    }),
-                TimerKind::Ready => {
-                    let e = &self.entities[i];
-                    e.rec.state == EntityState::Running
-                        && !e.ready
-                        && e.rec.started_mono_ns + e.cfg.ready_after_ns == at
-                }
-                TimerKind::HoldOff => {
-                    self.entities[i].rec.state == EntityState::HeldOff
-                        && self.entities[i].rec.policy.held_until == at
-                }
-            };
+            let live = self.timer_is_current(kind, i, at);
             if live {
                 break;
             }
@@ -2714,10 +2708,9 @@ fn signal_entity(e: &Entity, sig: i32) {
     }
 }
 
-/// What an entity's child gets: its own process group, stdin from /dev/null, output as
-/// configured, and ham's environment (without failpoint variables) plus the entity's own
-/// and the variables that name its instance.
-fn build_spec(ec: &EntityConfig, cfg: &Config) -> io::Result<SpawnSpec> {
+/// An entity's environment: ham's own (without its HAM_* and failpoint variables), the
+/// entity's `env`, and the variables that name its instance. Computed once per entity.
+fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()) && !ec.env.contains_key(k))
         .filter(|(k, _)| !k.starts_with("HAM_"))
@@ -2739,7 +2732,13 @@ fn build_spec(ec: &EntityConfig, cfg: &Config) -> io::Result<SpawnSpec> {
             env.push(("WATCHDOG_USEC".into(), (ns / 1000).to_string()));
         }
     }
-    let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, &env)?;
+    env
+}
+
+/// What an entity's child gets: its own process group, stdin from /dev/null, output as
+/// configured, and `env` (see [`entity_env`]).
+fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Result<SpawnSpec> {
+    let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, env)?;
     spec.new_process_group();
     spec.user(ec.uid, ec.gid);
     if let Some(dir) = &ec.cwd {

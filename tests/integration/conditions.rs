@@ -65,11 +65,8 @@ fn a_raised_condition_runs_its_action_and_a_failure_runs_the_fail_list() {
     // class never fired.
     let start = std::time::Instant::now();
     let log = loop {
-        let out = ham.ctl(&["log", "sensor", "--json"]);
-        let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let steps: Vec<(String, String)> = log
-            .as_array()
-            .unwrap()
+        let steps: Vec<(String, String)> = ham
+            .log_of("sensor")
             .iter()
             .map(|r| {
                 (
@@ -115,15 +112,9 @@ fn an_exits_within_condition_fires_once_when_its_count_is_reached() {
         entity(s, "crashy")["restarts"].as_u64() >= Some(8)
     });
     // Its record: fired at the third exit only.
-    let out_log = ham.ctl(&["log", "crashy", "--json"]);
-    let log: serde_json::Value = serde_json::from_slice(&out_log.stdout).unwrap();
-    let hooks = log
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["action"] == "execute")
-        .count();
-    assert_eq!(hooks, 1, "{log}");
+    let log = ham.log_of("crashy");
+    let hooks = log.iter().filter(|r| r["action"] == "execute").count();
+    assert_eq!(hooks, 1, "{log:?}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "exits-within\n");
 }
 
@@ -153,13 +144,10 @@ fn waitfor_waits_for_its_path_and_fails_at_its_timeout() {
 
     assert!(ham.ctl(&["raise", "app", "never"]).status.success());
     let failed = || {
-        let out = ham.ctl(&["log", "app", "--json"]);
-        let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        log.as_array().unwrap().iter().any(|r| {
+        let log = ham.log_of("app");
+        log.iter().any(|r| {
             r["action"] == "waitfor" && r["result"].as_str().unwrap().contains("did not appear")
         }) && log
-            .as_array()
-            .unwrap()
             .iter()
             .any(|r| r["action"] == "log" && r["result"] == "gave up waiting")
     };

@@ -10,6 +10,15 @@ fn pid_at(s: &Value, who: &str) -> i32 {
         .unwrap_or_else(|| panic!("no {who} pid in {s}")) as i32
 }
 
+/// The HAM's pid, the Guardian's pid and the epoch, from a status.
+fn pair(s: &Value) -> (i32, i32, u64) {
+    (
+        pid_at(s, "ham"),
+        pid_at(s, "guardian"),
+        s["ham"]["epoch"].as_u64().unwrap(),
+    )
+}
+
 fn two_sleepers() -> String {
     format!("{}{}", sleeper("a"), sleeper("b"))
 }
@@ -18,11 +27,7 @@ fn two_sleepers() -> String {
 fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
     let mut ham = Ham::start("takeover", &two_sleepers());
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
-    let (h, g, epoch) = (
-        pid_at(&s, "ham"),
-        pid_at(&s, "guardian"),
-        s["ham"]["epoch"].as_u64().unwrap(),
-    );
+    let (h, g, epoch) = pair(&s);
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
 
     sigkill(h);
@@ -59,11 +64,7 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
 fn a_sigkilled_guardian_is_replaced() {
     let ham = Ham::start("guardian", &two_sleepers());
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
-    let (h, g, epoch) = (
-        pid_at(&s, "ham"),
-        pid_at(&s, "guardian"),
-        s["ham"]["epoch"].clone(),
-    );
+    let (h, g, epoch) = pair(&s);
     sigkill(g);
     let s = ham.wait_for("a new guardian", |s| {
         s["guardian"]["alive"] == true && s["guardian"]["pid"] != g
@@ -83,11 +84,7 @@ fn a_stopped_ham_is_fenced_and_replaced() {
         &[],
     );
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
-    let (h, g, epoch) = (
-        pid_at(&s, "ham"),
-        pid_at(&s, "guardian"),
-        s["ham"]["epoch"].as_u64().unwrap(),
-    );
+    let (h, g, epoch) = pair(&s);
     let a = pid_of(&s, "a");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(h),
@@ -108,11 +105,7 @@ fn a_stopped_ham_is_fenced_and_replaced() {
 fn after_both_die_a_new_ham_starts_warm() {
     let mut ham = Ham::start("warm", &two_sleepers());
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
-    let (h, g, epoch) = (
-        pid_at(&s, "ham"),
-        pid_at(&s, "guardian"),
-        s["ham"]["epoch"].as_u64().unwrap(),
-    );
+    let (h, g, epoch) = pair(&s);
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
     assert_eq!(s["ham"]["start"], "cold");
     // Both die: stop the Guardian so it cannot take over, kill the HAM, then the Guardian.

@@ -58,11 +58,7 @@ fn the_switch_policy_holds_off_then_restarts_the_device() {
         ("escalation", "device-restart"),
     ];
     let steps = |ham: &Ham| -> Vec<(String, String)> {
-        let out = ham.ctl(&["log", "crashy", "--json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
+        ham.log_of("crashy")
             .iter()
             .map(|r| {
                 assert_eq!(r["entity"], "crashy");
@@ -189,16 +185,13 @@ fn a_backoff_delays_every_automatic_restart() {
     ham.wait_for("four restarts", |s| {
         entity(s, "crashy")["restarts"].as_u64() >= Some(4)
     });
-    let out = ham.ctl(&["log", "crashy", "--json"]);
-    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = ham.log_of("crashy");
     let deaths: Vec<&str> = log
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|r| r["condition"] == "abnormal-death")
         .map(|r| r["action"].as_str().unwrap())
         .collect();
-    assert!(deaths.len() >= 4, "{log}");
+    assert!(deaths.len() >= 4, "{log:?}");
     assert!(
         deaths.iter().all(|a| *a == "hold-off"),
         "a restart happened without its back-off: {deaths:?}"

@@ -168,6 +168,14 @@ impl Ham {
         );
     }
 
+    /// `hamctl log ENTITY --json`: the entity's process-log records, oldest first.
+    pub fn log_of(&self, entity: &str) -> Vec<Value> {
+        let out = self.ctl(&["log", entity, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("log --json is JSON");
+        v.as_array().expect("a list").clone()
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ham.stderr")).unwrap_or_default()
     }
