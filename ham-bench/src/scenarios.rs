@@ -369,6 +369,29 @@ fn pair_state(
     Ok(h)
 }
 
+/// After a HAM kill: reaps what the killed HAM left, waits for the pair to be complete at the
+/// next epoch, and counts the services (other than `killed`) whose process changed — a
+/// takeover must re-adopt them, pids unchanged.
+fn settle(
+    seg: &Segment,
+    stamps: &mut Stamps,
+    n: usize,
+    h: &HeaderSnapshot,
+    before: &[Option<crate::stamps::Stamp>],
+    killed: Option<usize>,
+) -> Result<(HeaderSnapshot, usize)> {
+    sys::reap();
+    let next = wait_pair_up(seg, stamps, n, h.epoch + 1)?;
+    let moved = stamps
+        .slots
+        .iter()
+        .zip(before)
+        .enumerate()
+        .filter(|(i, (a, b))| Some(*i) != killed && a.map(|x| x.pid) != b.map(|x| x.pid))
+        .count();
+    Ok((next, moved))
+}
+
 fn wait_pair_up(
     seg: &Segment,
     stamps: &mut Stamps,
@@ -474,15 +497,9 @@ pub fn takeover(
                     ));
                 }
             }
-            sys::reap();
-            h = wait_pair_up(seg, stamps, n, h.epoch + 1)?;
-            readopt_restarts += stamps
-                .slots
-                .iter()
-                .zip(&others)
-                .enumerate()
-                .filter(|(i, (a, b))| *i != idx && a.map(|x| x.pid) != b.map(|x| x.pid))
-                .count();
+            let (next, moved) = settle(seg, stamps, n, &h, &others, Some(idx))?;
+            h = next;
+            readopt_restarts += moved;
         }
         progress(format!(
             "(a) HAM + entity: {} measured, {sup_fail} failed",
@@ -518,14 +535,9 @@ pub fn takeover(
                     ));
                 }
             }
-            sys::reap();
-            h = wait_pair_up(seg, stamps, n, h.epoch + 1)?;
-            readopt_restarts += stamps
-                .slots
-                .iter()
-                .zip(&before)
-                .filter(|(a, b)| a.map(|x| x.pid) != b.map(|x| x.pid))
-                .count();
+            let (next, moved) = settle(seg, stamps, n, &h, &before, None)?;
+            h = next;
+            readopt_restarts += moved;
         }
         progress(format!(
             "(b) HAM alone: {} measured, {guard_fail} failed",
