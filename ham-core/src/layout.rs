@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -97,7 +97,13 @@ pub struct Header {
     /// Reserved for changes that span records (none does yet: each record is published on
     /// its own, see docs/ARCHITECTURE.md).
     intent: [AtomicU64; 8],
-    _reserved: [AtomicU64; 41],
+    /// Key of the client tokens (`client::client_token`): kept here, readable by the HAM
+    /// and its Guardian only, so a successor accepts the tokens its predecessor gave.
+    client_key: [AtomicU64; 2],
+    /// The detector ring's consumer counts: consumed, rejected, abandoned (the HAM's own
+    /// counts, mirrored here for `hamctl status`).
+    ring_counts: [AtomicU64; 3],
+    _reserved: [AtomicU64; 36],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
@@ -221,6 +227,26 @@ impl Header {
     pub(crate) fn set_exit_sources(&self, bits: u32) {
         self.exit_sources.store(bits, Ordering::Relaxed);
     }
+    pub(crate) fn set_client_key(&self, key: [u64; 2]) {
+        self.client_key[0].store(key[0], Ordering::Relaxed);
+        self.client_key[1].store(key[1], Ordering::Relaxed);
+    }
+    /// The client-token key (0, 0 if none was made yet).
+    pub fn client_key(&self) -> [u64; 2] {
+        [
+            self.client_key[0].load(Ordering::Relaxed),
+            self.client_key[1].load(Ordering::Relaxed),
+        ]
+    }
+    pub(crate) fn set_ring_counts(&self, consumed: u64, rejected: u64, abandoned: u64) {
+        self.ring_counts[0].store(consumed, Ordering::Relaxed);
+        self.ring_counts[1].store(rejected, Ordering::Relaxed);
+        self.ring_counts[2].store(abandoned, Ordering::Relaxed);
+    }
+    /// The detector ring's consumed, rejected and abandoned counts.
+    pub fn ring_counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.ring_counts[i].load(Ordering::Relaxed))
+    }
     pub(crate) fn bump_ham_failures(&self) {
         self.ham_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -254,6 +280,8 @@ mod word {
     pub const EXITS: usize = 55; // EXITS..EXITS+16: recent automatic exits (for conditions)
     pub const RESTARTS_AT: usize = 71; // ..+16: recent automatic restarts
     pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8
+    pub const HB_PERIOD: usize = 88; // heartbeat period in ns (0: not attached)
+    pub const HB_MISSED: usize = 89; // missed_low | missed_high << 32
     pub const BODY_WORDS: usize = 95;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
@@ -278,6 +306,7 @@ const _: () = assert!(word::EXITS + crate::engine::STAMPS == word::RESTARTS_AT);
 const _: () = assert!(word::RESTARTS_AT + crate::engine::STAMPS == word::STAMP_LENS);
 const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= word::PENDING);
 const _: () = assert!(word::PENDING < BODY_WORDS);
+const _: () = assert!(word::HB_MISSED < BODY_WORDS);
 
 /// The lifecycle state of an entity as stored in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -407,6 +436,18 @@ pub struct EntityRecord {
     /// `exits-within` and `restarts-within` conditions).
     pub exit_stamps: crate::engine::Stamps,
     pub restart_stamps: crate::engine::Stamps,
+    /// The heartbeat a client attached with (`None`: not attached). Its beats are in the
+    /// client segment's slot of the same index.
+    pub heartbeat: Option<HeartbeatSpec>,
+}
+
+/// What a client asked for when it attached: a beat every `period_ns`; `missed_low` and
+/// `missed_high` missed periods fire the heartbeat-missed conditions (0 = never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatSpec {
+    pub period_ns: u64,
+    pub missed_low: u32,
+    pub missed_high: u32,
 }
 
 impl EntityRecord {
@@ -430,6 +471,7 @@ impl EntityRecord {
             restart_automatic: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
+            heartbeat: None,
         }
     }
 
@@ -462,6 +504,10 @@ impl EntityRecord {
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
         b[word::RESTARTS_AT..word::RESTARTS_AT + rs.len()].copy_from_slice(&rs);
         b[word::STAMP_LENS] = u64::from(ex_len) | (u64::from(rs_len) << 8);
+        if let Some(hb) = self.heartbeat {
+            b[word::HB_PERIOD] = hb.period_ns;
+            b[word::HB_MISSED] = u64::from(hb.missed_low) | (u64::from(hb.missed_high) << 32);
+        }
         b
     }
 
@@ -516,6 +562,11 @@ impl EntityRecord {
                     .expect("STAMPS words"),
                 ((b[word::STAMP_LENS] >> 8) & 0xff) as u8,
             ),
+            heartbeat: (b[word::HB_PERIOD] != 0).then(|| HeartbeatSpec {
+                period_ns: b[word::HB_PERIOD],
+                missed_low: (b[word::HB_MISSED] & 0xffff_ffff) as u32,
+                missed_high: (b[word::HB_MISSED] >> 32) as u32,
+            }),
         })
     }
 }
@@ -702,6 +753,11 @@ mod tests {
             restart_automatic: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
+            heartbeat: Some(HeartbeatSpec {
+                period_ns: 40_000_000,
+                missed_low: 2,
+                missed_high: 4,
+            }),
         }
     }
 

@@ -6,16 +6,21 @@
 //! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
 //! * [`engine`] — the recovery policies (switch preset, NX-OS stages, Erlang intensity) as
 //!   pure decisions over a fixed-size memory; not yet wired into the daemon.
+//! * [`client`] — the client segment: heartbeat slots and the detector ring (MPSC, crash-
+//!   proof, validated by its consumer).
+//! * [`protocol`] — the control socket's JSON request and response types.
 //! * [`duration`] — the duration syntax used in configuration files.
 //!
-//! `unsafe` is denied here except in [`segment`], where the mapping is turned into typed
+//! `unsafe` is denied here except in [`segment`] and [`client`], where the mapping is turned into typed
 //! references.
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod duration;
 pub mod engine;
 pub mod layout;
 pub mod policy;
+pub mod protocol;
 pub mod segment;
 
 pub use layout::{EntityRecord, EntityState, LastExit};

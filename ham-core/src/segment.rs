@@ -363,6 +363,21 @@ impl SegmentWriter {
         Ok(())
     }
 
+    pub fn set_client_key(&self, key: [u64; 2]) -> Result<(), SegmentError> {
+        self.owned()?.set_client_key(key);
+        Ok(())
+    }
+
+    pub fn set_ring_counts(
+        &self,
+        consumed: u64,
+        rejected: u64,
+        abandoned: u64,
+    ) -> Result<(), SegmentError> {
+        self.owned()?.set_ring_counts(consumed, rejected, abandoned);
+        Ok(())
+    }
+
     pub fn set_exit_sources(&self, bits: u32) -> Result<(), SegmentError> {
         self.owned()?.set_exit_sources(bits);
         Ok(())

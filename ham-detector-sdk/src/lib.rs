@@ -1,12 +1,38 @@
 //! `ham-detector-sdk`: the client side of ham.
 //!
-//! This first piece tells a process which ham instance it belongs to. A process that ham
-//! starts inherits `HAM_INSTANCE`, `HAM_RUN_DIR`, `HAM_CONFIG` and `HAM_ENTITY`; any other
-//! process names its instance with `HAM_CONFIG` (the variable `hamctl` reads), or uses the
-//! default instance. Heartbeats and the detector ring build on this.
+//! ```no_run
+//! use std::time::Duration;
+//! let ham = ham_detector_sdk::Client::connect()?;
+//! // Heartbeats: one atomic store each, no syscall.
+//! let hb = ham.attach_self("web", Duration::from_millis(100), 3, 6)?;
+//! hb.beat();
+//! // A detector's event, through the shared-memory ring.
+//! ham.raise("db", "disk-full", 2, 95)?;
+//! # Ok::<(), ham_detector_sdk::Error>(())
+//! ```
+//!
+//! **Finding ham.** A process that ham starts inherits `HAM_INSTANCE`, `HAM_RUN_DIR`,
+//! `HAM_CONFIG` and `HAM_ENTITY`; any other process names its instance with `HAM_CONFIG`
+//! (the variable `hamctl` reads), or uses the default instance (`/etc/ham/ham.toml`).
+//!
+//! **Takeovers are invisible.** Heartbeats and events go through the client segment, which
+//! the promoted HAM keeps; nothing needs to re-attach. A [`Subscription`] reconnects by
+//! itself (notifications sent while no HAM was running are not replayed).
+//!
+//! **After `fork`**, a child must [`Client::connect`] again: events carry the pid the
+//! token was given to, and ham rejects them from another pid.
 #![deny(unsafe_code)]
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ham_core::client::{ClientSegment, KIND_RAISE, KIND_STATE, PushError, RingEvent};
+pub use ham_core::protocol::Notification;
+use ham_core::protocol::{Request, Response};
 
 /// Default configuration file of the default instance.
 pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
@@ -45,6 +71,375 @@ pub fn find(get: impl Fn(&str) -> Option<String>) -> Instance {
 /// Finds the instance of the current process.
 pub fn from_env() -> Instance {
     find(|k| std::env::var(k).ok())
+}
+
+/// What went wrong talking to ham.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read ham's configuration {path}: {why}")]
+    Config { path: PathBuf, why: String },
+    #[error(transparent)]
+    Segment(#[from] ham_core::client::ClientSegmentError),
+    #[error(
+        "cannot reach ham at {path}: {source} (is it running? is this process in its client group?)"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to ham: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ham sent an answer that is not valid: {0}")]
+    BadAnswer(String),
+    /// ham answered, and refused.
+    #[error("ham refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Push(#[from] PushError),
+}
+
+/// The instance's name and run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub name: String,
+    pub run_dir: PathBuf,
+}
+
+impl Location {
+    /// Where `instance` says ham is (reading the configuration file if it has to).
+    pub fn of(instance: &Instance) -> Result<Self, Error> {
+        match instance {
+            Instance::Supervised { name, run_dir, .. } => Ok(Self {
+                name: name.clone(),
+                run_dir: run_dir.clone(),
+            }),
+            Instance::Config(path) => Self::from_config(path),
+        }
+    }
+
+    /// Reads `[ham] name` and `run_dir` (relative to the file's directory) from a
+    /// configuration file; the rest of the file is not looked at.
+    pub fn from_config(path: &Path) -> Result<Self, Error> {
+        let err = |why: String| Error::Config {
+            path: path.to_owned(),
+            why,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let ham = doc
+            .get("ham")
+            .and_then(|h| h.as_table())
+            .ok_or_else(|| err("no [ham] table".into()))?;
+        let name = ham
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| err("no [ham] name".into()))?
+            .to_owned();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let run_dir = ham
+            .get("run_dir")
+            .and_then(|d| d.as_str())
+            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| dir.join(d));
+        Ok(Self { name, run_dir })
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.sock", self.name))
+    }
+}
+
+/// ham's default run directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/ham";
+
+/// A connection to a ham instance: its client segment, mapped, and the token its events
+/// carry.
+pub struct Client {
+    seg: Arc<ClientSegment>,
+    location: Location,
+    token: u64,
+    pid: u32,
+    uid: u32,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (through the vDSO: no syscall).
+#[inline]
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Sends one request line and reads one answer line.
+fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {
+    let mut line = serde_json::to_vec(req).expect("a request always serialises");
+    line.push(b'\n');
+    (&*stream).write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(Error::BadAnswer(
+            "connection closed without an answer".into(),
+        ));
+    }
+    let r: Response =
+        serde_json::from_str(answer.trim_end()).map_err(|e| Error::BadAnswer(e.to_string()))?;
+    if r.ok {
+        Ok(r)
+    } else {
+        Err(Error::Refused(r.error.unwrap_or_default()))
+    }
+}
+
+fn connect_socket(path: &Path) -> Result<UnixStream, Error> {
+    let s = UnixStream::connect(path).map_err(|source| Error::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+impl Client {
+    /// Connects to the instance this process belongs to (see [`from_env`]).
+    pub fn connect() -> Result<Self, Error> {
+        Self::connect_to(&Location::of(&from_env())?)
+    }
+
+    /// Connects to the instance at `location`.
+    pub fn connect_to(location: &Location) -> Result<Self, Error> {
+        let seg = ClientSegment::open(&ham_core::client::segment_name(&location.name))?;
+        let stream = connect_socket(&location.socket())?;
+        let r = request_on(&stream, &Request::Hello)?;
+        let token = r
+            .token
+            .ok_or_else(|| Error::BadAnswer("hello without a token".into()))?;
+        Ok(Self {
+            seg: Arc::new(seg),
+            location: location.clone(),
+            token,
+            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            uid: rustix::process::getuid().as_raw(),
+        })
+    }
+
+    /// Where this client's ham is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn request(&self, req: &Request) -> Result<Response, Error> {
+        request_on(&connect_socket(&self.location.socket())?, req)
+    }
+
+    /// Attaches this process to `entity` with a heartbeat: `missed_low` / `missed_high`
+    /// periods without [`Heartbeat::beat`] fire the entity's `heartbeat-missed-low` /
+    /// `-high` conditions (0: never). The entity is either the one ham started this
+    /// process as, or an `attach_only` entity (QNX's self-attached entity).
+    pub fn attach_self(
+        &self,
+        entity: &str,
+        period: Duration,
+        missed_low: u32,
+        missed_high: u32,
+    ) -> Result<Heartbeat, Error> {
+        self.attach_pid(entity, None, period, missed_low, missed_high)
+    }
+
+    /// Attaches another process (root or ham's user only); its heartbeat is then beaten
+    /// through the returned handle.
+    pub fn attach_pid(
+        &self,
+        entity: &str,
+        pid: Option<i32>,
+        period: Duration,
+        missed_low: u32,
+        missed_high: u32,
+    ) -> Result<Heartbeat, Error> {
+        let r = self.request(&Request::Attach {
+            entity: entity.to_owned(),
+            pid,
+            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+            missed_low,
+            missed_high,
+        })?;
+        let slot = r
+            .slot
+            .ok_or_else(|| Error::BadAnswer("attach without a slot".into()))?;
+        if slot >= self.seg.hb_slots() {
+            return Err(Error::BadAnswer(format!("slot {slot} out of range")));
+        }
+        Ok(Heartbeat {
+            seg: Arc::clone(&self.seg),
+            slot,
+        })
+    }
+
+    /// Ends this process's attachment to `entity` (a self-attached entity is then not
+    /// supervised until something attaches again; no death is reported).
+    pub fn detach(&self, entity: &str) -> Result<(), Error> {
+        self.request(&Request::Detach {
+            entity: entity.to_owned(),
+        })
+        .map(|_| ())
+    }
+
+    fn event(&self, kind: u32, entity: &str, class: &str) -> RingEvent {
+        RingEvent {
+            kind,
+            pid: self.pid,
+            uid: self.uid,
+            token: self.token,
+            entity: entity.to_owned(),
+            class: class.to_owned(),
+            severity: 0,
+            value: 0,
+            from: 0,
+            to: 0,
+        }
+    }
+
+    /// Raises a detector event on `entity`: its `raise` conditions that match `class`
+    /// (and `severity`) fire. Never blocks; a full ring returns [`PushError::Full`].
+    pub fn raise(&self, entity: &str, class: &str, severity: u32, value: i64) -> Result<(), Error> {
+        let mut ev = self.event(KIND_RAISE, entity, class);
+        ev.severity = severity;
+        ev.value = value;
+        Ok(self.seg.push(&ev)?)
+    }
+
+    /// Reports that `entity` went from state `from` to `to` (its `state` conditions fire).
+    pub fn state(&self, entity: &str, from: u32, to: u32) -> Result<(), Error> {
+        let mut ev = self.event(KIND_STATE, entity, "");
+        ev.from = from;
+        ev.to = to;
+        Ok(self.seg.push(&ev)?)
+    }
+
+    /// [`raise`](Self::raise) with a hook between claiming and publishing the slot: for
+    /// tests that kill a producer mid-publish.
+    #[doc(hidden)]
+    pub fn raise_with(
+        &self,
+        entity: &str,
+        class: &str,
+        value: i64,
+        hook: impl FnOnce(),
+    ) -> Result<(), Error> {
+        let mut ev = self.event(KIND_RAISE, entity, class);
+        ev.value = value;
+        Ok(self.seg.push_with(&ev, hook)?)
+    }
+
+    /// Events producers dropped because the ring was full (all producers, this run of ham).
+    pub fn dropped(&self) -> u64 {
+        self.seg
+            .header()
+            .dropped_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Subscribes to the `notify` actions on `topic` (`*`: all topics).
+    pub fn subscribe(&self, topic: &str) -> Result<Subscription, Error> {
+        Subscription::open(self.location.clone(), topic.to_owned())
+    }
+}
+
+/// A heartbeat attachment. [`beat`](Self::beat) is one atomic store of the time: call it
+/// at least once per period. It stays valid across takeovers.
+#[derive(Clone)]
+pub struct Heartbeat {
+    seg: Arc<ClientSegment>,
+    slot: u32,
+}
+
+impl Heartbeat {
+    /// "I am alive": stores CLOCK_MONOTONIC (read through the vDSO) in this entity's slot.
+    #[inline]
+    pub fn beat(&self) {
+        self.seg.beat(self.slot, mono_ns());
+    }
+    /// The slot in the client segment.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+/// A stream of [`Notification`]s: poll [`as_fd`](AsFd::as_fd) for readability, then call
+/// [`recv`](Self::recv).
+pub struct Subscription {
+    location: Location,
+    topic: String,
+    reader: BufReader<UnixStream>,
+}
+
+impl Subscription {
+    fn open(location: Location, topic: String) -> Result<Self, Error> {
+        let stream = connect_socket(&location.socket())?;
+        let mut line = serde_json::to_vec(&Request::Subscribe {
+            topic: topic.clone(),
+        })
+        .expect("serialises");
+        line.push(b'\n');
+        (&stream).write_all(&line)?;
+        stream.set_read_timeout(None)?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader.read_line(&mut answer)?;
+        let r: Response = serde_json::from_str(answer.trim_end())
+            .map_err(|e| Error::BadAnswer(format!("{e}: {answer:?}")))?;
+        if !r.ok {
+            return Err(Error::Refused(r.error.unwrap_or_default()));
+        }
+        Ok(Self {
+            location,
+            topic,
+            reader,
+        })
+    }
+
+    /// The next notification, waiting for it. If ham's HAM is replaced meanwhile, this
+    /// reconnects to its successor (for up to `reconnect_for`) and goes on waiting.
+    pub fn recv(&mut self) -> Result<Notification, Error> {
+        self.recv_within(Duration::from_secs(10))
+    }
+
+    /// [`recv`](Self::recv), reconnecting for at most `reconnect_for` after a takeover.
+    pub fn recv_within(&mut self, reconnect_for: Duration) -> Result<Notification, Error> {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line)?;
+            if n > 0 {
+                return serde_json::from_str(line.trim_end())
+                    .map_err(|e| Error::BadAnswer(e.to_string()));
+            }
+            // EOF: the HAM went away. Its successor listens on the same socket.
+            let until = Instant::now() + reconnect_for;
+            let mut wait = Duration::from_millis(1);
+            *self = loop {
+                match Self::open(self.location.clone(), self.topic.clone()) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() >= until => return Err(e),
+                    Err(_) => {
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_millis(50));
+                    }
+                }
+            };
+        }
+    }
+
+    /// The topic subscribed to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl AsFd for Subscription {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.reader.get_ref().as_fd()
+    }
 }
 
 #[cfg(test)]

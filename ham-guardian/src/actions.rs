@@ -25,6 +25,16 @@ pub enum Trigger {
         class: Option<String>,
         severity: Option<u32>,
     },
+    /// The entity reported a state change (CONDSTATE); `None` matches any state.
+    State { from: Option<u32>, to: Option<u32> },
+    /// A process attached itself to the entity (CONDATTACH).
+    Attach,
+    /// An attached process detached (CONDDETACH).
+    Detach,
+    /// `missed_low` heartbeat periods passed without a beat (CONDHBEATMISSEDLOW).
+    HeartbeatMissedLow,
+    /// `missed_high` heartbeat periods passed without a beat (CONDHBEATMISSEDHIGH).
+    HeartbeatMissedHigh,
     /// Any of the above (CONDANY).
     Any,
     /// The entity's `count`-th exit within `within` (automatic exits only).
@@ -46,6 +56,14 @@ impl Trigger {
                 class: None,
                 severity: None,
             },
+            "state" => Self::State {
+                from: None,
+                to: None,
+            },
+            "attach" => Self::Attach,
+            "detach" => Self::Detach,
+            "heartbeat-missed-low" => Self::HeartbeatMissedLow,
+            "heartbeat-missed-high" => Self::HeartbeatMissedHigh,
             "any" => Self::Any,
             "exits-within" => Self::ExitsWithin {
                 count: 0,
@@ -67,6 +85,11 @@ impl Trigger {
             Self::AbnormalDeath => "abnormal-death",
             Self::Restart => "restart",
             Self::Raise { .. } => "raise",
+            Self::State { .. } => "state",
+            Self::Attach => "attach",
+            Self::Detach => "detach",
+            Self::HeartbeatMissedLow => "heartbeat-missed-low",
+            Self::HeartbeatMissedHigh => "heartbeat-missed-high",
             Self::Any => "any",
             Self::ExitsWithin { .. } => "exits-within",
             Self::RestartsWithin { .. } => "restarts-within",
@@ -81,6 +104,12 @@ impl Trigger {
             (Self::Death, Event::Death { .. }) => true,
             (Self::AbnormalDeath, Event::Death { abnormal, .. }) => *abnormal,
             (Self::Restart, Event::Restart { .. }) => true,
+            (Self::Attach, Event::Attach) | (Self::Detach, Event::Detach) => true,
+            (Self::HeartbeatMissedLow, Event::HeartbeatMissed { high: false })
+            | (Self::HeartbeatMissedHigh, Event::HeartbeatMissed { high: true }) => true,
+            (Self::State { from, to }, Event::State { from: f, to: t }) => {
+                from.is_none_or(|want| want == *f) && to.is_none_or(|want| want == *t)
+            }
             // Fires when the count is reached, not again for every exit past it.
             (
                 Self::ExitsWithin { count, within },
@@ -130,6 +159,15 @@ pub enum Event {
         severity: u32,
         value: i64,
     },
+    State {
+        from: u32,
+        to: u32,
+    },
+    Attach,
+    Detach,
+    HeartbeatMissed {
+        high: bool,
+    },
 }
 
 impl Event {
@@ -141,6 +179,11 @@ impl Event {
             } => "death",
             Self::Restart { .. } => "restart",
             Self::Raise { .. } => "raise",
+            Self::State { .. } => "state",
+            Self::Attach => "attach",
+            Self::Detach => "detach",
+            Self::HeartbeatMissed { high: false } => "heartbeat-missed-low",
+            Self::HeartbeatMissed { high: true } => "heartbeat-missed-high",
         }
     }
 }
@@ -165,6 +208,12 @@ pub enum ActionKind {
     /// Restart the device (`[device] restart_command`); fails if it is switched off, not
     /// configured, or cannot be run.
     DeviceRestart,
+    /// Send a [`Notification`](ham_core::protocol::Notification) to every subscriber of
+    /// `topic` (QNX's notify actions); never fails (no subscriber is not a failure).
+    Notify { topic: String },
+    /// Treat the entity as having just beaten: the missed-heartbeat conditions can fire
+    /// again one window from now (QNX `ham_action_heartbeat_healthy`).
+    HeartbeatHealthy,
 }
 
 impl ActionKind {
@@ -176,6 +225,8 @@ impl ActionKind {
             Self::WaitFor { .. } => "waitfor",
             Self::Signal { .. } => "signal",
             Self::DeviceRestart => "device-restart",
+            Self::Notify { .. } => "notify",
+            Self::HeartbeatHealthy => "heartbeat-healthy",
         }
     }
 }
@@ -282,5 +333,14 @@ mod tests {
         };
         assert!(!other.matches(&raise));
         assert!(!exact.matches(&abnormal));
+        let to3 = Trigger::State {
+            from: None,
+            to: Some(3),
+        };
+        assert!(to3.matches(&Event::State { from: 1, to: 3 }));
+        assert!(!to3.matches(&Event::State { from: 3, to: 1 }));
+        assert!(Trigger::HeartbeatMissedHigh.matches(&Event::HeartbeatMissed { high: true }));
+        assert!(!Trigger::HeartbeatMissedHigh.matches(&Event::HeartbeatMissed { high: false }));
+        assert!(!Trigger::Attach.matches(&Event::Detach));
     }
 }

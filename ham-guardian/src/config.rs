@@ -81,6 +81,9 @@ struct RawHam {
     max_entities: Option<Spanned<u32>>,
     liveness_timeout: Option<Spanned<String>>,
     syslog: Option<Spanned<String>>,
+    client_group: Option<Spanned<String>>,
+    ring_slots: Option<Spanned<u32>>,
+    ring_abandon_after: Option<Spanned<String>>,
 }
 
 /// Only the `[ham]` table; everything else is ignored. What `hamctl` needs to find an
@@ -101,7 +104,11 @@ struct RawHamLenient {
 #[serde(deny_unknown_fields)]
 struct RawEntity {
     name: Spanned<String>,
-    command: Spanned<Vec<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    attach_only: bool,
+    #[serde(default)]
+    raise_from: Vec<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<String>>,
@@ -132,6 +139,8 @@ struct RawCondition {
     count: Option<Spanned<u32>>,
     within: Option<Spanned<String>>,
     than: Option<Spanned<String>>,
+    from: Option<Spanned<u32>>,
+    to: Option<Spanned<u32>>,
     #[serde(default)]
     action: Vec<Spanned<RawAction>>,
 }
@@ -148,6 +157,7 @@ struct RawAction {
     entity: Option<Spanned<String>>,
     signal: Option<Spanned<SignalSpec>>,
     path: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
     #[serde(default)]
     break_on_fail: bool,
     #[serde(default)]
@@ -252,6 +262,11 @@ pub struct EntityConfig {
     pub notify: bool,
     /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
     pub watchdog_ns: Option<u64>,
+    /// ham never starts it: a process attaches itself under its name (QNX's self-attached
+    /// entity). `argv` is empty.
+    pub attach_only: bool,
+    /// Other entities whose processes may raise events on this one (indices).
+    pub raise_from: Vec<usize>,
 }
 
 /// How an entity that is to be restarted is restarted.
@@ -276,6 +291,12 @@ pub struct Config {
     pub liveness_timeout_ns: u64,
     /// `[device] restart_command`: what a device restart runs (argv, `argv[0]` resolved).
     pub device_restart: Option<(PathBuf, Vec<String>)>,
+    /// Group that may use the client segment and the control socket as a client.
+    pub client_gid: Option<u32>,
+    /// Slots in the detector ring (a power of two).
+    pub ring_slots: u32,
+    /// How long a claimed ring slot may stay unpublished before it is abandoned.
+    pub ring_abandon_after_ns: u64,
     pub entities: Vec<EntityConfig>,
     pub groups: Vec<Group>,
 }
@@ -334,6 +355,22 @@ pub const DEFAULT_STOP_TIMEOUT: &str = "10s";
 pub const DEFAULT_LIVENESS_TIMEOUT: &str = "2s";
 const MIN_LIVENESS_TIMEOUT_NS: u64 = 20_000_000;
 pub const DEFAULT_MAX_ENTITIES: u32 = 1024;
+/// Detector ring slots (128 bytes each) unless `[ham] ring_slots` says otherwise.
+pub const DEFAULT_RING_SLOTS: u32 = 1024;
+/// A ring slot claimed by a live producer and not published this long is abandoned.
+pub const DEFAULT_RING_ABANDON_AFTER_NS: u64 = 100_000_000;
+
+/// A group name (or number) to its gid.
+fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no such group `{name}`")),
+        Err(err) => Err(format!("cannot look up group: {err}")),
+    }
+}
 const MAX_ENTITIES_LIMIT: u32 = 65_536;
 
 struct Ctx<'a> {
@@ -530,6 +567,31 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
             ns
         }
     };
+    let client_gid = match &ham.client_group {
+        None => None,
+        Some(g) => Some(
+            resolve_group(g.get_ref())
+                .map_err(|why| ctx.err(Some(g.span()), Some("ham.client_group".into()), why))?,
+        ),
+    };
+    let ring_slots = match &ham.ring_slots {
+        None => DEFAULT_RING_SLOTS,
+        Some(n) if (2..=1 << 20).contains(n.get_ref()) && n.get_ref().is_power_of_two() => {
+            *n.get_ref()
+        }
+        Some(n) => {
+            return Err(ctx.err(
+                Some(n.span()),
+                Some("ham.ring_slots".into()),
+                "must be a power of two between 2 and 1048576",
+            ));
+        }
+    };
+    let ring_abandon_after_ns = match &ham.ring_abandon_after {
+        None => DEFAULT_RING_ABANDON_AFTER_NS,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), Some("ham.ring_abandon_after".into()), why))?,
+    };
     if raw.entity.len() > max_entities as usize {
         return Err(ctx.err(
             Some(raw.entity[max_entities as usize].span()),
@@ -562,6 +624,20 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
     let groups = groups(&ctx, &raw.group, &mut entities)?;
     for (i, e) in raw.entity.iter().enumerate() {
         let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
+        entities[i].raise_from = e
+            .get_ref()
+            .raise_from
+            .iter()
+            .map(|r| {
+                names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
+                    ctx.err(
+                        Some(r.span()),
+                        Some(format!("entity[{i}].raise_from")),
+                        format!("no entity named `{}`", r.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
         entities[i].conditions = e
             .get_ref()
             .condition
@@ -595,6 +671,9 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         max_entities,
         liveness_timeout_ns,
         device_restart,
+        client_gid,
+        ring_slots,
+        ring_abandon_after_ns,
         entities,
         groups,
     })
@@ -618,13 +697,35 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         ));
     }
 
-    let argv = e.command.get_ref().clone();
-    let Some(program) = argv.first() else {
-        return Err(ctx.err(Some(e.command.span()), key("command"), "command is empty"));
+    let command = match (&e.command, e.attach_only) {
+        (Some(c), false) => c,
+        (None, true) => &Spanned::new(0..0, Vec::new()),
+        (Some(c), true) => {
+            return Err(ctx.err(
+                Some(c.span()),
+                key("command"),
+                "an `attach_only` entity has no `command`: a process attaches itself",
+            ));
+        }
+        (None, false) => {
+            return Err(ctx.err(
+                Some(e.name.span()),
+                key("command"),
+                "missing `command` (or `attach_only = true` for a process that attaches itself)",
+            ));
+        }
+    };
+    let argv = command.get_ref().clone();
+    let program = match argv.first() {
+        Some(p) => p.clone(),
+        None if e.attach_only => String::new(),
+        None => {
+            return Err(ctx.err(Some(command.span()), key("command"), "command is empty"));
+        }
     };
     if argv.iter().any(|a| a.contains('\0')) {
         return Err(ctx.err(
-            Some(e.command.span()),
+            Some(command.span()),
             key("command"),
             "command contains a NUL byte",
         ));
@@ -645,10 +746,11 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         .cloned()
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let exec_path = match resolve_program(ctx, program, &search_path) {
+    let exec_path = match resolve_program(ctx, &program, &search_path) {
+        _ if e.attach_only => PathBuf::new(),
         Ok(p) => p,
-        Err(_) if !ctx.strict => ctx.path(program),
-        Err(why) => return Err(ctx.err(Some(e.command.span()), key("command"), why)),
+        Err(_) if !ctx.strict => ctx.path(&program),
+        Err(why) => return Err(ctx.err(Some(command.span()), key("command"), why)),
     };
 
     let cwd = match &e.cwd {
@@ -690,23 +792,9 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         }
     }
     if let Some(g) = &e.group {
-        match nix::unistd::Group::from_name(g.get_ref()) {
-            Ok(Some(group)) => gid = Some(group.gid.as_raw()),
-            Ok(None) => {
-                return Err(ctx.err(
-                    Some(g.span()),
-                    key("group"),
-                    format!("no such group `{}`", g.get_ref()),
-                ));
-            }
-            Err(err) => {
-                return Err(ctx.err(
-                    Some(g.span()),
-                    key("group"),
-                    format!("cannot look up group: {err}"),
-                ));
-            }
-        }
+        gid = Some(
+            resolve_group(g.get_ref()).map_err(|why| ctx.err(Some(g.span()), key("group"), why))?,
+        );
     }
 
     let stop_signal = match &e.stop_signal {
@@ -785,6 +873,8 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
     };
 
     Ok(EntityConfig {
+        attach_only: e.attach_only,
+        raise_from: Vec::new(), // resolved once every name is known
         notify: e.notify,
         watchdog_ns,
         conditions: Vec::new(), // resolved once every name is known
@@ -1024,7 +1114,7 @@ fn condition(
             Some(r.on.span()),
             Some(format!("{key}.on")),
             format!(
-                "unknown condition `{}` (use \"death\", \"abnormal-death\", \"restart\", \"raise\", \"any\", \"exits-within\", \"restarts-within\" or \"lifetime-shorter\")",
+                "unknown condition `{}` (use \"death\", \"abnormal-death\", \"restart\", \"raise\", \"state\", \"attach\", \"detach\", \"heartbeat-missed-low\", \"heartbeat-missed-high\", \"any\", \"exits-within\", \"restarts-within\" or \"lifetime-shorter\")",
                 r.on.get_ref()
             ),
         )
@@ -1061,6 +1151,21 @@ fn condition(
                 .map_err(|why| ctx.err(Some(t.span()), Some(format!("{key}.than")), why))?;
         }
         _ => {}
+    }
+    if let Trigger::State { from, to } = &mut trigger {
+        *from = r.from.as_ref().map(|v| *v.get_ref());
+        *to = r.to.as_ref().map(|v| *v.get_ref());
+    } else if let Some(span) = r
+        .from
+        .as_ref()
+        .map(|v| v.span())
+        .or_else(|| r.to.as_ref().map(|v| v.span()))
+    {
+        return Err(ctx.err(
+            Some(span),
+            Some(key.to_owned()),
+            "`from` and `to` apply to `on = \"state\"` only",
+        ));
     }
     if let Trigger::Raise { class, severity } = &mut trigger {
         *class = r.class.as_ref().map(|c| c.get_ref().clone());
@@ -1155,6 +1260,20 @@ fn action(
             ActionKind::Signal { entity, signal }
         }
         "device-restart" => ActionKind::DeviceRestart,
+        "notify" => {
+            let topic = r.topic.as_ref().ok_or_else(|| need("topic"))?;
+            if topic.get_ref().is_empty() || topic.get_ref() == "*" {
+                return Err(ctx.err(
+                    Some(topic.span()),
+                    k("topic"),
+                    "a topic is a non-empty name (`*` is for subscribers)",
+                ));
+            }
+            ActionKind::Notify {
+                topic: topic.get_ref().clone(),
+            }
+        }
+        "heartbeat-healthy" => ActionKind::HeartbeatHealthy,
         "waitfor" => ActionKind::WaitFor {
             path: ctx.path(r.path.as_ref().ok_or_else(|| need("path"))?.get_ref()),
             timeout_ns: dur(
@@ -1167,7 +1286,7 @@ fn action(
                 Some(r.act.span()),
                 k("do"),
                 format!(
-                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"waitfor\", \"signal\" or \"device-restart\")"
+                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"waitfor\", \"signal\", \"notify\", \"heartbeat-healthy\" or \"device-restart\")"
                 ),
             ));
         }

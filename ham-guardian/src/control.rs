@@ -7,68 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use ham_core::protocol::{Notification, Request, Response};
 
-/// A request to the running HAM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
-    /// Answers at once; proves the HAM's loop is turning.
-    Ping,
-    /// Start a stopped entity (an operator start: not an automatic restart).
-    Start { entity: String },
-    /// Stop an entity; it stays stopped until started.
-    Stop { entity: String },
-    /// Stop then start an entity.
-    Restart { entity: String },
-    /// Stop every entity, remove the segment and the socket, and exit 0.
-    Shutdown,
-    /// Switch escalations to a device restart on or off (kept across takeovers and starts).
-    DeviceRestart { enabled: bool },
-    /// A detector's event on an entity: fires its matching `raise` conditions.
-    Raise {
-        entity: String,
-        class: String,
-        severity: u32,
-        value: i64,
-    },
-}
-
-/// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Response {
-    pub fn ok(message: impl Into<String>) -> Self {
-        Self {
-            ok: true,
-            message: Some(message.into()),
-            error: None,
-        }
-    }
-    pub fn err(error: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            message: None,
-            error: Some(error.into()),
-        }
-    }
-    /// The response as one line, newline included.
-    pub fn to_line(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).expect("a response always serialises");
-        v.push(b'\n');
-        v
-    }
-}
-
-/// Longest request line the HAM accepts.
-pub const MAX_REQUEST: usize = 4096;
+pub use ham_core::protocol::MAX_REQUEST;
 
 /// Why a request could not be made.
 #[derive(Debug, thiserror::Error)]

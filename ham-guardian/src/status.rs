@@ -23,6 +23,9 @@ pub struct Status {
     /// (Linux ≥ 6.15, any reaped process), "proc_connector" (netlink, needs CAP_NET_ADMIN).
     /// Without the last two, a process that dies while no HAM is its parent ends "unknown".
     pub exit_sources: Vec<&'static str>,
+    /// The detector ring's consumer counts (events consumed, rejected as invalid or not
+    /// allowed, and slots abandoned by producers that died mid-publish).
+    pub ring: RingStatus,
     /// Slots that could not be read (corrupt), as messages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -39,6 +42,21 @@ pub struct HamStatus {
     /// A shutdown has been asked for.
     pub stopping: bool,
     pub failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RingStatus {
+    pub consumed: u64,
+    pub rejected: u64,
+    pub abandoned: u64,
+}
+
+/// What a client attached with.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HeartbeatStatus {
+    pub period_ns: u64,
+    pub missed_low: u32,
+    pub missed_high: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -60,6 +78,8 @@ pub struct EntityStatus {
     pub last_exit: Option<ExitJson>,
     /// Nanoseconds since the current process started, when running.
     pub uptime_ns: Option<u64>,
+    /// The heartbeat an SDK client attached with, if any.
+    pub heartbeat: Option<HeartbeatStatus>,
 }
 
 /// `{"code": N}`, `{"signal": N}` or `{"unknown": true}`.
@@ -117,6 +137,11 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
                     last_exit: ExitJson::from(r.last_exit),
                     uptime_ns: (r.state == EntityState::Running)
                         .then(|| now_mono_ns.saturating_sub(r.started_mono_ns)),
+                    heartbeat: r.heartbeat.map(|h| HeartbeatStatus {
+                        period_ns: h.period_ns,
+                        missed_low: h.missed_low,
+                        missed_high: h.missed_high,
+                    }),
                     name: r.name,
                 });
             }
@@ -148,6 +173,14 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
         .filter(|(bit, _)| h.exit_sources & bit != 0)
         .map(|(_, name)| name)
         .collect(),
+        ring: {
+            let [consumed, rejected, abandoned] = seg.header().ring_counts();
+            RingStatus {
+                consumed,
+                rejected,
+                abandoned,
+            }
+        },
         errors,
     }
 }
@@ -275,6 +308,7 @@ mod tests {
                     starts: 1,
                     last_exit: Some(ExitJson::Signal(9)),
                     uptime_ns: Some(1_500_000_000),
+                    heartbeat: None,
                 },
                 EntityStatus {
                     name: "b".into(),
@@ -284,10 +318,12 @@ mod tests {
                     starts: 1,
                     last_exit: None,
                     uptime_ns: None,
+                    heartbeat: None,
                 },
             ],
             device_restart: true,
             exit_sources: vec![],
+            ring: RingStatus::default(),
             errors: vec![],
         };
         let t = s.to_table();

@@ -15,4 +15,5 @@ mod instances;
 mod notify;
 mod ordering;
 mod recovery;
+mod sdk;
 mod supervision;

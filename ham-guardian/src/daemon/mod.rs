@@ -39,15 +39,20 @@ use crate::proclog::{LogRecord, ProcessLog, Syslog};
 use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
+mod clients;
+use clients::{Clients, Peer, Subscriber};
+
 const TOK_SIGNAL: u64 = 1;
 const TOK_TIMER: u64 = 2;
 const TOK_LISTEN: u64 = 3;
 const TOK_GUARDIAN: u64 = 4;
 const TOK_PROCCONN: u64 = 5;
 const TOK_NOTIFY: u64 = 6;
+const TOK_DOORBELL: u64 = 7;
 const TOK_CONN: u64 = 1 << 32;
 const TOK_PIDFD: u64 = 2 << 32;
 const TOK_ACTION: u64 = 3 << 32;
+const TOK_SUB: u64 = 4 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
 /// Why the daemon could not start or had to stop.
@@ -102,6 +107,8 @@ struct Entity {
     /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
     watchdog_at: Option<u64>,
     watchdog_ns: Option<u64>,
+    /// Its SDK heartbeat monitor, while a client is attached with one.
+    hb: Option<clients::Heartbeat>,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -116,6 +123,8 @@ enum TimerKind {
     Ready,
     Action,
     Watchdog,
+    Heartbeat,
+    RingStall,
 }
 
 /// An adopted entity died before anyone could tell how; its status may still come through
@@ -139,6 +148,7 @@ struct GuardianProc {
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    peer: Peer,
 }
 
 /// The sockets an instance keeps through takeovers: handed to each Guardian.
@@ -192,6 +202,10 @@ pub struct Daemon {
     exec_pids: HashMap<i32, u32>,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<usize>>,
+    /// The client segment (heartbeats, detector ring), if it could be set up.
+    clients: Option<Clients>,
+    subscribers: HashMap<u64, Subscriber>,
+    next_sub: u64,
 }
 
 /// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
@@ -315,7 +329,7 @@ impl Daemon {
         writer.set_flags(flags | if off { FLAG_DEVICE_RESTART_OFF } else { 0 })?;
         writer.set_guardian(0, 0)?;
         let sockets = Sockets {
-            listener: bind_socket(&inst.socket_path())?,
+            listener: bind_socket(&inst.socket_path(), cfg.client_gid)?,
             notify: bind_notify(&inst.notify_path())?,
         };
         Self::build(cfg, config_text, writer, sockets, Origin::Started)
@@ -450,7 +464,29 @@ impl Daemon {
             );
         }
         let syslog = Syslog::new(cfg.syslog.clone());
+        // The client-token key: made once per segment, kept by every successor.
+        let mut key = writer.segment().header().client_key();
+        if key == [0, 0] {
+            key = random_key();
+            writer.set_client_key(key)?;
+        }
+        let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
+        let clients = match Clients::open(&cfg, capacity, &origin, warm, key) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "cannot set up the client segment: {e}; going on without SDK clients"
+                    ),
+                );
+                None
+            }
+        };
         Ok(Self {
+            clients,
+            subscribers: HashMap::new(),
+            next_sub: 0,
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,
@@ -502,6 +538,10 @@ impl Daemon {
             _ => HashMap::new(),
         };
         self.adopt(passed);
+        self.resume_heartbeats();
+        if let Err(e) = self.watch_clients() {
+            say!(self, "cannot watch the doorbell: {e}");
+        }
         if self.writer.segment().header().flags() & FLAG_STOP_INTENT != 0 {
             say!(
                 self,
@@ -518,6 +558,7 @@ impl Daemon {
                 return Ok(crate::exit::OK);
             }
             self.rearm_timer();
+            self.arm_ring();
             events.clear();
             match epoll::wait(
                 &self.epoll,
@@ -539,11 +580,13 @@ impl Daemon {
                         TOK_GUARDIAN => self.on_guardian_exit(),
                         TOK_PROCCONN => self.drain_proc_connector(),
                         TOK_NOTIFY => self.on_notify(),
+                        TOK_DOORBELL => self.on_doorbell(),
                         _ => {}
                     },
                     TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
                     TOK_PIDFD => self.on_pidfd((tok & !TOK_KIND_MASK) as usize),
                     TOK_ACTION => self.on_action_exit((tok & !TOK_KIND_MASK) as u32),
+                    TOK_SUB => self.on_subscriber(tok & !TOK_KIND_MASK),
                     _ => {}
                 }
             }
@@ -621,6 +664,7 @@ impl Daemon {
                 ready: false,
                 watchdog_at: None,
                 watchdog_ns: None,
+                hb: None,
                 env,
                 waiters: Vec::new(),
             });
@@ -882,6 +926,16 @@ impl Daemon {
     /// anything; one killed after it leaves a record naming the running process.
     fn spawn(&mut self, i: usize) {
         let now = mono_ns();
+        if self.entities[i].cfg.attach_only {
+            // ham never starts it: it waits for a process to attach itself.
+            let e = &mut self.entities[i];
+            if !e.rec.state.has_process() {
+                e.rec.state = EntityState::Stopped;
+                e.rec.restart_pending = false;
+                self.publish(i);
+            }
+            return;
+        }
         {
             let e = &mut self.entities[i];
             e.stop_deadline = None;
@@ -1045,6 +1099,9 @@ impl Daemon {
         e.deaths += 1;
         e.ready = false;
         e.watchdog_at = None;
+        // An attachment ends with its process.
+        e.hb = None;
+        e.rec.heartbeat = None;
         e.pidfd = None; // closing it also removes it from the epoll set
         e.adopted = false;
         e.stop_deadline = None;
@@ -1058,7 +1115,11 @@ impl Daemon {
         } else {
             e.wanted
         };
-        let decision = policy::after_exit(e.cfg.restart, wanted, exit);
+        let decision = if e.cfg.attach_only {
+            AfterExit::Exited // not ours to start again
+        } else {
+            policy::after_exit(e.cfg.restart, wanted, exit)
+        };
         let how = describe(exit);
         let name = e.cfg.name.clone();
         // Exits the entity made on its own are stamped in the record (published below with
@@ -1119,7 +1180,11 @@ impl Daemon {
             }
             AfterExit::Exited => {
                 e.rec.state = EntityState::Exited;
-                let mode = e.cfg.restart.as_str();
+                let mode = if e.cfg.attach_only {
+                    "attach-only"
+                } else {
+                    e.cfg.restart.as_str()
+                };
                 say!(
                     self,
                     "{name}: pid {old_pid} {how}; not restarted (restart = {mode})"
@@ -1264,7 +1329,15 @@ impl Daemon {
             };
             let (i, cond) = (run.entity, run.condition);
             let name = self.entities[i].cfg.name.clone();
+            if let Some(result) = self.run_client_action(i, cond, &action.kind) {
+                match result {
+                    Ok(what) => self.record(i, None, cond, action.kind.name(), &what),
+                    Err(why) => self.action_failed(id, &action, action.kind.name(), &why),
+                }
+                continue;
+            }
             match &action.kind {
+                ActionKind::Notify { .. } | ActionKind::HeartbeatHealthy => {}
                 ActionKind::Log { message } => {
                     say!(self, "{name}: {cond}: {message}");
                     self.record(i, None, cond, "log", message);
@@ -1867,6 +1940,8 @@ impl Daemon {
                 TimerKind::GuardianRetry => self.spawn_guardian(),
                 TimerKind::StatusPatch => self.try_patches(now),
                 TimerKind::Action => self.on_action_timer(i as u32, at),
+                TimerKind::Heartbeat => self.check_heartbeat(i),
+                TimerKind::RingStall => self.drain_ring(),
                 TimerKind::Watchdog => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running && self.shutdown.is_none() {
@@ -1968,6 +2043,11 @@ impl Daemon {
                 e.rec.started_mono_ns + e.cfg.ready_after_ns == at
             }
             TimerKind::HoldOff => self.entities[i].rec.policy.held_until == at,
+            TimerKind::Heartbeat => self.entities[i]
+                .hb
+                .as_ref()
+                .is_some_and(|h| h.deadline == at),
+            TimerKind::RingStall => true,
         }
     }
 
@@ -2116,29 +2196,18 @@ impl Daemon {
                     return;
                 }
             };
-            match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(cred) if cred.uid.is_root() || cred.uid.as_raw() == self.my_uid => {}
-                Ok(cred) => {
-                    let uid = cred.uid.as_raw();
-                    say!(
-                        self,
-                        "refused a control connection from uid {uid} (pid {})",
-                        cred.pid.as_raw_nonzero()
-                    );
-                    reply(
-                        stream,
-                        &Response::err(format!(
-                            "permission denied: uid {uid} is neither root nor the owner of this ham (uid {})",
-                            self.my_uid
-                        )),
-                    );
-                    continue;
-                }
+            // Anyone who can open the socket (mode 0660, the client group) may speak;
+            // what each may ask is decided per request from these credentials.
+            let peer = match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) => Peer {
+                    pid: cred.pid.as_raw_nonzero().get(),
+                    uid: cred.uid.as_raw(),
+                },
                 Err(e) => {
                     say!(self, "SO_PEERCRED: {e}");
                     continue;
                 }
-            }
+            };
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
@@ -2157,6 +2226,7 @@ impl Daemon {
                     Conn {
                         stream,
                         buf: Vec::new(),
+                        peer,
                     },
                 );
             }
@@ -2209,20 +2279,46 @@ impl Daemon {
             return;
         };
         match serde_json::from_slice::<Request>(&conn.buf[..end]) {
-            Ok(req) => self.handle(req, conn.stream),
+            Ok(req) => self.handle(req, conn.stream, conn.peer),
             Err(e) => reply(conn.stream, &Response::err(format!("bad request: {e}"))),
         }
     }
 
-    fn handle(&mut self, req: Request, stream: UnixStream) {
+    fn handle(&mut self, req: Request, stream: UnixStream, peer: Peer) {
         if self.shutdown.is_some() && !matches!(req, Request::Ping | Request::Shutdown) {
             reply(stream, &Response::err("ham is shutting down"));
+            return;
+        }
+        let client_request = matches!(
+            req,
+            Request::Ping
+                | Request::Hello
+                | Request::Attach { .. }
+                | Request::Detach { .. }
+                | Request::Subscribe { .. }
+        );
+        if !client_request && peer.uid != 0 && peer.uid != self.my_uid {
+            say!(
+                self,
+                "refused a request from uid {} (pid {})",
+                peer.uid,
+                peer.pid
+            );
+            reply(
+                stream,
+                &Response::err(format!(
+                    "permission denied: uid {} is neither root nor the owner of this ham (uid {})",
+                    peer.uid, self.my_uid
+                )),
+            );
             return;
         }
         let entity = match &req {
             Request::Start { entity }
             | Request::Stop { entity }
             | Request::Restart { entity }
+            | Request::Attach { entity, .. }
+            | Request::Detach { entity }
             | Request::Raise { entity, .. } => match self.by_name.get(entity) {
                 Some(&i) => Some(i),
                 None => {
@@ -2237,6 +2333,47 @@ impl Daemon {
         };
         match (req, entity) {
             (Request::Ping, _) => reply(stream, &Response::ok("pong")),
+            (Request::Hello, _) => {
+                let key = self.clients.as_ref().map(|c| c.key);
+                match key {
+                    Some(key) => {
+                        let mut r = Response::ok(format!("hello pid {}", peer.pid));
+                        r.token = Some(ham_core::client::client_token(
+                            key,
+                            peer.pid as u32,
+                            peer.uid,
+                        ));
+                        reply(stream, &r);
+                    }
+                    None => reply(
+                        stream,
+                        &Response::err("this ham has no client segment (see its log)"),
+                    ),
+                }
+            }
+            (
+                Request::Attach {
+                    pid,
+                    period_ns,
+                    missed_low,
+                    missed_high,
+                    ..
+                },
+                Some(i),
+            ) => {
+                let spec = ham_core::layout::HeartbeatSpec {
+                    period_ns,
+                    missed_low,
+                    missed_high,
+                };
+                let r = self.attach(i, peer, pid, spec);
+                reply(stream, &r);
+            }
+            (Request::Detach { .. }, Some(i)) => {
+                let r = self.detach(i, peer);
+                reply(stream, &r);
+            }
+            (Request::Subscribe { topic }, _) => self.subscribe(topic, stream),
             (
                 Request::Raise {
                     class,
@@ -2246,34 +2383,7 @@ impl Daemon {
                 },
                 Some(i),
             ) => {
-                let n = self.entities[i]
-                    .cfg
-                    .conditions
-                    .iter()
-                    .filter(|c| {
-                        c.trigger.matches(&Event::Raise {
-                            class: class.clone(),
-                            severity,
-                            value,
-                        })
-                    })
-                    .count();
-                self.record(
-                    i,
-                    None,
-                    "raise",
-                    "raise",
-                    &format!("class {class} severity {severity} value {value}: {n} condition(s)"),
-                );
-                self.fire(
-                    i,
-                    Event::Raise {
-                        class,
-                        severity,
-                        value,
-                    },
-                    None,
-                );
+                let n = self.raise(i, class, severity, value, 0);
                 reply(
                     stream,
                     &Response::ok(format!("raised; {n} condition(s) matched")),
@@ -2428,6 +2538,7 @@ impl Daemon {
         if let Err(e) = Segment::unlink(&inst.segment_name()) {
             say!(self, "{e}");
         }
+        ham_core::client::ClientSegment::unlink(&ham_core::client::segment_name(&inst.name));
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {
                 reply(stream, &Response::err("ham shut down"));
@@ -2513,6 +2624,23 @@ pub(crate) fn signalfd() -> nix::Result<SignalFd> {
 }
 
 /// The file whose presence says device restarts are switched off, across cold starts.
+/// 128 random bits (the client-token key).
+fn random_key() -> [u64; 2] {
+    let mut b = [0u8; 16];
+    let mut got = 0;
+    while got < b.len() {
+        match rustix::rand::getrandom(&mut b[got..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    [
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+    ]
+}
+
 fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
     cfg.instance
         .log_dir
@@ -2676,14 +2804,20 @@ fn bind_notify(path: &Path) -> Result<std::os::unix::net::UnixDatagram, DaemonEr
     Ok(sock)
 }
 
-fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+fn bind_socket(path: &Path, client_gid: Option<u32>) -> Result<UnixListener, DaemonError> {
     // Only reached once no live HAM owns this instance, so an existing socket is stale.
     if path.exists() {
         std::fs::remove_file(path).map_err(io_ctx(format!("removing stale {}", path.display())))?;
     }
     let listener =
         UnixListener::bind(path).map_err(io_ctx(format!("binding {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // 0660: ham's user and the client group may connect; each request is then checked
+    // against the peer's credentials (operator requests need root or ham's user).
+    if let Some(gid) = client_gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io_ctx(format!("chown {}", path.display())))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(io_ctx(format!("chmod {}", path.display())))?;
     listener
         .set_nonblocking(true)

@@ -1,0 +1,914 @@
+//! The client segment: what applications may write. It is separate from the state segment
+//! (which only the HAM writes): a client may store its heartbeat word and push events to
+//! the detector ring, and nothing it writes here can change an entity, condition or action
+//! record. The HAM validates every byte it reads from it.
+//!
+//! Layout (`#[repr(C)]`, versioned, checked on attach):
+//! ```text
+//! ClientHeader (256 B) · HeartbeatSlot[hb_slots] (64 B each) · RingSlot[ring_slots] (128 B each)
+//! ```
+//!
+//! **Heartbeats.** A heartbeat is one atomic store of the client's `CLOCK_MONOTONIC` time
+//! into its slot (no syscall: the clock is read through the vDSO). The HAM reads the slot
+//! only at the entity's next deadline, so a healthy client costs it one wake-up per miss
+//! window, not one per beat.
+//!
+//! **The detector ring** is a bounded multi-producer, single-consumer queue of fixed-size
+//! slots with per-slot sequence numbers (after Vyukov's bounded queue). A producer claims a
+//! ticket with a CAS on `head` (only while the ring has room: a full ring drops and says
+//! so), writes the slot, and publishes it with a CAS of the slot's sequence from `ticket`
+//! to `ticket + 1`. A producer that dies between claim and publish would wedge Vyukov's
+//! queue; here the consumer *abandons* such a slot — at once if the claimer's pid is
+//! proven dead, else after a deadline — by a CAS of the sequence to the next lap, and
+//! counts it. A slow (not dead) producer whose slot was abandoned finds its publish CAS
+//! fails and is told. Every event is thus consumed once or counted as dropped, abandoned or
+//! rejected, and the ring never wedges.
+//!
+//! **Rogue bytes.** Every slot carries a checksum over its words and its ticket; a slot
+//! that fails it, names an unknown kind, or holds a sequence no producer writes is rejected
+//! and counted. A `head` that no run of producers could have produced resets the ring.
+//!
+//! **Doorbell.** The consumer sets `sleeping` before it sleeps; a producer that publishes
+//! while it is set swaps it to 0 and issues one `FUTEX_WAKE`. Under load no producer makes
+//! a syscall.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::Mode;
+use rustix::shm;
+
+/// `b"HAMCLNT\0"` read as a little-endian `u64`.
+pub const CLIENT_MAGIC: u64 = u64::from_le_bytes(*b"HAMCLNT\0");
+/// Bumped on any change to the client segment's layout.
+pub const CLIENT_LAYOUT_VERSION: u32 = 1;
+/// Longest entity name or class an event carries.
+pub const NAME_BYTES: usize = 32;
+
+/// Event kinds on the ring.
+pub const KIND_RAISE: u32 = 1;
+pub const KIND_STATE: u32 = 2;
+
+/// The client segment of instance `instance` (`/dev/shm/ham.<instance>.client`).
+pub fn segment_name(instance: &str) -> String {
+    format!("/ham.{instance}.client")
+}
+
+/// Why a client segment could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSegmentError {
+    #[error("client segment {name} does not exist (is ham running?)")]
+    NotFound { name: String },
+    #[error("client segment {name}: permission denied (a client must be in ham's client group)")]
+    Denied { name: String },
+    #[error("client segment {name}: {what}: {source}")]
+    Io {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("client segment {name} is invalid: {why}")]
+    Invalid { name: String, why: String },
+}
+
+/// The header. Words a client may write (`head`, `dropped_full`, `sleeping`) sit on their
+/// own cache lines, apart from the consumer's `tail`.
+#[repr(C, align(64))]
+pub struct ClientHeader {
+    magic: AtomicU64,
+    version: AtomicU32,
+    header_size: AtomicU32,
+    total_size: AtomicU64,
+    hb_slots: AtomicU32,
+    ring_slots: AtomicU32,
+    hb_offset: AtomicU64,
+    ring_offset: AtomicU64,
+    /// Pid of the HAM consuming the ring (informational).
+    ham_pid: AtomicU32,
+    _pad0: [AtomicU32; 3],
+    // -- line 1: producers ---------------------------------------------------------------
+    /// Tickets claimed so far.
+    pub head: AtomicU64,
+    /// Events producers dropped because the ring was full.
+    pub dropped_full: AtomicU64,
+    _pad1: [AtomicU64; 6],
+    // -- line 2: the consumer ------------------------------------------------------------
+    /// Tickets consumed (or abandoned) so far: producers may claim up to `tail + slots`.
+    pub tail: AtomicU64,
+    _pad2: [AtomicU64; 7],
+    // -- line 3: the doorbell ------------------------------------------------------------
+    /// 1 while the consumer sleeps (a futex word).
+    pub sleeping: AtomicU32,
+    _pad3: AtomicU32,
+    /// `FUTEX_WAKE`s producers issued (for the benchmark).
+    pub wakes: AtomicU64,
+    _pad4: [AtomicU64; 6],
+}
+
+const _: () = assert!(size_of::<ClientHeader>() == 256);
+
+/// One heartbeat slot: the client's last beat, in `CLOCK_MONOTONIC` nanoseconds.
+#[repr(C, align(64))]
+pub struct HeartbeatSlot {
+    /// Written by the client: the time of its last beat (0 = never).
+    pub beat_ns: AtomicU64,
+    /// Written by the HAM at attach: who holds the slot (informational for readers).
+    pub pid: AtomicU32,
+    _pad: AtomicU32,
+    _rest: [AtomicU64; 6],
+}
+
+const _: () = assert!(size_of::<HeartbeatSlot>() == 64);
+
+/// Words of a ring slot after its sequence number.
+const SLOT_WORDS: usize = 15;
+mod w {
+    pub const CLAIM: usize = 0; // pid | (ticket as u32) << 32, written right after the claim
+    pub const TOKEN: usize = 1;
+    pub const KIND: usize = 2; // kind | severity << 32
+    pub const VALUE: usize = 3;
+    pub const AUX: usize = 4; // state: from | to << 32
+    pub const ENTITY: usize = 5; // 4 words
+    pub const CLASS: usize = 9; // 4 words
+    pub const UID: usize = 13;
+    pub const CHECKSUM: usize = 14;
+}
+
+/// One ring slot.
+#[repr(C, align(128))]
+pub struct RingSlot {
+    seq: AtomicU64,
+    words: [AtomicU64; SLOT_WORDS],
+}
+
+const _: () = assert!(size_of::<RingSlot>() == 128);
+
+/// An event on the ring, as a producer gives it and the consumer returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingEvent {
+    pub kind: u32,
+    /// The producer's pid and uid (checked against `token` by the HAM).
+    pub pid: u32,
+    pub uid: u32,
+    pub token: u64,
+    pub entity: String,
+    pub class: String,
+    pub severity: u32,
+    pub value: i64,
+    /// For `KIND_STATE`: from and to.
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Why a push did not go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("the detector ring is full: the event was dropped (and counted)")]
+    Full,
+    #[error("the event's slot was abandoned by ham before it was published (counted)")]
+    Abandoned,
+    #[error("entity name or class longer than {NAME_BYTES} bytes")]
+    TooLong,
+}
+
+/// A mapped, validated client segment.
+pub struct ClientSegment {
+    name: String,
+    map: MmapRaw,
+    hb_slots: u32,
+    ring_slots: u32,
+}
+
+/// Bytes a client segment with these counts takes (whole pages).
+pub fn client_segment_size(hb_slots: u32, ring_slots: u32) -> u64 {
+    let ring_slots = ring_slots.clamp(2, 1 << 20).next_power_of_two();
+    let raw = ring_offset(hb_slots) + u64::from(ring_slots) * size_of::<RingSlot>() as u64;
+    raw.div_ceil(4096) * 4096
+}
+
+fn hb_offset() -> u64 {
+    size_of::<ClientHeader>() as u64
+}
+fn ring_offset(hb_slots: u32) -> u64 {
+    // 128-byte aligned: the header is 256 B and each heartbeat slot 64 B.
+    (hb_offset() + u64::from(hb_slots) * size_of::<HeartbeatSlot>() as u64).div_ceil(128) * 128
+}
+
+impl ClientSegment {
+    /// Creates (or replaces) the client segment with mode 0660, owned by group `gid` if
+    /// given. `ring_slots` is rounded up to a power of two.
+    pub fn create(
+        name: &str,
+        hb_slots: u32,
+        ring_slots: u32,
+        gid: Option<u32>,
+    ) -> Result<Self, ClientSegmentError> {
+        let io = |what: &'static str| {
+            move |e: io::Error| ClientSegmentError::Io {
+                name: name.to_owned(),
+                what,
+                source: e,
+            }
+        };
+        let ring_slots = ring_slots.clamp(2, 1 << 20).next_power_of_two();
+        let _ = shm::unlink(name);
+        let fd = shm::open(
+            name,
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::from_raw_mode(0o660),
+        )
+        .map_err(|e| io("shm_open")(e.into()))?;
+        // The umask may have taken bits away; the mode is the permission rule, so set it.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o660)).map_err(|e| io("fchmod")(e.into()))?;
+        if let Some(gid) = gid {
+            rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(gid)))
+                .map_err(|e| io("fchown")(e.into()))?;
+        }
+        let file = File::from(fd);
+        let size = client_segment_size(hb_slots, ring_slots);
+        file.set_len(size).map_err(io("ftruncate"))?;
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(&file)
+            .map_err(io("mmap"))?;
+        let seg = Self {
+            name: name.to_owned(),
+            map,
+            hb_slots,
+            ring_slots,
+        };
+        let h = seg.header();
+        h.version.store(CLIENT_LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_size
+            .store(size_of::<ClientHeader>() as u32, Ordering::Relaxed);
+        h.total_size.store(size, Ordering::Relaxed);
+        h.hb_slots.store(hb_slots, Ordering::Relaxed);
+        h.ring_slots.store(ring_slots, Ordering::Relaxed);
+        h.hb_offset.store(hb_offset(), Ordering::Relaxed);
+        h.ring_offset
+            .store(ring_offset(hb_slots), Ordering::Relaxed);
+        for (i, s) in seg.ring().iter().enumerate() {
+            s.seq.store(i as u64, Ordering::Relaxed);
+        }
+        // Release: a client that sees the magic sees the geometry and the sequences.
+        h.magic.store(CLIENT_MAGIC, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// Maps an existing client segment read-write and validates its geometry.
+    pub fn open(name: &str) -> Result<Self, ClientSegmentError> {
+        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => ClientSegmentError::NotFound { name: name.into() },
+            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
+                ClientSegmentError::Denied { name: name.into() }
+            }
+            e => ClientSegmentError::Io {
+                name: name.into(),
+                what: "shm_open",
+                source: e.into(),
+            },
+        })?;
+        let file = File::from(fd);
+        let invalid = |why: String| ClientSegmentError::Invalid {
+            name: name.into(),
+            why,
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| ClientSegmentError::Io {
+                name: name.into(),
+                what: "fstat",
+                source: e,
+            })?
+            .len();
+        if len < size_of::<ClientHeader>() as u64 {
+            return Err(invalid(format!("{len} bytes, smaller than its header")));
+        }
+        let map = MmapOptions::new()
+            .len(len as usize)
+            .map_raw(&file)
+            .map_err(|e| ClientSegmentError::Io {
+                name: name.into(),
+                what: "mmap",
+                source: e,
+            })?;
+        let mut seg = Self {
+            name: name.to_owned(),
+            map,
+            hb_slots: 0,
+            ring_slots: 0,
+        };
+        let h = seg.header();
+        if h.magic.load(Ordering::Acquire) != CLIENT_MAGIC {
+            return Err(invalid("bad magic".into()));
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != CLIENT_LAYOUT_VERSION {
+            return Err(invalid(format!(
+                "layout version {version}, this library understands {CLIENT_LAYOUT_VERSION}"
+            )));
+        }
+        let (hb, ring) = (
+            h.hb_slots.load(Ordering::Relaxed),
+            h.ring_slots.load(Ordering::Relaxed),
+        );
+        if h.header_size.load(Ordering::Relaxed) as usize != size_of::<ClientHeader>()
+            || h.hb_offset.load(Ordering::Relaxed) != hb_offset()
+            || h.ring_offset.load(Ordering::Relaxed) != ring_offset(hb)
+            || !ring.is_power_of_two()
+            || ring_offset(hb) + u64::from(ring) * size_of::<RingSlot>() as u64 > len
+        {
+            return Err(invalid(format!(
+                "geometry ({hb} heartbeat slots, {ring} ring slots) does not fit {len} bytes"
+            )));
+        }
+        seg.hb_slots = hb;
+        seg.ring_slots = ring;
+        Ok(seg)
+    }
+
+    /// Removes the name. Missing is not an error.
+    pub fn unlink(name: &str) {
+        let _ = shm::unlink(name);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn hb_slots(&self) -> u32 {
+        self.hb_slots
+    }
+    pub fn ring_slots(&self) -> u32 {
+        self.ring_slots
+    }
+
+    pub fn header(&self) -> &ClientHeader {
+        // SAFETY: the mapping is page-aligned and at least `size_of::<ClientHeader>()` long
+        // (checked in `create`/`open`); every field is an atomic, valid for any bit pattern,
+        // and other processes touch it only through atomics. The reference lives no longer
+        // than `self`, which owns the mapping.
+        unsafe { &*self.map.as_ptr().cast::<ClientHeader>() }
+    }
+
+    /// The heartbeat slots.
+    pub fn heartbeats(&self) -> &[HeartbeatSlot] {
+        // SAFETY: `hb_slots` slots of 64 B start at offset 256 (64-aligned) and end before
+        // the ring, inside the mapping (checked in `create`/`open`); atomics only.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(hb_offset() as usize).cast(),
+                self.hb_slots as usize,
+            )
+        }
+    }
+
+    /// The ring's slots.
+    fn ring(&self) -> &[RingSlot] {
+        // SAFETY: `ring_slots` slots of 128 B start at the 128-aligned `ring_offset`, inside
+        // the mapping (checked in `create`/`open`); atomics only.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map
+                    .as_ptr()
+                    .add(ring_offset(self.hb_slots) as usize)
+                    .cast(),
+                self.ring_slots as usize,
+            )
+        }
+    }
+
+    /// The whole mapping as bytes to overwrite: for tests that play a rogue client.
+    #[doc(hidden)]
+    pub fn raw_ring_words(&self) -> &[AtomicU64] {
+        // SAFETY: the ring is `ring_slots * 16` 8-aligned words inside the mapping.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map
+                    .as_ptr()
+                    .add(ring_offset(self.hb_slots) as usize)
+                    .cast(),
+                self.ring_slots as usize * (SLOT_WORDS + 1),
+            )
+        }
+    }
+
+    pub fn set_ham_pid(&self, pid: u32) {
+        self.header().ham_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Stores a beat in slot `i` (the client's side). Out of range is ignored.
+    #[inline]
+    pub fn beat(&self, i: u32, now_ns: u64) {
+        if let Some(s) = self.heartbeats().get(i as usize) {
+            s.beat_ns.store(now_ns, Ordering::Release);
+        }
+    }
+
+    /// Publishes one event. Never blocks: a full ring drops the event and counts it.
+    pub fn push(&self, ev: &RingEvent) -> Result<(), PushError> {
+        self.push_with(ev, || {})
+    }
+
+    /// [`push`](Self::push) with a hook run between the claim and the publish (tests kill
+    /// the producer there).
+    pub fn push_with(&self, ev: &RingEvent, after_claim: impl FnOnce()) -> Result<(), PushError> {
+        let entity = pack_name(&ev.entity).ok_or(PushError::TooLong)?;
+        let class = pack_name(&ev.class).ok_or(PushError::TooLong)?;
+        let h = self.header();
+        let ring = self.ring();
+        let cap = ring.len() as u64;
+        let ticket = loop {
+            let head = h.head.load(Ordering::Acquire);
+            let tail = h.tail.load(Ordering::Acquire);
+            if head.wrapping_sub(tail) >= cap {
+                h.dropped_full.fetch_add(1, Ordering::Relaxed);
+                return Err(PushError::Full);
+            }
+            if h.head
+                .compare_exchange_weak(head, head + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break head;
+            }
+        };
+        let slot = &ring[(ticket & (cap - 1)) as usize];
+        slot.words[w::CLAIM].store(
+            u64::from(ev.pid) | ((ticket & 0xffff_ffff) << 32),
+            Ordering::Release,
+        );
+        after_claim();
+        let mut body = [0u64; SLOT_WORDS];
+        body[w::CLAIM] = u64::from(ev.pid) | ((ticket & 0xffff_ffff) << 32);
+        body[w::TOKEN] = ev.token;
+        body[w::KIND] = u64::from(ev.kind) | (u64::from(ev.severity) << 32);
+        body[w::VALUE] = ev.value as u64;
+        body[w::AUX] = u64::from(ev.from) | (u64::from(ev.to) << 32);
+        body[w::ENTITY..w::ENTITY + 4].copy_from_slice(&entity);
+        body[w::CLASS..w::CLASS + 4].copy_from_slice(&class);
+        body[w::UID] = u64::from(ev.uid);
+        body[w::CHECKSUM] = slot_checksum(ticket, &body);
+        for (dst, v) in slot.words.iter().zip(body.iter()).skip(1) {
+            dst.store(*v, Ordering::Relaxed);
+        }
+        if slot
+            .seq
+            .compare_exchange(ticket, ticket + 1, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(PushError::Abandoned);
+        }
+        // Pairs with the consumer's fence between setting `sleeping` and its last look at
+        // the ring: either it sees this event, or this producer sees it sleeping.
+        fence(Ordering::SeqCst);
+        if h.sleeping.load(Ordering::Relaxed) != 0 && h.sleeping.swap(0, Ordering::AcqRel) != 0 {
+            h.wakes.fetch_add(1, Ordering::Relaxed);
+            let _ =
+                rustix::thread::futex::wake(&h.sleeping, rustix::thread::futex::Flags::empty(), 1);
+        }
+        Ok(())
+    }
+
+    /// The slot at `ticket`, its sequence and its body.
+    fn read_slot(&self, ticket: u64) -> (&RingSlot, u64) {
+        let ring = self.ring();
+        let slot = &ring[(ticket & (ring.len() as u64 - 1)) as usize];
+        (slot, slot.seq.load(Ordering::Acquire))
+    }
+}
+
+fn pack_name(s: &str) -> Option<[u64; 4]> {
+    let b = s.as_bytes();
+    if b.len() > NAME_BYTES {
+        return None;
+    }
+    let mut bytes = [0u8; NAME_BYTES];
+    bytes[..b.len()].copy_from_slice(b);
+    let mut out = [0u64; 4];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    }
+    Some(out)
+}
+
+fn unpack_name(words: &[u64]) -> Option<String> {
+    let mut bytes = Vec::with_capacity(NAME_BYTES);
+    for w in words {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    if bytes[end..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    bytes.truncate(end);
+    String::from_utf8(bytes).ok()
+}
+
+/// Checksum over a slot's words (except the checksum itself) and its ticket, so a slot
+/// copied from another lap, torn between two producers or overwritten fails it.
+fn slot_checksum(ticket: u64, body: &[u64; SLOT_WORDS]) -> u64 {
+    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ ticket;
+    for &x in &body[..w::CHECKSUM] {
+        h ^= x;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+    }
+    h | 1 // never 0: an all-zero slot is never valid
+}
+
+/// What one look at the ring found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// An event, consumed.
+    Event(RingEvent),
+    /// A published slot that failed validation (rogue bytes), or a ring reset: consumed and
+    /// counted.
+    Rejected(&'static str),
+    /// A slot claimed by a producer that died (or held it too long): skipped and counted.
+    Abandoned { pid: u32 },
+    /// Nothing to consume.
+    Empty,
+    /// The next slot is claimed but not yet published: look again at `retry_at` (or when
+    /// the doorbell rings).
+    Stalled { retry_at: u64 },
+}
+
+/// Counts the consumer keeps (in its own memory: a client cannot change them).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingStats {
+    pub consumed: u64,
+    pub rejected: u64,
+    pub abandoned: u64,
+    pub resets: u64,
+}
+
+/// The ring's single consumer (the HAM).
+pub struct Consumer {
+    tail: u64,
+    stall: Option<(u64, u64)>,
+    pub stats: RingStats,
+    /// How long a claimed slot may stay unpublished by a producer not known to be dead.
+    pub abandon_after_ns: u64,
+}
+
+impl Consumer {
+    /// Resumes where the shared `tail` says the previous consumer stopped.
+    pub fn new(seg: &ClientSegment, abandon_after_ns: u64) -> Self {
+        Self {
+            tail: seg.header().tail.load(Ordering::Acquire),
+            stall: None,
+            stats: RingStats::default(),
+            abandon_after_ns,
+        }
+    }
+
+    fn advance(&mut self, seg: &ClientSegment, slot: &RingSlot, ticket: u64) {
+        // The slot is free for the next lap before producers can see the room.
+        slot.seq
+            .store(ticket + seg.ring_slots as u64, Ordering::Release);
+        self.tail = ticket + 1;
+        self.stall = None;
+        seg.header().tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Takes the next event. `is_dead(pid)` says whether a claimer is proven gone.
+    pub fn poll(
+        &mut self,
+        seg: &ClientSegment,
+        now_ns: u64,
+        is_dead: impl Fn(u32) -> bool,
+    ) -> Polled {
+        let cap = seg.ring_slots as u64;
+        let h = seg.header();
+        let t = self.tail;
+        // A rogue client may have rewritten `tail`: producers must see ours.
+        if h.tail.load(Ordering::Relaxed) != t {
+            h.tail.store(t, Ordering::Release);
+        }
+        let (slot, seq) = seg.read_slot(t);
+        if seq == t + 1 {
+            let mut body = [0u64; SLOT_WORDS];
+            for (b, src) in body.iter_mut().zip(slot.words.iter()) {
+                *b = src.load(Ordering::Relaxed);
+            }
+            self.advance(seg, slot, t);
+            return match decode(t, &body) {
+                Ok(ev) => {
+                    self.stats.consumed += 1;
+                    Polled::Event(ev)
+                }
+                Err(why) => {
+                    self.stats.rejected += 1;
+                    Polled::Rejected(why)
+                }
+            };
+        }
+        let head = h.head.load(Ordering::Acquire);
+        // A producer only ever moves a sequence from its ticket to ticket + 1, and no run
+        // of producers leaves `head` behind `tail` or more than a lap ahead: anything else
+        // is a client's stray write, and the ring is put back in order.
+        if head.wrapping_sub(t) > cap || seq != t {
+            self.reset(seg, head);
+            self.stats.rejected += 1;
+            return Polled::Rejected(if seq != t {
+                "slot sequence out of place: ring repaired"
+            } else {
+                "ring head out of range: ring repaired"
+            });
+        }
+        if head == t {
+            return Polled::Empty;
+        }
+        // Claimed, not yet published.
+        let first = match self.stall {
+            Some((ticket, since)) if ticket == t => since,
+            _ => {
+                self.stall = Some((t, now_ns));
+                now_ns
+            }
+        };
+        let claim = slot.words[w::CLAIM].load(Ordering::Acquire);
+        let pid = (claim & 0xffff_ffff) as u32;
+        let ours = claim >> 32 == t & 0xffff_ffff && pid != 0;
+        let dead = ours && is_dead(pid);
+        if !dead && now_ns < first.saturating_add(self.abandon_after_ns) {
+            return Polled::Stalled {
+                retry_at: first.saturating_add(self.abandon_after_ns),
+            };
+        }
+        match slot
+            .seq
+            .compare_exchange(t, t + cap, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                self.tail = t + 1;
+                self.stall = None;
+                h.tail.store(self.tail, Ordering::Release);
+                self.stats.abandoned += 1;
+                Polled::Abandoned {
+                    pid: if ours { pid } else { 0 },
+                }
+            }
+            // Published just now: take it on the next look.
+            Err(_) => self.poll(seg, now_ns, is_dead),
+        }
+    }
+
+    /// Puts the ring back in order at our tail: every slot gets the sequence its next
+    /// ticket expects, except events already published within a plausible `head`.
+    fn reset(&mut self, seg: &ClientSegment, head: u64) {
+        let cap = seg.ring_slots as u64;
+        let h = seg.header();
+        let claimed = if head.wrapping_sub(self.tail) <= cap {
+            head - self.tail
+        } else {
+            h.head.store(self.tail, Ordering::Release);
+            0
+        };
+        for k in 0..cap {
+            let ticket = self.tail + k;
+            let (slot, seq) = seg.read_slot(ticket);
+            if !(k < claimed && (seq == ticket || seq == ticket + 1)) {
+                slot.seq.store(ticket, Ordering::Release);
+            }
+        }
+        h.tail.store(self.tail, Ordering::Release);
+        self.stall = None;
+        self.stats.resets += 1;
+    }
+
+    /// Marks the consumer asleep. Returns false (and stays awake) if the ring has work,
+    /// which the caller must then drain before trying again.
+    pub fn prepare_sleep(&self, seg: &ClientSegment) -> bool {
+        let h = seg.header();
+        h.sleeping.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_work(seg) {
+            h.sleeping.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a look at the ring would find something (an event or a claim).
+    pub fn has_work(&self, seg: &ClientSegment) -> bool {
+        let (_, seq) = seg.read_slot(self.tail);
+        seq == self.tail + 1 || seg.header().head.load(Ordering::Acquire) != self.tail
+    }
+
+    /// The consumer's position (tickets consumed so far).
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+}
+
+fn decode(ticket: u64, body: &[u64; SLOT_WORDS]) -> Result<RingEvent, &'static str> {
+    if body[w::CHECKSUM] != slot_checksum(ticket, body) {
+        return Err("checksum mismatch");
+    }
+    let kind = (body[w::KIND] & 0xffff_ffff) as u32;
+    if kind != KIND_RAISE && kind != KIND_STATE {
+        return Err("unknown event kind");
+    }
+    let entity = unpack_name(&body[w::ENTITY..w::ENTITY + 4]).ok_or("entity name not UTF-8")?;
+    let class = unpack_name(&body[w::CLASS..w::CLASS + 4]).ok_or("class not UTF-8")?;
+    let uid = body[w::UID];
+    if uid > u64::from(u32::MAX) {
+        return Err("uid out of range");
+    }
+    Ok(RingEvent {
+        kind,
+        pid: (body[w::CLAIM] & 0xffff_ffff) as u32,
+        uid: uid as u32,
+        token: body[w::TOKEN],
+        entity,
+        class,
+        severity: (body[w::KIND] >> 32) as u32,
+        value: body[w::VALUE] as i64,
+        from: (body[w::AUX] & 0xffff_ffff) as u32,
+        to: (body[w::AUX] >> 32) as u32,
+    })
+}
+
+/// Blocks until the doorbell word leaves `value` (or a spurious wake-up). Shared futex:
+/// the word is in a segment mapped by several processes.
+pub fn futex_wait(word: &AtomicU32, value: u32) {
+    let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), value, None);
+}
+
+/// Wakes one waiter on `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+}
+
+/// The token a HAM gives a client at connect: a keyed hash of the peer's pid and uid (as
+/// the kernel reported them), so that the HAM, and any successor that reads the same key
+/// from the state segment, can check an event's claimed pid and uid without keeping a
+/// table.
+pub fn client_token(key: [u64; 2], pid: u32, uid: u32) -> u64 {
+    let mut v = [key[0], key[1], u64::from(pid) | (u64::from(uid) << 32)];
+    let mut h: u64 = 0x6a09_e667_f3bc_c908;
+    for _ in 0..4 {
+        for x in &mut v {
+            h ^= *x;
+            h = h.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 31;
+            *x = x.wrapping_add(h);
+        }
+    }
+    h ^ key[0].rotate_left(17) ^ key[1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(name: &str, ring: u32) -> ClientSegment {
+        ClientSegment::create(
+            &format!("/ham-test-client-{}-{name}", std::process::id()),
+            4,
+            ring,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn ev(i: i64) -> RingEvent {
+        RingEvent {
+            kind: KIND_RAISE,
+            pid: std::process::id(),
+            uid: 0,
+            token: 7,
+            entity: "db".into(),
+            class: "disk".into(),
+            severity: 3,
+            value: i,
+            from: 0,
+            to: 0,
+        }
+    }
+
+    #[test]
+    fn events_come_out_in_order_and_a_full_ring_drops() {
+        let s = seg("order", 4);
+        let mut c = Consumer::new(&s, 1_000_000);
+        for i in 0..4 {
+            s.push(&ev(i)).unwrap();
+        }
+        assert_eq!(s.push(&ev(99)), Err(PushError::Full));
+        assert_eq!(s.header().dropped_full.load(Ordering::Relaxed), 1);
+        for i in 0..4 {
+            assert_eq!(c.poll(&s, 0, |_| false), Polled::Event(ev(i)));
+        }
+        assert_eq!(c.poll(&s, 0, |_| false), Polled::Empty);
+        // Room again, many laps.
+        for i in 0..100 {
+            s.push(&ev(i)).unwrap();
+            assert_eq!(c.poll(&s, 0, |_| false), Polled::Event(ev(i)));
+        }
+        ClientSegment::unlink(s.name());
+    }
+
+    #[test]
+    fn a_claim_never_published_is_abandoned_after_the_deadline_or_at_once_if_dead() {
+        let s = seg("abandon", 8);
+        let mut c = Consumer::new(&s, 1000);
+        // Simulate a producer that claims and never publishes.
+        s.header().head.fetch_add(1, Ordering::AcqRel);
+        s.ring()[0].words[w::CLAIM].store(42, Ordering::Release);
+        s.push(&ev(1)).unwrap();
+        assert_eq!(
+            c.poll(&s, 10, |_| false),
+            Polled::Stalled { retry_at: 1010 }
+        );
+        assert_eq!(
+            c.poll(&s, 500, |_| false),
+            Polled::Stalled { retry_at: 1010 }
+        );
+        assert_eq!(c.poll(&s, 1010, |_| false), Polled::Abandoned { pid: 42 });
+        assert_eq!(c.poll(&s, 1010, |_| false), Polled::Event(ev(1)));
+        // A dead claimer is abandoned without waiting.
+        let t = s.header().head.fetch_add(1, Ordering::AcqRel);
+        let slot = &s.ring()[(t & 7) as usize];
+        slot.words[w::CLAIM].store(77 | ((t & 0xffff_ffff) << 32), Ordering::Release);
+        assert_eq!(
+            c.poll(&s, 2000, |pid| pid == 77),
+            Polled::Abandoned { pid: 77 }
+        );
+        assert_eq!(c.stats.abandoned, 2);
+        // The slow producer's late publish fails and is told.
+        let t = s.header().head.load(Ordering::Acquire);
+        let r = s.push_with(&ev(5), || {
+            let mut c2 = Consumer::new(&s, 0);
+            assert_eq!(
+                c2.poll(&s, 1, |_| false),
+                Polled::Abandoned {
+                    pid: std::process::id()
+                }
+            );
+        });
+        assert_eq!(r, Err(PushError::Abandoned));
+        assert_eq!(s.header().tail.load(Ordering::Acquire), t + 1);
+        ClientSegment::unlink(s.name());
+    }
+
+    #[test]
+    fn rogue_bytes_are_rejected_and_the_ring_flows_again() {
+        let s = seg("rogue", 16);
+        let mut c = Consumer::new(&s, 1000);
+        let mut x: u64 = 0x1234_5678;
+        for round in 0..200 {
+            for wd in s.raw_ring_words() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                wd.store(x, Ordering::Relaxed);
+            }
+            if round % 3 == 0 {
+                s.header().head.store(x, Ordering::Relaxed);
+            }
+            let mut n = 0;
+            loop {
+                n += 1;
+                assert!(n < 1000, "the consumer must get through rogue bytes");
+                match c.poll(&s, u64::MAX / 2, |_| true) {
+                    Polled::Empty => break,
+                    Polled::Event(_) => panic!("random bytes passed validation"),
+                    _ => {}
+                }
+            }
+            s.push(&ev(round)).unwrap();
+            assert_eq!(c.poll(&s, 0, |_| false), Polled::Event(ev(round)));
+        }
+        assert!(c.stats.rejected > 0);
+        ClientSegment::unlink(s.name());
+    }
+
+    #[test]
+    fn the_doorbell_is_rung_only_for_a_sleeping_consumer() {
+        let s = seg("bell", 8);
+        let mut c = Consumer::new(&s, 1000);
+        s.push(&ev(1)).unwrap();
+        assert!(!c.prepare_sleep(&s), "work pending: do not sleep");
+        assert!(matches!(c.poll(&s, 0, |_| false), Polled::Event(_)));
+        assert!(c.prepare_sleep(&s));
+        s.push(&ev(2)).unwrap();
+        s.push(&ev(3)).unwrap();
+        assert_eq!(s.header().wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(s.header().sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn tokens_depend_on_key_pid_and_uid() {
+        let k = [1, 2];
+        let t = client_token(k, 10, 0);
+        assert_eq!(t, client_token(k, 10, 0));
+        assert_ne!(t, client_token(k, 11, 0));
+        assert_ne!(t, client_token(k, 10, 1));
+        assert_ne!(t, client_token([1, 3], 10, 0));
+    }
+}

@@ -1,0 +1,107 @@
+//! The control protocol's wire types: one JSON request line over the Unix socket in
+//! `run_dir`, one JSON response line back (a subscription then streams [`Notification`]
+//! lines). Shared by the daemon, `hamctl` and the SDK.
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the running HAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Answers at once; proves the HAM's loop is turning.
+    Ping,
+    /// Start a stopped entity (an operator start: not an automatic restart).
+    Start { entity: String },
+    /// Stop an entity; it stays stopped until started.
+    Stop { entity: String },
+    /// Stop then start an entity.
+    Restart { entity: String },
+    /// Stop every entity, remove the segment and the socket, and exit 0.
+    Shutdown,
+    /// Switch escalations to a device restart on or off (kept across takeovers and starts).
+    DeviceRestart { enabled: bool },
+    /// A client's first words: answered with its token (for the detector ring).
+    Hello,
+    /// A client attaches a heartbeat to an entity (its own, unless it is privileged):
+    /// answered with the heartbeat slot.
+    Attach {
+        entity: String,
+        /// The process to attach; the caller itself if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
+        period_ns: u64,
+        missed_low: u32,
+        missed_high: u32,
+    },
+    /// Ends an attachment (no death is reported for a self-attached entity).
+    Detach { entity: String },
+    /// Keeps the connection open and sends a [`Notification`] line for each `notify`
+    /// action on `topic` (`*`: every topic).
+    Subscribe { topic: String },
+    /// A detector's event on an entity: fires its matching `raise` conditions.
+    Raise {
+        entity: String,
+        class: String,
+        severity: u32,
+        value: i64,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `hello`: the client's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// `attach`: the heartbeat slot in the client segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: Some(message.into()),
+            error: None,
+            token: None,
+            slot: None,
+        }
+    }
+    pub fn err(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: None,
+            error: Some(error.into()),
+            token: None,
+            slot: None,
+        }
+    }
+    /// The response as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("a response always serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Longest request line the HAM accepts.
+pub const MAX_REQUEST: usize = 4096;
+
+/// One event sent to a subscriber by a `notify` action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub topic: String,
+    pub entity: String,
+    /// The condition that fired (`death`, `heartbeat-missed-high`, `raise`, …).
+    pub condition: String,
+    /// The entity's pid when it fired (0 if it had none).
+    pub pid: i32,
+    /// Wall-clock nanoseconds since the Unix epoch.
+    pub time_unix_ns: u64,
+}

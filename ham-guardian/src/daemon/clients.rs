@@ -1,0 +1,709 @@
+//! The HAM's side of the SDK: the client segment (heartbeat slots and the detector ring),
+//! the doorbell, attach / detach, heartbeat deadlines, and subscribers.
+//!
+//! * One heartbeat deadline per attached entity sits in the daemon's timer heap like every
+//!   other deadline (one timerfd for all); the slot is read only when its deadline comes.
+//! * The ring is drained when the doorbell rings (a producer found the HAM asleep), and
+//!   again at a stalled slot's deadline. A small thread waits on the doorbell futex and
+//!   turns it into an eventfd event for the loop; it holds no lock and allocates nothing.
+//! * Subscribers are control connections kept open; a slow or gone subscriber is dropped,
+//!   never waited for.
+
+use std::cmp::Reverse;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ham_core::EntityState;
+use ham_core::client::{
+    ClientSegment, Consumer, KIND_RAISE, KIND_STATE, Polled, RingEvent, client_token,
+};
+use ham_core::layout::HeartbeatSpec;
+use ham_core::protocol::{Notification, Response};
+use rustix::event::epoll;
+use rustix::process::{Pid, PidfdFlags};
+
+use super::{Daemon, Origin, TOK_DOORBELL, TOK_SUB, TimerKind, log};
+use crate::actions::{ActionKind, Event, Trigger};
+use crate::{mono_ns, procfs, unix_ns};
+
+/// The shortest heartbeat period accepted (QNX's floor is 1 s; ours is the timer's
+/// resolution that still leaves the loop idle between deadlines).
+pub const MIN_HEARTBEAT_PERIOD_NS: u64 = 1_000_000;
+
+/// How many ring events one turn of the loop takes before it lets other events in.
+const DRAIN_BUDGET: usize = 4096;
+
+/// Rejected-event log lines per HAM (then only counted).
+const LOG_REJECTS: u64 = 20;
+
+/// The heartbeat monitor of one attached entity (in the daemon's memory; what it was
+/// attached with is in the entity record, so a successor rebuilds it).
+pub(super) struct Heartbeat {
+    pub spec: HeartbeatSpec,
+    /// Beats before this time do not count (attach, takeover, `heartbeat-healthy`).
+    pub base: u64,
+    /// 0: no miss reported; 1: missed-low fired; 2: missed-high fired.
+    pub fired: u8,
+    /// The last beat the fired conditions were about: a newer beat ends the episode.
+    pub fired_last: u64,
+    pub deadline: u64,
+}
+
+/// A control connection's peer, as the kernel reported it at connect.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+pub(super) struct Subscriber {
+    pub topic: String,
+    pub stream: UnixStream,
+}
+
+/// The client segment and its consumer.
+pub(super) struct Clients {
+    pub seg: Arc<ClientSegment>,
+    pub consumer: Consumer,
+    pub doorbell: OwnedFd,
+    pub armed: bool,
+    pub key: [u64; 2],
+    pub denied: u64,
+    pub logged: u64,
+}
+
+impl Clients {
+    /// Opens the client segment a predecessor left (a takeover or a warm start keeps the
+    /// clients' mappings valid), or creates it.
+    pub(super) fn open(
+        cfg: &crate::config::Config,
+        capacity: u32,
+        origin: &Origin,
+        warm: bool,
+        key: [u64; 2],
+    ) -> io::Result<Self> {
+        let name = ham_core::client::segment_name(&cfg.instance.name);
+        let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
+            .then(|| ClientSegment::open(&name).ok())
+            .flatten()
+            .filter(|s| s.hb_slots() == capacity && s.ring_slots() == cfg.ring_slots);
+        let seg = match reuse {
+            Some(s) => s,
+            None => ClientSegment::create(&name, capacity, cfg.ring_slots, cfg.client_gid)
+                .map_err(io::Error::other)?,
+        };
+        seg.set_ham_pid(std::process::id());
+        let seg = Arc::new(seg);
+        let consumer = Consumer::new(&seg, cfg.ring_abandon_after_ns);
+        let doorbell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        let ring = doorbell.try_clone()?;
+        let waiter = Arc::clone(&seg);
+        std::thread::Builder::new()
+            .name("doorbell".into())
+            .spawn(move || doorbell_thread(&waiter, &ring))?;
+        Ok(Self {
+            seg,
+            consumer,
+            doorbell,
+            armed: false,
+            key,
+            denied: 0,
+            logged: 0,
+        })
+    }
+}
+
+/// Sleeps on the doorbell futex while the HAM sleeps; when a producer rings it, wakes the
+/// loop through the eventfd, then waits for the loop to go back to sleep.
+fn doorbell_thread(seg: &ClientSegment, ring: &OwnedFd) {
+    let word = &seg.header().sleeping;
+    let mut told = false;
+    loop {
+        if word.load(Ordering::Acquire) == 1 {
+            told = false;
+            ham_core::client::futex_wait(word, 1);
+        } else {
+            if !told {
+                let _ = rustix::io::write(ring, &1u64.to_ne_bytes());
+                told = true;
+            }
+            ham_core::client::futex_wait(word, 0);
+        }
+    }
+}
+
+/// Whether a process is proven gone (a ring claimer): no such pid, or its pidfd says so.
+fn is_dead(pid: u32) -> bool {
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Err(rustix::io::Errno::SRCH) => true,
+        Err(_) => false,
+        Ok(fd) => {
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            matches!(rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())), Ok(n) if n > 0)
+        }
+    }
+}
+
+impl Daemon {
+    /// Before the loop sleeps: tell producers to ring the doorbell. If the ring already has
+    /// work, ring it ourselves so the next wait returns at once (with any other event that
+    /// is ready: a flood on the ring never starves the rest).
+    pub(super) fn arm_ring(&mut self) {
+        let Some(c) = &mut self.clients else { return };
+        if c.armed {
+            return;
+        }
+        if c.consumer.prepare_sleep(&c.seg) {
+            c.armed = true;
+            ham_core::client::futex_wake(&c.seg.header().sleeping);
+        } else {
+            let _ = rustix::io::write(&c.doorbell, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// The doorbell rang (or we rang it): take what the ring holds.
+    pub(super) fn on_doorbell(&mut self) {
+        if let Some(c) = &mut self.clients {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&c.doorbell, &mut buf);
+            c.armed = false;
+            c.seg.header().sleeping.store(0, Ordering::Release);
+        }
+        self.drain_ring();
+    }
+
+    pub(super) fn drain_ring(&mut self) {
+        let now = mono_ns();
+        for _ in 0..DRAIN_BUDGET {
+            let Some(c) = &mut self.clients else { return };
+            let polled = c.consumer.poll(&c.seg, now, is_dead);
+            match polled {
+                Polled::Event(ev) => self.on_ring_event(ev),
+                Polled::Rejected(why) => self.ring_reject(format_args!("rejected: {why}")),
+                Polled::Abandoned { pid } => self.ring_reject(format_args!(
+                    "abandoned a slot claimed by pid {pid} and never published"
+                )),
+                Polled::Empty => break,
+                Polled::Stalled { retry_at } => {
+                    self.timers
+                        .push(Reverse((retry_at, TimerKind::RingStall, 0)));
+                    break;
+                }
+            }
+        }
+        if let Some(c) = &self.clients {
+            let s = c.consumer.stats;
+            let _ = self
+                .writer
+                .set_ring_counts(s.consumed, s.rejected + c.denied, s.abandoned);
+        }
+    }
+
+    fn ring_reject(&mut self, msg: std::fmt::Arguments) {
+        let Some(c) = &mut self.clients else { return };
+        c.logged += 1;
+        if c.logged <= LOG_REJECTS {
+            log(
+                &self.cfg.instance.name,
+                format_args!("detector ring: {msg}"),
+            );
+            if c.logged == LOG_REJECTS {
+                log(
+                    &self.cfg.instance.name,
+                    format_args!(
+                        "detector ring: further rejections are only counted (hamctl status)"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn on_ring_event(&mut self, ev: RingEvent) {
+        let Some(c) = &mut self.clients else { return };
+        if ev.token != client_token(c.key, ev.pid, ev.uid) {
+            c.denied += 1;
+            return self.ring_reject(format_args!(
+                "event from pid {} (uid {}) carries a token ham did not give it",
+                ev.pid, ev.uid
+            ));
+        }
+        let Some(&i) = self.by_name.get(&ev.entity) else {
+            c.denied += 1;
+            return self.ring_reject(format_args!(
+                "event from pid {} for unknown entity `{}`",
+                ev.pid, ev.entity
+            ));
+        };
+        if !self.may_act_on(i, ev.pid as i32, ev.uid) {
+            if let Some(c) = &mut self.clients {
+                c.denied += 1;
+            }
+            let name = self.entities[i].cfg.name.clone();
+            return self.ring_reject(format_args!(
+                "pid {} (uid {}) may not raise on `{name}`",
+                ev.pid, ev.uid
+            ));
+        }
+        match ev.kind {
+            KIND_RAISE => {
+                self.raise(i, ev.class, ev.severity, ev.value, ev.pid as i32);
+            }
+            KIND_STATE => {
+                let what = format!("pid {}: state {} -> {}", ev.pid, ev.from, ev.to);
+                self.record(i, None, "state", "state", &what);
+                self.fire(
+                    i,
+                    Event::State {
+                        from: ev.from,
+                        to: ev.to,
+                    },
+                    None,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The rule for acting on an entity (raise, attach, detach): root and ham's own user
+    /// may act on any; any other process only on the entity it is, or on an entity whose
+    /// `raise_from` names the entity it is.
+    pub(super) fn may_act_on(&self, i: usize, pid: i32, uid: u32) -> bool {
+        if uid == 0 || uid == self.my_uid {
+            return true;
+        }
+        let is = |j: usize| {
+            let e = &self.entities[j];
+            e.rec.pid == pid && pid > 0 && e.rec.state.has_process()
+        };
+        is(i) || self.entities[i].cfg.raise_from.iter().any(|&j| is(j))
+    }
+
+    /// A detector's event (from the ring or `hamctl raise`): fires the matching conditions.
+    /// Returns how many matched.
+    pub(super) fn raise(
+        &mut self,
+        i: usize,
+        class: String,
+        severity: u32,
+        value: i64,
+        from_pid: i32,
+    ) -> usize {
+        let event = Event::Raise {
+            class,
+            severity,
+            value,
+        };
+        let n = self.entities[i]
+            .cfg
+            .conditions
+            .iter()
+            .filter(|c| c.trigger.matches(&event))
+            .count();
+        if let Event::Raise {
+            class,
+            severity,
+            value,
+        } = &event
+        {
+            let from = if from_pid > 0 {
+                format!("pid {from_pid}: ")
+            } else {
+                String::new()
+            };
+            let what =
+                format!("{from}class {class} severity {severity} value {value}: {n} condition(s)");
+            self.record(i, None, "raise", "raise", &what);
+        }
+        self.fire(i, event, None);
+        n
+    }
+
+    // -- attach / detach -------------------------------------------------------------------
+
+    pub(super) fn attach(
+        &mut self,
+        i: usize,
+        peer: Peer,
+        pid: Option<i32>,
+        spec: HeartbeatSpec,
+    ) -> Response {
+        let target = pid.unwrap_or(peer.pid);
+        let name = self.entities[i].cfg.name.clone();
+        if target != peer.pid && !(peer.uid == 0 || peer.uid == self.my_uid) {
+            return Response::err(format!(
+                "permission denied: pid {} may attach only itself (or be root or ham's user)",
+                peer.pid
+            ));
+        }
+        if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
+            return Response::err(format!(
+                "heartbeat period {} is below the floor of 1ms",
+                ham_core::duration::format_ns(spec.period_ns)
+            ));
+        }
+        if spec.missed_high != 0 && spec.missed_low > spec.missed_high {
+            return Response::err("missed_low must not exceed missed_high");
+        }
+        let e = &self.entities[i];
+        if e.cfg.attach_only {
+            if e.rec.state.has_process() && e.pidfd.is_some() && e.rec.pid != target {
+                return Response::err(format!(
+                    "`{name}` is attached by pid {}; detach it first",
+                    e.rec.pid
+                ));
+            }
+            if e.rec.pid != target || e.pidfd.is_none() {
+                if let Err(why) = self.adopt_attached(i, target) {
+                    return Response::err(why);
+                }
+            }
+        } else if !(e.rec.pid == target && e.rec.state == EntityState::Running) {
+            return Response::err(format!(
+                "`{name}` is ham-started and runs pid {} ({}); pid {target} cannot attach to it",
+                e.rec.pid,
+                e.rec.state.as_str()
+            ));
+        }
+        let now = mono_ns();
+        let slot = self.entities[i].slot;
+        if let Some(c) = &self.clients {
+            c.seg.beat(slot, now);
+            if let Some(s) = c.seg.heartbeats().get(slot as usize) {
+                s.pid.store(target as u32, Ordering::Relaxed);
+            }
+        }
+        let e = &mut self.entities[i];
+        e.rec.heartbeat = (spec.missed_low | spec.missed_high != 0).then_some(spec);
+        self.publish(i);
+        self.watch_heartbeat(i, now);
+        let what = format!(
+            "pid {target}, heartbeat every {}, missed low {} high {}",
+            ham_core::duration::format_ns(spec.period_ns),
+            spec.missed_low,
+            spec.missed_high
+        );
+        self.record(i, None, "attach", "attach", &what);
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: attached: {what}"),
+        );
+        self.fire(i, Event::Attach, None);
+        let mut r = Response::ok(format!("attached to `{name}`"));
+        r.slot = Some(slot);
+        r
+    }
+
+    /// A process attaches itself to an `attach_only` entity: it is watched like an adopted
+    /// entity (pidfd, handed to the Guardian) but never started or restarted by ham.
+    fn adopt_attached(&mut self, i: usize, pid: i32) -> Result<(), String> {
+        let Some(p) = Pid::from_raw(pid) else {
+            return Err(format!("pid {pid} is not a process"));
+        };
+        let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty())
+            .map_err(|e| format!("pid {pid}: {e}"))?;
+        let start_time = procfs::start_time(pid).ok_or(format!("pid {pid} is gone"))?;
+        if let Some(old) = self.entities[i].pidfd.take() {
+            let _ = epoll::delete(&self.epoll, &old);
+        }
+        let now = mono_ns();
+        {
+            let e = &mut self.entities[i];
+            e.rec.pid = pid;
+            e.rec.start_time = start_time;
+            e.rec.state = EntityState::Running;
+            e.rec.started_mono_ns = now;
+            e.rec.started_unix_ns = unix_ns();
+            e.adopted = true;
+            e.wanted = ham_core::policy::Wanted::Up;
+        }
+        self.publish(i);
+        self.watch(i, &pidfd).map_err(|e| format!("epoll: {e}"))?;
+        self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
+        self.entities[i].pidfd = Some(pidfd);
+        self.became_running(i, now);
+        Ok(())
+    }
+
+    pub(super) fn detach(&mut self, i: usize, peer: Peer) -> Response {
+        let e = &self.entities[i];
+        let name = e.cfg.name.clone();
+        if !(peer.uid == 0 || peer.uid == self.my_uid || (e.rec.pid == peer.pid && peer.pid > 0)) {
+            return Response::err(format!(
+                "permission denied: pid {} is not attached to `{name}`",
+                peer.pid
+            ));
+        }
+        if e.rec.heartbeat.is_none() && !(e.cfg.attach_only && e.pidfd.is_some()) {
+            return Response::err(format!("nothing is attached to `{name}`"));
+        }
+        let pid = e.rec.pid;
+        let e = &mut self.entities[i];
+        e.rec.heartbeat = None;
+        e.hb = None;
+        if e.cfg.attach_only {
+            if let Some(fd) = e.pidfd.take() {
+                let _ = epoll::delete(&self.epoll, &fd);
+            }
+            e.rec.pid = 0;
+            e.rec.start_time = 0;
+            e.rec.state = EntityState::Stopped;
+            e.ready = false;
+        }
+        self.publish(i);
+        self.record(i, None, "detach", "detach", &format!("pid {pid}"));
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: pid {pid} detached"),
+        );
+        self.fire(i, Event::Detach, None);
+        Response::ok(format!("detached from `{name}`"))
+    }
+
+    // -- heartbeat deadlines ---------------------------------------------------------------
+
+    /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`.
+    pub(super) fn watch_heartbeat(&mut self, i: usize, now: u64) {
+        let e = &mut self.entities[i];
+        let Some(spec) = e.rec.heartbeat else {
+            e.hb = None;
+            return;
+        };
+        let mut hb = Heartbeat {
+            spec,
+            base: now,
+            fired: 0,
+            fired_last: 0,
+            deadline: 0,
+        };
+        hb.deadline = next_deadline(&hb, now, now);
+        let at = hb.deadline;
+        e.hb = Some(hb);
+        self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
+    }
+
+    /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
+    pub(super) fn heartbeat_healthy(&mut self, i: usize) -> bool {
+        if self.entities[i].hb.is_none() {
+            return false;
+        }
+        self.watch_heartbeat(i, mono_ns());
+        true
+    }
+
+    /// The ending of a process ends its attachment.
+    pub(super) fn end_attachment(&mut self, i: usize) {
+        let e = &mut self.entities[i];
+        e.hb = None;
+        e.rec.heartbeat = None;
+    }
+
+    /// A heartbeat deadline came: fire what was missed, and set the next one.
+    pub(super) fn check_heartbeat(&mut self, i: usize) {
+        let now = mono_ns();
+        let slot = self.entities[i].slot;
+        let beat = self
+            .clients
+            .as_ref()
+            .and_then(|c| c.seg.heartbeats().get(slot as usize))
+            .map_or(0, |s| s.beat_ns.load(Ordering::Acquire))
+            // A beat "from the future" is a client's stray write: it counts as now.
+            .min(now);
+        let Some(hb) = &mut self.entities[i].hb else {
+            return;
+        };
+        let last = beat.max(hb.base);
+        if hb.fired > 0 && last > hb.fired_last {
+            hb.fired = 0; // it beat again: a new miss will be reported again
+        }
+        let p = hb.spec.period_ns;
+        let due = |n: u32| n != 0 && now >= last.saturating_add(p.saturating_mul(u64::from(n)));
+        let mut fire = Vec::new();
+        if hb.fired == 0 && due(hb.spec.missed_low) {
+            hb.fired = 1;
+            hb.fired_last = last;
+            fire.push(false);
+        }
+        if hb.fired <= 1 && due(hb.spec.missed_high) {
+            hb.fired = 2;
+            hb.fired_last = last;
+            fire.push(true);
+        }
+        hb.deadline = next_deadline(hb, last, now);
+        let at = hb.deadline;
+        self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
+        for high in fire {
+            self.heartbeat_missed(i, high, now.saturating_sub(last));
+        }
+    }
+
+    fn heartbeat_missed(&mut self, i: usize, high: bool, silent_ns: u64) {
+        let e = &self.entities[i];
+        let name = e.cfg.name.clone();
+        let cond = if high {
+            "heartbeat-missed-high"
+        } else {
+            "heartbeat-missed-low"
+        };
+        let what = format!("no beat for {}", ham_core::duration::format_ns(silent_ns));
+        let event = Event::HeartbeatMissed { high };
+        let handled = e
+            .cfg
+            .conditions
+            .iter()
+            .any(|c| c.trigger.matches(&event) && c.trigger != Trigger::Any);
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: {cond}: {what}"),
+        );
+        self.record(i, None, cond, "detected", &what);
+        self.fire(i, event, None);
+        // With no condition of its own, a missed-high is a hung process: handled like a
+        // missed sd_notify watchdog (SIGABRT for a core, SIGKILL, restart).
+        let e = &self.entities[i];
+        if high
+            && !handled
+            && !e.cfg.attach_only
+            && e.rec.state == EntityState::Running
+            && self.shutdown.is_none()
+        {
+            self.watchdog_missed(i);
+        }
+    }
+
+    // -- subscribers -----------------------------------------------------------------------
+
+    pub(super) fn subscribe(&mut self, topic: String, stream: UnixStream) {
+        let mut first = Response::ok(format!("subscribed to `{topic}`")).to_line();
+        let ok = (&stream).write_all(&first).is_ok() && stream.set_nonblocking(true).is_ok();
+        first.clear();
+        if !ok {
+            return;
+        }
+        let id = self.next_sub;
+        self.next_sub += 1;
+        if epoll::add(
+            &self.epoll,
+            &stream,
+            epoll::EventData::new_u64(TOK_SUB | id),
+            epoll::EventFlags::RDHUP | epoll::EventFlags::IN,
+        )
+        .is_ok()
+        {
+            self.subscribers
+                .insert(id, super::clients::Subscriber { topic, stream });
+        }
+    }
+
+    /// A subscriber hung up (or wrote to us, which it must not): drop it.
+    pub(super) fn on_subscriber(&mut self, id: u64) {
+        if let Some(s) = self.subscribers.remove(&id) {
+            let _ = epoll::delete(&self.epoll, &s.stream);
+        }
+    }
+
+    /// A `notify` action: one line to each subscriber of the topic. Returns how many got it.
+    pub(super) fn notify(&mut self, i: usize, topic: &str, condition: &str) -> usize {
+        let e = &self.entities[i];
+        let n = Notification {
+            topic: topic.to_owned(),
+            entity: e.cfg.name.clone(),
+            condition: condition.to_owned(),
+            pid: e.rec.pid,
+            time_unix_ns: unix_ns(),
+        };
+        let mut line = serde_json::to_vec(&n).expect("a notification serialises");
+        line.push(b'\n');
+        let mut sent = 0;
+        let mut gone = Vec::new();
+        for (id, s) in &self.subscribers {
+            if s.topic != topic && s.topic != "*" {
+                continue;
+            }
+            // Non-blocking: a subscriber that does not read is dropped, not waited for.
+            match (&s.stream).write(&line) {
+                Ok(k) if k == line.len() => sent += 1,
+                _ => gone.push(*id),
+            }
+        }
+        for id in gone {
+            self.on_subscriber(id);
+        }
+        sent
+    }
+
+    /// After a takeover or a warm start: every attached client counts as having beaten now.
+    pub(super) fn resume_heartbeats(&mut self) {
+        let now = mono_ns();
+        for i in 0..self.entities.len() {
+            if self.entities[i].rec.heartbeat.is_some() {
+                if self.entities[i].rec.state.has_process() {
+                    self.watch_heartbeat(i, now);
+                } else {
+                    self.end_attachment(i);
+                    self.publish(i);
+                }
+            }
+        }
+    }
+
+    /// The doorbell and subscribers in the epoll set.
+    pub(super) fn watch_clients(&self) -> io::Result<()> {
+        if let Some(c) = &self.clients {
+            epoll::add(
+                &self.epoll,
+                c.doorbell.as_fd(),
+                epoll::EventData::new_u64(TOK_DOORBELL),
+                epoll::EventFlags::IN,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether an action kind is carried out here, and how it went.
+    pub(super) fn run_client_action(
+        &mut self,
+        i: usize,
+        cond: &str,
+        kind: &ActionKind,
+    ) -> Option<Result<String, String>> {
+        Some(match kind {
+            ActionKind::Notify { topic } => {
+                let n = self.notify(i, topic, cond);
+                Ok(format!("{topic}: {n} subscriber(s)"))
+            }
+            ActionKind::HeartbeatHealthy => {
+                if self.heartbeat_healthy(i) {
+                    Ok("heartbeat marked healthy".into())
+                } else {
+                    Err("no heartbeat is attached".into())
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// When the monitor next needs to look: at the next threshold not yet reported, or one
+/// period from now once everything was reported (to notice beats resuming).
+fn next_deadline(hb: &Heartbeat, last: u64, now: u64) -> u64 {
+    let p = hb.spec.period_ns.max(MIN_HEARTBEAT_PERIOD_NS);
+    let at = |n: u32| last.saturating_add(p.saturating_mul(u64::from(n)));
+    let t = match hb.fired {
+        0 if hb.spec.missed_low != 0 => at(hb.spec.missed_low),
+        0 | 1 if hb.spec.missed_high != 0 => at(hb.spec.missed_high),
+        _ => now + p,
+    };
+    t.max(now + 1)
+}

@@ -1,0 +1,233 @@
+//! The SDK against a real `ham`: heartbeats that stop fire missed-low then missed-high and
+//! their actions; a detector's event through the shared-memory ring runs an action and
+//! reaches a subscriber; the permission rule of the client segment and the ring.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use crate::util::*;
+
+pub const HAM_CLIENT: &str = env!("CARGO_BIN_EXE_ham-client");
+
+/// A child process killed and reaped when dropped.
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn client(ham: &Ham, args: &[&str]) -> Command {
+    let mut c = Command::new(HAM_CLIENT);
+    c.arg("-c").arg(&ham.config).args(args);
+    c
+}
+
+/// The (condition, action) pairs of an entity's process log, oldest first.
+fn steps(ham: &Ham, entity: &str) -> Vec<(String, String)> {
+    ham.log_of(entity)
+        .iter()
+        .map(|r| {
+            (
+                r["condition"].as_str().unwrap_or_default().to_owned(),
+                r["action"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn beater(name: &str, beats: u32, extra: &str) -> String {
+    format!(
+        "[[entity]]\nname = \"{name}\"\ncommand = [\"{HAM_CLIENT}\", \"heartbeat\", \"{name}\", \"--period\", \"40ms\", \"--low\", \"2\", \"--high\", \"4\", \"--beats\", \"{beats}\"]\nstop_timeout = \"2s\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn a_client_that_stops_beating_fires_missed_low_then_missed_high_and_their_actions_run() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("high");
+    let conditions = format!(
+        "[[entity.condition]]\non = \"heartbeat-missed-low\"\n\
+         [[entity.condition.action]]\ndo = \"log\"\nmessage = \"late\"\n\
+         [[entity.condition]]\non = \"heartbeat-missed-high\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION > {}\"]\n",
+        marker.display()
+    );
+    let ham = Ham::start("hb-missed", &beater("app", 5, &conditions));
+    let s = ham.wait_for("app attached", |s| {
+        entity(s, "app")["heartbeat"]["missed_high"] == 4
+    });
+    assert_eq!(entity(&s, "app")["heartbeat"]["period_ns"], 40_000_000);
+    wait_until(&ham, "the missed-high action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "heartbeat-missed-high\n")
+    });
+    let want = [
+        ("attach", "attach"),
+        ("heartbeat-missed-low", "detected"),
+        ("heartbeat-missed-low", "log"),
+        ("heartbeat-missed-high", "detected"),
+        ("heartbeat-missed-high", "execute"),
+    ];
+    wait_until(&ham, "every step in the process log", || {
+        steps(&ham, "app").len() >= want.len()
+    });
+    let got = steps(&ham, "app");
+    let got: Vec<(&str, &str)> = got.iter().map(|(c, a)| (c.as_str(), a.as_str())).collect();
+    assert_eq!(got, want);
+    // Its own condition handled the miss: the process was not restarted.
+    let s = ham.status();
+    assert_eq!(entity(&s, "app")["restarts"], 0);
+    assert!(running(&s, "app"));
+}
+
+#[test]
+fn a_missed_high_with_no_condition_of_its_own_restarts_the_hung_process() {
+    let ham = Ham::start("hb-default", &beater("hung", 3, ""));
+    let s = ham.wait_for("hung attached", |s| running(s, "hung"));
+    let first = pid_of(&s, "hung");
+    let s = ham.wait_for("hung restarted", |s| {
+        entity(s, "hung")["restarts"].as_u64() >= Some(1) && running(s, "hung")
+    });
+    assert_ne!(pid_of(&s, "hung"), first);
+    // SIGABRT first, so that a hung process leaves a core to look at.
+    let log = ham.log_of("hung");
+    assert!(
+        log.iter()
+            .any(|r| r["action"] == "abort" && r["result"] == "SIGABRT"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_detector_event_through_the_ring_runs_an_action_and_reaches_a_subscriber() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("raised");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\nclass = \"disk\"\nseverity = 2\n\
+         [[entity.condition.action]]\ndo = \"notify\"\ntopic = \"db-alarm\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_RAISE_CLASS $HAM_RAISE_VALUE > {}\"]\n",
+        sleeper("db"),
+        marker.display()
+    );
+    let ham = Ham::start("ring-raise", &body);
+    ham.wait_for("db running", |s| running(s, "db"));
+    let mut sub = Reaped(
+        client(&ham, &["subscribe", "db-alarm", "--count", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(sub.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "subscribed db-alarm");
+    let out = client(&ham, &["raise", "db", "disk", "2", "95"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let note: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a notification").unwrap()).unwrap();
+    assert_eq!(note["topic"], "db-alarm");
+    assert_eq!(note["entity"], "db");
+    assert_eq!(note["condition"], "raise");
+    wait_until(&ham, "the execute action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "disk 95\n")
+    });
+    assert!(sub.0.wait().unwrap().success());
+    // A raise of another severity matches nothing; both went through the ring.
+    let out = client(&ham, &["raise", "db", "disk", "1", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = ham.wait_for("both events consumed", |s| s["ring"]["consumed"] == 2);
+    assert_eq!(s["ring"]["rejected"], 0);
+    let log = ham.log_of("db");
+    assert!(
+        log.iter()
+            .any(|r| r["action"] == "notify" && r["result"] == "db-alarm: 1 subscriber(s)"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn clients_outside_the_group_cannot_connect_and_members_may_raise_only_on_themselves() {
+    // nobody:nogroup (65534) is the client group's member; 65533 is not in it.
+    let body = format!("{}{}", sleeper("db"), sleeper("other"));
+    let ham = Ham::start_with("ring-perm", "client_group = \"65534\"\n", &body, &[]);
+    ham.wait_for("db running", |s| running(s, "db"));
+    let run_as = |uid: u32, gid: u32, args: &[&str]| {
+        let mut c = client(&ham, args);
+        c.uid(uid).gid(gid);
+        c.output().unwrap()
+    };
+    let out = run_as(65534, 65533, &["raise", "db", "disk"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A member may connect, but `db` is not the process it is: the event is rejected.
+    let out = run_as(65534, 65534, &["raise", "db", "disk"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = ham.wait_for("the event rejected", |s| s["ring"]["rejected"] == 1);
+    assert_eq!(s["ring"]["consumed"], 1);
+    assert!(!ham.log_of("db").iter().any(|r| r["action"] == "raise"));
+    // Nor may it attach to an entity that is not itself, or stop one.
+    let out = run_as(
+        65534,
+        65534,
+        &["heartbeat", "db", "--period", "1s", "--beats", "0"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot attach"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut stop = Command::new(HAMCTL);
+    stop.arg("-c").arg(&ham.config).args(["stop", "db"]);
+    stop.uid(65534).gid(65534);
+    let out = stop.output().unwrap();
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(running(&ham.status(), "db"));
+}
+
+#[test]
+fn a_process_ham_did_not_start_attaches_itself_and_its_death_is_a_death() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("died");
+    let body = format!(
+        "[[entity]]\nname = \"ext\"\nattach_only = true\n\
+         [[entity.condition]]\non = \"death\"\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_PID > {}\"]\n",
+        marker.display()
+    );
+    let ham = Ham::start("attach-self", &body);
+    let s = ham.status();
+    assert_eq!(entity(&s, "ext")["state"], "stopped");
+    let mut ext = Reaped(
+        client(&ham, &["heartbeat", "ext", "--period", "1s", "--low", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(ext.0.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("attached slot"));
+    let pid = ext.0.id() as i32;
+    let s = ham.wait_for("ext running", |s| running(s, "ext"));
+    assert_eq!(pid_of(&s, "ext"), pid);
+    ext.0.kill().unwrap();
+    ext.0.wait().unwrap();
+    wait_until(&ham, "the death action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == format!("{pid}\n"))
+    });
+    let s = ham.wait_for("ext exited, not restarted", |s| {
+        entity(s, "ext")["state"] == "exited"
+    });
+    assert_eq!(entity(&s, "ext")["restarts"], 0);
+}
