@@ -282,6 +282,7 @@ mod word {
     pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8
     pub const HB_PERIOD: usize = 88; // heartbeat period in ns (0: not attached)
     pub const HB_MISSED: usize = 89; // missed_low | missed_high << 32
+    pub const DISARMED: usize = 90; // bit k: condition k was pruned by a restart (no re-arm)
     pub const BODY_WORDS: usize = 95;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
@@ -306,7 +307,7 @@ const _: () = assert!(word::EXITS + crate::engine::STAMPS == word::RESTARTS_AT);
 const _: () = assert!(word::RESTARTS_AT + crate::engine::STAMPS == word::STAMP_LENS);
 const _: () = assert!(word::POLICY + crate::engine::MEMORY_WORDS <= word::PENDING);
 const _: () = assert!(word::PENDING < BODY_WORDS);
-const _: () = assert!(word::HB_MISSED < BODY_WORDS);
+const _: () = assert!(word::DISARMED < BODY_WORDS);
 
 /// The lifecycle state of an entity as stored in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -439,6 +440,9 @@ pub struct EntityRecord {
     /// The heartbeat a client attached with (`None`: not attached). Its beats are in the
     /// client segment's slot of the same index.
     pub heartbeat: Option<HeartbeatSpec>,
+    /// Bit k set: the entity's condition k (in configuration order) was pruned by a
+    /// restart because it does not re-arm (QNX `HREARMAFTERRESTART` unset).
+    pub disarmed: u64,
 }
 
 /// What a client asked for when it attached: a beat every `period_ns`; `missed_low` and
@@ -472,6 +476,7 @@ impl EntityRecord {
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: None,
+            disarmed: 0,
         }
     }
 
@@ -504,6 +509,7 @@ impl EntityRecord {
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
         b[word::RESTARTS_AT..word::RESTARTS_AT + rs.len()].copy_from_slice(&rs);
         b[word::STAMP_LENS] = u64::from(ex_len) | (u64::from(rs_len) << 8);
+        b[word::DISARMED] = self.disarmed;
         if let Some(hb) = self.heartbeat {
             b[word::HB_PERIOD] = hb.period_ns;
             b[word::HB_MISSED] = u64::from(hb.missed_low) | (u64::from(hb.missed_high) << 32);
@@ -562,6 +568,7 @@ impl EntityRecord {
                     .expect("STAMPS words"),
                 ((b[word::STAMP_LENS] >> 8) & 0xff) as u8,
             ),
+            disarmed: b[word::DISARMED],
             heartbeat: (b[word::HB_PERIOD] != 0).then(|| HeartbeatSpec {
                 period_ns: b[word::HB_PERIOD],
                 missed_low: (b[word::HB_MISSED] & 0xffff_ffff) as u32,
@@ -758,6 +765,7 @@ mod tests {
                 missed_low: 2,
                 missed_high: 4,
             }),
+            disarmed: 0b101,
         }
     }
 

@@ -332,6 +332,18 @@ impl Client {
         Ok(self.seg.push_with(&ev, hook)?)
     }
 
+    /// The ring's `head` (tickets claimed) and `tail` (tickets consumed by ham): a producer
+    /// that notes `head` before a push knows its event is consumed once `tail` passes it
+    /// (the benchmark's publish-to-consume latency).
+    #[doc(hidden)]
+    pub fn ring_position(&self) -> (u64, u64) {
+        let h = self.seg.header();
+        (
+            h.head.load(std::sync::atomic::Ordering::Acquire),
+            h.tail.load(std::sync::atomic::Ordering::Acquire),
+        )
+    }
+
     /// Events producers dropped because the ring was full (all producers, this run of ham).
     pub fn dropped(&self) -> u64 {
         self.seg

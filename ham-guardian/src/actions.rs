@@ -238,12 +238,22 @@ pub struct Action {
     pub break_on_fail: bool,
     /// Run when this action fails (QNX's action-fail list).
     pub on_fail: Vec<Action>,
+    /// Also run once when the instance starts cold (QNX `HACTIONDONOW`).
+    pub run_now: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
     pub trigger: Trigger,
     pub actions: Vec<Action>,
+    /// Kept across an automatic restart of its entity (QNX `HREARMAFTERRESTART`); when
+    /// false the condition is pruned by the first restart after it was armed.
+    pub rearm: bool,
+    /// Runs at once, beside the entity's other runs (QNX `HCONDINDEPENDENT`); otherwise
+    /// an entity's condition runs go one after another, in the order they fired.
+    pub independent: bool,
+    /// Promises no `waitfor` action (QNX `HCONDNOWAIT`): checked at load, and runs at once.
+    pub nowait: bool,
 }
 
 #[cfg(test)]

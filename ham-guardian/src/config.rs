@@ -141,6 +141,11 @@ struct RawCondition {
     than: Option<Spanned<String>>,
     from: Option<Spanned<u32>>,
     to: Option<Spanned<u32>>,
+    rearm: Option<bool>,
+    #[serde(default)]
+    independent: bool,
+    #[serde(default)]
+    nowait: bool,
     #[serde(default)]
     action: Vec<Spanned<RawAction>>,
 }
@@ -160,6 +165,8 @@ struct RawAction {
     topic: Option<Spanned<String>>,
     #[serde(default)]
     break_on_fail: bool,
+    #[serde(default)]
+    run_now: bool,
     #[serde(default)]
     on_fail: Vec<Spanned<RawAction>>,
 }
@@ -355,6 +362,8 @@ pub const DEFAULT_STOP_TIMEOUT: &str = "10s";
 pub const DEFAULT_LIVENESS_TIMEOUT: &str = "2s";
 const MIN_LIVENESS_TIMEOUT_NS: u64 = 20_000_000;
 pub const DEFAULT_MAX_ENTITIES: u32 = 1024;
+/// Conditions per entity (each has a bit in the record: pruned or not).
+pub const MAX_CONDITIONS: usize = 64;
 /// Detector ring slots (128 bytes each) unless `[ham] ring_slots` says otherwise.
 pub const DEFAULT_RING_SLOTS: u32 = 1024;
 /// A ring slot claimed by a live producer and not published this long is abandoned.
@@ -623,6 +632,13 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
     resolve_after(&ctx, &raw.entity, &mut entities)?;
     let groups = groups(&ctx, &raw.group, &mut entities)?;
     for (i, e) in raw.entity.iter().enumerate() {
+        if let Some(c) = e.get_ref().condition.get(MAX_CONDITIONS) {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(format!("entity[{i}].condition")),
+                format!("at most {MAX_CONDITIONS} conditions per entity"),
+            ));
+        }
         let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
         entities[i].raise_from = e
             .get_ref()
@@ -1187,8 +1203,27 @@ fn condition(
         .iter()
         .enumerate()
         .map(|(n, a)| action(ctx, &format!("{key}.action[{n}]"), a, names))
-        .collect::<Result<_, _>>()?;
-    Ok(Condition { trigger, actions })
+        .collect::<Result<Vec<_>, _>>()?;
+    if r.nowait {
+        fn waits(a: &crate::actions::Action) -> bool {
+            matches!(a.kind, crate::actions::ActionKind::WaitFor { .. })
+                || a.on_fail.iter().any(waits)
+        }
+        if let Some(n) = actions.iter().position(waits) {
+            return Err(ctx.err(
+                Some(r.action[n].span()),
+                Some(format!("{key}.action[{n}]")),
+                "a `nowait` condition cannot have a `waitfor` action (QNX: EINVAL)",
+            ));
+        }
+    }
+    Ok(Condition {
+        trigger,
+        actions,
+        rearm: r.rearm.unwrap_or(true),
+        independent: r.independent || r.nowait,
+        nowait: r.nowait,
+    })
 }
 
 fn action(
@@ -1301,6 +1336,7 @@ fn action(
         kind,
         break_on_fail: r.break_on_fail,
         on_fail,
+        run_now: r.run_now,
     })
 }
 

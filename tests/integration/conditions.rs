@@ -153,3 +153,129 @@ fn waitfor_waits_for_its_path_and_fails_at_its_timeout() {
     };
     wait_until(&ham, "the waitfor timeout and its fail list", failed);
 }
+
+/// SIGKILLs the HAM (the test's child) and waits for its Guardian to take over.
+fn take_over(ham: &mut Ham) {
+    let s = ham.status();
+    let g = s["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted, with a new guardian", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+    });
+}
+
+#[test]
+fn a_condition_that_does_not_rearm_is_pruned_by_the_first_restart_even_across_a_takeover() {
+    let work = tempfile::tempdir().unwrap();
+    let (once, always) = (work.path().join("once"), work.path().join("always"));
+    let hook = |f: &std::path::Path| {
+        format!(
+            "[[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION >> {}\"]\n",
+            f.display()
+        )
+    };
+    let body = format!(
+        "{}[[entity.condition]]\non = \"death\"\nrearm = false\n{}[[entity.condition]]\non = \"death\"\n{}",
+        sleeper("app"),
+        hook(&once),
+        hook(&always)
+    );
+    let mut ham = Ham::start("cond-rearm", &body);
+    let lines = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for kill in 1..=4 {
+        if kill == 3 {
+            take_over(&mut ham);
+        }
+        let s = ham.wait_for("app running", |s| running(s, "app"));
+        sigkill(pid_of(&s, "app"));
+        wait_until(&ham, "the re-arming condition's hook", || {
+            lines(&always) == kill
+        });
+    }
+    ham.wait_for("app running", |s| running(s, "app"));
+    assert_eq!(std::fs::read_to_string(&once).unwrap(), "death\n");
+}
+
+#[test]
+fn an_entitys_conditions_run_one_after_another_unless_independent() {
+    let work = tempfile::tempdir().unwrap();
+    let (out, gate) = (work.path().join("out"), work.path().join("gate"));
+    let cond = |class: &str, independent: bool, first: &str| {
+        format!(
+            "[[entity.condition]]\non = \"raise\"\nclass = \"{class}\"\nindependent = {independent}\n{first}\
+             [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_RAISE_CLASS >> {}\"]\n",
+            out.display()
+        )
+    };
+    let wait_gate = format!(
+        "[[entity.condition.action]]\ndo = \"waitfor\"\npath = \"{}\"\ntimeout = \"60s\"\n",
+        gate.display()
+    );
+    let body = format!(
+        "{}{}{}{}",
+        sleeper("app"),
+        cond("slow", false, &wait_gate),
+        cond("queued", false, ""),
+        cond("free", true, "")
+    );
+    let ham = Ham::start("cond-fifo", &body);
+    ham.wait_for("app running", |s| running(s, "app"));
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    for class in ["slow", "queued", "free"] {
+        assert!(ham.ctl(&["raise", "app", class]).status.success());
+    }
+    // The independent run does not wait for the slow one; the queued one does.
+    wait_until(&ham, "the independent run", || read() == "free\n");
+    std::fs::write(&gate, "").unwrap();
+    wait_until(&ham, "the queued run after the slow one", || {
+        read() == "free\nslow\nqueued\n"
+    });
+}
+
+#[test]
+fn a_run_now_action_runs_at_a_cold_start_and_not_again_at_a_takeover() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"death\"\n[[entity.condition.action]]\ndo = \"execute\"\nrun_now = true\n\
+         command = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION >> {}\"]\n",
+        sleeper("app"),
+        out.display()
+    );
+    let mut ham = Ham::start("cond-runnow", &body);
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_until(&ham, "the run-now action", || read() == "run-now\n");
+    take_over(&mut ham);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    sigkill(pid_of(&s, "app"));
+    wait_until(&ham, "the death action", || read().ends_with("death\n"));
+    assert_eq!(read(), "run-now\ndeath\n");
+}
+
+#[test]
+fn a_nowait_condition_with_a_waitfor_action_is_a_configuration_error() {
+    let work = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}[[entity.condition]]\non = \"death\"\nnowait = true\n\
+         [[entity.condition.action]]\ndo = \"waitfor\"\npath = \"/x\"\ntimeout = \"1s\"\n",
+        sleeper("app")
+    );
+    let config = write_config(work.path(), "nowait", &body);
+    let out = std::process::Command::new(HAM)
+        .arg("--check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("entity[0].condition[0].action[0]") && err.contains("nowait"),
+        "{err}"
+    );
+}

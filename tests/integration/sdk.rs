@@ -231,3 +231,68 @@ fn a_process_ham_did_not_start_attaches_itself_and_its_death_is_a_death() {
     });
     assert_eq!(entity(&s, "ext")["restarts"], 0);
 }
+
+#[test]
+fn a_state_change_through_the_ring_fires_its_state_condition() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("state");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"state\"\nto = 3\n\
+         [[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION >> {}\"]\n",
+        sleeper("app"),
+        marker.display()
+    );
+    let ham = Ham::start("ring-state", &body);
+    ham.wait_for("app running", |s| running(s, "app"));
+    for (from, to) in [("1", "2"), ("2", "3")] {
+        let out = client(&ham, &["state", "app", from, to]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    ham.wait_for("both events consumed", |s| s["ring"]["consumed"] == 2);
+    wait_until(&ham, "the state action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "state\n")
+    });
+    let states: Vec<String> = ham
+        .log_of("app")
+        .iter()
+        .filter(|r| r["action"] == "state")
+        .map(|r| r["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(states[1].ends_with("state 2 -> 3"), "{states:?}");
+}
+
+#[test]
+fn heartbeats_and_subscriptions_carry_on_across_a_takeover_without_a_false_miss() {
+    // ~2 s of beats: the takeover happens while the client beats; the one miss reported
+    // must be the real one, after its last beat, found by the promoted HAM.
+    let conditions = "[[entity.condition]]\non = \"heartbeat-missed-low\"\n\
+                      [[entity.condition.action]]\ndo = \"notify\"\ntopic = \"late\"\n";
+    let mut ham = Ham::start("hb-takeover", &beater("app", 50, conditions));
+    ham.wait_for("app attached", |s| !entity(s, "app")["heartbeat"].is_null());
+    let mut sub = Reaped(
+        client(&ham, &["subscribe", "late", "--count", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(sub.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "subscribed late");
+    let g = ham.status()["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    // The subscriber reconnected to the new HAM and gets the real miss.
+    let note: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a notification").unwrap()).unwrap();
+    assert_eq!(note["condition"], "heartbeat-missed-low");
+    assert!(sub.0.wait().unwrap().success());
+    let misses = ham
+        .log_of("app")
+        .iter()
+        .filter(|r| r["condition"] == "heartbeat-missed-low" && r["action"] == "detected")
+        .count();
+    assert_eq!(misses, 1);
+}

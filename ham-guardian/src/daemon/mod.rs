@@ -109,6 +109,8 @@ struct Entity {
     watchdog_ns: Option<u64>,
     /// Its SDK heartbeat monitor, while a client is attached with one.
     hb: Option<clients::Heartbeat>,
+    /// Conditions the restart being handled has just pruned (they still fire for it).
+    pruned_now: u64,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -199,6 +201,8 @@ pub struct Daemon {
     /// Condition runs in progress, and the pids of the commands they wait for.
     runs: HashMap<u32, Run>,
     next_run: u32,
+    /// Per entity, its non-independent runs in firing order (the first one is running).
+    run_queue: HashMap<usize, std::collections::VecDeque<u32>>,
     exec_pids: HashMap<i32, u32>,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<usize>>,
@@ -216,6 +220,7 @@ struct Run {
     env: Vec<(String, String)>,
     stack: Vec<(Vec<Action>, usize)>,
     waiting: Option<Wait>,
+    independent: bool,
 }
 
 enum Wait {
@@ -514,6 +519,7 @@ impl Daemon {
             syslog,
             runs: HashMap::new(),
             next_run: 0,
+            run_queue: HashMap::new(),
             exec_pids: HashMap::new(),
             dependents: Vec::new(),
             cfg,
@@ -537,8 +543,12 @@ impl Daemon {
             Some(Origin::Promoted { passed }) => passed,
             _ => HashMap::new(),
         };
+        let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.adopt(passed);
         self.resume_heartbeats();
+        if cold {
+            self.run_now_actions();
+        }
         if let Err(e) = self.watch_clients() {
             say!(self, "cannot watch the doorbell: {e}");
         }
@@ -665,6 +675,7 @@ impl Daemon {
                 watchdog_at: None,
                 watchdog_ns: None,
                 hb: None,
+                pruned_now: 0,
                 env,
                 waiters: Vec::new(),
             });
@@ -1247,12 +1258,16 @@ impl Daemon {
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
     /// actions start as a run of their own.
     fn fire(&mut self, i: usize, event: Event, gone: Option<(i32, LastExit)>) {
-        let conds: Vec<Condition> = self.entities[i]
+        let e = &self.entities[i];
+        // Conditions pruned by the restart this event is about still fire for it.
+        let disarmed = e.rec.disarmed & !e.pruned_now;
+        let conds: Vec<Condition> = e
             .cfg
             .conditions
             .iter()
-            .filter(|c| c.trigger.matches(&event))
-            .cloned()
+            .enumerate()
+            .filter(|(k, c)| disarmed & (1 << k) == 0 && c.trigger.matches(&event))
+            .map(|(_, c)| c.clone())
             .collect();
         if conds.is_empty() {
             return;
@@ -1293,7 +1308,7 @@ impl Daemon {
             if let Some(v) = env.iter_mut().find(|(k, _)| k == "HAM_CONDITION") {
                 v.1 = c.trigger.name().to_owned();
             }
-            self.runs.insert(
+            self.start_run(
                 id,
                 Run {
                     entity: i,
@@ -1301,9 +1316,78 @@ impl Daemon {
                     env,
                     stack: vec![(c.actions, 0)],
                     waiting: None,
+                    independent: c.independent,
                 },
             );
-            self.advance(id);
+        }
+    }
+
+    /// Actions flagged `run_now` run once when the instance starts cold (QNX
+    /// `HACTIONDONOW`), as well as when their condition fires. A takeover or a warm start
+    /// does not run them again.
+    fn run_now_actions(&mut self) {
+        for i in 0..self.entities.len() {
+            let now: Vec<Action> = self.entities[i]
+                .cfg
+                .conditions
+                .iter()
+                .flat_map(|c| c.actions.iter().filter(|a| a.run_now).cloned())
+                .collect();
+            if now.is_empty() {
+                continue;
+            }
+            let e = &self.entities[i];
+            let env = vec![
+                ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+                ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
+                ("HAM_ENTITY".to_owned(), e.cfg.name.clone()),
+                ("HAM_CONDITION".to_owned(), "run-now".to_owned()),
+            ];
+            let id = self.next_run;
+            self.next_run = self.next_run.wrapping_add(1);
+            self.start_run(
+                id,
+                Run {
+                    entity: i,
+                    condition: "run-now",
+                    env,
+                    stack: vec![(now, 0)],
+                    waiting: None,
+                    independent: true,
+                },
+            );
+        }
+    }
+
+    /// Starts a run, or queues it behind the entity's run in progress: an entity's
+    /// conditions run one after another in the order they fired, unless `independent`.
+    fn start_run(&mut self, id: u32, run: Run) {
+        let (i, independent) = (run.entity, run.independent);
+        self.runs.insert(id, run);
+        if !independent {
+            let queue = self.run_queue.entry(i).or_default();
+            queue.push_back(id);
+            if queue.len() > 1 {
+                return; // it starts when the one before it ends
+            }
+        }
+        self.advance(id);
+    }
+
+    /// Run `id` is over: the next queued run of its entity starts.
+    fn end_run(&mut self, id: u32) {
+        let Some(run) = self.runs.remove(&id) else {
+            return;
+        };
+        if run.independent {
+            return;
+        }
+        let next = self.run_queue.get_mut(&run.entity).and_then(|q| {
+            q.retain(|&r| r != id);
+            q.front().copied()
+        });
+        if let Some(next) = next {
+            self.advance(next);
         }
     }
 
@@ -1324,7 +1408,7 @@ impl Daemon {
                 run.stack.pop();
             };
             let Some(action) = next else {
-                self.runs.remove(&id);
+                self.end_run(id);
                 return;
             };
             let (i, cond) = (run.entity, run.condition);
@@ -1782,6 +1866,16 @@ impl Daemon {
         stateless: bool,
     ) {
         let e = &mut self.entities[i];
+        // Conditions that do not re-arm are pruned by this restart, in the same record.
+        let prune = e
+            .cfg
+            .conditions
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.rearm)
+            .fold(0u64, |m, (k, _)| m | (1 << k));
+        e.pruned_now |= prune & !e.rec.disarmed;
+        e.rec.disarmed |= prune;
         e.rec.restarts += 1;
         e.rec.restart_stamps.push(mono_ns());
         e.rec.policy.held_until = 0;
@@ -1808,6 +1902,7 @@ impl Daemon {
             };
             self.fire(i, restarted, gone);
         }
+        self.entities[i].pruned_now = 0;
     }
 
     /// Runs `[device] restart_command`, unless an operator switched device restarts off or
