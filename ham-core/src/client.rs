@@ -430,7 +430,12 @@ impl ClientSegment {
                 return Err(PushError::Full);
             }
             if h.head
-                .compare_exchange_weak(head, head + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange_weak(
+                    head,
+                    head.wrapping_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 break head;
@@ -442,6 +447,13 @@ impl ClientSegment {
             Ordering::Release,
         );
         after_claim();
+        // A producer so slow that the consumer abandoned its claim (and a later producer
+        // may own the slot) must not write over it: look before writing. A producer stalled
+        // between this look and its last store can still tear the later event, which then
+        // fails its checksum and is counted as rejected: never forged, never delivered torn.
+        if slot.seq.load(Ordering::Acquire) != ticket {
+            return Err(PushError::Abandoned);
+        }
         let mut body = [0u64; SLOT_WORDS];
         body[w::CLAIM] = u64::from(ev.pid) | ((ticket & 0xffff_ffff) << 32);
         body[w::TOKEN] = ev.token;
@@ -457,7 +469,12 @@ impl ClientSegment {
         }
         if slot
             .seq
-            .compare_exchange(ticket, ticket + 1, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(
+                ticket,
+                ticket.wrapping_add(1),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return Err(PushError::Abandoned);
@@ -556,6 +573,36 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Resumes at `start` — where the previous consumer recorded it stopped, in memory no
+    /// client can write — or, failing that, where the shared `tail` says.
+    /// The shared `tail` is taken instead when it is ahead of `start` by slots that all
+    /// show they were consumed (the predecessor died before recording its position).
+    pub fn resume(seg: &ClientSegment, start: Option<u64>, abandon_after_ns: u64) -> Self {
+        let shared = seg.header().tail.load(Ordering::Acquire);
+        let cap = seg.ring_slots as u64;
+        let tail = match start {
+            None => shared,
+            Some(rt) => {
+                let ahead = shared.wrapping_sub(rt);
+                let consumed = |k: u64| {
+                    let t = rt.wrapping_add(k);
+                    seg.read_slot(t).1 == t.wrapping_add(cap)
+                };
+                if ahead <= cap && (0..ahead).all(consumed) {
+                    shared
+                } else {
+                    rt
+                }
+            }
+        };
+        Self {
+            tail,
+            stall: None,
+            stats: RingStats::default(),
+            abandon_after_ns,
+        }
+    }
+
     /// Resumes where the shared `tail` says the previous consumer stopped.
     pub fn new(seg: &ClientSegment, abandon_after_ns: u64) -> Self {
         Self {
@@ -568,9 +615,11 @@ impl Consumer {
 
     fn advance(&mut self, seg: &ClientSegment, slot: &RingSlot, ticket: u64) {
         // The slot is free for the next lap before producers can see the room.
-        slot.seq
-            .store(ticket + seg.ring_slots as u64, Ordering::Release);
-        self.tail = ticket + 1;
+        slot.seq.store(
+            ticket.wrapping_add(seg.ring_slots as u64),
+            Ordering::Release,
+        );
+        self.tail = ticket.wrapping_add(1);
         self.stall = None;
         seg.header().tail.store(self.tail, Ordering::Release);
     }
@@ -590,7 +639,7 @@ impl Consumer {
             h.tail.store(t, Ordering::Release);
         }
         let (slot, seq) = seg.read_slot(t);
-        if seq == t + 1 {
+        if seq == t.wrapping_add(1) {
             let mut body = [0u64; SLOT_WORDS];
             for (b, src) in body.iter_mut().zip(slot.words.iter()) {
                 *b = src.load(Ordering::Relaxed);
@@ -642,10 +691,10 @@ impl Consumer {
         }
         match slot
             .seq
-            .compare_exchange(t, t + cap, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(t, t.wrapping_add(cap), Ordering::AcqRel, Ordering::Relaxed)
         {
             Ok(_) => {
-                self.tail = t + 1;
+                self.tail = t.wrapping_add(1);
                 self.stall = None;
                 h.tail.store(self.tail, Ordering::Release);
                 self.stats.abandoned += 1;
@@ -653,8 +702,8 @@ impl Consumer {
                     pid: if ours { pid } else { 0 },
                 }
             }
-            // Published just now: take it on the next look.
-            Err(_) => self.poll(seg, now_ns, is_dead),
+            // Published just now (or a stray write raced us): look again, once.
+            Err(_) => Polled::Stalled { retry_at: now_ns },
         }
     }
 
@@ -664,15 +713,15 @@ impl Consumer {
         let cap = seg.ring_slots as u64;
         let h = seg.header();
         let claimed = if head.wrapping_sub(self.tail) <= cap {
-            head - self.tail
+            head.wrapping_sub(self.tail)
         } else {
             h.head.store(self.tail, Ordering::Release);
             0
         };
         for k in 0..cap {
-            let ticket = self.tail + k;
+            let ticket = self.tail.wrapping_add(k);
             let (slot, seq) = seg.read_slot(ticket);
-            if !(k < claimed && (seq == ticket || seq == ticket + 1)) {
+            if !(k < claimed && (seq == ticket || seq == ticket.wrapping_add(1))) {
                 slot.seq.store(ticket, Ordering::Release);
             }
         }
@@ -697,7 +746,7 @@ impl Consumer {
     /// Whether a look at the ring would find something (an event or a claim).
     pub fn has_work(&self, seg: &ClientSegment) -> bool {
         let (_, seq) = seg.read_slot(self.tail);
-        seq == self.tail + 1 || seg.header().head.load(Ordering::Acquire) != self.tail
+        seq == self.tail.wrapping_add(1) || seg.header().head.load(Ordering::Acquire) != self.tail
     }
 
     /// The consumer's position (tickets consumed so far).
@@ -900,6 +949,24 @@ mod tests {
         s.push(&ev(3)).unwrap();
         assert_eq!(s.header().wakes.load(Ordering::Relaxed), 1);
         assert_eq!(s.header().sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_successor_resumes_at_the_recorded_or_the_proven_position() {
+        let s = seg("resume", 8);
+        let mut c = Consumer::new(&s, 1000);
+        for i in 0..3 {
+            s.push(&ev(i)).unwrap();
+            assert_eq!(c.poll(&s, 0, |_| false), Polled::Event(ev(i)));
+        }
+        // Recorded 1, but slots 1 and 2 show they were consumed: resume at 3.
+        assert_eq!(Consumer::resume(&s, Some(1), 0).tail(), 3);
+        // A shared tail a client moved ahead over unconsumed slots is not believed.
+        s.header().tail.store(7, Ordering::Relaxed);
+        assert_eq!(Consumer::resume(&s, Some(3), 0).tail(), 3);
+        s.header().tail.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(Consumer::resume(&s, Some(3), 0).tail(), 3);
+        ClientSegment::unlink(s.name());
     }
 
     #[test]

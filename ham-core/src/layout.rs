@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -103,7 +103,9 @@ pub struct Header {
     /// The detector ring's consumer counts: consumed, rejected, abandoned (the HAM's own
     /// counts, mirrored here for `hamctl status`).
     ring_counts: [AtomicU64; 3],
-    _reserved: [AtomicU64; 36],
+    /// Where the ring's consumer stopped (kept here, where no client can write it).
+    ring_tail: AtomicU64,
+    _reserved: [AtomicU64; 35],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
@@ -238,6 +240,13 @@ impl Header {
             self.client_key[1].load(Ordering::Relaxed),
         ]
     }
+    pub(crate) fn set_ring_tail(&self, tail: u64) {
+        self.ring_tail.store(tail, Ordering::Relaxed);
+    }
+    /// Where the detector ring's consumer stopped.
+    pub fn ring_tail(&self) -> u64 {
+        self.ring_tail.load(Ordering::Relaxed)
+    }
     pub(crate) fn set_ring_counts(&self, consumed: u64, rejected: u64, abandoned: u64) {
         self.ring_counts[0].store(consumed, Ordering::Relaxed);
         self.ring_counts[1].store(rejected, Ordering::Relaxed);
@@ -276,7 +285,8 @@ mod word {
     pub const STARTED_UNIX: usize = 17;
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
-    pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: automatically
+    pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: automatically;
+    // bit 2: a device restart to journal
     pub const EXITS: usize = 55; // EXITS..EXITS+16: recent automatic exits (for conditions)
     pub const RESTARTS_AT: usize = 71; // ..+16: recent automatic restarts
     pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8
@@ -287,19 +297,25 @@ mod word {
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
 
-/// One copy of an entity record: a checksum and the body it covers.
+/// One copy of a record: a checksum and the `N` body words it covers (word 0 is the
+/// generation).
 #[repr(C)]
-pub struct EntityCopy {
+pub struct Copy<const N: usize> {
     /// `checksum(body)`, or 0 while the copy is being written. Written last, `Release`.
     checksum: AtomicU64,
-    body: [AtomicU64; BODY_WORDS],
+    body: [AtomicU64; N],
 }
 
-/// An entity slot: two copies, the newer valid one wins.
+/// A record slot: two copies, the newer valid one wins.
 #[repr(C, align(64))]
-pub struct EntitySlot {
-    copies: [EntityCopy; 2],
+pub struct Slot<const N: usize> {
+    copies: [Copy<N>; 2],
 }
+
+/// One copy of an entity record.
+pub type EntityCopy = Copy<BODY_WORDS>;
+/// An entity slot.
+pub type EntitySlot = Slot<BODY_WORDS>;
 
 const _: () = assert!(std::mem::size_of::<EntityCopy>() == 768);
 const _: () = assert!(std::mem::size_of::<EntitySlot>() == 1536);
@@ -379,7 +395,7 @@ pub enum LastExit {
 }
 
 impl LastExit {
-    fn to_word(self) -> u64 {
+    pub fn to_word(self) -> u64 {
         let (kind, value): (u64, i32) = match self {
             Self::None => (0, 0),
             Self::Code(c) => (1, c),
@@ -388,7 +404,7 @@ impl LastExit {
         };
         (kind << 32) | u64::from(value as u32)
     }
-    fn from_word(w: u64) -> Option<Self> {
+    pub fn from_word(w: u64) -> Option<Self> {
         let value = (w & 0xffff_ffff) as u32 as i32;
         Some(match w >> 32 {
             0 => Self::None,
@@ -433,6 +449,9 @@ pub struct EntityRecord {
     /// The pending restart is ham's own (a group restart, a missed watchdog), not an
     /// operator's: it counts as an automatic restart.
     pub restart_automatic: bool,
+    /// Its recovery policy escalated to a device restart that is not yet in the run
+    /// journal: a successor that finds this set starts it.
+    pub device_restart_pending: bool,
     /// When it recently exited on its own, and was restarted automatically (for the
     /// `exits-within` and `restarts-within` conditions).
     pub exit_stamps: crate::engine::Stamps,
@@ -473,6 +492,7 @@ impl EntityRecord {
             policy: crate::engine::Memory::default(),
             restart_pending: false,
             restart_automatic: false,
+            device_restart_pending: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: None,
@@ -502,8 +522,9 @@ impl EntityRecord {
         b[word::EXITED_UNIX] = self.exited_unix_ns;
         let m = self.policy.to_words();
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
-        b[word::PENDING] =
-            u64::from(self.restart_pending) | (u64::from(self.restart_automatic) << 1);
+        b[word::PENDING] = u64::from(self.restart_pending)
+            | (u64::from(self.restart_automatic) << 1)
+            | (u64::from(self.device_restart_pending) << 2);
         let (ex, ex_len) = self.exit_stamps.to_words();
         let (rs, rs_len) = self.restart_stamps.to_words();
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
@@ -556,6 +577,7 @@ impl EntityRecord {
             ),
             restart_pending: b[word::PENDING] & 1 == 1,
             restart_automatic: b[word::PENDING] & 2 == 2,
+            device_restart_pending: b[word::PENDING] & 4 == 4,
             exit_stamps: crate::engine::Stamps::from_words(
                 b[word::EXITS..word::EXITS + crate::engine::STAMPS]
                     .try_into()
@@ -589,8 +611,8 @@ pub enum RecordError {
 /// A 64-bit checksum of a body (a multiply–xorshift mix per word; 0 is reserved for
 /// "invalid"). It detects torn copies, not deliberate forgery: the state segment is
 /// writable only by ham itself.
-fn checksum(body: &[u64; BODY_WORDS]) -> u64 {
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ BODY_WORDS as u64;
+fn checksum<const N: usize>(body: &[u64; N]) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ N as u64;
     for &w in body {
         h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
         h ^= h >> 33;
@@ -598,23 +620,23 @@ fn checksum(body: &[u64; BODY_WORDS]) -> u64 {
     if h == 0 { 1 } else { h }
 }
 
-impl EntityCopy {
+impl<const N: usize> Copy<N> {
     /// Loads this copy; `None` if it is invalid (being written, torn, or never written).
-    fn load(&self) -> Option<[u64; BODY_WORDS]> {
+    fn load(&self) -> Option<[u64; N]> {
         // Acquire pairs with the Release store of the checksum in `store`: every body word
         // written before that checksum is visible, or a newer one (which then mismatches).
         let sum = self.checksum.load(Ordering::Acquire);
         if sum == 0 {
             return None;
         }
-        let mut body = [0u64; BODY_WORDS];
+        let mut body = [0u64; N];
         for (dst, src) in body.iter_mut().zip(self.body.iter()) {
             *dst = src.load(Ordering::Relaxed);
         }
         (checksum(&body) == sum).then_some(body)
     }
 
-    fn store(&self, body: &[u64; BODY_WORDS], hook: Option<Hook>) {
+    fn store(&self, body: &[u64; N], hook: Option<Hook>) {
         self.checksum.store(0, Ordering::Relaxed);
         // Release fence: the invalidation above is ordered before every body store below.
         fence(Ordering::Release);
@@ -623,7 +645,7 @@ impl EntityCopy {
         }
         for (i, (dst, &src)) in self.body.iter().zip(body.iter()).enumerate() {
             dst.store(src, Ordering::Relaxed);
-            if i == BODY_WORDS / 2 {
+            if i == N / 2 {
                 if let Some(h) = hook {
                     h("publish:half-written");
                 }
@@ -641,10 +663,10 @@ pub type Hook = fn(&'static str);
 /// How many times a reader retries a slot that a writer keeps changing under it.
 const READ_RETRIES: usize = 64;
 
-impl EntitySlot {
+impl<const N: usize> Slot<N> {
     /// The newest valid copy's body, if any. A copy is valid when its checksum matches and
     /// it sits at the index its generation selects (`gen % 2`, generation ≥ 1).
-    fn newest(&self) -> Result<Option<[u64; BODY_WORDS]>, RecordError> {
+    pub(crate) fn newest(&self) -> Result<Option<[u64; N]>, RecordError> {
         for _ in 0..READ_RETRIES {
             let valid = |i: usize| {
                 self.copies[i]
@@ -673,17 +695,14 @@ impl EntitySlot {
         ))
     }
 
-    /// Reads the record: `Ok(None)` for a free slot.
-    pub fn read(&self) -> Result<Option<EntityRecord>, RecordError> {
-        match self.newest()? {
-            None => Ok(None),
-            Some(body) => EntityRecord::decode(&body).map(Some),
-        }
-    }
-
-    /// Publishes `rec` as the next generation and returns it. Single writer only: the caller
-    /// must be the HAM owning the current epoch (enforced by `SegmentWriter`).
-    pub(crate) fn publish(&self, rec: &EntityRecord, hook: Option<Hook>) -> u64 {
+    /// Publishes the body `encode(generation)` as the next generation and returns it.
+    /// Single writer only: the caller must be the HAM owning the current epoch (enforced by
+    /// `SegmentWriter`).
+    pub(crate) fn publish_body(
+        &self,
+        encode: impl FnOnce(u64) -> [u64; N],
+        hook: Option<Hook>,
+    ) -> u64 {
         // A copy that no longer validates (the previous writer died mid-store) is simply not
         // counted: we overwrite it, never the newest valid one.
         let current = match self.newest() {
@@ -695,7 +714,7 @@ impl EntitySlot {
             }
         };
         let next = current + 1;
-        self.copies[(next % 2) as usize].store(&rec.encode(next), hook);
+        self.copies[(next % 2) as usize].store(&encode(next), hook);
         next
     }
 
@@ -704,6 +723,21 @@ impl EntitySlot {
         for c in &self.copies {
             c.checksum.store(0, Ordering::Release);
         }
+    }
+}
+
+impl EntitySlot {
+    /// Reads the record: `Ok(None)` for a free slot.
+    pub fn read(&self) -> Result<Option<EntityRecord>, RecordError> {
+        match self.newest()? {
+            None => Ok(None),
+            Some(body) => EntityRecord::decode(&body).map(Some),
+        }
+    }
+
+    /// Publishes `rec` as the next generation and returns it. Single writer only.
+    pub(crate) fn publish(&self, rec: &EntityRecord, hook: Option<Hook>) -> u64 {
+        self.publish_body(|generation| rec.encode(generation), hook)
     }
 
     /// Test hook: stores only the first `words` body words of the next generation, as a
@@ -758,6 +792,7 @@ mod tests {
             policy: crate::engine::Memory::default(),
             restart_pending: false,
             restart_automatic: false,
+            device_restart_pending: true,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: Some(HeartbeatSpec {

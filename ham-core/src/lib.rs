@@ -2,6 +2,7 @@
 //!
 //! * [`layout`] — the `#[repr(C)]` state segment: header and entity slots, and the A/B
 //!   record protocol that survives a writer killed between any two instructions.
+//! * [`journal`] — condition runs in progress, as records a successor HAM carries on.
 //! * [`segment`] — creating, attaching and validating the named shared-memory object.
 //! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
 //! * [`engine`] — the recovery policies (switch preset, NX-OS stages, Erlang intensity) as
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod duration;
 pub mod engine;
+pub mod journal;
 pub mod layout;
 pub mod policy;
 pub mod protocol;

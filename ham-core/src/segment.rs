@@ -13,6 +13,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::Mode;
 use rustix::shm;
 
+use crate::journal::{RUN_SLOTS, RunRecord, RunSlot};
 use crate::layout::{
     EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, RecordError,
 };
@@ -71,8 +72,13 @@ pub struct Segment {
 
 /// Bytes needed for `capacity` entity slots, rounded up to whole pages.
 pub fn segment_size(capacity: u32) -> u64 {
-    let raw = size_of::<Header>() as u64 + u64::from(capacity) * size_of::<EntitySlot>() as u64;
+    let raw = runs_offset(capacity) + u64::from(RUN_SLOTS) * size_of::<RunSlot>() as u64;
     raw.div_ceil(4096) * 4096
+}
+
+/// Where the run journal starts: right after the entity slots (a multiple of 64 bytes).
+fn runs_offset(capacity: u32) -> u64 {
+    size_of::<Header>() as u64 + u64::from(capacity) * size_of::<EntitySlot>() as u64
 }
 
 fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
@@ -250,6 +256,31 @@ impl Segment {
         unsafe { Some(&*(self.map.as_ptr().add(offset) as *const EntitySlot)) }
     }
 
+    /// Run slot `index` of the journal, or `None` past its end.
+    pub fn run_slot(&self, index: u32) -> Option<&RunSlot> {
+        if index >= RUN_SLOTS {
+            return None;
+        }
+        let offset = runs_offset(self.capacity) as usize + index as usize * size_of::<RunSlot>();
+        debug_assert!(offset + size_of::<RunSlot>() <= self.map.len());
+        // SAFETY: index < RUN_SLOTS and `open`/`create` checked that `segment_size(capacity)`
+        // (entity slots, then RUN_SLOTS run slots) fits the mapping; the offset is a multiple
+        // of 64 on a page-aligned base. RunSlot is atomics only: every bit pattern is valid
+        // and cross-process mutation is interior.
+        unsafe { Some(&*(self.map.as_ptr().add(offset) as *const RunSlot)) }
+    }
+
+    /// Every run in the journal: `(slot, run)`; unreadable slots are returned as errors.
+    pub fn runs(&self) -> Vec<(u32, Result<RunRecord, RecordError>)> {
+        (0..RUN_SLOTS)
+            .filter_map(|i| match self.run_slot(i)?.read_run() {
+                Ok(None) => None,
+                Ok(Some(r)) => Some((i, Ok(r))),
+                Err(e) => Some((i, Err(e))),
+            })
+            .collect()
+    }
+
     /// Reads every used slot: `(index, record)`; free slots are skipped, unreadable ones are
     /// returned as errors for the caller to report.
     pub fn records(&self) -> Vec<(u32, Result<EntityRecord, RecordError>)> {
@@ -332,6 +363,25 @@ impl SegmentWriter {
         Ok(generation)
     }
 
+    /// Publishes run `rec` into journal slot `index`.
+    pub fn publish_run(&self, index: u32, rec: &RunRecord) -> Result<u64, SegmentError> {
+        self.owned()?;
+        let slot = self.seg.run_slot(index).ok_or(SegmentError::NoSlot {
+            index,
+            capacity: RUN_SLOTS,
+        })?;
+        Ok(slot.publish_run(rec, self.hook))
+    }
+
+    /// Frees journal slot `index`.
+    pub fn clear_run(&self, index: u32) -> Result<(), SegmentError> {
+        self.owned()?;
+        if let Some(slot) = self.seg.run_slot(index) {
+            slot.clear();
+        }
+        Ok(())
+    }
+
     /// Frees slot `index`.
     pub fn clear(&self, index: u32) -> Result<(), SegmentError> {
         self.owned()?;
@@ -368,13 +418,15 @@ impl SegmentWriter {
         Ok(())
     }
 
-    pub fn set_ring_counts(
+    /// The ring consumer's counts and position.
+    pub fn set_ring_state(
         &self,
-        consumed: u64,
-        rejected: u64,
-        abandoned: u64,
+        tail: u64,
+        [consumed, rejected, abandoned]: [u64; 3],
     ) -> Result<(), SegmentError> {
-        self.owned()?.set_ring_counts(consumed, rejected, abandoned);
+        let h = self.owned()?;
+        h.set_ring_counts(consumed, rejected, abandoned);
+        h.set_ring_tail(tail);
         Ok(())
     }
 

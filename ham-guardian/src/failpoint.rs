@@ -24,6 +24,15 @@ pub const ALL: &[&str] = &[
     "promote:after-guardian",
 ];
 
+/// Failpoints on the condition-run paths (reached only when a condition or an escalation
+/// runs; tested by their own scenarios).
+pub const RUNS: &[&str] = &[
+    "escalate:before-journal",
+    "escalate:after-journal",
+    "run:after-begin",
+    "run:after-exec-pid",
+];
+
 /// The environment variables a failpoint reads; ham removes them from entities' environment.
 pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
 

@@ -22,6 +22,25 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// For a zombie `pid` that started at `start_time`: its wait status (field 52 of
+/// `/proc/PID/stat`, readable until it is reaped). `None` if it is not such a zombie.
+pub fn zombie_status(pid: i32, start_time: u64) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_zombie_status(&stat, start_time)
+}
+
+fn parse_zombie_status(stat: &str, start_time: u64) -> Option<i32> {
+    if parse_start_time(stat)? != start_time {
+        return None;
+    }
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .collect();
+    // fields[0] is field 3 (state); field 52 is fields[49].
+    (fields.first() == Some(&"Z")).then_some(())?;
+    fields.get(49)?.parse().ok()
+}
+
 /// True if `pid` runs (and is not a zombie) and started at `start_time`.
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
     if pid <= 0 {
@@ -47,6 +66,19 @@ mod tests {
         assert_eq!(parse_start_time(stat), Some(987654));
         assert_eq!(parse_start_time("garbage"), None);
         assert_eq!(parse_start_time("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_zombies_status_is_field_52() {
+        let mut f: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        f[0] = "Z".into();
+        f[19] = "777".into(); // field 22
+        f[49] = "32000".into(); // field 52: exit code 125
+        let stat = format!("9 (x y) {}", f.join(" "));
+        assert_eq!(parse_zombie_status(&stat, 777), Some(32000));
+        assert_eq!(parse_zombie_status(&stat, 778), None);
+        let running = stat.replace(") Z ", ") S ");
+        assert_eq!(parse_zombie_status(&running, 777), None);
     }
 
     #[test]

@@ -279,3 +279,69 @@ fn a_nowait_condition_with_a_waitfor_action_is_a_configuration_error() {
         "{err}"
     );
 }
+
+/// A run of three actions (a command, a wait for `gate`, a command), raised on `app`.
+fn gated_run(out: &std::path::Path, gate: &std::path::Path) -> String {
+    let echo = |what: &str| {
+        format!(
+            "[[entity.condition.action]]\ndo = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo {what} >> {}\"]\n",
+            out.display()
+        )
+    };
+    format!(
+        "{}[[entity.condition]]\non = \"raise\"\n{}\
+         [[entity.condition.action]]\ndo = \"waitfor\"\npath = \"{}\"\ntimeout = \"60s\"\n{}",
+        sleeper("app"),
+        echo("a"),
+        gate.display(),
+        echo("b")
+    )
+}
+
+#[test]
+fn a_run_in_flight_is_carried_on_by_the_promoted_ham_and_nothing_is_done_twice() {
+    let work = tempfile::tempdir().unwrap();
+    let (out, gate) = (work.path().join("out"), work.path().join("gate"));
+    let mut ham = Ham::start("run-journal", &gated_run(&out, &gate));
+    ham.wait_for("app running", |s| running(s, "app"));
+    assert!(ham.ctl(&["raise", "app", "go"]).status.success());
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_until(&ham, "the first action", || read() == "a\n");
+    take_over(&mut ham);
+    std::fs::write(&gate, "").unwrap();
+    wait_until(&ham, "the rest of the run", || read() == "a\nb\n");
+    assert!(
+        ham.stderr().contains("carrying on a `raise` run"),
+        "{}",
+        ham.stderr()
+    );
+}
+
+#[test]
+fn a_command_the_ham_died_before_releasing_runs_once_under_its_successor() {
+    for fp in ["run:after-begin", "run:after-exec-pid"] {
+        let work = tempfile::tempdir().unwrap();
+        let (out, gate) = (work.path().join("out"), work.path().join("gate"));
+        let fired = work.path().join("fired");
+        let fired_s = fired.display().to_string();
+        let ham = Ham::start_with(
+            "run-fp",
+            "",
+            &gated_run(&out, &gate),
+            &[("HAM_FAILPOINT", fp), ("HAM_FAILPOINT_FILE", &fired_s)],
+        );
+        let s = ham.wait_for("app running", |s| running(s, "app"));
+        let h = s["ham"]["pid"].clone();
+        std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+        // The HAM dies before it answers: the answer is not what is tested.
+        let _ = ham.ctl(&["--timeout", "2s", "raise", "app", "go"]);
+        wait_until(&ham, &format!("failpoint {fp}"), || fired.exists());
+        ham.wait_for("the guardian promoted", |s| {
+            s["ham"]["pid"] != h && s["ham"]["alive"] == true
+        });
+        let read = || std::fs::read_to_string(&out).unwrap_or_default();
+        wait_until(&ham, "the first action, once", || read() == "a\n");
+        std::fs::write(&gate, "").unwrap();
+        wait_until(&ham, "the rest of the run", || read() == "a\nb\n");
+    }
+}

@@ -197,3 +197,51 @@ fn a_backoff_delays_every_automatic_restart() {
         "a restart happened without its back-off: {deaths:?}"
     );
 }
+
+#[test]
+fn an_escalation_is_carried_out_once_whenever_the_ham_dies_on_its_way() {
+    for fp in [
+        "escalate:before-journal",
+        "escalate:after-journal",
+        "run:after-begin",
+        "run:after-exec-pid",
+    ] {
+        let marks = tempfile::tempdir().unwrap();
+        let marker = marks.path().join("device-restarted");
+        let fired = marks.path().join("fired");
+        let fired_s = fired.display().to_string();
+        let device = format!(
+            "[device]\nrestart_command = [\"/bin/sh\", \"-c\", \"echo restart >> {}\"]\n\n",
+            marker.display()
+        );
+        let body = format!(
+            "{device}[[entity]]\nname = \"crashy\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 1\"]\n\
+             policy = {{ kind = \"switch\", exits = 3, within = \"10s\", hold_off = \"1s\", holdoffs = 2, holdoffs_within = \"60s\" }}\n"
+        );
+        let ham = Ham::start_with(
+            "esc-fp",
+            "",
+            &body,
+            &[("HAM_FAILPOINT", fp), ("HAM_FAILPOINT_FILE", &fired_s)],
+        );
+        std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+        wait_until(&ham, &format!("failpoint {fp}"), || fired.exists());
+        let escalations = || {
+            ham.log_of("crashy")
+                .iter()
+                .filter(|r| r["condition"] == "escalation" && r["action"] == "device-restart")
+                .count()
+        };
+        wait_until(&ham, "the escalation under the successor", || {
+            escalations() == 1 && marker.exists()
+        });
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "restart\n",
+            "{fp}: the device restart ran more than once"
+        );
+        let s = ham.status();
+        assert_eq!(s["ham"]["alive"], true, "{fp}");
+        assert_eq!(s["ham"]["failures"], 1, "{fp}: {s}");
+    }
+}

@@ -84,20 +84,25 @@ impl Clients {
         origin: &Origin,
         warm: bool,
         key: [u64; 2],
+        start_tail: u64,
     ) -> io::Result<Self> {
         let name = ham_core::client::segment_name(&cfg.instance.name);
         let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
             .then(|| ClientSegment::open(&name).ok())
             .flatten()
             .filter(|s| s.hb_slots() == capacity && s.ring_slots() == cfg.ring_slots);
-        let seg = match reuse {
-            Some(s) => s,
-            None => ClientSegment::create(&name, capacity, cfg.ring_slots, cfg.client_gid)
-                .map_err(io::Error::other)?,
+        let (seg, start) = match reuse {
+            // The predecessor's position, from the state segment (a client cannot move it).
+            Some(s) => (s, Some(start_tail)),
+            None => (
+                ClientSegment::create(&name, capacity, cfg.ring_slots, cfg.client_gid)
+                    .map_err(io::Error::other)?,
+                None,
+            ),
         };
         seg.set_ham_pid(std::process::id());
         let seg = Arc::new(seg);
-        let consumer = Consumer::new(&seg, cfg.ring_abandon_after_ns);
+        let consumer = Consumer::resume(&seg, start, cfg.ring_abandon_after_ns);
         let doorbell = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -140,7 +145,8 @@ fn doorbell_thread(seg: &ClientSegment, ring: &OwnedFd) {
 
 /// Whether a process is proven gone (a ring claimer): no such pid, or its pidfd says so.
 fn is_dead(pid: u32) -> bool {
-    let Some(pid) = Pid::from_raw(pid as i32) else {
+    // A claim word is a client's write: a pid out of range is no process of ours to test.
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return false;
     };
     match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
@@ -205,9 +211,10 @@ impl Daemon {
         }
         if let Some(c) = &self.clients {
             let s = c.consumer.stats;
-            let _ = self
-                .writer
-                .set_ring_counts(s.consumed, s.rejected + c.denied, s.abandoned);
+            let _ = self.writer.set_ring_state(
+                c.consumer.tail(),
+                [s.consumed, s.rejected + c.denied, s.abandoned],
+            );
         }
     }
 

@@ -40,6 +40,7 @@ use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
 mod clients;
+mod journal;
 use clients::{Clients, Peer, Subscriber};
 
 const TOK_SIGNAL: u64 = 1;
@@ -203,6 +204,7 @@ pub struct Daemon {
     next_run: u32,
     /// Per entity, its non-independent runs in firing order (the first one is running).
     run_queue: HashMap<usize, std::collections::VecDeque<u32>>,
+    journal_full_logged: bool,
     exec_pids: HashMap<i32, u32>,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<usize>>,
@@ -221,6 +223,13 @@ struct Run {
     stack: Vec<(Vec<Action>, usize)>,
     waiting: Option<Wait>,
     independent: bool,
+    /// Which condition (its index, or `journal::COND_*`) and why: what the journal keeps.
+    cond: u8,
+    event: journal::RunEvent,
+    /// Its journal slot, and what the journal last said of its current action.
+    jslot: Option<u32>,
+    in_progress: bool,
+    jwait: ham_core::journal::RunWait,
 }
 
 enum Wait {
@@ -476,7 +485,8 @@ impl Daemon {
             writer.set_client_key(key)?;
         }
         let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
-        let clients = match Clients::open(&cfg, capacity, &origin, warm, key) {
+        let start_tail = writer.segment().header().ring_tail();
+        let clients = match Clients::open(&cfg, capacity, &origin, warm, key, start_tail) {
             Ok(c) => Some(c),
             Err(e) => {
                 log(
@@ -520,6 +530,7 @@ impl Daemon {
             runs: HashMap::new(),
             next_run: 0,
             run_queue: HashMap::new(),
+            journal_full_logged: false,
             exec_pids: HashMap::new(),
             dependents: Vec::new(),
             cfg,
@@ -546,6 +557,7 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.adopt(passed);
         self.resume_heartbeats();
+        self.resume_runs();
         if cold {
             self.run_now_actions();
         }
@@ -1261,53 +1273,23 @@ impl Daemon {
         let e = &self.entities[i];
         // Conditions pruned by the restart this event is about still fire for it.
         let disarmed = e.rec.disarmed & !e.pruned_now;
-        let conds: Vec<Condition> = e
+        let conds: Vec<(usize, Condition)> = e
             .cfg
             .conditions
             .iter()
             .enumerate()
             .filter(|(k, c)| disarmed & (1 << k) == 0 && c.trigger.matches(&event))
-            .map(|(_, c)| c.clone())
+            .map(|(k, c)| (k, c.clone()))
             .collect();
         if conds.is_empty() {
             return;
         }
-        let e = &self.entities[i];
-        let mut env = vec![
-            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
-            ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
-            ("HAM_ENTITY".to_owned(), e.cfg.name.clone()),
-            ("HAM_CONDITION".to_owned(), event.name().to_owned()),
-        ];
-        if let Some((pid, exit)) = gone {
-            env.push(("HAM_PID".to_owned(), pid.to_string()));
-            match exit {
-                LastExit::Code(c) => env.push(("HAM_EXIT_CODE".to_owned(), c.to_string())),
-                LastExit::Signal(s) => env.push(("HAM_EXIT_SIGNAL".to_owned(), s.to_string())),
-                LastExit::Unknown => env.push(("HAM_EXIT_UNKNOWN".to_owned(), "1".to_owned())),
-                LastExit::None => {}
-            }
-        } else if e.rec.pid > 0 {
-            env.push(("HAM_PID".to_owned(), e.rec.pid.to_string()));
-        }
-        if let Event::Raise {
-            class,
-            severity,
-            value,
-        } = &event
-        {
-            env.push(("HAM_RAISE_CLASS".to_owned(), class.clone()));
-            env.push(("HAM_RAISE_SEVERITY".to_owned(), severity.to_string()));
-            env.push(("HAM_RAISE_VALUE".to_owned(), value.to_string()));
-        }
-        for c in conds {
+        let event_rec = journal::RunEvent::of(&event, gone);
+        for (k, c) in conds {
             let id = self.next_run;
             self.next_run = self.next_run.wrapping_add(1);
             // HAM_CONDITION names the condition that fired (`exits-within`, `raise`, …).
-            let mut env = env.clone();
-            if let Some(v) = env.iter_mut().find(|(k, _)| k == "HAM_CONDITION") {
-                v.1 = c.trigger.name().to_owned();
-            }
+            let env = self.run_env(i, c.trigger.name(), &event_rec);
             self.start_run(
                 id,
                 Run {
@@ -1317,6 +1299,11 @@ impl Daemon {
                     stack: vec![(c.actions, 0)],
                     waiting: None,
                     independent: c.independent,
+                    cond: k as u8,
+                    event: event_rec.clone(),
+                    jslot: None,
+                    in_progress: false,
+                    jwait: ham_core::journal::RunWait::None,
                 },
             );
         }
@@ -1336,13 +1323,7 @@ impl Daemon {
             if now.is_empty() {
                 continue;
             }
-            let e = &self.entities[i];
-            let env = vec![
-                ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
-                ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
-                ("HAM_ENTITY".to_owned(), e.cfg.name.clone()),
-                ("HAM_CONDITION".to_owned(), "run-now".to_owned()),
-            ];
+            let env = self.run_env(i, "run-now", &journal::RunEvent::default());
             let id = self.next_run;
             self.next_run = self.next_run.wrapping_add(1);
             self.start_run(
@@ -1354,6 +1335,11 @@ impl Daemon {
                     stack: vec![(now, 0)],
                     waiting: None,
                     independent: true,
+                    cond: ham_core::journal::COND_RUN_NOW,
+                    event: journal::RunEvent::default(),
+                    jslot: None,
+                    in_progress: false,
+                    jwait: ham_core::journal::RunWait::None,
                 },
             );
         }
@@ -1368,6 +1354,7 @@ impl Daemon {
             let queue = self.run_queue.entry(i).or_default();
             queue.push_back(id);
             if queue.len() > 1 {
+                self.journal(id, false); // queued: a successor queues it again
                 return; // it starts when the one before it ends
             }
         }
@@ -1379,6 +1366,7 @@ impl Daemon {
         let Some(run) = self.runs.remove(&id) else {
             return;
         };
+        self.unjournal(&run);
         if run.independent {
             return;
         }
@@ -1411,7 +1399,13 @@ impl Daemon {
                 self.end_run(id);
                 return;
             };
+            // The journal says this action has begun before it has any effect: a successor
+            // never does it twice.
+            run.in_progress = true;
+            run.jwait = ham_core::journal::RunWait::None;
             let (i, cond) = (run.entity, run.condition);
+            self.journal(id, true);
+            failpoint::hit("run:after-begin");
             let name = self.entities[i].cfg.name.clone();
             if let Some(result) = self.run_client_action(i, cond, &action.kind) {
                 match result {
@@ -1430,7 +1424,9 @@ impl Daemon {
                     let until = mono_ns() + ns;
                     if let Some(run) = self.runs.get_mut(&id) {
                         run.waiting = Some(Wait::Delay { until });
+                        run.jwait = ham_core::journal::RunWait::Delay { until };
                     }
+                    self.journal(id, true);
                     self.timers
                         .push(Reverse((until, TimerKind::Action, id as usize)));
                     return;
@@ -1450,7 +1446,9 @@ impl Daemon {
                             deadline,
                             next,
                         });
+                        run.jwait = ham_core::journal::RunWait::Path { deadline };
                     }
+                    self.journal(id, true);
                     self.timers
                         .push(Reverse((next, TimerKind::Action, id as usize)));
                     return;
@@ -1467,9 +1465,15 @@ impl Daemon {
                     }
                 }
                 ActionKind::DeviceRestart => {
-                    let result = self.device_restart(&format!("{name}: {cond}"));
+                    let run = &self.runs[&id];
+                    let (reason, gone) = if run.event.reason.is_empty() {
+                        (format!("{name}: {cond}"), None)
+                    } else {
+                        (run.event.reason.clone(), run.event.gone)
+                    };
+                    let result = self.device_restart(&reason, Some(id));
                     if result.starts_with("running") {
-                        self.record(i, None, cond, "device-restart", &result);
+                        self.record(i, gone, cond, "device-restart", &result);
                     } else {
                         self.action_failed(id, &action, "device-restart", &result);
                     }
@@ -1484,9 +1488,14 @@ impl Daemon {
                         spec.new_process_group();
                         spec.fork()
                     });
-                    match started.map(|p| p.release()) {
+                    let deadline = mono_ns() + timeout_ns;
+                    // Its pid is in the journal before it may run (the release handshake).
+                    let started = started.map(|p| {
+                        self.journal_exec(id, p.pid, deadline);
+                        p.release()
+                    });
+                    match started {
                         Ok(Ok((pid, pidfd))) => {
-                            let deadline = mono_ns() + timeout_ns;
                             let _ = epoll::add(
                                 &self.epoll,
                                 &pidfd,
@@ -1558,7 +1567,12 @@ impl Daemon {
         ) {
             Ok(None) => return, // still running
             Ok(Some(st)) => decode_waitid(&st),
-            Err(_) => LastExit::Unknown,
+            // Not our child: a command a predecessor started. Its pidfd is readable, so it
+            // ended; the kernel may still tell how.
+            Err(_) => match sys::pidfd_exit_status(pidfd) {
+                Ok(Some(ws)) => decode_wait_status(ws),
+                _ => LastExit::Unknown,
+            },
         };
         let Some(Wait::Exec { pid, action, .. }) = run.waiting.take() else {
             return;
@@ -1829,18 +1843,13 @@ impl Daemon {
                 );
             }
             Decision::DeviceRestart { otherwise } => {
-                // The fallback is recorded first: whatever becomes of the device restart,
-                // the entity's own state is settled.
+                // The fallback is recorded first, with the escalation flagged in the same
+                // record: whatever becomes of this HAM, the device restart is not lost
+                // (a successor journals and runs it) and runs once (see `escalate`).
+                self.entities[i].rec.device_restart_pending = true;
                 self.apply(i, otherwise.as_decision(), pid, exit);
-                let result =
-                    self.device_restart(&format!("{name}: services cannot be restored ({why})"));
-                self.record(
-                    i,
-                    Some((pid, exit)),
-                    "escalation",
-                    "device-restart",
-                    &result,
-                );
+                let reason = format!("{name}: services cannot be restored ({why})");
+                self.escalate(i, reason, Some((pid, exit)));
             }
             Decision::GiveUp => {
                 let e = &mut self.entities[i];
@@ -1907,7 +1916,7 @@ impl Daemon {
 
     /// Runs `[device] restart_command`, unless an operator switched device restarts off or
     /// none is configured; says what happened.
-    fn device_restart(&mut self, reason: &str) -> String {
+    fn device_restart(&mut self, reason: &str, run: Option<u32>) -> String {
         let result = if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
             "skipped: switched off (hamctl device-restart disable)".to_owned()
         } else if let Some((path, argv)) = self.cfg.device_restart.clone() {
@@ -1923,7 +1932,13 @@ impl Daemon {
                 spec.new_process_group();
                 spec.fork()
             });
-            match started.map(|p| p.release()) {
+            let started = started.map(|p| {
+                if let Some(id) = run {
+                    self.journal_exec(id, p.pid, 0);
+                }
+                p.release()
+            });
+            match started {
                 Ok(Ok((pid, _pidfd))) => format!("running {} (pid {pid})", path.display()),
                 Ok(Err((e, _))) | Err(e) => format!("failed: cannot run {}: {e}", path.display()),
             }
