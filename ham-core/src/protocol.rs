@@ -36,8 +36,15 @@ pub enum Request {
     /// Ends an attachment (no death is reported for a self-attached entity).
     Detach { entity: String },
     /// Keeps the connection open and sends a [`Notification`] line for each `notify`
-    /// action on `topic` (`*`: every topic).
-    Subscribe { topic: String },
+    /// action on `topic` (`*`: every topic); with `signal`, also sends the subscriber that
+    /// signal (QNX `ham_action_notify_signal`).
+    Subscribe {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    /// The caller (an entity's process) is ready: entities that start `after` it may start.
+    Ready { entity: String },
     /// A detector's event on an entity: fires its matching `raise` conditions.
     Raise {
         entity: String,

@@ -354,7 +354,22 @@ impl Client {
 
     /// Subscribes to the `notify` actions on `topic` (`*`: all topics).
     pub fn subscribe(&self, topic: &str) -> Result<Subscription, Error> {
-        Subscription::open(self.location.clone(), topic.to_owned())
+        Subscription::open(self.location.clone(), topic.to_owned(), None)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), and ham also sends this process `signal` for
+    /// each notification (QNX `ham_action_notify_signal`).
+    pub fn subscribe_signal(&self, topic: &str, signal: i32) -> Result<Subscription, Error> {
+        Subscription::open(self.location.clone(), topic.to_owned(), Some(signal))
+    }
+
+    /// Tells ham this process is ready (the entity it runs as): entities configured to
+    /// start `after` it may start. The SDK's `READY=1`.
+    pub fn ready(&self, entity: &str) -> Result<(), Error> {
+        self.request(&Request::Ready {
+            entity: entity.to_owned(),
+        })
+        .map(|_| ())
     }
 }
 
@@ -383,14 +398,16 @@ impl Heartbeat {
 pub struct Subscription {
     location: Location,
     topic: String,
+    signal: Option<i32>,
     reader: BufReader<UnixStream>,
 }
 
 impl Subscription {
-    fn open(location: Location, topic: String) -> Result<Self, Error> {
+    fn open(location: Location, topic: String, signal: Option<i32>) -> Result<Self, Error> {
         let stream = connect_socket(&location.socket())?;
         let mut line = serde_json::to_vec(&Request::Subscribe {
             topic: topic.clone(),
+            signal,
         })
         .expect("serialises");
         line.push(b'\n');
@@ -407,6 +424,7 @@ impl Subscription {
         Ok(Self {
             location,
             topic,
+            signal,
             reader,
         })
     }
@@ -430,7 +448,7 @@ impl Subscription {
             let until = Instant::now() + reconnect_for;
             let mut wait = Duration::from_millis(1);
             *self = loop {
-                match Self::open(self.location.clone(), self.topic.clone()) {
+                match Self::open(self.location.clone(), self.topic.clone(), self.signal) {
                     Ok(s) => break s,
                     Err(e) if Instant::now() >= until => return Err(e),
                     Err(_) => {

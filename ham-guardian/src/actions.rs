@@ -211,6 +211,13 @@ pub enum ActionKind {
     /// Send a [`Notification`](ham_core::protocol::Notification) to every subscriber of
     /// `topic` (QNX's notify actions); never fails (no subscriber is not a failure).
     Notify { topic: String },
+    /// Restart an entity (the condition's own if `None`): stopped and started again, or
+    /// started if it is down; counted as an automatic restart.
+    Restart { entity: Option<usize> },
+    /// Stop an entity and leave it down (ham stops supervising it until it is started).
+    Stop { entity: Option<usize> },
+    /// Stop an entity (if it runs) and start it again `ns` later (held off meanwhile).
+    HoldOff { entity: Option<usize>, ns: u64 },
     /// Treat the entity as having just beaten: the missed-heartbeat conditions can fire
     /// again one window from now (QNX `ham_action_heartbeat_healthy`).
     HeartbeatHealthy,
@@ -226,6 +233,9 @@ impl ActionKind {
             Self::Signal { .. } => "signal",
             Self::DeviceRestart => "device-restart",
             Self::Notify { .. } => "notify",
+            Self::Restart { .. } => "restart",
+            Self::Stop { .. } => "stop",
+            Self::HoldOff { .. } => "hold-off",
             Self::HeartbeatHealthy => "heartbeat-healthy",
         }
     }

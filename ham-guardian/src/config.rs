@@ -127,6 +127,8 @@ struct RawEntity {
     condition: Vec<Spanned<RawCondition>>,
     #[serde(default)]
     notify: bool,
+    #[serde(default)]
+    wait_ready: bool,
     watchdog: Option<Spanned<String>>,
 }
 
@@ -267,6 +269,8 @@ pub struct EntityConfig {
     pub conditions: Vec<crate::actions::Condition>,
     /// It speaks sd_notify: it gets `NOTIFY_SOCKET`, and is ready once it sends `READY=1`.
     pub notify: bool,
+    /// Ready only once the process says so (SDK `ready()`, or `READY=1`).
+    pub wait_ready: bool,
     /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
     pub watchdog_ns: Option<u64>,
     /// ham never starts it: a process attaches itself under its name (QNX's self-attached
@@ -890,6 +894,7 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
 
     Ok(EntityConfig {
         attach_only: e.attach_only,
+        wait_ready: e.wait_ready || e.notify,
         raise_from: Vec::new(), // resolved once every name is known
         notify: e.notify,
         watchdog_ns,
@@ -1245,6 +1250,19 @@ fn action(
     let dur = |v: &Spanned<String>, f: &str| {
         duration::parse_ns(v.get_ref()).map_err(|why| ctx.err(Some(v.span()), k(f), why))
     };
+    // An entity named by an action, or (absent) the condition's own.
+    let target = |t: Option<&Spanned<String>>| -> Result<Option<usize>, ConfigError> {
+        t.map(|t| {
+            names.iter().position(|n| n == t.get_ref()).ok_or_else(|| {
+                ctx.err(
+                    Some(t.span()),
+                    k("entity"),
+                    format!("no entity named `{}`", t.get_ref()),
+                )
+            })
+        })
+        .transpose()
+    };
     let kind = match r.act.get_ref().as_str() {
         "execute" => {
             let cmd = r.command.as_ref().ok_or_else(|| need("command"))?;
@@ -1309,6 +1327,16 @@ fn action(
             }
         }
         "heartbeat-healthy" => ActionKind::HeartbeatHealthy,
+        "restart" => ActionKind::Restart {
+            entity: target(r.entity.as_ref())?,
+        },
+        "stop" => ActionKind::Stop {
+            entity: target(r.entity.as_ref())?,
+        },
+        "hold-off" => ActionKind::HoldOff {
+            entity: target(r.entity.as_ref())?,
+            ns: dur(r.delay.as_ref().ok_or_else(|| need("delay"))?, "delay")?,
+        },
         "waitfor" => ActionKind::WaitFor {
             path: ctx.path(r.path.as_ref().ok_or_else(|| need("path"))?.get_ref()),
             timeout_ns: dur(
@@ -1321,7 +1349,7 @@ fn action(
                 Some(r.act.span()),
                 k("do"),
                 format!(
-                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"waitfor\", \"signal\", \"notify\", \"heartbeat-healthy\" or \"device-restart\")"
+                    "unknown action `{other}` (use \"execute\", \"log\", \"delay\", \"waitfor\", \"signal\", \"notify\", \"heartbeat-healthy\", \"restart\", \"stop\", \"hold-off\" or \"device-restart\")"
                 ),
             ));
         }

@@ -41,6 +41,16 @@ fn parse_zombie_status(stat: &str, start_time: u64) -> Option<i32> {
     fields.get(49)?.parse().ok()
 }
 
+/// The parent of `pid` (field 4 of `/proc/PID/stat`).
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// True if `pid` runs (and is not a zombie) and started at `start_time`.
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
     if pid <= 0 {

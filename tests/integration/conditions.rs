@@ -345,3 +345,35 @@ fn a_command_the_ham_died_before_releasing_runs_once_under_its_successor() {
         wait_until(&ham, "the rest of the run", || read() == "a\nb\n");
     }
 }
+
+#[test]
+fn restart_hold_off_and_stop_actions_act_on_their_entity() {
+    let act = |class: &str, action: &str| {
+        format!(
+            "[[entity.condition]]\non = \"raise\"\nclass = \"{class}\"\n[[entity.condition.action]]\n{action}\n"
+        )
+    };
+    let body = format!(
+        "{}{}{}{}",
+        sleeper("app"),
+        act("restart", "do = \"restart\""),
+        act("hold", "do = \"hold-off\"\ndelay = \"300ms\""),
+        act("stop", "do = \"stop\"")
+    );
+    let ham = Ham::start("cond-actions", &body);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let first = pid_of(&s, "app");
+    assert!(ham.ctl(&["raise", "app", "restart"]).status.success());
+    let s = ham.wait_for("app restarted", |s| {
+        running(s, "app") && entity(s, "app")["restarts"] == 1
+    });
+    assert_ne!(pid_of(&s, "app"), first);
+    assert!(ham.ctl(&["raise", "app", "hold"]).status.success());
+    ham.wait_for("app held off", |s| entity(s, "app")["state"] == "held-off");
+    ham.wait_for("app running again after the hold-off", |s| {
+        running(s, "app") && entity(s, "app")["restarts"] == 2
+    });
+    assert!(ham.ctl(&["raise", "app", "stop"]).status.success());
+    let s = ham.wait_for("app stopped", |s| entity(s, "app")["state"] == "stopped");
+    assert_eq!(entity(&s, "app")["restarts"], 2);
+}

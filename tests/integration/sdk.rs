@@ -296,3 +296,44 @@ fn heartbeats_and_subscriptions_carry_on_across_a_takeover_without_a_false_miss(
         .count();
     assert_eq!(misses, 1);
 }
+
+#[test]
+fn a_process_that_says_ready_through_the_sdk_releases_the_entities_after_it() {
+    let work = tempfile::tempdir().unwrap();
+    let gate = work.path().join("gate");
+    let body = format!(
+        "[[entity]]\nname = \"db\"\nwait_ready = true\n\
+         command = [\"/bin/sh\", \"-c\", \"while [ ! -e {gate} ]; do sleep 0.01; done; {HAM_CLIENT} ready db && exec sleep 1000\"]\n\n\
+         {}after = [\"db\"]\n",
+        sleeper("web"),
+        gate = gate.display()
+    );
+    let ham = Ham::start("sdk-ready", &body);
+    let s = ham.wait_for("db running", |s| running(s, "db"));
+    assert_eq!(entity(&s, "web")["state"], "waiting", "{s}");
+    std::fs::write(&gate, "").unwrap();
+    ham.wait_for("web started once db said ready", |s| running(s, "web"));
+    assert!(ham.stderr().contains("db: ready (SDK)"), "{}", ham.stderr());
+}
+
+#[test]
+fn a_signal_subscriber_is_sent_its_signal() {
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\n[[entity.condition.action]]\ndo = \"notify\"\ntopic = \"t\"\n",
+        sleeper("app")
+    );
+    let ham = Ham::start("sub-signal", &body);
+    ham.wait_for("app running", |s| running(s, "app"));
+    let mut sub = Reaped(
+        client(&ham, &["subscribe", "t", "--signal", "10"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(sub.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "subscribed t");
+    assert!(ham.ctl(&["raise", "app", "x"]).status.success());
+    // SIGUSR1 at its default disposition: the subscriber dies of it.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sub.0.wait().unwrap().signal(), Some(10));
+}

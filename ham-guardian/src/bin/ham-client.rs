@@ -17,8 +17,10 @@ commands:
                         a detector event through the ring
   state ENTITY FROM TO  a state change through the ring
   detach ENTITY         end this process's attachment
-  subscribe TOPIC [--count N]
-                        print each notification on TOPIC (`*`: all) as a JSON line
+  ready ENTITY          this process (ENTITY's) is ready: entities `after` it may start
+  subscribe TOPIC [--count N] [--signal SIGNUM]
+                        print each notification on TOPIC (`*`: all) as a JSON line;
+                        with --signal, ham also sends this process SIGNUM for each
 FILE defaults to the instance this process was started by, then $HAM_CONFIG, then
 /etc/ham/ham.toml. exit codes: 0 ok, 1 refused or failed, 2 usage, 3 ham not reachable";
 
@@ -108,12 +110,18 @@ fn main() -> ExitCode {
             client.state(&args[1], from, to)
         }
         ("detach", 2) => client.detach(&args[1]),
+        ("ready", 2) => client.ready(&args[1]),
         ("subscribe", n) if n >= 2 => {
             let count = flag("--count").map_or(Ok(u64::MAX), |v| v.parse::<u64>());
             let Ok(count) = count else {
                 return usage("--count takes a number");
             };
-            match client.subscribe(&args[1]) {
+            let sub = match flag("--signal").map(|s| s.parse::<i32>()) {
+                None => client.subscribe(&args[1]),
+                Some(Ok(sig)) => client.subscribe_signal(&args[1], sig),
+                Some(Err(_)) => return usage("--signal takes a signal number"),
+            };
+            match sub {
                 Ok(mut sub) => {
                     println!("subscribed {}", sub.topic());
                     let _ = std::io::stdout().flush();

@@ -62,6 +62,8 @@ pub(super) struct Peer {
 pub(super) struct Subscriber {
     pub topic: String,
     pub stream: UnixStream,
+    /// The subscriber's process and the signal it asked for.
+    pub signal: Option<(OwnedFd, i32)>,
 }
 
 /// The client segment and its consumer.
@@ -555,7 +557,7 @@ impl Daemon {
         }
     }
 
-    fn heartbeat_missed(&mut self, i: usize, high: bool, silent_ns: u64) {
+    pub(super) fn heartbeat_missed(&mut self, i: usize, high: bool, silent_ns: u64) {
         let e = &self.entities[i];
         let name = e.cfg.name.clone();
         let cond = if high {
@@ -591,7 +593,30 @@ impl Daemon {
 
     // -- subscribers -----------------------------------------------------------------------
 
-    pub(super) fn subscribe(&mut self, topic: String, stream: UnixStream) {
+    pub(super) fn subscribe(
+        &mut self,
+        topic: String,
+        signal: Option<i32>,
+        peer: Peer,
+        stream: UnixStream,
+    ) {
+        let signal = match signal {
+            None => None,
+            Some(sig) => {
+                let fd = Pid::from_raw(peer.pid)
+                    .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok());
+                match (fd, rustix::process::Signal::from_named_raw(sig)) {
+                    (Some(fd), Some(_)) => Some((fd, sig)),
+                    _ => {
+                        super::reply(
+                            stream,
+                            &Response::err(format!("cannot signal pid {} with {sig}", peer.pid)),
+                        );
+                        return;
+                    }
+                }
+            }
+        };
         let mut first = Response::ok(format!("subscribed to `{topic}`")).to_line();
         let ok = (&stream).write_all(&first).is_ok() && stream.set_nonblocking(true).is_ok();
         first.clear();
@@ -608,8 +633,14 @@ impl Daemon {
         )
         .is_ok()
         {
-            self.subscribers
-                .insert(id, super::clients::Subscriber { topic, stream });
+            self.subscribers.insert(
+                id,
+                super::clients::Subscriber {
+                    topic,
+                    stream,
+                    signal,
+                },
+            );
         }
     }
 
@@ -637,6 +668,11 @@ impl Daemon {
         for (id, s) in &self.subscribers {
             if s.topic != topic && s.topic != "*" {
                 continue;
+            }
+            if let Some((pidfd, sig)) = &s.signal {
+                if let Some(sig) = rustix::process::Signal::from_named_raw(*sig) {
+                    let _ = rustix::process::pidfd_send_signal(pidfd, sig);
+                }
             }
             // Non-blocking: a subscriber that does not read is dropped, not waited for.
             match (&s.stream).write(&line) {
@@ -693,9 +729,38 @@ impl Daemon {
             ActionKind::HeartbeatHealthy => {
                 if self.heartbeat_healthy(i) {
                     Ok("heartbeat marked healthy".into())
+                } else if self.entities[i].watchdog_at.is_some() {
+                    // An sd_notify watchdog: one full period from now.
+                    self.pet_watchdog(i, mono_ns(), None);
+                    Ok("watchdog marked healthy".into())
                 } else {
                     Err("no heartbeat is attached".into())
                 }
+            }
+            ActionKind::Restart { entity } => {
+                let j = entity.unwrap_or(i);
+                self.restart_asked(j, cond);
+                Ok(format!("restarting {}", self.entities[j].cfg.name))
+            }
+            ActionKind::Stop { entity } => {
+                let j = entity.unwrap_or(i);
+                self.begin_stop(j, ham_core::policy::Wanted::Down);
+                Ok(format!("stopping {}", self.entities[j].cfg.name))
+            }
+            ActionKind::HoldOff { entity, ns } => {
+                let j = entity.unwrap_or(i);
+                let e = &mut self.entities[j];
+                if e.rec.state.has_process() {
+                    e.hold_after_stop = Some(*ns);
+                    self.begin_stop(j, ham_core::policy::Wanted::Down);
+                } else {
+                    self.hold_off(j, mono_ns() + ns);
+                }
+                Ok(format!(
+                    "{} held off for {}",
+                    self.entities[j].cfg.name,
+                    ham_core::duration::format_ns(*ns)
+                ))
             }
             _ => return None,
         })

@@ -112,6 +112,8 @@ struct Entity {
     hb: Option<clients::Heartbeat>,
     /// Conditions the restart being handled has just pruned (they still fire for it).
     pruned_now: u64,
+    /// A `hold-off` action stops it: once down, it is held off this long.
+    hold_after_stop: Option<u64>,
     waiters: Vec<(UnixStream, WaitFor)>,
 }
 
@@ -688,6 +690,7 @@ impl Daemon {
                 watchdog_ns: None,
                 hb: None,
                 pruned_now: 0,
+                hold_after_stop: None,
                 env,
                 waiters: Vec::new(),
             });
@@ -1196,10 +1199,19 @@ impl Daemon {
                 self.spawn(i);
             }
             AfterExit::Stopped => {
-                e.rec.state = EntityState::Stopped;
-                say!(self, "{name}: pid {old_pid} {how}; stopped");
-                self.publish(i);
-                self.record(i, Some((old_pid, exit)), "operator", "stop", "stopped");
+                if let Some(ns) = e.hold_after_stop.take().filter(|_| !shutting_down) {
+                    // A `hold-off` action: down for a while, then an automatic restart.
+                    say!(
+                        self,
+                        "{name}: pid {old_pid} {how}; held off as a condition asked"
+                    );
+                    self.hold_off(i, now + ns);
+                } else {
+                    e.rec.state = EntityState::Stopped;
+                    say!(self, "{name}: pid {old_pid} {how}; stopped");
+                    self.publish(i);
+                    self.record(i, Some((old_pid, exit)), "operator", "stop", "stopped");
+                }
             }
             AfterExit::Exited => {
                 e.rec.state = EntityState::Exited;
@@ -1415,7 +1427,11 @@ impl Daemon {
                 continue;
             }
             match &action.kind {
-                ActionKind::Notify { .. } | ActionKind::HeartbeatHealthy => {}
+                ActionKind::Notify { .. }
+                | ActionKind::HeartbeatHealthy
+                | ActionKind::Restart { .. }
+                | ActionKind::Stop { .. }
+                | ActionKind::HoldOff { .. } => {}
                 ActionKind::Log { message } => {
                     say!(self, "{name}: {cond}: {message}");
                     self.record(i, None, cond, "log", message);
@@ -1663,8 +1679,8 @@ impl Daemon {
             self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
         }
         let e = &self.entities[i];
-        if e.cfg.notify {
-            return; // ready when it says READY=1
+        if e.cfg.wait_ready {
+            return; // ready when it says so (SDK `ready()`, or `READY=1`)
         }
         let at = e.rec.started_mono_ns + e.cfg.ready_after_ns;
         if at <= now {
@@ -1900,6 +1916,32 @@ impl Daemon {
         self.spawn(i);
     }
 
+    /// A `restart` action: an automatic restart of entity `j`, whatever its state.
+    fn restart_asked(&mut self, j: usize, cond: &str) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        match self.entities[j].rec.state {
+            EntityState::Stopped | EntityState::Exited => {
+                self.restart(j, None, cond, "a condition asked", false);
+                self.fire_restarted(j, None);
+            }
+            _ => self.begin_stop(j, Wanted::AutoRestart),
+        }
+    }
+
+    /// Holds entity `j` (which has no process) off until `until`, then restarts it.
+    fn hold_off(&mut self, j: usize, until: u64) {
+        let e = &mut self.entities[j];
+        e.retry_at = None;
+        e.rec.state = EntityState::HeldOff;
+        e.rec.policy.held_until = until;
+        self.timers.push(Reverse((until, TimerKind::HoldOff, j)));
+        self.publish(j);
+        let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
+        self.record(j, None, "condition", "hold-off", &format!("for {wait}"));
+    }
+
     /// Fires the `restart` conditions of entity `i` if its restart got it running.
     fn fire_restarted(&mut self, i: usize, gone: Option<(i32, LastExit)>) {
         let e = &self.entities[i];
@@ -2055,7 +2097,10 @@ impl Daemon {
                 TimerKind::Watchdog => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running && self.shutdown.is_none() {
-                        self.watchdog_missed(i);
+                        // A heartbeat-missed-high like any other: the entity's conditions
+                        // decide, SIGABRT + restart if it has none.
+                        let silent = e.watchdog_ns.or(e.cfg.watchdog_ns).unwrap_or(0);
+                        self.heartbeat_missed(i, true, silent);
                     }
                 }
                 TimerKind::Ready => {
@@ -2406,6 +2451,7 @@ impl Daemon {
                 | Request::Attach { .. }
                 | Request::Detach { .. }
                 | Request::Subscribe { .. }
+                | Request::Ready { .. }
         );
         if !client_request && peer.uid != 0 && peer.uid != self.my_uid {
             say!(
@@ -2429,6 +2475,7 @@ impl Daemon {
             | Request::Restart { entity }
             | Request::Attach { entity, .. }
             | Request::Detach { entity }
+            | Request::Ready { entity }
             | Request::Raise { entity, .. } => match self.by_name.get(entity) {
                 Some(&i) => Some(i),
                 None => {
@@ -2483,7 +2530,34 @@ impl Daemon {
                 let r = self.detach(i, peer);
                 reply(stream, &r);
             }
-            (Request::Subscribe { topic }, _) => self.subscribe(topic, stream),
+            (Request::Subscribe { topic, signal }, _) => {
+                self.subscribe(topic, signal, peer, stream)
+            }
+            (Request::Ready { .. }, Some(i)) => {
+                let e = &self.entities[i];
+                let name = e.cfg.name.clone();
+                // The process itself, a helper it runs (`ham-client ready` from a script),
+                // root or ham's user.
+                let own = e.rec.pid > 0
+                    && (e.rec.pid == peer.pid || procfs::parent(peer.pid) == Some(e.rec.pid));
+                if !(own || peer.uid == 0 || peer.uid == self.my_uid) {
+                    reply(
+                        stream,
+                        &Response::err(format!(
+                            "permission denied: pid {} is not `{name}`",
+                            peer.pid
+                        )),
+                    );
+                } else if e.rec.state != EntityState::Running {
+                    reply(stream, &Response::err(format!("`{name}` is not running")));
+                } else {
+                    if !e.ready {
+                        say!(self, "{name}: ready (SDK)");
+                        self.on_ready(i);
+                    }
+                    reply(stream, &Response::ok(format!("`{name}` is ready")));
+                }
+            }
             (
                 Request::Raise {
                     class,
