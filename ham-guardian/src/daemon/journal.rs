@@ -15,9 +15,8 @@ use std::cmp::Reverse;
 
 use ham_core::LastExit;
 use ham_core::journal::{COND_ESCALATION, COND_RUN_NOW, RUN_SLOTS, RunRecord, RunWait};
-use rustix::event::epoll;
 
-use super::{Daemon, Run, TOK_ACTION, TimerKind, Wait, log};
+use super::{Daemon, Run, TimerKind, Wait, log};
 use crate::actions::{Action, ActionKind, Event};
 use crate::{mono_ns, procfs};
 
@@ -406,23 +405,7 @@ impl Daemon {
             ) => match command_outcome(pid, start_time) {
                 Outcome::NeverRan => self.redo(id),
                 Outcome::Running(pidfd) if matches!(kind, ActionKind::Execute { .. }) => {
-                    let _ = epoll::add(
-                        &self.epoll,
-                        &pidfd,
-                        epoll::EventData::new_u64(TOK_ACTION | u64::from(id)),
-                        epoll::EventFlags::IN,
-                    );
-                    self.exec_pids.insert(pid, id);
-                    self.timers
-                        .push(Reverse((deadline, TimerKind::Action, id as usize)));
-                    if let Some(run) = self.runs.get_mut(&id) {
-                        run.waiting = Some(Wait::Exec {
-                            pid,
-                            pidfd,
-                            deadline,
-                            action,
-                        });
-                    }
+                    self.wait_exec(id, pid, pidfd, deadline, action);
                 }
                 Outcome::Exited(ws) if matches!(kind, ActionKind::Execute { .. }) => {
                     match super::decode_wait_status(ws) {

@@ -1512,23 +1512,7 @@ impl Daemon {
                     });
                     match started {
                         Ok(Ok((pid, pidfd))) => {
-                            let _ = epoll::add(
-                                &self.epoll,
-                                &pidfd,
-                                epoll::EventData::new_u64(TOK_ACTION | u64::from(id)),
-                                epoll::EventFlags::IN,
-                            );
-                            self.exec_pids.insert(pid, id);
-                            self.timers
-                                .push(Reverse((deadline, TimerKind::Action, id as usize)));
-                            if let Some(run) = self.runs.get_mut(&id) {
-                                run.waiting = Some(Wait::Exec {
-                                    pid,
-                                    pidfd,
-                                    deadline,
-                                    action,
-                                });
-                            }
+                            self.wait_exec(id, pid, pidfd, deadline, action);
                             return;
                         }
                         Ok(Err((e, pidfd))) => {
@@ -1546,6 +1530,27 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// Run `id` waits for its command `pid` (its exit, or `deadline`, whichever comes first).
+    fn wait_exec(&mut self, id: u32, pid: i32, pidfd: OwnedFd, deadline: u64, action: Action) {
+        let _ = epoll::add(
+            &self.epoll,
+            &pidfd,
+            epoll::EventData::new_u64(TOK_ACTION | u64::from(id)),
+            epoll::EventFlags::IN,
+        );
+        self.exec_pids.insert(pid, id);
+        self.timers
+            .push(Reverse((deadline, TimerKind::Action, id as usize)));
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.waiting = Some(Wait::Exec {
+                pid,
+                pidfd,
+                deadline,
+                action,
+            });
         }
     }
 
