@@ -49,6 +49,18 @@ pub const CLIENT_LAYOUT_VERSION: u32 = 1;
 /// Longest entity name or class an event carries.
 pub const NAME_BYTES: usize = 32;
 
+/// Doorbell states (the low 2 bits of the doorbell word).
+pub const BELL_AWAKE: u32 = 0;
+pub const BELL_ASLEEP: u32 = 1;
+pub const BELL_RUNG: u32 = 2;
+
+/// A doorbell word: `generation` (30 bits) and `state`. The consumer takes a new generation
+/// each time it goes to sleep, so every "asleep" and every "rung" is a value never seen
+/// before: a waiter that blocks on the value it last read cannot miss a ring (no ABA).
+pub fn bell(generation: u32, state: u32) -> u32 {
+    (generation << 2) | (state & 3)
+}
+
 /// Event kinds on the ring.
 pub const KIND_RAISE: u32 = 1;
 pub const KIND_STATE: u32 = 2;
@@ -102,7 +114,8 @@ pub struct ClientHeader {
     pub tail: AtomicU64,
     _pad2: [AtomicU64; 7],
     // -- line 3: the doorbell ------------------------------------------------------------
-    /// 1 while the consumer sleeps (a futex word).
+    /// The doorbell (a futex word): a generation in the high 30 bits and a state
+    /// (`BELL_AWAKE`, `BELL_ASLEEP`, `BELL_RUNG`) in the low 2. See [`bell`].
     pub sleeping: AtomicU32,
     _pad3: AtomicU32,
     /// `FUTEX_WAKE`s producers issued (for the benchmark).
@@ -482,10 +495,14 @@ impl ClientSegment {
         // Pairs with the consumer's fence between setting `sleeping` and its last look at
         // the ring: either it sees this event, or this producer sees it sleeping.
         fence(Ordering::SeqCst);
-        if h.sleeping.load(Ordering::Relaxed) != 0 && h.sleeping.swap(0, Ordering::AcqRel) != 0 {
+        let v = h.sleeping.load(Ordering::Relaxed);
+        if v & 3 == BELL_ASLEEP
+            && h.sleeping
+                .compare_exchange(v, (v & !3) | BELL_RUNG, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
             h.wakes.fetch_add(1, Ordering::Relaxed);
-            let _ =
-                rustix::thread::futex::wake(&h.sleeping, rustix::thread::futex::Flags::empty(), 1);
+            futex_wake(&h.sleeping);
         }
         Ok(())
     }
@@ -566,6 +583,7 @@ pub struct RingStats {
 /// The ring's single consumer (the HAM).
 pub struct Consumer {
     tail: u64,
+    bell_gen: u32,
     stall: Option<(u64, u64)>,
     pub stats: RingStats,
     /// How long a claimed slot may stay unpublished by a producer not known to be dead.
@@ -600,6 +618,7 @@ impl Consumer {
             stall: None,
             stats: RingStats::default(),
             abandon_after_ns,
+            bell_gen: seg.header().sleeping.load(Ordering::Relaxed) >> 2,
         }
     }
 
@@ -610,6 +629,7 @@ impl Consumer {
             stall: None,
             stats: RingStats::default(),
             abandon_after_ns,
+            bell_gen: seg.header().sleeping.load(Ordering::Relaxed) >> 2,
         }
     }
 
@@ -730,17 +750,26 @@ impl Consumer {
         self.stats.resets += 1;
     }
 
-    /// Marks the consumer asleep. Returns false (and stays awake) if the ring has work,
-    /// which the caller must then drain before trying again.
-    pub fn prepare_sleep(&self, seg: &ClientSegment) -> bool {
+    /// Marks the consumer asleep, in a new generation. Returns false (and stays awake) if
+    /// the ring has work, which the caller must then drain before trying again.
+    pub fn prepare_sleep(&mut self, seg: &ClientSegment) -> bool {
         let h = seg.header();
-        h.sleeping.store(1, Ordering::Relaxed);
+        self.bell_gen = (self.bell_gen + 1) & 0x3fff_ffff;
+        h.sleeping
+            .store(bell(self.bell_gen, BELL_ASLEEP), Ordering::Release);
         fence(Ordering::SeqCst);
         if self.has_work(seg) {
-            h.sleeping.store(0, Ordering::Relaxed);
+            self.awake(seg);
             return false;
         }
         true
+    }
+
+    /// Marks the consumer awake (after a ring, before it drains).
+    pub fn awake(&self, seg: &ClientSegment) {
+        seg.header()
+            .sleeping
+            .store(bell(self.bell_gen, BELL_AWAKE), Ordering::Release);
     }
 
     /// Whether a look at the ring would find something (an event or a claim).
@@ -945,10 +974,21 @@ mod tests {
         assert!(!c.prepare_sleep(&s), "work pending: do not sleep");
         assert!(matches!(c.poll(&s, 0, |_| false), Polled::Event(_)));
         assert!(c.prepare_sleep(&s));
+        let asleep = s.header().sleeping.load(Ordering::Relaxed);
+        assert_eq!(asleep & 3, BELL_ASLEEP);
         s.push(&ev(2)).unwrap();
         s.push(&ev(3)).unwrap();
         assert_eq!(s.header().wakes.load(Ordering::Relaxed), 1);
-        assert_eq!(s.header().sleeping.load(Ordering::Relaxed), 0);
+        let rung = s.header().sleeping.load(Ordering::Relaxed);
+        assert_eq!(rung, (asleep & !3) | BELL_RUNG);
+        // The next sleep is a new generation: its "rung" is a value never seen before.
+        c.awake(&s);
+        while matches!(c.poll(&s, 0, |_| false), Polled::Event(_)) {}
+        assert!(c.prepare_sleep(&s));
+        s.push(&ev(4)).unwrap();
+        assert_ne!(s.header().sleeping.load(Ordering::Relaxed), rung);
+        assert_eq!(s.header().wakes.load(Ordering::Relaxed), 2);
+        ClientSegment::unlink(s.name());
     }
 
     #[test]

@@ -337,3 +337,49 @@ fn a_signal_subscriber_is_sent_its_signal() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sub.0.wait().unwrap().signal(), Some(10));
 }
+
+#[test]
+fn a_flood_from_several_producers_is_consumed_entirely_through_a_small_ring() {
+    // A 64-slot ring and 4 producers that retry when it is full: ham sleeps and is woken by
+    // the doorbell many times over, and must never miss a ring.
+    let ham = Ham::start_with("ring-flood", "ring_slots = 64\n", &sleeper("sink"), &[]);
+    ham.wait_for("sink running", |s| running(s, "sink"));
+    let loc = ham_detector_sdk::Location::from_config(&ham.config).unwrap();
+    let per = 20_000;
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let loc = loc.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let c = ham_detector_sdk::Client::connect_to(&loc).unwrap();
+                let mut full = 0u64;
+                for v in 0..per {
+                    loop {
+                        match c.raise("sink", "flood", 0, v) {
+                            Ok(()) => break,
+                            Err(ham_detector_sdk::Error::Push(
+                                ham_core::client::PushError::Full,
+                            )) => {
+                                full += 1;
+                                // A HAM that missed its doorbell never drains the ring.
+                                assert!(
+                                    started.elapsed() < DEADLINE,
+                                    "the ring stayed full for {DEADLINE:?}: ham stopped consuming"
+                                );
+                                std::thread::yield_now();
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                full
+            })
+        })
+        .collect();
+    for p in producers {
+        assert!(p.join().is_ok(), "a producer failed:\n{}", ham.stderr());
+    }
+    let s = ham.wait_for("every event consumed", |s| s["ring"]["consumed"] == 4 * per);
+    assert_eq!(s["ring"]["rejected"], 0);
+    assert_eq!(s["ring"]["abandoned"], 0);
+}

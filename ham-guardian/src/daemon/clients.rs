@@ -126,22 +126,21 @@ impl Clients {
     }
 }
 
-/// Sleeps on the doorbell futex while the HAM sleeps; when a producer rings it, wakes the
-/// loop through the eventfd, then waits for the loop to go back to sleep.
+/// Turns a ring of the doorbell into an eventfd event for the loop. It blocks on whatever
+/// value the doorbell word holds and looks again whenever that changes: every "rung" is a
+/// value of its own (the consumer takes a new generation for each sleep), so a ring that
+/// comes while this thread is between two looks changes the value and cannot be missed; it
+/// tells the loop once per "rung" value.
 fn doorbell_thread(seg: &ClientSegment, ring: &OwnedFd) {
     let word = &seg.header().sleeping;
-    let mut told = false;
+    let mut told = None;
     loop {
-        if word.load(Ordering::Acquire) == 1 {
-            told = false;
-            ham_core::client::futex_wait(word, 1);
-        } else {
-            if !told {
-                let _ = rustix::io::write(ring, &1u64.to_ne_bytes());
-                told = true;
-            }
-            ham_core::client::futex_wait(word, 0);
+        let v = word.load(Ordering::Acquire);
+        if v & 3 == ham_core::client::BELL_RUNG && told != Some(v) {
+            let _ = rustix::io::write(ring, &1u64.to_ne_bytes());
+            told = Some(v);
         }
+        ham_core::client::futex_wait(word, v);
     }
 }
 
@@ -187,7 +186,7 @@ impl Daemon {
             let mut buf = [0u8; 8];
             let _ = rustix::io::read(&c.doorbell, &mut buf);
             c.armed = false;
-            c.seg.header().sleeping.store(0, Ordering::Release);
+            c.consumer.awake(&c.seg);
         }
         self.drain_ring();
     }
