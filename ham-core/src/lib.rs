@@ -7,6 +7,7 @@
 //! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
 //! * [`engine`] — the recovery policies (switch preset, NX-OS stages, Erlang intensity) as
 //!   pure decisions over a fixed-size memory; not yet wired into the daemon.
+//! * [`blob`] — the run-time definitions document (A/B copies of variable length).
 //! * [`client`] — the client segment: heartbeat slots and the detector ring (MPSC, crash-
 //!   proof, validated by its consumer).
 //! * [`protocol`] — the control socket's JSON request and response types.
@@ -16,6 +17,7 @@
 //! references.
 #![deny(unsafe_code)]
 
+pub mod blob;
 pub mod client;
 pub mod duration;
 pub mod engine;

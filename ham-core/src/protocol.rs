@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A request to the running HAM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Answers at once; proves the HAM's loop is turning.
@@ -45,6 +45,9 @@ pub enum Request {
     },
     /// The caller (an entity's process) is ready: entities that start `after` it may start.
     Ready { entity: String },
+    /// A run-time definition (QNX's `ham_attach`, `ham_condition*`, `ham_action*`, their
+    /// `_remove` and `_control`): kept in the state segment beside the configuration.
+    Define { change: Change },
     /// A detector's event on an entity: fires its matching `raise` conditions.
     Raise {
         entity: String,
@@ -68,6 +71,12 @@ pub struct Response {
     /// `attach`: the heartbeat slot in the client segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
+    /// On failure: the errno a C caller gets (QNX's conventions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// `define` with a `get` control: the flags asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
 }
 
 impl Response {
@@ -78,7 +87,15 @@ impl Response {
             error: None,
             token: None,
             slot: None,
+            errno: None,
+            flags: None,
         }
+    }
+    /// A refusal with the errno a C caller gets.
+    pub fn errno(errno: i32, error: impl Into<String>) -> Self {
+        let mut r = Self::err(error);
+        r.errno = Some(errno);
+        r
     }
     pub fn err(error: impl Into<String>) -> Self {
         Self {
@@ -87,6 +104,8 @@ impl Response {
             error: Some(error.into()),
             token: None,
             slot: None,
+            errno: None,
+            flags: None,
         }
     }
     /// The response as one line, newline included.
@@ -95,6 +114,69 @@ impl Response {
         v.push(b'\n');
         v
     }
+}
+
+/// A change to the run-time definitions. Conditions and actions are tables with the keys of
+/// a configuration file's `[[condition]]` / `[[entity.condition.action]]` (and `name`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Change {
+    /// A run-time entity: with `pid`, that running process is watched; with `command`, ham
+    /// runs it (and restarts it only through a `restart` action); with neither, a
+    /// placeholder a process attaches to later (QNX `ham_entity`).
+    Entity {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<Vec<String>>,
+    },
+    /// A condition on `entity`; `table` has at least `name` and `on`.
+    Condition {
+        entity: String,
+        table: serde_json::Map<String, serde_json::Value>,
+    },
+    /// An action of `condition`; into the fail list of action `fail_of` if given.
+    Action {
+        entity: String,
+        condition: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fail_of: Option<String>,
+        table: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Removes a run-time condition, action or fail action (the most specific one named).
+    Remove {
+        entity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fail: Option<String>,
+    },
+    /// QNX `ham_*_control`: enable / disable, or add / remove / set / get flags (QNX bits).
+    Control {
+        entity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+        command: ControlCommand,
+        #[serde(default)]
+        flags: u32,
+    },
+}
+
+/// QNX's `HENABLE`, `HDISABLE`, `HADDFLAGS`, `HREMOVEFLAGS`, `HSETFLAGS`, `HGETFLAGS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlCommand {
+    Enable,
+    Disable,
+    AddFlags,
+    RemoveFlags,
+    SetFlags,
+    GetFlags,
 }
 
 /// Longest request line the HAM accepts.

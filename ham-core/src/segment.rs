@@ -13,6 +13,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::Mode;
 use rustix::shm;
 
+use crate::blob::Blob;
 use crate::journal::{RUN_SLOTS, RunRecord, RunSlot};
 use crate::layout::{
     EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, RecordError,
@@ -72,13 +73,18 @@ pub struct Segment {
 
 /// Bytes needed for `capacity` entity slots, rounded up to whole pages.
 pub fn segment_size(capacity: u32) -> u64 {
-    let raw = runs_offset(capacity) + u64::from(RUN_SLOTS) * size_of::<RunSlot>() as u64;
+    let raw = defs_offset(capacity) + size_of::<Blob>() as u64;
     raw.div_ceil(4096) * 4096
 }
 
 /// Where the run journal starts: right after the entity slots (a multiple of 64 bytes).
 fn runs_offset(capacity: u32) -> u64 {
     size_of::<Header>() as u64 + u64::from(capacity) * size_of::<EntitySlot>() as u64
+}
+
+/// Where the run-time definitions start: right after the run journal.
+fn defs_offset(capacity: u32) -> u64 {
+    runs_offset(capacity) + u64::from(RUN_SLOTS) * size_of::<RunSlot>() as u64
 }
 
 fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
@@ -270,6 +276,16 @@ impl Segment {
         unsafe { Some(&*(self.map.as_ptr().add(offset) as *const RunSlot)) }
     }
 
+    /// The run-time definitions document.
+    pub fn defs(&self) -> &Blob {
+        let offset = defs_offset(self.capacity) as usize;
+        debug_assert!(offset + size_of::<Blob>() <= self.map.len());
+        // SAFETY: `open`/`create` checked that `segment_size(capacity)` — which ends with
+        // the definitions — fits the mapping; the offset is a multiple of 64 on a
+        // page-aligned base. Blob is atomics only.
+        unsafe { &*(self.map.as_ptr().add(offset) as *const Blob) }
+    }
+
     /// Every run in the journal: `(slot, run)`; unreadable slots are returned as errors.
     pub fn runs(&self) -> Vec<(u32, Result<RunRecord, RecordError>)> {
         (0..RUN_SLOTS)
@@ -371,6 +387,18 @@ impl SegmentWriter {
             capacity: RUN_SLOTS,
         })?;
         Ok(slot.publish_run(rec, self.hook))
+    }
+
+    /// Publishes the run-time definitions document.
+    pub fn publish_defs(&self, bytes: &[u8]) -> Result<u64, SegmentError> {
+        self.owned()?;
+        self.seg
+            .defs()
+            .write(bytes)
+            .map_err(|e| SegmentError::Geometry {
+                name: self.seg.name.clone(),
+                why: e.to_string(),
+            })
     }
 
     /// Frees journal slot `index`.

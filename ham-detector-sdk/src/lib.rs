@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use ham_core::client::{ClientSegment, KIND_RAISE, KIND_STATE, PushError, RingEvent};
 pub use ham_core::protocol::Notification;
+pub use ham_core::protocol::{Change, ControlCommand};
 use ham_core::protocol::{Request, Response};
 
 /// Default configuration file of the default instance.
@@ -92,9 +93,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("ham sent an answer that is not valid: {0}")]
     BadAnswer(String),
-    /// ham answered, and refused.
-    #[error("ham refused: {0}")]
-    Refused(String),
+    /// ham answered, and refused (with the errno a C caller gets, when it says one).
+    #[error("ham refused: {message}")]
+    Refused { errno: Option<i32>, message: String },
     #[error(transparent)]
     Push(#[from] PushError),
 }
@@ -187,7 +188,10 @@ fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {
     if r.ok {
         Ok(r)
     } else {
-        Err(Error::Refused(r.error.unwrap_or_default()))
+        Err(Error::Refused {
+            errno: r.errno,
+            message: r.error.unwrap_or_default(),
+        })
     }
 }
 
@@ -344,6 +348,30 @@ impl Client {
         )
     }
 
+    /// A run-time definition (entity, condition, action, removal, control): kept by ham in
+    /// its state segment, so it outlives this process and any takeover. Conditions and
+    /// actions are tables with a configuration file's keys (and a `name`). Returns the flags
+    /// for a `GetFlags` control, 0 otherwise.
+    pub fn define(&self, change: Change) -> Result<u32, Error> {
+        self.request(&Request::Define { change })
+            .map(|r| r.flags.unwrap_or(0))
+    }
+
+    /// Raises a QNX-style event: `rtype`, `rclass`, `severity` as `ham_entity_condition_raise`
+    /// gives them (matched by conditions' `rtype`, `class` = rclass in decimal, `severity`).
+    pub fn raise_typed(
+        &self,
+        entity: &str,
+        rtype: u32,
+        rclass: u32,
+        severity: u32,
+    ) -> Result<(), Error> {
+        let mut ev = self.event(KIND_RAISE, entity, &rclass.to_string());
+        ev.severity = severity;
+        ev.from = rtype;
+        Ok(self.seg.push(&ev)?)
+    }
+
     /// Events producers dropped because the ring was full (all producers, this run of ham).
     pub fn dropped(&self) -> u64 {
         self.seg
@@ -419,7 +447,10 @@ impl Subscription {
         let r: Response = serde_json::from_str(answer.trim_end())
             .map_err(|e| Error::BadAnswer(format!("{e}: {answer:?}")))?;
         if !r.ok {
-            return Err(Error::Refused(r.error.unwrap_or_default()));
+            return Err(Error::Refused {
+                errno: r.errno,
+                message: r.error.unwrap_or_default(),
+            });
         }
         Ok(Self {
             location,

@@ -24,6 +24,8 @@ pub enum Trigger {
     Raise {
         class: Option<String>,
         severity: Option<u32>,
+        /// QNX's `rtype` (`ham_condition_raise`): the SDK's `raise_typed`.
+        rtype: Option<u32>,
     },
     /// The entity reported a state change (CONDSTATE); `None` matches any state.
     State { from: Option<u32>, to: Option<u32> },
@@ -55,6 +57,7 @@ impl Trigger {
             "raise" => Self::Raise {
                 class: None,
                 severity: None,
+                rtype: None,
             },
             "state" => Self::State {
                 from: None,
@@ -124,15 +127,21 @@ impl Trigger {
             }
             (Self::LifetimeShorter { than }, Event::Death { lifetime, .. }) => lifetime < than,
             (
-                Self::Raise { class, severity },
+                Self::Raise {
+                    class,
+                    severity,
+                    rtype,
+                },
                 Event::Raise {
                     class: c,
                     severity: s,
+                    rtype: t,
                     ..
                 },
             ) => {
                 class.as_ref().is_none_or(|want| want == c)
                     && severity.is_none_or(|want| want == *s)
+                    && rtype.is_none_or(|want| want == *t)
             }
             _ => false,
         }
@@ -158,6 +167,7 @@ pub enum Event {
         class: String,
         severity: u32,
         value: i64,
+        rtype: u32,
     },
     State {
         from: u32,
@@ -213,7 +223,12 @@ pub enum ActionKind {
     Notify { topic: String },
     /// Restart an entity (the condition's own if `None`): stopped and started again, or
     /// started if it is down; counted as an automatic restart.
-    Restart { entity: Option<usize> },
+    Restart {
+        entity: Option<usize>,
+        /// The command line to run it with from now on (QNX `ham_action_restart`'s line:
+        /// how an entity ham did not start gets restarted).
+        command: Option<(PathBuf, Vec<String>)>,
+    },
     /// Stop an entity and leave it down (ham stops supervising it until it is started).
     Stop { entity: Option<usize> },
     /// Stop an entity (if it runs) and start it again `ns` later (held off meanwhile).
@@ -243,6 +258,9 @@ impl ActionKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
+    pub name: Option<String>,
+    /// A disabled action (QNX `HDISABLE`, or removed at run time) is skipped.
+    pub enabled: bool,
     pub kind: ActionKind,
     /// On failure, skip the rest of the list (after the fail list) — QNX HACTIONBREAKONFAIL.
     pub break_on_fail: bool,
@@ -254,6 +272,12 @@ pub struct Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
+    /// Its name (QNX: a condition's name under its entity), if it was given one.
+    pub name: Option<String>,
+    /// A disabled condition (QNX `HDISABLE`, or removed at run time) never fires.
+    pub enabled: bool,
+    /// Removed at run time (kept, disabled, so later conditions keep their indices).
+    pub removed: bool,
     pub trigger: Trigger,
     pub actions: Vec<Action>,
     /// Kept across an automatic restart of its entity (QNX `HREARMAFTERRESTART`); when
@@ -340,16 +364,19 @@ mod tests {
             class: "temp".into(),
             severity: 3,
             value: 90,
+            rtype: 0,
         };
         assert!(Trigger::parse("raise").unwrap().matches(&raise));
         let exact = Trigger::Raise {
             class: Some("temp".into()),
             severity: Some(3),
+            rtype: None,
         };
         assert!(exact.matches(&raise));
         let other = Trigger::Raise {
             class: Some("fan".into()),
             severity: None,
+            rtype: None,
         };
         assert!(!other.matches(&raise));
         assert!(!exact.matches(&abnormal));

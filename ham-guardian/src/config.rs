@@ -33,6 +33,10 @@ struct RawFile {
     entity: Vec<Spanned<RawEntity>>,
     #[serde(default)]
     group: Vec<Spanned<RawGroup>>,
+    /// Conditions kept apart from their entity's table (`entity = "name"`): how run-time
+    /// definitions add conditions to configured entities.
+    #[serde(default)]
+    condition: Vec<Spanned<RawCondition>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +140,12 @@ struct RawEntity {
 #[serde(deny_unknown_fields)]
 struct RawCondition {
     on: Spanned<String>,
+    entity: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    removed: bool,
     class: Option<Spanned<String>>,
     severity: Option<Spanned<u32>>,
     count: Option<Spanned<u32>>,
@@ -143,6 +153,7 @@ struct RawCondition {
     than: Option<Spanned<String>>,
     from: Option<Spanned<u32>>,
     to: Option<Spanned<u32>>,
+    rtype: Option<Spanned<u32>>,
     rearm: Option<bool>,
     #[serde(default)]
     independent: bool,
@@ -157,6 +168,9 @@ struct RawCondition {
 struct RawAction {
     #[serde(rename = "do")]
     act: Spanned<String>,
+    name: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
     command: Option<Spanned<Vec<String>>>,
     timeout: Option<Spanned<String>>,
     message: Option<Spanned<String>>,
@@ -171,6 +185,10 @@ struct RawAction {
     run_now: bool,
     #[serde(default)]
     on_fail: Vec<Spanned<RawAction>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -663,8 +681,45 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
             .condition
             .iter()
             .enumerate()
-            .map(|(n, c)| condition(&ctx, &format!("entity[{i}].condition[{n}]"), c, &names))
+            .map(|(n, c)| {
+                if let Some(t) = &c.get_ref().entity {
+                    return Err(ctx.err(
+                        Some(t.span()),
+                        Some(format!("entity[{i}].condition[{n}].entity")),
+                        "a condition inside an entity's table belongs to that entity",
+                    ));
+                }
+                condition(&ctx, &format!("entity[{i}].condition[{n}]"), c, &names)
+            })
             .collect::<Result<_, _>>()?;
+    }
+    // Top-level conditions go after the entity's own, in the order written.
+    let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
+    for (n, c) in raw.condition.iter().enumerate() {
+        let key = format!("condition[{n}]");
+        let Some(target) = &c.get_ref().entity else {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(format!("{key}.entity")),
+                "a top-level condition names its `entity`",
+            ));
+        };
+        let Some(i) = names.iter().position(|x| x == target.get_ref()) else {
+            return Err(ctx.err(
+                Some(target.span()),
+                Some(format!("{key}.entity")),
+                format!("no entity named `{}`", target.get_ref()),
+            ));
+        };
+        let cond = condition(&ctx, &key, c, &names)?;
+        entities[i].conditions.push(cond);
+        if entities[i].conditions.len() > MAX_CONDITIONS {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(key),
+                format!("at most {MAX_CONDITIONS} conditions per entity"),
+            ));
+        }
     }
 
     let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
@@ -1188,9 +1243,15 @@ fn condition(
             "`from` and `to` apply to `on = \"state\"` only",
         ));
     }
-    if let Trigger::Raise { class, severity } = &mut trigger {
+    if let Trigger::Raise {
+        class,
+        severity,
+        rtype,
+    } = &mut trigger
+    {
         *class = r.class.as_ref().map(|c| c.get_ref().clone());
         *severity = r.severity.as_ref().map(|s| *s.get_ref());
+        *rtype = r.rtype.as_ref().map(|s| *s.get_ref());
     } else if let Some(span) = r
         .class
         .as_ref()
@@ -1223,6 +1284,9 @@ fn condition(
         }
     }
     Ok(Condition {
+        name: r.name.as_ref().map(|n| n.get_ref().clone()),
+        enabled: r.enabled && !r.removed,
+        removed: r.removed,
         trigger,
         actions,
         rearm: r.rearm.unwrap_or(true),
@@ -1329,6 +1393,21 @@ fn action(
         "heartbeat-healthy" => ActionKind::HeartbeatHealthy,
         "restart" => ActionKind::Restart {
             entity: target(r.entity.as_ref())?,
+            command: match &r.command {
+                None => None,
+                Some(cmd) => {
+                    let Some(program) = cmd.get_ref().first() else {
+                        return Err(ctx.err(Some(cmd.span()), k("command"), "command is empty"));
+                    };
+                    let search = std::env::var("PATH").unwrap_or_default();
+                    let path = match resolve_program(ctx, program, &search) {
+                        Ok(p) => p,
+                        Err(_) if !ctx.strict => ctx.path(program),
+                        Err(why) => return Err(ctx.err(Some(cmd.span()), k("command"), why)),
+                    };
+                    Some((path, cmd.get_ref().clone()))
+                }
+            },
         },
         "stop" => ActionKind::Stop {
             entity: target(r.entity.as_ref())?,
@@ -1361,6 +1440,8 @@ fn action(
         .map(|(n, f)| action(ctx, &format!("{key}.on_fail[{n}]"), f, names))
         .collect::<Result<_, _>>()?;
     Ok(Action {
+        name: r.name.as_ref().map(|n| n.get_ref().clone()),
+        enabled: r.enabled,
         kind,
         break_on_fail: r.break_on_fail,
         on_fail,
@@ -1803,7 +1884,8 @@ stop_signal = 9
             cond.trigger,
             Trigger::Raise {
                 class: Some("temp".into()),
-                severity: None
+                severity: None,
+                rtype: None
             }
         );
         assert!(matches!(cond.actions[0].kind, ActionKind::Execute { .. }));

@@ -270,6 +270,110 @@ impl Status {
     }
 }
 
+/// `hamctl status --tree`: QNX's `/proc/ham` view. Entities (configured and run-time) →
+/// conditions → actions (→ fail actions), with their flags, from the configuration file and
+/// the run-time definitions in the state segment; the pair's failure counts from its header.
+pub fn tree(
+    config: &std::path::Path,
+    segment_name: &str,
+    now_mono_ns: u64,
+) -> Result<String, String> {
+    use std::fmt::Write;
+    let seg = Segment::open(segment_name, Access::ReadOnly).map_err(|e| e.to_string())?;
+    let status = from_segment(&seg, now_mono_ns);
+    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let defs = seg
+        .defs()
+        .read()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let full = format!("{text}\n\n# run-time definitions\n{defs}");
+    let cfg = crate::config::parse_validated(config, &full).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ham pid {} · Ham Failures {} · Guardian pid {} · Guardian Failures {}",
+        status.ham.pid,
+        status.ham.failures,
+        status.guardian.as_ref().map_or(0, |g| g.pid),
+        status.guardian.as_ref().map_or(0, |g| g.failures)
+    );
+    let runtime: std::collections::HashSet<String> = toml::from_str::<toml::Table>(&defs)
+        .ok()
+        .and_then(|t| t.get("entity").and_then(|e| e.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect();
+    for e in &cfg.entities {
+        let st = status.entities.iter().find(|s| s.name == e.name);
+        let _ = writeln!(
+            out,
+            "{}  pid {} · {} · restarts {} · {}{}",
+            e.name,
+            st.and_then(|s| s.pid)
+                .map_or("-".to_owned(), |p| p.to_string()),
+            st.map_or("unknown", |s| s.state),
+            st.map_or(0, |s| s.restarts),
+            if e.attach_only {
+                "attached"
+            } else {
+                "started by ham"
+            },
+            if runtime.contains(&e.name) {
+                " · run-time"
+            } else {
+                ""
+            }
+        );
+        for (k, c) in e.conditions.iter().enumerate() {
+            if c.removed {
+                continue;
+            }
+            let mut flags = Vec::new();
+            if c.rearm {
+                flags.push("REARM");
+            }
+            if c.nowait {
+                flags.push("NOWAIT");
+            } else if c.independent {
+                flags.push("INDEPENDENT");
+            }
+            if !c.enabled {
+                flags.push("DISABLED");
+            }
+            let name = c.name.clone().unwrap_or_else(|| format!("condition[{k}]"));
+            let _ = writeln!(out, "  {name}  {} [{}]", c.trigger.name(), flags.join(" "));
+            fn actions(out: &mut String, list: &[crate::actions::Action], depth: usize) {
+                for (n, a) in list.iter().enumerate() {
+                    let mut flags = Vec::new();
+                    if a.run_now {
+                        flags.push("DONOW");
+                    }
+                    if a.break_on_fail {
+                        flags.push("BREAKONFAIL");
+                    }
+                    if !a.enabled {
+                        flags.push("DISABLED");
+                    }
+                    let name = a.name.clone().unwrap_or_else(|| format!("action[{n}]"));
+                    let pad = "  ".repeat(depth);
+                    let fail = if depth > 2 { "on fail: " } else { "" };
+                    let _ = writeln!(
+                        out,
+                        "{pad}{fail}{name}  {} [{}]",
+                        a.kind.name(),
+                        flags.join(" ")
+                    );
+                    actions(out, &a.on_fail, depth + 1);
+                }
+            }
+            actions(&mut out, &c.actions, 2);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

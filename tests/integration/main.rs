@@ -15,5 +15,6 @@ mod instances;
 mod notify;
 mod ordering;
 mod recovery;
+mod runtime;
 mod sdk;
 mod supervision;

@@ -10,7 +10,9 @@ use ham_guardian::{config, exit, mono_ns, status};
 const USAGE: &str = "\
 usage: hamctl [-c|--config FILE] [--timeout DURATION] COMMAND
 commands:
-  status [--json]          entities, pids, restarts, last exits (read from the state segment)
+  status [--json|--tree]   entities, pids, restarts, last exits (read from the state segment);
+                           --tree: entities → conditions → actions with their flags, as
+                           QNX's /proc/ham, and the HAM's and Guardian's failure counts
   start ENTITY             start a stopped entity
   stop ENTITY              stop an entity; it stays stopped
   restart ENTITY           stop then start an entity
@@ -77,6 +79,18 @@ fn main() -> ExitCode {
     };
     let words: Vec<&str> = args.command.iter().map(String::as_str).collect();
     let req = match words.as_slice() {
+        ["status", "--tree"] => {
+            return match status::tree(&args.config, &inst.segment_name(), mono_ns()) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hamctl: {e}");
+                    ExitCode::from(exit::UNAVAILABLE as u8)
+                }
+            };
+        }
         ["status"] | ["status", "--json"] => {
             return match status::read(&inst.segment_name(), mono_ns()) {
                 Ok(s) if words.len() == 2 => {

@@ -266,7 +266,7 @@ impl Daemon {
         }
         match ev.kind {
             KIND_RAISE => {
-                self.raise(i, ev.class, ev.severity, ev.value, ev.pid as i32);
+                self.raise(i, ev.class, (ev.severity, ev.value, ev.from), ev.pid as i32);
             }
             KIND_STATE => {
                 let what = format!("pid {}: state {} -> {}", ev.pid, ev.from, ev.to);
@@ -304,14 +304,14 @@ impl Daemon {
         &mut self,
         i: usize,
         class: String,
-        severity: u32,
-        value: i64,
+        (severity, value, rtype): (u32, i64, u32),
         from_pid: i32,
     ) -> usize {
         let event = Event::Raise {
             class,
             severity,
             value,
+            rtype,
         };
         let n = self.entities[i]
             .cfg
@@ -323,6 +323,7 @@ impl Daemon {
             class,
             severity,
             value,
+            ..
         } = &event
         {
             let from = if from_pid > 0 {
@@ -415,7 +416,7 @@ impl Daemon {
 
     /// A process attaches itself to an `attach_only` entity: it is watched like an adopted
     /// entity (pidfd, handed to the Guardian) but never started or restarted by ham.
-    fn adopt_attached(&mut self, i: usize, pid: i32) -> Result<(), String> {
+    pub(super) fn adopt_attached(&mut self, i: usize, pid: i32) -> Result<(), String> {
         let Some(p) = Pid::from_raw(pid) else {
             return Err(format!("pid {pid} is not a process"));
         };
@@ -736,8 +737,16 @@ impl Daemon {
                     Err("no heartbeat is attached".into())
                 }
             }
-            ActionKind::Restart { entity } => {
+            ActionKind::Restart { entity, command } => {
                 let j = entity.unwrap_or(i);
+                if let Some((path, argv)) = command {
+                    let e = &mut self.entities[j];
+                    if e.cfg.argv != *argv {
+                        e.cfg.exec_path = path.clone();
+                        e.cfg.argv = argv.clone();
+                        e.cfg.attach_only = false;
+                    }
+                }
                 self.restart_asked(j, cond);
                 Ok(format!("restarting {}", self.entities[j].cfg.name))
             }

@@ -41,6 +41,7 @@ impl RunEvent {
                 class,
                 severity,
                 value,
+                ..
             } => r.raise = Some((class.clone(), *severity, *value)),
             Event::State { from, to } => r.state = Some((*from, *to)),
             _ => {}
@@ -87,6 +88,8 @@ fn command_outcome(pid: i32, start_time: u64) -> Outcome {
 /// The synthetic action list of an escalation to a device restart.
 fn escalation_actions() -> Vec<Action> {
     vec![Action {
+        name: None,
+        enabled: true,
         kind: ActionKind::DeviceRestart,
         break_on_fail: false,
         on_fail: Vec::new(),

@@ -41,6 +41,7 @@ use crate::{mono_ns, procfs, unix_ns};
 
 mod clients;
 mod journal;
+mod runtime;
 use clients::{Clients, Peer, Subscriber};
 
 const TOK_SIGNAL: u64 = 1;
@@ -115,6 +116,32 @@ struct Entity {
     /// A `hold-off` action stops it: once down, it is held off this long.
     hold_after_stop: Option<u64>,
     waiters: Vec<(UnixStream, WaitFor)>,
+}
+
+impl Entity {
+    fn new(cfg: EntityConfig, slot: u32, rec: EntityRecord, env: Vec<(String, String)>) -> Self {
+        Self {
+            cfg,
+            slot,
+            rec,
+            pidfd: None,
+            adopted: false,
+            wanted: Wanted::Up,
+            stop_deadline: None,
+            retry_at: None,
+            spawn_failures: 0,
+            last_spawn_error: None,
+            deaths: 0,
+            ready: false,
+            watchdog_at: None,
+            watchdog_ns: None,
+            hb: None,
+            pruned_now: 0,
+            hold_after_stop: None,
+            env,
+            waiters: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +241,8 @@ pub struct Daemon {
     clients: Option<Clients>,
     subscribers: HashMap<u64, Subscriber>,
     next_sub: u64,
+    /// The run-time definitions document (see `runtime.rs`).
+    defs: toml::Table,
 }
 
 /// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
@@ -504,6 +533,7 @@ impl Daemon {
             clients,
             subscribers: HashMap::new(),
             next_sub: 0,
+            defs: toml::Table::new(),
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,
@@ -557,6 +587,7 @@ impl Daemon {
             _ => HashMap::new(),
         };
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
+        self.load_defs();
         self.adopt(passed);
         self.resume_heartbeats();
         self.resume_runs();
@@ -673,27 +704,7 @@ impl Daemon {
             };
             let i = self.entities.len();
             self.by_name.insert(ec.name.clone(), i);
-            self.entities.push(Entity {
-                cfg: ec,
-                slot,
-                rec,
-                pidfd: None,
-                adopted: false,
-                wanted: Wanted::Up,
-                stop_deadline: None,
-                retry_at: None,
-                spawn_failures: 0,
-                last_spawn_error: None,
-                deaths: 0,
-                ready: false,
-                watchdog_at: None,
-                watchdog_ns: None,
-                hb: None,
-                pruned_now: 0,
-                hold_after_stop: None,
-                env,
-                waiters: Vec::new(),
-            });
+            self.entities.push(Entity::new(ec, slot, rec, env));
             if existing {
                 to_resume.push(i);
             } else {
@@ -1290,7 +1301,7 @@ impl Daemon {
             .conditions
             .iter()
             .enumerate()
-            .filter(|(k, c)| disarmed & (1 << k) == 0 && c.trigger.matches(&event))
+            .filter(|(k, c)| c.enabled && disarmed & (1 << k) == 0 && c.trigger.matches(&event))
             .map(|(k, c)| (k, c.clone()))
             .collect();
         if conds.is_empty() {
@@ -1411,6 +1422,9 @@ impl Daemon {
                 self.end_run(id);
                 return;
             };
+            if !action.enabled {
+                continue; // disabled (or removed) at run time
+            }
             // The journal says this action has begun before it has any effect: a successor
             // never does it twice.
             run.in_progress = true;
@@ -2458,7 +2472,21 @@ impl Daemon {
                 | Request::Subscribe { .. }
                 | Request::Ready { .. }
         );
-        if !client_request && peer.uid != 0 && peer.uid != self.my_uid {
+        // A process may define conditions and actions on the entity it is.
+        let own_definition = match &req {
+            Request::Define {
+                change:
+                    ham_core::protocol::Change::Condition { entity, .. }
+                    | ham_core::protocol::Change::Action { entity, .. }
+                    | ham_core::protocol::Change::Remove { entity, .. }
+                    | ham_core::protocol::Change::Control { entity, .. },
+            } => self
+                .by_name
+                .get(entity)
+                .is_some_and(|&i| self.entities[i].rec.pid == peer.pid && peer.pid > 0),
+            _ => false,
+        };
+        if !client_request && !own_definition && peer.uid != 0 && peer.uid != self.my_uid {
             say!(
                 self,
                 "refused a request from uid {} (pid {})",
@@ -2535,6 +2563,10 @@ impl Daemon {
                 let r = self.detach(i, peer);
                 reply(stream, &r);
             }
+            (Request::Define { change }, _) => {
+                let r = self.define(change);
+                reply(stream, &r);
+            }
             (Request::Subscribe { topic, signal }, _) => {
                 self.subscribe(topic, signal, peer, stream)
             }
@@ -2572,7 +2604,7 @@ impl Daemon {
                 },
                 Some(i),
             ) => {
-                let n = self.raise(i, class, severity, value, 0);
+                let n = self.raise(i, class, (severity, value, 0), 0);
                 reply(
                     stream,
                     &Response::ok(format!("raised; {n} condition(s) matched")),

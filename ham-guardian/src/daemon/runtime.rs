@@ -1,0 +1,500 @@
+//! Run-time definitions: entities, conditions and actions created through the API (QNX's
+//! `ham_attach`, `ham_condition*`, `ham_action*`), beside the configured ones.
+//!
+//! They are kept as a TOML document in the state segment (`ham_core::blob`, A/B copies):
+//! `[[entity]]` tables for run-time entities and top-level `[[condition]]` tables (with
+//! `entity = "…"`) for conditions, in exactly the configuration file's schema. Every change
+//! builds the new document, validates the configuration file's text followed by it with the
+//! same parser that checks configuration files (so a run-time definition can be nothing a
+//! configuration could not be), publishes it, and then applies it to the running state. A
+//! successor HAM (or a warm start) parses the same text and so has the same entities and
+//! conditions, with the same indices (removed conditions and actions stay as disabled
+//! tombstones until the next cold start, so the run journal's indices stay valid).
+
+use std::collections::HashMap;
+
+use ham_core::EntityRecord;
+use ham_core::protocol::{Change, ControlCommand, Response};
+use ham_core::{EntityState, policy::Wanted};
+use toml::{Table, Value};
+
+use super::{Daemon, Entity, entity_env, log};
+use crate::config::{Config, EntityConfig};
+
+/// QNX flag bits, as `ham.h` defines them.
+pub mod flags {
+    pub const HREARMAFTERRESTART: u32 = 0x1;
+    pub const HCONDINDEPENDENT: u32 = 0x2;
+    pub const HCONDNOWAIT: u32 = 0x4;
+    pub const HACTIONDONOW: u32 = 0x2;
+    pub const HACTIONBREAKONFAIL: u32 = 0x4;
+    pub const HACTIONKEEPONFAIL: u32 = 0x8;
+}
+
+const EINVAL: i32 = libc::EINVAL;
+const ENOENT: i32 = libc::ENOENT;
+const EEXIST: i32 = libc::EEXIST;
+
+type Refusal = (i32, String);
+
+fn tables<'a>(defs: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
+    let v = defs
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !v.is_array() {
+        *v = Value::Array(Vec::new());
+    }
+    v.as_array_mut().expect("made an array above")
+}
+
+fn name_of(t: &Value) -> Option<&str> {
+    t.get("name").and_then(Value::as_str)
+}
+
+fn json_to_table(map: &serde_json::Map<String, serde_json::Value>) -> Result<Table, Refusal> {
+    Table::try_from(map).map_err(|e| (EINVAL, format!("not a table: {e}")))
+}
+
+/// A name as QNX accepts it: not empty, no `/`.
+fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
+    if name.is_empty() || name.contains('/') || name.len() > 63 {
+        return Err((
+            EINVAL,
+            format!("{what} name `{name}` must be 1 to 63 bytes without `/`"),
+        ));
+    }
+    Ok(())
+}
+
+impl Daemon {
+    /// At start (and takeover): folds the definitions a predecessor left into the
+    /// configuration, before the entity table is built.
+    pub(super) fn load_defs(&mut self) {
+        let Some(bytes) = self.writer.segment().defs().read() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let parsed = toml::from_str::<Table>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| self.parse_with(&t, false).map(|cfg| (t, cfg)));
+        match parsed {
+            Ok((t, cfg)) => {
+                self.defs = t;
+                self.cfg = cfg;
+            }
+            Err(e) => log(
+                &self.cfg.instance.name,
+                format_args!(
+                    "the run-time definitions no longer fit the configuration ({e}); dropped"
+                ),
+            ),
+        }
+    }
+
+    /// The configuration file's text followed by `defs`, parsed.
+    fn parse_with(&self, defs: &Table, strict: bool) -> Result<Config, String> {
+        let extra = toml::to_string(defs).map_err(|e| e.to_string())?;
+        let text = format!("{}\n\n# run-time definitions\n{extra}", self.config_text);
+        let parsed = if strict {
+            crate::config::parse(&self.cfg.path, &text)
+        } else {
+            crate::config::parse_validated(&self.cfg.path, &text)
+        };
+        parsed.map_err(|e| match e.key {
+            Some(k) => format!("`{k}`: {}", e.message),
+            None => e.message,
+        })
+    }
+
+    /// Carries out a `define` request.
+    pub(super) fn define(&mut self, change: Change) -> Response {
+        let answer = match change {
+            Change::Control {
+                entity,
+                condition,
+                action,
+                command: ControlCommand::GetFlags,
+                ..
+            } => match self.get_flags(&entity, condition.as_deref(), action.as_deref()) {
+                Ok(f) => {
+                    let mut r = Response::ok(format!("flags {f:#x}"));
+                    r.flags = Some(f);
+                    return r;
+                }
+                Err(e) => Err(e),
+            },
+            change => self.redefine(change),
+        };
+        match answer {
+            Ok(msg) => Response::ok(msg),
+            Err((errno, msg)) => Response::errno(errno, msg),
+        }
+    }
+
+    fn redefine(&mut self, change: Change) -> Result<String, Refusal> {
+        let mut defs = self.defs.clone();
+        let mut new_entity = None;
+        let what = match &change {
+            Change::Entity { name, pid, command } => {
+                check_name("entity", name)?;
+                if self.by_name.contains_key(name) {
+                    return Err((EEXIST, format!("an entity named `{name}` exists")));
+                }
+                let mut t = Table::new();
+                t.insert("name".into(), Value::String(name.clone()));
+                match command {
+                    Some(argv) if !argv.is_empty() => {
+                        t.insert(
+                            "command".into(),
+                            Value::Array(argv.iter().cloned().map(Value::String).collect()),
+                        );
+                        // QNX: an entity ham runs is restarted only by a restart action.
+                        t.insert("restart".into(), Value::String("never".into()));
+                    }
+                    _ => {
+                        t.insert("attach_only".into(), Value::Boolean(true));
+                    }
+                }
+                tables(&mut defs, "entity").push(Value::Table(t));
+                new_entity = Some((name.clone(), *pid));
+                format!("entity `{name}` defined")
+            }
+            Change::Condition { entity, table } => {
+                self.entity_index(entity)?;
+                let mut t = json_to_table(table)?;
+                let name = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or((EINVAL, "a condition needs a name".to_owned()))?
+                    .to_owned();
+                check_name("condition", &name)?;
+                if self.condition_index(entity, &name).is_ok() {
+                    return Err((EEXIST, format!("`{entity}` has a condition `{name}`")));
+                }
+                t.insert("entity".into(), Value::String(entity.clone()));
+                tables(&mut defs, "condition").push(Value::Table(t));
+                format!("condition `{entity}/{name}` defined")
+            }
+            Change::Action {
+                entity,
+                condition,
+                fail_of,
+                table,
+            } => {
+                let t = json_to_table(table)?;
+                let name = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or((EINVAL, "an action needs a name".to_owned()))?
+                    .to_owned();
+                check_name("action", &name)?;
+                let (i, k) = self.condition_index(entity, condition)?;
+                let cond = &self.entities[i].cfg.conditions[k];
+                let kind = t.get("do").and_then(Value::as_str).unwrap_or_default();
+                if kind == "waitfor" && cond.nowait {
+                    return Err((
+                        EINVAL,
+                        format!("`{condition}` is HCONDNOWAIT: no waitfor action"),
+                    ));
+                }
+                if kind == "restart" && fail_of.is_none() {
+                    use crate::actions::Trigger;
+                    if !matches!(cond.trigger, Trigger::Death | Trigger::AbnormalDeath) {
+                        return Err((
+                            EINVAL,
+                            "a restart action belongs to a death condition".to_owned(),
+                        ));
+                    }
+                    let has_restart = self.entities[i].cfg.conditions.iter().any(|c| {
+                        c.enabled
+                            && c.actions.iter().any(|a| {
+                                a.enabled
+                                    && matches!(a.kind, crate::actions::ActionKind::Restart { .. })
+                            })
+                    });
+                    if has_restart {
+                        return Err((EINVAL, format!("`{entity}` already has a restart action")));
+                    }
+                }
+                let ct = self.defs_condition(&mut defs, entity, condition)?;
+                let list = match fail_of {
+                    None => tables(ct, "action"),
+                    Some(parent) => {
+                        let p = tables(ct, "action")
+                            .iter_mut()
+                            .find(|a| name_of(a) == Some(parent.as_str()))
+                            .and_then(Value::as_table_mut)
+                            .ok_or((ENOENT, format!("no run-time action `{parent}`")))?;
+                        tables(p, "on_fail")
+                    }
+                };
+                if list.iter().any(|a| name_of(a) == Some(name.as_str())) {
+                    return Err((EEXIST, format!("an action `{name}` exists there")));
+                }
+                list.push(Value::Table(t));
+                format!("action `{entity}/{condition}/{name}` defined")
+            }
+            Change::Remove {
+                entity,
+                condition,
+                action,
+                fail,
+            } => {
+                let Some(condition) = condition else {
+                    return Err((EINVAL, "remove needs a condition".to_owned()));
+                };
+                let ct = self.defs_condition(&mut defs, entity, condition)?;
+                match (action, fail) {
+                    (None, _) => {
+                        ct.insert("enabled".into(), Value::Boolean(false));
+                        ct.insert("removed".into(), Value::Boolean(true));
+                    }
+                    (Some(a), None) => {
+                        let at = find_action(ct, a)?;
+                        at.insert("enabled".into(), Value::Boolean(false));
+                    }
+                    (Some(a), Some(f)) => {
+                        let at = find_action(ct, a)?;
+                        let ft = tables(at, "on_fail")
+                            .iter_mut()
+                            .find(|x| name_of(x) == Some(f.as_str()))
+                            .and_then(Value::as_table_mut)
+                            .ok_or((ENOENT, format!("no fail action `{f}`")))?;
+                        ft.insert("enabled".into(), Value::Boolean(false));
+                    }
+                }
+                format!("removed from `{entity}`")
+            }
+            Change::Control {
+                entity,
+                condition,
+                action,
+                command,
+                flags,
+            } => {
+                let Some(condition) = condition else {
+                    // Entity level: enable / disable all its run-time conditions.
+                    self.entity_index(entity)?;
+                    let enable = match command {
+                        ControlCommand::Enable => true,
+                        ControlCommand::Disable => false,
+                        _ => {
+                            return Err((EINVAL, "an entity takes HENABLE or HDISABLE".to_owned()));
+                        }
+                    };
+                    for c in tables(&mut defs, "condition").iter_mut() {
+                        if c.get("entity").and_then(Value::as_str) == Some(entity.as_str())
+                            && c.get("removed").and_then(Value::as_bool) != Some(true)
+                        {
+                            if let Some(t) = c.as_table_mut() {
+                                t.insert("enabled".into(), Value::Boolean(enable));
+                            }
+                        }
+                    }
+                    return self
+                        .commit(defs, None)
+                        .map(|()| format!("`{entity}` updated"));
+                };
+                let ct = self.defs_condition(&mut defs, entity, condition)?;
+                let (t, bits): (&mut Table, &[(u32, &str)]) = match action {
+                    None => (
+                        ct,
+                        &[
+                            (flags::HREARMAFTERRESTART, "rearm"),
+                            (flags::HCONDINDEPENDENT, "independent"),
+                            (flags::HCONDNOWAIT, "nowait"),
+                        ],
+                    ),
+                    Some(a) => (
+                        find_action(ct, a)?,
+                        &[
+                            (flags::HACTIONDONOW, "run_now"),
+                            (flags::HACTIONBREAKONFAIL, "break_on_fail"),
+                        ],
+                    ),
+                };
+                let current = bits
+                    .iter()
+                    .filter(|(_, k)| t.get(*k).and_then(Value::as_bool).unwrap_or(*k == "rearm"))
+                    .fold(0, |m, (b, _)| m | b);
+                let next = match command {
+                    ControlCommand::Enable | ControlCommand::Disable => {
+                        t.insert(
+                            "enabled".into(),
+                            Value::Boolean(*command == ControlCommand::Enable),
+                        );
+                        current
+                    }
+                    ControlCommand::AddFlags => current | flags,
+                    ControlCommand::RemoveFlags => current & !flags,
+                    ControlCommand::SetFlags => *flags,
+                    ControlCommand::GetFlags => current,
+                };
+                for (b, k) in bits {
+                    t.insert((*k).into(), Value::Boolean(next & b != 0));
+                }
+                format!("`{entity}/{condition}` updated")
+            }
+        };
+        self.commit(defs, new_entity)?;
+        Ok(what)
+    }
+
+    /// Validates `defs` with the configuration, publishes it, and applies it.
+    fn commit(
+        &mut self,
+        defs: Table,
+        new_entity: Option<(String, Option<i32>)>,
+    ) -> Result<(), Refusal> {
+        let cfg = self.parse_with(&defs, true).map_err(|e| (EINVAL, e))?;
+        let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
+        self.writer
+            .publish_defs(text.as_bytes())
+            .map_err(|e| (libc::ENOSPC, e.to_string()))?;
+        self.defs = defs;
+        // Conditions (and their actions) of every entity come from the new configuration;
+        // what runs keeps running.
+        let by_name: HashMap<&str, &EntityConfig> =
+            cfg.entities.iter().map(|e| (e.name.as_str(), e)).collect();
+        for e in &mut self.entities {
+            if let Some(ec) = by_name.get(e.cfg.name.as_str()) {
+                e.cfg.conditions = ec.conditions.clone();
+            }
+        }
+        let added = new_entity.and_then(|(name, pid)| {
+            cfg.entities
+                .iter()
+                .find(|e| e.name == name)
+                .cloned()
+                .map(|ec| (ec, pid))
+        });
+        self.cfg = cfg;
+        if let Some((ec, pid)) = added {
+            let i = self.add_entity(ec);
+            match pid {
+                Some(pid) if pid > 0 => {
+                    if let Err(why) = self.attach_pid(i, pid) {
+                        return Err((ENOENT, why));
+                    }
+                }
+                _ => self.start_when_ready(i),
+            }
+        }
+        Ok(())
+    }
+
+    /// A new entity, in a free slot of the segment.
+    fn add_entity(&mut self, ec: EntityConfig) -> usize {
+        let used: std::collections::HashSet<u32> = self.entities.iter().map(|e| e.slot).collect();
+        let slot = (0..self.writer.segment().capacity())
+            .find(|s| !used.contains(s))
+            .unwrap_or(u32::MAX);
+        let env = entity_env(&ec, &self.cfg);
+        let i = self.entities.len();
+        self.by_name.insert(ec.name.clone(), i);
+        let rec = EntityRecord::new(&ec.name);
+        self.entities.push(Entity::new(ec, slot, rec, env));
+        self.dependents.push(Vec::new());
+        self.publish(i);
+        i
+    }
+
+    fn attach_pid(&mut self, i: usize, pid: i32) -> Result<(), String> {
+        self.adopt_attached(i, pid)?;
+        let e = &mut self.entities[i];
+        e.wanted = Wanted::Up;
+        debug_assert_eq!(e.rec.state, EntityState::Running);
+        Ok(())
+    }
+
+    fn entity_index(&self, name: &str) -> Result<usize, Refusal> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or((ENOENT, format!("no entity named `{name}`")))
+    }
+
+    /// Entity and condition indices of `entity/condition`.
+    pub(super) fn condition_index(
+        &self,
+        entity: &str,
+        condition: &str,
+    ) -> Result<(usize, usize), Refusal> {
+        let i = self.entity_index(entity)?;
+        let k = self.entities[i]
+            .cfg
+            .conditions
+            .iter()
+            .position(|c| c.name.as_deref() == Some(condition) && !c.removed)
+            .ok_or((ENOENT, format!("`{entity}` has no condition `{condition}`")))?;
+        Ok((i, k))
+    }
+
+    /// The run-time table of `entity/condition` in `defs` (configured ones cannot change).
+    fn defs_condition<'a>(
+        &self,
+        defs: &'a mut Table,
+        entity: &str,
+        condition: &str,
+    ) -> Result<&'a mut Table, Refusal> {
+        tables(defs, "condition")
+            .iter_mut()
+            .find(|c| {
+                c.get("entity").and_then(Value::as_str) == Some(entity)
+                    && name_of(c) == Some(condition)
+                    && c.get("removed").and_then(Value::as_bool) != Some(true)
+            })
+            .and_then(Value::as_table_mut)
+            .ok_or((
+                ENOENT,
+                format!("`{entity}` has no run-time condition `{condition}`"),
+            ))
+    }
+
+    fn get_flags(
+        &self,
+        entity: &str,
+        condition: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<u32, Refusal> {
+        let Some(condition) = condition else {
+            self.entity_index(entity)?;
+            return Ok(0);
+        };
+        let (i, k) = self.condition_index(entity, condition)?;
+        let c = &self.entities[i].cfg.conditions[k];
+        match action {
+            None => Ok([
+                (c.rearm, flags::HREARMAFTERRESTART),
+                (c.independent && !c.nowait, flags::HCONDINDEPENDENT),
+                (c.nowait, flags::HCONDNOWAIT),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |m, (_, b)| m | b)),
+            Some(a) => {
+                let a = c
+                    .actions
+                    .iter()
+                    .find(|x| x.name.as_deref() == Some(a))
+                    .ok_or((ENOENT, format!("no action `{a}`")))?;
+                Ok([
+                    (a.run_now, flags::HACTIONDONOW),
+                    (a.break_on_fail, flags::HACTIONBREAKONFAIL),
+                    (true, flags::HACTIONKEEPONFAIL),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |m, (_, b)| m | b))
+            }
+        }
+    }
+}
+
+fn find_action<'a>(ct: &'a mut Table, name: &str) -> Result<&'a mut Table, Refusal> {
+    tables(ct, "action")
+        .iter_mut()
+        .find(|a| name_of(a) == Some(name))
+        .and_then(Value::as_table_mut)
+        .ok_or((ENOENT, format!("no run-time action `{name}`")))
+}

@@ -1,0 +1,202 @@
+//! Run-time definitions (what the C API's `ham_attach`, `ham_condition*` and `ham_action*`
+//! make): entities, conditions and actions created through the SDK act like configured
+//! ones, survive a takeover, and bad calls fail with QNX's errnos.
+
+use ham_detector_sdk::{Change, Client, ControlCommand, Error, Location};
+use serde_json::{Map, Value, json};
+
+use crate::util::*;
+
+fn client(ham: &Ham) -> Client {
+    Client::connect_to(&Location::from_config(&ham.config).unwrap()).unwrap()
+}
+
+fn table(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn condition(entity: &str, t: Value) -> Change {
+    Change::Condition {
+        entity: entity.into(),
+        table: table(t),
+    }
+}
+
+fn action(entity: &str, cond: &str, t: Value) -> Change {
+    Change::Action {
+        entity: entity.into(),
+        condition: cond.into(),
+        fail_of: None,
+        table: table(t),
+    }
+}
+
+fn errno_of(r: Result<u32, Error>) -> Option<i32> {
+    match r {
+        Err(Error::Refused { errno, .. }) => errno,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn run_time_definitions_act_and_survive_a_takeover() {
+    let work = tempfile::tempdir().unwrap();
+    let (died, raised) = (work.path().join("died"), work.path().join("raised"));
+    let mut ham = Ham::start("rt-defs", &sleeper("db"));
+    ham.wait_for("db running", |s| running(s, "db"));
+    let c = client(&ham);
+    c.define(Change::Entity {
+        name: "rt".into(),
+        pid: None,
+        command: Some(vec!["sleep".into(), "1000".into()]),
+    })
+    .unwrap();
+    c.define(condition("rt", json!({"name": "died", "on": "death"})))
+        .unwrap();
+    let echo = |f: &std::path::Path| {
+        json!([
+            "/bin/sh",
+            "-c",
+            format!("echo $HAM_ENTITY >> {}", f.display())
+        ])
+    };
+    c.define(action(
+        "rt",
+        "died",
+        json!({"name": "mark", "do": "execute", "command": echo(&died)}),
+    ))
+    .unwrap();
+    c.define(action(
+        "rt",
+        "died",
+        json!({"name": "again", "do": "restart"}),
+    ))
+    .unwrap();
+    c.define(condition(
+        "db",
+        json!({"name": "hot", "on": "raise", "class": "temp"}),
+    ))
+    .unwrap();
+    c.define(action(
+        "db",
+        "hot",
+        json!({"name": "mark", "do": "execute", "command": echo(&raised)}),
+    ))
+    .unwrap();
+    let s = ham.wait_for("rt running", |s| running(s, "rt"));
+    let rt = pid_of(&s, "rt");
+
+    // The promoted HAM has the same definitions: same process, and they act.
+    let g = s["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    assert_eq!(pid_of(&s, "rt"), rt, "rt was restarted by the takeover");
+    sigkill(rt);
+    wait_until(&ham, "rt's death action", || {
+        std::fs::read_to_string(&died).is_ok_and(|t| t == "rt\n")
+    });
+    ham.wait_for("rt restarted by its restart action", |s| {
+        running(s, "rt") && entity(s, "rt")["restarts"] == 1
+    });
+    assert!(ham.ctl(&["raise", "db", "temp"]).status.success());
+    wait_until(&ham, "db's run-time raise action", || {
+        std::fs::read_to_string(&raised).is_ok_and(|t| t == "db\n")
+    });
+    let tree = text(&ham.ctl(&["status", "--tree"]).stdout);
+    assert!(
+        tree.contains("rt") && tree.contains("died") && tree.contains("again"),
+        "{tree}"
+    );
+}
+
+#[test]
+fn bad_run_time_definitions_fail_with_qnx_errnos() {
+    let ham = Ham::start("rt-errno", &sleeper("db"));
+    ham.wait_for("db running", |s| running(s, "db"));
+    let c = client(&ham);
+    let cond = |e: &str, t: Value| c.define(condition(e, t));
+    assert_eq!(
+        errno_of(cond("nobody", json!({"name": "x", "on": "death"}))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno_of(c.define(Change::Entity {
+            name: "db".into(),
+            pid: None,
+            command: None
+        })),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(
+        errno_of(cond("db", json!({"name": "a/b", "on": "death"}))),
+        Some(libc::EINVAL)
+    );
+    cond("db", json!({"name": "d", "on": "death"})).unwrap();
+    assert_eq!(
+        errno_of(cond("db", json!({"name": "d", "on": "death"}))),
+        Some(libc::EEXIST)
+    );
+    // Not a condition a configuration could hold: refused, nothing kept.
+    assert_eq!(
+        errno_of(cond("db", json!({"name": "bad", "on": "sunrise"}))),
+        Some(libc::EINVAL)
+    );
+    // One restart action per entity, under a death condition only.
+    c.define(action("db", "d", json!({"name": "r", "do": "restart"})))
+        .unwrap();
+    cond("db", json!({"name": "d2", "on": "abnormal-death"})).unwrap();
+    assert_eq!(
+        errno_of(c.define(action("db", "d2", json!({"name": "r", "do": "restart"})))),
+        Some(libc::EINVAL)
+    );
+    cond("db", json!({"name": "hot", "on": "raise"})).unwrap();
+    assert_eq!(
+        errno_of(c.define(action("db", "hot", json!({"name": "r", "do": "restart"})))),
+        Some(libc::EINVAL)
+    );
+    // A waitfor under an HCONDNOWAIT condition.
+    cond(
+        "db",
+        json!({"name": "quick", "on": "death", "nowait": true}),
+    )
+    .unwrap();
+    assert_eq!(
+        errno_of(c.define(action(
+            "db",
+            "quick",
+            json!({"name": "w", "do": "waitfor", "path": "/x", "timeout": "1s"})
+        ))),
+        Some(libc::EINVAL)
+    );
+    // Flags: HCONDNOWAIT (4) and the default HREARMAFTERRESTART (1).
+    let get = Change::Control {
+        entity: "db".into(),
+        condition: Some("quick".into()),
+        action: None,
+        command: ControlCommand::GetFlags,
+        flags: 0,
+    };
+    assert_eq!(c.define(get.clone()).unwrap(), 0x1 | 0x4);
+    c.define(Change::Control {
+        entity: "db".into(),
+        condition: Some("quick".into()),
+        action: None,
+        command: ControlCommand::RemoveFlags,
+        flags: 0x1,
+    })
+    .unwrap();
+    assert_eq!(c.define(get).unwrap(), 0x4);
+    // A removed condition's name can be used again; ham keeps supervising throughout.
+    c.define(Change::Remove {
+        entity: "db".into(),
+        condition: Some("hot".into()),
+        action: None,
+        fail: None,
+    })
+    .unwrap();
+    cond("db", json!({"name": "hot", "on": "raise"})).unwrap();
+    assert!(running(&ham.status(), "db"));
+}
