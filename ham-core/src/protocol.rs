@@ -48,6 +48,14 @@ pub enum Request {
     /// A run-time definition (QNX's `ham_attach`, `ham_condition*`, `ham_action*`, their
     /// `_remove` and `_control`): kept in the state segment beside the configuration.
     Define { change: Change },
+    /// Whether an entity (and its condition, and its action) exists: QNX's `*_handle`.
+    Lookup {
+        entity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+    },
     /// A detector's event on an entity: fires its matching `raise` conditions.
     Raise {
         entity: String,

@@ -23,6 +23,8 @@
 //! token was given to, and ham rejects them from another pid.
 #![deny(unsafe_code)]
 
+pub mod capi;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -370,6 +372,26 @@ impl Client {
         ev.severity = severity;
         ev.from = rtype;
         Ok(self.seg.push(&ev)?)
+    }
+
+    /// Whether `entity` (and its `condition`, and that condition's `action`) exists.
+    pub fn lookup(
+        &self,
+        entity: &str,
+        condition: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<(), Error> {
+        self.request(&Request::Lookup {
+            entity: entity.to_owned(),
+            condition: condition.map(str::to_owned),
+            action: action.map(str::to_owned),
+        })
+        .map(|_| ())
+    }
+
+    /// Stops ham: every entity, then the HAM and its Guardian (root or ham's user only).
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.request(&Request::Shutdown).map(|_| ())
     }
 
     /// Events producers dropped because the ring was full (all producers, this run of ham).

@@ -215,6 +215,9 @@ pub enum ActionKind {
     WaitFor { path: PathBuf, timeout_ns: u64 },
     /// Send a signal to another entity's process group; fails if it is not running.
     Signal { entity: usize, signal: i32 },
+    /// Send a signal with a value (`sigqueue`) to a process by pid (QNX
+    /// `ham_action_notify_signal`); fails if there is no such process.
+    SignalPid { pid: i32, signal: i32, value: i32 },
     /// Restart the device (`[device] restart_command`); fails if it is switched off, not
     /// configured, or cannot be run.
     DeviceRestart,
@@ -245,7 +248,7 @@ impl ActionKind {
             Self::Log { .. } => "log",
             Self::Delay { .. } => "delay",
             Self::WaitFor { .. } => "waitfor",
-            Self::Signal { .. } => "signal",
+            Self::Signal { .. } | Self::SignalPid { .. } => "signal",
             Self::DeviceRestart => "device-restart",
             Self::Notify { .. } => "notify",
             Self::Restart { .. } => "restart",

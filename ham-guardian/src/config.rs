@@ -179,6 +179,8 @@ struct RawAction {
     signal: Option<Spanned<SignalSpec>>,
     path: Option<Spanned<String>>,
     topic: Option<Spanned<String>>,
+    pid: Option<Spanned<i32>>,
+    value: Option<Spanned<i32>>,
     #[serde(default)]
     break_on_fail: bool,
     #[serde(default)]
@@ -1359,6 +1361,20 @@ fn action(
         "delay" => ActionKind::Delay {
             ns: dur(r.delay.as_ref().ok_or_else(|| need("delay"))?, "delay")?,
         },
+        "signal" if r.pid.is_some() => {
+            let pid = r.pid.as_ref().expect("checked");
+            if *pid.get_ref() <= 0 {
+                return Err(ctx.err(Some(pid.span()), k("pid"), "a pid is positive"));
+            }
+            let sig = r.signal.as_ref().ok_or_else(|| need("signal"))?;
+            let signal = parse_signal(sig.get_ref())
+                .map_err(|why| ctx.err(Some(sig.span()), k("signal"), why))?;
+            ActionKind::SignalPid {
+                pid: *pid.get_ref(),
+                signal,
+                value: r.value.as_ref().map_or(0, |v| *v.get_ref()),
+            }
+        }
         "signal" => {
             let target = r.entity.as_ref().ok_or_else(|| need("entity"))?;
             let entity = names

@@ -496,6 +496,25 @@ pub fn trim_heap() {
     }
 }
 
+/// `sigqueue(3)`: `signal` with an integer value to `pid`.
+pub fn sigqueue(pid: i32, signal: i32, value: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let val = libc::sigval {
+        sival_ptr: value as isize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue takes plain values (the sigval union is passed by value, here its
+    // pointer member carrying the integer, as glibc's sigval_t is laid out); no memory is
+    // shared with the call.
+    let r = unsafe { libc::sigqueue(pid, signal, val) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

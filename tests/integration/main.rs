@@ -6,6 +6,7 @@
 
 mod util;
 
+mod capi;
 mod chaos;
 mod conditions;
 mod config_errors;

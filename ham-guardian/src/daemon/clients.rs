@@ -726,6 +726,12 @@ impl Daemon {
                 let n = self.notify(i, topic, cond);
                 Ok(format!("{topic}: {n} subscriber(s)"))
             }
+            ActionKind::SignalPid { pid, signal, value } => {
+                match crate::sys::sigqueue(*pid, *signal, *value) {
+                    Ok(()) => Ok(format!("signal {signal} (value {value}) to pid {pid}")),
+                    Err(e) => Err(format!("pid {pid}: {e}")),
+                }
+            }
             ActionKind::HeartbeatHealthy => {
                 if self.heartbeat_healthy(i) {
                     Ok("heartbeat marked healthy".into())

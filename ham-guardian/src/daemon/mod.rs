@@ -1444,6 +1444,7 @@ impl Daemon {
                 ActionKind::Notify { .. }
                 | ActionKind::HeartbeatHealthy
                 | ActionKind::Restart { .. }
+                | ActionKind::SignalPid { .. }
                 | ActionKind::Stop { .. }
                 | ActionKind::HoldOff { .. } => {}
                 ActionKind::Log { message } => {
@@ -2471,6 +2472,7 @@ impl Daemon {
                 | Request::Detach { .. }
                 | Request::Subscribe { .. }
                 | Request::Ready { .. }
+                | Request::Lookup { .. }
         );
         // A process may define conditions and actions on the entity it is.
         let own_definition = match &req {
@@ -2562,6 +2564,38 @@ impl Daemon {
             (Request::Detach { .. }, Some(i)) => {
                 let r = self.detach(i, peer);
                 reply(stream, &r);
+            }
+            (
+                Request::Lookup {
+                    entity,
+                    condition,
+                    action,
+                },
+                _,
+            ) => {
+                let found = match (condition, action) {
+                    (None, _) => self
+                        .by_name
+                        .contains_key(&entity)
+                        .then_some(())
+                        .ok_or(format!("no entity `{entity}`")),
+                    (Some(c), a) => self
+                        .condition_index(&entity, &c)
+                        .map_err(|(_, m)| m)
+                        .and_then(|(i, k)| match a {
+                            None => Ok(()),
+                            Some(a) => self.entities[i].cfg.conditions[k]
+                                .actions
+                                .iter()
+                                .any(|x| x.name.as_deref() == Some(a.as_str()) && x.enabled)
+                                .then_some(())
+                                .ok_or(format!("no action `{a}`")),
+                        }),
+                };
+                match found {
+                    Ok(()) => reply(stream, &Response::ok("found")),
+                    Err(m) => reply(stream, &Response::errno(libc::ENOENT, m)),
+                }
             }
             (Request::Define { change }, _) => {
                 let r = self.define(change);

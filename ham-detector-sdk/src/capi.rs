@@ -1,0 +1,1396 @@
+//! The QNX-compatible C API (`include/ham.h`): QNX 6.6 `ha/ham.h`'s names, argument order,
+//! constants and return conventions (`NULL` / `-1` with `errno` set on failure), over the
+//! Rust SDK. `docs/PORTING-FROM-QNX.md` says what each function does here.
+//!
+//! Handles are heap objects naming what they refer to (entity / condition / action names);
+//! they stay valid across a HAM takeover because names, not connections, identify things.
+//! Every function is safe to call from several threads.
+#![allow(unsafe_code)]
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)]
+// QNX's parameter names are kept in the header even where ham ignores the argument.
+#![allow(unused_variables)]
+
+use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::{Change, Client, ControlCommand, Error, Heartbeat};
+
+/// Condition types (QNX `COND*`).
+pub const CONDANY: c_int = 0;
+pub const CONDDEATH: c_int = 1;
+pub const CONDDETACH: c_int = 2;
+pub const CONDRESTART: c_int = 3;
+pub const CONDHBEATMISSEDLOW: c_int = 4;
+pub const CONDHBEATMISSEDHIGH: c_int = 5;
+pub const CONDABNORMALDEATH: c_int = 6;
+pub const CONDATTACH: c_int = 7;
+pub const CONDSTATE: c_int = 8;
+pub const CONDRAISE: c_int = 9;
+/// Wildcards of state and raise conditions.
+pub const CONDSTATEANY: c_uint = 0;
+pub const CONDRAISETYPEANY: c_uint = 0;
+pub const CONDRAISECLASSANY: c_uint = 0;
+pub const CONDRAISESEVERITYANY: c_uint = 0;
+/// Condition flags.
+pub const HREARMAFTERRESTART: c_uint = 0x1;
+pub const HCONDINDEPENDENT: c_uint = 0x2;
+pub const HCONDNOWAIT: c_uint = 0x4;
+pub const HCONDOTHER: c_uint = 0x8;
+pub const HCONDKEEPONEMPTY: c_uint = 0x10;
+/// Action flags.
+pub const HACTIONDONOW: c_uint = 0x2;
+pub const HACTIONBREAKONFAIL: c_uint = 0x4;
+pub const HACTIONKEEPONFAIL: c_uint = 0x8;
+/// Entity flag (accepted; run-time entities stay until detached).
+pub const HENTITYKEEPONDEATH: c_uint = 0x1;
+/// `ham_*_control` commands.
+pub const HENABLE: c_int = 1;
+pub const HDISABLE: c_int = 2;
+pub const HADDFLAGS: c_int = 3;
+pub const HREMOVEFLAGS: c_int = 4;
+pub const HSETFLAGS: c_int = 5;
+pub const HGETFLAGS: c_int = 6;
+/// `ham_verbose` operations.
+pub const VERBOSE_SET_INCR: c_int = 1;
+pub const VERBOSE_SET_DECR: c_int = 2;
+pub const VERBOSE_SET: c_int = 3;
+pub const VERBOSE_GET: c_int = 4;
+/// The shortest heartbeat period accepted, in nanoseconds (QNX: 1 s).
+pub const HAMHBEATMIN: u64 = 1_000_000;
+/// The local node (the only one for now).
+pub const ND_LOCAL_NODE: c_int = 0;
+
+/// An entity handle.
+pub struct ham_entity_t {
+    entity: String,
+}
+/// A condition handle.
+pub struct ham_condition_t {
+    entity: String,
+    condition: String,
+}
+/// An action handle.
+pub struct ham_action_t {
+    entity: String,
+    condition: String,
+    action: String,
+}
+
+struct State {
+    client: Option<Client>,
+    connections: u32,
+    heartbeats: Vec<Heartbeat>,
+    states: std::collections::BTreeMap<String, u32>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    client: None,
+    connections: 0,
+    heartbeats: Vec::new(),
+    states: std::collections::BTreeMap::new(),
+});
+
+fn set_errno(e: c_int) {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for the
+    // thread's lifetime; writing an int there is what setting errno means.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno_of(e: &Error) -> c_int {
+    match e {
+        Error::Refused { errno: Some(n), .. } => *n,
+        Error::Refused { .. } => libc::EINVAL,
+        Error::Connect { .. } | Error::Segment(_) | Error::Config { .. } => libc::EBADF,
+        Error::Push(_) => libc::EAGAIN,
+        Error::Io(_) | Error::BadAnswer(_) => libc::EIO,
+    }
+}
+
+/// Runs `f` with the connection (a temporary one if `ham_connect` was not called).
+fn with_client<T>(f: impl FnOnce(&Client) -> Result<T, Error>) -> Result<T, c_int> {
+    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if st.client.is_none() {
+        st.client = Some(Client::connect().map_err(|e| errno_of(&e))?);
+    }
+    let r = f(st.client.as_ref().expect("connected above")).map_err(|e| errno_of(&e));
+    if st.connections == 0 {
+        st.client = None; // a temporary connection, as QNX makes for such calls
+    }
+    r
+}
+
+/// A NUL-terminated string argument; `None` (EINVAL) for NULL or non-UTF-8.
+unsafe fn arg(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passes a NUL-terminated string that outlives this call (the C
+    // API's contract, as in QNX).
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
+/// A handle argument; `None` for NULL.
+unsafe fn handle<'a, T>(p: *mut T) -> Option<&'a T> {
+    // SAFETY: a non-NULL handle was returned by this library and not yet freed (the
+    // caller's contract).
+    unsafe { p.as_ref() }
+}
+
+fn fail_ptr<T>(e: c_int) -> *mut T {
+    set_errno(e);
+    std::ptr::null_mut()
+}
+
+fn fail_int(e: c_int) -> c_int {
+    set_errno(e);
+    -1
+}
+
+fn int_result(r: Result<(), c_int>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail_int(e),
+    }
+}
+
+fn local(nd: c_int) -> Result<(), c_int> {
+    if nd == ND_LOCAL_NODE {
+        Ok(())
+    } else {
+        Err(libc::EOPNOTSUPP) // other nodes come with the cluster
+    }
+}
+
+fn local_name(node: *const c_char) -> Result<(), c_int> {
+    // SAFETY: as `arg`.
+    match unsafe { arg(node) } {
+        None => Ok(()),
+        Some(n) if n.is_empty() || n == "localhost" => Ok(()),
+        Some(_) => Err(libc::EOPNOTSUPP),
+    }
+}
+
+/// A QNX command line (`"/path/prog arg1 arg2"`) as argv: words split on blanks, `"…"` and
+/// `'…'` quote blanks, `\` escapes the next character.
+fn split_line(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quote, mut esc, mut any) =
+        (Vec::new(), String::new(), None, false, false);
+    for ch in line.chars() {
+        if esc {
+            cur.push(ch);
+            esc = false;
+        } else if ch == '\\' {
+            esc = true;
+            any = true;
+        } else if Some(ch) == quote {
+            quote = None;
+        } else if quote.is_none() && (ch == '"' || ch == '\'') {
+            quote = Some(ch);
+            any = true;
+        } else if quote.is_none() && ch.is_whitespace() {
+            if any {
+                out.push(std::mem::take(&mut cur));
+                any = false;
+            }
+        } else {
+            cur.push(ch);
+            any = true;
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn define(change: Change) -> Result<u32, c_int> {
+    with_client(|c| c.define(change))
+}
+
+// -- connection --------------------------------------------------------------------------
+
+/// Connects this process to ham (reference counted; `ham_disconnect` undoes one).
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_connect(flags: c_uint) -> c_int {
+    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if st.client.is_none() {
+        match Client::connect() {
+            Ok(c) => st.client = Some(c),
+            Err(e) => return fail_int(errno_of(&e)),
+        }
+    }
+    st.connections += 1;
+    0
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_connect_nd(nd: c_int, flags: c_uint) -> c_int {
+    match local(nd) {
+        Ok(()) => ham_connect(flags),
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_connect_node(nodename: *const c_char, flags: c_uint) -> c_int {
+    match local_name(nodename) {
+        Ok(()) => ham_connect(flags),
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_disconnect(flags: c_uint) -> c_int {
+    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if st.connections == 0 {
+        return fail_int(libc::EBADF);
+    }
+    st.connections -= 1;
+    if st.connections == 0 {
+        st.client = None;
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_disconnect_nd(nd: c_int, flags: c_uint) -> c_int {
+    match local(nd) {
+        Ok(()) => ham_disconnect(flags),
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_disconnect_node(nodename: *const c_char, flags: c_uint) -> c_int {
+    match local_name(nodename) {
+        Ok(()) => ham_disconnect(flags),
+        Err(e) => fail_int(e),
+    }
+}
+
+// -- entities ----------------------------------------------------------------------------
+
+fn entity_handle(entity: String) -> *mut ham_entity_t {
+    Box::into_raw(Box::new(ham_entity_t { entity }))
+}
+
+/// Watches a running process (`pid > 0`), or runs `line` and watches it (`pid <= 0`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_attach(
+    ename: *const c_char,
+    nd: c_int,
+    pid: libc::pid_t,
+    line: *const c_char,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: as `arg`.
+    let Some(name) = (unsafe { arg(ename) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    let command = if pid > 0 {
+        None
+    } else {
+        // SAFETY: as `arg`.
+        match unsafe { arg(line) }.map(|l| split_line(&l)) {
+            Some(argv) if !argv.is_empty() => Some(argv),
+            _ => return fail_ptr(libc::EINVAL),
+        }
+    };
+    let change = Change::Entity {
+        name: name.clone(),
+        pid: (pid > 0).then_some(pid),
+        command,
+    };
+    match define(change) {
+        Ok(_) => entity_handle(name),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_attach_node(
+    ename: *const c_char,
+    nodename: *const c_char,
+    pid: libc::pid_t,
+    line: *const c_char,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on unchanged.
+        Ok(()) => unsafe { ham_attach(ename, ND_LOCAL_NODE, pid, line, flags) },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+/// Attaches this process as `ename` (created as a self-attached entity if it does not
+/// exist) with a heartbeat every `hp` ns; `hpdl` / `hpdh` missed beats fire
+/// CONDHBEATMISSEDLOW / HIGH (0: never).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_attach_self(
+    ename: *const c_char,
+    hp: u64,
+    hpdl: c_int,
+    hpdh: c_int,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    // SAFETY: as `arg`.
+    let Some(name) = (unsafe { arg(ename) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    if hpdl < 0 || hpdh < 0 || (hpdh > 0 && hpdl > hpdh) || (hp > 0 && hp < HAMHBEATMIN) {
+        return fail_ptr(libc::EINVAL);
+    }
+    let hb = with_client(|c| {
+        match c.define(Change::Entity {
+            name: name.clone(),
+            pid: None,
+            command: None,
+        }) {
+            Ok(_)
+            | Err(Error::Refused {
+                errno: Some(libc::EEXIST),
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        let (lo, hi) = if hp == 0 {
+            (0, 0)
+        } else {
+            (hpdl as u32, hpdh as u32)
+        };
+        c.attach_self(&name, Duration::from_nanos(hp.max(HAMHBEATMIN)), lo, hi)
+    });
+    match hb {
+        Ok(hb) => {
+            let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+            st.heartbeats.push(hb);
+            entity_handle(name)
+        }
+        Err(e) => fail_ptr(e),
+    }
+}
+
+fn detach(name: &str) -> c_int {
+    int_result(with_client(|c| c.detach(name)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_detach(ehdl: *mut ham_entity_t, flags: c_uint) -> c_int {
+    // SAFETY: as `handle`.
+    match unsafe { handle(ehdl) } {
+        Some(h) => detach(&h.entity),
+        None => fail_int(libc::EINVAL),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_detach_self(ehdl: *mut ham_entity_t, flags: c_uint) -> c_int {
+    // SAFETY: the caller's handle, passed on.
+    let r = unsafe { ham_detach(ehdl, flags) };
+    if r == 0 {
+        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        st.heartbeats.clear();
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_detach_name(nd: c_int, ename: *const c_char, flags: c_uint) -> c_int {
+    if let Err(e) = local(nd) {
+        return fail_int(e);
+    }
+    // SAFETY: as `arg`.
+    match unsafe { arg(ename) } {
+        Some(n) => detach(&n),
+        None => fail_int(libc::EINVAL),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_detach_name_node(
+    nodename: *const c_char,
+    ename: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointer, passed on.
+        Ok(()) => unsafe { ham_detach_name(ND_LOCAL_NODE, ename, flags) },
+        Err(e) => fail_int(e),
+    }
+}
+
+/// A placeholder entity: conditions and actions can be added before its process attaches.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity(
+    ename: *const c_char,
+    nd: c_int,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: as `arg`.
+    let Some(name) = (unsafe { arg(ename) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    match define(Change::Entity {
+        name: name.clone(),
+        pid: None,
+        command: None,
+    }) {
+        Ok(_) => entity_handle(name),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_node(
+    ename: *const c_char,
+    nodename: *const c_char,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointer, passed on.
+        Ok(()) => unsafe { ham_entity(ename, ND_LOCAL_NODE, flags) },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+fn lookup(entity: &str, condition: Option<&str>, action: Option<&str>) -> Result<(), c_int> {
+    with_client(|c| c.lookup(entity, condition, action))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_handle(
+    nd: c_int,
+    ename: *const c_char,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: as `arg`.
+    let Some(name) = (unsafe { arg(ename) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    match lookup(&name, None, None) {
+        Ok(()) => entity_handle(name),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_handle_node(
+    nodename: *const c_char,
+    ename: *const c_char,
+    flags: c_uint,
+) -> *mut ham_entity_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointer, passed on.
+        Ok(()) => unsafe { ham_entity_handle(ND_LOCAL_NODE, ename, flags) },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_handle_free(ehdl: *mut ham_entity_t) -> c_int {
+    if ehdl.is_null() {
+        return fail_int(libc::EINVAL);
+    }
+    // SAFETY: a handle from `entity_handle` (Box::into_raw), freed once (the caller's
+    // contract).
+    drop(unsafe { Box::from_raw(ehdl) });
+    0
+}
+
+// -- conditions --------------------------------------------------------------------------
+
+fn cond_flags(t: &mut Map<String, Value>, flags: c_uint) {
+    t.insert("rearm".into(), json!(flags & HREARMAFTERRESTART != 0));
+    t.insert("independent".into(), json!(flags & HCONDINDEPENDENT != 0));
+    t.insert("nowait".into(), json!(flags & HCONDNOWAIT != 0));
+}
+
+unsafe fn add_condition(
+    ehdl: *mut ham_entity_t,
+    cname: *const c_char,
+    mut t: Map<String, Value>,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    // SAFETY: as `handle` and `arg`.
+    let (Some(h), Some(name)) = (unsafe { handle(ehdl) }, unsafe { arg(cname) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    t.insert("name".into(), json!(name));
+    cond_flags(&mut t, flags);
+    match define(Change::Condition {
+        entity: h.entity.clone(),
+        table: t,
+    }) {
+        Ok(_) => Box::into_raw(Box::new(ham_condition_t {
+            entity: h.entity.clone(),
+            condition: name,
+        })),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+/// A condition of `type` (CONDDEATH, …; CONDSTATE and CONDRAISE have their own calls).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition(
+    ehdl: *mut ham_entity_t,
+    r#type: c_int,
+    cname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    let on = match r#type {
+        CONDANY => "any",
+        CONDDEATH => "death",
+        CONDDETACH => "detach",
+        CONDRESTART => "restart",
+        CONDHBEATMISSEDLOW => "heartbeat-missed-low",
+        CONDHBEATMISSEDHIGH => "heartbeat-missed-high",
+        CONDABNORMALDEATH => "abnormal-death",
+        CONDATTACH => "attach",
+        _ => return fail_ptr(libc::EINVAL),
+    };
+    let mut t = Map::new();
+    t.insert("on".into(), json!(on));
+    // SAFETY: the caller's pointers, passed on.
+    unsafe { add_condition(ehdl, cname, t, flags) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_state(
+    ehdl: *mut ham_entity_t,
+    cname: *const c_char,
+    fromstate: c_uint,
+    tostate: c_uint,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    let mut t = Map::new();
+    t.insert("on".into(), json!("state"));
+    if fromstate != CONDSTATEANY {
+        t.insert("from".into(), json!(fromstate));
+    }
+    if tostate != CONDSTATEANY {
+        t.insert("to".into(), json!(tostate));
+    }
+    // SAFETY: the caller's pointers, passed on.
+    unsafe { add_condition(ehdl, cname, t, flags) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_raise(
+    ehdl: *mut ham_entity_t,
+    cname: *const c_char,
+    rtype: c_uint,
+    rclass: c_uint,
+    severity: c_uint,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    let mut t = Map::new();
+    t.insert("on".into(), json!("raise"));
+    if rtype != CONDRAISETYPEANY {
+        t.insert("rtype".into(), json!(rtype));
+    }
+    if rclass != CONDRAISECLASSANY {
+        t.insert("class".into(), json!(rclass.to_string()));
+    }
+    if severity != CONDRAISESEVERITYANY {
+        t.insert("severity".into(), json!(severity));
+    }
+    // SAFETY: the caller's pointers, passed on.
+    unsafe { add_condition(ehdl, cname, t, flags) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_remove(chdl: *mut ham_condition_t, flags: c_uint) -> c_int {
+    // SAFETY: as `handle`.
+    let Some(h) = (unsafe { handle(chdl) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    int_result(
+        define(Change::Remove {
+            entity: h.entity.clone(),
+            condition: Some(h.condition.clone()),
+            action: None,
+            fail: None,
+        })
+        .map(|_| ()),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_handle(
+    nd: c_int,
+    ename: *const c_char,
+    cname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: as `arg`.
+    let (Some(entity), Some(condition)) = (unsafe { arg(ename) }, unsafe { arg(cname) }) else {
+        return fail_ptr(libc::EINVAL);
+    };
+    match lookup(&entity, Some(&condition), None) {
+        Ok(()) => Box::into_raw(Box::new(ham_condition_t { entity, condition })),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_handle_node(
+    nodename: *const c_char,
+    ename: *const c_char,
+    cname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_condition_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe { ham_condition_handle(ND_LOCAL_NODE, ename, cname, flags) },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_handle_free(chdl: *mut ham_condition_t) -> c_int {
+    if chdl.is_null() {
+        return fail_int(libc::EINVAL);
+    }
+    // SAFETY: a handle this library made with Box::into_raw, freed once.
+    drop(unsafe { Box::from_raw(chdl) });
+    0
+}
+
+// -- actions -----------------------------------------------------------------------------
+
+fn action_flags(t: &mut Map<String, Value>, flags: c_uint) {
+    t.insert("run_now".into(), json!(flags & HACTIONDONOW != 0));
+    t.insert(
+        "break_on_fail".into(),
+        json!(flags & HACTIONBREAKONFAIL != 0),
+    );
+}
+
+/// Adds an action table to a condition (or, with `fail_of`, to an action's fail list).
+unsafe fn add_action(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    mut t: Map<String, Value>,
+    flags: c_uint,
+    fail_of: Option<String>,
+) -> Result<ham_action_t, c_int> {
+    // SAFETY: as `handle` and `arg`.
+    let (Some(h), Some(name)) = (unsafe { handle(chdl) }, unsafe { arg(aname) }) else {
+        return Err(libc::EINVAL);
+    };
+    t.insert("name".into(), json!(name));
+    if fail_of.is_none() {
+        action_flags(&mut t, flags);
+    }
+    define(Change::Action {
+        entity: h.entity.clone(),
+        condition: h.condition.clone(),
+        fail_of,
+        table: t,
+    })?;
+    Ok(ham_action_t {
+        entity: h.entity.clone(),
+        condition: h.condition.clone(),
+        action: name,
+    })
+}
+
+fn boxed(r: Result<ham_action_t, c_int>) -> *mut ham_action_t {
+    match r {
+        Ok(a) => Box::into_raw(Box::new(a)),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+/// The tables of QNX's action kinds.
+fn exec_table(kind: &str, line: Option<String>) -> Result<Map<String, Value>, c_int> {
+    let argv = line.map(|l| split_line(&l)).unwrap_or_default();
+    if argv.is_empty() {
+        return Err(libc::EINVAL);
+    }
+    let mut t = Map::new();
+    t.insert("do".into(), json!(kind));
+    t.insert("command".into(), json!(argv));
+    Ok(t)
+}
+
+fn waitfor_table(path: Option<String>, delay: c_int) -> Result<Map<String, Value>, c_int> {
+    match path {
+        Some(p) if delay > 0 => {
+            let mut t = Map::new();
+            t.insert("do".into(), json!("waitfor"));
+            t.insert("path".into(), json!(p));
+            t.insert("timeout".into(), json!(format!("{delay}ms")));
+            Ok(t)
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
+
+fn signal_table(
+    pid: libc::pid_t,
+    signum: c_int,
+    value: c_int,
+) -> Result<Map<String, Value>, c_int> {
+    if pid <= 0 || !(1..=64).contains(&signum) {
+        return Err(libc::EINVAL);
+    }
+    let mut t = Map::new();
+    t.insert("do".into(), json!("signal"));
+    t.insert("pid".into(), json!(pid));
+    t.insert("signal".into(), json!(signum));
+    t.insert("value".into(), json!(value));
+    Ok(t)
+}
+
+fn pulse_table(chid: c_int) -> Map<String, Value> {
+    let mut t = Map::new();
+    t.insert("do".into(), json!("notify"));
+    t.insert("topic".into(), json!(format!("pulse:{chid}")));
+    t
+}
+
+fn log_table(msg: Option<String>) -> Result<Map<String, Value>, c_int> {
+    let mut t = Map::new();
+    t.insert("do".into(), json!("log"));
+    t.insert("message".into(), json!(msg.ok_or(libc::EINVAL)?));
+    Ok(t)
+}
+
+/// Restarts the entity with `path` (a full command line) when its death condition fires.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_restart(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    path: *const c_char,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    boxed(
+        exec_table("restart", unsafe { arg(path) })
+            .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_execute(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    path: *const c_char,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    boxed(
+        exec_table("execute", unsafe { arg(path) })
+            .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_waitfor(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    path: *const c_char,
+    delay: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    boxed(
+        waitfor_table(unsafe { arg(path) }, delay)
+            .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
+    )
+}
+
+/// Sends `signum` with `value` to `topid` (`sigqueue`); `code` is not carried (Linux's
+/// sigqueue has no code).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_notify_signal(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    nd: c_int,
+    topid: libc::pid_t,
+    signum: c_int,
+    code: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: the caller's pointers, passed on.
+    boxed(
+        signal_table(topid, signum, value)
+            .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_notify_signal_node(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    nodename: *const c_char,
+    topid: libc::pid_t,
+    signum: c_int,
+    code: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe {
+            ham_action_notify_signal(
+                chdl,
+                aname,
+                ND_LOCAL_NODE,
+                topid,
+                signum,
+                code,
+                value,
+                flags,
+            )
+        },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+/// Linux has no pulses: the notification goes to the SDK subscribers of topic
+/// `pulse:<chid>` (`Client::subscribe("pulse:7")`, or `ham-client subscribe pulse:7`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_notify_pulse(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    nd: c_int,
+    topid: c_int,
+    chid: c_int,
+    pulsecode: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: the caller's pointers, passed on.
+    boxed(unsafe { add_action(chdl, aname, pulse_table(chid), flags, None) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_notify_pulse_node(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    nodename: *const c_char,
+    topid: c_int,
+    chid: c_int,
+    pulsecode: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe {
+            ham_action_notify_pulse(
+                chdl,
+                aname,
+                ND_LOCAL_NODE,
+                topid,
+                chid,
+                pulsecode,
+                value,
+                flags,
+            )
+        },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_heartbeat_healthy(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    let mut t = Map::new();
+    t.insert("do".into(), json!("heartbeat-healthy"));
+    // SAFETY: the caller's pointers, passed on.
+    boxed(unsafe { add_action(chdl, aname, t, flags, None) })
+}
+
+/// Writes `msg` to ham's log and the process log (`attachprefix` and `verbosity` are
+/// accepted: ham has one log).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_log(
+    chdl: *mut ham_condition_t,
+    aname: *const c_char,
+    msg: *const c_char,
+    attachprefix: c_uint,
+    verbosity: c_int,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    boxed(
+        log_table(unsafe { arg(msg) })
+            .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_remove(ahdl: *mut ham_action_t, flags: c_uint) -> c_int {
+    // SAFETY: as `handle`.
+    let Some(h) = (unsafe { handle(ahdl) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    int_result(
+        define(Change::Remove {
+            entity: h.entity.clone(),
+            condition: Some(h.condition.clone()),
+            action: Some(h.action.clone()),
+            fail: None,
+        })
+        .map(|_| ()),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_handle(
+    nd: c_int,
+    ename: *const c_char,
+    cname: *const c_char,
+    aname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    if let Err(e) = local(nd) {
+        return fail_ptr(e);
+    }
+    // SAFETY: as `arg`.
+    let (Some(entity), Some(condition), Some(action)) =
+        (unsafe { arg(ename) }, unsafe { arg(cname) }, unsafe {
+            arg(aname)
+        })
+    else {
+        return fail_ptr(libc::EINVAL);
+    };
+    match lookup(&entity, Some(&condition), Some(&action)) {
+        Ok(()) => Box::into_raw(Box::new(ham_action_t {
+            entity,
+            condition,
+            action,
+        })),
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_handle_node(
+    nodename: *const c_char,
+    ename: *const c_char,
+    cname: *const c_char,
+    aname: *const c_char,
+    flags: c_uint,
+) -> *mut ham_action_t {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe { ham_action_handle(ND_LOCAL_NODE, ename, cname, aname, flags) },
+        Err(e) => fail_ptr(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_handle_free(ahdl: *mut ham_action_t) -> c_int {
+    if ahdl.is_null() {
+        return fail_int(libc::EINVAL);
+    }
+    // SAFETY: a handle this library made with Box::into_raw, freed once.
+    drop(unsafe { Box::from_raw(ahdl) });
+    0
+}
+
+// -- action-fail lists -------------------------------------------------------------------
+
+unsafe fn add_fail(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    t: Result<Map<String, Value>, c_int>,
+) -> c_int {
+    // SAFETY: as `handle`.
+    let Some(h) = (unsafe { handle(ahdl) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    let c = ham_condition_t {
+        entity: h.entity.clone(),
+        condition: h.condition.clone(),
+    };
+    let cp = &c as *const ham_condition_t as *mut ham_condition_t;
+    // SAFETY: `cp` points to `c`, alive for this call; the name is the caller's.
+    int_result(
+        t.and_then(|t| unsafe { add_action(cp, aname, t, 0, Some(h.action.clone())) })
+            .map(|_| ()),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_execute(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    path: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    unsafe { add_fail(ahdl, aname, exec_table("execute", arg(path))) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_waitfor(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    path: *const c_char,
+    delay: c_int,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    unsafe { add_fail(ahdl, aname, waitfor_table(arg(path), delay)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_notify_signal(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    nd: c_int,
+    topid: libc::pid_t,
+    signum: c_int,
+    code: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> c_int {
+    if let Err(e) = local(nd) {
+        return fail_int(e);
+    }
+    // SAFETY: the caller's pointers, passed on.
+    unsafe { add_fail(ahdl, aname, signal_table(topid, signum, value)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_notify_signal_node(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    nodename: *const c_char,
+    topid: libc::pid_t,
+    signum: c_int,
+    code: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> c_int {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe {
+            ham_action_fail_notify_signal(
+                ahdl,
+                aname,
+                ND_LOCAL_NODE,
+                topid,
+                signum,
+                code,
+                value,
+                flags,
+            )
+        },
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_notify_pulse(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    nd: c_int,
+    topid: c_int,
+    chid: c_int,
+    pulsecode: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> c_int {
+    if let Err(e) = local(nd) {
+        return fail_int(e);
+    }
+    // SAFETY: the caller's pointers, passed on.
+    unsafe { add_fail(ahdl, aname, Ok(pulse_table(chid))) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_notify_pulse_node(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    nodename: *const c_char,
+    topid: c_int,
+    chid: c_int,
+    pulsecode: c_int,
+    value: c_int,
+    flags: c_uint,
+) -> c_int {
+    match local_name(nodename) {
+        // SAFETY: the caller's pointers, passed on.
+        Ok(()) => unsafe {
+            ham_action_fail_notify_pulse(
+                ahdl,
+                aname,
+                ND_LOCAL_NODE,
+                topid,
+                chid,
+                pulsecode,
+                value,
+                flags,
+            )
+        },
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_log(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    msg: *const c_char,
+    attachprefix: c_uint,
+    verbosity: c_int,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `arg`; then the caller's pointers, passed on.
+    unsafe { add_fail(ahdl, aname, log_table(arg(msg))) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_fail_remove(
+    ahdl: *mut ham_action_t,
+    aname: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle` and `arg`.
+    let (Some(h), Some(name)) = (unsafe { handle(ahdl) }, unsafe { arg(aname) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    int_result(
+        define(Change::Remove {
+            entity: h.entity.clone(),
+            condition: Some(h.condition.clone()),
+            action: Some(h.action.clone()),
+            fail: Some(name),
+        })
+        .map(|_| ()),
+    )
+}
+
+// -- heartbeats, detectors, control, stop -----------------------------------------------
+
+/// "I am alive", for every entity this process attached itself to (one atomic store
+/// each). Always succeeds, as in QNX.
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_heartbeat() -> c_int {
+    let st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    for hb in &st.heartbeats {
+        hb.beat();
+    }
+    0
+}
+
+/// Reports that the entity went to `tostate` (from the last state this process reported,
+/// `CONDSTATEANY` at first).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_condition_state(
+    ehdl: *mut ham_entity_t,
+    tostate: c_uint,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle`.
+    let Some(h) = (unsafe { handle(ehdl) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    let from = {
+        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        st.states
+            .insert(h.entity.clone(), tostate)
+            .unwrap_or(CONDSTATEANY)
+    };
+    int_result(with_client(|c| c.state(&h.entity, from, tostate)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_condition_raise(
+    ehdl: *mut ham_entity_t,
+    rtype: c_uint,
+    rclass: c_uint,
+    severity: c_uint,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle`.
+    let Some(h) = (unsafe { handle(ehdl) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    int_result(with_client(|c| {
+        c.raise_typed(&h.entity, rtype, rclass, severity)
+    }))
+}
+
+fn control(
+    entity: String,
+    condition: Option<String>,
+    action: Option<String>,
+    command: c_int,
+    flags: c_uint,
+) -> c_int {
+    let command = match command {
+        HENABLE => ControlCommand::Enable,
+        HDISABLE => ControlCommand::Disable,
+        HADDFLAGS => ControlCommand::AddFlags,
+        HREMOVEFLAGS => ControlCommand::RemoveFlags,
+        HSETFLAGS => ControlCommand::SetFlags,
+        HGETFLAGS => ControlCommand::GetFlags,
+        _ => return fail_int(libc::EINVAL),
+    };
+    let get = command == ControlCommand::GetFlags;
+    match define(Change::Control {
+        entity,
+        condition,
+        action,
+        command,
+        flags,
+    }) {
+        Ok(f) if get => f as c_int,
+        Ok(_) => 0,
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_entity_control(
+    ehdl: *mut ham_entity_t,
+    command: c_int,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle`.
+    match unsafe { handle(ehdl) } {
+        Some(h) => control(h.entity.clone(), None, None, command, flags),
+        None => fail_int(libc::EINVAL),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_condition_control(
+    chdl: *mut ham_condition_t,
+    command: c_int,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle`.
+    match unsafe { handle(chdl) } {
+        Some(h) => control(
+            h.entity.clone(),
+            Some(h.condition.clone()),
+            None,
+            command,
+            flags,
+        ),
+        None => fail_int(libc::EINVAL),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_action_control(
+    ahdl: *mut ham_action_t,
+    command: c_int,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `handle`.
+    match unsafe { handle(ahdl) } {
+        Some(h) => control(
+            h.entity.clone(),
+            Some(h.condition.clone()),
+            Some(h.action.clone()),
+            command,
+            flags,
+        ),
+        None => fail_int(libc::EINVAL),
+    }
+}
+
+/// Stops ham (every entity, then the HAM and its Guardian): root or ham's user only.
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_stop() -> c_int {
+    int_result(with_client(|c| c.shutdown()))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_stop_nd(nd: c_int) -> c_int {
+    match local(nd) {
+        Ok(()) => ham_stop(),
+        Err(e) => fail_int(e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_stop_node(nodename: *const c_char) -> c_int {
+    match local_name(nodename) {
+        Ok(()) => ham_stop(),
+        Err(e) => fail_int(e),
+    }
+}
+
+/// ham has one log level: `VERBOSE_GET` answers 0; changing it is not supported (ENOTSUP).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_verbose(nodename: *const c_char, op: c_int, value: c_int) -> c_int {
+    if let Err(e) = local_name(nodename) {
+        return fail_int(e);
+    }
+    match op {
+        VERBOSE_GET => 0,
+        VERBOSE_SET_INCR | VERBOSE_SET_DECR | VERBOSE_SET => fail_int(libc::ENOTSUP),
+        _ => fail_int(libc::EINVAL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qnx_command_lines_split_like_a_shell() {
+        assert_eq!(split_line("/bin/prog -a  b"), ["/bin/prog", "-a", "b"]);
+        assert_eq!(
+            split_line(r#"/bin/sh -c "echo hi there" 'x y' a\ b"#),
+            ["/bin/sh", "-c", "echo hi there", "x y", "a b"]
+        );
+        assert_eq!(split_line("  "), Vec::<String>::new());
+        assert_eq!(split_line(r#""""#), [""]);
+    }
+
+    #[test]
+    fn null_arguments_fail_with_einval_and_no_connection_is_made() {
+        // SAFETY: NULL pointers are what is tested; the functions must not read them.
+        unsafe {
+            assert!(ham_attach(std::ptr::null(), 0, 0, std::ptr::null(), 0).is_null());
+            assert_eq!(*libc::__errno_location(), libc::EINVAL);
+            assert_eq!(ham_detach(std::ptr::null_mut(), 0), -1);
+            assert_eq!(*libc::__errno_location(), libc::EINVAL);
+            assert!(ham_condition(std::ptr::null_mut(), CONDDEATH, std::ptr::null(), 0).is_null());
+            assert_eq!(ham_entity_handle_free(std::ptr::null_mut()), -1);
+            assert!(ham_attach(c"x".as_ptr(), 5, 1, std::ptr::null(), 0).is_null());
+            assert_eq!(*libc::__errno_location(), libc::EOPNOTSUPP);
+        }
+        assert_eq!(ham_heartbeat(), 0);
+    }
+}

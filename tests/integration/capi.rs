@@ -1,0 +1,148 @@
+//! The C API: the programs in `examples/c/` are compiled against `include/ham.h` and the
+//! library Cargo built, and run against a real ham.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::util::*;
+
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Compiles `examples/c/NAME.c` into `dir` against the SDK's header and shared library.
+fn build_c(name: &str, dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let libdir = Path::new(HAM).parent().unwrap().join("deps");
+    assert!(
+        libdir.join("libham_detector_sdk.so").exists(),
+        "no libham_detector_sdk.so in {}",
+        libdir.display()
+    );
+    let out = dir.join(name);
+    let cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-I")
+        .arg(root.join("ham-detector-sdk/include"))
+        .arg(root.join(format!("examples/c/{name}.c")))
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("-L{}", libdir.display()))
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .arg("-lham_detector_sdk")
+        .output()
+        .expect("a C compiler (cc) runs");
+    assert!(cc.status.success(), "cc {name}.c:\n{}", text(&cc.stderr));
+    out
+}
+
+fn run_c(ham: &Ham, prog: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args).env("HAM_CONFIG", &ham.config);
+    c
+}
+
+#[test]
+fn a_c_monitor_attaches_adds_a_death_condition_and_survives_a_takeover_between_calls() {
+    let work = tempfile::tempdir().unwrap();
+    let monitor = build_c("monitor", work.path());
+    let marker = work.path().join("marker");
+    let mut ham = Ham::start("c-monitor", &sleeper("anchor"));
+    ham.wait_for("anchor running", |s| running(s, "anchor"));
+    let victim = Reaped(Command::new("sleep").arg("1000").spawn().unwrap());
+    let vpid = victim.0.id().to_string();
+    let mut mon = Reaped(
+        run_c(
+            &ham,
+            &monitor,
+            &["victim", &vpid, marker.to_str().unwrap(), "--pause"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = BufReader::new(mon.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "paused");
+    // Between ham_condition and ham_action_restart: the HAM dies.
+    let g = ham.status()["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    writeln!(mon.0.stdin.take().unwrap(), "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    assert!(mon.0.wait().unwrap().success());
+    // What the first call made is there, and the actions added after the takeover act.
+    let s = ham.status();
+    assert_eq!(pid_of(&s, "victim").to_string(), vpid);
+    let tree = text(&ham.ctl(&["status", "--tree"]).stdout);
+    assert!(tree.contains("death") && tree.contains("restart"), "{tree}");
+    let mut victim = victim;
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    wait_until(&ham, "the execute action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "victim died\n")
+    });
+    ham.wait_for("victim restarted by its restart action", |s| {
+        running(s, "victim") && entity(s, "victim")["restarts"] == 1
+    });
+}
+
+#[test]
+fn a_c_client_heartbeats_then_stops_and_its_missed_condition_fires() {
+    let work = tempfile::tempdir().unwrap();
+    let prog = build_c("heartbeat", work.path());
+    let marker = work.path().join("missed");
+    let body = format!(
+        "[[entity]]\nname = \"hb\"\nattach_only = true\n\
+         [[entity.condition]]\non = \"heartbeat-missed-low\"\n[[entity.condition.action]]\n\
+         do = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $HAM_CONDITION > {}\"]\n",
+        marker.display()
+    );
+    let ham = Ham::start("c-heartbeat", &body);
+    let mut client = Reaped(
+        run_c(&ham, &prog, &["hb", "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "attached");
+    let s = ham.wait_for("hb attached", |s| running(s, "hb"));
+    assert_eq!(entity(&s, "hb")["heartbeat"]["period_ns"], 50_000_000);
+    assert_eq!(lines.next().unwrap().unwrap(), "stopped beating");
+    wait_until(&ham, "the missed-low action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "heartbeat-missed-low\n")
+    });
+}
+
+#[test]
+fn a_c_detector_raises_a_condition_matched_by_type_class_and_severity() {
+    let work = tempfile::tempdir().unwrap();
+    let prog = build_c("detector", work.path());
+    let marker = work.path().join("raised");
+    let ham = Ham::start("c-detector", &sleeper("db"));
+    ham.wait_for("db running", |s| running(s, "db"));
+    let out = run_c(&ham, &prog, &["db", marker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ham.wait_for("both events consumed", |s| s["ring"]["consumed"] == 2);
+    wait_until(&ham, "the matching raise's action", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "42 2\n")
+    });
+    let raises = ham
+        .log_of("db")
+        .iter()
+        .filter(|r| r["action"] == "raise")
+        .count();
+    assert_eq!(raises, 2, "both events reached ham");
+}
