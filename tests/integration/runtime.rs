@@ -134,6 +134,14 @@ fn bad_run_time_definitions_fail_with_qnx_errnos() {
         errno_of(cond("db", json!({"name": "a/b", "on": "death"}))),
         Some(libc::EINVAL)
     );
+    assert_eq!(
+        errno_of(c.define(Change::Entity {
+            name: "ghost".into(),
+            pid: Some(i32::MAX),
+            command: None
+        })),
+        Some(libc::ESRCH)
+    );
     cond("db", json!({"name": "d", "on": "death"})).unwrap();
     assert_eq!(
         errno_of(cond("db", json!({"name": "d", "on": "death"}))),

@@ -140,6 +140,20 @@ impl Daemon {
                 if self.by_name.contains_key(name) {
                     return Err((EEXIST, format!("an entity named `{name}` exists")));
                 }
+                if self.entities.len() >= self.writer.segment().capacity() as usize {
+                    return Err((
+                        libc::ENOSPC,
+                        format!(
+                            "the state segment holds {} entities ([ham] max_entities)",
+                            self.writer.segment().capacity()
+                        ),
+                    ));
+                }
+                if let Some(pid) = pid.filter(|&p| p > 0) {
+                    if crate::procfs::start_time(pid).is_none() {
+                        return Err((libc::ESRCH, format!("no process {pid}")));
+                    }
+                }
                 let mut t = Table::new();
                 t.insert("name".into(), Value::String(name.clone()));
                 match command {
