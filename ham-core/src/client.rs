@@ -601,12 +601,19 @@ impl Consumer {
         let tail = match start {
             None => shared,
             Some(rt) => {
+                // The shared tail may run ahead of the recorded one (the predecessor died
+                // before recording it); it is believed if it is not behind the record, not
+                // past what producers claimed, and the slots just before it show they were
+                // consumed (free for their next lap, or already used again in it).
                 let ahead = shared.wrapping_sub(rt);
+                let head = seg.header().head.load(Ordering::Acquire);
+                let plausible = ahead < 1 << 62 && head.wrapping_sub(shared) <= cap;
                 let consumed = |k: u64| {
-                    let t = rt.wrapping_add(k);
-                    seg.read_slot(t).1 == t.wrapping_add(cap)
+                    let t = shared.wrapping_sub(1 + k);
+                    let seq = seg.read_slot(t).1;
+                    seq == t.wrapping_add(cap) || seq == t.wrapping_add(cap + 1)
                 };
-                if ahead <= cap && (0..ahead).all(consumed) {
+                if plausible && (0..ahead.min(cap)).all(consumed) {
                     shared
                 } else {
                     rt

@@ -383,3 +383,66 @@ fn a_flood_from_several_producers_is_consumed_entirely_through_a_small_ring() {
     assert_eq!(s["ring"]["rejected"], 0);
     assert_eq!(s["ring"]["abandoned"], 0);
 }
+
+#[test]
+fn clients_notice_nothing_of_repeated_takeovers() {
+    // A client beating every 20 ms (a miss after 500 ms of silence) and a detector raising
+    // without pause, while the HAM is SIGKILLed again and again: no miss is reported, no
+    // event is rejected, and every event is consumed.
+    let conditions = "[[entity.condition]]\non = \"heartbeat-missed-low\"\n\
+                      [[entity.condition.action]]\ndo = \"log\"\nmessage = \"missed\"\n";
+    let body = format!(
+        "[[entity]]\nname = \"beater\"\ncommand = [\"{HAM_CLIENT}\", \"heartbeat\", \"beater\", \"--period\", \"20ms\", \"--low\", \"25\"]\n\
+         {conditions}\n{}",
+        sleeper("sink")
+    );
+    let mut ham = Ham::start("sdk-chaos", &body);
+    ham.wait_for("beater attached", |s| {
+        !entity(s, "beater")["heartbeat"].is_null()
+    });
+    let loc = ham_detector_sdk::Location::from_config(&ham.config).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let c = ham_detector_sdk::Client::connect_to(&loc).unwrap();
+            let mut pushed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.raise("sink", "tick", 0, pushed as i64) {
+                    Ok(()) => pushed += 1,
+                    Err(ham_detector_sdk::Error::Push(ham_core::client::PushError::Full)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                std::thread::yield_now();
+            }
+            pushed
+        })
+    };
+    for k in 0..20 {
+        let s = ham.status();
+        let h = s["ham"]["pid"].as_i64().unwrap() as i32;
+        let g = s["guardian"]["pid"].clone();
+        assert!(kill_and_wait(h), "kill {k}");
+        if k == 0 {
+            let _ = ham.wait_exit(); // the first HAM is the test's child
+        }
+        ham.wait_for("the guardian promoted, with a new guardian", |s| {
+            s["ham"]["pid"] == g && s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = producer.join().unwrap();
+    assert!(pushed > 0);
+    let s = ham.wait_for(&format!("all {pushed} events consumed"), |s| {
+        s["ring"]["consumed"].as_u64() == Some(pushed)
+    });
+    assert_eq!(s["ring"]["rejected"], 0, "{s}");
+    assert_eq!(s["ham"]["failures"], 20);
+    let misses = ham
+        .log_of("beater")
+        .iter()
+        .filter(|r| r["condition"] == "heartbeat-missed-low")
+        .count();
+    assert_eq!(misses, 0, "a takeover looked like a missed heartbeat");
+    assert_eq!(entity(&s, "beater")["restarts"], 0);
+}

@@ -86,25 +86,38 @@ impl Clients {
         origin: &Origin,
         warm: bool,
         key: [u64; 2],
-        start_tail: u64,
+        start_tail: (u64, [u64; 3]),
     ) -> io::Result<Self> {
         let name = ham_core::client::segment_name(&cfg.instance.name);
         let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
             .then(|| ClientSegment::open(&name).ok())
             .flatten()
             .filter(|s| s.hb_slots() == capacity && s.ring_slots() == cfg.ring_slots);
-        let (seg, start) = match reuse {
+        let (seg, start, start_counts) = match reuse {
             // The predecessor's position, from the state segment (a client cannot move it).
-            Some(s) => (s, Some(start_tail)),
+            Some(s) => (s, Some(start_tail.0), Some(start_tail.1)),
             None => (
                 ClientSegment::create(&name, capacity, cfg.ring_slots, cfg.client_gid)
                     .map_err(io::Error::other)?,
+                None,
                 None,
             ),
         };
         seg.set_ham_pid(std::process::id());
         let seg = Arc::new(seg);
-        let consumer = Consumer::resume(&seg, start, cfg.ring_abandon_after_ns);
+        let mut consumer = Consumer::resume(&seg, start, cfg.ring_abandon_after_ns);
+        if let Some(counts) = start_counts {
+            // The counts go on from the predecessor's (they describe the ring, not a HAM).
+            // Tickets the predecessor took after its last record count as consumed.
+            let [consumed, rejected, abandoned] = counts;
+            let unrecorded = consumer.tail().wrapping_sub(start_tail.0);
+            consumer.stats = ham_core::client::RingStats {
+                consumed: consumed + unrecorded,
+                rejected,
+                abandoned,
+                resets: 0,
+            };
+        }
         let doorbell = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,

@@ -516,7 +516,10 @@ impl Daemon {
             writer.set_client_key(key)?;
         }
         let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
-        let start_tail = writer.segment().header().ring_tail();
+        let start_tail = (
+            writer.segment().header().ring_tail(),
+            writer.segment().header().ring_counts(),
+        );
         let clients = match Clients::open(&cfg, capacity, &origin, warm, key, start_tail) {
             Ok(c) => Some(c),
             Err(e) => {
