@@ -15,13 +15,25 @@ impl Drop for Reaped {
     }
 }
 
-/// Compiles `examples/c/NAME.c` into `dir` against the SDK's header and shared library.
+/// Compiles `examples/c/NAME.c` into `dir` against the SDK's header and shared library:
+/// an installed copy if `HAM_C_SDK_PREFIX` names one (`scripts/install-sdk.sh PREFIX`, as
+/// CI does), else the ones in the source tree and Cargo's build folder.
 fn build_c(name: &str, dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let libdir = Path::new(HAM).parent().unwrap().join("deps");
+    let (include, libdir, lib) = match std::env::var_os("HAM_C_SDK_PREFIX") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            (p.join("include"), p.join("lib"), "ham")
+        }
+        None => (
+            root.join("ham-detector-sdk/include"),
+            Path::new(HAM).parent().unwrap().join("deps"),
+            "ham_detector_sdk",
+        ),
+    };
     assert!(
-        libdir.join("libham_detector_sdk.so").exists(),
-        "no libham_detector_sdk.so in {}",
+        libdir.join(format!("lib{lib}.so")).exists(),
+        "no lib{lib}.so in {}",
         libdir.display()
     );
     let out = dir.join(name);
@@ -29,13 +41,13 @@ fn build_c(name: &str, dir: &Path) -> PathBuf {
         .arg("-Wall")
         .arg("-Werror")
         .arg("-I")
-        .arg(root.join("ham-detector-sdk/include"))
+        .arg(&include)
         .arg(root.join(format!("examples/c/{name}.c")))
         .arg("-o")
         .arg(&out)
         .arg(format!("-L{}", libdir.display()))
         .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .arg("-lham_detector_sdk")
+        .arg(format!("-l{lib}"))
         .output()
         .expect("a C compiler (cc) runs");
     assert!(cc.status.success(), "cc {name}.c:\n{}", text(&cc.stderr));
