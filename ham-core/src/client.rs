@@ -765,7 +765,9 @@ impl Consumer {
         h.sleeping
             .store(bell(self.bell_gen, BELL_ASLEEP), Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.has_work(seg) {
+        // Only a published event counts: a claim not yet published has its own deadline
+        // (a timer), and its producer rings when it publishes.
+        if self.has_published(seg) {
             self.awake(seg);
             return false;
         }
@@ -779,10 +781,9 @@ impl Consumer {
             .store(bell(self.bell_gen, BELL_AWAKE), Ordering::Release);
     }
 
-    /// Whether a look at the ring would find something (an event or a claim).
-    pub fn has_work(&self, seg: &ClientSegment) -> bool {
-        let (_, seq) = seg.read_slot(self.tail);
-        seq == self.tail.wrapping_add(1) || seg.header().head.load(Ordering::Acquire) != self.tail
+    /// Whether the next slot holds a published event.
+    pub fn has_published(&self, seg: &ClientSegment) -> bool {
+        seg.read_slot(self.tail).1 == self.tail.wrapping_add(1)
     }
 
     /// The consumer's position (tickets consumed so far).

@@ -264,6 +264,8 @@ pub struct Action {
     pub name: Option<String>,
     /// A disabled action (QNX `HDISABLE`, or removed at run time) is skipped.
     pub enabled: bool,
+    /// Removed at run time (kept, disabled: the run journal counts positions in lists).
+    pub removed: bool,
     pub kind: ActionKind,
     /// On failure, skip the rest of the list (after the fail list) — QNX HACTIONBREAKONFAIL.
     pub break_on_fail: bool,

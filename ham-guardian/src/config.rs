@@ -171,6 +171,8 @@ struct RawAction {
     name: Option<Spanned<String>>,
     #[serde(default = "yes")]
     enabled: bool,
+    #[serde(default)]
+    removed: bool,
     command: Option<Spanned<Vec<String>>>,
     timeout: Option<Spanned<String>>,
     message: Option<Spanned<String>>,
@@ -1457,7 +1459,8 @@ fn action(
         .collect::<Result<_, _>>()?;
     Ok(Action {
         name: r.name.as_ref().map(|n| n.get_ref().clone()),
-        enabled: r.enabled,
+        enabled: r.enabled && !r.removed,
+        removed: r.removed,
         kind,
         break_on_fail: r.break_on_fail,
         on_fail,

@@ -206,5 +206,72 @@ fn bad_run_time_definitions_fail_with_qnx_errnos() {
     })
     .unwrap();
     cond("db", json!({"name": "hot", "on": "raise"})).unwrap();
+    // A removed action's name can be used again; the removed one cannot be turned back on.
+    c.define(action(
+        "db",
+        "hot",
+        json!({"name": "a", "do": "log", "message": "one"}),
+    ))
+    .unwrap();
+    let remove_a = Change::Remove {
+        entity: "db".into(),
+        condition: Some("hot".into()),
+        action: Some("a".into()),
+        fail: None,
+    };
+    c.define(remove_a.clone()).unwrap();
+    assert_eq!(errno_of(c.define(remove_a)), Some(libc::ENOENT));
+    c.define(action(
+        "db",
+        "hot",
+        json!({"name": "a", "do": "log", "message": "two"}),
+    ))
+    .unwrap();
     assert!(running(&ham.status(), "db"));
+}
+
+#[test]
+fn a_placeholder_is_filled_by_a_pid_and_a_do_now_action_runs_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let now = work.path().join("now");
+    let ham = Ham::start("rt-placeholder", &sleeper("db"));
+    ham.wait_for("db running", |s| running(s, "db"));
+    let c = client(&ham);
+    c.define(Change::Entity {
+        name: "later".into(),
+        pid: None,
+        command: None,
+    })
+    .unwrap();
+    assert_eq!(entity(&ham.status(), "later")["state"], "stopped");
+    let mut proc_ = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let pid = proc_.id() as i32;
+    c.define(Change::Entity {
+        name: "later".into(),
+        pid: Some(pid),
+        command: None,
+    })
+    .unwrap();
+    let s = ham.wait_for("later attached", |s| running(s, "later"));
+    assert_eq!(pid_of(&s, "later"), pid);
+    c.define(condition("later", json!({"name": "d", "on": "death"})))
+        .unwrap();
+    c.define(action(
+        "later",
+        "d",
+        json!({"name": "mark", "do": "execute", "run_now": true,
+               "command": ["/bin/sh", "-c", format!("echo $HAM_CONDITION >> {}", now.display())]}),
+    ))
+    .unwrap();
+    wait_until(&ham, "the do-now action", || {
+        std::fs::read_to_string(&now).is_ok_and(|t| t == "run-now\n")
+    });
+    proc_.kill().unwrap();
+    proc_.wait().unwrap();
+    wait_until(&ham, "the death action", || {
+        std::fs::read_to_string(&now).is_ok_and(|t| t == "run-now\ndeath\n")
+    });
 }

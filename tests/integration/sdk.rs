@@ -446,3 +446,56 @@ fn clients_notice_nothing_of_repeated_takeovers() {
     assert_eq!(misses, 0, "a takeover looked like a missed heartbeat");
     assert_eq!(entity(&s, "beater")["restarts"], 0);
 }
+
+#[test]
+fn a_thousand_attachments_at_once_all_reach_the_guardian() {
+    // Each attachment hands the Guardian a pidfd; a burst fills its socket, and what does
+    // not fit must wait its turn, not be dropped.
+    let body: String = (0..1000)
+        .map(|k| format!("[[entity]]\nname = \"a{k}\"\nattach_only = true\n"))
+        .collect();
+    let mut ham = Ham::start("hb-burst", &body);
+    let c = ham_detector_sdk::Client::connect_to(
+        &ham_detector_sdk::Location::from_config(&ham.config).unwrap(),
+    )
+    .unwrap();
+    // One process of our own stands for all of them (ham may stop it at the end).
+    let stand_in = Reaped(Command::new("sleep").arg("1000").spawn().unwrap());
+    let me = stand_in.0.id() as i32;
+    for k in 0..1000 {
+        c.attach_pid(
+            &format!("a{k}"),
+            Some(me),
+            std::time::Duration::from_secs(60),
+            0,
+            0,
+        )
+        .unwrap();
+    }
+    ham.wait_for("all attached", |s| {
+        s["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["state"] == "running")
+    });
+    assert!(
+        !ham.stderr().contains("cannot hand pid"),
+        "{}",
+        ham.stderr()
+    );
+    // The promoted Guardian takes them over through the pidfds it was handed.
+    let g = ham.status()["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    let attached = s["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "running" && e["pid"] == me)
+        .count();
+    assert_eq!(attached, 1000);
+}

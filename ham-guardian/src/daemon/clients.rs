@@ -204,6 +204,19 @@ impl Daemon {
         self.drain_ring();
     }
 
+    /// At each liveness tick: a ring with a published event while the HAM is armed means a
+    /// doorbell was missed (it must not happen; if it does, this says so and recovers).
+    pub(super) fn ring_safety_net(&mut self) {
+        let Some(c) = &self.clients else { return };
+        if c.armed && c.consumer.has_published(&c.seg) {
+            log(
+                &self.cfg.instance.name,
+                format_args!("detector ring: events waited with no doorbell rung; draining"),
+            );
+            self.drain_ring();
+        }
+    }
+
     pub(super) fn drain_ring(&mut self) {
         let now = mono_ns();
         for _ in 0..DRAIN_BUDGET {
@@ -332,12 +345,17 @@ impl Daemon {
             .iter()
             .filter(|c| c.trigger.matches(&event))
             .count();
-        if let Event::Raise {
-            class,
-            severity,
-            value,
-            ..
-        } = &event
+        // A raise no condition listens to is not a condition fired: it is not logged (a
+        // chatty detector would otherwise push every entity's history out of the log).
+        if let (
+            1..,
+            Event::Raise {
+                class,
+                severity,
+                value,
+                ..
+            },
+        ) = (n, &event)
         {
             let from = if from_pid > 0 {
                 format!("pid {from_pid}: ")
@@ -364,10 +382,13 @@ impl Daemon {
         let target = pid.unwrap_or(peer.pid);
         let name = self.entities[i].cfg.name.clone();
         if target != peer.pid && !(peer.uid == 0 || peer.uid == self.my_uid) {
-            return Response::err(format!(
-                "permission denied: pid {} may attach only itself (or be root or ham's user)",
-                peer.pid
-            ));
+            return Response::errno(
+                libc::EPERM,
+                format!(
+                    "permission denied: pid {} may attach only itself (or be root or ham's user)",
+                    peer.pid
+                ),
+            );
         }
         if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
             return Response::err(format!(
@@ -462,10 +483,13 @@ impl Daemon {
         let e = &self.entities[i];
         let name = e.cfg.name.clone();
         if !(peer.uid == 0 || peer.uid == self.my_uid || (e.rec.pid == peer.pid && peer.pid > 0)) {
-            return Response::err(format!(
-                "permission denied: pid {} is not attached to `{name}`",
-                peer.pid
-            ));
+            return Response::errno(
+                libc::EPERM,
+                format!(
+                    "permission denied: pid {} is not attached to `{name}`",
+                    peer.pid
+                ),
+            );
         }
         if e.rec.heartbeat.is_none() && !(e.cfg.attach_only && e.pidfd.is_some()) {
             return Response::err(format!("nothing is attached to `{name}`"));
@@ -758,6 +782,19 @@ impl Daemon {
             }
             ActionKind::Restart { entity, command } => {
                 let j = entity.unwrap_or(i);
+                // Under a death condition, an entity its own policy already started again is
+                // not restarted a second time.
+                if matches!(cond, "death" | "abnormal-death")
+                    && matches!(
+                        self.entities[j].rec.state,
+                        EntityState::Starting | EntityState::Running
+                    )
+                {
+                    return Some(Ok(format!(
+                        "{} was already restarted by its policy",
+                        self.entities[j].cfg.name
+                    )));
+                }
                 if let Some((path, argv)) = command {
                     let e = &mut self.entities[j];
                     if e.cfg.argv != *argv {

@@ -90,6 +90,7 @@ fn escalation_actions() -> Vec<Action> {
     vec![Action {
         name: None,
         enabled: true,
+        removed: false,
         kind: ActionKind::DeviceRestart,
         break_on_fail: false,
         on_fail: Vec::new(),
@@ -140,7 +141,7 @@ impl Daemon {
 
     /// Publishes run `id` (allocating its journal slot on first use).
     pub(super) fn journal(&mut self, id: u32, started: bool) {
-        let Some(run) = self.runs.get(&id) else {
+        let Some(run) = self.runs.get(&id).filter(|r| r.journaled) else {
             return;
         };
         let slot = match run.jslot {
@@ -232,6 +233,7 @@ impl Daemon {
                 jslot: None,
                 in_progress: false,
                 jwait: RunWait::None,
+                journaled: true,
             },
         );
         crate::failpoint::hit("escalate:before-journal");
@@ -344,6 +346,7 @@ impl Daemon {
                     jslot: Some(slot),
                     in_progress: rec.in_progress,
                     jwait: rec.wait,
+                    journaled: true,
                 },
             );
             if !rec.independent {

@@ -51,6 +51,7 @@ const TOK_GUARDIAN: u64 = 4;
 const TOK_PROCCONN: u64 = 5;
 const TOK_NOTIFY: u64 = 6;
 const TOK_DOORBELL: u64 = 7;
+const TOK_HANDOFF: u64 = 8;
 const TOK_CONN: u64 = 1 << 32;
 const TOK_PIDFD: u64 = 2 << 32;
 const TOK_ACTION: u64 = 3 << 32;
@@ -243,6 +244,8 @@ pub struct Daemon {
     next_sub: u64,
     /// The run-time definitions document (see `runtime.rs`).
     defs: toml::Table,
+    /// Pidfds waiting for room in the Guardian's socket (sent in order).
+    handoff_backlog: std::cell::RefCell<std::collections::VecDeque<(u32, i32, u64, OwnedFd)>>,
 }
 
 /// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
@@ -261,6 +264,8 @@ struct Run {
     jslot: Option<u32>,
     in_progress: bool,
     jwait: ham_core::journal::RunWait,
+    /// Kept in the run journal (see `run_now`).
+    journaled: bool,
 }
 
 enum Wait {
@@ -537,6 +542,7 @@ impl Daemon {
             subscribers: HashMap::new(),
             next_sub: 0,
             defs: toml::Table::new(),
+            handoff_backlog: Default::default(),
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,
@@ -639,6 +645,7 @@ impl Daemon {
                         TOK_PROCCONN => self.drain_proc_connector(),
                         TOK_NOTIFY => self.on_notify(),
                         TOK_DOORBELL => self.on_doorbell(),
+                        TOK_HANDOFF => self.on_handoff_writable(),
                         _ => {}
                     },
                     TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
@@ -879,6 +886,8 @@ impl Daemon {
         let Some(g) = self.guardian.take() else {
             return;
         };
+        // Its successor gets every pidfd afresh (`guardian_started`).
+        self.handoff_backlog.borrow_mut().clear();
         let how = match rustix::process::waitid(
             WaitId::PidFd(g.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
@@ -908,11 +917,53 @@ impl Daemon {
     /// Guardian falls back to pidfd_open + start time at a takeover).
     fn send_to_guardian(&self, slot: u32, pid: i32, start_time: u64, pidfd: &OwnedFd) {
         // (sendmsg duplicates the descriptor into the message; ours stays ours)
-        if let Some(g) = &self.guardian {
-            if let Err(e) = handoff::send(&g.sock, slot, pid, start_time, pidfd) {
-                say!(self, "cannot hand pid {pid} to the guardian: {e}");
+        let Some(g) = &self.guardian else { return };
+        let mut backlog = self.handoff_backlog.borrow_mut();
+        if backlog.is_empty() {
+            match handoff::send(&g.sock, slot, pid, start_time, pidfd) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is full (many attachments at once): keep it, in order,
+                    // and send when the Guardian has read some.
+                    let _ = epoll::add(
+                        &self.epoll,
+                        &g.sock,
+                        epoll::EventData::new_u64(TOK_HANDOFF),
+                        epoll::EventFlags::OUT,
+                    );
+                }
+                Err(e) => {
+                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
+                    return;
+                }
             }
         }
+        match pidfd.try_clone() {
+            Ok(fd) => backlog.push_back((slot, pid, start_time, fd)),
+            Err(e) => say!(self, "cannot keep pid {pid} for the guardian: {e}"),
+        }
+    }
+
+    /// The Guardian's socket has room again: send what waits, in order.
+    fn on_handoff_writable(&mut self) {
+        let Some(g) = &self.guardian else {
+            self.handoff_backlog.borrow_mut().clear();
+            return;
+        };
+        let mut backlog = self.handoff_backlog.borrow_mut();
+        while let Some((slot, pid, start_time, fd)) = backlog.front() {
+            match handoff::send(&g.sock, *slot, *pid, *start_time, fd) {
+                Ok(()) => {
+                    backlog.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
+                    backlog.pop_front();
+                }
+            }
+        }
+        let _ = epoll::delete(&self.epoll, &g.sock);
     }
 
     /// Adds entity `i`'s pidfd to the loop.
@@ -1330,6 +1381,7 @@ impl Daemon {
                     jslot: None,
                     in_progress: false,
                     jwait: ham_core::journal::RunWait::None,
+                    journaled: true,
                 },
             );
         }
@@ -1346,29 +1398,36 @@ impl Daemon {
                 .iter()
                 .flat_map(|c| c.actions.iter().filter(|a| a.run_now).cloned())
                 .collect();
-            if now.is_empty() {
-                continue;
+            if !now.is_empty() {
+                self.run_now(i, now, true);
             }
-            let env = self.run_env(i, "run-now", &journal::RunEvent::default());
-            let id = self.next_run;
-            self.next_run = self.next_run.wrapping_add(1);
-            self.start_run(
-                id,
-                Run {
-                    entity: i,
-                    condition: "run-now",
-                    env,
-                    stack: vec![(now, 0)],
-                    waiting: None,
-                    independent: true,
-                    cond: ham_core::journal::COND_RUN_NOW,
-                    event: journal::RunEvent::default(),
-                    jslot: None,
-                    in_progress: false,
-                    jwait: ham_core::journal::RunWait::None,
-                },
-            );
         }
+    }
+
+    /// Runs `actions` of entity `i` once, now (`run-now`). Journaled only when they are all
+    /// of the entity's `run_now` actions (what a successor can rebuild); an action added at
+    /// run time with HACTIONDONOW runs at most once across a takeover.
+    fn run_now(&mut self, i: usize, actions: Vec<Action>, journaled: bool) {
+        let env = self.run_env(i, "run-now", &journal::RunEvent::default());
+        let id = self.next_run;
+        self.next_run = self.next_run.wrapping_add(1);
+        self.start_run(
+            id,
+            Run {
+                entity: i,
+                condition: "run-now",
+                env,
+                stack: vec![(actions, 0)],
+                waiting: None,
+                independent: true,
+                cond: ham_core::journal::COND_RUN_NOW,
+                event: journal::RunEvent::default(),
+                jslot: None,
+                in_progress: false,
+                jwait: ham_core::journal::RunWait::None,
+                journaled,
+            },
+        );
     }
 
     /// Starts a run, or queues it behind the entity's run in progress: an entity's
@@ -2111,6 +2170,7 @@ impl Daemon {
                 TimerKind::Liveness => {
                     let _ = self.writer.set_liveness(now);
                     self.schedule_tick(now);
+                    self.ring_safety_net();
                 }
                 TimerKind::GuardianRetry => self.spawn_guardian(),
                 TimerKind::StatusPatch => self.try_patches(now),
@@ -2500,10 +2560,13 @@ impl Daemon {
             );
             reply(
                 stream,
-                &Response::err(format!(
-                    "permission denied: uid {} is neither root nor the owner of this ham (uid {})",
-                    peer.uid, self.my_uid
-                )),
+                &Response::errno(
+                    libc::EPERM,
+                    format!(
+                        "permission denied: uid {} is neither root nor the owner of this ham (uid {})",
+                        peer.uid, self.my_uid
+                    ),
+                ),
             );
             return;
         }
@@ -2519,7 +2582,7 @@ impl Daemon {
                 None => {
                     reply(
                         stream,
-                        &Response::err(format!("no entity named `{entity}`")),
+                        &Response::errno(libc::ENOENT, format!("no entity named `{entity}`")),
                     );
                     return;
                 }
@@ -2590,7 +2653,7 @@ impl Daemon {
                             Some(a) => self.entities[i].cfg.conditions[k]
                                 .actions
                                 .iter()
-                                .any(|x| x.name.as_deref() == Some(a.as_str()) && x.enabled)
+                                .any(|x| x.name.as_deref() == Some(a.as_str()) && !x.removed)
                                 .then_some(())
                                 .ok_or(format!("no action `{a}`")),
                         }),

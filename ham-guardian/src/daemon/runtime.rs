@@ -134,10 +134,25 @@ impl Daemon {
     fn redefine(&mut self, change: Change) -> Result<String, Refusal> {
         let mut defs = self.defs.clone();
         let mut new_entity = None;
+        let mut run_now_action = None;
         let what = match &change {
             Change::Entity { name, pid, command } => {
                 check_name("entity", name)?;
-                if self.by_name.contains_key(name) {
+                if let Some(&i) = self.by_name.get(name) {
+                    // QNX: attaching a process under a placeholder's name fills it in.
+                    let e = &self.entities[i];
+                    if let (Some(pid), None, true, false) = (
+                        pid.filter(|&p| p > 0),
+                        command,
+                        e.cfg.attach_only,
+                        e.rec.state.has_process(),
+                    ) {
+                        if crate::procfs::start_time(pid).is_none() {
+                            return Err((libc::ESRCH, format!("no process {pid}")));
+                        }
+                        self.attach_pid(i, pid).map_err(|why| (libc::ESRCH, why))?;
+                        return Ok(format!("pid {pid} attached to `{name}`"));
+                    }
                     return Err((EEXIST, format!("an entity named `{name}` exists")));
                 }
                 if self.entities.len() >= self.writer.segment().capacity() as usize {
@@ -167,6 +182,8 @@ impl Daemon {
                     }
                     _ => {
                         t.insert("attach_only".into(), Value::Boolean(true));
+                        // Restarted only by a restart action (which gives it a command).
+                        t.insert("restart".into(), Value::String("never".into()));
                     }
                 }
                 tables(&mut defs, "entity").push(Value::Table(t));
@@ -242,10 +259,18 @@ impl Daemon {
                         tables(p, "on_fail")
                     }
                 };
-                if list.iter().any(|a| name_of(a) == Some(name.as_str())) {
+                if list
+                    .iter()
+                    .any(|a| name_of(a) == Some(name.as_str()) && !is_removed(a))
+                {
                     return Err((EEXIST, format!("an action `{name}` exists there")));
                 }
+                let run_now =
+                    fail_of.is_none() && t.get("run_now").and_then(Value::as_bool) == Some(true);
                 list.push(Value::Table(t));
+                if run_now {
+                    run_now_action = Some((entity.clone(), condition.clone(), name.clone()));
+                }
                 format!("action `{entity}/{condition}/{name}` defined")
             }
             Change::Remove {
@@ -266,15 +291,17 @@ impl Daemon {
                     (Some(a), None) => {
                         let at = find_action(ct, a)?;
                         at.insert("enabled".into(), Value::Boolean(false));
+                        at.insert("removed".into(), Value::Boolean(true));
                     }
                     (Some(a), Some(f)) => {
                         let at = find_action(ct, a)?;
                         let ft = tables(at, "on_fail")
                             .iter_mut()
-                            .find(|x| name_of(x) == Some(f.as_str()))
+                            .find(|x| name_of(x) == Some(f.as_str()) && !is_removed(x))
                             .and_then(Value::as_table_mut)
                             .ok_or((ENOENT, format!("no fail action `{f}`")))?;
                         ft.insert("enabled".into(), Value::Boolean(false));
+                        ft.insert("removed".into(), Value::Boolean(true));
                     }
                 }
                 format!("removed from `{entity}`")
@@ -351,6 +378,19 @@ impl Daemon {
             }
         };
         self.commit(defs, new_entity)?;
+        // QNX HACTIONDONOW: an action added with it also runs once, now.
+        if let Some((entity, condition, action)) = run_now_action {
+            if let Ok((i, k)) = self.condition_index(&entity, &condition) {
+                let a = self.entities[i].cfg.conditions[k]
+                    .actions
+                    .iter()
+                    .find(|a| a.name.as_deref() == Some(action.as_str()) && !a.removed)
+                    .cloned();
+                if let Some(a) = a {
+                    self.run_now(i, vec![a], false);
+                }
+            }
+        }
         Ok(what)
     }
 
@@ -505,10 +545,14 @@ impl Daemon {
     }
 }
 
+fn is_removed(t: &Value) -> bool {
+    t.get("removed").and_then(Value::as_bool) == Some(true)
+}
+
 fn find_action<'a>(ct: &'a mut Table, name: &str) -> Result<&'a mut Table, Refusal> {
     tables(ct, "action")
         .iter_mut()
-        .find(|a| name_of(a) == Some(name))
+        .find(|a| name_of(a) == Some(name) && !is_removed(a))
         .and_then(Value::as_table_mut)
         .ok_or((ENOENT, format!("no run-time action `{name}`")))
 }
