@@ -66,7 +66,8 @@
 #define HACTIONKEEPONFAIL 8
 
 /*
- Entity flag (accepted; run-time entities stay until detached).
+ Entity flag (accepted and ignored: a run-time entity stays defined, detached or dead,
+ until ham starts cold).
  */
 #define HENTITYKEEPONDEATH 1
 

@@ -45,7 +45,8 @@ pub const HCONDKEEPONEMPTY: c_uint = 0x10;
 pub const HACTIONDONOW: c_uint = 0x2;
 pub const HACTIONBREAKONFAIL: c_uint = 0x4;
 pub const HACTIONKEEPONFAIL: c_uint = 0x8;
-/// Entity flag (accepted; run-time entities stay until detached).
+/// Entity flag (accepted and ignored: a run-time entity stays defined, detached or dead,
+/// until ham starts cold).
 pub const HENTITYKEEPONDEATH: c_uint = 0x1;
 /// `ham_*_control` commands.
 pub const HENABLE: c_int = 1;
@@ -83,16 +84,18 @@ pub struct ham_action_t {
 struct State {
     client: Option<Client>,
     connections: u32,
-    heartbeats: Vec<Heartbeat>,
     states: std::collections::BTreeMap<String, u32>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     client: None,
     connections: 0,
-    heartbeats: Vec::new(),
     states: std::collections::BTreeMap::new(),
 });
+
+/// This process's self-attachments, apart from `STATE` so that `ham_heartbeat` never waits
+/// behind a call talking to ham.
+static HEARTBEATS: Mutex<Vec<(String, Heartbeat)>> = Mutex::new(Vec::new());
 
 fn set_errno(e: c_int) {
     // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for the
@@ -372,8 +375,9 @@ pub unsafe extern "C" fn ham_attach_self(
     });
     match hb {
         Ok(hb) => {
-            let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-            st.heartbeats.push(hb);
+            let mut hbs = HEARTBEATS.lock().unwrap_or_else(|p| p.into_inner());
+            hbs.retain(|(n, _)| *n != name);
+            hbs.push((name.clone(), hb));
             entity_handle(name)
         }
         Err(e) => fail_ptr(e),
@@ -397,9 +401,10 @@ pub unsafe extern "C" fn ham_detach(ehdl: *mut ham_entity_t, flags: c_uint) -> c
 pub unsafe extern "C" fn ham_detach_self(ehdl: *mut ham_entity_t, flags: c_uint) -> c_int {
     // SAFETY: the caller's handle, passed on.
     let r = unsafe { ham_detach(ehdl, flags) };
-    if r == 0 {
-        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        st.heartbeats.clear();
+    // SAFETY: as `handle` (ham_detach has just used it).
+    if let (0, Some(h)) = (r, unsafe { handle(ehdl) }) {
+        let mut hbs = HEARTBEATS.lock().unwrap_or_else(|p| p.into_inner());
+        hbs.retain(|(n, _)| *n != h.entity);
     }
     r
 }
@@ -1202,8 +1207,8 @@ pub unsafe extern "C" fn ham_action_fail_remove(
 /// each). Always succeeds, as in QNX.
 #[unsafe(no_mangle)]
 pub extern "C" fn ham_heartbeat() -> c_int {
-    let st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    for hb in &st.heartbeats {
+    let hbs = HEARTBEATS.lock().unwrap_or_else(|p| p.into_inner());
+    for (_, hb) in hbs.iter() {
         hb.beat();
     }
     0
