@@ -7,7 +7,24 @@ import json
 import numbers
 import sys
 
-REQUIRED = {"restart_latency", "restart_storm", "takeover", "footprint", "idle"}
+REQUIRED = {
+    "restart_latency",
+    "restart_storm",
+    "takeover",
+    "footprint",
+    "idle",
+    "heartbeat_cost",
+    "ring_throughput",
+    "ring_latency",
+    "heartbeat_miss_delay",
+}
+# The systems each SDK scenario must report (they have no peers to skip).
+SYSTEMS = {
+    "heartbeat_cost": {"ham", "sd_notify"},
+    "ring_throughput": {"ham-1p", "ham-2p", "ham-4p"},
+    "ring_latency": {"ham"},
+    "heartbeat_miss_delay": {"ham"},
+}
 STATS = ("n", "median", "p90", "p99", "max")
 
 
@@ -32,6 +49,9 @@ def main(path):
         systems = obj.get("systems")
         if not isinstance(systems, dict) or not systems:
             fail(f"{name}: no systems")
+        missing_systems = SYSTEMS.get(name, set()) - set(systems)
+        if missing_systems:
+            fail(f"{name}: systems missing: {sorted(missing_systems)}")
         measured = 0
         for sysname, st in systems.items():
             if st == "skipped":

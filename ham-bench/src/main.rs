@@ -1,15 +1,19 @@
 //! `ham-bench`: ham side by side with a bare restart loop (the floor) and, where installed,
 //! s6, runit and supervisord — all measured in the same run, from the outside, the way the
-//! peers' harness (`../shared/bench-peers` beside the repository) measures them.
+//! peers' harness (`../shared/bench-peers` beside the repository) measures them — and the
+//! detector SDK's costs against same-run baselines.
 //!
 //! ```text
 //! cargo build --release -p ham-bench -p ham-guardian
 //! cargo run --release -p ham-bench -- [--quick] [--json FILE] [--keep] [SCENARIO...]
 //! ```
-//! SCENARIO is any of `restart_latency restart_storm takeover footprint idle` (default: all).
-//! `--quick`: 20 services, 40 kills, 2 storms, 10 takeover kills of each kind, 3 s idle
-//! (under a minute). Full: 100 services, 200 kills, 5 storms, 100 + 100 takeover kills, 30 s
-//! idle (a few minutes). `--keep` keeps the work directory (configs, supervisor logs).
+//! SCENARIO is any of `restart_latency restart_storm takeover footprint idle heartbeat_cost
+//! ring_throughput ring_latency heartbeat_miss_delay` (default: all).
+//! `--quick`: 20 services, 40 kills, 2 storms, 10 takeover kills of each kind, 3 s idle; SDK:
+//! 20 beat batches, 20 000 ring events per producer × 2, 100 latency samples, 100 heartbeating
+//! entities with 10 misses. Full: 100 services, 200 kills, 5 storms, 100 + 100 takeover kills,
+//! 30 s idle; SDK: 100 batches, 100 000 events per producer × 5, 500 samples, 1000 entities
+//! with 40 misses. `--keep` keeps the work directory (configs, supervisor logs).
 //!
 //! # Method
 //! * **Service** (`ham-bench-child`, src/child.rs): the first statement of its C `main` reads
@@ -34,22 +38,58 @@
 //!   processes (ham: HAM + Guardian; bare: its one process; s6: s6-svscan + s6-supervise;
 //!   runit: runsvdir + runsv; supervisord: its process), with 1 and with 100 services.
 //! * **idle**: over 30 s with 100 idle services: voluntary + involuntary context switches
-//!   (wake-ups) and utime + stime of the same processes.
+//!   (wake-ups) and utime + stime of the same processes. For ham every service is attached
+//!   with a heartbeat (`attach_pid`, period 1 s, missed-low after 3 periods) that a thread of
+//!   the bench beats once a period per service, service i at i/100 of the period (as
+//!   independent processes would); the bench's own wake-ups are not counted. The peers have
+//!   no heartbeats.
 //! * **bare** (src/bare.rs): this binary re-executed as a one-process supervisor:
 //!   `sigwaitinfo(SIGCHLD)`, `waitpid(-1, WNOHANG)`, `posix_spawn` again at once.
 //! * **s6** runs at its minimum throttle (`notification-fd` + `max-death-tally` = 0),
 //!   **runit** as `runsvdir -P`, **supervisord** with `startsecs=0`; each only if installed
 //!   (`s6-svscan`, `runsvdir`, `supervisord` on $PATH), otherwise reported as "skipped".
 //!
+//! The SDK scenarios (src/sdk.rs) run ham with `attach_only` entities and the bench as the
+//! SDK client (`ham_detector_sdk::Client`); no peer has such a library, so each brings its
+//! own same-run baseline. Entities the bench attached its own pid to are detached before the
+//! ham is shut down (ham's shutdown would otherwise send the bench the stop signal).
+//! * **heartbeat_cost** (ns): batches of 10 000 `Heartbeat::beat()` (one atomic store of
+//!   CLOCK_MONOTONIC into the bench's slot of an attached entity) timed together; per-op =
+//!   batch time / 10 000. Baseline `sd_notify`: `sendto("WATCHDOG=1")` on one unbound
+//!   datagram socket to a bound one with SO_PASSCRED that a thread drains — the datagram
+//!   systemd's sd_notify sends, without the socket it also opens and closes per call.
+//! * **ring_throughput** (events/s): 1, 2 and 4 producer threads (one `Client` each) push
+//!   M events each with `Client::raise` on an entity with no `raise` condition; time from
+//!   the first push until the ring's `tail` (hidden `Client::ring_position`) has passed them
+//!   all. A full ring is retried after `yield` (counted as `full_retries`). A tail that stays
+//!   put for 2 s with events waiting fails the run (next run on a new ham). ham's ring
+//!   counters (state segment) must show 0 rejected, 0 abandoned, and every event consumed.
+//!   Ratios `ham-2p/ham-1p`, `ham-4p/ham-1p`.
+//! * **ring_latency** (µs): with the consumer asleep, note `head`, stamp, `raise` one event,
+//!   poll (`sched_yield` between looks) until `tail > head`; ≥ 3 ms between samples, so each
+//!   one rings the futex doorbell
+//!   (the producers' wake-up counter is checked). `ham`: the HAM (doorbell thread → eventfd →
+//!   its epoll loop); `bare`: a consumer thread of the bench asleep on the same kind of futex
+//!   doorbell of a ring of its own, draining with ham-core's `Consumer`.
+//! * **heartbeat_miss_delay** (ms): N `attach_only` entities (1000; quick 100), each with a
+//!   `heartbeat-missed-low` condition whose action is `notify` on topic `miss`, all attached
+//!   to the bench's pid (period 50 ms, missed-low after 2) and beaten every 10 ms by a
+//!   thread; the bench subscribes to `miss`. One entity at a time stops being beaten: the
+//!   bench stamps just before its last beat (T); delay = the notification's arrival (stamped
+//!   by the subscriber thread) − (T + 2 × 50 ms). Then it beats again (a new episode) and the
+//!   next entity stops. Notifications for entities still beating are reported as problems.
+//!
 //! Everything lives in `$TMPDIR/ham-bench-<pid>/`; ham instances are named `hb<pid>-<k>`.
 //! Only processes the bench started (or that those started, checked by executable and by the
 //! FIFO in their command line or environment) are signalled, by pid. The bench is a child
 //! subreaper, so the processes a killed HAM orphans are reaped. At the end every ham is shut
-//! down with `hamctl shutdown`, leftovers are killed and this run's state segments removed.
+//! down with `hamctl shutdown`, leftovers are killed and this run's state and client
+//! segments removed.
 
 mod bare;
 mod report;
 mod scenarios;
+mod sdk;
 mod stamps;
 mod sys;
 mod systems;
@@ -63,16 +103,21 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 9] = [
     "restart_latency",
     "restart_storm",
     "takeover",
     "footprint",
     "idle",
+    "heartbeat_cost",
+    "ring_throughput",
+    "ring_latency",
+    "heartbeat_miss_delay",
 ];
 
 const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
-scenarios: restart_latency restart_storm takeover footprint idle (default: all)";
+scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
+           ring_throughput ring_latency heartbeat_miss_delay (default: all)";
 
 struct Opts {
     quick: bool,
@@ -221,6 +266,13 @@ fn run(o: &Opts) -> Result<bool> {
             )],
             "footprint" => vec![(scenarios::footprint(&ctx, &mut stamps, &mut problems)?, 100)],
             "idle" => vec![(scenarios::idle(&ctx, &mut stamps, &p, &mut problems)?, 100)],
+            "heartbeat_cost" => vec![(sdk::heartbeat_cost(&ctx, &p, &mut problems)?, 1)],
+            "ring_throughput" => vec![(sdk::ring_throughput(&ctx, &p, &mut problems)?, 1)],
+            "ring_latency" => vec![(sdk::ring_latency(&ctx, &p, &mut problems)?, 1)],
+            "heartbeat_miss_delay" => vec![(
+                sdk::heartbeat_miss_delay(&ctx, &p, &mut problems)?,
+                p.miss_entities,
+            )],
             _ => unreachable!("checked in parse_args"),
         };
         for (res, _) in &r {

@@ -62,6 +62,9 @@ pub struct ScenarioResult {
     pub systems: Vec<(String, Outcome)>,
     /// Whether `ham/<system>` ratios make sense here.
     pub ratios: bool,
+    /// Ratios between named systems (`a/b`), reported instead of the `ham/<system>` ones
+    /// when given (e.g. `ham-2p/ham-1p`).
+    pub ratio_pairs: Vec<(&'static str, &'static str)>,
     /// Extra columns for the table: (key in `extra`, header).
     pub columns: Vec<(&'static str, &'static str)>,
     /// Further metrics whose ham/x ratios are reported too (keys in `extra`).
@@ -88,8 +91,18 @@ impl ScenarioResult {
         })
     }
 
-    /// `ham/<x>` for every other measured system; `None` where x is 0.
+    /// `ham/<x>` for every other measured system (or the `ratio_pairs`); `None` where x is 0.
     fn ratios_for(&self, get: impl Fn(&str) -> Option<f64>) -> Vec<(String, Option<f64>)> {
+        if !self.ratio_pairs.is_empty() {
+            return self
+                .ratio_pairs
+                .iter()
+                .filter_map(|(a, b)| {
+                    let (x, y) = (get(a)?, get(b)?);
+                    Some((format!("{a}/{b}"), (y != 0.0).then(|| x / y)))
+                })
+                .collect();
+        }
         if !self.ratios {
             return Vec::new();
         }
@@ -195,7 +208,10 @@ impl ScenarioResult {
         ];
         header.extend(self.columns.iter().map(|(_, h)| (*h).to_owned()));
         let ratios: Vec<(String, Option<f64>)> = self.ratios_for(|n| self.median_of(n));
-        if self.ratios {
+        let ratio_column = self.ratios || !self.ratio_pairs.is_empty();
+        if !self.ratio_pairs.is_empty() {
+            header.push("ratio".into());
+        } else if self.ratios {
             header.push("ham/x".into());
         }
         let mut rows: Vec<Vec<String>> = Vec::new();
@@ -223,10 +239,21 @@ impl ScenarioResult {
                                 .map_or("-".into(), fmt),
                         );
                     }
-                    if self.ratios {
-                        let key = format!("ham/{name}");
-                        r.push(match ratios.iter().find(|(k, _)| *k == key) {
-                            Some((_, Some(x))) => format!("{x:.2}×"),
+                    if ratio_column {
+                        // The ratio this row is the numerator of (`ham/<row>` for the
+                        // default ham/x column).
+                        let found = if self.ratio_pairs.is_empty() {
+                            let key = format!("ham/{name}");
+                            ratios.iter().find(|(k, _)| *k == key)
+                        } else {
+                            let prefix = format!("{name}/");
+                            ratios.iter().find(|(k, _)| k.starts_with(&prefix))
+                        };
+                        r.push(match found {
+                            Some((k, Some(x))) if !self.ratio_pairs.is_empty() => {
+                                format!("{}× {}", fmt_ratio(*x), &k[name.len() + 1..])
+                            }
+                            Some((_, Some(x))) => format!("{}×", fmt_ratio(*x)),
                             Some((_, None)) => "∞".into(),
                             None => "".into(),
                         });
@@ -273,6 +300,16 @@ impl ScenarioResult {
             out.push_str(&format!("  note: {n}\n"));
         }
         out
+    }
+}
+
+/// Two decimals, or three significant digits below 0.1 (0.0079×, not 0.01×).
+fn fmt_ratio(x: f64) -> String {
+    if x != 0.0 && x.abs() < 0.1 {
+        let digits = (2 - x.abs().log10().floor() as i32).clamp(2, 9) as usize;
+        format!("{x:.digits$}")
+    } else {
+        format!("{x:.2}")
     }
 }
 

@@ -1,4 +1,4 @@
-//! The five scenarios.
+//! The restart, takeover, footprint and idle scenarios (the SDK's are in `sdk.rs`).
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use ham_core::segment::Segment;
 use serde_json::{Map, json};
 
 use crate::report::{Outcome, ScenarioResult, stats};
-use crate::stamps::{Stamps, index_of};
+use crate::stamps::{Stamps, index_of, service_id};
 use crate::sys::{self, Result, mono_ns, ms};
 use crate::systems::{ALL, Ctx, Kind, Sup};
 
@@ -29,6 +29,16 @@ pub struct Params {
     pub storm_reps: usize,
     pub takeover_kills: usize,
     pub idle_s: f64,
+    /// heartbeat_cost: batches of 10 000 beats (and datagrams).
+    pub hb_batches: usize,
+    /// ring_throughput: events per producer, and repetitions per producer count.
+    pub ring_events: u64,
+    pub ring_reps: usize,
+    /// ring_latency: samples.
+    pub lat_samples: usize,
+    /// heartbeat_miss_delay: entities, and how many of them stop beating in turn.
+    pub miss_entities: usize,
+    pub miss_samples: usize,
 }
 
 impl Params {
@@ -40,6 +50,12 @@ impl Params {
                 storm_reps: 2,
                 takeover_kills: 10,
                 idle_s: 3.0,
+                hb_batches: 20,
+                ring_events: 20_000,
+                ring_reps: 2,
+                lat_samples: 100,
+                miss_entities: 100,
+                miss_samples: 10,
             }
         } else {
             Self {
@@ -48,6 +64,12 @@ impl Params {
                 storm_reps: 5,
                 takeover_kills: 100,
                 idle_s: 30.0,
+                hb_batches: 100,
+                ring_events: 100_000,
+                ring_reps: 5,
+                lat_samples: 500,
+                miss_entities: 1000,
+                miss_samples: 40,
             }
         }
     }
@@ -65,7 +87,7 @@ impl Problems {
     }
 }
 
-fn progress(msg: impl AsRef<str>) {
+pub(crate) fn progress(msg: impl AsRef<str>) {
     eprintln!("  {}", msg.as_ref());
 }
 
@@ -89,7 +111,7 @@ fn start_up<'a>(
     Ok(sup)
 }
 
-fn finish(sup: &mut Sup<'_>, problems: &mut Problems) {
+pub(crate) fn finish(sup: &mut Sup<'_>, problems: &mut Problems) {
     for f in sup.log_findings() {
         problems.add(format!("ham log ({}): {f}", sup.dir.display()));
     }
@@ -219,6 +241,7 @@ pub fn restart(
         ),
         systems: Vec::new(),
         ratios: true,
+        ratio_pairs: Vec::new(),
         columns: Vec::new(),
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
@@ -232,6 +255,7 @@ pub fn restart(
         ),
         systems: Vec::new(),
         ratios: true,
+        ratio_pairs: Vec::new(),
         columns: Vec::new(),
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
@@ -456,6 +480,7 @@ pub fn takeover(
         ),
         systems: Vec::new(),
         ratios: false,
+        ratio_pairs: Vec::new(),
         columns: Vec::new(),
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
@@ -622,6 +647,7 @@ pub fn footprint(
             .into(),
         systems: Vec::new(),
         ratios: true,
+        ratio_pairs: Vec::new(),
         columns: vec![
             ("rss_kib_1", "RSS@1"),
             ("pss_kib_1", "PSS@1"),
@@ -691,12 +717,16 @@ pub fn idle(
         scenario: "idle",
         unit: "wakeups/30s",
         title: format!(
-            "100 idle services for {} s: context switches (voluntary + involuntary) of all \
-             supervisor processes, scaled to 30 s; CPU = utime+stime",
-            p.idle_s
+            "100 idle services for {} s (ham: each attached with a heartbeat, period {} s, \
+             missed-low after {}, beaten by the bench): context switches (voluntary + \
+             involuntary) of all supervisor processes, scaled to 30 s; CPU = utime+stime",
+            p.idle_s,
+            crate::sdk::IDLE_HB_PERIOD.as_secs(),
+            crate::sdk::IDLE_HB_LOW
         ),
         systems: Vec::new(),
         ratios: true,
+        ratio_pairs: Vec::new(),
         columns: vec![
             ("wakeups", "wakeups"),
             ("cpu_ms", "CPU ms"),
@@ -716,6 +746,19 @@ pub fn idle(
         eprintln!("[idle] {name}");
         let r = (|| -> Result<Outcome> {
             let mut sup = start_up(ctx, stamps, kind, 100, "idle")?;
+            // ham's services heartbeat, as the SDK lets them (the bench beats for them; its
+            // own wake-ups are not counted).
+            let beats = if kind == Kind::Ham {
+                let services: Vec<(String, i32)> = stamps
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (service_id(i), s.map_or(0, |s| s.pid)))
+                    .collect();
+                Some(crate::sdk::idle_heartbeats(&sup, &services)?)
+            } else {
+                None
+            };
             sys::sleep_interruptible(settle_s(kind))?;
             let pids = sup.sup_pids();
             let a = sys::sample(&pids);
@@ -736,6 +779,8 @@ pub fn idle(
             progress(format!(
                 "{wake} wake-ups in {secs:.1} s ({per30:.0}/30 s), CPU {cpu_ms:.0} ms (schedstat {sched_ms:.2} ms)"
             ));
+            let heartbeating = beats.is_some();
+            drop(beats);
             finish(&mut sup, problems);
             let mut extra = Map::new();
             extra.insert("seconds".into(), json!((secs * 100.0).round() / 100.0));
@@ -751,6 +796,9 @@ pub fn idle(
                 json!((sched_ms * 1000.0).round() / 1000.0),
             );
             extra.insert("processes".into(), json!(a.nproc));
+            if heartbeating {
+                extra.insert("heartbeating_services".into(), json!(100));
+            }
             Ok(Outcome::Measured {
                 stats: stats(&[per30]).expect("one value"),
                 failures: 0,
@@ -765,6 +813,15 @@ pub fn idle(
          ({} ms ticks); sched ms = /proc/PID/schedstat on-CPU time",
         p.idle_s,
         1000 / hz
+    ));
+    res.notes.push(format!(
+        "ham: every service attached (attach_pid) with a {} s heartbeat, missed-low after {}; \
+         the bench beats service i once a period at i/100 of it, as independent processes \
+         would; ham reads a slot only at its deadline (last beat + {} periods); peers: no \
+         heartbeats",
+        crate::sdk::IDLE_HB_PERIOD.as_secs(),
+        crate::sdk::IDLE_HB_LOW,
+        crate::sdk::IDLE_HB_LOW
     ));
     Ok(res)
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ham_core::client::ClientSegment;
 use ham_core::segment::{Access, Segment};
 
 use crate::stamps::service_id;
@@ -107,6 +108,14 @@ impl Ctx {
         k
     }
 
+    /// A new folder for one supervisor run, and its number.
+    fn new_dir(&self, kind: Kind, label: &str) -> Result<(u32, PathBuf)> {
+        let k = self.next();
+        let dir = self.base.join(format!("{}-{label}-{k}", kind.name()));
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        Ok((k, dir))
+    }
+
     /// The prefix of every ham instance name of this run.
     pub fn instance_prefix(&self) -> String {
         format!("hb{}-", self.pid)
@@ -141,7 +150,8 @@ impl Ctx {
         victims.len()
     }
 
-    /// Removes every state segment a ham of this run may have left.
+    /// Removes every state and client segment a ham (or a ring scenario) of this run may
+    /// have left.
     pub fn unlink_our_segments(&self) {
         let prefix = format!("ham.{}", self.instance_prefix());
         let Ok(dir) = fs::read_dir("/dev/shm") else {
@@ -152,14 +162,17 @@ impl Ctx {
             if name.starts_with(&prefix) && name.ends_with(".state") {
                 let _ = Segment::unlink(&format!("/{name}"));
             }
+            if name.starts_with(&prefix) && name.ends_with(".client") {
+                ClientSegment::unlink(&format!("/{name}"));
+            }
         }
     }
 }
 
-/// A ham instance: its files and its mapped state segment.
+/// A ham instance: its name, run directory and mapped state segment.
 pub struct HamInst {
-    pub config: PathBuf,
     pub name: String,
+    pub run_dir: PathBuf,
     pub seg: Segment,
 }
 
@@ -173,6 +186,9 @@ pub struct Sup<'a> {
     /// Executables our supervisor's other processes may have.
     exes: Vec<PathBuf>,
     pub ham: Option<HamInst>,
+    /// ham's configuration, known from the start (`ham` is set only once its segment is
+    /// mapped): a ham whose segment the bench could not use is still shut down through it.
+    ham_config: Option<PathBuf>,
     stopped: bool,
 }
 
@@ -194,50 +210,29 @@ fn toml_str(s: &str) -> String {
 impl<'a> Sup<'a> {
     /// Sets up and starts `kind` running `n` services. The caller has reset the stamps.
     pub fn start(ctx: &'a Ctx, kind: Kind, n: usize, label: &str) -> Result<Self> {
-        let k = ctx.next();
-        let dir = ctx.base.join(format!("{}-{label}-{k}", kind.name()));
-        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let child = ctx.child.to_string_lossy().into_owned();
         let fifo = ctx.fifo.to_string_lossy().into_owned();
-        let mut exes = Vec::new();
-        let mut ham = None;
-        let mut cmd = match kind {
-            Kind::Ham => {
-                let name = format!("{}{k}", ctx.instance_prefix());
-                let mut t = String::new();
-                let _ = writeln!(t, "[ham]\nname = {}", toml_str(&name));
+        if kind == Kind::Ham {
+            let mut entities = String::new();
+            for i in 0..n {
+                let id = service_id(i);
                 let _ = writeln!(
-                    t,
-                    "run_dir = {}",
-                    toml_str(&dir.join("run").to_string_lossy())
+                    entities,
+                    // Restart at once, every time, like the bare loop and the peers: the
+                    // default switch policy would hold a service off after 5 exits.
+                    "\n[[entity]]\nname = {}\ncommand = [{}, {}, {}]\nstop_timeout = \"1s\"\npolicy = {{ kind = \"immediate\" }}",
+                    toml_str(&id),
+                    toml_str(&child),
+                    toml_str(&id),
+                    toml_str(&fifo)
                 );
-                let _ = writeln!(
-                    t,
-                    "log_dir = {}",
-                    toml_str(&dir.join("log").to_string_lossy())
-                );
-                let _ = writeln!(t, "liveness_timeout = \"2s\"");
-                for i in 0..n {
-                    let id = service_id(i);
-                    let _ = writeln!(
-                        t,
-                        // Restart at once, every time, like the bare loop and the peers: the
-                        // default switch policy would hold a service off after 5 exits.
-                        "\n[[entity]]\nname = {}\ncommand = [{}, {}, {}]\nstop_timeout = \"1s\"\npolicy = {{ kind = \"immediate\" }}",
-                        toml_str(&id),
-                        toml_str(&child),
-                        toml_str(&id),
-                        toml_str(&fifo)
-                    );
-                }
-                let config = dir.join("ham.toml");
-                write(&config, &t)?;
-                exes.push(ctx.ham.clone());
-                let mut c = Command::new(&ctx.ham);
-                c.arg("-c").arg(&config);
-                ham = Some((config, name));
-                c
             }
+            return Self::start_ham(ctx, label, "", &entities);
+        }
+        let (_, dir) = ctx.new_dir(kind, label)?;
+        let mut exes = Vec::new();
+        let cmd = match kind {
+            Kind::Ham => unreachable!("started above"),
             Kind::Bare => {
                 exes.push(ctx.me.clone());
                 let mut c = Command::new(&ctx.me);
@@ -299,6 +294,54 @@ impl<'a> Sup<'a> {
                 c
             }
         };
+        Self::launch(ctx, kind, dir, cmd, exes, None)
+    }
+
+    /// Starts a ham instance with `ham_extra` added to its `[ham]` table and `entities`
+    /// (`[[entity]]` tables) as the rest of its configuration.
+    pub fn start_ham(ctx: &'a Ctx, label: &str, ham_extra: &str, entities: &str) -> Result<Self> {
+        let (k, dir) = ctx.new_dir(Kind::Ham, label)?;
+        let name = format!("{}{k}", ctx.instance_prefix());
+        let run_dir = dir.join("run");
+        let mut t = String::new();
+        let _ = writeln!(t, "[ham]\nname = {}", toml_str(&name));
+        let _ = writeln!(t, "run_dir = {}", toml_str(&run_dir.to_string_lossy()));
+        let _ = writeln!(
+            t,
+            "log_dir = {}",
+            toml_str(&dir.join("log").to_string_lossy())
+        );
+        let _ = writeln!(t, "liveness_timeout = \"2s\"");
+        t.push_str(ham_extra);
+        if !ham_extra.is_empty() && !ham_extra.ends_with('\n') {
+            t.push('\n');
+        }
+        t.push_str(entities);
+        let config = dir.join("ham.toml");
+        write(&config, &t)?;
+        let mut cmd = Command::new(&ctx.ham);
+        cmd.arg("-c").arg(&config);
+        let exes = vec![ctx.ham.clone()];
+        Self::launch(
+            ctx,
+            Kind::Ham,
+            dir,
+            cmd,
+            exes,
+            Some((config, name, run_dir)),
+        )
+    }
+
+    /// Spawns `cmd` as the supervisor (its output to `out.log` in `dir`); for ham, waits until
+    /// its state segment names a HAM.
+    fn launch(
+        ctx: &'a Ctx,
+        kind: Kind,
+        dir: PathBuf,
+        mut cmd: Command,
+        exes: Vec<PathBuf>,
+        ham: Option<(PathBuf, String, PathBuf)>,
+    ) -> Result<Self> {
         let log = File::create(dir.join("out.log")).map_err(|e| format!("log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
         cmd.stdin(Stdio::null())
@@ -320,28 +363,33 @@ impl<'a> Sup<'a> {
             main: (pid, start),
             exes,
             ham: None,
+            ham_config: ham.as_ref().map(|(config, _, _)| config.clone()),
             stopped: false,
         };
-        if let Some((config, name)) = ham {
+        if let Some((_, name, run_dir)) = ham {
             let seg_name = format!("/ham.{name}.state");
             let deadline = mono_ns() + 20_000_000_000;
             let seg = loop {
                 sys::check_interrupted()?;
-                match Segment::open(&seg_name, Access::ReadOnly) {
+                let why = match Segment::open(&seg_name, Access::ReadOnly) {
                     Ok(s) if s.header().snapshot().ham_pid > 0 => break s,
-                    _ if !sys::alive(pid, None) => {
-                        return Err(format!(
-                            "ham exited at start; see {}",
-                            sup.dir.join("out.log").display()
-                        ));
-                    }
-                    _ if mono_ns() > deadline => {
-                        return Err(format!("no segment {seg_name} after 20 s"));
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(2)),
+                    Ok(_) => "no HAM named in it".to_owned(),
+                    // e.g. a layout version other than the bench's: ham and the bench were
+                    // built from different sources (build both: -p ham-bench -p ham-guardian).
+                    Err(e) => e.to_string(),
+                };
+                if !sys::alive(pid, None) {
+                    return Err(format!(
+                        "ham exited at start; see {}",
+                        sup.dir.join("out.log").display()
+                    ));
                 }
+                if mono_ns() > deadline {
+                    return Err(format!("segment {seg_name} not usable after 20 s: {why}"));
+                }
+                std::thread::sleep(Duration::from_millis(2));
             };
-            sup.ham = Some(HamInst { config, name, seg });
+            sup.ham = Some(HamInst { name, run_dir, seg });
         }
         Ok(sup)
     }
@@ -392,9 +440,14 @@ impl<'a> Sup<'a> {
         if !pids.contains(&self.main.0) && sys::alive(self.main.0, Some(self.main.1)) {
             pids.push(self.main.0);
         }
+        if self.kind == Kind::Ham && self.ham.is_none() {
+            // No segment to name the Guardian: it is the HAM's child (killing the HAM alone
+            // would only promote it).
+            pids.extend(sys::children_named(self.main.0, "ham"));
+        }
         match self.kind {
             Kind::Ham => {
-                let config = self.ham.as_ref().map(|h| h.config.clone());
+                let config = self.ham_config.clone();
                 if let Some(config) = config {
                     if let Err(e) = self.hamctl_shutdown(&config) {
                         problems.push(e);
@@ -443,6 +496,13 @@ impl<'a> Sup<'a> {
                     "ham: segment {seg_name} left after shutdown; removed"
                 ));
                 let _ = Segment::unlink(&seg_name);
+            }
+            let client_name = ham_core::client::segment_name(&h.name);
+            if Path::new(&format!("/dev/shm{client_name}")).exists() {
+                problems.push(format!(
+                    "ham: client segment {client_name} left after shutdown; removed"
+                ));
+                ClientSegment::unlink(&client_name);
             }
         }
         if problems.is_empty() {
