@@ -86,6 +86,7 @@ struct RawHam {
     liveness_timeout: Option<Spanned<String>>,
     syslog: Option<Spanned<String>>,
     client_group: Option<Spanned<String>>,
+    heartbeat_grid: Option<Spanned<String>>,
     ring_slots: Option<Spanned<u32>>,
     ring_abandon_after: Option<Spanned<String>>,
 }
@@ -326,6 +327,8 @@ pub struct Config {
     pub device_restart: Option<(PathBuf, Vec<String>)>,
     /// Group that may use the client segment and the control socket as a client.
     pub client_gid: Option<u32>,
+    /// Heartbeat deadlines are rounded up to multiples of this (0: exact).
+    pub heartbeat_grid_ns: u64,
     /// Slots in the detector ring (a power of two).
     pub ring_slots: u32,
     /// How long a claimed ring slot may stay unpublished before it is abandoned.
@@ -609,6 +612,11 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
                 .map_err(|why| ctx.err(Some(g.span()), Some("ham.client_group".into()), why))?,
         ),
     };
+    let heartbeat_grid_ns = match &ham.heartbeat_grid {
+        None => 0,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), Some("ham.heartbeat_grid".into()), why))?,
+    };
     let ring_slots = match &ham.ring_slots {
         None => DEFAULT_RING_SLOTS,
         Some(n) if (2..=1 << 20).contains(n.get_ref()) && n.get_ref().is_power_of_two() => {
@@ -751,6 +759,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
         liveness_timeout_ns,
         device_restart,
         client_gid,
+        heartbeat_grid_ns,
         ring_slots,
         ring_abandon_after_ns,
         entities,

@@ -533,7 +533,7 @@ impl Daemon {
             fired_last: 0,
             deadline: 0,
         };
-        hb.deadline = next_deadline(&hb, now, now);
+        hb.deadline = on_grid(next_deadline(&hb, now, now), self.cfg.heartbeat_grid_ns);
         let at = hb.deadline;
         e.hb = Some(hb);
         self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
@@ -566,6 +566,7 @@ impl Daemon {
             .map_or(0, |s| s.beat_ns.load(Ordering::Acquire))
             // A beat "from the future" is a client's stray write: it counts as now.
             .min(now);
+        let grid = self.cfg.heartbeat_grid_ns;
         let Some(hb) = &mut self.entities[i].hb else {
             return;
         };
@@ -586,7 +587,7 @@ impl Daemon {
             hb.fired_last = last;
             fire.push(true);
         }
-        hb.deadline = next_deadline(hb, last, now);
+        hb.deadline = on_grid(next_deadline(hb, last, now), grid);
         let at = hb.deadline;
         self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
         for high in fire {
@@ -831,6 +832,16 @@ impl Daemon {
     }
 }
 
+/// `at` rounded up to the next multiple of `grid` (0: unchanged): deadlines of many clients
+/// then share one wake-up, each miss reported at most `grid` late.
+fn on_grid(at: u64, grid: u64) -> u64 {
+    if grid == 0 {
+        at
+    } else {
+        at.div_ceil(grid).saturating_mul(grid)
+    }
+}
+
 /// When the monitor next needs to look: at the next threshold not yet reported, or one
 /// period from now once everything was reported (to notice beats resuming).
 fn next_deadline(hb: &Heartbeat, last: u64, now: u64) -> u64 {
@@ -842,4 +853,36 @@ fn next_deadline(hb: &Heartbeat, last: u64, now: u64) -> u64 {
         _ => now + p,
     };
     t.max(now + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(low: u32, high: u32, fired: u8) -> Heartbeat {
+        Heartbeat {
+            spec: HeartbeatSpec {
+                period_ns: 100,
+                missed_low: low,
+                missed_high: high,
+            },
+            base: 0,
+            fired,
+            fired_last: 0,
+            deadline: 0,
+        }
+    }
+
+    #[test]
+    fn deadlines_are_the_next_unreported_threshold_and_share_a_grid() {
+        let ms = MIN_HEARTBEAT_PERIOD_NS; // periods below the floor count as the floor
+        assert_eq!(next_deadline(&hb(2, 4, 0), 1000, 1000), 1000 + 2 * ms);
+        assert_eq!(next_deadline(&hb(2, 4, 1), 1000, 1000), 1000 + 4 * ms);
+        assert_eq!(next_deadline(&hb(0, 4, 0), 1000, 1000), 1000 + 4 * ms);
+        // Everything reported: look again one period on, for the beats to resume.
+        assert_eq!(next_deadline(&hb(2, 4, 2), 0, 5000), 5000 + ms);
+        assert_eq!(on_grid(1001, 0), 1001);
+        assert_eq!(on_grid(1001, 250), 1250);
+        assert_eq!(on_grid(1250, 250), 1250);
+    }
 }
