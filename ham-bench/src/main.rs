@@ -9,7 +9,8 @@
 //! ```
 //! SCENARIO is any of `restart_latency restart_storm takeover footprint idle heartbeat_cost
 //! ring_throughput ring_latency heartbeat_miss_delay` (default: all).
-//! `--quick`: 20 services, 40 kills, 2 storms, 10 takeover kills of each kind, 3 s idle; SDK:
+//! `--quick`: 10 services, 6 kills, 1 storm, 5 takeover kills of each kind, 1 s idle, the
+//! footprint at 100 services only, short settling; SDK:
 //! 20 beat batches, 20 000 ring events per producer × 2, 100 latency samples, 100 heartbeating
 //! entities with 10 misses. Full: 100 services, 200 kills, 5 storms, 100 + 100 takeover kills,
 //! 30 s idle; SDK: 100 batches, 100 000 events per producer × 5, 500 samples, 1000 entities
@@ -264,7 +265,10 @@ fn run(o: &Opts) -> Result<bool> {
                 scenarios::takeover(&ctx, &mut stamps, &p, &mut problems)?,
                 p.n,
             )],
-            "footprint" => vec![(scenarios::footprint(&ctx, &mut stamps, &mut problems)?, 100)],
+            "footprint" => vec![(
+                scenarios::footprint(&ctx, &mut stamps, &p, &mut problems)?,
+                100,
+            )],
             "idle" => vec![(scenarios::idle(&ctx, &mut stamps, &p, &mut problems)?, 100)],
             "heartbeat_cost" => vec![(sdk::heartbeat_cost(&ctx, &p, &mut problems)?, 1)],
             "ring_throughput" => vec![(sdk::ring_throughput(&ctx, &p, &mut problems)?, 1)],

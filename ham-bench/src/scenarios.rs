@@ -39,17 +39,28 @@ pub struct Params {
     /// heartbeat_miss_delay: entities, and how many of them stop beating in turn.
     pub miss_entities: usize,
     pub miss_samples: usize,
+    /// footprint / idle: how long a freshly started supervisor settles (× the per-system
+    /// time), and how many PSS samples are taken.
+    pub settle_scale: f64,
+    pub pss_samples: usize,
+    /// footprint: the numbers of services measured (quick: 100 only).
+    pub footprint_sizes: &'static [usize],
 }
 
 impl Params {
     pub fn new(quick: bool) -> Self {
         if quick {
             Self {
-                n: 20,
-                kills: 40,
-                storm_reps: 2,
-                takeover_kills: 10,
-                idle_s: 3.0,
+                // Under a minute with every peer installed (supervisord's restart alone is
+                // about a second per kill): a smoke test of the machinery, not figures.
+                n: 10,
+                kills: 6,
+                storm_reps: 1,
+                takeover_kills: 5,
+                idle_s: 1.0,
+                settle_scale: 0.3,
+                pss_samples: 2,
+                footprint_sizes: &[100],
                 hb_batches: 20,
                 ring_events: 20_000,
                 ring_reps: 2,
@@ -67,6 +78,9 @@ impl Params {
                 hb_batches: 100,
                 ring_events: 100_000,
                 ring_reps: 5,
+                settle_scale: 1.0,
+                pss_samples: 5,
+                footprint_sizes: &[1, 100],
                 lat_samples: 500,
                 miss_entities: 1000,
                 miss_samples: 40,
@@ -637,12 +651,13 @@ fn settle_s(kind: Kind) -> f64 {
 pub fn footprint(
     ctx: &Ctx,
     stamps: &mut Stamps,
+    p: &Params,
     problems: &mut Problems,
 ) -> Result<ScenarioResult> {
     let mut res = ScenarioResult {
         scenario: "footprint",
         unit: "KiB",
-        title: "PSS of all supervisor processes with 100 services (median of 5 samples); \
+        title: "PSS of all supervisor processes with 100 services (median of its samples: 5, quick 2); \
                 RSS/PSS from smaps_rollup at 1 and 100 services"
             .into(),
         systems: Vec::new(),
@@ -668,20 +683,20 @@ pub fn footprint(
         let r = (|| -> Result<Outcome> {
             let mut extra = Map::new();
             let mut pss100 = Vec::new();
-            for n in [1usize, 100] {
+            for &n in p.footprint_sizes {
                 let mut sup = start_up(ctx, stamps, kind, n, &format!("mem{n}"))?;
-                sys::sleep_interruptible(settle_s(kind))?;
+                sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
                 let mut rss = Vec::new();
                 let mut pss = Vec::new();
                 let mut procs = 0;
-                for _ in 0..5 {
+                for _ in 0..p.pss_samples {
                     let s = sys::sample(&sup.sup_pids());
                     rss.push(s.rss_kib as f64);
                     pss.push(s.pss_kib as f64);
                     procs = s.nproc;
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                let (r, p) = (stats(&rss).expect("5"), stats(&pss).expect("5"));
+                let (r, p) = (stats(&rss).expect("samples"), stats(&pss).expect("samples"));
                 progress(format!(
                     "{n} services: RSS {:.0} KiB, PSS {:.0} KiB, {procs} processes",
                     r.median, p.median
@@ -696,7 +711,7 @@ pub fn footprint(
                 finish(&mut sup, problems);
             }
             Ok(Outcome::Measured {
-                stats: stats(&pss100).expect("5 samples"),
+                stats: stats(&pss100).expect("samples"),
                 failures: 0,
                 extra,
             })
@@ -759,7 +774,7 @@ pub fn idle(
             } else {
                 None
             };
-            sys::sleep_interruptible(settle_s(kind))?;
+            sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
             let pids = sup.sup_pids();
             let a = sys::sample(&pids);
             let t0 = mono_ns();
