@@ -105,7 +105,9 @@ pub struct Header {
     ring_counts: [AtomicU64; 3],
     /// Where the ring's consumer stopped (kept here, where no client can write it).
     ring_tail: AtomicU64,
-    _reserved: [AtomicU64; 35],
+    /// ham's log verbosity (`ham_verbose`): 0 quiet, 1 normal, 2 and up more.
+    verbosity: AtomicU64,
+    _reserved: [AtomicU64; 34],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
@@ -239,6 +241,13 @@ impl Header {
             self.client_key[0].load(Ordering::Relaxed),
             self.client_key[1].load(Ordering::Relaxed),
         ]
+    }
+    pub(crate) fn set_verbosity(&self, level: u64) {
+        self.verbosity.store(level, Ordering::Relaxed);
+    }
+    /// The log verbosity (0 in a segment that never set it: read as "normal").
+    pub fn verbosity(&self) -> u64 {
+        self.verbosity.load(Ordering::Relaxed)
     }
     pub(crate) fn set_ring_tail(&self, tail: u64) {
         self.ring_tail.store(tail, Ordering::Relaxed);

@@ -48,6 +48,8 @@ pub enum Request {
     /// A run-time definition (QNX's `ham_attach`, `ham_condition*`, `ham_action*`, their
     /// `_remove` and `_control`): kept in the state segment beside the configuration.
     Define { change: Change },
+    /// QNX `ham_verbose`: reads or changes ham's log verbosity (answered in `flags`).
+    Verbose { op: VerboseOp, value: i32 },
     /// Whether an entity (and its condition, and its action) exists: QNX's `*_handle`.
     Lookup {
         entity: String,
@@ -173,6 +175,16 @@ pub enum Change {
         #[serde(default)]
         flags: u32,
     },
+}
+
+/// `ham_verbose`'s operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerboseOp {
+    Get,
+    Set,
+    Incr,
+    Decr,
 }
 
 /// QNX's `HENABLE`, `HDISABLE`, `HADDFLAGS`, `HREMOVEFLAGS`, `HSETFLAGS`, `HGETFLAGS`.

@@ -441,6 +441,12 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Stores the log verbosity (kept as level + 1, so 0 means "never set").
+    pub fn set_verbosity(&self, level: u32) -> Result<(), SegmentError> {
+        self.owned()?.set_verbosity(u64::from(level) + 1);
+        Ok(())
+    }
+
     pub fn set_client_key(&self, key: [u64; 2]) -> Result<(), SegmentError> {
         self.owned()?.set_client_key(key);
         Ok(())

@@ -280,7 +280,9 @@ int ham_stop_nd(int nd);
 int ham_stop_node(const char *nodename);
 
 /*
- ham has one log level: `VERBOSE_GET` answers 0; changing it is not supported (ENOTSUP).
+ ham's log verbosity (0 quiet, 1 normal, 2 and up also every request): `VERBOSE_GET`
+ returns it, `VERBOSE_SET` sets it to `value`, `VERBOSE_SET_INCR` / `_DECR` move it by
+ `value` (at least 1); returns the level now in force. Changing it needs root or ham's user.
  */
 int ham_verbose(const char *nodename, int op, int value);
 

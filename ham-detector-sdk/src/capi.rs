@@ -1355,16 +1355,25 @@ pub unsafe extern "C" fn ham_stop_node(nodename: *const c_char) -> c_int {
     }
 }
 
-/// ham has one log level: `VERBOSE_GET` answers 0; changing it is not supported (ENOTSUP).
+/// ham's log verbosity (0 quiet, 1 normal, 2 and up also every request): `VERBOSE_GET`
+/// returns it, `VERBOSE_SET` sets it to `value`, `VERBOSE_SET_INCR` / `_DECR` move it by
+/// `value` (at least 1); returns the level now in force. Changing it needs root or ham's user.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_verbose(nodename: *const c_char, op: c_int, value: c_int) -> c_int {
+    use ham_core::protocol::VerboseOp;
     if let Err(e) = local_name(nodename) {
         return fail_int(e);
     }
-    match op {
-        VERBOSE_GET => 0,
-        VERBOSE_SET_INCR | VERBOSE_SET_DECR | VERBOSE_SET => fail_int(libc::ENOTSUP),
-        _ => fail_int(libc::EINVAL),
+    let op = match op {
+        VERBOSE_GET => VerboseOp::Get,
+        VERBOSE_SET => VerboseOp::Set,
+        VERBOSE_SET_INCR => VerboseOp::Incr,
+        VERBOSE_SET_DECR => VerboseOp::Decr,
+        _ => return fail_int(libc::EINVAL),
+    };
+    match with_client(|c| c.verbose(op, value)) {
+        Ok(level) => level as c_int,
+        Err(e) => fail_int(e),
     }
 }
 

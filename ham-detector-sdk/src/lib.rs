@@ -390,8 +390,18 @@ impl Client {
     }
 
     /// Stops ham: every entity, then the HAM and its Guardian (root or ham's user only).
+    /// Answers once everything is down (each entity may take its `stop_timeout`).
     pub fn shutdown(&self) -> Result<(), Error> {
-        self.request(&Request::Shutdown).map(|_| ())
+        let s = connect_socket(&self.location.socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(600)))?;
+        request_on(&s, &Request::Shutdown).map(|_| ())
+    }
+
+    /// ham's log verbosity: `op` reads it or changes it; returns the level now in force
+    /// (0 quiet, 1 normal, 2 and up also every request). Changing it needs root or ham's user.
+    pub fn verbose(&self, op: ham_core::protocol::VerboseOp, value: i32) -> Result<u32, Error> {
+        self.request(&Request::Verbose { op, value })
+            .map(|r| r.flags.unwrap_or(0))
     }
 
     /// Events producers dropped because the ring was full (all producers, this run of ham).

@@ -275,3 +275,25 @@ fn a_placeholder_is_filled_by_a_pid_and_a_do_now_action_runs_at_once() {
         std::fs::read_to_string(&now).is_ok_and(|t| t == "run-now\ndeath\n")
     });
 }
+
+#[test]
+fn the_log_verbosity_changes_and_survives_a_takeover() {
+    use ham_core::protocol::VerboseOp;
+    let mut ham = Ham::start("rt-verbose", &sleeper("db"));
+    ham.wait_for("db running", |s| running(s, "db"));
+    let c = client(&ham);
+    assert_eq!(c.verbose(VerboseOp::Get, 0).unwrap(), 1);
+    assert_eq!(c.verbose(VerboseOp::Incr, 1).unwrap(), 2);
+    assert!(ham.ctl(&["ping"]).status.success());
+    wait_until(&ham, "a request logged at verbosity 2", || {
+        ham.stderr().contains("request from pid") && ham.stderr().contains("Ping")
+    });
+    let g = ham.status()["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    assert_eq!(c.verbose(VerboseOp::Get, 0).unwrap(), 2);
+    assert_eq!(c.verbose(VerboseOp::Set, 0).unwrap(), 0);
+}

@@ -288,8 +288,20 @@ enum Wait {
 /// How often a `waitfor` action looks for its path.
 const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
+/// ham's log verbosity (`ham_verbose`, `hamctl`): 0 quiet, 1 normal, 2 and up also each
+/// request. Kept in the state segment so a successor logs alike.
+static VERBOSITY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 fn log(instance: &str, msg: std::fmt::Arguments) {
-    crate::log_line(format_args!("ham[{instance}]"), msg);
+    if VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        crate::log_line(format_args!("ham[{instance}]"), msg);
+    }
+}
+
+fn verbose(instance: &str, msg: std::fmt::Arguments) {
+    if VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+        crate::log_line(format_args!("ham[{instance}]"), msg);
+    }
 }
 
 macro_rules! say {
@@ -521,6 +533,11 @@ impl Daemon {
             writer.set_client_key(key)?;
         }
         let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
+        // The log verbosity a predecessor was told to use.
+        let v = writer.segment().header().verbosity();
+        if v > 0 {
+            VERBOSITY.store((v - 1) as u32, std::sync::atomic::Ordering::Relaxed);
+        }
         let start_tail = (
             writer.segment().header().ring_tail(),
             writer.segment().header().ring_counts(),
@@ -2523,6 +2540,10 @@ impl Daemon {
     }
 
     fn handle(&mut self, req: Request, stream: UnixStream, peer: Peer) {
+        verbose(
+            &self.cfg.instance.name,
+            format_args!("request from pid {} (uid {}): {req:?}", peer.pid, peer.uid),
+        );
         if self.shutdown.is_some() && !matches!(req, Request::Ping | Request::Shutdown) {
             reply(stream, &Response::err("ham is shutting down"));
             return;
@@ -2536,6 +2557,10 @@ impl Daemon {
                 | Request::Subscribe { .. }
                 | Request::Ready { .. }
                 | Request::Lookup { .. }
+                | Request::Verbose {
+                    op: ham_core::protocol::VerboseOp::Get,
+                    ..
+                }
         );
         // A process may define conditions and actions on the entity it is.
         let own_definition = match &req {
@@ -2662,6 +2687,24 @@ impl Daemon {
                     Ok(()) => reply(stream, &Response::ok("found")),
                     Err(m) => reply(stream, &Response::errno(libc::ENOENT, m)),
                 }
+            }
+            (Request::Verbose { op, value }, _) => {
+                use ham_core::protocol::VerboseOp;
+                use std::sync::atomic::Ordering::Relaxed;
+                let now = VERBOSITY.load(Relaxed);
+                let next = match op {
+                    VerboseOp::Get => now,
+                    VerboseOp::Set => value.max(0) as u32,
+                    VerboseOp::Incr => now.saturating_add(value.max(1) as u32),
+                    VerboseOp::Decr => now.saturating_sub(value.max(1) as u32),
+                };
+                if next != now {
+                    VERBOSITY.store(next, Relaxed);
+                    let _ = self.writer.set_verbosity(next);
+                }
+                let mut r = Response::ok(format!("verbosity {next}"));
+                r.flags = Some(next);
+                reply(stream, &r);
             }
             (Request::Define { change }, _) => {
                 let r = self.define(change);
