@@ -217,6 +217,25 @@ fn define(change: Change) -> Result<u32, c_int> {
     with_client(|c| c.define(change))
 }
 
+/// Frees a handle this library made (`Box::into_raw`); `NULL` is `EINVAL`.
+unsafe fn free_handle<T>(h: *mut T) -> c_int {
+    if h.is_null() {
+        return fail_int(libc::EINVAL);
+    }
+    // SAFETY: a handle this library made with Box::into_raw and the caller has not freed
+    // (the C API's contract).
+    drop(unsafe { Box::from_raw(h) });
+    0
+}
+
+/// A `_node` variant: `f` (the local call) if `nodename` is the local node.
+fn on_node<T>(nodename: *const c_char, f: impl FnOnce() -> T, fail: fn(c_int) -> T) -> T {
+    match local_name(nodename) {
+        Ok(()) => f(),
+        Err(e) => fail(e),
+    }
+}
+
 // -- connection --------------------------------------------------------------------------
 
 /// Connects this process to ham (reference counted; `ham_disconnect` undoes one).
@@ -243,10 +262,7 @@ pub extern "C" fn ham_connect_nd(nd: c_int, flags: c_uint) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_connect_node(nodename: *const c_char, flags: c_uint) -> c_int {
-    match local_name(nodename) {
-        Ok(()) => ham_connect(flags),
-        Err(e) => fail_int(e),
-    }
+    on_node(nodename, || ham_connect(flags), fail_int)
 }
 
 #[unsafe(no_mangle)]
@@ -272,10 +288,7 @@ pub extern "C" fn ham_disconnect_nd(nd: c_int, flags: c_uint) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_disconnect_node(nodename: *const c_char, flags: c_uint) -> c_int {
-    match local_name(nodename) {
-        Ok(()) => ham_disconnect(flags),
-        Err(e) => fail_int(e),
-    }
+    on_node(nodename, || ham_disconnect(flags), fail_int)
 }
 
 // -- entities ----------------------------------------------------------------------------
@@ -328,11 +341,12 @@ pub unsafe extern "C" fn ham_attach_node(
     line: *const c_char,
     flags: c_uint,
 ) -> *mut ham_entity_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on unchanged.
-        Ok(()) => unsafe { ham_attach(ename, ND_LOCAL_NODE, pid, line, flags) },
-        Err(e) => fail_ptr(e),
-    }
+    // SAFETY: the caller's pointers, passed on unchanged.
+    on_node(
+        nodename,
+        || unsafe { ham_attach(ename, ND_LOCAL_NODE, pid, line, flags) },
+        fail_ptr,
+    )
 }
 
 /// Attaches this process as `ename` (created as a self-attached entity if it does not
@@ -427,11 +441,12 @@ pub unsafe extern "C" fn ham_detach_name_node(
     ename: *const c_char,
     flags: c_uint,
 ) -> c_int {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointer, passed on.
-        Ok(()) => unsafe { ham_detach_name(ND_LOCAL_NODE, ename, flags) },
-        Err(e) => fail_int(e),
-    }
+    // SAFETY: the caller's pointer, passed on.
+    on_node(
+        nodename,
+        || unsafe { ham_detach_name(ND_LOCAL_NODE, ename, flags) },
+        fail_int,
+    )
 }
 
 /// A placeholder entity: conditions and actions can be added before its process attaches.
@@ -464,11 +479,12 @@ pub unsafe extern "C" fn ham_entity_node(
     nodename: *const c_char,
     flags: c_uint,
 ) -> *mut ham_entity_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointer, passed on.
-        Ok(()) => unsafe { ham_entity(ename, ND_LOCAL_NODE, flags) },
-        Err(e) => fail_ptr(e),
-    }
+    // SAFETY: the caller's pointer, passed on.
+    on_node(
+        nodename,
+        || unsafe { ham_entity(ename, ND_LOCAL_NODE, flags) },
+        fail_ptr,
+    )
 }
 
 fn lookup(entity: &str, condition: Option<&str>, action: Option<&str>) -> Result<(), c_int> {
@@ -500,22 +516,18 @@ pub unsafe extern "C" fn ham_entity_handle_node(
     ename: *const c_char,
     flags: c_uint,
 ) -> *mut ham_entity_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointer, passed on.
-        Ok(()) => unsafe { ham_entity_handle(ND_LOCAL_NODE, ename, flags) },
-        Err(e) => fail_ptr(e),
-    }
+    // SAFETY: the caller's pointer, passed on.
+    on_node(
+        nodename,
+        || unsafe { ham_entity_handle(ND_LOCAL_NODE, ename, flags) },
+        fail_ptr,
+    )
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_entity_handle_free(ehdl: *mut ham_entity_t) -> c_int {
-    if ehdl.is_null() {
-        return fail_int(libc::EINVAL);
-    }
-    // SAFETY: a handle from `entity_handle` (Box::into_raw), freed once (the caller's
-    // contract).
-    drop(unsafe { Box::from_raw(ehdl) });
-    0
+    // SAFETY: the caller's handle, passed on.
+    unsafe { free_handle(ehdl) }
 }
 
 // -- conditions --------------------------------------------------------------------------
@@ -663,21 +675,18 @@ pub unsafe extern "C" fn ham_condition_handle_node(
     cname: *const c_char,
     flags: c_uint,
 ) -> *mut ham_condition_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe { ham_condition_handle(ND_LOCAL_NODE, ename, cname, flags) },
-        Err(e) => fail_ptr(e),
-    }
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe { ham_condition_handle(ND_LOCAL_NODE, ename, cname, flags) },
+        fail_ptr,
+    )
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_condition_handle_free(chdl: *mut ham_condition_t) -> c_int {
-    if chdl.is_null() {
-        return fail_int(libc::EINVAL);
-    }
-    // SAFETY: a handle this library made with Box::into_raw, freed once.
-    drop(unsafe { Box::from_raw(chdl) });
-    0
+    // SAFETY: the caller's handle, passed on.
+    unsafe { free_handle(chdl) }
 }
 
 // -- actions -----------------------------------------------------------------------------
@@ -859,9 +868,10 @@ pub unsafe extern "C" fn ham_action_notify_signal_node(
     value: c_int,
     flags: c_uint,
 ) -> *mut ham_action_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe {
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe {
             ham_action_notify_signal(
                 chdl,
                 aname,
@@ -873,8 +883,8 @@ pub unsafe extern "C" fn ham_action_notify_signal_node(
                 flags,
             )
         },
-        Err(e) => fail_ptr(e),
-    }
+        fail_ptr,
+    )
 }
 
 /// Linux has no pulses: the notification goes to the SDK subscribers of topic
@@ -908,9 +918,10 @@ pub unsafe extern "C" fn ham_action_notify_pulse_node(
     value: c_int,
     flags: c_uint,
 ) -> *mut ham_action_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe {
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe {
             ham_action_notify_pulse(
                 chdl,
                 aname,
@@ -922,8 +933,8 @@ pub unsafe extern "C" fn ham_action_notify_pulse_node(
                 flags,
             )
         },
-        Err(e) => fail_ptr(e),
-    }
+        fail_ptr,
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -1010,21 +1021,18 @@ pub unsafe extern "C" fn ham_action_handle_node(
     aname: *const c_char,
     flags: c_uint,
 ) -> *mut ham_action_t {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe { ham_action_handle(ND_LOCAL_NODE, ename, cname, aname, flags) },
-        Err(e) => fail_ptr(e),
-    }
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe { ham_action_handle(ND_LOCAL_NODE, ename, cname, aname, flags) },
+        fail_ptr,
+    )
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_action_handle_free(ahdl: *mut ham_action_t) -> c_int {
-    if ahdl.is_null() {
-        return fail_int(libc::EINVAL);
-    }
-    // SAFETY: a handle this library made with Box::into_raw, freed once.
-    drop(unsafe { Box::from_raw(ahdl) });
-    0
+    // SAFETY: the caller's handle, passed on.
+    unsafe { free_handle(ahdl) }
 }
 
 // -- action-fail lists -------------------------------------------------------------------
@@ -1102,9 +1110,10 @@ pub unsafe extern "C" fn ham_action_fail_notify_signal_node(
     value: c_int,
     flags: c_uint,
 ) -> c_int {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe {
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe {
             ham_action_fail_notify_signal(
                 ahdl,
                 aname,
@@ -1116,8 +1125,8 @@ pub unsafe extern "C" fn ham_action_fail_notify_signal_node(
                 flags,
             )
         },
-        Err(e) => fail_int(e),
-    }
+        fail_int,
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -1149,9 +1158,10 @@ pub unsafe extern "C" fn ham_action_fail_notify_pulse_node(
     value: c_int,
     flags: c_uint,
 ) -> c_int {
-    match local_name(nodename) {
-        // SAFETY: the caller's pointers, passed on.
-        Ok(()) => unsafe {
+    // SAFETY: the caller's pointers, passed on.
+    on_node(
+        nodename,
+        || unsafe {
             ham_action_fail_notify_pulse(
                 ahdl,
                 aname,
@@ -1163,8 +1173,8 @@ pub unsafe extern "C" fn ham_action_fail_notify_pulse_node(
                 flags,
             )
         },
-        Err(e) => fail_int(e),
-    }
+        fail_int,
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -1349,10 +1359,7 @@ pub extern "C" fn ham_stop_nd(nd: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_stop_node(nodename: *const c_char) -> c_int {
-    match local_name(nodename) {
-        Ok(()) => ham_stop(),
-        Err(e) => fail_int(e),
-    }
+    on_node(nodename, || ham_stop(), fail_int)
 }
 
 /// ham's log verbosity (0 quiet, 1 normal, 2 and up also every request): `VERBOSE_GET`
