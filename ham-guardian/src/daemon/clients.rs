@@ -655,9 +655,8 @@ impl Daemon {
                 }
             }
         };
-        let mut first = Response::ok(format!("subscribed to `{topic}`")).to_line();
+        let first = Response::ok(format!("subscribed to `{topic}`")).to_line();
         let ok = (&stream).write_all(&first).is_ok() && stream.set_nonblocking(true).is_ok();
-        first.clear();
         if !ok {
             return;
         }
