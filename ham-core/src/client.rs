@@ -629,15 +629,9 @@ impl Consumer {
         }
     }
 
-    /// Resumes where the shared `tail` says the previous consumer stopped.
+    /// A consumer at the shared `tail` (a fresh ring, or one no record says more about).
     pub fn new(seg: &ClientSegment, abandon_after_ns: u64) -> Self {
-        Self {
-            tail: seg.header().tail.load(Ordering::Acquire),
-            stall: None,
-            stats: RingStats::default(),
-            abandon_after_ns,
-            bell_gen: seg.header().sleeping.load(Ordering::Relaxed) >> 2,
-        }
+        Self::resume(seg, None, abandon_after_ns)
     }
 
     fn advance(&mut self, seg: &ClientSegment, slot: &RingSlot, ticket: u64) {
@@ -831,22 +825,17 @@ pub fn futex_wake(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
 }
 
-/// The token a HAM gives a client at connect: a keyed hash of the peer's pid and uid (as
-/// the kernel reported them), so that the HAM, and any successor that reads the same key
-/// from the state segment, can check an event's claimed pid and uid without keeping a
-/// table.
+/// The token a HAM gives a client at connect: SipHash-2-4, keyed with 128 random bits, of
+/// the peer's pid and uid (as the kernel reported them), so that the HAM, and any successor
+/// that reads the same key from the state segment, can check an event's claimed pid and uid
+/// without keeping a table.
+#[allow(deprecated)] // std's SipHasher is SipHash-2-4 with a key, which is what this needs
 pub fn client_token(key: [u64; 2], pid: u32, uid: u32) -> u64 {
-    let mut v = [key[0], key[1], u64::from(pid) | (u64::from(uid) << 32)];
-    let mut h: u64 = 0x6a09_e667_f3bc_c908;
-    for _ in 0..4 {
-        for x in &mut v {
-            h ^= *x;
-            h = h.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            h ^= h >> 31;
-            *x = x.wrapping_add(h);
-        }
-    }
-    h ^ key[0].rotate_left(17) ^ key[1]
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+    h.write_u32(pid);
+    h.write_u32(uid);
+    h.finish()
 }
 
 #[cfg(test)]

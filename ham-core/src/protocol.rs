@@ -75,9 +75,13 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `hello`: the client's token.
+    /// `hello`: the client's token, and the pid and uid it was made for (as the kernel
+    /// reports the client to ham: another pid namespace, or a setuid program, differ from
+    /// what the client sees itself as).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<(i32, u32)>,
     /// `attach`: the heartbeat slot in the client segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
@@ -96,6 +100,7 @@ impl Response {
             message: Some(message.into()),
             error: None,
             token: None,
+            peer: None,
             slot: None,
             errno: None,
             flags: None,
@@ -113,6 +118,7 @@ impl Response {
             message: None,
             error: Some(error.into()),
             token: None,
+            peer: None,
             slot: None,
             errno: None,
             flags: None,

@@ -171,8 +171,9 @@ fn local(nd: c_int) -> Result<(), c_int> {
     }
 }
 
-fn local_name(node: *const c_char) -> Result<(), c_int> {
-    // SAFETY: as `arg`.
+/// `node` is NULL or a NUL-terminated string that outlives the call.
+unsafe fn local_name(node: *const c_char) -> Result<(), c_int> {
+    // SAFETY: the caller's contract above is `arg`'s.
     match unsafe { arg(node) } {
         None => Ok(()),
         Some(n) if n.is_empty() || n == "localhost" => Ok(()),
@@ -228,9 +229,10 @@ unsafe fn free_handle<T>(h: *mut T) -> c_int {
     0
 }
 
-/// A `_node` variant: `f` (the local call) if `nodename` is the local node.
-fn on_node<T>(nodename: *const c_char, f: impl FnOnce() -> T, fail: fn(c_int) -> T) -> T {
-    match local_name(nodename) {
+/// A `_node` variant: `f` (the local call) if `node` (what `local_name` said of the node
+/// name) is the local node.
+fn on_node<T>(node: Result<(), c_int>, f: impl FnOnce() -> T, fail: fn(c_int) -> T) -> T {
+    match node {
         Ok(()) => f(),
         Err(e) => fail(e),
     }
@@ -262,7 +264,12 @@ pub extern "C" fn ham_connect_nd(nd: c_int, flags: c_uint) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_connect_node(nodename: *const c_char, flags: c_uint) -> c_int {
-    on_node(nodename, || ham_connect(flags), fail_int)
+    on_node(
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
+        || ham_connect(flags),
+        fail_int,
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -288,7 +295,12 @@ pub extern "C" fn ham_disconnect_nd(nd: c_int, flags: c_uint) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_disconnect_node(nodename: *const c_char, flags: c_uint) -> c_int {
-    on_node(nodename, || ham_disconnect(flags), fail_int)
+    on_node(
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
+        || ham_disconnect(flags),
+        fail_int,
+    )
 }
 
 // -- entities ----------------------------------------------------------------------------
@@ -343,7 +355,8 @@ pub unsafe extern "C" fn ham_attach_node(
 ) -> *mut ham_entity_t {
     // SAFETY: the caller's pointers, passed on unchanged.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_attach(ename, ND_LOCAL_NODE, pid, line, flags) },
         fail_ptr,
     )
@@ -443,7 +456,8 @@ pub unsafe extern "C" fn ham_detach_name_node(
 ) -> c_int {
     // SAFETY: the caller's pointer, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_detach_name(ND_LOCAL_NODE, ename, flags) },
         fail_int,
     )
@@ -481,7 +495,8 @@ pub unsafe extern "C" fn ham_entity_node(
 ) -> *mut ham_entity_t {
     // SAFETY: the caller's pointer, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_entity(ename, ND_LOCAL_NODE, flags) },
         fail_ptr,
     )
@@ -518,7 +533,8 @@ pub unsafe extern "C" fn ham_entity_handle_node(
 ) -> *mut ham_entity_t {
     // SAFETY: the caller's pointer, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_entity_handle(ND_LOCAL_NODE, ename, flags) },
         fail_ptr,
     )
@@ -677,7 +693,8 @@ pub unsafe extern "C" fn ham_condition_handle_node(
 ) -> *mut ham_condition_t {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_condition_handle(ND_LOCAL_NODE, ename, cname, flags) },
         fail_ptr,
     )
@@ -870,7 +887,8 @@ pub unsafe extern "C" fn ham_action_notify_signal_node(
 ) -> *mut ham_action_t {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe {
             ham_action_notify_signal(
                 chdl,
@@ -920,7 +938,8 @@ pub unsafe extern "C" fn ham_action_notify_pulse_node(
 ) -> *mut ham_action_t {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe {
             ham_action_notify_pulse(
                 chdl,
@@ -1023,7 +1042,8 @@ pub unsafe extern "C" fn ham_action_handle_node(
 ) -> *mut ham_action_t {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe { ham_action_handle(ND_LOCAL_NODE, ename, cname, aname, flags) },
         fail_ptr,
     )
@@ -1112,7 +1132,8 @@ pub unsafe extern "C" fn ham_action_fail_notify_signal_node(
 ) -> c_int {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe {
             ham_action_fail_notify_signal(
                 ahdl,
@@ -1160,7 +1181,8 @@ pub unsafe extern "C" fn ham_action_fail_notify_pulse_node(
 ) -> c_int {
     // SAFETY: the caller's pointers, passed on.
     on_node(
-        nodename,
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
         || unsafe {
             ham_action_fail_notify_pulse(
                 ahdl,
@@ -1359,7 +1381,12 @@ pub extern "C" fn ham_stop_nd(nd: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_stop_node(nodename: *const c_char) -> c_int {
-    on_node(nodename, || ham_stop(), fail_int)
+    on_node(
+        // SAFETY: the caller's node name (NULL or a string), passed on.
+        unsafe { local_name(nodename) },
+        || ham_stop(),
+        fail_int,
+    )
 }
 
 /// ham's log verbosity (0 quiet, 1 normal, 2 and up also every request): `VERBOSE_GET`
@@ -1368,7 +1395,8 @@ pub unsafe extern "C" fn ham_stop_node(nodename: *const c_char) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_verbose(nodename: *const c_char, op: c_int, value: c_int) -> c_int {
     use ham_core::protocol::VerboseOp;
-    if let Err(e) = local_name(nodename) {
+    // SAFETY: the caller's node name (NULL or a string), passed on.
+    if let Err(e) = unsafe { local_name(nodename) } {
         return fail_int(e);
     }
     let op = match op {

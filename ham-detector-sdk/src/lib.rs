@@ -218,15 +218,16 @@ impl Client {
         let seg = ClientSegment::open(&ham_core::client::segment_name(&location.name))?;
         let stream = connect_socket(&location.socket())?;
         let r = request_on(&stream, &Request::Hello)?;
-        let token = r
-            .token
-            .ok_or_else(|| Error::BadAnswer("hello without a token".into()))?;
+        let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
+            return Err(Error::BadAnswer("hello without a token".into()));
+        };
+        // The pid and uid ham knows this process by (its pid namespace, its effective uid).
         Ok(Self {
             seg: Arc::new(seg),
             location: location.clone(),
             token,
-            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
-            uid: rustix::process::getuid().as_raw(),
+            pid: pid as u32,
+            uid,
         })
     }
 

@@ -1283,6 +1283,22 @@ fn condition(
         .enumerate()
         .map(|(n, a)| action(ctx, &format!("{key}.action[{n}]"), a, names))
         .collect::<Result<Vec<_>, _>>()?;
+    // The run journal records a run's place as one byte per list, eight lists deep.
+    fn too_big(list: &[crate::actions::Action], depth: usize) -> bool {
+        list.len() > 255
+            || depth >= ham_core::journal::MAX_DEPTH
+            || list.iter().any(|a| too_big(&a.on_fail, depth + 1))
+    }
+    if too_big(&actions, 0) {
+        return Err(ctx.err(
+            Some(c.span()),
+            Some(key.to_owned()),
+            format!(
+                "at most 255 actions per list, and fail lists nested at most {} deep",
+                ham_core::journal::MAX_DEPTH - 1
+            ),
+        ));
+    }
     if r.nowait {
         fn waits(a: &crate::actions::Action) -> bool {
             matches!(a.kind, crate::actions::ActionKind::WaitFor { .. })

@@ -297,3 +297,54 @@ fn the_log_verbosity_changes_and_survives_a_takeover() {
     assert_eq!(c.verbose(VerboseOp::Get, 0).unwrap(), 2);
     assert_eq!(c.verbose(VerboseOp::Set, 0).unwrap(), 0);
 }
+
+#[test]
+fn an_entity_may_add_only_harmless_actions_to_itself() {
+    // A process running as nobody, the entity it defines on: a condition and a log action
+    // are accepted; an execute action (it would run with ham's privileges) is refused.
+    let work = tempfile::tempdir().unwrap();
+    let define = |change: Value| format!("'{change}'");
+    let script = work.path().join("define.sh");
+    let c = env!("CARGO_BIN_EXE_ham-client");
+    std::fs::write(
+        &script,
+        format!(
+            "{c} define {} && {c} define {} && {c} define {}\n",
+            define(
+                json!({"op": "condition", "entity": "self", "table": {"name": "d", "on": "death"}})
+            ),
+            define(json!({"op": "action", "entity": "self", "condition": "d",
+                          "table": {"name": "l", "do": "log", "message": "hi"}})),
+            define(json!({"op": "action", "entity": "self", "condition": "d",
+                          "table": {"name": "x", "do": "execute", "command": ["/bin/true"]}})),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let body = format!(
+        "[[entity]]\nname = \"self\"\nuser = \"nobody\"\nrestart = \"never\"\n\
+         command = [\"/bin/sh\", \"{}\"]\n",
+        script.display()
+    );
+    let ham = Ham::start_with("rt-own", "client_group = \"65534\"\n", &body, &[]);
+    let s = ham.wait_for("self exited", |s| entity(s, "self")["state"] == "exited");
+    // The first two defines succeeded, the third (execute) was refused: exit status 1.
+    assert_eq!(
+        entity(&s, "self")["last_exit"]["code"],
+        1,
+        "{}",
+        ham.stderr()
+    );
+    assert!(
+        ham.stderr().contains("permission denied"),
+        "{}",
+        ham.stderr()
+    );
+    let tree = text(&ham.ctl(&["status", "--tree"]).stdout);
+    assert!(tree.contains("l  log"), "{tree}");
+    assert!(!tree.contains("x  execute"), "{tree}");
+}

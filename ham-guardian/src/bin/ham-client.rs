@@ -18,6 +18,7 @@ commands:
   state ENTITY FROM TO  a state change through the ring
   detach ENTITY         end this process's attachment
   ready ENTITY          this process (ENTITY's) is ready: entities `after` it may start
+  define JSON           a run-time definition (a JSON `Change`, as the control protocol has it)
   subscribe TOPIC [--count N] [--signal SIGNUM]
                         print each notification on TOPIC (`*`: all) as a JSON line;
                         with --signal, ham also sends this process SIGNUM for each
@@ -111,6 +112,10 @@ fn main() -> ExitCode {
         }
         ("detach", 2) => client.detach(&args[1]),
         ("ready", 2) => client.ready(&args[1]),
+        ("define", 2) => match serde_json::from_str::<ham_detector_sdk::Change>(&args[1]) {
+            Ok(change) => client.define(change).map(|_| ()),
+            Err(e) => return usage(&format!("define: {e}")),
+        },
         ("subscribe", n) if n >= 2 => {
             let count = flag("--count").map_or(Ok(u64::MAX), |v| v.parse::<u64>());
             let Ok(count) = count else {

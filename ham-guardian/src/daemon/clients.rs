@@ -72,6 +72,10 @@ pub(super) struct Clients {
     pub consumer: Consumer,
     pub doorbell: OwnedFd,
     pub armed: bool,
+    /// The stalled-claim deadline a timer is set for (one at a time).
+    pub stall_timer: Option<u64>,
+    /// The client segment was kept from a predecessor (clients' mappings stay valid).
+    pub reused: bool,
     pub key: [u64; 2],
     pub denied: u64,
     pub logged: u64,
@@ -109,6 +113,8 @@ impl Clients {
         if let Some(counts) = start_counts {
             // The counts go on from the predecessor's (they describe the ring, not a HAM).
             // Tickets the predecessor took after its last record count as consumed.
+            // (The header's counts have denied events moved from consumed to rejected; the
+            // consumer counts them as consumed, `denied` restarts at 0.)
             let [consumed, rejected, abandoned] = counts;
             let unrecorded = consumer.tail().wrapping_sub(start_tail.0);
             consumer.stats = ham_core::client::RingStats {
@@ -132,6 +138,8 @@ impl Clients {
             consumer,
             doorbell,
             armed: false,
+            stall_timer: None,
+            reused: start.is_some(),
             key,
             denied: 0,
             logged: 0,
@@ -186,8 +194,9 @@ impl Daemon {
             return;
         }
         if c.consumer.prepare_sleep(&c.seg) {
+            // No wake-up for the doorbell thread: a producer's FUTEX_WAKE reaches it whatever
+            // value it waits on, and it then finds this generation's "rung".
             c.armed = true;
-            ham_core::client::futex_wake(&c.seg.header().sleeping);
         } else {
             let _ = rustix::io::write(&c.doorbell, &1u64.to_ne_bytes());
         }
@@ -224,23 +233,41 @@ impl Daemon {
             let polled = c.consumer.poll(&c.seg, now, is_dead);
             match polled {
                 Polled::Event(ev) => self.on_ring_event(ev),
-                Polled::Rejected(why) => self.ring_reject(format_args!("rejected: {why}")),
+                Polled::Rejected(why) => {
+                    self.ring_reject(format_args!("rejected: {why}"));
+                    if why.ends_with("ring repaired") {
+                        // A repair rewrote the whole ring: let the loop breathe (a client that
+                        // keeps scribbling must not keep ham repairing).
+                        if let Some(c) = &self.clients {
+                            let _ = rustix::io::write(&c.doorbell, &1u64.to_ne_bytes());
+                        }
+                        break;
+                    }
+                }
                 Polled::Abandoned { pid } => self.ring_reject(format_args!(
                     "abandoned a slot claimed by pid {pid} and never published"
                 )),
                 Polled::Empty => break,
+                Polled::Stalled { retry_at } if retry_at <= now => continue,
                 Polled::Stalled { retry_at } => {
-                    self.timers
-                        .push(Reverse((retry_at, TimerKind::RingStall, 0)));
+                    if let Some(c) = &mut self.clients {
+                        if c.stall_timer != Some(retry_at) {
+                            c.stall_timer = Some(retry_at);
+                            self.timers
+                                .push(Reverse((retry_at, TimerKind::RingStall, 0)));
+                        }
+                    }
                     break;
                 }
             }
         }
         if let Some(c) = &self.clients {
             let s = c.consumer.stats;
+            // A denied event was taken off the ring but not acted on: it counts as rejected,
+            // not consumed.
             let _ = self.writer.set_ring_state(
                 c.consumer.tail(),
-                [s.consumed, s.rejected + c.denied, s.abandoned],
+                [s.consumed - c.denied, s.rejected + c.denied, s.abandoned],
             );
         }
     }
@@ -339,12 +366,7 @@ impl Daemon {
             value,
             rtype,
         };
-        let n = self.entities[i]
-            .cfg
-            .conditions
-            .iter()
-            .filter(|c| c.trigger.matches(&event))
-            .count();
+        let n = self.matching(i, &event).count();
         // A raise no condition listens to is not a condition fired: it is not logged (a
         // chatty detector would otherwise push every entity's history out of the log).
         if let (
@@ -563,9 +585,10 @@ impl Daemon {
             .clients
             .as_ref()
             .and_then(|c| c.seg.heartbeats().get(slot as usize))
-            .map_or(0, |s| s.beat_ns.load(Ordering::Acquire))
-            // A beat "from the future" is a client's stray write: it counts as now.
-            .min(now);
+            .map_or(0, |s| s.beat_ns.load(Ordering::Acquire));
+        // A beat "from the future" is a stray write: it counts as no beat (it must not keep
+        // a hung process looking alive).
+        let beat = if beat > now { 0 } else { beat };
         let grid = self.cfg.heartbeat_grid_ns;
         let Some(hb) = &mut self.entities[i].hb else {
             return;
@@ -576,22 +599,23 @@ impl Daemon {
         }
         let p = hb.spec.period_ns;
         let due = |n: u32| n != 0 && now >= last.saturating_add(p.saturating_mul(u64::from(n)));
-        let mut fire = Vec::new();
-        if hb.fired == 0 && due(hb.spec.missed_low) {
+        let low = hb.fired == 0 && due(hb.spec.missed_low);
+        if low {
             hb.fired = 1;
             hb.fired_last = last;
-            fire.push(false);
         }
-        if hb.fired <= 1 && due(hb.spec.missed_high) {
+        let high = hb.fired <= 1 && due(hb.spec.missed_high);
+        if high {
             hb.fired = 2;
             hb.fired_last = last;
-            fire.push(true);
         }
         hb.deadline = on_grid(next_deadline(hb, last, now), grid);
         let at = hb.deadline;
         self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
-        for high in fire {
-            self.heartbeat_missed(i, high, now.saturating_sub(last));
+        for (missed, is_high) in [(low, false), (high, true)] {
+            if missed {
+                self.heartbeat_missed(i, is_high, now.saturating_sub(last));
+            }
         }
     }
 
@@ -605,11 +629,7 @@ impl Daemon {
         };
         let what = format!("no beat for {}", ham_core::duration::format_ns(silent_ns));
         let event = Event::HeartbeatMissed { high };
-        let handled = e
-            .cfg
-            .conditions
-            .iter()
-            .any(|c| c.trigger.matches(&event) && c.trigger != Trigger::Any);
+        let handled = self.matching(i, &event).any(|c| c.trigger != Trigger::Any);
         log(
             &self.cfg.instance.name,
             format_args!("{name}: {cond}: {what}"),
@@ -724,11 +744,24 @@ impl Daemon {
     }
 
     /// After a takeover or a warm start: every attached client counts as having beaten now.
+    /// If the client segment could not be kept, clients beat into a mapping ham no longer
+    /// reads: their attachments end (they must attach again) rather than look hung.
     pub(super) fn resume_heartbeats(&mut self) {
         let now = mono_ns();
+        let kept = self.clients.as_ref().is_some_and(|c| c.reused);
         for i in 0..self.entities.len() {
             if self.entities[i].rec.heartbeat.is_some() {
-                if self.entities[i].rec.state.has_process() {
+                if !kept {
+                    let name = self.entities[i].cfg.name.clone();
+                    log(
+                        &self.cfg.instance.name,
+                        format_args!(
+                            "{name}: the client segment is new: its heartbeat attachment ended (attach again)"
+                        ),
+                    );
+                    self.end_attachment(i);
+                    self.publish(i);
+                } else if self.entities[i].rec.state.has_process() {
                     self.watch_heartbeat(i, now);
                 } else {
                     self.end_attachment(i);

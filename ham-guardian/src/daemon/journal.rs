@@ -75,7 +75,28 @@ fn command_outcome(pid: i32, start_time: u64) -> Outcome {
         return Outcome::Unknown;
     }
     if super::runs_ham_binary(pid) {
-        return Outcome::NeverRan; // it reads the end of its release pipe and exits
+        // Still our binary: either it never got its go byte (it exits NOT_RELEASED), or it
+        // got it just before the HAM died and is on its way into execve. Which one shows
+        // within moments: look again for up to 200 ms (only at a takeover).
+        for _ in 0..200 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if let Some(ws) = procfs::zombie_status(pid, start_time) {
+                return if libc::WIFEXITED(ws) && libc::WEXITSTATUS(ws) == crate::sys::NOT_RELEASED {
+                    Outcome::NeverRan
+                } else {
+                    Outcome::Exited(ws)
+                };
+            }
+            if !procfs::is_alive(pid, start_time) {
+                return Outcome::Unknown;
+            }
+            if !super::runs_ham_binary(pid) {
+                break; // it exec'd
+            }
+        }
+        if super::runs_ham_binary(pid) {
+            return Outcome::NeverRan;
+        }
     }
     match rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())

@@ -529,7 +529,7 @@ impl Daemon {
         // The client-token key: made once per segment, kept by every successor.
         let mut key = writer.segment().header().client_key();
         if key == [0, 0] {
-            key = random_key();
+            key = random_key().map_err(io_ctx("getrandom (the client-token key)"))?;
             writer.set_client_key(key)?;
         }
         let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
@@ -1364,15 +1364,8 @@ impl Daemon {
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
     /// actions start as a run of their own.
     fn fire(&mut self, i: usize, event: Event, gone: Option<(i32, LastExit)>) {
-        let e = &self.entities[i];
-        // Conditions pruned by the restart this event is about still fire for it.
-        let disarmed = e.rec.disarmed & !e.pruned_now;
-        let conds: Vec<(usize, Condition)> = e
-            .cfg
-            .conditions
-            .iter()
-            .enumerate()
-            .filter(|(k, c)| c.enabled && disarmed & (1 << k) == 0 && c.trigger.matches(&event))
+        let conds: Vec<(usize, Condition)> = self
+            .matching_indexed(i, &event)
             .map(|(k, c)| (k, c.clone()))
             .collect();
         if conds.is_empty() {
@@ -1479,6 +1472,29 @@ impl Daemon {
         if let Some(next) = next {
             self.advance(next);
         }
+    }
+
+    /// The conditions of entity `i` that `event` fires, with their indices: enabled, not
+    /// pruned (those pruned by the restart this event is about still fire for it), matching.
+    fn matching_indexed<'a>(
+        &'a self,
+        i: usize,
+        event: &'a Event,
+    ) -> impl Iterator<Item = (usize, &'a Condition)> + 'a {
+        let e = &self.entities[i];
+        let disarmed = e.rec.disarmed & !e.pruned_now;
+        e.cfg.conditions.iter().enumerate().filter(move |(k, c)| {
+            c.enabled && (*k >= 64 || disarmed & (1 << k) == 0) && c.trigger.matches(event)
+        })
+    }
+
+    /// [`matching_indexed`](Self::matching_indexed) without the indices.
+    fn matching<'a>(
+        &'a self,
+        i: usize,
+        event: &'a Event,
+    ) -> impl Iterator<Item = &'a Condition> + 'a {
+        self.matching_indexed(i, event).map(|(_, c)| c)
     }
 
     /// Runs the actions of run `id` until one has to wait (a command, a delay) or none is left.
@@ -2193,7 +2209,12 @@ impl Daemon {
                 TimerKind::StatusPatch => self.try_patches(now),
                 TimerKind::Action => self.on_action_timer(i as u32, at),
                 TimerKind::Heartbeat => self.check_heartbeat(i),
-                TimerKind::RingStall => self.drain_ring(),
+                TimerKind::RingStall => {
+                    if let Some(c) = &mut self.clients {
+                        c.stall_timer = None;
+                    }
+                    self.drain_ring();
+                }
                 TimerKind::Watchdog => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running && self.shutdown.is_none() {
@@ -2302,7 +2323,10 @@ impl Daemon {
                 .hb
                 .as_ref()
                 .is_some_and(|h| h.deadline == at),
-            TimerKind::RingStall => true,
+            TimerKind::RingStall => self
+                .clients
+                .as_ref()
+                .is_some_and(|c| c.stall_timer == Some(at)),
         }
     }
 
@@ -2562,18 +2586,31 @@ impl Daemon {
                     ..
                 }
         );
-        // A process may define conditions and actions on the entity it is.
+        // A process may add conditions, and actions that run nothing and touch nothing
+        // else (log, notify, heartbeat-healthy), to the entity it is. Anything that runs a
+        // command, signals, or acts on other entities runs with ham's privileges: operators
+        // only.
         let own_definition = match &req {
-            Request::Define {
-                change:
-                    ham_core::protocol::Change::Condition { entity, .. }
-                    | ham_core::protocol::Change::Action { entity, .. }
-                    | ham_core::protocol::Change::Remove { entity, .. }
-                    | ham_core::protocol::Change::Control { entity, .. },
-            } => self
-                .by_name
-                .get(entity)
-                .is_some_and(|&i| self.entities[i].rec.pid == peer.pid && peer.pid > 0),
+            Request::Define { change } => {
+                use ham_core::protocol::Change;
+                let (entity, harmless) = match change {
+                    Change::Condition { entity, .. } => (entity, true),
+                    Change::Action { entity, table, .. } => (
+                        entity,
+                        matches!(
+                            table.get("do").and_then(|v| v.as_str()),
+                            Some("log" | "notify" | "heartbeat-healthy")
+                        ) && !table.contains_key("entity"),
+                    ),
+                    _ => (&String::new(), false),
+                };
+                // The entity's process, or a helper it runs (`ham-client` from a script).
+                harmless
+                    && self.by_name.get(entity).is_some_and(|&i| {
+                        let pid = self.entities[i].rec.pid;
+                        pid > 0 && (pid == peer.pid || procfs::parent(peer.pid) == Some(pid))
+                    })
+            }
             _ => false,
         };
         if !client_request && !own_definition && peer.uid != 0 && peer.uid != self.my_uid {
@@ -2626,6 +2663,7 @@ impl Daemon {
                             peer.pid as u32,
                             peer.uid,
                         ));
+                        r.peer = Some((peer.pid, peer.uid));
                         reply(stream, &r);
                     }
                     None => reply(
@@ -2987,24 +3025,29 @@ pub(crate) fn signalfd() -> nix::Result<SignalFd> {
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
-/// The file whose presence says device restarts are switched off, across cold starts.
-/// 128 random bits (the client-token key).
-fn random_key() -> [u64; 2] {
+/// 128 random bits (the client-token key), or the reason there are none: a predictable
+/// key would let any client pass for root.
+fn random_key() -> io::Result<[u64; 2]> {
     let mut b = [0u8; 16];
     let mut got = 0;
     while got < b.len() {
         match rustix::rand::getrandom(&mut b[got..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => got += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(_) => break,
+            Err(e) => return Err(e.into()),
         }
     }
-    [
+    let key = [
         u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
         u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
-    ]
+    ];
+    if key == [0, 0] {
+        return Err(io::Error::other("getrandom gave zeros"));
+    }
+    Ok(key)
 }
 
+/// The file whose presence says device restarts are switched off, across cold starts.
 fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
     cfg.instance
         .log_dir
