@@ -193,6 +193,8 @@ pub enum PushError {
 pub struct ClientSegment {
     name: String,
     map: MmapRaw,
+    /// The object itself, kept open so that the HAM can grow it back if a client shrinks it.
+    file: File,
     hb_slots: u32,
     ring_slots: u32,
 }
@@ -252,6 +254,7 @@ impl ClientSegment {
         let seg = Self {
             name: name.to_owned(),
             map,
+            file,
             hb_slots,
             ring_slots,
         };
@@ -313,6 +316,7 @@ impl ClientSegment {
         let mut seg = Self {
             name: name.to_owned(),
             map,
+            file,
             hb_slots: 0,
             ring_slots: 0,
         };
@@ -408,6 +412,43 @@ impl ClientSegment {
                 self.ring_slots as usize * (SLOT_WORDS + 1),
             )
         }
+    }
+
+    /// The mapping's address and length, and the object's descriptor: what a SIGBUS handler
+    /// needs to grow a shrunk object back (see `ham-guardian`'s `sys::guard_mapping`).
+    pub fn mapping(&self) -> (usize, usize, std::os::fd::RawFd) {
+        use std::os::fd::AsRawFd;
+        (
+            self.map.as_ptr() as usize,
+            self.map.len(),
+            self.file.as_raw_fd(),
+        )
+    }
+
+    /// Whether the header still says what this segment is (a client may have shrunk the
+    /// object, and the HAM grown it back as zeros).
+    pub fn header_intact(&self) -> bool {
+        let h = self.header();
+        h.magic.load(Ordering::Acquire) == CLIENT_MAGIC
+            && h.version.load(Ordering::Relaxed) == CLIENT_LAYOUT_VERSION
+            && h.hb_slots.load(Ordering::Relaxed) == self.hb_slots
+            && h.ring_slots.load(Ordering::Relaxed) == self.ring_slots
+    }
+
+    /// Writes the header's fixed fields again (after a repair); the ring's sequences are put
+    /// back in order by the consumer (`Consumer::poll` repairs what it finds out of place).
+    pub fn rewrite_header(&self) {
+        let h = self.header();
+        h.version.store(CLIENT_LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_size
+            .store(size_of::<ClientHeader>() as u32, Ordering::Relaxed);
+        h.total_size.store(self.map.len() as u64, Ordering::Relaxed);
+        h.hb_slots.store(self.hb_slots, Ordering::Relaxed);
+        h.ring_slots.store(self.ring_slots, Ordering::Relaxed);
+        h.hb_offset.store(hb_offset(), Ordering::Relaxed);
+        h.ring_offset
+            .store(ring_offset(self.hb_slots), Ordering::Relaxed);
+        h.magic.store(CLIENT_MAGIC, Ordering::Release);
     }
 
     pub fn set_ham_pid(&self, pid: u32) {

@@ -515,6 +515,64 @@ pub fn sigqueue(pid: i32, signal: i32, value: i32) -> io::Result<()> {
     }
 }
 
+/// The client segment's mapping, for the SIGBUS handler: base, length, descriptor.
+static GUARD_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static GUARD_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static GUARD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// Times the handler grew the object back (read by the loop to repair the header).
+pub static GUARD_REPAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Any client may shrink the client segment (it is a file it can write), and a shrunk
+/// mapping raises SIGBUS in whoever touches it. For the HAM that must not be fatal: this
+/// handler grows the object back to its size (`ftruncate`, async-signal-safe) when the
+/// faulting address is inside `[base, base + len)`, and the access is retried on zeroed pages
+/// (the ring's consumer then repairs what it finds, and counts it). Any other SIGBUS is
+/// re-raised with the default action.
+pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    GUARD_BASE.store(base, SeqCst);
+    GUARD_LEN.store(len, SeqCst);
+    GUARD_FD.store(fd, SeqCst);
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_addr is
+        // the faulting address for SIGBUS.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        let (base, len, fd) = (
+            GUARD_BASE.load(SeqCst),
+            GUARD_LEN.load(SeqCst),
+            GUARD_FD.load(SeqCst),
+        );
+        if fd >= 0 && addr >= base && addr < base + len {
+            // SAFETY: ftruncate is async-signal-safe; fd is the segment's descriptor, kept
+            // open by the ClientSegment for as long as the guard is set.
+            if unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0 {
+                GUARD_REPAIRS.fetch_add(1, SeqCst);
+                return; // the faulting access runs again, on the grown object
+            }
+        }
+        // SAFETY: resetting SIGBUS to its default and raising it again is what an
+        // unhandled SIGBUS would have done.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: a zeroed sigaction is a valid starting value; the handler above is an
+    // `extern "C"` function of the SA_SIGINFO signature, and only async-signal-safe calls
+    // (atomics, ftruncate, signal, raise) happen in it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

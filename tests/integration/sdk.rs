@@ -502,3 +502,53 @@ fn a_thousand_attachments_at_once_all_reach_the_guardian() {
         .count();
     assert_eq!(attached, 1000);
 }
+
+#[test]
+fn a_client_that_shrinks_the_client_segment_does_not_bring_ham_down() {
+    // Any member of the client group can write the segment, so it can truncate it: ham
+    // touching a truncated mapping gets SIGBUS. ham grows it back and carries on.
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("raised");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\n[[entity.condition.action]]\ndo = \"execute\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo $HAM_RAISE_CLASS >> {}\"]\n",
+        sleeper("db"),
+        marker.display()
+    );
+    let ham = Ham::start("shrink", &body);
+    ham.wait_for("db running", |s| running(s, "db"));
+    let path = format!("/dev/shm/ham.{}.client", ham.name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // ham keeps answering, and grows the segment back (its next touch of it, at the latest
+    // its next liveness tick), with a valid header.
+    wait_until(
+        &ham,
+        "the segment grown back and its header written again",
+        || {
+            ham.ctl(&["ping"]).status.success()
+                && ham_detector_sdk::Client::connect_to(
+                    &ham_detector_sdk::Location::from_config(&ham.config).unwrap(),
+                )
+                .is_ok()
+        },
+    );
+    assert!(
+        ham.stderr().contains("shrunk or overwritten"),
+        "{}",
+        ham.stderr()
+    );
+    let c = ham_detector_sdk::Client::connect_to(
+        &ham_detector_sdk::Location::from_config(&ham.config).unwrap(),
+    )
+    .unwrap();
+    c.raise("db", "after", 0, 0).unwrap();
+    wait_until(&ham, "a raise after the repair", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "after\n")
+    });
+    assert!(running(&ham.status(), "db"));
+}

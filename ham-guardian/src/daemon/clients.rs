@@ -108,6 +108,8 @@ impl Clients {
             ),
         };
         seg.set_ham_pid(std::process::id());
+        let (base, len, fd) = seg.mapping();
+        crate::sys::guard_mapping(base, len, fd)?;
         let seg = Arc::new(seg);
         let mut consumer = Consumer::resume(&seg, start, cfg.ring_abandon_after_ns);
         if let Some(counts) = start_counts {
@@ -216,7 +218,19 @@ impl Daemon {
     /// At each liveness tick: a ring with a published event while the HAM is armed means a
     /// doorbell was missed (it must not happen; if it does, this says so and recovers).
     pub(super) fn ring_safety_net(&mut self) {
-        let Some(c) = &self.clients else { return };
+        let Some(c) = &mut self.clients else { return };
+        // A client shrank the segment (ham's SIGBUS handler grew it back, as zeros).
+        if !c.seg.header_intact() {
+            c.armed = false; // the doorbell word was lost with the rest: arm it again
+            let repairs = crate::sys::GUARD_REPAIRS.load(Ordering::Relaxed);
+            log(
+                &self.cfg.instance.name,
+                format_args!(
+                    "the client segment was shrunk or overwritten by a client ({repairs} time(s) grown back); its header is written again"
+                ),
+            );
+            c.seg.rewrite_header();
+        }
         if c.armed && c.consumer.has_published(&c.seg) {
             log(
                 &self.cfg.instance.name,
