@@ -113,17 +113,15 @@ fn errno_of(e: &Error) -> c_int {
     }
 }
 
-/// Runs `f` with the connection (a temporary one if `ham_connect` was not called).
+/// Runs `f` with the connection (made on first use if `ham_connect` was not called).
 fn with_client<T>(f: impl FnOnce(&Client) -> Result<T, Error>) -> Result<T, c_int> {
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
     if st.client.is_none() {
         st.client = Some(Client::connect().map_err(|e| errno_of(&e))?);
     }
-    let r = f(st.client.as_ref().expect("connected above")).map_err(|e| errno_of(&e));
-    if st.connections == 0 {
-        st.client = None; // a temporary connection, as QNX makes for such calls
-    }
-    r
+    // Without ham_connect the connection is made on first use and kept (a detector that
+    // raises in a loop must not reconnect each time); ham_disconnect to zero drops it.
+    f(st.client.as_ref().expect("connected above")).map_err(|e| errno_of(&e))
 }
 
 /// A NUL-terminated string argument; `None` (EINVAL) for NULL or non-UTF-8.
