@@ -384,31 +384,29 @@ impl ClientSegment {
         }
     }
 
-    /// The ring's slots.
-    fn ring(&self) -> &[RingSlot] {
-        // SAFETY: `ring_slots` slots of 128 B start at the 128-aligned `ring_offset`, inside
-        // the mapping (checked in `create`/`open`); atomics only.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map
-                    .as_ptr()
-                    .add(ring_offset(self.hb_slots) as usize)
-                    .cast(),
-                self.ring_slots as usize,
-            )
-        }
+    /// The ring's first word: `ring_slots` slots of 128 B start at the 128-aligned
+    /// `ring_offset`, inside the mapping (checked in `create`/`open`).
+    fn ring_start(&self) -> *const AtomicU64 {
+        self.map
+            .as_ptr()
+            .wrapping_add(ring_offset(self.hb_slots) as usize)
+            .cast()
     }
 
-    /// The whole mapping as bytes to overwrite: for tests that play a rogue client.
+    /// The ring's slots.
+    fn ring(&self) -> &[RingSlot] {
+        // SAFETY: `ring_start` is the 128-aligned start of `ring_slots` slots inside the
+        // mapping, which `self` owns; atomics only.
+        unsafe { std::slice::from_raw_parts(self.ring_start().cast(), self.ring_slots as usize) }
+    }
+
+    /// The ring as plain words to overwrite: for tests that play a rogue client.
     #[doc(hidden)]
     pub fn raw_ring_words(&self) -> &[AtomicU64] {
-        // SAFETY: the ring is `ring_slots * 16` 8-aligned words inside the mapping.
+        // SAFETY: the same memory as `ring`, seen as its `ring_slots * 16` 8-aligned words.
         unsafe {
             std::slice::from_raw_parts(
-                self.map
-                    .as_ptr()
-                    .add(ring_offset(self.hb_slots) as usize)
-                    .cast(),
+                self.ring_start(),
                 self.ring_slots as usize * (SLOT_WORDS + 1),
             )
         }

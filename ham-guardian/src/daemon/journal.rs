@@ -64,37 +64,27 @@ enum Outcome {
 }
 
 fn command_outcome(pid: i32, start_time: u64) -> Outcome {
-    if let Some(ws) = procfs::zombie_status(pid, start_time) {
-        return if libc::WIFEXITED(ws) && libc::WEXITSTATUS(ws) == crate::sys::NOT_RELEASED {
-            Outcome::NeverRan
-        } else {
-            Outcome::Exited(ws)
-        };
-    }
-    if !procfs::is_alive(pid, start_time) {
-        return Outcome::Unknown;
-    }
-    if super::runs_ham_binary(pid) {
-        // Still our binary: either it never got its go byte (it exits NOT_RELEASED), or it
-        // got it just before the HAM died and is on its way into execve. Which one shows
-        // within moments: look again for up to 200 ms (only at a takeover).
-        for _ in 0..200 {
+    // A command still our binary either never got its go byte (it exits NOT_RELEASED) or
+    // got it just before the HAM died and is on its way into execve. Which one shows within
+    // moments: look again, 1 ms apart, for up to 200 ms (only at a takeover).
+    for look in 0..=200 {
+        if look > 0 {
             std::thread::sleep(std::time::Duration::from_millis(1));
-            if let Some(ws) = procfs::zombie_status(pid, start_time) {
-                return if libc::WIFEXITED(ws) && libc::WEXITSTATUS(ws) == crate::sys::NOT_RELEASED {
-                    Outcome::NeverRan
-                } else {
-                    Outcome::Exited(ws)
-                };
-            }
-            if !procfs::is_alive(pid, start_time) {
-                return Outcome::Unknown;
-            }
-            if !super::runs_ham_binary(pid) {
-                break; // it exec'd
-            }
         }
-        if super::runs_ham_binary(pid) {
+        if let Some(ws) = procfs::zombie_status(pid, start_time) {
+            return if libc::WIFEXITED(ws) && libc::WEXITSTATUS(ws) == crate::sys::NOT_RELEASED {
+                Outcome::NeverRan
+            } else {
+                Outcome::Exited(ws)
+            };
+        }
+        if !procfs::is_alive(pid, start_time) {
+            return Outcome::Unknown;
+        }
+        if !super::runs_ham_binary(pid) {
+            break; // it runs its program
+        }
+        if look == 200 {
             return Outcome::NeverRan;
         }
     }
