@@ -275,6 +275,62 @@ pub struct Action {
     pub run_now: bool,
 }
 
+impl Action {
+    /// Whether this action, and everything in its fail lists at any depth, runs nothing and
+    /// acts on nothing but its own entity's bookkeeping: what a process may add to itself
+    /// (everything else runs with ham's privileges).
+    pub fn runs_nothing(&self) -> bool {
+        matches!(
+            self.kind,
+            ActionKind::Log { .. } | ActionKind::Notify { .. } | ActionKind::HeartbeatHealthy
+        ) && self.on_fail.iter().all(Action::runs_nothing)
+    }
+
+    /// Whether `self`, replacing `old` (`None`: new), adds only actions that run nothing:
+    /// an action equal to its old self is not new, and one that differs only in its fail
+    /// list is new only there.
+    pub fn adds_only_harmless(&self, old: Option<&Action>) -> bool {
+        match old {
+            Some(old) if old == self => true,
+            Some(old) if old.same_but_fail_list(self) => self
+                .on_fail
+                .iter()
+                .enumerate()
+                .all(|(k, a)| a.adds_only_harmless(old.on_fail.get(k))),
+            _ => self.runs_nothing(),
+        }
+    }
+    fn same_but_fail_list(&self, other: &Action) -> bool {
+        self.name == other.name
+            && self.enabled == other.enabled
+            && self.removed == other.removed
+            && self.kind == other.kind
+            && self.break_on_fail == other.break_on_fail
+            && self.run_now == other.run_now
+    }
+}
+
+impl Condition {
+    /// Whether `self`, replacing `old` (`None`: new), adds only actions that run nothing
+    /// ([`Action::adds_only_harmless`]), at any depth. A condition whose own fields changed
+    /// (trigger, enabled, flags) is new as a whole: it would run its actions on new terms.
+    pub fn adds_only_harmless(&self, old: Option<&Condition>) -> bool {
+        let old = old.filter(|o| {
+            o.name == self.name
+                && o.enabled == self.enabled
+                && o.removed == self.removed
+                && o.trigger == self.trigger
+                && o.rearm == self.rearm
+                && o.independent == self.independent
+                && o.nowait == self.nowait
+        });
+        self.actions
+            .iter()
+            .enumerate()
+            .all(|(k, a)| a.adds_only_harmless(old.and_then(|o| o.actions.get(k))))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
     /// Its name (QNX: a condition's name under its entity), if it was given one.

@@ -12,6 +12,7 @@ mod conditions;
 mod config_errors;
 mod control;
 mod guardian;
+mod hardening;
 mod instances;
 mod notify;
 mod ordering;

@@ -2586,34 +2586,28 @@ impl Daemon {
                     ..
                 }
         );
-        // A process may add conditions, and actions that run nothing and touch nothing
-        // else (log, notify, heartbeat-healthy), to the entity it is. Anything that runs a
-        // command, signals, or acts on other entities runs with ham's privileges: operators
-        // only.
-        let own_definition = match &req {
-            Request::Define { change } => {
-                use ham_core::protocol::Change;
-                let (entity, harmless) = match change {
-                    Change::Condition { entity, .. } => (entity, true),
-                    Change::Action { entity, table, .. } => (
-                        entity,
-                        matches!(
-                            table.get("do").and_then(|v| v.as_str()),
-                            Some("log" | "notify" | "heartbeat-healthy")
-                        ) && !table.contains_key("entity"),
-                    ),
-                    _ => (&String::new(), false),
-                };
+        // A process may define conditions and actions on the entity it is; what they may
+        // hold (nothing that runs a command, signals or acts on another entity: that would
+        // run with ham's privileges) is checked on the parsed result, in `may_add`.
+        let privileged = peer.uid == 0 || peer.uid == self.my_uid;
+        let own_entity = match &req {
+            Request::Define {
+                change:
+                    ham_core::protocol::Change::Condition { entity, .. }
+                    | ham_core::protocol::Change::Action { entity, .. },
+            } if !privileged => {
                 // The entity's process, or a helper it runs (`ham-client` from a script).
-                harmless
-                    && self.by_name.get(entity).is_some_and(|&i| {
+                self.by_name
+                    .get(entity)
+                    .is_some_and(|&i| {
                         let pid = self.entities[i].rec.pid;
                         pid > 0 && (pid == peer.pid || procfs::parent(peer.pid) == Some(pid))
                     })
+                    .then(|| entity.clone())
             }
-            _ => false,
+            _ => None,
         };
-        if !client_request && !own_definition && peer.uid != 0 && peer.uid != self.my_uid {
+        if !client_request && !privileged && own_entity.is_none() {
             say!(
                 self,
                 "refused a request from uid {} (pid {})",
@@ -2745,7 +2739,7 @@ impl Daemon {
                 reply(stream, &r);
             }
             (Request::Define { change }, _) => {
-                let r = self.define(change);
+                let r = self.define(change, own_entity.as_deref());
                 reply(stream, &r);
             }
             (Request::Subscribe { topic, signal }, _) => {

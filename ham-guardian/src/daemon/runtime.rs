@@ -106,8 +106,9 @@ impl Daemon {
         })
     }
 
-    /// Carries out a `define` request.
-    pub(super) fn define(&mut self, change: Change) -> Response {
+    /// Carries out a `define` request. `limit` names the entity an unprivileged requester
+    /// is (it may add to that entity only what runs nothing); `None` for root or ham's user.
+    pub(super) fn define(&mut self, change: Change, limit: Option<&str>) -> Response {
         let answer = match change {
             Change::Control {
                 entity,
@@ -123,7 +124,7 @@ impl Daemon {
                 }
                 Err(e) => Err(e),
             },
-            change => self.redefine(change),
+            change => self.redefine(change, limit),
         };
         match answer {
             Ok(msg) => Response::ok(msg),
@@ -131,7 +132,7 @@ impl Daemon {
         }
     }
 
-    fn redefine(&mut self, change: Change) -> Result<String, Refusal> {
+    fn redefine(&mut self, change: Change, limit: Option<&str>) -> Result<String, Refusal> {
         let mut defs = self.defs.clone();
         let mut new_entity = None;
         let mut run_now_action = None;
@@ -333,7 +334,7 @@ impl Daemon {
                         }
                     }
                     return self
-                        .commit(defs, None)
+                        .commit(defs, None, limit)
                         .map(|()| format!("`{entity}` updated"));
                 };
                 let ct = self.defs_condition(&mut defs, entity, condition)?;
@@ -377,7 +378,7 @@ impl Daemon {
                 format!("`{entity}/{condition}` updated")
             }
         };
-        self.commit(defs, new_entity)?;
+        self.commit(defs, new_entity, limit)?;
         // QNX HACTIONDONOW: an action added with it also runs once, now.
         if let Some((entity, condition, action)) = run_now_action {
             if let Ok((i, k)) = self.condition_index(&entity, &condition) {
@@ -394,13 +395,19 @@ impl Daemon {
         Ok(what)
     }
 
-    /// Validates `defs` with the configuration, publishes it, and applies it.
+    /// Validates `defs` with the configuration, checks that an unprivileged requester
+    /// (`limit`: the entity it is) adds nothing but harmless actions to itself, publishes
+    /// it, and applies it.
     fn commit(
         &mut self,
         defs: Table,
         new_entity: Option<(String, Option<i32>)>,
+        limit: Option<&str>,
     ) -> Result<(), Refusal> {
         let cfg = self.parse_with(&defs, true).map_err(|e| (EINVAL, e))?;
+        if let Some(own) = limit {
+            self.may_add(&cfg, own)?;
+        }
         let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
         self.writer
             .publish_defs(text.as_bytes())
@@ -432,6 +439,49 @@ impl Daemon {
                     }
                 }
                 _ => self.start_when_ready(i),
+            }
+        }
+        Ok(())
+    }
+
+    /// The permission rule for definitions, checked on what they parse to, in one place:
+    /// compared with what runs now, `cfg` may differ only in conditions of entity `own`,
+    /// and only by actions that run nothing (log, notify, heartbeat-healthy) at any depth
+    /// of any fail list. Everything else runs with ham's privileges.
+    fn may_add(&self, cfg: &Config, own: &str) -> Result<(), Refusal> {
+        let denied = |what: String| {
+            Err((
+                libc::EPERM,
+                format!(
+                    "permission denied: {what}; a process may add to its own entity only \
+                     conditions and actions that run nothing (log, notify, heartbeat-healthy)"
+                ),
+            ))
+        };
+        if cfg.entities.len() != self.entities.len() {
+            return denied("it would define an entity".into());
+        }
+        for (e, new) in self.entities.iter().zip(&cfg.entities) {
+            let old = &e.cfg.conditions;
+            if new.name != e.cfg.name {
+                return denied(format!("it would change entity `{}`", e.cfg.name));
+            }
+            for (k, c) in new.conditions.iter().enumerate() {
+                if old.get(k) == Some(c) {
+                    continue;
+                }
+                if new.name != own {
+                    return denied(format!("it would change entity `{}`", new.name));
+                }
+                if !c.adds_only_harmless(old.get(k)) {
+                    return denied(format!(
+                        "condition `{}` of `{own}` would run an action that acts",
+                        c.name.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            if new.conditions.len() < old.len() {
+                return denied(format!("it would remove a condition of `{}`", new.name));
             }
         }
         Ok(())

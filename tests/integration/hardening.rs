@@ -1,0 +1,98 @@
+//! Issue 11: ham holds against hostile local users, exhausted resources and a loaded
+//! machine. Each test here reproduces an attack or a fault that once succeeded.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+/// Runs `script` (shell) as entity `self` under uid/gid 65534 (nobody, the client group's
+/// member), in a world-writable work folder; returns the instance once `self` has exited.
+fn as_entity_process(tag: &str, work: &std::path::Path, script: &str) -> Ham {
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = work.join("script.sh");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body = format!(
+        "[[entity]]\nname = \"self\"\nuser = \"nobody\"\nrestart = \"never\"\n\
+         command = [\"/bin/sh\", \"{}\"]\n",
+        path.display()
+    );
+    let ham = Ham::start_with(tag, "client_group = \"65534\"\n", &body, &[]);
+    ham.wait_for("self exited", |s| entity(s, "self")["state"] == "exited");
+    ham
+}
+
+fn define_line(change: Value, out: &std::path::Path) -> String {
+    format!(
+        "{} define '{change}'; echo $? > {}\n",
+        env!("CARGO_BIN_EXE_ham-client"),
+        out.display()
+    )
+}
+
+fn code(path: std::path::PathBuf) -> i32 {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_entity_cannot_smuggle_a_command_in_a_nested_or_fail_list() {
+    // Point 1: the permission rule is checked on the whole tree a process defines on
+    // itself: a condition's own action list and every fail list, at any depth.
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let marker = w.join("ran-as-root");
+    let touch = json!({"do": "execute", "command": ["/bin/touch", marker.to_str().unwrap()]});
+    let mut script = String::new();
+    // A condition carrying an execute in its own action list.
+    script += &define_line(
+        json!({"op": "condition", "entity": "self",
+               "table": {"name": "nested", "on": "death", "action": [touch.clone()]}}),
+        &w.join("nested"),
+    );
+    // A harmless condition, then a heartbeat-healthy action whose fail list (two deep)
+    // holds an execute.
+    script += &define_line(
+        json!({"op": "condition", "entity": "self", "table": {"name": "d", "on": "death"}}),
+        &w.join("cond"),
+    );
+    script += &define_line(
+        json!({"op": "action", "entity": "self", "condition": "d",
+               "table": {"name": "hh", "do": "heartbeat-healthy",
+                         "on_fail": [{"do": "log", "message": "m",
+                                      "on_fail": [touch.clone()]}]}}),
+        &w.join("fail"),
+    );
+    // What is allowed still is: a condition whose actions only log and notify.
+    script += &define_line(
+        json!({"op": "condition", "entity": "self",
+               "table": {"name": "ok", "on": "death",
+                         "action": [{"do": "log", "message": "bye",
+                                     "on_fail": [{"do": "notify", "topic": "t"}]}]}}),
+        &w.join("ok"),
+    );
+    let ham = as_entity_process("own-nested", w, &script);
+    assert_ne!(code(w.join("nested")), 0, "{}", ham.stderr());
+    assert_eq!(code(w.join("cond")), 0, "{}", ham.stderr());
+    assert_ne!(code(w.join("fail")), 0, "{}", ham.stderr());
+    assert_eq!(code(w.join("ok")), 0, "{}", ham.stderr());
+    let tree = text(&ham.ctl(&["status", "--tree"]).stdout);
+    assert!(!tree.contains("execute"), "{tree}");
+    assert!(tree.contains("log"), "{tree}");
+    // The death conditions that were accepted have run (their log line is written after
+    // the run); nothing ran as root.
+    wait_until(&ham, "the `ok` condition ran", || {
+        ham.log_of("self")
+            .iter()
+            .any(|l| l["action"] == "log" && l["result"] == "bye")
+    });
+    assert!(
+        !marker.exists(),
+        "a command defined by an entity ran as root"
+    );
+}
