@@ -214,7 +214,16 @@ fn ring_offset(hb_slots: u32) -> u64 {
     (hb_offset() + u64::from(hb_slots) * size_of::<HeartbeatSlot>() as u64).div_ceil(128) * 128
 }
 
+/// The mode ham gives the client segment: its own user and the client group.
+pub const CLIENT_MODE: u32 = 0o660;
+
 impl ClientSegment {
+    /// Whether this object is ham's own (this user's, mode [`CLIENT_MODE`]): a client
+    /// segment left under the name by anyone else is never reused.
+    pub fn check_owned(&self) -> Result<(), crate::segment::SegmentError> {
+        crate::segment::check_owned(&self.file, &self.name, CLIENT_MODE)
+    }
+
     /// Creates (or replaces) the client segment with mode 0660, owned by group `gid` if
     /// given. `ring_slots` is rounded up to a power of two.
     pub fn create(
@@ -235,11 +244,12 @@ impl ClientSegment {
         let fd = shm::open(
             name,
             shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_raw_mode(0o660),
+            Mode::from_raw_mode(CLIENT_MODE),
         )
         .map_err(|e| io("shm_open")(e.into()))?;
         // The umask may have taken bits away; the mode is the permission rule, so set it.
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o660)).map_err(|e| io("fchmod")(e.into()))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(CLIENT_MODE))
+            .map_err(|e| io("fchmod")(e.into()))?;
         if let Some(gid) = gid {
             rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(gid)))
                 .map_err(|e| io("fchown")(e.into()))?;

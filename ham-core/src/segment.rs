@@ -43,6 +43,20 @@ pub enum SegmentError {
     },
     #[error("segment {name} is inconsistent: {why}")]
     Geometry { name: String, why: String },
+    /// The name is taken by an object this ham did not create (`/dev/shm` is
+    /// world-writable): it is never used, and never trusted for "already running".
+    #[error(
+        "segment {name} is not ham's own: it belongs to uid {uid} with mode {mode:04o} \
+         (expected uid {expected_uid}, mode {expected_mode:04o}); someone else created this \
+         name — remove /dev/shm{name} once you know why it is there"
+    )]
+    Foreign {
+        name: String,
+        uid: u32,
+        mode: u32,
+        expected_uid: u32,
+        expected_mode: u32,
+    },
     #[error("entity slot {index} is out of range (capacity {capacity})")]
     NoSlot { index: u32, capacity: u32 },
     /// Another HAM took ownership: this one must stop writing at once.
@@ -95,6 +109,38 @@ fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> Se
     }
 }
 
+/// The mode ham gives its state segment (only its own user reads or writes it).
+pub const STATE_MODE: u32 = 0o600;
+
+/// Checks that an open shared-memory object is ham's own: owned by this process's
+/// effective uid with exactly `mode`. A name anyone could have created is otherwise
+/// trusted for nothing.
+pub fn check_owned(file: &File, name: &str, mode: u32) -> Result<(), SegmentError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata().map_err(io_err(name, "fstat"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() != me || md.mode() & 0o7777 != mode {
+        return Err(SegmentError::Foreign {
+            name: name.into(),
+            uid: md.uid(),
+            mode: md.mode() & 0o7777,
+            expected_uid: me,
+            expected_mode: mode,
+        });
+    }
+    Ok(())
+}
+
+/// Who owns the object `name`, if it exists and is not ham's own ([`check_owned`]).
+pub fn probe_foreign(name: &str, mode: u32) -> Result<(), SegmentError> {
+    match shm::open(name, shm::OFlags::RDONLY, Mode::empty()) {
+        Ok(fd) => check_owned(&File::from(fd), name, mode),
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        // Not even readable: not ours (ham creates its objects readable by itself).
+        Err(e) => Err(io_err(name, "shm_open")(e.into())),
+    }
+}
+
 impl Segment {
     /// Creates a new, zero-filled segment (mode 0600) with room for `capacity` entities.
     /// Fails with [`SegmentError::Exists`] if the name is taken.
@@ -114,6 +160,9 @@ impl Segment {
         let file = File::from(fd);
         let size = segment_size(capacity);
         let made = (|| {
+            // Exactly STATE_MODE, whatever the umask.
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(STATE_MODE))
+                .map_err(|e| io_err(name, "fchmod")(e.into()))?;
             file.set_len(size).map_err(io_err(name, "ftruncate"))?;
             let map = MmapOptions::new()
                 .len(size as usize)
@@ -137,8 +186,20 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Opens an existing segment and validates it.
+    /// Opens an existing segment and validates it: it must be ham's own (this user's, mode
+    /// [`STATE_MODE`]; [`SegmentError::Foreign`] otherwise) and of this layout.
     pub fn open(name: &str, access: Access) -> Result<Self, SegmentError> {
+        Self::open_checked(name, access, true)
+    }
+
+    /// Opens a segment for reading its status, as root may for an instance of any user
+    /// (`hamctl`): the mode is still checked, the owner only when not root.
+    pub fn open_for_status(name: &str) -> Result<Self, SegmentError> {
+        let root = rustix::process::geteuid().is_root();
+        Self::open_checked(name, Access::ReadOnly, !root)
+    }
+
+    fn open_checked(name: &str, access: Access, owner: bool) -> Result<Self, SegmentError> {
         let oflags = match access {
             Access::ReadOnly => shm::OFlags::RDONLY,
             Access::ReadWrite => shm::OFlags::RDWR,
@@ -151,6 +212,13 @@ impl Segment {
             }
         })?;
         let file = File::from(fd);
+        match check_owned(&file, name, STATE_MODE) {
+            // Root reading another user's instance.
+            Err(SegmentError::Foreign {
+                mode: STATE_MODE, ..
+            }) if !owner => {}
+            r => r?,
+        }
         let len = file.metadata().map_err(io_err(name, "fstat"))?.len();
         let geometry = |why: String| SegmentError::Geometry {
             name: name.into(),

@@ -100,3 +100,12 @@ mod tests {
         assert!(!is_alive(0, t));
     }
 }
+
+/// Whether `pid` runs under this process's effective uid. With the segment proven ham's
+/// own, its recorded pid and start time name this user's HAM or Guardian; the uid check
+/// keeps a recorded pid that another user's process now holds from counting as running.
+pub fn is_mine(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|m| m.uid() == rustix::process::geteuid().as_raw())
+}

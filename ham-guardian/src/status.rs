@@ -6,7 +6,7 @@ use ham_core::layout::{
     EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
     FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
 };
-use ham_core::segment::{Access, Segment, SegmentError};
+use ham_core::segment::{Segment, SegmentError};
 use ham_core::{EntityState, LastExit};
 use serde::Serialize;
 
@@ -111,7 +111,7 @@ impl ExitJson {
 
 /// Reads the status of the instance whose segment is `segment_name`.
 pub fn read(segment_name: &str, now_mono_ns: u64) -> Result<Status, SegmentError> {
-    let seg = Segment::open(segment_name, Access::ReadOnly)?;
+    let seg = Segment::open_for_status(segment_name)?;
     Ok(from_segment(&seg, now_mono_ns))
 }
 
@@ -279,7 +279,7 @@ pub fn tree(
     now_mono_ns: u64,
 ) -> Result<String, String> {
     use std::fmt::Write;
-    let seg = Segment::open(segment_name, Access::ReadOnly).map_err(|e| e.to_string())?;
+    let seg = Segment::open_for_status(segment_name).map_err(|e| e.to_string())?;
     let status = from_segment(&seg, now_mono_ns);
     let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let defs = seg

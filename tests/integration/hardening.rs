@@ -96,3 +96,70 @@ fn an_entity_cannot_smuggle_a_command_in_a_nested_or_fail_list() {
         "a command defined by an entity ran as root"
     );
 }
+
+/// `ham` as root on `squatted`'s configuration: it must refuse, naming the squatter.
+fn refused_as_squatted(squatted: &Ham, uid: u32) {
+    let err_path = squatted.dir.path().join("refused.stderr");
+    let mut child = squatted
+        .command(&[])
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut child);
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "ham started on a squatted name: {err}"
+    );
+    assert!(
+        err.contains(&format!("belongs to uid {uid}")),
+        "the refusal names the owner: {err}"
+    );
+}
+
+#[test]
+fn a_segment_squatted_by_another_user_is_refused_never_used() {
+    // Point 2: a local user runs ham under root's instance name first. Root's ham refuses
+    // while it runs, and after it is gone refuses its leftover file (which the squatter
+    // could read and write, key included) instead of warm-starting on it.
+    let mut squatter = Ham::configured("squat", "", &sleeper("victim"));
+    std::fs::set_permissions(squatter.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = squatter.command(&[]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    squatter.child = Some(cmd.spawn().unwrap());
+    squatter.wait_for("the squatter's ham", |s| {
+        s["entities"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|e| e["name"] == "victim" && e["pid"].as_i64() > Some(0))
+        })
+    });
+    let seg = squatter.segment_path();
+    let forged = std::fs::read(&seg).unwrap();
+    refused_as_squatted(&squatter, 65534);
+
+    // The squatter stops (root may ask it), leaving a copy of its segment behind.
+    assert!(squatter.ctl(&["shutdown"]).status.success());
+    assert_eq!(squatter.wait_exit(), 0);
+    std::fs::write(&seg, &forged).unwrap();
+    std::os::unix::fs::chown(&seg, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused_as_squatted(&squatter, 65534);
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        forged,
+        "the squatter's file is left alone"
+    );
+    assert!(
+        entity_processes(&squatter.name, "victim").is_empty(),
+        "nothing was started from a forged segment"
+    );
+    std::fs::remove_file(&seg).unwrap();
+
+    // The client segment's name, squatted alone, is refused the same way.
+    let client = format!("/dev/shm/ham.{}.client", squatter.name);
+    std::fs::write(&client, b"").unwrap();
+    std::os::unix::fs::chown(&client, Some(65534), Some(65534)).unwrap();
+    refused_as_squatted(&squatter, 65534);
+    std::fs::remove_file(&client).unwrap();
+}

@@ -68,6 +68,16 @@ impl Ham {
 
     /// Starts `ham` with extra `[ham]` lines and environment variables.
     pub fn start_with(tag: &str, ham_extra: &str, body: &str, env: &[(&str, &str)]) -> Ham {
+        let mut ham = Self::configured(tag, ham_extra, body);
+        ham.spawn(env);
+        ham.wait_for("ham and its guardian to be up", |s| {
+            s["guardian"]["alive"] == true && s["ham"]["alive"] == true
+        });
+        ham
+    }
+
+    /// An instance with its configuration written, not started.
+    pub fn configured(tag: &str, ham_extra: &str, body: &str) -> Ham {
         let dir = tempfile::Builder::new()
             .prefix("ham-test-")
             .tempdir()
@@ -76,37 +86,36 @@ impl Ham {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let name = unique_name(tag);
         let config = write_config_with(dir.path(), &name, ham_extra, body);
-        let mut ham = Ham {
+        Ham {
             dir,
             name,
             config,
             child: None,
             seen: Default::default(),
-        };
-        ham.spawn(env);
-        ham.wait_for("ham and its guardian to be up", |s| {
-            s["guardian"]["alive"] == true && s["ham"]["alive"] == true
-        });
-        ham
+        }
     }
 
     /// Starts `ham` on this instance's configuration (again), as the test's child.
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = self.command(env);
+        self.child = Some(cmd.spawn().expect("ham starts"));
+    }
+
+    /// The command that [`Ham::spawn`] runs: `ham --config CONFIG`, output to ham.stderr.
+    pub fn command(&self, env: &[(&str, &str)]) -> Command {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("ham.stderr"))
             .unwrap();
-        let child = Command::new(HAM)
-            .arg("--config")
+        let mut cmd = Command::new(HAM);
+        cmd.arg("--config")
             .arg(&self.config)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("ham starts");
-        self.child = Some(child);
+            .stderr(stderr);
+        cmd
     }
 
     pub fn pid(&self) -> i32 {
@@ -422,4 +431,22 @@ pub fn kill_and_wait(pid: i32) -> bool {
         "pid {pid} did not die within 30 s of SIGKILL"
     );
     true
+}
+
+/// Waits for `child` up to [`DEADLINE`]; still running then, it is killed (SIGTERM, then
+/// SIGKILL) and `None` returned.
+pub fn wait_child(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }

@@ -96,6 +96,7 @@ impl Clients {
         let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
             .then(|| ClientSegment::open(&name).ok())
             .flatten()
+            .filter(|s| s.check_owned().is_ok())
             .filter(|s| s.hb_slots() == capacity && s.ring_slots() == cfg.ring_slots);
         let (seg, start, start_counts) = match reuse {
             // The predecessor's position, from the state segment (a client cannot move it).

@@ -63,6 +63,11 @@ const TOK_KIND_MASK: u64 = !0xffff_ffff;
 pub enum DaemonError {
     #[error("instance `{name}` is already running (ham pid {pid})")]
     AlreadyRunning { name: String, pid: i32 },
+    #[error(
+        "instance `{name}` is running but its segment cannot be read by this ham ({why}); \
+         stop it (hamctl shutdown, with the binary that runs it) before starting this one"
+    )]
+    Unreadable { name: String, why: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -320,6 +325,13 @@ impl Daemon {
             inst.run_dir.display()
         )))?;
         let seg_name = inst.segment_name();
+        // A name someone else created (`/dev/shm` is world-writable) is refused, never used,
+        // replaced or trusted; so is a client segment name.
+        ham_core::segment::probe_foreign(&seg_name, ham_core::segment::STATE_MODE)?;
+        ham_core::segment::probe_foreign(
+            &ham_core::client::segment_name(&inst.name),
+            ham_core::client::CLIENT_MODE,
+        )?;
         let needed = cfg.max_entities.max(cfg.entities.len() as u32);
         let mut warm = None;
         match Segment::open(&seg_name, Access::ReadOnly) {
@@ -329,7 +341,7 @@ impl Daemon {
                     (h.ham_pid, h.ham_start_time),
                     (h.guardian_pid, h.guardian_start_time),
                 ] {
-                    if procfs::is_alive(pid, st) {
+                    if procfs::is_alive(pid, st) && procfs::is_mine(pid) {
                         return Err(DaemonError::AlreadyRunning {
                             name: inst.name.clone(),
                             pid: h.ham_pid,
@@ -358,7 +370,16 @@ impl Daemon {
                     format_args!("cold start: no segment {seg_name}"),
                 );
             }
+            Err(e @ SegmentError::Foreign { .. }) => return Err(e.into()),
             Err(e) => {
+                // A segment this ham cannot read may be a live instance's of another
+                // version: never replace it under a ham that still answers.
+                if std::os::unix::net::UnixStream::connect(inst.socket_path()).is_ok() {
+                    return Err(DaemonError::Unreadable {
+                        name: inst.name.clone(),
+                        why: e.to_string(),
+                    });
+                }
                 log(
                     &inst.name,
                     format_args!(
