@@ -65,6 +65,15 @@ pub fn is_alive(pid: i32, start_time: u64) -> bool {
     !matches!(state, Some("Z" | "X" | "x")) && parse_start_time(&stat) == Some(start_time)
 }
 
+/// Whether `pid` runs under this process's effective uid. With the segment proven ham's
+/// own, its recorded pid and start time name this user's HAM or Guardian; the uid check
+/// keeps a recorded pid that another user's process now holds from counting as running.
+pub fn is_mine(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|m| m.uid() == rustix::process::geteuid().as_raw())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,13 +108,4 @@ mod tests {
         assert!(!is_alive(me, t + 1));
         assert!(!is_alive(0, t));
     }
-}
-
-/// Whether `pid` runs under this process's effective uid. With the segment proven ham's
-/// own, its recorded pid and start time name this user's HAM or Guardian; the uid check
-/// keeps a recorded pid that another user's process now holds from counting as running.
-pub fn is_mine(pid: i32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}"))
-        .is_ok_and(|m| m.uid() == rustix::process::geteuid().as_raw())
 }
