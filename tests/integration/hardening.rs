@@ -163,3 +163,47 @@ fn a_segment_squatted_by_another_user_is_refused_never_used() {
     refused_as_squatted(&squatter, 65534);
     std::fs::remove_file(&client).unwrap();
 }
+
+/// CPU time (user + system, in clock ticks) that `pid` has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    // Fields 14 and 15 of stat(5), counted after the command's closing parenthesis.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_ham_with_entities_down_uses_no_cpu() {
+    // Point 6: a dead entity's pidfd stayed registered (the Guardian holds another
+    // descriptor of the same open file) and the loop spun at 100 % while any entity was
+    // exited, stopped or held off.
+    let body = "[[entity]]\nname = \"up\"\ncommand = [\"/bin/sleep\", \"100000\"]\n\
+                [[entity]]\nname = \"stopped\"\ncommand = [\"/bin/sleep\", \"100000\"]\n\
+                [[entity]]\nname = \"exited\"\ncommand = [\"/bin/true\"]\nrestart = \"on-failure\"\n\
+                [[entity]]\nname = \"crashy\"\ncommand = [\"/bin/false\"]\n\
+                policy = { kind = \"switch\", exits = 2, within = \"1m\", hold_off = \"10m\" }\n";
+    let ham = Ham::start("idle-down", body);
+    assert!(ham.ctl(&["stop", "stopped"]).status.success());
+    let s = ham.wait_for("every entity settled", |s| {
+        entity(s, "up")["state"] == "running"
+            && entity(s, "stopped")["state"] == "stopped"
+            && entity(s, "exited")["state"] == "exited"
+            && entity(s, "crashy")["state"] == "held-off"
+    });
+    let pids = [
+        s["ham"]["pid"].as_i64().unwrap() as i32,
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    ];
+    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    // Several seconds of nothing to do: the measurement window, not a synchronisation.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - before;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    // A spinning loop uses ~3 s; an idle pair a tick or two (its liveness ticks).
+    assert!(
+        used * 10 <= 3 * hz,
+        "the pair used {used} ticks ({hz}/s) in 3 s with nothing to do"
+    );
+}

@@ -494,9 +494,7 @@ impl Daemon {
         let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty())
             .map_err(|e| format!("pid {pid}: {e}"))?;
         let start_time = procfs::start_time(pid).ok_or(format!("pid {pid} is gone"))?;
-        if let Some(old) = self.entities[i].pidfd.take() {
-            let _ = epoll::delete(&self.epoll, &old);
-        }
+        self.unwatch_pidfd(i);
         let now = mono_ns();
         {
             let e = &mut self.entities[i];
@@ -532,13 +530,13 @@ impl Daemon {
             return Response::err(format!("nothing is attached to `{name}`"));
         }
         let pid = e.rec.pid;
+        if self.entities[i].cfg.attach_only {
+            self.unwatch_pidfd(i);
+        }
         let e = &mut self.entities[i];
         e.rec.heartbeat = None;
         e.hb = None;
         if e.cfg.attach_only {
-            if let Some(fd) = e.pidfd.take() {
-                let _ = epoll::delete(&self.epoll, &fd);
-            }
             e.rec.pid = 0;
             e.rec.start_time = 0;
             e.rec.state = EntityState::Stopped;

@@ -1220,7 +1220,17 @@ impl Daemon {
         self.release_proc_connector_if_idle();
     }
 
+    /// Stops watching entity `i`'s pidfd and closes ham's copy. epoll watches the open
+    /// file, not the descriptor: the Guardian holds another descriptor of it, so a pidfd
+    /// closed without `EPOLL_CTL_DEL` stays registered, readable for ever (a busy loop).
+    pub(super) fn unwatch_pidfd(&mut self, i: usize) {
+        if let Some(fd) = self.entities[i].pidfd.take() {
+            let _ = epoll::delete(&self.epoll, &fd);
+        }
+    }
+
     fn on_exit(&mut self, i: usize, exit: LastExit) {
+        self.unwatch_pidfd(i);
         let now = mono_ns();
         let shutting_down = self.shutdown.is_some();
         let e = &mut self.entities[i];
@@ -1231,7 +1241,6 @@ impl Daemon {
         // An attachment ends with its process.
         e.hb = None;
         e.rec.heartbeat = None;
-        e.pidfd = None; // closing it also removes it from the epoll set
         e.adopted = false;
         e.stop_deadline = None;
         e.rec.pid = 0;
