@@ -141,6 +141,7 @@ impl SpawnSpec {
             fds: &fds,
             new_process_group: self.new_process_group,
             exec_if_orphaned: self.exec_if_orphaned,
+            nofile_soft: NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed),
             go_r: go_r.as_raw_fd(),
             go_w: go_w.as_raw_fd(),
             st_r: st_r.as_raw_fd(),
@@ -189,6 +190,8 @@ struct ChildRaw<'a> {
     fds: &'a [(RawFd, RawFd)],
     new_process_group: bool,
     exec_if_orphaned: bool,
+    /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
+    nofile_soft: u64,
     go_r: RawFd,
     go_w: RawFd,
     st_r: RawFd,
@@ -222,11 +225,21 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
             fail(c.st_w);
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        // Move every source above the targets first, so no dup2 clobbers a later source.
+        // The descriptor limit ham was started with, not the one it raised for itself.
+        if c.nofile_soft > 0 {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = c.nofile_soft.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        // Move every source above the targets first, so no dup2 clobbers a later source
+        // (above the highest target, not at a fixed number a low limit may not allow).
         let mut moved = [0 as RawFd; 16];
         let n = c.fds.len().min(moved.len());
+        let floor = c.fds.iter().map(|&(_, t)| t + 1).max().unwrap_or(0);
         for (i, (src, _)) in c.fds.iter().take(n).enumerate() {
-            let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+            let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, floor);
             if fd < 0 {
                 fail(c.st_w);
             }
@@ -516,6 +529,41 @@ pub fn sigqueue(pid: i32, signal: i32, value: i32) -> io::Result<()> {
 }
 
 /// The client segment's mapping, for the SIGBUS handler: base, length, descriptor.
+/// RLIMIT_NOFILE's soft limit as ham found it: every process ham starts gets it back.
+static NOFILE_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `setrlimit(RLIMIT_NOFILE)`: raises the soft limit on descriptors to the hard one (ham
+/// holds a pidfd per entity, and the Guardian a copy of each), remembering the soft limit
+/// it found for the processes it starts. Returns (found, now).
+pub fn raise_nofile() -> (u64, u64) {
+    let Ok((soft, hard)) = rlimit_nofile() else {
+        return (0, 0);
+    };
+    NOFILE_SOFT.store(soft, std::sync::atomic::Ordering::Relaxed);
+    let lim = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we pass by reference.
+    if soft < hard && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        return (soft, hard);
+    }
+    (soft, soft)
+}
+
+/// `getrlimit(RLIMIT_NOFILE)`: (soft, hard).
+pub fn rlimit_nofile() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
 static GUARD_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static GUARD_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static GUARD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);

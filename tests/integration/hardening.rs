@@ -207,3 +207,141 @@ fn a_ham_with_entities_down_uses_no_cpu() {
         "the pair used {used} ticks ({hz}/s) in 3 s with nothing to do"
     );
 }
+
+/// Starts `ham` with RLIMIT_NOFILE set to `soft` and `hard`.
+fn spawn_with_nofile(ham: &mut Ham, soft: u64, hard: u64) {
+    let mut cmd = ham.command(&[]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    ham.child = Some(cmd.spawn().unwrap());
+}
+
+#[test]
+fn a_low_descriptor_limit_still_starts_entities_and_says_how_many_fit() {
+    // Point 10: at RLIMIT_NOFILE 64 no entity and no Guardian ever started (the child
+    // moved its descriptors to 64, which that limit forbids).
+    let body: String = (0..8).map(|k| sleeper(&format!("s{k}"))).collect();
+    for (soft, hard) in [(64, 64), (64, 4096)] {
+        let mut ham = Ham::configured("nofile", "", &body);
+        spawn_with_nofile(&mut ham, soft, hard);
+        ham.wait_for("every entity and the guardian up", |s| {
+            s["guardian"]["alive"] == true
+                && s["entities"]
+                    .as_array()
+                    .is_some_and(|v| v.len() == 8 && v.iter().all(|e| e["state"] == "running"))
+        });
+        // ham raised its soft limit to the hard one, and says what fits.
+        assert!(
+            ham.stderr()
+                .contains(&format!("descriptors: limit {hard}, room for about")),
+            "{}",
+            ham.stderr()
+        );
+        // What the entities got is the soft limit ham was started with.
+        let pid = pid_of(&ham.status(), "s0");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(line.split_whitespace().nth(3), Some("64"), "{line}");
+    }
+}
+
+/// Opens `n` connections to `socket` as uid/gid 65534 (a client-group member), from a
+/// thread that changes only its own credentials (raw `setresuid`, not glibc's, which
+/// would change every thread's): the kernel records them at `connect`.
+fn connect_as_member(socket: &std::path::Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
+    let socket = socket.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 0), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 0), 0);
+        }
+        let conns: Vec<_> = (0..n)
+            .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+            .collect();
+        let _ = tx.send(conns);
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the connections were made")
+}
+
+/// How many of `conns` ham still holds open (a read would block rather than end).
+fn still_open(conns: &[std::os::unix::net::UnixStream]) -> usize {
+    use std::io::Read;
+    conns
+        .iter()
+        .filter(|c| {
+            c.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 512];
+            loop {
+                match (&**c).read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(_) => continue, // a refusal's answer, then the end
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count()
+}
+
+#[test]
+fn a_member_holding_many_connections_cannot_starve_ham() {
+    // Point 5: a member held 1,100 idle connections at RLIMIT_NOFILE 1024; the HAM spun on
+    // "accept: Too many open files" (187 MB of log in 10 s) and did not restart a killed
+    // entity.
+    let mut ham = Ham::configured(
+        "conn-flood",
+        "client_group = \"65534\"\n",
+        &sleeper("victim"),
+    );
+    spawn_with_nofile(&mut ham, 1024, 1024);
+    let s = ham.wait_for("up", |s| {
+        s["guardian"]["alive"] == true
+            && s["entities"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|e| e["state"] == "running"))
+    });
+    let hp = s["ham"]["pid"].as_i64().unwrap() as i32;
+    let conns = connect_as_member(&ham.socket_path(), 1100);
+    // ham answers root, and keeps supervising.
+    assert!(ham.ctl(&["ping"]).status.success(), "{}", ham.stderr());
+    let old = pid_of(&ham.status(), "victim");
+    sigkill(old);
+    ham.wait_for("victim restarted", |s| {
+        running(s, "victim") && pid_of(s, "victim") != old
+    });
+    let before = cpu_ticks(hp);
+    // A measurement window while the connections are held.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_ticks(hp) - before;
+    assert!(
+        used <= 20,
+        "the HAM used {used} ticks in 2 s while they were held"
+    );
+    let open = still_open(&conns);
+    assert!(open <= 16, "ham holds {open} connections of one member");
+    let log_len = std::fs::metadata(ham.dir.path().join("ham.stderr"))
+        .unwrap()
+        .len();
+    assert!(log_len < 64 * 1024, "ham wrote {log_len} bytes of log");
+    // Connections that ask nothing are closed.
+    wait_until(&ham, "the idle connections closed", || {
+        still_open(&conns) == 0
+    });
+}

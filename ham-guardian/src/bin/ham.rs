@@ -80,6 +80,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE as u8);
         }
     };
+    // Before anything opens a descriptor: ham holds one per entity (and per connection).
+    ham_guardian::sys::raise_nofile();
     let (path, check) = match mode {
         Mode::Run(p) => (p, false),
         Mode::Check(p) => (p, true),

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -32,7 +32,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 
 use crate::actions::{Action, ActionKind, Condition, Event};
 use crate::config::{Config, EntityConfig, Output, Recovery, Strategy};
-use crate::control::{MAX_REQUEST, Request, Response};
+use crate::control::{Request, Response};
 use crate::failpoint;
 use crate::handoff::{self, Passed};
 use crate::proclog::{LogRecord, ProcessLog, Syslog};
@@ -40,6 +40,7 @@ use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
 mod clients;
+mod conns;
 mod journal;
 mod runtime;
 use clients::{Clients, Peer, Subscriber};
@@ -187,6 +188,8 @@ struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
     peer: Peer,
+    /// When it was accepted: a request not complete `CONN_TIMEOUT_NS` later is dropped.
+    opened: u64,
 }
 
 /// The sockets an instance keeps through takeovers: handed to each Guardian.
@@ -219,6 +222,11 @@ pub struct Daemon {
     notify: std::os::unix::net::UnixDatagram,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
+    /// The listener is out of the epoll set (no fd for a connection, or at the cap) until
+    /// the next liveness tick or a connection closes.
+    accept_paused: bool,
+    /// Repeated log lines, at most one a second per kind.
+    limited: conns::RateLimit,
     entities: Vec<Entity>,
     by_name: HashMap<String, usize>,
     timers: BinaryHeap<Reverse<(u64, TimerKind, usize)>>,
@@ -535,6 +543,24 @@ impl Daemon {
                 inst.socket_path().display()
             ),
         );
+        if let Ok((limit, _)) = sys::rlimit_nofile() {
+            // The HAM holds a pidfd per running entity (two while a command of its runs),
+            // the control connections and ~32 of its own; the Guardian a pidfd per entity.
+            let room = limit.saturating_sub(32 + conns::CONN_MAX as u64) / 2;
+            log(
+                &inst.name,
+                format_args!(
+                    "descriptors: limit {limit}, room for about {room} running entities beside \
+                     {} control connections{}",
+                    conns::CONN_MAX,
+                    if (cfg.entities.len() as u64) > room {
+                        " — fewer than this configuration has: raise RLIMIT_NOFILE's hard limit"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         let tick_ns = (cfg.liveness_timeout_ns / 4).max(1);
         let (plog, err) = ProcessLog::open(inst.process_log_path());
         if let Some(e) = err {
@@ -591,6 +617,8 @@ impl Daemon {
             listener,
             notify,
             conns: HashMap::new(),
+            accept_paused: false,
+            limited: conns::RateLimit::default(),
             next_conn: 0,
             entities: Vec::new(),
             by_name: HashMap::new(),
@@ -2234,6 +2262,7 @@ impl Daemon {
                     let _ = self.writer.set_liveness(now);
                     self.schedule_tick(now);
                     self.ring_safety_net();
+                    self.sweep_conns(now);
                 }
                 TimerKind::GuardianRetry => self.spawn_guardian(),
                 TimerKind::StatusPatch => self.try_patches(now),
@@ -2494,104 +2523,6 @@ impl Daemon {
     }
 
     // -- control socket --------------------------------------------------------------------
-
-    fn on_accept(&mut self) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    say!(self, "accept: {e}");
-                    return;
-                }
-            };
-            // Anyone who can open the socket (mode 0660, the client group) may speak;
-            // what each may ask is decided per request from these credentials.
-            let peer = match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(cred) => Peer {
-                    pid: cred.pid.as_raw_nonzero().get(),
-                    uid: cred.uid.as_raw(),
-                },
-                Err(e) => {
-                    say!(self, "SO_PEERCRED: {e}");
-                    continue;
-                }
-            };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let id = self.next_conn;
-            self.next_conn += 1;
-            if epoll::add(
-                &self.epoll,
-                &stream,
-                epoll::EventData::new_u64(TOK_CONN | id),
-                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-            )
-            .is_ok()
-            {
-                self.conns.insert(
-                    id,
-                    Conn {
-                        stream,
-                        buf: Vec::new(),
-                        peer,
-                    },
-                );
-            }
-        }
-    }
-
-    fn on_conn(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let mut chunk = [0u8; 1024];
-        let mut closed = false;
-        loop {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-            if conn.buf.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        let line_end = conn.buf.iter().position(|&b| b == b'\n');
-        if line_end.is_none() && !closed && conn.buf.len() <= MAX_REQUEST {
-            return; // wait for the rest of the line
-        }
-        let conn = self.conns.remove(&id).expect("present above");
-        let _ = epoll::delete(&self.epoll, &conn.stream);
-        let _ = conn.stream.set_nonblocking(false);
-        let _ = conn
-            .stream
-            .set_write_timeout(Some(std::time::Duration::from_secs(1)));
-        let Some(end) = line_end else {
-            if !conn.buf.is_empty() {
-                reply(
-                    conn.stream,
-                    &Response::err(format!(
-                        "request is not one line of at most {MAX_REQUEST} bytes"
-                    )),
-                );
-            }
-            return;
-        };
-        match serde_json::from_slice::<Request>(&conn.buf[..end]) {
-            Ok(req) => self.handle(req, conn.stream, conn.peer),
-            Err(e) => reply(conn.stream, &Response::err(format!("bad request: {e}"))),
-        }
-    }
 
     fn handle(&mut self, req: Request, stream: UnixStream, peer: Peer) {
         verbose(
