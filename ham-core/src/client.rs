@@ -8,10 +8,10 @@
 //! ClientHeader (256 B) · HeartbeatSlot[hb_slots] (64 B each) · RingSlot[ring_slots] (128 B each)
 //! ```
 //!
-//! **Heartbeats.** A heartbeat is one atomic store of the client's `CLOCK_MONOTONIC` time
-//! into its slot (no syscall: the clock is read through the vDSO). The HAM reads the slot
-//! only at the entity's next deadline, so a healthy client costs it one wake-up per miss
-//! window, not one per beat.
+//! **Heartbeats** are not here any more: a slot any group member could write let one
+//! client forge or suppress another's beats. Each attachment beats into its own page
+//! ([`crate::beat`]); ham creates this segment with no heartbeat slots (the region's
+//! geometry is kept so the layout version stays, and tests use a slot as a flag).
 //!
 //! **The detector ring** is a bounded multi-producer, single-consumer queue of fixed-size
 //! slots with per-slot sequence numbers (after Vyukov's bounded queue). A producer claims a

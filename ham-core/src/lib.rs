@@ -17,6 +17,7 @@
 //! references.
 #![deny(unsafe_code)]
 
+pub mod beat;
 pub mod blob;
 pub mod client;
 pub mod duration;

@@ -26,12 +26,13 @@
 pub mod capi;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ham_core::beat::BeatMap;
 use ham_core::client::{ClientSegment, KIND_RAISE, KIND_STATE, PushError, RingEvent};
 pub use ham_core::protocol::Notification;
 pub use ham_core::protocol::{Change, ControlCommand};
@@ -175,11 +176,45 @@ pub fn mono_ns() -> u64 {
 
 /// Sends one request line and reads one answer line.
 fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {
+    request_with_fd(stream, req).map(|(r, _)| r)
+}
+
+/// [`request_on`], also taking a descriptor ham attached to the answer (`SCM_RIGHTS`).
+fn request_with_fd(
+    stream: &UnixStream,
+    req: &Request,
+) -> Result<(Response, Option<OwnedFd>), Error> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut line = serde_json::to_vec(req).expect("a request always serialises");
     line.push(b'\n');
     (&*stream).write_all(&line)?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
+    // The first bytes of the answer carry the descriptor, if any.
+    let mut first = [0u8; 4096];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let n = loop {
+        match rustix::net::recvmsg(
+            stream,
+            &mut [std::io::IoSliceMut::new(&mut first)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => break r.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(Error::Io(e.into())),
+        }
+    };
+    let mut fd = None;
+    for msg in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            // One is expected; any other is closed as it drops.
+            fd = fds.into_iter().next();
+        }
+    }
+    let mut answer = String::from_utf8_lossy(&first[..n]).into_owned();
+    if n > 0 && !answer.ends_with('\n') {
+        BufReader::new(stream).read_line(&mut answer)?;
+    }
     if answer.is_empty() {
         return Err(Error::BadAnswer(
             "connection closed without an answer".into(),
@@ -188,7 +223,7 @@ fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {
     let r: Response =
         serde_json::from_str(answer.trim_end()).map_err(|e| Error::BadAnswer(e.to_string()))?;
     if r.ok {
-        Ok(r)
+        Ok((r, fd))
     } else {
         Err(Error::Refused {
             errno: r.errno,
@@ -264,23 +299,32 @@ impl Client {
         missed_low: u32,
         missed_high: u32,
     ) -> Result<Heartbeat, Error> {
-        let r = self.request(&Request::Attach {
-            entity: entity.to_owned(),
-            pid,
-            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
-            missed_low,
-            missed_high,
-        })?;
+        let (r, fd) = request_with_fd(
+            &connect_socket(&self.location.socket())?,
+            &Request::Attach {
+                entity: entity.to_owned(),
+                pid,
+                period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+                missed_low,
+                missed_high,
+            },
+        )?;
         let slot = r
             .slot
             .ok_or_else(|| Error::BadAnswer("attach without a slot".into()))?;
-        if slot >= self.seg.hb_slots() {
-            return Err(Error::BadAnswer(format!("slot {slot} out of range")));
-        }
-        Ok(Heartbeat {
-            seg: Arc::clone(&self.seg),
-            slot,
-        })
+        // With a heartbeat, ham hands over this attachment's own page.
+        let page = match fd {
+            Some(fd) => Some(Arc::new(BeatMap::from_fd(&fd).map_err(|e| {
+                Error::BadAnswer(format!("the heartbeat page ham handed over: {e}"))
+            })?)),
+            None if missed_low | missed_high != 0 => {
+                return Err(Error::BadAnswer(
+                    "attach with a heartbeat came without its page".into(),
+                ));
+            }
+            None => None,
+        };
+        Ok(Heartbeat { page, slot })
     }
 
     /// Ends this process's attachment to `entity` (a self-attached entity is then not
@@ -436,19 +480,27 @@ impl Client {
 
 /// A heartbeat attachment. [`beat`](Self::beat) is one atomic store of the time: call it
 /// at least once per period. It stays valid across takeovers.
+///
+/// The beat goes to a page of shared memory that ham made for this attachment alone and
+/// handed over as a descriptor: no other client can write it, so none can forge or
+/// suppress this one's beats.
 #[derive(Clone)]
 pub struct Heartbeat {
-    seg: Arc<ClientSegment>,
+    /// `None` for an attachment without a heartbeat (missed-low and -high both 0).
+    page: Option<Arc<BeatMap>>,
     slot: u32,
 }
 
 impl Heartbeat {
-    /// "I am alive": stores CLOCK_MONOTONIC (read through the vDSO) in this entity's slot.
+    /// "I am alive": stores CLOCK_MONOTONIC (read through the vDSO) in this attachment's
+    /// heartbeat page.
     #[inline]
     pub fn beat(&self) {
-        self.seg.beat(self.slot, mono_ns());
+        if let Some(p) = &self.page {
+            p.beat(mono_ns());
+        }
     }
-    /// The slot in the client segment.
+    /// The entity's slot in ham's state segment.
     pub fn slot(&self) -> u32 {
         self.slot
     }

@@ -345,3 +345,62 @@ fn a_member_holding_many_connections_cannot_starve_ham() {
         still_open(&conns) == 0
     });
 }
+
+#[test]
+fn a_member_cannot_forge_or_suppress_another_clients_heartbeat() {
+    // Point 3: a client-group member wrote "future" beats into another client's slot of
+    // the group-writable client segment, made it look hung, got it aborted and (through
+    // its policy) the device restarted. Each attachment now beats into its own page.
+    let beater = format!(
+        "[[entity]]\nname = \"victim\"\ncommand = [\"{}\", \"heartbeat\", \"victim\", \
+         \"--period\", \"50ms\", \"--low\", \"2\", \"--high\", \"4\"]\n",
+        env!("CARGO_BIN_EXE_ham-client")
+    );
+    let ham = Ham::start_with("hb-forge", "client_group = \"65534\"\n", &beater, &[]);
+    let s = ham.wait_for("victim attached", |s| {
+        !entity(s, "victim")["heartbeat"].is_null()
+    });
+    let pid = pid_of(&s, "victim");
+    let client_seg = ham_core::client::segment_name(&ham.name);
+    let instance = ham.name.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 0), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 0), 0);
+        }
+        // The member maps the client segment as any client does...
+        let seg = ham_core::client::ClientSegment::open(&client_seg).expect("a member maps it");
+        // ...and cannot open any attachment's heartbeat page.
+        let pages: Vec<_> = (0..4)
+            .map(|slot| ham_core::beat::page_name(&instance, slot))
+            .filter(|n| std::path::Path::new(&format!("/dev/shm{n}")).exists())
+            .map(|n| ham_core::beat::BeatMap::open(&n).is_ok())
+            .collect();
+        // Every heartbeat word it can reach gets beats from the future, for a while
+        // (many heartbeat periods): the attack window.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            for slot in 0..seg.hb_slots() {
+                seg.beat(slot, u64::MAX / 2);
+            }
+            std::thread::yield_now();
+        }
+        let _ = tx.send(pages);
+    });
+    let pages = rx.recv_timeout(DEADLINE).expect("the attack ran");
+    let s = ham.status();
+    assert_eq!(pid_of(&s, "victim"), pid, "the victim was restarted");
+    assert_eq!(entity(&s, "victim")["restarts"], 0);
+    assert!(
+        !ham.stderr().contains("heartbeat-missed"),
+        "{}",
+        ham.stderr()
+    );
+    assert!(!pages.is_empty(), "the victim has a heartbeat page");
+    assert!(
+        pages.iter().all(|opened| !opened),
+        "a member opened a heartbeat page"
+    );
+}

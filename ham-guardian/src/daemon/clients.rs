@@ -74,8 +74,6 @@ pub(super) struct Clients {
     pub armed: bool,
     /// The stalled-claim deadline a timer is set for (one at a time).
     pub stall_timer: Option<u64>,
-    /// The client segment was kept from a predecessor (clients' mappings stay valid).
-    pub reused: bool,
     pub key: [u64; 2],
     pub denied: u64,
     pub logged: u64,
@@ -86,7 +84,6 @@ impl Clients {
     /// clients' mappings valid), or creates it.
     pub(super) fn open(
         cfg: &crate::config::Config,
-        capacity: u32,
         origin: &Origin,
         warm: bool,
         key: [u64; 2],
@@ -97,12 +94,12 @@ impl Clients {
             .then(|| ClientSegment::open(&name).ok())
             .flatten()
             .filter(|s| s.check_owned().is_ok())
-            .filter(|s| s.hb_slots() == capacity && s.ring_slots() == cfg.ring_slots);
+            .filter(|s| s.hb_slots() == 0 && s.ring_slots() == cfg.ring_slots);
         let (seg, start, start_counts) = match reuse {
             // The predecessor's position, from the state segment (a client cannot move it).
             Some(s) => (s, Some(start_tail.0), Some(start_tail.1)),
             None => (
-                ClientSegment::create(&name, capacity, cfg.ring_slots, cfg.client_gid)
+                ClientSegment::create(&name, 0, cfg.ring_slots, cfg.client_gid)
                     .map_err(io::Error::other)?,
                 None,
                 None,
@@ -142,7 +139,6 @@ impl Clients {
             doorbell,
             armed: false,
             stall_timer: None,
-            reused: start.is_some(),
             key,
             denied: 0,
             logged: 0,
@@ -409,63 +405,93 @@ impl Daemon {
 
     // -- attach / detach -------------------------------------------------------------------
 
+    /// Attaches a process to entity `i`; with a heartbeat, the answer comes with the
+    /// descriptor of the client's heartbeat page.
     pub(super) fn attach(
         &mut self,
         i: usize,
         peer: Peer,
         pid: Option<i32>,
         spec: HeartbeatSpec,
-    ) -> Response {
+    ) -> (Response, Option<OwnedFd>) {
+        match self.attach_checked(i, peer, pid, spec) {
+            Ok(answer) => answer,
+            Err(r) => (r, None),
+        }
+    }
+
+    fn attach_checked(
+        &mut self,
+        i: usize,
+        peer: Peer,
+        pid: Option<i32>,
+        spec: HeartbeatSpec,
+    ) -> Result<(Response, Option<OwnedFd>), Response> {
         let target = pid.unwrap_or(peer.pid);
         let name = self.entities[i].cfg.name.clone();
         if target != peer.pid && !(peer.uid == 0 || peer.uid == self.my_uid) {
-            return Response::errno(
+            return Err(Response::errno(
                 libc::EPERM,
                 format!(
                     "permission denied: pid {} may attach only itself (or be root or ham's user)",
                     peer.pid
                 ),
-            );
-        }
-        if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
-            return Response::err(format!(
-                "heartbeat period {} is below the floor of 1ms",
-                ham_core::duration::format_ns(spec.period_ns)
             ));
         }
+        if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
+            return Err(Response::err(format!(
+                "heartbeat period {} is below the floor of 1ms",
+                ham_core::duration::format_ns(spec.period_ns)
+            )));
+        }
         if spec.missed_high != 0 && spec.missed_low > spec.missed_high {
-            return Response::err("missed_low must not exceed missed_high");
+            return Err(Response::err("missed_low must not exceed missed_high"));
         }
         let e = &self.entities[i];
         if e.cfg.attach_only {
             if e.rec.state.has_process() && e.pidfd.is_some() && e.rec.pid != target {
-                return Response::err(format!(
+                return Err(Response::err(format!(
                     "`{name}` is attached by pid {}; detach it first",
                     e.rec.pid
-                ));
+                )));
             }
             if e.rec.pid != target || e.pidfd.is_none() {
                 if let Err(why) = self.adopt_attached(i, target) {
-                    return Response::err(why);
+                    return Err(Response::err(why));
                 }
             }
         } else if !(e.rec.pid == target && e.rec.state == EntityState::Running) {
-            return Response::err(format!(
+            return Err(Response::err(format!(
                 "`{name}` is ham-started and runs pid {} ({}); pid {target} cannot attach to it",
                 e.rec.pid,
                 e.rec.state.as_str()
-            ));
+            )));
         }
         let now = mono_ns();
         let slot = self.entities[i].slot;
-        if let Some(c) = &self.clients {
-            c.seg.beat(slot, now);
-            if let Some(s) = c.seg.heartbeats().get(slot as usize) {
-                s.pid.store(target as u32, Ordering::Relaxed);
+        // The client's own heartbeat page: no other client can write it.
+        self.end_attachment(i);
+        let beats = spec.missed_low | spec.missed_high != 0;
+        let page_fd = if beats {
+            let name = ham_core::beat::page_name(&self.cfg.instance.name, slot);
+            match ham_core::beat::BeatMap::create(&name, target as u32, now) {
+                Ok((page, fd)) => {
+                    self.entities[i].beat = Some(page);
+                    Some(fd)
+                }
+                Err(e) => {
+                    self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
+                    return Err(Response::errno(
+                        libc::ENOMEM,
+                        format!("no heartbeat page: {e}"),
+                    ));
+                }
             }
-        }
+        } else {
+            None
+        };
         let e = &mut self.entities[i];
-        e.rec.heartbeat = (spec.missed_low | spec.missed_high != 0).then_some(spec);
+        e.rec.heartbeat = beats.then_some(spec);
         self.publish(i);
         self.watch_heartbeat(i, now);
         let what = format!(
@@ -482,7 +508,7 @@ impl Daemon {
         self.fire(i, Event::Attach, None);
         let mut r = Response::ok(format!("attached to `{name}`"));
         r.slot = Some(slot);
-        r
+        Ok((r, page_fd))
     }
 
     /// A process attaches itself to an `attach_only` entity: it is watched like an adopted
@@ -533,9 +559,8 @@ impl Daemon {
         if self.entities[i].cfg.attach_only {
             self.unwatch_pidfd(i);
         }
+        self.end_attachment(i);
         let e = &mut self.entities[i];
-        e.rec.heartbeat = None;
-        e.hb = None;
         if e.cfg.attach_only {
             e.rec.pid = 0;
             e.rec.start_time = 0;
@@ -583,22 +608,26 @@ impl Daemon {
         true
     }
 
-    /// The ending of a process ends its attachment.
+    /// The ending of a process ends its attachment, and its heartbeat page with it.
     pub(super) fn end_attachment(&mut self, i: usize) {
         let e = &mut self.entities[i];
         e.hb = None;
         e.rec.heartbeat = None;
+        if e.beat.take().is_some() {
+            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+                &self.cfg.instance.name,
+                e.slot,
+            ));
+        }
     }
 
     /// A heartbeat deadline came: fire what was missed, and set the next one.
     pub(super) fn check_heartbeat(&mut self, i: usize) {
         let now = mono_ns();
-        let slot = self.entities[i].slot;
-        let beat = self
-            .clients
+        let beat = self.entities[i]
+            .beat
             .as_ref()
-            .and_then(|c| c.seg.heartbeats().get(slot as usize))
-            .map_or(0, |s| s.beat_ns.load(Ordering::Acquire));
+            .map_or(0, ham_core::beat::BeatMap::last_beat);
         // A beat "from the future" is a stray write: it counts as no beat (it must not keep
         // a hung process looking alive).
         let beat = if beat > now { 0 } else { beat };
@@ -757,26 +786,34 @@ impl Daemon {
     }
 
     /// After a takeover or a warm start: every attached client counts as having beaten now.
-    /// If the client segment could not be kept, clients beat into a mapping ham no longer
-    /// reads: their attachments end (they must attach again) rather than look hung.
+    /// After a takeover or a warm start: each attachment goes on with the heartbeat page
+    /// its predecessor made (opened by name, if it is ham's own); one whose page is gone
+    /// or not ham's ends (the client must attach again) rather than look hung.
     pub(super) fn resume_heartbeats(&mut self) {
         let now = mono_ns();
-        let kept = self.clients.as_ref().is_some_and(|c| c.reused);
         for i in 0..self.entities.len() {
-            if self.entities[i].rec.heartbeat.is_some() {
-                if !kept {
-                    let name = self.entities[i].cfg.name.clone();
+            if self.entities[i].rec.heartbeat.is_none() {
+                continue;
+            }
+            let name = ham_core::beat::page_name(&self.cfg.instance.name, self.entities[i].slot);
+            let page = if self.entities[i].rec.state.has_process() {
+                ham_core::beat::BeatMap::open(&name).map_err(|e| e.to_string())
+            } else {
+                Err("its process is gone".to_owned())
+            };
+            match page {
+                Ok(page) => {
+                    self.entities[i].beat = Some(page);
+                    self.watch_heartbeat(i, now);
+                }
+                Err(why) => {
+                    let entity = self.entities[i].cfg.name.clone();
                     log(
                         &self.cfg.instance.name,
                         format_args!(
-                            "{name}: the client segment is new: its heartbeat attachment ended (attach again)"
+                            "{entity}: its heartbeat attachment ended ({why}); attach again"
                         ),
                     );
-                    self.end_attachment(i);
-                    self.publish(i);
-                } else if self.entities[i].rec.state.has_process() {
-                    self.watch_heartbeat(i, now);
-                } else {
                     self.end_attachment(i);
                     self.publish(i);
                 }

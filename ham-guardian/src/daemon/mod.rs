@@ -118,6 +118,8 @@ struct Entity {
     watchdog_ns: Option<u64>,
     /// Its SDK heartbeat monitor, while a client is attached with one.
     hb: Option<clients::Heartbeat>,
+    /// The attached client's heartbeat page (`ham_core::beat`), while it has one.
+    beat: Option<ham_core::beat::BeatMap>,
     /// Conditions the restart being handled has just pruned (they still fire for it).
     pruned_now: u64,
     /// A `hold-off` action stops it: once down, it is held off this long.
@@ -132,6 +134,7 @@ impl Entity {
             slot,
             rec,
             pidfd: None,
+            beat: None,
             adopted: false,
             wanted: Wanted::Up,
             stop_deadline: None,
@@ -589,7 +592,7 @@ impl Daemon {
             writer.segment().header().ring_tail(),
             writer.segment().header().ring_counts(),
         );
-        let clients = match Clients::open(&cfg, capacity, &origin, warm, key, start_tail) {
+        let clients = match Clients::open(&cfg, &origin, warm, key, start_tail) {
             Ok(c) => Some(c),
             Err(e) => {
                 log(
@@ -1259,6 +1262,8 @@ impl Daemon {
 
     fn on_exit(&mut self, i: usize, exit: LastExit) {
         self.unwatch_pidfd(i);
+        // An attachment ends with its process.
+        self.end_attachment(i);
         let now = mono_ns();
         let shutting_down = self.shutdown.is_some();
         let e = &mut self.entities[i];
@@ -1266,9 +1271,6 @@ impl Daemon {
         e.deaths += 1;
         e.ready = false;
         e.watchdog_at = None;
-        // An attachment ends with its process.
-        e.hb = None;
-        e.rec.heartbeat = None;
         e.adopted = false;
         e.stop_deadline = None;
         e.rec.pid = 0;
@@ -2642,8 +2644,8 @@ impl Daemon {
                     missed_low,
                     missed_high,
                 };
-                let r = self.attach(i, peer, pid, spec);
-                reply(stream, &r);
+                let (r, page) = self.attach(i, peer, pid, spec);
+                reply_with_fd(stream, &r, page.as_ref());
             }
             (Request::Detach { .. }, Some(i)) => {
                 let r = self.detach(i, peer);
@@ -2896,6 +2898,9 @@ impl Daemon {
             say!(self, "{e}");
         }
         ham_core::client::ClientSegment::unlink(&ham_core::client::segment_name(&inst.name));
+        for e in &self.entities {
+            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(&inst.name, e.slot));
+        }
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {
                 reply(stream, &Response::err("ham shut down"));
@@ -3135,6 +3140,31 @@ fn signal_recorded(rec: &EntityRecord, sig: i32) {
 
 fn reply(mut stream: UnixStream, r: &Response) {
     let _ = stream.write_all(&r.to_line());
+}
+
+/// [`reply`], with a descriptor for the client attached to the answer's first byte
+/// (`SCM_RIGHTS`).
+fn reply_with_fd(mut stream: UnixStream, r: &Response, fd: Option<&OwnedFd>) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let Some(fd) = fd else {
+        return reply(stream, r);
+    };
+    let line = r.to_line();
+    let fds = [fd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    anc.push(SendAncillaryMessage::ScmRights(&fds));
+    match rustix::net::sendmsg(
+        &stream,
+        &[io::IoSlice::new(&line)],
+        &mut anc,
+        SendFlags::NOSIGNAL,
+    ) {
+        Ok(n) if n < line.len() => {
+            let _ = stream.write_all(&line[n..]);
+        }
+        _ => {}
+    }
 }
 
 /// Borrowed sockets to hand to a Guardian.

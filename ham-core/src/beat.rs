@@ -1,0 +1,239 @@
+//! Heartbeat pages: one small shared-memory object per attachment, that only the attached
+//! client and ham can write.
+//!
+//! A heartbeat in the group-writable client segment could be written by any member of the
+//! client group: one member made another look hung (beats "from the future" count as no
+//! beat) and, through its policy, got the device restarted. So each attachment gets its
+//! own page: ham creates `/ham.<instance>.hb.<slot>` exclusively, mode 0600 under ham's
+//! own user (no one else can open the name), maps it, and hands the client the open
+//! descriptor over the control socket (`SCM_RIGHTS`). Only processes holding that
+//! descriptor (the client, and whoever it passes it to) can map the page. A successor HAM
+//! (takeover or warm start) opens the page by name, checking it is ham's own. A new
+//! attachment of the same slot unlinks the old page first: a previous client still mapping
+//! it beats into memory nobody reads.
+//!
+//! Layout (`#[repr(C)]`, versioned, checked on map): [`BeatPage`], in one page.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::Mode;
+use rustix::shm;
+
+use crate::segment::{SegmentError, check_owned};
+
+/// `b"HAMBEAT\0"` read as a little-endian `u64`.
+pub const BEAT_MAGIC: u64 = u64::from_le_bytes(*b"HAMBEAT\0");
+/// Bumped on any change to [`BeatPage`].
+pub const BEAT_LAYOUT_VERSION: u32 = 1;
+/// The page's size: one page on every Linux ham runs on.
+pub const BEAT_PAGE_SIZE: usize = 4096;
+/// Its mode: ham's user only (the client gets a descriptor, never the name).
+pub const BEAT_MODE: u32 = 0o600;
+
+/// The words of a heartbeat page.
+#[repr(C)]
+pub struct BeatPage {
+    /// [`BEAT_MAGIC`], stored (Release) last by ham when it creates the page.
+    pub magic: AtomicU64,
+    /// [`BEAT_LAYOUT_VERSION`].
+    pub version: AtomicU32,
+    /// The attached pid (written by ham; for display).
+    pub pid: AtomicU32,
+    /// The client's last beat, `CLOCK_MONOTONIC` ns. Written by the client (Release),
+    /// read by ham (Acquire) at the entity's deadlines; ham stores one at attach.
+    pub beat_ns: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<BeatPage>() == 24);
+const _: () = assert!(std::mem::size_of::<BeatPage>() <= BEAT_PAGE_SIZE);
+
+/// The name of slot `slot`'s heartbeat page for `instance`.
+pub fn page_name(instance: &str, slot: u32) -> String {
+    format!("/ham.{instance}.hb.{slot}")
+}
+
+/// A mapped heartbeat page.
+pub struct BeatMap {
+    map: MmapRaw,
+}
+
+// SAFETY: the mapping is only read and written through atomics (`BeatPage`), which are
+// safe to share between threads; MmapRaw itself is a pointer and a length.
+unsafe impl Send for BeatMap {}
+// SAFETY: as above.
+unsafe impl Sync for BeatMap {}
+
+fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
+    move |source| SegmentError::Io {
+        name: name.to_owned(),
+        what,
+        source,
+    }
+}
+
+impl BeatMap {
+    /// ham's side: replaces the page `name` (a page of ham's own is unlinked first; one
+    /// that is not is refused) with a new one, exclusively, and returns it with a
+    /// descriptor to hand to the client.
+    pub fn create(name: &str, pid: u32, now_ns: u64) -> Result<(Self, OwnedFd), SegmentError> {
+        crate::segment::probe_foreign(name, BEAT_MODE)?;
+        let _ = shm::unlink(name);
+        let fd = shm::open(
+            name,
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::from_raw_mode(BEAT_MODE),
+        )
+        .map_err(|e| io_err(name, "shm_open")(e.into()))?;
+        let made = (|| {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(BEAT_MODE))
+                .map_err(|e| io_err(name, "fchmod")(e.into()))?;
+            // Allocated now, not on first touch: a full /dev/shm fails here, with a
+            // message, instead of a SIGBUS later.
+            rustix::fs::fallocate(
+                &fd,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                BEAT_PAGE_SIZE as u64,
+            )
+            .map_err(|e| io_err(name, "fallocate")(e.into()))?;
+            Self::map(&fd, name)
+        })();
+        let page = match made {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = shm::unlink(name);
+                return Err(e);
+            }
+        };
+        let p = page.page();
+        p.version.store(BEAT_LAYOUT_VERSION, Ordering::Relaxed);
+        p.pid.store(pid, Ordering::Relaxed);
+        p.beat_ns.store(now_ns, Ordering::Relaxed);
+        // Release: whoever sees the magic sees the rest.
+        p.magic.store(BEAT_MAGIC, Ordering::Release);
+        Ok((page, fd))
+    }
+
+    /// A successor's side: the page `name` a predecessor made, if it is ham's own.
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                SegmentError::NotFound { name: name.into() }
+            } else {
+                io_err(name, "shm_open")(e.into())
+            }
+        })?;
+        check_owned(
+            &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
+            name,
+            BEAT_MODE,
+        )?;
+        let page = Self::map(&fd, name)?;
+        page.validate(name)?;
+        Ok(page)
+    }
+
+    /// The client's side: the page behind a descriptor ham handed over.
+    pub fn from_fd(fd: &OwnedFd) -> Result<Self, SegmentError> {
+        let page = Self::map(fd, "(heartbeat page)")?;
+        page.validate("(heartbeat page)")?;
+        Ok(page)
+    }
+
+    /// Removes the name (mappings stay valid). Missing is not an error.
+    pub fn unlink(name: &str) {
+        let _ = shm::unlink(name);
+    }
+
+    fn map(fd: &impl AsFd, name: &str) -> Result<Self, SegmentError> {
+        let file = File::from(
+            fd.as_fd()
+                .try_clone_to_owned()
+                .map_err(io_err(name, "dup"))?,
+        );
+        let len = file.metadata().map_err(io_err(name, "fstat"))?.len();
+        if len < BEAT_PAGE_SIZE as u64 {
+            return Err(SegmentError::Geometry {
+                name: name.into(),
+                why: format!("{len} bytes, a heartbeat page has {BEAT_PAGE_SIZE}"),
+            });
+        }
+        let map = MmapOptions::new()
+            .len(BEAT_PAGE_SIZE)
+            .map_raw(&file)
+            .map_err(io_err(name, "mmap"))?;
+        Ok(Self { map })
+    }
+
+    fn validate(&self, name: &str) -> Result<(), SegmentError> {
+        let p = self.page();
+        let magic = p.magic.load(Ordering::Acquire);
+        if magic != BEAT_MAGIC {
+            return Err(SegmentError::BadMagic {
+                name: name.into(),
+                found: magic,
+            });
+        }
+        let v = p.version.load(Ordering::Relaxed);
+        if v != BEAT_LAYOUT_VERSION {
+            return Err(SegmentError::Version {
+                name: name.into(),
+                found: v,
+                expected: BEAT_LAYOUT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// The page's words.
+    pub fn page(&self) -> &BeatPage {
+        // SAFETY: the mapping is BEAT_PAGE_SIZE bytes, page-aligned, and lives as long as
+        // `self`; BeatPage is repr(C) atomics, for which every bit pattern is valid, and
+        // other processes write it only through atomics too.
+        unsafe { &*self.map.as_ptr().cast::<BeatPage>() }
+    }
+
+    /// "I am alive" (the client): one store of `now_ns`, no syscall.
+    #[inline]
+    pub fn beat(&self, now_ns: u64) {
+        // Release: pairs with ham's Acquire load in `last_beat`.
+        self.page().beat_ns.store(now_ns, Ordering::Release);
+    }
+
+    /// The last beat (ham).
+    pub fn last_beat(&self) -> u64 {
+        self.page().beat_ns.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_shared_through_its_descriptor_and_reopened_by_name() {
+        let name = format!("/ham-core-test-beat-{}", std::process::id());
+        let (ham, fd) = BeatMap::create(&name, 7, 100).unwrap();
+        let client = BeatMap::from_fd(&fd).unwrap();
+        assert_eq!(client.last_beat(), 100);
+        client.beat(250);
+        assert_eq!(ham.last_beat(), 250);
+        let successor = BeatMap::open(&name).unwrap();
+        assert_eq!(successor.last_beat(), 250);
+        assert_eq!(successor.page().pid.load(Ordering::Relaxed), 7);
+        // A new attachment of the slot: the old client's page is no longer ham's.
+        let (fresh, _) = BeatMap::create(&name, 8, 300).unwrap();
+        client.beat(999);
+        assert_eq!(fresh.last_beat(), 300);
+        BeatMap::unlink(&name);
+        assert!(matches!(
+            BeatMap::open(&name),
+            Err(SegmentError::NotFound { .. })
+        ));
+    }
+}
