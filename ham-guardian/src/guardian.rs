@@ -177,6 +177,10 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 TOK_TIMER => {
                     let mut buf = [0u8; 8];
                     let _ = rustix::io::read(&timerfd, &mut buf);
+                    // Our own liveness, for the HAM (which fences a Guardian that stops).
+                    if sock_open {
+                        handoff::beat(&sock);
+                    }
                     let now = mono_ns();
                     let live = seg.header().snapshot().liveness_ns;
                     if live != last_liveness {

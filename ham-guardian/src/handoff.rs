@@ -58,6 +58,27 @@ pub fn send(
     Ok(())
 }
 
+/// The Guardian's side of its liveness: one byte each turn of its timer, the other way
+/// along the same socket pair. Non-blocking; a full socket (a HAM that does not read, i.e.
+/// a stopped one) drops it.
+pub fn beat(sock: &OwnedFd) {
+    let _ = rustix::net::send(sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+}
+
+/// The HAM's side: reads every beat its Guardian sent; whether there was one.
+pub fn drain_beats(sock: &OwnedFd) -> bool {
+    let mut any = false;
+    let mut buf = [0u8; 16];
+    loop {
+        match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return any,
+            Ok(_) => any = true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return any,
+        }
+    }
+}
+
 /// Receives every queued message into `into` (newest per slot wins). Returns `false` once
 /// the HAM's end is closed.
 pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {

@@ -404,3 +404,37 @@ fn a_member_cannot_forge_or_suppress_another_clients_heartbeat() {
         "a member opened a heartbeat page"
     );
 }
+
+#[test]
+fn a_stopped_guardian_is_fenced_and_replaced() {
+    // Point 17: with the Guardian SIGSTOPped, a killed HAM left the box unsupervised until
+    // SIGCONT. The HAM now watches the Guardian's liveness and replaces a stopped one.
+    let mut ham = Ham::start("stopped-guardian", &sleeper("app"));
+    let s = ham.status();
+    let old_guardian = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_guardian),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let s = ham.wait_for("a new guardian", |s| {
+        s["guardian"]["alive"] == true && s["guardian"]["pid"].as_i64() != Some(old_guardian.into())
+    });
+    assert!(
+        ham.stderr().contains("has not turned its loop"),
+        "{}",
+        ham.stderr()
+    );
+    // The new pair holds: the HAM dies, the new Guardian takes over and supervises.
+    let g = s["guardian"]["pid"].clone();
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("the new guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    let app = pid_of(&s, "app");
+    sigkill(app);
+    ham.wait_for("app restarted", |s| {
+        running(s, "app") && pid_of(s, "app") != app
+    });
+}

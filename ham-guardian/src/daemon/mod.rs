@@ -185,6 +185,8 @@ struct GuardianProc {
     start_time: u64,
     pidfd: OwnedFd,
     sock: OwnedFd,
+    /// When it last showed it turns its loop (a beat on `sock`), or was started.
+    seen_at: u64,
 }
 
 struct Conn {
@@ -948,6 +950,29 @@ impl Daemon {
             if let Some(fd) = &e.pidfd {
                 self.send_to_guardian(e.slot, e.rec.pid, e.rec.start_time, fd);
             }
+        }
+    }
+
+    /// The HAM watches its Guardian's liveness as the Guardian watches the HAM's: one
+    /// that has not beaten for `liveness_timeout` (stopped, or stuck) is fenced — SIGKILL
+    /// through its pidfd — and its death then starts a new one (`on_guardian_exit`).
+    /// Otherwise a stopped Guardian would leave the box unsupervised once the HAM died.
+    fn check_guardian(&mut self, now: u64) {
+        let timeout = self.cfg.liveness_timeout_ns;
+        let Some(g) = &mut self.guardian else { return };
+        if handoff::drain_beats(&g.sock) {
+            g.seen_at = now;
+        }
+        let silent = now.saturating_sub(g.seen_at);
+        if silent >= timeout {
+            g.seen_at = now; // one fence per silence
+            let pid = g.pid;
+            let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
+            say!(
+                self,
+                "the guardian (pid {pid}) has not turned its loop for {}: fencing it",
+                ham_core::duration::format_ns(silent)
+            );
         }
     }
 
@@ -2265,6 +2290,7 @@ impl Daemon {
                     self.schedule_tick(now);
                     self.ring_safety_net();
                     self.sweep_conns(now);
+                    self.check_guardian(now);
                 }
                 TimerKind::GuardianRetry => self.spawn_guardian(),
                 TimerKind::StatusPatch => self.try_patches(now),
@@ -2962,6 +2988,7 @@ fn spawn_guardian_process<'a>(
         e
     })?;
     Ok(GuardianProc {
+        seen_at: mono_ns(),
         pid,
         start_time: procfs::start_time(pid).unwrap_or(0),
         pidfd,
