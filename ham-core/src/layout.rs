@@ -107,8 +107,21 @@ pub struct Header {
     ring_tail: AtomicU64,
     /// ham's log verbosity (`ham_verbose`): 0 quiet, 1 normal, 2 and up more.
     verbosity: AtomicU64,
-    _reserved: [AtomicU64; 34],
+    /// What the limits on what clients can make ham hold refused or dropped, indexed by
+    /// `LIMIT_*` (0 in a segment from before they existed: nothing counted yet).
+    limit_counts: [AtomicU64; LIMITS],
+    _reserved: [AtomicU64; 34 - LIMITS],
 }
+
+/// `limit_counts` indices: condition runs dropped over an entity's quota, definitions
+/// refused over an entity's or unprivileged users' share, subscriptions refused, control
+/// connections refused.
+pub const LIMIT_RUNS: usize = 0;
+pub const LIMIT_DEFS: usize = 1;
+pub const LIMIT_SUBS: usize = 2;
+pub const LIMIT_CONNS: usize = 3;
+/// How many `limit_counts` there are.
+pub const LIMITS: usize = 4;
 
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
 const _: () = assert!(std::mem::align_of::<Header>() == 64);
@@ -264,6 +277,15 @@ impl Header {
     /// The detector ring's consumed, rejected and abandoned counts.
     pub fn ring_counts(&self) -> [u64; 3] {
         [0, 1, 2].map(|i| self.ring_counts[i].load(Ordering::Relaxed))
+    }
+    pub(crate) fn bump_limit(&self, which: usize) {
+        if let Some(c) = self.limit_counts.get(which) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// The `LIMIT_*` counts.
+    pub fn limit_counts(&self) -> [u64; LIMITS] {
+        std::array::from_fn(|i| self.limit_counts[i].load(Ordering::Relaxed))
     }
     pub(crate) fn bump_ham_failures(&self) {
         self.ham_failures.fetch_add(1, Ordering::Relaxed);

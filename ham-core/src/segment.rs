@@ -537,6 +537,12 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Counts one refusal or drop by a limit (`layout::LIMIT_*`).
+    pub fn bump_limit(&self, which: usize) -> Result<(), SegmentError> {
+        self.owned()?.bump_limit(which);
+        Ok(())
+    }
+
     pub fn bump_ham_failures(&self) -> Result<(), SegmentError> {
         self.owned()?.bump_ham_failures();
         Ok(())

@@ -26,6 +26,8 @@ pub struct Status {
     /// The detector ring's consumer counts (events consumed, rejected as invalid or not
     /// allowed, and slots abandoned by producers that died mid-publish).
     pub ring: RingStatus,
+    /// What the limits on what clients can make ham hold have refused or dropped.
+    pub limits: LimitStatus,
     /// Slots that could not be read (corrupt), as messages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -49,6 +51,19 @@ pub struct RingStatus {
     pub consumed: u64,
     pub rejected: u64,
     pub abandoned: u64,
+}
+
+/// Counts of the limits' refusals (see the README's "Limits").
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Condition runs dropped because their entity had `RUNS_PER_ENTITY` open.
+    pub runs_dropped: u64,
+    /// Run-time definitions refused over an entity's or unprivileged users' share.
+    pub definitions_refused: u64,
+    /// Subscriptions refused over a user's share.
+    pub subscriptions_refused: u64,
+    /// Control connections refused over a user's or unprivileged users' share.
+    pub connections_refused: u64,
 }
 
 /// What a client attached with.
@@ -179,6 +194,16 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
                 consumed,
                 rejected,
                 abandoned,
+            }
+        },
+        limits: {
+            use ham_core::layout::{LIMIT_CONNS, LIMIT_DEFS, LIMIT_RUNS, LIMIT_SUBS};
+            let c = seg.header().limit_counts();
+            LimitStatus {
+                runs_dropped: c[LIMIT_RUNS],
+                definitions_refused: c[LIMIT_DEFS],
+                subscriptions_refused: c[LIMIT_SUBS],
+                connections_refused: c[LIMIT_CONNS],
             }
         },
         errors,
@@ -428,6 +453,7 @@ mod tests {
             device_restart: true,
             exit_sources: vec![],
             ring: RingStatus::default(),
+            limits: LimitStatus::default(),
             errors: vec![],
         };
         let t = s.to_table();

@@ -259,11 +259,10 @@ fn a_low_descriptor_limit_still_starts_entities_and_says_how_many_fit() {
     }
 }
 
-/// Opens `n` connections to `socket` as uid/gid 65534 (a client-group member), from a
-/// thread that changes only its own credentials (raw `setresuid`, not glibc's, which
-/// would change every thread's): the kernel records them at `connect`.
-fn connect_as_member(socket: &std::path::Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
-    let socket = socket.to_owned();
+/// Runs `f` as uid/gid 65534 (a client-group member), on a thread that changes only its
+/// own credentials (raw `setresuid`, not glibc's, which would change every thread's): the
+/// kernel records them at `connect`, and checks them at `open`.
+fn as_member<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // SAFETY: plain system calls on this thread's credentials.
@@ -271,13 +270,19 @@ fn connect_as_member(socket: &std::path::Path, n: usize) -> Vec<std::os::unix::n
             assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 0), 0);
             assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 0), 0);
         }
-        let conns: Vec<_> = (0..n)
-            .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
-            .collect();
-        let _ = tx.send(conns);
+        let _ = tx.send(f());
     });
-    rx.recv_timeout(DEADLINE)
-        .expect("the connections were made")
+    rx.recv_timeout(DEADLINE).expect("the member's work ended")
+}
+
+/// Opens `n` connections to `socket` as a client-group member.
+fn connect_as_member(socket: &std::path::Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
+    let socket = socket.to_owned();
+    as_member(move || {
+        (0..n)
+            .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+            .collect()
+    })
 }
 
 /// How many of `conns` ham still holds open (a read would block rather than end).
@@ -363,13 +368,7 @@ fn a_member_cannot_forge_or_suppress_another_clients_heartbeat() {
     let pid = pid_of(&s, "victim");
     let client_seg = ham_core::client::segment_name(&ham.name);
     let instance = ham.name.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: plain system calls on this thread's credentials.
-        unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 0), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 0), 0);
-        }
+    let pages = as_member(move || {
         // The member maps the client segment as any client does...
         let seg = ham_core::client::ClientSegment::open(&client_seg).expect("a member maps it");
         // ...and cannot open any attachment's heartbeat page.
@@ -387,9 +386,8 @@ fn a_member_cannot_forge_or_suppress_another_clients_heartbeat() {
             }
             std::thread::yield_now();
         }
-        let _ = tx.send(pages);
+        pages
     });
-    let pages = rx.recv_timeout(DEADLINE).expect("the attack ran");
     let s = ham.status();
     assert_eq!(pid_of(&s, "victim"), pid, "the victim was restarted");
     assert_eq!(entity(&s, "victim")["restarts"], 0);
@@ -437,4 +435,107 @@ fn a_stopped_guardian_is_fenced_and_replaced() {
     ham.wait_for("app restarted", |s| {
         running(s, "app") && pid_of(s, "app") != app
     });
+}
+
+#[test]
+fn an_entity_cannot_fill_the_definitions_and_root_keeps_its_share() {
+    // Point 4: one unprivileged entity filled the shared definitions document in 78
+    // requests, after which root's own definitions were refused.
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let big = "x".repeat(4000);
+    let c = env!("CARGO_BIN_EXE_ham-client");
+    let script = format!(
+        "n=0\nfor k in $(seq 200); do\n  {c} define \"{{\\\"op\\\": \\\"condition\\\", \
+         \\\"entity\\\": \\\"self\\\", \\\"table\\\": {{\\\"name\\\": \\\"c$k\\\", \\\"on\\\": \
+         \\\"death\\\", \\\"action\\\": [{{\\\"do\\\": \\\"log\\\", \\\"message\\\": \\\"{big}\\\"}}]}}}}\" \
+         2>>{err} || break\n  n=$k\ndone\necho $n > {out}\n",
+        err = w.join("err").display(),
+        out = w.join("n").display()
+    );
+    let ham = as_entity_process("defs-quota", w, &script);
+    let accepted = code(w.join("n"));
+    assert!(
+        (1..10).contains(&accepted),
+        "accepted {accepted} definitions of ~4 KB: {}",
+        std::fs::read_to_string(w.join("err")).unwrap_or_default()
+    );
+    let err = std::fs::read_to_string(w.join("err")).unwrap();
+    assert!(err.contains("quota"), "{err}");
+    // Root's definitions still fit.
+    let out = std::process::Command::new(c)
+        .args(["-c", ham.config.to_str().unwrap(), "define"])
+        .arg(
+            json!({"op": "condition", "entity": "self", "table": {"name": "root", "on": "death"}})
+                .to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = ham.status();
+    assert!(
+        s["limits"]["definitions_refused"].as_u64() >= Some(1),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_raising_loop_cannot_queue_condition_runs_without_bound() {
+    // Point 4: one detector raising in a loop grew the HAM from 3.5 MiB to 144 MiB of
+    // queued condition runs. An entity has at most 16 open; the rest are dropped, counted.
+    let body = "[[entity]]\nname = \"e\"\ncommand = [\"/bin/sleep\", \"100000\"]\n\
+                [[entity.condition]]\non = \"raise\"\n\
+                [[entity.condition.action]]\ndo = \"delay\"\ndelay = \"1h\"\n";
+    let ham = Ham::start("runs-quota", body);
+    ham.wait_for("e running", |s| running(s, "e"));
+    let script = format!(
+        "for k in $(seq 100); do {} -c {} raise e c >/dev/null || exit 1; done",
+        HAMCTL,
+        ham.config.display()
+    );
+    let st = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = ham.wait_for("the raises counted", |s| {
+        s["limits"]["runs_dropped"].as_u64() == Some(100 - 16)
+    });
+    assert!(running(&s, "e"));
+    assert!(ham.stderr().contains("dropped"), "{}", ham.stderr());
+}
+
+#[test]
+fn a_member_cannot_hold_unbounded_subscriptions() {
+    // Point 4: each subscription holds a descriptor in ham.
+    let ham = Ham::start_with(
+        "subs-quota",
+        "client_group = \"65534\"\n",
+        &sleeper("s"),
+        &[],
+    );
+    let socket = ham.socket_path();
+    let (accepted, _held) = as_member(move || {
+        use std::io::{BufRead, Write};
+        let line = serde_json::to_string(&ham_core::protocol::Request::Subscribe {
+            topic: "t".into(),
+            signal: None,
+        })
+        .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            (&c).write_all(format!("{line}\n").as_bytes()).unwrap();
+            c.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut answer = String::new();
+            std::io::BufReader::new(&c).read_line(&mut answer).unwrap();
+            if answer.contains("\"ok\":true") {
+                held.push(c);
+            }
+        }
+        (held.len(), held)
+    });
+    assert_eq!(accepted, 32, "one uid holds at most 32 subscriptions");
+    let s = ham.status();
+    assert_eq!(s["limits"]["subscriptions_refused"], 8);
 }

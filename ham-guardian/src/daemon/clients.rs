@@ -62,9 +62,16 @@ pub(super) struct Peer {
 pub(super) struct Subscriber {
     pub topic: String,
     pub stream: UnixStream,
+    /// Whose it is (subscriptions are counted per uid).
+    pub uid: u32,
     /// The subscriber's process and the signal it asked for.
     pub signal: Option<(OwnedFd, i32)>,
 }
+
+/// Subscriptions per unprivileged uid, in all, and kept for root and ham's user.
+const SUBS_PER_UID: usize = 32;
+const SUBS_MAX: usize = 512;
+const SUBS_RESERVED: usize = 64;
 
 /// The client segment and its consumer.
 pub(super) struct Clients {
@@ -700,6 +707,45 @@ impl Daemon {
         peer: Peer,
         stream: UnixStream,
     ) {
+        // Each subscription holds a descriptor: bounded per unprivileged uid, and in all
+        // with a share kept for root and ham's user.
+        if peer.uid != 0 && peer.uid != self.my_uid {
+            let mine = self
+                .subscribers
+                .values()
+                .filter(|s| s.uid == peer.uid)
+                .count();
+            if mine >= SUBS_PER_UID || self.subscribers.len() >= SUBS_MAX - SUBS_RESERVED {
+                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_SUBS);
+                self.say_limited(
+                    "subs-refused",
+                    format_args!(
+                        "refused a subscription from uid {} (pid {}): {mine} open",
+                        peer.uid, peer.pid
+                    ),
+                );
+                super::reply(
+                    stream,
+                    &Response::errno(
+                        libc::EAGAIN,
+                        format!(
+                            "uid {} has {mine} subscriptions (at most {SUBS_PER_UID}), or \
+                             unprivileged users hold their share of {}",
+                            peer.uid,
+                            SUBS_MAX - SUBS_RESERVED
+                        ),
+                    ),
+                );
+                return;
+            }
+        } else if self.subscribers.len() >= SUBS_MAX {
+            let _ = self.writer.bump_limit(ham_core::layout::LIMIT_SUBS);
+            super::reply(
+                stream,
+                &Response::errno(libc::EAGAIN, format!("{SUBS_MAX} subscriptions are open")),
+            );
+            return;
+        }
         let signal = match signal {
             None => None,
             Some(sig) => {
@@ -737,6 +783,7 @@ impl Daemon {
                 super::clients::Subscriber {
                     topic,
                     stream,
+                    uid: peer.uid,
                     signal,
                 },
             );

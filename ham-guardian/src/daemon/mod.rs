@@ -59,6 +59,10 @@ const TOK_ACTION: u64 = 3 << 32;
 const TOK_SUB: u64 = 4 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
+/// Condition runs (running or queued) one entity may have open: a detector raising in a
+/// loop must not grow ham without bound. Further firings are dropped and counted.
+const RUNS_PER_ENTITY: usize = 16;
+
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -1457,7 +1461,12 @@ impl Daemon {
             return;
         }
         let event_rec = journal::RunEvent::of(&event, gone);
+        let mut dropped = 0;
         for (k, c) in conds {
+            if self.at_run_quota(i) {
+                dropped += 1;
+                continue;
+            }
             let id = self.next_run;
             self.next_run = self.next_run.wrapping_add(1);
             // HAM_CONDITION names the condition that fired (`exits-within`, `raise`, …).
@@ -1480,6 +1489,28 @@ impl Daemon {
                 },
             );
         }
+        if dropped > 0 {
+            for _ in 0..dropped {
+                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_RUNS);
+            }
+            let name = self.entities[i].cfg.name.clone();
+            self.say_limited(
+                "runs-dropped",
+                format_args!(
+                    "{name}: {} condition run(s) of `{}` dropped: it has {RUNS_PER_ENTITY} \
+                     open, its quota (status --json: limits.runs_dropped)",
+                    dropped,
+                    event.name()
+                ),
+            );
+        }
+    }
+
+    /// Whether entity `i` has [`RUNS_PER_ENTITY`] condition runs open (running or
+    /// queued). Counted only when the runs of all entities together could reach it.
+    fn at_run_quota(&self, i: usize) -> bool {
+        self.runs.len() >= RUNS_PER_ENTITY
+            && self.runs.values().filter(|r| r.entity == i).count() >= RUNS_PER_ENTITY
     }
 
     /// Actions flagged `run_now` run once when the instance starts cold (QNX

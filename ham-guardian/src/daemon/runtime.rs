@@ -21,6 +21,39 @@ use toml::{Table, Value};
 use super::{Daemon, Entity, entity_env, log};
 use crate::config::{Config, EntityConfig};
 
+/// What an unprivileged process may define on its own entity, in bytes of the definitions
+/// document (removed definitions stay as tombstones until a cold start, and count).
+pub const DEFS_PER_ENTITY: usize = 8 * 1024;
+/// The share of the definitions document unprivileged processes may fill together: the
+/// rest is always left for root and ham's user.
+pub const DEFS_UNPRIVILEGED: usize = ham_core::blob::BLOB_WORDS * 8 / 2;
+
+/// Whether `defs` (`len` bytes as text) keeps an unprivileged requester's entity `own`
+/// within [`DEFS_PER_ENTITY`], and the document within [`DEFS_UNPRIVILEGED`].
+fn within_share(defs: &Table, own: &str, len: usize) -> Result<(), String> {
+    let mine: usize = defs
+        .get("condition")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("entity").and_then(Value::as_str) == Some(own))
+        .map(|c| toml::to_string(c).map_or(0, |t| t.len()))
+        .sum();
+    if mine > DEFS_PER_ENTITY {
+        return Err(format!(
+            "the definitions of `{own}` would take {mine} bytes, over its quota of \
+             {DEFS_PER_ENTITY} (removed ones count until ham starts cold)"
+        ));
+    }
+    if len > DEFS_UNPRIVILEGED {
+        return Err(format!(
+            "the run-time definitions would take {len} bytes; processes that are not root \
+             or ham's user may fill {DEFS_UNPRIVILEGED} (the rest is kept for operators)"
+        ));
+    }
+    Ok(())
+}
+
 /// QNX flag bits, as `ham.h` defines them.
 pub mod flags {
     pub const HREARMAFTERRESTART: u32 = 0x1;
@@ -405,10 +438,14 @@ impl Daemon {
         limit: Option<&str>,
     ) -> Result<(), Refusal> {
         let cfg = self.parse_with(&defs, true).map_err(|e| (EINVAL, e))?;
+        let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
         if let Some(own) = limit {
             self.may_add(&cfg, own)?;
+            if let Err(why) = within_share(&defs, own, text.len()) {
+                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_DEFS);
+                return Err((libc::ENOSPC, why));
+            }
         }
-        let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
         self.writer
             .publish_defs(text.as_bytes())
             .map_err(|e| (libc::ENOSPC, e.to_string()))?;
