@@ -257,6 +257,9 @@ impl ClientSegment {
         let file = File::from(fd);
         let size = client_segment_size(hb_slots, ring_slots);
         file.set_len(size).map_err(io("ftruncate"))?;
+        // Allocated now (see `Segment::create`): a full /dev/shm fails here, not later.
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)
+            .map_err(|e| io("fallocate (is /dev/shm full?)")(e.into()))?;
         let map = MmapOptions::new()
             .len(size as usize)
             .map_raw(&file)

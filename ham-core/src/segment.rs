@@ -164,6 +164,11 @@ impl Segment {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(STATE_MODE))
                 .map_err(|e| io_err(name, "fchmod")(e.into()))?;
             file.set_len(size).map_err(io_err(name, "ftruncate"))?;
+            // Every page now, not on first touch: with /dev/shm full this fails here with
+            // a message, where a sparse object would SIGBUS the HAM (and then each
+            // successor) at some later write.
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)
+                .map_err(|e| io_err(name, "fallocate (is /dev/shm full?)")(e.into()))?;
             let map = MmapOptions::new()
                 .len(size as usize)
                 .map_raw(&file)

@@ -33,6 +33,10 @@ pub const RUNS: &[&str] = &[
     "run:after-exec-pid",
 ];
 
+/// Failpoints that make a step fail (an error, not a death) for as long as they are armed:
+/// what a transient shortage (no process, no memory) does.
+pub const FAILURES: &[&str] = &["clients:setup"];
+
 /// The environment variables a failpoint reads; ham removes them from entities' environment.
 pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
 
@@ -69,3 +73,24 @@ pub fn hit(name: &'static str) {
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn hit(_name: &'static str) {}
+
+/// Whether the step `name` (one of [`FAILURES`]) is to fail now: `HAM_FAILPOINT` names it
+/// and `$HAM_FAILPOINT_FILE.armed` exists. Debug builds only.
+#[cfg(debug_assertions)]
+pub fn fails(name: &'static str) -> bool {
+    let (Ok(want), Some(file)) = (
+        std::env::var("HAM_FAILPOINT"),
+        std::env::var_os("HAM_FAILPOINT_FILE"),
+    ) else {
+        return false;
+    };
+    let mut armed = file;
+    armed.push(".armed");
+    want == name && std::path::Path::new(&armed).exists()
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fails(_name: &'static str) -> bool {
+    false
+}

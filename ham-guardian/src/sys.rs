@@ -569,6 +569,9 @@ static GUARD_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 static GUARD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 /// Times the handler grew the object back (read by the loop to repair the header).
 pub static GUARD_REPAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Pages of the client segment the handler replaced by private zero pages, there being no
+/// memory for them (read by the loop, which says so).
+pub static GUARD_LOST_PAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Any client may shrink the client segment (it is a file it can write), and a shrunk
 /// mapping raises SIGBUS in whoever touches it. For the HAM that must not be fatal: this
@@ -592,11 +595,36 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
             GUARD_FD.load(SeqCst),
         );
         if fd >= 0 && addr >= base && addr < base + len {
-            // SAFETY: ftruncate is async-signal-safe; fd is the segment's descriptor, kept
-            // open by the ClientSegment for as long as the guard is set.
-            if unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0 {
+            let page = addr & !(4095usize);
+            // SAFETY: ftruncate and fallocate are plain system calls on the segment's
+            // descriptor, kept open by the ClientSegment for as long as the guard is set.
+            let grown = unsafe {
+                libc::ftruncate(fd, len as libc::off_t) == 0
+                    && libc::fallocate(fd, 0, (page - base) as libc::off_t, 4096) == 0
+            };
+            if grown {
                 GUARD_REPAIRS.fetch_add(1, SeqCst);
                 return; // the faulting access runs again, on the grown object
+            }
+            // No memory left for the page (/dev/shm full): put a private zero page in its
+            // place, so the access completes instead of faulting for ever; the ring's
+            // consumer reads zeros there (nothing published) and the loop says so.
+            // SAFETY: MAP_FIXED over one page of our own mapping of the client segment,
+            // which only ham's atomics read; nothing holds a reference into that page
+            // across this handler.
+            let p = unsafe {
+                libc::mmap(
+                    page as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                GUARD_LOST_PAGES.fetch_add(1, SeqCst);
+                return;
             }
         }
         // SAFETY: resetting SIGBUS to its default and raising it again is what an

@@ -298,7 +298,7 @@ fn instance_of(pid: i32) -> Option<String> {
     )
 }
 
-fn env_has(env: &[u8], key: &str, value: &str) -> bool {
+pub fn env_has(env: &[u8], key: &str, value: &str) -> bool {
     let want = format!("{key}={value}");
     env.split(|&b| b == 0).any(|kv| kv == want.as_bytes())
 }

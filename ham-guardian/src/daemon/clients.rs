@@ -84,6 +84,8 @@ pub(super) struct Clients {
     pub key: [u64; 2],
     pub denied: u64,
     pub logged: u64,
+    /// `sys::GUARD_LOST_PAGES` when it was last reported.
+    pub lost_pages: u64,
 }
 
 impl Clients {
@@ -96,6 +98,9 @@ impl Clients {
         key: [u64; 2],
         start_tail: (u64, [u64; 3]),
     ) -> io::Result<Self> {
+        if crate::failpoint::fails("clients:setup") {
+            return Err(io::Error::other("failpoint clients:setup"));
+        }
         let name = ham_core::client::segment_name(&cfg.instance.name);
         let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
             .then(|| ClientSegment::open(&name).ok())
@@ -149,6 +154,7 @@ impl Clients {
             key,
             denied: 0,
             logged: 0,
+            lost_pages: 0,
         })
     }
 }
@@ -222,6 +228,21 @@ impl Daemon {
     /// At each liveness tick: a ring with a published event while the HAM is armed means a
     /// doorbell was missed (it must not happen; if it does, this says so and recovers).
     pub(super) fn ring_safety_net(&mut self) {
+        let Some(c) = &mut self.clients else {
+            self.retry_clients();
+            return;
+        };
+        let lost = crate::sys::GUARD_LOST_PAGES.load(Ordering::Relaxed);
+        if lost > c.lost_pages {
+            c.lost_pages = lost;
+            self.say_limited(
+                "lost-pages",
+                format_args!(
+                    "the client segment lost {lost} page(s) that could not be allocated again \
+                     (is /dev/shm full?): events there are not seen until ham restarts"
+                ),
+            );
+        }
         let Some(c) = &mut self.clients else { return };
         // A client shrank the segment (ham's SIGBUS handler grew it back, as zeros).
         if !c.seg.header_intact() {
@@ -241,6 +262,38 @@ impl Daemon {
                 format_args!("detector ring: events waited with no doorbell rung; draining"),
             );
             self.drain_ring();
+        }
+    }
+
+    /// A HAM that could not set up the client segment (no memory, no process for its
+    /// doorbell thread, …) tries again at each liveness tick: a transient failure must not
+    /// leave it without heartbeats and the ring for good.
+    fn retry_clients(&mut self) {
+        let h = self.writer.segment().header();
+        let key = h.client_key();
+        let start_tail = (h.ring_tail(), h.ring_counts());
+        // As a successor would: reuse a client segment of ham's own if one is there.
+        let origin = Origin::Promoted {
+            passed: Default::default(),
+        };
+        match Clients::open(&self.cfg, &origin, true, key, start_tail) {
+            Ok(c) => {
+                self.clients = Some(c);
+                match self.watch_clients() {
+                    Ok(()) => log(
+                        &self.cfg.instance.name,
+                        format_args!("the client segment is set up (at a retry)"),
+                    ),
+                    Err(e) => log(
+                        &self.cfg.instance.name,
+                        format_args!("cannot watch the doorbell: {e}"),
+                    ),
+                }
+            }
+            Err(e) => self.say_limited(
+                "clients-retry",
+                format_args!("cannot set up the client segment yet: {e}; retrying"),
+            ),
         }
     }
 
@@ -455,17 +508,13 @@ impl Daemon {
             return Err(Response::err("missed_low must not exceed missed_high"));
         }
         let e = &self.entities[i];
+        let adopt = e.cfg.attach_only && (e.rec.pid != target || e.pidfd.is_none());
         if e.cfg.attach_only {
             if e.rec.state.has_process() && e.pidfd.is_some() && e.rec.pid != target {
                 return Err(Response::err(format!(
                     "`{name}` is attached by pid {}; detach it first",
                     e.rec.pid
                 )));
-            }
-            if e.rec.pid != target || e.pidfd.is_none() {
-                if let Err(why) = self.adopt_attached(i, target) {
-                    return Err(Response::err(why));
-                }
             }
         } else if !(e.rec.pid == target && e.rec.state == EntityState::Running) {
             return Err(Response::err(format!(
@@ -476,18 +525,18 @@ impl Daemon {
         }
         let now = mono_ns();
         let slot = self.entities[i].slot;
-        // The client's own heartbeat page: no other client can write it.
+        // A new attachment replaces the old one, and its heartbeat page with it.
         self.end_attachment(i);
+        // The client's own heartbeat page (no other client can write it), made before
+        // anything else changes: a refusal here leaves nothing half done.
         let beats = spec.missed_low | spec.missed_high != 0;
-        let page_fd = if beats {
+        let page = if beats {
             let name = ham_core::beat::page_name(&self.cfg.instance.name, slot);
             match ham_core::beat::BeatMap::create(&name, target as u32, now) {
-                Ok((page, fd)) => {
-                    self.entities[i].beat = Some(page);
-                    Some(fd)
-                }
+                Ok(page) => Some(page),
                 Err(e) => {
                     self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
+                    self.publish(i);
                     return Err(Response::errno(
                         libc::ENOMEM,
                         format!("no heartbeat page: {e}"),
@@ -497,6 +546,19 @@ impl Daemon {
         } else {
             None
         };
+        if adopt {
+            if let Err(why) = self.adopt_attached(i, target) {
+                ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+                    &self.cfg.instance.name,
+                    slot,
+                ));
+                return Err(Response::err(why));
+            }
+        }
+        let page_fd = page.map(|(map, fd)| {
+            self.entities[i].beat = Some(map);
+            fd
+        });
         let e = &mut self.entities[i];
         e.rec.heartbeat = beats.then_some(spec);
         self.publish(i);
