@@ -774,3 +774,44 @@ fn a_successor_that_could_not_set_up_the_client_segment_tries_again() {
     });
     assert!(raise(&ham).status.success(), "{}", ham.stderr());
 }
+
+#[test]
+fn a_ham_that_cannot_read_a_live_instances_segment_refuses_to_start() {
+    // Point 18: a binary with another segment layout treated a live instance's segment as
+    // invalid, replaced it, and started every entity a second time. Another layout is
+    // played here by changing the live segment's layout version (header bytes 8..12).
+    let ham = Ham::start("other-layout", &sleeper("app"));
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let app = pid_of(&s, "app");
+    let seg = ham.segment_path();
+    let original = std::fs::read(&seg).unwrap();
+    let mut bytes = original[..12].to_vec();
+    bytes[8..12].copy_from_slice(&999u32.to_ne_bytes());
+    let patch = |b: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .write_all_at(b, 0)
+            .unwrap();
+    };
+    patch(&bytes);
+    let err_path = ham.dir.path().join("second.stderr");
+    let mut second = ham
+        .command(&[])
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut second);
+    patch(&original[..12]);
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
+    assert!(err.contains("cannot be read by this ham"), "{err}");
+    assert_eq!(
+        entity_processes(&ham.name, "app"),
+        vec![app],
+        "the entity was started a second time"
+    );
+    assert_eq!(pid_of(&ham.status(), "app"), app);
+}
