@@ -815,3 +815,49 @@ fn a_ham_that_cannot_read_a_live_instances_segment_refuses_to_start() {
     );
     assert_eq!(pid_of(&ham.status(), "app"), app);
 }
+
+#[test]
+fn a_restart_storm_leaves_the_loop_serving() {
+    // Point 7: 100 entities crash-looping under `immediate` made every `hamctl ping` fail,
+    // the Guardian fenced the busy HAM 4-5 times in 12 s, a killed healthy entity waited
+    // seconds and `shutdown` failed. Each turn now starts at most 16 processes.
+    let mut body = sleeper("healthy");
+    for k in 0..100 {
+        body += &format!(
+            "[[entity]]\nname = \"crash{k}\"\ncommand = [\"/bin/false\"]\n\
+             policy = {{ kind = \"immediate\" }}\n"
+        );
+    }
+    let mut ham = Ham::start("storm", &body);
+    ham.wait_for("the storm going", |s| {
+        s["entities"].as_array().is_some_and(|v| {
+            v.iter()
+                .filter(|e| e["restarts"].as_u64() > Some(3))
+                .count()
+                > 50
+        })
+    });
+    // Served during the storm: pings (each answered within hamctl's timeout)...
+    for _ in 0..20 {
+        let out = ham.ctl(&["--timeout", "5s", "ping"]);
+        assert!(out.status.success(), "ping failed: {}", text(&out.stderr));
+    }
+    // ...and a healthy entity's restart.
+    let s = ham.status();
+    let healthy = pid_of(&s, "healthy");
+    sigkill(healthy);
+    ham.wait_for("healthy restarted", |s| {
+        running(s, "healthy") && pid_of(s, "healthy") != healthy
+    });
+    let s = ham.status();
+    assert_eq!(
+        s["ham"]["failures"],
+        0,
+        "the HAM was fenced: {}",
+        ham.stderr()
+    );
+    assert!(!ham.stderr().contains("fencing"), "{}", ham.stderr());
+    let out = ham.ctl(&["--timeout", "30s", "shutdown"]);
+    assert!(out.status.success(), "shutdown: {}", text(&out.stderr));
+    assert_eq!(ham.wait_exit(), 0);
+}

@@ -59,6 +59,11 @@ const TOK_ACTION: u64 = 3 << 32;
 const TOK_SUB: u64 = 4 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
+/// Processes one turn of the loop may start: a restart storm (or a cold start of many
+/// entities) goes on over several turns, each of which also serves the control socket,
+/// the timers and the liveness word. The rest wait, in order, as `starting`.
+const SPAWNS_PER_TURN: u32 = 16;
+
 /// Condition runs (running or queued) one entity may have open: a detector raising in a
 /// loop must not grow ham without bound. Further firings are dropped and counted.
 const RUNS_PER_ENTITY: usize = 16;
@@ -231,6 +236,11 @@ pub struct Daemon {
     notify: std::os::unix::net::UnixDatagram,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
+    /// Spawns the per-turn budget did not allow, in order, each with whether its restart
+    /// conditions fire once it runs (and for what death).
+    deferred: std::collections::VecDeque<(usize, Option<Option<(i32, LastExit)>>)>,
+    /// Spawns left in this turn of the loop.
+    spawn_budget: u32,
     /// The listener is out of the epoll set (no fd for a connection, or at the cap) until
     /// the next liveness tick or a connection closes.
     accept_paused: bool,
@@ -627,6 +637,8 @@ impl Daemon {
             notify,
             conns: HashMap::new(),
             accept_paused: false,
+            deferred: Default::default(),
+            spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
             next_conn: 0,
             entities: Vec::new(),
@@ -691,7 +703,13 @@ impl Daemon {
         self.schedule_tick(mono_ns());
         sys::trim_heap();
         let mut events = Vec::with_capacity(64);
+        let no_wait = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
+            self.spawn_budget = SPAWNS_PER_TURN;
+            self.run_deferred();
             if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {
                 self.finish();
                 return Ok(crate::exit::OK);
@@ -699,10 +717,12 @@ impl Daemon {
             self.rearm_timer();
             self.arm_ring();
             events.clear();
+            // With spawns still deferred, look at what came in and come straight back.
+            let timeout = (!self.deferred.is_empty()).then_some(&no_wait);
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                timeout,
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -1139,6 +1159,15 @@ impl Daemon {
             e.rec.start_time = 0;
         }
         self.publish(i);
+        if self.spawn_budget == 0 {
+            // This turn has started enough: the next one starts it (published `starting`
+            // with no pid, which is also what a successor starts).
+            if !self.deferred.iter().any(|&(j, _)| j == i) {
+                self.deferred.push_back((i, None));
+            }
+            return;
+        }
+        self.spawn_budget -= 1;
         failpoint::hit("spawn:after-starting");
         let e = &self.entities[i];
         let forked = build_spec(&e.cfg, &e.env).and_then(SpawnSpec::fork);
@@ -1899,6 +1928,30 @@ impl Daemon {
         }
     }
 
+    /// Starts what earlier turns deferred, within this turn's budget, unless it was asked
+    /// otherwise meanwhile (stopped, or the instance is shutting down).
+    fn run_deferred(&mut self) {
+        while self.spawn_budget > 0 {
+            let Some((i, restarted)) = self.deferred.pop_front() else {
+                return;
+            };
+            let e = &mut self.entities[i];
+            if e.rec.state != EntityState::Starting || e.rec.pid != 0 || e.wanted != Wanted::Up {
+                continue;
+            }
+            if self.shutdown.is_some() {
+                e.rec.state = EntityState::Stopped;
+                e.pruned_now = 0;
+                self.publish(i);
+                continue;
+            }
+            self.spawn(i);
+            if let Some(gone) = restarted {
+                self.fire_restarted(i, gone);
+            }
+        }
+    }
+
     /// Entity `i` runs (started or adopted): it is ready now, or at its `ready_after`.
     fn became_running(&mut self, i: usize, now: u64) {
         let e = &mut self.entities[i];
@@ -2175,6 +2228,10 @@ impl Daemon {
 
     /// Fires the `restart` conditions of entity `i` if its restart got it running.
     fn fire_restarted(&mut self, i: usize, gone: Option<(i32, LastExit)>) {
+        if let Some(d) = self.deferred.iter_mut().find(|(j, _)| *j == i) {
+            d.1 = Some(gone); // it fires once the deferred spawn has it running
+            return;
+        }
         let e = &self.entities[i];
         if e.rec.state == EntityState::Running {
             // Now, not the exit's time: the stamp of this restart is newer than the exit.
