@@ -59,6 +59,9 @@ const TOK_ACTION: u64 = 3 << 32;
 const TOK_SUB: u64 = 4 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
+/// What a death was: the dead pid and how it ended (`None`: no death, e.g. a start).
+type Gone = Option<(i32, LastExit)>;
+
 /// Processes one turn of the loop may start: a restart storm (or a cold start of many
 /// entities) goes on over several turns, each of which also serves the control socket,
 /// the timers and the liveness word. The rest wait, in order, as `starting`.
@@ -238,7 +241,7 @@ pub struct Daemon {
     next_conn: u64,
     /// Spawns the per-turn budget did not allow, in order, each with whether its restart
     /// conditions fire once it runs (and for what death).
-    deferred: std::collections::VecDeque<(usize, Option<Option<(i32, LastExit)>>)>,
+    deferred: std::collections::VecDeque<(usize, Option<Gone>)>,
     /// Spawns left in this turn of the loop.
     spawn_budget: u32,
     /// The listener is out of the epoll set (no fd for a connection, or at the cap) until
