@@ -758,6 +758,16 @@ impl<const N: usize> Slot<N> {
 }
 
 impl EntitySlot {
+    /// Whether the newest valid record says `Running` with `pid`. Allocates nothing and
+    /// takes no lock: a forked child calls it before `execve` (see ham's spawn: a child
+    /// whose HAM died before releasing it runs its program only if the record already
+    /// says it was released).
+    pub fn says_running(&self, pid: i32) -> bool {
+        matches!(self.newest(), Ok(Some(body))
+            if body[word::PID] == pid as u32 as u64
+                && body[word::STATE] == EntityState::Running as u64)
+    }
+
     /// Reads the record: `Ok(None)` for a free slot.
     pub fn read(&self) -> Result<Option<EntityRecord>, RecordError> {
         match self.newest()? {

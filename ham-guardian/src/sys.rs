@@ -51,6 +51,7 @@ pub struct SpawnSpec {
     fds: Vec<(OwnedFd, RawFd)>,
     new_process_group: bool,
     exec_if_orphaned: bool,
+    released_in: *const ham_core::layout::EntitySlot,
 }
 
 fn cstr(s: &str, what: &str) -> io::Result<CString> {
@@ -87,6 +88,7 @@ impl SpawnSpec {
             fds: Vec::new(),
             new_process_group: false,
             exec_if_orphaned: false,
+            released_in: std::ptr::null(),
         })
     }
     pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
@@ -118,6 +120,16 @@ impl SpawnSpec {
         self
     }
 
+    /// If the parent dies before releasing the child, the child runs its program only if
+    /// `slot` (in the state segment, mapped shared and so the same in the child) already
+    /// says `Running` with the child's pid: the release was recorded, and a successor
+    /// will count the child's death. The mapping must outlive the fork (it is the HAM's
+    /// state segment, mapped for the HAM's lifetime).
+    pub fn released_in(&mut self, slot: &ham_core::layout::EntitySlot) -> &mut Self {
+        self.released_in = slot;
+        self
+    }
+
     /// Forks a child that prepares itself (process group, empty signal mask, SIGPIPE at its
     /// default, descriptors, folder, user) and then waits, before `execve`, until
     /// [`Pending::release`] is called. If this process dies first the child sees the end of
@@ -142,6 +154,7 @@ impl SpawnSpec {
             new_process_group: self.new_process_group,
             exec_if_orphaned: self.exec_if_orphaned,
             nofile_soft: NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed),
+            released_in: self.released_in,
             go_r: go_r.as_raw_fd(),
             go_w: go_w.as_raw_fd(),
             st_r: st_r.as_raw_fd(),
@@ -192,6 +205,8 @@ struct ChildRaw<'a> {
     exec_if_orphaned: bool,
     /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
     nofile_soft: u64,
+    /// The record that says whether an orphaned child was released (see `released_in`).
+    released_in: *const ham_core::layout::EntitySlot,
     go_r: RawFd,
     go_w: RawFd,
     st_r: RawFd,
@@ -278,6 +293,15 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
             }
             if c.exec_if_orphaned {
                 break;
+            }
+            // Our HAM died before releasing us: run only if it had already recorded the
+            // release (then a successor counts our death like any other).
+            // SAFETY: `released_in` is null or points into the state segment's shared
+            // mapping, inherited by fork at the same address (see `released_in`).
+            if let Some(slot) = c.released_in.as_ref() {
+                if slot.says_running(libc::getpid()) {
+                    break;
+                }
             }
             libc::_exit(NOT_RELEASED);
         }

@@ -861,3 +861,49 @@ fn a_restart_storm_leaves_the_loop_serving() {
     assert!(out.status.success(), "shutdown: {}", text(&out.stderr));
     assert_eq!(ham.wait_exit(), 0);
 }
+
+#[test]
+fn a_death_between_the_release_and_running_is_counted() {
+    // Point 12: the pair died right after a restart had released the new process and
+    // before it was recorded running; the process died too before a warm start, which
+    // then started it again without counting the death (restarts one short, no death
+    // conditions, last_exit and the policy windows missed it).
+    let marks = tempfile::tempdir().unwrap();
+    let fired = marks.path().join("fired");
+    let fired_s = fired.display().to_string();
+    let env = [
+        ("HAM_FAILPOINT", "spawn:after-release"),
+        ("HAM_FAILPOINT_FILE", fired_s.as_str()),
+    ];
+    let mut ham = Ham::start_with("release-gap", "", &sleeper("app"), &env);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let (app, guardian) = (
+        pid_of(&s, "app"),
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    // The Guardian holds still, so the pair dies together.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guardian),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    sigkill(app); // restart 1; the HAM dies right after releasing the new process
+    assert_eq!(ham.wait_exit(), -1);
+    assert!(fired.exists());
+    let released = pid_of(&ham.status(), "app");
+    assert_ne!(released, app);
+    assert!(kill_and_wait(released), "the released process ran");
+    assert!(kill_and_wait(guardian));
+    std::fs::remove_file(format!("{fired_s}.armed")).unwrap();
+    // A warm start: the released process's death is a death.
+    ham.spawn(&env);
+    let s = ham.wait_for("app running again", |s| {
+        s["ham"]["alive"] == true && running(s, "app") && pid_of(s, "app") != released
+    });
+    assert_eq!(entity(&s, "app")["restarts"], 2, "{}", ham.stderr());
+    // It died while no HAM watched and no Guardian held its pidfd: how is unknown, and
+    // said so (no longer the previous death's signal).
+    assert_eq!(entity(&s, "app")["last_exit"]["unknown"], true, "{s}");
+    assert!(ham.stderr().contains("died while no HAM was watching"));
+}

@@ -379,8 +379,12 @@ pub fn pid_of(status: &Value, name: &str) -> i32 {
         .unwrap_or_else(|| panic!("{name} has no pid in {status}")) as i32
 }
 
+/// Whether entity `name` runs (false while the status does not list it yet).
 pub fn running(status: &Value, name: &str) -> bool {
-    entity(status, name)["state"] == "running"
+    status["entities"].as_array().is_some_and(|v| {
+        v.iter()
+            .any(|e| e["name"] == name && e["state"] == "running")
+    })
 }
 
 pub fn sigkill(pid: i32) {

@@ -1100,6 +1100,13 @@ impl Daemon {
     // -- segment ---------------------------------------------------------------------------
 
     fn publish(&mut self, i: usize) {
+        self.publish_record(i);
+        self.answer_waiters(i);
+    }
+
+    /// Publishes entity `i`'s record without answering its waiters (a state that may not
+    /// last: the release recorded before it is known to have worked).
+    fn publish_record(&mut self, i: usize) {
         let e = &mut self.entities[i];
         match self.writer.publish(e.slot, &e.rec) {
             Ok(g) => e.rec.generation = g,
@@ -1116,7 +1123,6 @@ impl Daemon {
                 format_args!("{}: cannot publish: {err}", e.cfg.name),
             ),
         }
-        self.answer_waiters(i);
     }
 
     fn schedule_tick(&mut self, now: u64) {
@@ -1131,11 +1137,13 @@ impl Daemon {
     /// 1. publish `starting` (no pid): a successor starts it;
     /// 2. fork a child that waits before `execve`;
     /// 3. publish `starting` + pid + start time, and hand the pidfd to the Guardian;
-    /// 4. release the child into its program;
-    /// 5. publish `running`.
+    /// 4. publish `running` (the release, recorded);
+    /// 5. release the child into its program.
     ///
     /// A HAM killed before step 4 leaves a child that exits on its own without running
-    /// anything; one killed after it leaves a record naming the running process.
+    /// anything (a successor starts the entity, counting nothing); one killed after it
+    /// leaves a record naming a process that runs — a child orphaned between 4 and 5 reads
+    /// the record and runs — so its death, whenever it comes, is counted.
     fn spawn(&mut self, i: usize) {
         let now = mono_ns();
         if self.entities[i].cfg.attach_only {
@@ -1173,7 +1181,13 @@ impl Daemon {
         self.spawn_budget -= 1;
         failpoint::hit("spawn:after-starting");
         let e = &self.entities[i];
-        let forked = build_spec(&e.cfg, &e.env).and_then(SpawnSpec::fork);
+        let slot = self.writer.segment().slot(e.slot);
+        let forked = build_spec(&e.cfg, &e.env).and_then(|mut spec| {
+            if let Some(slot) = slot {
+                spec.released_in(slot);
+            }
+            spec.fork()
+        });
         let result = match forked {
             Ok(pending) => {
                 failpoint::hit("spawn:after-fork");
@@ -1187,6 +1201,15 @@ impl Daemon {
                 self.publish(i);
                 self.send_to_guardian(self.entities[i].slot, pid, st, &pending.pidfd);
                 failpoint::hit("spawn:after-record-pid");
+                // The release is recorded before it happens: from here on the child runs
+                // even if this HAM dies (it reads this record), and its death is a death.
+                {
+                    let e = &mut self.entities[i];
+                    e.rec.state = EntityState::Running;
+                    e.rec.started_mono_ns = now;
+                    e.rec.started_unix_ns = unix_ns();
+                }
+                self.publish_record(i);
                 let released = pending.release();
                 failpoint::hit("spawn:after-release");
                 released.map_err(|(err, pidfd)| {
