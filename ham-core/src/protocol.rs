@@ -67,6 +67,27 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether asking twice does what asking once does, so a client may ask again when the
+    /// HAM it asked died before answering (a takeover): the successor answers the retry.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Self::Ping
+            | Self::Hello
+            | Self::Attach { .. }
+            | Self::Ready { .. }
+            | Self::Lookup { .. }
+            | Self::Subscribe { .. }
+            | Self::DeviceRestart { .. } => true,
+            Self::Verbose { op, .. } => *op == VerboseOp::Get,
+            Self::Define {
+                change: Change::Control { command, .. },
+            } => *command == ControlCommand::GetFlags,
+            _ => false,
+        }
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {

@@ -109,7 +109,7 @@ fn errno_of(e: &Error) -> c_int {
         Error::Refused { .. } => libc::EINVAL,
         Error::Connect { .. } | Error::Segment(_) | Error::Config { .. } => libc::EBADF,
         Error::Push(_) => libc::EAGAIN,
-        Error::Io(_) | Error::BadAnswer(_) => libc::EIO,
+        Error::Io(_) | Error::BadAnswer(_) | Error::NoAnswer => libc::EIO,
     }
 }
 

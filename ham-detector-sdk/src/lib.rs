@@ -96,6 +96,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("ham sent an answer that is not valid: {0}")]
     BadAnswer(String),
+    /// The connection ended before an answer (the HAM died: a takeover is under way).
+    #[error("ham closed the connection without an answer")]
+    NoAnswer,
     /// ham answered, and refused (with the errno a C caller gets, when it says one).
     #[error("ham refused: {message}")]
     Refused { errno: Option<i32>, message: String },
@@ -216,9 +219,7 @@ fn request_with_fd(
         BufReader::new(stream).read_line(&mut answer)?;
     }
     if answer.is_empty() {
-        return Err(Error::BadAnswer(
-            "connection closed without an answer".into(),
-        ));
+        return Err(Error::NoAnswer);
     }
     let r: Response =
         serde_json::from_str(answer.trim_end()).map_err(|e| Error::BadAnswer(e.to_string()))?;
@@ -230,6 +231,50 @@ fn request_with_fd(
             message: r.error.unwrap_or_default(),
         })
     }
+}
+
+/// How long a client asks again, through a takeover, before it gives up.
+const RETRY_FOR: Duration = Duration::from_secs(15);
+
+impl Error {
+    /// Whether the HAM may have died under the request (a takeover), so that the same
+    /// request, if idempotent, can be asked of its successor.
+    fn is_takeover(&self) -> bool {
+        use std::io::ErrorKind as K;
+        match self {
+            Self::NoAnswer => true,
+            Self::Connect { source, .. } => {
+                matches!(source.kind(), K::ConnectionRefused | K::NotFound)
+            }
+            Self::Io(e) => matches!(
+                e.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Runs `once` (a whole request) again while it fails as a takeover would make it fail and
+/// `req` is idempotent, for up to [`RETRY_FOR`]: a takeover is invisible to clients. The
+/// pause between tries grows from 20 ms to 500 ms.
+fn retrying<T>(req: &Request, mut once: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match once() {
+            Err(e) if e.is_takeover() && req.is_idempotent() && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One request on a new connection, asked again through a takeover if it is idempotent.
+fn ask(path: &Path, req: &Request) -> Result<(Response, Option<OwnedFd>), Error> {
+    retrying(req, || request_with_fd(&connect_socket(path)?, req))
 }
 
 fn connect_socket(path: &Path) -> Result<UnixStream, Error> {
@@ -251,8 +296,7 @@ impl Client {
     /// Connects to the instance at `location`.
     pub fn connect_to(location: &Location) -> Result<Self, Error> {
         let seg = ClientSegment::open(&ham_core::client::segment_name(&location.name))?;
-        let stream = connect_socket(&location.socket())?;
-        let r = request_on(&stream, &Request::Hello)?;
+        let (r, _) = ask(&location.socket(), &Request::Hello)?;
         let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
             return Err(Error::BadAnswer("hello without a token".into()));
         };
@@ -272,7 +316,7 @@ impl Client {
     }
 
     fn request(&self, req: &Request) -> Result<Response, Error> {
-        request_on(&connect_socket(&self.location.socket())?, req)
+        ask(&self.location.socket(), req).map(|(r, _)| r)
     }
 
     /// Attaches this process to `entity` with a heartbeat: `missed_low` / `missed_high`
@@ -299,8 +343,8 @@ impl Client {
         missed_low: u32,
         missed_high: u32,
     ) -> Result<Heartbeat, Error> {
-        let (r, fd) = request_with_fd(
-            &connect_socket(&self.location.socket())?,
+        let (r, fd) = ask(
+            &self.location.socket(),
             &Request::Attach {
                 entity: entity.to_owned(),
                 pid,
@@ -517,18 +561,32 @@ pub struct Subscription {
 
 impl Subscription {
     fn open(location: Location, topic: String, signal: Option<i32>) -> Result<Self, Error> {
-        let stream = connect_socket(&location.socket())?;
-        let mut line = serde_json::to_vec(&Request::Subscribe {
+        let req = Request::Subscribe {
             topic: topic.clone(),
             signal,
+        };
+        retrying(&req, || {
+            Self::open_once(location.clone(), topic.clone(), signal, &req)
         })
-        .expect("serialises");
+    }
+
+    fn open_once(
+        location: Location,
+        topic: String,
+        signal: Option<i32>,
+        req: &Request,
+    ) -> Result<Self, Error> {
+        let stream = connect_socket(&location.socket())?;
+        let mut line = serde_json::to_vec(req).expect("serialises");
         line.push(b'\n');
         (&stream).write_all(&line)?;
         stream.set_read_timeout(None)?;
         let mut reader = BufReader::new(stream);
         let mut answer = String::new();
         reader.read_line(&mut answer)?;
+        if answer.is_empty() {
+            return Err(Error::NoAnswer);
+        }
         let r: Response = serde_json::from_str(answer.trim_end())
             .map_err(|e| Error::BadAnswer(format!("{e}: {answer:?}")))?;
         if !r.ok {

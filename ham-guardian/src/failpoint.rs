@@ -33,6 +33,10 @@ pub const RUNS: &[&str] = &[
     "run:after-exec-pid",
 ];
 
+/// A failpoint on the control path: the HAM dies holding a request it accepted, before it
+/// answers (what the SDK's retries are tested against).
+pub const CONTROL: &[&str] = &["control:request"];
+
 /// Failpoints that make a step fail (an error, not a death) for as long as they are armed:
 /// what a transient shortage (no process, no memory) does.
 pub const FAILURES: &[&str] = &["clients:setup"];

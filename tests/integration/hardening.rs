@@ -907,3 +907,49 @@ fn a_death_between_the_release_and_running_is_counted() {
     assert_eq!(entity(&s, "app")["last_exit"]["unknown"], true, "{s}");
     assert!(ham.stderr().contains("died while no HAM was watching"));
 }
+
+#[test]
+fn sdk_requests_caught_by_a_dying_ham_are_answered_by_its_successor() {
+    // Point 16: a request caught by a dying HAM failed ("connection reset", "closed
+    // without an answer"), and `ham-client heartbeat` exited when its attach did. The HAM
+    // here dies holding the first request it accepted from the client (failpoint
+    // `control:request`).
+    let marks = tempfile::tempdir().unwrap();
+    let fired = marks.path().join("fired");
+    let fired_s = fired.display().to_string();
+    let body = "[[entity]]\nname = \"ext\"\nattach_only = true\n";
+    let mut ham = Ham::start_with(
+        "sdk-retry",
+        "",
+        body,
+        &[
+            ("HAM_FAILPOINT", "control:request"),
+            ("HAM_FAILPOINT_FILE", fired_s.as_str()),
+        ],
+    );
+    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    let mut client = std::process::Command::new(env!("CARGO_BIN_EXE_ham-client"))
+        .args(["-c", ham.config.to_str().unwrap()])
+        .args(["heartbeat", "ext", "--period", "100ms", "--low", "5"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client_pid = client.id() as i32;
+    assert_eq!(ham.wait_exit(), -1, "the HAM died holding the attach");
+    assert!(fired.exists());
+    let s = ham.wait_for("ext attached through the successor", |s| {
+        s["ham"]["alive"] == true
+            && s["entities"].as_array().is_some_and(|v| {
+                v.iter()
+                    .any(|e| e["name"] == "ext" && !e["heartbeat"].is_null())
+            })
+    });
+    assert_eq!(pid_of(&s, "ext"), client_pid);
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "ham-client exited: {:?}",
+        client.wait_with_output().map(|o| text(&o.stderr))
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+}

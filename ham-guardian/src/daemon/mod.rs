@@ -2667,6 +2667,9 @@ impl Daemon {
     // -- control socket --------------------------------------------------------------------
 
     fn handle(&mut self, req: Request, stream: UnixStream, peer: Peer) {
+        if !matches!(req, Request::Ping) {
+            failpoint::hit("control:request");
+        }
         verbose(
             &self.cfg.instance.name,
             format_args!("request from pid {} (uid {}): {req:?}", peer.pid, peer.uid),
