@@ -89,6 +89,7 @@ struct RawHam {
     heartbeat_grid: Option<Spanned<String>>,
     ring_slots: Option<Spanned<u32>>,
     ring_abandon_after: Option<Spanned<String>>,
+    cgroup: Option<Spanned<String>>,
 }
 
 /// Only the `[ham]` table; everything else is ignored. What `hamctl` needs to find an
@@ -103,6 +104,7 @@ struct RawHamLenient {
     name: Spanned<String>,
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
+    cgroup: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,9 @@ struct RawEntity {
     #[serde(default)]
     wait_ready: bool,
     watchdog: Option<Spanned<String>>,
+    memory_max: Option<Spanned<u64>>,
+    pids_max: Option<Spanned<u64>>,
+    cpu_weight: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +304,8 @@ pub struct EntityConfig {
     /// ham never starts it: a process attaches itself under its name (QNX's self-attached
     /// entity). `argv` is empty.
     pub attach_only: bool,
+    /// Resource limits for its cgroup (`memory_max`, `pids_max`, `cpu_weight`).
+    pub limits: CgroupLimits,
     /// Other entities whose processes may raise events on this one (indices).
     pub raise_from: Vec<usize>,
 }
@@ -337,6 +344,29 @@ pub struct Config {
     pub groups: Vec<Group>,
 }
 
+/// `[ham] cgroup`: how entities' processes are tracked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// A cgroup v2 per entity under ham's own cgroup, if there is a writable v2
+    /// hierarchy (found through /proc/self/mountinfo); process groups otherwise.
+    Auto,
+    /// Process groups only.
+    Off,
+    /// A cgroup v2 per entity under this directory (which must be in a v2 hierarchy).
+    Under(PathBuf),
+}
+
+/// Limits written into an entity's cgroup where the controllers exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `cpu.weight` (1–10000).
+    pub cpu_weight: Option<u64>,
+}
+
 /// Erlang/OTP's restart strategies for a group of entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -362,6 +392,8 @@ pub struct Instance {
     pub name: String,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// `[ham] cgroup`: how entities' processes are tracked.
+    pub cgroup: CgroupMode,
 }
 
 impl Instance {
@@ -534,6 +566,26 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
             .ham
             .log_dir
             .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        cgroup: cgroup_mode(&ctx, raw.ham.cgroup.as_ref())?,
+    })
+}
+
+/// `[ham] cgroup`.
+fn cgroup_mode(ctx: &Ctx, c: Option<&Spanned<String>>) -> Result<CgroupMode, ConfigError> {
+    Ok(match c {
+        None => CgroupMode::Auto,
+        Some(c) => match c.get_ref().as_str() {
+            "auto" => CgroupMode::Auto,
+            "off" => CgroupMode::Off,
+            p if p.starts_with('/') => CgroupMode::Under(PathBuf::from(p)),
+            _ => {
+                return Err(ctx.err(
+                    Some(c.span()),
+                    Some("ham.cgroup".into()),
+                    "must be \"auto\", \"off\" or an absolute path in a cgroup v2 hierarchy",
+                ));
+            }
+        },
     })
 }
 
@@ -572,6 +624,7 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
             .log_dir
             .as_ref()
             .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        cgroup: cgroup_mode(&ctx, ham.cgroup.as_ref())?,
     };
     // Syslog: `/dev/log` unless configured; "" turns it off.
     let syslog = match &ham.syslog {
@@ -960,7 +1013,23 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         ),
     };
 
+    if let Some(w) = &e.cpu_weight {
+        if !(1..=10_000).contains(w.get_ref()) {
+            return Err(ctx.err(
+                Some(w.span()),
+                key("cpu_weight"),
+                "must be between 1 and 10000 (cgroup v2 cpu.weight)",
+            ));
+        }
+    }
+    let limits = CgroupLimits {
+        memory_max: e.memory_max.as_ref().map(|v| *v.get_ref()),
+        pids_max: e.pids_max.as_ref().map(|v| *v.get_ref()),
+        cpu_weight: e.cpu_weight.as_ref().map(|v| *v.get_ref()),
+    };
+
     Ok(EntityConfig {
+        limits,
         attach_only: e.attach_only,
         wait_ready: e.wait_ready || e.notify,
         raise_from: Vec::new(), // resolved once every name is known

@@ -266,6 +266,8 @@ fn promote(
             // The HAM finished its shutdown and removed the segment: nothing to take over.
             return Ok(exit::OK);
         }
+        // Corrupted: taken over cold (`Daemon::promote`), never left unsupervised.
+        Err(SegmentError::BadMagic { .. } | SegmentError::Geometry { .. }) => {}
         Err(e) => return Err(e.into()),
     }
     log(&name, format_args!("the HAM is gone: taking over"));

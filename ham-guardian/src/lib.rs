@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod actions;
+pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod daemon;

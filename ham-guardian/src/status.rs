@@ -95,6 +95,9 @@ pub struct EntityStatus {
     pub uptime_ns: Option<u64>,
     /// The heartbeat an SDK client attached with, if any.
     pub heartbeat: Option<HeartbeatStatus>,
+    /// How its processes are tracked: `cgroup` (every process it starts, in its cgroup),
+    /// `process-group` (its process group only), or `unknown` before it is looked up.
+    pub tracking: &'static str,
 }
 
 /// `{"code": N}`, `{"signal": N}` or `{"unknown": true}`.
@@ -130,6 +133,26 @@ pub fn read(segment_name: &str, now_mono_ns: u64) -> Result<Status, SegmentError
     Ok(from_segment(&seg, now_mono_ns))
 }
 
+impl Status {
+    /// Fills in each entity's `tracking`: `cgroup` when the running HAM keeps it in a
+    /// cgroup (its directory exists where that HAM puts them), else `process-group`.
+    pub fn look_up_tracking(&mut self, inst: &crate::config::Instance) {
+        let dir = self
+            .ham
+            .alive
+            .then(|| {
+                crate::cgroup::instance_dir(&inst.cgroup, &inst.name, &self.ham.pid.to_string())
+            })
+            .flatten();
+        for e in &mut self.entities {
+            e.tracking = match &dir {
+                Some(d) if d.join(&e.name).is_dir() => "cgroup",
+                _ => "process-group",
+            };
+        }
+    }
+}
+
 /// Builds the status from a mapped segment.
 pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
     let h = seg.header().snapshot();
@@ -157,6 +180,7 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
                         missed_low: h.missed_low,
                         missed_high: h.missed_high,
                     }),
+                    tracking: "unknown",
                     name: r.name,
                 });
             }
@@ -438,6 +462,7 @@ mod tests {
                     last_exit: Some(ExitJson::Signal(9)),
                     uptime_ns: Some(1_500_000_000),
                     heartbeat: None,
+                    tracking: "unknown",
                 },
                 EntityStatus {
                     name: "b".into(),
@@ -448,6 +473,7 @@ mod tests {
                     last_exit: None,
                     uptime_ns: None,
                     heartbeat: None,
+                    tracking: "unknown",
                 },
             ],
             device_restart: true,

@@ -953,3 +953,88 @@ fn sdk_requests_caught_by_a_dying_ham_are_answered_by_its_successor() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+#[test]
+fn processes_that_leave_an_entity_die_with_it() {
+    // Point 11: `sh -c "sleep 1e5 & exit 1"` and a `setsid` daemonizer left 42 processes
+    // behind in 4 s, all surviving `hamctl shutdown`. Each entity's processes now live in
+    // its own cgroup (v2), killed with it.
+    let body = "[[entity]]\nname = \"leaky\"\n\
+                command = [\"/bin/sh\", \"-c\", \"sleep 100000 & exit 1\"]\n\
+                policy = { kind = \"immediate\" }\n\
+                [[entity]]\nname = \"daemon\"\n\
+                command = [\"/bin/sh\", \"-c\", \"setsid sleep 100000 & sleep 100000\"]\n";
+    let mut ham = Ham::start("leftovers", body);
+    let s = ham.wait_for("leaky restarted 5 times, daemon up", |s| {
+        s["entities"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|e| e["name"] == "leaky" && e["restarts"].as_u64() >= Some(5))
+                && v.iter()
+                    .any(|e| e["name"] == "daemon" && e["state"] == "running")
+        })
+    });
+    let json = ham.ctl(&["status", "--json"]);
+    let st: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(entity(&st, "leaky")["tracking"], "cgroup", "{st}");
+    // At most the last run's `sleep` is left: each death took what it left with it.
+    let leaky = entity_processes(&ham.name, "leaky");
+    assert!(
+        leaky.len() <= 2,
+        "{} processes of leaky: {leaky:?}",
+        leaky.len()
+    );
+    // The daemonizer's child left its process group, not its cgroup.
+    let daemon_pid = pid_of(&s, "daemon");
+    let escaped: Vec<i32> = entity_processes(&ham.name, "daemon")
+        .into_iter()
+        .filter(|&p| p != daemon_pid)
+        .collect();
+    assert!(!escaped.is_empty(), "the setsid child runs");
+    let out = ham.ctl(&["--timeout", "30s", "shutdown"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ham.wait_exit(), 0);
+    wait_until(&ham, "nothing of the instance left", || {
+        entity_processes(&ham.name, "leaky").is_empty()
+            && entity_processes(&ham.name, "daemon").is_empty()
+    });
+}
+
+/// Overwrites `len` bytes at `offset` of the instance's state segment with 0xA5.
+fn scribble(ham: &Ham, offset: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ham.segment_path())
+        .unwrap()
+        .write_all_at(&vec![0xA5; len], offset)
+        .unwrap();
+}
+
+#[test]
+fn a_corrupted_record_or_header_never_leaves_two_copies_or_none() {
+    // Point 13: one unreadable record made the successor free the slot and start a second
+    // copy of the entity; a corrupted header made the Guardian exit, leaving nothing
+    // supervised. Each entity's cgroup now makes re-adoption exact.
+    for (what, offset, len) in [("record", 512, 1536), ("header", 0, 8)] {
+        let mut ham = Ham::start(&format!("corrupt-{what}"), &sleeper("app"));
+        let s = ham.wait_for("app running", |s| running(s, "app"));
+        let (app, g) = (pid_of(&s, "app"), s["guardian"]["pid"].clone());
+        assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+        // Slot 0 (after the 512-byte header) holds app's record.
+        scribble(&ham, offset, len);
+        sigkill(ham.pid());
+        assert_eq!(ham.wait_exit(), -1);
+        let s = ham.wait_for(&format!("taken over after a corrupted {what}"), |s| {
+            s["ham"]["pid"] == g && s["ham"]["alive"] == true && running(s, "app")
+        });
+        let now = pid_of(&s, "app");
+        wait_until(&ham, "one copy of app", || {
+            entity_processes(&ham.name, "app") == vec![now]
+        });
+        assert!(
+            ham.stderr().contains("left in its cgroup") || now == app,
+            "{}",
+            ham.stderr()
+        );
+    }
+}

@@ -280,6 +280,23 @@ impl Drop for Ham {
             );
         }
         let _ = std::fs::remove_file(self.segment_path());
+        // The instance's cgroups, if a ham that died left them (ham runs in this process's
+        // cgroup, so they are where it would have put them).
+        let mode = ham_guardian::config::CgroupMode::Auto;
+        if let Some(dir) = ham_guardian::cgroup::instance_dir(&mode, &self.name, "self") {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                    let start = Instant::now();
+                    while std::fs::remove_dir(e.path()).is_err()
+                        && start.elapsed() < Duration::from_secs(5)
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 

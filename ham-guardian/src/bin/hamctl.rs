@@ -92,7 +92,10 @@ fn main() -> ExitCode {
             };
         }
         ["status"] | ["status", "--json"] => {
-            return match status::read(&inst.segment_name(), mono_ns()) {
+            return match status::read(&inst.segment_name(), mono_ns()).map(|mut s| {
+                s.look_up_tracking(&inst);
+                s
+            }) {
                 Ok(s) if words.len() == 2 => {
                     println!(
                         "{}",

@@ -239,6 +239,8 @@ pub struct Daemon {
     notify: std::os::unix::net::UnixDatagram,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
+    /// The entities' cgroups (`None`: tracked by process group only).
+    cgroups: Option<crate::cgroup::Cgroups>,
     /// Spawns the per-turn budget did not allow, in order, each with whether its restart
     /// conditions fire once it runs (and for what death).
     deferred: std::collections::VecDeque<(usize, Option<Gone>)>,
@@ -455,7 +457,26 @@ impl Daemon {
         sockets: Sockets,
         passed: HashMap<u32, Passed>,
     ) -> Result<Self, DaemonError> {
-        let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadWrite)?;
+        let seg_name = cfg.instance.segment_name();
+        let seg = match Segment::open(&seg_name, Access::ReadWrite) {
+            Ok(seg) => seg,
+            Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => {
+                // Corrupted under us: the HAM we watched is dead, so no one else can be
+                // using it. Start cold in its place rather than leave the box unsupervised;
+                // each entity's cgroup keeps a copy that still runs from running twice.
+                log(
+                    &cfg.instance.name,
+                    format_args!(
+                        "the segment {seg_name} is unreadable ({e}): taking over cold with a \
+                         new one"
+                    ),
+                );
+                Segment::unlink(&seg_name)?;
+                let needed = cfg.max_entities.max(cfg.entities.len() as u32);
+                Segment::create(&seg_name, needed, unix_ns())?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let me = std::process::id() as i32;
         // A new Guardian first: if this process dies anywhere in the takeover, that one
         // finds its parent gone and takes over in turn.
@@ -472,8 +493,14 @@ impl Daemon {
         let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
         failpoint::hit("promote:after-epoch");
         writer.bump_ham_failures()?;
+        // The device-restart switch, as `start` keeps it (a new segment has only the marker).
+        let off = if device_restart_marker(&cfg).exists() {
+            FLAG_DEVICE_RESTART_OFF
+        } else {
+            0
+        };
         let flags = writer.segment().header().flags();
-        writer.set_flags(flags | FLAG_WARM_START)?;
+        writer.set_flags(flags | FLAG_WARM_START | off)?;
         match &guardian {
             Some(g) => writer.set_guardian(g.pid, g.start_time)?,
             None => writer.set_guardian(0, 0)?,
@@ -623,6 +650,29 @@ impl Daemon {
                 None
             }
         };
+        let cgroups = match crate::cgroup::Cgroups::open(&inst.cgroup, &inst.name) {
+            Ok(Some(cg)) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "each entity's processes are tracked in a cgroup under {}",
+                        cg.dir().display()
+                    ),
+                );
+                Some(cg)
+            }
+            Ok(None) => None,
+            Err(why) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "no cgroups ({why}): entities are tracked by process group, and a \
+                         process that leaves its group is not stopped with its entity"
+                    ),
+                );
+                None
+            }
+        };
         Ok(Self {
             clients,
             subscribers: HashMap::new(),
@@ -640,6 +690,7 @@ impl Daemon {
             notify,
             conns: HashMap::new(),
             accept_paused: false,
+            cgroups,
             deferred: Default::default(),
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
@@ -834,12 +885,56 @@ impl Daemon {
             let p = passed.remove(&self.entities[i].slot);
             self.resume(i, p);
         }
-        for i in to_start {
+        for i in 0..self.entities.len() {
+            self.prepare_cgroup(i);
+        }
+        for &i in &to_start {
+            // No record: whatever still runs in its cgroup (a record lost or unreadable, a
+            // segment replaced) is an earlier copy. It goes before a new one starts.
+            if let Some(cg) = &self.cgroups {
+                let name = self.entities[i].cfg.name.clone();
+                if cg.populated(&name) {
+                    let gone = cg.kill_and_wait(&name, 5_000);
+                    say!(
+                        self,
+                        "{name}: processes without a record were left in its cgroup; {}",
+                        if gone {
+                            "killed"
+                        } else {
+                            "still there 5 s after SIGKILL"
+                        }
+                    );
+                }
+            }
+            // Listed as what it is about to be (and what a successor carries on from).
+            let e = &mut self.entities[i];
+            e.rec.state = if e.cfg.after.is_empty() {
+                EntityState::Starting
+            } else {
+                EntityState::Waiting
+            };
             self.publish(i);
+        }
+        // Every entity is listed before any starts.
+        for i in to_start {
             self.entities[i].rec.starts += 1;
             self.start_when_ready(i);
         }
         self.release_proc_connector_if_idle();
+    }
+
+    /// Makes entity `i`'s cgroup and writes its limits, saying which cannot be applied.
+    pub(super) fn prepare_cgroup(&mut self, i: usize) {
+        let Some(cg) = &self.cgroups else { return };
+        let e = &self.entities[i];
+        match cg.prepare(&e.cfg.name, &e.cfg.limits) {
+            Ok(not_applied) => {
+                for why in not_applied {
+                    say!(self, "{}: limit not applied: {why}", e.cfg.name);
+                }
+            }
+            Err(err) => say!(self, "{}: cannot make its cgroup: {err}", e.cfg.name),
+        }
     }
 
     /// Carries on from one entity's record.
@@ -1192,6 +1287,14 @@ impl Daemon {
             Ok(pending) => {
                 failpoint::hit("spawn:after-fork");
                 let pid = pending.pid;
+                // Into its cgroup before it runs anything (it waits for its release).
+                if let Some(cg) = &self.cgroups {
+                    let name = &self.entities[i].cfg.name;
+                    if let Err(e) = cg.enter(name, pid) {
+                        let msg = format!("{name}: cannot put pid {pid} in its cgroup: {e}");
+                        self.say_limited("cgroup-enter", format_args!("{msg}"));
+                    }
+                }
                 let st = procfs::start_time(pid).unwrap_or(0);
                 {
                     let e = &mut self.entities[i];
@@ -1335,6 +1438,20 @@ impl Daemon {
         self.release_proc_connector_if_idle();
     }
 
+    /// SIGKILLs whatever is left in entity `i`'s cgroup (its main process has exited, or
+    /// did not stop in time).
+    fn kill_cgroup(&mut self, i: usize) {
+        if let Some(cg) = &self.cgroups {
+            let name = &self.entities[i].cfg.name;
+            if cg.populated(name) {
+                if let Err(e) = cg.kill(name) {
+                    let msg = format!("{name}: cannot kill its cgroup: {e}");
+                    self.say_limited("cgroup-kill", format_args!("{msg}"));
+                }
+            }
+        }
+    }
+
     /// Stops watching entity `i`'s pidfd and closes ham's copy. epoll watches the open
     /// file, not the descriptor: the Guardian holds another descriptor of it, so a pidfd
     /// closed without `EPOLL_CTL_DEL` stays registered, readable for ever (a busy loop).
@@ -1346,6 +1463,8 @@ impl Daemon {
 
     fn on_exit(&mut self, i: usize, exit: LastExit) {
         self.unwatch_pidfd(i);
+        // What the process left behind in its cgroup dies with it.
+        self.kill_cgroup(i);
         // An attachment ends with its process.
         self.end_attachment(i);
         let now = mono_ns();
@@ -2449,6 +2568,7 @@ impl Daemon {
                             ham_core::duration::format_ns(t)
                         );
                         signal_entity(&self.entities[i], libc::SIGKILL);
+                        self.kill_cgroup(i);
                     }
                 }
                 TimerKind::Retry => {
@@ -3023,6 +3143,11 @@ impl Daemon {
 
     /// Everything is stopped: stop the Guardian, remove what this instance made, answer.
     fn finish(&mut self) {
+        if let Some(cg) = &self.cgroups {
+            for left in cg.remove_all() {
+                say!(self, "cgroup left behind: {left}");
+            }
+        }
         if let Some(g) = self.guardian.take() {
             let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::TERM);
             if !wait_pidfd(&g.pidfd, 5_000) {

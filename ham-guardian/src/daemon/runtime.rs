@@ -536,6 +536,7 @@ impl Daemon {
         let rec = EntityRecord::new(&ec.name);
         self.entities.push(Entity::new(ec, slot, rec, env));
         self.dependents.push(Vec::new());
+        self.prepare_cgroup(i);
         self.publish(i);
         i
     }

@@ -1,0 +1,192 @@
+//! Each entity's processes in a cgroup (v2) of its own, so that what an entity's process
+//! leaves behind (`sh -c "daemon &"`, a `setsid` daemonizer) is still the entity's: killed
+//! with it (`cgroup.kill`), never left running past a stop or a shutdown, never a second
+//! copy beside a restarted one.
+//!
+//! Layout: `<base>/ham.<instance>/<entity>`, where `<base>` is the cgroup ham runs in (from
+//! `/proc/PID/cgroup`, under the cgroup2 mount found in `/proc/self/mountinfo`) or the
+//! directory `[ham] cgroup` names. A process enters its entity's cgroup between its fork
+//! and its release (it runs nothing before). Where there is no writable v2 hierarchy, ham
+//! falls back to process groups, and says so.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::{CgroupLimits, CgroupMode};
+
+/// An instance's cgroups.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    /// `<base>/ham.<instance>`.
+    dir: PathBuf,
+    /// Controllers available to the entities' cgroups (`cgroup.controllers` of `dir`,
+    /// once enabled in its `cgroup.subtree_control`).
+    controllers: Vec<String>,
+}
+
+/// The cgroup2 mount point, from mountinfo(5): the field after ` - ` is the type.
+fn cgroup2_mount() -> Option<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        let f: Vec<&str> = left.split_whitespace().collect();
+        // 3: the mount's root within the hierarchy, 4: where it is mounted.
+        Some((PathBuf::from(f.get(4)?), (*f.get(3)?).to_owned()))
+    })
+}
+
+/// The v2 cgroup of process `pid` (`0::/path` in cgroups(7)), as a directory.
+fn cgroup_dir_of(pid: &str) -> Option<PathBuf> {
+    let (mount, root) = cgroup2_mount()?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = path.strip_prefix(root.as_str()).unwrap_or(path);
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+/// Where instance `instance`'s cgroups are, for a HAM with pid `pid` (`"self"` for this
+/// process): what `hamctl status` looks at. `None` when cgroups are off or not found.
+pub fn instance_dir(mode: &CgroupMode, instance: &str, pid: &str) -> Option<PathBuf> {
+    let base = match mode {
+        CgroupMode::Off => return None,
+        CgroupMode::Auto => cgroup_dir_of(pid)?,
+        CgroupMode::Under(dir) => dir.clone(),
+    };
+    Some(base.join(format!("ham.{instance}")))
+}
+
+fn write(path: &Path, what: &str) -> io::Result<()> {
+    std::fs::write(path, what)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+impl Cgroups {
+    /// Sets up the instance's cgroup directory; `Err` says why ham falls back to process
+    /// groups (`Ok(None)`: cgroups are off).
+    pub fn open(mode: &CgroupMode, instance: &str) -> Result<Option<Self>, String> {
+        if *mode == CgroupMode::Off {
+            return Ok(None);
+        }
+        let dir = instance_dir(mode, instance, "self")
+            .ok_or("no cgroup v2 hierarchy (none in /proc/self/mountinfo)")?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Offer the entities whatever controllers the parent lets this directory have.
+        let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let mut controllers = Vec::new();
+        for c in available.split_whitespace() {
+            if write(&dir.join("cgroup.subtree_control"), &format!("+{c}")).is_ok() {
+                controllers.push(c.to_owned());
+            }
+        }
+        Ok(Some(Self { dir, controllers }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Entity `name`'s cgroup.
+    pub fn entity_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Makes entity `name`'s cgroup and writes its limits; returns the limits that could not
+    /// be applied (their controller is not available here), as `key: why`.
+    pub fn prepare(&self, name: &str, limits: &CgroupLimits) -> io::Result<Vec<String>> {
+        let dir = self.entity_dir(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut not_applied = Vec::new();
+        for (key, controller, file, value) in [
+            ("memory_max", "memory", "memory.max", limits.memory_max),
+            ("pids_max", "pids", "pids.max", limits.pids_max),
+            ("cpu_weight", "cpu", "cpu.weight", limits.cpu_weight),
+        ] {
+            let Some(v) = value else { continue };
+            if !self.controllers.iter().any(|c| c == controller) {
+                not_applied.push(format!(
+                    "{key}: no {controller} controller in {}",
+                    self.dir.display()
+                ));
+            } else if let Err(e) = write(&dir.join(file), &v.to_string()) {
+                not_applied.push(format!("{key}: {e}"));
+            }
+        }
+        Ok(not_applied)
+    }
+
+    /// Moves `pid` into entity `name`'s cgroup (its children follow it).
+    pub fn enter(&self, name: &str, pid: i32) -> io::Result<()> {
+        write(
+            &self.entity_dir(name).join("cgroup.procs"),
+            &pid.to_string(),
+        )
+    }
+
+    /// Whether any process is in entity `name`'s cgroup (`cgroup.events`).
+    pub fn populated(&self, name: &str) -> bool {
+        std::fs::read_to_string(self.entity_dir(name).join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+    }
+
+    /// SIGKILLs every process in entity `name`'s cgroup (`cgroup.kill`, Linux 5.14); on an
+    /// older kernel, each pid of `cgroup.procs`, until none is left.
+    pub fn kill(&self, name: &str) -> io::Result<()> {
+        let dir = self.entity_dir(name);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if write(&dir.join("cgroup.kill"), "1").is_ok() {
+            return Ok(());
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
+    /// Kills what is in entity `name`'s cgroup and waits (up to `timeout_ms`) until it is
+    /// empty: before an entity whose record was lost is started again, so that it never
+    /// runs twice. Whether it is empty.
+    pub fn kill_and_wait(&self, name: &str, timeout_ms: u64) -> bool {
+        if !self.populated(name) {
+            return true;
+        }
+        let _ = self.kill(name);
+        let deadline = crate::mono_ns() + timeout_ms * 1_000_000;
+        while self.populated(name) {
+            if crate::mono_ns() > deadline {
+                return false;
+            }
+            // SIGKILLed processes go within a scheduling round or two.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Removes the entities' cgroups and the instance's, at the end of a shutdown: what is
+    /// still in one (a process that left its entity's main process) is killed first. A
+    /// cgroup that cannot be removed stays, and is reported.
+    pub fn remove_all(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    self.kill_and_wait(&name, 2_000);
+                    if let Err(err) = std::fs::remove_dir(e.path()) {
+                        left.push(format!("{}: {err}", e.path().display()));
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        left
+    }
+}
