@@ -61,11 +61,15 @@ mod flag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunWait {
     None,
-    /// A command (execute, device restart) running as `pid`, killed at `deadline` (0: never).
+    /// A command (execute, device restart) forked as `pid`, killed at `deadline` (0:
+    /// never). `released`: journaled just before the HAM lets it run; a child orphaned
+    /// before its release runs only if this says so (see `RunSlot::says_released`), so a
+    /// successor knows exactly whether it ran.
     Exec {
         pid: i32,
         start_time: u64,
         deadline: u64,
+        released: bool,
     },
     /// A delay until `until` (CLOCK_MONOTONIC).
     Delay {
@@ -145,8 +149,10 @@ impl RunRecord {
                 pid,
                 start_time,
                 deadline,
+                released,
             } => {
-                b[w::WAIT_PID] = u64::from(pid as u32) | (1 << 32);
+                let kind = if released { WAIT_EXEC_RELEASED } else { 1 };
+                b[w::WAIT_PID] = u64::from(pid as u32) | (kind << 32);
                 b[w::WAIT_START] = start_time;
                 b[w::WAIT_DEADLINE] = deadline;
             }
@@ -187,10 +193,11 @@ impl RunRecord {
         let path = (0..depth).map(|k| (b[w::PATH] >> (8 * k)) as u8).collect();
         let wait = match b[w::WAIT_PID] >> 32 {
             0 => RunWait::None,
-            1 => RunWait::Exec {
+            k @ (1 | WAIT_EXEC_RELEASED) => RunWait::Exec {
                 pid: (b[w::WAIT_PID] & 0xffff_ffff) as u32 as i32,
                 start_time: b[w::WAIT_START],
                 deadline: b[w::WAIT_DEADLINE],
+                released: k == WAIT_EXEC_RELEASED,
             },
             2 => RunWait::Delay {
                 until: b[w::WAIT_DEADLINE],
@@ -237,7 +244,17 @@ impl RunRecord {
     }
 }
 
+/// The wait kind of a released command (1: forked, not released yet).
+const WAIT_EXEC_RELEASED: u64 = 4;
+
 impl RunSlot {
+    /// Whether the newest valid record says command `pid` was released. Allocates nothing
+    /// and takes no lock: a forked child calls it before `execve`.
+    pub fn says_released(&self, pid: i32) -> bool {
+        matches!(self.newest(), Ok(Some(body))
+            if body[w::WAIT_PID] == u64::from(pid as u32) | (WAIT_EXEC_RELEASED << 32))
+    }
+
     /// Reads the run: `Ok(None)` for a free slot.
     pub fn read_run(&self) -> Result<Option<RunRecord>, RecordError> {
         match self.newest()? {
@@ -270,6 +287,7 @@ mod tests {
                     pid: 4242,
                     start_time: 99,
                     deadline: 123,
+                    released: true,
                 },
                 gone: Some((77, LastExit::Signal(9))),
                 raise: None,

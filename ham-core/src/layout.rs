@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;

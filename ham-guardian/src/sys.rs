@@ -51,7 +51,19 @@ pub struct SpawnSpec {
     fds: Vec<(OwnedFd, RawFd)>,
     new_process_group: bool,
     exec_if_orphaned: bool,
-    released_in: *const ham_core::layout::EntitySlot,
+    released_in: ReleaseRecord,
+}
+
+/// Where a forked child whose parent died before releasing it looks to decide whether it
+/// was released all the same (the parent records the release before it happens).
+#[derive(Clone, Copy)]
+enum ReleaseRecord {
+    /// Nowhere: an orphaned child never runs its program.
+    None,
+    /// An entity's record: released if it says `Running` with the child's pid.
+    Entity(*const ham_core::layout::EntitySlot),
+    /// A condition run's journal record: released if its command is `pid`, released.
+    Run(*const ham_core::journal::RunSlot),
 }
 
 fn cstr(s: &str, what: &str) -> io::Result<CString> {
@@ -88,7 +100,7 @@ impl SpawnSpec {
             fds: Vec::new(),
             new_process_group: false,
             exec_if_orphaned: false,
-            released_in: std::ptr::null(),
+            released_in: ReleaseRecord::None,
         })
     }
     pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
@@ -126,7 +138,14 @@ impl SpawnSpec {
     /// will count the child's death. The mapping must outlive the fork (it is the HAM's
     /// state segment, mapped for the HAM's lifetime).
     pub fn released_in(&mut self, slot: &ham_core::layout::EntitySlot) -> &mut Self {
-        self.released_in = slot;
+        self.released_in = ReleaseRecord::Entity(slot);
+        self
+    }
+
+    /// [`released_in`](Self::released_in) for a command of a condition run: it runs if
+    /// its journal record `slot` says the command was released.
+    pub fn released_in_run(&mut self, slot: &ham_core::journal::RunSlot) -> &mut Self {
+        self.released_in = ReleaseRecord::Run(slot);
         self
     }
 
@@ -206,7 +225,7 @@ struct ChildRaw<'a> {
     /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
     nofile_soft: u64,
     /// The record that says whether an orphaned child was released (see `released_in`).
-    released_in: *const ham_core::layout::EntitySlot,
+    released_in: ReleaseRecord,
     go_r: RawFd,
     go_w: RawFd,
     st_r: RawFd,
@@ -296,12 +315,15 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
             }
             // Our HAM died before releasing us: run only if it had already recorded the
             // release (then a successor counts our death like any other).
-            // SAFETY: `released_in` is null or points into the state segment's shared
+            // SAFETY: the pointers of `released_in` point into the state segment's shared
             // mapping, inherited by fork at the same address (see `released_in`).
-            if let Some(slot) = c.released_in.as_ref() {
-                if slot.says_running(libc::getpid()) {
-                    break;
-                }
+            let released = match c.released_in {
+                ReleaseRecord::None => false,
+                ReleaseRecord::Entity(slot) => (*slot).says_running(libc::getpid()),
+                ReleaseRecord::Run(slot) => (*slot).says_released(libc::getpid()),
+            };
+            if released {
+                break;
             }
             libc::_exit(NOT_RELEASED);
         }

@@ -1038,3 +1038,67 @@ fn a_corrupted_record_or_header_never_leaves_two_copies_or_none() {
         );
     }
 }
+
+/// Whether a zombie `ham` (a forked child that never ran its program) waits for init.
+fn orphaned_ham_zombies() -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+            let Some((comm, rest)) = st.split_once(") ") else {
+                return false;
+            };
+            let mut f = rest.split(' ');
+            comm.ends_with("(ham") && f.next() == Some("Z") && f.next() == Some("1")
+        })
+    })
+}
+
+#[test]
+fn a_command_journaled_but_never_released_runs_after_a_takeover() {
+    // Point 14: the HAM died after forking a condition's command and journaling its pid,
+    // before releasing it; init reaped the unreleased child before the successor looked,
+    // and the successor logged the run as done without ever running it. The release is now
+    // journaled too, and the successor decides from the journal alone.
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let fp = work.path().join("fp");
+    let fp_s = fp.display().to_string();
+    let body = format!(
+        "{}[[entity.condition]]\non = \"death\"\n[[entity.condition.action]]\n\
+         do = \"execute\"\ncommand = [\"/bin/sh\", \"-c\", \"echo ran >> {}\"]\n",
+        sleeper("app"),
+        marker.display()
+    );
+    let env = [
+        ("HAM_FAILPOINT", "run:after-exec-pid"),
+        ("HAM_FAILPOINT_FILE", fp_s.as_str()),
+    ];
+    let mut ham = Ham::start_with("unreleased-cmd", "", &body, &env);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let guardian = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    let g = nix::unistd::Pid::from_raw(guardian);
+    nix::sys::signal::kill(g, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::fs::write(format!("{fp_s}.armed"), "").unwrap();
+    sigkill(pid_of(&s, "app"));
+    assert_eq!(ham.wait_exit(), -1, "the HAM died at the failpoint");
+    // The unreleased command (a fork of ham, with ham's environment) exits and init reaps
+    // it, all before anything takes over.
+    wait_until(&ham, "the unreleased command gone and reaped", || {
+        processes_where(|env| env_has(env, "HAM_FAILPOINT_FILE", &fp_s))
+            .iter()
+            .all(|&p| p == guardian)
+            && !orphaned_ham_zombies()
+    });
+    nix::sys::signal::kill(g, nix::sys::signal::Signal::SIGCONT).unwrap();
+    ham.wait_for("the guardian took over", |s| {
+        s["ham"]["pid"].as_i64() == Some(guardian.into()) && s["ham"]["alive"] == true
+    });
+    wait_until(&ham, "the command ran", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t == "ran\n")
+    });
+    ham.wait_for("app running again", |s| running(s, "app"));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "ran\n",
+        "it ran once"
+    );
+}

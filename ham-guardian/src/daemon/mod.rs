@@ -1900,8 +1900,12 @@ impl Daemon {
                     timeout_ns,
                 } => {
                     let env = self.runs[&id].env.clone();
+                    let record = self.release_record(id);
                     let started = SpawnSpec::new(path, argv, &env).and_then(|mut spec| {
                         spec.new_process_group();
+                        if let Some(slot) = record {
+                            spec.released_in_run(slot);
+                        }
                         spec.fork()
                     });
                     let deadline = mono_ns() + timeout_ns;
@@ -2403,8 +2407,12 @@ impl Daemon {
                 ("HAM_CONDITION".to_owned(), "device-restart".to_owned()),
                 ("HAM_REASON".to_owned(), reason.to_owned()),
             ];
+            let record = run.and_then(|id| self.release_record(id));
             let started = SpawnSpec::new(&path, &argv, &env).and_then(|mut spec| {
                 spec.new_process_group();
+                if let Some(slot) = record {
+                    spec.released_in_run(slot);
+                }
                 spec.fork()
             });
             let started = started.map(|p| {
