@@ -632,6 +632,17 @@ pub struct RingStats {
     pub resets: u64,
 }
 
+/// What the consumer records where no client can write (the state segment's header, as one
+/// A/B record, so a HAM killed while recording leaves the previous record whole): its
+/// position and its counts. Each ticket before `tail` is counted once, as consumed, rejected
+/// or abandoned (a ring repaired after a client's stray write also counts one rejection).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingRecord {
+    pub tail: u64,
+    /// Consumed, rejected, abandoned.
+    pub counts: [u64; 3],
+}
+
 /// The ring's single consumer (the HAM).
 pub struct Consumer {
     tail: u64,
@@ -646,29 +657,47 @@ impl Consumer {
     /// Resumes at `start` — where the previous consumer recorded it stopped, in memory no
     /// client can write — or, failing that, where the shared `tail` says.
     /// The shared `tail` is taken instead when it is ahead of `start` by slots that all
-    /// show they were consumed (the predecessor died before recording its position).
+    /// show they were consumed (the predecessor died before recording its position); either
+    /// is then stepped over the slots freed after it (the predecessor died between freeing
+    /// a slot and storing `tail`).
     pub fn resume(seg: &ClientSegment, start: Option<u64>, abandon_after_ns: u64) -> Self {
-        let shared = seg.header().tail.load(Ordering::Acquire);
         let cap = seg.ring_slots as u64;
+        let head = seg.header().head.load(Ordering::Acquire);
+        // Whether the slot of ticket `t` was consumed: freed for its next lap, or already
+        // published in it. No slot at or after the consumer's true position shows that (its
+        // sequence is its ticket, or ticket + 1), every slot in the lap before it does.
+        let consumed = |t: u64| {
+            let seq = seg.read_slot(t).1;
+            seq == t.wrapping_add(cap) || seq == t.wrapping_add(cap + 1)
+        };
+        // The predecessor frees a slot before it stores `tail`, and may have died between
+        // the two: from a position, step over the slots that show they were consumed (at
+        // most a lap, never past `head`). Without this a successor resumed one ticket short,
+        // found a sequence out of place and "repaired" the ring over an event already
+        // consumed (counted twice, and a reset).
+        let walk = |mut t: u64| {
+            for _ in 0..cap {
+                if t == head || !consumed(t) {
+                    break;
+                }
+                t = t.wrapping_add(1);
+            }
+            t
+        };
+        let shared = walk(seg.header().tail.load(Ordering::Acquire));
         let tail = match start {
             None => shared,
             Some(rt) => {
                 // The shared tail may run ahead of the recorded one (the predecessor died
                 // before recording it); it is believed if it is not behind the record, not
                 // past what producers claimed, and the slots just before it show they were
-                // consumed (free for their next lap, or already used again in it).
+                // consumed. Otherwise the record is, stepped over what was consumed after it.
                 let ahead = shared.wrapping_sub(rt);
-                let head = seg.header().head.load(Ordering::Acquire);
                 let plausible = ahead < 1 << 62 && head.wrapping_sub(shared) <= cap;
-                let consumed = |k: u64| {
-                    let t = shared.wrapping_sub(1 + k);
-                    let seq = seg.read_slot(t).1;
-                    seq == t.wrapping_add(cap) || seq == t.wrapping_add(cap + 1)
-                };
-                if plausible && (0..ahead.min(cap)).all(consumed) {
+                if plausible && (1..=ahead.min(cap)).all(|k| consumed(shared.wrapping_sub(k))) {
                     shared
                 } else {
-                    rt
+                    walk(rt)
                 }
             }
         };
@@ -684,6 +713,48 @@ impl Consumer {
     /// A consumer at the shared `tail` (a fresh ring, or one no record says more about).
     pub fn new(seg: &ClientSegment, abandon_after_ns: u64) -> Self {
         Self::resume(seg, None, abandon_after_ns)
+    }
+
+    /// Resumes after a predecessor whose last record is `rec` (see [`resume`](Self::resume)),
+    /// with its counts. The tickets between the recorded position and the one found were
+    /// taken off the ring by the predecessor after it last recorded: they count as consumed
+    /// (each once: what it did with them died with it). Without a record, the counts start
+    /// at 0 at the shared `tail`.
+    pub fn resume_recorded(
+        seg: &ClientSegment,
+        rec: Option<RingRecord>,
+        abandon_after_ns: u64,
+    ) -> Self {
+        let mut c = Self::resume(seg, rec.map(|r| r.tail), abandon_after_ns);
+        if let Some(r) = rec {
+            let [consumed, rejected, abandoned] = r.counts;
+            c.stats = RingStats {
+                consumed: consumed.wrapping_add(c.tail.wrapping_sub(r.tail)),
+                rejected,
+                abandoned,
+                resets: 0,
+            };
+        }
+        c
+    }
+
+    /// What to record (after a drain, and at once after a resume): the position and the
+    /// counts, which account for exactly the tickets before it.
+    pub fn record(&self) -> RingRecord {
+        let s = self.stats;
+        RingRecord {
+            tail: self.tail,
+            counts: [s.consumed, s.rejected, s.abandoned],
+        }
+    }
+
+    /// The event just consumed was not acted on (a bad token, or a sender that may not act
+    /// on its entity): it counts as rejected instead.
+    pub fn deny(&mut self) {
+        if self.stats.consumed > 0 {
+            self.stats.consumed -= 1;
+            self.stats.rejected += 1;
+        }
     }
 
     fn advance(&mut self, seg: &ClientSegment, slot: &RingSlot, ticket: u64) {

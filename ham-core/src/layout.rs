@@ -27,10 +27,12 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use crate::client::RingRecord;
+
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -100,17 +102,20 @@ pub struct Header {
     /// Key of the client tokens (`client::client_token`): kept here, readable by the HAM
     /// and its Guardian only, so a successor accepts the tokens its predecessor gave.
     client_key: [AtomicU64; 2],
-    /// The detector ring's consumer counts: consumed, rejected, abandoned (the HAM's own
-    /// counts, mirrored here for `hamctl status`).
-    ring_counts: [AtomicU64; 3],
-    /// Where the ring's consumer stopped (kept here, where no client can write it).
-    ring_tail: AtomicU64,
+    /// Unused since layout 8: the ring's counts and position were four separate words here,
+    /// and a HAM killed between them left counts of one record with the position of another
+    /// (events counted twice). They are now one A/B record, `ring`.
+    _ring_v7: [AtomicU64; 4],
     /// ham's log verbosity (`ham_verbose`): 0 quiet, 1 normal, 2 and up more.
     verbosity: AtomicU64,
     /// What the limits on what clients can make ham hold refused or dropped, indexed by
     /// `LIMIT_*` (0 in a segment from before they existed: nothing counted yet).
     limit_counts: [AtomicU64; LIMITS],
-    _reserved: [AtomicU64; 34 - LIMITS],
+    _reserved: [AtomicU64; 18 - LIMITS],
+    /// The detector ring consumer's position and counts (consumed, rejected, abandoned),
+    /// kept here where no client can write them: one A/B record, so that a HAM killed while
+    /// recording leaves the previous record whole.
+    ring: RingStateSlot,
 }
 
 /// `limit_counts` indices: condition runs dropped over an entity's quota, definitions
@@ -262,21 +267,31 @@ impl Header {
     pub fn verbosity(&self) -> u64 {
         self.verbosity.load(Ordering::Relaxed)
     }
-    pub(crate) fn set_ring_tail(&self, tail: u64) {
-        self.ring_tail.store(tail, Ordering::Relaxed);
+    /// Records the ring consumer's position and counts as the next generation (single
+    /// writer: the HAM owning the epoch).
+    pub(crate) fn publish_ring_state(&self, rec: RingRecord, hook: Option<Hook>) {
+        let [consumed, rejected, abandoned] = rec.counts;
+        self.ring
+            .publish_body(|g| [g, rec.tail, consumed, rejected, abandoned], hook);
+    }
+    /// The ring consumer's last record (position and counts, from one record); `None` if no
+    /// HAM recorded one (or a reader kept racing the writer).
+    pub fn ring_state(&self) -> Option<RingRecord> {
+        match self.ring.newest() {
+            Ok(Some([_, tail, consumed, rejected, abandoned])) => Some(RingRecord {
+                tail,
+                counts: [consumed, rejected, abandoned],
+            }),
+            _ => None,
+        }
     }
     /// Where the detector ring's consumer stopped.
     pub fn ring_tail(&self) -> u64 {
-        self.ring_tail.load(Ordering::Relaxed)
-    }
-    pub(crate) fn set_ring_counts(&self, consumed: u64, rejected: u64, abandoned: u64) {
-        self.ring_counts[0].store(consumed, Ordering::Relaxed);
-        self.ring_counts[1].store(rejected, Ordering::Relaxed);
-        self.ring_counts[2].store(abandoned, Ordering::Relaxed);
+        self.ring_state().unwrap_or_default().tail
     }
     /// The detector ring's consumed, rejected and abandoned counts.
     pub fn ring_counts(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.ring_counts[i].load(Ordering::Relaxed))
+        self.ring_state().unwrap_or_default().counts
     }
     pub(crate) fn bump_limit(&self, which: usize) {
         if let Some(c) = self.limit_counts.get(which) {
@@ -342,6 +357,10 @@ pub struct Copy<const N: usize> {
 pub struct Slot<const N: usize> {
     copies: [Copy<N>; 2],
 }
+
+/// The ring consumer's record: generation, tail, consumed, rejected, abandoned.
+pub type RingStateSlot = Slot<5>;
+const _: () = assert!(std::mem::size_of::<RingStateSlot>() == 128);
 
 /// One copy of an entity record.
 pub type EntityCopy = Copy<BODY_WORDS>;

@@ -525,15 +525,10 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// The ring consumer's counts and position.
-    pub fn set_ring_state(
-        &self,
-        tail: u64,
-        [consumed, rejected, abandoned]: [u64; 3],
-    ) -> Result<(), SegmentError> {
-        let h = self.owned()?;
-        h.set_ring_counts(consumed, rejected, abandoned);
-        h.set_ring_tail(tail);
+    /// Records the ring consumer's position and counts (one A/B record: a writer killed
+    /// anywhere in it leaves the previous record).
+    pub fn set_ring_state(&self, rec: crate::client::RingRecord) -> Result<(), SegmentError> {
+        self.owned()?.publish_ring_state(rec, self.hook);
         Ok(())
     }
 

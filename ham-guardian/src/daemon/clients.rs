@@ -18,10 +18,11 @@ use std::sync::atomic::Ordering;
 
 use ham_core::EntityState;
 use ham_core::client::{
-    ClientSegment, Consumer, KIND_RAISE, KIND_STATE, Polled, RingEvent, client_token,
+    ClientSegment, Consumer, KIND_RAISE, KIND_STATE, Polled, RingEvent, RingRecord, client_token,
 };
 use ham_core::layout::HeartbeatSpec;
 use ham_core::protocol::{Notification, Response};
+use ham_core::segment::SegmentWriter;
 use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags};
 
@@ -82,7 +83,6 @@ pub(super) struct Clients {
     /// The stalled-claim deadline a timer is set for (one at a time).
     pub stall_timer: Option<u64>,
     pub key: [u64; 2],
-    pub denied: u64,
     pub logged: u64,
     /// `sys::GUARD_LOST_PAGES` when it was last reported.
     pub lost_pages: u64,
@@ -96,7 +96,7 @@ impl Clients {
         origin: &Origin,
         warm: bool,
         key: [u64; 2],
-        start_tail: (u64, [u64; 3]),
+        writer: &SegmentWriter,
     ) -> io::Result<Self> {
         if crate::failpoint::fails("clients:setup") {
             return Err(io::Error::other("failpoint clients:setup"));
@@ -107,35 +107,27 @@ impl Clients {
             .flatten()
             .filter(|s| s.check_owned().is_ok())
             .filter(|s| s.hb_slots() == 0 && s.ring_slots() == cfg.ring_slots);
-        let (seg, start, start_counts) = match reuse {
-            // The predecessor's position, from the state segment (a client cannot move it).
-            Some(s) => (s, Some(start_tail.0), Some(start_tail.1)),
-            None => (
-                ClientSegment::create(&name, 0, cfg.ring_slots, cfg.client_gid)
-                    .map_err(io::Error::other)?,
-                None,
-                None,
-            ),
+        let (seg, start) = match reuse {
+            // The predecessor's record, from the state segment (a client cannot move it).
+            Some(s) => (s, writer.segment().header().ring_state()),
+            None => {
+                // A new ring starts a new record, before it exists: a successor must never
+                // find this ring with the record of the one it replaces.
+                let _ = writer.set_ring_state(RingRecord::default());
+                let seg = ClientSegment::create(&name, 0, cfg.ring_slots, cfg.client_gid)
+                    .map_err(io::Error::other)?;
+                (seg, None)
+            }
         };
         seg.set_ham_pid(std::process::id());
         let (base, len, fd) = seg.mapping();
         crate::sys::guard_mapping(base, len, fd)?;
         let seg = Arc::new(seg);
-        let mut consumer = Consumer::resume(&seg, start, cfg.ring_abandon_after_ns);
-        if let Some(counts) = start_counts {
-            // The counts go on from the predecessor's (they describe the ring, not a HAM).
-            // Tickets the predecessor took after its last record count as consumed.
-            // (The header's counts have denied events moved from consumed to rejected; the
-            // consumer counts them as consumed, `denied` restarts at 0.)
-            let [consumed, rejected, abandoned] = counts;
-            let unrecorded = consumer.tail().wrapping_sub(start_tail.0);
-            consumer.stats = ham_core::client::RingStats {
-                consumed: consumed + unrecorded,
-                rejected,
-                abandoned,
-                resets: 0,
-            };
-        }
+        // The counts go on from the predecessor's (they describe the ring, not a HAM); the
+        // tickets it took after its last record count as consumed. Recorded at once, not
+        // at the next drain (which may never come).
+        let consumer = Consumer::resume_recorded(&seg, start, cfg.ring_abandon_after_ns);
+        let _ = writer.set_ring_state(consumer.record());
         let doorbell = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -152,7 +144,6 @@ impl Clients {
             armed: false,
             stall_timer: None,
             key,
-            denied: 0,
             logged: 0,
             lost_pages: 0,
         })
@@ -271,12 +262,11 @@ impl Daemon {
     fn retry_clients(&mut self) {
         let h = self.writer.segment().header();
         let key = h.client_key();
-        let start_tail = (h.ring_tail(), h.ring_counts());
         // As a successor would: reuse a client segment of ham's own if one is there.
         let origin = Origin::Promoted {
             passed: Default::default(),
         };
-        match Clients::open(&self.cfg, &origin, true, key, start_tail) {
+        match Clients::open(&self.cfg, &origin, true, key, &self.writer) {
             Ok(c) => {
                 self.clients = Some(c);
                 match self.watch_clients() {
@@ -333,13 +323,7 @@ impl Daemon {
             }
         }
         if let Some(c) = &self.clients {
-            let s = c.consumer.stats;
-            // A denied event was taken off the ring but not acted on: it counts as rejected,
-            // not consumed.
-            let _ = self.writer.set_ring_state(
-                c.consumer.tail(),
-                [s.consumed - c.denied, s.rejected + c.denied, s.abandoned],
-            );
+            let _ = self.writer.set_ring_state(c.consumer.record());
         }
     }
 
@@ -364,15 +348,17 @@ impl Daemon {
 
     fn on_ring_event(&mut self, ev: RingEvent) {
         let Some(c) = &mut self.clients else { return };
+        // A denied event was taken off the ring but not acted on: it counts as rejected,
+        // not consumed.
         if ev.token != client_token(c.key, ev.pid, ev.uid) {
-            c.denied += 1;
+            c.consumer.deny();
             return self.ring_reject(format_args!(
                 "event from pid {} (uid {}) carries a token ham did not give it",
                 ev.pid, ev.uid
             ));
         }
         let Some(&i) = self.by_name.get(&ev.entity) else {
-            c.denied += 1;
+            c.consumer.deny();
             return self.ring_reject(format_args!(
                 "event from pid {} for unknown entity `{}`",
                 ev.pid, ev.entity
@@ -380,7 +366,7 @@ impl Daemon {
         };
         if !self.may_act_on(i, ev.pid as i32, ev.uid) {
             if let Some(c) = &mut self.clients {
-                c.denied += 1;
+                c.consumer.deny();
             }
             let name = self.entities[i].cfg.name.clone();
             return self.ring_reject(format_args!(

@@ -634,11 +634,7 @@ impl Daemon {
         if v > 0 {
             VERBOSITY.store((v - 1) as u32, std::sync::atomic::Ordering::Relaxed);
         }
-        let start_tail = (
-            writer.segment().header().ring_tail(),
-            writer.segment().header().ring_counts(),
-        );
-        let clients = match Clients::open(&cfg, &origin, warm, key, start_tail) {
+        let clients = match Clients::open(&cfg, &origin, warm, key, &writer) {
             Ok(c) => Some(c),
             Err(e) => {
                 log(
