@@ -722,6 +722,9 @@ pub fn footprint(
     Ok(res)
 }
 
+/// Services the idle scenario stops (with each supervisor's own command) before it measures.
+const IDLE_DOWN: usize = 10;
+
 pub fn idle(
     ctx: &Ctx,
     stamps: &mut Stamps,
@@ -732,9 +735,10 @@ pub fn idle(
         scenario: "idle",
         unit: "wakeups/30s",
         title: format!(
-            "100 idle services for {} s (ham: each attached with a heartbeat, period {} s, \
-             missed-low after {}, beaten by the bench): context switches (voluntary + \
-             involuntary) of all supervisor processes, scaled to 30 s; CPU = utime+stime",
+            "100 services, 10 of them stopped, idle for {} s (ham: each attached with a \
+             heartbeat, period {} s, missed-low after {}, beaten by the bench): context \
+             switches (voluntary + involuntary) of all supervisor processes, scaled to 30 s; \
+             CPU = utime+stime",
             p.idle_s,
             crate::sdk::IDLE_HB_PERIOD.as_secs(),
             crate::sdk::IDLE_HB_LOW
@@ -761,6 +765,14 @@ pub fn idle(
         eprintln!("[idle] {name}");
         let r = (|| -> Result<Outcome> {
             let mut sup = start_up(ctx, stamps, kind, 100, "idle")?;
+            // An operator leaves some services down: a supervisor must not spend anything on
+            // them either (ham once spun at 100 % with any entity down).
+            let mut down = 0;
+            for i in 100 - IDLE_DOWN..100 {
+                if sup.stop_service(&service_id(i))? {
+                    down += 1;
+                }
+            }
             // ham's services heartbeat, as the SDK lets them (the bench beats for them; its
             // own wake-ups are not counted).
             let beats = if kind == Kind::Ham {
@@ -814,6 +826,7 @@ pub fn idle(
             if heartbeating {
                 extra.insert("heartbeating_services".into(), json!(100));
             }
+            extra.insert("stopped_services".into(), json!(down));
             Ok(Outcome::Measured {
                 stats: stats(&[per30]).expect("one value"),
                 failures: 0,
@@ -828,6 +841,11 @@ pub fn idle(
          ({} ms ticks); sched ms = /proc/PID/schedstat on-CPU time",
         p.idle_s,
         1000 / hz
+    ));
+    res.notes.push(format!(
+        "{IDLE_DOWN} of the 100 services are stopped first with the supervisor's own command \
+         (hamctl stop, s6-svc -d, sv down) and stay down during the window; the bare loop and \
+         supervisord (no RPC socket configured) keep all 100 up (stopped_services says how many)"
     ));
     res.notes.push(format!(
         "ham: every service attached (attach_pid) with a {} s heartbeat, missed-low after {}; \

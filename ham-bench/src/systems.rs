@@ -512,6 +512,49 @@ impl<'a> Sup<'a> {
         }
     }
 
+    /// Stops service `id` and leaves it down, with the supervisor's own command (an
+    /// operator's `stop`): `Ok(false)` when this supervisor has none the bench can use.
+    pub fn stop_service(&self, id: &str) -> Result<bool> {
+        let mut c = match self.kind {
+            Kind::Ham => {
+                let Some(config) = &self.ham_config else {
+                    return Ok(false);
+                };
+                let mut c = Command::new(&self.ctx.hamctl);
+                c.arg("-c")
+                    .arg(config)
+                    .args(["--timeout", "15s", "stop", id]);
+                c
+            }
+            Kind::S6 => {
+                let mut c = Command::new("s6-svc");
+                c.args(["-wD", "-d"]).arg(self.dir.join("scan").join(id));
+                c
+            }
+            Kind::Runit => {
+                let mut c = Command::new("sv");
+                c.args(["-w", "15", "down"])
+                    .arg(self.dir.join("sv").join(id));
+                c
+            }
+            // The bare loop has no control; supervisord's needs an RPC socket the bench does
+            // not configure.
+            Kind::Bare | Kind::Supervisord => return Ok(false),
+        };
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("stopping {id}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "stopping {id}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(true)
+    }
+
     fn hamctl_shutdown(&self, config: &Path) -> Result<()> {
         let mut c = Command::new(&self.ctx.hamctl)
             .arg("-c")

@@ -64,3 +64,19 @@ fn a_program_that_stops_petting_its_watchdog_is_aborted_and_restarted() {
         ham.stderr()
     );
 }
+
+#[test]
+fn the_notify_socket_is_removed_at_shutdown() {
+    // Issue 12, point 13: the sd_notify socket was left behind after a shutdown.
+    let mut ham = Ham::start("notify-gone", &notifier("db", &["READY=1"], ""));
+    let path = ham
+        .dir
+        .path()
+        .join("run")
+        .join(format!("{}.notify", ham.name));
+    ham.wait_for("db running", |s| running(s, "db"));
+    assert!(path.exists());
+    assert!(ham.ctl(&["shutdown"]).status.success());
+    assert_eq!(ham.wait_exit(), 0);
+    assert!(!path.exists(), "{} left behind", path.display());
+}

@@ -3165,6 +3165,7 @@ impl Daemon {
         }
         let inst = &self.cfg.instance;
         let _ = std::fs::remove_file(inst.socket_path());
+        let _ = std::fs::remove_file(inst.notify_path());
         let _ = std::fs::remove_file(inst.pid_path());
         if let Err(e) = Segment::unlink(&inst.segment_name()) {
             say!(self, "{e}");
