@@ -17,12 +17,16 @@ REQUIRED = {
     "ring_throughput",
     "ring_latency",
     "heartbeat_miss_delay",
+    "storm_ping",
+    "storm_restart",
 }
 # The systems each SDK scenario must report (they have no peers to skip).
 SYSTEMS = {
     "heartbeat_cost": {"ham", "sd_notify"},
     "ring_throughput": {"ham-1p", "ham-2p", "ham-4p"},
     "ring_latency": {"ham"},
+    "storm_ping": {"ham-idle", "ham-storm"},
+    "storm_restart": {"ham-idle", "ham-storm"},
     "heartbeat_miss_delay": {"ham"},
 }
 STATS = ("n", "median", "p90", "p99", "max")

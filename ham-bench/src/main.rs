@@ -104,7 +104,7 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 11] = [
     "restart_latency",
     "restart_storm",
     "takeover",
@@ -114,11 +114,14 @@ const SCENARIOS: [&str; 9] = [
     "ring_throughput",
     "ring_latency",
     "heartbeat_miss_delay",
+    "storm_ping",
+    "storm_restart",
 ];
 
 const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
 scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
-           ring_throughput ring_latency heartbeat_miss_delay (default: all)";
+           ring_throughput ring_latency heartbeat_miss_delay storm_ping storm_restart
+           (default: all)";
 
 struct Opts {
     quick: bool,
@@ -270,6 +273,20 @@ fn run(o: &Opts) -> Result<bool> {
                 100,
             )],
             "idle" => vec![(scenarios::idle(&ctx, &mut stamps, &p, &mut problems)?, 100)],
+            "storm_ping" | "storm_restart" => {
+                // Both come from the same instances; run them once.
+                if results
+                    .iter()
+                    .any(|(r, _)| r.scenario.starts_with("storm_"))
+                {
+                    continue;
+                }
+                scenarios::storm_service(&ctx, &mut stamps, &p, &mut problems)?
+                    .into_iter()
+                    .filter(|r| want(r.scenario))
+                    .map(|r| (r, 1))
+                    .collect()
+            }
             "heartbeat_cost" => vec![(sdk::heartbeat_cost(&ctx, &p, &mut problems)?, 1)],
             "ring_throughput" => vec![(sdk::ring_throughput(&ctx, &p, &mut problems)?, 1)],
             "ring_latency" => vec![(sdk::ring_latency(&ctx, &p, &mut problems)?, 1)],

@@ -776,10 +776,12 @@ pub fn idle(
             // ham's services heartbeat, as the SDK lets them (the bench beats for them; its
             // own wake-ups are not counted).
             let beats = if kind == Kind::Ham {
+                // The services still up (the stopped ones have no process to attach).
                 let services: Vec<(String, i32)> = stamps
                     .slots
                     .iter()
                     .enumerate()
+                    .take(100 - down)
                     .map(|(i, s)| (service_id(i), s.map_or(0, |s| s.pid)))
                     .collect();
                 Some(crate::sdk::idle_heartbeats(&sup, &services)?)
@@ -824,7 +826,7 @@ pub fn idle(
             );
             extra.insert("processes".into(), json!(a.nproc));
             if heartbeating {
-                extra.insert("heartbeating_services".into(), json!(100));
+                extra.insert("heartbeating_services".into(), json!(100 - down));
             }
             extra.insert("stopped_services".into(), json!(down));
             Ok(Outcome::Measured {
@@ -848,7 +850,7 @@ pub fn idle(
          supervisord (no RPC socket configured) keep all 100 up (stopped_services says how many)"
     ));
     res.notes.push(format!(
-        "ham: every service attached (attach_pid) with a {} s heartbeat, missed-low after {}; \
+        "ham: every running service attached (attach_pid) with a {} s heartbeat, missed-low after {}; \
          the bench beats service i once a period at i/100 of it, as independent processes \
          would; ham reads a slot only at its deadline (last beat + {} periods); peers: no \
          heartbeats",
@@ -857,4 +859,149 @@ pub fn idle(
         crate::sdk::IDLE_HB_LOW
     ));
     Ok(res)
+}
+
+// ---------------------------------------------------------------------------------------------
+// storm_service: the control socket and a healthy service while others crash-loop
+// ---------------------------------------------------------------------------------------------
+
+/// Entities crash-looping under `immediate` in the storm_service scenario.
+const STORM_LOOPERS: usize = 100;
+
+/// One `ping` over ham's control socket, connect to answer, in ms.
+fn ping_once(socket: &std::path::Path) -> Result<f64> {
+    use std::io::{BufRead, Write};
+    let t0 = mono_ns();
+    let s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(&ham_core::protocol::Request::Ping).expect("serialises");
+    line.push(b'\n');
+    (&s).write_all(&line).map_err(|e| format!("ping: {e}"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("ping: {e}"))?;
+    if !answer.contains("pong") {
+        return Err(format!("ping answered {answer:?}"));
+    }
+    Ok(ms(mono_ns() - t0))
+}
+
+/// Pings of ham's control socket and SIGKILLs of one healthy service, first with ham
+/// otherwise idle, then while `STORM_LOOPERS` other entities crash-loop under `immediate`:
+/// the issue's targets are ping p99 ≤ 50 ms and a healthy restart ≤ 2× its idle figure.
+pub fn storm_service(
+    ctx: &Ctx,
+    stamps: &mut Stamps,
+    p: &Params,
+    problems: &mut Problems,
+) -> Result<Vec<ScenarioResult>> {
+    let (pings, kills) = if p.idle_s < 10.0 { (50, 3) } else { (1000, 30) };
+    let result = |scenario, title: String| ScenarioResult {
+        scenario,
+        unit: "ms",
+        title,
+        systems: Vec::new(),
+        ratios: false,
+        ratio_pairs: vec![("ham-storm", "ham-idle")],
+        columns: Vec::new(),
+        ratio_metrics: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut ping = result(
+        "storm_ping",
+        format!(
+            "`ping` over ham's control socket (connect → answer), {pings} in a row: ham idle, \
+             and while {STORM_LOOPERS} entities crash-loop under `immediate`"
+        ),
+    );
+    let mut restart = result(
+        "storm_restart",
+        format!(
+            "SIGKILL of a healthy service → its replacement's first instruction, {kills} kills: \
+             ham idle, and while {STORM_LOOPERS} entities crash-loop under `immediate`"
+        ),
+    );
+    for (row, loopers) in [("ham-idle", 0), ("ham-storm", STORM_LOOPERS)] {
+        eprintln!("[storm_service] {row}");
+        let r = (|| -> Result<(Outcome, Outcome)> {
+            let child = ctx.child.to_string_lossy().into_owned();
+            let fifo = ctx.fifo.to_string_lossy().into_owned();
+            let mut entities = format!(
+                "[[entity]]\nname = \"{}\"\ncommand = [{:?}, {:?}, {:?}]\nstop_timeout = \"1s\"\n\
+                 policy = {{ kind = \"immediate\" }}\n",
+                service_id(0),
+                child,
+                service_id(0),
+                fifo
+            );
+            for k in 0..loopers {
+                entities += &format!(
+                    "[[entity]]\nname = \"loop{k}\"\ncommand = [\"/bin/false\"]\n\
+                     policy = {{ kind = \"immediate\" }}\n"
+                );
+            }
+            stamps.reset(1);
+            let mut sup = Sup::start_ham(ctx, &format!("storm{loopers}"), "", &entities)?;
+            stamps.wait_all(60)?;
+            // Let the storm get going.
+            sys::sleep_interruptible(0.5 * p.settle_scale.max(1.0))?;
+            let socket = sup
+                .ham
+                .as_ref()
+                .map(|h| h.run_dir.join(format!("{}.sock", h.name)))
+                .ok_or("no ham instance")?;
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            for _ in 0..pings {
+                match ping_once(&socket) {
+                    Ok(v) => lat.push(v),
+                    Err(_) => failed += 1,
+                }
+            }
+            let mut run = RestartRun {
+                lat: Vec::new(),
+                lat_fail: 0,
+                storm: Vec::new(),
+                storm_fail: 0,
+            };
+            latency_loop(ctx, stamps, kills, &mut run, row)?;
+            let failures = sup
+                .ham
+                .as_ref()
+                .map_or(0, |h| h.seg.header().snapshot().ham_failures);
+            if failures > 0 {
+                problems.add(format!("{row}: the HAM was replaced {failures} time(s)"));
+            }
+            finish(&mut sup, problems);
+            let measured = |v: &[f64], fails: usize| match stats(v) {
+                Some(stats) => Outcome::Measured {
+                    stats,
+                    failures: fails,
+                    extra: Map::new(),
+                },
+                None => Outcome::Failed("no sample".into()),
+            };
+            Ok((measured(&lat, failed), measured(&run.lat, run.lat_fail)))
+        })();
+        sys::check_interrupted()?;
+        match r {
+            Ok((a, b)) => {
+                ping.systems.push((row.into(), a));
+                restart.systems.push((row.into(), b));
+            }
+            Err(e) => {
+                ping.systems.push((row.into(), Outcome::Failed(e.clone())));
+                restart.systems.push((row.into(), Outcome::Failed(e)));
+            }
+        }
+    }
+    ping.notes
+        .push("targets (issue 11): p99 ≤ 50 ms during the storm".into());
+    restart
+        .notes
+        .push("target (issue 11): ham-storm / ham-idle ≤ 2 (median)".into());
+    Ok(vec![ping, restart])
 }

@@ -1,15 +1,17 @@
 //! Each entity's processes in a cgroup (v2) of its own, so that what an entity's process
 //! leaves behind (`sh -c "daemon &"`, a `setsid` daemonizer) is still the entity's: killed
-//! with it (`cgroup.kill`), never left running past a stop or a shutdown, never a second
+//! with it (SIGKILL to every process in the cgroup), never left running past a stop or a shutdown, never a second
 //! copy beside a restarted one.
 //!
 //! Layout: `<base>/ham.<instance>/<entity>`, where `<base>` is the cgroup ham runs in (from
 //! `/proc/PID/cgroup`, under the cgroup2 mount found in `/proc/self/mountinfo`) or the
 //! directory `[ham] cgroup` names. A process enters its entity's cgroup between its fork
-//! and its release (it runs nothing before). Where there is no writable v2 hierarchy, ham
-//! falls back to process groups, and says so.
+//! and its release (it runs nothing before), created there by `clone3(CLONE_INTO_CGROUP)`
+//! (or moved, on an older kernel). Where there is no writable v2 hierarchy, ham falls back
+//! to process groups, and says so.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{CgroupLimits, CgroupMode};
@@ -117,6 +119,15 @@ impl Cgroups {
         Ok(not_applied)
     }
 
+    /// Entity `name`'s cgroup directory, open (`O_DIRECTORY`), for `clone3`.
+    pub fn open_dir(&self, name: &str) -> io::Result<std::os::fd::OwnedFd> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(self.entity_dir(name))?;
+        Ok(f.into())
+    }
+
     /// Moves `pid` into entity `name`'s cgroup (its children follow it).
     pub fn enter(&self, name: &str, pid: i32) -> io::Result<()> {
         write(
@@ -125,28 +136,36 @@ impl Cgroups {
         )
     }
 
-    /// Whether any process is in entity `name`'s cgroup (`cgroup.events`).
-    pub fn populated(&self, name: &str) -> bool {
-        std::fs::read_to_string(self.entity_dir(name).join("cgroup.events"))
-            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+    /// The live processes in entity `name`'s cgroup (`cgroup.procs`).
+    fn pids(&self, name: &str) -> Vec<i32> {
+        std::fs::read_to_string(self.entity_dir(name).join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
     }
 
-    /// SIGKILLs every process in entity `name`'s cgroup (`cgroup.kill`, Linux 5.14); on an
-    /// older kernel, each pid of `cgroup.procs`, until none is left.
+    /// Whether any process is in entity `name`'s cgroup.
+    pub fn populated(&self, name: &str) -> bool {
+        !self.pids(name).is_empty()
+    }
+
+    /// SIGKILLs every process in entity `name`'s cgroup, in passes until a pass finds none
+    /// (a process forking meanwhile has its child in the next pass; at most 16 passes).
+    ///
+    /// Not `cgroup.kill`: on this kernel (6.18) a write to it went on killing processes
+    /// that entered the cgroup afterwards — the entity's next process, and the next, each
+    /// killed at once — for as long as the killed ones were not all gone.
     pub fn kill(&self, name: &str) -> io::Result<()> {
-        let dir = self.entity_dir(name);
-        if !dir.exists() {
-            return Ok(());
-        }
-        if write(&dir.join("cgroup.kill"), "1").is_ok() {
-            return Ok(());
-        }
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for _ in 0..16 {
+            let pids = self.pids(name);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         Ok(())
     }

@@ -62,10 +62,47 @@ const TOK_KIND_MASK: u64 = !0xffff_ffff;
 /// What a death was: the dead pid and how it ended (`None`: no death, e.g. a start).
 type Gone = Option<(i32, LastExit)>;
 
+/// Spawns a turn's budget did not allow, each with whether its restart conditions fire
+/// once it runs (and for what death): entities that were not crash-looping first, each
+/// queue in order.
+#[derive(Default)]
+struct Deferred {
+    healthy: std::collections::VecDeque<(usize, Option<Gone>)>,
+    looping: std::collections::VecDeque<(usize, Option<Gone>)>,
+}
+
+impl Deferred {
+    fn push(&mut self, i: usize, healthy: bool) {
+        if self.find(i).is_none() {
+            let q = if healthy {
+                &mut self.healthy
+            } else {
+                &mut self.looping
+            };
+            q.push_back((i, None));
+        }
+    }
+    fn find(&mut self, i: usize) -> Option<&mut (usize, Option<Gone>)> {
+        self.healthy
+            .iter_mut()
+            .chain(self.looping.iter_mut())
+            .find(|(j, _)| *j == i)
+    }
+    fn pop(&mut self) -> Option<(usize, Option<Gone>)> {
+        self.healthy
+            .pop_front()
+            .or_else(|| self.looping.pop_front())
+    }
+    fn is_empty(&self) -> bool {
+        self.healthy.is_empty() && self.looping.is_empty()
+    }
+}
+
 /// Processes one turn of the loop may start: a restart storm (or a cold start of many
 /// entities) goes on over several turns, each of which also serves the control socket,
-/// the timers and the liveness word. The rest wait, in order, as `starting`.
-const SPAWNS_PER_TURN: u32 = 16;
+/// the timers and the liveness word. The rest wait, in order, as `starting` (an entity
+/// that was not crash-looping is restarted at once all the same).
+const SPAWNS_PER_TURN: u32 = 2;
 
 /// Condition runs (running or queued) one entity may have open: a detector raising in a
 /// loop must not grow ham without bound. Further firings are dropped and counted.
@@ -241,9 +278,8 @@ pub struct Daemon {
     next_conn: u64,
     /// The entities' cgroups (`None`: tracked by process group only).
     cgroups: Option<crate::cgroup::Cgroups>,
-    /// Spawns the per-turn budget did not allow, in order, each with whether its restart
-    /// conditions fire once it runs (and for what death).
-    deferred: std::collections::VecDeque<(usize, Option<Gone>)>,
+    /// Spawns the per-turn budget did not allow (see [`Deferred`]).
+    deferred: Deferred,
     /// Spawns left in this turn of the loop.
     spawn_budget: u32,
     /// The listener is out of the epoll set (no fd for a connection, or at the cap) until
@@ -1261,21 +1297,32 @@ impl Daemon {
             e.rec.start_time = 0;
         }
         self.publish(i);
-        if self.spawn_budget == 0 {
-            // This turn has started enough: the next one starts it (published `starting`
-            // with no pid, which is also what a successor starts).
-            if !self.deferred.iter().any(|&(j, _)| j == i) {
-                self.deferred.push_back((i, None));
-            }
+        // An entity that was not crash-looping (its last process lived a second or more)
+        // is restarted at once, whatever the budget: a storm must not delay it. The others,
+        // and first starts, wait for a later turn once this one has started enough
+        // (published `starting` with no pid, which is also what a successor starts), the
+        // first starts before the crash-loopers.
+        let r = &self.entities[i].rec;
+        let lived = r.exited_mono_ns.saturating_sub(r.started_mono_ns);
+        let healthy = r.started_mono_ns != 0 && lived >= 1_000_000_000;
+        if self.spawn_budget == 0 && !healthy {
+            self.deferred.push(i, r.started_mono_ns == 0);
             return;
         }
-        self.spawn_budget -= 1;
+        self.spawn_budget = self.spawn_budget.saturating_sub(1);
         failpoint::hit("spawn:after-starting");
         let e = &self.entities[i];
         let slot = self.writer.segment().slot(e.slot);
+        let cgroup_dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
         let forked = build_spec(&e.cfg, &e.env).and_then(|mut spec| {
             if let Some(slot) = slot {
                 spec.released_in(slot);
+            }
+            if let Some(dir) = cgroup_dir {
+                spec.into_cgroup(dir);
             }
             spec.fork()
         });
@@ -1283,8 +1330,9 @@ impl Daemon {
             Ok(pending) => {
                 failpoint::hit("spawn:after-fork");
                 let pid = pending.pid;
-                // Into its cgroup before it runs anything (it waits for its release).
-                if let Some(cg) = &self.cgroups {
+                // Into its cgroup before it runs anything (it waits for its release), if
+                // it was not created there.
+                if let (Some(cg), false) = (&self.cgroups, pending.in_cgroup) {
                     let name = &self.entities[i].cfg.name;
                     if let Err(e) = cg.enter(name, pid) {
                         let msg = format!("{name}: cannot put pid {pid} in its cgroup: {e}");
@@ -2077,7 +2125,7 @@ impl Daemon {
     /// otherwise meanwhile (stopped, or the instance is shutting down).
     fn run_deferred(&mut self) {
         while self.spawn_budget > 0 {
-            let Some((i, restarted)) = self.deferred.pop_front() else {
+            let Some((i, restarted)) = self.deferred.pop() else {
                 return;
             };
             let e = &mut self.entities[i];
@@ -2373,7 +2421,7 @@ impl Daemon {
 
     /// Fires the `restart` conditions of entity `i` if its restart got it running.
     fn fire_restarted(&mut self, i: usize, gone: Option<(i32, LastExit)>) {
-        if let Some(d) = self.deferred.iter_mut().find(|(j, _)| *j == i) {
+        if let Some(d) = self.deferred.find(i) {
             d.1 = Some(gone); // it fires once the deferred spawn has it running
             return;
         }
