@@ -618,20 +618,7 @@ impl Drop for ShmNs {
         let _ = self.run(&[HAMCTL, "-c", self.ham.config.to_str().unwrap(), "shutdown"]);
         // Whatever of this instance is left, its pair or its entities (its segments vanish
         // with the namespace).
-        let config = self.ham.config.to_string_lossy().into_owned();
-        let pair = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    c.split(|&b| b == 0).any(|a| a == config.as_bytes())
-                        && c.split(|&b| b == 0)
-                            .next()
-                            .is_some_and(|a| a.ends_with(b"ham"))
-                })
-            })
-            .collect::<Vec<_>>();
+        let pair = ham_processes_of(&self.ham.config);
         let entities = processes_where(|env| env_has(env, "HAM_INSTANCE", &self.ham.name));
         for pid in pair.into_iter().chain(entities) {
             let _ = nix::sys::signal::kill(

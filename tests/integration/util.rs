@@ -250,23 +250,12 @@ impl Drop for Ham {
         }
         // Any process still running this instance's configuration (a Guardian promoted
         // after the status above was read, say) is killed: a test never leaves a pair behind.
-        let config = self.config.to_string_lossy().into_owned();
         let start = Instant::now();
         loop {
-            let pair: Vec<i32> = std::fs::read_dir("/proc")
+            let ours = self.child.as_ref().map_or(0, |c| c.id() as i32);
+            let pair: Vec<i32> = ham_processes_of(&self.config)
                 .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|&pid| pid != self.child.as_ref().map_or(0, |c| c.id() as i32))
-                .filter(|pid| {
-                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                        c.split(|&b| b == 0).any(|a| a == config.as_bytes())
-                            && c.split(|&b| b == 0)
-                                .next()
-                                .is_some_and(|a| a.ends_with(b"ham"))
-                    })
-                })
+                .filter(|&pid| pid != ours)
                 .collect();
             if pair.is_empty() || start.elapsed() > Duration::from_secs(10) {
                 break;
@@ -501,4 +490,22 @@ pub fn wait_child(child: &mut Child) -> Option<std::process::ExitStatus> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// The live `ham` processes (HAMs and Guardians) running configuration file `config`.
+pub fn ham_processes_of(config: &Path) -> Vec<i32> {
+    let config = config.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let mut args = c.split(|&b| b == 0);
+                args.next().is_some_and(|a| a.ends_with(b"ham"))
+                    && args.any(|a| a == config.as_bytes())
+            })
+        })
+        .collect()
 }

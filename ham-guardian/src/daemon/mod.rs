@@ -629,14 +629,15 @@ impl Daemon {
             ),
         );
         if let Ok((limit, _)) = sys::rlimit_nofile() {
-            // The HAM holds a pidfd per running entity (two while a command of its runs),
-            // the control connections and ~32 of its own; the Guardian a pidfd per entity.
-            let room = limit.saturating_sub(32 + conns::CONN_MAX as u64) / 2;
+            // The HAM holds a pidfd per running entity (two while a command of its runs)
+            // and ~32 of its own; the Guardian a pidfd per entity. Control connections and
+            // subscriptions take what is left (each is capped, none is reserved).
+            let room = limit.saturating_sub(32) / 2;
             log(
                 &inst.name,
                 format_args!(
-                    "descriptors: limit {limit}, room for about {room} running entities beside \
-                     {} control connections{}",
+                    "descriptors: limit {limit}, room for about {room} running entities (fewer \
+                     while up to {} control connections are open){}",
                     conns::CONN_MAX,
                     if (cfg.entities.len() as u64) > room {
                         " — fewer than this configuration has: raise RLIMIT_NOFILE's hard limit"
