@@ -198,7 +198,7 @@ impl Cgroups {
             for e in entries.flatten() {
                 if e.path().is_dir() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    self.kill_and_wait(&name, 2_000);
+                    self.kill_and_wait(&name, 500);
                     if let Err(err) = std::fs::remove_dir(e.path()) {
                         left.push(format!("{}: {err}", e.path().display()));
                     }

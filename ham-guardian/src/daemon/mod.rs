@@ -927,14 +927,17 @@ impl Daemon {
             if let Some(cg) = &self.cgroups {
                 let name = self.entities[i].cfg.name.clone();
                 if cg.populated(&name) {
-                    let gone = cg.kill_and_wait(&name, 5_000);
+                    // Bounded well inside the liveness timeout: the Guardian must not take
+                    // this wait for a stuck HAM.
+                    let wait_ms = self.cfg.liveness_timeout_ns / 4_000_000;
+                    let gone = cg.kill_and_wait(&name, wait_ms);
                     say!(
                         self,
                         "{name}: processes without a record were left in its cgroup; {}",
                         if gone {
-                            "killed"
+                            "killed".to_owned()
                         } else {
-                            "still there 5 s after SIGKILL"
+                            format!("still there {wait_ms} ms after SIGKILL (stuck in the kernel?)")
                         }
                     );
                 }
