@@ -358,16 +358,21 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
         if !c.cwd.is_null() && libc::chdir(c.cwd) != 0 {
             fail(c.st_w);
         }
+        // Raw system calls, not glibc's setgroups/setgid/setuid: those change the ids of
+        // every thread glibc knows of (its "setxid" broadcast), and after a raw `clone3`
+        // glibc still lists the parent's threads (the doorbell thread): the child waited
+        // for them for ever, before its execve, and the HAM with it. Here there is only
+        // this thread, so the per-thread system call is the whole process.
         if let Some(gid) = c.gid {
             if libc::getuid() == 0 {
-                libc::setgroups(0, std::ptr::null());
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>());
             }
-            if libc::setgid(gid) != 0 {
+            if libc::syscall(libc::SYS_setgid, gid) != 0 {
                 fail(c.st_w);
             }
         }
         if let Some(uid) = c.uid {
-            if libc::setuid(uid) != 0 {
+            if libc::syscall(libc::SYS_setuid, uid) != 0 {
                 fail(c.st_w);
             }
         }
