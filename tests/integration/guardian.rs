@@ -195,9 +195,19 @@ fn survive_failpoint(fp: &str) {
     }
     // First the failpoint fires (the HAM kills itself there), then the pair recovers.
     wait_until(&ham, &format!("failpoint {fp} to fire"), || fired.exists());
+    // One takeover, or two when the failpoint killed a HAM that was itself taking over.
+    let takeovers = if let Trigger::KillHam = trigger_of(fp) {
+        2
+    } else {
+        1
+    };
+    // The final epoch too: a HAM that hit its failpoint looks alive for a moment between
+    // marking it fired and its SIGKILL landing.
     let s = ham.wait_for(&format!("recovery from failpoint {fp}"), |s| {
-        let pair_up =
-            s["ham"]["alive"] == true && s["guardian"]["alive"] == true && s["ham"]["pid"] != h;
+        let pair_up = s["ham"]["alive"] == true
+            && s["guardian"]["alive"] == true
+            && s["ham"]["pid"] != h
+            && s["ham"]["epoch"] == 1 + takeovers;
         let a_ok = match trigger_of(fp) {
             Trigger::KillEntity => running(s, "a") && entity(s, "a")["restarts"] == 1,
             Trigger::Stop => entity(s, "a")["state"] == "stopped",
@@ -220,12 +230,6 @@ fn survive_failpoint(fp: &str) {
         expected_a,
         "{fp}: processes of a: status {s}"
     );
-    // One takeover, or two when the failpoint killed a HAM that was itself taking over.
-    let takeovers = if let Trigger::KillHam = trigger_of(fp) {
-        2
-    } else {
-        1
-    };
     assert_eq!(s["ham"]["epoch"], 1 + takeovers, "{fp}: {s}");
     if let Trigger::KillGuardian | Trigger::KillHam = trigger_of(fp) {
         assert_eq!(pid_of(&s, "a"), a, "{fp}: a was restarted");

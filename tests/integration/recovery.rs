@@ -227,8 +227,7 @@ fn an_escalation_is_carried_out_once_whenever_the_ham_dies_on_its_way() {
         };
         // The command's whole line (`>>` creates the file before `echo` writes to it).
         wait_until(&ham, "the escalation under the successor", || {
-            escalations() == 1
-                && std::fs::read_to_string(&marker).is_ok_and(|t| t.ends_with('\n'))
+            escalations() == 1 && std::fs::read_to_string(&marker).is_ok_and(|t| t.ends_with('\n'))
         });
         assert_eq!(
             std::fs::read_to_string(&marker).unwrap(),
