@@ -300,6 +300,15 @@ impl Drop for Ham {
             );
         }
         let _ = std::fs::remove_file(self.segment_path());
+        // Its client segment and heartbeat pages, if a ham that died left them.
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            let prefix = format!("ham.{}.", self.name);
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         // The instance's cgroups, if a ham that died left them (ham runs in this process's
         // cgroup, so they are where it would have put them).
         let mode = ham_guardian::config::CgroupMode::Auto;
