@@ -991,11 +991,11 @@ impl Daemon {
             EntityState::Starting | EntityState::Running | EntityState::Stopping => {
                 let passed = passed.filter(|p| p.pid == rec.pid && p.start_time == rec.start_time);
                 match open_verified(rec.pid, rec.start_time, passed.as_ref()) {
-                    Some(pidfd)
-                        if rec.state == EntityState::Starting && runs_ham_binary(rec.pid) =>
-                    {
-                        // Forked but never released into its program: it is exiting on its
-                        // own; make sure, then start it for real.
+                    Some(pidfd) if rec.state == EntityState::Starting => {
+                        // `starting` with a pid: forked but never released (the release is
+                        // recorded as `running` before it happens), whatever /proc shows —
+                        // a zombie has no exe to read. It exits on its own; make sure, then
+                        // start it for real, counting nothing.
                         let _ = rustix::process::pidfd_send_signal(
                             &pidfd,
                             rustix::process::Signal::KILL,
@@ -3407,19 +3407,6 @@ fn open_verified(pid: i32, start_time: u64, passed: Option<&Passed>) -> Option<O
     )
     .map_or(true, |n| n > 0);
     (!exited && (known || procfs::start_time(pid) == Some(start_time))).then_some(pidfd)
-}
-
-/// True if `pid` still runs this very binary: a child forked by a HAM and never released
-/// into its program.
-fn runs_ham_binary(pid: i32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(theirs), Ok(ours)) = (
-        std::fs::metadata(format!("/proc/{pid}/exe")),
-        std::fs::metadata("/proc/self/exe"),
-    ) else {
-        return false;
-    };
-    theirs.dev() == ours.dev() && theirs.ino() == ours.ino()
 }
 
 /// Waits up to `ms` for a pidfd to report its process's exit.
