@@ -240,4 +240,9 @@ pub struct Notification {
     pub pid: i32,
     /// Wall-clock nanoseconds since the Unix epoch.
     pub time_unix_ns: u64,
+    /// The action's `code` and `value`, if it has them (a QNX pulse's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i32>,
 }

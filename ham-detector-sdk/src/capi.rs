@@ -30,6 +30,9 @@ pub const CONDABNORMALDEATH: c_int = 6;
 pub const CONDATTACH: c_int = 7;
 pub const CONDSTATE: c_int = 8;
 pub const CONDRAISE: c_int = 9;
+/// The lowest and highest condition types.
+pub const CONDMIN: c_int = CONDANY;
+pub const CONDMAX: c_int = CONDRAISE;
 /// Wildcards of state and raise conditions.
 pub const CONDSTATEANY: c_uint = 0;
 pub const CONDRAISETYPEANY: c_uint = 0;
@@ -45,9 +48,18 @@ pub const HCONDKEEPONEMPTY: c_uint = 0x10;
 pub const HACTIONDONOW: c_uint = 0x2;
 pub const HACTIONBREAKONFAIL: c_uint = 0x4;
 pub const HACTIONKEEPONFAIL: c_uint = 0x8;
-/// Entity flag (accepted and ignored: a run-time entity stays defined, detached or dead,
-/// until ham starts cold).
-pub const HENTITYKEEPONDEATH: c_uint = 0x1;
+/// Entity flag (accepted and ignored: a run-time entity stays defined when its process
+/// dies; `ham_detach` removes it).
+pub const HENTITYKEEPONDEATH: c_uint = 0x2;
+/// State-condition flags: `fromstate` / `tostate` are bit sets, or their inverses (not
+/// supported: `ham_condition_state` fails with `EOPNOTSUPP`).
+pub const HCONDSTATEFROMSET: c_uint = 0x1000;
+pub const HCONDSTATETOSET: c_uint = 0x2000;
+pub const HCONDSTATEFROMINV: c_uint = 0x4000;
+pub const HCONDSTATETOINV: c_uint = 0x8000;
+/// Apply a control command to what the item holds as well (`ham_entity_control` always
+/// does: it reaches every run-time condition of the entity).
+pub const HRECURSE: c_uint = 0x0010_0000;
 /// `ham_*_control` commands.
 pub const HENABLE: c_int = 1;
 pub const HDISABLE: c_int = 2;
@@ -60,26 +72,29 @@ pub const VERBOSE_SET_INCR: c_int = 1;
 pub const VERBOSE_SET_DECR: c_int = 2;
 pub const VERBOSE_SET: c_int = 3;
 pub const VERBOSE_GET: c_int = 4;
-/// The shortest heartbeat period accepted, in nanoseconds (QNX: 1 s).
-pub const HAMHBEATMIN: u64 = 1_000_000;
+/// QNX's shortest heartbeat period, in nanoseconds (1 s). ham accepts periods down to
+/// 1 ms (`HAM_HBEAT_FLOOR`).
+pub const HAMHBEATMIN: u64 = 1_000_000_000;
+/// The shortest heartbeat period ham accepts, in nanoseconds (1 ms).
+pub const HAM_HBEAT_FLOOR: u64 = 1_000_000;
 /// The local node (the only one for now).
 pub const ND_LOCAL_NODE: c_int = 0;
 
-/// An entity handle.
-pub struct ham_entity_t {
-    entity: String,
-}
-/// A condition handle.
-pub struct ham_condition_t {
-    entity: String,
-    condition: String,
-}
-/// An action handle.
-pub struct ham_action_t {
+/// A handle: what it names (an entity; its condition; that condition's action). As in
+/// QNX, entity, condition and action handles are one type underneath, so C code may keep
+/// them in one variable type.
+#[derive(Default)]
+pub struct __ham_lib_handle {
     entity: String,
     condition: String,
     action: String,
 }
+/// An entity handle.
+pub type ham_entity_t = __ham_lib_handle;
+/// A condition handle.
+pub type ham_condition_t = __ham_lib_handle;
+/// An action handle.
+pub type ham_action_t = __ham_lib_handle;
 
 struct State {
     client: Option<Client>,
@@ -96,6 +111,9 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// This process's self-attachments, apart from `STATE` so that `ham_heartbeat` never waits
 /// behind a call talking to ham.
 static HEARTBEATS: Mutex<Vec<(String, Heartbeat)>> = Mutex::new(Vec::new());
+
+/// Pulse channels opened with `ham_pulse_open` (each a subscription, by its descriptor).
+static PULSES: Mutex<Vec<crate::Subscription>> = Mutex::new(Vec::new());
 
 fn set_errno(e: c_int) {
     // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for the
@@ -135,6 +153,15 @@ unsafe fn arg(p: *const c_char) -> Option<String> {
         .to_str()
         .ok()
         .map(str::to_owned)
+}
+
+/// An optional string argument: `Ok(None)` for NULL, `EINVAL` for non-UTF-8.
+unsafe fn opt_arg(p: *const c_char) -> Result<Option<String>, c_int> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: as `arg` (not NULL here).
+    unsafe { arg(p) }.map(Some).ok_or(libc::EINVAL)
 }
 
 /// A handle argument; `None` for NULL.
@@ -304,7 +331,10 @@ pub unsafe extern "C" fn ham_disconnect_node(nodename: *const c_char, flags: c_u
 // -- entities ----------------------------------------------------------------------------
 
 fn entity_handle(entity: String) -> *mut ham_entity_t {
-    Box::into_raw(Box::new(ham_entity_t { entity }))
+    Box::into_raw(Box::new(ham_entity_t {
+        entity,
+        ..Default::default()
+    }))
 }
 
 /// Watches a running process (`pid > 0`), or runs `line` and watches it (`pid <= 0`).
@@ -375,7 +405,7 @@ pub unsafe extern "C" fn ham_attach_self(
     let Some(name) = (unsafe { arg(ename) }) else {
         return fail_ptr(libc::EINVAL);
     };
-    if hpdl < 0 || hpdh < 0 || (hpdh > 0 && hpdl > hpdh) || (hp > 0 && hp < HAMHBEATMIN) {
+    if hpdl < 0 || hpdh < 0 || (hpdh > 0 && hpdl > hpdh) || (hp > 0 && hp < HAM_HBEAT_FLOOR) {
         return fail_ptr(libc::EINVAL);
     }
     let hb = with_client(|c| {
@@ -396,7 +426,7 @@ pub unsafe extern "C" fn ham_attach_self(
         } else {
             (hpdl as u32, hpdh as u32)
         };
-        c.attach_self(&name, Duration::from_nanos(hp.max(HAMHBEATMIN)), lo, hi)
+        c.attach_self(&name, Duration::from_nanos(hp.max(HAM_HBEAT_FLOOR)), lo, hi)
     });
     match hb {
         Ok(hb) => {
@@ -571,6 +601,7 @@ unsafe fn add_condition(
         Ok(_) => Box::into_raw(Box::new(ham_condition_t {
             entity: h.entity.clone(),
             condition: name,
+            ..Default::default()
         })),
         Err(e) => fail_ptr(e),
     }
@@ -609,6 +640,9 @@ pub unsafe extern "C" fn ham_condition_state(
     tostate: c_uint,
     flags: c_uint,
 ) -> *mut ham_condition_t {
+    if flags & (HCONDSTATEFROMSET | HCONDSTATETOSET | HCONDSTATEFROMINV | HCONDSTATETOINV) != 0 {
+        return fail_ptr(libc::EOPNOTSUPP);
+    }
     let mut t = Map::new();
     t.insert("on".into(), json!("state"));
     if fromstate != CONDSTATEANY {
@@ -677,7 +711,11 @@ pub unsafe extern "C" fn ham_condition_handle(
         return fail_ptr(libc::EINVAL);
     };
     match lookup(&entity, Some(&condition), None) {
-        Ok(()) => Box::into_raw(Box::new(ham_condition_t { entity, condition })),
+        Ok(()) => Box::into_raw(Box::new(ham_condition_t {
+            entity,
+            condition,
+            ..Default::default()
+        })),
         Err(e) => fail_ptr(e),
     }
 }
@@ -762,17 +800,29 @@ fn exec_table(kind: &str, line: Option<String>) -> Result<Map<String, Value>, c_
     Ok(t)
 }
 
-fn waitfor_table(path: Option<String>, delay: c_int) -> Result<Map<String, Value>, c_int> {
+/// A waitfor: for `path` to exist, at most `delay` ms; with no path (NULL, as QNX allows)
+/// a plain delay of `delay` ms.
+fn waitfor_table(
+    path: Result<Option<String>, c_int>,
+    delay: c_int,
+) -> Result<Map<String, Value>, c_int> {
+    let path = path?;
+    if delay <= 0 {
+        return Err(libc::EINVAL);
+    }
+    let mut t = Map::new();
     match path {
-        Some(p) if delay > 0 => {
-            let mut t = Map::new();
+        Some(p) => {
             t.insert("do".into(), json!("waitfor"));
             t.insert("path".into(), json!(p));
             t.insert("timeout".into(), json!(format!("{delay}ms")));
-            Ok(t)
         }
-        _ => Err(libc::EINVAL),
+        None => {
+            t.insert("do".into(), json!("delay"));
+            t.insert("delay".into(), json!(format!("{delay}ms")));
+        }
     }
+    Ok(t)
 }
 
 fn signal_table(
@@ -791,10 +841,12 @@ fn signal_table(
     Ok(t)
 }
 
-fn pulse_table(chid: c_int) -> Map<String, Value> {
+fn pulse_table(chid: c_int, code: c_int, value: c_int) -> Map<String, Value> {
     let mut t = Map::new();
     t.insert("do".into(), json!("notify"));
     t.insert("topic".into(), json!(format!("pulse:{chid}")));
+    t.insert("code".into(), json!(code));
+    t.insert("value".into(), json!(value));
     t
 }
 
@@ -844,7 +896,7 @@ pub unsafe extern "C" fn ham_action_waitfor(
 ) -> *mut ham_action_t {
     // SAFETY: as `arg`; then the caller's pointers, passed on.
     boxed(
-        waitfor_table(unsafe { arg(path) }, delay)
+        waitfor_table(unsafe { opt_arg(path) }, delay)
             .and_then(|t| unsafe { add_action(chdl, aname, t, flags, None) }),
     )
 }
@@ -903,8 +955,9 @@ pub unsafe extern "C" fn ham_action_notify_signal_node(
     )
 }
 
-/// Linux has no pulses: the notification goes to the SDK subscribers of topic
-/// `pulse:<chid>` (`Client::subscribe("pulse:7")`, or `ham-client subscribe pulse:7`).
+/// Linux has no pulses: the pulse (`pulsecode`, `value`) goes to the subscribers of topic
+/// `pulse:<chid>`: C programs receive it with `ham_pulse_open(chid)` and
+/// `ham_pulse_receive`; Rust ones with `Client::subscribe("pulse:7")`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ham_action_notify_pulse(
     chdl: *mut ham_condition_t,
@@ -920,7 +973,15 @@ pub unsafe extern "C" fn ham_action_notify_pulse(
         return fail_ptr(e);
     }
     // SAFETY: the caller's pointers, passed on.
-    boxed(unsafe { add_action(chdl, aname, pulse_table(chid), flags, None) })
+    boxed(unsafe {
+        add_action(
+            chdl,
+            aname,
+            pulse_table(chid, pulsecode, value),
+            flags,
+            None,
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -1067,6 +1128,7 @@ unsafe fn add_fail(
     let c = ham_condition_t {
         entity: h.entity.clone(),
         condition: h.condition.clone(),
+        ..Default::default()
     };
     let cp = &c as *const ham_condition_t as *mut ham_condition_t;
     // SAFETY: `cp` points to `c`, alive for this call; the name is the caller's.
@@ -1096,7 +1158,7 @@ pub unsafe extern "C" fn ham_action_fail_waitfor(
     flags: c_uint,
 ) -> c_int {
     // SAFETY: as `arg`; then the caller's pointers, passed on.
-    unsafe { add_fail(ahdl, aname, waitfor_table(arg(path), delay)) }
+    unsafe { add_fail(ahdl, aname, waitfor_table(opt_arg(path), delay)) }
 }
 
 #[unsafe(no_mangle)]
@@ -1163,7 +1225,7 @@ pub unsafe extern "C" fn ham_action_fail_notify_pulse(
         return fail_int(e);
     }
     // SAFETY: the caller's pointers, passed on.
-    unsafe { add_fail(ahdl, aname, Ok(pulse_table(chid))) }
+    unsafe { add_fail(ahdl, aname, Ok(pulse_table(chid, pulsecode, value))) }
 }
 
 #[unsafe(no_mangle)]
@@ -1407,6 +1469,105 @@ pub unsafe extern "C" fn ham_verbose(nodename: *const c_char, op: c_int, value: 
     match with_client(|c| c.verbose(op, value)) {
         Ok(level) => level as c_int,
         Err(e) => fail_int(e),
+    }
+}
+
+/// A pulse, as `ham_pulse_receive` gives it: what `ham_action_notify_pulse` sent (QNX's
+/// `_pulse` code and value) and about what (the entity, its pid, the condition).
+#[repr(C)]
+pub struct ham_pulse_t {
+    /// The channel (`chid`) it was sent to.
+    pub chid: c_int,
+    /// The action's `pulsecode`.
+    pub code: c_int,
+    /// The action's `value`.
+    pub value: c_int,
+    /// The entity's pid when its condition fired (0 if it had none).
+    pub pid: libc::pid_t,
+    /// The entity's name, NUL-terminated.
+    pub entity: [c_char; 64],
+    /// The condition that fired (`death`, `heartbeat-missed-high`, …), NUL-terminated.
+    pub condition: [c_char; 64],
+}
+
+/// Opens pulse channel `chid`: returns a descriptor that polls readable (`poll`, `select`,
+/// `epoll`) when a pulse sent to `chid` by a `ham_action_notify_pulse` action can be read
+/// with `ham_pulse_receive`. Linux has no QNX channels; this is how a C client gets them.
+/// The descriptor keeps its number across a HAM takeover. `-1` and `errno` on failure.
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_pulse_open(chid: c_int, flags: c_uint) -> c_int {
+    use std::os::fd::{AsFd, AsRawFd};
+    match with_client(|c| c.subscribe(&format!("pulse:{chid}"))) {
+        Ok(sub) => {
+            let fd = sub.as_fd().as_raw_fd();
+            PULSES.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
+            fd
+        }
+        Err(e) => fail_int(e),
+    }
+}
+
+/// Reads one pulse from a descriptor `ham_pulse_open` gave, without waiting: 0 and
+/// `*pulse` filled in; `-1` with `EAGAIN` if none has come (poll the descriptor), `EBADF`
+/// for a descriptor that is not an open pulse channel, `EINVAL` for a NULL `pulse`. After a
+/// takeover the descriptor reads as ended once: this call then reconnects (waiting up to
+/// 10 s for the new HAM) and returns `EAGAIN`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pulse_receive(
+    fd: c_int,
+    pulse: *mut ham_pulse_t,
+    flags: c_uint,
+) -> c_int {
+    use std::os::fd::{AsFd, AsRawFd};
+    if pulse.is_null() {
+        return fail_int(libc::EINVAL);
+    }
+    let mut subs = PULSES.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(sub) = subs.iter_mut().find(|s| s.as_fd().as_raw_fd() == fd) else {
+        return fail_int(libc::EBADF);
+    };
+    let n = match sub.try_recv() {
+        Ok(Some(n)) => n,
+        Ok(None) => return fail_int(libc::EAGAIN),
+        Err(e) => return fail_int(errno_of(&e)),
+    };
+    let chid = sub
+        .topic()
+        .strip_prefix("pulse:")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut out = ham_pulse_t {
+        chid,
+        code: n.code.unwrap_or(0),
+        value: n.value.unwrap_or(0),
+        pid: n.pid,
+        entity: [0; 64],
+        condition: [0; 64],
+    };
+    for (dst, src) in [
+        (&mut out.entity, &n.entity),
+        (&mut out.condition, &n.condition),
+    ] {
+        for (d, b) in dst.iter_mut().zip(src.bytes().take(63)) {
+            *d = b as c_char;
+        }
+    }
+    // SAFETY: `pulse` is not NULL and points to a `ham_pulse_t` the caller owns.
+    unsafe { pulse.write(out) };
+    0
+}
+
+/// Closes a pulse channel `ham_pulse_open` opened (and its descriptor).
+#[unsafe(no_mangle)]
+pub extern "C" fn ham_pulse_close(fd: c_int) -> c_int {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut subs = PULSES.lock().unwrap_or_else(|p| p.into_inner());
+    match subs.iter().position(|s| s.as_fd().as_raw_fd() == fd) {
+        Some(k) => {
+            drop(subs.swap_remove(k));
+            0
+        }
+        None => fail_int(libc::EBADF),
     }
 }
 

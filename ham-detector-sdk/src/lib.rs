@@ -614,24 +614,76 @@ impl Subscription {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line)?;
-            if n > 0 {
+            if n > 0 && line.ends_with('\n') {
                 return serde_json::from_str(line.trim_end())
                     .map_err(|e| Error::BadAnswer(e.to_string()));
             }
             // EOF: the HAM went away. Its successor listens on the same socket.
-            let until = Instant::now() + reconnect_for;
-            let mut wait = Duration::from_millis(1);
-            *self = loop {
-                match Self::open(self.location.clone(), self.topic.clone(), self.signal) {
-                    Ok(s) => break s,
-                    Err(e) if Instant::now() >= until => return Err(e),
-                    Err(_) => {
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_millis(50));
-                    }
-                }
-            };
+            self.reconnect(reconnect_for)?;
         }
+    }
+
+    /// The next notification if one has come, without waiting: for a loop that polls
+    /// this subscription's descriptor ([`AsFd`]) for input. After a takeover (the
+    /// descriptor reads as ended) it reconnects to the successor, waiting up to 10 s for
+    /// it, on the same descriptor number, so a poll set stays valid.
+    pub fn try_recv(&mut self) -> Result<Option<Notification>, Error> {
+        loop {
+            if !self.reader.buffer().contains(&b'\n') {
+                let mut fds = [rustix::event::PollFd::new(
+                    self.reader.get_ref(),
+                    rustix::event::PollFlags::IN,
+                )];
+                let zero = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                match rustix::event::poll(&mut fds, Some(&zero)) {
+                    Ok(0) => return Ok(None),
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(Error::Io(e.into())),
+                }
+            }
+            // ham writes a notification as one whole line: the rest of a partial one is
+            // already on its way.
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line)?;
+            if n > 0 && line.ends_with('\n') {
+                return serde_json::from_str(line.trim_end())
+                    .map(Some)
+                    .map_err(|e| Error::BadAnswer(e.to_string()));
+            }
+            self.reconnect(Duration::from_secs(10))?;
+        }
+    }
+
+    /// Subscribes again (the HAM that had this subscription is gone; its successor
+    /// listens on the same socket), for up to `within`, keeping the descriptor's number.
+    fn reconnect(&mut self, within: Duration) -> Result<(), Error> {
+        let until = Instant::now() + within;
+        let mut wait = Duration::from_millis(1);
+        let fresh = loop {
+            match Self::open(self.location.clone(), self.topic.clone(), self.signal) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+            }
+        };
+        // The fresh connection (and whatever it has buffered) replaces the ended one, then
+        // moves onto the ended one's descriptor number.
+        let ended = std::mem::replace(&mut self.reader, fresh.reader);
+        let mut fd: OwnedFd = ended.into_inner().into();
+        if rustix::io::dup2(self.reader.get_ref(), &mut fd).is_ok() {
+            drop(std::mem::replace(
+                self.reader.get_mut(),
+                UnixStream::from(fd),
+            ));
+        }
+        Ok(())
     }
 
     /// The topic subscribed to.
