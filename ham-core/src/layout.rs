@@ -502,6 +502,10 @@ pub struct EntityRecord {
     /// Its recovery policy escalated to a device restart that is not yet in the run
     /// journal: a successor that finds this set starts it.
     pub device_restart_pending: bool,
+    /// Its process said it is ready (READY=1, the SDK's `ready`, or `ready_after`): a
+    /// successor goes on from there (entities `after` it may start, an sd_notify watchdog
+    /// is armed) rather than wait for a second READY=1 that never comes.
+    pub ready: bool,
     /// When it recently exited on its own, and was restarted automatically (for the
     /// `exits-within` and `restarts-within` conditions).
     pub exit_stamps: crate::engine::Stamps,
@@ -543,6 +547,7 @@ impl EntityRecord {
             restart_pending: false,
             restart_automatic: false,
             device_restart_pending: false,
+            ready: false,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: None,
@@ -574,7 +579,8 @@ impl EntityRecord {
         b[word::POLICY..word::POLICY + m.len()].copy_from_slice(&m);
         b[word::PENDING] = u64::from(self.restart_pending)
             | (u64::from(self.restart_automatic) << 1)
-            | (u64::from(self.device_restart_pending) << 2);
+            | (u64::from(self.device_restart_pending) << 2)
+            | (u64::from(self.ready) << 3);
         let (ex, ex_len) = self.exit_stamps.to_words();
         let (rs, rs_len) = self.restart_stamps.to_words();
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
@@ -628,6 +634,7 @@ impl EntityRecord {
             restart_pending: b[word::PENDING] & 1 == 1,
             restart_automatic: b[word::PENDING] & 2 == 2,
             device_restart_pending: b[word::PENDING] & 4 == 4,
+            ready: b[word::PENDING] & 8 == 8,
             exit_stamps: crate::engine::Stamps::from_words(
                 b[word::EXITS..word::EXITS + crate::engine::STAMPS]
                     .try_into()
@@ -853,6 +860,7 @@ mod tests {
             restart_pending: false,
             restart_automatic: false,
             device_restart_pending: true,
+            ready: true,
             exit_stamps: crate::engine::Stamps::default(),
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: Some(HeartbeatSpec {

@@ -223,7 +223,12 @@ pub enum ActionKind {
     DeviceRestart,
     /// Send a [`Notification`](ham_core::protocol::Notification) to every subscriber of
     /// `topic` (QNX's notify actions); never fails (no subscriber is not a failure).
-    Notify { topic: String },
+    Notify {
+        topic: String,
+        /// A pulse's code and value (QNX `ham_action_notify_pulse`), passed on.
+        code: Option<i32>,
+        value: Option<i32>,
+    },
     /// Restart an entity (the condition's own if `None`): stopped and started again, or
     /// started if it is down; counted as an automatic restart.
     Restart {

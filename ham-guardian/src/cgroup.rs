@@ -119,6 +119,11 @@ impl Cgroups {
         Ok(not_applied)
     }
 
+    /// Whether process `pid` is in entity `name`'s cgroup (or one below it).
+    pub fn holds(&self, name: &str, pid: i32) -> bool {
+        cgroup_dir_of(&pid.to_string()).is_some_and(|d| d.starts_with(self.entity_dir(name)))
+    }
+
     /// Entity `name`'s cgroup directory, open (`O_DIRECTORY`), for `clone3`.
     pub fn open_dir(&self, name: &str) -> io::Result<std::os::fd::OwnedFd> {
         let f = std::fs::OpenOptions::new()
@@ -134,6 +139,22 @@ impl Cgroups {
             &self.entity_dir(name).join("cgroup.procs"),
             &pid.to_string(),
         )
+    }
+
+    /// Moves the processes of a removed entity `name` (its main process `pid` and what
+    /// else is in its cgroup) out, into the instance's `~detached` cgroup: no longer
+    /// supervised, and not killed with whatever later takes that name.
+    pub fn release(&self, name: &str, pid: i32) -> io::Result<()> {
+        let dir = self.dir.join("~detached");
+        std::fs::create_dir_all(&dir)?;
+        let mut pids = self.pids(name);
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+        for p in pids {
+            write(&dir.join("cgroup.procs"), &p.to_string())?;
+        }
+        Ok(())
     }
 
     /// The live processes in entity `name`'s cgroup (`cgroup.procs`).
@@ -198,7 +219,11 @@ impl Cgroups {
             for e in entries.flatten() {
                 if e.path().is_dir() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    self.kill_and_wait(&name, 500);
+                    // Detached processes are not ham's to stop (their folder stays while
+                    // they run).
+                    if name != "~detached" {
+                        self.kill_and_wait(&name, 500);
+                    }
                     if let Err(err) = std::fs::remove_dir(e.path()) {
                         left.push(format!("{}: {err}", e.path().display()));
                     }

@@ -134,6 +134,7 @@ struct RawEntity {
     condition: Vec<Spanned<RawCondition>>,
     #[serde(default)]
     notify: bool,
+    notify_access: Option<Spanned<String>>,
     #[serde(default)]
     wait_ready: bool,
     watchdog: Option<Spanned<String>>,
@@ -189,6 +190,7 @@ struct RawAction {
     topic: Option<Spanned<String>>,
     pid: Option<Spanned<i32>>,
     value: Option<Spanned<i32>>,
+    code: Option<Spanned<i32>>,
     #[serde(default)]
     break_on_fail: bool,
     #[serde(default)]
@@ -267,6 +269,18 @@ pub enum Output {
     File(PathBuf),
 }
 
+/// Whose sd_notify messages an entity accepts (systemd's `NotifyAccess=`): `main` its main
+/// process; `exec` also the commands ham runs for its conditions (ham's nearest to
+/// systemd's `ExecStartPre=` / `ExecReload=` … control processes); `all` every process of
+/// the entity (its cgroup, or without cgroup tracking the main process's descendants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyAccess {
+    #[default]
+    Main,
+    Exec,
+    All,
+}
+
 /// One supervised process, resolved.
 #[derive(Debug, Clone)]
 pub struct EntityConfig {
@@ -297,6 +311,8 @@ pub struct EntityConfig {
     pub conditions: Vec<crate::actions::Condition>,
     /// It speaks sd_notify: it gets `NOTIFY_SOCKET`, and is ready once it sends `READY=1`.
     pub notify: bool,
+    /// Whose sd_notify messages count (systemd's `NotifyAccess=`).
+    pub notify_access: NotifyAccess,
     /// Ready only once the process says so (SDK `ready()`, or `READY=1`).
     pub wait_ready: bool,
     /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
@@ -451,9 +467,28 @@ struct Ctx<'a> {
     /// re-reads the text its HAM already validated: a program deleted since then must make
     /// that entity fail to start, not the takeover.
     strict: bool,
+    /// Where run-time definitions begin in `text`: the programs they name are not looked
+    /// for now (QNX checks at spawn time: a program may be installed later), only when
+    /// they run.
+    runtime_from: usize,
 }
 
 impl Ctx<'_> {
+    /// The program of a command at `at` (its span's start): where it is, or why not (an
+    /// error only where programs must exist now). Unchecked, a bare name is kept as it is
+    /// and looked up in `PATH` when it runs.
+    fn program(&self, program: &str, at: usize, search_path: &str) -> Result<PathBuf, String> {
+        match resolve_program(self, program, search_path) {
+            Ok(p) => Ok(p),
+            Err(_) if !self.strict || at >= self.runtime_from => Ok(if program.contains('/') {
+                self.path(program)
+            } else {
+                PathBuf::from(program)
+            }),
+            Err(why) => Err(why),
+        }
+    }
+
     fn err(
         &self,
         span: Option<Range<usize>>,
@@ -554,6 +589,7 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
         text: &text,
         dir: abs.parent().unwrap_or(Path::new("/")).to_owned(),
         strict: true,
+        runtime_from: usize::MAX,
     };
     let raw: RawInstanceOnly = toml::from_str(&text).map_err(|e| de_error(&ctx, e))?;
     Ok(Instance {
@@ -597,20 +633,36 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text as if it were the file `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-    parse_with(file, text, true)
+    parse_with(file, text, true, usize::MAX)
 }
 
 /// Re-reads text that a HAM already validated (see `Ctx::strict`).
 pub fn parse_validated(file: &Path, text: &str) -> Result<Config, ConfigError> {
-    parse_with(file, text, false)
+    parse_with(file, text, false, usize::MAX)
 }
 
-fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigError> {
+/// Validates a configuration file's text followed, from byte `runtime_from`, by run-time
+/// definitions (whose programs need not exist yet).
+pub fn parse_with_runtime(
+    file: &Path,
+    text: &str,
+    runtime_from: usize,
+) -> Result<Config, ConfigError> {
+    parse_with(file, text, true, runtime_from)
+}
+
+fn parse_with(
+    file: &Path,
+    text: &str,
+    strict: bool,
+    runtime_from: usize,
+) -> Result<Config, ConfigError> {
     let ctx = Ctx {
         file,
         text,
         dir: file.parent().unwrap_or(Path::new("/")).to_owned(),
         strict,
+        runtime_from,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| de_error(&ctx, e))?;
     let ham = raw.ham.get_ref();
@@ -794,12 +846,11 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
             let Some(program) = cmd.get_ref().first() else {
                 return Err(ctx.err(Some(cmd.span()), key, "command is empty"));
             };
-            let path =
-                match resolve_program(&ctx, program, &std::env::var("PATH").unwrap_or_default()) {
-                    Ok(p) => p,
-                    Err(_) if !ctx.strict => ctx.path(program),
-                    Err(why) => return Err(ctx.err(Some(cmd.span()), key, why)),
-                };
+            let search = std::env::var("PATH").unwrap_or_default();
+            let path = match ctx.program(program, cmd.span().start, &search) {
+                Ok(p) => p,
+                Err(why) => return Err(ctx.err(Some(cmd.span()), key, why)),
+            };
             Some((path, cmd.get_ref().clone()))
         }
     };
@@ -820,14 +871,29 @@ fn parse_with(file: &Path, text: &str, strict: bool) -> Result<Config, ConfigErr
     })
 }
 
+/// The name prefix of a free entry: the place a removed run-time entity leaves in the
+/// run-time definitions (`~` is not allowed in entity names).
+pub const FREE_ENTRY: &str = "~free.";
+
+/// Whether `name` is a free entry's.
+pub fn is_free_entry(name: &str) -> bool {
+    name.strip_prefix(FREE_ENTRY)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigError> {
     let key = |k: &str| Some(format!("entity[{i}].{k}"));
     let name = e.name.get_ref();
-    let name_ok = !name.is_empty()
-        && name.len() <= NAME_MAX
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+    // A free entry, only among run-time definitions.
+    let free = is_free_entry(name)
+        && e.attach_only
+        && (!ctx.strict || e.name.span().start >= ctx.runtime_from);
+    let name_ok = free
+        || !name.is_empty()
+            && name.len() <= NAME_MAX
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
     if !name_ok {
         return Err(ctx.err(
             Some(e.name.span()),
@@ -887,10 +953,9 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         .cloned()
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let exec_path = match resolve_program(ctx, &program, &search_path) {
+    let exec_path = match ctx.program(&program, command.span().start, &search_path) {
         _ if e.attach_only => PathBuf::new(),
         Ok(p) => p,
-        Err(_) if !ctx.strict => ctx.path(&program),
         Err(why) => return Err(ctx.err(Some(command.span()), key("command"), why)),
     };
 
@@ -998,6 +1063,29 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         Some(b) => Some(backoff(ctx, i, b)?),
     };
 
+    let notify_access = match &e.notify_access {
+        None => NotifyAccess::Main,
+        Some(a) if !e.notify => {
+            return Err(ctx.err(
+                Some(a.span()),
+                key("notify_access"),
+                "`notify_access` needs `notify = true`",
+            ));
+        }
+        Some(a) => match a.get_ref().as_str() {
+            "main" => NotifyAccess::Main,
+            "exec" => NotifyAccess::Exec,
+            "all" => NotifyAccess::All,
+            other => {
+                return Err(ctx.err(
+                    Some(a.span()),
+                    key("notify_access"),
+                    format!("unknown notify_access `{other}` (use \"main\", \"exec\" or \"all\")"),
+                ));
+            }
+        },
+    };
+
     let watchdog_ns = match &e.watchdog {
         None => None,
         Some(_) if !e.notify => {
@@ -1034,6 +1122,7 @@ fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig, ConfigErro
         wait_ready: e.wait_ready || e.notify,
         raise_from: Vec::new(), // resolved once every name is known
         notify: e.notify,
+        notify_access,
         watchdog_ns,
         conditions: Vec::new(), // resolved once every name is known
         backoff,
@@ -1370,14 +1459,17 @@ fn condition(
     }
     if r.nowait {
         fn waits(a: &crate::actions::Action) -> bool {
-            matches!(a.kind, crate::actions::ActionKind::WaitFor { .. })
-                || a.on_fail.iter().any(waits)
+            matches!(
+                a.kind,
+                crate::actions::ActionKind::WaitFor { .. }
+                    | crate::actions::ActionKind::Delay { .. }
+            ) || a.on_fail.iter().any(waits)
         }
         if let Some(n) = actions.iter().position(waits) {
             return Err(ctx.err(
                 Some(r.action[n].span()),
                 Some(format!("{key}.action[{n}]")),
-                "a `nowait` condition cannot have a `waitfor` action (QNX: EINVAL)",
+                "a `nowait` condition cannot have a `waitfor` or `delay` action (QNX: EINVAL)",
             ));
         }
     }
@@ -1432,9 +1524,8 @@ fn action(
                 return Err(ctx.err(Some(cmd.span()), k("command"), "command is empty"));
             };
             let search = std::env::var("PATH").unwrap_or_default();
-            let path = match resolve_program(ctx, program, &search) {
+            let path = match ctx.program(program, cmd.span().start, &search) {
                 Ok(p) => p,
-                Err(_) if !ctx.strict => ctx.path(program),
                 Err(why) => return Err(ctx.err(Some(cmd.span()), k("command"), why)),
             };
             ActionKind::Execute {
@@ -1500,6 +1591,8 @@ fn action(
             }
             ActionKind::Notify {
                 topic: topic.get_ref().clone(),
+                code: r.code.as_ref().map(|c| *c.get_ref()),
+                value: r.value.as_ref().map(|v| *v.get_ref()),
             }
         }
         "heartbeat-healthy" => ActionKind::HeartbeatHealthy,
@@ -1512,9 +1605,8 @@ fn action(
                         return Err(ctx.err(Some(cmd.span()), k("command"), "command is empty"));
                     };
                     let search = std::env::var("PATH").unwrap_or_default();
-                    let path = match resolve_program(ctx, program, &search) {
+                    let path = match ctx.program(program, cmd.span().start, &search) {
                         Ok(p) => p,
-                        Err(_) if !ctx.strict => ctx.path(program),
                         Err(why) => return Err(ctx.err(Some(cmd.span()), k("command"), why)),
                     };
                     Some((path, cmd.get_ref().clone()))

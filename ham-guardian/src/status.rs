@@ -88,7 +88,9 @@ pub struct EntityStatus {
     pub state: &'static str,
     /// Automatic restarts after a death.
     pub restarts: u32,
-    /// Operator starts (the first start and `hamctl start|restart`).
+    /// Starts that were not automatic restarts: the first process ham started for it
+    /// (whatever had it started: the configuration, a `ham_attach` line, a restart action)
+    /// and `hamctl start|restart`.
     pub starts: u32,
     pub last_exit: Option<ExitJson>,
     /// Nanoseconds since the current process started, when running.
@@ -165,6 +167,8 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
     let mut errors = Vec::new();
     for (index, rec) in seg.records() {
         match rec {
+            // A removed run-time entity's place: nothing to show.
+            Ok(r) if crate::config::is_free_entry(&r.name) => {}
             Ok(r) => {
                 let running = r.state.has_process() && r.pid > 0;
                 entities.push(EntityStatus {
@@ -354,7 +358,11 @@ pub fn tree(
         .iter()
         .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_owned))
         .collect();
-    for e in &cfg.entities {
+    for e in cfg
+        .entities
+        .iter()
+        .filter(|e| !crate::config::is_free_entry(&e.name))
+    {
         let st = status.entities.iter().find(|s| s.name == e.name);
         let _ = writeln!(
             out,

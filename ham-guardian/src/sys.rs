@@ -55,6 +55,9 @@ pub struct SpawnSpec {
     new_process_group: bool,
     exec_if_orphaned: bool,
     released_in: ReleaseRecord,
+    /// `NAME=` and room for a pid: an environment variable the child sets to its own pid
+    /// before `execve` (`WATCHDOG_PID`, which only the child can know).
+    own_pid_var: Option<Vec<u8>>,
 }
 
 /// Where a forked child whose parent died before releasing it looks to decide whether it
@@ -85,6 +88,31 @@ impl SpawnSpec {
         env: &[(String, String)],
     ) -> io::Result<Self> {
         use std::os::unix::ffi::OsStrExt;
+        // A bare program name (a run-time definition's, not looked for when it was
+        // defined) is looked up in the `PATH` it runs with now.
+        let found;
+        let path = if !path.as_os_str().is_empty() && !path.as_os_str().as_bytes().contains(&b'/') {
+            let search = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            found = search
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| std::path::Path::new(d).join(path))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("`{}` not found in PATH ({search})", path.display()),
+                    )
+                })?;
+            found.as_path()
+        } else {
+            path
+        };
         Ok(Self {
             path: CString::new(path.as_os_str().as_bytes()).map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
@@ -105,6 +133,7 @@ impl SpawnSpec {
             exec_if_orphaned: false,
             released_in: ReleaseRecord::None,
             cgroup: None,
+            own_pid_var: None,
         })
     }
     pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
@@ -167,12 +196,30 @@ impl SpawnSpec {
     /// [`Pending::release`] is called. If this process dies first the child sees the end of
     /// the release pipe and exits with status [`NOT_RELEASED`] without running anything:
     /// a program never runs unless its pid was recorded first.
-    pub fn fork(self) -> io::Result<Pending> {
+    /// Gives the child `name=` its own pid in its environment.
+    pub fn env_own_pid(&mut self, name: &str) -> &mut Self {
+        let mut v = format!("{name}=").into_bytes();
+        // Ten digits for any pid, and the terminating NUL.
+        v.extend_from_slice(&[0u8; 11]);
+        self.own_pid_var = Some(v);
+        self
+    }
+
+    pub fn fork(mut self) -> io::Result<Pending> {
         let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (st_r, st_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
+        let own_pid = match self.own_pid_var.as_mut() {
+            Some(v) => {
+                let at = v.len() - 11;
+                envp.push(v.as_ptr().cast());
+                // SAFETY: `at` is within `v` (its last 11 bytes are the digits' room).
+                unsafe { v.as_mut_ptr().add(at) }
+            }
+            None => std::ptr::null_mut(),
+        };
         envp.push(std::ptr::null());
         let fds: Vec<(RawFd, RawFd)> = self.fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
         let raw = ChildRaw {
@@ -191,6 +238,7 @@ impl SpawnSpec {
             go_w: go_w.as_raw_fd(),
             st_r: st_r.as_raw_fd(),
             st_w: st_w.as_raw_fd(),
+            own_pid,
         };
         // SAFETY: fork has no memory-safety preconditions. In the child we call only
         // `child_after_fork`, which performs async-signal-safe system calls on pointers
@@ -301,6 +349,9 @@ struct ChildRaw<'a> {
     go_w: RawFd,
     st_r: RawFd,
     st_w: RawFd,
+    /// Where the child writes its pid in decimal, NUL-terminated (11 bytes of room), or
+    /// null.
+    own_pid: *mut u8,
 }
 
 /// The child side of [`SpawnSpec::fork`].
@@ -402,6 +453,23 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
                 break;
             }
             libc::_exit(NOT_RELEASED);
+        }
+        if !c.own_pid.is_null() {
+            // Our pid, in decimal, into the room the parent left (our copy of its memory).
+            let mut digits = [0u8; 10];
+            let mut n = libc::getpid() as u32;
+            let mut k = digits.len();
+            loop {
+                k -= 1;
+                digits[k] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let len = digits.len() - k;
+            std::ptr::copy_nonoverlapping(digits.as_ptr().add(k), c.own_pid, len);
+            *c.own_pid.add(len) = 0;
         }
         libc::execve(c.path, c.argv, c.envp);
         fail(c.st_w)
@@ -771,6 +839,154 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+// -- sd_notify datagrams ------------------------------------------------------------------------
+
+/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux ≥ 6.5), as `asm-generic/socket.h` numbers them.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
+const SO_PASSPIDFD: libc::c_int = 76;
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// Asks the kernel to pass, with each datagram on `sock`, a pidfd of the process that
+/// really sent it (`SCM_PIDFD`): a privileged sender can claim any pid in its credentials
+/// (systemd-notify claims its parent's). `false` where the kernel cannot.
+pub fn pass_sender_pidfd(sock: impl AsFd) -> bool {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    ))]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor, and a pointer to an int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PASSPIDFD,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = sock;
+        false
+    }
+}
+
+/// One datagram read from an sd_notify socket.
+pub struct NotifyMessage {
+    pub len: usize,
+    /// The pid its credentials claim (`SCM_CREDENTIALS`).
+    pub claimed_pid: Option<i32>,
+    /// The pid of the process that sent it (`SCM_PIDFD`), if the kernel said and it still
+    /// runs.
+    pub sender_pid: Option<i32>,
+    /// Descriptors that came with it (a `BARRIER=1`'s): closing them answers the barrier.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Reads one datagram from `sock` without waiting (`Ok(None)`: none is there).
+pub fn recv_notify(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<NotifyMessage>> {
+    // Room for credentials, a pidfd and a few descriptors; the kernel closes any beyond.
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one; the fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` points to `iov` (over `buf`) and `control`, all alive and writable
+        // for this call.
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_fd().as_raw_fd(),
+                &raw mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    };
+    let mut out = NotifyMessage {
+        len: n,
+        claimed_pid: None,
+        sender_pid: None,
+        fds: Vec::new(),
+    };
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled in, within
+    // `msg_controllen`; each payload is read as the type its level and type say, with
+    // unaligned reads; every descriptor read is new to this process and owned from here.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
+                    out.claimed_pid = Some(cred.pid);
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    for k in 0..len / std::mem::size_of::<libc::c_int>() {
+                        let fd: libc::c_int =
+                            std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
+                        out.fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                (libc::SOL_SOCKET, SCM_PIDFD) => {
+                    let fd: libc::c_int = std::ptr::read_unaligned(data.cast());
+                    let pidfd = OwnedFd::from_raw_fd(fd);
+                    out.sender_pid = pid_of_pidfd(&pidfd);
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The pid a pidfd refers to (`Pid:` in its fdinfo), if the process still runs.
+fn pid_of_pidfd(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
 }
 
 #[cfg(test)]

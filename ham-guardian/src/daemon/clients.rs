@@ -549,12 +549,16 @@ impl Daemon {
         e.rec.heartbeat = beats.then_some(spec);
         self.publish(i);
         self.watch_heartbeat(i, now);
-        let what = format!(
-            "pid {target}, heartbeat every {}, missed low {} high {}",
-            ham_core::duration::format_ns(spec.period_ns),
-            spec.missed_low,
-            spec.missed_high
-        );
+        let what = if beats {
+            format!(
+                "pid {target}, heartbeat every {}, missed low {} high {}",
+                ham_core::duration::format_ns(spec.period_ns),
+                spec.missed_low,
+                spec.missed_high
+            )
+        } else {
+            format!("pid {target}, no heartbeat")
+        };
         self.record(i, None, "attach", "attach", &what);
         log(
             &self.cfg.instance.name,
@@ -607,10 +611,19 @@ impl Daemon {
                 ),
             );
         }
-        if e.rec.heartbeat.is_none() && !(e.cfg.attach_only && e.pidfd.is_some()) {
+        // A run-time entity (`ham_attach`, `ham_attach_self`, `ham_entity`) is removed by
+        // its detach, as QNX removes it "from its context": whatever ham runs for it.
+        let runtime = self.is_runtime(i);
+        if !runtime && e.rec.heartbeat.is_none() && !(e.cfg.attach_only && e.pidfd.is_some()) {
             return Response::err(format!("nothing is attached to `{name}`"));
         }
         let pid = e.rec.pid;
+        if runtime {
+            return match self.remove_entity(i) {
+                Ok(()) => Response::ok(format!("detached from `{name}`; removed")),
+                Err((errno, why)) => Response::errno(errno, why),
+            };
+        }
         if self.entities[i].cfg.attach_only {
             self.unwatch_pidfd(i);
         }
@@ -621,6 +634,7 @@ impl Daemon {
             e.rec.start_time = 0;
             e.rec.state = EntityState::Stopped;
             e.ready = false;
+            e.rec.ready = false;
         }
         self.publish(i);
         self.record(i, None, "detach", "detach", &format!("pid {pid}"));
@@ -846,7 +860,13 @@ impl Daemon {
     }
 
     /// A `notify` action: one line to each subscriber of the topic. Returns how many got it.
-    pub(super) fn notify(&mut self, i: usize, topic: &str, condition: &str) -> usize {
+    pub(super) fn notify(
+        &mut self,
+        i: usize,
+        topic: &str,
+        condition: &str,
+        (code, value): (Option<i32>, Option<i32>),
+    ) -> usize {
         let e = &self.entities[i];
         let n = Notification {
             topic: topic.to_owned(),
@@ -854,6 +874,8 @@ impl Daemon {
             condition: condition.to_owned(),
             pid: e.rec.pid,
             time_unix_ns: unix_ns(),
+            code,
+            value,
         };
         let mut line = serde_json::to_vec(&n).expect("a notification serialises");
         line.push(b'\n');
@@ -937,8 +959,8 @@ impl Daemon {
         kind: &ActionKind,
     ) -> Option<Result<String, String>> {
         Some(match kind {
-            ActionKind::Notify { topic } => {
-                let n = self.notify(i, topic, cond);
+            ActionKind::Notify { topic, code, value } => {
+                let n = self.notify(i, topic, cond, (*code, *value));
                 Ok(format!("{topic}: {n} subscriber(s)"))
             }
             ActionKind::SignalPid { pid, signal, value } => {
@@ -960,29 +982,46 @@ impl Daemon {
             }
             ActionKind::Restart { entity, command } => {
                 let j = entity.unwrap_or(i);
-                // Under a death condition, an entity its own policy already started again is
-                // not restarted a second time.
-                if matches!(cond, "death" | "abnormal-death")
-                    && matches!(
-                        self.entities[j].rec.state,
-                        EntityState::Starting | EntityState::Running
-                    )
-                {
-                    return Some(Ok(format!(
-                        "{} was already restarted by its policy",
-                        self.entities[j].cfg.name
-                    )));
-                }
-                if let Some((path, argv)) = command {
-                    let e = &mut self.entities[j];
-                    if e.cfg.argv != *argv {
-                        e.cfg.exec_path = path.clone();
-                        e.cfg.argv = argv.clone();
-                        e.cfg.attach_only = false;
+                let target = &self.entities[j];
+                // Under a death condition, an entity its own policy already started again (or
+                // holds off) is not restarted a second time, nor one an operator stopped.
+                if matches!(cond, "death" | "abnormal-death") {
+                    let already = match target.rec.state {
+                        EntityState::Starting | EntityState::Running => {
+                            Some("was already restarted by its policy")
+                        }
+                        EntityState::HeldOff | EntityState::Backoff => {
+                            Some("is held off by its policy")
+                        }
+                        _ if target.wanted == ham_core::policy::Wanted::Down => {
+                            Some("was stopped by an operator")
+                        }
+                        _ => None,
+                    };
+                    if let Some(why) = already {
+                        return Some(Ok(format!("{} {why}", target.cfg.name)));
                     }
                 }
+                // From now on it runs this command line. What the entity is does not change:
+                // a self-attached one stays self-attached (its missed heartbeats are its
+                // conditions' business, never a hang ham acts on by itself).
+                if let Some((path, argv)) = command {
+                    let e = &mut self.entities[j];
+                    e.cfg.exec_path = path.clone();
+                    e.cfg.argv = argv.clone();
+                }
                 self.restart_asked(j, cond);
-                Ok(format!("restarting {}", self.entities[j].cfg.name))
+                let e = &self.entities[j];
+                match (e.rec.state, &e.last_spawn_error) {
+                    // Its program could not be run (QNX checks it at spawn time): the
+                    // action fails (its fail list runs); ham keeps retrying.
+                    (EntityState::Backoff, Some(why)) => Err(why.clone()),
+                    (EntityState::HeldOff, _) => {
+                        Ok(format!("{} held off by its policy", e.cfg.name))
+                    }
+                    (EntityState::Exited, _) => Ok(format!("{}: its policy gives up", e.cfg.name)),
+                    _ => Ok(format!("restarting {}", e.cfg.name)),
+                }
             }
             ActionKind::Stop { entity } => {
                 let j = entity.unwrap_or(i);

@@ -116,6 +116,14 @@ impl Daemon {
             ("HAM_ENTITY".to_owned(), e.cfg.name.clone()),
             ("HAM_CONDITION".to_owned(), condition.to_owned()),
         ];
+        if e.cfg.notify {
+            // As systemd gives its control processes: with `notify_access = "exec"` (or
+            // "all") a hook may speak sd_notify for the entity.
+            env.push((
+                "NOTIFY_SOCKET".to_owned(),
+                self.cfg.instance.notify_path().display().to_string(),
+            ));
+        }
         if let Some((pid, exit)) = ev.gone {
             env.push(("HAM_PID".to_owned(), pid.to_string()));
             match exit {

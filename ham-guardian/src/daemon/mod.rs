@@ -59,16 +59,12 @@ const TOK_ACTION: u64 = 3 << 32;
 const TOK_SUB: u64 = 4 << 32;
 const TOK_KIND_MASK: u64 = !0xffff_ffff;
 
-/// What a death was: the dead pid and how it ended (`None`: no death, e.g. a start).
-type Gone = Option<(i32, LastExit)>;
-
 /// Spawns a turn's budget did not allow, each with whether its restart conditions fire
-/// once it runs (and for what death): entities that were not crash-looping first, each
-/// queue in order.
+/// once it runs: entities that were not crash-looping first, each queue in order.
 #[derive(Default)]
 struct Deferred {
-    healthy: std::collections::VecDeque<(usize, Option<Gone>)>,
-    looping: std::collections::VecDeque<(usize, Option<Gone>)>,
+    healthy: std::collections::VecDeque<(usize, bool)>,
+    looping: std::collections::VecDeque<(usize, bool)>,
 }
 
 impl Deferred {
@@ -79,22 +75,26 @@ impl Deferred {
             } else {
                 &mut self.looping
             };
-            q.push_back((i, None));
+            q.push_back((i, false));
         }
     }
-    fn find(&mut self, i: usize) -> Option<&mut (usize, Option<Gone>)> {
+    fn find(&mut self, i: usize) -> Option<&mut (usize, bool)> {
         self.healthy
             .iter_mut()
             .chain(self.looping.iter_mut())
             .find(|(j, _)| *j == i)
     }
-    fn pop(&mut self) -> Option<(usize, Option<Gone>)> {
+    fn pop(&mut self) -> Option<(usize, bool)> {
         self.healthy
             .pop_front()
             .or_else(|| self.looping.pop_front())
     }
     fn is_empty(&self) -> bool {
         self.healthy.is_empty() && self.looping.is_empty()
+    }
+    fn remove(&mut self, i: usize) {
+        self.healthy.retain(|(j, _)| *j != i);
+        self.looping.retain(|(j, _)| *j != i);
     }
 }
 
@@ -177,7 +177,21 @@ struct Entity {
 }
 
 impl Entity {
-    fn new(cfg: EntityConfig, slot: u32, rec: EntityRecord, env: Vec<(String, String)>) -> Self {
+    fn new(
+        mut cfg: EntityConfig,
+        slot: u32,
+        rec: EntityRecord,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        // A self-attached entity that ham (re)starts runs its restart action's command line
+        // (QNX: "from now on with `path`"); a successor finds it there too.
+        if cfg.attach_only && cfg.argv.is_empty() {
+            if let Some((path, argv)) = own_restart_command(&cfg) {
+                cfg.exec_path = path;
+                cfg.argv = argv;
+            }
+        }
+        let ready = rec.ready && rec.state == EntityState::Running;
         Self {
             cfg,
             slot,
@@ -191,7 +205,8 @@ impl Entity {
             spawn_failures: 0,
             last_spawn_error: None,
             deaths: 0,
-            ready: false,
+            // Ready as its record says (a successor goes on from there).
+            ready,
             watchdog_at: None,
             watchdog_ns: None,
             hb: None,
@@ -895,7 +910,9 @@ impl Daemon {
                 }
             };
             let i = self.entities.len();
-            self.by_name.insert(ec.name.clone(), i);
+            if !crate::config::is_free_entry(&ec.name) {
+                self.by_name.insert(ec.name.clone(), i);
+            }
             self.entities.push(Entity::new(ec, slot, rec, env));
             if existing {
                 to_resume.push(i);
@@ -963,6 +980,9 @@ impl Daemon {
     pub(super) fn prepare_cgroup(&mut self, i: usize) {
         let Some(cg) = &self.cgroups else { return };
         let e = &self.entities[i];
+        if crate::config::is_free_entry(&e.cfg.name) {
+            return;
+        }
         match cg.prepare(&e.cfg.name, &e.cfg.limits) {
             Ok(not_applied) => {
                 for why in not_applied {
@@ -1277,8 +1297,8 @@ impl Daemon {
     /// the record and runs — so its death, whenever it comes, is counted.
     fn spawn(&mut self, i: usize) {
         let now = mono_ns();
-        if self.entities[i].cfg.attach_only {
-            // ham never starts it: it waits for a process to attach itself.
+        if self.entities[i].cfg.attach_only && self.entities[i].cfg.argv.is_empty() {
+            // ham cannot start it: it waits for a process to attach itself.
             let e = &mut self.entities[i];
             if !e.rec.state.has_process() {
                 e.rec.state = EntityState::Stopped;
@@ -1294,11 +1314,15 @@ impl Daemon {
             e.wanted = Wanted::Up;
             e.adopted = false;
             e.ready = false;
+            e.rec.ready = false;
             e.rec.restart_pending = false;
             e.rec.restart_automatic = false;
             e.rec.state = EntityState::Starting;
             e.rec.pid = 0;
             e.rec.start_time = 0;
+            // The first process ham starts for it is its first start, whatever started
+            // it (the configuration, a `ham_attach` line, a restart action).
+            e.rec.starts = e.rec.starts.max(1);
         }
         self.publish(i);
         // An entity that was not crash-looping (its last process lived a second or more)
@@ -1521,6 +1545,7 @@ impl Daemon {
         let old_pid = e.rec.pid;
         e.deaths += 1;
         e.ready = false;
+        e.rec.ready = false;
         e.watchdog_at = None;
         e.adopted = false;
         e.stop_deadline = None;
@@ -1556,21 +1581,10 @@ impl Daemon {
         let restarts_before = e.rec.restarts;
         match decision {
             AfterExit::Restart => {
-                let lifetime = now.saturating_sub(e.rec.started_mono_ns);
-                let mut decision = match &e.cfg.policy {
-                    Recovery::Immediate => Decision::Restart { stateless: false },
-                    Recovery::Engine(p) => {
-                        let (mem, d) =
-                            engine::decide(p, &e.rec.policy, engine::Event::Exit { lifetime }, now);
-                        e.rec.policy = mem;
-                        d
-                    }
-                };
-                if let Some(b) = &e.cfg.backoff {
-                    decision = engine::with_backoff(b, &mut e.rec.policy, decision, lifetime, now);
-                }
+                let decision = self.recovery_decision(i, now);
                 let restarted = matches!(decision, Decision::Restart { .. });
-                self.apply(i, decision, old_pid, exit);
+                let why = format!("pid {old_pid} {how}");
+                self.apply(i, decision, Some((old_pid, exit)), condition_of(exit), &why);
                 if restarted {
                     self.restart_group(i);
                 }
@@ -1581,7 +1595,9 @@ impl Daemon {
                     self,
                     "{name}: pid {old_pid} {how}; stopped by ham to be restarted; restarting"
                 );
-                self.apply(i, Decision::Restart { stateless: false }, old_pid, exit);
+                let why = format!("pid {old_pid} {how}");
+                let decision = Decision::Restart { stateless: false };
+                self.apply(i, decision, Some((old_pid, exit)), condition_of(exit), &why);
             }
             AfterExit::OperatorStart => {
                 e.rec.starts += 1;
@@ -1630,10 +1646,13 @@ impl Daemon {
         }
         // Conditions fire once the record that explains them is published: a successor that
         // finds the old record decides again, but never runs these twice.
+        // Only a restart made above (by the policy) fires `restart` here: one that a death
+        // condition's restart action makes fires it itself, once, with the new pid.
+        let restarted_by_policy = self.entities[i].rec.restarts > restarts_before;
         if !shutting_down {
             self.fire(i, death, Some((old_pid, exit)));
-            if self.entities[i].rec.restarts > restarts_before {
-                self.fire_restarted(i, Some((old_pid, exit)));
+            if restarted_by_policy {
+                self.fire_restarted(i);
             }
         }
     }
@@ -2070,6 +2089,8 @@ impl Daemon {
         match &run.waiting {
             Some(Wait::Delay { until }) if *until == at => {
                 run.waiting = None;
+                let (i, cond) = (run.entity, run.condition);
+                self.record(i, None, cond, "delay", "waited");
                 self.advance(id);
             }
             Some(Wait::Exec {
@@ -2143,8 +2164,8 @@ impl Daemon {
                 continue;
             }
             self.spawn(i);
-            if let Some(gone) = restarted {
-                self.fire_restarted(i, gone);
+            if restarted {
+                self.fire_restarted(i);
             }
         }
     }
@@ -2153,8 +2174,10 @@ impl Daemon {
     fn became_running(&mut self, i: usize, now: u64) {
         let e = &mut self.entities[i];
         // A watchdog counts from now: after a takeover every process is taken as having
-        // just petted it, so the takeover itself never looks like a missed beat.
-        if let Some(ns) = e.cfg.watchdog_ns {
+        // just petted it, so the takeover itself never looks like a missed beat. A
+        // `notify` entity's starts when it says READY=1 (as systemd's), so a slow start-up
+        // is not a hang.
+        if let Some(ns) = e.cfg.watchdog_ns.filter(|_| !e.cfg.notify || e.ready) {
             let at = now + ns;
             e.watchdog_at = Some(at);
             self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
@@ -2177,32 +2200,39 @@ impl Daemon {
     fn on_notify(&mut self) {
         loop {
             let mut buf = [0u8; 4096];
-            let mut space =
-                [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-            let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
-            let n = match rustix::net::recvmsg(
-                &self.notify,
-                &mut [io::IoSliceMut::new(&mut buf)],
-                &mut anc,
-                rustix::net::RecvFlags::DONTWAIT,
-            ) {
-                Ok(r) => r.bytes,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return,
-            };
-            let mut pid = None;
-            for m in anc.drain() {
-                if let rustix::net::RecvAncillaryMessage::ScmCredentials(c) = m {
-                    pid = Some(c.pid.as_raw_nonzero().get());
+            let msg = match sys::recv_notify(&self.notify, &mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    self.say_limited("notify-recv", format_args!("sd_notify socket: {e}"));
+                    return;
                 }
-            }
-            let Some(pid) = pid else { continue };
-            let Some(i) = self.entities.iter().position(|e| {
-                e.cfg.notify && e.rec.pid == pid && e.rec.state == EntityState::Running
-            }) else {
-                continue; // not a main process of ours: ignored, as systemd does
             };
+            let n = msg.len;
+            // Who sent it: the pid its credentials name, pinned by the kernel's pidfd when
+            // it gives one. The kernel checks it for unprivileged senders; a privileged one
+            // may name another (systemd-notify names its parent: see `notify_sender`).
+            let Some(pid) = msg.sender_pid.or(msg.claimed_pid) else {
+                continue;
+            };
+            // Descriptors that came with the message: closed when this message has been
+            // handled, which is how a BARRIER=1 sender learns that everything it sent
+            // before has been (sd_notify_barrier(3)).
+            let fds = msg.fds;
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let Some(i) = self.notify_sender(pid) else {
+                // Not a process this socket listens to: dropped, as systemd does, and said.
+                let first = text.lines().next().unwrap_or("").chars().take(40);
+                let first: String = first.collect();
+                self.say_limited(
+                    "notify-dropped",
+                    format_args!(
+                        "sd_notify message `{first}` from pid {pid} dropped: not a process \
+                         of an entity with notify = true that its notify_access admits"
+                    ),
+                );
+                continue;
+            };
             let now = mono_ns();
             for line in text.lines() {
                 match line.split_once('=') {
@@ -2211,7 +2241,16 @@ impl Daemon {
                         say!(self, "{name}: READY=1");
                         self.on_ready(i);
                     }
+                    // As systemd: a pet before READY=1 arms the watchdog too.
                     Some(("WATCHDOG", "1")) => self.pet_watchdog(i, now, None),
+                    // systemd: act as if the watchdog timed out, now.
+                    Some(("WATCHDOG", "trigger"))
+                        if self.entities[i].rec.state == EntityState::Running =>
+                    {
+                        let name = self.entities[i].cfg.name.clone();
+                        say!(self, "{name}: WATCHDOG=trigger");
+                        self.watchdog_missed(i);
+                    }
                     Some(("WATCHDOG_USEC", us)) => {
                         if let Ok(us) = us.parse::<u64>() {
                             self.pet_watchdog(i, now, Some(us.saturating_mul(1000)));
@@ -2229,7 +2268,74 @@ impl Daemon {
                     _ => {}
                 }
             }
+            drop(fds);
         }
+    }
+
+    /// The entity whose sd_notify messages pid `pid` may send, by its `notify_access`:
+    /// its main process; with `exec`, also a command ham runs for its conditions; with
+    /// `all`, any process of its cgroup (or, without cgroups, a descendant of its main
+    /// process).
+    fn notify_sender(&self, pid: i32) -> Option<usize> {
+        use crate::config::NotifyAccess;
+        let listening = |e: &Entity| e.cfg.notify && e.rec.state == EntityState::Running;
+        if pid == std::process::id() as i32 {
+            // A message that claims to be ham's own: systemd-notify (before systemd 254)
+            // speaks for its parent, and ham is the parent when an entity's main process
+            // execs it. It is that main process, if exactly one runs systemd-notify.
+            let mut running_it = self.entities.iter().enumerate().filter(|(_, e)| {
+                listening(e)
+                    && std::fs::read_link(format!("/proc/{}/exe", e.rec.pid))
+                        .is_ok_and(|x| x.file_name().is_some_and(|n| n == "systemd-notify"))
+            });
+            return match (running_it.next(), running_it.next()) {
+                (Some((i, _)), None) => Some(i),
+                _ => None,
+            };
+        }
+        if let Some(i) = self
+            .entities
+            .iter()
+            .position(|e| listening(e) && e.rec.pid == pid)
+        {
+            return Some(i);
+        }
+        let exec = self.runs.values().find_map(|r| match &r.waiting {
+            Some(Wait::Exec { pid: p, .. }) if *p == pid => Some(r.entity),
+            _ => None,
+        });
+        if let Some(i) = exec {
+            let e = &self.entities[i];
+            if listening(e) && e.cfg.notify_access != NotifyAccess::Main {
+                return Some(i);
+            }
+        }
+        let all: Vec<usize> = (0..self.entities.len())
+            .filter(|&i| {
+                let e = &self.entities[i];
+                listening(e) && e.cfg.notify_access == NotifyAccess::All
+            })
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        if let Some(cg) = &self.cgroups {
+            return all
+                .into_iter()
+                .find(|&i| cg.holds(&self.entities[i].cfg.name, pid));
+        }
+        // Up its ancestry (bounded) to a main process.
+        let mut p = pid;
+        for _ in 0..64 {
+            p = procfs::parent(p)?;
+            if p <= 1 {
+                return None;
+            }
+            if let Some(&i) = all.iter().find(|&&i| self.entities[i].rec.pid == p) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// `WATCHDOG=1` (and `WATCHDOG_USEC=`): the next beat is due one period from now.
@@ -2270,7 +2376,16 @@ impl Daemon {
 
     /// Entity `i` is ready: start whatever was waiting for it.
     fn on_ready(&mut self, i: usize) {
-        self.entities[i].ready = true;
+        let e = &mut self.entities[i];
+        e.ready = true;
+        if !e.rec.ready {
+            e.rec.ready = true;
+            self.publish(i);
+        }
+        // systemd arms a notify service's watchdog when its start-up completes.
+        if self.entities[i].cfg.notify && self.entities[i].watchdog_at.is_none() {
+            self.pet_watchdog(i, mono_ns(), None);
+        }
         if self.shutdown.is_some() {
             return;
         }
@@ -2309,16 +2424,43 @@ impl Daemon {
         self.plog.append(&rec);
     }
 
-    /// Carries out a recovery decision for entity `i`, whose process `pid` is gone with
-    /// `exit`. The decision and the policy's memory are published in one record before any
-    /// effect; then it goes to the process log (and, for a restart, to syslog).
-    fn apply(&mut self, i: usize, decision: Decision, pid: i32, exit: LastExit) {
+    /// What entity `i`'s recovery policy (and back-off) decide about restarting it now,
+    /// its process having ended: the policy's memory is updated in the record (published
+    /// by whoever carries the decision out).
+    fn recovery_decision(&mut self, i: usize, now: u64) -> Decision {
+        let e = &mut self.entities[i];
+        let lifetime = now.saturating_sub(e.rec.started_mono_ns);
+        let mut decision = match &e.cfg.policy {
+            Recovery::Immediate => Decision::Restart { stateless: false },
+            Recovery::Engine(p) => {
+                let (mem, d) =
+                    engine::decide(p, &e.rec.policy, engine::Event::Exit { lifetime }, now);
+                e.rec.policy = mem;
+                d
+            }
+        };
+        if let Some(b) = &e.cfg.backoff {
+            decision = engine::with_backoff(b, &mut e.rec.policy, decision, lifetime, now);
+        }
+        decision
+    }
+
+    /// Carries out a recovery decision for entity `i`, whose process is gone (`gone`: its
+    /// pid and exit, when this follows its death), because of `why`, under `cond`. The
+    /// decision and the policy's memory are published in one record before any effect;
+    /// then it goes to the process log (and, for a restart, to syslog).
+    fn apply(
+        &mut self,
+        i: usize,
+        decision: Decision,
+        gone: Option<(i32, LastExit)>,
+        cond: &str,
+        why: &str,
+    ) {
         let name = self.entities[i].cfg.name.clone();
-        let why = format!("pid {pid} {}", describe(exit));
-        let cond = condition_of(exit);
         match decision {
             Decision::Restart { stateless } => {
-                self.restart(i, Some((pid, exit)), cond, &why, stateless);
+                self.restart(i, gone, cond, why, stateless);
             }
             Decision::HoldOff { until } => {
                 let e = &mut self.entities[i];
@@ -2331,22 +2473,16 @@ impl Daemon {
                 );
                 self.timers.push(Reverse((until, TimerKind::HoldOff, i)));
                 self.publish(i);
-                self.record(
-                    i,
-                    Some((pid, exit)),
-                    cond,
-                    "hold-off",
-                    &format!("for {wait}"),
-                );
+                self.record(i, gone, cond, "hold-off", &format!("for {wait}"));
             }
             Decision::DeviceRestart { otherwise } => {
                 // The fallback is recorded first, with the escalation flagged in the same
                 // record: whatever becomes of this HAM, the device restart is not lost
                 // (a successor journals and runs it) and runs once (see `escalate`).
                 self.entities[i].rec.device_restart_pending = true;
-                self.apply(i, otherwise.as_decision(), pid, exit);
+                self.apply(i, otherwise.as_decision(), gone, cond, why);
                 let reason = format!("{name}: services cannot be restored ({why})");
-                self.escalate(i, reason, Some((pid, exit)));
+                self.escalate(i, reason, gone);
             }
             Decision::GiveUp => {
                 let e = &mut self.entities[i];
@@ -2356,7 +2492,7 @@ impl Daemon {
                     "{name}: {why}; its recovery policy gives up (hamctl start {name} to try again)"
                 );
                 self.publish(i);
-                self.record(i, Some((pid, exit)), cond, "give-up", "left down");
+                self.record(i, gone, cond, "give-up", "left down");
             }
         }
     }
@@ -2397,15 +2533,22 @@ impl Daemon {
         self.spawn(i);
     }
 
-    /// A `restart` action: an automatic restart of entity `j`, whatever its state.
+    /// A `restart` action: an automatic restart of entity `j`. One without a process goes
+    /// through its recovery policy and back-off like any automatic restart after a death
+    /// (a client that dies at once is held off, not restarted in a loop); a running one is
+    /// stopped and started again.
     fn restart_asked(&mut self, j: usize, cond: &str) {
         if self.shutdown.is_some() {
             return;
         }
         match self.entities[j].rec.state {
             EntityState::Stopped | EntityState::Exited => {
-                self.restart(j, None, cond, "a condition asked", false);
-                self.fire_restarted(j, None);
+                let decision = self.recovery_decision(j, mono_ns());
+                let restarted = matches!(decision, Decision::Restart { .. });
+                self.apply(j, decision, None, cond, "a condition asked");
+                if restarted {
+                    self.fire_restarted(j);
+                }
             }
             _ => self.begin_stop(j, Wanted::AutoRestart),
         }
@@ -2424,9 +2567,9 @@ impl Daemon {
     }
 
     /// Fires the `restart` conditions of entity `i` if its restart got it running.
-    fn fire_restarted(&mut self, i: usize, gone: Option<(i32, LastExit)>) {
+    fn fire_restarted(&mut self, i: usize) {
         if let Some(d) = self.deferred.find(i) {
-            d.1 = Some(gone); // it fires once the deferred spawn has it running
+            d.1 = true; // it fires once the deferred spawn has it running
             return;
         }
         let e = &self.entities[i];
@@ -2436,7 +2579,8 @@ impl Daemon {
                 restarts: e.rec.restart_stamps,
                 now: mono_ns(),
             };
-            self.fire(i, restarted, gone);
+            // As QNX's CONDRESTART: about the new process (HAM_PID is its pid).
+            self.fire(i, restarted, None);
         }
         self.entities[i].pruned_now = 0;
     }
@@ -2610,7 +2754,7 @@ impl Daemon {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::HeldOff && self.shutdown.is_none() {
                         self.restart(i, None, "hold-off-over", "hold-off over", false);
-                        self.fire_restarted(i, None);
+                        self.fire_restarted(i);
                     }
                 }
                 TimerKind::StopKill => {
@@ -2654,8 +2798,21 @@ impl Daemon {
                 Ok(Some(ws)) => {
                     let e = &mut self.entities[p.entity];
                     if e.deaths == p.death {
-                        e.rec.last_exit = decode_wait_status(ws);
+                        let exit = decode_wait_status(ws);
+                        e.rec.last_exit = exit;
                         self.publish(p.entity);
+                        // The process log said "unknown" when the death was handled: it
+                        // says what it was as soon as it is known.
+                        let what = format!("pid {} {}", p.pid, describe(exit));
+                        self.record(
+                            p.entity,
+                            Some((p.pid, exit)),
+                            "exit-status",
+                            "learned",
+                            &what,
+                        );
+                        let name = self.entities[p.entity].cfg.name.clone();
+                        log(&self.cfg.instance.name, format_args!("{name}: {what}"));
                     }
                 }
                 _ if p.tries < 14 => {
@@ -3341,6 +3498,20 @@ fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
 }
 
 /// The QNX-style condition an exit raises.
+/// The command line of the restart action an entity has on itself, if one gives one.
+fn own_restart_command(cfg: &EntityConfig) -> Option<(std::path::PathBuf, Vec<String>)> {
+    fn find(list: &[Action]) -> Option<(std::path::PathBuf, Vec<String>)> {
+        list.iter().find_map(|a| match &a.kind {
+            ActionKind::Restart {
+                entity: None,
+                command: Some(c),
+            } if !a.removed => Some(c.clone()),
+            _ => find(&a.on_fail),
+        })
+    }
+    cfg.conditions.iter().find_map(|c| find(&c.actions))
+}
+
 fn condition_of(exit: LastExit) -> &'static str {
     if exit.is_abnormal() {
         "abnormal-death"
@@ -3504,6 +3675,8 @@ fn bind_notify(path: &Path) -> Result<std::os::unix::net::UnixDatagram, DaemonEr
     let sock = std::os::unix::net::UnixDatagram::bind(path)
         .map_err(io_ctx(format!("binding {}", path.display())))?;
     rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(io_ctx("SO_PASSCRED"))?;
+    // Without it (Linux < 6.5) the claimed pid is all there is.
+    sys::pass_sender_pidfd(&sock);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(io_ctx(format!("chmod {}", path.display())))?;
     Ok(sock)
@@ -3553,6 +3726,14 @@ fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()) && !ec.env.contains_key(k))
         .filter(|(k, _)| !k.starts_with("HAM_"))
+        // ham's own sd_notify variables (if a service manager started it) are not its
+        // entities'.
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
+            )
+        })
         .collect();
     env.extend(ec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.push(("HAM_INSTANCE".into(), cfg.instance.name.clone()));
@@ -3582,6 +3763,10 @@ fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Result<SpawnSp
     spec.user(ec.uid, ec.gid);
     if let Some(dir) = &ec.cwd {
         spec.cwd(dir)?;
+    }
+    if ec.notify && ec.watchdog_ns.is_some() {
+        // As systemd: the watchdog is the main process's, not its children's.
+        spec.env_own_pid("WATCHDOG_PID");
     }
     let devnull = OpenOptions::new().read(true).open("/dev/null")?;
     spec.fd(devnull.into(), 0);

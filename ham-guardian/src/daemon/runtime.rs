@@ -127,9 +127,10 @@ impl Daemon {
     /// The configuration file's text followed by `defs`, parsed.
     fn parse_with(&self, defs: &Table, strict: bool) -> Result<Config, String> {
         let extra = toml::to_string(defs).map_err(|e| e.to_string())?;
-        let text = format!("{}\n\n# run-time definitions\n{extra}", self.config_text);
+        let head = format!("{}\n\n# run-time definitions\n", self.config_text);
+        let text = format!("{head}{extra}");
         let parsed = if strict {
-            crate::config::parse(&self.cfg.path, &text)
+            crate::config::parse_with_runtime(&self.cfg.path, &text, head.len())
         } else {
             crate::config::parse_validated(&self.cfg.path, &text)
         };
@@ -189,7 +190,12 @@ impl Daemon {
                     }
                     return Err((EEXIST, format!("an entity named `{name}` exists")));
                 }
-                if self.entities.len() >= self.writer.segment().capacity() as usize {
+                let free = tables(&mut defs, "entity")
+                    .iter()
+                    .position(|t| name_of(t).is_some_and(crate::config::is_free_entry));
+                if free.is_none()
+                    && self.entities.len() >= self.writer.segment().capacity() as usize
+                {
                     return Err((
                         libc::ENOSPC,
                         format!(
@@ -220,7 +226,11 @@ impl Daemon {
                         t.insert("restart".into(), Value::String("never".into()));
                     }
                 }
-                tables(&mut defs, "entity").push(Value::Table(t));
+                // In a removed entity's place if there is one (indices and slots stay).
+                match free {
+                    Some(k) => tables(&mut defs, "entity")[k] = Value::Table(t),
+                    None => tables(&mut defs, "entity").push(Value::Table(t)),
+                }
                 new_entity = Some((name.clone(), *pid));
                 format!("entity `{name}` defined")
             }
@@ -233,10 +243,26 @@ impl Daemon {
                     .ok_or((EINVAL, "a condition needs a name".to_owned()))?
                     .to_owned();
                 check_name("condition", &name)?;
-                if self.condition_index(entity, &name).is_ok() {
-                    return Err((EEXIST, format!("`{entity}` has a condition `{name}`")));
-                }
                 t.insert("entity".into(), Value::String(entity.clone()));
+                if let Ok((i, k)) = self.condition_index(entity, &name) {
+                    // The same definition again (a restarted QNX client re-adds its
+                    // conditions at start-up): nothing to add; one a restart pruned is
+                    // armed again, as a condition added anew would be.
+                    let same = self
+                        .defs_condition(&mut defs, entity, &name)
+                        .is_ok_and(|ct| same_definition(ct, &t, "action"));
+                    if !same {
+                        return Err((EEXIST, format!("`{entity}` has a condition `{name}`")));
+                    }
+                    may_touch(limit, entity)?;
+                    let e = &mut self.entities[i];
+                    if k < 64 && e.rec.disarmed & (1 << k) != 0 {
+                        e.rec.disarmed &= !(1 << k);
+                        self.publish(i);
+                        return Ok(format!("condition `{entity}/{name}` armed again"));
+                    }
+                    return Ok(format!("condition `{entity}/{name}` already defined"));
+                }
                 tables(&mut defs, "condition").push(Value::Table(t));
                 format!("condition `{entity}/{name}` defined")
             }
@@ -256,11 +282,35 @@ impl Daemon {
                 let (i, k) = self.condition_index(entity, condition)?;
                 let cond = &self.entities[i].cfg.conditions[k];
                 let kind = t.get("do").and_then(Value::as_str).unwrap_or_default();
-                if kind == "waitfor" && cond.nowait {
+                // A waitfor with no path (QNX's plain delay) arrives as a `delay`.
+                if matches!(kind, "waitfor" | "delay") && cond.nowait {
                     return Err((
                         EINVAL,
                         format!("`{condition}` is HCONDNOWAIT: no waitfor action"),
                     ));
+                }
+                // The same action again in the same list: already there (idempotent).
+                if let Ok(ct) = self.defs_condition(&mut defs, entity, condition) {
+                    let list = match fail_of {
+                        None => Some(tables(ct, "action")),
+                        Some(parent) => tables(ct, "action")
+                            .iter_mut()
+                            .find(|a| name_of(a) == Some(parent.as_str()) && !is_removed(a))
+                            .and_then(Value::as_table_mut)
+                            .map(|p| tables(p, "on_fail")),
+                    };
+                    let existing = list.and_then(|l| {
+                        l.iter()
+                            .find(|a| name_of(a) == Some(name.as_str()) && !is_removed(a))
+                    });
+                    if let Some(a) = existing.and_then(Value::as_table) {
+                        if same_definition(a, &t, "on_fail") {
+                            may_touch(limit, entity)?;
+                            return Ok(format!(
+                                "action `{entity}/{condition}/{name}` already defined"
+                            ));
+                        }
+                    }
                 }
                 if kind == "restart" && fail_of.is_none() {
                     use crate::actions::Trigger;
@@ -460,15 +510,12 @@ impl Daemon {
             }
         }
         let added = new_entity.and_then(|(name, pid)| {
-            cfg.entities
-                .iter()
-                .find(|e| e.name == name)
-                .cloned()
-                .map(|ec| (ec, pid))
+            let k = cfg.entities.iter().position(|e| e.name == name)?;
+            Some((cfg.entities[k].clone(), k, pid))
         });
         self.cfg = cfg;
-        if let Some((ec, pid)) = added {
-            let i = self.add_entity(ec);
+        if let Some((ec, k, pid)) = added {
+            let i = self.add_entity(ec, k);
             match pid {
                 Some(pid) if pid > 0 => {
                     if let Err(why) = self.attach_pid(i, pid) {
@@ -524,18 +571,104 @@ impl Daemon {
         Ok(())
     }
 
+    /// Whether entity `i` was defined at run time (not by the configuration file).
+    pub(super) fn is_runtime(&self, i: usize) -> bool {
+        let name = self.entities[i].cfg.name.as_str();
+        self.defs
+            .get("entity")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|t| name_of(t) == Some(name)))
+    }
+
+    /// Removes run-time entity `i` (a QNX detach): its `detach` conditions fire, then it,
+    /// its conditions and their actions leave the definitions. Its place becomes a free
+    /// entry (a tombstone, invisible to status) that keeps every other entity at its index
+    /// and its segment slot, and that the next new entity takes. A process of its keeps
+    /// running, no longer supervised (ham reaps it if it is ham's child).
+    pub(super) fn remove_entity(&mut self, i: usize) -> Result<(), Refusal> {
+        let name = self.entities[i].cfg.name.clone();
+        let slot = self.entities[i].slot;
+        let free = format!("{}{slot}", crate::config::FREE_ENTRY);
+        let mut defs = self.defs.clone();
+        let entry = tables(&mut defs, "entity")
+            .iter_mut()
+            .find(|t| name_of(t) == Some(name.as_str()))
+            .and_then(Value::as_table_mut)
+            .ok_or((ENOENT, format!("`{name}` is not a run-time entity")))?;
+        *entry = free_entry(&free);
+        tables(&mut defs, "condition")
+            .retain(|c| c.get("entity").and_then(Value::as_str) != Some(name.as_str()));
+        // Another entity's actions may name it (restart, signal, …): then it stays.
+        let cfg = self
+            .parse_with(&defs, true)
+            .map_err(|e| (libc::EBUSY, format!("`{name}` cannot be removed: {e}")))?;
+        let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
+        // Its detach conditions, while it is still there.
+        let pid = self.entities[i].rec.pid;
+        self.record(i, None, "detach", "detach", &format!("pid {pid}; removed"));
+        self.fire(i, crate::actions::Event::Detach, None);
+        self.writer
+            .publish_defs(text.as_bytes())
+            .map_err(|e| (libc::ENOSPC, e.to_string()))?;
+        self.defs = defs;
+        // What runs for it ends here (a command it started goes on, unwatched).
+        self.run_queue.remove(&i);
+        let runs: Vec<u32> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.entity == i)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in runs {
+            self.end_run(id);
+        }
+        self.unwatch_pidfd(i);
+        self.end_attachment(i);
+        self.patches.retain(|p| p.entity != i);
+        self.deferred.remove(i);
+        if pid > 0 {
+            if let Some(cg) = &self.cgroups {
+                // Out of the cgroup a later entity of that name gets.
+                if let Err(e) = cg.release(&name, pid) {
+                    self.say_limited("cgroup-release", format_args!("{name}: pid {pid}: {e}"));
+                }
+            }
+        }
+        let ec = cfg.entities[i].clone();
+        debug_assert_eq!(ec.name, free);
+        let env = entity_env(&ec, &cfg);
+        self.by_name.remove(&name);
+        self.entities[i] = Entity::new(ec, slot, EntityRecord::new(&free), env);
+        self.entities[i].rec.state = EntityState::Stopped;
+        self.cfg = cfg;
+        self.publish(i);
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: detached (pid {pid}) and removed"),
+        );
+        Ok(())
+    }
+
     /// A new entity, in a free slot of the segment.
-    fn add_entity(&mut self, ec: EntityConfig) -> usize {
-        let used: std::collections::HashSet<u32> = self.entities.iter().map(|e| e.slot).collect();
-        let slot = (0..self.writer.segment().capacity())
-            .find(|s| !used.contains(s))
-            .unwrap_or(u32::MAX);
+    /// A new entity at index `i` of the configuration: a free entry's place (and slot), or
+    /// a new one at the end, in a free slot of the segment.
+    fn add_entity(&mut self, ec: EntityConfig, i: usize) -> usize {
         let env = entity_env(&ec, &self.cfg);
-        let i = self.entities.len();
-        self.by_name.insert(ec.name.clone(), i);
         let rec = EntityRecord::new(&ec.name);
-        self.entities.push(Entity::new(ec, slot, rec, env));
-        self.dependents.push(Vec::new());
+        self.by_name.insert(ec.name.clone(), i);
+        if i < self.entities.len() {
+            let slot = self.entities[i].slot;
+            self.entities[i] = Entity::new(ec, slot, rec, env);
+            self.dependents[i].clear();
+        } else {
+            let used: std::collections::HashSet<u32> =
+                self.entities.iter().map(|e| e.slot).collect();
+            let slot = (0..self.writer.segment().capacity())
+                .find(|s| !used.contains(s))
+                .unwrap_or(u32::MAX);
+            self.entities.push(Entity::new(ec, slot, rec, env));
+            self.dependents.push(Vec::new());
+        }
         self.prepare_cgroup(i);
         self.publish(i);
         i
@@ -643,4 +776,35 @@ fn find_action<'a>(ct: &'a mut Table, name: &str) -> Result<&'a mut Table, Refus
         .find(|a| name_of(a) == Some(name) && !is_removed(a))
         .and_then(Value::as_table_mut)
         .ok_or((ENOENT, format!("no run-time action `{name}`")))
+}
+
+/// Whether a definition in the document (`old`) is the one asked for again (`new`), its
+/// `nested` list (actions, fail actions: added one by one) aside.
+fn same_definition(old: &Table, new: &Table, nested: &str) -> bool {
+    let strip = |t: &Table| {
+        let mut t = t.clone();
+        t.remove(nested);
+        t
+    };
+    strip(old) == strip(new)
+}
+
+/// An unprivileged requester (`limit`: the entity it is) may touch only its own entity.
+fn may_touch(limit: Option<&str>, entity: &str) -> Result<(), Refusal> {
+    match limit {
+        Some(own) if own != entity => Err((
+            libc::EPERM,
+            format!("permission denied: `{entity}` is not the caller's entity"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The definition of a free entry (what a removed run-time entity leaves).
+fn free_entry(name: &str) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), Value::String(name.to_owned()));
+    t.insert("attach_only".into(), Value::Boolean(true));
+    t.insert("restart".into(), Value::String("never".into()));
+    t
 }
