@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::util::*;
 
-struct Reaped(Child);
+pub struct Reaped(pub Child);
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -18,7 +18,17 @@ impl Drop for Reaped {
 /// Compiles `examples/c/NAME.c` into `dir` against the SDK's header and shared library:
 /// an installed copy if `HAM_C_SDK_PREFIX` names one (`scripts/install-sdk.sh PREFIX`, as
 /// CI does), else the ones in the source tree and Cargo's build folder.
-fn build_c(name: &str, dir: &Path) -> PathBuf {
+pub fn build_c(name: &str, dir: &Path) -> PathBuf {
+    build_c_at(&format!("examples/c/{name}.c"), dir)
+}
+
+/// Compiles the C file at `source` (relative to the repository's root) into `dir`, named
+/// after the file, as [`build_c`] does.
+pub fn build_c_at(source: &str, dir: &Path) -> PathBuf {
+    let name = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("a C file name");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let (include, libdir, lib) = match std::env::var_os("HAM_C_SDK_PREFIX") {
         Some(p) => {
@@ -42,7 +52,7 @@ fn build_c(name: &str, dir: &Path) -> PathBuf {
         .arg("-Werror")
         .arg("-I")
         .arg(&include)
-        .arg(root.join(format!("examples/c/{name}.c")))
+        .arg(root.join(source))
         .arg("-o")
         .arg(&out)
         .arg(format!("-L{}", libdir.display()))
@@ -54,7 +64,7 @@ fn build_c(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
-fn run_c(ham: &Ham, prog: &Path, args: &[&str]) -> Command {
+pub fn run_c(ham: &Ham, prog: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(prog);
     c.args(args).env("HAM_CONFIG", &ham.config);
     c

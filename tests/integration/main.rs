@@ -16,6 +16,8 @@ mod hardening;
 mod instances;
 mod notify;
 mod ordering;
+mod qnx;
+mod qnx_examples;
 mod recovery;
 mod runtime;
 mod sdk;

@@ -1,6 +1,8 @@
 //! sd_notify: `READY=1` gates the entities that start after it; a program written for
 //! systemd's watchdog that stops petting it is aborted and restarted.
 
+use std::path::Path;
+
 use crate::util::*;
 
 /// A Python stand-in for a systemd service: sends `msgs` (one datagram each, `sleep:S`
@@ -79,4 +81,156 @@ fn the_notify_socket_is_removed_at_shutdown() {
     assert!(ham.ctl(&["shutdown"]).status.success());
     assert_eq!(ham.wait_exit(), 0);
     assert!(!path.exists(), "{} left behind", path.display());
+}
+
+/// `systemd-notify`, the real client (Debian's `systemd` package; `.ci/run` installs it).
+fn systemd_notify() -> &'static str {
+    let path = "/usr/bin/systemd-notify";
+    assert!(
+        Path::new(path).exists(),
+        "{path} is needed (apt-get install systemd)"
+    );
+    path
+}
+
+#[test]
+fn the_watchdog_starts_when_the_service_says_ready_1() {
+    // Issue 12, point 10: a start-up longer than the watchdog period is not a hang.
+    let body = format!(
+        "{}{}\nafter = [\"slow\"]\n",
+        notifier(
+            "slow",
+            &[
+                "sleep:1.2",
+                "READY=1",
+                "WATCHDOG=1",
+                "sleep:0.1",
+                "WATCHDOG=1",
+                "sleep:0.1",
+                "WATCHDOG=1",
+            ],
+            "watchdog = \"400ms\"\npolicy = { kind = \"immediate\" }"
+        ),
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-slow-start", &body);
+    let s = ham.wait_for("web started after slow was ready", |s| running(s, "web"));
+    assert_eq!(entity(&s, "slow")["restarts"], 0, "{s}");
+    // Once it is ready and stops petting, its watchdog does act.
+    ham.wait_for("slow aborted once silent", |s| {
+        entity(s, "slow")["restarts"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
+fn watchdog_trigger_acts_at_once_and_watchdog_pid_names_the_main_process() {
+    // Issue 12, point 11.
+    let work = tempfile::tempdir().unwrap();
+    let seen = work.path().join("pids");
+    let script = format!(
+        "import os, socket, time\\nopen('{}', 'a').write(os.environ.get('WATCHDOG_PID', '-') + ' ' + str(os.getpid()) + '\\\\n')\\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\\ns.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\\ntime.sleep(0.2)\\ns.sendto(b'WATCHDOG=trigger', os.environ['NOTIFY_SOCKET'])\\ntime.sleep(1000)",
+        seen.display()
+    );
+    let body = format!(
+        "[[entity]]\nname = \"svc\"\ncommand = [\"python3\", \"-c\", \"{script}\"]\nnotify = true\n\
+         watchdog = \"1h\"\nstop_timeout = \"2s\"\npolicy = {{ kind = \"immediate\" }}\n"
+    );
+    let ham = Ham::start("notify-trigger", &body);
+    let s = ham.wait_for("svc aborted by its trigger and restarted", |s| {
+        entity(s, "svc")["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(entity(&s, "svc")["last_exit"]["signal"], 6, "{s}");
+    assert!(
+        ham.stderr().contains("svc: WATCHDOG=trigger"),
+        "{}",
+        ham.stderr()
+    );
+    let first = std::fs::read_to_string(&seen).unwrap();
+    let (wd, pid) = first.lines().next().unwrap().split_once(' ').unwrap();
+    assert_eq!(wd, pid, "WATCHDOG_PID is the main process's pid");
+}
+
+/// A shell entity whose child (a Python sd_notify sender, which sends as itself) says
+/// READY=1, and `web` after it.
+fn child_sender(access: &str) -> String {
+    let send = "import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    format!(
+        "[[entity]]\nname = \"db\"\ncommand = [\"/bin/sh\", \"-c\", \"python3 -c \\\"{send}\\\"; exec sleep 1000\"]\n\
+         notify = true\n{access}\n{}\nafter = [\"db\"]\n",
+        sleeper("web").trim_end()
+    )
+}
+
+#[test]
+fn a_child_may_notify_only_with_notify_access_all_and_a_dropped_message_is_logged() {
+    // Issue 12, point 12.
+    let ham = Ham::start("notify-all", &child_sender("notify_access = \"all\""));
+    ham.wait_for("web started: a child's READY=1 counted", |s| {
+        running(s, "web")
+    });
+    drop(ham);
+
+    let ham = Ham::start("notify-main", &child_sender(""));
+    ham.wait_for("db running", |s| running(s, "db"));
+    wait_until(&ham, "the dropped message said", || {
+        ham.stderr()
+            .contains("sd_notify message `READY=1` from pid")
+    });
+    let s = ham.status();
+    assert_eq!(entity(&s, "web")["state"], "waiting", "{s}");
+}
+
+#[test]
+fn systemd_notify_run_by_a_shell_main_process_speaks_for_it() {
+    // systemd-notify (before systemd 254) sends on behalf of its parent: from a shell
+    // script that is the main process, as under systemd's NotifyAccess=main.
+    let notify = systemd_notify();
+    let body = format!(
+        "[[entity]]\nname = \"db\"\ncommand = [\"/bin/sh\", \"-c\", \"{notify} --ready; exec sleep 1000\"]\n\
+         notify = true\n{}\nafter = [\"db\"]\n",
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-shell", &body);
+    ham.wait_for("web started after db's READY=1", |s| running(s, "web"));
+    assert!(ham.stderr().contains("db: READY=1"), "{}", ham.stderr());
+}
+
+#[test]
+fn exec_systemd_notify_from_the_main_process_is_answered_at_once() {
+    // Issue 12, point 12: the main process execs systemd-notify, which sends READY=1 and
+    // BARRIER=1 and waits (5 s, then fails) until ham has handled them.
+    let notify = systemd_notify();
+    let body = format!(
+        "[[entity]]\nname = \"once\"\ncommand = [\"/bin/sh\", \"-c\", \"exec {notify} --ready\"]\n\
+         notify = true\nrestart = \"never\"\n{}\nafter = [\"once\"]\n",
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-exec", &body);
+    let s = ham.wait_for("once exited, web started", |s| {
+        entity(s, "once")["state"] == "exited" && running(s, "web")
+    });
+    assert_eq!(
+        entity(&s, "once")["last_exit"]["code"],
+        0,
+        "systemd-notify's barrier was answered: {s}"
+    );
+    assert!(ham.stderr().contains("once: READY=1"), "{}", ham.stderr());
+}
+
+#[test]
+fn notify_access_exec_admits_the_commands_ham_runs_for_the_entity() {
+    let send = "import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    let body = format!(
+        "[[entity]]\nname = \"db\"\ncommand = [\"sleep\", \"1000\"]\nnotify = true\nnotify_access = \"exec\"\n\
+         [[entity.condition]]\non = \"raise\"\n[[entity.condition.action]]\ndo = \"execute\"\n\
+         command = [\"python3\", \"-c\", \"{send}\"]\n{}\nafter = [\"db\"]\n",
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-exec-access", &body);
+    ham.wait_for("db running", |s| running(s, "db"));
+    assert_eq!(entity(&ham.status(), "web")["state"], "waiting");
+    assert!(ham.ctl(&["raise", "db", "go"]).status.success());
+    ham.wait_for("web started after the hook's READY=1", |s| {
+        running(s, "web")
+    });
 }

@@ -143,8 +143,11 @@ fn bad_run_time_definitions_fail_with_qnx_errnos() {
         Some(libc::ESRCH)
     );
     cond("db", json!({"name": "d", "on": "death"})).unwrap();
+    // The same definition again is accepted (a restarted QNX client re-adds its own);
+    // another under the same name is not.
+    cond("db", json!({"name": "d", "on": "death"})).unwrap();
     assert_eq!(
-        errno_of(cond("db", json!({"name": "d", "on": "death"}))),
+        errno_of(cond("db", json!({"name": "d", "on": "abnormal-death"}))),
         Some(libc::EEXIST)
     );
     // Not a condition a configuration could hold: refused, nothing kept.
