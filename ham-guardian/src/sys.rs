@@ -843,71 +843,21 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
 
 // -- sd_notify datagrams ------------------------------------------------------------------------
 
-/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux ≥ 6.5), as `asm-generic/socket.h` numbers them.
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64"
-))]
-const SO_PASSPIDFD: libc::c_int = 76;
-const SCM_PIDFD: libc::c_int = 0x04;
-
-/// Asks the kernel to pass, with each datagram on `sock`, a pidfd of the process that
-/// really sent it (`SCM_PIDFD`): a privileged sender can claim any pid in its credentials
-/// (systemd-notify claims its parent's). `false` where the kernel cannot.
-pub fn pass_sender_pidfd(sock: impl AsFd) -> bool {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    ))]
-    {
-        let on: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor, and a pointer to an int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PASSPIDFD,
-                (&raw const on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        r == 0
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )))]
-    {
-        let _ = sock;
-        false
-    }
-}
-
 /// One datagram read from an sd_notify socket.
 pub struct NotifyMessage {
     pub len: usize,
-    /// The pid its credentials claim (`SCM_CREDENTIALS`).
+    /// The pid its credentials name (`SCM_CREDENTIALS`): the sender's own unless it is
+    /// privileged.
     pub claimed_pid: Option<i32>,
-    /// The pid of the process that sent it (`SCM_PIDFD`), if the kernel said and it still
-    /// runs.
-    pub sender_pid: Option<i32>,
     /// Descriptors that came with it (a `BARRIER=1`'s): closing them answers the barrier.
     pub fds: Vec<OwnedFd>,
 }
 
 /// Reads one datagram from `sock` without waiting (`Ok(None)`: none is there).
 pub fn recv_notify(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<NotifyMessage>> {
-    // Room for credentials, a pidfd and a few descriptors; the kernel closes any beyond.
-    let mut control = [0u64; 64];
+    // Room for credentials and a few descriptors (a barrier sends one): the kernel closes
+    // any beyond without giving them to ham.
+    let mut control = [0u64; 12];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -941,7 +891,6 @@ pub fn recv_notify(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<NotifyM
     let mut out = NotifyMessage {
         len: n,
         claimed_pid: None,
-        sender_pid: None,
         fds: Vec::new(),
     };
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled in, within
@@ -964,29 +913,12 @@ pub fn recv_notify(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<NotifyM
                         out.fds.push(OwnedFd::from_raw_fd(fd));
                     }
                 }
-                (libc::SOL_SOCKET, SCM_PIDFD) => {
-                    let fd: libc::c_int = std::ptr::read_unaligned(data.cast());
-                    let pidfd = OwnedFd::from_raw_fd(fd);
-                    out.sender_pid = pid_of_pidfd(&pidfd);
-                }
                 _ => {}
             }
             c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
     }
     Ok(Some(out))
-}
-
-/// The pid a pidfd refers to (`Pid:` in its fdinfo), if the process still runs.
-fn pid_of_pidfd(pidfd: &OwnedFd) -> Option<i32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
-    let pid: i32 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("Pid:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    (pid > 0).then_some(pid)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! sd_notify: `READY=1` gates the entities that start after it; a program written for
 //! systemd's watchdog that stops petting it is aborted and restarted.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
 use crate::util::*;
 
@@ -233,4 +235,65 @@ fn notify_access_exec_admits_the_commands_ham_runs_for_the_entity() {
     ham.wait_for("web started after the hook's READY=1", |s| {
         running(s, "web")
     });
+}
+
+#[test]
+fn a_notify_flood_from_an_outsider_keeps_no_descriptor_and_stops_no_service() {
+    // Any local user can write the notify socket. Datagrams carrying descriptors, forging
+    // READY=1 and WATCHDOG=trigger, for 2 s: the real service keeps its watchdog, ham keeps
+    // no descriptor, and the drops are said at most once a second.
+    let body = notifier(
+        "svc",
+        &["READY=1"; 1]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(["WATCHDOG=1", "sleep:0.1"], 100).flatten())
+            .collect::<Vec<_>>(),
+        "watchdog = \"1s\"",
+    );
+    let ham = Ham::start("notify-flood", &body);
+    ham.wait_for("svc running", |s| running(s, "svc"));
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", ham.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let sock = ham
+        .dir
+        .path()
+        .join("run")
+        .join(format!("{}.notify", ham.name));
+    std::fs::set_permissions(ham.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        sock.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let script = format!(
+        "import socket, os, array, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         fds = array.array('i', [os.open('/dev/null', os.O_RDONLY) for _ in range(20)])\n\
+         end = time.time() + 2\n\
+         while time.time() < end:\n\
+         \x20   try: s.sendmsg([b'READY=1\\nWATCHDOG=trigger'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, '{}')\n\
+         \x20   except OSError: time.sleep(0.001)\n",
+        sock.display()
+    );
+    let mut flood = Command::new("python3");
+    flood.args(["-c", &script]);
+    std::os::unix::process::CommandExt::uid(&mut flood, 65534);
+    std::os::unix::process::CommandExt::gid(&mut flood, 65534);
+    let out = flood.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = ham.status();
+    assert!(running(&s, "svc"), "{s}");
+    assert_eq!(entity(&s, "svc")["restarts"], 0, "{s}");
+    assert!(fds() <= before, "{} descriptors, {before} before", fds());
+    let said = ham.stderr().matches("dropped: not a process").count();
+    assert!(
+        (1..=4).contains(&said),
+        "{said} drop lines:\n{}",
+        ham.stderr()
+    );
 }

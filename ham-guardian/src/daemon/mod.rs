@@ -373,6 +373,9 @@ enum Wait {
     },
 }
 
+/// sd_notify datagrams read per loop turn at most.
+const NOTIFY_PER_TURN: usize = 64;
+
 /// How often a `waitfor` action looks for its path.
 const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
@@ -2198,7 +2201,9 @@ impl Daemon {
     /// `STOPPING=1`, `STATUS=`, from the main process of an entity with `notify = true`
     /// (identified by the kernel-supplied credentials, as systemd's NotifyAccess=main).
     fn on_notify(&mut self) {
-        loop {
+        // A bounded share of each turn (the socket is level-triggered: the rest is read on
+        // the next), so a flood of datagrams delays nothing else.
+        for _ in 0..NOTIFY_PER_TURN {
             let mut buf = [0u8; 4096];
             let msg = match sys::recv_notify(&self.notify, &mut buf) {
                 Ok(Some(m)) => m,
@@ -2209,10 +2214,10 @@ impl Daemon {
                 }
             };
             let n = msg.len;
-            // Who sent it: the pid its credentials name, pinned by the kernel's pidfd when
-            // it gives one. The kernel checks it for unprivileged senders; a privileged one
-            // may name another (systemd-notify names its parent: see `notify_sender`).
-            let Some(pid) = msg.sender_pid.or(msg.claimed_pid) else {
+            // Who sent it: the pid its credentials name. The kernel checks it for
+            // unprivileged senders; a privileged one may name another (systemd-notify names
+            // its parent: see `notify_sender`).
+            let Some(pid) = msg.claimed_pid else {
                 continue;
             };
             // Descriptors that came with the message: closed when this message has been
@@ -3675,8 +3680,6 @@ fn bind_notify(path: &Path) -> Result<std::os::unix::net::UnixDatagram, DaemonEr
     let sock = std::os::unix::net::UnixDatagram::bind(path)
         .map_err(io_ctx(format!("binding {}", path.display())))?;
     rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(io_ctx("SO_PASSCRED"))?;
-    // Without it (Linux < 6.5) the claimed pid is all there is.
-    sys::pass_sender_pidfd(&sock);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(io_ctx(format!("chmod {}", path.display())))?;
     Ok(sock)
