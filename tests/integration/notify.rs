@@ -297,3 +297,48 @@ fn a_notify_flood_from_an_outsider_keeps_no_descriptor_and_stops_no_service() {
         ham.stderr()
     );
 }
+
+#[test]
+fn libsystemd_sd_notify_and_its_barrier_work_unchanged() {
+    // libsystemd's own sd_notify and sd_notify_barrier (through ctypes: no header needed).
+    let work = tempfile::tempdir().unwrap();
+    let done = work.path().join("barrier");
+    let script = format!(
+        "import ctypes, time\\nl = ctypes.CDLL('libsystemd.so.0')\\n\
+         assert l.sd_notify(0, b'READY=1\\\\nSTATUS=up') > 0\\n\
+         r = l.sd_notify_barrier(0, ctypes.c_uint64(5000000))\\n\
+         open('{}', 'w').write(str(r))\\ntime.sleep(1000)",
+        done.display()
+    );
+    let body = format!(
+        "[[entity]]\nname = \"lib\"\ncommand = [\"python3\", \"-c\", \"{script}\"]\nnotify = true\n{}\nafter = [\"lib\"]\n",
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-libsystemd", &body);
+    ham.wait_for("web started after lib's READY=1", |s| running(s, "web"));
+    wait_until(&ham, "the barrier answered", || {
+        std::fs::read_to_string(&done).is_ok_and(|r| r == "1")
+    });
+    assert!(ham.stderr().contains("lib: STATUS=up"), "{}", ham.stderr());
+}
+
+#[test]
+fn dbus_daemon_says_ready_and_its_dependants_start() {
+    let dbus = "/usr/bin/dbus-daemon";
+    assert!(
+        Path::new(dbus).exists(),
+        "{dbus} is needed (apt-get install dbus-daemon)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let address = format!("unix:path={}", work.path().join("bus").display());
+    let body = format!(
+        "[[entity]]\nname = \"bus\"\ncommand = [\"{dbus}\", \"--session\", \"--nofork\", \"--nopidfile\", \"--address={address}\"]\n\
+         notify = true\n{}\nafter = [\"bus\"]\n",
+        sleeper("web").trim_end()
+    );
+    let ham = Ham::start("notify-dbus", &body);
+    ham.wait_for("web started after dbus-daemon's READY=1", |s| {
+        running(s, "web")
+    });
+    assert!(ham.stderr().contains("bus: READY=1"), "{}", ham.stderr());
+}
