@@ -296,6 +296,36 @@ pub fn with_backoff(
     }
 }
 
+/// How an entity that is to be restarted is restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// At once, every time (no windows, no escalation).
+    Immediate,
+    /// As the recovery engine's policy decides.
+    Engine(Policy),
+}
+
+/// The whole recovery decision after a death its restart mode restarts (or a restart
+/// action): the policy (or at once), then the back-off. Pure, as [`decide`]: the memory it
+/// returns is published with the decision.
+pub fn recover(
+    recovery: &Recovery,
+    backoff: Option<&Backoff>,
+    mem: &Memory,
+    lifetime: Nanos,
+    now: Nanos,
+) -> (Memory, Decision) {
+    let (mut mem, decision) = match recovery {
+        Recovery::Immediate => (*mem, Decision::Restart { stateless: false }),
+        Recovery::Engine(p) => decide(p, mem, Event::Exit { lifetime }, now),
+    };
+    let decision = match backoff {
+        Some(b) => with_backoff(b, &mut mem, decision, lifetime, now),
+        None => decision,
+    };
+    (mem, decision)
+}
+
 /// The memory after an operator start (see [`decide`]).
 pub fn decide_operator_start(mem: &Memory) -> Memory {
     let mut m = *mem;
@@ -409,6 +439,46 @@ pub fn decide(policy: &Policy, mem: &Memory, event: Event, now: Nanos) -> (Memor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_is_the_policy_then_the_back_off() {
+        const S: Nanos = 1_000_000_000;
+        let quick = S / 10;
+        let fresh = Memory::default();
+        // At once, whatever came before.
+        let (_, d) = recover(&Recovery::Immediate, None, &fresh, quick, 10 * S);
+        assert_eq!(d, Decision::Restart { stateless: false });
+        // The switch preset: the 5th quick exit within 2 minutes holds it off for 5 minutes.
+        let switch = Recovery::Engine(Policy::switch_preset());
+        let mut mem = fresh;
+        let mut now = 100 * S;
+        for _ in 0..4 {
+            let (m, d) = recover(&switch, None, &mem, quick, now);
+            assert_eq!(d, Decision::Restart { stateless: false });
+            mem = m;
+            now += S;
+        }
+        let (_, d) = recover(&switch, None, &mem, quick, now);
+        assert_eq!(
+            d,
+            Decision::HoldOff {
+                until: now + 300 * S
+            }
+        );
+        // A back-off turns each quick restart into a hold-off of its delay, doubling, and a
+        // process that lived `reset_after` starts the count again.
+        let b = Backoff::Exponential {
+            initial: S,
+            max: 4 * S,
+            reset_after: 60 * S,
+        };
+        let (m1, d1) = recover(&Recovery::Immediate, Some(&b), &fresh, quick, now);
+        assert_eq!(d1, Decision::HoldOff { until: now + S });
+        let (m2, d2) = recover(&Recovery::Immediate, Some(&b), &m1, quick, now);
+        assert_eq!(d2, Decision::HoldOff { until: now + 2 * S });
+        let (_, d3) = recover(&Recovery::Immediate, Some(&b), &m2, 61 * S, now);
+        assert_eq!(d3, Decision::HoldOff { until: now + S });
+    }
 
     const S: Nanos = 1_000_000_000;
 

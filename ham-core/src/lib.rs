@@ -5,6 +5,8 @@
 //! * [`journal`] — condition runs in progress, as records a successor HAM carries on.
 //! * [`segment`] — creating, attaching and validating the named shared-memory object.
 //! * [`policy`] — pure decisions (state, event, time) → what to do; no processes, no clocks.
+//! * [`lifecycle`] — one entity's lifecycle as a pure table: (state, wanted, input) → (state,
+//!   wanted, effects), written out whole in `tests/lifecycle.table`.
 //! * [`engine`] — the recovery policies (switch preset, NX-OS stages, Erlang intensity) as
 //!   pure decisions over a fixed-size memory; not yet wired into the daemon.
 //! * [`blob`] — the run-time definitions document (A/B copies of variable length).
@@ -24,6 +26,7 @@ pub mod duration;
 pub mod engine;
 pub mod journal;
 pub mod layout;
+pub mod lifecycle;
 pub mod policy;
 pub mod protocol;
 pub mod segment;

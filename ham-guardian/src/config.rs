@@ -326,14 +326,8 @@ pub struct EntityConfig {
     pub raise_from: Vec<usize>,
 }
 
-/// How an entity that is to be restarted is restarted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovery {
-    /// At once, every time (no windows, no escalation).
-    Immediate,
-    /// As the recovery engine's policy decides.
-    Engine(ham_core::engine::Policy),
-}
+/// How an entity that is to be restarted is restarted (the recovery engine's).
+pub use ham_core::engine::Recovery;
 
 /// A whole instance, resolved and valid.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@
 //! * Subscribers are control connections kept open; a slow or gone subscriber is dropped,
 //!   never waited for.
 
-use std::cmp::Reverse;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -26,7 +25,7 @@ use ham_core::segment::SegmentWriter;
 use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags};
 
-use super::{Daemon, Origin, TOK_DOORBELL, TOK_SUB, TimerKind, log};
+use super::{Daemon, Deadline, Origin, Token, log};
 use crate::actions::{ActionKind, Event, Trigger};
 use crate::{mono_ns, procfs, unix_ns};
 
@@ -314,8 +313,7 @@ impl Daemon {
                     if let Some(c) = &mut self.clients {
                         if c.stall_timer != Some(retry_at) {
                             c.stall_timer = Some(retry_at);
-                            self.timers
-                                .push(Reverse((retry_at, TimerKind::RingStall, 0)));
+                            self.schedule(retry_at, Deadline::RingStall);
                         }
                     }
                     break;
@@ -665,7 +663,7 @@ impl Daemon {
         hb.deadline = on_grid(next_deadline(&hb, now, now), self.cfg.heartbeat_grid_ns);
         let at = hb.deadline;
         e.hb = Some(hb);
-        self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
+        self.schedule(at, Deadline::Heartbeat(i));
     }
 
     /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
@@ -722,7 +720,7 @@ impl Daemon {
         }
         hb.deadline = on_grid(next_deadline(hb, last, now), grid);
         let at = hb.deadline;
-        self.timers.push(Reverse((at, TimerKind::Heartbeat, i)));
+        self.schedule(at, Deadline::Heartbeat(i));
         for (missed, is_high) in [(low, false), (high, true)] {
             if missed {
                 self.heartbeat_missed(i, is_high, now.saturating_sub(last));
@@ -835,7 +833,7 @@ impl Daemon {
         if epoll::add(
             &self.epoll,
             &stream,
-            epoll::EventData::new_u64(TOK_SUB | id),
+            Token::Sub(id).data(),
             epoll::EventFlags::RDHUP | epoll::EventFlags::IN,
         )
         .is_ok()
@@ -944,7 +942,7 @@ impl Daemon {
             epoll::add(
                 &self.epoll,
                 c.doorbell.as_fd(),
-                epoll::EventData::new_u64(TOK_DOORBELL),
+                Token::Doorbell.data(),
                 epoll::EventFlags::IN,
             )?;
         }

@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 
 use rustix::event::epoll;
 
-use super::{Conn, Daemon, Peer, TOK_CONN, TOK_LISTEN, log, reply};
+use super::{Conn, Daemon, Peer, Token, log, reply};
 use crate::control::{MAX_REQUEST, Request, Response};
 
 /// Open connections in all.
@@ -116,7 +116,7 @@ impl Daemon {
             if epoll::add(
                 &self.epoll,
                 &stream,
-                epoll::EventData::new_u64(TOK_CONN | id),
+                Token::Conn(id).data(),
                 epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
             )
             .is_ok()
@@ -177,7 +177,7 @@ impl Daemon {
             let added = epoll::add(
                 &self.epoll,
                 self.listener.as_fd(),
-                epoll::EventData::new_u64(TOK_LISTEN),
+                Token::Listen.data(),
                 epoll::EventFlags::IN,
             );
             self.accept_paused = added.is_err();

@@ -11,12 +11,10 @@
 //! * any other action that had begun (log, signal, notify, heartbeat-healthy) may or may
 //!   not have taken effect: it is not repeated.
 
-use std::cmp::Reverse;
-
 use ham_core::LastExit;
 use ham_core::journal::{COND_ESCALATION, COND_RUN_NOW, RUN_SLOTS, RunRecord, RunWait};
 
-use super::{Daemon, Run, TimerKind, Wait, log};
+use super::{Daemon, Deadline, Run, Wait, log};
 use crate::actions::{Action, ActionKind, Event};
 use crate::{mono_ns, procfs};
 
@@ -472,8 +470,7 @@ impl Daemon {
                 if let Some(run) = self.runs.get_mut(&id) {
                     run.waiting = Some(Wait::Delay { until });
                 }
-                self.timers
-                    .push(Reverse((until, TimerKind::Action, id as usize)));
+                self.schedule(until, Deadline::Action(id));
             }
             (RunWait::Path { deadline }, ActionKind::WaitFor { path, .. }) => {
                 // Look now; the usual polling (and the recorded deadline) go on from there.
@@ -484,8 +481,7 @@ impl Daemon {
                         next: now,
                     });
                 }
-                self.timers
-                    .push(Reverse((now, TimerKind::Action, id as usize)));
+                self.schedule(now, Deadline::Action(id));
             }
             (_, kind) => {
                 let what = format!("{}: interrupted by a takeover; not repeated", kind.name());

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use ham_core::engine::{self, Decision};
+use ham_core::engine;
 use ham_core::layout::{
     EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
     FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
@@ -31,7 +31,7 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
 use crate::actions::{Action, ActionKind, Condition, Event};
-use crate::config::{Config, EntityConfig, Output, Recovery, Strategy};
+use crate::config::{Config, EntityConfig, Output, Strategy};
 use crate::control::{Request, Response};
 use crate::failpoint;
 use crate::handoff::{self, Passed};
@@ -39,25 +39,16 @@ use crate::proclog::{LogRecord, ProcessLog, Syslog};
 use crate::sys::{self, ProcConnector, SpawnSpec};
 use crate::{mono_ns, procfs, unix_ns};
 
+mod authz;
 mod clients;
 mod conns;
 mod journal;
+mod lifecycle;
 mod runtime;
-use clients::{Clients, Peer, Subscriber};
+mod token;
 
-const TOK_SIGNAL: u64 = 1;
-const TOK_TIMER: u64 = 2;
-const TOK_LISTEN: u64 = 3;
-const TOK_GUARDIAN: u64 = 4;
-const TOK_PROCCONN: u64 = 5;
-const TOK_NOTIFY: u64 = 6;
-const TOK_DOORBELL: u64 = 7;
-const TOK_HANDOFF: u64 = 8;
-const TOK_CONN: u64 = 1 << 32;
-const TOK_PIDFD: u64 = 2 << 32;
-const TOK_ACTION: u64 = 3 << 32;
-const TOK_SUB: u64 = 4 << 32;
-const TOK_KIND_MASK: u64 = !0xffff_ffff;
+use clients::{Clients, Peer, Subscriber};
+use token::Token;
 
 /// Spawns a turn's budget did not allow, each with whether its restart conditions fire
 /// once it runs: entities that were not crash-looping first, each queue in order.
@@ -218,18 +209,30 @@ impl Entity {
     }
 }
 
+/// What a deadline is for: the heap of deadlines orders by time, then by this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
-    StopKill,
-    Retry,
+enum Deadline {
+    /// An entity's stop signal was not enough: SIGKILL.
+    StopKill(usize),
+    /// A failed spawn is tried again.
+    Retry(usize),
+    /// The liveness word, and the tick's chores.
     Liveness,
+    /// A Guardian that could not be started is tried again.
     GuardianRetry,
-    StatusPatch,
-    HoldOff,
-    Ready,
-    Action,
-    Watchdog,
-    Heartbeat,
+    /// A late exit status may have become readable.
+    StatusPatch(usize),
+    /// A hold-off ends.
+    HoldOff(usize),
+    /// An entity's `ready_after`.
+    Ready(usize),
+    /// A condition run's delay, waitfor poll or command deadline.
+    Action(u32),
+    /// An sd_notify watchdog.
+    Watchdog(usize),
+    /// An attached client's heartbeat window.
+    Heartbeat(usize),
+    /// The ring's stalled-slot check.
     RingStall,
 }
 
@@ -304,7 +307,7 @@ pub struct Daemon {
     limited: conns::RateLimit,
     entities: Vec<Entity>,
     by_name: HashMap<String, usize>,
-    timers: BinaryHeap<Reverse<(u64, TimerKind, usize)>>,
+    timers: BinaryHeap<Reverse<(u64, Deadline)>>,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,
     guardian: Option<GuardianProc>,
@@ -620,19 +623,13 @@ impl Daemon {
             TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
         )
         .map_err(io_ctx("timerfd_create"))?;
-        let add = |fd: std::os::fd::BorrowedFd, tok: u64| {
-            epoll::add(
-                &epoll,
-                fd,
-                epoll::EventData::new_u64(tok),
-                epoll::EventFlags::IN,
-            )
-            .map_err(io_ctx("epoll_ctl"))
+        let add = |fd: std::os::fd::BorrowedFd, tok: Token| {
+            epoll::add(&epoll, fd, tok.data(), epoll::EventFlags::IN).map_err(io_ctx("epoll_ctl"))
         };
-        add(signals.as_fd(), TOK_SIGNAL)?;
-        add(timerfd.as_fd(), TOK_TIMER)?;
-        add(listener.as_fd(), TOK_LISTEN)?;
-        add(notify.as_fd(), TOK_NOTIFY)?;
+        add(signals.as_fd(), Token::Signal)?;
+        add(timerfd.as_fd(), Token::Timer)?;
+        add(listener.as_fd(), Token::Listen)?;
+        add(notify.as_fd(), Token::Notify)?;
 
         let capacity = writer.segment().capacity();
         log(
@@ -835,24 +832,20 @@ impl Daemon {
             }
             let _ = self.writer.set_liveness(mono_ns());
             for ev in events.drain(..) {
-                let tok = ev.data.u64();
-                match tok & TOK_KIND_MASK {
-                    0 => match tok {
-                        TOK_SIGNAL => self.on_signals(),
-                        TOK_TIMER => self.on_timer(),
-                        TOK_LISTEN => self.on_accept(),
-                        TOK_GUARDIAN => self.on_guardian_exit(),
-                        TOK_PROCCONN => self.drain_proc_connector(),
-                        TOK_NOTIFY => self.on_notify(),
-                        TOK_DOORBELL => self.on_doorbell(),
-                        TOK_HANDOFF => self.on_handoff_writable(),
-                        _ => {}
-                    },
-                    TOK_CONN => self.on_conn(tok & !TOK_KIND_MASK),
-                    TOK_PIDFD => self.on_pidfd((tok & !TOK_KIND_MASK) as usize),
-                    TOK_ACTION => self.on_action_exit((tok & !TOK_KIND_MASK) as u32),
-                    TOK_SUB => self.on_subscriber(tok & !TOK_KIND_MASK),
-                    _ => {}
+                match Token::decode(ev.data.u64()) {
+                    Some(Token::Signal) => self.on_signals(),
+                    Some(Token::Timer) => self.on_timer(),
+                    Some(Token::Listen) => self.on_accept(),
+                    Some(Token::Guardian) => self.on_guardian_exit(),
+                    Some(Token::ProcConn) => self.drain_proc_connector(),
+                    Some(Token::Notify) => self.on_notify(),
+                    Some(Token::Doorbell) => self.on_doorbell(),
+                    Some(Token::Handoff) => self.on_handoff_writable(),
+                    Some(Token::Conn(id)) => self.on_conn(id),
+                    Some(Token::Pidfd(i)) => self.on_pidfd(i),
+                    Some(Token::Action(id)) => self.on_action_exit(id),
+                    Some(Token::Sub(id)) => self.on_subscriber(id),
+                    None => {}
                 }
             }
         }
@@ -1005,7 +998,7 @@ impl Daemon {
             EntityState::HeldOff => {
                 // The hold-off's deadline is in the record (same monotonic clock).
                 let at = rec.policy.held_until.max(mono_ns());
-                self.timers.push(Reverse((at, TimerKind::HoldOff, i)));
+                self.schedule(at, Deadline::HoldOff(i));
                 self.entities[i].rec.policy.held_until = at;
                 self.publish(i);
             }
@@ -1111,7 +1104,7 @@ impl Daemon {
                 let at = mono_ns() + 1_000_000_000;
                 say!(self, "cannot start the guardian: {e}; retrying in 1s");
                 self.guardian_retry_at = Some(at);
-                self.timers.push(Reverse((at, TimerKind::GuardianRetry, 0)));
+                self.schedule(at, Deadline::GuardianRetry);
             }
         }
     }
@@ -1123,7 +1116,7 @@ impl Daemon {
         let _ = epoll::add(
             &self.epoll,
             &g.pidfd,
-            epoll::EventData::new_u64(TOK_GUARDIAN),
+            Token::Guardian.data(),
             epoll::EventFlags::IN,
         );
         self.guardian_retry_at = None;
@@ -1203,7 +1196,7 @@ impl Daemon {
                     let _ = epoll::add(
                         &self.epoll,
                         &g.sock,
-                        epoll::EventData::new_u64(TOK_HANDOFF),
+                        Token::Handoff.data(),
                         epoll::EventFlags::OUT,
                     );
                 }
@@ -1246,7 +1239,7 @@ impl Daemon {
         epoll::add(
             &self.epoll,
             pidfd,
-            epoll::EventData::new_u64(TOK_PIDFD | i as u64),
+            Token::Pidfd(i).data(),
             epoll::EventFlags::IN,
         )
     }
@@ -1281,8 +1274,7 @@ impl Daemon {
 
     fn schedule_tick(&mut self, now: u64) {
         self.next_tick = now + self.tick_ns;
-        self.timers
-            .push(Reverse((self.next_tick, TimerKind::Liveness, 0)));
+        self.schedule(self.next_tick, Deadline::Liveness);
     }
 
     // -- processes -------------------------------------------------------------------------
@@ -1445,8 +1437,7 @@ impl Daemon {
                 e.last_spawn_error = Some(msg);
                 e.retry_at = Some(now + delay);
                 e.rec.state = EntityState::Backoff;
-                self.timers
-                    .push(Reverse((now + delay, TimerKind::Retry, i)));
+                self.schedule(now + delay, Deadline::Retry(i));
                 self.publish(i);
             }
         }
@@ -1500,7 +1491,7 @@ impl Daemon {
                         tries: 0,
                         at,
                     });
-                    self.timers.push(Reverse((at, TimerKind::StatusPatch, i)));
+                    self.schedule(at, Deadline::StatusPatch(i));
                 }
                 LastExit::Unknown
             }
@@ -1557,16 +1548,14 @@ impl Daemon {
         e.rec.last_exit = exit;
         e.rec.exited_mono_ns = now;
         e.rec.exited_unix_ns = unix_ns();
-        let wanted = if shutting_down {
-            Wanted::Down
-        } else {
-            e.wanted
-        };
-        let decision = if e.cfg.attach_only {
-            AfterExit::Exited // not ours to start again
-        } else {
-            policy::after_exit(e.cfg.restart, wanted, exit)
-        };
+        if shutting_down {
+            e.wanted = Wanted::Down;
+        }
+        let wanted = e.wanted;
+        // Its restart mode would start it again after this exit (never an attach-only one:
+        // not ours to start; a restart action may).
+        let restartable = !e.cfg.attach_only
+            && policy::after_exit(e.cfg.restart, Wanted::Up, exit) == AfterExit::Restart;
         let how = describe(exit);
         let name = e.cfg.name.clone();
         // Exits the entity made on its own are stamped in the record (published below with
@@ -1582,81 +1571,72 @@ impl Daemon {
             now,
         };
         let restarts_before = e.rec.restarts;
-        match decision {
-            AfterExit::Restart => {
-                let decision = self.recovery_decision(i, now);
-                let restarted = matches!(decision, Decision::Restart { .. });
-                let why = format!("pid {old_pid} {how}");
-                self.apply(i, decision, Some((old_pid, exit)), condition_of(exit), &why);
-                if restarted {
-                    self.restart_group(i);
-                }
-            }
-            AfterExit::AutoRestart => {
+        let hold = e.hold_after_stop.take().filter(|_| !shutting_down);
+        let gone = Some((old_pid, exit));
+        let text = format!("pid {old_pid} {how}");
+        let cond = condition_of(exit);
+        let mode = if e.cfg.attach_only {
+            "attach-only"
+        } else {
+            e.cfg.restart.as_str()
+        };
+        match wanted {
+            Wanted::AutoRestart => {
                 e.rec.restart_automatic = false;
                 say!(
                     self,
-                    "{name}: pid {old_pid} {how}; stopped by ham to be restarted; restarting"
+                    "{name}: {text}; stopped by ham to be restarted; restarting"
                 );
-                let why = format!("pid {old_pid} {how}");
-                let decision = Decision::Restart { stateless: false };
-                self.apply(i, decision, Some((old_pid, exit)), condition_of(exit), &why);
             }
-            AfterExit::OperatorStart => {
-                e.rec.starts += 1;
-                e.rec.state = EntityState::Starting;
-                say!(self, "{name}: pid {old_pid} {how}; starting again as asked");
-                self.publish(i);
-                self.record(i, Some((old_pid, exit)), "operator", "restart", "as asked");
-                self.spawn(i);
+            Wanted::Restart => say!(self, "{name}: {text}; starting again as asked"),
+            Wanted::Down if hold.is_some() => {
+                say!(self, "{name}: {text}; held off as a condition asked");
             }
-            AfterExit::Stopped => {
-                if let Some(ns) = e.hold_after_stop.take().filter(|_| !shutting_down) {
-                    // A `hold-off` action: down for a while, then an automatic restart.
-                    say!(
-                        self,
-                        "{name}: pid {old_pid} {how}; held off as a condition asked"
-                    );
-                    self.hold_off(i, now + ns);
-                } else {
-                    e.rec.state = EntityState::Stopped;
-                    say!(self, "{name}: pid {old_pid} {how}; stopped");
-                    self.publish(i);
-                    self.record(i, Some((old_pid, exit)), "operator", "stop", "stopped");
+            Wanted::Down => say!(self, "{name}: {text}; stopped"),
+            Wanted::Up if !restartable => {
+                say!(self, "{name}: {text}; not restarted (restart = {mode})");
+            }
+            Wanted::Up => {}
+        }
+        // The lifecycle, and (for a death its restart mode restarts) the recovery policy.
+        let why = lifecycle::Why::new(cond, &text)
+            .gone(gone)
+            .until(now + hold.unwrap_or(0));
+        let exited = ham_core::lifecycle::Input::Exit {
+            restartable,
+            hold: hold.is_some(),
+        };
+        let mut fire_restart = self.step(i, exited, &why);
+        match wanted {
+            Wanted::Restart => self.record(i, gone, "operator", "restart", "as asked"),
+            Wanted::Down => match hold {
+                // A `hold-off` action: down for a while, then an automatic restart.
+                Some(ns) => {
+                    let wait = ham_core::duration::format_ns(ns);
+                    self.record(i, None, "condition", "hold-off", &format!("for {wait}"));
                 }
+                None => self.record(i, gone, "operator", "stop", "stopped"),
+            },
+            Wanted::Up if !restartable => {
+                let what = format!("restart = {mode}");
+                self.record(i, gone, cond, "stay-down", &what);
             }
-            AfterExit::Exited => {
-                e.rec.state = EntityState::Exited;
-                let mode = if e.cfg.attach_only {
-                    "attach-only"
-                } else {
-                    e.cfg.restart.as_str()
-                };
-                say!(
-                    self,
-                    "{name}: pid {old_pid} {how}; not restarted (restart = {mode})"
-                );
-                self.publish(i);
-                let cond = condition_of(exit);
-                self.record(
-                    i,
-                    Some((old_pid, exit)),
-                    cond,
-                    "stay-down",
-                    &format!("restart = {mode}"),
-                );
+            Wanted::Up if self.entities[i].rec.restarts > restarts_before => {
+                self.restart_group(i);
             }
+            _ => {}
         }
         // Conditions fire once the record that explains them is published: a successor that
-        // finds the old record decides again, but never runs these twice.
-        // Only a restart made above (by the policy) fires `restart` here: one that a death
-        // condition's restart action makes fires it itself, once, with the new pid.
-        let restarted_by_policy = self.entities[i].rec.restarts > restarts_before;
-        if !shutting_down {
-            self.fire(i, death, Some((old_pid, exit)));
-            if restarted_by_policy {
-                self.fire_restarted(i);
-            }
+        // finds the old record decides again, but never runs these twice. Only a restart
+        // made above fires `restart` here: one that a death condition's restart action
+        // makes fires it itself, once, with the new pid.
+        if shutting_down {
+            fire_restart = false;
+        } else {
+            self.fire(i, death, gone);
+        }
+        if fire_restart {
+            self.fire_restarted(i);
         }
     }
 
@@ -1913,8 +1893,7 @@ impl Daemon {
                         run.jwait = ham_core::journal::RunWait::Delay { until };
                     }
                     self.journal(id, true);
-                    self.timers
-                        .push(Reverse((until, TimerKind::Action, id as usize)));
+                    self.schedule(until, Deadline::Action(id));
                     return;
                 }
                 ActionKind::WaitFor { path, timeout_ns } => {
@@ -1935,8 +1914,7 @@ impl Daemon {
                         run.jwait = ham_core::journal::RunWait::Path { deadline };
                     }
                     self.journal(id, true);
-                    self.timers
-                        .push(Reverse((next, TimerKind::Action, id as usize)));
+                    self.schedule(next, Deadline::Action(id));
                     return;
                 }
                 ActionKind::Signal { entity, signal } => {
@@ -2012,12 +1990,11 @@ impl Daemon {
         let _ = epoll::add(
             &self.epoll,
             &pidfd,
-            epoll::EventData::new_u64(TOK_ACTION | u64::from(id)),
+            Token::Action(id).data(),
             epoll::EventFlags::IN,
         );
         self.exec_pids.insert(pid, id);
-        self.timers
-            .push(Reverse((deadline, TimerKind::Action, id as usize)));
+        self.schedule(deadline, Deadline::Action(id));
         if let Some(run) = self.runs.get_mut(&id) {
             run.waiting = Some(Wait::Exec {
                 pid,
@@ -2127,8 +2104,7 @@ impl Daemon {
                     if let Some(Wait::Path { next: n, .. }) = &mut run.waiting {
                         *n = next;
                     }
-                    self.timers
-                        .push(Reverse((next, TimerKind::Action, id as usize)));
+                    self.schedule(next, Deadline::Action(id));
                 }
             }
             _ => {}
@@ -2183,7 +2159,7 @@ impl Daemon {
         if let Some(ns) = e.cfg.watchdog_ns.filter(|_| !e.cfg.notify || e.ready) {
             let at = now + ns;
             e.watchdog_at = Some(at);
-            self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
+            self.schedule(at, Deadline::Watchdog(i));
         }
         let e = &self.entities[i];
         if e.cfg.wait_ready {
@@ -2193,7 +2169,7 @@ impl Daemon {
         if at <= now {
             self.on_ready(i);
         } else {
-            self.timers.push(Reverse((at, TimerKind::Ready, i)));
+            self.schedule(at, Deadline::Ready(i));
         }
     }
 
@@ -2354,7 +2330,7 @@ impl Daemon {
         };
         let at = now + ns;
         e.watchdog_at = Some(at);
-        self.timers.push(Reverse((at, TimerKind::Watchdog, i)));
+        self.schedule(at, Deadline::Watchdog(i));
     }
 
     /// A missed sd_notify watchdog: SIGABRT (so it leaves a core), SIGKILL after its
@@ -2371,8 +2347,7 @@ impl Daemon {
         e.rec.restart_pending = true;
         e.rec.restart_automatic = true;
         let name = e.cfg.name.clone();
-        self.timers
-            .push(Reverse((deadline, TimerKind::StopKill, i)));
+        self.schedule(deadline, Deadline::StopKill(i));
         self.publish(i);
         say!(self, "{name}: missed its watchdog; sending SIGABRT");
         self.record(i, None, "watchdog-missed", "abort", "SIGABRT");
@@ -2429,115 +2404,6 @@ impl Daemon {
         self.plog.append(&rec);
     }
 
-    /// What entity `i`'s recovery policy (and back-off) decide about restarting it now,
-    /// its process having ended: the policy's memory is updated in the record (published
-    /// by whoever carries the decision out).
-    fn recovery_decision(&mut self, i: usize, now: u64) -> Decision {
-        let e = &mut self.entities[i];
-        let lifetime = now.saturating_sub(e.rec.started_mono_ns);
-        let mut decision = match &e.cfg.policy {
-            Recovery::Immediate => Decision::Restart { stateless: false },
-            Recovery::Engine(p) => {
-                let (mem, d) =
-                    engine::decide(p, &e.rec.policy, engine::Event::Exit { lifetime }, now);
-                e.rec.policy = mem;
-                d
-            }
-        };
-        if let Some(b) = &e.cfg.backoff {
-            decision = engine::with_backoff(b, &mut e.rec.policy, decision, lifetime, now);
-        }
-        decision
-    }
-
-    /// Carries out a recovery decision for entity `i`, whose process is gone (`gone`: its
-    /// pid and exit, when this follows its death), because of `why`, under `cond`. The
-    /// decision and the policy's memory are published in one record before any effect;
-    /// then it goes to the process log (and, for a restart, to syslog).
-    fn apply(
-        &mut self,
-        i: usize,
-        decision: Decision,
-        gone: Option<(i32, LastExit)>,
-        cond: &str,
-        why: &str,
-    ) {
-        let name = self.entities[i].cfg.name.clone();
-        match decision {
-            Decision::Restart { stateless } => {
-                self.restart(i, gone, cond, why, stateless);
-            }
-            Decision::HoldOff { until } => {
-                let e = &mut self.entities[i];
-                e.rec.state = EntityState::HeldOff;
-                e.rec.policy.held_until = until;
-                let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
-                say!(
-                    self,
-                    "{name}: {why}; held off for {wait} by its recovery policy"
-                );
-                self.timers.push(Reverse((until, TimerKind::HoldOff, i)));
-                self.publish(i);
-                self.record(i, gone, cond, "hold-off", &format!("for {wait}"));
-            }
-            Decision::DeviceRestart { otherwise } => {
-                // The fallback is recorded first, with the escalation flagged in the same
-                // record: whatever becomes of this HAM, the device restart is not lost
-                // (a successor journals and runs it) and runs once (see `escalate`).
-                self.entities[i].rec.device_restart_pending = true;
-                self.apply(i, otherwise.as_decision(), gone, cond, why);
-                let reason = format!("{name}: services cannot be restored ({why})");
-                self.escalate(i, reason, gone);
-            }
-            Decision::GiveUp => {
-                let e = &mut self.entities[i];
-                e.rec.state = EntityState::Exited;
-                say!(
-                    self,
-                    "{name}: {why}; its recovery policy gives up (hamctl start {name} to try again)"
-                );
-                self.publish(i);
-                self.record(i, gone, cond, "give-up", "left down");
-            }
-        }
-    }
-
-    /// An automatic restart: counted and stamped in the record that is published before the
-    /// spawn, then logged (process log and syslog at LOG_ERR).
-    fn restart(
-        &mut self,
-        i: usize,
-        gone: Option<(i32, LastExit)>,
-        condition: &str,
-        why: &str,
-        stateless: bool,
-    ) {
-        let e = &mut self.entities[i];
-        // Conditions that do not re-arm are pruned by this restart, in the same record.
-        let prune = e
-            .cfg
-            .conditions
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.rearm)
-            .fold(0u64, |m, (k, _)| m | (1 << k));
-        e.pruned_now |= prune & !e.rec.disarmed;
-        e.rec.disarmed |= prune;
-        e.rec.restarts += 1;
-        e.rec.restart_stamps.push(mono_ns());
-        e.rec.policy.held_until = 0;
-        e.rec.state = EntityState::Starting;
-        let (name, n) = (e.cfg.name.clone(), e.rec.restarts);
-        let kind = if stateless { " (stateless)" } else { "" };
-        say!(self, "{name}: {why}; restarting{kind} (restart {n})");
-        self.publish(i);
-        failpoint::hit("exit:after-record");
-        self.record(i, gone, condition, "restart", &format!("restart {n}{kind}"));
-        self.syslog
-            .err(&format!("{name}: {why}; restarted (restart {n})"));
-        self.spawn(i);
-    }
-
     /// A `restart` action: an automatic restart of entity `j`. One without a process goes
     /// through its recovery policy and back-off like any automatic restart after a death
     /// (a client that dies at once is held off, not restarted in a loop); a running one is
@@ -2548,10 +2414,8 @@ impl Daemon {
         }
         match self.entities[j].rec.state {
             EntityState::Stopped | EntityState::Exited => {
-                let decision = self.recovery_decision(j, mono_ns());
-                let restarted = matches!(decision, Decision::Restart { .. });
-                self.apply(j, decision, None, cond, "a condition asked");
-                if restarted {
+                let why = lifecycle::Why::new(cond, "a condition asked");
+                if self.recover(j, &why) {
                     self.fire_restarted(j);
                 }
             }
@@ -2561,12 +2425,8 @@ impl Daemon {
 
     /// Holds entity `j` (which has no process) off until `until`, then restarts it.
     fn hold_off(&mut self, j: usize, until: u64) {
-        let e = &mut self.entities[j];
-        e.retry_at = None;
-        e.rec.state = EntityState::HeldOff;
-        e.rec.policy.held_until = until;
-        self.timers.push(Reverse((until, TimerKind::HoldOff, j)));
-        self.publish(j);
+        let why = lifecycle::Why::new("condition", "a condition asked").until(until);
+        self.step(j, ham_core::lifecycle::Input::HoldOff, &why);
         let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
         self.record(j, None, "condition", "hold-off", &format!("for {wait}"));
     }
@@ -2662,50 +2522,20 @@ impl Daemon {
     /// Sends the stop signal to a running entity (its process group, and the process itself
     /// if it left the group) and arms the SIGKILL deadline.
     fn begin_stop(&mut self, i: usize, wanted: Wanted) {
-        let now = mono_ns();
         let e = &mut self.entities[i];
-        e.wanted = wanted;
-        match e.rec.state {
-            EntityState::Running => {
-                let deadline = now + e.cfg.stop_timeout_ns;
-                e.stop_deadline = Some(deadline);
-                e.rec.state = EntityState::Stopping;
-                e.rec.restart_pending = matches!(wanted, Wanted::Restart | Wanted::AutoRestart);
-                e.rec.restart_automatic = wanted == Wanted::AutoRestart;
-                self.timers
-                    .push(Reverse((deadline, TimerKind::StopKill, i)));
-                self.publish(i);
-                failpoint::hit("stop:after-record");
-                let e = &self.entities[i];
-                signal_entity(e, e.cfg.stop_signal);
-                failpoint::hit("stop:after-signal");
-            }
-            EntityState::Stopping => {}
-            EntityState::Backoff
-            | EntityState::Starting
-            | EntityState::HeldOff
-            | EntityState::Waiting => {
-                e.retry_at = None;
-                e.rec.policy.held_until = 0;
-                if wanted == Wanted::Restart {
-                    e.rec.starts += 1;
-                    self.spawn(i);
-                } else if wanted == Wanted::AutoRestart {
-                    e.rec.restarts += 1;
-                    self.spawn(i);
-                } else {
-                    e.rec.state = EntityState::Stopped;
-                    self.publish(i);
-                }
-            }
-            EntityState::Stopped | EntityState::Exited => {
-                if wanted == Wanted::Restart {
-                    e.rec.starts += 1;
-                    self.spawn(i);
-                } else {
-                    self.answer_waiters(i);
-                }
-            }
+        if !matches!(e.rec.state, EntityState::Running | EntityState::Stopping) {
+            // Whatever it was waiting for (a retry, a hold-off) is off.
+            e.retry_at = None;
+            e.rec.policy.held_until = 0;
+        }
+        let input = match wanted {
+            Wanted::Down => ham_core::lifecycle::Input::Stop,
+            Wanted::Restart => ham_core::lifecycle::Input::Restart,
+            Wanted::AutoRestart | Wanted::Up => ham_core::lifecycle::Input::AutoRestart,
+        };
+        let why = lifecycle::Why::new("restart", "restarted by ham");
+        if self.step(i, input, &why) {
+            self.fire_restarted(i);
         }
     }
 
@@ -2714,33 +2544,33 @@ impl Daemon {
         let _ = rustix::io::read(&self.timerfd, &mut buf);
         self.armed_at = None;
         let now = mono_ns();
-        while let Some(Reverse((at, kind, i))) = self.timers.peek().copied() {
+        while let Some(Reverse((at, deadline))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if !self.timer_is_current(kind, i, at) {
+            if !self.timer_is_current(deadline, at) {
                 continue;
             }
-            match kind {
-                TimerKind::Liveness => {
+            match deadline {
+                Deadline::Liveness => {
                     let _ = self.writer.set_liveness(now);
                     self.schedule_tick(now);
                     self.ring_safety_net();
                     self.sweep_conns(now);
                     self.check_guardian(now);
                 }
-                TimerKind::GuardianRetry => self.spawn_guardian(),
-                TimerKind::StatusPatch => self.try_patches(now),
-                TimerKind::Action => self.on_action_timer(i as u32, at),
-                TimerKind::Heartbeat => self.check_heartbeat(i),
-                TimerKind::RingStall => {
+                Deadline::GuardianRetry => self.spawn_guardian(),
+                Deadline::StatusPatch(_) => self.try_patches(now),
+                Deadline::Action(id) => self.on_action_timer(id, at),
+                Deadline::Heartbeat(i) => self.check_heartbeat(i),
+                Deadline::RingStall => {
                     if let Some(c) = &mut self.clients {
                         c.stall_timer = None;
                     }
                     self.drain_ring();
                 }
-                TimerKind::Watchdog => {
+                Deadline::Watchdog(i) => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running && self.shutdown.is_none() {
                         // A heartbeat-missed-high like any other: the entity's conditions
@@ -2749,20 +2579,21 @@ impl Daemon {
                         self.heartbeat_missed(i, true, silent);
                     }
                 }
-                TimerKind::Ready => {
+                Deadline::Ready(i) => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Running && !e.ready {
                         self.on_ready(i);
                     }
                 }
-                TimerKind::HoldOff => {
-                    let e = &self.entities[i];
-                    if e.rec.state == EntityState::HeldOff && self.shutdown.is_none() {
-                        self.restart(i, None, "hold-off-over", "hold-off over", false);
-                        self.fire_restarted(i);
+                Deadline::HoldOff(i) => {
+                    if self.shutdown.is_none() {
+                        let why = lifecycle::Why::new("hold-off-over", "hold-off over");
+                        if self.step(i, ham_core::lifecycle::Input::HoldOffOver, &why) {
+                            self.fire_restarted(i);
+                        }
                     }
                 }
-                TimerKind::StopKill => {
+                Deadline::StopKill(i) => {
                     let e = &mut self.entities[i];
                     if e.rec.state == EntityState::Stopping {
                         let (name, t) = (e.cfg.name.clone(), e.cfg.stop_timeout_ns);
@@ -2772,11 +2603,11 @@ impl Daemon {
                             "{name}: did not stop within {}; sending SIGKILL",
                             ham_core::duration::format_ns(t)
                         );
-                        signal_entity(&self.entities[i], libc::SIGKILL);
-                        self.kill_cgroup(i);
                     }
+                    let why = lifecycle::Why::new("operator", "stop timeout");
+                    self.step(i, ham_core::lifecycle::Input::StopTimeout, &why);
                 }
-                TimerKind::Retry => {
+                Deadline::Retry(i) => {
                     let e = &self.entities[i];
                     if e.rec.state == EntityState::Backoff && self.shutdown.is_none() {
                         self.spawn(i);
@@ -2823,8 +2654,7 @@ impl Daemon {
                 _ if p.tries < 14 => {
                     p.tries += 1;
                     p.at = now + (1_000_000u64 << p.tries);
-                    self.timers
-                        .push(Reverse((p.at, TimerKind::StatusPatch, p.entity)));
+                    self.schedule(p.at, Deadline::StatusPatch(p.entity));
                     keep.push(p);
                 }
                 _ => {} // nobody reaped it within ~30 s: it stays "unknown"
@@ -2836,50 +2666,52 @@ impl Daemon {
 
     /// Whether a heap entry is still the deadline its owner waits for (entries are never
     /// removed when a deadline moves; stale ones are skipped here).
-    fn timer_is_current(&self, kind: TimerKind, i: usize, at: u64) -> bool {
-        match kind {
-            TimerKind::Watchdog => self.entities[i].watchdog_at == Some(at),
-            TimerKind::StopKill => self.entities[i].stop_deadline == Some(at),
-            TimerKind::Retry => self.entities[i].retry_at == Some(at),
-            TimerKind::Liveness => self.next_tick == at,
-            TimerKind::GuardianRetry => self.guardian_retry_at == Some(at),
-            TimerKind::StatusPatch => self.patches.iter().any(|p| p.at == at),
-            TimerKind::Action => self
-                .runs
-                .get(&(i as u32))
-                .is_some_and(|r| match &r.waiting {
-                    Some(Wait::Delay { until }) => *until == at,
-                    Some(Wait::Exec { deadline, .. }) => *deadline == at,
-                    Some(Wait::Path { next, .. }) => *next == at,
-                    None => false,
-                }),
-            TimerKind::Ready => {
+    fn timer_is_current(&self, deadline: Deadline, at: u64) -> bool {
+        match deadline {
+            Deadline::Watchdog(i) => self.entities[i].watchdog_at == Some(at),
+            Deadline::StopKill(i) => self.entities[i].stop_deadline == Some(at),
+            Deadline::Retry(i) => self.entities[i].retry_at == Some(at),
+            Deadline::Liveness => self.next_tick == at,
+            Deadline::GuardianRetry => self.guardian_retry_at == Some(at),
+            Deadline::StatusPatch(_) => self.patches.iter().any(|p| p.at == at),
+            Deadline::Action(id) => self.runs.get(&id).is_some_and(|r| match &r.waiting {
+                Some(Wait::Delay { until }) => *until == at,
+                Some(Wait::Exec { deadline, .. }) => *deadline == at,
+                Some(Wait::Path { next, .. }) => *next == at,
+                None => false,
+            }),
+            Deadline::Ready(i) => {
                 let e = &self.entities[i];
                 e.rec.started_mono_ns + e.cfg.ready_after_ns == at
             }
-            TimerKind::HoldOff => self.entities[i].rec.policy.held_until == at,
-            TimerKind::Heartbeat => self.entities[i]
+            Deadline::HoldOff(i) => self.entities[i].rec.policy.held_until == at,
+            Deadline::Heartbeat(i) => self.entities[i]
                 .hb
                 .as_ref()
                 .is_some_and(|h| h.deadline == at),
-            TimerKind::RingStall => self
+            Deadline::RingStall => self
                 .clients
                 .as_ref()
                 .is_some_and(|c| c.stall_timer == Some(at)),
         }
     }
 
+    /// Adds a deadline (the one place they are made).
+    fn schedule(&mut self, at: u64, deadline: Deadline) {
+        self.timers.push(Reverse((at, deadline)));
+    }
+
     fn rearm_timer(&mut self) {
         // Drop entries that no longer match their owner, so the timer never wakes us for
         // nothing.
-        while let Some(Reverse((at, kind, i))) = self.timers.peek().copied() {
-            let live = self.timer_is_current(kind, i, at);
+        while let Some(Reverse((at, deadline))) = self.timers.peek().copied() {
+            let live = self.timer_is_current(deadline, at);
             if live {
                 break;
             }
             self.timers.pop();
         }
-        let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let next = self.timers.peek().map(|Reverse((at, _))| *at);
         if next == self.armed_at {
             return;
         }
@@ -2968,7 +2800,7 @@ impl Daemon {
                 let _ = epoll::add(
                     &self.epoll,
                     &pc,
-                    epoll::EventData::new_u64(TOK_PROCCONN),
+                    Token::ProcConn.data(),
                     epoll::EventFlags::IN,
                 );
                 self.proc_conn = Some(pc);
@@ -3016,60 +2848,35 @@ impl Daemon {
             reply(stream, &Response::err("ham is shutting down"));
             return;
         }
-        let client_request = matches!(
-            req,
-            Request::Ping
-                | Request::Hello
-                | Request::Attach { .. }
-                | Request::Detach { .. }
-                | Request::Subscribe { .. }
-                | Request::Ready { .. }
-                | Request::Lookup { .. }
-                | Request::Verbose {
-                    op: ham_core::protocol::VerboseOp::Get,
-                    ..
-                }
-        );
-        // A process may define conditions and actions on the entity it is; what they may
-        // hold (nothing that runs a command, signals or acts on another entity: that would
-        // run with ham's privileges) is checked on the parsed result, in `may_add`.
-        let privileged = peer.uid == 0 || peer.uid == self.my_uid;
-        let own_entity = match &req {
-            Request::Define {
-                change:
-                    ham_core::protocol::Change::Condition { entity, .. }
-                    | ham_core::protocol::Change::Action { entity, .. },
-            } if !privileged => {
-                // The entity's process, or a helper it runs (`ham-client` from a script).
-                self.by_name
-                    .get(entity)
-                    .is_some_and(|&i| {
-                        let pid = self.entities[i].rec.pid;
-                        pid > 0 && (pid == peer.pid || procfs::parent(peer.pid) == Some(pid))
-                    })
-                    .then(|| entity.clone())
-            }
-            _ => None,
+        // Who may ask what: one rule (`authz::may`). A process may define conditions and
+        // actions on the entity it is; what they may hold (nothing that runs a command,
+        // signals or acts on another entity: that would run with ham's privileges) is
+        // checked on the parsed result, in `may_add`.
+        let grant = {
+            let process_of = |name: &str| self.by_name.get(name).map(|&k| self.entities[k].rec.pid);
+            let caller = authz::Caller {
+                pid: peer.pid,
+                uid: peer.uid,
+                ham_uid: self.my_uid,
+                process_of: &process_of,
+                parent_of: &procfs::parent,
+            };
+            authz::may(&caller, &req)
         };
-        if !client_request && !privileged && own_entity.is_none() {
-            say!(
-                self,
-                "refused a request from uid {} (pid {})",
-                peer.uid,
-                peer.pid
-            );
-            reply(
-                stream,
-                &Response::errno(
-                    libc::EPERM,
-                    format!(
-                        "permission denied: uid {} is neither root nor the owner of this ham (uid {})",
-                        peer.uid, self.my_uid
-                    ),
-                ),
-            );
-            return;
-        }
+        let own_entity = match grant {
+            Ok(authz::Grant::Entity(name)) => Some(name),
+            Ok(_) => None,
+            Err((errno, why)) => {
+                say!(
+                    self,
+                    "refused a request from uid {} (pid {})",
+                    peer.uid,
+                    peer.pid
+                );
+                reply(stream, &Response::errno(errno, why));
+                return;
+            }
+        };
         let entity = match &req {
             Request::Start { entity }
             | Request::Stop { entity }
@@ -3194,9 +3001,14 @@ impl Daemon {
                 let name = e.cfg.name.clone();
                 // The process itself, a helper it runs (`ham-client ready` from a script),
                 // root or ham's user.
-                let own = e.rec.pid > 0
-                    && (e.rec.pid == peer.pid || procfs::parent(peer.pid) == Some(e.rec.pid));
-                if !(own || peer.uid == 0 || peer.uid == self.my_uid) {
+                let caller = authz::Caller {
+                    pid: peer.pid,
+                    uid: peer.uid,
+                    ham_uid: self.my_uid,
+                    process_of: &|_| Some(e.rec.pid),
+                    parent_of: &procfs::parent,
+                };
+                if !(caller.privileged() || caller.is_process_of(&name)) {
                     reply(
                         stream,
                         &Response::err(format!(
@@ -3249,20 +3061,19 @@ impl Daemon {
             (Request::Start { .. }, Some(i)) => {
                 let e = &mut self.entities[i];
                 e.waiters.push((stream, WaitFor::Up));
-                match e.rec.state {
-                    EntityState::Running => self.answer_waiters(i),
-                    EntityState::Stopping => e.wanted = Wanted::Restart,
-                    EntityState::Starting | EntityState::Waiting => {}
+                if matches!(
+                    e.rec.state,
                     EntityState::Stopped
-                    | EntityState::Exited
-                    | EntityState::Backoff
-                    | EntityState::HeldOff => {
-                        e.rec.starts += 1;
-                        e.rec.policy = engine::decide_operator_start(&e.rec.policy);
-                        self.record(i, None, "operator", "start", "asked");
-                        self.spawn(i);
-                    }
+                        | EntityState::Exited
+                        | EntityState::Backoff
+                        | EntityState::HeldOff
+                ) {
+                    // An operator start begins the policy's count afresh.
+                    e.rec.policy = engine::decide_operator_start(&e.rec.policy);
+                    self.record(i, None, "operator", "start", "asked");
                 }
+                let why = lifecycle::Why::new("operator", "started as asked");
+                self.step(i, ham_core::lifecycle::Input::Start, &why);
             }
             (Request::Restart { .. }, Some(i)) => {
                 self.record(i, None, "operator", "restart", "asked");

@@ -1,0 +1,317 @@
+//! One entity's lifecycle as a pure table: `step(state, wanted, input)` gives the next state,
+//! what is wanted of it, and the effects the daemon carries out, in order. Nothing here
+//! spawns, signals, publishes or reads a clock; the daemon executes the effects (and feeds
+//! back what they bring about: a spawn's outcome, a recovery decision).
+//!
+//! The whole table (every state × wanted × input) is written out by
+//! `ham-core/tests/lifecycle.rs` and compared with `ham-core/tests/lifecycle.table`: a
+//! change of behaviour is a reviewed change of that file.
+//!
+//! Ordering is part of the contract: where an effect acts on the world (spawn, signal), the
+//! record that explains it is published first (`Publish` comes before it), so a successor
+//! that finds the record never does it twice and never misses it.
+
+use crate::layout::EntityState as State;
+use crate::policy::Wanted;
+
+/// What happens to an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// An operator asks it to run (`hamctl start`).
+    Start,
+    /// An operator asks it to stop (`hamctl stop`, a `stop` action, a shutdown's layer).
+    Stop,
+    /// An operator asks for a restart (`hamctl restart`).
+    Restart,
+    /// ham restarts it on its own account: its group restarts, a restart action on a
+    /// running process.
+    AutoRestart,
+    /// Its process is gone. `restartable`: its restart mode starts it again after such an
+    /// exit (never for an attach-only entity). `hold`: it was stopped by a `hold-off`
+    /// action, to be held off and then restarted.
+    Exit { restartable: bool, hold: bool },
+    /// What its recovery policy decided, after an `Exit` asked it (`Effect::Recover`).
+    Recovered(Recovery),
+    /// Its process runs (released into its program).
+    Spawned,
+    /// Its process could not be started.
+    SpawnFailed,
+    /// Backoff's retry deadline came.
+    RetryDue,
+    /// A hold-off's deadline came.
+    HoldOffOver,
+    /// A hold-off asked for (a `hold-off` action) of an entity without a process.
+    HoldOff,
+    /// The stop signal's deadline came and it is still there.
+    StopTimeout,
+    /// It missed its watchdog (or a missed-high heartbeat no condition handles).
+    WatchdogMissed,
+    /// The entities it starts after are ready.
+    DepsReady,
+}
+
+/// A recovery decision, as far as the lifecycle needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Start it again now (an automatic restart).
+    Restart,
+    /// Hold it off until a deadline, then restart it.
+    HoldOff,
+    /// Leave it down.
+    GiveUp,
+}
+
+/// What the daemon does, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Publish the entity's record (state, wanted intent, counters) to the segment.
+    Publish,
+    /// Count an operator start (`starts`) and reset the policy's memory for it.
+    CountStart,
+    /// Count an automatic restart (`restarts`, its stamp), pruning the conditions that do
+    /// not re-arm.
+    CountRestart,
+    /// Start its process.
+    Spawn,
+    /// Arm the SIGKILL deadline (`stop_timeout`).
+    ArmStopKill,
+    /// Arm the retry deadline of a failed spawn.
+    ArmRetry,
+    /// Arm the hold-off deadline.
+    ArmHoldOff,
+    /// Send its stop signal.
+    SignalStop,
+    /// Send SIGABRT (a hang: it leaves a core).
+    SignalAbort,
+    /// Send SIGKILL (the stop signal was not enough).
+    SignalKill,
+    /// Ask its recovery policy (answered with `Input::Recovered`).
+    Recover,
+    /// Fire its `restart` conditions once it runs.
+    FireRestart,
+    /// Answer the operators waiting for it to be up or down.
+    AnswerWaiters,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub state: State,
+    pub wanted: Wanted,
+    pub effects: Vec<Effect>,
+}
+
+/// Every state, for tables and tests.
+pub const STATES: [State; 8] = [
+    State::Waiting,
+    State::Starting,
+    State::Running,
+    State::Stopping,
+    State::Stopped,
+    State::Exited,
+    State::Backoff,
+    State::HeldOff,
+];
+
+/// Every wanted intent, for tables and tests.
+pub const WANTED: [Wanted; 4] = [
+    Wanted::Up,
+    Wanted::Down,
+    Wanted::Restart,
+    Wanted::AutoRestart,
+];
+
+/// Every input, for tables and tests.
+pub const INPUTS: [Input; 18] = [
+    Input::Start,
+    Input::Stop,
+    Input::Restart,
+    Input::AutoRestart,
+    Input::Exit {
+        restartable: true,
+        hold: false,
+    },
+    Input::Exit {
+        restartable: false,
+        hold: false,
+    },
+    Input::Exit {
+        restartable: false,
+        hold: true,
+    },
+    Input::Recovered(Recovery::Restart),
+    Input::Recovered(Recovery::HoldOff),
+    Input::Recovered(Recovery::GiveUp),
+    Input::Spawned,
+    Input::SpawnFailed,
+    Input::RetryDue,
+    Input::HoldOffOver,
+    Input::HoldOff,
+    Input::StopTimeout,
+    Input::WatchdogMissed,
+    Input::DepsReady,
+];
+
+/// One step of the lifecycle.
+pub fn step(state: State, wanted: Wanted, input: Input) -> Step {
+    use Effect::*;
+    let to = |state: State, wanted: Wanted, effects: &[Effect]| Step {
+        state,
+        wanted,
+        effects: effects.to_vec(),
+    };
+    let same = |effects: &[Effect]| to(state, wanted, effects);
+    // A process that starts again: counted (operator or automatic), recorded, spawned.
+    let start = |count: Effect| {
+        let fire: &[Effect] = if count == CountRestart {
+            &[count, Publish, Spawn, FireRestart]
+        } else {
+            &[count, Publish, Spawn]
+        };
+        to(State::Starting, Wanted::Up, fire)
+    };
+    let has_process = matches!(state, State::Running | State::Stopping);
+    let waits = matches!(
+        state,
+        State::Backoff | State::Starting | State::HeldOff | State::Waiting
+    );
+    match input {
+        Input::Start => match state {
+            State::Running => same(&[AnswerWaiters]),
+            // Stopping: started again once it is down.
+            State::Stopping => to(state, Wanted::Restart, &[]),
+            State::Starting | State::Waiting => same(&[]),
+            State::Stopped | State::Exited | State::Backoff | State::HeldOff => start(CountStart),
+        },
+        Input::Stop | Input::Restart | Input::AutoRestart => {
+            let w = match input {
+                Input::Stop => Wanted::Down,
+                Input::Restart => Wanted::Restart,
+                _ => Wanted::AutoRestart,
+            };
+            if state == State::Running {
+                // Recorded (with the intent, for a successor to finish) before the signal.
+                return to(State::Stopping, w, &[ArmStopKill, Publish, SignalStop]);
+            }
+            if state == State::Stopping {
+                return to(state, w, &[]);
+            }
+            match (w, waits) {
+                (Wanted::Down, true) => to(State::Stopped, w, &[Publish, AnswerWaiters]),
+                (Wanted::Down, false) => same(&[AnswerWaiters]),
+                (Wanted::Restart, _) => start(CountStart),
+                (_, true) => start(CountRestart),
+                // Down already: nothing of its own to restart (a restart action on an
+                // entity without a process goes through `Exit` and its recovery).
+                (_, false) => same(&[AnswerWaiters]),
+            }
+        }
+        Input::Exit { restartable, hold } => match wanted {
+            // Straight to held off (never published as stopped: a successor would leave it
+            // down).
+            Wanted::Down if hold => to(State::HeldOff, wanted, &[ArmHoldOff, Publish]),
+            Wanted::Down => to(State::Stopped, wanted, &[Publish, AnswerWaiters]),
+            Wanted::Restart => start(CountStart),
+            Wanted::AutoRestart => start(CountRestart),
+            // Left down by its restart mode, or its policy decides (answered with
+            // `Recovered`); until then it is down.
+            Wanted::Up if restartable => to(State::Exited, wanted, &[Recover]),
+            Wanted::Up => to(State::Exited, wanted, &[Publish, AnswerWaiters]),
+        },
+        // After an exit (or, for a restart action, an entity already down).
+        Input::Recovered(r) if matches!(state, State::Exited | State::Stopped) => match r {
+            Recovery::Restart => start(CountRestart),
+            Recovery::HoldOff => to(State::HeldOff, wanted, &[ArmHoldOff, Publish]),
+            Recovery::GiveUp => to(State::Exited, wanted, &[Publish, AnswerWaiters]),
+        },
+        Input::Recovered(_) => same(&[]),
+        Input::Spawned if state == State::Starting => {
+            to(State::Running, wanted, &[Publish, AnswerWaiters])
+        }
+        Input::SpawnFailed if state == State::Starting => {
+            to(State::Backoff, wanted, &[ArmRetry, Publish, AnswerWaiters])
+        }
+        Input::Spawned | Input::SpawnFailed => same(&[]),
+        Input::RetryDue if state == State::Backoff => to(State::Starting, wanted, &[Spawn]),
+        Input::RetryDue => same(&[]),
+        Input::HoldOffOver if state == State::HeldOff => start(CountRestart),
+        Input::HoldOffOver => same(&[]),
+        Input::HoldOff if !has_process => to(State::HeldOff, wanted, &[ArmHoldOff, Publish]),
+        Input::HoldOff => same(&[]),
+        Input::StopTimeout if state == State::Stopping => same(&[SignalKill]),
+        Input::StopTimeout => same(&[]),
+        // A hang: its death then goes to its policy like any other.
+        Input::WatchdogMissed if state == State::Running => to(
+            State::Stopping,
+            Wanted::Up,
+            &[ArmStopKill, Publish, SignalAbort],
+        ),
+        Input::WatchdogMissed => same(&[]),
+        Input::DepsReady if state == State::Waiting => to(State::Starting, wanted, &[Spawn]),
+        Input::DepsReady => same(&[]),
+    }
+}
+
+/// The table as text, one line per state × wanted × input (what the golden file holds).
+pub fn table() -> String {
+    let mut out = String::new();
+    for s in STATES {
+        for w in WANTED {
+            for i in INPUTS {
+                let st = step(s, w, i);
+                out.push_str(&format!(
+                    "{:<8} {:<11} {:<41} -> {:<8} {:<11} {:?}\n",
+                    s.as_str(),
+                    format!("{w:?}"),
+                    format!("{i:?}"),
+                    st.state.as_str(),
+                    format!("{:?}", st.wanted),
+                    st.effects
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spawn_and_signal_is_published_first() {
+        for s in STATES {
+            for w in WANTED {
+                for i in INPUTS {
+                    let e = step(s, w, i).effects;
+                    for act in [Effect::Spawn, Effect::SignalStop, Effect::SignalAbort] {
+                        if let Some(k) = e.iter().position(|&x| x == act) {
+                            // A retry or a dependency's readiness spawns from a record
+                            // already saying `starting`.
+                            let published = e[..k].contains(&Effect::Publish)
+                                || matches!(i, Input::RetryDue | Input::DepsReady);
+                            assert!(published, "{s:?} {w:?} {i:?}: {e:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_recovery_restart_or_an_automatic_one_fires_restart_conditions() {
+        for s in STATES {
+            for w in WANTED {
+                for i in INPUTS {
+                    let e = step(s, w, i).effects;
+                    let fires = e.contains(&Effect::FireRestart);
+                    assert_eq!(
+                        fires,
+                        e.contains(&Effect::CountRestart),
+                        "{s:?} {w:?} {i:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Who may ask what of ham: one function over the request and what is known of the caller
+//! (the kernel's `SO_PEERCRED` pid and uid, and which entity's process it is). The
+//! requests' own handlers then check only what depends on the moment (an attachment held by
+//! another process, say).
+
+use ham_core::protocol::{Change, Request, VerboseOp};
+
+/// What a caller may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Grant {
+    /// Root or ham's user: anything.
+    Operator,
+    /// A client: the requests any member of the client group may make (the handlers check
+    /// the rest: attaching only itself, detaching only its own attachment, …).
+    Client,
+    /// The process of entity `name` (or a helper it runs), defining on that entity: what it
+    /// adds is checked on the parsed result to run nothing (`runtime::may_add`).
+    Entity(String),
+}
+
+/// The caller.
+pub(super) struct Caller<'a> {
+    pub pid: i32,
+    pub uid: u32,
+    /// ham's own uid.
+    pub ham_uid: u32,
+    /// The pid of entity `name`'s process, if it runs.
+    pub process_of: &'a dyn Fn(&str) -> Option<i32>,
+    /// A process's parent.
+    pub parent_of: &'a dyn Fn(i32) -> Option<i32>,
+}
+
+impl Caller<'_> {
+    pub fn privileged(&self) -> bool {
+        self.uid == 0 || self.uid == self.ham_uid
+    }
+
+    /// Whether the caller is entity `name`'s process, or a helper it runs (`ham-client` from
+    /// a script).
+    pub fn is_process_of(&self, name: &str) -> bool {
+        (self.process_of)(name).is_some_and(|pid| {
+            pid > 0 && (pid == self.pid || (self.parent_of)(self.pid) == Some(pid))
+        })
+    }
+}
+
+/// What `caller` may do with `req`, or why not (`EPERM` and a message).
+pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)> {
+    if caller.privileged() {
+        return Ok(Grant::Operator);
+    }
+    match req {
+        Request::Ping
+        | Request::Hello
+        | Request::Attach { .. }
+        | Request::Detach { .. }
+        | Request::Subscribe { .. }
+        | Request::Ready { .. }
+        | Request::Lookup { .. }
+        | Request::Verbose {
+            op: VerboseOp::Get, ..
+        } => Ok(Grant::Client),
+        Request::Define {
+            change: Change::Condition { entity, .. } | Change::Action { entity, .. },
+        } if caller.is_process_of(entity) => Ok(Grant::Entity(entity.clone())),
+        _ => Err((
+            libc::EPERM,
+            format!(
+                "permission denied: uid {} is neither root nor the owner of this ham (uid {})",
+                caller.uid, caller.ham_uid
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    /// Entity `web` runs as pid 100; pid 101 is its child; 200 is someone else.
+    fn caller(pid: i32, uid: u32) -> Caller<'static> {
+        Caller {
+            pid,
+            uid,
+            ham_uid: 0,
+            process_of: &|name| (name == "web").then_some(100),
+            parent_of: &|pid| match pid {
+                101 => Some(100),
+                _ => Some(1),
+            },
+        }
+    }
+
+    fn condition(entity: &str) -> Request {
+        Request::Define {
+            change: Change::Condition {
+                entity: entity.into(),
+                table: Map::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn root_may_do_anything_and_an_outsider_only_what_a_client_may() {
+        let root = caller(200, 0);
+        for req in [
+            Request::Shutdown,
+            Request::Stop {
+                entity: "web".into(),
+            },
+            condition("db"),
+            Request::DeviceRestart { enabled: false },
+        ] {
+            assert_eq!(may(&root, &req), Ok(Grant::Operator), "{req:?}");
+            let (errno, _) = may(&caller(200, 65534), &req).unwrap_err();
+            assert_eq!(errno, libc::EPERM, "{req:?}");
+        }
+        for req in [
+            Request::Ping,
+            Request::Hello,
+            Request::Ready {
+                entity: "web".into(),
+            },
+            Request::Verbose {
+                op: VerboseOp::Get,
+                value: 0,
+            },
+        ] {
+            assert_eq!(may(&caller(200, 65534), &req), Ok(Grant::Client), "{req:?}");
+        }
+        let set = Request::Verbose {
+            op: VerboseOp::Set,
+            value: 3,
+        };
+        assert!(may(&caller(200, 65534), &set).is_err());
+    }
+
+    #[test]
+    fn an_entity_and_its_helpers_may_define_on_that_entity_only() {
+        for pid in [100, 101] {
+            let c = caller(pid, 65534);
+            assert_eq!(may(&c, &condition("web")), Ok(Grant::Entity("web".into())));
+            assert!(may(&c, &condition("db")).is_err());
+            assert!(
+                may(
+                    &c,
+                    &Request::Stop {
+                        entity: "web".into()
+                    }
+                )
+                .is_err()
+            );
+        }
+        assert!(may(&caller(200, 65534), &condition("web")).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! Carrying out an entity's lifecycle (`ham_core::lifecycle`): an input goes through the
+//! pure table, the entity takes the state and intent it gives, and its effects run here, in
+//! order. The recovery policy is asked from here too (`Effect::Recover`), and its answer goes
+//! back through the table.
+
+use ham_core::LastExit;
+use ham_core::engine::Decision;
+use ham_core::lifecycle::{self, Effect, Input, Recovery};
+use ham_core::policy::Wanted;
+
+use super::{Daemon, Deadline, log, signal_entity};
+use crate::{failpoint, mono_ns};
+
+macro_rules! say {
+    ($self:expr, $($arg:tt)*) => {
+        log(&$self.cfg.instance.name, format_args!($($arg)*))
+    };
+}
+
+/// Why an input happens, for the effects that log, record or wait.
+pub(super) struct Why<'a> {
+    /// The process that is gone and how, when a death caused it.
+    pub gone: Option<(i32, LastExit)>,
+    /// The condition name for the process log (`death`, `operator`, `hold-off-over`, …).
+    pub cond: &'a str,
+    /// What happened, for ham's log (`pid 12 killed by signal 9`, `a condition asked`).
+    pub text: &'a str,
+    /// A hold-off's deadline (`ArmHoldOff`).
+    pub hold_until: u64,
+    /// The restart is stateless (a stage of an NX-OS-style policy).
+    pub stateless: bool,
+}
+
+impl<'a> Why<'a> {
+    pub fn new(cond: &'a str, text: &'a str) -> Self {
+        Self {
+            gone: None,
+            cond,
+            text,
+            hold_until: 0,
+            stateless: false,
+        }
+    }
+    pub fn gone(mut self, gone: Option<(i32, LastExit)>) -> Self {
+        self.gone = gone;
+        self
+    }
+    pub fn until(mut self, at: u64) -> Self {
+        self.hold_until = at;
+        self
+    }
+}
+
+impl Daemon {
+    /// Feeds `input` to entity `i`'s lifecycle and carries out the effects. Returns whether
+    /// its `restart` conditions are to fire: the caller fires them once the event that led
+    /// here has fired its own (a death's conditions come first).
+    pub(super) fn step(&mut self, i: usize, input: Input, why: &Why) -> bool {
+        let e = &mut self.entities[i];
+        let next = lifecycle::step(e.rec.state, e.wanted, input);
+        e.rec.state = next.state;
+        e.wanted = next.wanted;
+        let mut fire_restart = false;
+        // A restart counted, logged once its record is out.
+        let mut restarted = None;
+        for effect in next.effects {
+            match effect {
+                Effect::Publish => {
+                    self.publish(i);
+                    if let Some(n) = restarted.take() {
+                        self.log_restart(i, why, n);
+                    }
+                }
+                Effect::CountStart => self.entities[i].rec.starts += 1,
+                Effect::CountRestart => restarted = Some(self.count_restart(i)),
+                Effect::Spawn => self.spawn(i),
+                Effect::ArmStopKill => {
+                    let e = &mut self.entities[i];
+                    let deadline = mono_ns() + e.cfg.stop_timeout_ns;
+                    e.stop_deadline = Some(deadline);
+                    // A successor that finds it `stopping` finishes what was asked.
+                    e.rec.restart_pending =
+                        matches!(e.wanted, Wanted::Restart | Wanted::AutoRestart);
+                    e.rec.restart_automatic = e.wanted == Wanted::AutoRestart;
+                    self.schedule(deadline, Deadline::StopKill(i));
+                }
+                Effect::ArmRetry => {} // armed by `spawn`, which knows its failure count
+                Effect::ArmHoldOff => {
+                    let e = &mut self.entities[i];
+                    e.retry_at = None;
+                    e.rec.policy.held_until = why.hold_until;
+                    self.schedule(why.hold_until, Deadline::HoldOff(i));
+                }
+                Effect::SignalStop => {
+                    failpoint::hit("stop:after-record");
+                    let e = &self.entities[i];
+                    signal_entity(e, e.cfg.stop_signal);
+                    failpoint::hit("stop:after-signal");
+                }
+                Effect::SignalAbort => signal_entity(&self.entities[i], libc::SIGABRT),
+                Effect::SignalKill => {
+                    signal_entity(&self.entities[i], libc::SIGKILL);
+                    self.kill_cgroup(i);
+                }
+                Effect::Recover => fire_restart |= self.recover(i, why),
+                Effect::FireRestart => fire_restart = true,
+                Effect::AnswerWaiters => self.answer_waiters(i),
+            }
+        }
+        fire_restart
+    }
+
+    /// Asks entity `i`'s recovery policy (and back-off) what follows (`engine::recover`,
+    /// pure: its memory goes into the record the step publishes), and carries it out
+    /// through the lifecycle. Returns whether `restart` conditions are to fire.
+    pub(super) fn recover(&mut self, i: usize, why: &Why) -> bool {
+        let now = mono_ns();
+        let e = &mut self.entities[i];
+        let lifetime = now.saturating_sub(e.rec.started_mono_ns);
+        let (mem, decision) = ham_core::engine::recover(
+            &e.cfg.policy,
+            e.cfg.backoff.as_ref(),
+            &e.rec.policy,
+            lifetime,
+            now,
+        );
+        e.rec.policy = mem;
+        self.carry_out(i, decision, why)
+    }
+
+    fn carry_out(&mut self, i: usize, decision: Decision, why: &Why) -> bool {
+        let name = self.entities[i].cfg.name.clone();
+        let text = why.text;
+        match decision {
+            Decision::Restart { stateless } => {
+                let why = Why {
+                    stateless,
+                    gone: why.gone,
+                    ..Why::new(why.cond, why.text)
+                };
+                self.step(i, Input::Recovered(Recovery::Restart), &why)
+            }
+            Decision::HoldOff { until } => {
+                let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
+                say!(
+                    self,
+                    "{name}: {text}; held off for {wait} by its recovery policy"
+                );
+                let held = Why::new(why.cond, why.text).gone(why.gone).until(until);
+                let fire = self.step(i, Input::Recovered(Recovery::HoldOff), &held);
+                self.record(i, why.gone, why.cond, "hold-off", &format!("for {wait}"));
+                fire
+            }
+            Decision::DeviceRestart { otherwise } => {
+                // The fallback is recorded first, with the escalation flagged in the same
+                // record: whatever becomes of this HAM, the device restart is not lost
+                // (a successor journals and runs it) and runs once (see `escalate`).
+                self.entities[i].rec.device_restart_pending = true;
+                let fire = self.carry_out(i, otherwise.as_decision(), why);
+                let reason = format!("{name}: services cannot be restored ({text})");
+                self.escalate(i, reason, why.gone);
+                fire
+            }
+            Decision::GiveUp => {
+                say!(
+                    self,
+                    "{name}: {text}; its recovery policy gives up (hamctl start {name} to try again)"
+                );
+                let fire = self.step(i, Input::Recovered(Recovery::GiveUp), why);
+                self.record(i, why.gone, why.cond, "give-up", "left down");
+                fire
+            }
+        }
+    }
+
+    /// An automatic restart: counted and stamped (published by the step's next effect),
+    /// pruning the conditions that do not re-arm. Returns its number.
+    fn count_restart(&mut self, i: usize) -> u32 {
+        let e = &mut self.entities[i];
+        let prune = e
+            .cfg
+            .conditions
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.rearm)
+            .fold(0u64, |m, (k, _)| m | (1 << k));
+        e.pruned_now |= prune & !e.rec.disarmed;
+        e.rec.disarmed |= prune;
+        e.rec.restarts += 1;
+        e.rec.restart_stamps.push(mono_ns());
+        e.rec.policy.held_until = 0;
+        e.rec.restarts
+    }
+
+    /// Says restart `n` of entity `i` (ham's log, the process log, syslog at LOG_ERR), once
+    /// its record is published.
+    fn log_restart(&mut self, i: usize, why: &Why, n: u32) {
+        let name = self.entities[i].cfg.name.clone();
+        let kind = if why.stateless { " (stateless)" } else { "" };
+        let text = why.text;
+        say!(self, "{name}: {text}; restarting{kind} (restart {n})");
+        failpoint::hit("exit:after-record");
+        self.record(
+            i,
+            why.gone,
+            why.cond,
+            "restart",
+            &format!("restart {n}{kind}"),
+        );
+        self.syslog
+            .err(&format!("{name}: {text}; restarted (restart {n})"));
+    }
+}

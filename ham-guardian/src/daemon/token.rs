@@ -1,0 +1,107 @@
+//! What an epoll event is about: each registration carries a [`Token`], encoded in the
+//! event's 64-bit data (a kind in the high half, an id in the low half).
+
+use rustix::event::epoll::EventData;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Token {
+    /// The signalfd (SIGTERM, SIGINT, SIGHUP, SIGCHLD).
+    Signal,
+    /// The timerfd armed at the earliest deadline.
+    Timer,
+    /// The control socket's listener.
+    Listen,
+    /// The Guardian's pidfd.
+    Guardian,
+    /// The proc connector's netlink socket.
+    ProcConn,
+    /// The sd_notify socket.
+    Notify,
+    /// The client segment's doorbell (an eventfd).
+    Doorbell,
+    /// The handoff socket to the Guardian became writable.
+    Handoff,
+    /// A control connection.
+    Conn(u64),
+    /// The pidfd of the process of entity `i`.
+    Pidfd(usize),
+    /// The pidfd of a command condition run `id` waits for.
+    Action(u32),
+    /// A subscriber's connection.
+    Sub(u64),
+}
+
+const KIND: u64 = 32;
+const ID: u64 = 0xffff_ffff;
+
+impl Token {
+    pub fn encode(self) -> u64 {
+        let (kind, id) = match self {
+            Self::Signal => (0, 1),
+            Self::Timer => (0, 2),
+            Self::Listen => (0, 3),
+            Self::Guardian => (0, 4),
+            Self::ProcConn => (0, 5),
+            Self::Notify => (0, 6),
+            Self::Doorbell => (0, 7),
+            Self::Handoff => (0, 8),
+            Self::Conn(id) => (1, id & ID),
+            Self::Pidfd(i) => (2, i as u64 & ID),
+            Self::Action(id) => (3, u64::from(id)),
+            Self::Sub(id) => (4, id & ID),
+        };
+        (kind << KIND) | id
+    }
+
+    pub fn decode(v: u64) -> Option<Self> {
+        let id = v & ID;
+        Some(match (v >> KIND, id) {
+            (0, 1) => Self::Signal,
+            (0, 2) => Self::Timer,
+            (0, 3) => Self::Listen,
+            (0, 4) => Self::Guardian,
+            (0, 5) => Self::ProcConn,
+            (0, 6) => Self::Notify,
+            (0, 7) => Self::Doorbell,
+            (0, 8) => Self::Handoff,
+            (1, id) => Self::Conn(id),
+            (2, id) => Self::Pidfd(id as usize),
+            (3, id) => Self::Action(id as u32),
+            (4, id) => Self::Sub(id),
+            _ => return None,
+        })
+    }
+
+    /// The epoll registration's data.
+    pub fn data(self) -> EventData {
+        EventData::new_u64(self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Token;
+
+    #[test]
+    fn tokens_decode_to_what_was_encoded() {
+        for t in [
+            Token::Signal,
+            Token::Timer,
+            Token::Listen,
+            Token::Guardian,
+            Token::ProcConn,
+            Token::Notify,
+            Token::Doorbell,
+            Token::Handoff,
+            Token::Conn(0),
+            Token::Conn(0xffff_ffff),
+            Token::Pidfd(7),
+            Token::Action(u32::MAX),
+            Token::Sub(42),
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
+        }
+        assert_eq!(Token::decode(0), None);
+        assert_eq!(Token::decode(9 << 32), None);
+    }
+}
