@@ -11,12 +11,6 @@ use ham_core::policy::Wanted;
 use super::{Daemon, Deadline, log, signal_entity};
 use crate::{failpoint, mono_ns};
 
-macro_rules! say {
-    ($self:expr, $($arg:tt)*) => {
-        log(&$self.cfg.instance.name, format_args!($($arg)*))
-    };
-}
-
 /// Why an input happens, for the effects that log, record or wait.
 pub(super) struct Why<'a> {
     /// The process that is gone and how, when a death caused it.

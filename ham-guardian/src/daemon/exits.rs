@@ -1,0 +1,396 @@
+//! Deaths: reading how a process ended, and what follows (through the lifecycle).
+
+use super::*;
+
+impl Daemon {
+    /// The entity's pidfd is readable: its process has exited.
+    pub(super) fn on_pidfd(&mut self, i: usize) {
+        let Some(e) = self.entities.get(i) else {
+            return;
+        };
+        if e.pidfd.is_none() {
+            return;
+        }
+        let (pid, adopted) = (e.rec.pid, e.adopted);
+        if adopted {
+            self.drain_proc_connector();
+        }
+        let fd = self.entities[i].pidfd.as_ref().expect("checked above");
+        let status = if adopted {
+            match self.exit_cache.remove(&pid) {
+                Some(ws) => Some(decode_wait_status(ws)),
+                None => sys::pidfd_exit_status(fd)
+                    .ok()
+                    .flatten()
+                    .map(decode_wait_status),
+            }
+        } else {
+            match rustix::process::waitid(
+                WaitId::PidFd(fd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                // A stale event from this batch for a process already handled: still running.
+                Ok(None) => return,
+                Ok(Some(st)) => Some(decode_waitid(&st)),
+                Err(_) => None,
+            }
+        };
+        let late = match status {
+            Some(s) => s,
+            None => {
+                // Dead (the pidfd said so), status not known yet: go on, and fill it in if
+                // its pidfd gives it once something reaps the process.
+                // (The proc connector's message is sent just after the pidfd wakes us.)
+                if let Ok(dup) = fd.try_clone() {
+                    let at = mono_ns() + 1_000_000;
+                    self.patches.push(StatusPatch {
+                        entity: i,
+                        pid,
+                        death: self.entities[i].deaths + 1,
+                        pidfd: dup,
+                        tries: 0,
+                        at,
+                    });
+                    self.schedule(at, Deadline::StatusPatch(i));
+                }
+                LastExit::Unknown
+            }
+        };
+        failpoint::hit("exit:before-record");
+        self.on_exit(i, late);
+        if self.shutdown.is_some() {
+            self.stop_next_layer();
+        }
+        self.release_proc_connector_if_idle();
+    }
+
+    /// SIGKILLs whatever is left in entity `i`'s cgroup (its main process has exited, or
+    /// did not stop in time).
+    pub(super) fn kill_cgroup(&mut self, i: usize) {
+        if let Some(cg) = &self.cgroups {
+            let name = &self.entities[i].cfg.name;
+            if cg.populated(name) {
+                if let Err(e) = cg.kill(name) {
+                    let msg = format!("{name}: cannot kill its cgroup: {e}");
+                    self.say_limited("cgroup-kill", format_args!("{msg}"));
+                }
+            }
+        }
+    }
+
+    /// Stops watching entity `i`'s pidfd and closes ham's copy. epoll watches the open
+    /// file, not the descriptor: the Guardian holds another descriptor of it, so a pidfd
+    /// closed without `EPOLL_CTL_DEL` stays registered, readable for ever (a busy loop).
+    pub(super) fn unwatch_pidfd(&mut self, i: usize) {
+        if let Some(fd) = self.entities[i].pidfd.take() {
+            let _ = epoll::delete(&self.epoll, &fd);
+        }
+    }
+
+    pub(super) fn on_exit(&mut self, i: usize, exit: LastExit) {
+        self.unwatch_pidfd(i);
+        // What the process left behind in its cgroup dies with it.
+        self.kill_cgroup(i);
+        // An attachment ends with its process.
+        self.end_attachment(i);
+        let now = mono_ns();
+        let shutting_down = self.shutdown.is_some();
+        let e = &mut self.entities[i];
+        let old_pid = e.rec.pid;
+        e.deaths += 1;
+        e.ready = false;
+        e.rec.ready = false;
+        e.watchdog_at = None;
+        e.adopted = false;
+        e.stop_deadline = None;
+        e.rec.pid = 0;
+        e.rec.start_time = 0;
+        e.rec.last_exit = exit;
+        e.rec.exited_mono_ns = now;
+        e.rec.exited_unix_ns = unix_ns();
+        if shutting_down {
+            e.wanted = Wanted::Down;
+        }
+        let wanted = e.wanted;
+        // Its restart mode would start it again after this exit (never an attach-only one:
+        // not ours to start; a restart action may).
+        let restartable = !e.cfg.attach_only
+            && policy::after_exit(e.cfg.restart, Wanted::Up, exit) == AfterExit::Restart;
+        let how = describe(exit);
+        let name = e.cfg.name.clone();
+        // Exits the entity made on its own are stamped in the record (published below with
+        // the decision), for the `exits-within` conditions.
+        let automatic = wanted == Wanted::Up;
+        if automatic {
+            e.rec.exit_stamps.push(now);
+        }
+        let death = Event::Death {
+            abnormal: exit.is_abnormal(),
+            lifetime: now.saturating_sub(e.rec.started_mono_ns),
+            exits: automatic.then_some(e.rec.exit_stamps),
+            now,
+        };
+        let restarts_before = e.rec.restarts;
+        let hold = e.hold_after_stop.take().filter(|_| !shutting_down);
+        let gone = Some((old_pid, exit));
+        let text = format!("pid {old_pid} {how}");
+        let cond = condition_of(exit);
+        let mode = if e.cfg.attach_only {
+            "attach-only"
+        } else {
+            e.cfg.restart.as_str()
+        };
+        match wanted {
+            Wanted::AutoRestart => {
+                e.rec.restart_automatic = false;
+                say!(
+                    self,
+                    "{name}: {text}; stopped by ham to be restarted; restarting"
+                );
+            }
+            Wanted::Restart => say!(self, "{name}: {text}; starting again as asked"),
+            Wanted::Down if hold.is_some() => {
+                say!(self, "{name}: {text}; held off as a condition asked");
+            }
+            Wanted::Down => say!(self, "{name}: {text}; stopped"),
+            Wanted::Up if !restartable => {
+                say!(self, "{name}: {text}; not restarted (restart = {mode})");
+            }
+            Wanted::Up => {}
+        }
+        // The lifecycle, and (for a death its restart mode restarts) the recovery policy.
+        let why = lifecycle::Why::new(cond, &text)
+            .gone(gone)
+            .until(now + hold.unwrap_or(0));
+        let exited = ham_core::lifecycle::Input::Exit {
+            restartable,
+            hold: hold.is_some(),
+        };
+        let mut fire_restart = self.step(i, exited, &why);
+        match wanted {
+            Wanted::Restart => self.record(i, gone, "operator", "restart", "as asked"),
+            Wanted::Down => match hold {
+                // A `hold-off` action: down for a while, then an automatic restart.
+                Some(ns) => {
+                    let wait = ham_core::duration::format_ns(ns);
+                    self.record(i, None, "condition", "hold-off", &format!("for {wait}"));
+                }
+                None => self.record(i, gone, "operator", "stop", "stopped"),
+            },
+            Wanted::Up if !restartable => {
+                let what = format!("restart = {mode}");
+                self.record(i, gone, cond, "stay-down", &what);
+            }
+            Wanted::Up if self.entities[i].rec.restarts > restarts_before => {
+                self.restart_group(i);
+            }
+            _ => {}
+        }
+        // Conditions fire once the record that explains them is published: a successor that
+        // finds the old record decides again, but never runs these twice. Only a restart
+        // made above fires `restart` here: one that a death condition's restart action
+        // makes fires it itself, once, with the new pid.
+        if shutting_down {
+            fire_restart = false;
+        } else {
+            self.fire(i, death, gone);
+        }
+        if fire_restart {
+            self.fire_restarted(i);
+        }
+    }
+
+    /// Entity `i` died and is being restarted: its group's strategy may restart others too
+    /// (stopped first, then started again, each counted as an automatic restart).
+    pub(super) fn restart_group(&mut self, i: usize) {
+        let Some(g) = self.entities[i].cfg.group else {
+            return;
+        };
+        let group = &self.cfg.groups[g];
+        let others: Vec<usize> = match group.strategy {
+            Strategy::OneForOne => return,
+            Strategy::OneForAll => group.members.iter().copied().filter(|&m| m != i).collect(),
+            Strategy::RestForOne => group
+                .members
+                .iter()
+                .skip_while(|&&m| m != i)
+                .skip(1)
+                .copied()
+                .collect(),
+        };
+        let (gname, dead) = (group.name.clone(), self.entities[i].cfg.name.clone());
+        for m in others {
+            if self.entities[m].rec.state == EntityState::Running {
+                say!(
+                    self,
+                    "group {gname}: restarting {} because {dead} died",
+                    self.entities[m].cfg.name
+                );
+                self.record(m, None, "group", "restart", &format!("{dead} died"));
+                self.begin_stop(m, Wanted::AutoRestart);
+            }
+        }
+    }
+
+    // -- conditions and actions ------------------------------------------------------------
+
+    /// Applies exit statuses that became readable through an adopted process's pidfd.
+    pub(super) fn try_patches(&mut self, now: u64) {
+        self.drain_proc_connector();
+        let mut keep = Vec::new();
+        for mut p in std::mem::take(&mut self.patches) {
+            if p.at > now {
+                keep.push(p);
+                continue;
+            }
+            let status = match self.exit_cache.remove(&p.pid) {
+                Some(ws) => Ok(Some(ws)),
+                None => sys::pidfd_exit_status(&p.pidfd),
+            };
+            match status {
+                Ok(Some(ws)) => {
+                    let e = &mut self.entities[p.entity];
+                    if e.deaths == p.death {
+                        let exit = decode_wait_status(ws);
+                        e.rec.last_exit = exit;
+                        self.publish(p.entity);
+                        // The process log said "unknown" when the death was handled: it
+                        // says what it was as soon as it is known.
+                        let what = format!("pid {} {}", p.pid, describe(exit));
+                        self.record(
+                            p.entity,
+                            Some((p.pid, exit)),
+                            "exit-status",
+                            "learned",
+                            &what,
+                        );
+                        let name = self.entities[p.entity].cfg.name.clone();
+                        log(&self.cfg.instance.name, format_args!("{name}: {what}"));
+                    }
+                }
+                _ if p.tries < 14 => {
+                    p.tries += 1;
+                    p.at = now + (1_000_000u64 << p.tries);
+                    self.schedule(p.at, Deadline::StatusPatch(p.entity));
+                    keep.push(p);
+                }
+                _ => {} // nobody reaped it within ~30 s: it stays "unknown"
+            }
+        }
+        self.patches = keep;
+        self.release_proc_connector_if_idle();
+    }
+
+    /// Reaps exited children. Entity processes and the Guardian go through their own exit
+    /// paths (so the status lands where it belongs); anything else is an orphan that ham, as
+    /// subreaper, inherited.
+    pub(super) fn reap_children(&mut self) {
+        loop {
+            let pid = match sys::peek_exited_child() {
+                Ok(Some(pid)) => pid,
+                Ok(None) => return,
+                Err(e) => {
+                    say!(self, "waitid: {e}");
+                    return;
+                }
+            };
+            if let Some(i) = self
+                .entities
+                .iter()
+                .position(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
+            {
+                self.on_pidfd(i);
+            } else if self.guardian.as_ref().is_some_and(|g| g.pid == pid) {
+                self.on_guardian_exit();
+            } else if let Some(&id) = self.exec_pids.get(&pid) {
+                self.on_action_exit(id);
+            } else if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+    }
+
+    pub(super) fn ensure_proc_connector(&mut self) {
+        if self.proc_conn.is_some() {
+            return;
+        }
+        match ProcConnector::open() {
+            Ok(pc) => {
+                let _ = epoll::add(
+                    &self.epoll,
+                    &pc,
+                    Token::ProcConn.data(),
+                    epoll::EventFlags::IN,
+                );
+                self.proc_conn = Some(pc);
+            }
+            Err(e) => say!(
+                self,
+                "proc connector unavailable ({e}); exit statuses of adopted processes come from their pidfds"
+            ),
+        }
+    }
+
+    pub(super) fn release_proc_connector_if_idle(&mut self) {
+        if self.proc_conn.is_some()
+            && self.patches.is_empty()
+            && !self.entities.iter().any(|e| e.adopted)
+        {
+            self.proc_conn = None;
+            self.exit_cache.clear();
+        }
+    }
+
+    pub(super) fn drain_proc_connector(&mut self) {
+        let Some(pc) = &self.proc_conn else { return };
+        let adopted: HashSet<i32> = self
+            .entities
+            .iter()
+            .filter(|e| e.adopted)
+            .map(|e| e.rec.pid)
+            .chain(self.patches.iter().map(|p| p.pid))
+            .collect();
+        pc.drain(|pid| adopted.contains(&pid), &mut self.exit_cache);
+    }
+
+    // -- control socket --------------------------------------------------------------------
+}
+
+pub(super) fn condition_of(exit: LastExit) -> &'static str {
+    if exit.is_abnormal() {
+        "abnormal-death"
+    } else {
+        "death"
+    }
+}
+
+pub(super) fn describe(exit: LastExit) -> String {
+    match exit {
+        LastExit::Code(c) => format!("exited with code {c}"),
+        LastExit::Signal(s) => format!("killed by signal {s}"),
+        LastExit::Unknown => "died (status unknown)".into(),
+        LastExit::None => "ended".into(),
+    }
+}
+
+pub(super) fn decode_waitid(st: &rustix::process::WaitIdStatus) -> LastExit {
+    if let Some(code) = st.exit_status() {
+        LastExit::Code(code)
+    } else if let Some(sig) = st.terminating_signal() {
+        LastExit::Signal(sig)
+    } else {
+        LastExit::Unknown
+    }
+}
+
+/// Decodes a `wait(2)` status word.
+pub fn decode_wait_status(ws: i32) -> LastExit {
+    let sig = ws & 0x7f;
+    if sig == 0 {
+        LastExit::Code((ws >> 8) & 0xff)
+    } else if sig != 0x7f {
+        LastExit::Signal(sig)
+    } else {
+        LastExit::Unknown
+    }
+}

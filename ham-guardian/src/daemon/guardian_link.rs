@@ -1,0 +1,208 @@
+//! The HAM's side of the pair: starting, watching and feeding its Guardian.
+
+use super::*;
+
+impl Daemon {
+    /// Starts a Guardian (or schedules another try).
+    pub(super) fn spawn_guardian(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let sockets = (&self.listener, &self.notify);
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
+            Ok(g) => {
+                let _ = self.writer.set_guardian(g.pid, g.start_time);
+                self.guardian = Some(g);
+                self.guardian_started();
+            }
+            Err(e) => {
+                let at = mono_ns() + 1_000_000_000;
+                say!(self, "cannot start the guardian: {e}; retrying in 1s");
+                self.guardian_retry_at = Some(at);
+                self.schedule(at, Deadline::GuardianRetry);
+            }
+        }
+    }
+
+    /// Watches a new Guardian and hands it every live entity's pidfd.
+    pub(super) fn guardian_started(&mut self) {
+        let Some(g) = &self.guardian else { return };
+        say!(self, "guardian pid {}", g.pid);
+        let _ = epoll::add(
+            &self.epoll,
+            &g.pidfd,
+            Token::Guardian.data(),
+            epoll::EventFlags::IN,
+        );
+        self.guardian_retry_at = None;
+        for e in &self.entities {
+            if let Some(fd) = &e.pidfd {
+                self.send_to_guardian(e.slot, e.rec.pid, e.rec.start_time, fd);
+            }
+        }
+    }
+
+    /// The HAM watches its Guardian's liveness as the Guardian watches the HAM's: one
+    /// that has not beaten for `liveness_timeout` (stopped, or stuck) is fenced — SIGKILL
+    /// through its pidfd — and its death then starts a new one (`on_guardian_exit`).
+    /// Otherwise a stopped Guardian would leave the box unsupervised once the HAM died.
+    pub(super) fn check_guardian(&mut self, now: u64) {
+        let timeout = self.cfg.liveness_timeout_ns;
+        let Some(g) = &mut self.guardian else { return };
+        if handoff::drain_beats(&g.sock) {
+            g.seen_at = now;
+        }
+        let silent = now.saturating_sub(g.seen_at);
+        if silent >= timeout {
+            g.seen_at = now; // one fence per silence
+            let pid = g.pid;
+            let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
+            say!(
+                self,
+                "the guardian (pid {pid}) has not turned its loop for {}: fencing it",
+                ham_core::duration::format_ns(silent)
+            );
+        }
+    }
+
+    pub(super) fn on_guardian_exit(&mut self) {
+        let Some(g) = self.guardian.take() else {
+            return;
+        };
+        // Its successor gets every pidfd afresh (`guardian_started`).
+        self.handoff_backlog.borrow_mut().clear();
+        let how = match rustix::process::waitid(
+            WaitId::PidFd(g.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(st)) => decode_waitid(&st),
+            Ok(None) => {
+                self.guardian = Some(g); // not dead after all
+                return;
+            }
+            Err(_) => LastExit::Unknown,
+        };
+        let _ = self.writer.set_guardian(0, 0);
+        if self.shutdown.is_some() {
+            return;
+        }
+        say!(
+            self,
+            "guardian pid {} died ({}); starting a new one",
+            g.pid,
+            describe(how)
+        );
+        let _ = self.writer.bump_guardian_failures();
+        self.spawn_guardian();
+    }
+
+    /// Gives the Guardian a duplicate of an entity's pidfd (best effort: without it the
+    /// Guardian falls back to pidfd_open + start time at a takeover).
+    pub(super) fn send_to_guardian(&self, slot: u32, pid: i32, start_time: u64, pidfd: &OwnedFd) {
+        // (sendmsg duplicates the descriptor into the message; ours stays ours)
+        let Some(g) = &self.guardian else { return };
+        let mut backlog = self.handoff_backlog.borrow_mut();
+        if backlog.is_empty() {
+            match handoff::send(&g.sock, slot, pid, start_time, pidfd) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is full (many attachments at once): keep it, in order,
+                    // and send when the Guardian has read some.
+                    let _ = epoll::add(
+                        &self.epoll,
+                        &g.sock,
+                        Token::Handoff.data(),
+                        epoll::EventFlags::OUT,
+                    );
+                }
+                Err(e) => {
+                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
+                    return;
+                }
+            }
+        }
+        match pidfd.try_clone() {
+            Ok(fd) => backlog.push_back((slot, pid, start_time, fd)),
+            Err(e) => say!(self, "cannot keep pid {pid} for the guardian: {e}"),
+        }
+    }
+
+    /// The Guardian's socket has room again: send what waits, in order.
+    pub(super) fn on_handoff_writable(&mut self) {
+        let Some(g) = &self.guardian else {
+            self.handoff_backlog.borrow_mut().clear();
+            return;
+        };
+        let mut backlog = self.handoff_backlog.borrow_mut();
+        while let Some((slot, pid, start_time, fd)) = backlog.front() {
+            match handoff::send(&g.sock, *slot, *pid, *start_time, fd) {
+                Ok(()) => {
+                    backlog.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
+                    backlog.pop_front();
+                }
+            }
+        }
+        let _ = epoll::delete(&self.epoll, &g.sock);
+    }
+}
+
+/// Starts a Guardian: this same binary in the Guardian role, told which process is its HAM,
+/// and handed the config text, a socket for pidfds, and the control listener (so clients
+/// queue through a takeover). If this process dies before releasing it, the child runs
+/// anyway, finds its HAM gone, and takes over.
+pub(super) fn spawn_guardian_process<'a>(
+    cfg: &Config,
+    config_text: &str,
+    sockets: impl Into<SocketRefs<'a>>,
+) -> io::Result<GuardianProc> {
+    let SocketRefs(listener, notify) = sockets.into();
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let memfd = rustix::fs::memfd_create("ham-config", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::io::write(&memfd, config_text.as_bytes())?;
+    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0))?;
+    let listener = listener.as_fd().try_clone_to_owned()?;
+    let notify = notify.as_fd().try_clone_to_owned()?;
+    let me = std::process::id() as i32;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut spec = SpawnSpec::new(
+        Path::new("/proc/self/exe"),
+        &[
+            "ham".into(),
+            "--guardian".into(),
+            "--config".into(),
+            cfg.path.display().to_string(),
+            "--ham-pid".into(),
+            me.to_string(),
+            "--ham-start".into(),
+            procfs::start_time(me).unwrap_or(0).to_string(),
+        ],
+        &env,
+    )?;
+    spec.fd(theirs, handoff::FD_SOCKET)
+        .fd(memfd, handoff::FD_CONFIG)
+        .fd(listener, handoff::FD_LISTENER)
+        .fd(notify, handoff::FD_NOTIFY)
+        .exec_if_orphaned();
+    let pending = spec.fork()?;
+    failpoint::hit("guardian:after-fork");
+    let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
+        let _ = wait_pidfd(&pidfd, 1_000);
+        e
+    })?;
+    Ok(GuardianProc {
+        seen_at: mono_ns(),
+        pid,
+        start_time: procfs::start_time(pid).unwrap_or(0),
+        pidfd,
+        sock: ours,
+    })
+}

@@ -1,0 +1,519 @@
+//! Condition runs: firing conditions and interpreting their actions.
+
+use super::*;
+
+impl Daemon {
+    /// Fires the conditions of entity `i` that match `event`: each matching condition's
+    /// actions start as a run of their own.
+    pub(super) fn fire(&mut self, i: usize, event: Event, gone: Option<(i32, LastExit)>) {
+        let conds: Vec<(usize, Condition)> = self
+            .matching_indexed(i, &event)
+            .map(|(k, c)| (k, c.clone()))
+            .collect();
+        if conds.is_empty() {
+            return;
+        }
+        let event_rec = journal::RunEvent::of(&event, gone);
+        let mut dropped = 0;
+        for (k, c) in conds {
+            if self.at_run_quota(i) {
+                dropped += 1;
+                continue;
+            }
+            let id = self.next_run;
+            self.next_run = self.next_run.wrapping_add(1);
+            // HAM_CONDITION names the condition that fired (`exits-within`, `raise`, …).
+            let env = self.run_env(i, c.trigger.name(), &event_rec);
+            self.start_run(
+                id,
+                Run {
+                    entity: i,
+                    condition: c.trigger.name(),
+                    env,
+                    stack: vec![(c.actions, 0)],
+                    waiting: None,
+                    independent: c.independent,
+                    cond: k as u8,
+                    event: event_rec.clone(),
+                    jslot: None,
+                    in_progress: false,
+                    jwait: ham_core::journal::RunWait::None,
+                    journaled: true,
+                },
+            );
+        }
+        if dropped > 0 {
+            for _ in 0..dropped {
+                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_RUNS);
+            }
+            let name = self.entities[i].cfg.name.clone();
+            self.say_limited(
+                "runs-dropped",
+                format_args!(
+                    "{name}: {} condition run(s) of `{}` dropped: it has {RUNS_PER_ENTITY} \
+                     open, its quota (status --json: limits.runs_dropped)",
+                    dropped,
+                    event.name()
+                ),
+            );
+        }
+    }
+
+    /// Whether entity `i` has [`RUNS_PER_ENTITY`] condition runs open (running or
+    /// queued). Counted only when the runs of all entities together could reach it.
+    pub(super) fn at_run_quota(&self, i: usize) -> bool {
+        self.runs.len() >= RUNS_PER_ENTITY
+            && self.runs.values().filter(|r| r.entity == i).count() >= RUNS_PER_ENTITY
+    }
+
+    /// Actions flagged `run_now` run once when the instance starts cold (QNX
+    /// `HACTIONDONOW`), as well as when their condition fires. A takeover or a warm start
+    /// does not run them again.
+    pub(super) fn run_now_actions(&mut self) {
+        for i in 0..self.entities.len() {
+            let now: Vec<Action> = self.entities[i]
+                .cfg
+                .conditions
+                .iter()
+                .flat_map(|c| c.actions.iter().filter(|a| a.run_now).cloned())
+                .collect();
+            if !now.is_empty() {
+                self.run_now(i, now, true);
+            }
+        }
+    }
+
+    /// Runs `actions` of entity `i` once, now (`run-now`). Journaled only when they are all
+    /// of the entity's `run_now` actions (what a successor can rebuild); an action added at
+    /// run time with HACTIONDONOW runs at most once across a takeover.
+    pub(super) fn run_now(&mut self, i: usize, actions: Vec<Action>, journaled: bool) {
+        let env = self.run_env(i, "run-now", &journal::RunEvent::default());
+        let id = self.next_run;
+        self.next_run = self.next_run.wrapping_add(1);
+        self.start_run(
+            id,
+            Run {
+                entity: i,
+                condition: "run-now",
+                env,
+                stack: vec![(actions, 0)],
+                waiting: None,
+                independent: true,
+                cond: ham_core::journal::COND_RUN_NOW,
+                event: journal::RunEvent::default(),
+                jslot: None,
+                in_progress: false,
+                jwait: ham_core::journal::RunWait::None,
+                journaled,
+            },
+        );
+    }
+
+    /// Starts a run, or queues it behind the entity's run in progress: an entity's
+    /// conditions run one after another in the order they fired, unless `independent`.
+    pub(super) fn start_run(&mut self, id: u32, run: Run) {
+        let (i, independent) = (run.entity, run.independent);
+        self.runs.insert(id, run);
+        if !independent {
+            let queue = self.run_queue.entry(i).or_default();
+            queue.push_back(id);
+            if queue.len() > 1 {
+                self.journal(id, false); // queued: a successor queues it again
+                return; // it starts when the one before it ends
+            }
+        }
+        self.advance(id);
+    }
+
+    /// Run `id` is over: the next queued run of its entity starts.
+    pub(super) fn end_run(&mut self, id: u32) {
+        let Some(run) = self.runs.remove(&id) else {
+            return;
+        };
+        self.unjournal(&run);
+        if run.independent {
+            return;
+        }
+        let next = self.run_queue.get_mut(&run.entity).and_then(|q| {
+            q.retain(|&r| r != id);
+            q.front().copied()
+        });
+        if let Some(next) = next {
+            self.advance(next);
+        }
+    }
+
+    /// The conditions of entity `i` that `event` fires, with their indices: enabled, not
+    /// pruned (those pruned by the restart this event is about still fire for it), matching.
+    pub(super) fn matching_indexed<'a>(
+        &'a self,
+        i: usize,
+        event: &'a Event,
+    ) -> impl Iterator<Item = (usize, &'a Condition)> + 'a {
+        let e = &self.entities[i];
+        let disarmed = e.rec.disarmed & !e.pruned_now;
+        e.cfg.conditions.iter().enumerate().filter(move |(k, c)| {
+            c.enabled && (*k >= 64 || disarmed & (1 << k) == 0) && c.trigger.matches(event)
+        })
+    }
+
+    /// [`matching_indexed`](Self::matching_indexed) without the indices.
+    pub(super) fn matching<'a>(
+        &'a self,
+        i: usize,
+        event: &'a Event,
+    ) -> impl Iterator<Item = &'a Condition> + 'a {
+        self.matching_indexed(i, event).map(|(_, c)| c)
+    }
+
+    /// Runs the actions of run `id` until one has to wait (a command, a delay) or none is left.
+    pub(super) fn advance(&mut self, id: u32) {
+        loop {
+            let Some(run) = self.runs.get_mut(&id) else {
+                return;
+            };
+            let next = loop {
+                let Some((list, at)) = run.stack.last_mut() else {
+                    break None;
+                };
+                if *at < list.len() {
+                    *at += 1;
+                    break Some(list[*at - 1].clone());
+                }
+                run.stack.pop();
+            };
+            let Some(action) = next else {
+                self.end_run(id);
+                return;
+            };
+            if !action.enabled {
+                continue; // disabled (or removed) at run time
+            }
+            // The journal says this action has begun before it has any effect: a successor
+            // never does it twice.
+            run.in_progress = true;
+            run.jwait = ham_core::journal::RunWait::None;
+            let (i, cond) = (run.entity, run.condition);
+            self.journal(id, true);
+            failpoint::hit("run:after-begin");
+            let name = self.entities[i].cfg.name.clone();
+            if let Some(result) = self.run_client_action(i, cond, &action.kind) {
+                match result {
+                    Ok(what) => self.record(i, None, cond, action.kind.name(), &what),
+                    Err(why) => self.action_failed(id, &action, action.kind.name(), &why),
+                }
+                continue;
+            }
+            match &action.kind {
+                ActionKind::Notify { .. }
+                | ActionKind::HeartbeatHealthy
+                | ActionKind::Restart { .. }
+                | ActionKind::SignalPid { .. }
+                | ActionKind::Stop { .. }
+                | ActionKind::HoldOff { .. } => {}
+                ActionKind::Log { message } => {
+                    say!(self, "{name}: {cond}: {message}");
+                    self.record(i, None, cond, "log", message);
+                }
+                ActionKind::Delay { ns } => {
+                    let until = mono_ns() + ns;
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.waiting = Some(Wait::Delay { until });
+                        run.jwait = ham_core::journal::RunWait::Delay { until };
+                    }
+                    self.journal(id, true);
+                    self.schedule(until, Deadline::Action(id));
+                    return;
+                }
+                ActionKind::WaitFor { path, timeout_ns } => {
+                    if path.exists() {
+                        let what = format!("{} exists", path.display());
+                        self.record(i, None, cond, "waitfor", &what);
+                        continue;
+                    }
+                    let now = mono_ns();
+                    let deadline = now + timeout_ns;
+                    let next = (now + WAITFOR_EVERY_NS).min(deadline);
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.waiting = Some(Wait::Path {
+                            path: path.clone(),
+                            deadline,
+                            next,
+                        });
+                        run.jwait = ham_core::journal::RunWait::Path { deadline };
+                    }
+                    self.journal(id, true);
+                    self.schedule(next, Deadline::Action(id));
+                    return;
+                }
+                ActionKind::Signal { entity, signal } => {
+                    let target = &self.entities[*entity];
+                    if target.pidfd.is_some() && target.rec.state.has_process() {
+                        signal_entity(target, *signal);
+                        let what = format!("signal {signal} to {}", target.cfg.name);
+                        self.record(i, None, cond, "signal", &what);
+                    } else {
+                        let why = format!("{} is not running", target.cfg.name);
+                        self.action_failed(id, &action, "signal", &why);
+                    }
+                }
+                ActionKind::DeviceRestart => {
+                    let run = &self.runs[&id];
+                    let (reason, gone) = if run.event.reason.is_empty() {
+                        (format!("{name}: {cond}"), None)
+                    } else {
+                        (run.event.reason.clone(), run.event.gone)
+                    };
+                    let result = self.device_restart(&reason, Some(id));
+                    if result.starts_with("running") {
+                        self.record(i, gone, cond, "device-restart", &result);
+                    } else {
+                        self.action_failed(id, &action, "device-restart", &result);
+                    }
+                }
+                ActionKind::Execute {
+                    path,
+                    argv,
+                    timeout_ns,
+                } => {
+                    let env = self.runs[&id].env.clone();
+                    let record = self.release_record(id);
+                    let started = SpawnSpec::new(path, argv, &env).and_then(|mut spec| {
+                        spec.new_process_group();
+                        if let Some(slot) = record {
+                            spec.released_in_run(slot);
+                        }
+                        spec.fork()
+                    });
+                    let deadline = mono_ns() + timeout_ns;
+                    // Its pid is in the journal before it may run (the release handshake).
+                    let started = started.map(|p| {
+                        self.journal_exec(id, p.pid, deadline);
+                        p.release()
+                    });
+                    match started {
+                        Ok(Ok((pid, pidfd))) => {
+                            self.wait_exec(id, pid, pidfd, deadline, action);
+                            return;
+                        }
+                        Ok(Err((e, pidfd))) => {
+                            let _ = rustix::process::waitid(
+                                WaitId::PidFd(pidfd.as_fd()),
+                                WaitIdOptions::EXITED,
+                            );
+                            let why = format!("cannot run {}: {e}", path.display());
+                            self.action_failed(id, &action, "execute", &why);
+                        }
+                        Err(e) => {
+                            let why = format!("cannot run {}: {e}", path.display());
+                            self.action_failed(id, &action, "execute", &why);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run `id` waits for its command `pid` (its exit, or `deadline`, whichever comes first).
+    pub(super) fn wait_exec(
+        &mut self,
+        id: u32,
+        pid: i32,
+        pidfd: OwnedFd,
+        deadline: u64,
+        action: Action,
+    ) {
+        let _ = epoll::add(
+            &self.epoll,
+            &pidfd,
+            Token::Action(id).data(),
+            epoll::EventFlags::IN,
+        );
+        self.exec_pids.insert(pid, id);
+        self.schedule(deadline, Deadline::Action(id));
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.waiting = Some(Wait::Exec {
+                pid,
+                pidfd,
+                deadline,
+                action,
+            });
+        }
+    }
+
+    /// An action failed: log it, skip the rest of its list if it says so, and run its fail
+    /// list next.
+    pub(super) fn action_failed(&mut self, id: u32, action: &Action, what: &str, why: &str) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let (i, cond) = (run.entity, run.condition);
+        if action.break_on_fail {
+            if let Some((list, at)) = run.stack.last_mut() {
+                *at = list.len();
+            }
+        }
+        if !action.on_fail.is_empty() {
+            run.stack.push((action.on_fail.clone(), 0));
+        }
+        let name = self.entities[i].cfg.name.clone();
+        say!(self, "{name}: {cond}: {what} failed: {why}");
+        self.record(i, None, cond, what, &format!("failed: {why}"));
+    }
+
+    /// A command run by an action exited.
+    pub(super) fn on_action_exit(&mut self, id: u32) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let Some(Wait::Exec { pidfd, .. }) = &run.waiting else {
+            return;
+        };
+        let status = match rustix::process::waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(None) => return, // still running
+            Ok(Some(st)) => decode_waitid(&st),
+            // Not our child: a command a predecessor started. Its pidfd is readable, so it
+            // ended; the kernel may still tell how.
+            Err(_) => match sys::pidfd_exit_status(pidfd) {
+                Ok(Some(ws)) => decode_wait_status(ws),
+                _ => LastExit::Unknown,
+            },
+        };
+        let Some(Wait::Exec { pid, action, .. }) = run.waiting.take() else {
+            return;
+        };
+        let (i, cond) = (run.entity, run.condition);
+        self.exec_pids.remove(&pid);
+        if status == LastExit::Code(0) {
+            self.record(i, None, cond, "execute", &format!("pid {pid} exited 0"));
+        } else {
+            let why = format!("pid {pid} {}", describe(status));
+            self.action_failed(id, &action, "execute", &why);
+        }
+        self.advance(id);
+    }
+
+    /// A delay ended, or a command ran past its timeout (it is killed; its exit reports the
+    /// failure).
+    pub(super) fn on_action_timer(&mut self, id: u32, at: u64) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        match &run.waiting {
+            Some(Wait::Delay { until }) if *until == at => {
+                run.waiting = None;
+                let (i, cond) = (run.entity, run.condition);
+                self.record(i, None, cond, "delay", "waited");
+                self.advance(id);
+            }
+            Some(Wait::Exec {
+                pidfd, deadline, ..
+            }) if *deadline == at => {
+                let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            }
+            Some(Wait::Path {
+                path,
+                deadline,
+                next,
+            }) if *next == at => {
+                let (path, deadline) = (path.clone(), *deadline);
+                let (i, cond) = (run.entity, run.condition);
+                if path.exists() {
+                    run.waiting = None;
+                    let what = format!("{} exists", path.display());
+                    self.record(i, None, cond, "waitfor", &what);
+                    self.advance(id);
+                } else if at >= deadline {
+                    run.waiting = None;
+                    let Some((list, idx)) = run.stack.last() else {
+                        return;
+                    };
+                    let action = list[*idx - 1].clone();
+                    let why = format!("{} did not appear in time", path.display());
+                    self.action_failed(id, &action, "waitfor", &why);
+                    self.advance(id);
+                } else {
+                    let next = (at + WAITFOR_EVERY_NS).min(deadline);
+                    if let Some(Wait::Path { next: n, .. }) = &mut run.waiting {
+                        *n = next;
+                    }
+                    self.schedule(next, Deadline::Action(id));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends to the process log.
+    pub(super) fn record(
+        &mut self,
+        i: usize,
+        gone: Option<(i32, LastExit)>,
+        condition: &str,
+        action: &str,
+        result: &str,
+    ) {
+        let e = &self.entities[i];
+        let rec = LogRecord {
+            time_unix_ms: unix_ns() / 1_000_000,
+            entity: e.cfg.name.clone(),
+            pid: gone
+                .map(|(p, _)| p)
+                .or((e.rec.pid > 0).then_some(e.rec.pid)),
+            exit: gone.and_then(|(_, x)| crate::status::ExitJson::from(x)),
+            condition: condition.to_owned(),
+            action: action.to_owned(),
+            result: result.to_owned(),
+        };
+        self.plog.append(&rec);
+    }
+
+    /// A `restart` action: an automatic restart of entity `j`. One without a process goes
+    /// through its recovery policy and back-off like any automatic restart after a death
+    /// (a client that dies at once is held off, not restarted in a loop); a running one is
+    /// stopped and started again.
+    pub(super) fn restart_asked(&mut self, j: usize, cond: &str) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        match self.entities[j].rec.state {
+            EntityState::Stopped | EntityState::Exited => {
+                let why = lifecycle::Why::new(cond, "a condition asked");
+                if self.recover(j, &why) {
+                    self.fire_restarted(j);
+                }
+            }
+            _ => self.begin_stop(j, Wanted::AutoRestart),
+        }
+    }
+
+    /// Holds entity `j` (which has no process) off until `until`, then restarts it.
+    pub(super) fn hold_off(&mut self, j: usize, until: u64) {
+        let why = lifecycle::Why::new("condition", "a condition asked").until(until);
+        self.step(j, ham_core::lifecycle::Input::HoldOff, &why);
+        let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
+        self.record(j, None, "condition", "hold-off", &format!("for {wait}"));
+    }
+
+    /// Fires the `restart` conditions of entity `i` if its restart got it running.
+    pub(super) fn fire_restarted(&mut self, i: usize) {
+        if let Some(d) = self.deferred.find(i) {
+            d.1 = true; // it fires once the deferred spawn has it running
+            return;
+        }
+        let e = &self.entities[i];
+        if e.rec.state == EntityState::Running {
+            // Now, not the exit's time: the stamp of this restart is newer than the exit.
+            let restarted = Event::Restart {
+                restarts: e.rec.restart_stamps,
+                now: mono_ns(),
+            };
+            // As QNX's CONDRESTART: about the new process (HAM_PID is its pid).
+            self.fire(i, restarted, None);
+        }
+        self.entities[i].pruned_now = 0;
+    }
+}

@@ -1,0 +1,172 @@
+//! Stopping: entities, layer by layer; the instance; device restarts.
+
+use super::*;
+
+impl Daemon {
+    /// Runs `[device] restart_command`, unless an operator switched device restarts off or
+    /// none is configured; says what happened.
+    pub(super) fn device_restart(&mut self, reason: &str, run: Option<u32>) -> String {
+        let result = if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
+            "skipped: switched off (hamctl device-restart disable)".to_owned()
+        } else if let Some((path, argv)) = self.cfg.device_restart.clone() {
+            // What led here must be on disk before the device goes down.
+            self.plog.sync();
+            let env = [
+                ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+                ("HAM_INSTANCE".to_owned(), self.cfg.instance.name.clone()),
+                ("HAM_CONDITION".to_owned(), "device-restart".to_owned()),
+                ("HAM_REASON".to_owned(), reason.to_owned()),
+            ];
+            let record = run.and_then(|id| self.release_record(id));
+            let started = SpawnSpec::new(&path, &argv, &env).and_then(|mut spec| {
+                spec.new_process_group();
+                if let Some(slot) = record {
+                    spec.released_in_run(slot);
+                }
+                spec.fork()
+            });
+            let started = started.map(|p| {
+                if let Some(id) = run {
+                    self.journal_exec(id, p.pid, 0);
+                }
+                p.release()
+            });
+            match started {
+                Ok(Ok((pid, _pidfd))) => format!("running {} (pid {pid})", path.display()),
+                Ok(Err((e, _))) | Err(e) => format!("failed: cannot run {}: {e}", path.display()),
+            }
+        } else {
+            "skipped: no [device] restart_command configured".to_owned()
+        };
+        say!(self, "device restart: {reason}: {result}");
+        result
+    }
+
+    /// Switches device restarts on or off; kept in the segment's header (so takeovers and
+    /// warm starts keep it) and in `log_dir` (so a cold start after a reboot keeps it too).
+    pub(super) fn set_device_restart(&mut self, enabled: bool) -> Result<(), String> {
+        let flags = self.writer.segment().header().flags();
+        let flags = if enabled {
+            flags & !FLAG_DEVICE_RESTART_OFF
+        } else {
+            flags | FLAG_DEVICE_RESTART_OFF
+        };
+        self.writer.set_flags(flags).map_err(|e| e.to_string())?;
+        let marker = device_restart_marker(&self.cfg);
+        let persisted = if enabled {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::create_dir_all(&self.cfg.instance.log_dir)
+                .and_then(|()| std::fs::write(&marker, "off\n"))
+        };
+        persisted
+            .map_err(|e| format!("switched, but not persisted in {}: {e}", marker.display()))?;
+        say!(
+            self,
+            "device restart {}",
+            if enabled { "enabled" } else { "disabled" }
+        );
+        Ok(())
+    }
+
+    /// Sends the stop signal to a running entity (its process group, and the process itself
+    /// if it left the group) and arms the SIGKILL deadline.
+    pub(super) fn begin_stop(&mut self, i: usize, wanted: Wanted) {
+        let e = &mut self.entities[i];
+        if !matches!(e.rec.state, EntityState::Running | EntityState::Stopping) {
+            // Whatever it was waiting for (a retry, a hold-off) is off.
+            e.retry_at = None;
+            e.rec.policy.held_until = 0;
+        }
+        let input = match wanted {
+            Wanted::Down => ham_core::lifecycle::Input::Stop,
+            Wanted::Restart => ham_core::lifecycle::Input::Restart,
+            Wanted::AutoRestart | Wanted::Up => ham_core::lifecycle::Input::AutoRestart,
+        };
+        let why = lifecycle::Why::new("restart", "restarted by ham");
+        if self.step(i, input, &why) {
+            self.fire_restarted(i);
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, requester: Option<UnixStream>) {
+        if let Some(waiters) = &mut self.shutdown {
+            waiters.extend(requester);
+            return;
+        }
+        // Written before anything is stopped, so a Guardian never mistakes this for a crash:
+        // if this HAM dies now, the Guardian finishes the shutdown instead of resurrecting.
+        if let Err(e) = self.writer.set_stop_intent() {
+            say!(self, "cannot record the stop intent: {e}");
+        }
+        self.shutdown = Some(requester.into_iter().collect());
+        self.stop_next_layer();
+    }
+
+    /// During a shutdown: stops every entity that no live entity starts `after`, in reverse
+    /// order of the configuration; called again as entities exit, so dependents always stop
+    /// before what they depend on.
+    pub(super) fn stop_next_layer(&mut self) {
+        let alive = |e: &Entity| {
+            matches!(
+                e.rec.state,
+                EntityState::Running | EntityState::Stopping | EntityState::Starting
+            )
+        };
+        for i in (0..self.entities.len()).rev() {
+            if matches!(
+                self.entities[i].rec.state,
+                EntityState::Stopping | EntityState::Stopped | EntityState::Exited
+            ) {
+                continue;
+            }
+            let needed = self.dependents[i].iter().any(|&d| alive(&self.entities[d]));
+            if !needed {
+                self.begin_stop(i, Wanted::Down);
+            }
+        }
+    }
+
+    /// Everything is stopped: stop the Guardian, remove what this instance made, answer.
+    pub(super) fn finish(&mut self) {
+        if let Some(cg) = &self.cgroups {
+            for left in cg.remove_all() {
+                say!(self, "cgroup left behind: {left}");
+            }
+        }
+        if let Some(g) = self.guardian.take() {
+            let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::TERM);
+            if !wait_pidfd(&g.pidfd, 5_000) {
+                let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
+                wait_pidfd(&g.pidfd, 5_000);
+            }
+            let _ = rustix::process::waitid(
+                WaitId::PidFd(g.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            );
+        }
+        let inst = &self.cfg.instance;
+        let _ = std::fs::remove_file(inst.socket_path());
+        let _ = std::fs::remove_file(inst.notify_path());
+        let _ = std::fs::remove_file(inst.pid_path());
+        if let Err(e) = Segment::unlink(&inst.segment_name()) {
+            say!(self, "{e}");
+        }
+        ham_core::client::ClientSegment::unlink(&ham_core::client::segment_name(&inst.name));
+        for e in &self.entities {
+            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(&inst.name, e.slot));
+        }
+        for e in &mut self.entities {
+            for (stream, _) in e.waiters.drain(..) {
+                reply(stream, &Response::err("ham shut down"));
+            }
+        }
+        say!(self, "all entities stopped; exiting");
+        for stream in self.shutdown.take().unwrap_or_default() {
+            reply(stream, &Response::ok("ham stopped"));
+        }
+    }
+}

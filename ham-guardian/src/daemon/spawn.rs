@@ -1,0 +1,320 @@
+//! Starting entities' processes, in order and within each turn's budget.
+
+use super::*;
+
+impl Daemon {
+    /// Adds entity `i`'s pidfd to the loop.
+    pub(super) fn watch(&self, i: usize, pidfd: &OwnedFd) -> rustix::io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            pidfd,
+            Token::Pidfd(i).data(),
+            epoll::EventFlags::IN,
+        )
+    }
+
+    // -- segment ---------------------------------------------------------------------------
+
+    /// Starts entity `i`'s program. The order is what makes a crash at any step safe:
+    /// 1. publish `starting` (no pid): a successor starts it;
+    /// 2. fork a child that waits before `execve`;
+    /// 3. publish `starting` + pid + start time, and hand the pidfd to the Guardian;
+    /// 4. publish `running` (the release, recorded);
+    /// 5. release the child into its program.
+    ///
+    /// A HAM killed before step 4 leaves a child that exits on its own without running
+    /// anything (a successor starts the entity, counting nothing); one killed after it
+    /// leaves a record naming a process that runs — a child orphaned between 4 and 5 reads
+    /// the record and runs — so its death, whenever it comes, is counted.
+    pub(super) fn spawn(&mut self, i: usize) {
+        let now = mono_ns();
+        if self.entities[i].cfg.attach_only && self.entities[i].cfg.argv.is_empty() {
+            // ham cannot start it: it waits for a process to attach itself.
+            let e = &mut self.entities[i];
+            if !e.rec.state.has_process() {
+                e.rec.state = EntityState::Stopped;
+                e.rec.restart_pending = false;
+                self.publish(i);
+            }
+            return;
+        }
+        {
+            let e = &mut self.entities[i];
+            e.stop_deadline = None;
+            e.retry_at = None;
+            e.wanted = Wanted::Up;
+            e.adopted = false;
+            e.ready = false;
+            e.rec.ready = false;
+            e.rec.restart_pending = false;
+            e.rec.restart_automatic = false;
+            e.rec.state = EntityState::Starting;
+            e.rec.pid = 0;
+            e.rec.start_time = 0;
+            // The first process ham starts for it is its first start, whatever started
+            // it (the configuration, a `ham_attach` line, a restart action).
+            e.rec.starts = e.rec.starts.max(1);
+        }
+        self.publish(i);
+        // An entity that was not crash-looping (its last process lived a second or more)
+        // is restarted at once, whatever the budget: a storm must not delay it. The others,
+        // and first starts, wait for a later turn once this one has started enough
+        // (published `starting` with no pid, which is also what a successor starts), the
+        // first starts before the crash-loopers.
+        let r = &self.entities[i].rec;
+        let lived = r.exited_mono_ns.saturating_sub(r.started_mono_ns);
+        let healthy = r.started_mono_ns != 0 && lived >= 1_000_000_000;
+        if self.spawn_budget == 0 && !healthy {
+            self.deferred.push(i, r.started_mono_ns == 0);
+            return;
+        }
+        self.spawn_budget = self.spawn_budget.saturating_sub(1);
+        failpoint::hit("spawn:after-starting");
+        let e = &self.entities[i];
+        let slot = self.writer.segment().slot(e.slot);
+        let cgroup_dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
+        let forked = build_spec(&e.cfg, &e.env).and_then(|mut spec| {
+            if let Some(slot) = slot {
+                spec.released_in(slot);
+            }
+            if let Some(dir) = cgroup_dir {
+                spec.into_cgroup(dir);
+            }
+            spec.fork()
+        });
+        let result = match forked {
+            Ok(pending) => {
+                failpoint::hit("spawn:after-fork");
+                let pid = pending.pid;
+                // Into its cgroup before it runs anything (it waits for its release), if
+                // it was not created there.
+                if let (Some(cg), false) = (&self.cgroups, pending.in_cgroup) {
+                    let name = &self.entities[i].cfg.name;
+                    if let Err(e) = cg.enter(name, pid) {
+                        let msg = format!("{name}: cannot put pid {pid} in its cgroup: {e}");
+                        self.say_limited("cgroup-enter", format_args!("{msg}"));
+                    }
+                }
+                let st = procfs::start_time(pid).unwrap_or(0);
+                {
+                    let e = &mut self.entities[i];
+                    e.rec.pid = pid;
+                    e.rec.start_time = st;
+                }
+                self.publish(i);
+                self.send_to_guardian(self.entities[i].slot, pid, st, &pending.pidfd);
+                failpoint::hit("spawn:after-record-pid");
+                // The release is recorded before it happens: from here on the child runs
+                // even if this HAM dies (it reads this record), and its death is a death.
+                {
+                    let e = &mut self.entities[i];
+                    e.rec.state = EntityState::Running;
+                    e.rec.started_mono_ns = now;
+                    e.rec.started_unix_ns = unix_ns();
+                }
+                self.publish_record(i);
+                let released = pending.release();
+                failpoint::hit("spawn:after-release");
+                released.map_err(|(err, pidfd)| {
+                    // The child reported the failure and exits: reap it here.
+                    let _ = rustix::process::waitid(
+                        WaitId::PidFd(pidfd.as_fd()),
+                        WaitIdOptions::EXITED,
+                    );
+                    err
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let watched = match &result {
+            Ok((_, pidfd)) => self.watch(i, pidfd),
+            Err(_) => Ok(()),
+        };
+        let e = &mut self.entities[i];
+        match result {
+            Ok((pid, pidfd)) => {
+                if let Err(err) = watched {
+                    // Without a watch we would never see it die: kill it; the kill is seen
+                    // through SIGCHLD.
+                    log(
+                        &self.cfg.instance.name,
+                        format_args!("{}: cannot watch pid {pid}: {err}", e.cfg.name),
+                    );
+                    let _ =
+                        rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+                }
+                e.rec.state = EntityState::Running;
+                e.rec.started_mono_ns = now;
+                e.rec.started_unix_ns = unix_ns();
+                e.pidfd = Some(pidfd);
+                e.spawn_failures = 0;
+                e.last_spawn_error = None;
+                self.publish(i);
+                failpoint::hit("spawn:after-running");
+                self.became_running(i, now);
+            }
+            Err(err) => {
+                e.rec.pid = 0;
+                e.rec.start_time = 0;
+                e.spawn_failures += 1;
+                let delay = policy::spawn_retry_delay_ns(e.spawn_failures);
+                let msg = format!("cannot start {}: {err}", e.cfg.exec_path.display());
+                log(
+                    &self.cfg.instance.name,
+                    format_args!(
+                        "{}: {msg}; retrying in {}",
+                        e.cfg.name,
+                        ham_core::duration::format_ns(delay)
+                    ),
+                );
+                e.last_spawn_error = Some(msg);
+                e.retry_at = Some(now + delay);
+                e.rec.state = EntityState::Backoff;
+                self.schedule(now + delay, Deadline::Retry(i));
+                self.publish(i);
+            }
+        }
+    }
+
+    /// Starts entity `i` now if everything it starts `after` is ready, else marks it waiting.
+    pub(super) fn start_when_ready(&mut self, i: usize) {
+        let deps_ready = self.entities[i].cfg.after.iter().all(|&j| {
+            let d = &self.entities[j];
+            d.rec.state == EntityState::Running && d.ready
+        });
+        if deps_ready {
+            self.spawn(i);
+        } else if self.entities[i].rec.state != EntityState::Waiting {
+            self.entities[i].rec.state = EntityState::Waiting;
+            self.publish(i);
+        }
+    }
+
+    /// Starts what earlier turns deferred, within this turn's budget, unless it was asked
+    /// otherwise meanwhile (stopped, or the instance is shutting down).
+    pub(super) fn run_deferred(&mut self) {
+        while self.spawn_budget > 0 {
+            let Some((i, restarted)) = self.deferred.pop() else {
+                return;
+            };
+            let e = &mut self.entities[i];
+            if e.rec.state != EntityState::Starting || e.rec.pid != 0 || e.wanted != Wanted::Up {
+                continue;
+            }
+            if self.shutdown.is_some() {
+                e.rec.state = EntityState::Stopped;
+                e.pruned_now = 0;
+                self.publish(i);
+                continue;
+            }
+            self.spawn(i);
+            if restarted {
+                self.fire_restarted(i);
+            }
+        }
+    }
+
+    /// Entity `i` runs (started or adopted): it is ready now, or at its `ready_after`.
+    pub(super) fn became_running(&mut self, i: usize, now: u64) {
+        let e = &mut self.entities[i];
+        // A watchdog counts from now: after a takeover every process is taken as having
+        // just petted it, so the takeover itself never looks like a missed beat. A
+        // `notify` entity's starts when it says READY=1 (as systemd's), so a slow start-up
+        // is not a hang.
+        if let Some(ns) = e.cfg.watchdog_ns.filter(|_| !e.cfg.notify || e.ready) {
+            let at = now + ns;
+            e.watchdog_at = Some(at);
+            self.schedule(at, Deadline::Watchdog(i));
+        }
+        let e = &self.entities[i];
+        if e.cfg.wait_ready {
+            return; // ready when it says so (SDK `ready()`, or `READY=1`)
+        }
+        let at = e.rec.started_mono_ns + e.cfg.ready_after_ns;
+        if at <= now {
+            self.on_ready(i);
+        } else {
+            self.schedule(at, Deadline::Ready(i));
+        }
+    }
+}
+
+/// The QNX-style condition an exit raises.
+/// The command line of the restart action an entity has on itself, if one gives one.
+pub(super) fn own_restart_command(cfg: &EntityConfig) -> Option<(std::path::PathBuf, Vec<String>)> {
+    fn find(list: &[Action]) -> Option<(std::path::PathBuf, Vec<String>)> {
+        list.iter().find_map(|a| match &a.kind {
+            ActionKind::Restart {
+                entity: None,
+                command: Some(c),
+            } if !a.removed => Some(c.clone()),
+            _ => find(&a.on_fail),
+        })
+    }
+    cfg.conditions.iter().find_map(|c| find(&c.actions))
+}
+
+/// An entity's environment: ham's own (without its HAM_* and failpoint variables), the
+/// entity's `env`, and the variables that name its instance. Computed once per entity.
+pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()) && !ec.env.contains_key(k))
+        .filter(|(k, _)| !k.starts_with("HAM_"))
+        // ham's own sd_notify variables (if a service manager started it) are not its
+        // entities'.
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
+            )
+        })
+        .collect();
+    env.extend(ec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("HAM_INSTANCE".into(), cfg.instance.name.clone()));
+    env.push((
+        "HAM_RUN_DIR".into(),
+        cfg.instance.run_dir.display().to_string(),
+    ));
+    env.push(("HAM_CONFIG".into(), cfg.path.display().to_string()));
+    env.push(("HAM_ENTITY".into(), ec.name.clone()));
+    if ec.notify {
+        env.push((
+            "NOTIFY_SOCKET".into(),
+            cfg.instance.notify_path().display().to_string(),
+        ));
+        if let Some(ns) = ec.watchdog_ns {
+            env.push(("WATCHDOG_USEC".into(), (ns / 1000).to_string()));
+        }
+    }
+    env
+}
+
+/// What an entity's child gets: its own process group, stdin from /dev/null, output as
+/// configured, and `env` (see [`entity_env`]).
+pub(super) fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Result<SpawnSpec> {
+    let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, env)?;
+    spec.new_process_group();
+    spec.user(ec.uid, ec.gid);
+    if let Some(dir) = &ec.cwd {
+        spec.cwd(dir)?;
+    }
+    if ec.notify && ec.watchdog_ns.is_some() {
+        // As systemd: the watchdog is the main process's, not its children's.
+        spec.env_own_pid("WATCHDOG_PID");
+    }
+    let devnull = OpenOptions::new().read(true).open("/dev/null")?;
+    spec.fd(devnull.into(), 0);
+    if let Output::File(path) = &ec.output {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+        spec.fd(f.try_clone()?.into(), 1);
+        spec.fd(f.into(), 2);
+    }
+    Ok(spec)
+}

@@ -1,0 +1,434 @@
+//! Starting an instance (cold or warm) and promoting a Guardian: building the daemon.
+
+use super::*;
+
+impl Daemon {
+    /// `ham -c FILE`: refuses if the instance runs; starts warm from a valid segment whose
+    /// HAM and Guardian are both gone, cold otherwise.
+    pub fn start(cfg: Config, config_text: String) -> Result<Self, DaemonError> {
+        let inst = cfg.instance.clone();
+        std::fs::create_dir_all(&inst.run_dir).map_err(io_ctx(format!(
+            "creating run_dir {}",
+            inst.run_dir.display()
+        )))?;
+        let seg_name = inst.segment_name();
+        // A name someone else created (`/dev/shm` is world-writable) is refused, never used,
+        // replaced or trusted; so is a client segment name.
+        ham_core::segment::probe_foreign(&seg_name, ham_core::segment::STATE_MODE)?;
+        ham_core::segment::probe_foreign(
+            &ham_core::client::segment_name(&inst.name),
+            ham_core::client::CLIENT_MODE,
+        )?;
+        let needed = cfg.max_entities.max(cfg.entities.len() as u32);
+        let mut warm = None;
+        match Segment::open(&seg_name, Access::ReadOnly) {
+            Ok(old) => {
+                let h = old.header().snapshot();
+                for (pid, st) in [
+                    (h.ham_pid, h.ham_start_time),
+                    (h.guardian_pid, h.guardian_start_time),
+                ] {
+                    if procfs::is_alive(pid, st) && procfs::is_mine(pid) {
+                        return Err(DaemonError::AlreadyRunning {
+                            name: inst.name.clone(),
+                            pid: h.ham_pid,
+                        });
+                    }
+                }
+                if old.capacity() < cfg.entities.len() as u32 {
+                    log(
+                        &inst.name,
+                        format_args!(
+                            "cold start: the segment {seg_name} holds {} entities, the configuration {}",
+                            old.capacity(),
+                            cfg.entities.len()
+                        ),
+                    );
+                    stop_recorded_processes(&inst.name, &old);
+                    Segment::unlink(&seg_name)?;
+                } else {
+                    drop(old);
+                    warm = Some(Segment::open(&seg_name, Access::ReadWrite)?);
+                }
+            }
+            Err(SegmentError::NotFound { .. }) => {
+                log(
+                    &inst.name,
+                    format_args!("cold start: no segment {seg_name}"),
+                );
+            }
+            Err(e @ SegmentError::Foreign { .. }) => return Err(e.into()),
+            Err(e) => {
+                // A segment this ham cannot read may be a live instance's of another
+                // version: never replace it under a ham that still answers.
+                if std::os::unix::net::UnixStream::connect(inst.socket_path()).is_ok() {
+                    return Err(DaemonError::Unreadable {
+                        name: inst.name.clone(),
+                        why: e.to_string(),
+                    });
+                }
+                log(
+                    &inst.name,
+                    format_args!(
+                        "cold start: the segment {seg_name} is invalid ({e}); replacing it"
+                    ),
+                );
+                Segment::unlink(&seg_name)?;
+            }
+        }
+        let me = std::process::id() as i32;
+        let my_start = procfs::start_time(me).unwrap_or(0);
+        let (seg, flags) = match warm {
+            Some(seg) => {
+                let h = seg.header().snapshot();
+                log(
+                    &inst.name,
+                    format_args!(
+                        "warm start: re-adopting the segment {seg_name} (epoch {}, ham pid {} gone)",
+                        h.epoch, h.ham_pid
+                    ),
+                );
+                (seg, FLAG_WARM_START)
+            }
+            None => (Segment::create(&seg_name, needed, unix_ns())?, 0),
+        };
+        let writer = SegmentWriter::take(seg, me, my_start)?;
+        // The device-restart switch survives warm starts (header) and cold ones (log_dir).
+        let old_flags = writer.segment().header().flags();
+        let off = old_flags & FLAG_DEVICE_RESTART_OFF != 0 || device_restart_marker(&cfg).exists();
+        writer.set_flags(flags | if off { FLAG_DEVICE_RESTART_OFF } else { 0 })?;
+        writer.set_guardian(0, 0)?;
+        let sockets = Sockets {
+            listener: bind_socket(&inst.socket_path(), cfg.client_gid)?,
+            notify: bind_notify(&inst.notify_path())?,
+        };
+        Self::build(cfg, config_text, writer, sockets, Origin::Started)
+    }
+
+    /// A Guardian taking over: the old HAM is dead (or fenced and dead).
+    pub fn promote(
+        cfg: Config,
+        config_text: String,
+        sockets: Sockets,
+        passed: HashMap<u32, Passed>,
+    ) -> Result<Self, DaemonError> {
+        let seg_name = cfg.instance.segment_name();
+        let seg = match Segment::open(&seg_name, Access::ReadWrite) {
+            Ok(seg) => seg,
+            Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => {
+                // Corrupted under us: the HAM we watched is dead, so no one else can be
+                // using it. Start cold in its place rather than leave the box unsupervised;
+                // each entity's cgroup keeps a copy that still runs from running twice.
+                log(
+                    &cfg.instance.name,
+                    format_args!(
+                        "the segment {seg_name} is unreadable ({e}): taking over cold with a \
+                         new one"
+                    ),
+                );
+                Segment::unlink(&seg_name)?;
+                let needed = cfg.max_entities.max(cfg.entities.len() as u32);
+                Segment::create(&seg_name, needed, unix_ns())?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let me = std::process::id() as i32;
+        // A new Guardian first: if this process dies anywhere in the takeover, that one
+        // finds its parent gone and takes over in turn.
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log(
+                    &cfg.instance.name,
+                    format_args!("cannot start a guardian yet: {e}"),
+                );
+                None
+            }
+        };
+        let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
+        failpoint::hit("promote:after-epoch");
+        writer.bump_ham_failures()?;
+        // The device-restart switch, as `start` keeps it (a new segment has only the marker).
+        let off = if device_restart_marker(&cfg).exists() {
+            FLAG_DEVICE_RESTART_OFF
+        } else {
+            0
+        };
+        let flags = writer.segment().header().flags();
+        writer.set_flags(flags | FLAG_WARM_START | off)?;
+        match &guardian {
+            Some(g) => writer.set_guardian(g.pid, g.start_time)?,
+            None => writer.set_guardian(0, 0)?,
+        }
+        log(
+            &cfg.instance.name,
+            format_args!(
+                "guardian pid {me} promoted to HAM (epoch {})",
+                writer.epoch()
+            ),
+        );
+        sockets
+            .listener
+            .set_nonblocking(true)
+            .map_err(io_ctx("socket O_NONBLOCK"))?;
+        let mut d = Self::build(
+            cfg,
+            config_text,
+            writer,
+            sockets,
+            Origin::Promoted { passed },
+        )?;
+        d.guardian = guardian;
+        Ok(d)
+    }
+
+    pub(super) fn build(
+        cfg: Config,
+        config_text: String,
+        mut writer: SegmentWriter,
+        sockets: Sockets,
+        origin: Origin,
+    ) -> Result<Self, DaemonError> {
+        let Sockets { listener, notify } = sockets;
+        notify
+            .set_nonblocking(true)
+            .map_err(io_ctx("notify socket O_NONBLOCK"))?;
+        let inst = cfg.instance.clone();
+        if cfg!(debug_assertions) {
+            writer.set_hook(Some(failpoint::hit));
+        }
+        // Signals are blocked before anything else exists, so none is lost and none kills us.
+        let signals = signalfd().map_err(io_ctx("signalfd"))?;
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(io_ctx("PR_SET_CHILD_SUBREAPER"))?;
+
+        let mut sources = EXIT_SOURCE_WAITID;
+        if sys::pidfd_info_exit_supported() {
+            sources |= EXIT_SOURCE_PIDFD_INFO;
+        }
+        if ProcConnector::open().is_ok() {
+            sources |= EXIT_SOURCE_PROC_CONNECTOR;
+        }
+        writer.set_exit_sources(sources)?;
+
+        let me = std::process::id();
+        std::fs::write(inst.pid_path(), format!("{me}\n"))
+            .map_err(io_ctx(format!("writing {}", inst.pid_path().display())))?;
+
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io_ctx("epoll_create"))?;
+        let timerfd = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )
+        .map_err(io_ctx("timerfd_create"))?;
+        let add = |fd: std::os::fd::BorrowedFd, tok: Token| {
+            epoll::add(&epoll, fd, tok.data(), epoll::EventFlags::IN).map_err(io_ctx("epoll_ctl"))
+        };
+        add(signals.as_fd(), Token::Signal)?;
+        add(timerfd.as_fd(), Token::Timer)?;
+        add(listener.as_fd(), Token::Listen)?;
+        add(notify.as_fd(), Token::Notify)?;
+
+        let capacity = writer.segment().capacity();
+        log(
+            &inst.name,
+            format_args!(
+                "pid {me}, epoch {}, {} entities, segment {} ({} KiB), socket {}",
+                writer.epoch(),
+                cfg.entities.len(),
+                inst.segment_name(),
+                segment_size(capacity) / 1024,
+                inst.socket_path().display()
+            ),
+        );
+        if let Ok((limit, _)) = sys::rlimit_nofile() {
+            // The HAM holds a pidfd per running entity (two while a command of its runs)
+            // and ~32 of its own; the Guardian a pidfd per entity. Control connections and
+            // subscriptions take what is left (each is capped, none is reserved).
+            let room = limit.saturating_sub(32) / 2;
+            log(
+                &inst.name,
+                format_args!(
+                    "descriptors: limit {limit}, room for about {room} running entities (fewer \
+                     while up to {} control connections are open){}",
+                    conns::CONN_MAX,
+                    if (cfg.entities.len() as u64) > room {
+                        " — fewer than this configuration has: raise RLIMIT_NOFILE's hard limit"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let tick_ns = (cfg.liveness_timeout_ns / 4).max(1);
+        let (plog, err) = ProcessLog::open(inst.process_log_path());
+        if let Some(e) = err {
+            log(
+                &inst.name,
+                format_args!(
+                    "cannot open the process log {}: {e}; going on without it",
+                    inst.process_log_path().display()
+                ),
+            );
+        }
+        let syslog = Syslog::new(cfg.syslog.clone());
+        // The client-token key: made once per segment, kept by every successor.
+        let mut key = writer.segment().header().client_key();
+        if key == [0, 0] {
+            key = random_key().map_err(io_ctx("getrandom (the client-token key)"))?;
+            writer.set_client_key(key)?;
+        }
+        let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
+        // The log verbosity a predecessor was told to use.
+        let v = writer.segment().header().verbosity();
+        if v > 0 {
+            VERBOSITY.store((v - 1) as u32, std::sync::atomic::Ordering::Relaxed);
+        }
+        let clients = match Clients::open(&cfg, &origin, warm, key, &writer) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "cannot set up the client segment: {e}; going on without SDK clients"
+                    ),
+                );
+                None
+            }
+        };
+        let cgroups = match crate::cgroup::Cgroups::open(&inst.cgroup, &inst.name) {
+            Ok(Some(cg)) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "each entity's processes are tracked in a cgroup under {}",
+                        cg.dir().display()
+                    ),
+                );
+                Some(cg)
+            }
+            Ok(None) => None,
+            Err(why) => {
+                log(
+                    &inst.name,
+                    format_args!(
+                        "no cgroups ({why}): entities are tracked by process group, and a \
+                         process that leaves its group is not stopped with its entity"
+                    ),
+                );
+                None
+            }
+        };
+        Ok(Self {
+            clients,
+            subscribers: HashMap::new(),
+            next_sub: 0,
+            defs: toml::Table::new(),
+            handoff_backlog: Default::default(),
+            my_uid: rustix::process::geteuid().as_raw(),
+            config_text,
+            writer,
+            epoll,
+            signals,
+            timerfd,
+            armed_at: None,
+            listener,
+            notify,
+            conns: HashMap::new(),
+            accept_paused: false,
+            cgroups,
+            deferred: Default::default(),
+            spawn_budget: SPAWNS_PER_TURN,
+            limited: conns::RateLimit::default(),
+            next_conn: 0,
+            entities: Vec::new(),
+            by_name: HashMap::new(),
+            timers: BinaryHeap::new(),
+            shutdown: None,
+            guardian: None,
+            guardian_retry_at: None,
+            tick_ns,
+            next_tick: 0,
+            proc_conn: None,
+            exit_cache: HashMap::new(),
+            patches: Vec::new(),
+            origin: Some(origin),
+            plog,
+            syslog,
+            runs: HashMap::new(),
+            next_run: 0,
+            run_queue: HashMap::new(),
+            journal_full_logged: false,
+            exec_pids: HashMap::new(),
+            dependents: Vec::new(),
+            cfg,
+        })
+    }
+}
+
+/// 128 random bits (the client-token key), or the reason there are none: a predictable
+/// key would let any client pass for root.
+pub(super) fn random_key() -> io::Result<[u64; 2]> {
+    let mut b = [0u8; 16];
+    let mut got = 0;
+    while got < b.len() {
+        match rustix::rand::getrandom(&mut b[got..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let key = [
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+    ];
+    if key == [0, 0] {
+        return Err(io::Error::other("getrandom gave zeros"));
+    }
+    Ok(key)
+}
+
+/// The file whose presence says device restarts are switched off, across cold starts.
+pub(super) fn device_restart_marker(cfg: &Config) -> std::path::PathBuf {
+    cfg.instance
+        .log_dir
+        .join(format!("{}.device-restart-disabled", cfg.instance.name))
+}
+
+/// Binds the sd_notify socket (mode 0666 so entities running as other users can notify;
+/// senders are identified by their credentials, not by the path).
+pub(super) fn bind_notify(path: &Path) -> Result<std::os::unix::net::UnixDatagram, DaemonError> {
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io_ctx(format!("removing stale {}", path.display())))?;
+    }
+    let sock = std::os::unix::net::UnixDatagram::bind(path)
+        .map_err(io_ctx(format!("binding {}", path.display())))?;
+    rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(io_ctx("SO_PASSCRED"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io_ctx(format!("chmod {}", path.display())))?;
+    Ok(sock)
+}
+
+pub(super) fn bind_socket(
+    path: &Path,
+    client_gid: Option<u32>,
+) -> Result<UnixListener, DaemonError> {
+    // Only reached once no live HAM owns this instance, so an existing socket is stale.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io_ctx(format!("removing stale {}", path.display())))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(io_ctx(format!("binding {}", path.display())))?;
+    // 0660: ham's user and the client group may connect; each request is then checked
+    // against the peer's credentials (operator requests need root or ham's user).
+    if let Some(gid) = client_gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io_ctx(format!("chown {}", path.display())))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_ctx(format!("chmod {}", path.display())))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_ctx("socket O_NONBLOCK"))?;
+    Ok(listener)
+}
