@@ -10,15 +10,7 @@ use std::time::Duration;
 pub type Result<T> = std::result::Result<T, String>;
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock the child stamps with).
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use ham_core::clock::mono_ns;
 
 pub fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6

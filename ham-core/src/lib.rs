@@ -14,6 +14,7 @@
 //!   proof, validated by its consumer).
 //! * [`protocol`] — the control socket's JSON request and response types.
 //! * [`duration`] — the duration syntax used in configuration files.
+//! * [`clock`] — the monotonic and wall clocks, read the same way everywhere.
 //!
 //! `unsafe` is denied here except in [`segment`] and [`client`], where the mapping is turned into typed
 //! references.
@@ -22,6 +23,7 @@
 pub mod beat;
 pub mod blob;
 pub mod client;
+pub mod clock;
 pub mod duration;
 pub mod engine;
 pub mod journal;

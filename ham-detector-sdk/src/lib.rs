@@ -170,12 +170,7 @@ pub struct Client {
     uid: u32,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (through the vDSO: no syscall).
-#[inline]
-pub fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub use ham_core::clock::mono_ns;
 
 /// Sends one request line and reads one answer line.
 fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {

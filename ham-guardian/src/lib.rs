@@ -37,15 +37,4 @@ pub fn log_line(prefix: std::fmt::Arguments, msg: std::fmt::Arguments) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-/// Wall-clock nanoseconds since the Unix epoch (log lines and display only).
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+pub use ham_core::clock::{mono_ns, unix_ns};

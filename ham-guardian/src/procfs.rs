@@ -14,41 +14,41 @@ fn start_time_in(proc_root: &Path, pid: i32) -> Option<u64> {
     parse_start_time(&stat)
 }
 
-/// Parses field 22 from the text of `/proc/PID/stat`. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted from the last `)`.
+/// The text of `/proc/PID/stat`.
+fn read_stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Field `n` (numbered from 1, as proc(5) does) of a `/proc/PID/stat` text. The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted from the last `)`.
+fn field(stat: &str, n: usize) -> Option<&str> {
+    debug_assert!(n >= 3, "fields 1 and 2 come before the command name's end");
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .nth(n - 3)
+}
+
+/// Parses field 22 (the start time) from the text of `/proc/PID/stat`.
 pub fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ")" come field 3 (state) onwards: field 22 is the 20th of those.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    field(stat, 22)?.parse().ok()
 }
 
 /// For a zombie `pid` that started at `start_time`: its wait status (field 52 of
 /// `/proc/PID/stat`, readable until it is reaped). `None` if it is not such a zombie.
 pub fn zombie_status(pid: i32, start_time: u64) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_zombie_status(&stat, start_time)
+    parse_zombie_status(&read_stat(pid)?, start_time)
 }
 
 fn parse_zombie_status(stat: &str, start_time: u64) -> Option<i32> {
-    if parse_start_time(stat)? != start_time {
+    if parse_start_time(stat)? != start_time || field(stat, 3)? != "Z" {
         return None;
     }
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .collect();
-    // fields[0] is field 3 (state); field 52 is fields[49].
-    (fields.first() == Some(&"Z")).then_some(())?;
-    fields.get(49)?.parse().ok()
+    field(stat, 52)?.parse().ok()
 }
 
 /// The parent of `pid` (field 4 of `/proc/PID/stat`).
 pub fn parent(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    field(&read_stat(pid)?, 4)?.parse().ok()
 }
 
 /// True if `pid` runs (and is not a zombie) and started at `start_time`.
@@ -56,13 +56,11 @@ pub fn is_alive(pid: i32, start_time: u64) -> bool {
     if pid <= 0 {
         return false;
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = read_stat(pid) else {
         return false;
     };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_ascii_whitespace().next());
-    !matches!(state, Some("Z" | "X" | "x")) && parse_start_time(&stat) == Some(start_time)
+    !matches!(field(&stat, 3), Some("Z" | "X" | "x") | None)
+        && parse_start_time(&stat) == Some(start_time)
 }
 
 /// Whether `pid` runs under this process's effective uid. With the segment proven ham's
