@@ -6,6 +6,14 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+mod notify;
+mod pidfd;
+mod proc_connector;
+
+pub use notify::{NotifyMessage, recv_notify};
+pub use pidfd::{pidfd_exit_status, pidfd_info_exit_supported};
+pub use proc_connector::ProcConnector;
+
 /// The pid of a child that has exited and is waiting to be reaped, without reaping it
 /// (`waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT)`). `Ok(None)` when there is none.
 pub fn peek_exited_child() -> io::Result<Option<i32>> {
@@ -515,168 +523,13 @@ impl Pending {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Exit status of a process that is not our child
+// Exit status of a process that is not our child (pidfd.rs, proc_connector.rs)
 // ---------------------------------------------------------------------------------------------
-
-/// `PIDFD_GET_INFO`'s argument (version 0, 64 bytes; `exit_code` since Linux 6.15). Defined
-/// here because Debian 12's headers and the libc crate lack it.
-#[repr(C)]
-#[derive(Default)]
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ruid: u32,
-    rgid: u32,
-    euid: u32,
-    egid: u32,
-    suid: u32,
-    sgid: u32,
-    fsuid: u32,
-    fsgid: u32,
-    exit_code: i32,
-}
-const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
-const PIDFD_INFO_EXIT: u64 = 1 << 3;
-/// `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte struct.
-const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
-
-/// The wait status of a process that has exited and been reaped (by anyone), through
-/// `ioctl(PIDFD_GET_INFO)` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15). `Ok(None)`: not available
-/// (yet: not reaped, or an older kernel).
-pub fn pidfd_exit_status(pidfd: impl AsFd) -> io::Result<Option<i32>> {
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_EXIT,
-        ..Default::default()
-    };
-    // SAFETY: PIDFD_GET_INFO writes at most the size encoded in the request (64 bytes) into
-    // `info`, which is exactly that large and lives across the call.
-    let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO, &raw mut info) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            // ESRCH: gone and not reaped yet; ENOTTY/EINVAL: the kernel lacks the ioctl.
-            Some(libc::ESRCH | libc::ENOTTY | libc::EINVAL) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
-}
-
-/// Whether this kernel has `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15).
-pub fn pidfd_info_exit_supported() -> bool {
-    let v = rustix::system::uname();
-    let release = v.release().to_string_lossy();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 15)
-}
-
-/// The netlink process-events connector: the kernel's multicast of every process's exit,
-/// with its wait status. Needs CAP_NET_ADMIN. ham listens only while it supervises
-/// processes that are not its children (after a takeover or a warm start).
-pub struct ProcConnector {
-    fd: OwnedFd,
-}
 
 const NETLINK_CONNECTOR: i32 = 11;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 const NLMSG_HDRLEN: usize = 16;
 const CN_MSG_LEN: usize = 20;
-
-impl ProcConnector {
-    pub fn open() -> io::Result<Self> {
-        // SAFETY: socket() has no memory preconditions; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_CONNECTOR,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = libc::CN_IDX_PROC;
-        // SAFETY: addr is a valid sockaddr_nl and its size is passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // nlmsghdr + cn_msg{idx, val, seq, ack, len, flags} + PROC_CN_MCAST_LISTEN.
-        let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
-        let mut msg = Vec::with_capacity(total);
-        msg.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
-        msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes()); // nlmsg_type
-        msg.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_seq
-        msg.extend_from_slice(&std::process::id().to_ne_bytes()); // nlmsg_pid
-        msg.extend_from_slice(&libc::CN_IDX_PROC.to_ne_bytes()); // cb_id.idx
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // cb_id.val (CN_VAL_PROC)
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
-        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
-        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // PROC_CN_MCAST_LISTEN
-        rustix::io::write(&fd, &msg)?;
-        Ok(Self { fd })
-    }
-
-    /// Reads every queued event and keeps the exits of the pids in `wanted`
-    /// (pid → wait status).
-    pub fn drain(&self, wanted: impl Fn(i32) -> bool, out: &mut HashMap<i32, i32>) {
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = match rustix::io::read(&self.fd, &mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return, // EAGAIN, or ENOBUFS after an overrun
-            };
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= n {
-                let len = u32_at(&buf, off) as usize;
-                if len < NLMSG_HDRLEN || off + len > n {
-                    break;
-                }
-                let ev = off + NLMSG_HDRLEN + CN_MSG_LEN;
-                if ev + 32 <= off + len && u32_at(&buf, ev) == PROC_EVENT_EXIT {
-                    let pid = u32_at(&buf, ev + 16) as i32;
-                    let tgid = u32_at(&buf, ev + 20) as i32;
-                    let code = u32_at(&buf, ev + 24) as i32;
-                    if pid == tgid && wanted(pid) {
-                        out.insert(pid, code);
-                    }
-                }
-                off += (len + 3) & !3;
-            }
-        }
-    }
-}
-
-impl AsFd for ProcConnector {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
 
 /// Takes ownership of a descriptor inherited across `execve` (the Guardian's handoff fds),
 /// after checking it is open, and marks it close-on-exec.
@@ -842,84 +695,6 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
 }
 
 // -- sd_notify datagrams ------------------------------------------------------------------------
-
-/// One datagram read from an sd_notify socket.
-pub struct NotifyMessage {
-    pub len: usize,
-    /// The pid its credentials name (`SCM_CREDENTIALS`): the sender's own unless it is
-    /// privileged.
-    pub claimed_pid: Option<i32>,
-    /// Descriptors that came with it (a `BARRIER=1`'s): closing them answers the barrier.
-    pub fds: Vec<OwnedFd>,
-}
-
-/// Reads one datagram from `sock` without waiting (`Ok(None)`: none is there).
-pub fn recv_notify(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<NotifyMessage>> {
-    // Room for credentials and a few descriptors (a barrier sends one): the kernel closes
-    // any beyond without giving them to ham.
-    let mut control = [0u64; 12];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one; the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: `msg` points to `iov` (over `buf`) and `control`, all alive and writable
-        // for this call.
-        let n = unsafe {
-            libc::recvmsg(
-                sock.as_fd().as_raw_fd(),
-                &raw mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    };
-    let mut out = NotifyMessage {
-        len: n,
-        claimed_pid: None,
-        fds: Vec::new(),
-    };
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled in, within
-    // `msg_controllen`; each payload is read as the type its level and type say, with
-    // unaligned reads; every descriptor read is new to this process and owned from here.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            let len = (*c).cmsg_len as usize - (data as usize - c as usize);
-            match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
-                    let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
-                    out.claimed_pid = Some(cred.pid);
-                }
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    for k in 0..len / std::mem::size_of::<libc::c_int>() {
-                        let fd: libc::c_int =
-                            std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
-                        out.fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                _ => {}
-            }
-            c = libc::CMSG_NXTHDR(&raw const msg, c);
-        }
-    }
-    Ok(Some(out))
-}
 
 #[cfg(test)]
 mod tests {

@@ -68,9 +68,9 @@ const EINVAL: i32 = libc::EINVAL;
 const ENOENT: i32 = libc::ENOENT;
 const EEXIST: i32 = libc::EEXIST;
 
-type Refusal = (i32, String);
+pub(super) type Refusal = (i32, String);
 
-fn tables<'a>(defs: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
+pub(super) fn tables<'a>(defs: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
     let v = defs
         .entry(key.to_owned())
         .or_insert_with(|| Value::Array(Vec::new()));
@@ -80,7 +80,7 @@ fn tables<'a>(defs: &'a mut Table, key: &str) -> &'a mut Vec<Value> {
     v.as_array_mut().expect("made an array above")
 }
 
-fn name_of(t: &Value) -> Option<&str> {
+pub(super) fn name_of(t: &Value) -> Option<&str> {
     t.get("name").and_then(Value::as_str)
 }
 
@@ -125,7 +125,7 @@ impl Daemon {
     }
 
     /// The configuration file's text followed by `defs`, parsed.
-    fn parse_with(&self, defs: &Table, strict: bool) -> Result<Config, String> {
+    pub(super) fn parse_with(&self, defs: &Table, strict: bool) -> Result<Config, String> {
         let extra = toml::to_string(defs).map_err(|e| e.to_string())?;
         let head = format!("{}\n\n# run-time definitions\n", self.config_text);
         let text = format!("{head}{extra}");
@@ -571,84 +571,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Whether entity `i` was defined at run time (not by the configuration file).
-    pub(super) fn is_runtime(&self, i: usize) -> bool {
-        let name = self.entities[i].cfg.name.as_str();
-        self.defs
-            .get("entity")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|t| name_of(t) == Some(name)))
-    }
-
-    /// Removes run-time entity `i` (a QNX detach): its `detach` conditions fire, then it,
-    /// its conditions and their actions leave the definitions. Its place becomes a free
-    /// entry (a tombstone, invisible to status) that keeps every other entity at its index
-    /// and its segment slot, and that the next new entity takes. A process of its keeps
-    /// running, no longer supervised (ham reaps it if it is ham's child).
-    pub(super) fn remove_entity(&mut self, i: usize) -> Result<(), Refusal> {
-        let name = self.entities[i].cfg.name.clone();
-        let slot = self.entities[i].slot;
-        let free = format!("{}{slot}", crate::config::FREE_ENTRY);
-        let mut defs = self.defs.clone();
-        let entry = tables(&mut defs, "entity")
-            .iter_mut()
-            .find(|t| name_of(t) == Some(name.as_str()))
-            .and_then(Value::as_table_mut)
-            .ok_or((ENOENT, format!("`{name}` is not a run-time entity")))?;
-        *entry = free_entry(&free);
-        tables(&mut defs, "condition")
-            .retain(|c| c.get("entity").and_then(Value::as_str) != Some(name.as_str()));
-        // Another entity's actions may name it (restart, signal, …): then it stays.
-        let cfg = self
-            .parse_with(&defs, true)
-            .map_err(|e| (libc::EBUSY, format!("`{name}` cannot be removed: {e}")))?;
-        let text = toml::to_string(&defs).map_err(|e| (EINVAL, e.to_string()))?;
-        // Its detach conditions, while it is still there.
-        let pid = self.entities[i].rec.pid;
-        self.record(i, None, "detach", "detach", &format!("pid {pid}; removed"));
-        self.fire(i, crate::actions::Event::Detach, None);
-        self.writer
-            .publish_defs(text.as_bytes())
-            .map_err(|e| (libc::ENOSPC, e.to_string()))?;
-        self.defs = defs;
-        // What runs for it ends here (a command it started goes on, unwatched).
-        self.run_queue.remove(&i);
-        let runs: Vec<u32> = self
-            .runs
-            .iter()
-            .filter(|(_, r)| r.entity == i)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in runs {
-            self.end_run(id);
-        }
-        self.unwatch_pidfd(i);
-        self.end_attachment(i);
-        self.patches.retain(|p| p.entity != i);
-        self.deferred.remove(i);
-        if pid > 0 {
-            if let Some(cg) = &self.cgroups {
-                // Out of the cgroup a later entity of that name gets.
-                if let Err(e) = cg.release(&name, pid) {
-                    self.say_limited("cgroup-release", format_args!("{name}: pid {pid}: {e}"));
-                }
-            }
-        }
-        let ec = cfg.entities[i].clone();
-        debug_assert_eq!(ec.name, free);
-        let env = entity_env(&ec, &cfg);
-        self.by_name.remove(&name);
-        self.entities[i] = Entity::new(ec, slot, EntityRecord::new(&free), env);
-        self.entities[i].rec.state = EntityState::Stopped;
-        self.cfg = cfg;
-        self.publish(i);
-        log(
-            &self.cfg.instance.name,
-            format_args!("{name}: detached (pid {pid}) and removed"),
-        );
-        Ok(())
-    }
-
     /// A new entity, in a free slot of the segment.
     /// A new entity at index `i` of the configuration: a free entry's place (and slot), or
     /// a new one at the end, in a free slot of the segment.
@@ -801,7 +723,7 @@ fn may_touch(limit: Option<&str>, entity: &str) -> Result<(), Refusal> {
 }
 
 /// The definition of a free entry (what a removed run-time entity leaves).
-fn free_entry(name: &str) -> Table {
+pub(super) fn free_entry(name: &str) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), Value::String(name.to_owned()));
     t.insert("attach_only".into(), Value::Boolean(true));

@@ -1,0 +1,250 @@
+//! A whole configuration file (and run-time definitions after it), read and checked.
+
+use super::*;
+
+pub(super) fn parse_with(
+    file: &Path,
+    text: &str,
+    strict: bool,
+    runtime_from: usize,
+) -> Result<Config, ConfigError> {
+    let ctx = Ctx {
+        file,
+        text,
+        dir: file.parent().unwrap_or(Path::new("/")).to_owned(),
+        strict,
+        runtime_from,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| de_error(&ctx, e))?;
+    let ham = raw.ham.get_ref();
+    let instance = Instance {
+        name: instance_name(&ctx, &ham.name)?,
+        run_dir: ham
+            .run_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| ctx.path(d.get_ref())),
+        log_dir: ham
+            .log_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        cgroup: cgroup_mode(&ctx, ham.cgroup.as_ref())?,
+    };
+    // Syslog: `/dev/log` unless configured; "" turns it off.
+    let syslog = match &ham.syslog {
+        None => Some(PathBuf::from(DEFAULT_SYSLOG)),
+        Some(p) if p.get_ref().is_empty() => None,
+        Some(p) => Some(ctx.path(p.get_ref())),
+    };
+    let max_entities = match &ham.max_entities {
+        None => DEFAULT_MAX_ENTITIES,
+        Some(m) if (1..=MAX_ENTITIES_LIMIT).contains(m.get_ref()) => *m.get_ref(),
+        Some(m) => {
+            return Err(ctx.err(
+                Some(m.span()),
+                Some("ham.max_entities".into()),
+                format!("must be between 1 and {MAX_ENTITIES_LIMIT}"),
+            ));
+        }
+    };
+    let liveness_timeout_ns = match &ham.liveness_timeout {
+        None => duration::parse_ns(DEFAULT_LIVENESS_TIMEOUT).expect("default parses"),
+        Some(t) => {
+            let ns = duration::parse_ns(t.get_ref())
+                .map_err(|why| ctx.err(Some(t.span()), Some("ham.liveness_timeout".into()), why))?;
+            if ns < MIN_LIVENESS_TIMEOUT_NS {
+                return Err(ctx.err(
+                    Some(t.span()),
+                    Some("ham.liveness_timeout".into()),
+                    "must be at least 20ms",
+                ));
+            }
+            ns
+        }
+    };
+    let client_gid = match &ham.client_group {
+        None => None,
+        Some(g) => Some(
+            resolve_group(g.get_ref())
+                .map_err(|why| ctx.err(Some(g.span()), Some("ham.client_group".into()), why))?,
+        ),
+    };
+    let heartbeat_grid_ns = match &ham.heartbeat_grid {
+        None => 0,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), Some("ham.heartbeat_grid".into()), why))?,
+    };
+    let ring_slots = match &ham.ring_slots {
+        None => DEFAULT_RING_SLOTS,
+        Some(n) if (2..=1 << 20).contains(n.get_ref()) && n.get_ref().is_power_of_two() => {
+            *n.get_ref()
+        }
+        Some(n) => {
+            return Err(ctx.err(
+                Some(n.span()),
+                Some("ham.ring_slots".into()),
+                "must be a power of two between 2 and 1048576",
+            ));
+        }
+    };
+    let ring_abandon_after_ns = match &ham.ring_abandon_after {
+        None => DEFAULT_RING_ABANDON_AFTER_NS,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), Some("ham.ring_abandon_after".into()), why))?,
+    };
+    if raw.entity.len() > max_entities as usize {
+        return Err(ctx.err(
+            Some(raw.entity[max_entities as usize].span()),
+            Some("entity".into()),
+            format!(
+                "{} entities configured but ham.max_entities is {max_entities}",
+                raw.entity.len()
+            ),
+        ));
+    }
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut entities = Vec::with_capacity(raw.entity.len());
+    for (i, e) in raw.entity.iter().enumerate() {
+        let ent = entity(&ctx, i, e.get_ref())?;
+        if let Some(first) = seen.insert(ent.name.clone(), i) {
+            let (line, _) = line_col(text, raw.entity[first].get_ref().name.span().start);
+            return Err(ctx.err(
+                Some(e.get_ref().name.span()),
+                Some(format!("entity[{i}].name")),
+                format!(
+                    "duplicate entity name `{}` (first defined on line {line})",
+                    ent.name
+                ),
+            ));
+        }
+        entities.push(ent);
+    }
+    resolve_after(&ctx, &raw.entity, &mut entities)?;
+    let groups = groups(&ctx, &raw.group, &mut entities)?;
+    for (i, e) in raw.entity.iter().enumerate() {
+        if let Some(c) = e.get_ref().condition.get(MAX_CONDITIONS) {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(format!("entity[{i}].condition")),
+                format!("at most {MAX_CONDITIONS} conditions per entity"),
+            ));
+        }
+        let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
+        entities[i].raise_from = e
+            .get_ref()
+            .raise_from
+            .iter()
+            .map(|r| {
+                names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
+                    ctx.err(
+                        Some(r.span()),
+                        Some(format!("entity[{i}].raise_from")),
+                        format!("no entity named `{}`", r.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        entities[i].conditions = e
+            .get_ref()
+            .condition
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                if let Some(t) = &c.get_ref().entity {
+                    return Err(ctx.err(
+                        Some(t.span()),
+                        Some(format!("entity[{i}].condition[{n}].entity")),
+                        "a condition inside an entity's table belongs to that entity",
+                    ));
+                }
+                condition(&ctx, &format!("entity[{i}].condition[{n}]"), c, &names)
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    // Top-level conditions go after the entity's own, in the order written.
+    let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
+    for (n, c) in raw.condition.iter().enumerate() {
+        let key = format!("condition[{n}]");
+        let Some(target) = &c.get_ref().entity else {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(format!("{key}.entity")),
+                "a top-level condition names its `entity`",
+            ));
+        };
+        let Some(i) = names.iter().position(|x| x == target.get_ref()) else {
+            return Err(ctx.err(
+                Some(target.span()),
+                Some(format!("{key}.entity")),
+                format!("no entity named `{}`", target.get_ref()),
+            ));
+        };
+        let cond = condition(&ctx, &key, c, &names)?;
+        entities[i].conditions.push(cond);
+        if entities[i].conditions.len() > MAX_CONDITIONS {
+            return Err(ctx.err(
+                Some(c.span()),
+                Some(key),
+                format!("at most {MAX_CONDITIONS} conditions per entity"),
+            ));
+        }
+    }
+
+    let device_restart = match raw.device.as_ref().and_then(|d| d.restart_command.as_ref()) {
+        None => None,
+        Some(cmd) => {
+            let key = Some("device.restart_command".to_owned());
+            let Some(program) = cmd.get_ref().first() else {
+                return Err(ctx.err(Some(cmd.span()), key, "command is empty"));
+            };
+            let search = std::env::var("PATH").unwrap_or_default();
+            let path = match ctx.program(program, cmd.span().start, &search) {
+                Ok(p) => p,
+                Err(why) => return Err(ctx.err(Some(cmd.span()), key, why)),
+            };
+            Some((path, cmd.get_ref().clone()))
+        }
+    };
+
+    Ok(Config {
+        path: file.to_owned(),
+        instance,
+        syslog,
+        max_entities,
+        liveness_timeout_ns,
+        device_restart,
+        client_gid,
+        heartbeat_grid_ns,
+        ring_slots,
+        ring_abandon_after_ns,
+        entities,
+        groups,
+    })
+}
+
+pub(super) fn is_executable(p: &Path) -> bool {
+    p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+pub(super) fn resolve_program(
+    ctx: &Ctx,
+    program: &str,
+    search_path: &str,
+) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let p = ctx.path(program);
+        if !p.exists() {
+            return Err(format!("executable {} does not exist", p.display()));
+        }
+        if !is_executable(&p) {
+            return Err(format!("{} is not an executable file", p.display()));
+        }
+        return Ok(p);
+    }
+    search_path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("executable `{program}` not found in PATH ({search_path})"))
+}

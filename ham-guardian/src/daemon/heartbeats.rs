@@ -1,0 +1,362 @@
+//! Attachments and their heartbeats: attach, detach, the deadlines of each attached client, what a miss does.
+
+use std::os::fd::OwnedFd;
+
+use ham_core::EntityState;
+use ham_core::layout::HeartbeatSpec;
+use ham_core::protocol::Response;
+use rustix::process::{Pid, PidfdFlags};
+
+use super::clients::*;
+use super::{Daemon, Deadline, log};
+use crate::actions::{Event, Trigger};
+use crate::{mono_ns, procfs, unix_ns};
+
+impl Daemon {
+    /// Attaches a process to entity `i`; with a heartbeat, the answer comes with the
+    /// descriptor of the client's heartbeat page.
+    pub(super) fn attach(
+        &mut self,
+        i: usize,
+        peer: Peer,
+        pid: Option<i32>,
+        spec: HeartbeatSpec,
+    ) -> (Response, Option<OwnedFd>) {
+        match self.attach_checked(i, peer, pid, spec) {
+            Ok(answer) => answer,
+            Err(r) => (r, None),
+        }
+    }
+
+    pub(super) fn attach_checked(
+        &mut self,
+        i: usize,
+        peer: Peer,
+        pid: Option<i32>,
+        spec: HeartbeatSpec,
+    ) -> Result<(Response, Option<OwnedFd>), Response> {
+        let target = pid.unwrap_or(peer.pid);
+        let name = self.entities[i].cfg.name.clone();
+        if target != peer.pid && !(peer.uid == 0 || peer.uid == self.my_uid) {
+            return Err(Response::errno(
+                libc::EPERM,
+                format!(
+                    "permission denied: pid {} may attach only itself (or be root or ham's user)",
+                    peer.pid
+                ),
+            ));
+        }
+        if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
+            return Err(Response::err(format!(
+                "heartbeat period {} is below the floor of 1ms",
+                ham_core::duration::format_ns(spec.period_ns)
+            )));
+        }
+        if spec.missed_high != 0 && spec.missed_low > spec.missed_high {
+            return Err(Response::err("missed_low must not exceed missed_high"));
+        }
+        let e = &self.entities[i];
+        let adopt = e.cfg.attach_only && (e.rec.pid != target || e.pidfd.is_none());
+        if e.cfg.attach_only {
+            if e.rec.state.has_process() && e.pidfd.is_some() && e.rec.pid != target {
+                return Err(Response::err(format!(
+                    "`{name}` is attached by pid {}; detach it first",
+                    e.rec.pid
+                )));
+            }
+        } else if !(e.rec.pid == target && e.rec.state == EntityState::Running) {
+            return Err(Response::err(format!(
+                "`{name}` is ham-started and runs pid {} ({}); pid {target} cannot attach to it",
+                e.rec.pid,
+                e.rec.state.as_str()
+            )));
+        }
+        let now = mono_ns();
+        let slot = self.entities[i].slot;
+        // A new attachment replaces the old one, and its heartbeat page with it.
+        self.end_attachment(i);
+        // The client's own heartbeat page (no other client can write it), made before
+        // anything else changes: a refusal here leaves nothing half done.
+        let beats = spec.missed_low | spec.missed_high != 0;
+        let page = if beats {
+            let name = ham_core::beat::page_name(&self.cfg.instance.name, slot);
+            match ham_core::beat::BeatMap::create(&name, target as u32, now) {
+                Ok(page) => Some(page),
+                Err(e) => {
+                    self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
+                    self.publish(i);
+                    return Err(Response::errno(
+                        libc::ENOMEM,
+                        format!("no heartbeat page: {e}"),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        if adopt {
+            if let Err(why) = self.adopt_attached(i, target) {
+                ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+                    &self.cfg.instance.name,
+                    slot,
+                ));
+                return Err(Response::err(why));
+            }
+        }
+        let page_fd = page.map(|(map, fd)| {
+            self.entities[i].beat = Some(map);
+            fd
+        });
+        let e = &mut self.entities[i];
+        e.rec.heartbeat = beats.then_some(spec);
+        self.publish(i);
+        self.watch_heartbeat(i, now);
+        let what = if beats {
+            format!(
+                "pid {target}, heartbeat every {}, missed low {} high {}",
+                ham_core::duration::format_ns(spec.period_ns),
+                spec.missed_low,
+                spec.missed_high
+            )
+        } else {
+            format!("pid {target}, no heartbeat")
+        };
+        self.record(i, None, "attach", "attach", &what);
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: attached: {what}"),
+        );
+        self.fire(i, Event::Attach, None);
+        let mut r = Response::ok(format!("attached to `{name}`"));
+        r.slot = Some(slot);
+        Ok((r, page_fd))
+    }
+
+    /// A process attaches itself to an `attach_only` entity: it is watched like an adopted
+    /// entity (pidfd, handed to the Guardian) but never started or restarted by ham.
+    pub(super) fn adopt_attached(&mut self, i: usize, pid: i32) -> Result<(), String> {
+        let Some(p) = Pid::from_raw(pid) else {
+            return Err(format!("pid {pid} is not a process"));
+        };
+        let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty())
+            .map_err(|e| format!("pid {pid}: {e}"))?;
+        let start_time = procfs::start_time(pid).ok_or(format!("pid {pid} is gone"))?;
+        self.unwatch_pidfd(i);
+        let now = mono_ns();
+        {
+            let e = &mut self.entities[i];
+            e.rec.pid = pid;
+            e.rec.start_time = start_time;
+            e.rec.state = EntityState::Running;
+            e.rec.started_mono_ns = now;
+            e.rec.started_unix_ns = unix_ns();
+            e.adopted = true;
+            e.wanted = ham_core::policy::Wanted::Up;
+        }
+        self.publish(i);
+        self.watch(i, &pidfd).map_err(|e| format!("epoll: {e}"))?;
+        self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
+        self.entities[i].pidfd = Some(pidfd);
+        self.became_running(i, now);
+        Ok(())
+    }
+
+    pub(super) fn detach(&mut self, i: usize, peer: Peer) -> Response {
+        let e = &self.entities[i];
+        let name = e.cfg.name.clone();
+        if !(peer.uid == 0 || peer.uid == self.my_uid || (e.rec.pid == peer.pid && peer.pid > 0)) {
+            return Response::errno(
+                libc::EPERM,
+                format!(
+                    "permission denied: pid {} is not attached to `{name}`",
+                    peer.pid
+                ),
+            );
+        }
+        // A run-time entity (`ham_attach`, `ham_attach_self`, `ham_entity`) is removed by
+        // its detach, as QNX removes it "from its context": whatever ham runs for it.
+        let runtime = self.is_runtime(i);
+        if !runtime && e.rec.heartbeat.is_none() && !(e.cfg.attach_only && e.pidfd.is_some()) {
+            return Response::err(format!("nothing is attached to `{name}`"));
+        }
+        let pid = e.rec.pid;
+        if runtime {
+            return match self.remove_entity(i) {
+                Ok(()) => Response::ok(format!("detached from `{name}`; removed")),
+                Err((errno, why)) => Response::errno(errno, why),
+            };
+        }
+        if self.entities[i].cfg.attach_only {
+            self.unwatch_pidfd(i);
+        }
+        self.end_attachment(i);
+        let e = &mut self.entities[i];
+        if e.cfg.attach_only {
+            e.rec.pid = 0;
+            e.rec.start_time = 0;
+            e.rec.state = EntityState::Stopped;
+            e.ready = false;
+            e.rec.ready = false;
+        }
+        self.publish(i);
+        self.record(i, None, "detach", "detach", &format!("pid {pid}"));
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: pid {pid} detached"),
+        );
+        self.fire(i, Event::Detach, None);
+        Response::ok(format!("detached from `{name}`"))
+    }
+
+    // -- heartbeat deadlines ---------------------------------------------------------------
+
+    /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`.
+    pub(super) fn watch_heartbeat(&mut self, i: usize, now: u64) {
+        let e = &mut self.entities[i];
+        let Some(spec) = e.rec.heartbeat else {
+            e.hb = None;
+            return;
+        };
+        let mut hb = Heartbeat {
+            spec,
+            base: now,
+            fired: 0,
+            fired_last: 0,
+            deadline: 0,
+        };
+        hb.deadline = on_grid(next_deadline(&hb, now, now), self.cfg.heartbeat_grid_ns);
+        let at = hb.deadline;
+        e.hb = Some(hb);
+        self.schedule(at, Deadline::Heartbeat(i));
+    }
+
+    /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
+    pub(super) fn heartbeat_healthy(&mut self, i: usize) -> bool {
+        if self.entities[i].hb.is_none() {
+            return false;
+        }
+        self.watch_heartbeat(i, mono_ns());
+        true
+    }
+
+    /// The ending of a process ends its attachment, and its heartbeat page with it.
+    pub(super) fn end_attachment(&mut self, i: usize) {
+        let e = &mut self.entities[i];
+        e.hb = None;
+        e.rec.heartbeat = None;
+        if e.beat.take().is_some() {
+            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+                &self.cfg.instance.name,
+                e.slot,
+            ));
+        }
+    }
+
+    /// A heartbeat deadline came: fire what was missed, and set the next one.
+    pub(super) fn check_heartbeat(&mut self, i: usize) {
+        let now = mono_ns();
+        let beat = self.entities[i]
+            .beat
+            .as_ref()
+            .map_or(0, ham_core::beat::BeatMap::last_beat);
+        // A beat "from the future" is a stray write: it counts as no beat (it must not keep
+        // a hung process looking alive).
+        let beat = if beat > now { 0 } else { beat };
+        let grid = self.cfg.heartbeat_grid_ns;
+        let Some(hb) = &mut self.entities[i].hb else {
+            return;
+        };
+        let last = beat.max(hb.base);
+        if hb.fired > 0 && last > hb.fired_last {
+            hb.fired = 0; // it beat again: a new miss will be reported again
+        }
+        let p = hb.spec.period_ns;
+        let due = |n: u32| n != 0 && now >= last.saturating_add(p.saturating_mul(u64::from(n)));
+        let low = hb.fired == 0 && due(hb.spec.missed_low);
+        if low {
+            hb.fired = 1;
+            hb.fired_last = last;
+        }
+        let high = hb.fired <= 1 && due(hb.spec.missed_high);
+        if high {
+            hb.fired = 2;
+            hb.fired_last = last;
+        }
+        hb.deadline = on_grid(next_deadline(hb, last, now), grid);
+        let at = hb.deadline;
+        self.schedule(at, Deadline::Heartbeat(i));
+        for (missed, is_high) in [(low, false), (high, true)] {
+            if missed {
+                self.heartbeat_missed(i, is_high, now.saturating_sub(last));
+            }
+        }
+    }
+
+    pub(super) fn heartbeat_missed(&mut self, i: usize, high: bool, silent_ns: u64) {
+        let e = &self.entities[i];
+        let name = e.cfg.name.clone();
+        let cond = if high {
+            "heartbeat-missed-high"
+        } else {
+            "heartbeat-missed-low"
+        };
+        let what = format!("no beat for {}", ham_core::duration::format_ns(silent_ns));
+        let event = Event::HeartbeatMissed { high };
+        let handled = self.matching(i, &event).any(|c| c.trigger != Trigger::Any);
+        log(
+            &self.cfg.instance.name,
+            format_args!("{name}: {cond}: {what}"),
+        );
+        self.record(i, None, cond, "detected", &what);
+        self.fire(i, event, None);
+        // With no condition of its own, a missed-high is a hung process: handled like a
+        // missed sd_notify watchdog (SIGABRT for a core, SIGKILL, restart).
+        let e = &self.entities[i];
+        if high
+            && !handled
+            && !e.cfg.attach_only
+            && e.rec.state == EntityState::Running
+            && self.shutdown.is_none()
+        {
+            self.watchdog_missed(i);
+        }
+    }
+
+    // -- subscribers -----------------------------------------------------------------------
+
+    /// After a takeover or a warm start: every attached client counts as having beaten now.
+    /// After a takeover or a warm start: each attachment goes on with the heartbeat page
+    /// its predecessor made (opened by name, if it is ham's own); one whose page is gone
+    /// or not ham's ends (the client must attach again) rather than look hung.
+    pub(super) fn resume_heartbeats(&mut self) {
+        let now = mono_ns();
+        for i in 0..self.entities.len() {
+            if self.entities[i].rec.heartbeat.is_none() {
+                continue;
+            }
+            let name = ham_core::beat::page_name(&self.cfg.instance.name, self.entities[i].slot);
+            let page = if self.entities[i].rec.state.has_process() {
+                ham_core::beat::BeatMap::open(&name).map_err(|e| e.to_string())
+            } else {
+                Err("its process is gone".to_owned())
+            };
+            match page {
+                Ok(page) => {
+                    self.entities[i].beat = Some(page);
+                    self.watch_heartbeat(i, now);
+                }
+                Err(why) => {
+                    let entity = self.entities[i].cfg.name.clone();
+                    log(
+                        &self.cfg.instance.name,
+                        format_args!(
+                            "{entity}: its heartbeat attachment ended ({why}); attach again"
+                        ),
+                    );
+                    self.end_attachment(i);
+                    self.publish(i);
+                }
+            }
+        }
+    }
+}
