@@ -48,6 +48,10 @@ pub enum Input {
     WatchdogMissed,
     /// The entities it starts after are ready.
     DepsReady,
+    /// A process attached itself to it (or was attached by pid): ham watches it now.
+    Attached,
+    /// Its attached process detached: ham no longer watches it.
+    Detached,
 }
 
 /// A recovery decision, as far as the lifecycle needs to know it.
@@ -85,6 +89,9 @@ pub enum Effect {
     SignalAbort,
     /// Send SIGKILL (the stop signal was not enough).
     SignalKill,
+    /// Record that a successor finding it `stopping` starts it again, as an automatic
+    /// restart (it is being stopped for a hang).
+    MarkAutoRestart,
     /// Ask its recovery policy (answered with `Input::Recovered`).
     Recover,
     /// Fire its `restart` conditions once it runs.
@@ -122,7 +129,7 @@ pub const WANTED: [Wanted; 4] = [
 ];
 
 /// Every input, for tables and tests.
-pub const INPUTS: [Input; 18] = [
+pub const INPUTS: [Input; 20] = [
     Input::Start,
     Input::Stop,
     Input::Restart,
@@ -150,6 +157,8 @@ pub const INPUTS: [Input; 18] = [
     Input::StopTimeout,
     Input::WatchdogMissed,
     Input::DepsReady,
+    Input::Attached,
+    Input::Detached,
 ];
 
 /// One step of the lifecycle.
@@ -225,10 +234,12 @@ pub fn step(state: State, wanted: Wanted, input: Input) -> Step {
             Recovery::GiveUp => to(State::Exited, wanted, &[Publish, AnswerWaiters]),
         },
         Input::Recovered(_) => same(&[]),
-        Input::Spawned if state == State::Starting => {
+        // From `starting`, or from the `running` the spawn records before it releases the
+        // child (the release protocol: a successor must count the child's death as a death).
+        Input::Spawned if matches!(state, State::Starting | State::Running) => {
             to(State::Running, wanted, &[Publish, AnswerWaiters])
         }
-        Input::SpawnFailed if state == State::Starting => {
+        Input::SpawnFailed if matches!(state, State::Starting | State::Running) => {
             to(State::Backoff, wanted, &[ArmRetry, Publish, AnswerWaiters])
         }
         Input::Spawned | Input::SpawnFailed => same(&[]),
@@ -244,11 +255,15 @@ pub fn step(state: State, wanted: Wanted, input: Input) -> Step {
         Input::WatchdogMissed if state == State::Running => to(
             State::Stopping,
             Wanted::Up,
-            &[ArmStopKill, Publish, SignalAbort],
+            &[ArmStopKill, MarkAutoRestart, Publish, SignalAbort],
         ),
         Input::WatchdogMissed => same(&[]),
         Input::DepsReady if state == State::Waiting => to(State::Starting, wanted, &[Spawn]),
         Input::DepsReady => same(&[]),
+        Input::Attached if !has_process => to(State::Running, Wanted::Up, &[Publish]),
+        Input::Attached => same(&[]),
+        Input::Detached if has_process => to(State::Stopped, wanted, &[Publish, AnswerWaiters]),
+        Input::Detached => same(&[]),
     }
 }
 

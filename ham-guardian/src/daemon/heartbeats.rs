@@ -147,13 +147,12 @@ impl Daemon {
             let e = &mut self.entities[i];
             e.rec.pid = pid;
             e.rec.start_time = start_time;
-            e.rec.state = EntityState::Running;
             e.rec.started_mono_ns = now;
             e.rec.started_unix_ns = unix_ns();
             e.adopted = true;
-            e.wanted = ham_core::policy::Wanted::Up;
         }
-        self.publish(i);
+        let why = super::lifecycle::Why::new("attach", "attached");
+        self.step(i, ham_core::lifecycle::Input::Attached, &why);
         self.watch(i, &pidfd).map_err(|e| format!("epoll: {e}"))?;
         self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
         self.entities[i].pidfd = Some(pidfd);
@@ -194,11 +193,13 @@ impl Daemon {
         if e.cfg.attach_only {
             e.rec.pid = 0;
             e.rec.start_time = 0;
-            e.rec.state = EntityState::Stopped;
             e.ready = false;
             e.rec.ready = false;
+            let why = super::lifecycle::Why::new("detach", "detached");
+            self.step(i, ham_core::lifecycle::Input::Detached, &why);
+        } else {
+            self.publish(i);
         }
-        self.publish(i);
         self.record(i, None, "detach", "detach", &format!("pid {pid}"));
         log(
             &self.cfg.instance.name,

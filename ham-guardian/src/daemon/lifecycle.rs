@@ -78,7 +78,19 @@ impl Daemon {
                     e.rec.restart_automatic = e.wanted == Wanted::AutoRestart;
                     self.schedule(deadline, Deadline::StopKill(i));
                 }
-                Effect::ArmRetry => {} // armed by `spawn`, which knows its failure count
+                Effect::ArmRetry => {
+                    // 100 ms, doubling to 5 s: a missing program is no busy loop.
+                    let e = &mut self.entities[i];
+                    e.spawn_failures += 1;
+                    let at = mono_ns() + ham_core::policy::spawn_retry_delay_ns(e.spawn_failures);
+                    e.retry_at = Some(at);
+                    self.schedule(at, Deadline::Retry(i));
+                }
+                Effect::MarkAutoRestart => {
+                    let e = &mut self.entities[i];
+                    e.rec.restart_pending = true;
+                    e.rec.restart_automatic = true;
+                }
                 Effect::ArmHoldOff => {
                     let e = &mut self.entities[i];
                     e.retry_at = None;

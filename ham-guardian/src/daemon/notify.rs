@@ -166,22 +166,14 @@ impl Daemon {
     /// A missed sd_notify watchdog: SIGABRT (so it leaves a core), SIGKILL after its
     /// `stop_timeout`, and the death is then handled like any other (its policy decides).
     pub(super) fn watchdog_missed(&mut self, i: usize) {
-        let now = mono_ns();
         let e = &mut self.entities[i];
         e.watchdog_at = None;
-        let deadline = now + e.cfg.stop_timeout_ns;
-        e.stop_deadline = Some(deadline);
-        e.rec.state = EntityState::Stopping;
-        e.wanted = Wanted::Up;
-        // A successor finishing this stop starts it again, as an automatic restart.
-        e.rec.restart_pending = true;
-        e.rec.restart_automatic = true;
         let name = e.cfg.name.clone();
-        self.schedule(deadline, Deadline::StopKill(i));
-        self.publish(i);
         say!(self, "{name}: missed its watchdog; sending SIGABRT");
+        // A successor finishing this stop starts it again, as an automatic restart.
+        let why = super::lifecycle::Why::new("watchdog-missed", "missed its watchdog");
+        self.step(i, ham_core::lifecycle::Input::WatchdogMissed, &why);
         self.record(i, None, "watchdog-missed", "abort", "SIGABRT");
-        signal_entity(&self.entities[i], libc::SIGABRT);
     }
 
     /// Entity `i` is ready: start whatever was waiting for it.

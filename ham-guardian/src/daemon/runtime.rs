@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 
 use ham_core::EntityRecord;
+use ham_core::EntityState;
 use ham_core::protocol::{Change, ControlCommand, Response};
-use ham_core::{EntityState, policy::Wanted};
 use toml::{Table, Value};
 
 use super::{Daemon, Entity, entity_env, log};
@@ -598,9 +598,7 @@ impl Daemon {
 
     fn attach_pid(&mut self, i: usize, pid: i32) -> Result<(), String> {
         self.adopt_attached(i, pid)?;
-        let e = &mut self.entities[i];
-        e.wanted = Wanted::Up;
-        debug_assert_eq!(e.rec.state, EntityState::Running);
+        debug_assert_eq!(self.entities[i].rec.state, EntityState::Running);
         Ok(())
     }
 

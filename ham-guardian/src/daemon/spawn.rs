@@ -146,22 +146,25 @@ impl Daemon {
                     let _ =
                         rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
                 }
-                e.rec.state = EntityState::Running;
                 e.rec.started_mono_ns = now;
                 e.rec.started_unix_ns = unix_ns();
                 e.pidfd = Some(pidfd);
                 e.spawn_failures = 0;
                 e.last_spawn_error = None;
-                self.publish(i);
+                let why = super::lifecycle::Why::new("start", "started");
+                self.step(i, ham_core::lifecycle::Input::Spawned, &why);
                 failpoint::hit("spawn:after-running");
                 self.became_running(i, now);
             }
             Err(err) => {
                 e.rec.pid = 0;
                 e.rec.start_time = 0;
-                e.spawn_failures += 1;
-                let delay = policy::spawn_retry_delay_ns(e.spawn_failures);
                 let msg = format!("cannot start {}: {err}", e.cfg.exec_path.display());
+                e.last_spawn_error = Some(msg.clone());
+                let why = super::lifecycle::Why::new("start", &msg);
+                self.step(i, ham_core::lifecycle::Input::SpawnFailed, &why);
+                let e = &self.entities[i];
+                let delay = e.retry_at.unwrap_or(now).saturating_sub(now);
                 log(
                     &self.cfg.instance.name,
                     format_args!(
@@ -170,11 +173,6 @@ impl Daemon {
                         ham_core::duration::format_ns(delay)
                     ),
                 );
-                e.last_spawn_error = Some(msg);
-                e.retry_at = Some(now + delay);
-                e.rec.state = EntityState::Backoff;
-                self.schedule(now + delay, Deadline::Retry(i));
-                self.publish(i);
             }
         }
     }

@@ -79,9 +79,9 @@ impl Daemon {
                     self.step(i, ham_core::lifecycle::Input::StopTimeout, &why);
                 }
                 Deadline::Retry(i) => {
-                    let e = &self.entities[i];
-                    if e.rec.state == EntityState::Backoff && self.shutdown.is_none() {
-                        self.spawn(i);
+                    if self.shutdown.is_none() {
+                        let why = super::lifecycle::Why::new("start", "retrying");
+                        self.step(i, ham_core::lifecycle::Input::RetryDue, &why);
                     }
                 }
             }
