@@ -13,7 +13,6 @@
 //! it beats into memory nobody reads.
 //!
 //! Layout (`#[repr(C)]`, versioned, checked on map): [`BeatPage`], in one page.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
@@ -61,12 +60,6 @@ pub fn page_name(instance: &str, slot: u32) -> String {
 pub struct BeatMap {
     map: MmapRaw,
 }
-
-// SAFETY: the mapping is only read and written through atomics (`BeatPage`), which are
-// safe to share between threads; MmapRaw itself is a pointer and a length.
-unsafe impl Send for BeatMap {}
-// SAFETY: as above.
-unsafe impl Sync for BeatMap {}
 
 fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
     move |source| SegmentError::Io {
@@ -192,10 +185,8 @@ impl BeatMap {
 
     /// The page's words.
     pub fn page(&self) -> &BeatPage {
-        // SAFETY: the mapping is BEAT_PAGE_SIZE bytes, page-aligned, and lives as long as
-        // `self`; BeatPage is repr(C) atomics, for which every bit pattern is valid, and
-        // other processes write it only through atomics too.
-        unsafe { &*self.map.as_ptr().cast::<BeatPage>() }
+        // The mapping is BEAT_PAGE_SIZE bytes, page-aligned.
+        crate::shm::view(&self.map, 0).expect("a heartbeat page holds its words")
     }
 
     /// "I am alive" (the client): one store of `now_ns`, no syscall.

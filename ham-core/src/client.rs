@@ -31,7 +31,6 @@
 //! **Doorbell.** The consumer sets `sleeping` before it sleeps; a producer that publishes
 //! while it is set swaps it to 0 and issues one `FUTEX_WAKE`. Under load no producer makes
 //! a syscall.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
@@ -378,51 +377,31 @@ impl ClientSegment {
     }
 
     pub fn header(&self) -> &ClientHeader {
-        // SAFETY: the mapping is page-aligned and at least `size_of::<ClientHeader>()` long
-        // (checked in `create`/`open`); every field is an atomic, valid for any bit pattern,
-        // and other processes touch it only through atomics. The reference lives no longer
-        // than `self`, which owns the mapping.
-        unsafe { &*self.map.as_ptr().cast::<ClientHeader>() }
+        // At least a header long: checked in `create`/`open`.
+        crate::shm::view(&self.map, 0).expect("the client segment holds its header")
     }
 
     /// The heartbeat slots.
     pub fn heartbeats(&self) -> &[HeartbeatSlot] {
-        // SAFETY: `hb_slots` slots of 64 B start at offset 256 (64-aligned) and end before
-        // the ring, inside the mapping (checked in `create`/`open`); atomics only.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_ptr().add(hb_offset() as usize).cast(),
-                self.hb_slots as usize,
-            )
-        }
+        // Inside the mapping, before the ring: checked in `create`/`open`.
+        crate::shm::view_slice(&self.map, hb_offset() as usize, self.hb_slots as usize)
+            .expect("the client segment holds its heartbeat slots")
     }
 
-    /// The ring's first word: `ring_slots` slots of 128 B start at the 128-aligned
-    /// `ring_offset`, inside the mapping (checked in `create`/`open`).
-    fn ring_start(&self) -> *const AtomicU64 {
-        self.map
-            .as_ptr()
-            .wrapping_add(ring_offset(self.hb_slots) as usize)
-            .cast()
-    }
-
-    /// The ring's slots.
+    /// The ring's slots: `ring_slots` slots of 128 B at the 128-aligned `ring_offset`,
+    /// inside the mapping (checked in `create`/`open`).
     fn ring(&self) -> &[RingSlot] {
-        // SAFETY: `ring_start` is the 128-aligned start of `ring_slots` slots inside the
-        // mapping, which `self` owns; atomics only.
-        unsafe { std::slice::from_raw_parts(self.ring_start().cast(), self.ring_slots as usize) }
+        let at = ring_offset(self.hb_slots) as usize;
+        crate::shm::view_slice(&self.map, at, self.ring_slots as usize)
+            .expect("the client segment holds its ring")
     }
 
     /// The ring as plain words to overwrite: for tests that play a rogue client.
     #[doc(hidden)]
     pub fn raw_ring_words(&self) -> &[AtomicU64] {
-        // SAFETY: the same memory as `ring`, seen as its `ring_slots * 16` 8-aligned words.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ring_start(),
-                self.ring_slots as usize * (SLOT_WORDS + 1),
-            )
-        }
+        let at = ring_offset(self.hb_slots) as usize;
+        let words = self.ring_slots as usize * (SLOT_WORDS + 1);
+        crate::shm::view_slice(&self.map, at, words).expect("the client segment holds its ring")
     }
 
     /// The mapping's address and length, and the object's descriptor: what a SIGBUS handler

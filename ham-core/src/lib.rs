@@ -16,8 +16,8 @@
 //! * [`duration`] — the duration syntax used in configuration files.
 //! * [`clock`] — the monotonic and wall clocks, read the same way everywhere.
 //!
-//! `unsafe` is denied here except in [`segment`] and [`client`], where the mapping is turned into typed
-//! references.
+//! `unsafe` is denied here except in [`shm`] (the shared-memory contract: which types may be
+//! shared, and the one checked view of a mapping), and where a mapping is made.
 #![deny(unsafe_code)]
 
 pub mod beat;
@@ -32,6 +32,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod protocol;
 pub mod segment;
+pub mod shm;
 
 pub use layout::{EntityRecord, EntityState, LastExit};
 pub use segment::{Segment, SegmentError};

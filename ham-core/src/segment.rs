@@ -3,11 +3,10 @@
 //! It outlives the HAM and its Guardian on purpose: a later `ham` finds it and starts warm.
 //! Only the HAM owning the current epoch writes it, through [`SegmentWriter`]; everyone else
 //! maps it read-only and validates magic, layout version and geometry before trusting it.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
-use std::mem::{align_of, size_of};
+use std::mem::size_of;
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::Mode;
@@ -311,12 +310,8 @@ impl Segment {
     }
 
     pub fn header(&self) -> &Header {
-        // SAFETY: the mapping is page-aligned (≥ align_of::<Header>() = 64) and at least
-        // size_of::<Header>() long (checked in `open`, sized in `create`). Header is made
-        // only of atomics, so every bit pattern is valid and shared mutation by another
-        // process goes through UnsafeCell. The reference lives no longer than `self`, which
-        // owns the mapping; the object is never truncated by ham while mapped.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
+        // At least a header long, page-aligned: checked in `open`, sized in `create`.
+        crate::shm::view(&self.map, 0).expect("the segment holds its header")
     }
 
     /// Slot `index`, or `None` past the capacity. Indices from the segment itself must go
@@ -326,13 +321,7 @@ impl Segment {
             return None;
         }
         let offset = size_of::<Header>() + index as usize * size_of::<EntitySlot>();
-        debug_assert!(offset + size_of::<EntitySlot>() <= self.map.len());
-        debug_assert_eq!(offset % align_of::<EntitySlot>(), 0);
-        // SAFETY: index < capacity and `open`/`create` checked that
-        // header + capacity * slot size fits the mapping; the offset is a multiple of 64
-        // (header 512 bytes, slots 1024 bytes) on a page-aligned base. EntitySlot is atomics
-        // only: every bit pattern is valid and cross-process mutation is interior.
-        unsafe { Some(&*(self.map.as_ptr().add(offset) as *const EntitySlot)) }
+        crate::shm::view(&self.map, offset)
     }
 
     /// Run slot `index` of the journal, or `None` past its end.
@@ -341,22 +330,15 @@ impl Segment {
             return None;
         }
         let offset = runs_offset(self.capacity) as usize + index as usize * size_of::<RunSlot>();
-        debug_assert!(offset + size_of::<RunSlot>() <= self.map.len());
-        // SAFETY: index < RUN_SLOTS and `open`/`create` checked that `segment_size(capacity)`
-        // (entity slots, then RUN_SLOTS run slots) fits the mapping; the offset is a multiple
-        // of 64 on a page-aligned base. RunSlot is atomics only: every bit pattern is valid
-        // and cross-process mutation is interior.
-        unsafe { Some(&*(self.map.as_ptr().add(offset) as *const RunSlot)) }
+        crate::shm::view(&self.map, offset)
     }
 
     /// The run-time definitions document.
     pub fn defs(&self) -> &Blob {
         let offset = defs_offset(self.capacity) as usize;
-        debug_assert!(offset + size_of::<Blob>() <= self.map.len());
-        // SAFETY: `open`/`create` checked that `segment_size(capacity)` — which ends with
-        // the definitions — fits the mapping; the offset is a multiple of 64 on a
-        // page-aligned base. Blob is atomics only.
-        unsafe { &*(self.map.as_ptr().add(offset) as *const Blob) }
+        // `open`/`create` checked that `segment_size(capacity)`, which ends with the
+        // definitions, fits the mapping.
+        crate::shm::view(&self.map, offset).expect("the segment holds its definitions")
     }
 
     /// Every run in the journal: `(slot, run)`; unreadable slots are returned as errors.

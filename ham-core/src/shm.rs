@@ -1,0 +1,108 @@
+//! The shared-memory contract, in one place: which types may live in a mapping that other
+//! processes write at any moment ([`Shared`]), and the one function that turns a mapping's
+//! bytes into references to them ([`view`], [`view_slice`]), checking bounds and alignment.
+//! Every other module reaches shared memory through these, with no `unsafe` of its own.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use memmap2::MmapRaw;
+
+/// A type that may be read and written in place in a shared mapping.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types whose fields are all atomics (or arrays of them, or
+/// other `Shared` types). Then every bit pattern is a valid value (another process, or a
+/// torn write before a crash, can leave any), all mutation through `&self` is interior (the
+/// atomics' `UnsafeCell`s), and padding, where alignment adds some, is never read.
+pub unsafe trait Shared {}
+
+// SAFETY: one atomic word.
+unsafe impl Shared for AtomicU64 {}
+// SAFETY: one atomic word.
+unsafe impl Shared for AtomicU32 {}
+// SAFETY: repr(C), all fields atomics (see `layout::Header`).
+unsafe impl Shared for crate::layout::Header {}
+// SAFETY: repr(C): two `Copy<N>`, each a checksum and N words, all `AtomicU64`.
+unsafe impl<const N: usize> Shared for crate::layout::Slot<N> {}
+// SAFETY: repr(C): two copies of checksum, generation, length, padding words and data
+// words, all `AtomicU64`.
+unsafe impl Shared for crate::blob::Blob {}
+// SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (see `client::ClientHeader`).
+unsafe impl Shared for crate::client::ClientHeader {}
+// SAFETY: repr(C): a beat, a pid, padding words, all atomics.
+unsafe impl Shared for crate::client::HeartbeatSlot {}
+// SAFETY: repr(C): a sequence word and SLOT_WORDS words, all `AtomicU64`.
+unsafe impl Shared for crate::client::RingSlot {}
+// SAFETY: repr(C): magic, version, pid, beat, all atomics.
+unsafe impl Shared for crate::beat::BeatPage {}
+
+/// `count` values of `T` at byte `offset` of `map`, if they lie inside it and are aligned.
+/// The references live as long as the borrow of `map` (which owns the mapping).
+pub fn view_slice<T: Shared>(map: &MmapRaw, offset: usize, count: usize) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>().checked_mul(count)?;
+    if offset.checked_add(size)? > map.len() {
+        return None;
+    }
+    let ptr = map.as_ptr().wrapping_add(offset);
+    if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        return None;
+    }
+    // SAFETY: `ptr .. ptr + size` lies inside the mapping `map` owns (checked above), which
+    // stays mapped while `map` is borrowed; it is aligned for `T` (checked). `T: Shared`:
+    // any bytes there are a valid `T`, and writes by other processes are interior mutation
+    // through atomics, so shared references to them are sound.
+    Some(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), count) })
+}
+
+/// The `T` at byte `offset` of `map`, if it lies inside it and is aligned.
+pub fn view<T: Shared>(map: &MmapRaw, offset: usize) -> Option<&T> {
+    view_slice(map, offset, 1).map(|s| &s[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn map(len: usize) -> MmapRaw {
+        memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .expect("an anonymous mapping")
+            .into()
+    }
+
+    #[test]
+    fn a_view_is_refused_out_of_bounds_or_misaligned() {
+        let m = map(4096);
+        assert!(view::<AtomicU64>(&m, 0).is_some());
+        assert!(view::<AtomicU64>(&m, 4088).is_some());
+        assert!(view::<AtomicU64>(&m, 4089).is_none(), "past the end");
+        assert!(view::<AtomicU64>(&m, 4).is_none(), "misaligned");
+        assert!(view_slice::<AtomicU64>(&m, 0, 512).is_some());
+        assert!(
+            view_slice::<AtomicU64>(&m, 8, 512).is_none(),
+            "one word too many"
+        );
+        assert!(
+            view_slice::<AtomicU64>(&m, 0, usize::MAX).is_none(),
+            "overflow"
+        );
+        assert!(
+            view::<crate::client::RingSlot>(&m, 64).is_none(),
+            "128-aligned"
+        );
+    }
+
+    #[test]
+    fn views_of_one_mapping_see_each_others_writes() {
+        let m = map(4096);
+        let words = view_slice::<AtomicU64>(&m, 0, 512).unwrap();
+        words[3].store(42, Ordering::Release);
+        assert_eq!(
+            view::<AtomicU64>(&m, 24).unwrap().load(Ordering::Acquire),
+            42
+        );
+    }
+}
