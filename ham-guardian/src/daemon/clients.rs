@@ -319,7 +319,7 @@ impl Daemon {
             }
         }
         if let Some(c) = &self.clients {
-            let _ = self.writer.set_ring_state(c.consumer.record());
+            self.wrote(self.writer.set_ring_state(c.consumer.record()));
         }
     }
 

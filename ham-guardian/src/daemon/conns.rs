@@ -96,7 +96,7 @@ impl Daemon {
                 }
             };
             if let Err(why) = self.may_connect(peer) {
-                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_CONNS);
+                self.wrote(self.writer.bump_limit(ham_core::layout::LIMIT_CONNS));
                 let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));
                 reply(stream, &Response::errno(libc::EAGAIN, why.clone()));
                 self.say_limited(

@@ -11,7 +11,7 @@ impl Daemon {
         let sockets = (&self.listener, &self.notify);
         match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
             Ok(g) => {
-                let _ = self.writer.set_guardian(g.pid, g.start_time);
+                self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian = Some(g);
                 self.guardian_started();
             }
@@ -82,7 +82,7 @@ impl Daemon {
             }
             Err(_) => LastExit::Unknown,
         };
-        let _ = self.writer.set_guardian(0, 0);
+        self.wrote(self.writer.set_guardian(0, 0));
         if self.shutdown.is_some() {
             return;
         }
@@ -92,7 +92,7 @@ impl Daemon {
             g.pid,
             describe(how)
         );
-        let _ = self.writer.bump_guardian_failures();
+        self.wrote(self.writer.bump_guardian_failures());
         self.spawn_guardian();
     }
 

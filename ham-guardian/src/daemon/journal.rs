@@ -188,7 +188,8 @@ impl Daemon {
             state: run.event.state,
             reason: run.event.reason.clone(),
         };
-        if self.writer.publish_run(slot, &rec).is_ok() {
+        let written = self.writer.publish_run(slot, &rec);
+        if self.wrote(written).is_some() {
             if let Some(run) = self.runs.get_mut(&id) {
                 run.jslot = Some(slot);
             }
@@ -225,7 +226,7 @@ impl Daemon {
 
     pub(super) fn unjournal(&mut self, run: &Run) {
         if let Some(slot) = run.jslot {
-            let _ = self.writer.clear_run(slot);
+            self.wrote(self.writer.clear_run(slot));
         }
     }
 
@@ -314,7 +315,7 @@ impl Daemon {
                         &self.cfg.instance.name,
                         format_args!("run journal slot {slot}: {e}; dropped"),
                     );
-                    let _ = self.writer.clear_run(slot);
+                    self.wrote(self.writer.clear_run(slot));
                 }
             }
         }
@@ -323,7 +324,7 @@ impl Daemon {
         let mut escalating = std::collections::HashSet::new();
         for (slot, rec) in runs {
             let Some(i) = self.entities.iter().position(|e| e.slot == rec.entity_slot) else {
-                let _ = self.writer.clear_run(slot);
+                self.wrote(self.writer.clear_run(slot));
                 continue;
             };
             let Some(stack) = self.rebuild_stack(i, &rec) else {
@@ -334,7 +335,7 @@ impl Daemon {
                         self.entities[i].cfg.name
                     ),
                 );
-                let _ = self.writer.clear_run(slot);
+                self.wrote(self.writer.clear_run(slot));
                 continue;
             };
             if rec.condition == COND_ESCALATION {

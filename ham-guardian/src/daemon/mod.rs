@@ -487,7 +487,7 @@ impl Daemon {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(io_ctx("epoll_wait")(e)),
             }
-            let _ = self.writer.set_liveness(mono_ns());
+            self.wrote(self.writer.set_liveness(mono_ns()));
             for ev in events.drain(..) {
                 match Token::decode(ev.data.u64()) {
                     Some(Token::Signal) => self.on_signals(),
@@ -518,21 +518,33 @@ impl Daemon {
     /// Publishes entity `i`'s record without answering its waiters (a state that may not
     /// last: the release recorded before it is known to have worked).
     fn publish_record(&mut self, i: usize) {
-        let e = &mut self.entities[i];
-        match self.writer.publish(e.slot, &e.rec) {
-            Ok(g) => e.rec.generation = g,
+        let e = &self.entities[i];
+        let written = self.writer.publish(e.slot, &e.rec);
+        if let Some(g) = self.wrote(written) {
+            self.entities[i].rec.generation = g;
+        }
+    }
+
+    /// What became of a write to the state segment. Every write goes through here: a HAM
+    /// that is fenced (a successor owns the state now) must not act on anything more, so it
+    /// exits at once, whatever it was writing; other failures are said.
+    pub(super) fn wrote<T>(&self, result: Result<T, SegmentError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
             Err(SegmentError::Fenced { ours, current }) => {
-                // Another HAM owns the state now: this one must not act on anything more.
                 log(
                     &self.cfg.instance.name,
                     format_args!("fenced (epoch {ours}, segment at {current}): exiting"),
                 );
                 std::process::exit(crate::exit::FAILED);
             }
-            Err(err) => log(
-                &self.cfg.instance.name,
-                format_args!("{}: cannot publish: {err}", e.cfg.name),
-            ),
+            Err(err) => {
+                log(
+                    &self.cfg.instance.name,
+                    format_args!("cannot write the state segment: {err}"),
+                );
+                None
+            }
         }
     }
 }

@@ -150,7 +150,7 @@ impl Daemon {
                 };
                 if next != now {
                     VERBOSITY.store(next, Relaxed);
-                    let _ = self.writer.set_verbosity(next);
+                    self.wrote(self.writer.set_verbosity(next));
                 }
                 let mut r = Response::ok(format!("verbosity {next}"));
                 r.flags = Some(next);

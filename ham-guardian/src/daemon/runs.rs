@@ -44,7 +44,7 @@ impl Daemon {
         }
         if dropped > 0 {
             for _ in 0..dropped {
-                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_RUNS);
+                self.wrote(self.writer.bump_limit(ham_core::layout::LIMIT_RUNS));
             }
             let name = self.entities[i].cfg.name.clone();
             self.say_limited(

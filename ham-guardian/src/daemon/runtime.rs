@@ -492,13 +492,16 @@ impl Daemon {
         if let Some(own) = limit {
             self.may_add(&cfg, own)?;
             if let Err(why) = within_share(&defs, own, text.len()) {
-                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_DEFS);
+                self.wrote(self.writer.bump_limit(ham_core::layout::LIMIT_DEFS));
                 return Err((libc::ENOSPC, why));
             }
         }
-        self.writer
-            .publish_defs(text.as_bytes())
-            .map_err(|e| (libc::ENOSPC, e.to_string()))?;
+        let written = self.writer.publish_defs(text.as_bytes());
+        if let Err(ham_core::SegmentError::Fenced { .. }) = written {
+            self.wrote(written); // exits
+        } else {
+            written.map_err(|e| (libc::ENOSPC, e.to_string()))?;
+        }
         self.defs = defs;
         // Conditions (and their actions) of every entity come from the new configuration;
         // what runs keeps running.

@@ -51,7 +51,9 @@ impl Daemon {
         } else {
             flags | FLAG_DEVICE_RESTART_OFF
         };
-        self.writer.set_flags(flags).map_err(|e| e.to_string())?;
+        let written = self.writer.set_flags(flags);
+        self.wrote(written)
+            .ok_or_else(|| "cannot write the state segment".to_owned())?;
         let marker = device_restart_marker(&self.cfg);
         let persisted = if enabled {
             match std::fs::remove_file(&marker) {
@@ -99,8 +101,9 @@ impl Daemon {
         }
         // Written before anything is stopped, so a Guardian never mistakes this for a crash:
         // if this HAM dies now, the Guardian finishes the shutdown instead of resurrecting.
-        if let Err(e) = self.writer.set_stop_intent() {
-            say!(self, "cannot record the stop intent: {e}");
+        let written = self.writer.set_stop_intent();
+        if self.wrote(written).is_none() {
+            say!(self, "cannot record the stop intent");
         }
         self.shutdown = Some(requester.into_iter().collect());
         self.stop_next_layer();

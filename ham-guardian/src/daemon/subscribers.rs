@@ -30,7 +30,7 @@ impl Daemon {
                 .filter(|s| s.uid == peer.uid)
                 .count();
             if mine >= SUBS_PER_UID || self.subscribers.len() >= SUBS_MAX - SUBS_RESERVED {
-                let _ = self.writer.bump_limit(ham_core::layout::LIMIT_SUBS);
+                self.wrote(self.writer.bump_limit(ham_core::layout::LIMIT_SUBS));
                 self.say_limited(
                     "subs-refused",
                     format_args!(
@@ -53,7 +53,7 @@ impl Daemon {
                 return;
             }
         } else if self.subscribers.len() >= SUBS_MAX {
-            let _ = self.writer.bump_limit(ham_core::layout::LIMIT_SUBS);
+            self.wrote(self.writer.bump_limit(ham_core::layout::LIMIT_SUBS));
             super::reply(
                 stream,
                 &Response::errno(libc::EAGAIN, format!("{SUBS_MAX} subscriptions are open")),

@@ -16,7 +16,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     say!(self, "slot {slot} is unreadable ({e}); freeing it");
-                    let _ = self.writer.clear(slot);
+                    self.wrote(self.writer.clear(slot));
                 }
             }
         }
@@ -36,7 +36,7 @@ impl Daemon {
             if rec.state.has_process() || rec.state == EntityState::Starting {
                 signal_recorded(&rec, libc::SIGTERM);
             }
-            let _ = self.writer.clear(slot);
+            self.wrote(self.writer.clear(slot));
         }
         let mut used: HashSet<u32> = found.values().map(|(s, _)| *s).collect();
         let mut next_free = 0u32;

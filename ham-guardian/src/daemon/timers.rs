@@ -25,7 +25,7 @@ impl Daemon {
             }
             match deadline {
                 Deadline::Liveness => {
-                    let _ = self.writer.set_liveness(now);
+                    self.wrote(self.writer.set_liveness(now));
                     self.schedule_tick(now);
                     self.ring_safety_net();
                     self.sweep_conns(now);
