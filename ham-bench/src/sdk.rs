@@ -455,7 +455,8 @@ fn ring_ham(ctx: &Ctx) -> Result<RingHam<'_>> {
     let sup = Sup::start_ham(ctx, "ring", "", &plain_entity("sink"))?;
     let clients = (0..4).map(|_| connect(&sup)).collect::<Result<Vec<_>>>()?;
     let name = &sup.ham.as_ref().expect("a ham instance").name;
-    let seg = ClientSegment::open(&ring::segment_name(name)).map_err(|e| e.to_string())?;
+    let seg =
+        ClientSegment::open(&ham_core::paths::client_segment(name)).map_err(|e| e.to_string())?;
     Ok(RingHam {
         sup,
         clients,
@@ -701,7 +702,8 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
         let client = connect(&sup)?;
         let name = &sup.ham.as_ref().expect("a ham instance").name;
         // A second mapping, for the doorbell counter the SDK does not show.
-        let seg = ClientSegment::open(&ring::segment_name(name)).map_err(|e| e.to_string())?;
+        let seg = ClientSegment::open(&ham_core::paths::client_segment(name))
+            .map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(20));
         let w0 = seg.header().wakes.load(Ordering::Relaxed);
         let v = latency_samples(

@@ -497,7 +497,7 @@ impl<'a> Sup<'a> {
                 ));
                 let _ = Segment::unlink(&seg_name);
             }
-            let client_name = ham_core::client::segment_name(&h.name);
+            let client_name = ham_core::paths::client_segment(&h.name);
             if Path::new(&format!("/dev/shm{client_name}")).exists() {
                 problems.push(format!(
                     "ham: client segment {client_name} left after shutdown; removed"

@@ -51,11 +51,6 @@ pub struct BeatPage {
 const _: () = assert!(std::mem::size_of::<BeatPage>() == 24);
 const _: () = assert!(std::mem::size_of::<BeatPage>() <= BEAT_PAGE_SIZE);
 
-/// The name of slot `slot`'s heartbeat page for `instance`.
-pub fn page_name(instance: &str, slot: u32) -> String {
-    format!("/ham.{instance}.hb.{slot}")
-}
-
 /// A mapped heartbeat page.
 pub struct BeatMap {
     map: MmapRaw,

@@ -64,11 +64,6 @@ pub fn bell(generation: u32, state: u32) -> u32 {
 pub const KIND_RAISE: u32 = 1;
 pub const KIND_STATE: u32 = 2;
 
-/// The client segment of instance `instance` (`/dev/shm/ham.<instance>.client`).
-pub fn segment_name(instance: &str) -> String {
-    format!("/ham.{instance}.client")
-}
-
 /// Why a client segment could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSegmentError {

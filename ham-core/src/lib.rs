@@ -15,6 +15,7 @@
 //! * [`protocol`] — the control socket's JSON request and response types.
 //! * [`duration`] — the duration syntax used in configuration files.
 //! * [`clock`] — the monotonic and wall clocks, read the same way everywhere.
+//! * [`paths`] — where an instance's things are (names, defaults, its run directory).
 //!
 //! `unsafe` is denied here except in [`shm`] (the shared-memory contract: which types may be
 //! shared, and the one checked view of a mapping), and where a mapping is made.
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod journal;
 pub mod layout;
 pub mod lifecycle;
+pub mod paths;
 pub mod policy;
 pub mod protocol;
 pub mod segment;

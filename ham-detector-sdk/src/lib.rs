@@ -39,7 +39,7 @@ pub use ham_core::protocol::{Change, ControlCommand};
 use ham_core::protocol::{Request, Response};
 
 /// Default configuration file of the default instance.
-pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
+pub use ham_core::paths::DEFAULT_CONFIG;
 
 /// How this process found its ham instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,32 +133,25 @@ impl Location {
             why,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let ham = doc
-            .get("ham")
-            .and_then(|h| h.as_table())
-            .ok_or_else(|| err("no [ham] table".into()))?;
-        let name = ham
-            .get("name")
-            .and_then(|n| n.as_str())
-            .ok_or_else(|| err("no [ham] name".into()))?
-            .to_owned();
+        let keys = ham_core::paths::instance_keys(&text).map_err(err)?;
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let run_dir = ham
-            .get("run_dir")
-            .and_then(|d| d.as_str())
+        let run_dir = keys
+            .run_dir
             .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| dir.join(d));
-        Ok(Self { name, run_dir })
+        Ok(Self {
+            name: keys.name,
+            run_dir,
+        })
     }
 
     /// The control socket.
     pub fn socket(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.sock", self.name))
+        ham_core::paths::socket(&self.run_dir, &self.name)
     }
 }
 
 /// ham's default run directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/ham";
+pub use ham_core::paths::DEFAULT_RUN_DIR;
 
 /// A connection to a ham instance: its client segment, mapped, and the token its events
 /// carry.
@@ -290,7 +283,7 @@ impl Client {
 
     /// Connects to the instance at `location`.
     pub fn connect_to(location: &Location) -> Result<Self, Error> {
-        let seg = ClientSegment::open(&ham_core::client::segment_name(&location.name))?;
+        let seg = ClientSegment::open(&ham_core::paths::client_segment(&location.name))?;
         let (r, _) = ask(&location.socket(), &Request::Hello)?;
         let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
             return Err(Error::BadAnswer("hello without a token".into()));

@@ -21,14 +21,11 @@ use entity::entity;
 use file::{parse_with, resolve_program};
 use rules::{backoff, condition, groups, parse_signal, policy, resolve_after};
 
-/// Default control socket and pid-file directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/ham";
-/// Default process-log directory.
-pub const DEFAULT_LOG_DIR: &str = "/var/log/ham";
+/// The default run directory, log directory and configuration file (ham-core's, shared
+/// with the SDK).
+pub use ham_core::paths::{DEFAULT_CONFIG, DEFAULT_LOG_DIR, DEFAULT_RUN_DIR};
 /// Default syslog socket.
 pub const DEFAULT_SYSLOG: &str = "/dev/log";
-/// Default config file, when neither `-c` nor `HAM_CONFIG` names one.
-pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
 /// Longest instance name (it becomes part of a shm object name and a socket path).
 pub const INSTANCE_NAME_MAX: usize = 32;
 
@@ -417,19 +414,19 @@ pub struct Instance {
 impl Instance {
     /// The POSIX shm name of the state segment.
     pub fn segment_name(&self) -> String {
-        format!("/ham.{}.state", self.name)
+        ham_core::paths::state_segment(&self.name)
     }
     /// The control socket.
     pub fn socket_path(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.sock", self.name))
+        ham_core::paths::socket(&self.run_dir, &self.name)
     }
     /// The pid file.
     pub fn pid_path(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.pid", self.name))
+        ham_core::paths::pid_file(&self.run_dir, &self.name)
     }
     /// The sd_notify socket (`NOTIFY_SOCKET` of entities with `notify = true`).
     pub fn notify_path(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.notify", self.name))
+        ham_core::paths::notify_socket(&self.run_dir, &self.name)
     }
     /// The process log.
     pub fn process_log_path(&self) -> PathBuf {

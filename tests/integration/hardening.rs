@@ -366,14 +366,14 @@ fn a_member_cannot_forge_or_suppress_another_clients_heartbeat() {
         !entity(s, "victim")["heartbeat"].is_null()
     });
     let pid = pid_of(&s, "victim");
-    let client_seg = ham_core::client::segment_name(&ham.name);
+    let client_seg = ham_core::paths::client_segment(&ham.name);
     let instance = ham.name.clone();
     let pages = as_member(move || {
         // The member maps the client segment as any client does...
         let seg = ham_core::client::ClientSegment::open(&client_seg).expect("a member maps it");
         // ...and cannot open any attachment's heartbeat page.
         let pages: Vec<_> = (0..4)
-            .map(|slot| ham_core::beat::page_name(&instance, slot))
+            .map(|slot| ham_core::paths::beat_page(&instance, slot))
             .filter(|n| std::path::Path::new(&format!("/dev/shm{n}")).exists())
             .map(|n| ham_core::beat::BeatMap::open(&n).is_ok())
             .collect();

@@ -336,3 +336,42 @@ fn display_shows_the_line() {
     assert!(s.starts_with("/tmp/ham-test/ham.toml:3:1: "), "{s}");
     assert!(s.contains("bogus = 1"), "{s}");
 }
+
+/// The SDK reads `[ham] name` and `run_dir` with `ham_core::paths::instance_keys`, without a
+/// TOML parser: it must find what the daemon's parser finds, in the bundled examples and in
+/// the ways the keys are written.
+#[test]
+fn the_sdks_reading_of_name_and_run_dir_agrees_with_the_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut texts: Vec<String> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.path().extension().is_some_and(|x| x == "toml") && e.file_name() != "Cargo.toml"
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(!texts.is_empty());
+    for ham in [
+        "name = \"demo\"",
+        "name = 'demo' # literal\nrun_dir = \"run\"",
+        "run_dir = '/abs/run'\nname = \"d\\u0065mo\"",
+        "\"name\" = \"demo\"\nrun_dir = \"a b/c\"",
+    ] {
+        texts.push(format!(
+            "# top\n[ham]\n{ham}\n\n[[entity]]\nname = \"web\"\ncommand = [\"/bin/true\"]\n"
+        ));
+    }
+    for text in texts {
+        let path = dir.path().join("ham.toml");
+        std::fs::write(&path, &text).unwrap();
+        let parsed = load_instance(&path).unwrap();
+        let keys = ham_core::paths::instance_keys(&text).unwrap();
+        assert_eq!(keys.name, parsed.name, "{text}");
+        let run_dir = keys
+            .run_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), |d| dir.path().join(d));
+        assert_eq!(run_dir, parsed.run_dir, "{text}");
+    }
+}

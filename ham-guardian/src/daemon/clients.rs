@@ -98,7 +98,7 @@ impl Clients {
         if crate::failpoint::fails("clients:setup") {
             return Err(io::Error::other("failpoint clients:setup"));
         }
-        let name = ham_core::client::segment_name(&cfg.instance.name);
+        let name = ham_core::paths::client_segment(&cfg.instance.name);
         let reuse = (warm || matches!(origin, Origin::Promoted { .. }))
             .then(|| ClientSegment::open(&name).ok())
             .flatten()

@@ -79,7 +79,7 @@ impl Daemon {
         // anything else changes: a refusal here leaves nothing half done.
         let beats = spec.missed_low | spec.missed_high != 0;
         let page = if beats {
-            let name = ham_core::beat::page_name(&self.cfg.instance.name, slot);
+            let name = ham_core::paths::beat_page(&self.cfg.instance.name, slot);
             match ham_core::beat::BeatMap::create(&name, target as u32, now) {
                 Ok(page) => Some(page),
                 Err(e) => {
@@ -96,7 +96,7 @@ impl Daemon {
         };
         if adopt {
             if let Err(why) = self.adopt_attached(i, target) {
-                ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+                ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
                     &self.cfg.instance.name,
                     slot,
                 ));
@@ -246,7 +246,7 @@ impl Daemon {
         e.hb = None;
         e.rec.heartbeat = None;
         if e.beat.take().is_some() {
-            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(
+            ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
                 &self.cfg.instance.name,
                 e.slot,
             ));
@@ -335,7 +335,7 @@ impl Daemon {
             if self.entities[i].rec.heartbeat.is_none() {
                 continue;
             }
-            let name = ham_core::beat::page_name(&self.cfg.instance.name, self.entities[i].slot);
+            let name = ham_core::paths::beat_page(&self.cfg.instance.name, self.entities[i].slot);
             let page = if self.entities[i].rec.state.has_process() {
                 ham_core::beat::BeatMap::open(&name).map_err(|e| e.to_string())
             } else {

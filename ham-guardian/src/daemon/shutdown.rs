@@ -158,9 +158,9 @@ impl Daemon {
         if let Err(e) = Segment::unlink(&inst.segment_name()) {
             say!(self, "{e}");
         }
-        ham_core::client::ClientSegment::unlink(&ham_core::client::segment_name(&inst.name));
+        ham_core::client::ClientSegment::unlink(&ham_core::paths::client_segment(&inst.name));
         for e in &self.entities {
-            ham_core::beat::BeatMap::unlink(&ham_core::beat::page_name(&inst.name, e.slot));
+            ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(&inst.name, e.slot));
         }
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {

@@ -16,7 +16,7 @@ impl Daemon {
         // replaced or trusted; so is a client segment name.
         ham_core::segment::probe_foreign(&seg_name, ham_core::segment::STATE_MODE)?;
         ham_core::segment::probe_foreign(
-            &ham_core::client::segment_name(&inst.name),
+            &ham_core::paths::client_segment(&inst.name),
             ham_core::client::CLIENT_MODE,
         )?;
         let needed = cfg.max_entities.max(cfg.entities.len() as u32);
