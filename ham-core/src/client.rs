@@ -32,10 +32,13 @@
 //! while it is set swaps it to 0 and issues one `FUTEX_WAKE`. Under load no producer makes
 //! a syscall.
 
+// A loom build keeps only the ring's algorithm (the mapping is not modelled).
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::Mode;
@@ -117,6 +120,7 @@ pub struct ClientHeader {
     _pad4: [AtomicU64; 6],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<ClientHeader>() == 256);
 
 /// One heartbeat slot: the client's last beat, in `CLOCK_MONOTONIC` nanoseconds.
@@ -130,6 +134,7 @@ pub struct HeartbeatSlot {
     _rest: [AtomicU64; 6],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<HeartbeatSlot>() == 64);
 
 /// Words of a ring slot after its sequence number.
@@ -146,13 +151,26 @@ mod w {
     pub const CHECKSUM: usize = 14;
 }
 
-/// One ring slot.
+/// One ring slot. For ticket `t` (slot `t % slots`), `seq` goes, in order:
+/// * `t`: free for the producer that claims ticket `t` (by `head`'s compare-exchange,
+///   `AcqRel`). The consumer stored it (`Release`) when it freed the slot's previous lap;
+///   the producer's `Acquire` of `head`/`tail` makes those stores visible before it writes.
+/// * `t + 1`: published. The producer's compare-exchange `t → t + 1` is `Release`, after it
+///   stored the words (`Relaxed`); the consumer's `Acquire` load of `seq` pairs with it, so
+///   the words it then reads are the event's (and the checksum tells a torn one).
+/// * `t + slots`: consumed (by the consumer, `Release`) or abandoned (by the consumer's
+///   compare-exchange `t → t + slots`, `AcqRel`, when its claimer died or overstayed; the
+///   producer then finds `seq != t` and refuses to publish, or its `t → t + 1` fails).
+/// Anything else is a client's stray write: the consumer repairs the ring.
 #[repr(C, align(128))]
 pub struct RingSlot {
     seq: AtomicU64,
+    /// The event (claim, token, kind, value, entity, class, uid, checksum): written only by
+    /// the producer holding the slot's ticket, read only after `seq` says published.
     words: [AtomicU64; SLOT_WORDS],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<RingSlot>() == 128);
 
 /// An event on the ring, as a producer gives it and the consumer returns it.
@@ -184,6 +202,7 @@ pub enum PushError {
 }
 
 /// A mapped, validated client segment.
+#[cfg(not(loom))]
 pub struct ClientSegment {
     name: String,
     map: MmapRaw,
@@ -211,6 +230,7 @@ fn ring_offset(hb_slots: u32) -> u64 {
 /// The mode ham gives the client segment: its own user and the client group.
 pub const CLIENT_MODE: u32 = 0o660;
 
+#[cfg(not(loom))]
 impl ClientSegment {
     /// Whether this object is ham's own (this user's, mode [`CLIENT_MODE`]): a client
     /// segment left under the name by anyone else is never reused.
@@ -456,10 +476,67 @@ impl ClientSegment {
     /// [`push`](Self::push) with a hook run between the claim and the publish (tests kill
     /// the producer there).
     pub fn push_with(&self, ev: &RingEvent, after_claim: impl FnOnce()) -> Result<(), PushError> {
+        self.ring_view().push_with(ev, after_claim)
+    }
+}
+
+/// The ring as its producers and consumer see it: the client header and the slots, wherever
+/// they are (a mapped client segment; in a loom model, plain memory).
+#[derive(Clone, Copy)]
+pub struct Ring<'a> {
+    header: &'a ClientHeader,
+    slots: &'a [RingSlot],
+}
+
+/// What holds a ring.
+pub trait AsRing {
+    fn ring_view(&self) -> Ring<'_>;
+}
+
+impl<T: AsRing + ?Sized> AsRing for std::sync::Arc<T> {
+    fn ring_view(&self) -> Ring<'_> {
+        (**self).ring_view()
+    }
+}
+
+impl AsRing for Ring<'_> {
+    fn ring_view(&self) -> Ring<'_> {
+        *self
+    }
+}
+
+#[cfg(not(loom))]
+impl AsRing for ClientSegment {
+    fn ring_view(&self) -> Ring<'_> {
+        Ring {
+            header: self.header(),
+            slots: self.ring(),
+        }
+    }
+}
+
+impl<'a> Ring<'a> {
+    /// The header.
+    pub fn header(&self) -> &'a ClientHeader {
+        self.header
+    }
+
+    fn cap(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Publishes one event (see [`ClientSegment::push`]).
+    pub fn push(&self, ev: &RingEvent) -> Result<(), PushError> {
+        self.push_with(ev, || {})
+    }
+
+    /// [`push`](Self::push) with a hook run between the claim and the publish (tests kill
+    /// the producer there).
+    pub fn push_with(&self, ev: &RingEvent, after_claim: impl FnOnce()) -> Result<(), PushError> {
         let entity = pack_name(&ev.entity).ok_or(PushError::TooLong)?;
         let class = pack_name(&ev.class).ok_or(PushError::TooLong)?;
-        let h = self.header();
-        let ring = self.ring();
+        let h = self.header;
+        let ring = self.slots;
         let cap = ring.len() as u64;
         let ticket = loop {
             let head = h.head.load(Ordering::Acquire);
@@ -534,9 +611,8 @@ impl ClientSegment {
     }
 
     /// The slot at `ticket`, its sequence and its body.
-    fn read_slot(&self, ticket: u64) -> (&RingSlot, u64) {
-        let ring = self.ring();
-        let slot = &ring[(ticket & (ring.len() as u64 - 1)) as usize];
+    fn read_slot(&self, ticket: u64) -> (&'a RingSlot, u64) {
+        let slot = &self.slots[(ticket & (self.slots.len() as u64 - 1)) as usize];
         (slot, slot.seq.load(Ordering::Acquire))
     }
 }
@@ -634,8 +710,9 @@ impl Consumer {
     /// show they were consumed (the predecessor died before recording its position); either
     /// is then stepped over the slots freed after it (the predecessor died between freeing
     /// a slot and storing `tail`).
-    pub fn resume(seg: &ClientSegment, start: Option<u64>, abandon_after_ns: u64) -> Self {
-        let cap = seg.ring_slots as u64;
+    pub fn resume(seg: &impl AsRing, start: Option<u64>, abandon_after_ns: u64) -> Self {
+        let seg = seg.ring_view();
+        let cap = seg.cap();
         let head = seg.header().head.load(Ordering::Acquire);
         // Whether the slot of ticket `t` was consumed: freed for its next lap, or already
         // published in it. No slot at or after the consumer's true position shows that (its
@@ -685,8 +762,9 @@ impl Consumer {
     }
 
     /// A consumer at the shared `tail` (a fresh ring, or one no record says more about).
-    pub fn new(seg: &ClientSegment, abandon_after_ns: u64) -> Self {
-        Self::resume(seg, None, abandon_after_ns)
+    pub fn new(seg: &impl AsRing, abandon_after_ns: u64) -> Self {
+        let seg = seg.ring_view();
+        Self::resume(&seg, None, abandon_after_ns)
     }
 
     /// Resumes after a predecessor whose last record is `rec` (see [`resume`](Self::resume)),
@@ -695,11 +773,12 @@ impl Consumer {
     /// (each once: what it did with them died with it). Without a record, the counts start
     /// at 0 at the shared `tail`.
     pub fn resume_recorded(
-        seg: &ClientSegment,
+        seg: &impl AsRing,
         rec: Option<RingRecord>,
         abandon_after_ns: u64,
     ) -> Self {
-        let mut c = Self::resume(seg, rec.map(|r| r.tail), abandon_after_ns);
+        let seg = seg.ring_view();
+        let mut c = Self::resume(&seg, rec.map(|r| r.tail), abandon_after_ns);
         if let Some(r) = rec {
             let [consumed, rejected, abandoned] = r.counts;
             c.stats = RingStats {
@@ -731,12 +810,11 @@ impl Consumer {
         }
     }
 
-    fn advance(&mut self, seg: &ClientSegment, slot: &RingSlot, ticket: u64) {
+    fn advance(&mut self, seg: &impl AsRing, slot: &RingSlot, ticket: u64) {
+        let seg = seg.ring_view();
         // The slot is free for the next lap before producers can see the room.
-        slot.seq.store(
-            ticket.wrapping_add(seg.ring_slots as u64),
-            Ordering::Release,
-        );
+        slot.seq
+            .store(ticket.wrapping_add(seg.cap()), Ordering::Release);
         self.tail = ticket.wrapping_add(1);
         self.stall = None;
         seg.header().tail.store(self.tail, Ordering::Release);
@@ -745,11 +823,12 @@ impl Consumer {
     /// Takes the next event. `is_dead(pid)` says whether a claimer is proven gone.
     pub fn poll(
         &mut self,
-        seg: &ClientSegment,
+        seg: &impl AsRing,
         now_ns: u64,
         is_dead: impl Fn(u32) -> bool,
     ) -> Polled {
-        let cap = seg.ring_slots as u64;
+        let seg = seg.ring_view();
+        let cap = seg.cap();
         let h = seg.header();
         let t = self.tail;
         // A rogue client may have rewritten `tail`: producers must see ours.
@@ -762,7 +841,7 @@ impl Consumer {
             for (b, src) in body.iter_mut().zip(slot.words.iter()) {
                 *b = src.load(Ordering::Relaxed);
             }
-            self.advance(seg, slot, t);
+            self.advance(&seg, slot, t);
             return match decode(t, &body) {
                 Ok(ev) => {
                     self.stats.consumed += 1;
@@ -779,7 +858,7 @@ impl Consumer {
         // of producers leaves `head` behind `tail` or more than a lap ahead: anything else
         // is a client's stray write, and the ring is put back in order.
         if head.wrapping_sub(t) > cap || seq != t {
-            self.reset(seg, head);
+            self.reset(&seg, head);
             self.stats.rejected += 1;
             return Polled::Rejected(if seq != t {
                 "slot sequence out of place: ring repaired"
@@ -827,8 +906,9 @@ impl Consumer {
 
     /// Puts the ring back in order at our tail: every slot gets the sequence its next
     /// ticket expects, except events already published within a plausible `head`.
-    fn reset(&mut self, seg: &ClientSegment, head: u64) {
-        let cap = seg.ring_slots as u64;
+    fn reset(&mut self, seg: &impl AsRing, head: u64) {
+        let seg = seg.ring_view();
+        let cap = seg.cap();
         let h = seg.header();
         let claimed = if head.wrapping_sub(self.tail) <= cap {
             head.wrapping_sub(self.tail)
@@ -850,7 +930,8 @@ impl Consumer {
 
     /// Marks the consumer asleep, in a new generation. Returns false (and stays awake) if
     /// the ring has work, which the caller must then drain before trying again.
-    pub fn prepare_sleep(&mut self, seg: &ClientSegment) -> bool {
+    pub fn prepare_sleep(&mut self, seg: &impl AsRing) -> bool {
+        let seg = seg.ring_view();
         let h = seg.header();
         self.bell_gen = (self.bell_gen + 1) & 0x3fff_ffff;
         h.sleeping
@@ -858,22 +939,24 @@ impl Consumer {
         fence(Ordering::SeqCst);
         // Only a published event counts: a claim not yet published has its own deadline
         // (a timer), and its producer rings when it publishes.
-        if self.has_published(seg) {
-            self.awake(seg);
+        if self.has_published(&seg) {
+            self.awake(&seg);
             return false;
         }
         true
     }
 
     /// Marks the consumer awake (after a ring, before it drains).
-    pub fn awake(&self, seg: &ClientSegment) {
+    pub fn awake(&self, seg: &impl AsRing) {
+        let seg = seg.ring_view();
         seg.header()
             .sleeping
             .store(bell(self.bell_gen, BELL_AWAKE), Ordering::Release);
     }
 
     /// Whether the next slot holds a published event.
-    pub fn has_published(&self, seg: &ClientSegment) -> bool {
+    pub fn has_published(&self, seg: &impl AsRing) -> bool {
+        let seg = seg.ring_view();
         seg.read_slot(self.tail).1 == self.tail.wrapping_add(1)
     }
 
@@ -913,13 +996,72 @@ fn decode(ticket: u64, body: &[u64; SLOT_WORDS]) -> Result<RingEvent, &'static s
 
 /// Blocks until the doorbell word leaves `value` (or a spurious wake-up). Shared futex:
 /// the word is in a segment mapped by several processes.
+#[cfg(not(loom))]
 pub fn futex_wait(word: &AtomicU32, value: u32) {
     let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), value, None);
 }
 
 /// Wakes one waiter on `word`.
+#[cfg(not(loom))]
 pub fn futex_wake(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+}
+
+/// In a loom model the doorbell's word is what is checked; the wake itself is not modelled.
+#[cfg(loom)]
+pub fn futex_wake(_word: &AtomicU32) {}
+
+/// A ring in plain memory, for loom models (`tests/loom_ring.rs`): a header and `slots`
+/// slots (a power of two), each expecting its first ticket.
+#[cfg(loom)]
+pub struct ModelRing {
+    header: ClientHeader,
+    slots: Vec<RingSlot>,
+}
+
+#[cfg(loom)]
+impl ModelRing {
+    pub fn new(slots: usize) -> Self {
+        assert!(slots.is_power_of_two());
+        let header = ClientHeader {
+            magic: AtomicU64::new(CLIENT_MAGIC),
+            version: AtomicU32::new(CLIENT_LAYOUT_VERSION),
+            header_size: AtomicU32::new(0),
+            total_size: AtomicU64::new(0),
+            hb_slots: AtomicU32::new(0),
+            ring_slots: AtomicU32::new(slots as u32),
+            hb_offset: AtomicU64::new(0),
+            ring_offset: AtomicU64::new(0),
+            ham_pid: AtomicU32::new(0),
+            _pad0: std::array::from_fn(|_| AtomicU32::new(0)),
+            head: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            _pad1: std::array::from_fn(|_| AtomicU64::new(0)),
+            tail: AtomicU64::new(0),
+            _pad2: std::array::from_fn(|_| AtomicU64::new(0)),
+            sleeping: AtomicU32::new(0),
+            _pad3: AtomicU32::new(0),
+            wakes: AtomicU64::new(0),
+            _pad4: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        let slots = (0..slots as u64)
+            .map(|t| RingSlot {
+                seq: AtomicU64::new(t),
+                words: std::array::from_fn(|_| AtomicU64::new(0)),
+            })
+            .collect();
+        Self { header, slots }
+    }
+}
+
+#[cfg(loom)]
+impl AsRing for ModelRing {
+    fn ring_view(&self) -> Ring<'_> {
+        Ring {
+            header: &self.header,
+            slots: &self.slots,
+        }
+    }
 }
 
 /// The token a HAM gives a client at connect: SipHash-2-4, keyed with 128 random bits, of
@@ -935,7 +1077,7 @@ pub fn client_token(key: [u64; 2], pid: u32, uid: u32) -> u64 {
     h.finish()
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod protocol;
 pub mod segment;
 pub mod shm;
+pub mod sync;
 
 pub use layout::{EntityRecord, EntityState, LastExit};
 pub use segment::{Segment, SegmentError};

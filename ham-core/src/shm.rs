@@ -29,10 +29,13 @@ unsafe impl<const N: usize> Shared for crate::layout::Slot<N> {}
 // words, all `AtomicU64`.
 unsafe impl Shared for crate::blob::Blob {}
 // SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (see `client::ClientHeader`).
+#[cfg(not(loom))]
 unsafe impl Shared for crate::client::ClientHeader {}
 // SAFETY: repr(C): a beat, a pid, padding words, all atomics.
+#[cfg(not(loom))]
 unsafe impl Shared for crate::client::HeartbeatSlot {}
 // SAFETY: repr(C): a sequence word and SLOT_WORDS words, all `AtomicU64`.
+#[cfg(not(loom))]
 unsafe impl Shared for crate::client::RingSlot {}
 // SAFETY: repr(C): magic, version, pid, beat, all atomics.
 unsafe impl Shared for crate::beat::BeatPage {}
@@ -60,7 +63,7 @@ pub fn view<T: Shared>(map: &MmapRaw, offset: usize) -> Option<&T> {
     view_slice(map, offset, 1).map(|s| &s[0])
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
