@@ -161,6 +161,7 @@ mod w {
 /// * `t + slots`: consumed (by the consumer, `Release`) or abandoned (by the consumer's
 ///   compare-exchange `t → t + slots`, `AcqRel`, when its claimer died or overstayed; the
 ///   producer then finds `seq != t` and refuses to publish, or its `t → t + 1` fails).
+///
 /// Anything else is a client's stray write: the consumer repairs the ring.
 #[repr(C, align(128))]
 pub struct RingSlot {

@@ -44,6 +44,26 @@ impl Caller<'_> {
     }
 }
 
+impl super::Daemon {
+    /// The authorization view of `peer`: who it is, and which entity's process it is.
+    pub(super) fn with_caller<T>(&self, peer: super::Peer, f: impl FnOnce(&Caller) -> T) -> T {
+        let process_of = |name: &str| {
+            self.by_name
+                .get(name)
+                .map(|&k| &self.entities[k].rec)
+                .filter(|r| r.state.has_process())
+                .map(|r| r.pid)
+        };
+        f(&Caller {
+            pid: peer.pid,
+            uid: peer.uid,
+            ham_uid: self.my_uid,
+            process_of: &process_of,
+            parent_of: &crate::procfs::parent,
+        })
+    }
+}
+
 /// What `caller` may do with `req`, or why not (`EPERM` and a message).
 pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)> {
     if caller.privileged() {
@@ -70,6 +90,57 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
                 caller.uid, caller.ham_uid
             ),
         )),
+    }
+}
+
+fn refused(why: String) -> Result<(), (i32, String)> {
+    Err((libc::EPERM, format!("permission denied: {why}")))
+}
+
+/// Attaching process `target` (a heartbeat, a watch): a process attaches only itself.
+pub(super) fn may_attach(caller: &Caller, target: i32) -> Result<(), (i32, String)> {
+    if caller.privileged() || target == caller.pid {
+        return Ok(());
+    }
+    refused(format!(
+        "pid {} may attach only itself (or be root or ham's user)",
+        caller.pid
+    ))
+}
+
+/// Detaching entity `name`, attached by process `attached` (0: none): only that process.
+pub(super) fn may_detach(caller: &Caller, name: &str, attached: i32) -> Result<(), (i32, String)> {
+    if caller.privileged() || (attached > 0 && attached == caller.pid) {
+        return Ok(());
+    }
+    refused(format!("pid {} is not attached to `{name}`", caller.pid))
+}
+
+/// Saying entity `name` is ready: its process, or a helper it runs.
+pub(super) fn may_ready(caller: &Caller, name: &str) -> Result<(), (i32, String)> {
+    if caller.privileged() || caller.is_process_of(name) {
+        return Ok(());
+    }
+    refused(format!("pid {} is not `{name}`", caller.pid))
+}
+
+/// A detector's event on entity `name`: from its process, or the process of an entity its
+/// `raise_from` names (a refused event is dropped and counted, not answered).
+pub(super) fn may_raise(caller: &Caller, name: &str, raise_from: &[&str]) -> bool {
+    caller.privileged()
+        || std::iter::once(name)
+            .chain(raise_from.iter().copied())
+            .any(|n| (caller.process_of)(n).is_some_and(|p| p > 0 && p == caller.pid))
+}
+
+/// An unprivileged requester (`limit`: the entity it is) may touch only its own entity.
+pub(super) fn may_touch(limit: Option<&str>, entity: &str) -> Result<(), (i32, String)> {
+    match limit {
+        Some(own) if own != entity => Err((
+            libc::EPERM,
+            format!("permission denied: `{entity}` is not the caller's entity"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -153,5 +224,37 @@ mod tests {
             );
         }
         assert!(may(&caller(200, 65534), &condition("web")).is_err());
+    }
+
+    #[test]
+    fn attach_detach_ready_and_raise_are_the_callers_own() {
+        let (web, child, other, root) = (
+            caller(100, 65534),
+            caller(101, 65534),
+            caller(200, 65534),
+            caller(200, 0),
+        );
+        assert!(may_attach(&other, 200).is_ok());
+        assert_eq!(may_attach(&other, 100).unwrap_err().0, libc::EPERM);
+        assert!(may_attach(&root, 100).is_ok());
+        assert!(may_detach(&web, "web", 100).is_ok());
+        assert!(may_detach(&other, "web", 100).is_err());
+        assert!(
+            may_detach(&other, "web", 0).is_err(),
+            "nothing attached: not anyone's"
+        );
+        assert!(may_ready(&web, "web").is_ok() && may_ready(&child, "web").is_ok());
+        assert!(may_ready(&other, "web").is_err());
+        assert!(may_raise(&web, "web", &[]));
+        assert!(!may_raise(&other, "db", &[]));
+        assert!(
+            may_raise(&web, "db", &["web"]),
+            "db lists web in raise_from"
+        );
+        assert!(may_raise(&root, "db", &[]));
+        assert!(
+            !may_raise(&child, "web", &[]),
+            "a raise comes from the process itself"
+        );
     }
 }

@@ -394,14 +394,16 @@ impl Daemon {
     /// may act on any; any other process only on the entity it is, or on an entity whose
     /// `raise_from` names the entity it is.
     pub(super) fn may_act_on(&self, i: usize, pid: i32, uid: u32) -> bool {
-        if uid == 0 || uid == self.my_uid {
-            return true;
-        }
-        let is = |j: usize| {
-            let e = &self.entities[j];
-            e.rec.pid == pid && pid > 0 && e.rec.state.has_process()
-        };
-        is(i) || self.entities[i].cfg.raise_from.iter().any(|&j| is(j))
+        let e = &self.entities[i];
+        let from: Vec<&str> = e
+            .cfg
+            .raise_from
+            .iter()
+            .map(|&j| self.entities[j].cfg.name.as_str())
+            .collect();
+        self.with_caller(Peer { pid, uid }, |c| {
+            super::authz::may_raise(c, &e.cfg.name, &from)
+        })
     }
 
     /// A detector's event (from the ring or `hamctl raise`): fires the matching conditions.

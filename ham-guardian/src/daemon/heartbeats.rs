@@ -37,14 +37,8 @@ impl Daemon {
     ) -> Result<(Response, Option<OwnedFd>), Response> {
         let target = pid.unwrap_or(peer.pid);
         let name = self.entities[i].cfg.name.clone();
-        if target != peer.pid && !(peer.uid == 0 || peer.uid == self.my_uid) {
-            return Err(Response::errno(
-                libc::EPERM,
-                format!(
-                    "permission denied: pid {} may attach only itself (or be root or ham's user)",
-                    peer.pid
-                ),
-            ));
+        if let Err((errno, why)) = self.with_caller(peer, |c| super::authz::may_attach(c, target)) {
+            return Err(Response::errno(errno, why));
         }
         if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
             return Err(Response::err(format!(
@@ -163,15 +157,13 @@ impl Daemon {
     pub(super) fn detach(&mut self, i: usize, peer: Peer) -> Response {
         let e = &self.entities[i];
         let name = e.cfg.name.clone();
-        if !(peer.uid == 0 || peer.uid == self.my_uid || (e.rec.pid == peer.pid && peer.pid > 0)) {
-            return Response::errno(
-                libc::EPERM,
-                format!(
-                    "permission denied: pid {} is not attached to `{name}`",
-                    peer.pid
-                ),
-            );
+        let attached = e.rec.pid;
+        if let Err((errno, why)) =
+            self.with_caller(peer, |c| super::authz::may_detach(c, &name, attached))
+        {
+            return Response::errno(errno, why);
         }
+        let e = &self.entities[i];
         // A run-time entity (`ham_attach`, `ham_attach_self`, `ham_entity`) is removed by
         // its detach, as QNX removes it "from its context": whatever ham runs for it.
         let runtime = self.is_runtime(i);

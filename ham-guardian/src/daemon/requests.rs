@@ -19,17 +19,7 @@ impl Daemon {
         // actions on the entity it is; what they may hold (nothing that runs a command,
         // signals or acts on another entity: that would run with ham's privileges) is
         // checked on the parsed result, in `may_add`.
-        let grant = {
-            let process_of = |name: &str| self.by_name.get(name).map(|&k| self.entities[k].rec.pid);
-            let caller = authz::Caller {
-                pid: peer.pid,
-                uid: peer.uid,
-                ham_uid: self.my_uid,
-                process_of: &process_of,
-                parent_of: &procfs::parent,
-            };
-            authz::may(&caller, &req)
-        };
+        let grant = self.with_caller(peer, |c| authz::may(c, &req));
         let own_entity = match grant {
             Ok(authz::Grant::Entity(name)) => Some(name),
             Ok(_) => None,
@@ -168,21 +158,8 @@ impl Daemon {
                 let name = e.cfg.name.clone();
                 // The process itself, a helper it runs (`ham-client ready` from a script),
                 // root or ham's user.
-                let caller = authz::Caller {
-                    pid: peer.pid,
-                    uid: peer.uid,
-                    ham_uid: self.my_uid,
-                    process_of: &|_| Some(e.rec.pid),
-                    parent_of: &procfs::parent,
-                };
-                if !(caller.privileged() || caller.is_process_of(&name)) {
-                    reply(
-                        stream,
-                        &Response::err(format!(
-                            "permission denied: pid {} is not `{name}`",
-                            peer.pid
-                        )),
-                    );
+                if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_ready(c, &name)) {
+                    reply(stream, &Response::errno(errno, why));
                 } else if e.rec.state != EntityState::Running {
                     reply(stream, &Response::err(format!("`{name}` is not running")));
                 } else {

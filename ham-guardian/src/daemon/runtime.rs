@@ -254,7 +254,7 @@ impl Daemon {
                     if !same {
                         return Err((EEXIST, format!("`{entity}` has a condition `{name}`")));
                     }
-                    may_touch(limit, entity)?;
+                    super::authz::may_touch(limit, entity)?;
                     let e = &mut self.entities[i];
                     if k < 64 && e.rec.disarmed & (1 << k) != 0 {
                         e.rec.disarmed &= !(1 << k);
@@ -305,7 +305,7 @@ impl Daemon {
                     });
                     if let Some(a) = existing.and_then(Value::as_table) {
                         if same_definition(a, &t, "on_fail") {
-                            may_touch(limit, entity)?;
+                            super::authz::may_touch(limit, entity)?;
                             return Ok(format!(
                                 "action `{entity}/{condition}/{name}` already defined"
                             ));
@@ -710,17 +710,6 @@ fn same_definition(old: &Table, new: &Table, nested: &str) -> bool {
         t
     };
     strip(old) == strip(new)
-}
-
-/// An unprivileged requester (`limit`: the entity it is) may touch only its own entity.
-fn may_touch(limit: Option<&str>, entity: &str) -> Result<(), Refusal> {
-    match limit {
-        Some(own) if own != entity => Err((
-            libc::EPERM,
-            format!("permission denied: `{entity}` is not the caller's entity"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// The definition of a free entry (what a removed run-time entity leaves).
