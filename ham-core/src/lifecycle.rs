@@ -52,6 +52,17 @@ pub enum Input {
     Attached,
     /// Its attached process detached: ham no longer watches it.
     Detached,
+    /// Listed at a cold start, before anything starts: `waits` for entities it starts
+    /// after, or about to start.
+    Listed { waits: bool },
+    /// The entities it starts after are not ready: it waits for them.
+    DepsNotReady,
+    /// ham has nothing to run for it (a self-attached entity without a command): it waits
+    /// for a process to attach itself.
+    NothingToRun,
+    /// A takeover found it `stopping` with its process still there: the stop goes on
+    /// (signalled again, a fresh deadline), with the intent the record gave.
+    ResumeStop,
 }
 
 /// A recovery decision, as far as the lifecycle needs to know it.
@@ -129,7 +140,7 @@ pub const WANTED: [Wanted; 4] = [
 ];
 
 /// Every input, for tables and tests.
-pub const INPUTS: [Input; 20] = [
+pub const INPUTS: [Input; 25] = [
     Input::Start,
     Input::Stop,
     Input::Restart,
@@ -159,6 +170,11 @@ pub const INPUTS: [Input; 20] = [
     Input::DepsReady,
     Input::Attached,
     Input::Detached,
+    Input::Listed { waits: false },
+    Input::Listed { waits: true },
+    Input::DepsNotReady,
+    Input::NothingToRun,
+    Input::ResumeStop,
 ];
 
 /// One step of the lifecycle.
@@ -264,6 +280,17 @@ pub fn step(state: State, wanted: Wanted, input: Input) -> Step {
         Input::Attached => same(&[]),
         Input::Detached if has_process => to(State::Stopped, wanted, &[Publish, AnswerWaiters]),
         Input::Detached => same(&[]),
+        Input::Listed { waits: false } if !has_process => to(State::Starting, wanted, &[Publish]),
+        Input::Listed { waits: true } if !has_process => to(State::Waiting, wanted, &[Publish]),
+        Input::Listed { .. } => same(&[]),
+        Input::DepsNotReady if !has_process && state != State::Waiting => {
+            to(State::Waiting, wanted, &[Publish])
+        }
+        Input::DepsNotReady => same(&[]),
+        Input::NothingToRun if !has_process => to(State::Stopped, wanted, &[Publish]),
+        Input::NothingToRun => same(&[]),
+        Input::ResumeStop if state == State::Stopping => same(&[ArmStopKill, Publish, SignalStop]),
+        Input::ResumeStop => same(&[]),
     }
 }
 

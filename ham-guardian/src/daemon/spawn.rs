@@ -32,10 +32,10 @@ impl Daemon {
             // ham cannot start it: it waits for a process to attach itself.
             let e = &mut self.entities[i];
             if !e.rec.state.has_process() {
-                e.rec.state = EntityState::Stopped;
                 e.rec.restart_pending = false;
-                self.publish(i);
             }
+            let why = super::lifecycle::Why::new("start", "nothing to run");
+            self.step(i, ham_core::lifecycle::Input::NothingToRun, &why);
             return;
         }
         {
@@ -185,9 +185,9 @@ impl Daemon {
         });
         if deps_ready {
             self.spawn(i);
-        } else if self.entities[i].rec.state != EntityState::Waiting {
-            self.entities[i].rec.state = EntityState::Waiting;
-            self.publish(i);
+        } else {
+            let why = super::lifecycle::Why::new("start", "waiting for what it starts after");
+            self.step(i, ham_core::lifecycle::Input::DepsNotReady, &why);
         }
     }
 
@@ -203,9 +203,9 @@ impl Daemon {
                 continue;
             }
             if self.shutdown.is_some() {
-                e.rec.state = EntityState::Stopped;
                 e.pruned_now = 0;
-                self.publish(i);
+                let why = super::lifecycle::Why::new("operator", "shutting down");
+                self.step(i, ham_core::lifecycle::Input::Stop, &why);
                 continue;
             }
             self.spawn(i);

@@ -106,13 +106,9 @@ impl Daemon {
                 }
             }
             // Listed as what it is about to be (and what a successor carries on from).
-            let e = &mut self.entities[i];
-            e.rec.state = if e.cfg.after.is_empty() {
-                EntityState::Starting
-            } else {
-                EntityState::Waiting
-            };
-            self.publish(i);
+            let waits = !self.entities[i].cfg.after.is_empty();
+            let why = super::lifecycle::Why::new("start", "listed");
+            self.step(i, ham_core::lifecycle::Input::Listed { waits }, &why);
         }
         // Every entity is listed before any starts.
         for i in to_start {
@@ -188,8 +184,8 @@ impl Daemon {
                         let e = &mut self.entities[i];
                         e.pidfd = Some(pidfd);
                         e.adopted = true;
-                        if e.rec.state == EntityState::Starting {
-                            e.rec.state = EntityState::Running;
+                        let starting = e.rec.state == EntityState::Starting;
+                        if starting {
                             e.rec.started_mono_ns = mono_ns();
                             e.rec.started_unix_ns = unix_ns();
                         }
@@ -197,16 +193,24 @@ impl Daemon {
                         say!(self, "{}: adopted pid {}", rec.name, rec.pid);
                         if stopping {
                             // Resume the stop (or the restart it was part of): signal again
-                            // and arm a fresh deadline.
-                            self.entities[i].rec.state = EntityState::Running;
-                            let wanted = match (rec.restart_pending, rec.restart_automatic) {
-                                (true, true) => Wanted::AutoRestart,
-                                (true, false) => Wanted::Restart,
-                                _ => Wanted::Down,
-                            };
-                            self.begin_stop(i, wanted);
+                            // and arm a fresh deadline, with the intent the record gave.
+                            self.entities[i].wanted =
+                                match (rec.restart_pending, rec.restart_automatic) {
+                                    (true, true) => Wanted::AutoRestart,
+                                    (true, false) => Wanted::Restart,
+                                    _ => Wanted::Down,
+                                };
+                            let why = super::lifecycle::Why::new("operator", "stop resumed");
+                            self.step(i, ham_core::lifecycle::Input::ResumeStop, &why);
                         } else {
-                            self.publish(i);
+                            // Released before its HAM died: it runs (`Spawned` from
+                            // `starting`), or it ran already.
+                            let why = super::lifecycle::Why::new("start", "adopted");
+                            if starting {
+                                self.step(i, ham_core::lifecycle::Input::Spawned, &why);
+                            } else {
+                                self.publish(i);
+                            }
                             self.became_running(i, mono_ns());
                         }
                     }
