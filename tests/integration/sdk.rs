@@ -566,3 +566,38 @@ fn a_client_that_shrinks_the_client_segment_does_not_bring_ham_down() {
     });
     assert!(running(&ham.status(), "db"));
 }
+
+#[test]
+fn ham_client_takes_options_anywhere_and_a_negative_value() {
+    let client = env!("CARGO_BIN_EXE_ham-client");
+    let help = std::process::Command::new(client)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success() && text(&help.stdout).contains("usage: ham-client"));
+    let bad = std::process::Command::new(client)
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("raised");
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\n[[entity.condition.action]]\ndo = \"execute\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo $HAM_RAISE_SEVERITY $HAM_RAISE_VALUE > {}\"]\n",
+        sleeper("db"),
+        out.display()
+    );
+    let ham = Ham::start("client-args", &body);
+    ham.wait_for("db running", |s| running(s, "db"));
+    // The configuration option after the words, a negative value among them.
+    let r = std::process::Command::new(client)
+        .args(["raise", "db", "temp", "3", "-5", "--config"])
+        .arg(&ham.config)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    wait_until(&ham, "the raise's action", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t == "3 -5\n")
+    });
+}

@@ -2,10 +2,12 @@
 //! What `systemd-notify` is to sd_notify, for scripts and tests.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ham_detector_sdk::{Client, Location};
+use ham_guardian::exit;
 
 const USAGE: &str = "\
 usage: ham-client [-c|--config FILE] COMMAND
@@ -27,53 +29,89 @@ FILE defaults to the instance this process was started by, then $HAM_CONFIG, the
 
 fn usage(why: &str) -> ExitCode {
     eprintln!("ham-client: {why}\n{USAGE}");
-    ExitCode::from(2)
+    ExitCode::from(exit::USAGE as u8)
+}
+
+/// The command line: options anywhere (`--period 1s` or `--period=1s`), the rest in order.
+#[derive(Default)]
+struct Args {
+    config: Option<PathBuf>,
+    period: Option<String>,
+    low: Option<String>,
+    high: Option<String>,
+    beats: Option<String>,
+    count: Option<String>,
+    signal: Option<String>,
+    words: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(exit::OK);
+            }
+            Short('c') | Long("config") => a.config = Some(p.value()?.into()),
+            Long("period") => a.period = Some(p.value()?.string()?),
+            Long("low") => a.low = Some(p.value()?.string()?),
+            Long("high") => a.high = Some(p.value()?.string()?),
+            Long("beats") => a.beats = Some(p.value()?.string()?),
+            Long("count") => a.count = Some(p.value()?.string()?),
+            Long("signal") => a.signal = Some(p.value()?.string()?),
+            // A negative number (a raise's VALUE) is a word, not an option.
+            Short(d) if d.is_ascii_digit() => {
+                let rest = p.optional_value().map(|v| v.string()).transpose()?;
+                a.words.push(format!("-{d}{}", rest.unwrap_or_default()));
+            }
+            Value(v) => a.words.push(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(a)
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut location = None;
-    if matches!(args.first().map(String::as_str), Some("-c" | "--config")) {
-        if args.len() < 2 {
-            return usage("-c needs a file");
-        }
-        let file = args.remove(1);
-        args.remove(0);
-        match Location::from_config(std::path::Path::new(&file)) {
-            Ok(l) => location = Some(l),
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let location = match &a.config {
+        None => None,
+        Some(file) => match Location::from_config(file) {
+            Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("ham-client: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(exit::FAILED as u8);
             }
-        }
-    }
-    if args.is_empty() || args[0] == "-h" || args[0] == "--help" {
+        },
+    };
+    let args = a.words;
+    if args.is_empty() {
         return usage("no command");
     }
     let client = match location.map_or_else(Client::connect, |l| Client::connect_to(&l)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ham-client: {e}");
-            return ExitCode::from(3);
+            return ExitCode::from(exit::UNAVAILABLE as u8);
         }
     };
-    let flag = |name: &str| -> Option<String> {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|p| args.get(p + 1).cloned())
-    };
     let result = match (args[0].as_str(), args.len()) {
-        ("heartbeat", n) if n >= 2 => {
-            let Some(period) = flag("--period") else {
+        ("heartbeat", 2) => {
+            let Some(period) = a.period.as_deref() else {
                 return usage("heartbeat needs --period");
             };
-            let period = match ham_core::duration::parse_ns(&period) {
+            let period = match ham_core::duration::parse_ns(period) {
                 Ok(ns) => Duration::from_nanos(ns),
                 Err(e) => return usage(&format!("--period: {e}")),
             };
-            let num = |f: &str, d: u64| flag(f).map_or(Ok(d), |v| v.parse::<u64>());
+            let num = |v: &Option<String>, d: u64| v.as_deref().map_or(Ok(d), str::parse::<u64>);
             let (Ok(low), Ok(high), Ok(beats)) =
-                (num("--low", 3), num("--high", 0), num("--beats", u64::MAX))
+                (num(&a.low, 3), num(&a.high, 0), num(&a.beats, u64::MAX))
             else {
                 return usage("--low, --high and --beats take numbers");
             };
@@ -116,12 +154,12 @@ fn main() -> ExitCode {
             Ok(change) => client.define(change).map(|_| ()),
             Err(e) => return usage(&format!("define: {e}")),
         },
-        ("subscribe", n) if n >= 2 => {
-            let count = flag("--count").map_or(Ok(u64::MAX), |v| v.parse::<u64>());
+        ("subscribe", 2) => {
+            let count = a.count.as_deref().map_or(Ok(u64::MAX), str::parse::<u64>);
             let Ok(count) = count else {
                 return usage("--count takes a number");
             };
-            let sub = match flag("--signal").map(|s| s.parse::<i32>()) {
+            let sub = match a.signal.as_deref().map(str::parse::<i32>) {
                 None => client.subscribe(&args[1]),
                 Some(Ok(sig)) => client.subscribe_signal(&args[1], sig),
                 Some(Err(_)) => return usage("--signal takes a signal number"),
@@ -159,7 +197,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ham-client: {e}");
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED as u8)
         }
     }
 }
