@@ -44,12 +44,7 @@ impl Daemon {
         let pid = self.entities[i].rec.pid;
         self.record(i, None, "detach", "detach", &format!("pid {pid}; removed"));
         self.fire(i, crate::actions::Event::Detach, None);
-        let written = self.writer.publish_defs(text.as_bytes());
-        if let Err(ham_core::SegmentError::Fenced { .. }) = written {
-            self.wrote(written); // exits
-        } else {
-            written.map_err(|e| (libc::ENOSPC, e.to_string()))?;
-        }
+        self.publish_defs(&text)?;
         self.defs = defs;
         // What runs for it ends here (a command it started goes on, unwatched).
         self.run_queue.remove(&i);

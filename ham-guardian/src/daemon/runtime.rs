@@ -125,6 +125,20 @@ impl Daemon {
     }
 
     /// The configuration file's text followed by `defs`, parsed.
+    /// Publishes the definitions document `text`: a fenced HAM exits (see `wrote`); one
+    /// that does not fit is refused with `ENOSPC`.
+    pub(super) fn publish_defs(&self, text: &str) -> Result<(), Refusal> {
+        match self.writer.publish_defs(text.as_bytes()) {
+            Ok(_) => Ok(()),
+            Err(e @ ham_core::SegmentError::Fenced { .. }) => {
+                let why = e.to_string();
+                self.wrote::<u64>(Err(e)); // exits
+                Err((libc::ENOSPC, why))
+            }
+            Err(e) => Err((libc::ENOSPC, e.to_string())),
+        }
+    }
+
     pub(super) fn parse_with(&self, defs: &Table, strict: bool) -> Result<Config, String> {
         let extra = toml::to_string(defs).map_err(|e| e.to_string())?;
         let head = format!("{}\n\n# run-time definitions\n", self.config_text);
@@ -496,12 +510,7 @@ impl Daemon {
                 return Err((libc::ENOSPC, why));
             }
         }
-        let written = self.writer.publish_defs(text.as_bytes());
-        if let Err(ham_core::SegmentError::Fenced { .. }) = written {
-            self.wrote(written); // exits
-        } else {
-            written.map_err(|e| (libc::ENOSPC, e.to_string()))?;
-        }
+        self.publish_defs(&text)?;
         self.defs = defs;
         // Conditions (and their actions) of every entity come from the new configuration;
         // what runs keeps running.
