@@ -75,7 +75,17 @@ fn a_client_that_stops_beating_fires_missed_low_then_missed_high_and_their_actio
     });
     let got = steps(&ham, "app");
     let got: Vec<(&str, &str)> = got.iter().map(|(c, a)| (c.as_str(), a.as_str())).collect();
-    assert_eq!(got, want);
+    // On a loaded machine a beat can itself come late while the client still beats: that
+    // is a missed-low too (detected, its action run), re-armed by the next beat. Those may
+    // come between the attach and the final silence; nothing else may.
+    let (first, rest) = got.split_first().expect("steps");
+    assert_eq!(*first, want[0], "{got:?}");
+    let tail = rest.len().saturating_sub(want.len() - 1);
+    assert_eq!(&rest[tail..], &want[1..], "{got:?}");
+    assert!(
+        rest[..tail].chunks(2).all(|c| c == [want[1], want[2]]),
+        "only late beats' missed-lows before the silence: {got:?}"
+    );
     // Its own condition handled the miss: the process was not restarted.
     let s = ham.status();
     assert_eq!(entity(&s, "app")["restarts"], 0);
