@@ -26,6 +26,15 @@ impl RestartMode {
             _ => return None,
         })
     }
+    /// Whether this mode starts the entity again after an exit it made on its own.
+    pub fn restarts_after(self, exit: LastExit) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit.is_abnormal(),
+            Self::Never => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Always => "always",
@@ -72,11 +81,8 @@ pub fn after_exit(mode: RestartMode, wanted: Wanted, exit: LastExit) -> AfterExi
         Wanted::Down => AfterExit::Stopped,
         Wanted::Restart => AfterExit::OperatorStart,
         Wanted::AutoRestart => AfterExit::AutoRestart,
-        Wanted::Up => match mode {
-            RestartMode::Always => AfterExit::Restart,
-            RestartMode::OnFailure if exit.is_abnormal() => AfterExit::Restart,
-            RestartMode::OnFailure | RestartMode::Never => AfterExit::Exited,
-        },
+        Wanted::Up if mode.restarts_after(exit) => AfterExit::Restart,
+        Wanted::Up => AfterExit::Exited,
     }
 }
 

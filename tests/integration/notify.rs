@@ -7,6 +7,9 @@ use std::process::Command;
 
 use crate::util::*;
 
+/// Python that sends READY=1 as itself (its own pid in its credentials).
+const SEND_READY: &str = "import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+
 /// A Python stand-in for a systemd service: sends `msgs` (one datagram each, `sleep:S`
 /// pauses) to $NOTIFY_SOCKET, then sleeps.
 fn notifier(name: &str, msgs: &[&str], extra: &str) -> String {
@@ -155,7 +158,7 @@ fn watchdog_trigger_acts_at_once_and_watchdog_pid_names_the_main_process() {
 /// A shell entity whose child (a Python sd_notify sender, which sends as itself) says
 /// READY=1, and `web` after it.
 fn child_sender(access: &str) -> String {
-    let send = "import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    let send = SEND_READY;
     format!(
         "[[entity]]\nname = \"db\"\ncommand = [\"/bin/sh\", \"-c\", \"python3 -c \\\"{send}\\\"; exec sleep 1000\"]\n\
          notify = true\n{access}\n{}\nafter = [\"db\"]\n",
@@ -221,7 +224,7 @@ fn exec_systemd_notify_from_the_main_process_is_answered_at_once() {
 
 #[test]
 fn notify_access_exec_admits_the_commands_ham_runs_for_the_entity() {
-    let send = "import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    let send = SEND_READY;
     let body = format!(
         "[[entity]]\nname = \"db\"\ncommand = [\"sleep\", \"1000\"]\nnotify = true\nnotify_access = \"exec\"\n\
          [[entity.condition]]\non = \"raise\"\n[[entity.condition.action]]\ndo = \"execute\"\n\

@@ -394,15 +394,15 @@ impl Daemon {
     /// may act on any; any other process only on the entity it is, or on an entity whose
     /// `raise_from` names the entity it is.
     pub(super) fn may_act_on(&self, i: usize, pid: i32, uid: u32) -> bool {
+        // Called for every ring event: no allocation, the entities' own records.
         let e = &self.entities[i];
-        let from: Vec<&str> = e
+        let from = e
             .cfg
             .raise_from
             .iter()
-            .map(|&j| self.entities[j].cfg.name.as_str())
-            .collect();
+            .map(|&j| self.entities[j].cfg.name.as_str());
         self.with_caller(Peer { pid, uid }, |c| {
-            super::authz::may_raise(c, &e.cfg.name, &from)
+            super::authz::may_raise(c, &e.cfg.name, from)
         })
     }
 

@@ -114,8 +114,7 @@ impl Daemon {
         let wanted = e.wanted;
         // Its restart mode would start it again after this exit (never an attach-only one:
         // not ours to start; a restart action may).
-        let restartable = !e.cfg.attach_only
-            && policy::after_exit(e.cfg.restart, Wanted::Up, exit) == AfterExit::Restart;
+        let restartable = !e.cfg.attach_only && e.cfg.restart.restarts_after(exit);
         let how = describe(exit);
         let name = e.cfg.name.clone();
         // Exits the entity made on its own are stamped in the record (published below with

@@ -21,7 +21,7 @@ use ham_core::layout::{
     EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
     FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
 };
-use ham_core::policy::{self, AfterExit, Wanted};
+use ham_core::policy::Wanted;
 use ham_core::segment::{Access, Segment, SegmentError, SegmentWriter, segment_size};
 use ham_core::{EntityRecord, EntityState, LastExit};
 use nix::sys::signal::{SigSet, Signal};
