@@ -206,37 +206,10 @@ unsafe fn local_name(node: *const c_char) -> Result<(), c_int> {
     }
 }
 
-/// A QNX command line (`"/path/prog arg1 arg2"`) as argv: words split on blanks, `"…"` and
-/// `'…'` quote blanks, `\` escapes the next character.
-fn split_line(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quote, mut esc, mut any) =
-        (Vec::new(), String::new(), None, false, false);
-    for ch in line.chars() {
-        if esc {
-            cur.push(ch);
-            esc = false;
-        } else if ch == '\\' {
-            esc = true;
-            any = true;
-        } else if Some(ch) == quote {
-            quote = None;
-        } else if quote.is_none() && (ch == '"' || ch == '\'') {
-            quote = Some(ch);
-            any = true;
-        } else if quote.is_none() && ch.is_whitespace() {
-            if any {
-                out.push(std::mem::take(&mut cur));
-                any = false;
-            }
-        } else {
-            cur.push(ch);
-            any = true;
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out
+/// A QNX command line (`"/path/prog arg1 arg2"`) as argv, split as a POSIX shell splits
+/// words (no expansion): `None` for an unterminated quote or escape.
+fn split_line(line: &str) -> Option<Vec<String>> {
+    shlex::split(line)
 }
 
 fn define(change: Change) -> Result<u32, c_int> {
@@ -357,7 +330,7 @@ pub unsafe extern "C" fn ham_attach(
         None
     } else {
         // SAFETY: as `arg`.
-        match unsafe { arg(line) }.map(|l| split_line(&l)) {
+        match unsafe { arg(line) }.and_then(|l| split_line(&l)) {
             Some(argv) if !argv.is_empty() => Some(argv),
             _ => return fail_ptr(libc::EINVAL),
         }
@@ -790,7 +763,7 @@ fn boxed(r: Result<ham_action_t, c_int>) -> *mut ham_action_t {
 
 /// The tables of QNX's action kinds.
 fn exec_table(kind: &str, line: Option<String>) -> Result<Map<String, Value>, c_int> {
-    let argv = line.map(|l| split_line(&l)).unwrap_or_default();
+    let argv = line.and_then(|l| split_line(&l)).unwrap_or_default();
     if argv.is_empty() {
         return Err(libc::EINVAL);
     }
@@ -1577,13 +1550,16 @@ mod tests {
 
     #[test]
     fn qnx_command_lines_split_like_a_shell() {
-        assert_eq!(split_line("/bin/prog -a  b"), ["/bin/prog", "-a", "b"]);
+        let split = |l| split_line(l).expect("balanced");
+        assert_eq!(split("/bin/prog -a  b"), ["/bin/prog", "-a", "b"]);
         assert_eq!(
-            split_line(r#"/bin/sh -c "echo hi there" 'x y' a\ b"#),
-            ["/bin/sh", "-c", "echo hi there", "x y", "a b"]
+            split(r#"/bin/sh -c "echo hi there" 'x y' a\ b 'a\b'"#),
+            ["/bin/sh", "-c", "echo hi there", "x y", "a b", "a\\b"]
         );
-        assert_eq!(split_line("  "), Vec::<String>::new());
-        assert_eq!(split_line(r#""""#), [""]);
+        assert_eq!(split("  "), Vec::<String>::new());
+        assert_eq!(split(r#""""#), [""]);
+        assert_eq!(split_line(r#"/bin/prog "unterminated"#), None);
+        assert_eq!(split_line(r#"/bin/prog \"#), None);
     }
 
     #[test]

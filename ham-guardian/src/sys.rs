@@ -522,15 +522,6 @@ impl Pending {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Exit status of a process that is not our child (pidfd.rs, proc_connector.rs)
-// ---------------------------------------------------------------------------------------------
-
-const NETLINK_CONNECTOR: i32 = 11;
-const PROC_EVENT_EXIT: u32 = 0x8000_0000;
-const NLMSG_HDRLEN: usize = 16;
-const CN_MSG_LEN: usize = 20;
-
 /// Takes ownership of a descriptor inherited across `execve` (the Guardian's handoff fds),
 /// after checking it is open, and marks it close-on-exec.
 pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {

@@ -613,16 +613,17 @@ impl<'a> From<(&'a UnixListener, &'a std::os::unix::net::UnixDatagram)> for Sock
 /// Only called while the process is unreaped (we hold its pidfd), so its pid and process
 /// group id cannot have been reused.
 fn signal_entity(e: &Entity, sig: i32) {
-    let Some(pidfd) = &e.pidfd else { return };
-    let Ok(signal) = Signal::try_from(sig) else {
+    use rustix::process::{Pid, Signal, getpgid, kill_process_group, pidfd_send_signal};
+    let (Some(pidfd), Some(signal), Some(pid)) = (
+        &e.pidfd,
+        Signal::from_named_raw(sig),
+        Pid::from_raw(e.rec.pid),
+    ) else {
         return;
     };
-    let pid = nix::unistd::Pid::from_raw(e.rec.pid);
-    let _ = nix::sys::signal::killpg(pid, signal);
-    if nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g != pid) {
-        if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
-            let _ = rustix::process::pidfd_send_signal(pidfd, s);
-        }
+    let _ = kill_process_group(pid, signal);
+    if getpgid(Some(pid)).is_ok_and(|g| g != pid) {
+        let _ = pidfd_send_signal(pidfd, signal);
     }
 }
 

@@ -1,6 +1,22 @@
-//! The proc connector (netlink): exit statuses of processes ham did not start.
+//! The proc connector (netlink): exit statuses of processes ham did not start. Safe code
+//! only: rustix opens and binds the socket, and the kernel's messages are parsed as bytes.
 
 use super::*;
+use rustix::net::{
+    AddressFamily, SocketFlags, SocketType, netlink, socket_with,
+};
+
+/// `enum proc_cn_mcast_op`'s `PROC_CN_MCAST_LISTEN`, `CN_IDX_PROC`/`CN_VAL_PROC`
+/// (`linux/cn_proc.h`, `linux/connector.h`).
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+/// `what` of a `struct proc_event` for an exit.
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+/// `struct nlmsghdr` and `struct cn_msg` (without its payload).
+const NLMSG_HDRLEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+const NLMSG_DONE: u16 = 3;
 
 /// The netlink process-events connector: the kernel's multicast of every process's exit,
 /// with its wait status. Needs CAP_NET_ADMIN. ham listens only while it supervises
@@ -11,50 +27,14 @@ pub struct ProcConnector {
 
 impl ProcConnector {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: socket() has no memory preconditions; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_CONNECTOR,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = libc::CN_IDX_PROC;
-        // SAFETY: addr is a valid sockaddr_nl and its size is passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // nlmsghdr + cn_msg{idx, val, seq, ack, len, flags} + PROC_CN_MCAST_LISTEN.
-        let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
-        let mut msg = Vec::with_capacity(total);
-        msg.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
-        msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes()); // nlmsg_type
-        msg.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_seq
-        msg.extend_from_slice(&std::process::id().to_ne_bytes()); // nlmsg_pid
-        msg.extend_from_slice(&libc::CN_IDX_PROC.to_ne_bytes()); // cb_id.idx
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // cb_id.val (CN_VAL_PROC)
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
-        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
-        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // PROC_CN_MCAST_LISTEN
-        rustix::io::write(&fd, &msg)?;
+        let fd = socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            Some(netlink::CONNECTOR),
+        )?;
+        rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, CN_IDX_PROC))?;
+        rustix::io::write(&fd, &listen_message(std::process::id()))?;
         Ok(Self { fd })
     }
 
@@ -69,25 +49,59 @@ impl ProcConnector {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return, // EAGAIN, or ENOBUFS after an overrun
             };
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= n {
-                let len = u32_at(&buf, off) as usize;
-                if len < NLMSG_HDRLEN || off + len > n {
-                    break;
+            for (pid, status) in exits(&buf[..n]) {
+                if wanted(pid) {
+                    out.insert(pid, status);
                 }
-                let ev = off + NLMSG_HDRLEN + CN_MSG_LEN;
-                if ev + 32 <= off + len && u32_at(&buf, ev) == PROC_EVENT_EXIT {
-                    let pid = u32_at(&buf, ev + 16) as i32;
-                    let tgid = u32_at(&buf, ev + 20) as i32;
-                    let code = u32_at(&buf, ev + 24) as i32;
-                    if pid == tgid && wanted(pid) {
-                        out.insert(pid, code);
-                    }
-                }
-                off += (len + 3) & !3;
             }
         }
     }
+}
+
+/// `nlmsghdr` + `cn_msg { id: {idx, val}, seq, ack, len, flags }` + `PROC_CN_MCAST_LISTEN`.
+fn listen_message(port: u32) -> Vec<u8> {
+    let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
+    msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes()); // nlmsg_type
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_seq
+    msg.extend_from_slice(&port.to_ne_bytes()); // nlmsg_pid
+    msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes()); // id.idx
+    msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes()); // id.val
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
+    msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+    msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    msg
+}
+
+/// The process exits (pid, wait status) in one datagram of netlink messages; thread exits
+/// (pid ≠ tgid) and anything truncated or malformed are skipped.
+fn exits(buf: &[u8]) -> impl Iterator<Item = (i32, i32)> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        while off + NLMSG_HDRLEN <= buf.len() {
+            let len = u32_at(buf, off) as usize;
+            if len < NLMSG_HDRLEN || off + len > buf.len() {
+                return None;
+            }
+            let msg = &buf[off..off + len];
+            off += (len + 3) & !3;
+            // struct proc_event: what, cpu, timestamp_ns, then exit_proc_event's
+            // process_pid, process_tgid, exit_code, exit_signal.
+            let ev = NLMSG_HDRLEN + CN_MSG_LEN;
+            if ev + 32 <= msg.len() && u32_at(msg, ev) == PROC_EVENT_EXIT {
+                let pid = u32_at(msg, ev + 16) as i32;
+                let tgid = u32_at(msg, ev + 20) as i32;
+                if pid == tgid {
+                    return Some((pid, u32_at(msg, ev + 24) as i32));
+                }
+            }
+        }
+        None
+    })
 }
 
 impl AsFd for ProcConnector {
@@ -96,6 +110,54 @@ impl AsFd for ProcConnector {
     }
 }
 
-pub(super) fn u32_at(b: &[u8], off: usize) -> u32 {
+fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One netlink message carrying a `proc_event` of kind `what` for `pid`/`tgid`.
+    fn event(what: u32, pid: u32, tgid: u32, code: u32) -> Vec<u8> {
+        let mut m = listen_message(0);
+        m.truncate(NLMSG_HDRLEN + CN_MSG_LEN);
+        m.extend_from_slice(&what.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes()); // cpu
+        m.extend_from_slice(&0u64.to_ne_bytes()); // timestamp_ns
+        for w in [pid, tgid, code, 17, 0] {
+            m.extend_from_slice(&w.to_ne_bytes());
+        }
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn exits_keeps_process_exits_only() {
+        let mut buf = event(PROC_EVENT_EXIT, 10, 10, 0x0900);
+        buf.extend(event(PROC_EVENT_EXIT, 11, 10, 0)); // a thread
+        buf.extend(event(0x0000_0002, 12, 12, 0)); // an exec
+        buf.extend(event(PROC_EVENT_EXIT, 13, 13, 3 << 8));
+        assert_eq!(exits(&buf).collect::<Vec<_>>(), [(10, 0x0900), (13, 3 << 8)]);
+    }
+
+    #[test]
+    fn exits_stops_at_a_malformed_length() {
+        let mut buf = event(PROC_EVENT_EXIT, 10, 10, 0);
+        let mut bad = event(PROC_EVENT_EXIT, 11, 11, 0);
+        bad[..4].copy_from_slice(&4000u32.to_ne_bytes());
+        buf.extend(bad);
+        assert_eq!(exits(&buf).collect::<Vec<_>>(), [(10, 0)]);
+        assert_eq!(exits(&buf[..20]).count(), 0);
+    }
+
+    #[test]
+    fn listen_message_is_the_kernels_layout() {
+        let m = listen_message(7);
+        assert_eq!(m.len(), 40);
+        assert_eq!(u32_at(&m, 0), 40);
+        assert_eq!(u32_at(&m, 12), 7);
+        assert_eq!(u32_at(&m, 36), PROC_CN_MCAST_LISTEN);
+    }
 }
