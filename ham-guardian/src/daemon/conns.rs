@@ -12,11 +12,20 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 
 use rustix::event::epoll;
 
-use super::{Conn, Daemon, Peer, Token, log, reply};
+use super::{Daemon, Peer, Token, log, reply};
 use crate::control::{MAX_REQUEST, Request, Response};
+
+pub(super) struct Conn {
+    pub(super) stream: UnixStream,
+    pub(super) buf: Vec<u8>,
+    pub(super) peer: Peer,
+    /// When it was accepted: a request not complete `CONN_TIMEOUT_NS` later is dropped.
+    pub(super) opened: u64,
+}
 
 /// Open connections in all.
 pub(super) const CONN_MAX: usize = 256;

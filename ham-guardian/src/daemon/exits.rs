@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// An adopted entity died before anyone could tell how; its status may still come through
+/// its pidfd once something reaps it.
+pub(super) struct StatusPatch {
+    pub(super) entity: usize,
+    pub(super) pid: i32,
+    pub(super) death: u64,
+    pub(super) pidfd: OwnedFd,
+    pub(super) tries: u32,
+    pub(super) at: u64,
+}
+
 impl Daemon {
     /// The entity's pidfd is readable: its process has exited.
     pub(super) fn on_pidfd(&mut self, i: usize) {
@@ -299,7 +310,7 @@ impl Daemon {
                 .position(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
-            } else if self.guardian.as_ref().is_some_and(|g| g.pid == pid) {
+            } else if self.guardian.is(pid) {
                 self.on_guardian_exit();
             } else if let Some(&id) = self.exec_pids.get(&pid) {
                 self.on_action_exit(id);

@@ -2,6 +2,15 @@
 
 use super::*;
 
+pub(super) struct GuardianProc {
+    pub(super) pid: i32,
+    pub(super) start_time: u64,
+    pub(super) pidfd: OwnedFd,
+    pub(super) sock: OwnedFd,
+    /// When it last showed it turns its loop (a beat on `sock`), or was started.
+    pub(super) seen_at: u64,
+}
+
 impl Daemon {
     /// Starts a Guardian (or schedules another try).
     pub(super) fn spawn_guardian(&mut self) {
@@ -12,13 +21,13 @@ impl Daemon {
         match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
-                self.guardian = Some(g);
+                self.guardian.proc = Some(g);
                 self.guardian_started();
             }
             Err(e) => {
                 let at = mono_ns() + 1_000_000_000;
                 say!(self, "cannot start the guardian: {e}; retrying in 1s");
-                self.guardian_retry_at = Some(at);
+                self.guardian.retry_at = Some(at);
                 self.schedule(at, Deadline::GuardianRetry);
             }
         }
@@ -26,7 +35,7 @@ impl Daemon {
 
     /// Watches a new Guardian and hands it every live entity's pidfd.
     pub(super) fn guardian_started(&mut self) {
-        let Some(g) = &self.guardian else { return };
+        let Some(g) = &self.guardian.proc else { return };
         say!(self, "guardian pid {}", g.pid);
         let _ = epoll::add(
             &self.epoll,
@@ -34,10 +43,13 @@ impl Daemon {
             Token::Guardian.data(),
             epoll::EventFlags::IN,
         );
-        self.guardian_retry_at = None;
+        self.guardian.retry_at = None;
         for e in &self.entities {
             if let Some(fd) = &e.pidfd {
-                self.send_to_guardian(e.slot, e.rec.pid, e.rec.start_time, fd);
+                let who = (e.slot, e.rec.pid, e.rec.start_time);
+                if let Err(err) = self.guardian.send(&self.epoll, who, fd) {
+                    say!(self, "cannot hand pid {} to the guardian: {err}", e.rec.pid);
+                }
             }
         }
     }
@@ -48,7 +60,9 @@ impl Daemon {
     /// Otherwise a stopped Guardian would leave the box unsupervised once the HAM died.
     pub(super) fn check_guardian(&mut self, now: u64) {
         let timeout = self.cfg.liveness_timeout_ns;
-        let Some(g) = &mut self.guardian else { return };
+        let Some(g) = &mut self.guardian.proc else {
+            return;
+        };
         if handoff::drain_beats(&g.sock) {
             g.seen_at = now;
         }
@@ -69,15 +83,13 @@ impl Daemon {
         let Some(g) = self.guardian.take() else {
             return;
         };
-        // Its successor gets every pidfd afresh (`guardian_started`).
-        self.handoff_backlog.borrow_mut().clear();
         let how = match rustix::process::waitid(
             WaitId::PidFd(g.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
             Ok(Some(st)) => decode_waitid(&st),
             Ok(None) => {
-                self.guardian = Some(g); // not dead after all
+                self.guardian.proc = Some(g); // not dead after all
                 return;
             }
             Err(_) => LastExit::Unknown,
@@ -98,55 +110,95 @@ impl Daemon {
 
     /// Gives the Guardian a duplicate of an entity's pidfd (best effort: without it the
     /// Guardian falls back to pidfd_open + start time at a takeover).
-    pub(super) fn send_to_guardian(&self, slot: u32, pid: i32, start_time: u64, pidfd: &OwnedFd) {
-        // (sendmsg duplicates the descriptor into the message; ours stays ours)
-        let Some(g) = &self.guardian else { return };
-        let mut backlog = self.handoff_backlog.borrow_mut();
-        if backlog.is_empty() {
-            match handoff::send(&g.sock, slot, pid, start_time, pidfd) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The socket is full (many attachments at once): keep it, in order,
-                    // and send when the Guardian has read some.
-                    let _ = epoll::add(
-                        &self.epoll,
-                        &g.sock,
-                        Token::Handoff.data(),
-                        epoll::EventFlags::OUT,
-                    );
-                }
-                Err(e) => {
-                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
-                    return;
-                }
-            }
-        }
-        match pidfd.try_clone() {
-            Ok(fd) => backlog.push_back((slot, pid, start_time, fd)),
-            Err(e) => say!(self, "cannot keep pid {pid} for the guardian: {e}"),
+    pub(super) fn send_to_guardian(
+        &mut self,
+        slot: u32,
+        pid: i32,
+        start_time: u64,
+        pidfd: &OwnedFd,
+    ) {
+        if let Err(e) = self
+            .guardian
+            .send(&self.epoll, (slot, pid, start_time), pidfd)
+        {
+            say!(self, "cannot hand pid {pid} to the guardian: {e}");
         }
     }
 
     /// The Guardian's socket has room again: send what waits, in order.
     pub(super) fn on_handoff_writable(&mut self) {
-        let Some(g) = &self.guardian else {
-            self.handoff_backlog.borrow_mut().clear();
-            return;
-        };
-        let mut backlog = self.handoff_backlog.borrow_mut();
-        while let Some((slot, pid, start_time, fd)) = backlog.front() {
-            match handoff::send(&g.sock, *slot, *pid, *start_time, fd) {
-                Ok(()) => {
-                    backlog.pop_front();
+        for (pid, e) in self.guardian.flush(&self.epoll) {
+            say!(self, "cannot hand pid {pid} to the guardian: {e}");
+        }
+    }
+}
+
+/// The link to the Guardian: its process, when to try starting one again, and the pidfds
+/// its socket had no room for yet. Owned by the daemon and borrowed `&mut` by the loop.
+#[derive(Default)]
+pub(super) struct GuardianLink {
+    pub(super) proc: Option<GuardianProc>,
+    /// A Guardian that could not be started is tried again then.
+    pub(super) retry_at: Option<u64>,
+    /// (slot, pid, start time, a duplicate of the pidfd), sent in order.
+    backlog: std::collections::VecDeque<((u32, i32, u64), OwnedFd)>,
+}
+
+impl GuardianLink {
+    /// The Guardian is gone: it takes its process out and forgets what waited for it (its
+    /// successor gets every pidfd afresh in `guardian_started`).
+    pub(super) fn take(&mut self) -> Option<GuardianProc> {
+        self.backlog.clear();
+        self.proc.take()
+    }
+
+    pub(super) fn is(&self, pid: i32) -> bool {
+        self.proc.as_ref().is_some_and(|g| g.pid == pid)
+    }
+
+    /// Sends `who`'s pidfd now, or keeps a duplicate (in order) while the socket is full,
+    /// watching it for room.
+    fn send(&mut self, epoll: &OwnedFd, who: (u32, i32, u64), pidfd: &OwnedFd) -> io::Result<()> {
+        // (sendmsg duplicates the descriptor into the message; ours stays ours)
+        let Some(g) = &self.proc else { return Ok(()) };
+        if self.backlog.is_empty() {
+            match handoff::send(&g.sock, who.0, who.1, who.2, pidfd) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Full (many attachments at once): keep it, and send when the Guardian
+                    // has read some.
+                    let _ = epoll::add(
+                        epoll,
+                        &g.sock,
+                        Token::Handoff.data(),
+                        epoll::EventFlags::OUT,
+                    );
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    say!(self, "cannot hand pid {pid} to the guardian: {e}");
-                    backlog.pop_front();
-                }
+                Err(e) => return Err(e),
             }
         }
-        let _ = epoll::delete(&self.epoll, &g.sock);
+        self.backlog.push_back((who, pidfd.try_clone()?));
+        Ok(())
+    }
+
+    /// Sends what waits, in order, until the socket is full again; the ones that could not
+    /// be sent at all are dropped and returned (pid, why).
+    fn flush(&mut self, epoll: &OwnedFd) -> Vec<(i32, io::Error)> {
+        let mut failed = Vec::new();
+        let Some(g) = &self.proc else {
+            self.backlog.clear();
+            return failed;
+        };
+        while let Some(((slot, pid, start_time), fd)) = self.backlog.front() {
+            match handoff::send(&g.sock, *slot, *pid, *start_time, fd) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return failed,
+                Err(e) => failed.push((*pid, e)),
+            }
+            self.backlog.pop_front();
+        }
+        let _ = epoll::delete(epoll, &g.sock);
+        failed
     }
 }
 

@@ -49,6 +49,7 @@ macro_rules! say {
 mod authz;
 mod clients;
 mod conns;
+mod entity;
 mod exits;
 mod guardian_link;
 mod heartbeats;
@@ -75,54 +76,12 @@ use start::device_restart_marker;
 use takeover::{stop_recorded_processes, wait_pidfd};
 use token::Token;
 
-/// Spawns a turn's budget did not allow, each with whether its restart conditions fire
-/// once it runs: entities that were not crash-looping first, each queue in order.
-#[derive(Default)]
-struct Deferred {
-    healthy: std::collections::VecDeque<(usize, bool)>,
-    looping: std::collections::VecDeque<(usize, bool)>,
-}
-
-impl Deferred {
-    fn push(&mut self, i: usize, healthy: bool) {
-        if self.find(i).is_none() {
-            let q = if healthy {
-                &mut self.healthy
-            } else {
-                &mut self.looping
-            };
-            q.push_back((i, false));
-        }
-    }
-    fn find(&mut self, i: usize) -> Option<&mut (usize, bool)> {
-        self.healthy
-            .iter_mut()
-            .chain(self.looping.iter_mut())
-            .find(|(j, _)| *j == i)
-    }
-    fn pop(&mut self) -> Option<(usize, bool)> {
-        self.healthy
-            .pop_front()
-            .or_else(|| self.looping.pop_front())
-    }
-    fn is_empty(&self) -> bool {
-        self.healthy.is_empty() && self.looping.is_empty()
-    }
-    fn remove(&mut self, i: usize) {
-        self.healthy.retain(|(j, _)| *j != i);
-        self.looping.retain(|(j, _)| *j != i);
-    }
-}
-
-/// Processes one turn of the loop may start: a restart storm (or a cold start of many
-/// entities) goes on over several turns, each of which also serves the control socket,
-/// the timers and the liveness word. The rest wait, in order, as `starting` (an entity
-/// that was not crash-looping is restarted at once all the same).
-const SPAWNS_PER_TURN: u32 = 2;
-
-/// Condition runs (running or queued) one entity may have open: a detector raising in a
-/// loop must not grow ham without bound. Further firings are dropped and counted.
-const RUNS_PER_ENTITY: usize = 16;
+use conns::Conn;
+use entity::{Entity, WaitFor};
+use exits::StatusPatch;
+use runs::{Run, Wait};
+use spawn::{Deferred, SPAWNS_PER_TURN};
+use timers::Deadline;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -150,143 +109,6 @@ fn io_ctx<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Daem
         what,
         source: e.into(),
     }
-}
-
-/// A request that is answered once an entity reaches a state.
-#[derive(Clone, Copy)]
-enum WaitFor {
-    Down,
-    Up,
-}
-
-struct Entity {
-    cfg: EntityConfig,
-    slot: u32,
-    rec: EntityRecord,
-    pidfd: Option<OwnedFd>,
-    /// The process is not our child (adopted after a takeover or a warm start): its exit
-    /// status comes from the proc connector or its pidfd, not from `waitid`.
-    adopted: bool,
-    wanted: Wanted,
-    stop_deadline: Option<u64>,
-    retry_at: Option<u64>,
-    spawn_failures: u32,
-    last_spawn_error: Option<String>,
-    /// Deaths seen by this HAM; a late exit status is applied only to the death it is for.
-    deaths: u64,
-    /// Running for its `ready_after`: entities that start `after` it may start.
-    ready: bool,
-    /// Its environment, built once (see `entity_env`).
-    env: Vec<(String, String)>,
-    /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
-    watchdog_at: Option<u64>,
-    watchdog_ns: Option<u64>,
-    /// Its SDK heartbeat monitor, while a client is attached with one.
-    hb: Option<clients::Heartbeat>,
-    /// The attached client's heartbeat page (`ham_core::beat`), while it has one.
-    beat: Option<ham_core::beat::BeatMap>,
-    /// Conditions the restart being handled has just pruned (they still fire for it).
-    pruned_now: u64,
-    /// A `hold-off` action stops it: once down, it is held off this long.
-    hold_after_stop: Option<u64>,
-    waiters: Vec<(UnixStream, WaitFor)>,
-}
-
-impl Entity {
-    fn new(
-        mut cfg: EntityConfig,
-        slot: u32,
-        rec: EntityRecord,
-        env: Vec<(String, String)>,
-    ) -> Self {
-        // A self-attached entity that ham (re)starts runs its restart action's command line
-        // (QNX: "from now on with `path`"); a successor finds it there too.
-        if cfg.attach_only && cfg.argv.is_empty() {
-            if let Some((path, argv)) = own_restart_command(&cfg) {
-                cfg.exec_path = path;
-                cfg.argv = argv;
-            }
-        }
-        let ready = rec.ready && rec.state == EntityState::Running;
-        Self {
-            cfg,
-            slot,
-            rec,
-            pidfd: None,
-            beat: None,
-            adopted: false,
-            wanted: Wanted::Up,
-            stop_deadline: None,
-            retry_at: None,
-            spawn_failures: 0,
-            last_spawn_error: None,
-            deaths: 0,
-            // Ready as its record says (a successor goes on from there).
-            ready,
-            watchdog_at: None,
-            watchdog_ns: None,
-            hb: None,
-            pruned_now: 0,
-            hold_after_stop: None,
-            env,
-            waiters: Vec::new(),
-        }
-    }
-}
-
-/// What a deadline is for: the heap of deadlines orders by time, then by this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Deadline {
-    /// An entity's stop signal was not enough: SIGKILL.
-    StopKill(usize),
-    /// A failed spawn is tried again.
-    Retry(usize),
-    /// The liveness word, and the tick's chores.
-    Liveness,
-    /// A Guardian that could not be started is tried again.
-    GuardianRetry,
-    /// A late exit status may have become readable.
-    StatusPatch(usize),
-    /// A hold-off ends.
-    HoldOff(usize),
-    /// An entity's `ready_after`.
-    Ready(usize),
-    /// A condition run's delay, waitfor poll or command deadline.
-    Action(u32),
-    /// An sd_notify watchdog.
-    Watchdog(usize),
-    /// An attached client's heartbeat window.
-    Heartbeat(usize),
-    /// The ring's stalled-slot check.
-    RingStall,
-}
-
-/// An adopted entity died before anyone could tell how; its status may still come through
-/// its pidfd once something reaps it.
-struct StatusPatch {
-    entity: usize,
-    pid: i32,
-    death: u64,
-    pidfd: OwnedFd,
-    tries: u32,
-    at: u64,
-}
-
-struct GuardianProc {
-    pid: i32,
-    start_time: u64,
-    pidfd: OwnedFd,
-    sock: OwnedFd,
-    /// When it last showed it turns its loop (a beat on `sock`), or was started.
-    seen_at: u64,
-}
-
-struct Conn {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    peer: Peer,
-    /// When it was accepted: a request not complete `CONN_TIMEOUT_NS` later is dropped.
-    opened: u64,
 }
 
 /// The sockets an instance keeps through takeovers: handed to each Guardian.
@@ -335,8 +157,7 @@ pub struct Daemon {
     timers: BinaryHeap<Reverse<(u64, Deadline)>>,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,
-    guardian: Option<GuardianProc>,
-    guardian_retry_at: Option<u64>,
+    guardian: guardian_link::GuardianLink,
     tick_ns: u64,
     next_tick: u64,
     proc_conn: Option<ProcConnector>,
@@ -360,52 +181,7 @@ pub struct Daemon {
     next_sub: u64,
     /// The run-time definitions document (see `runtime.rs`).
     defs: toml::Table,
-    /// Pidfds waiting for room in the Guardian's socket (sent in order).
-    handoff_backlog: std::cell::RefCell<std::collections::VecDeque<(u32, i32, u64, OwnedFd)>>,
 }
-
-/// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
-/// the list whose action failed).
-struct Run {
-    entity: usize,
-    condition: &'static str,
-    env: Vec<(String, String)>,
-    stack: Vec<(Vec<Action>, usize)>,
-    waiting: Option<Wait>,
-    independent: bool,
-    /// Which condition (its index, or `journal::COND_*`) and why: what the journal keeps.
-    cond: u8,
-    event: journal::RunEvent,
-    /// Its journal slot, and what the journal last said of its current action.
-    jslot: Option<u32>,
-    in_progress: bool,
-    jwait: ham_core::journal::RunWait,
-    /// Kept in the run journal (see `run_now`).
-    journaled: bool,
-}
-
-enum Wait {
-    Exec {
-        pid: i32,
-        pidfd: OwnedFd,
-        deadline: u64,
-        action: Action,
-    },
-    Delay {
-        until: u64,
-    },
-    Path {
-        path: std::path::PathBuf,
-        deadline: u64,
-        next: u64,
-    },
-}
-
-/// sd_notify datagrams read per loop turn at most.
-const NOTIFY_PER_TURN: usize = 64;
-
-/// How often a `waitfor` action looks for its path.
-const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
 /// ham's log verbosity (`ham_verbose`, `hamctl`): 0 quiet, 1 normal, 2 and up also each
 /// request. Kept in the state segment so a successor logs alike.
@@ -429,7 +205,7 @@ impl Daemon {
     pub fn run(mut self) -> Result<i32, DaemonError> {
         let promoted = matches!(self.origin, Some(Origin::Promoted { .. }));
         // The Guardian comes first: from here on, a death of this HAM is covered.
-        if self.guardian.is_some() {
+        if self.guardian.proc.is_some() {
             self.guardian_started();
         } else {
             self.spawn_guardian();

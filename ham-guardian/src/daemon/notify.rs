@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// sd_notify datagrams read per loop turn at most.
+pub(super) const NOTIFY_PER_TURN: usize = 64;
+
 impl Daemon {
     /// Datagrams on the sd_notify socket: `READY=1`, `WATCHDOG=1`, `WATCHDOG_USEC=`,
     /// `STOPPING=1`, `STATUS=`, from the main process of an entity with `notify = true`

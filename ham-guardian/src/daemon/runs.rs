@@ -2,6 +2,50 @@
 
 use super::*;
 
+/// Condition runs (running or queued) one entity may have open: a detector raising in a
+/// loop must not grow ham without bound. Further firings are dropped and counted.
+pub(super) const RUNS_PER_ENTITY: usize = 16;
+
+/// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
+/// the list whose action failed).
+pub(super) struct Run {
+    pub(super) entity: usize,
+    pub(super) condition: &'static str,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) stack: Vec<(Vec<Action>, usize)>,
+    pub(super) waiting: Option<Wait>,
+    pub(super) independent: bool,
+    /// Which condition (its index, or `journal::COND_*`) and why: what the journal keeps.
+    pub(super) cond: u8,
+    pub(super) event: journal::RunEvent,
+    /// Its journal slot, and what the journal last said of its current action.
+    pub(super) jslot: Option<u32>,
+    pub(super) in_progress: bool,
+    pub(super) jwait: ham_core::journal::RunWait,
+    /// Kept in the run journal (see `run_now`).
+    pub(super) journaled: bool,
+}
+
+pub(super) enum Wait {
+    Exec {
+        pid: i32,
+        pidfd: OwnedFd,
+        deadline: u64,
+        action: Action,
+    },
+    Delay {
+        until: u64,
+    },
+    Path {
+        path: std::path::PathBuf,
+        deadline: u64,
+        next: u64,
+    },
+}
+
+/// How often a `waitfor` action looks for its path.
+pub(super) const WAITFOR_EVERY_NS: u64 = 20_000_000;
+
 impl Daemon {
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
     /// actions start as a run of their own.

@@ -2,6 +2,51 @@
 
 use super::*;
 
+/// Spawns a turn's budget did not allow, each with whether its restart conditions fire
+/// once it runs: entities that were not crash-looping first, each queue in order.
+#[derive(Default)]
+pub(super) struct Deferred {
+    pub(super) healthy: std::collections::VecDeque<(usize, bool)>,
+    pub(super) looping: std::collections::VecDeque<(usize, bool)>,
+}
+
+impl Deferred {
+    pub(super) fn push(&mut self, i: usize, healthy: bool) {
+        if self.find(i).is_none() {
+            let q = if healthy {
+                &mut self.healthy
+            } else {
+                &mut self.looping
+            };
+            q.push_back((i, false));
+        }
+    }
+    pub(super) fn find(&mut self, i: usize) -> Option<&mut (usize, bool)> {
+        self.healthy
+            .iter_mut()
+            .chain(self.looping.iter_mut())
+            .find(|(j, _)| *j == i)
+    }
+    pub(super) fn pop(&mut self) -> Option<(usize, bool)> {
+        self.healthy
+            .pop_front()
+            .or_else(|| self.looping.pop_front())
+    }
+    pub(super) fn is_empty(&self) -> bool {
+        self.healthy.is_empty() && self.looping.is_empty()
+    }
+    pub(super) fn remove(&mut self, i: usize) {
+        self.healthy.retain(|(j, _)| *j != i);
+        self.looping.retain(|(j, _)| *j != i);
+    }
+}
+
+/// Processes one turn of the loop may start: a restart storm (or a cold start of many
+/// entities) goes on over several turns, each of which also serves the control socket,
+/// the timers and the liveness word. The rest wait, in order, as `starting` (an entity
+/// that was not crash-looping is restarted at once all the same).
+pub(super) const SPAWNS_PER_TURN: u32 = 2;
+
 impl Daemon {
     /// Adds entity `i`'s pidfd to the loop.
     pub(super) fn watch(&self, i: usize, pidfd: &OwnedFd) -> rustix::io::Result<()> {
@@ -243,7 +288,7 @@ impl Daemon {
 /// The QNX-style condition an exit raises.
 /// The command line of the restart action an entity has on itself, if one gives one.
 pub(super) fn own_restart_command(cfg: &EntityConfig) -> Option<(std::path::PathBuf, Vec<String>)> {
-    fn find(list: &[Action]) -> Option<(std::path::PathBuf, Vec<String>)> {
+    pub(super) fn find(list: &[Action]) -> Option<(std::path::PathBuf, Vec<String>)> {
         list.iter().find_map(|a| match &a.kind {
             ActionKind::Restart {
                 entity: None,

@@ -178,7 +178,7 @@ impl Daemon {
             sockets,
             Origin::Promoted { passed },
         )?;
-        d.guardian = guardian;
+        d.guardian.proc = guardian;
         Ok(d)
     }
 
@@ -324,7 +324,6 @@ impl Daemon {
             subscribers: HashMap::new(),
             next_sub: 0,
             defs: toml::Table::new(),
-            handoff_backlog: Default::default(),
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,
@@ -345,8 +344,7 @@ impl Daemon {
             by_name: HashMap::new(),
             timers: BinaryHeap::new(),
             shutdown: None,
-            guardian: None,
-            guardian_retry_at: None,
+            guardian: Default::default(),
             tick_ns,
             next_tick: 0,
             proc_conn: None,

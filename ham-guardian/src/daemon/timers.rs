@@ -2,6 +2,33 @@
 
 use super::*;
 
+/// What a deadline is for: the heap of deadlines orders by time, then by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Deadline {
+    /// An entity's stop signal was not enough: SIGKILL.
+    StopKill(usize),
+    /// A failed spawn is tried again.
+    Retry(usize),
+    /// The liveness word, and the tick's chores.
+    Liveness,
+    /// A Guardian that could not be started is tried again.
+    GuardianRetry,
+    /// A late exit status may have become readable.
+    StatusPatch(usize),
+    /// A hold-off ends.
+    HoldOff(usize),
+    /// An entity's `ready_after`.
+    Ready(usize),
+    /// A condition run's delay, waitfor poll or command deadline.
+    Action(u32),
+    /// An sd_notify watchdog.
+    Watchdog(usize),
+    /// An attached client's heartbeat window.
+    Heartbeat(usize),
+    /// The ring's stalled-slot check.
+    RingStall,
+}
+
 impl Daemon {
     pub(super) fn schedule_tick(&mut self, now: u64) {
         self.next_tick = now + self.tick_ns;
@@ -96,7 +123,7 @@ impl Daemon {
             Deadline::StopKill(i) => self.entities[i].stop_deadline == Some(at),
             Deadline::Retry(i) => self.entities[i].retry_at == Some(at),
             Deadline::Liveness => self.next_tick == at,
-            Deadline::GuardianRetry => self.guardian_retry_at == Some(at),
+            Deadline::GuardianRetry => self.guardian.retry_at == Some(at),
             Deadline::StatusPatch(_) => self.patches.iter().any(|p| p.at == at),
             Deadline::Action(id) => self.runs.get(&id).is_some_and(|r| match &r.waiting {
                 Some(Wait::Delay { until }) => *until == at,

@@ -2,9 +2,7 @@
 //! only: rustix opens and binds the socket, and the kernel's messages are parsed as bytes.
 
 use super::*;
-use rustix::net::{
-    AddressFamily, SocketFlags, SocketType, netlink, socket_with,
-};
+use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink, socket_with};
 
 /// `enum proc_cn_mcast_op`'s `PROC_CN_MCAST_LISTEN`, `CN_IDX_PROC`/`CN_VAL_PROC`
 /// (`linux/cn_proc.h`, `linux/connector.h`).
@@ -139,7 +137,10 @@ mod tests {
         buf.extend(event(PROC_EVENT_EXIT, 11, 10, 0)); // a thread
         buf.extend(event(0x0000_0002, 12, 12, 0)); // an exec
         buf.extend(event(PROC_EVENT_EXIT, 13, 13, 3 << 8));
-        assert_eq!(exits(&buf).collect::<Vec<_>>(), [(10, 0x0900), (13, 3 << 8)]);
+        assert_eq!(
+            exits(&buf).collect::<Vec<_>>(),
+            [(10, 0x0900), (13, 3 << 8)]
+        );
     }
 
     #[test]
