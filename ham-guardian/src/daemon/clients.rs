@@ -23,7 +23,7 @@ use ham_core::segment::SegmentWriter;
 use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags};
 
-use super::{Daemon, Deadline, Origin, Token, log};
+use super::{Daemon, EntityId, Deadline, Origin, Token, log};
 use crate::actions::Event;
 use crate::mono_ns;
 
@@ -393,7 +393,7 @@ impl Daemon {
     /// The rule for acting on an entity (raise, attach, detach): root and ham's own user
     /// may act on any; any other process only on the entity it is, or on an entity whose
     /// `raise_from` names the entity it is.
-    pub(super) fn may_act_on(&self, i: usize, pid: i32, uid: u32) -> bool {
+    pub(super) fn may_act_on(&self, i: EntityId, pid: i32, uid: u32) -> bool {
         // Called for every ring event: no allocation, the entities' own records.
         let e = &self.entities[i];
         let from = e
@@ -410,7 +410,7 @@ impl Daemon {
     /// Returns how many matched.
     pub(super) fn raise(
         &mut self,
-        i: usize,
+        i: EntityId,
         class: String,
         (severity, value, rtype): (u32, i64, u32),
         from_pid: i32,

@@ -86,3 +86,60 @@ impl Entity {
         }
     }
 }
+
+/// An entity's place in the daemon's table (`Daemon::entities`, and the tables kept beside
+/// it such as `dependents`). Not its segment slot: see `Entity::slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct EntityId(u32);
+
+impl EntityId {
+    /// The id of the `i`th entity of the table. Tables hold at most a segment's worth of
+    /// entities (`u32` slots), so this never truncates.
+    pub(super) fn from_index(i: usize) -> Self {
+        Self(u32::try_from(i).expect("an entity table is indexed by u32"))
+    }
+
+    pub(super) fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// As carried in an epoll token.
+    pub(super) fn raw(self) -> u32 {
+        self.0
+    }
+
+    pub(super) fn from_raw(raw: u32) -> Self {
+        Self(raw)
+    }
+
+    /// Every id of a table of `len` entities, in order.
+    pub(super) fn all(len: usize) -> impl DoubleEndedIterator<Item = Self> {
+        (0..len).map(Self::from_index)
+    }
+}
+
+impl std::fmt::Display for EntityId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+impl<T> std::ops::Index<EntityId> for Vec<T> {
+    type Output = T;
+    fn index(&self, id: EntityId) -> &T {
+        &self[id.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<EntityId> for Vec<T> {
+    fn index_mut(&mut self, id: EntityId) -> &mut T {
+        &mut self[id.index()]
+    }
+}
+
+impl Daemon {
+    /// The first entity that `pred` holds for.
+    pub(super) fn find_entity(&self, pred: impl FnMut(&Entity) -> bool) -> Option<EntityId> {
+        self.entities.iter().position(pred).map(EntityId::from_index)
+    }
+}

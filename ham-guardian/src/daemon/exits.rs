@@ -5,7 +5,7 @@ use super::*;
 /// An adopted entity died before anyone could tell how; its status may still come through
 /// its pidfd once something reaps it.
 pub(super) struct StatusPatch {
-    pub(super) entity: usize,
+    pub(super) entity: EntityId,
     pub(super) pid: i32,
     pub(super) death: u64,
     pub(super) pidfd: OwnedFd,
@@ -15,8 +15,8 @@ pub(super) struct StatusPatch {
 
 impl Daemon {
     /// The entity's pidfd is readable: its process has exited.
-    pub(super) fn on_pidfd(&mut self, i: usize) {
-        let Some(e) = self.entities.get(i) else {
+    pub(super) fn on_pidfd(&mut self, i: EntityId) {
+        let Some(e) = self.entities.get(i.index()) else {
             return;
         };
         if e.pidfd.is_none() {
@@ -77,7 +77,7 @@ impl Daemon {
 
     /// SIGKILLs whatever is left in entity `i`'s cgroup (its main process has exited, or
     /// did not stop in time).
-    pub(super) fn kill_cgroup(&mut self, i: usize) {
+    pub(super) fn kill_cgroup(&mut self, i: EntityId) {
         if let Some(cg) = &self.cgroups {
             let name = &self.entities[i].cfg.name;
             if cg.populated(name) {
@@ -92,13 +92,13 @@ impl Daemon {
     /// Stops watching entity `i`'s pidfd and closes ham's copy. epoll watches the open
     /// file, not the descriptor: the Guardian holds another descriptor of it, so a pidfd
     /// closed without `EPOLL_CTL_DEL` stays registered, readable for ever (a busy loop).
-    pub(super) fn unwatch_pidfd(&mut self, i: usize) {
+    pub(super) fn unwatch_pidfd(&mut self, i: EntityId) {
         if let Some(fd) = self.entities[i].pidfd.take() {
             let _ = epoll::delete(&self.epoll, &fd);
         }
     }
 
-    pub(super) fn on_exit(&mut self, i: usize, exit: LastExit) {
+    pub(super) fn on_exit(&mut self, i: EntityId, exit: LastExit) {
         self.unwatch_pidfd(i);
         // What the process left behind in its cgroup dies with it.
         self.kill_cgroup(i);
@@ -212,21 +212,18 @@ impl Daemon {
 
     /// Entity `i` died and is being restarted: its group's strategy may restart others too
     /// (stopped first, then started again, each counted as an automatic restart).
-    pub(super) fn restart_group(&mut self, i: usize) {
+    pub(super) fn restart_group(&mut self, i: EntityId) {
         let Some(g) = self.entities[i].cfg.group else {
             return;
         };
         let group = &self.cfg.groups[g];
-        let others: Vec<usize> = match group.strategy {
+        // A group's members are indices of the configuration's entities, which are the
+        // first entries of the entity table.
+        let members = group.members.iter().map(|&m| EntityId::from_index(m));
+        let others: Vec<EntityId> = match group.strategy {
             Strategy::OneForOne => return,
-            Strategy::OneForAll => group.members.iter().copied().filter(|&m| m != i).collect(),
-            Strategy::RestForOne => group
-                .members
-                .iter()
-                .skip_while(|&&m| m != i)
-                .skip(1)
-                .copied()
-                .collect(),
+            Strategy::OneForAll => members.filter(|&m| m != i).collect(),
+            Strategy::RestForOne => members.skip_while(|&m| m != i).skip(1).collect(),
         };
         let (gname, dead) = (group.name.clone(), self.entities[i].cfg.name.clone());
         for m in others {
@@ -304,10 +301,7 @@ impl Daemon {
                     return;
                 }
             };
-            if let Some(i) = self
-                .entities
-                .iter()
-                .position(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
+            if let Some(i) = self.find_entity(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
             } else if self.guardian.is(pid) {

@@ -8,7 +8,7 @@ use ham_core::protocol::Response;
 use rustix::process::{Pid, PidfdFlags};
 
 use super::clients::*;
-use super::{Daemon, Deadline, log};
+use super::{Daemon, EntityId, Deadline, log};
 use crate::actions::{Event, Trigger};
 use crate::{mono_ns, procfs, unix_ns};
 
@@ -17,7 +17,7 @@ impl Daemon {
     /// descriptor of the client's heartbeat page.
     pub(super) fn attach(
         &mut self,
-        i: usize,
+        i: EntityId,
         peer: Peer,
         pid: Option<i32>,
         spec: HeartbeatSpec,
@@ -30,7 +30,7 @@ impl Daemon {
 
     pub(super) fn attach_checked(
         &mut self,
-        i: usize,
+        i: EntityId,
         peer: Peer,
         pid: Option<i32>,
         spec: HeartbeatSpec,
@@ -128,7 +128,7 @@ impl Daemon {
 
     /// A process attaches itself to an `attach_only` entity: it is watched like an adopted
     /// entity (pidfd, handed to the Guardian) but never started or restarted by ham.
-    pub(super) fn adopt_attached(&mut self, i: usize, pid: i32) -> Result<(), String> {
+    pub(super) fn adopt_attached(&mut self, i: EntityId, pid: i32) -> Result<(), String> {
         let Some(p) = Pid::from_raw(pid) else {
             return Err(format!("pid {pid} is not a process"));
         };
@@ -154,7 +154,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub(super) fn detach(&mut self, i: usize, peer: Peer) -> Response {
+    pub(super) fn detach(&mut self, i: EntityId, peer: Peer) -> Response {
         let e = &self.entities[i];
         let name = e.cfg.name.clone();
         let attached = e.rec.pid;
@@ -204,7 +204,7 @@ impl Daemon {
     // -- heartbeat deadlines ---------------------------------------------------------------
 
     /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`.
-    pub(super) fn watch_heartbeat(&mut self, i: usize, now: u64) {
+    pub(super) fn watch_heartbeat(&mut self, i: EntityId, now: u64) {
         let e = &mut self.entities[i];
         let Some(spec) = e.rec.heartbeat else {
             e.hb = None;
@@ -224,7 +224,7 @@ impl Daemon {
     }
 
     /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
-    pub(super) fn heartbeat_healthy(&mut self, i: usize) -> bool {
+    pub(super) fn heartbeat_healthy(&mut self, i: EntityId) -> bool {
         if self.entities[i].hb.is_none() {
             return false;
         }
@@ -233,7 +233,7 @@ impl Daemon {
     }
 
     /// The ending of a process ends its attachment, and its heartbeat page with it.
-    pub(super) fn end_attachment(&mut self, i: usize) {
+    pub(super) fn end_attachment(&mut self, i: EntityId) {
         let e = &mut self.entities[i];
         e.hb = None;
         e.rec.heartbeat = None;
@@ -246,7 +246,7 @@ impl Daemon {
     }
 
     /// A heartbeat deadline came: fire what was missed, and set the next one.
-    pub(super) fn check_heartbeat(&mut self, i: usize) {
+    pub(super) fn check_heartbeat(&mut self, i: EntityId) {
         let now = mono_ns();
         let beat = self.entities[i]
             .beat
@@ -285,7 +285,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn heartbeat_missed(&mut self, i: usize, high: bool, silent_ns: u64) {
+    pub(super) fn heartbeat_missed(&mut self, i: EntityId, high: bool, silent_ns: u64) {
         let e = &self.entities[i];
         let name = e.cfg.name.clone();
         let cond = if high {
@@ -323,7 +323,7 @@ impl Daemon {
     /// or not ham's ends (the client must attach again) rather than look hung.
     pub(super) fn resume_heartbeats(&mut self) {
         let now = mono_ns();
-        for i in 0..self.entities.len() {
+        for i in EntityId::all(self.entities.len()) {
             if self.entities[i].rec.heartbeat.is_none() {
                 continue;
             }

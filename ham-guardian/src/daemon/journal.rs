@@ -14,7 +14,7 @@
 use ham_core::LastExit;
 use ham_core::journal::{COND_ESCALATION, COND_RUN_NOW, RUN_SLOTS, RunRecord, RunWait};
 
-use super::{Daemon, Deadline, Run, Wait, log};
+use super::{Daemon, EntityId, Deadline, Run, Wait, log};
 use crate::actions::{Action, ActionKind, Event};
 use crate::{mono_ns, procfs};
 
@@ -103,7 +103,7 @@ impl Daemon {
     /// The environment of a condition's actions.
     pub(super) fn run_env(
         &self,
-        i: usize,
+        i: EntityId,
         condition: &str,
         ev: &RunEvent,
     ) -> Vec<(String, String)> {
@@ -233,7 +233,7 @@ impl Daemon {
     /// A recovery policy escalated to a device restart for entity `i`: journaled as a run
     /// before the record's pending flag is cleared, then run. (The flag was published with
     /// the decision; see `apply`.)
-    pub(super) fn escalate(&mut self, i: usize, reason: String, gone: Option<(i32, LastExit)>) {
+    pub(super) fn escalate(&mut self, i: EntityId, reason: String, gone: Option<(i32, LastExit)>) {
         let id = self.next_run;
         self.next_run = self.next_run.wrapping_add(1);
         let event = RunEvent {
@@ -269,7 +269,7 @@ impl Daemon {
 
     /// The action lists of a journaled run, rebuilt from the configuration; `None` if the
     /// configuration no longer has them (it changed across a warm start).
-    fn rebuild_stack(&self, i: usize, rec: &RunRecord) -> Option<Vec<(Vec<Action>, usize)>> {
+    fn rebuild_stack(&self, i: EntityId, rec: &RunRecord) -> Option<Vec<(Vec<Action>, usize)>> {
         let e = &self.entities[i];
         let base: Vec<Action> = match rec.condition {
             COND_RUN_NOW => e
@@ -323,7 +323,7 @@ impl Daemon {
         runs.sort_by_key(|(_, r)| r.id);
         let mut escalating = std::collections::HashSet::new();
         for (slot, rec) in runs {
-            let Some(i) = self.entities.iter().position(|e| e.slot == rec.entity_slot) else {
+            let Some(i) = self.find_entity(|e| e.slot == rec.entity_slot) else {
                 self.wrote(self.writer.clear_run(slot));
                 continue;
             };
@@ -381,7 +381,7 @@ impl Daemon {
             }
             self.resume_run(id, &rec);
         }
-        for i in 0..self.entities.len() {
+        for i in EntityId::all(self.entities.len()) {
             if self.entities[i].rec.device_restart_pending && !escalating.contains(&i) {
                 let reason = format!(
                     "{}: services cannot be restored (decided by the previous HAM)",

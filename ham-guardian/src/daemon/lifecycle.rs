@@ -8,7 +8,7 @@ use ham_core::engine::Decision;
 use ham_core::lifecycle::{self, Effect, Input, Recovery};
 use ham_core::policy::Wanted;
 
-use super::{Daemon, Deadline, log, signal_entity};
+use super::{Daemon, EntityId, Deadline, log, signal_entity};
 use crate::{failpoint, mono_ns};
 
 /// Why an input happens, for the effects that log, record or wait.
@@ -49,7 +49,7 @@ impl Daemon {
     /// Feeds `input` to entity `i`'s lifecycle and carries out the effects. Returns whether
     /// its `restart` conditions are to fire: the caller fires them once the event that led
     /// here has fired its own (a death's conditions come first).
-    pub(super) fn step(&mut self, i: usize, input: Input, why: &Why) -> bool {
+    pub(super) fn step(&mut self, i: EntityId, input: Input, why: &Why) -> bool {
         let e = &mut self.entities[i];
         let next = lifecycle::step(e.rec.state, e.wanted, input);
         e.rec.state = next.state;
@@ -119,7 +119,7 @@ impl Daemon {
     /// Asks entity `i`'s recovery policy (and back-off) what follows (`engine::recover`,
     /// pure: its memory goes into the record the step publishes), and carries it out
     /// through the lifecycle. Returns whether `restart` conditions are to fire.
-    pub(super) fn recover(&mut self, i: usize, why: &Why) -> bool {
+    pub(super) fn recover(&mut self, i: EntityId, why: &Why) -> bool {
         let now = mono_ns();
         let e = &mut self.entities[i];
         let lifetime = now.saturating_sub(e.rec.started_mono_ns);
@@ -134,7 +134,7 @@ impl Daemon {
         self.carry_out(i, decision, why)
     }
 
-    fn carry_out(&mut self, i: usize, decision: Decision, why: &Why) -> bool {
+    fn carry_out(&mut self, i: EntityId, decision: Decision, why: &Why) -> bool {
         let name = self.entities[i].cfg.name.clone();
         let text = why.text;
         match decision {
@@ -181,7 +181,7 @@ impl Daemon {
 
     /// An automatic restart: counted and stamped (published by the step's next effect),
     /// pruning the conditions that do not re-arm. Returns its number.
-    fn count_restart(&mut self, i: usize) -> u32 {
+    fn count_restart(&mut self, i: EntityId) -> u32 {
         let e = &mut self.entities[i];
         let prune = e
             .cfg
@@ -200,7 +200,7 @@ impl Daemon {
 
     /// Says restart `n` of entity `i` (ham's log, the process log, syslog at LOG_ERR), once
     /// its record is published.
-    fn log_restart(&mut self, i: usize, why: &Why, n: u32) {
+    fn log_restart(&mut self, i: EntityId, why: &Why, n: u32) {
         let name = self.entities[i].cfg.name.clone();
         let kind = if why.stateless { " (stateless)" } else { "" };
         let text = why.text;

@@ -77,7 +77,7 @@ use takeover::{stop_recorded_processes, wait_pidfd};
 use token::Token;
 
 use conns::Conn;
-use entity::{Entity, WaitFor};
+use entity::{Entity, EntityId, WaitFor};
 use exits::StatusPatch;
 use runs::{Run, Wait};
 use spawn::{Deferred, SPAWNS_PER_TURN};
@@ -153,7 +153,7 @@ pub struct Daemon {
     /// Repeated log lines, at most one a second per kind.
     limited: conns::RateLimit,
     entities: Vec<Entity>,
-    by_name: HashMap<String, usize>,
+    by_name: HashMap<String, EntityId>,
     timers: BinaryHeap<Reverse<(u64, Deadline)>>,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,
@@ -170,11 +170,11 @@ pub struct Daemon {
     runs: HashMap<u32, Run>,
     next_run: u32,
     /// Per entity, its non-independent runs in firing order (the first one is running).
-    run_queue: HashMap<usize, std::collections::VecDeque<u32>>,
+    run_queue: HashMap<EntityId, std::collections::VecDeque<u32>>,
     journal_full_logged: bool,
     exec_pids: HashMap<i32, u32>,
     /// For each entity, the entities that start `after` it (they stop before it).
-    dependents: Vec<Vec<usize>>,
+    dependents: Vec<Vec<EntityId>>,
     /// The client segment (heartbeats, detector ring), if it could be set up.
     clients: Option<Clients>,
     subscribers: HashMap<u64, Subscriber>,
@@ -286,14 +286,14 @@ impl Daemon {
 
     // -- taking over the state -------------------------------------------------------------
 
-    fn publish(&mut self, i: usize) {
+    fn publish(&mut self, i: EntityId) {
         self.publish_record(i);
         self.answer_waiters(i);
     }
 
     /// Publishes entity `i`'s record without answering its waiters (a state that may not
     /// last: the release recorded before it is known to have worked).
-    fn publish_record(&mut self, i: usize) {
+    fn publish_record(&mut self, i: EntityId) {
         let e = &self.entities[i];
         let written = self.writer.publish(e.slot, &e.rec);
         if let Some(g) = self.wrote(written) {

@@ -90,27 +90,25 @@ impl Daemon {
     /// its main process; with `exec`, also a command ham runs for its conditions; with
     /// `all`, any process of its cgroup (or, without cgroups, a descendant of its main
     /// process).
-    pub(super) fn notify_sender(&self, pid: i32) -> Option<usize> {
+    pub(super) fn notify_sender(&self, pid: i32) -> Option<EntityId> {
         use crate::config::NotifyAccess;
         let listening = |e: &Entity| e.cfg.notify && e.rec.state == EntityState::Running;
         if pid == std::process::id() as i32 {
             // A message that claims to be ham's own: systemd-notify (before systemd 254)
             // speaks for its parent, and ham is the parent when an entity's main process
             // execs it. It is that main process, if exactly one runs systemd-notify.
-            let mut running_it = self.entities.iter().enumerate().filter(|(_, e)| {
+            let mut running_it = EntityId::all(self.entities.len()).filter(|&i| {
+                let e = &self.entities[i];
                 listening(e)
                     && std::fs::read_link(format!("/proc/{}/exe", e.rec.pid))
                         .is_ok_and(|x| x.file_name().is_some_and(|n| n == "systemd-notify"))
             });
             return match (running_it.next(), running_it.next()) {
-                (Some((i, _)), None) => Some(i),
+                (Some(i), None) => Some(i),
                 _ => None,
             };
         }
-        if let Some(i) = self
-            .entities
-            .iter()
-            .position(|e| listening(e) && e.rec.pid == pid)
+        if let Some(i) = self.find_entity(|e| listening(e) && e.rec.pid == pid)
         {
             return Some(i);
         }
@@ -124,7 +122,7 @@ impl Daemon {
                 return Some(i);
             }
         }
-        let all: Vec<usize> = (0..self.entities.len())
+        let all: Vec<EntityId> = EntityId::all(self.entities.len())
             .filter(|&i| {
                 let e = &self.entities[i];
                 listening(e) && e.cfg.notify_access == NotifyAccess::All
@@ -153,7 +151,7 @@ impl Daemon {
     }
 
     /// `WATCHDOG=1` (and `WATCHDOG_USEC=`): the next beat is due one period from now.
-    pub(super) fn pet_watchdog(&mut self, i: usize, now: u64, period: Option<u64>) {
+    pub(super) fn pet_watchdog(&mut self, i: EntityId, now: u64, period: Option<u64>) {
         let e = &mut self.entities[i];
         if let Some(p) = period {
             e.watchdog_ns = Some(p);
@@ -168,7 +166,7 @@ impl Daemon {
 
     /// A missed sd_notify watchdog: SIGABRT (so it leaves a core), SIGKILL after its
     /// `stop_timeout`, and the death is then handled like any other (its policy decides).
-    pub(super) fn watchdog_missed(&mut self, i: usize) {
+    pub(super) fn watchdog_missed(&mut self, i: EntityId) {
         let e = &mut self.entities[i];
         e.watchdog_at = None;
         let name = e.cfg.name.clone();
@@ -180,7 +178,7 @@ impl Daemon {
     }
 
     /// Entity `i` is ready: start whatever was waiting for it.
-    pub(super) fn on_ready(&mut self, i: usize) {
+    pub(super) fn on_ready(&mut self, i: EntityId) {
         let e = &mut self.entities[i];
         e.ready = true;
         if !e.rec.ready {
@@ -194,10 +192,10 @@ impl Daemon {
         if self.shutdown.is_some() {
             return;
         }
-        let waiting: Vec<usize> = (0..self.entities.len())
+        let waiting: Vec<EntityId> = EntityId::all(self.entities.len())
             .filter(|&j| {
                 self.entities[j].rec.state == EntityState::Waiting
-                    && self.entities[j].cfg.after.contains(&i)
+                    && self.entities[j].cfg.after.contains(&i.index())
             })
             .collect();
         for j in waiting {

@@ -9,7 +9,7 @@ use super::*;
 
 impl Daemon {
     /// Whether entity `i` was defined at run time (not by the configuration file).
-    pub(super) fn is_runtime(&self, i: usize) -> bool {
+    pub(super) fn is_runtime(&self, i: EntityId) -> bool {
         let name = self.entities[i].cfg.name.as_str();
         self.defs
             .get("entity")
@@ -22,7 +22,7 @@ impl Daemon {
     /// entry (a tombstone, invisible to status) that keeps every other entity at its index
     /// and its segment slot, and that the next new entity takes. A process of its keeps
     /// running, no longer supervised (ham reaps it if it is ham's child).
-    pub(super) fn remove_entity(&mut self, i: usize) -> Result<(), Refusal> {
+    pub(super) fn remove_entity(&mut self, i: EntityId) -> Result<(), Refusal> {
         let name = self.entities[i].cfg.name.clone();
         let slot = self.entities[i].slot;
         let free = format!("{}{slot}", crate::config::FREE_ENTRY);

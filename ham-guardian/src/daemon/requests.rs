@@ -229,7 +229,7 @@ impl Daemon {
     }
 
     /// Answers the requests waiting on entity `i` whose condition now holds.
-    pub(super) fn answer_waiters(&mut self, i: usize) {
+    pub(super) fn answer_waiters(&mut self, i: EntityId) {
         let e = &mut self.entities[i];
         if e.waiters.is_empty() {
             return;

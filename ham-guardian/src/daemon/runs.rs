@@ -9,7 +9,7 @@ pub(super) const RUNS_PER_ENTITY: usize = 16;
 /// The actions of one fired condition, as a stack of lists (a fail list is pushed on top of
 /// the list whose action failed).
 pub(super) struct Run {
-    pub(super) entity: usize,
+    pub(super) entity: EntityId,
     pub(super) condition: &'static str,
     pub(super) env: Vec<(String, String)>,
     pub(super) stack: Vec<(Vec<Action>, usize)>,
@@ -49,7 +49,7 @@ pub(super) const WAITFOR_EVERY_NS: u64 = 20_000_000;
 impl Daemon {
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
     /// actions start as a run of their own.
-    pub(super) fn fire(&mut self, i: usize, event: Event, gone: Option<(i32, LastExit)>) {
+    pub(super) fn fire(&mut self, i: EntityId, event: Event, gone: Option<(i32, LastExit)>) {
         let conds: Vec<(usize, Condition)> = self
             .matching_indexed(i, &event)
             .map(|(k, c)| (k, c.clone()))
@@ -105,7 +105,7 @@ impl Daemon {
 
     /// Whether entity `i` has [`RUNS_PER_ENTITY`] condition runs open (running or
     /// queued). Counted only when the runs of all entities together could reach it.
-    pub(super) fn at_run_quota(&self, i: usize) -> bool {
+    pub(super) fn at_run_quota(&self, i: EntityId) -> bool {
         self.runs.len() >= RUNS_PER_ENTITY
             && self.runs.values().filter(|r| r.entity == i).count() >= RUNS_PER_ENTITY
     }
@@ -114,7 +114,7 @@ impl Daemon {
     /// `HACTIONDONOW`), as well as when their condition fires. A takeover or a warm start
     /// does not run them again.
     pub(super) fn run_now_actions(&mut self) {
-        for i in 0..self.entities.len() {
+        for i in EntityId::all(self.entities.len()) {
             let now: Vec<Action> = self.entities[i]
                 .cfg
                 .conditions
@@ -130,7 +130,7 @@ impl Daemon {
     /// Runs `actions` of entity `i` once, now (`run-now`). Journaled only when they are all
     /// of the entity's `run_now` actions (what a successor can rebuild); an action added at
     /// run time with HACTIONDONOW runs at most once across a takeover.
-    pub(super) fn run_now(&mut self, i: usize, actions: Vec<Action>, journaled: bool) {
+    pub(super) fn run_now(&mut self, i: EntityId, actions: Vec<Action>, journaled: bool) {
         let env = self.run_env(i, "run-now", &journal::RunEvent::default());
         let id = self.next_run;
         self.next_run = self.next_run.wrapping_add(1);
@@ -191,7 +191,7 @@ impl Daemon {
     /// pruned (those pruned by the restart this event is about still fire for it), matching.
     pub(super) fn matching_indexed<'a>(
         &'a self,
-        i: usize,
+        i: EntityId,
         event: &'a Event,
     ) -> impl Iterator<Item = (usize, &'a Condition)> + 'a {
         let e = &self.entities[i];
@@ -204,7 +204,7 @@ impl Daemon {
     /// [`matching_indexed`](Self::matching_indexed) without the indices.
     pub(super) fn matching<'a>(
         &'a self,
-        i: usize,
+        i: EntityId,
         event: &'a Event,
     ) -> impl Iterator<Item = &'a Condition> + 'a {
         self.matching_indexed(i, event).map(|(_, c)| c)
@@ -494,7 +494,7 @@ impl Daemon {
     /// Appends to the process log.
     pub(super) fn record(
         &mut self,
-        i: usize,
+        i: EntityId,
         gone: Option<(i32, LastExit)>,
         condition: &str,
         action: &str,
@@ -519,7 +519,7 @@ impl Daemon {
     /// through its recovery policy and back-off like any automatic restart after a death
     /// (a client that dies at once is held off, not restarted in a loop); a running one is
     /// stopped and started again.
-    pub(super) fn restart_asked(&mut self, j: usize, cond: &str) {
+    pub(super) fn restart_asked(&mut self, j: EntityId, cond: &str) {
         if self.shutdown.is_some() {
             return;
         }
@@ -535,7 +535,7 @@ impl Daemon {
     }
 
     /// Holds entity `j` (which has no process) off until `until`, then restarts it.
-    pub(super) fn hold_off(&mut self, j: usize, until: u64) {
+    pub(super) fn hold_off(&mut self, j: EntityId, until: u64) {
         let why = lifecycle::Why::new("condition", "a condition asked").until(until);
         self.step(j, ham_core::lifecycle::Input::HoldOff, &why);
         let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
@@ -543,7 +543,7 @@ impl Daemon {
     }
 
     /// Fires the `restart` conditions of entity `i` if its restart got it running.
-    pub(super) fn fire_restarted(&mut self, i: usize) {
+    pub(super) fn fire_restarted(&mut self, i: EntityId) {
         if let Some(d) = self.deferred.find(i) {
             d.1 = true; // it fires once the deferred spawn has it running
             return;

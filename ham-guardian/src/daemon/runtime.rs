@@ -18,7 +18,7 @@ use ham_core::EntityState;
 use ham_core::protocol::{Change, ControlCommand, Response};
 use toml::{Table, Value};
 
-use super::{Daemon, Entity, entity_env, log};
+use super::{Daemon, EntityId, Entity, entity_env, log};
 use crate::config::{Config, EntityConfig};
 
 /// What an unprivileged process may define on its own entity, in bytes of the definitions
@@ -527,7 +527,7 @@ impl Daemon {
         });
         self.cfg = cfg;
         if let Some((ec, k, pid)) = added {
-            let i = self.add_entity(ec, k);
+            let i = self.add_entity(ec, EntityId::from_index(k));
             match pid {
                 Some(pid) if pid > 0 => {
                     if let Err(why) = self.attach_pid(i, pid) {
@@ -586,11 +586,11 @@ impl Daemon {
     /// A new entity, in a free slot of the segment.
     /// A new entity at index `i` of the configuration: a free entry's place (and slot), or
     /// a new one at the end, in a free slot of the segment.
-    fn add_entity(&mut self, ec: EntityConfig, i: usize) -> usize {
+    fn add_entity(&mut self, ec: EntityConfig, i: EntityId) -> EntityId {
         let env = entity_env(&ec, &self.cfg);
         let rec = EntityRecord::new(&ec.name);
         self.by_name.insert(ec.name.clone(), i);
-        if i < self.entities.len() {
+        if i.index() < self.entities.len() {
             let slot = self.entities[i].slot;
             self.entities[i] = Entity::new(ec, slot, rec, env);
             self.dependents[i].clear();
@@ -608,13 +608,13 @@ impl Daemon {
         i
     }
 
-    fn attach_pid(&mut self, i: usize, pid: i32) -> Result<(), String> {
+    fn attach_pid(&mut self, i: EntityId, pid: i32) -> Result<(), String> {
         self.adopt_attached(i, pid)?;
         debug_assert_eq!(self.entities[i].rec.state, EntityState::Running);
         Ok(())
     }
 
-    fn entity_index(&self, name: &str) -> Result<usize, Refusal> {
+    fn entity_index(&self, name: &str) -> Result<EntityId, Refusal> {
         self.by_name
             .get(name)
             .copied()
@@ -626,7 +626,7 @@ impl Daemon {
         &self,
         entity: &str,
         condition: &str,
-    ) -> Result<(usize, usize), Refusal> {
+    ) -> Result<(EntityId, usize), Refusal> {
         let i = self.entity_index(entity)?;
         let k = self.entities[i]
             .cfg

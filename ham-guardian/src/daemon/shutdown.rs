@@ -76,7 +76,7 @@ impl Daemon {
 
     /// Sends the stop signal to a running entity (its process group, and the process itself
     /// if it left the group) and arms the SIGKILL deadline.
-    pub(super) fn begin_stop(&mut self, i: usize, wanted: Wanted) {
+    pub(super) fn begin_stop(&mut self, i: EntityId, wanted: Wanted) {
         let e = &mut self.entities[i];
         if !matches!(e.rec.state, EntityState::Running | EntityState::Stopping) {
             // Whatever it was waiting for (a retry, a hold-off) is off.
@@ -119,7 +119,7 @@ impl Daemon {
                 EntityState::Running | EntityState::Stopping | EntityState::Starting
             )
         };
-        for i in (0..self.entities.len()).rev() {
+        for i in EntityId::all(self.entities.len()).rev() {
             if matches!(
                 self.entities[i].rec.state,
                 EntityState::Stopping | EntityState::Stopped | EntityState::Exited

@@ -6,12 +6,12 @@ use super::*;
 /// once it runs: entities that were not crash-looping first, each queue in order.
 #[derive(Default)]
 pub(super) struct Deferred {
-    pub(super) healthy: std::collections::VecDeque<(usize, bool)>,
-    pub(super) looping: std::collections::VecDeque<(usize, bool)>,
+    pub(super) healthy: std::collections::VecDeque<(EntityId, bool)>,
+    pub(super) looping: std::collections::VecDeque<(EntityId, bool)>,
 }
 
 impl Deferred {
-    pub(super) fn push(&mut self, i: usize, healthy: bool) {
+    pub(super) fn push(&mut self, i: EntityId, healthy: bool) {
         if self.find(i).is_none() {
             let q = if healthy {
                 &mut self.healthy
@@ -21,13 +21,13 @@ impl Deferred {
             q.push_back((i, false));
         }
     }
-    pub(super) fn find(&mut self, i: usize) -> Option<&mut (usize, bool)> {
+    pub(super) fn find(&mut self, i: EntityId) -> Option<&mut (EntityId, bool)> {
         self.healthy
             .iter_mut()
             .chain(self.looping.iter_mut())
             .find(|(j, _)| *j == i)
     }
-    pub(super) fn pop(&mut self) -> Option<(usize, bool)> {
+    pub(super) fn pop(&mut self) -> Option<(EntityId, bool)> {
         self.healthy
             .pop_front()
             .or_else(|| self.looping.pop_front())
@@ -35,7 +35,7 @@ impl Deferred {
     pub(super) fn is_empty(&self) -> bool {
         self.healthy.is_empty() && self.looping.is_empty()
     }
-    pub(super) fn remove(&mut self, i: usize) {
+    pub(super) fn remove(&mut self, i: EntityId) {
         self.healthy.retain(|(j, _)| *j != i);
         self.looping.retain(|(j, _)| *j != i);
     }
@@ -49,7 +49,7 @@ pub(super) const SPAWNS_PER_TURN: u32 = 2;
 
 impl Daemon {
     /// Adds entity `i`'s pidfd to the loop.
-    pub(super) fn watch(&self, i: usize, pidfd: &OwnedFd) -> rustix::io::Result<()> {
+    pub(super) fn watch(&self, i: EntityId, pidfd: &OwnedFd) -> rustix::io::Result<()> {
         epoll::add(
             &self.epoll,
             pidfd,
@@ -71,7 +71,7 @@ impl Daemon {
     /// anything (a successor starts the entity, counting nothing); one killed after it
     /// leaves a record naming a process that runs — a child orphaned between 4 and 5 reads
     /// the record and runs — so its death, whenever it comes, is counted.
-    pub(super) fn spawn(&mut self, i: usize) {
+    pub(super) fn spawn(&mut self, i: EntityId) {
         let now = mono_ns();
         if self.entities[i].cfg.attach_only && self.entities[i].cfg.argv.is_empty() {
             // ham cannot start it: it waits for a process to attach itself.
@@ -223,7 +223,7 @@ impl Daemon {
     }
 
     /// Starts entity `i` now if everything it starts `after` is ready, else marks it waiting.
-    pub(super) fn start_when_ready(&mut self, i: usize) {
+    pub(super) fn start_when_ready(&mut self, i: EntityId) {
         let deps_ready = self.entities[i].cfg.after.iter().all(|&j| {
             let d = &self.entities[j];
             d.rec.state == EntityState::Running && d.ready
@@ -261,7 +261,7 @@ impl Daemon {
     }
 
     /// Entity `i` runs (started or adopted): it is ready now, or at its `ready_after`.
-    pub(super) fn became_running(&mut self, i: usize, now: u64) {
+    pub(super) fn became_running(&mut self, i: EntityId, now: u64) {
         let e = &mut self.entities[i];
         // A watchdog counts from now: after a takeover every process is taken as having
         // just petted it, so the takeover itself never looks like a missed beat. A

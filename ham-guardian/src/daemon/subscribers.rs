@@ -9,7 +9,7 @@ use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags};
 
 use super::clients::*;
-use super::{Daemon, Token};
+use super::{Daemon, EntityId, Token};
 use crate::actions::ActionKind;
 use crate::{mono_ns, unix_ns};
 
@@ -114,7 +114,7 @@ impl Daemon {
     /// A `notify` action: one line to each subscriber of the topic. Returns how many got it.
     pub(super) fn notify(
         &mut self,
-        i: usize,
+        i: EntityId,
         topic: &str,
         condition: &str,
         (code, value): (Option<i32>, Option<i32>),
@@ -157,7 +157,7 @@ impl Daemon {
     /// Whether an action kind is carried out here, and how it went.
     pub(super) fn run_client_action(
         &mut self,
-        i: usize,
+        i: EntityId,
         cond: &str,
         kind: &ActionKind,
     ) -> Option<Result<String, String>> {
@@ -184,7 +184,7 @@ impl Daemon {
                 }
             }
             ActionKind::Restart { entity, command } => {
-                let j = entity.unwrap_or(i);
+                let j = entity.map(EntityId::from_index).unwrap_or(i);
                 let target = &self.entities[j];
                 // Under a death condition, an entity its own policy already started again (or
                 // holds off) is not restarted a second time, nor one an operator stopped.
@@ -227,12 +227,12 @@ impl Daemon {
                 }
             }
             ActionKind::Stop { entity } => {
-                let j = entity.unwrap_or(i);
+                let j = entity.map(EntityId::from_index).unwrap_or(i);
                 self.begin_stop(j, ham_core::policy::Wanted::Down);
                 Ok(format!("stopping {}", self.entities[j].cfg.name))
             }
             ActionKind::HoldOff { entity, ns } => {
-                let j = entity.unwrap_or(i);
+                let j = entity.map(EntityId::from_index).unwrap_or(i);
                 let e = &mut self.entities[j];
                 if e.rec.state.has_process() {
                     e.hold_after_stop = Some(*ns);

@@ -55,7 +55,7 @@ impl Daemon {
                     (next_free, EntityRecord::new(&ec.name), false)
                 }
             };
-            let i = self.entities.len();
+            let i = EntityId::from_index(self.entities.len());
             if !crate::config::is_free_entry(&ec.name) {
                 self.by_name.insert(ec.name.clone(), i);
             }
@@ -69,7 +69,7 @@ impl Daemon {
         self.dependents = vec![Vec::new(); self.entities.len()];
         for (d, e) in self.entities.iter().enumerate() {
             for &j in &e.cfg.after {
-                self.dependents[j].push(d);
+                self.dependents[j].push(EntityId::from_index(d));
             }
         }
         // Records of processes that may still run come first, so that the proc connector is
@@ -81,7 +81,7 @@ impl Daemon {
             let p = passed.remove(&self.entities[i].slot);
             self.resume(i, p);
         }
-        for i in 0..self.entities.len() {
+        for i in EntityId::all(self.entities.len()) {
             self.prepare_cgroup(i);
         }
         for &i in &to_start {
@@ -119,7 +119,7 @@ impl Daemon {
     }
 
     /// Makes entity `i`'s cgroup and writes its limits, saying which cannot be applied.
-    pub(super) fn prepare_cgroup(&mut self, i: usize) {
+    pub(super) fn prepare_cgroup(&mut self, i: EntityId) {
         let Some(cg) = &self.cgroups else { return };
         let e = &self.entities[i];
         if crate::config::is_free_entry(&e.cfg.name) {
@@ -136,7 +136,7 @@ impl Daemon {
     }
 
     /// Carries on from one entity's record.
-    pub(super) fn resume(&mut self, i: usize, passed: Option<Passed>) {
+    pub(super) fn resume(&mut self, i: EntityId, passed: Option<Passed>) {
         let rec = self.entities[i].rec.clone();
         match rec.state {
             EntityState::Stopped | EntityState::Exited => self.publish(i),

@@ -6,25 +6,25 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Deadline {
     /// An entity's stop signal was not enough: SIGKILL.
-    StopKill(usize),
+    StopKill(EntityId),
     /// A failed spawn is tried again.
-    Retry(usize),
+    Retry(EntityId),
     /// The liveness word, and the tick's chores.
     Liveness,
     /// A Guardian that could not be started is tried again.
     GuardianRetry,
     /// A late exit status may have become readable.
-    StatusPatch(usize),
+    StatusPatch(EntityId),
     /// A hold-off ends.
-    HoldOff(usize),
+    HoldOff(EntityId),
     /// An entity's `ready_after`.
-    Ready(usize),
+    Ready(EntityId),
     /// A condition run's delay, waitfor poll or command deadline.
     Action(u32),
     /// An sd_notify watchdog.
-    Watchdog(usize),
+    Watchdog(EntityId),
     /// An attached client's heartbeat window.
-    Heartbeat(usize),
+    Heartbeat(EntityId),
     /// The ring's stalled-slot check.
     RingStall,
 }

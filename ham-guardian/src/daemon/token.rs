@@ -1,5 +1,6 @@
 //! What an epoll event is about: each registration carries a [`Token`], encoded in the
-//! event's 64-bit data (a kind in the high half, an id in the low half).
+//! event's 64-bit data (a kind in the high byte, an id in the low 56 bits: connection and
+//! subscriber ids are counters that never wrap into each other's kind in practice, 2^56).
 
 use rustix::event::epoll::EventData;
 
@@ -24,15 +25,15 @@ pub(super) enum Token {
     /// A control connection.
     Conn(u64),
     /// The pidfd of the process of entity `i`.
-    Pidfd(usize),
+    Pidfd(super::EntityId),
     /// The pidfd of a command condition run `id` waits for.
     Action(u32),
     /// A subscriber's connection.
     Sub(u64),
 }
 
-const KIND: u64 = 32;
-const ID: u64 = 0xffff_ffff;
+const KIND: u64 = 56;
+const ID: u64 = (1 << KIND) - 1;
 
 impl Token {
     pub fn encode(self) -> u64 {
@@ -46,7 +47,7 @@ impl Token {
             Self::Doorbell => (0, 7),
             Self::Handoff => (0, 8),
             Self::Conn(id) => (1, id & ID),
-            Self::Pidfd(i) => (2, i as u64 & ID),
+            Self::Pidfd(i) => (2, u64::from(i.raw())),
             Self::Action(id) => (3, u64::from(id)),
             Self::Sub(id) => (4, id & ID),
         };
@@ -65,8 +66,8 @@ impl Token {
             (0, 7) => Self::Doorbell,
             (0, 8) => Self::Handoff,
             (1, id) => Self::Conn(id),
-            (2, id) => Self::Pidfd(id as usize),
-            (3, id) => Self::Action(id as u32),
+            (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
+            (3, id) => Self::Action(u32::try_from(id).ok()?),
             (4, id) => Self::Sub(id),
             _ => return None,
         })
@@ -95,13 +96,16 @@ mod tests {
             Token::Handoff,
             Token::Conn(0),
             Token::Conn(0xffff_ffff),
-            Token::Pidfd(7),
+            Token::Conn((1 << 56) - 1),
+            Token::Pidfd(super::super::EntityId::from_raw(7)),
+            Token::Pidfd(super::super::EntityId::from_raw(u32::MAX)),
             Token::Action(u32::MAX),
             Token::Sub(42),
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
         }
         assert_eq!(Token::decode(0), None);
-        assert_eq!(Token::decode(9 << 32), None);
+        assert_eq!(Token::decode(9 << 56), None);
+        assert_eq!(Token::decode((2 << 56) | (1 << 32)), None, "an entity id beyond u32");
     }
 }
