@@ -23,7 +23,7 @@ use ham_core::segment::SegmentWriter;
 use rustix::event::epoll;
 use rustix::process::{Pid, PidfdFlags};
 
-use super::{Daemon, EntityId, Deadline, Origin, Token, log};
+use super::{Daemon, Deadline, EntityId, Origin, Token, log};
 use crate::actions::Event;
 use crate::mono_ns;
 

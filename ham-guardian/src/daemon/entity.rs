@@ -140,6 +140,9 @@ impl<T> std::ops::IndexMut<EntityId> for Vec<T> {
 impl Daemon {
     /// The first entity that `pred` holds for.
     pub(super) fn find_entity(&self, pred: impl FnMut(&Entity) -> bool) -> Option<EntityId> {
-        self.entities.iter().position(pred).map(EntityId::from_index)
+        self.entities
+            .iter()
+            .position(pred)
+            .map(EntityId::from_index)
     }
 }

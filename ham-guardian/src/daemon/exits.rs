@@ -301,7 +301,8 @@ impl Daemon {
                     return;
                 }
             };
-            if let Some(i) = self.find_entity(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
+            if let Some(i) =
+                self.find_entity(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
             } else if self.guardian.is(pid) {

@@ -8,7 +8,7 @@ use ham_core::protocol::Response;
 use rustix::process::{Pid, PidfdFlags};
 
 use super::clients::*;
-use super::{Daemon, EntityId, Deadline, log};
+use super::{Daemon, Deadline, EntityId, log};
 use crate::actions::{Event, Trigger};
 use crate::{mono_ns, procfs, unix_ns};
 

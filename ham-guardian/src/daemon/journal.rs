@@ -14,7 +14,7 @@
 use ham_core::LastExit;
 use ham_core::journal::{COND_ESCALATION, COND_RUN_NOW, RUN_SLOTS, RunRecord, RunWait};
 
-use super::{Daemon, EntityId, Deadline, Run, Wait, log};
+use super::{Daemon, Deadline, EntityId, Run, RunId, Wait, log};
 use crate::actions::{Action, ActionKind, Event};
 use crate::{mono_ns, procfs};
 
@@ -149,7 +149,7 @@ impl Daemon {
     }
 
     /// Publishes run `id` (allocating its journal slot on first use).
-    pub(super) fn journal(&mut self, id: u32, started: bool) {
+    pub(super) fn journal(&mut self, id: RunId, started: bool) {
         let Some(run) = self.runs.get(&id).filter(|r| r.journaled) else {
             return;
         };
@@ -175,7 +175,7 @@ impl Daemon {
         };
         let e = &self.entities[run.entity];
         let rec = RunRecord {
-            id,
+            id: id.raw(),
             entity_slot: e.slot,
             condition: run.cond,
             independent: run.independent,
@@ -198,7 +198,7 @@ impl Daemon {
 
     /// The journal record run `id`'s command will read if this HAM dies before releasing
     /// it (the run is journaled now if it was not yet); `None` if the journal is full.
-    pub(super) fn release_record(&mut self, id: u32) -> Option<&ham_core::journal::RunSlot> {
+    pub(super) fn release_record(&mut self, id: RunId) -> Option<&ham_core::journal::RunSlot> {
         self.journal(id, true);
         let slot = self.runs.get(&id)?.jslot?;
         self.writer.segment().run_slot(slot)
@@ -206,7 +206,7 @@ impl Daemon {
 
     /// A command of run `id` was forked as `pid` and waits for its release: the journal
     /// gets its pid (and start time), then its release, and only then is it released.
-    pub(super) fn journal_exec(&mut self, id: u32, pid: i32, deadline: u64) {
+    pub(super) fn journal_exec(&mut self, id: RunId, pid: i32, deadline: u64) {
         let start_time = procfs::start_time(pid).unwrap_or(0);
         for released in [false, true] {
             if let Some(run) = self.runs.get_mut(&id) {
@@ -234,8 +234,7 @@ impl Daemon {
     /// before the record's pending flag is cleared, then run. (The flag was published with
     /// the decision; see `apply`.)
     pub(super) fn escalate(&mut self, i: EntityId, reason: String, gone: Option<(i32, LastExit)>) {
-        let id = self.next_run;
-        self.next_run = self.next_run.wrapping_add(1);
+        let id = self.next_run_id();
         let event = RunEvent {
             gone,
             reason,
@@ -353,8 +352,8 @@ impl Daemon {
                 reason: rec.reason.clone(),
             };
             let env = self.run_env(i, condition, &event);
-            let id = rec.id;
-            self.next_run = self.next_run.max(id.wrapping_add(1));
+            let id = RunId::from_raw(rec.id);
+            self.next_run = self.next_run.max(rec.id.wrapping_add(1));
             self.runs.insert(
                 id,
                 Run {
@@ -393,7 +392,7 @@ impl Daemon {
     }
 
     /// Runs the current action of run `id` again (it never ran).
-    fn redo(&mut self, id: u32) {
+    fn redo(&mut self, id: RunId) {
         if let Some(run) = self.runs.get_mut(&id) {
             if let Some((_, at)) = run.stack.last_mut() {
                 *at = at.saturating_sub(1);
@@ -403,7 +402,7 @@ impl Daemon {
     }
 
     /// Carries one journaled run on from its record.
-    fn resume_run(&mut self, id: u32, rec: &RunRecord) {
+    fn resume_run(&mut self, id: RunId, rec: &RunRecord) {
         let Some(run) = self.runs.get(&id) else {
             return;
         };

@@ -8,7 +8,7 @@ use ham_core::engine::Decision;
 use ham_core::lifecycle::{self, Effect, Input, Recovery};
 use ham_core::policy::Wanted;
 
-use super::{Daemon, EntityId, Deadline, log, signal_entity};
+use super::{Daemon, Deadline, EntityId, log, signal_entity};
 use crate::{failpoint, mono_ns};
 
 /// Why an input happens, for the effects that log, record or wait.

@@ -79,7 +79,7 @@ use token::Token;
 use conns::Conn;
 use entity::{Entity, EntityId, WaitFor};
 use exits::StatusPatch;
-use runs::{Run, Wait};
+use runs::{Run, RunId, Wait};
 use spawn::{Deferred, SPAWNS_PER_TURN};
 use timers::Deadline;
 
@@ -167,12 +167,12 @@ pub struct Daemon {
     plog: ProcessLog,
     syslog: Syslog,
     /// Condition runs in progress, and the pids of the commands they wait for.
-    runs: HashMap<u32, Run>,
+    runs: HashMap<RunId, Run>,
     next_run: u32,
     /// Per entity, its non-independent runs in firing order (the first one is running).
-    run_queue: HashMap<EntityId, std::collections::VecDeque<u32>>,
+    run_queue: HashMap<EntityId, std::collections::VecDeque<RunId>>,
     journal_full_logged: bool,
-    exec_pids: HashMap<i32, u32>,
+    exec_pids: HashMap<i32, RunId>,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<EntityId>>,
     /// The client segment (heartbeats, detector ring), if it could be set up.

@@ -108,8 +108,7 @@ impl Daemon {
                 _ => None,
             };
         }
-        if let Some(i) = self.find_entity(|e| listening(e) && e.rec.pid == pid)
-        {
+        if let Some(i) = self.find_entity(|e| listening(e) && e.rec.pid == pid) {
             return Some(i);
         }
         let exec = self.runs.values().find_map(|r| match &r.waiting {

@@ -48,7 +48,7 @@ impl Daemon {
         self.defs = defs;
         // What runs for it ends here (a command it started goes on, unwatched).
         self.run_queue.remove(&i);
-        let runs: Vec<u32> = self
+        let runs: Vec<RunId> = self
             .runs
             .iter()
             .filter(|(_, r)| r.entity == i)

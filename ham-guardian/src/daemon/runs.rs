@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// A condition run's id: its key in `Daemon::runs`, its epoll token and deadline, and its
+/// id in the run journal (a successor goes on numbering after the highest it finds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct RunId(u32);
+
+impl RunId {
+    pub(super) fn raw(self) -> u32 {
+        self.0
+    }
+
+    pub(super) fn from_raw(raw: u32) -> Self {
+        Self(raw)
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {}", self.0)
+    }
+}
+
 /// Condition runs (running or queued) one entity may have open: a detector raising in a
 /// loop must not grow ham without bound. Further firings are dropped and counted.
 pub(super) const RUNS_PER_ENTITY: usize = 16;
@@ -47,6 +68,18 @@ pub(super) enum Wait {
 pub(super) const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
 impl Daemon {
+    /// A run id no run in progress has: the counter wraps after 2^32 runs, and skips
+    /// ids still in use (there are at most `RUNS_PER_ENTITY` per entity).
+    pub(super) fn next_run_id(&mut self) -> RunId {
+        loop {
+            let id = RunId(self.next_run);
+            self.next_run = self.next_run.wrapping_add(1);
+            if !self.runs.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
     /// actions start as a run of their own.
     pub(super) fn fire(&mut self, i: EntityId, event: Event, gone: Option<(i32, LastExit)>) {
@@ -64,8 +97,7 @@ impl Daemon {
                 dropped += 1;
                 continue;
             }
-            let id = self.next_run;
-            self.next_run = self.next_run.wrapping_add(1);
+            let id = self.next_run_id();
             // HAM_CONDITION names the condition that fired (`exits-within`, `raise`, …).
             let env = self.run_env(i, c.trigger.name(), &event_rec);
             self.start_run(
@@ -132,8 +164,7 @@ impl Daemon {
     /// run time with HACTIONDONOW runs at most once across a takeover.
     pub(super) fn run_now(&mut self, i: EntityId, actions: Vec<Action>, journaled: bool) {
         let env = self.run_env(i, "run-now", &journal::RunEvent::default());
-        let id = self.next_run;
-        self.next_run = self.next_run.wrapping_add(1);
+        let id = self.next_run_id();
         self.start_run(
             id,
             Run {
@@ -155,7 +186,7 @@ impl Daemon {
 
     /// Starts a run, or queues it behind the entity's run in progress: an entity's
     /// conditions run one after another in the order they fired, unless `independent`.
-    pub(super) fn start_run(&mut self, id: u32, run: Run) {
+    pub(super) fn start_run(&mut self, id: RunId, run: Run) {
         let (i, independent) = (run.entity, run.independent);
         self.runs.insert(id, run);
         if !independent {
@@ -170,7 +201,7 @@ impl Daemon {
     }
 
     /// Run `id` is over: the next queued run of its entity starts.
-    pub(super) fn end_run(&mut self, id: u32) {
+    pub(super) fn end_run(&mut self, id: RunId) {
         let Some(run) = self.runs.remove(&id) else {
             return;
         };
@@ -211,7 +242,7 @@ impl Daemon {
     }
 
     /// Runs the actions of run `id` until one has to wait (a command, a delay) or none is left.
-    pub(super) fn advance(&mut self, id: u32) {
+    pub(super) fn advance(&mut self, id: RunId) {
         loop {
             let Some(run) = self.runs.get_mut(&id) else {
                 return;
@@ -361,7 +392,7 @@ impl Daemon {
     /// Run `id` waits for its command `pid` (its exit, or `deadline`, whichever comes first).
     pub(super) fn wait_exec(
         &mut self,
-        id: u32,
+        id: RunId,
         pid: i32,
         pidfd: OwnedFd,
         deadline: u64,
@@ -387,7 +418,7 @@ impl Daemon {
 
     /// An action failed: log it, skip the rest of its list if it says so, and run its fail
     /// list next.
-    pub(super) fn action_failed(&mut self, id: u32, action: &Action, what: &str, why: &str) {
+    pub(super) fn action_failed(&mut self, id: RunId, action: &Action, what: &str, why: &str) {
         let Some(run) = self.runs.get_mut(&id) else {
             return;
         };
@@ -406,7 +437,7 @@ impl Daemon {
     }
 
     /// A command run by an action exited.
-    pub(super) fn on_action_exit(&mut self, id: u32) {
+    pub(super) fn on_action_exit(&mut self, id: RunId) {
         let Some(run) = self.runs.get_mut(&id) else {
             return;
         };
@@ -442,7 +473,7 @@ impl Daemon {
 
     /// A delay ended, or a command ran past its timeout (it is killed; its exit reports the
     /// failure).
-    pub(super) fn on_action_timer(&mut self, id: u32, at: u64) {
+    pub(super) fn on_action_timer(&mut self, id: RunId, at: u64) {
         let Some(run) = self.runs.get_mut(&id) else {
             return;
         };

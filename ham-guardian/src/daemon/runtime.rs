@@ -18,7 +18,7 @@ use ham_core::EntityState;
 use ham_core::protocol::{Change, ControlCommand, Response};
 use toml::{Table, Value};
 
-use super::{Daemon, EntityId, Entity, entity_env, log};
+use super::{Daemon, Entity, EntityId, entity_env, log};
 use crate::config::{Config, EntityConfig};
 
 /// What an unprivileged process may define on its own entity, in bytes of the definitions

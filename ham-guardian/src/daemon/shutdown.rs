@@ -5,7 +5,7 @@ use super::*;
 impl Daemon {
     /// Runs `[device] restart_command`, unless an operator switched device restarts off or
     /// none is configured; says what happened.
-    pub(super) fn device_restart(&mut self, reason: &str, run: Option<u32>) -> String {
+    pub(super) fn device_restart(&mut self, reason: &str, run: Option<RunId>) -> String {
         let result = if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
             "skipped: switched off (hamctl device-restart disable)".to_owned()
         } else if let Some((path, argv)) = self.cfg.device_restart.clone() {

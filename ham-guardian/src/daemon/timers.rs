@@ -20,7 +20,7 @@ pub(super) enum Deadline {
     /// An entity's `ready_after`.
     Ready(EntityId),
     /// A condition run's delay, waitfor poll or command deadline.
-    Action(u32),
+    Action(RunId),
     /// An sd_notify watchdog.
     Watchdog(EntityId),
     /// An attached client's heartbeat window.

@@ -27,7 +27,7 @@ pub(super) enum Token {
     /// The pidfd of the process of entity `i`.
     Pidfd(super::EntityId),
     /// The pidfd of a command condition run `id` waits for.
-    Action(u32),
+    Action(super::RunId),
     /// A subscriber's connection.
     Sub(u64),
 }
@@ -48,7 +48,7 @@ impl Token {
             Self::Handoff => (0, 8),
             Self::Conn(id) => (1, id & ID),
             Self::Pidfd(i) => (2, u64::from(i.raw())),
-            Self::Action(id) => (3, u64::from(id)),
+            Self::Action(id) => (3, u64::from(id.raw())),
             Self::Sub(id) => (4, id & ID),
         };
         (kind << KIND) | id
@@ -67,7 +67,7 @@ impl Token {
             (0, 8) => Self::Handoff,
             (1, id) => Self::Conn(id),
             (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
-            (3, id) => Self::Action(u32::try_from(id).ok()?),
+            (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
             (4, id) => Self::Sub(id),
             _ => return None,
         })
@@ -99,13 +99,17 @@ mod tests {
             Token::Conn((1 << 56) - 1),
             Token::Pidfd(super::super::EntityId::from_raw(7)),
             Token::Pidfd(super::super::EntityId::from_raw(u32::MAX)),
-            Token::Action(u32::MAX),
+            Token::Action(super::super::RunId::from_raw(u32::MAX)),
             Token::Sub(42),
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
         }
         assert_eq!(Token::decode(0), None);
         assert_eq!(Token::decode(9 << 56), None);
-        assert_eq!(Token::decode((2 << 56) | (1 << 32)), None, "an entity id beyond u32");
+        assert_eq!(
+            Token::decode((2 << 56) | (1 << 32)),
+            None,
+            "an entity id beyond u32"
+        );
     }
 }
