@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -132,7 +132,19 @@ fn the_quickstart_example_is_valid() {
 fn usage_errors_exit_2() {
     let out = Command::new(HAM).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown argument `--bogus`"));
+    let err = text(&out.stderr);
+    assert!(err.contains("invalid option '--bogus'") && err.contains("usage: ham "), "{err}");
     let out = Command::new(HAMCTL).arg("-c").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("missing argument for option '-c'"), "{err}");
+    // --help goes to stdout, exit 0, for each program; so does a man page.
+    for bin in [HAM, HAMCTL] {
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).starts_with("usage: "), "{}", text(&out.stdout));
+        let out = Command::new(bin).arg("--man").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).starts_with(".TH "), "{}", text(&out.stdout));
+    }
 }

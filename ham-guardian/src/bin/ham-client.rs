@@ -9,26 +9,10 @@ use std::time::Duration;
 use ham_detector_sdk::{Client, Location};
 use ham_guardian::exit;
 
-const USAGE: &str = "\
-usage: ham-client [-c|--config FILE] COMMAND
-commands:
-  heartbeat ENTITY --period DURATION [--low N] [--high N] [--beats N]
-                        attach this process to ENTITY and beat every period; after N
-                        beats (default: never) stop beating and wait to be killed
-  raise ENTITY CLASS [SEVERITY [VALUE]]
-                        a detector event through the ring
-  state ENTITY FROM TO  a state change through the ring
-  detach ENTITY         end this process's attachment
-  ready ENTITY          this process (ENTITY's) is ready: entities `after` it may start
-  define JSON           a run-time definition (a JSON `Change`, as the control protocol has it)
-  subscribe TOPIC [--count N] [--signal SIGNUM]
-                        print each notification on TOPIC (`*`: all) as a JSON line;
-                        with --signal, ham also sends this process SIGNUM for each
-FILE defaults to the instance this process was started by, then $HAM_CONFIG, then
-/etc/ham/ham.toml. exit codes: 0 ok, 1 refused or failed, 2 usage, 3 ham not reachable";
+use ham_guardian::cli::{Generate, HAM_CLIENT, negative_number, usage_error};
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("ham-client: {why}\n{USAGE}");
+    eprintln!("{}", usage_error(&HAM_CLIENT, why));
     ExitCode::from(exit::USAGE as u8)
 }
 
@@ -42,6 +26,7 @@ struct Args {
     beats: Option<String>,
     count: Option<String>,
     signal: Option<String>,
+    generate: Option<Generate>,
     words: Vec<String>,
 }
 
@@ -52,9 +37,11 @@ fn parse_args() -> Result<Args, lexopt::Error> {
     while let Some(arg) = p.next()? {
         match arg {
             Short('h') | Long("help") => {
-                println!("{USAGE}");
+                println!("{}", HAM_CLIENT.usage());
                 std::process::exit(exit::OK);
             }
+            Long("man") => a.generate = Some(Generate::Man),
+            Long("completions") => a.generate = Some(Generate::Completions(p.value()?.string()?)),
             Short('c') | Long("config") => a.config = Some(p.value()?.into()),
             Long("period") => a.period = Some(p.value()?.string()?),
             Long("low") => a.low = Some(p.value()?.string()?),
@@ -63,10 +50,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("count") => a.count = Some(p.value()?.string()?),
             Long("signal") => a.signal = Some(p.value()?.string()?),
             // A negative number (a raise's VALUE) is a word, not an option.
-            Short(d) if d.is_ascii_digit() => {
-                let rest = p.optional_value().map(|v| v.string()).transpose()?;
-                a.words.push(format!("-{d}{}", rest.unwrap_or_default()));
-            }
+            Short(d) if d.is_ascii_digit() => a.words.push(negative_number(&mut p, d)?),
             Value(v) => a.words.push(v.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -79,6 +63,15 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return usage(&e.to_string()),
     };
+    if let Some(g) = &a.generate {
+        return match g.render(&HAM_CLIENT) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(&e),
+        };
+    }
     let location = match &a.config {
         None => None,
         Some(file) => match Location::from_config(file) {

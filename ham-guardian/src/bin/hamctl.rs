@@ -1,75 +1,34 @@
 //! `hamctl` — status and control of a running `ham`. See the README for exit codes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use ham_guardian::control::{self, Request};
+use ham_guardian::control;
 use ham_guardian::{config, exit, mono_ns, status};
 
-const USAGE: &str = "\
-usage: hamctl [-c|--config FILE] [--timeout DURATION] COMMAND
-commands:
-  status [--json|--tree]   entities, pids, restarts, last exits (read from the state segment);
-                           --tree: entities → conditions → actions with their flags, as
-                           QNX's /proc/ham, and the HAM's and Guardian's failure counts
-  start ENTITY             start a stopped entity
-  stop ENTITY              stop an entity; it stays stopped
-  restart ENTITY           stop then start an entity
-  shutdown                 stop every entity and ham itself
-  device-restart enable|disable
-                           allow or forbid escalations to a device restart
-  log [ENTITY] [--json]    the process log: conditions seen and actions taken, newest last
-  raise ENTITY CLASS [SEVERITY [VALUE]]
-                           a detector's event: fires the entity's matching raise conditions
-  ping                     check that ham's loop answers
-FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml. DURATION defaults to 60s.
-exit codes: 0 ok, 1 the command failed, 2 usage, 3 ham not reachable";
-
-struct Args {
-    config: PathBuf,
-    timeout: Duration,
-    command: Vec<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1).peekable();
-    let mut config = None;
-    let mut timeout = Duration::from_secs(60);
-    let mut command = Vec::new();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(exit::OK);
-            }
-            "-c" | "--config" => {
-                config = Some(PathBuf::from(args.next().ok_or("--config needs a FILE")?));
-            }
-            "--timeout" => {
-                let v = args.next().ok_or("--timeout needs a DURATION")?;
-                timeout = Duration::from_nanos(
-                    ham_core::duration::parse_ns(&v).map_err(|e| format!("--timeout: {e}"))?,
-                );
-            }
-            _ => command.push(a),
-        }
-    }
-    let config = config
-        .or_else(|| std::env::var_os("HAM_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
-    Ok(Args {
-        config,
-        timeout,
-        command,
-    })
-}
+use ham_guardian::cli::hamctl::{self, Command};
+use ham_guardian::cli::{HAMCTL, usage_error};
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match hamctl::parse(std::env::args_os().skip(1), std::env::var_os("HAM_CONFIG")) {
         Ok(a) => a,
         Err(e) => return usage(&e),
     };
+    match &args.command {
+        Command::Help => {
+            println!("{}", HAMCTL.usage());
+            return ExitCode::SUCCESS;
+        }
+        Command::Generate(g) => {
+            return match g.to_generate().render(&HAMCTL) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage(&e),
+            };
+        }
+        _ => {}
+    }
     let inst = match config::load_instance(&args.config) {
         Ok(i) => i,
         Err(e) => {
@@ -77,9 +36,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED as u8);
         }
     };
-    let words: Vec<&str> = args.command.iter().map(String::as_str).collect();
-    let req = match words.as_slice() {
-        ["status", "--tree"] => {
+    let req = match args.command {
+        Command::Status { tree: true, .. } => {
             return match status::tree(&args.config, &inst.segment_name(), mono_ns()) {
                 Ok(t) => {
                     print!("{t}");
@@ -91,12 +49,12 @@ fn main() -> ExitCode {
                 }
             };
         }
-        ["status"] | ["status", "--json"] => {
+        Command::Status { json, .. } => {
             return match status::read(&inst.segment_name(), mono_ns()).map(|mut s| {
                 s.look_up_tracking(&inst);
                 s
             }) {
-                Ok(s) if words.len() == 2 => {
+                Ok(s) if json => {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&s).expect("serialisable")
@@ -113,47 +71,9 @@ fn main() -> ExitCode {
                 }
             };
         }
-        ["log", rest @ ..] if rest.len() <= 2 => {
-            let json = rest.contains(&"--json");
-            let entity = rest.iter().find(|w| **w != "--json").copied();
-            if rest.iter().filter(|w| **w != "--json").count() > 1 {
-                return usage("log takes at most one ENTITY");
-            }
-            return print_log(&inst, entity, json);
-        }
-        ["start", e] => Request::Start {
-            entity: e.to_string(),
-        },
-        ["stop", e] => Request::Stop {
-            entity: e.to_string(),
-        },
-        ["restart", e] => Request::Restart {
-            entity: e.to_string(),
-        },
-        ["shutdown"] => Request::Shutdown,
-        ["raise", e, class, rest @ ..] if rest.len() <= 2 => {
-            let severity = match rest.first().map(|s| s.parse::<u32>()) {
-                None => 0,
-                Some(Ok(s)) => s,
-                Some(Err(_)) => return usage("SEVERITY must be a whole number"),
-            };
-            let value = match rest.get(1).map(|s| s.parse::<i64>()) {
-                None => 0,
-                Some(Ok(v)) => v,
-                Some(Err(_)) => return usage("VALUE must be a whole number"),
-            };
-            Request::Raise {
-                entity: e.to_string(),
-                class: class.to_string(),
-                severity,
-                value,
-            }
-        }
-        ["device-restart", "enable"] => Request::DeviceRestart { enabled: true },
-        ["device-restart", "disable"] => Request::DeviceRestart { enabled: false },
-        ["ping"] => Request::Ping,
-        [] => return usage("no command given"),
-        _ => return usage(&format!("unknown command `{}`", args.command.join(" "))),
+        Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
+        Command::Send(req) => req,
+        Command::Help | Command::Generate(_) => unreachable!("answered above"),
     };
     match control::request(&inst.socket_path(), &req, args.timeout) {
         Ok(r) if r.ok => {
@@ -234,6 +154,6 @@ fn utc(ms: u64) -> String {
 }
 
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("hamctl: {msg}\n{USAGE}");
+    eprintln!("{}", usage_error(&HAMCTL, msg));
     ExitCode::from(exit::USAGE as u8)
 }

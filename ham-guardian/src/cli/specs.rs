@@ -1,0 +1,290 @@
+//! The three programs' command lines.
+
+use super::{Cmd, Opt, Spec};
+use crate::exit;
+
+const CONFIG_NOTE: &str = "FILE defaults to $HAM_CONFIG, then /etc/ham/ham.toml.";
+
+const GENERATE: [Opt; 2] = [
+    Opt {
+        long: "completions",
+        short: None,
+        value: Some("SHELL"),
+        help: "print the shell completion script (bash) and exit",
+    },
+    Opt {
+        long: "man",
+        short: None,
+        value: None,
+        help: "print the man page (roff) and exit",
+    },
+];
+
+const HELP: Opt = Opt {
+    long: "help",
+    short: Some('h'),
+    value: None,
+    help: "print this help and exit",
+};
+
+pub static HAM: Spec = Spec {
+    name: "ham",
+    about: "self-healing process supervisor (the HAM and its Guardian)",
+    synopsis: &[
+        "[-c|--config FILE]",
+        "--check-config FILE",
+        "-h|--help | -V|--version | --man | --completions SHELL",
+    ],
+    options: &[
+        Opt {
+            long: "config",
+            short: Some('c'),
+            value: Some("FILE"),
+            help: "run the instance FILE describes",
+        },
+        Opt {
+            long: "check-config",
+            short: None,
+            value: Some("FILE"),
+            help: "validate FILE, say what it defines, and exit",
+        },
+        Opt {
+            long: "version",
+            short: Some('V'),
+            value: None,
+            help: "print the version and exit",
+        },
+        HELP,
+        GENERATE[0],
+        GENERATE[1],
+    ],
+    commands: &[],
+    notes: &[CONFIG_NOTE],
+    exit_codes: &[
+        (
+            exit::OK,
+            "stopped on request, or the configuration is valid",
+        ),
+        (
+            exit::FAILED,
+            "invalid configuration, or the instance already runs",
+        ),
+        (exit::USAGE, "bad command line"),
+        (exit::UNAVAILABLE, "a system error"),
+    ],
+};
+
+pub static HAMCTL: Spec = Spec {
+    name: "hamctl",
+    about: "status and control of a running ham",
+    synopsis: &["[-c|--config FILE] [--timeout DURATION] COMMAND"],
+    options: &[
+        Opt {
+            long: "config",
+            short: Some('c'),
+            value: Some("FILE"),
+            help: "the instance's configuration",
+        },
+        Opt {
+            long: "timeout",
+            short: None,
+            value: Some("DURATION"),
+            help: "how long to wait for ham's answer (default 60s)",
+        },
+        Opt {
+            long: "json",
+            short: None,
+            value: None,
+            help: "status, log: JSON instead of a table",
+        },
+        Opt {
+            long: "tree",
+            short: None,
+            value: None,
+            help: "status: entities, conditions and actions with their flags",
+        },
+        HELP,
+        GENERATE[0],
+        GENERATE[1],
+    ],
+    commands: &[
+        Cmd {
+            name: "status",
+            args: "[--json|--tree]",
+            help: "entities, pids, restarts, last exits (read from the state segment); \
+                   --tree: entities, conditions and actions with their flags, as QNX's \
+                   /proc/ham, and the HAM's and Guardian's failure counts",
+            words: &[],
+        },
+        Cmd {
+            name: "start",
+            args: "ENTITY",
+            help: "start a stopped entity",
+            words: &[],
+        },
+        Cmd {
+            name: "stop",
+            args: "ENTITY",
+            help: "stop an entity; it stays stopped",
+            words: &[],
+        },
+        Cmd {
+            name: "restart",
+            args: "ENTITY",
+            help: "stop then start an entity",
+            words: &[],
+        },
+        Cmd {
+            name: "shutdown",
+            args: "",
+            help: "stop every entity and ham itself",
+            words: &[],
+        },
+        Cmd {
+            name: "device-restart",
+            args: "enable|disable",
+            help: "allow or forbid escalations to a device restart",
+            words: &["enable", "disable"],
+        },
+        Cmd {
+            name: "log",
+            args: "[ENTITY] [--json]",
+            help: "the process log: conditions seen and actions taken, newest last",
+            words: &[],
+        },
+        Cmd {
+            name: "raise",
+            args: "ENTITY CLASS [SEVERITY [VALUE]]",
+            help: "a detector's event: fires the entity's matching raise conditions",
+            words: &[],
+        },
+        Cmd {
+            name: "ping",
+            args: "",
+            help: "check that ham's loop answers",
+            words: &[],
+        },
+    ],
+    notes: &[
+        CONFIG_NOTE,
+        "Options may come anywhere, as --opt VALUE or --opt=VALUE.",
+    ],
+    exit_codes: &[
+        (exit::OK, "done"),
+        (
+            exit::FAILED,
+            "the command failed (unknown entity, refused request)",
+        ),
+        (exit::USAGE, "bad command line"),
+        (exit::UNAVAILABLE, "ham not reachable"),
+    ],
+};
+
+pub static HAM_CLIENT: Spec = Spec {
+    name: "ham-client",
+    about: "the detector SDK from the shell: heartbeats, detector events, subscriptions",
+    synopsis: &["[-c|--config FILE] COMMAND"],
+    options: &[
+        Opt {
+            long: "config",
+            short: Some('c'),
+            value: Some("FILE"),
+            help: "the instance's configuration",
+        },
+        Opt {
+            long: "period",
+            short: None,
+            value: Some("DURATION"),
+            help: "heartbeat: the beat period",
+        },
+        Opt {
+            long: "low",
+            short: None,
+            value: Some("N"),
+            help: "heartbeat: missed beats that fire missed-low (default 3)",
+        },
+        Opt {
+            long: "high",
+            short: None,
+            value: Some("N"),
+            help: "heartbeat: missed beats that fire missed-high (default: none)",
+        },
+        Opt {
+            long: "beats",
+            short: None,
+            value: Some("N"),
+            help: "heartbeat: stop beating after N beats and wait to be killed",
+        },
+        Opt {
+            long: "count",
+            short: None,
+            value: Some("N"),
+            help: "subscribe: exit after N notifications",
+        },
+        Opt {
+            long: "signal",
+            short: None,
+            value: Some("SIGNUM"),
+            help: "subscribe: ham also sends this process SIGNUM for each notification",
+        },
+        HELP,
+        GENERATE[0],
+        GENERATE[1],
+    ],
+    commands: &[
+        Cmd {
+            name: "heartbeat",
+            args: "ENTITY --period DURATION [--low N] [--high N] [--beats N]",
+            help: "attach this process to ENTITY and beat every period",
+            words: &[],
+        },
+        Cmd {
+            name: "raise",
+            args: "ENTITY CLASS [SEVERITY [VALUE]]",
+            help: "a detector event through the ring",
+            words: &[],
+        },
+        Cmd {
+            name: "state",
+            args: "ENTITY FROM TO",
+            help: "a state change through the ring",
+            words: &[],
+        },
+        Cmd {
+            name: "detach",
+            args: "ENTITY",
+            help: "end this process's attachment",
+            words: &[],
+        },
+        Cmd {
+            name: "ready",
+            args: "ENTITY",
+            help: "this process (ENTITY's) is ready: entities `after` it may start",
+            words: &[],
+        },
+        Cmd {
+            name: "define",
+            args: "JSON",
+            help: "a run-time definition (a JSON `Change`, as the control protocol has it)",
+            words: &[],
+        },
+        Cmd {
+            name: "subscribe",
+            args: "TOPIC [--count N] [--signal SIGNUM]",
+            help: "print each notification on TOPIC (`*`: all) as a JSON line",
+            words: &[],
+        },
+    ],
+    notes: &[
+        "FILE defaults to the instance this process was started by, then $HAM_CONFIG, \
+         then /etc/ham/ham.toml.",
+        "Options may come anywhere, as --opt VALUE or --opt=VALUE; a negative number is a \
+         word.",
+    ],
+    exit_codes: &[
+        (exit::OK, "done"),
+        (exit::FAILED, "refused or failed"),
+        (exit::USAGE, "bad command line"),
+        (exit::UNAVAILABLE, "ham not reachable"),
+    ],
+};
