@@ -24,9 +24,7 @@ const TOK_SOCK: u64 = 2;
 const TOK_SIGNAL: u64 = 3;
 const TOK_TIMER: u64 = 4;
 
-fn log(instance: &str, msg: std::fmt::Arguments) {
-    crate::log_line(format_args!("ham[{instance}] guardian"), msg);
-}
+use crate::log::guardian as log;
 
 /// Runs the Guardian role for the HAM `ham_pid` (started at `ham_start`); returns the
 /// process's exit code.
@@ -34,7 +32,7 @@ pub fn run(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> i32 {
     match guard(config_path, ham_pid, ham_start) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ham guardian: {e}");
+            crate::log::line(format_args!("ham guardian"), format_args!("{e}"));
             exit::UNAVAILABLE
         }
     }
@@ -180,6 +178,10 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                     // Our own liveness, for the HAM (which fences a Guardian that stops).
                     if sock_open {
                         handoff::beat(&sock);
+                    }
+                    // The log verbosity the HAM was told (kept as level + 1; 0: never set).
+                    if let Some(v) = seg.header().verbosity().checked_sub(1) {
+                        crate::log::set_verbosity(v as u32);
                     }
                     let now = mono_ns();
                     let live = seg.header().snapshot().liveness_ns;

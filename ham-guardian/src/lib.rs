@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod guardian;
 pub mod handoff;
+pub mod log;
 pub mod procfs;
 pub mod proclog;
 pub mod status;
@@ -28,14 +29,6 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// No running instance could be reached, or a system call failed.
     pub const UNAVAILABLE: i32 = 3;
-}
-
-/// Writes one log line to stderr in a single `write`, so the lines of the HAM and its
-/// Guardian (which share stderr) never interleave mid-line.
-pub fn log_line(prefix: std::fmt::Arguments, msg: std::fmt::Arguments) {
-    use std::io::Write;
-    let line = format!("{prefix}: {msg}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 pub use ham_core::clock::{mono_ns, unix_ns};

@@ -133,7 +133,10 @@ fn usage_errors_exit_2() {
     let out = Command::new(HAM).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("invalid option '--bogus'") && err.contains("usage: ham "), "{err}");
+    assert!(
+        err.contains("invalid option '--bogus'") && err.contains("usage: ham "),
+        "{err}"
+    );
     let out = Command::new(HAMCTL).arg("-c").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
@@ -142,9 +145,17 @@ fn usage_errors_exit_2() {
     for bin in [HAM, HAMCTL] {
         let out = Command::new(bin).arg("--help").output().unwrap();
         assert_eq!(out.status.code(), Some(0));
-        assert!(text(&out.stdout).starts_with("usage: "), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("usage: "),
+            "{}",
+            text(&out.stdout)
+        );
         let out = Command::new(bin).arg("--man").output().unwrap();
         assert_eq!(out.status.code(), Some(0));
-        assert!(text(&out.stdout).starts_with(".TH "), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with(".TH "),
+            "{}",
+            text(&out.stdout)
+        );
     }
 }

@@ -183,21 +183,7 @@ pub struct Daemon {
     defs: toml::Table,
 }
 
-/// ham's log verbosity (`ham_verbose`, `hamctl`): 0 quiet, 1 normal, 2 and up also each
-/// request. Kept in the state segment so a successor logs alike.
-static VERBOSITY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-
-fn log(instance: &str, msg: std::fmt::Arguments) {
-    if VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        crate::log_line(format_args!("ham[{instance}]"), msg);
-    }
-}
-
-fn verbose(instance: &str, msg: std::fmt::Arguments) {
-    if VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) > 1 {
-        crate::log_line(format_args!("ham[{instance}]"), msg);
-    }
-}
+use crate::log::{ham as log, ham_verbose as verbose};
 
 impl Daemon {
     /// Starts the Guardian, takes over or starts every entity, and runs until a shutdown

@@ -130,8 +130,7 @@ impl Daemon {
             }
             (Request::Verbose { op, value }, _) => {
                 use ham_core::protocol::VerboseOp;
-                use std::sync::atomic::Ordering::Relaxed;
-                let now = VERBOSITY.load(Relaxed);
+                let now = crate::log::verbosity();
                 let next = match op {
                     VerboseOp::Get => now,
                     VerboseOp::Set => value.max(0) as u32,
@@ -139,7 +138,7 @@ impl Daemon {
                     VerboseOp::Decr => now.saturating_sub(value.max(1) as u32),
                 };
                 if next != now {
-                    VERBOSITY.store(next, Relaxed);
+                    crate::log::set_verbosity(next);
                     self.wrote(self.writer.set_verbosity(next));
                 }
                 let mut r = Response::ok(format!("verbosity {next}"));

@@ -282,7 +282,7 @@ impl Daemon {
         // The log verbosity a predecessor was told to use.
         let v = writer.segment().header().verbosity();
         if v > 0 {
-            VERBOSITY.store((v - 1) as u32, std::sync::atomic::Ordering::Relaxed);
+            crate::log::set_verbosity((v - 1) as u32);
         }
         let clients = match Clients::open(&cfg, &origin, warm, key, &writer) {
             Ok(c) => Some(c),
