@@ -109,6 +109,16 @@ pub enum Effect {
     FireRestart,
     /// Answer the operators waiting for it to be up or down.
     AnswerWaiters,
+    /// Write the process log's line for an exit that is not a restart (an operator's stop
+    /// or restart, a hold-off a condition asked, a restart mode that leaves it down).
+    RecordExit,
+    /// Restart the other members of its group (`one-for-all`, `rest-for-one`) if this exit
+    /// was restarted by its recovery policy.
+    RestartGroup,
+    /// Fire the death's conditions (`death`, `abnormal-death`, `exits-within`): last of an
+    /// exit's effects, once the record that explains them is published, and before the
+    /// `restart` conditions of the restart it led to.
+    FireDeath,
 }
 
 /// The outcome of one step.
@@ -231,18 +241,25 @@ pub fn step(state: State, wanted: Wanted, input: Input) -> Step {
                 (_, false) => same(&[AnswerWaiters]),
             }
         }
-        Input::Exit { restartable, hold } => match wanted {
-            // Straight to held off (never published as stopped: a successor would leave it
-            // down).
-            Wanted::Down if hold => to(State::HeldOff, wanted, &[ArmHoldOff, Publish]),
-            Wanted::Down => to(State::Stopped, wanted, &[Publish, AnswerWaiters]),
-            Wanted::Restart => start(CountStart),
-            Wanted::AutoRestart => start(CountRestart),
-            // Left down by its restart mode, or its policy decides (answered with
-            // `Recovered`); until then it is down.
-            Wanted::Up if restartable => to(State::Exited, wanted, &[Recover]),
-            Wanted::Up => to(State::Exited, wanted, &[Publish, AnswerWaiters]),
-        },
+        Input::Exit { restartable, hold } => {
+            let mut next = match wanted {
+                // Straight to held off (never published as stopped: a successor would
+                // leave it down).
+                Wanted::Down if hold => to(State::HeldOff, wanted, &[ArmHoldOff, Publish]),
+                Wanted::Down => to(State::Stopped, wanted, &[Publish, AnswerWaiters]),
+                Wanted::Restart => start(CountStart),
+                Wanted::AutoRestart => start(CountRestart),
+                // Left down by its restart mode, or its policy decides (answered with
+                // `Recovered`); until then it is down.
+                Wanted::Up if restartable => to(State::Exited, wanted, &[Recover]),
+                Wanted::Up => to(State::Exited, wanted, &[Publish, AnswerWaiters]),
+            };
+            // Every death is logged, may restart its group, and fires its conditions, in
+            // that order, after what it led to is published. (A `FireRestart` above, or
+            // from the recovery, is carried out after these: the death's conditions first.)
+            next.effects.extend([RecordExit, RestartGroup, FireDeath]);
+            next
+        }
         // After an exit (or, for a restart action, an entity already down).
         Input::Recovered(r) if matches!(state, State::Exited | State::Stopped) => match r {
             Recovery::Restart => start(CountRestart),
@@ -334,6 +351,26 @@ mod tests {
                                 || matches!(i, Input::RetryDue | Input::DepsReady);
                             assert!(published, "{s:?} {w:?} {i:?}: {e:?}");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_exit_and_only_an_exit_fires_death_conditions_last() {
+        for s in STATES {
+            for w in WANTED {
+                for i in INPUTS {
+                    let e = step(s, w, i).effects;
+                    let exit = matches!(i, Input::Exit { .. });
+                    assert_eq!(e.contains(&Effect::FireDeath), exit, "{s:?} {w:?} {i:?}");
+                    if exit {
+                        assert_eq!(
+                            e[e.len() - 3..],
+                            [Effect::RecordExit, Effect::RestartGroup, Effect::FireDeath],
+                            "{s:?} {w:?} {i:?}"
+                        );
                     }
                 }
             }

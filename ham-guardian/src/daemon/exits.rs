@@ -168,46 +168,26 @@ impl Daemon {
             }
             Wanted::Up => {}
         }
-        // The lifecycle, and (for a death its restart mode restarts) the recovery policy.
+        // From here on the lifecycle: the record, the recovery policy (for a death its
+        // restart mode restarts), the process log, the group, then the death's conditions
+        // and those of the restart it led to, once each (see `Effect::FireDeath`).
+        let death = lifecycle::Death {
+            event: death,
+            wanted,
+            hold,
+            restartable,
+            mode,
+            restarts_before,
+        };
         let why = lifecycle::Why::new(cond, &text)
             .gone(gone)
-            .until(now + hold.unwrap_or(0));
+            .until(now + hold.unwrap_or(0))
+            .death(&death);
         let exited = ham_core::lifecycle::Input::Exit {
             restartable,
             hold: hold.is_some(),
         };
-        let mut fire_restart = self.step(i, exited, &why);
-        match wanted {
-            Wanted::Restart => self.record(i, gone, "operator", "restart", "as asked"),
-            Wanted::Down => match hold {
-                // A `hold-off` action: down for a while, then an automatic restart.
-                Some(ns) => {
-                    let wait = ham_core::duration::format_ns(ns);
-                    self.record(i, None, "condition", "hold-off", &format!("for {wait}"));
-                }
-                None => self.record(i, gone, "operator", "stop", "stopped"),
-            },
-            Wanted::Up if !restartable => {
-                let what = format!("restart = {mode}");
-                self.record(i, gone, cond, "stay-down", &what);
-            }
-            Wanted::Up if self.entities[i].rec.restarts > restarts_before => {
-                self.restart_group(i);
-            }
-            _ => {}
-        }
-        // Conditions fire once the record that explains them is published: a successor that
-        // finds the old record decides again, but never runs these twice. Only a restart
-        // made above fires `restart` here: one that a death condition's restart action
-        // makes fires it itself, once, with the new pid.
-        if shutting_down {
-            fire_restart = false;
-        } else {
-            self.fire(i, death, gone);
-        }
-        if fire_restart {
-            self.fire_restarted(i);
-        }
+        self.step(i, exited, &why);
     }
 
     /// Entity `i` died and is being restarted: its group's strategy may restart others too

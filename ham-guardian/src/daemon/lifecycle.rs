@@ -23,6 +23,24 @@ pub(super) struct Why<'a> {
     pub hold_until: u64,
     /// The restart is stateless (a stage of an NX-OS-style policy).
     pub stateless: bool,
+    /// The death an `Exit` is, for its effects (`RecordExit`, `RestartGroup`, `FireDeath`).
+    pub death: Option<&'a Death>,
+}
+
+/// What an exit's last effects need to know of the death.
+pub(super) struct Death {
+    /// For the death's conditions.
+    pub event: crate::actions::Event,
+    /// The intent it died under (the step changes it).
+    pub wanted: Wanted,
+    /// A `hold-off` action's duration, if one stopped it.
+    pub hold: Option<u64>,
+    /// Its restart mode restarts it after this exit (else it stays down).
+    pub restartable: bool,
+    /// Its restart mode, for the process log.
+    pub mode: &'static str,
+    /// Its automatic restarts before this death (a restart of its own restarts its group).
+    pub restarts_before: u32,
 }
 
 impl<'a> Why<'a> {
@@ -33,7 +51,12 @@ impl<'a> Why<'a> {
             text,
             hold_until: 0,
             stateless: false,
+            death: None,
         }
+    }
+    pub fn death(mut self, death: &'a Death) -> Self {
+        self.death = Some(death);
+        self
     }
     pub fn gone(mut self, gone: Option<(i32, LastExit)>) -> Self {
         self.gone = gone;
@@ -46,10 +69,18 @@ impl<'a> Why<'a> {
 }
 
 impl Daemon {
-    /// Feeds `input` to entity `i`'s lifecycle and carries out the effects. Returns whether
-    /// its `restart` conditions are to fire: the caller fires them once the event that led
-    /// here has fired its own (a death's conditions come first).
-    pub(super) fn step(&mut self, i: EntityId, input: Input, why: &Why) -> bool {
+    /// Feeds `input` to entity `i`'s lifecycle and carries out the effects, then fires its
+    /// `restart` conditions if they asked to (after the event that led here has fired its
+    /// own: a death's conditions come first; never while shutting down).
+    pub(super) fn step(&mut self, i: EntityId, input: Input, why: &Why) {
+        if self.step_effects(i, input, why) && self.shutdown.is_none() {
+            self.fire_restarted(i);
+        }
+    }
+
+    /// [`Daemon::step`] without firing the `restart` conditions: returns whether they are
+    /// to fire (for a step inside another, the recovery's answer to an exit).
+    fn step_effects(&mut self, i: EntityId, input: Input, why: &Why) -> bool {
         let e = &mut self.entities[i];
         let next = lifecycle::step(e.rec.state, e.wanted, input);
         e.rec.state = next.state;
@@ -111,6 +142,25 @@ impl Daemon {
                 Effect::Recover => fire_restart |= self.recover(i, why),
                 Effect::FireRestart => fire_restart = true,
                 Effect::AnswerWaiters => self.answer_waiters(i),
+                Effect::RecordExit => {
+                    if let Some(d) = why.death {
+                        self.record_exit(i, d, why);
+                    }
+                }
+                Effect::RestartGroup => {
+                    let restarted = self.entities[i].rec.restarts;
+                    if why
+                        .death
+                        .is_some_and(|d| d.wanted == Wanted::Up && restarted > d.restarts_before)
+                    {
+                        self.restart_group(i);
+                    }
+                }
+                Effect::FireDeath => {
+                    if let Some(d) = why.death.filter(|_| self.shutdown.is_none()) {
+                        self.fire(i, d.event.clone(), why.gone);
+                    }
+                }
             }
         }
         fire_restart
@@ -144,7 +194,7 @@ impl Daemon {
                     gone: why.gone,
                     ..Why::new(why.cond, why.text)
                 };
-                self.step(i, Input::Recovered(Recovery::Restart), &why)
+                self.step_effects(i, Input::Recovered(Recovery::Restart), &why)
             }
             Decision::HoldOff { until } => {
                 let wait = ham_core::duration::format_ns(until.saturating_sub(mono_ns()));
@@ -153,7 +203,7 @@ impl Daemon {
                     "{name}: {text}; held off for {wait} by its recovery policy"
                 );
                 let held = Why::new(why.cond, why.text).gone(why.gone).until(until);
-                let fire = self.step(i, Input::Recovered(Recovery::HoldOff), &held);
+                let fire = self.step_effects(i, Input::Recovered(Recovery::HoldOff), &held);
                 self.record(i, why.gone, why.cond, "hold-off", &format!("for {wait}"));
                 fire
             }
@@ -172,10 +222,31 @@ impl Daemon {
                     self,
                     "{name}: {text}; its recovery policy gives up (hamctl start {name} to try again)"
                 );
-                let fire = self.step(i, Input::Recovered(Recovery::GiveUp), why);
+                let fire = self.step_effects(i, Input::Recovered(Recovery::GiveUp), why);
                 self.record(i, why.gone, why.cond, "give-up", "left down");
                 fire
             }
+        }
+    }
+
+    /// The process log's line for an exit that is not a restart (`Effect::RecordExit`).
+    fn record_exit(&mut self, i: EntityId, d: &Death, why: &Why) {
+        let gone = why.gone;
+        match d.wanted {
+            Wanted::Restart => self.record(i, gone, "operator", "restart", "as asked"),
+            // A `hold-off` action: down for a while, then an automatic restart.
+            Wanted::Down => match d.hold {
+                Some(ns) => {
+                    let wait = ham_core::duration::format_ns(ns);
+                    self.record(i, None, "condition", "hold-off", &format!("for {wait}"));
+                }
+                None => self.record(i, gone, "operator", "stop", "stopped"),
+            },
+            Wanted::Up if !d.restartable => {
+                let what = format!("restart = {}", d.mode);
+                self.record(i, gone, why.cond, "stay-down", &what);
+            }
+            Wanted::Up | Wanted::AutoRestart => {}
         }
     }
 

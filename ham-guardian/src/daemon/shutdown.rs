@@ -89,9 +89,7 @@ impl Daemon {
             Wanted::AutoRestart | Wanted::Up => ham_core::lifecycle::Input::AutoRestart,
         };
         let why = lifecycle::Why::new("restart", "restarted by ham");
-        if self.step(i, input, &why) {
-            self.fire_restarted(i);
-        }
+        self.step(i, input, &why);
     }
 
     pub(super) fn begin_shutdown(&mut self, requester: Option<UnixStream>) {

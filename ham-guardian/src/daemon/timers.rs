@@ -86,9 +86,7 @@ impl Daemon {
                 Deadline::HoldOff(i) => {
                     if self.shutdown.is_none() {
                         let why = lifecycle::Why::new("hold-off-over", "hold-off over");
-                        if self.step(i, ham_core::lifecycle::Input::HoldOffOver, &why) {
-                            self.fire_restarted(i);
-                        }
+                        self.step(i, ham_core::lifecycle::Input::HoldOffOver, &why);
                     }
                 }
                 Deadline::StopKill(i) => {
