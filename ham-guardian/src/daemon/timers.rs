@@ -29,24 +29,115 @@ pub(super) enum Deadline {
     RingStall,
 }
 
+/// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
+/// removed when a deadline moves: the owner keeps the deadline it waits for, and an entry
+/// that no longer matches it is stale (skipped, and dropped before the timer is armed).
+pub(super) struct Timers {
+    fd: OwnedFd,
+    heap: BinaryHeap<Reverse<(u64, Deadline)>>,
+    armed_at: Option<u64>,
+    /// The liveness tick's period, and the tick the heap holds.
+    tick_ns: u64,
+    next_tick: u64,
+}
+
+impl Timers {
+    pub(super) fn new(fd: OwnedFd, tick_ns: u64) -> Self {
+        Self {
+            fd,
+            heap: BinaryHeap::new(),
+            armed_at: None,
+            tick_ns,
+            next_tick: 0,
+        }
+    }
+
+    /// Adds a deadline.
+    pub(super) fn push(&mut self, at: u64, deadline: Deadline) {
+        self.heap.push(Reverse((at, deadline)));
+    }
+
+    /// The next liveness tick from `now`.
+    pub(super) fn next_tick(&mut self, now: u64) -> u64 {
+        self.next_tick = now + self.tick_ns;
+        self.next_tick
+    }
+
+    /// The earliest deadline, due or not.
+    pub(super) fn peek(&self) -> Option<(u64, Deadline)> {
+        self.heap.peek().map(|Reverse(e)| *e)
+    }
+
+    /// Removes the earliest deadline.
+    pub(super) fn pop(&mut self) -> Option<(u64, Deadline)> {
+        self.heap.pop().map(|Reverse(e)| e)
+    }
+
+    /// The earliest deadline if it is due at `now`, removed.
+    pub(super) fn pop_due(&mut self, now: u64) -> Option<(u64, Deadline)> {
+        self.peek().filter(|(at, _)| *at <= now)?;
+        self.pop()
+    }
+
+    /// The timer fired: it is read, and disarmed until [`Timers::arm`].
+    pub(super) fn fired(&mut self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+        self.armed_at = None;
+    }
+
+    /// Arms the timerfd at the earliest deadline (disarms it when there is none); nothing
+    /// to do when it is armed there already.
+    pub(super) fn arm(&mut self) -> rustix::io::Result<()> {
+        let next = self.peek().map(|(at, _)| at);
+        if next == self.armed_at {
+            return Ok(());
+        }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let value = match next {
+            Some(at) => Timespec {
+                tv_sec: (at / 1_000_000_000) as i64,
+                tv_nsec: (at % 1_000_000_000).max(1) as i64,
+            },
+            None => zero,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: value,
+        };
+        rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::ABSTIME, &spec)?;
+        self.armed_at = next;
+        Ok(())
+    }
+
+    /// Where the timer is armed (for tests).
+    #[cfg(test)]
+    fn armed_at(&self) -> Option<u64> {
+        self.armed_at
+    }
+}
+
+impl AsFd for Timers {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Daemon {
     pub(super) fn schedule_tick(&mut self, now: u64) {
-        self.next_tick = now + self.tick_ns;
-        self.schedule(self.next_tick, Deadline::Liveness);
+        let at = self.timers.next_tick(now);
+        self.schedule(at, Deadline::Liveness);
     }
 
     // -- processes -------------------------------------------------------------------------
 
     pub(super) fn on_timer(&mut self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.timerfd, &mut buf);
-        self.armed_at = None;
+        self.timers.fired();
         let now = mono_ns();
-        while let Some(Reverse((at, deadline))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, deadline)) = self.timers.pop_due(now) {
             if !self.timer_is_current(deadline, at) {
                 continue;
             }
@@ -120,7 +211,7 @@ impl Daemon {
             Deadline::Watchdog(i) => self.entities[i].watchdog_at == Some(at),
             Deadline::StopKill(i) => self.entities[i].stop_deadline == Some(at),
             Deadline::Retry(i) => self.entities[i].retry_at == Some(at),
-            Deadline::Liveness => self.next_tick == at,
+            Deadline::Liveness => self.timers.next_tick == at,
             Deadline::GuardianRetry => self.guardian.retry_at == Some(at),
             Deadline::StatusPatch(_) => self.patches.iter().any(|p| p.at == at),
             Deadline::Action(id) => self.runs.get(&id).is_some_and(|r| match &r.waiting {
@@ -147,41 +238,20 @@ impl Daemon {
 
     /// Adds a deadline (the one place they are made).
     pub(super) fn schedule(&mut self, at: u64, deadline: Deadline) {
-        self.timers.push(Reverse((at, deadline)));
+        self.timers.push(at, deadline);
     }
 
     pub(super) fn rearm_timer(&mut self) {
         // Drop entries that no longer match their owner, so the timer never wakes us for
         // nothing.
-        while let Some(Reverse((at, deadline))) = self.timers.peek().copied() {
-            let live = self.timer_is_current(deadline, at);
-            if live {
+        while let Some((at, deadline)) = self.timers.peek() {
+            if self.timer_is_current(deadline, at) {
                 break;
             }
             self.timers.pop();
         }
-        let next = self.timers.peek().map(|Reverse((at, _))| *at);
-        if next == self.armed_at {
-            return;
-        }
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let value = match next {
-            Some(at) => Timespec {
-                tv_sec: (at / 1_000_000_000) as i64,
-                tv_nsec: (at % 1_000_000_000).max(1) as i64,
-            },
-            None => zero,
-        };
-        let spec = Itimerspec {
-            it_interval: zero,
-            it_value: value,
-        };
-        match rustix::time::timerfd_settime(&self.timerfd, TimerfdTimerFlags::ABSTIME, &spec) {
-            Ok(_) => self.armed_at = next,
-            Err(e) => say!(self, "cannot arm the timer: {e}"),
+        if let Err(e) = self.timers.arm() {
+            say!(self, "cannot arm the timer: {e}");
         }
     }
 
@@ -209,5 +279,71 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers() -> Timers {
+        let fd = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )
+        .expect("timerfd");
+        Timers::new(fd, 1_000)
+    }
+
+    #[test]
+    fn deadlines_come_due_in_order_of_time() {
+        let mut t = timers();
+        let e = EntityId::from_index(3);
+        t.push(30, Deadline::Retry(e));
+        t.push(10, Deadline::Liveness);
+        t.push(20, Deadline::StopKill(e));
+        t.push(20, Deadline::HoldOff(e));
+        assert_eq!(t.pop_due(5), None, "nothing due yet");
+        assert_eq!(t.pop_due(25), Some((10, Deadline::Liveness)));
+        // Same time: by kind, so the order is the same on every run.
+        assert_eq!(t.pop_due(25), Some((20, Deadline::StopKill(e))));
+        assert_eq!(t.pop_due(25), Some((20, Deadline::HoldOff(e))));
+        assert_eq!(t.pop_due(25), None);
+        assert_eq!(t.peek(), Some((30, Deadline::Retry(e))));
+    }
+
+    #[test]
+    fn the_timer_is_armed_at_the_earliest_deadline_and_fires_there() {
+        let mut t = timers();
+        t.arm().unwrap();
+        assert_eq!(t.armed_at(), None, "nothing to wait for");
+        let soon = mono_ns() + 2_000_000;
+        t.push(soon + 1_000_000_000, Deadline::Liveness);
+        t.push(soon, Deadline::RingStall);
+        t.arm().unwrap();
+        assert_eq!(t.armed_at(), Some(soon));
+        // The timerfd becomes readable at that deadline (waited for, not slept).
+        let mut fds = [rustix::event::PollFd::new(&t, rustix::event::PollFlags::IN)];
+        let ready = rustix::event::poll(
+            &mut fds,
+            Some(&Timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            }),
+        );
+        assert_eq!(ready.unwrap(), 1);
+        assert!(mono_ns() >= soon);
+        t.fired();
+        assert_eq!(t.armed_at(), None);
+        assert_eq!(t.pop_due(mono_ns()), Some((soon, Deadline::RingStall)));
+        t.arm().unwrap();
+        assert_eq!(t.armed_at(), Some(soon + 1_000_000_000));
+    }
+
+    #[test]
+    fn the_liveness_tick_is_one_period_on() {
+        let mut t = timers();
+        assert_eq!(t.next_tick(5_000), 6_000);
+        assert_eq!(t.next_tick, 6_000);
     }
 }
