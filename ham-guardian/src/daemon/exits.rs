@@ -287,7 +287,7 @@ impl Daemon {
                 self.on_pidfd(i);
             } else if self.guardian.is(pid) {
                 self.on_guardian_exit();
-            } else if let Some(&id) = self.exec_pids.get(&pid) {
+            } else if let Some(id) = self.runs.waiting_for(pid) {
                 self.on_action_exit(id);
             } else if let Some(p) = Pid::from_raw(pid) {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);

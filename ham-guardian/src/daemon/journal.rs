@@ -159,8 +159,8 @@ impl Daemon {
                 let used: std::collections::HashSet<u32> =
                     self.runs.values().filter_map(|r| r.jslot).collect();
                 let Some(free) = (0..RUN_SLOTS).find(|s| !used.contains(s)) else {
-                    if !self.journal_full_logged {
-                        self.journal_full_logged = true;
+                    if !self.runs.journal_full_logged {
+                        self.runs.journal_full_logged = true;
                         log(
                             &self.cfg.instance.name,
                             format_args!(
@@ -241,7 +241,7 @@ impl Daemon {
             ..RunEvent::default()
         };
         let env = self.run_env(i, "escalation", &event);
-        self.runs.insert(
+        self.runs.add(
             id,
             Run {
                 entity: i,
@@ -353,8 +353,8 @@ impl Daemon {
             };
             let env = self.run_env(i, condition, &event);
             let id = RunId::from_raw(rec.id);
-            self.next_run = self.next_run.max(rec.id.wrapping_add(1));
-            self.runs.insert(
+            self.runs.numbered_after(id);
+            let starts = self.runs.add(
                 id,
                 Run {
                     entity: i,
@@ -371,12 +371,8 @@ impl Daemon {
                     journaled: true,
                 },
             );
-            if !rec.independent {
-                let q = self.run_queue.entry(i).or_default();
-                q.push_back(id);
-                if q.len() > 1 {
-                    continue; // queued behind the entity's earlier run
-                }
+            if !starts {
+                continue; // queued behind the entity's earlier run
             }
             self.resume_run(id, &rec);
         }

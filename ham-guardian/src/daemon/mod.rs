@@ -162,13 +162,8 @@ pub struct Daemon {
     origin: Option<Origin>,
     plog: ProcessLog,
     syslog: Syslog,
-    /// Condition runs in progress, and the pids of the commands they wait for.
-    runs: HashMap<RunId, Run>,
-    next_run: u32,
-    /// Per entity, its non-independent runs in firing order (the first one is running).
-    run_queue: HashMap<EntityId, std::collections::VecDeque<RunId>>,
-    journal_full_logged: bool,
-    exec_pids: HashMap<i32, RunId>,
+    /// Condition runs in progress or queued, and the pids of the commands they wait for.
+    runs: runs::Runs,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<EntityId>>,
     /// The client segment (heartbeats, detector ring), if it could be set up.

@@ -47,14 +47,9 @@ impl Daemon {
         self.publish_defs(&text)?;
         self.defs = defs;
         // What runs for it ends here (a command it started goes on, unwatched).
-        self.run_queue.remove(&i);
-        let runs: Vec<RunId> = self
-            .runs
-            .iter()
-            .filter(|(_, r)| r.entity == i)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in runs {
+        // (Its queue first: ending its runs must not start the ones queued behind them.)
+        self.runs.forget_queue(i);
+        for id in self.runs.of(i) {
             self.end_run(id);
         }
         self.unwatch_pidfd(i);

@@ -67,17 +67,121 @@ pub(super) enum Wait {
 /// How often a `waitfor` action looks for its path.
 pub(super) const WAITFOR_EVERY_NS: u64 = 20_000_000;
 
-impl Daemon {
-    /// A run id no run in progress has: the counter wraps after 2^32 runs, and skips
-    /// ids still in use (there are at most `RUNS_PER_ENTITY` per entity).
-    pub(super) fn next_run_id(&mut self) -> RunId {
+/// The condition runs in progress or queued: each entity's runs that are not `independent`
+/// run one after another in the order they fired (a queue per entity, whose first run is
+/// the one running), and the commands they wait for, by pid.
+#[derive(Default)]
+pub(super) struct Runs {
+    active: HashMap<RunId, Run>,
+    next: u32,
+    queues: HashMap<EntityId, std::collections::VecDeque<RunId>>,
+    exec_pids: HashMap<i32, RunId>,
+    /// The run journal was full, and the log said so.
+    pub(super) journal_full_logged: bool,
+}
+
+impl Runs {
+    /// A run id no run in progress has: the counter wraps after 2^32 runs, and skips ids
+    /// still in use (there are at most `RUNS_PER_ENTITY` per entity).
+    pub(super) fn next_id(&mut self) -> RunId {
         loop {
-            let id = RunId(self.next_run);
-            self.next_run = self.next_run.wrapping_add(1);
-            if !self.runs.contains_key(&id) {
+            let id = RunId(self.next);
+            self.next = self.next.wrapping_add(1);
+            if !self.active.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    /// New ids come after `id` (a successor goes on numbering after its predecessor's).
+    pub(super) fn numbered_after(&mut self, id: RunId) {
+        self.next = self.next.max(id.0.wrapping_add(1));
+    }
+
+    /// Adds `run` as `id`. Returns whether it starts now: it is independent, or the first
+    /// of its entity's queue.
+    pub(super) fn add(&mut self, id: RunId, run: Run) -> bool {
+        let (i, independent) = (run.entity, run.independent);
+        self.active.insert(id, run);
+        if independent {
+            return true;
+        }
+        let queue = self.queues.entry(i).or_default();
+        queue.push_back(id);
+        queue.len() == 1
+    }
+
+    /// Run `id` is over: it, and the next queued run of its entity (which starts now).
+    pub(super) fn end(&mut self, id: RunId) -> Option<(Run, Option<RunId>)> {
+        let run = self.active.remove(&id)?;
+        if run.independent {
+            return Some((run, None));
+        }
+        let next = self.queues.get_mut(&run.entity).and_then(|q| {
+            q.retain(|&r| r != id);
+            q.front().copied()
+        });
+        Some((run, next))
+    }
+
+    /// The runs of entity `i` (for its removal).
+    pub(super) fn of(&self, i: EntityId) -> Vec<RunId> {
+        self.active
+            .iter()
+            .filter(|(_, r)| r.entity == i)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Entity `i` is gone: its queue with it (its runs are ended one by one).
+    pub(super) fn forget_queue(&mut self, i: EntityId) {
+        self.queues.remove(&i);
+    }
+
+    /// Whether entity `i` has [`RUNS_PER_ENTITY`] runs open (running or queued). Counted
+    /// only when the runs of all entities together could reach it.
+    pub(super) fn at_quota(&self, i: EntityId) -> bool {
+        self.active.len() >= RUNS_PER_ENTITY
+            && self.active.values().filter(|r| r.entity == i).count() >= RUNS_PER_ENTITY
+    }
+
+    pub(super) fn get(&self, id: &RunId) -> Option<&Run> {
+        self.active.get(id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &RunId) -> Option<&mut Run> {
+        self.active.get_mut(id)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Run> {
+        self.active.values()
+    }
+
+    /// Run `id` waits for the command `pid`.
+    pub(super) fn exec_started(&mut self, pid: i32, id: RunId) {
+        self.exec_pids.insert(pid, id);
+    }
+
+    pub(super) fn exec_ended(&mut self, pid: i32) {
+        self.exec_pids.remove(&pid);
+    }
+
+    /// The run that waits for the command `pid`.
+    pub(super) fn waiting_for(&self, pid: i32) -> Option<RunId> {
+        self.exec_pids.get(&pid).copied()
+    }
+}
+
+impl std::ops::Index<&RunId> for Runs {
+    type Output = Run;
+    fn index(&self, id: &RunId) -> &Run {
+        &self.active[id]
+    }
+}
+
+impl Daemon {
+    pub(super) fn next_run_id(&mut self) -> RunId {
+        self.runs.next_id()
     }
 
     /// Fires the conditions of entity `i` that match `event`: each matching condition's
@@ -138,8 +242,7 @@ impl Daemon {
     /// Whether entity `i` has [`RUNS_PER_ENTITY`] condition runs open (running or
     /// queued). Counted only when the runs of all entities together could reach it.
     pub(super) fn at_run_quota(&self, i: EntityId) -> bool {
-        self.runs.len() >= RUNS_PER_ENTITY
-            && self.runs.values().filter(|r| r.entity == i).count() >= RUNS_PER_ENTITY
+        self.runs.at_quota(i)
     }
 
     /// Actions flagged `run_now` run once when the instance starts cold (QNX
@@ -187,32 +290,19 @@ impl Daemon {
     /// Starts a run, or queues it behind the entity's run in progress: an entity's
     /// conditions run one after another in the order they fired, unless `independent`.
     pub(super) fn start_run(&mut self, id: RunId, run: Run) {
-        let (i, independent) = (run.entity, run.independent);
-        self.runs.insert(id, run);
-        if !independent {
-            let queue = self.run_queue.entry(i).or_default();
-            queue.push_back(id);
-            if queue.len() > 1 {
-                self.journal(id, false); // queued: a successor queues it again
-                return; // it starts when the one before it ends
-            }
+        if !self.runs.add(id, run) {
+            self.journal(id, false); // queued: a successor queues it again
+            return; // it starts when the one before it ends
         }
         self.advance(id);
     }
 
     /// Run `id` is over: the next queued run of its entity starts.
     pub(super) fn end_run(&mut self, id: RunId) {
-        let Some(run) = self.runs.remove(&id) else {
+        let Some((run, next)) = self.runs.end(id) else {
             return;
         };
         self.unjournal(&run);
-        if run.independent {
-            return;
-        }
-        let next = self.run_queue.get_mut(&run.entity).and_then(|q| {
-            q.retain(|&r| r != id);
-            q.front().copied()
-        });
         if let Some(next) = next {
             self.advance(next);
         }
@@ -404,7 +494,7 @@ impl Daemon {
             Token::Action(id).data(),
             epoll::EventFlags::IN,
         );
-        self.exec_pids.insert(pid, id);
+        self.runs.exec_started(pid, id);
         self.schedule(deadline, Deadline::Action(id));
         if let Some(run) = self.runs.get_mut(&id) {
             run.waiting = Some(Wait::Exec {
@@ -461,7 +551,7 @@ impl Daemon {
             return;
         };
         let (i, cond) = (run.entity, run.condition);
-        self.exec_pids.remove(&pid);
+        self.runs.exec_ended(pid);
         if status == LastExit::Code(0) {
             self.record(i, None, cond, "execute", &format!("pid {pid} exited 0"));
         } else {
@@ -590,5 +680,95 @@ impl Daemon {
             self.fire(i, restarted, None);
         }
         self.entities[i].pruned_now = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(entity: usize, independent: bool) -> Run {
+        Run {
+            entity: EntityId::from_index(entity),
+            condition: "death",
+            env: Vec::new(),
+            stack: Vec::new(),
+            waiting: None,
+            independent,
+            cond: 0,
+            event: journal::RunEvent::default(),
+            jslot: None,
+            in_progress: false,
+            jwait: ham_core::journal::RunWait::None,
+            journaled: false,
+        }
+    }
+
+    #[test]
+    fn an_entitys_runs_go_one_after_another_in_firing_order() {
+        let mut runs = Runs::default();
+        let (a, b, c) = (runs.next_id(), runs.next_id(), runs.next_id());
+        assert!(runs.add(a, run(0, false)), "the first starts");
+        assert!(!runs.add(b, run(0, false)), "queued behind a");
+        assert!(!runs.add(c, run(0, false)), "queued behind b");
+        // Another entity's, and an independent one, start at once.
+        let (d, e) = (runs.next_id(), runs.next_id());
+        assert!(runs.add(d, run(1, false)));
+        assert!(runs.add(e, run(0, true)));
+        assert_eq!(runs.end(e).map(|(_, next)| next), Some(None));
+        assert_eq!(runs.end(a).map(|(_, next)| next), Some(Some(b)));
+        assert_eq!(runs.end(b).map(|(_, next)| next), Some(Some(c)));
+        assert_eq!(runs.end(c).map(|(_, next)| next), Some(None));
+        assert!(runs.end(c).is_none(), "ended once");
+        assert_eq!(runs.of(EntityId::from_index(1)), [d]);
+    }
+
+    #[test]
+    fn a_forgotten_queue_starts_nothing_more() {
+        let mut runs = Runs::default();
+        let (a, b) = (runs.next_id(), runs.next_id());
+        runs.add(a, run(0, false));
+        runs.add(b, run(0, false));
+        runs.forget_queue(EntityId::from_index(0));
+        assert_eq!(runs.end(a).map(|(_, next)| next), Some(None));
+    }
+
+    #[test]
+    fn ids_skip_runs_still_in_progress_when_the_counter_wraps() {
+        let mut runs = Runs::default();
+        runs.numbered_after(RunId(u32::MAX - 1));
+        let last = runs.next_id();
+        assert_eq!(last, RunId(u32::MAX));
+        runs.add(last, run(0, true));
+        let zero = runs.next_id();
+        runs.add(zero, run(0, true));
+        assert_eq!(zero, RunId(0));
+        // Both ends of the wrap are in use: the next free one.
+        runs.next = u32::MAX;
+        assert_eq!(runs.next_id(), RunId(1), "MAX and 0 are in use");
+    }
+
+    #[test]
+    fn the_quota_counts_an_entitys_open_runs() {
+        let mut runs = Runs::default();
+        for _ in 0..RUNS_PER_ENTITY - 1 {
+            let id = runs.next_id();
+            runs.add(id, run(0, false));
+        }
+        assert!(!runs.at_quota(EntityId::from_index(0)));
+        let id = runs.next_id();
+        runs.add(id, run(0, true));
+        assert!(runs.at_quota(EntityId::from_index(0)));
+        assert!(!runs.at_quota(EntityId::from_index(1)));
+    }
+
+    #[test]
+    fn commands_are_found_by_pid_until_they_end() {
+        let mut runs = Runs::default();
+        let id = runs.next_id();
+        runs.exec_started(42, id);
+        assert_eq!(runs.waiting_for(42), Some(id));
+        runs.exec_ended(42);
+        assert_eq!(runs.waiting_for(42), None);
     }
 }

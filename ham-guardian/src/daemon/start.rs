@@ -349,11 +349,7 @@ impl Daemon {
             origin: Some(origin),
             plog,
             syslog,
-            runs: HashMap::new(),
-            next_run: 0,
-            run_queue: HashMap::new(),
-            journal_full_logged: false,
-            exec_pids: HashMap::new(),
+            runs: Default::default(),
             dependents: Vec::new(),
             cfg,
         })
