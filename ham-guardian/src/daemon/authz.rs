@@ -48,9 +48,9 @@ impl super::Daemon {
     /// The authorization view of `peer`: who it is, and which entity's process it is.
     pub(super) fn with_caller<T>(&self, peer: super::Peer, f: impl FnOnce(&Caller) -> T) -> T {
         let process_of = |name: &str| {
-            self.by_name
-                .get(name)
-                .map(|&k| &self.entities[k].rec)
+            self.entities
+                .id_of(name)
+                .map(|k| &self.entities[k].rec)
                 .filter(|r| r.state.has_process())
                 .map(|r| r.pid)
         };

@@ -353,7 +353,7 @@ impl Daemon {
                 ev.pid, ev.uid
             ));
         }
-        let Some(&i) = self.by_name.get(&ev.entity) else {
+        let Some(i) = self.entities.id_of(&ev.entity) else {
             c.consumer.deny();
             return self.ring_reject(format_args!(
                 "event from pid {} for unknown entity `{}`",
@@ -400,7 +400,7 @@ impl Daemon {
             .cfg
             .raise_from
             .iter()
-            .map(|&j| self.entities[j].cfg.name.as_str());
+            .map(|&j| self.entities[EntityId::from_index(j)].cfg.name.as_str());
         self.with_caller(Peer { pid, uid }, |c| {
             super::authz::may_raise(c, &e.cfg.name, from)
         })

@@ -124,25 +124,185 @@ impl std::fmt::Display for EntityId {
     }
 }
 
-impl<T> std::ops::Index<EntityId> for Vec<T> {
-    type Output = T;
-    fn index(&self, id: EntityId) -> &T {
-        &self[id.index()]
-    }
-}
-
-impl<T> std::ops::IndexMut<EntityId> for Vec<T> {
-    fn index_mut(&mut self, id: EntityId) -> &mut T {
-        &mut self[id.index()]
-    }
-}
-
 impl Daemon {
     /// The first entity that `pred` holds for.
     pub(super) fn find_entity(&self, pred: impl FnMut(&Entity) -> bool) -> Option<EntityId> {
-        self.entities
-            .iter()
-            .position(pred)
-            .map(EntityId::from_index)
+        self.entities.find(pred)
+    }
+}
+
+/// The entities, in the order of the configuration (then run-time entities), with their
+/// names and who starts `after` whom. A place is an entity's [`EntityId`] for the daemon's
+/// life: a removed run-time entity leaves a free entry, which the next new entity takes.
+#[derive(Default)]
+pub(super) struct EntityTable {
+    list: Vec<Entity>,
+    by_name: HashMap<String, EntityId>,
+    /// For each entity, the entities that start `after` it (they stop before it).
+    dependents: Vec<Vec<EntityId>>,
+}
+
+impl EntityTable {
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, Entity> {
+        self.list.iter()
+    }
+
+    pub(super) fn get(&self, i: EntityId) -> Option<&Entity> {
+        self.list.get(i.index())
+    }
+
+    /// The first entity that `pred` holds for.
+    pub(super) fn find(&self, pred: impl FnMut(&Entity) -> bool) -> Option<EntityId> {
+        self.list.iter().position(pred).map(EntityId::from_index)
+    }
+
+    /// The entity named `name` (free entries have no name).
+    pub(super) fn id_of(&self, name: &str) -> Option<EntityId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Adds an entity at the end.
+    pub(super) fn push(&mut self, e: Entity) -> EntityId {
+        let i = EntityId::from_index(self.list.len());
+        if !crate::config::is_free_entry(&e.cfg.name) {
+            self.by_name.insert(e.cfg.name.clone(), i);
+        }
+        self.list.push(e);
+        self.dependents.push(Vec::new());
+        i
+    }
+
+    /// Puts `e` in place `i` (a free entry's, or a removed entity's that becomes a free
+    /// entry): the old name is forgotten, the new one (unless free) is known.
+    pub(super) fn replace(&mut self, i: EntityId, e: Entity) {
+        let old = std::mem::replace(&mut self.list[i.index()], e);
+        if self.by_name.get(&old.cfg.name) == Some(&i) {
+            self.by_name.remove(&old.cfg.name);
+        }
+        let name = &self.list[i.index()].cfg.name;
+        if !crate::config::is_free_entry(name) {
+            self.by_name.insert(name.clone(), i);
+        }
+        self.dependents[i.index()].clear();
+    }
+
+    /// The entities that start `after` entity `i`.
+    pub(super) fn dependents(&self, i: EntityId) -> &[EntityId] {
+        &self.dependents[i.index()]
+    }
+
+    /// Works out `dependents` from each entity's `after` (indices of the configuration's
+    /// entities, which are the table's first places).
+    pub(super) fn link_dependents(&mut self) {
+        let mut deps = vec![Vec::new(); self.list.len()];
+        for (d, e) in self.list.iter().enumerate() {
+            for &j in &e.cfg.after {
+                deps[j].push(EntityId::from_index(d));
+            }
+        }
+        self.dependents = deps;
+    }
+}
+
+impl std::ops::Index<EntityId> for EntityTable {
+    type Output = Entity;
+    fn index(&self, i: EntityId) -> &Entity {
+        &self.list[i.index()]
+    }
+}
+
+impl std::ops::IndexMut<EntityId> for EntityTable {
+    fn index_mut(&mut self, i: EntityId) -> &mut Entity {
+        &mut self.list[i.index()]
+    }
+}
+
+impl<'a> IntoIterator for &'a EntityTable {
+    type Item = &'a Entity;
+    type IntoIter = std::slice::Iter<'a, Entity>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut EntityTable {
+    type Item = &'a mut Entity;
+    type IntoIter = std::slice::IterMut<'a, Entity>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> (EntityTable, Vec<EntityConfig>) {
+        let cfg = crate::config::parse(
+            std::path::Path::new("/tmp/ham-test/ham.toml"),
+            r#"
+[ham]
+name = "t"
+[[entity]]
+name = "db"
+command = ["/bin/true"]
+[[entity]]
+name = "web"
+command = ["/bin/true"]
+after = ["db"]
+[[entity]]
+name = "cache"
+command = ["/bin/true"]
+after = ["db"]
+"#,
+        )
+        .expect("valid");
+        let mut t = EntityTable::default();
+        for (k, ec) in cfg.entities.iter().enumerate() {
+            let rec = EntityRecord::new(&ec.name);
+            let id = t.push(Entity::new(ec.clone(), k as u32, rec, Vec::new()));
+            assert_eq!(id.index(), k);
+        }
+        t.link_dependents();
+        (t, cfg.entities)
+    }
+
+    #[test]
+    fn names_and_dependents_are_found() {
+        let (t, _) = table();
+        let (db, web, cache) = (
+            t.id_of("db").unwrap(),
+            t.id_of("web").unwrap(),
+            t.id_of("cache").unwrap(),
+        );
+        assert_eq!(t.dependents(db), [web, cache]);
+        assert!(t.dependents(web).is_empty());
+        assert_eq!(t.id_of("nope"), None);
+        assert_eq!(t.find(|e| e.cfg.name == "cache"), Some(cache));
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_free_entry_has_no_name_and_its_place_is_taken_again() {
+        let (mut t, cfgs) = table();
+        let cache = t.id_of("cache").unwrap();
+        // Removed: its place becomes a free entry, and its name is free.
+        let mut free_cfg = cfgs[2].clone();
+        free_cfg.name = format!("{}{}", crate::config::FREE_ENTRY, 2);
+        let rec = EntityRecord::new(&free_cfg.name);
+        t.replace(cache, Entity::new(free_cfg.clone(), 2, rec, Vec::new()));
+        assert_eq!(t.id_of("cache"), None);
+        assert_eq!(t.id_of(&free_cfg.name), None, "free entries are not named");
+        // A new entity takes the place, under its own name.
+        let mut new_cfg = cfgs[2].clone();
+        new_cfg.name = "queue".into();
+        let rec = EntityRecord::new("queue");
+        t.replace(cache, Entity::new(new_cfg, 2, rec, Vec::new()));
+        assert_eq!(t.id_of("queue"), Some(cache));
+        assert_eq!(t.len(), 3);
     }
 }

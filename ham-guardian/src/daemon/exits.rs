@@ -16,7 +16,7 @@ pub(super) struct StatusPatch {
 impl Daemon {
     /// The entity's pidfd is readable: its process has exited.
     pub(super) fn on_pidfd(&mut self, i: EntityId) {
-        let Some(e) = self.entities.get(i.index()) else {
+        let Some(e) = self.entities.get(i) else {
             return;
         };
         if e.pidfd.is_none() {

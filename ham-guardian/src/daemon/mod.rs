@@ -151,8 +151,7 @@ pub struct Daemon {
     accept_paused: bool,
     /// Repeated log lines, at most one a second per kind.
     limited: conns::RateLimit,
-    entities: Vec<Entity>,
-    by_name: HashMap<String, EntityId>,
+    entities: entity::EntityTable,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,
     guardian: guardian_link::GuardianLink,
@@ -164,8 +163,6 @@ pub struct Daemon {
     syslog: Syslog,
     /// Condition runs in progress or queued, and the pids of the commands they wait for.
     runs: runs::Runs,
-    /// For each entity, the entities that start `after` it (they stop before it).
-    dependents: Vec<Vec<EntityId>>,
     /// The client segment (heartbeats, detector ring), if it could be set up.
     clients: Option<Clients>,
     subscribers: HashMap<u64, Subscriber>,

@@ -64,11 +64,11 @@ impl Daemon {
                 }
             }
         }
-        let ec = cfg.entities[i].clone();
+        let ec = cfg.entities[i.index()].clone();
         debug_assert_eq!(ec.name, free);
         let env = entity_env(&ec, &cfg);
-        self.by_name.remove(&name);
-        self.entities[i] = Entity::new(ec, slot, EntityRecord::new(&free), env);
+        self.entities
+            .replace(i, Entity::new(ec, slot, EntityRecord::new(&free), env));
         self.entities[i].rec.state = EntityState::Stopped;
         self.cfg = cfg;
         self.publish(i);

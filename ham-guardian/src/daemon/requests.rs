@@ -41,8 +41,8 @@ impl Daemon {
             | Request::Attach { entity, .. }
             | Request::Detach { entity }
             | Request::Ready { entity }
-            | Request::Raise { entity, .. } => match self.by_name.get(entity) {
-                Some(&i) => Some(i),
+            | Request::Raise { entity, .. } => match self.entities.id_of(entity) {
+                Some(i) => Some(i),
                 None => {
                     reply(
                         stream,
@@ -106,8 +106,9 @@ impl Daemon {
             ) => {
                 let found = match (condition, action) {
                     (None, _) => self
-                        .by_name
-                        .contains_key(&entity)
+                        .entities
+                        .id_of(&entity)
+                        .is_some()
                         .then_some(())
                         .ok_or(format!("no entity `{entity}`")),
                     (Some(c), a) => self

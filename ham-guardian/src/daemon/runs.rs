@@ -412,7 +412,7 @@ impl Daemon {
                     return;
                 }
                 ActionKind::Signal { entity, signal } => {
-                    let target = &self.entities[*entity];
+                    let target = &self.entities[EntityId::from_index(*entity)];
                     if target.pidfd.is_some() && target.rec.state.has_process() {
                         signal_entity(target, *signal);
                         let what = format!("signal {signal} to {}", target.cfg.name);

@@ -187,7 +187,7 @@ impl Daemon {
         let what = match &change {
             Change::Entity { name, pid, command } => {
                 check_name("entity", name)?;
-                if let Some(&i) = self.by_name.get(name) {
+                if let Some(i) = self.entities.id_of(name) {
                     // QNX: attaching a process under a placeholder's name fills it in.
                     let e = &self.entities[i];
                     if let (Some(pid), None, true, false) = (
@@ -589,19 +589,17 @@ impl Daemon {
     fn add_entity(&mut self, ec: EntityConfig, i: EntityId) -> EntityId {
         let env = entity_env(&ec, &self.cfg);
         let rec = EntityRecord::new(&ec.name);
-        self.by_name.insert(ec.name.clone(), i);
         if i.index() < self.entities.len() {
             let slot = self.entities[i].slot;
-            self.entities[i] = Entity::new(ec, slot, rec, env);
-            self.dependents[i].clear();
+            self.entities.replace(i, Entity::new(ec, slot, rec, env));
         } else {
             let used: std::collections::HashSet<u32> =
                 self.entities.iter().map(|e| e.slot).collect();
             let slot = (0..self.writer.segment().capacity())
                 .find(|s| !used.contains(s))
                 .unwrap_or(u32::MAX);
-            self.entities.push(Entity::new(ec, slot, rec, env));
-            self.dependents.push(Vec::new());
+            let pushed = self.entities.push(Entity::new(ec, slot, rec, env));
+            debug_assert_eq!(pushed, i, "a new entity's place is its configuration index");
         }
         self.prepare_cgroup(i);
         self.publish(i);
@@ -615,9 +613,8 @@ impl Daemon {
     }
 
     fn entity_index(&self, name: &str) -> Result<EntityId, Refusal> {
-        self.by_name
-            .get(name)
-            .copied()
+        self.entities
+            .id_of(name)
             .ok_or((ENOENT, format!("no entity named `{name}`")))
     }
 

@@ -124,7 +124,11 @@ impl Daemon {
             ) {
                 continue;
             }
-            let needed = self.dependents[i].iter().any(|&d| alive(&self.entities[d]));
+            let needed = self
+                .entities
+                .dependents(i)
+                .iter()
+                .any(|&d| alive(&self.entities[d]));
             if !needed {
                 self.begin_stop(i, Wanted::Down);
             }

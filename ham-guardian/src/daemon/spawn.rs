@@ -225,7 +225,7 @@ impl Daemon {
     /// Starts entity `i` now if everything it starts `after` is ready, else marks it waiting.
     pub(super) fn start_when_ready(&mut self, i: EntityId) {
         let deps_ready = self.entities[i].cfg.after.iter().all(|&j| {
-            let d = &self.entities[j];
+            let d = &self.entities[EntityId::from_index(j)];
             d.rec.state == EntityState::Running && d.ready
         });
         if deps_ready {

@@ -339,8 +339,7 @@ impl Daemon {
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
             next_conn: 0,
-            entities: Vec::new(),
-            by_name: HashMap::new(),
+            entities: Default::default(),
             shutdown: None,
             guardian: Default::default(),
             proc_conn: None,
@@ -350,7 +349,6 @@ impl Daemon {
             plog,
             syslog,
             runs: Default::default(),
-            dependents: Vec::new(),
             cfg,
         })
     }

@@ -55,23 +55,14 @@ impl Daemon {
                     (next_free, EntityRecord::new(&ec.name), false)
                 }
             };
-            let i = EntityId::from_index(self.entities.len());
-            if !crate::config::is_free_entry(&ec.name) {
-                self.by_name.insert(ec.name.clone(), i);
-            }
-            self.entities.push(Entity::new(ec, slot, rec, env));
+            let i = self.entities.push(Entity::new(ec, slot, rec, env));
             if existing {
                 to_resume.push(i);
             } else {
                 to_start.push(i);
             }
         }
-        self.dependents = vec![Vec::new(); self.entities.len()];
-        for (d, e) in self.entities.iter().enumerate() {
-            for &j in &e.cfg.after {
-                self.dependents[j].push(EntityId::from_index(d));
-            }
-        }
+        self.entities.link_dependents();
         // Records of processes that may still run come first, so that the proc connector is
         // listening before any of them can die unseen.
         if to_resume.iter().any(|&i| self.entities[i].rec.pid > 0) {
