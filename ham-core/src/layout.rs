@@ -362,6 +362,18 @@ pub struct Slot<const N: usize> {
 pub type RingStateSlot = Slot<5>;
 const _: () = assert!(std::mem::size_of::<RingStateSlot>() == 128);
 
+/// An entity slot's place in the state segment (`Segment::slot`, `SegmentWriter::publish`):
+/// a type of its own, so that it is never taken for a run-journal slot or for the daemon's
+/// index of an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SlotIndex(pub u32);
+
+impl std::fmt::Display for SlotIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One copy of an entity record.
 pub type EntityCopy = Copy<BODY_WORDS>;
 /// An entity slot.

@@ -16,6 +16,7 @@ use crate::blob::Blob;
 use crate::journal::{RUN_SLOTS, RunRecord, RunSlot};
 use crate::layout::{
     EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, RecordError,
+    SlotIndex,
 };
 
 /// Why a segment could not be created, opened or written.
@@ -316,7 +317,8 @@ impl Segment {
 
     /// Slot `index`, or `None` past the capacity. Indices from the segment itself must go
     /// through here, so a corrupt count can never lead a reader off the end.
-    pub fn slot(&self, index: u32) -> Option<&EntitySlot> {
+    pub fn slot(&self, index: SlotIndex) -> Option<&EntitySlot> {
+        let SlotIndex(index) = index;
         if index >= self.capacity {
             return None;
         }
@@ -354,9 +356,10 @@ impl Segment {
 
     /// Reads every used slot: `(index, record)`; free slots are skipped, unreadable ones are
     /// returned as errors for the caller to report.
-    pub fn records(&self) -> Vec<(u32, Result<EntityRecord, RecordError>)> {
+    pub fn records(&self) -> Vec<(SlotIndex, Result<EntityRecord, RecordError>)> {
         let count = self.header().entity_count().min(self.capacity);
         (0..count)
+            .map(SlotIndex)
             .filter_map(|i| {
                 let slot = self.slot(i)?;
                 match slot.read() {
@@ -421,15 +424,15 @@ impl SegmentWriter {
     }
 
     /// Publishes `rec` into slot `index` and returns the new generation.
-    pub fn publish(&self, index: u32, rec: &EntityRecord) -> Result<u64, SegmentError> {
+    pub fn publish(&self, index: SlotIndex, rec: &EntityRecord) -> Result<u64, SegmentError> {
         let h = self.owned()?;
         let slot = self.seg.slot(index).ok_or(SegmentError::NoSlot {
-            index,
+            index: index.0,
             capacity: self.seg.capacity,
         })?;
         let generation = slot.publish(rec, self.hook);
-        if h.entity_count() <= index {
-            h.set_entity_count(index + 1);
+        if h.entity_count() <= index.0 {
+            h.set_entity_count(index.0 + 1);
         }
         Ok(generation)
     }
@@ -466,7 +469,7 @@ impl SegmentWriter {
     }
 
     /// Frees slot `index`.
-    pub fn clear(&self, index: u32) -> Result<(), SegmentError> {
+    pub fn clear(&self, index: SlotIndex) -> Result<(), SegmentError> {
         self.owned()?;
         if let Some(slot) = self.seg.slot(index) {
             slot.clear();
@@ -562,7 +565,7 @@ mod tests {
         let mut rec = EntityRecord::new("web");
         rec.state = EntityState::Running;
         rec.pid = 99;
-        w.publish(3, &rec).unwrap();
+        w.publish(SlotIndex(3), &rec).unwrap();
 
         let ro = Segment::open(&name, Access::ReadOnly).unwrap();
         assert_eq!(ro.capacity(), 8);
@@ -570,9 +573,9 @@ mod tests {
         assert_eq!((snap.epoch, snap.ham_pid, snap.entity_count), (1, 1234, 4));
         let recs = ro.records();
         assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0].0, 3);
+        assert_eq!(recs[0].0, SlotIndex(3));
         assert_eq!(recs[0].1.as_ref().unwrap().pid, 99);
-        assert!(ro.slot(8).is_none());
+        assert!(ro.slot(SlotIndex(8)).is_none());
         assert!(matches!(
             Segment::create(&name, 8, 1),
             Err(SegmentError::Exists { .. })
@@ -589,13 +592,13 @@ mod tests {
         assert_eq!(second.epoch(), 2);
         let rec = EntityRecord::new("a");
         assert!(matches!(
-            first.publish(0, &rec),
+            first.publish(SlotIndex(0), &rec),
             Err(SegmentError::Fenced {
                 ours: 1,
                 current: 2
             })
         ));
-        assert!(second.publish(0, &rec).is_ok());
+        assert!(second.publish(SlotIndex(0), &rec).is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub(super) enum WaitFor {
 
 pub(super) struct Entity {
     pub(super) cfg: EntityConfig,
-    pub(super) slot: u32,
+    pub(super) slot: SlotIndex,
     pub(super) rec: EntityRecord,
     pub(super) pidfd: Option<OwnedFd>,
     /// The process is not our child (adopted after a takeover or a warm start): its exit
@@ -48,7 +48,7 @@ pub(super) struct Entity {
 impl Entity {
     pub(super) fn new(
         mut cfg: EntityConfig,
-        slot: u32,
+        slot: SlotIndex,
         rec: EntityRecord,
         env: Vec<(String, String)>,
     ) -> Self {
@@ -264,7 +264,12 @@ after = ["db"]
         let mut t = EntityTable::default();
         for (k, ec) in cfg.entities.iter().enumerate() {
             let rec = EntityRecord::new(&ec.name);
-            let id = t.push(Entity::new(ec.clone(), k as u32, rec, Vec::new()));
+            let id = t.push(Entity::new(
+                ec.clone(),
+                SlotIndex(k as u32),
+                rec,
+                Vec::new(),
+            ));
             assert_eq!(id.index(), k);
         }
         t.link_dependents();
@@ -294,14 +299,17 @@ after = ["db"]
         let mut free_cfg = cfgs[2].clone();
         free_cfg.name = format!("{}{}", crate::config::FREE_ENTRY, 2);
         let rec = EntityRecord::new(&free_cfg.name);
-        t.replace(cache, Entity::new(free_cfg.clone(), 2, rec, Vec::new()));
+        t.replace(
+            cache,
+            Entity::new(free_cfg.clone(), SlotIndex(2), rec, Vec::new()),
+        );
         assert_eq!(t.id_of("cache"), None);
         assert_eq!(t.id_of(&free_cfg.name), None, "free entries are not named");
         // A new entity takes the place, under its own name.
         let mut new_cfg = cfgs[2].clone();
         new_cfg.name = "queue".into();
         let rec = EntityRecord::new("queue");
-        t.replace(cache, Entity::new(new_cfg, 2, rec, Vec::new()));
+        t.replace(cache, Entity::new(new_cfg, SlotIndex(2), rec, Vec::new()));
         assert_eq!(t.id_of("queue"), Some(cache));
         assert_eq!(t.len(), 3);
     }

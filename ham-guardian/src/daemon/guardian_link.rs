@@ -112,7 +112,7 @@ impl Daemon {
     /// Guardian falls back to pidfd_open + start time at a takeover).
     pub(super) fn send_to_guardian(
         &mut self,
-        slot: u32,
+        slot: ham_core::layout::SlotIndex,
         pid: i32,
         start_time: u64,
         pidfd: &OwnedFd,
@@ -141,7 +141,7 @@ pub(super) struct GuardianLink {
     /// A Guardian that could not be started is tried again then.
     pub(super) retry_at: Option<u64>,
     /// (slot, pid, start time, a duplicate of the pidfd), sent in order.
-    backlog: std::collections::VecDeque<((u32, i32, u64), OwnedFd)>,
+    backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), OwnedFd)>,
 }
 
 impl GuardianLink {
@@ -158,11 +158,16 @@ impl GuardianLink {
 
     /// Sends `who`'s pidfd now, or keeps a duplicate (in order) while the socket is full,
     /// watching it for room.
-    fn send(&mut self, epoll: &OwnedFd, who: (u32, i32, u64), pidfd: &OwnedFd) -> io::Result<()> {
+    fn send(
+        &mut self,
+        epoll: &OwnedFd,
+        who: (ham_core::layout::SlotIndex, i32, u64),
+        pidfd: &OwnedFd,
+    ) -> io::Result<()> {
         // (sendmsg duplicates the descriptor into the message; ours stays ours)
         let Some(g) = &self.proc else { return Ok(()) };
         if self.backlog.is_empty() {
-            match handoff::send(&g.sock, who.0, who.1, who.2, pidfd) {
+            match handoff::send(&g.sock, who.0.0, who.1, who.2, pidfd) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Full (many attachments at once): keep it, and send when the Guardian
@@ -190,7 +195,7 @@ impl GuardianLink {
             return failed;
         };
         while let Some(((slot, pid, start_time), fd)) = self.backlog.front() {
-            match handoff::send(&g.sock, *slot, *pid, *start_time, fd) {
+            match handoff::send(&g.sock, slot.0, *pid, *start_time, fd) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return failed,
                 Err(e) => failed.push((*pid, e)),

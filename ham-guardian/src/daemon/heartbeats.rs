@@ -73,7 +73,7 @@ impl Daemon {
         // anything else changes: a refusal here leaves nothing half done.
         let beats = spec.missed_low | spec.missed_high != 0;
         let page = if beats {
-            let name = ham_core::paths::beat_page(&self.cfg.instance.name, slot);
+            let name = ham_core::paths::beat_page(&self.cfg.instance.name, slot.0);
             match ham_core::beat::BeatMap::create(&name, target as u32, now) {
                 Ok(page) => Some(page),
                 Err(e) => {
@@ -92,7 +92,7 @@ impl Daemon {
             if let Err(why) = self.adopt_attached(i, target) {
                 ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
                     &self.cfg.instance.name,
-                    slot,
+                    slot.0,
                 ));
                 return Err(Response::err(why));
             }
@@ -122,7 +122,7 @@ impl Daemon {
         );
         self.fire(i, Event::Attach, None);
         let mut r = Response::ok(format!("attached to `{name}`"));
-        r.slot = Some(slot);
+        r.slot = Some(slot.0);
         Ok((r, page_fd))
     }
 
@@ -240,7 +240,7 @@ impl Daemon {
         if e.beat.take().is_some() {
             ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
                 &self.cfg.instance.name,
-                e.slot,
+                e.slot.0,
             ));
         }
     }
@@ -327,7 +327,7 @@ impl Daemon {
             if self.entities[i].rec.heartbeat.is_none() {
                 continue;
             }
-            let name = ham_core::paths::beat_page(&self.cfg.instance.name, self.entities[i].slot);
+            let name = ham_core::paths::beat_page(&self.cfg.instance.name, self.entities[i].slot.0);
             let page = if self.entities[i].rec.state.has_process() {
                 ham_core::beat::BeatMap::open(&name).map_err(|e| e.to_string())
             } else {

@@ -176,7 +176,7 @@ impl Daemon {
         let e = &self.entities[run.entity];
         let rec = RunRecord {
             id: id.raw(),
-            entity_slot: e.slot,
+            entity_slot: e.slot.0,
             condition: run.cond,
             independent: run.independent,
             started,
@@ -322,7 +322,7 @@ impl Daemon {
         runs.sort_by_key(|(_, r)| r.id);
         let mut escalating = std::collections::HashSet::new();
         for (slot, rec) in runs {
-            let Some(i) = self.find_entity(|e| e.slot == rec.entity_slot) else {
+            let Some(i) = self.find_entity(|e| e.slot.0 == rec.entity_slot) else {
                 self.wrote(self.writer.clear_run(slot));
                 continue;
             };

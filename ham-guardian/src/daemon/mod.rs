@@ -19,7 +19,7 @@ use std::path::Path;
 use ham_core::engine;
 use ham_core::layout::{
     EXIT_SOURCE_PIDFD_INFO, EXIT_SOURCE_PROC_CONNECTOR, EXIT_SOURCE_WAITID,
-    FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START,
+    FLAG_DEVICE_RESTART_OFF, FLAG_STOP_INTENT, FLAG_WARM_START, SlotIndex,
 };
 use ham_core::policy::Wanted;
 use ham_core::segment::{Access, Segment, SegmentError, SegmentWriter, segment_size};

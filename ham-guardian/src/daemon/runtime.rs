@@ -20,6 +20,7 @@ use toml::{Table, Value};
 
 use super::{Daemon, Entity, EntityId, entity_env, log};
 use crate::config::{Config, EntityConfig};
+use ham_core::layout::SlotIndex;
 
 /// What an unprivileged process may define on its own entity, in bytes of the definitions
 /// document (removed definitions stay as tombstones until a cold start, and count).
@@ -593,11 +594,12 @@ impl Daemon {
             let slot = self.entities[i].slot;
             self.entities.replace(i, Entity::new(ec, slot, rec, env));
         } else {
-            let used: std::collections::HashSet<u32> =
+            let used: std::collections::HashSet<SlotIndex> =
                 self.entities.iter().map(|e| e.slot).collect();
             let slot = (0..self.writer.segment().capacity())
+                .map(SlotIndex)
                 .find(|s| !used.contains(s))
-                .unwrap_or(u32::MAX);
+                .unwrap_or(SlotIndex(u32::MAX));
             let pushed = self.entities.push(Entity::new(ec, slot, rec, env));
             debug_assert_eq!(pushed, i, "a new entity's place is its configuration index");
         }

@@ -162,7 +162,7 @@ impl Daemon {
         }
         ham_core::client::ClientSegment::unlink(&ham_core::paths::client_segment(&inst.name));
         for e in &self.entities {
-            ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(&inst.name, e.slot));
+            ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(&inst.name, e.slot.0));
         }
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {

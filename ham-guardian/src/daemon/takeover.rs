@@ -8,7 +8,7 @@ impl Daemon {
     /// start time), records of entities no longer configured are stopped and freed, and
     /// new entities get a free slot and are started.
     pub(super) fn adopt(&mut self, mut passed: HashMap<u32, Passed>) {
-        let mut found: HashMap<String, (u32, EntityRecord)> = HashMap::new();
+        let mut found: HashMap<String, (SlotIndex, EntityRecord)> = HashMap::new();
         for (slot, rec) in self.writer.segment().records() {
             match rec {
                 Ok(r) => {
@@ -21,7 +21,7 @@ impl Daemon {
             }
         }
         let configured: HashSet<&str> = self.cfg.entities.iter().map(|e| e.name.as_str()).collect();
-        let orphans: Vec<(u32, EntityRecord)> = found
+        let orphans: Vec<(SlotIndex, EntityRecord)> = found
             .iter()
             .filter(|(name, _)| !configured.contains(name.as_str()))
             .map(|(_, v)| v.clone())
@@ -38,8 +38,8 @@ impl Daemon {
             }
             self.wrote(self.writer.clear(slot));
         }
-        let mut used: HashSet<u32> = found.values().map(|(s, _)| *s).collect();
-        let mut next_free = 0u32;
+        let mut used: HashSet<SlotIndex> = found.values().map(|(s, _)| *s).collect();
+        let mut next_free = SlotIndex(0);
         let cfgs = self.cfg.entities.clone();
         let mut to_resume = Vec::new();
         let mut to_start = Vec::new();
@@ -49,7 +49,7 @@ impl Daemon {
                 Some((slot, rec)) => (slot, rec, true),
                 None => {
                     while used.contains(&next_free) {
-                        next_free += 1;
+                        next_free.0 += 1;
                     }
                     used.insert(next_free);
                     (next_free, EntityRecord::new(&ec.name), false)
@@ -69,7 +69,7 @@ impl Daemon {
             self.ensure_proc_connector();
         }
         for i in to_resume {
-            let p = passed.remove(&self.entities[i].slot);
+            let p = passed.remove(&self.entities[i].slot.0);
             self.resume(i, p);
         }
         for i in EntityId::all(self.entities.len()) {
