@@ -106,26 +106,18 @@ impl Spec {
     /// after an option that takes a FILE, and the words a command's argument may be.
     pub fn bash_completion(&self) -> String {
         let func = format!("_{}", self.name.replace('-', "_"));
-        let with_value: Vec<String> = self
-            .options
-            .iter()
-            .filter(|o| o.value.is_some())
-            .flat_map(|o| {
-                let mut v = vec![format!("--{}", o.long)];
-                v.extend(o.short.map(|c| format!("-{c}")));
-                v
-            })
-            .collect();
-        let files: Vec<String> = self
-            .options
-            .iter()
-            .filter(|o| o.value == Some("FILE"))
-            .flat_map(|o| {
-                let mut v = vec![format!("--{}", o.long)];
-                v.extend(o.short.map(|c| format!("-{c}")));
-                v
-            })
-            .collect();
+        // Each option as it may be written: `--long`, then `-s`.
+        let spellings = |keep: fn(&Opt) -> bool| -> Vec<String> {
+            self.options
+                .iter()
+                .filter(|o| keep(o))
+                .flat_map(|o| {
+                    std::iter::once(format!("--{}", o.long)).chain(o.short.map(|c| format!("-{c}")))
+                })
+                .collect()
+        };
+        let with_value = spellings(|o| o.value.is_some());
+        let files = spellings(|o| o.value == Some("FILE"));
         let options: Vec<String> = self
             .options
             .iter()

@@ -20,6 +20,13 @@ const GENERATE: [Opt; 2] = [
     },
 ];
 
+const CONFIG: Opt = Opt {
+    long: "config",
+    short: Some('c'),
+    value: Some("FILE"),
+    help: "the instance's configuration",
+};
+
 const HELP: Opt = Opt {
     long: "help",
     short: Some('h'),
@@ -79,12 +86,7 @@ pub static HAMCTL: Spec = Spec {
     about: "status and control of a running ham",
     synopsis: &["[-c|--config FILE] [--timeout DURATION] COMMAND"],
     options: &[
-        Opt {
-            long: "config",
-            short: Some('c'),
-            value: Some("FILE"),
-            help: "the instance's configuration",
-        },
+        CONFIG,
         Opt {
             long: "timeout",
             short: None,
@@ -185,12 +187,7 @@ pub static HAM_CLIENT: Spec = Spec {
     about: "the detector SDK from the shell: heartbeats, detector events, subscriptions",
     synopsis: &["[-c|--config FILE] COMMAND"],
     options: &[
-        Opt {
-            long: "config",
-            short: Some('c'),
-            value: Some("FILE"),
-            help: "the instance's configuration",
-        },
+        CONFIG,
         Opt {
             long: "period",
             short: None,
