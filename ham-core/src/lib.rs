@@ -33,6 +33,7 @@ pub mod lifecycle;
 pub mod paths;
 pub mod policy;
 pub mod protocol;
+pub mod pss;
 pub mod segment;
 pub mod shm;
 pub mod sync;

@@ -10,6 +10,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/ham/ham.toml";
 pub const DEFAULT_RUN_DIR: &str = "/run/ham";
 /// `[ham] log_dir` when not given.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/ham";
+/// `[ham] state_dir` when not given: what survives a reboot (durable checkpoints).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ham";
 
 /// The state segment of instance `name`.
 pub fn state_segment(name: &str) -> String {
@@ -24,6 +26,19 @@ pub fn client_segment(name: &str) -> String {
 /// The heartbeat page of attachment `slot` of instance `name`.
 pub fn beat_page(name: &str, slot: u32) -> String {
     format!("/ham.{name}.hb.{slot}")
+}
+
+/// The checkpoint store (`ham_core::pss`) of the entity in `slot` of instance `name`.
+pub fn pss_region(name: &str, slot: u32) -> String {
+    format!("/ham.{name}.pss.{slot}")
+}
+
+/// The file of entity `entity`'s durable checkpoints.
+pub fn pss_file(state_dir: &Path, name: &str, entity: &str) -> PathBuf {
+    state_dir
+        .join(name)
+        .join("pss")
+        .join(format!("{entity}.pss"))
 }
 
 /// The control socket.

@@ -65,6 +65,28 @@ pub enum Request {
         severity: u32,
         value: i64,
     },
+    /// The entity's checkpoint store (its own processes only): answered with a descriptor
+    /// of the region (`ham_core::pss`), made on first use.
+    PssOpen { entity: String },
+    /// Writes the entity's durable keys to disk: answered once they are there.
+    PssSync { entity: String },
+    /// Reads an entity's checkpoint store through ham: one key, or every key (`None`).
+    /// Another entity's process sees only its shared keys; an operator sees all.
+    PssRead {
+        entity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+}
+
+/// One key of a checkpoint store, as `PssRead` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PssItem {
+    pub key: String,
+    pub shared: bool,
+    pub durable: bool,
+    pub value: Vec<u8>,
+    pub generation: u64,
 }
 
 impl Request {
@@ -78,7 +100,10 @@ impl Request {
             | Self::Ready { .. }
             | Self::Lookup { .. }
             | Self::Subscribe { .. }
-            | Self::DeviceRestart { .. } => true,
+            | Self::DeviceRestart { .. }
+            | Self::PssOpen { .. }
+            | Self::PssSync { .. }
+            | Self::PssRead { .. } => true,
             Self::Verbose { op, .. } => *op == VerboseOp::Get,
             Self::Define {
                 change: Change::Control { command, .. },
@@ -112,6 +137,9 @@ pub struct Response {
     /// `define` with a `get` control: the flags asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<u32>,
+    /// `pss-read`: the keys read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pss: Option<Box<[PssItem]>>,
 }
 
 impl Response {
@@ -125,6 +153,7 @@ impl Response {
             slot: None,
             errno: None,
             flags: None,
+            pss: None,
         }
     }
     /// A refusal with the errno a C caller gets.
@@ -143,6 +172,7 @@ impl Response {
             slot: None,
             errno: None,
             flags: None,
+            pss: None,
         }
     }
     /// The response as one line, newline included.

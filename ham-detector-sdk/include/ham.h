@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -139,6 +140,16 @@
  The local node (the only one for now).
  */
 #define ND_LOCAL_NODE 0
+
+/*
+ `ham_pss_put` flag: other entities may read the key (through ham).
+ */
+#define HAM_PSS_SHARED 1
+
+/*
+ `ham_pss_put` flag: the key survives a reboot; the put returns once it is on disk.
+ */
+#define HAM_PSS_DURABLE 2
 
 /*
  A handle: what it names (an entity; its condition; that condition's action). As in
@@ -379,6 +390,36 @@ int ham_pulse_receive(int fd, ham_pulse_t *pulse, unsigned int flags);
  Closes a pulse channel `ham_pulse_open` opened (and its descriptor).
  */
 int ham_pulse_close(int fd);
+
+/*
+ Puts the `len` bytes at `value` under `key` in the checkpoint store of this process's
+ entity (`HAM_ENTITY`): all or nothing, whatever kills the process; no system call unless
+ `HAM_PSS_DURABLE`. `flags`: `HAM_PSS_SHARED`, `HAM_PSS_DURABLE`. 0, or `-1` and `errno`:
+ `EINVAL` (a NULL or bad key, a value larger than `pss_max.value`), `ENOSPC` (over
+ `pss_max.keys` or `.bytes`), `EPERM` (not an entity's process), `EBUSY` (another process
+ of the entity holds the store for over 2 s).
+ */
+int ham_pss_put(const char *key, const void *value, size_t len, unsigned int flags);
+
+/*
+ Copies the value of `key` in this process's entity's store into `buf` (at most `len`
+ bytes) and returns the value's length, which is more than `len` when `buf` was too
+ small (call again with a larger one). `-1` and `errno`: `ENOENT` (no such key),
+ `EINVAL`, `EPERM`.
+ */
+ptrdiff_t ham_pss_get(const char *key, void *buf, size_t len);
+
+/*
+ As `ham_pss_get`, for entity `ename`'s key, read through ham: another entity's shared
+ key (`EACCES` for a private one), or any key of this process's own entity.
+ */
+ptrdiff_t ham_pss_get_entity(const char *ename, const char *key, void *buf, size_t len);
+
+/*
+ Deletes `key` from this process's entity's store: 0, or `-1` and `errno` (`ENOENT`
+ when it was not there).
+ */
+int ham_pss_delete(const char *key);
 
 #ifdef __cplusplus
 }  // extern "C"

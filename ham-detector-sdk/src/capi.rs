@@ -112,6 +112,9 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// behind a call talking to ham.
 static HEARTBEATS: Mutex<Vec<(String, Heartbeat)>> = Mutex::new(Vec::new());
 
+/// This process's entity's checkpoint store, opened on the first `ham_pss_*` call.
+static PSS: Mutex<Option<crate::Pss>> = Mutex::new(None);
+
 /// Pulse channels opened with `ham_pulse_open` (each a subscription, by its descriptor).
 static PULSES: Mutex<Vec<crate::Subscription>> = Mutex::new(Vec::new());
 
@@ -128,6 +131,15 @@ fn errno_of(e: &Error) -> c_int {
         Error::Connect { .. } | Error::Segment(_) | Error::Config { .. } => libc::EBADF,
         Error::Push(_) => libc::EAGAIN,
         Error::Io(_) | Error::BadAnswer(_) | Error::NoAnswer => libc::EIO,
+        Error::Pss(e) => {
+            use ham_core::pss::PssError as P;
+            match e {
+                P::BadKey(_) | P::TooLarge { .. } => libc::EINVAL,
+                P::TooManyKeys { .. } | P::OverQuota { .. } => libc::ENOSPC,
+                P::Busy { .. } => libc::EBUSY,
+                P::Unstable(_) => libc::EAGAIN,
+            }
+        }
     }
 }
 
@@ -1542,6 +1554,143 @@ pub extern "C" fn ham_pulse_close(fd: c_int) -> c_int {
         }
         None => fail_int(libc::EBADF),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint store (ham extensions, NX-OS's PSS; not in QNX)
+// ---------------------------------------------------------------------------------------------
+
+/// `ham_pss_put` flag: other entities may read the key (through ham).
+pub const HAM_PSS_SHARED: c_uint = 1;
+/// `ham_pss_put` flag: the key survives a reboot; the put returns once it is on disk.
+pub const HAM_PSS_DURABLE: c_uint = 2;
+
+/// Runs `f` with this process's entity's store (`HAM_ENTITY`), opened on first use.
+fn with_pss<T>(f: impl FnOnce(&crate::Pss) -> Result<T, Error>) -> Result<T, c_int> {
+    let mut pss = PSS.lock().unwrap_or_else(|p| p.into_inner());
+    if pss.is_none() {
+        *pss = Some(with_client(|c| c.pss_own())?);
+    }
+    f(pss.as_ref().expect("opened above")).map_err(|e| errno_of(&e))
+}
+
+/// Puts the `len` bytes at `value` under `key` in the checkpoint store of this process's
+/// entity (`HAM_ENTITY`): all or nothing, whatever kills the process; no system call unless
+/// `HAM_PSS_DURABLE`. `flags`: `HAM_PSS_SHARED`, `HAM_PSS_DURABLE`. 0, or `-1` and `errno`:
+/// `EINVAL` (a NULL or bad key, a value larger than `pss_max.value`), `ENOSPC` (over
+/// `pss_max.keys` or `.bytes`), `EPERM` (not an entity's process), `EBUSY` (another process
+/// of the entity holds the store for over 2 s).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pss_put(
+    key: *const c_char,
+    value: *const std::ffi::c_void,
+    len: usize,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: as `arg`.
+    let Some(key) = (unsafe { arg(key) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    if value.is_null() && len > 0 {
+        return fail_int(libc::EINVAL);
+    }
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller passes `len` readable bytes at `value` (checked non-NULL), that
+        // stay valid for this call.
+        unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len) }
+    };
+    let scope = if flags & HAM_PSS_SHARED != 0 {
+        crate::Scope::Shared
+    } else {
+        crate::Scope::Private
+    };
+    let durability = if flags & HAM_PSS_DURABLE != 0 {
+        crate::Durability::Durable
+    } else {
+        crate::Durability::Volatile
+    };
+    int_result(with_pss(|p| p.put(&key, bytes, scope, durability)))
+}
+
+/// Copies the value of `key` in this process's entity's store into `buf` (at most `len`
+/// bytes) and returns the value's length, which is more than `len` when `buf` was too
+/// small (call again with a larger one). `-1` and `errno`: `ENOENT` (no such key),
+/// `EINVAL`, `EPERM`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pss_get(
+    key: *const c_char,
+    buf: *mut std::ffi::c_void,
+    len: usize,
+) -> isize {
+    // SAFETY: as `arg`.
+    let Some(key) = (unsafe { arg(key) }) else {
+        return fail_int(libc::EINVAL) as isize;
+    };
+    match with_pss(|p| p.get(&key)) {
+        Ok(Some(v)) => {
+            // SAFETY: the caller passes `len` writable bytes at `buf` (or len 0).
+            unsafe { copy_out(&v, buf, len) }
+        }
+        Ok(None) => fail_int(libc::ENOENT) as isize,
+        Err(e) => fail_int(e) as isize,
+    }
+}
+
+/// As `ham_pss_get`, for entity `ename`'s key, read through ham: another entity's shared
+/// key (`EACCES` for a private one), or any key of this process's own entity.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pss_get_entity(
+    ename: *const c_char,
+    key: *const c_char,
+    buf: *mut std::ffi::c_void,
+    len: usize,
+) -> isize {
+    // SAFETY: as `arg`, for both.
+    let (Some(entity), Some(key)) = (unsafe { arg(ename) }, unsafe { arg(key) }) else {
+        return fail_int(libc::EINVAL) as isize;
+    };
+    match with_client(|c| c.pss_read(&entity, Some(&key))) {
+        Ok(items) => match items.into_iter().next() {
+            // SAFETY: the caller passes `len` writable bytes at `buf` (or len 0).
+            Some(it) => unsafe { copy_out(&it.value, buf, len) },
+            None => fail_int(libc::ENOENT) as isize,
+        },
+        Err(e) => fail_int(e) as isize,
+    }
+}
+
+/// Deletes `key` from this process's entity's store: 0, or `-1` and `errno` (`ENOENT`
+/// when it was not there).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pss_delete(key: *const c_char) -> c_int {
+    // SAFETY: as `arg`.
+    let Some(key) = (unsafe { arg(key) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    match with_pss(|p| p.delete(&key)) {
+        Ok(true) => 0,
+        Ok(false) => fail_int(libc::ENOENT),
+        Err(e) => fail_int(e),
+    }
+}
+
+/// The value's bytes into `buf` (at most `len`); the value's length.
+///
+/// # Safety
+/// `buf` is NULL with `len` 0, or points to `len` writable bytes.
+unsafe fn copy_out(v: &[u8], buf: *mut std::ffi::c_void, len: usize) -> isize {
+    let n = v.len().min(len);
+    if n > 0 {
+        if buf.is_null() {
+            return fail_int(libc::EINVAL) as isize;
+        }
+        // SAFETY: `buf` has `len` ≥ `n` writable bytes (the contract above), and does not
+        // overlap `v` (ours).
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), buf.cast::<u8>(), n) };
+    }
+    isize::try_from(v.len()).unwrap_or(isize::MAX)
 }
 
 #[cfg(test)]

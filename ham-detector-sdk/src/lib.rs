@@ -24,6 +24,10 @@
 #![deny(unsafe_code)]
 
 pub mod capi;
+mod pss;
+
+pub use ham_core::protocol::PssItem;
+pub use pss::{Durability, Pss, Scope};
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -104,6 +108,9 @@ pub enum Error {
     Refused { errno: Option<i32>, message: String },
     #[error(transparent)]
     Push(#[from] PushError),
+    /// The checkpoint store refused a put, a delete or a read.
+    #[error("checkpoint store: {0}")]
+    Pss(#[from] ham_core::pss::PssError),
 }
 
 /// The instance's name and run directory.

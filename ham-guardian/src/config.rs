@@ -23,7 +23,7 @@ use rules::{backoff, condition, groups, parse_signal, policy, resolve_after};
 
 /// The default run directory, log directory and configuration file (ham-core's, shared
 /// with the SDK).
-pub use ham_core::paths::{DEFAULT_CONFIG, DEFAULT_LOG_DIR, DEFAULT_RUN_DIR};
+pub use ham_core::paths::{DEFAULT_CONFIG, DEFAULT_LOG_DIR, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR};
 /// Default syslog socket.
 pub const DEFAULT_SYSLOG: &str = "/dev/log";
 /// Longest instance name (it becomes part of a shm object name and a socket path).
@@ -87,6 +87,7 @@ struct RawHam {
     name: Spanned<String>,
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     max_entities: Option<Spanned<u32>>,
     liveness_timeout: Option<Spanned<String>>,
     syslog: Option<Spanned<String>>,
@@ -109,6 +110,7 @@ struct RawHamLenient {
     name: Spanned<String>,
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
 }
 
@@ -146,6 +148,15 @@ struct RawEntity {
     memory_max: Option<Spanned<u64>>,
     pids_max: Option<Spanned<u64>>,
     cpu_weight: Option<Spanned<u64>>,
+    pss_max: Option<Spanned<RawPssMax>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPssMax {
+    keys: Option<u32>,
+    bytes: Option<u32>,
+    value: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,7 +340,17 @@ pub struct EntityConfig {
     pub limits: CgroupLimits,
     /// Other entities whose processes may raise events on this one (indices).
     pub raise_from: Vec<usize>,
+    /// The shape of its checkpoint store (`pss_max`).
+    pub pss: ham_core::pss::Geometry,
 }
+
+/// `pss_max` when not given: 32 keys, 64 KiB of values, 4 KiB a value (a region of about
+/// 270 KiB, made only for an entity whose process opens its store).
+pub const DEFAULT_PSS: ham_core::pss::Geometry = ham_core::pss::Geometry {
+    keys: 32,
+    bytes_max: 64 * 1024,
+    value_max: 4096,
+};
 
 /// How an entity that is to be restarted is restarted (the recovery engine's).
 pub use ham_core::engine::Recovery;
@@ -407,6 +428,8 @@ pub struct Instance {
     pub name: String,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// `[ham] state_dir`: what must survive a reboot (durable checkpoints).
+    pub state_dir: PathBuf,
     /// `[ham] cgroup`: how entities' processes are tracked.
     pub cgroup: CgroupMode,
 }
@@ -601,6 +624,10 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
             .ham
             .log_dir
             .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        state_dir: raw.ham.state_dir.map_or_else(
+            || PathBuf::from(DEFAULT_STATE_DIR),
+            |d| ctx.path(d.get_ref()),
+        ),
         cgroup: cgroup_mode(&ctx, raw.ham.cgroup.as_ref())?,
     })
 }

@@ -33,6 +33,10 @@ pub const RUNS: &[&str] = &[
     "run:after-exec-pid",
 ];
 
+/// Failpoints of the checkpoint store: ham dies writing a durable file, after the new file
+/// is written and synced and before it replaces the old one.
+pub const PSS: &[&str] = &["pss:before-rename"];
+
 /// A failpoint on the control path: the HAM dies holding a request it accepted, before it
 /// answers (what the SDK's retries are tested against).
 pub const CONTROL: &[&str] = &["control:request"];

@@ -169,3 +169,50 @@ fn a_c_detector_raises_a_condition_matched_by_type_class_and_severity() {
         .count();
     assert_eq!(raises, 1);
 }
+
+#[test]
+fn a_c_counter_goes_on_from_its_checkpoint_after_each_kill() {
+    let work = tempfile::tempdir().unwrap();
+    let counter = build_c("pss_counter", work.path());
+    let body = format!(
+        "[[entity]]\nname = \"counter\"\ncommand = [\"{}\"]\npolicy = {{ kind = \"immediate\" }}\n",
+        counter.display()
+    );
+    let ham = Ham::start("c-pss", &body);
+    let read = |k: &str| -> Option<(u64, u64)> {
+        let req = ham_guardian::control::Request::PssRead {
+            entity: "counter".into(),
+            key: Some(k.into()),
+        };
+        let r = ham_guardian::control::request(
+            &ham.socket_path(),
+            &req,
+            std::time::Duration::from_secs(10),
+        )
+        .ok()?;
+        let it = Vec::from(r.pss?).into_iter().next()?;
+        Some((
+            u64::from_ne_bytes(it.value[..8].try_into().unwrap()),
+            it.generation,
+        ))
+    };
+    let mut last = 0;
+    for kill in 0..5 {
+        wait_until(&ham, "the counter counting", || {
+            read("count").is_some_and(|(c, _)| c > last + 10)
+        });
+        let (_, from_gen) = read("started-from").unwrap();
+        let s = ham.status();
+        let (c, _) = read("count").unwrap();
+        assert!(kill_and_wait(pid_of(&s, "counter")));
+        wait_until(&ham, "the next process's start", || {
+            read("started-from").is_some_and(|(_, g)| g > from_gen)
+        });
+        let (from, _) = read("started-from").unwrap();
+        assert!(
+            from >= c,
+            "kill {kill}: count {c} at the kill, started from {from}"
+        );
+        last = from;
+    }
+}

@@ -16,6 +16,7 @@ mod hardening;
 mod instances;
 mod notify;
 mod ordering;
+mod pss;
 mod qnx;
 mod qnx_examples;
 mod recovery;

@@ -26,6 +26,9 @@ struct Args {
     beats: Option<String>,
     count: Option<String>,
     signal: Option<String>,
+    entity: Option<String>,
+    shared: bool,
+    durable: bool,
     generate: Option<Generate>,
     words: Vec<String>,
 }
@@ -49,6 +52,9 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("beats") => a.beats = Some(p.value()?.string()?),
             Long("count") => a.count = Some(p.value()?.string()?),
             Long("signal") => a.signal = Some(p.value()?.string()?),
+            Long("entity") => a.entity = Some(p.value()?.string()?),
+            Long("shared") => a.shared = true,
+            Long("durable") => a.durable = true,
             // A negative number (a raise's VALUE) is a word, not an option.
             Short(d) if d.is_ascii_digit() => a.words.push(negative_number(&mut p, d)?),
             Value(v) => a.words.push(v.string()?),
@@ -59,7 +65,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
 }
 
 fn main() -> ExitCode {
-    let a = match parse_args() {
+    let mut a = match parse_args() {
         Ok(a) => a,
         Err(e) => return usage(&e.to_string()),
     };
@@ -82,7 +88,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    let args = a.words;
+    let args = std::mem::take(&mut a.words);
     if args.is_empty() {
         return usage("no command");
     }
@@ -141,6 +147,7 @@ fn main() -> ExitCode {
             };
             client.state(&args[1], from, to)
         }
+        ("pss", _) => return pss(&client, &args[1..], &a),
         ("detach", 2) => client.detach(&args[1]),
         ("ready", 2) => client.ready(&args[1]),
         ("define", 2) => match serde_json::from_str::<ham_detector_sdk::Change>(&args[1]) {
@@ -192,5 +199,85 @@ fn main() -> ExitCode {
             eprintln!("ham-client: {e}");
             ExitCode::from(exit::FAILED as u8)
         }
+    }
+}
+
+/// `ham-client pss put|get|delete|list`.
+fn pss(client: &Client, words: &[String], a: &Args) -> ExitCode {
+    use ham_detector_sdk::{Durability, Scope};
+    let entity = match a
+        .entity
+        .clone()
+        .or_else(|| std::env::var("HAM_ENTITY").ok())
+    {
+        Some(e) => e,
+        None => return usage("pss: --entity ENTITY (or run it from an entity: $HAM_ENTITY)"),
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    if (a.shared || a.durable) && words.first() != Some(&"put") {
+        return usage("--shared and --durable go with pss put");
+    }
+    let failed = |e: ham_detector_sdk::Error| {
+        eprintln!("ham-client: {e}");
+        ExitCode::from(exit::FAILED as u8)
+    };
+    match words.as_slice() {
+        ["put", key, value] => {
+            let scope = if a.shared {
+                Scope::Shared
+            } else {
+                Scope::Private
+            };
+            let durability = if a.durable {
+                Durability::Durable
+            } else {
+                Durability::Volatile
+            };
+            match client
+                .pss(&entity)
+                .and_then(|s| s.put(key, value.as_bytes(), scope, durability))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
+            }
+        }
+        ["get", key] => match client.pss_read(&entity, Some(key)) {
+            Ok(items) => match items.first() {
+                Some(it) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&it.value);
+                    let _ = out.flush();
+                    ExitCode::SUCCESS
+                }
+                None => ExitCode::from(exit::FAILED as u8),
+            },
+            // Absent is exit 1 without a word on stderr: scripts test for it.
+            Err(ham_detector_sdk::Error::Refused {
+                errno: Some(libc::ENOENT),
+                ..
+            }) => ExitCode::from(exit::FAILED as u8),
+            Err(e) => failed(e),
+        },
+        ["delete", key] => match client.pss(&entity).and_then(|s| s.delete(key)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(exit::FAILED as u8),
+            Err(e) => failed(e),
+        },
+        ["list"] => match client.pss_read(&entity, None) {
+            Ok(items) => {
+                for it in items {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        it.key,
+                        if it.shared { "shared" } else { "private" },
+                        if it.durable { "durable" } else { "volatile" },
+                        it.value.len()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => failed(e),
+        },
+        _ => usage("pss put KEY VALUE [--shared] [--durable] | get KEY | delete KEY | list"),
     }
 }

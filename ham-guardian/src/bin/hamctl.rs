@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
+        Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
         Command::Send(req) => req,
         Command::Help | Command::Generate(_) => unreachable!("answered above"),
     };
@@ -129,6 +130,73 @@ fn print_log(inst: &config::Instance, entity: Option<&str>, json: bool) -> ExitC
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `hamctl pss ENTITY`: the entity's keys, as ham reads them.
+fn print_pss(
+    inst: &config::Instance,
+    entity: &str,
+    json: bool,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let req = control::Request::PssRead {
+        entity: entity.to_owned(),
+        key: None,
+    };
+    let items = match control::request(&inst.socket_path(), &req, timeout) {
+        Ok(r) if r.ok => r.pss.map(Vec::from).unwrap_or_default(),
+        Ok(r) => {
+            eprintln!(
+                "hamctl: {}",
+                r.error.unwrap_or_else(|| "request failed".into())
+            );
+            return ExitCode::from(exit::FAILED as u8);
+        }
+        Err(e) => {
+            eprintln!("hamctl: {e}");
+            return ExitCode::from(exit::UNAVAILABLE as u8);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).expect("serialisable")
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<24} {:<8} {:<8} {:>7} {:>6}  VALUE",
+        "KEY", "SCOPE", "DURABLE", "BYTES", "GEN"
+    );
+    for it in &items {
+        println!(
+            "{:<24} {:<8} {:<8} {:>7} {:>6}  {}",
+            it.key,
+            if it.shared { "shared" } else { "private" },
+            if it.durable { "yes" } else { "no" },
+            it.value.len(),
+            it.generation,
+            preview(&it.value)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// A value as text when it is printable, else its first bytes in hex.
+fn preview(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => {
+            let mut s: String = s.chars().take(40).collect();
+            if v.len() > s.len() {
+                s.push('…');
+            }
+            s
+        }
+        _ => {
+            let hex: String = v.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}{}", if v.len() > 16 { "…" } else { "" })
+        }
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` UTC from milliseconds since the Unix epoch.

@@ -20,6 +20,10 @@ pub enum Command {
         entity: Option<String>,
         json: bool,
     },
+    Pss {
+        entity: String,
+        json: bool,
+    },
     /// A request to the running ham.
     Send(Request),
 }
@@ -117,9 +121,9 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
     if tree && name != "status" {
         return Err(format!("--tree is an option of status, not of {name}"));
     }
-    if json && !matches!(name, "status" | "log") {
+    if json && !matches!(name, "status" | "log" | "pss") {
         return Err(format!(
-            "--json is an option of status and log, not of {name}"
+            "--json is an option of status, log and pss, not of {name}"
         ));
     }
     let entity = |what: &str| match rest {
@@ -143,6 +147,10 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
                 json,
             },
             _ => return Err("log takes at most one ENTITY".into()),
+        },
+        "pss" => Command::Pss {
+            entity: entity("pss")?,
+            json,
         },
         "start" => Command::Send(Request::Start {
             entity: entity("start")?,
@@ -203,6 +211,7 @@ mod tests {
                 .replace("[--json|--tree]", "")
                 .replace("enable|disable", "enable")
                 .replace("[ENTITY] [--json]", "x --json")
+                .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")
                 .replace("ENTITY", "x")
                 .replace("CLASS", "overheat");
@@ -223,6 +232,7 @@ mod tests {
             "device-restart",
             "log",
             "raise",
+            "pss",
             "ping",
         ] {
             assert!(described.contains(&w), "{w} is not in the help");
@@ -286,7 +296,11 @@ mod tests {
             ("stop", "stop takes one ENTITY"),
             ("stop a b", "stop takes one ENTITY"),
             ("ping now", "ping takes no arguments"),
-            ("stop x --json", "--json is an option of status and log"),
+            (
+                "stop x --json",
+                "--json is an option of status, log and pss",
+            ),
+            ("pss", "pss takes one ENTITY"),
             ("log --tree", "--tree is an option of status"),
             ("status --json --tree", "not both"),
             ("raise x c high", "SEVERITY must be a whole number"),

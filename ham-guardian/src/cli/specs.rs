@@ -97,7 +97,7 @@ pub static HAMCTL: Spec = Spec {
             long: "json",
             short: None,
             value: None,
-            help: "status, log: JSON instead of a table",
+            help: "status, log, pss: JSON instead of a table",
         },
         Opt {
             long: "tree",
@@ -158,6 +158,13 @@ pub static HAMCTL: Spec = Spec {
             name: "raise",
             args: "ENTITY CLASS [SEVERITY [VALUE]]",
             help: "a detector's event: fires the entity's matching raise conditions",
+            words: &[],
+        },
+        Cmd {
+            name: "pss",
+            args: "ENTITY [--json]",
+            help: "an entity's checkpoint store: each key with its scope, durability, size, \
+                   generation and value",
             words: &[],
         },
         Cmd {
@@ -224,6 +231,24 @@ pub static HAM_CLIENT: Spec = Spec {
             value: Some("SIGNUM"),
             help: "subscribe: ham also sends this process SIGNUM for each notification",
         },
+        Opt {
+            long: "entity",
+            short: None,
+            value: Some("ENTITY"),
+            help: "pss: the entity whose store (default: $HAM_ENTITY, this process's)",
+        },
+        Opt {
+            long: "shared",
+            short: None,
+            value: None,
+            help: "pss put: other entities may read the key",
+        },
+        Opt {
+            long: "durable",
+            short: None,
+            value: None,
+            help: "pss put: the key survives a reboot (the put returns once it is on disk)",
+        },
         HELP,
         GENERATE[0],
         GENERATE[1],
@@ -264,6 +289,13 @@ pub static HAM_CLIENT: Spec = Spec {
             args: "JSON",
             help: "a run-time definition (a JSON `Change`, as the control protocol has it)",
             words: &[],
+        },
+        Cmd {
+            name: "pss",
+            args: "put KEY VALUE [--shared] [--durable] | get KEY | delete KEY | list",
+            help: "the checkpoint store of this process's entity (--entity: another's; get \
+                   prints the value on stdout and exits 1 when the key is absent)",
+            words: &["put", "get", "delete", "list"],
         },
         Cmd {
             name: "subscribe",

@@ -231,6 +231,25 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
             ));
         }
     }
+    let pss = match &e.pss_max {
+        None => DEFAULT_PSS,
+        Some(p) => {
+            let m = p.get_ref();
+            let bytes_max = m.bytes.unwrap_or(DEFAULT_PSS.bytes_max);
+            let geo = ham_core::pss::Geometry {
+                keys: m.keys.unwrap_or(DEFAULT_PSS.keys),
+                bytes_max,
+                // A value may take the whole quota, up to 4 KiB unless said.
+                value_max: m
+                    .value
+                    .unwrap_or(DEFAULT_PSS.value_max.min(bytes_max))
+                    .next_multiple_of(8),
+            };
+            geo.validate()
+                .map_err(|why| ctx.err(Some(p.span()), key("pss_max"), why))?;
+            geo
+        }
+    };
     let limits = CgroupLimits {
         memory_max: e.memory_max.as_ref().map(|v| *v.get_ref()),
         pids_max: e.pids_max.as_ref().map(|v| *v.get_ref()),
@@ -238,6 +257,7 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     };
 
     Ok(EntityConfig {
+        pss,
         limits,
         attach_only: e.attach_only,
         wait_ready: e.wait_ready || e.notify,

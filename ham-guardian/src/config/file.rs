@@ -27,6 +27,10 @@ pub(super) fn parse_with(
             .log_dir
             .as_ref()
             .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        state_dir: ham.state_dir.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_STATE_DIR),
+            |d| ctx.path(d.get_ref()),
+        ),
         cgroup: cgroup_mode(&ctx, ham.cgroup.as_ref())?,
     };
     // Syslog: `/dev/log` unless configured; "" turns it off.

@@ -77,6 +77,9 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
         | Request::Subscribe { .. }
         | Request::Ready { .. }
         | Request::Lookup { .. }
+        | Request::PssOpen { .. }
+        | Request::PssSync { .. }
+        | Request::PssRead { .. }
         | Request::Verbose {
             op: VerboseOp::Get, ..
         } => Ok(Grant::Client),
@@ -114,6 +117,18 @@ pub(super) fn may_detach(caller: &Caller, name: &str, attached: i32) -> Result<(
         return Ok(());
     }
     refused(format!("pid {} is not attached to `{name}`", caller.pid))
+}
+
+/// Writing entity `name`'s checkpoint store, and reading its private keys: its process, or
+/// a helper it runs.
+pub(super) fn may_write_pss(caller: &Caller, name: &str) -> Result<(), (i32, String)> {
+    if caller.privileged() || caller.is_process_of(name) {
+        return Ok(());
+    }
+    refused(format!(
+        "pid {} is not `{name}`: only its processes write its checkpoints",
+        caller.pid
+    ))
 }
 
 /// Saying entity `name` is ready: its process, or a helper it runs.

@@ -43,6 +43,10 @@ pub(super) struct Entity {
     /// A `hold-off` action stops it: once down, it is held off this long.
     pub(super) hold_after_stop: Option<u64>,
     pub(super) waiters: Vec<(UnixStream, WaitFor)>,
+    /// Its checkpoint store, once a process opened it (or a reader asked).
+    pub(super) pss: Option<ham_core::pss::PssMap>,
+    /// How its next process starts (`HAM_RESTART`).
+    pub(super) restart_kind: super::pss::RestartKind,
 }
 
 impl Entity {
@@ -83,6 +87,8 @@ impl Entity {
             hold_after_stop: None,
             env,
             waiters: Vec::new(),
+            pss: None,
+            restart_kind: Default::default(),
         }
     }
 }

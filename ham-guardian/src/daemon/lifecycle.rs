@@ -96,8 +96,21 @@ impl Daemon {
                         self.log_restart(i, why, n);
                     }
                 }
-                Effect::CountStart => self.entities[i].rec.starts += 1,
-                Effect::CountRestart => restarted = Some(self.count_restart(i)),
+                Effect::CountStart => {
+                    let e = &mut self.entities[i];
+                    e.rec.starts += 1;
+                    e.restart_kind = super::pss::RestartKind::First;
+                }
+                Effect::CountRestart => {
+                    restarted = Some(self.count_restart(i));
+                    self.entities[i].restart_kind = if why.stateless {
+                        // Its next process starts from an empty checkpoint store.
+                        self.pss_clear(i);
+                        super::pss::RestartKind::Stateless
+                    } else {
+                        super::pss::RestartKind::Stateful
+                    };
+                }
                 Effect::Spawn => self.spawn(i),
                 Effect::ArmStopKill => {
                     let e = &mut self.entities[i];

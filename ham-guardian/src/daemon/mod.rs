@@ -56,6 +56,7 @@ mod heartbeats;
 mod journal;
 mod lifecycle;
 mod notify;
+mod pss;
 mod removal;
 mod requests;
 mod runs;

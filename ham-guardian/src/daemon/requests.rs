@@ -41,6 +41,9 @@ impl Daemon {
             | Request::Attach { entity, .. }
             | Request::Detach { entity }
             | Request::Ready { entity }
+            | Request::PssOpen { entity }
+            | Request::PssSync { entity }
+            | Request::PssRead { entity, .. }
             | Request::Raise { entity, .. } => match self.entities.id_of(entity) {
                 Some(i) => Some(i),
                 None => {
@@ -91,6 +94,18 @@ impl Daemon {
                 };
                 let (r, page) = self.attach(i, peer, pid, spec);
                 reply_with_fd(stream, &r, page.as_ref());
+            }
+            (Request::PssOpen { .. }, Some(i)) => {
+                let (r, fd) = self.pss_open(i, peer);
+                reply_with_fd(stream, &r, fd.as_ref());
+            }
+            (Request::PssSync { .. }, Some(i)) => {
+                let r = self.pss_sync(i, peer);
+                reply(stream, &r);
+            }
+            (Request::PssRead { key, .. }, Some(i)) => {
+                let r = self.pss_read(i, key, peer);
+                reply(stream, &r);
             }
             (Request::Detach { .. }, Some(i)) => {
                 let r = self.detach(i, peer);

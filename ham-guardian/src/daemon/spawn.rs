@@ -121,7 +121,15 @@ impl Daemon {
             .cgroups
             .as_ref()
             .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
-        let forked = build_spec(&e.cfg, &e.env).and_then(|mut spec| {
+        // How it starts: first, or restarted with or without its checkpoints, and how the
+        // process before it ended.
+        let mut env = e.env.clone();
+        env.push(("HAM_RESTART".into(), e.restart_kind.as_str().into()));
+        env.push((
+            "HAM_PREVIOUS_EXIT".into(),
+            super::pss::previous_exit(&e.rec),
+        ));
+        let forked = build_spec(&e.cfg, &env).and_then(|mut spec| {
             if let Some(slot) = slot {
                 spec.released_in(slot);
             }

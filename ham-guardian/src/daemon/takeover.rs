@@ -33,6 +33,10 @@ impl Daemon {
                 "{}: no longer configured; stopping it and freeing slot {slot}",
                 rec.name
             );
+            ham_core::pss::PssMap::unlink(&ham_core::paths::pss_region(
+                &self.cfg.instance.name,
+                slot.0,
+            ));
             if rec.state.has_process() || rec.state == EntityState::Starting {
                 signal_recorded(&rec, libc::SIGTERM);
             }

@@ -1,0 +1,266 @@
+//! The entities' checkpoint stores (`ham_core::pss`): a region per entity, made when its
+//! process first opens it, kept across the process's death, a takeover and a warm start
+//! (it is a named shm object of ham's own, found again by its slot and checked to be the
+//! entity's), and emptied by a stateless restart. Durable keys are also kept on disk, one
+//! file per entity under `state_dir`, written whole (write, fsync, rename, fsync the
+//! folder), so that a put is on disk all or not at all; a cold start (a reboot, or a new
+//! ham after `hamctl shutdown`) fills a new region from that file.
+
+use std::io::Write as _;
+
+use ham_core::protocol::PssItem;
+use ham_core::pss::{FLAG_DURABLE, PssMap};
+
+use super::*;
+
+/// How a process starts (`HAM_RESTART` in its environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum RestartKind {
+    /// Started, not restarted: by ham at its start, or by an operator.
+    #[default]
+    First,
+    /// An automatic restart that keeps its checkpoints.
+    Stateful,
+    /// An automatic restart that starts from an empty store.
+    Stateless,
+}
+
+impl RestartKind {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            RestartKind::First => "first",
+            RestartKind::Stateful => "stateful",
+            RestartKind::Stateless => "stateless",
+        }
+    }
+}
+
+/// `HAM_PREVIOUS_EXIT`: how the previous process ended (`none` if there was none).
+pub(super) fn previous_exit(rec: &EntityRecord) -> String {
+    if rec.exited_unix_ns == 0 {
+        return "none".into();
+    }
+    match rec.last_exit {
+        LastExit::Code(c) => format!("exit:{c}"),
+        LastExit::Signal(s) => format!("signal:{s}"),
+        LastExit::Unknown => "unknown".into(),
+        LastExit::None => "none".into(),
+    }
+}
+
+impl Daemon {
+    fn pss_name(&self, i: EntityId) -> String {
+        ham_core::paths::pss_region(&self.cfg.instance.name, self.entities[i].slot.0)
+    }
+
+    fn pss_file(&self, i: EntityId) -> std::path::PathBuf {
+        ham_core::paths::pss_file(
+            &self.cfg.instance.state_dir,
+            &self.cfg.instance.name,
+            &self.entities[i].cfg.name,
+        )
+    }
+
+    /// Entity `i`'s region: the one this HAM holds, the one a predecessor left (if it is
+    /// this entity's), or a new one, filled from its durable file if there is one. With
+    /// `make` false, no new region is made unless there is a durable file (a reader of an
+    /// entity that never used its store costs no memory): `Ok(None)`.
+    fn pss_region(&mut self, i: EntityId, make: bool) -> Result<Option<&PssMap>, String> {
+        if self.entities[i].pss.is_none() {
+            let name = self.pss_name(i);
+            let entity = self.entities[i].cfg.name.clone();
+            let found = match PssMap::open(&name) {
+                Ok(m) if m.owner().as_deref() == Some(entity.as_str()) => Some(m),
+                Ok(_) => {
+                    // Another entity's, from before this slot was given to this one.
+                    PssMap::unlink(&name);
+                    None
+                }
+                Err(SegmentError::NotFound { .. }) => None,
+                Err(e) => return Err(format!("{entity}: its checkpoint store: {e}")),
+            };
+            let map = match found {
+                Some(m) => m,
+                None if make || self.pss_file(i).exists() => self.pss_create(i, &name)?,
+                None => return Ok(None),
+            };
+            self.entities[i].pss = Some(map);
+        }
+        Ok(self.entities[i].pss.as_ref())
+    }
+
+    /// A new region for entity `i`, with its durable keys from disk.
+    fn pss_create(&mut self, i: EntityId, name: &str) -> Result<PssMap, String> {
+        let e = &self.entities[i];
+        let entity = e.cfg.name.clone();
+        let (map, _fd) = PssMap::create(name, e.cfg.pss, &entity)
+            .map_err(|err| format!("{entity}: cannot make its checkpoint store: {err}"))?;
+        let path = self.pss_file(i);
+        match std::fs::read(&path) {
+            Ok(bytes) => match ham_core::pss::decode_durable(&bytes) {
+                Ok(values) => {
+                    let n = values.len();
+                    for v in values {
+                        if let Err(err) = map.put(&v.key, &v.bytes, v.flags) {
+                            say!(
+                                self,
+                                "{entity}: durable key `{}` not restored: {err}",
+                                v.key
+                            );
+                        }
+                    }
+                    say!(
+                        self,
+                        "{entity}: {n} durable checkpoint(s) restored from {}",
+                        path.display()
+                    );
+                }
+                Err(why) => say!(
+                    self,
+                    "{entity}: {} is not used: {why}; its durable checkpoints are lost",
+                    path.display()
+                ),
+            },
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => say!(self, "{entity}: cannot read {}: {err}", path.display()),
+        }
+        Ok(map)
+    }
+
+    /// `pss-open`: a descriptor of entity `i`'s region, for its own processes.
+    pub(super) fn pss_open(&mut self, i: EntityId, peer: Peer) -> (Response, Option<OwnedFd>) {
+        let entity = self.entities[i].cfg.name.clone();
+        if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_write_pss(c, &entity)) {
+            return (Response::errno(errno, why), None);
+        }
+        if let Err(why) = self.pss_region(i, true) {
+            return (Response::errno(libc::ENOSPC, why), None);
+        }
+        match PssMap::descriptor(&self.pss_name(i)) {
+            Ok(fd) => (
+                Response::ok(format!("checkpoint store of `{entity}`")),
+                Some(fd),
+            ),
+            Err(e) => (Response::errno(libc::EIO, e.to_string()), None),
+        }
+    }
+
+    /// `pss-sync`: entity `i`'s durable keys, written to disk now.
+    pub(super) fn pss_sync(&mut self, i: EntityId, peer: Peer) -> Response {
+        let entity = self.entities[i].cfg.name.clone();
+        if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_write_pss(c, &entity)) {
+            return Response::errno(errno, why);
+        }
+        match self.pss_commit(i) {
+            Ok(n) => Response::ok(format!("{n} durable key(s) of `{entity}` on disk")),
+            Err(why) => {
+                say!(self, "{why}");
+                Response::errno(libc::EIO, why)
+            }
+        }
+    }
+
+    /// Writes entity `i`'s durable keys to its file (replacing it whole); how many.
+    fn pss_commit(&mut self, i: EntityId) -> Result<usize, String> {
+        let path = self.pss_file(i);
+        let entity = self.entities[i].cfg.name.clone();
+        let values: Vec<_> = match self.pss_region(i, false)? {
+            Some(map) => map
+                .entries()
+                .into_iter()
+                .filter(|v| v.flags & FLAG_DURABLE != 0)
+                .collect(),
+            None => Vec::new(),
+        };
+        let bytes = ham_core::pss::encode_durable(&values);
+        write_whole(&path, &bytes)
+            .map_err(|e| format!("{entity}: cannot write {}: {e}", path.display()))?;
+        Ok(values.len())
+    }
+
+    /// `pss-read`: entity `i`'s key (or every key) as the caller may see them: all of
+    /// them for its own processes and operators, the shared ones for anyone else.
+    pub(super) fn pss_read(&mut self, i: EntityId, key: Option<String>, peer: Peer) -> Response {
+        let entity = self.entities[i].cfg.name.clone();
+        let all = self.with_caller(peer, |c| authz::may_write_pss(c, &entity).is_ok());
+        let values = match (self.pss_region(i, false), &key) {
+            (Err(why), _) => return Response::errno(libc::EIO, why),
+            (Ok(None), _) => Vec::new(),
+            (Ok(Some(map)), Some(k)) => match map.get(k) {
+                Ok(v) => v.into_iter().collect(),
+                Err(e) => return Response::errno(libc::EINVAL, e.to_string()),
+            },
+            (Ok(Some(map)), None) => map.entries(),
+        };
+        let (visible, hidden): (Vec<_>, Vec<_>) =
+            values.into_iter().partition(|v| all || v.shared());
+        if let (Some(k), true) = (&key, visible.is_empty() && !hidden.is_empty()) {
+            return Response::errno(
+                libc::EACCES,
+                format!("key `{k}` of `{entity}` is private to its processes"),
+            );
+        }
+        if let (Some(k), true) = (&key, visible.is_empty()) {
+            return Response::errno(libc::ENOENT, format!("`{entity}` has no key `{k}`"));
+        }
+        let mut r = Response::ok(format!("{} key(s) of `{entity}`", visible.len()));
+        r.pss = Some(
+            visible
+                .into_iter()
+                .map(|v| PssItem {
+                    shared: v.shared(),
+                    durable: v.durable(),
+                    key: v.key,
+                    value: v.bytes,
+                    generation: v.generation,
+                })
+                .collect(),
+        );
+        r
+    }
+
+    /// A stateless restart of entity `i`: its next process starts from an empty store (the
+    /// region and the durable file go; a process of the old one still mapping the region
+    /// writes into memory no one reads).
+    pub(super) fn pss_clear(&mut self, i: EntityId) {
+        self.entities[i].pss = None;
+        PssMap::unlink(&self.pss_name(i));
+        let path = self.pss_file(i);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => say!(self, "cannot remove {}: {e}", path.display()),
+        }
+    }
+
+    /// Entity `i` is no longer this entity (removed, or its slot given to another): its
+    /// region goes (its durable file stays, under its name).
+    pub(super) fn pss_forget(&mut self, i: EntityId) {
+        self.entities[i].pss = None;
+        PssMap::unlink(&self.pss_name(i));
+    }
+}
+
+/// Replaces `path` with `bytes` so that it is the old file or the new one, never a mix,
+/// even if power is cut: a temporary file, written and synced, renamed over it, and the
+/// folder synced.
+fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("pss.tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    failpoint::hit("pss:before-rename");
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
