@@ -201,12 +201,17 @@ fn putter(puts: &str) -> String {
 
 #[test]
 fn durable_keys_survive_a_shutdown_and_a_new_ham_and_volatile_ones_do_not() {
+    let work = tempfile::tempdir().unwrap();
+    let done = work.path().join("done");
     let puts = format!(
         "{CLIENT} pss put boot-id 42 --durable && {CLIENT} pss put scratch 1 && \
-         {CLIENT} pss put shared-note hi --shared --durable"
+         {CLIENT} pss put shared-note hi --shared --durable && touch {}",
+        done.display()
     );
     let mut ham = Ham::start_with("pss-durable", STATE, &putter(&puts), &[]);
-    wait_until(&ham, "the puts", || read(&ham, "app").len() == 3);
+    // Every put has returned (the durable ones once on disk).
+    wait_until(&ham, "the puts", || done.exists());
+    assert_eq!(read(&ham, "app").len(), 3);
     let state = ham.dir.path().join("state");
     assert!(ham.ctl(&["shutdown"]).status.success());
     assert_eq!(ham.wait_exit(), 0);
@@ -246,9 +251,11 @@ fn a_durable_write_killed_mid_way_leaves_the_old_value() {
     let fired_s = fired.display().to_string();
     let gate = work.path().join("gate");
     // The second put waits for the test to arm the failpoint.
+    let first = work.path().join("first");
     let puts = format!(
-        "{CLIENT} pss put k old --durable && while [ ! -e {g} ]; do sleep 0.01; done && \
-         {CLIENT} pss put k new --durable",
+        "{CLIENT} pss put k old --durable && touch {f} && \
+         while [ ! -e {g} ]; do sleep 0.01; done && {CLIENT} pss put k new --durable",
+        f = first.display(),
         g = gate.display()
     );
     let ham = Ham::start_with(
@@ -260,9 +267,8 @@ fn a_durable_write_killed_mid_way_leaves_the_old_value() {
             ("HAM_FAILPOINT_FILE", &fired_s),
         ],
     );
-    wait_until(&ham, "the first put", || {
-        key(&read(&ham, "app"), "k").is_some()
-    });
+    // The first durable put has returned: it is on disk.
+    wait_until(&ham, "the first put", || first.exists());
     let file = ham
         .dir
         .path()
@@ -367,4 +373,33 @@ fn only_an_entitys_processes_write_its_store_and_others_read_only_its_shared_key
         table.contains("secret") && table.contains("private") && table.contains("shared"),
         "{table}"
     );
+}
+
+#[test]
+fn concurrent_durable_puts_all_reach_the_disk() {
+    let work = tempfile::tempdir().unwrap();
+    let done = work.path().join("done");
+    // 20 helpers put at once; each returns once its key is on disk.
+    let puts = format!(
+        "for i in $(seq 20); do {CLIENT} pss put k$i v$i --durable || echo $i >> {f}.failed & done; \
+         wait; touch {f}",
+        f = done.display()
+    );
+    let ham = Ham::start_with("pss-group", STATE, &putter(&puts), &[]);
+    wait_until(&ham, "the puts", || done.exists());
+    assert!(
+        !work.path().join("done.failed").exists(),
+        "failed puts: {:?}",
+        std::fs::read_to_string(work.path().join("done.failed"))
+    );
+    let file = ham
+        .dir
+        .path()
+        .join(format!("state/{}/pss/app.pss", ham.name));
+    let on_disk = ham_core::pss::decode_durable(&std::fs::read(file).unwrap()).unwrap();
+    let mut keys: Vec<String> = on_disk.into_iter().map(|v| v.key).collect();
+    keys.sort();
+    let mut want: Vec<String> = (1..=20).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
 }

@@ -47,6 +47,8 @@ pub(super) struct Entity {
     pub(super) pss: Option<ham_core::pss::PssMap>,
     /// How its next process starts (`HAM_RESTART`).
     pub(super) restart_kind: super::pss::RestartKind,
+    /// Its durable checkpoints: what is on disk, what is being written, who waits.
+    pub(super) pss_durable: super::pss::Durable,
 }
 
 impl Entity {
@@ -89,6 +91,7 @@ impl Entity {
             waiters: Vec::new(),
             pss: None,
             restart_kind: Default::default(),
+            pss_durable: Default::default(),
         }
     }
 }

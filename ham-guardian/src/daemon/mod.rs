@@ -170,6 +170,8 @@ pub struct Daemon {
     next_sub: u64,
     /// The run-time definitions document (see `runtime.rs`).
     defs: toml::Table,
+    /// The thread that writes durable checkpoints, once one was needed.
+    committer: Option<pss::Committer>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -253,6 +255,7 @@ impl Daemon {
                     Some(Token::Pidfd(i)) => self.on_pidfd(i),
                     Some(Token::Action(id)) => self.on_action_exit(id),
                     Some(Token::Sub(id)) => self.on_subscriber(id),
+                    Some(Token::PssCommitted) => self.on_pss_committed(),
                     None => {}
                 }
             }

@@ -145,37 +145,132 @@ impl Daemon {
         }
     }
 
-    /// `pss-sync`: entity `i`'s durable keys, written to disk now.
-    pub(super) fn pss_sync(&mut self, i: EntityId, peer: Peer) -> Response {
+    /// `pss-sync`: answered once entity `i`'s durable keys as they are now are on disk.
+    /// Every request that comes while a write is under way is answered by the next one
+    /// (group commit), and the writing happens on the committer's thread: the loop never
+    /// waits for a disk.
+    pub(super) fn pss_sync(&mut self, i: EntityId, peer: Peer, stream: UnixStream) {
         let entity = self.entities[i].cfg.name.clone();
         if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_write_pss(c, &entity)) {
-            return Response::errno(errno, why);
+            reply(stream, &Response::errno(errno, why));
+            return;
         }
-        match self.pss_commit(i) {
-            Ok(n) => Response::ok(format!("{n} durable key(s) of `{entity}` on disk")),
+        let seq = match self.pss_region(i, false) {
+            Ok(Some(map)) => map.seq(),
+            Ok(None) => 0,
             Err(why) => {
-                say!(self, "{why}");
-                Response::errno(libc::EIO, why)
+                reply(stream, &Response::errno(libc::EIO, why));
+                return;
+            }
+        };
+        let e = &mut self.entities[i];
+        if seq <= e.pss_durable.committed {
+            reply(stream, &Response::ok(format!("`{entity}`: on disk")));
+            return;
+        }
+        e.pss_durable.waiters.push((stream, seq));
+        self.pss_commit(i);
+    }
+
+    /// Hands entity `i`'s durable keys to the committer, unless a write of them is under
+    /// way (its waiters then get the next one).
+    fn pss_commit(&mut self, i: EntityId) {
+        if self.entities[i].pss_durable.writing.is_some() {
+            return;
+        }
+        let Some(map) = self.entities[i].pss.as_ref() else {
+            return;
+        };
+        let seq = map.seq();
+        let values: Vec<_> = map
+            .entries()
+            .into_iter()
+            .filter(|v| v.flags & FLAG_DURABLE != 0)
+            .collect();
+        let job = Job {
+            entity: i,
+            epoch: self.entities[i].pss_durable.epoch,
+            seq,
+            path: self.pss_file(i),
+            bytes: ham_core::pss::encode_durable(&values),
+        };
+        let committer = match &self.committer {
+            Some(c) => c,
+            None => match Committer::start(&self.epoll) {
+                Ok(c) => self.committer.insert(c),
+                Err(e) => {
+                    let why = format!("cannot start the checkpoint committer: {e}");
+                    say!(self, "{why}");
+                    self.pss_answer(i, Err(why));
+                    return;
+                }
+            },
+        };
+        if committer.jobs.send(job).is_ok() {
+            self.entities[i].pss_durable.writing = Some(seq);
+        } else {
+            self.committer = None; // its thread is gone: a new one next time
+            self.pss_answer(i, Err("the checkpoint committer stopped".into()));
+        }
+    }
+
+    /// The committer finished some writes: their waiters are answered, and an entity whose
+    /// keys changed meanwhile (a waiter asked for more) is written again.
+    pub(super) fn on_pss_committed(&mut self) {
+        let Some(c) = &self.committer else { return };
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&c.done_fd, &mut buf);
+        let done: Vec<Done> =
+            std::mem::take(&mut *c.done.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in done {
+            if d.entity.index() >= self.entities.len() {
+                continue;
+            }
+            let e = &mut self.entities[d.entity];
+            if d.epoch != e.pss_durable.epoch {
+                // Written for a store emptied since (a stateless restart): not its keys.
+                if d.result.is_ok() && e.pss.is_none() {
+                    let _ = std::fs::remove_file(&d.path);
+                }
+                e.pss_durable.writing = None;
+                continue;
+            }
+            e.pss_durable.writing = None;
+            match d.result {
+                Ok(()) => {
+                    e.pss_durable.committed = e.pss_durable.committed.max(d.seq);
+                    self.pss_answer(d.entity, Ok(d.seq));
+                }
+                Err(why) => {
+                    let why = format!(
+                        "{}: cannot write {}: {why}",
+                        self.entities[d.entity].cfg.name,
+                        d.path.display()
+                    );
+                    self.say_limited("pss-commit", format_args!("{why}"));
+                    self.pss_answer(d.entity, Err(why));
+                }
+            }
+            if !self.entities[d.entity].pss_durable.waiters.is_empty() {
+                self.pss_commit(d.entity);
             }
         }
     }
 
-    /// Writes entity `i`'s durable keys to its file (replacing it whole); how many.
-    fn pss_commit(&mut self, i: EntityId) -> Result<usize, String> {
-        let path = self.pss_file(i);
-        let entity = self.entities[i].cfg.name.clone();
-        let values: Vec<_> = match self.pss_region(i, false)? {
-            Some(map) => map
-                .entries()
-                .into_iter()
-                .filter(|v| v.flags & FLAG_DURABLE != 0)
-                .collect(),
-            None => Vec::new(),
-        };
-        let bytes = ham_core::pss::encode_durable(&values);
-        write_whole(&path, &bytes)
-            .map_err(|e| format!("{entity}: cannot write {}: {e}", path.display()))?;
-        Ok(values.len())
+    /// Answers entity `i`'s sync waiters that a commit of `seq` covers (all of them on an
+    /// error).
+    fn pss_answer(&mut self, i: EntityId, result: Result<u64, String>) {
+        let name = self.entities[i].cfg.name.clone();
+        let waiters = std::mem::take(&mut self.entities[i].pss_durable.waiters);
+        for (stream, want) in waiters {
+            match &result {
+                Ok(seq) if want <= *seq => {
+                    reply(stream, &Response::ok(format!("`{name}`: on disk")));
+                }
+                Ok(_) => self.entities[i].pss_durable.waiters.push((stream, want)),
+                Err(why) => reply(stream, &Response::errno(libc::EIO, why.clone())),
+            }
+        }
     }
 
     /// `pss-read`: entity `i`'s key (or every key) as the caller may see them: all of
@@ -223,7 +318,7 @@ impl Daemon {
     /// region and the durable file go; a process of the old one still mapping the region
     /// writes into memory no one reads).
     pub(super) fn pss_clear(&mut self, i: EntityId) {
-        self.entities[i].pss = None;
+        self.pss_reset(i);
         PssMap::unlink(&self.pss_name(i));
         let path = self.pss_file(i);
         match std::fs::remove_file(&path) {
@@ -233,11 +328,107 @@ impl Daemon {
         }
     }
 
+    /// Entity `i`'s store is dropped: what it had on disk, and writes under way, are void;
+    /// its sync waiters are answered (their keys are gone).
+    fn pss_reset(&mut self, i: EntityId) {
+        let d = &mut self.entities[i].pss_durable;
+        d.epoch += 1;
+        d.committed = 0;
+        self.entities[i].pss = None;
+        self.pss_answer(i, Err("the checkpoint store was emptied".into()));
+    }
+
     /// Entity `i` is no longer this entity (removed, or its slot given to another): its
     /// region goes (its durable file stays, under its name).
     pub(super) fn pss_forget(&mut self, i: EntityId) {
-        self.entities[i].pss = None;
+        self.pss_reset(i);
         PssMap::unlink(&self.pss_name(i));
+    }
+}
+
+/// Where an entity's durable keys stand.
+#[derive(Default)]
+pub(super) struct Durable {
+    /// The region's sequence number the file on disk has (this HAM's knowledge: a
+    /// successor starts at 0 and writes once more).
+    pub committed: u64,
+    /// A write under way, of that sequence number.
+    pub writing: Option<u64>,
+    /// `pss-sync` requests waiting, with the sequence number each needs on disk.
+    pub waiters: Vec<(UnixStream, u64)>,
+    /// Bumped when the store is emptied or forgotten: a write begun before is void.
+    pub epoch: u64,
+}
+
+/// A file to write.
+struct Job {
+    entity: EntityId,
+    epoch: u64,
+    seq: u64,
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// A file written (or not).
+struct Done {
+    entity: EntityId,
+    epoch: u64,
+    seq: u64,
+    path: std::path::PathBuf,
+    result: Result<(), String>,
+}
+
+/// The thread that writes durable checkpoint files, so that the loop never waits for a
+/// disk: jobs in through a channel, results back through a list and an eventfd the loop
+/// watches. It takes every job waiting at once and writes each file once (the newest).
+pub(super) struct Committer {
+    jobs: std::sync::mpsc::Sender<Job>,
+    done: std::sync::Arc<std::sync::Mutex<Vec<Done>>>,
+    done_fd: std::sync::Arc<OwnedFd>,
+}
+
+impl Committer {
+    fn start(epoll: &OwnedFd) -> io::Result<Self> {
+        let done_fd = std::sync::Arc::new(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
+        epoll::add(
+            epoll,
+            &*done_fd,
+            Token::PssCommitted.data(),
+            epoll::EventFlags::IN,
+        )?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (out, bell) = (done.clone(), done_fd.clone());
+        std::thread::Builder::new()
+            .name("ham-pss-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    let results: Vec<Done> = jobs
+                        .into_iter()
+                        .map(|j| Done {
+                            result: write_whole(&j.path, &j.bytes).map_err(|e| e.to_string()),
+                            entity: j.entity,
+                            epoch: j.epoch,
+                            seq: j.seq,
+                            path: j.path,
+                        })
+                        .collect();
+                    out.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(results);
+                    let _ = rustix::io::write(&*bell, &1u64.to_ne_bytes());
+                }
+            })?;
+        Ok(Self {
+            jobs: tx,
+            done,
+            done_fd,
+        })
     }
 }
 

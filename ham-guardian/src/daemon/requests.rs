@@ -99,10 +99,7 @@ impl Daemon {
                 let (r, fd) = self.pss_open(i, peer);
                 reply_with_fd(stream, &r, fd.as_ref());
             }
-            (Request::PssSync { .. }, Some(i)) => {
-                let r = self.pss_sync(i, peer);
-                reply(stream, &r);
-            }
+            (Request::PssSync { .. }, Some(i)) => self.pss_sync(i, peer, stream),
             (Request::PssRead { key, .. }, Some(i)) => {
                 let r = self.pss_read(i, key, peer);
                 reply(stream, &r);

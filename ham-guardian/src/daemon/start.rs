@@ -324,6 +324,7 @@ impl Daemon {
             subscribers: HashMap::new(),
             next_sub: 0,
             defs: toml::Table::new(),
+            committer: None,
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,

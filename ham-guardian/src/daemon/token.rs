@@ -22,6 +22,8 @@ pub(super) enum Token {
     Doorbell,
     /// The handoff socket to the Guardian became writable.
     Handoff,
+    /// The checkpoint committer finished writes.
+    PssCommitted,
     /// A control connection.
     Conn(u64),
     /// The pidfd of the process of entity `i`.
@@ -46,6 +48,7 @@ impl Token {
             Self::Notify => (0, 6),
             Self::Doorbell => (0, 7),
             Self::Handoff => (0, 8),
+            Self::PssCommitted => (0, 9),
             Self::Conn(id) => (1, id & ID),
             Self::Pidfd(i) => (2, u64::from(i.raw())),
             Self::Action(id) => (3, u64::from(id.raw())),
@@ -65,6 +68,7 @@ impl Token {
             (0, 6) => Self::Notify,
             (0, 7) => Self::Doorbell,
             (0, 8) => Self::Handoff,
+            (0, 9) => Self::PssCommitted,
             (1, id) => Self::Conn(id),
             (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
             (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
@@ -94,6 +98,7 @@ mod tests {
             Token::Notify,
             Token::Doorbell,
             Token::Handoff,
+            Token::PssCommitted,
             Token::Conn(0),
             Token::Conn(0xffff_ffff),
             Token::Conn((1 << 56) - 1),
