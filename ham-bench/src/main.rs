@@ -88,6 +88,7 @@
 //! segments removed.
 
 mod bare;
+mod pss;
 mod report;
 mod scenarios;
 mod sdk;
@@ -104,7 +105,7 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "restart_latency",
     "restart_storm",
     "takeover",
@@ -116,12 +117,13 @@ const SCENARIOS: [&str; 11] = [
     "heartbeat_miss_delay",
     "storm_ping",
     "storm_restart",
+    "pss_put",
 ];
 
 const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
 scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
            ring_throughput ring_latency heartbeat_miss_delay storm_ping storm_restart
-           (default: all)";
+           pss_put (default: all)";
 
 struct Opts {
     quick: bool,
@@ -294,6 +296,7 @@ fn run(o: &Opts) -> Result<bool> {
                 sdk::heartbeat_miss_delay(&ctx, &p, &mut problems)?,
                 p.miss_entities,
             )],
+            "pss_put" => vec![(pss::pss_put(&ctx, &p, &mut problems)?, 1)],
             _ => unreachable!("checked in parse_args"),
         };
         for (res, _) in &r {

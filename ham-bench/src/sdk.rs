@@ -41,7 +41,7 @@ pub const IDLE_HB_PERIOD: Duration = Duration::from_secs(1);
 pub const IDLE_HB_LOW: u32 = 3;
 
 /// An `attach_only` entity with no conditions (a heartbeat or ring target).
-fn plain_entity(name: &str) -> String {
+pub(crate) fn plain_entity(name: &str) -> String {
     format!("\n[[entity]]\nname = \"{name}\"\nattach_only = true\n")
 }
 
@@ -57,7 +57,7 @@ impl Drop for SetOnDrop<'_> {
 
 /// A client of `sup`'s ham (retried for a while: the control socket may come up a little
 /// after the state segment names the HAM).
-fn connect(sup: &Sup<'_>) -> Result<Client> {
+pub(crate) fn connect(sup: &Sup<'_>) -> Result<Client> {
     let h = sup.ham.as_ref().ok_or("not a ham instance")?;
     let loc = Location {
         name: h.name.clone(),
@@ -170,7 +170,11 @@ fn check_ring(
     c
 }
 
-fn measured(v: &[f64], failures: usize, extra: Map<String, serde_json::Value>) -> Outcome {
+pub(crate) fn measured(
+    v: &[f64],
+    failures: usize,
+    extra: Map<String, serde_json::Value>,
+) -> Outcome {
     match stats(v) {
         Some(stats) => Outcome::Measured {
             stats,
@@ -186,7 +190,7 @@ fn measured(v: &[f64], failures: usize, extra: Map<String, serde_json::Value>) -
 // ---------------------------------------------------------------------------------------------
 
 /// Runs `op` `batches` × `BEAT_BATCH` times (after one warm-up batch); per-op ns per batch.
-fn time_batches(batches: usize, mut op: impl FnMut()) -> Result<Vec<f64>> {
+pub(crate) fn time_batches(batches: usize, mut op: impl FnMut()) -> Result<Vec<f64>> {
     for _ in 0..BEAT_BATCH {
         op();
     }

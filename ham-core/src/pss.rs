@@ -40,7 +40,7 @@ use crate::segment::{SegmentError, check_owned};
 /// `b"HAMPSS\0\0"` read as a little-endian `u64`.
 pub const PSS_MAGIC: u64 = u64::from_le_bytes(*b"HAMPSS\0\0");
 /// Bumped on any change to the layout.
-pub const PSS_LAYOUT_VERSION: u32 = 1;
+pub const PSS_LAYOUT_VERSION: u32 = 2;
 /// The region's mode: ham's user only (processes get a descriptor, never the name).
 pub const PSS_MODE: u32 = 0o600;
 /// A key: 1 to `KEY_MAX` bytes of UTF-8, no NUL.
@@ -83,8 +83,11 @@ pub struct PssHeader {
     /// The entity it belongs to (its name, NUL-padded): a region found by its name (a slot
     /// number) is used only by the entity it was made for.
     pub owner: [AtomicU64; 8],
+    /// Bytes of all live values (kept by the writers under the lock, for the quota; worked
+    /// out again from the entries by a writer that takes over a dead holder's lock).
+    pub live_bytes: AtomicU64,
     /// Room for later fields.
-    pub reserved: [AtomicU64; 3],
+    pub reserved: [AtomicU64; 2],
 }
 
 const HEADER_BYTES: usize = std::mem::size_of::<PssHeader>();
@@ -172,6 +175,9 @@ impl Value {
 pub struct PssMap {
     map: MmapRaw,
     geo: Geometry,
+    /// This process's pid, read once at map (the lock word names its holder; reading it on
+    /// every put would be a system call). A child of `fork` maps the store again.
+    pid: u64,
 }
 
 fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
@@ -184,14 +190,28 @@ fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> Se
 
 /// FNV-1a over words, then a final mix: a checksum, not a defence (the writer is trusted
 /// with its own data; this catches torn copies).
-fn checksum(words: impl IntoIterator<Item = u64>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in words {
-        h ^= w;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+#[derive(Clone, Copy)]
+struct Sum(u64);
+
+impl Sum {
+    fn new() -> Self {
+        Sum(0xcbf2_9ce4_8422_2325)
     }
-    h ^= h >> 29;
-    h.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1 // never 0: a zeroed copy never checks
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    fn done(self) -> u64 {
+        let h = self.0 ^ (self.0 >> 29);
+        h.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1 // never 0: a zeroed copy never checks
+    }
+}
+
+fn checksum(words: impl IntoIterator<Item = u64>) -> u64 {
+    let mut s = Sum::new();
+    for w in words {
+        s.add(w);
+    }
+    s.done()
 }
 
 fn key_ok(key: &str) -> bool {
@@ -391,7 +411,16 @@ impl PssMap {
                 geo.region_bytes()
             )));
         }
-        Ok(Self { map, geo })
+        Ok(Self {
+            map,
+            geo,
+            pid: u64::from(
+                rustix::process::getpid()
+                    .as_raw_nonzero()
+                    .get()
+                    .unsigned_abs(),
+            ),
+        })
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -556,20 +585,38 @@ impl PssMap {
             return Err(PssError::BadKey(key.into()));
         }
         let _lock = self.lock()?;
-        let there = matches!(self.find(&key_words(key)), Ok(Some(_)));
+        let there = self.find_head(&key_words(key)).is_some();
         if there {
             self.write(key, None)?;
         }
         Ok(there)
     }
 
+    /// Under the lock (no put changes the current copies): the entry whose current copy is
+    /// `key`, live, and its head. Only the copies' headers are read.
+    fn find_head(&self, key: &[u64; 8]) -> Option<(usize, Head)> {
+        (0..self.geo.keys as usize).find_map(|e| {
+            let cur = self.entry(e)[0].load(Ordering::Acquire);
+            if cur == 0 {
+                return None;
+            }
+            let words = self.copy(e, (cur & 1) as usize);
+            if (0..8).any(|k| words[2 + k].load(Ordering::Relaxed) != key[k]) {
+                return None;
+            }
+            Self::head(words)
+                .filter(|h| h.live() && h.key == *key)
+                .map(|h| (e, h))
+        })
+    }
+
     /// A put (`Some`) or a delete (`None`), under the lock.
     fn write(&self, key: &str, put: Option<(&[u8], u32)>) -> Result<u64, PssError> {
         let kw = key_words(key);
-        let unstable = || PssError::Unstable(key.into());
-        let found = self.find(&kw).map_err(|()| unstable())?;
+        let found = self.find_head(&kw);
+        let old_len = found.map_or(0, |(_, h)| u64::from(h.len));
         let e = match found {
-            Some((e, _, _)) => e,
+            Some((e, _)) => e,
             None if put.is_none() => return Ok(self.header().seq.load(Ordering::Acquire)),
             None => {
                 // A free entry: never written, or whose current copy is not live.
@@ -586,8 +633,9 @@ impl PssMap {
                 }
             }
         };
+        let live = &self.header().live_bytes;
+        let others = live.load(Ordering::Relaxed).saturating_sub(old_len);
         if let Some((value, _)) = put {
-            let others = self.live_bytes_except(e);
             if others + value.len() as u64 > u64::from(self.geo.bytes_max) {
                 return Err(PssError::OverQuota {
                     key: key.into(),
@@ -604,12 +652,12 @@ impl PssMap {
         // (the seqlock's reader check, without a "writing" mark a dead writer could leave).
         fence(Ordering::Release);
         let (value, flags) = put.map_or((&[][..], 0), |(v, f)| (v, f | FLAG_LIVE));
-        let mut sum_words = Vec::with_capacity(value.len().div_ceil(8));
+        let mut sum = Sum::new();
         for (k, chunk) in value.chunks(8).enumerate() {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
             let x = u64::from_le_bytes(b);
-            sum_words.push(x);
+            sum.add(x);
             words[COPY_HEAD_WORDS + k].store(x, Ordering::Relaxed);
         }
         let head = Head {
@@ -617,7 +665,7 @@ impl PssMap {
             flags,
             len: value.len() as u32,
             key: kw,
-            value_sum: checksum(sum_words),
+            value_sum: sum.done(),
         };
         let hw = head.words();
         for (k, w) in hw.iter().enumerate() {
@@ -627,14 +675,14 @@ impl PssMap {
         // The commit: Release, so that a reader that sees this value of `cur` sees the
         // copy it names whole.
         cur.store((generation << 1) | inactive, Ordering::Release);
+        live.store(others + value.len() as u64, Ordering::Relaxed);
         Ok(self.header().seq.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// The length of every live value but entry `skip`'s, from the copies' headers (under the
-    /// lock no put changes them; a copy that does not check counts as empty).
-    fn live_bytes_except(&self, skip: usize) -> u64 {
+    /// The length of every live value, from the copies' headers (under the lock no put
+    /// changes them; a copy that does not check counts as empty).
+    fn count_live_bytes(&self) -> u64 {
         (0..self.geo.keys as usize)
-            .filter(|&e| e != skip)
             .filter_map(|e| {
                 let cur = self.entry(e)[0].load(Ordering::Acquire);
                 (cur != 0).then(|| Self::head(self.copy(e, (cur & 1) as usize)))?
@@ -647,30 +695,44 @@ impl PssMap {
     /// Takes the region's writer lock for this process. A lock held by a process that no
     /// longer exists is taken over (its put never published); one held by a live process
     /// is waited for a while, then refused.
+    ///
+    /// Uncontended, this is one compare-and-swap and no system call. Two threads of one
+    /// process (or a process and a child that kept its mapping across `fork`) take turns
+    /// like any two holders; only the liveness check tells a dead holder from a slow one.
     fn lock(&self) -> Result<LockGuard<'_>, PssError> {
-        let me = u64::from(std::process::id());
+        let me = self.pid;
         let word = &self.header().lock;
-        let deadline = crate::clock::mono_ns() + 2_000_000_000;
+        let mut deadline = None;
         let mut spins = 0u32;
         loop {
-            match word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+            let holder = match word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(LockGuard { word, me }),
-                Err(holder) => {
-                    let alive = rustix::process::Pid::from_raw(holder as i32)
-                        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
-                    if (!alive || holder == me)
-                        && word
-                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        return Ok(LockGuard { word, me });
-                    }
-                    spins += 1;
-                    if spins % 64 == 0 && crate::clock::mono_ns() > deadline {
-                        return Err(PssError::Busy { pid: holder as u32 });
-                    }
-                    std::thread::yield_now();
+                Err(holder) => holder,
+            };
+            spins += 1;
+            if spins % 64 == 0 {
+                let dead = rustix::process::Pid::from_raw(holder as i32)
+                    .is_none_or(|p| rustix::process::test_kill_process(p).is_err());
+                if dead
+                    && word
+                        .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    // Its put may have been published before it could count its bytes.
+                    self.header()
+                        .live_bytes
+                        .store(self.count_live_bytes(), Ordering::Relaxed);
+                    return Ok(LockGuard { word, me });
                 }
+                let now = crate::clock::mono_ns();
+                if now > *deadline.get_or_insert(now + 2_000_000_000) {
+                    return Err(PssError::Busy { pid: holder as u32 });
+                }
+            }
+            if spins < 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
     }

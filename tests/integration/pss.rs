@@ -22,6 +22,8 @@ fn counter_bin() -> PathBuf {
         .parent()
         .unwrap()
         .join("examples/pss_counter");
+    // (`cargo test --test integration` alone does not rebuild the examples: an old one
+    // speaks an older layout, and says so in ham's log, which a timeout shows.)
     assert!(
         p.exists(),
         "{} is missing: `cargo test` builds it (or `cargo build -p ham-guardian --examples`)",
