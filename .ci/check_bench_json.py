@@ -19,6 +19,7 @@ REQUIRED = {
     "heartbeat_miss_delay",
     "storm_ping",
     "storm_restart",
+    "pss_put",
 }
 # The systems each SDK scenario must report (they have no peers to skip).
 SYSTEMS = {
@@ -28,6 +29,7 @@ SYSTEMS = {
     "storm_ping": {"ham-idle", "ham-storm"},
     "storm_restart": {"ham-idle", "ham-storm"},
     "heartbeat_miss_delay": {"ham"},
+    "pss_put": {"ham", "pwrite-shm", "ham-durable", "file-fsync"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 
