@@ -60,8 +60,10 @@ pub const FLAG_SHARED: u32 = 2;
 /// ham keeps it on disk too: it survives a reboot.
 pub const FLAG_DURABLE: u32 = 4;
 
-/// How many times a reader tries a key that puts keep changing under it.
-const READ_TRIES: u32 = 10_000;
+/// How many times a reader tries a key that puts keep changing under it. Bounded low: ham
+/// reads stores whose writers it does not trust, and a writer that flips a key for ever
+/// must cost ham at most this many reads of it (≤ 256 × a value, for each key).
+const READ_TRIES: u32 = 256;
 
 /// The region's first words.
 #[repr(C)]
