@@ -4,21 +4,21 @@ _ham_client() {
     case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --completions) COMPREPLY=($(compgen -W "bash" -- "$cur")); return ;;
-        --period|--low|--high|--beats|--count|--signal|--entity) return ;;
+        --period|--low|--high|--beats|--count|--signal|--entity|--wait) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --period --low --high --beats --count --signal --entity --shared --durable --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --period --low --high --beats --count --signal --entity --shared --durable --wait --ack --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            --config|-c|--period|--low|--high|--beats|--count|--signal|--entity|--completions) ((i++)) ;;
+            --config|-c|--period|--low|--high|--beats|--count|--signal|--entity|--wait|--completions) ((i++)) ;;
             -*) ;;
             *) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "heartbeat raise state detach ready define pss subscribe" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "heartbeat raise state detach ready define pss send recv ack subscribe" -- "$cur")) ;;
         pss) [[ "$prev" == pss ]] && COMPREPLY=($(compgen -W "put get delete list" -- "$cur")) ;;
     esac
 }

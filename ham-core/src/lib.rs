@@ -30,6 +30,7 @@ pub mod engine;
 pub mod journal;
 pub mod layout;
 pub mod lifecycle;
+pub mod mts;
 pub mod paths;
 pub mod policy;
 pub mod protocol;

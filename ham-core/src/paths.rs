@@ -33,6 +33,11 @@ pub fn pss_region(name: &str, slot: u32) -> String {
     format!("/ham.{name}.pss.{slot}")
 }
 
+/// The message queue (`ham_core::mts`) of the entity in `slot` of instance `name`.
+pub fn mts_queue(name: &str, slot: u32) -> String {
+    format!("/ham.{name}.mts.{slot}")
+}
+
 /// The file of entity `entity`'s durable checkpoints.
 pub fn pss_file(state_dir: &Path, name: &str, entity: &str) -> PathBuf {
     state_dir

@@ -77,6 +77,28 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
+    /// A message to entity `to`'s queue: from root, or from the process of an entity its
+    /// `accept_from` names. `key` makes asking again (after a takeover) harmless: a key
+    /// already queued is not queued twice.
+    MtsSend { to: String, key: u64, data: Vec<u8> },
+    /// The oldest message of entity `entity`'s queue (its own processes only; the same one
+    /// until it is acknowledged), waiting up to `wait_ns` for one; answered in `mts`, or
+    /// `EAGAIN` when none came.
+    MtsRecv { entity: String, wait_ns: u64 },
+    /// Message `id` of entity `entity`'s queue is handled: it leaves the queue.
+    MtsAck { entity: String, id: u64 },
+}
+
+/// A message as `MtsRecv` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtsItem {
+    pub id: u64,
+    /// Times it was handed out, this time included: more than 1 after its receiver died
+    /// before acknowledging it.
+    pub deliveries: u32,
+    /// The sending entity (or `uid N` for a privileged sender that is no entity).
+    pub sender: String,
+    pub data: Vec<u8>,
 }
 
 /// One key of a checkpoint store, as `PssRead` answers it.
@@ -103,7 +125,10 @@ impl Request {
             | Self::DeviceRestart { .. }
             | Self::PssOpen { .. }
             | Self::PssSync { .. }
-            | Self::PssRead { .. } => true,
+            | Self::PssRead { .. }
+            | Self::MtsSend { .. }
+            | Self::MtsRecv { .. }
+            | Self::MtsAck { .. } => true,
             Self::Verbose { op, .. } => *op == VerboseOp::Get,
             Self::Define {
                 change: Change::Control { command, .. },
@@ -140,6 +165,9 @@ pub struct Response {
     /// `pss-read`: the keys read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pss: Option<Box<[PssItem]>>,
+    /// `mts-recv`: the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mts: Option<Box<MtsItem>>,
 }
 
 impl Response {
@@ -154,6 +182,7 @@ impl Response {
             errno: None,
             flags: None,
             pss: None,
+            mts: None,
         }
     }
     /// A refusal with the errno a C caller gets.
@@ -173,6 +202,7 @@ impl Response {
             errno: None,
             flags: None,
             pss: None,
+            mts: None,
         }
     }
     /// The response as one line, newline included.

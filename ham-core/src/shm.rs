@@ -42,6 +42,9 @@ unsafe impl Shared for crate::beat::BeatPage {}
 // SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (or arrays of them), no padding
 // (a 128-byte header, asserted in `pss`).
 unsafe impl Shared for crate::pss::PssHeader {}
+// SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (or arrays of them), no padding
+// (a 128-byte header, asserted in `mts`).
+unsafe impl Shared for crate::mts::MtsHeader {}
 
 /// `count` values of `T` at byte `offset` of `map`, if they lie inside it and are aligned.
 /// The references live as long as the borrow of `map` (which owns the mapping).

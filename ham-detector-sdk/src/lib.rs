@@ -24,9 +24,11 @@
 #![deny(unsafe_code)]
 
 pub mod capi;
+mod mts;
 mod pss;
 
 pub use ham_core::protocol::PssItem;
+pub use mts::Received;
 pub use pss::{Durability, Pss, Scope};
 
 use std::io::{BufRead, BufReader, Write};

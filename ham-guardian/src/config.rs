@@ -124,6 +124,10 @@ struct RawEntity {
     #[serde(default)]
     raise_from: Vec<Spanned<String>>,
     #[serde(default)]
+    accept_from: Vec<Spanned<String>>,
+    mts_queue: Option<Spanned<u32>>,
+    mts_message_max: Option<Spanned<u32>>,
+    #[serde(default)]
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
@@ -342,7 +346,18 @@ pub struct EntityConfig {
     pub raise_from: Vec<usize>,
     /// The shape of its checkpoint store (`pss_max`).
     pub pss: ham_core::pss::Geometry,
+    /// Entities whose processes may send it messages (indices; root may too).
+    pub accept_from: Vec<usize>,
+    /// The shape of its message queue (`mts_queue`, `mts_message_max`).
+    pub mts: ham_core::mts::Shape,
 }
+
+/// `mts_queue` and `mts_message_max` when not given (a queue of about 290 KiB, made on the
+/// first message sent to the entity).
+pub const DEFAULT_MTS: ham_core::mts::Shape = ham_core::mts::Shape {
+    capacity: 256,
+    message_max: 1024,
+};
 
 /// `pss_max` when not given: 32 keys, 64 KiB of values, 4 KiB a value (a region of about
 /// 270 KiB, made only for an entity whose process opens its store).

@@ -14,6 +14,7 @@ mod control;
 mod guardian;
 mod hardening;
 mod instances;
+mod mts;
 mod notify;
 mod ordering;
 mod pss;

@@ -29,6 +29,8 @@ struct Args {
     entity: Option<String>,
     shared: bool,
     durable: bool,
+    wait: Option<String>,
+    ack: bool,
     generate: Option<Generate>,
     words: Vec<String>,
 }
@@ -55,6 +57,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("entity") => a.entity = Some(p.value()?.string()?),
             Long("shared") => a.shared = true,
             Long("durable") => a.durable = true,
+            Long("wait") => a.wait = Some(p.value()?.string()?),
+            Long("ack") => a.ack = true,
             // A negative number (a raise's VALUE) is a word, not an option.
             Short(d) if d.is_ascii_digit() => a.words.push(negative_number(&mut p, d)?),
             Value(v) => a.words.push(v.string()?),
@@ -148,6 +152,17 @@ fn main() -> ExitCode {
             client.state(&args[1], from, to)
         }
         ("pss", _) => return pss(&client, &args[1..], &a),
+        ("send", 3) => client.send(&args[1], args[2].as_bytes()).map(|_| ()),
+        ("recv", 1) => return recv(&client, &a),
+        ("ack", 2) => {
+            let Ok(id) = args[1].parse::<u64>() else {
+                return usage("ack takes a message ID (a number)");
+            };
+            match own_entity(&a) {
+                Some(e) => client.ack(&e, id),
+                None => return usage("ack: --entity ENTITY (or run it from an entity)"),
+            }
+        }
         ("detach", 2) => client.detach(&args[1]),
         ("ready", 2) => client.ready(&args[1]),
         ("define", 2) => match serde_json::from_str::<ham_detector_sdk::Change>(&args[1]) {
@@ -279,5 +294,46 @@ fn pss(client: &Client, words: &[String], a: &Args) -> ExitCode {
             Err(e) => failed(e),
         },
         _ => usage("pss put KEY VALUE [--shared] [--durable] | get KEY | delete KEY | list"),
+    }
+}
+
+/// The entity a `pss` or `recv` command is about: `--entity`, else this process's.
+fn own_entity(a: &Args) -> Option<String> {
+    a.entity
+        .clone()
+        .or_else(|| std::env::var("HAM_ENTITY").ok())
+}
+
+/// `ham-client recv [--wait DURATION] [--ack]`: `ID<TAB>DELIVERIES<TAB>MESSAGE`.
+fn recv(client: &Client, a: &Args) -> ExitCode {
+    let Some(entity) = own_entity(a) else {
+        return usage("recv: --entity ENTITY (or run it from an entity: $HAM_ENTITY)");
+    };
+    let wait = match a.wait.as_deref().map(ham_core::duration::parse_ns) {
+        None => Duration::ZERO,
+        Some(Ok(ns)) => Duration::from_nanos(ns),
+        Some(Err(e)) => return usage(&format!("--wait: {e}")),
+    };
+    match client.recv(&entity, wait) {
+        Ok(Some(m)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{}\t{}\t", m.id, m.deliveries);
+            let _ = out.write_all(&m.data);
+            let _ = writeln!(out);
+            let _ = out.flush();
+            drop(out);
+            if a.ack {
+                if let Err(e) = client.ack(&entity, m.id) {
+                    eprintln!("ham-client: {e}");
+                    return ExitCode::from(exit::FAILED as u8);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::from(exit::FAILED as u8),
+        Err(e) => {
+            eprintln!("ham-client: {e}");
+            ExitCode::from(exit::FAILED as u8)
+        }
     }
 }

@@ -249,6 +249,18 @@ pub static HAM_CLIENT: Spec = Spec {
             value: None,
             help: "pss put: the key survives a reboot (the put returns once it is on disk)",
         },
+        Opt {
+            long: "wait",
+            short: None,
+            value: Some("DURATION"),
+            help: "recv: wait this long for a message (default: do not wait)",
+        },
+        Opt {
+            long: "ack",
+            short: None,
+            value: None,
+            help: "recv: acknowledge the message once printed (it leaves the queue)",
+        },
         HELP,
         GENERATE[0],
         GENERATE[1],
@@ -296,6 +308,27 @@ pub static HAM_CLIENT: Spec = Spec {
             help: "the checkpoint store of this process's entity (--entity: another's; get \
                    prints the value on stdout and exits 1 when the key is absent)",
             words: &["put", "get", "delete", "list"],
+        },
+        Cmd {
+            name: "send",
+            args: "ENTITY MESSAGE",
+            help: "a message to ENTITY's queue (from a process of an entity it accepts \
+                   messages from, or root)",
+            words: &[],
+        },
+        Cmd {
+            name: "recv",
+            args: "[--wait DURATION] [--ack]",
+            help: "the oldest message of this process's entity's queue (--entity: another's, \
+                   as root): prints its id, its deliveries and the message, tab-separated; \
+                   exit 1 when none came",
+            words: &[],
+        },
+        Cmd {
+            name: "ack",
+            args: "ID",
+            help: "message ID of this process's entity's queue is handled",
+            words: &[],
         },
         Cmd {
             name: "subscribe",

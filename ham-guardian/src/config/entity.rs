@@ -250,6 +250,24 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
             geo
         }
     };
+    let mts = ham_core::mts::Shape {
+        capacity: e
+            .mts_queue
+            .as_ref()
+            .map_or(DEFAULT_MTS.capacity, |q| *q.get_ref()),
+        message_max: e
+            .mts_message_max
+            .as_ref()
+            .map_or(DEFAULT_MTS.message_max, |m| m.get_ref().next_multiple_of(8)),
+    };
+    if let Err(why) = mts.validate() {
+        let span = e
+            .mts_queue
+            .as_ref()
+            .map(|q| q.span())
+            .or(e.mts_message_max.as_ref().map(|m| m.span()));
+        return Err(ctx.err(span, key("mts_queue"), why));
+    }
     let limits = CgroupLimits {
         memory_max: e.memory_max.as_ref().map(|v| *v.get_ref()),
         pids_max: e.pids_max.as_ref().map(|v| *v.get_ref()),
@@ -257,6 +275,8 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     };
 
     Ok(EntityConfig {
+        mts,
+        accept_from: Vec::new(), // resolved once every name is known
         pss,
         limits,
         attach_only: e.attach_only,

@@ -148,6 +148,20 @@ pub(super) fn parse_with(
                 })
             })
             .collect::<Result<_, _>>()?;
+        entities[i].accept_from = e
+            .get_ref()
+            .accept_from
+            .iter()
+            .map(|r| {
+                names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
+                    ctx.err(
+                        Some(r.span()),
+                        Some(format!("entity[{i}].accept_from")),
+                        format!("no entity named `{}`", r.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
         entities[i].conditions = e
             .get_ref()
             .condition

@@ -80,6 +80,9 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
         | Request::PssOpen { .. }
         | Request::PssSync { .. }
         | Request::PssRead { .. }
+        | Request::MtsSend { .. }
+        | Request::MtsRecv { .. }
+        | Request::MtsAck { .. }
         | Request::Verbose {
             op: VerboseOp::Get, ..
         } => Ok(Grant::Client),
@@ -127,6 +130,41 @@ pub(super) fn may_write_pss(caller: &Caller, name: &str) -> Result<(), (i32, Str
     }
     refused(format!(
         "pid {} is not `{name}`: only its processes write its checkpoints",
+        caller.pid
+    ))
+}
+
+/// Sending a message to entity `to`: root or ham's user (the sender is then named by its
+/// uid), or the process of an entity `to` accepts messages from (`accept_from`), or a helper
+/// it runs. Answers the sender's name.
+pub(super) fn may_send<'n>(
+    caller: &Caller,
+    to: &str,
+    accept_from: impl IntoIterator<Item = &'n str>,
+) -> Result<String, (i32, String)> {
+    if let Some(name) = accept_from.into_iter().find(|n| caller.is_process_of(n)) {
+        return Ok(name.to_owned());
+    }
+    if caller.privileged() {
+        return Ok(format!("uid {}", caller.uid));
+    }
+    Err((
+        libc::EPERM,
+        format!(
+            "permission denied: pid {} is not the process of an entity `{to}` accepts \
+             messages from (accept_from)",
+            caller.pid
+        ),
+    ))
+}
+
+/// Receiving and acknowledging entity `name`'s messages: its process, or a helper it runs.
+pub(super) fn may_receive(caller: &Caller, name: &str) -> Result<(), (i32, String)> {
+    if caller.privileged() || caller.is_process_of(name) {
+        return Ok(());
+    }
+    refused(format!(
+        "pid {} is not `{name}`: only its processes receive its messages",
         caller.pid
     ))
 }

@@ -49,6 +49,10 @@ pub(super) struct Entity {
     pub(super) restart_kind: super::pss::RestartKind,
     /// Its durable checkpoints: what is on disk, what is being written, who waits.
     pub(super) pss_durable: super::pss::Durable,
+    /// Its message queue, once a message was sent to it (or a predecessor's was found).
+    pub(super) mts: Option<ham_core::mts::MtsMap>,
+    /// Its processes waiting for a message.
+    pub(super) mts_waiters: Vec<super::mts::MtsWaiter>,
 }
 
 impl Entity {
@@ -92,6 +96,8 @@ impl Entity {
             pss: None,
             restart_kind: Default::default(),
             pss_durable: Default::default(),
+            mts: None,
+            mts_waiters: Vec::new(),
         }
     }
 }

@@ -24,7 +24,7 @@ impl Daemon {
     ) -> (Response, Option<OwnedFd>) {
         match self.attach_checked(i, peer, pid, spec) {
             Ok(answer) => answer,
-            Err(r) => (r, None),
+            Err(r) => (*r, None),
         }
     }
 
@@ -34,20 +34,21 @@ impl Daemon {
         peer: Peer,
         pid: Option<i32>,
         spec: HeartbeatSpec,
-    ) -> Result<(Response, Option<OwnedFd>), Response> {
+    ) -> Result<(Response, Option<OwnedFd>), Box<Response>> {
         let target = pid.unwrap_or(peer.pid);
         let name = self.entities[i].cfg.name.clone();
         if let Err((errno, why)) = self.with_caller(peer, |c| super::authz::may_attach(c, target)) {
-            return Err(Response::errno(errno, why));
+            return Err(Response::errno(errno, why).into());
         }
         if spec.period_ns < MIN_HEARTBEAT_PERIOD_NS && (spec.missed_low | spec.missed_high) != 0 {
             return Err(Response::err(format!(
                 "heartbeat period {} is below the floor of 1ms",
                 ham_core::duration::format_ns(spec.period_ns)
-            )));
+            ))
+            .into());
         }
         if spec.missed_high != 0 && spec.missed_low > spec.missed_high {
-            return Err(Response::err("missed_low must not exceed missed_high"));
+            return Err(Response::err("missed_low must not exceed missed_high").into());
         }
         let e = &self.entities[i];
         let adopt = e.cfg.attach_only && (e.rec.pid != target || e.pidfd.is_none());
@@ -56,14 +57,16 @@ impl Daemon {
                 return Err(Response::err(format!(
                     "`{name}` is attached by pid {}; detach it first",
                     e.rec.pid
-                )));
+                ))
+                .into());
             }
         } else if !(e.rec.pid == target && e.rec.state == EntityState::Running) {
             return Err(Response::err(format!(
                 "`{name}` is ham-started and runs pid {} ({}); pid {target} cannot attach to it",
                 e.rec.pid,
                 e.rec.state.as_str()
-            )));
+            ))
+            .into());
         }
         let now = mono_ns();
         let slot = self.entities[i].slot;
@@ -79,10 +82,9 @@ impl Daemon {
                 Err(e) => {
                     self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
                     self.publish(i);
-                    return Err(Response::errno(
-                        libc::ENOMEM,
-                        format!("no heartbeat page: {e}"),
-                    ));
+                    return Err(
+                        Response::errno(libc::ENOMEM, format!("no heartbeat page: {e}")).into(),
+                    );
                 }
             }
         } else {
@@ -94,7 +96,7 @@ impl Daemon {
                     &self.cfg.instance.name,
                     slot.0,
                 ));
-                return Err(Response::err(why));
+                return Err(Response::err(why).into());
             }
         }
         let page_fd = page.map(|(map, fd)| {

@@ -104,8 +104,10 @@ impl Daemon {
                 Effect::CountRestart => {
                     restarted = Some(self.count_restart(i));
                     self.entities[i].restart_kind = if why.stateless {
-                        // Its next process starts from an empty checkpoint store.
+                        // Its next process starts from an empty checkpoint store, and with
+                        // no message waiting.
                         self.pss_clear(i);
+                        self.mts_drop(i);
                         super::pss::RestartKind::Stateless
                     } else {
                         super::pss::RestartKind::Stateful

@@ -55,6 +55,7 @@ mod guardian_link;
 mod heartbeats;
 mod journal;
 mod lifecycle;
+mod mts;
 mod notify;
 mod pss;
 mod removal;

@@ -46,8 +46,9 @@ impl Daemon {
         self.fire(i, crate::actions::Event::Detach, None);
         self.publish_defs(&text)?;
         self.defs = defs;
-        // Its checkpoint store is not the next entity's of this slot.
+        // Its checkpoint store and queue are not the next entity's of this slot.
         self.pss_forget(i);
+        self.mts_drop(i);
         // What runs for it ends here (a command it started goes on, unwatched).
         // (Its queue first: ending its runs must not start the ones queued behind them.)
         self.runs.forget_queue(i);

@@ -44,6 +44,9 @@ impl Daemon {
             | Request::PssOpen { entity }
             | Request::PssSync { entity }
             | Request::PssRead { entity, .. }
+            | Request::MtsSend { to: entity, .. }
+            | Request::MtsRecv { entity, .. }
+            | Request::MtsAck { entity, .. }
             | Request::Raise { entity, .. } => match self.entities.id_of(entity) {
                 Some(i) => Some(i),
                 None => {
@@ -100,6 +103,15 @@ impl Daemon {
                 reply_with_fd(stream, &r, fd.as_ref());
             }
             (Request::PssSync { .. }, Some(i)) => self.pss_sync(i, peer, stream),
+            (Request::MtsSend { key, data, .. }, Some(i)) => {
+                let r = self.mts_send(i, peer, key, &data);
+                reply(stream, &r);
+            }
+            (Request::MtsRecv { wait_ns, .. }, Some(i)) => self.mts_recv(i, peer, wait_ns, stream),
+            (Request::MtsAck { id, .. }, Some(i)) => {
+                let r = self.mts_ack(i, peer, id);
+                reply(stream, &r);
+            }
             (Request::PssRead { key, .. }, Some(i)) => {
                 let r = self.pss_read(i, key, peer);
                 reply(stream, &r);

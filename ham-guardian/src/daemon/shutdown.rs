@@ -165,6 +165,7 @@ impl Daemon {
             ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(&inst.name, e.slot.0));
             // As a reboot would: only durable checkpoints (on disk) outlive a shutdown.
             ham_core::pss::PssMap::unlink(&ham_core::paths::pss_region(&inst.name, e.slot.0));
+            ham_core::mts::MtsMap::unlink(&ham_core::paths::mts_queue(&inst.name, e.slot.0));
         }
         for e in &mut self.entities {
             for (stream, _) in e.waiters.drain(..) {

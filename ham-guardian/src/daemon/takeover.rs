@@ -37,6 +37,10 @@ impl Daemon {
                 &self.cfg.instance.name,
                 slot.0,
             ));
+            ham_core::mts::MtsMap::unlink(&ham_core::paths::mts_queue(
+                &self.cfg.instance.name,
+                slot.0,
+            ));
             if rec.state.has_process() || rec.state == EntityState::Starting {
                 signal_recorded(&rec, libc::SIGTERM);
             }

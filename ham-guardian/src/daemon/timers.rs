@@ -27,6 +27,8 @@ pub(super) enum Deadline {
     Heartbeat(EntityId),
     /// The ring's stalled-slot check.
     RingStall,
+    /// A receiver waiting for a message gives up.
+    MtsWait(EntityId),
 }
 
 /// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
@@ -194,6 +196,7 @@ impl Daemon {
                     let why = lifecycle::Why::new("operator", "stop timeout");
                     self.step(i, ham_core::lifecycle::Input::StopTimeout, &why);
                 }
+                Deadline::MtsWait(i) => self.mts_timeouts(i, now),
                 Deadline::Retry(i) => {
                     if self.shutdown.is_none() {
                         let why = super::lifecycle::Why::new("start", "retrying");
@@ -233,6 +236,7 @@ impl Daemon {
                 .clients
                 .as_ref()
                 .is_some_and(|c| c.stall_timer == Some(at)),
+            Deadline::MtsWait(i) => self.mts_deadline(i) == Some(at),
         }
     }
 

@@ -1,0 +1,204 @@
+//! The entities' message queues (`ham_core::mts`): made on the first message sent to an
+//! entity, kept across its restarts, ham's takeovers and warm starts (a named shm object of
+//! ham's own, found again by slot and checked to be the entity's), dropped by a stateless
+//! restart. A receiver that waits holds its request until a message comes or its wait ends
+//! (no polling); a message leaves the queue only when the receiver acknowledges it.
+
+use ham_core::mts::{MtsError, MtsMap};
+use ham_core::protocol::MtsItem;
+
+use super::*;
+
+/// Receivers waiting at most, per entity (each holds a connection).
+const WAITERS_PER_ENTITY: usize = 16;
+
+/// A receiver waiting for a message.
+pub(super) struct MtsWaiter {
+    stream: UnixStream,
+    until: u64,
+}
+
+impl Daemon {
+    fn mts_name(&self, i: EntityId) -> String {
+        ham_core::paths::mts_queue(&self.cfg.instance.name, self.entities[i].slot.0)
+    }
+
+    /// The receiver's incarnation: which process of it a message was handed to (each
+    /// start or restart is a new one).
+    fn incarnation(&self, i: EntityId) -> u32 {
+        let r = &self.entities[i].rec;
+        r.starts.wrapping_add(r.restarts).max(1)
+    }
+
+    /// Entity `i`'s queue: held, left by a predecessor (if it is this entity's), or (with
+    /// `make`) new.
+    fn mts_queue(&mut self, i: EntityId, make: bool) -> Result<Option<&MtsMap>, String> {
+        if self.entities[i].mts.is_none() {
+            let name = self.mts_name(i);
+            let entity = self.entities[i].cfg.name.clone();
+            let found = match MtsMap::open(&name) {
+                Ok(q) if q.owner() == entity => Some(q),
+                Ok(_) => {
+                    MtsMap::unlink(&name);
+                    None
+                }
+                Err(SegmentError::NotFound { .. }) => None,
+                Err(e) => return Err(format!("{entity}: its message queue: {e}")),
+            };
+            let q = match found {
+                Some(q) => q,
+                None if make => MtsMap::create(&name, self.entities[i].cfg.mts, &entity)
+                    .map_err(|e| format!("{entity}: cannot make its message queue: {e}"))?,
+                None => return Ok(None),
+            };
+            self.entities[i].mts = Some(q);
+        }
+        Ok(self.entities[i].mts.as_ref())
+    }
+
+    /// `mts-send`: queues a message for entity `i`, from root or from the process of an
+    /// entity its `accept_from` names; a waiting receiver gets it at once.
+    pub(super) fn mts_send(&mut self, i: EntityId, peer: Peer, key: u64, data: &[u8]) -> Response {
+        let to = self.entities[i].cfg.name.clone();
+        let senders: Vec<String> = self.entities[i]
+            .cfg
+            .accept_from
+            .iter()
+            .map(|&j| self.entities[EntityId::from_index(j)].cfg.name.clone())
+            .collect();
+        let sender = self.with_caller(peer, |c| {
+            authz::may_send(c, &to, senders.iter().map(String::as_str))
+        });
+        let sender = match sender {
+            Ok(s) => s,
+            Err((errno, why)) => return Response::errno(errno, why),
+        };
+        let queue = match self.mts_queue(i, true) {
+            Ok(Some(q)) => q,
+            Ok(None) => return Response::errno(libc::EIO, format!("`{to}` has no queue")),
+            Err(why) => return Response::errno(libc::ENOSPC, why),
+        };
+        match queue.push(key, &sender, peer.uid, data) {
+            Ok(id) => {
+                self.mts_wake(i);
+                Response::ok(format!("queued for `{to}` as message {id}"))
+            }
+            Err(e @ MtsError::Full { .. }) => Response::errno(libc::ENOSPC, format!("`{to}`: {e}")),
+            Err(e @ MtsError::TooLarge { .. }) => {
+                Response::errno(libc::EMSGSIZE, format!("`{to}`: {e}"))
+            }
+        }
+    }
+
+    /// `mts-recv`: the oldest message of entity `i`'s queue for its own process, now, or
+    /// once one comes within `wait_ns`.
+    pub(super) fn mts_recv(&mut self, i: EntityId, peer: Peer, wait_ns: u64, stream: UnixStream) {
+        let entity = self.entities[i].cfg.name.clone();
+        if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_receive(c, &entity)) {
+            reply(stream, &Response::errno(errno, why));
+            return;
+        }
+        if let Some(r) = self.mts_take(i) {
+            reply(stream, &r);
+            return;
+        }
+        if wait_ns == 0 {
+            reply(stream, &no_message(&entity));
+            return;
+        }
+        if self.entities[i].mts_waiters.len() >= WAITERS_PER_ENTITY {
+            reply(
+                stream,
+                &Response::errno(
+                    libc::EBUSY,
+                    format!("`{entity}` has {WAITERS_PER_ENTITY} receivers waiting already"),
+                ),
+            );
+            return;
+        }
+        let until = mono_ns().saturating_add(wait_ns.min(3_600_000_000_000));
+        self.entities[i]
+            .mts_waiters
+            .push(MtsWaiter { stream, until });
+        self.mts_schedule(i);
+    }
+
+    /// The oldest message, handed to entity `i`'s current incarnation, as an answer.
+    fn mts_take(&mut self, i: EntityId) -> Option<Response> {
+        let inc = self.incarnation(i);
+        let q = self.mts_queue(i, false).ok()??;
+        let m = q.deliver(inc)?;
+        let mut r = Response::ok(format!("message {}", m.id));
+        r.mts = Some(Box::new(MtsItem {
+            id: m.id,
+            deliveries: m.deliveries,
+            sender: m.sender,
+            data: m.bytes,
+        }));
+        Some(r)
+    }
+
+    /// A message came for entity `i`: its first waiting receiver gets it.
+    fn mts_wake(&mut self, i: EntityId) {
+        if self.entities[i].mts_waiters.is_empty() {
+            return;
+        }
+        if let Some(r) = self.mts_take(i) {
+            let w = self.entities[i].mts_waiters.remove(0);
+            reply(w.stream, &r);
+        }
+    }
+
+    /// `mts-ack`: message `id` of entity `i`'s queue is handled (its own processes only).
+    pub(super) fn mts_ack(&mut self, i: EntityId, peer: Peer, id: u64) -> Response {
+        let entity = self.entities[i].cfg.name.clone();
+        if let Err((errno, why)) = self.with_caller(peer, |c| authz::may_receive(c, &entity)) {
+            return Response::errno(errno, why);
+        }
+        let acked = matches!(self.mts_queue(i, false), Ok(Some(q)) if q.ack(id));
+        if acked {
+            // The next message, for a receiver that waits.
+            self.mts_wake(i);
+            Response::ok(format!("message {id} of `{entity}` handled"))
+        } else {
+            Response::errno(
+                libc::ENOENT,
+                format!("`{entity}` has no message {id} queued"),
+            )
+        }
+    }
+
+    /// Waiting receivers of entity `i` whose wait is over get `EAGAIN`.
+    pub(super) fn mts_timeouts(&mut self, i: EntityId, now: u64) {
+        let entity = self.entities[i].cfg.name.clone();
+        let (over, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entities[i].mts_waiters)
+            .into_iter()
+            .partition(|w| w.until <= now);
+        self.entities[i].mts_waiters = still;
+        for w in over {
+            reply(w.stream, &no_message(&entity));
+        }
+        self.mts_schedule(i);
+    }
+
+    /// The deadline of entity `i`'s first waiting receiver.
+    pub(super) fn mts_deadline(&self, i: EntityId) -> Option<u64> {
+        self.entities[i].mts_waiters.iter().map(|w| w.until).min()
+    }
+
+    fn mts_schedule(&mut self, i: EntityId) {
+        if let Some(at) = self.mts_deadline(i) {
+            self.schedule(at, Deadline::MtsWait(i));
+        }
+    }
+
+    /// A stateless restart, or entity `i` is gone: its queue goes with what it held.
+    pub(super) fn mts_drop(&mut self, i: EntityId) {
+        self.entities[i].mts = None;
+        MtsMap::unlink(&self.mts_name(i));
+    }
+}
+
+fn no_message(entity: &str) -> Response {
+    Response::errno(libc::EAGAIN, format!("no message for `{entity}`"))
+}

@@ -1,0 +1,183 @@
+//! Message queues that outlive a restart (issue 14): nothing sent is lost through the
+//! receiver's kills or the HAM's, a message it died handling comes again counted, order is
+//! kept, and only accepted senders may send.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ham_guardian::control::{self, Request};
+
+use crate::util::*;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_ham-client");
+
+/// `rx` receives in a loop: a line `ID<TAB>DELIVERIES<TAB>MESSAGE` in `log` for each
+/// message, then the acknowledgement (a kill between the two leaves it queued).
+fn receiver(log: &std::path::Path, queue: u32) -> String {
+    let script = format!(
+        "while :; do m=$({CLIENT} recv --wait 10s) || continue; \
+         printf '%s\\n' \"$m\" >> {log}; {CLIENT} ack $(printf '%s' \"$m\" | cut -f1); done",
+        log = log.display()
+    );
+    format!(
+        "[[entity]]\nname = \"rx\"\ncommand = [\"/bin/sh\", \"-c\", {}]\n\
+         policy = {{ kind = \"immediate\" }}\nmts_queue = {queue}\n",
+        serde_json::to_string(&script).unwrap()
+    )
+}
+
+/// Sends `data` to `rx` as root, asking again (same key) through a takeover.
+fn send(socket: &std::path::Path, key: u64, data: &str) {
+    let req = Request::MtsSend {
+        to: "rx".into(),
+        key,
+        data: data.as_bytes().to_vec(),
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match control::request(socket, &req, Duration::from_secs(5)) {
+            Ok(r) if r.ok => return,
+            Ok(r) => panic!("send {data} refused: {:?}", r.error),
+            // The HAM died under the request: its successor answers the same key.
+            Err(e) => assert!(std::time::Instant::now() < deadline, "send {data}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_thousand_messages_reach_a_receiver_killed_every_fifty_and_its_ham_every_two_hundred() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("received");
+    let ham = Ham::start("mts-1000", &receiver(&log, 1024));
+    ham.wait_for("rx running", |s| running(s, "rx"));
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let socket = ham.socket_path();
+    std::thread::scope(|sc| {
+        // The sender: 1000 messages, paced, while the receiver and the HAM are killed.
+        let sender = sc.spawn(|| {
+            for k in 0..1000u64 {
+                send(&socket, 0x5eed_0000 + k, &format!("m{k}"));
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        let (mut rx_kills, mut ham_kills) = (0, 0);
+        let mut next = 50;
+        while next <= 950 {
+            wait_until(&ham, &format!("{next} messages received"), || {
+                lines() >= next
+            });
+            let s = ham.status();
+            if next % 200 == 0 {
+                let h = s["ham"]["pid"].as_i64().unwrap() as i32;
+                if s["guardian"]["alive"] == true && kill_and_wait(h) {
+                    ham_kills += 1;
+                    ham.wait_for("the guardian promoted", |s| {
+                        s["ham"]["alive"] == true && s["ham"]["pid"].as_i64() != Some(h.into())
+                    });
+                }
+            } else if kill_and_wait(pid_of(&s, "rx")) {
+                rx_kills += 1;
+            }
+            next += 50;
+        }
+        sender.join().unwrap();
+        eprintln!("mts: {rx_kills} receiver kills, {ham_kills} HAM kills");
+        assert!(rx_kills >= 10 && ham_kills >= 3, "{rx_kills} {ham_kills}");
+    });
+    // Every message, once handled; a second time only as a counted redelivery.
+    let received = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut firsts = Vec::new();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.splitn(3, '\t').collect();
+            let (deliveries, msg) = (f[1].parse::<u32>().unwrap(), f[2].to_owned());
+            if let Some(before) = seen.insert(msg.clone(), deliveries) {
+                assert!(
+                    deliveries > before,
+                    "{msg} received again with {deliveries} deliveries (had {before})"
+                );
+            } else {
+                firsts.push(msg);
+            }
+        }
+        firsts
+    };
+    wait_until(&ham, "all 1000 received", || received().len() >= 1000);
+    let firsts = received();
+    let expect: Vec<String> = (0..1000).map(|k| format!("m{k}")).collect();
+    assert_eq!(firsts, expect, "every message, in the order sent");
+}
+
+#[test]
+fn only_accepted_senders_send_and_a_full_queue_refuses_without_blocking() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // its senders run as another user
+    }
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = |n: &str| work.path().join(n);
+    let sends = |who: &str, n: u32| {
+        let mut s = String::new();
+        for k in 0..n {
+            s.push_str(&format!(
+                "{CLIENT} send rx {who}{k} > {o}.{k} 2>&1; echo $? >> {o}.rc; ",
+                o = out(who).display()
+            ));
+        }
+        s + "exec sleep 1000"
+    };
+    let entity = |name: &str, script: &str, extra: &str| {
+        format!(
+            "[[entity]]\nname = \"{name}\"\nuser = \"nobody\"\n{extra}\
+             command = [\"/bin/sh\", \"-c\", {}]\n",
+            serde_json::to_string(script).unwrap()
+        )
+    };
+    let body = format!(
+        "{}{}{}",
+        entity(
+            "rx",
+            "exec sleep 1000",
+            "accept_from = [\"tx\"]\nmts_queue = 2\n"
+        ),
+        entity("tx", &sends("tx", 3), ""),
+        entity("other", &sends("other", 1), ""),
+    );
+    let ham = Ham::start_with("mts-access", "client_group = \"65534\"\n", &body, &[]);
+    let rcs = |who: &str| std::fs::read_to_string(out(&format!("{who}.rc"))).unwrap_or_default();
+    wait_until(&ham, "the sends", || {
+        rcs("tx").lines().count() == 3 && rcs("other").lines().count() == 1
+    });
+    assert_eq!(rcs("tx"), "0\n0\n1\n", "the third finds the queue full");
+    let full = std::fs::read_to_string(out("tx.2")).unwrap();
+    assert!(
+        full.contains("queue is full") && full.contains("mts_queue"),
+        "{full}"
+    );
+    assert_eq!(rcs("other"), "1\n");
+    let refused = std::fs::read_to_string(out("other.0")).unwrap();
+    assert!(refused.contains("accept_from"), "{refused}");
+    // What rx has: tx's two, in order, named by their sender.
+    let recv = |ack: bool| {
+        let mut cmd = std::process::Command::new(CLIENT);
+        cmd.args(["--entity", "rx", "recv"])
+            .env("HAM_CONFIG", &ham.config);
+        if ack {
+            cmd.arg("--ack");
+        }
+        text(&cmd.output().unwrap().stdout)
+    };
+    assert!(recv(true).ends_with("\t1\ttx0\n"));
+    assert!(recv(true).ends_with("\t1\ttx1\n"));
+    assert_eq!(recv(false), "", "empty");
+}
