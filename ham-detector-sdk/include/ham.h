@@ -421,6 +421,28 @@ ptrdiff_t ham_pss_get_entity(const char *ename, const char *key, void *buf, size
  */
 int ham_pss_delete(const char *key);
 
+/*
+ Sends the `len` bytes at `buf` to entity `ename`'s queue (from the process of an entity in
+ its `accept_from`, or root). Returns ham's id for the message (> 0), or `-1` and `errno`:
+ `ENOSPC` (the queue is full: never blocks), `EMSGSIZE`, `EPERM`, `ENOENT`, `EINVAL`.
+ */
+int64_t ham_mts_send(const char *ename, const void *buf, size_t len);
+
+/*
+ Receives the oldest message of entity `ename`'s queue (this process must be the entity's),
+ waiting up to `wait_ms` for one: copies it into `buf` (at most `len` bytes), sets `*id`
+ and `*deliveries` (more than 1: its receiver died before acknowledging it), and returns
+ its length. The same message comes until `ham_mts_ack`. `-1` and `errno`: `EAGAIN` (none
+ came), `EPERM`, `ENOENT`, `EINVAL`.
+ */
+ptrdiff_t ham_mts_recv(const char *ename, void *buf, size_t len, unsigned int wait_ms, uint64_t *id, unsigned int *deliveries);
+
+/*
+ Message `id` of entity `ename`'s queue is handled: it leaves the queue. 0, or `-1` and
+ `errno` (`ENOENT`: no such message queued).
+ */
+int ham_mts_ack(const char *ename, uint64_t id);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

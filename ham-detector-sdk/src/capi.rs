@@ -1676,6 +1676,86 @@ pub unsafe extern "C" fn ham_pss_delete(key: *const c_char) -> c_int {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Message queues (ham extensions, NX-OS's MTS; not in QNX)
+// ---------------------------------------------------------------------------------------------
+
+/// Sends the `len` bytes at `buf` to entity `ename`'s queue (from the process of an entity in
+/// its `accept_from`, or root). Returns ham's id for the message (> 0), or `-1` and `errno`:
+/// `ENOSPC` (the queue is full: never blocks), `EMSGSIZE`, `EPERM`, `ENOENT`, `EINVAL`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_mts_send(
+    ename: *const c_char,
+    buf: *const std::ffi::c_void,
+    len: usize,
+) -> i64 {
+    // SAFETY: as `arg`.
+    let Some(to) = (unsafe { arg(ename) }) else {
+        return i64::from(fail_int(libc::EINVAL));
+    };
+    if buf.is_null() && len > 0 {
+        return i64::from(fail_int(libc::EINVAL));
+    }
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller passes `len` readable bytes at `buf` (checked non-NULL).
+        unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
+    };
+    match with_client(|c| c.send(&to, bytes)) {
+        Ok(id) => i64::try_from(id).unwrap_or(i64::MAX),
+        Err(e) => i64::from(fail_int(e)),
+    }
+}
+
+/// Receives the oldest message of entity `ename`'s queue (this process must be the entity's),
+/// waiting up to `wait_ms` for one: copies it into `buf` (at most `len` bytes), sets `*id`
+/// and `*deliveries` (more than 1: its receiver died before acknowledging it), and returns
+/// its length. The same message comes until `ham_mts_ack`. `-1` and `errno`: `EAGAIN` (none
+/// came), `EPERM`, `ENOENT`, `EINVAL`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_mts_recv(
+    ename: *const c_char,
+    buf: *mut std::ffi::c_void,
+    len: usize,
+    wait_ms: c_uint,
+    id: *mut u64,
+    deliveries: *mut c_uint,
+) -> isize {
+    // SAFETY: as `arg`.
+    let Some(entity) = (unsafe { arg(ename) }) else {
+        return fail_int(libc::EINVAL) as isize;
+    };
+    let wait = Duration::from_millis(u64::from(wait_ms));
+    match with_client(|c| c.recv(&entity, wait)) {
+        Ok(Some(m)) => {
+            if !id.is_null() {
+                // SAFETY: a non-NULL `id` points to a writable u64 (the caller's contract).
+                unsafe { *id = m.id };
+            }
+            if !deliveries.is_null() {
+                // SAFETY: a non-NULL `deliveries` points to a writable unsigned int.
+                unsafe { *deliveries = m.deliveries };
+            }
+            // SAFETY: the caller passes `len` writable bytes at `buf` (or len 0).
+            unsafe { copy_out(&m.data, buf, len) }
+        }
+        Ok(None) => fail_int(libc::EAGAIN) as isize,
+        Err(e) => fail_int(e) as isize,
+    }
+}
+
+/// Message `id` of entity `ename`'s queue is handled: it leaves the queue. 0, or `-1` and
+/// `errno` (`ENOENT`: no such message queued).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_mts_ack(ename: *const c_char, id: u64) -> c_int {
+    // SAFETY: as `arg`.
+    let Some(entity) = (unsafe { arg(ename) }) else {
+        return fail_int(libc::EINVAL);
+    };
+    int_result(with_client(|c| c.ack(&entity, id)))
+}
+
 /// The value's bytes into `buf` (at most `len`); the value's length.
 ///
 /// # Safety

@@ -216,3 +216,13 @@ fn a_c_counter_goes_on_from_its_checkpoint_after_each_kill() {
         last = from;
     }
 }
+
+#[test]
+fn a_c_program_sends_receives_and_acknowledges_messages_in_order() {
+    let work = tempfile::tempdir().unwrap();
+    let prog = build_c("mts_roundtrip", work.path());
+    let ham = Ham::start("c-mts", &sleeper("rx"));
+    let out = run_c(&ham, &prog, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "alpha 1\nbeta 1\ngamma 1\n");
+}
