@@ -20,6 +20,7 @@ REQUIRED = {
     "storm_ping",
     "storm_restart",
     "pss_put",
+    "mts_roundtrip",
 }
 # The systems each SDK scenario must report (they have no peers to skip).
 SYSTEMS = {
@@ -30,6 +31,7 @@ SYSTEMS = {
     "storm_restart": {"ham-idle", "ham-storm"},
     "heartbeat_miss_delay": {"ham"},
     "pss_put": {"ham", "pwrite-shm", "ham-durable", "file-fsync"},
+    "mts_roundtrip": {"ham", "unix-dgram"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 

@@ -88,6 +88,7 @@
 //! segments removed.
 
 mod bare;
+mod mts;
 mod pss;
 mod report;
 mod scenarios;
@@ -105,7 +106,7 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "restart_latency",
     "restart_storm",
     "takeover",
@@ -118,12 +119,13 @@ const SCENARIOS: [&str; 12] = [
     "storm_ping",
     "storm_restart",
     "pss_put",
+    "mts_roundtrip",
 ];
 
 const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
 scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
            ring_throughput ring_latency heartbeat_miss_delay storm_ping storm_restart
-           pss_put (default: all)";
+           pss_put mts_roundtrip (default: all)";
 
 struct Opts {
     quick: bool,
@@ -297,6 +299,7 @@ fn run(o: &Opts) -> Result<bool> {
                 p.miss_entities,
             )],
             "pss_put" => vec![(pss::pss_put(&ctx, &p, &mut problems)?, 1)],
+            "mts_roundtrip" => vec![(mts::mts_roundtrip(&ctx, &p, &mut problems)?, 1)],
             _ => unreachable!("checked in parse_args"),
         };
         for (res, _) in &r {
