@@ -18,7 +18,7 @@ _hamctl() {
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise pss ping" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
     esac
 }

@@ -88,6 +88,9 @@ struct RawHam {
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    cores_dir: Option<Spanned<String>>,
+    cores_keep: Option<Spanned<u32>>,
+    cores_max_bytes: Option<Spanned<u64>>,
     max_entities: Option<Spanned<u32>>,
     liveness_timeout: Option<Spanned<String>>,
     syslog: Option<Spanned<String>>,
@@ -111,6 +114,7 @@ struct RawHamLenient {
     run_dir: Option<Spanned<String>>,
     log_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    cores_dir: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
 }
 
@@ -125,6 +129,8 @@ struct RawEntity {
     raise_from: Vec<Spanned<String>>,
     #[serde(default)]
     accept_from: Vec<Spanned<String>>,
+    #[serde(default)]
+    cores: bool,
     mts_queue: Option<Spanned<u32>>,
     mts_message_max: Option<Spanned<u32>>,
     #[serde(default)]
@@ -348,6 +354,8 @@ pub struct EntityConfig {
     pub pss: ham_core::pss::Geometry,
     /// Entities whose processes may send it messages (indices; root may too).
     pub accept_from: Vec<usize>,
+    /// It runs with RLIMIT_CORE raised, and its cores are collected (`cores`).
+    pub cores: bool,
     /// The shape of its message queue (`mts_queue`, `mts_message_max`).
     pub mts: ham_core::mts::Shape,
 }
@@ -389,6 +397,9 @@ pub struct Config {
     pub heartbeat_grid_ns: u64,
     /// Slots in the detector ring (a power of two).
     pub ring_slots: u32,
+    /// Collected cores kept per entity, and their bytes at most (the newest win).
+    pub cores_keep: u32,
+    pub cores_max_bytes: u64,
     /// How long a claimed ring slot may stay unpublished before it is abandoned.
     pub ring_abandon_after_ns: u64,
     pub entities: Vec<EntityConfig>,
@@ -445,6 +456,8 @@ pub struct Instance {
     pub log_dir: PathBuf,
     /// `[ham] state_dir`: what must survive a reboot (durable checkpoints).
     pub state_dir: PathBuf,
+    /// `[ham] cores_dir`: collected core files (default `<state_dir>/<name>/cores`).
+    pub cores_dir: PathBuf,
     /// `[ham] cgroup`: how entities' processes are tracked.
     pub cgroup: CgroupMode,
 }
@@ -639,12 +652,37 @@ pub fn load_instance(path: &Path) -> Result<Instance, ConfigError> {
             .ham
             .log_dir
             .map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), |d| ctx.path(d.get_ref())),
+        cores_dir: cores_dir(
+            &ctx,
+            raw.ham.cores_dir.as_ref(),
+            raw.ham.state_dir.as_ref(),
+            &raw.ham.name,
+        ),
         state_dir: raw.ham.state_dir.map_or_else(
             || PathBuf::from(DEFAULT_STATE_DIR),
             |d| ctx.path(d.get_ref()),
         ),
         cgroup: cgroup_mode(&ctx, raw.ham.cgroup.as_ref())?,
     })
+}
+
+/// `[ham] cores_dir`, by default `<state_dir>/<name>/cores`.
+fn cores_dir(
+    ctx: &Ctx,
+    cores: Option<&Spanned<String>>,
+    state: Option<&Spanned<String>>,
+    name: &Spanned<String>,
+) -> PathBuf {
+    match cores {
+        Some(d) => ctx.path(d.get_ref()),
+        None => state
+            .map_or_else(
+                || PathBuf::from(DEFAULT_STATE_DIR),
+                |d| ctx.path(d.get_ref()),
+            )
+            .join(name.get_ref())
+            .join("cores"),
+    }
 }
 
 /// `[ham] cgroup`.

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cores;
 pub mod daemon;
 pub mod failpoint;
 pub mod guardian;

@@ -62,6 +62,8 @@ pub struct SpawnSpec {
     cgroup: Option<OwnedFd>,
     new_process_group: bool,
     exec_if_orphaned: bool,
+    /// RLIMIT_CORE raised to its highest (the entity's `cores`).
+    core_unlimited: bool,
     released_in: ReleaseRecord,
     /// `NAME=` and room for a pid: an environment variable the child sets to its own pid
     /// before `execve` (`WATCHDOG_PID`, which only the child can know).
@@ -138,6 +140,7 @@ impl SpawnSpec {
             gid: None,
             fds: Vec::new(),
             new_process_group: false,
+            core_unlimited: false,
             exec_if_orphaned: false,
             released_in: ReleaseRecord::None,
             cgroup: None,
@@ -162,6 +165,13 @@ impl SpawnSpec {
         self.fds.push((fd, target));
         self
     }
+    /// The child may dump a core of any size (RLIMIT_CORE at its hard limit, unlimited if
+    /// this process may raise it).
+    pub fn core_unlimited(&mut self) -> &mut Self {
+        self.core_unlimited = true;
+        self
+    }
+
     pub fn new_process_group(&mut self) -> &mut Self {
         self.new_process_group = true;
         self
@@ -240,6 +250,7 @@ impl SpawnSpec {
             fds: &fds,
             new_process_group: self.new_process_group,
             exec_if_orphaned: self.exec_if_orphaned,
+            core_unlimited: self.core_unlimited,
             nofile_soft: NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed),
             released_in: self.released_in,
             go_r: go_r.as_raw_fd(),
@@ -349,6 +360,7 @@ struct ChildRaw<'a> {
     fds: &'a [(RawFd, RawFd)],
     new_process_group: bool,
     exec_if_orphaned: bool,
+    core_unlimited: bool,
     /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
     nofile_soft: u64,
     /// The record that says whether an orphaned child was released (see `released_in`).
@@ -395,6 +407,18 @@ unsafe fn child_after_fork(c: &ChildRaw) -> ! {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
                 lim.rlim_cur = c.nofile_soft.min(lim.rlim_max);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        if c.core_unlimited {
+            let mut lim = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &lim) != 0
+                && libc::getrlimit(libc::RLIMIT_CORE, &mut lim) == 0
+            {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_CORE, &lim);
             }
         }
         // Move every source above the targets first, so no dup2 clobbers a later source

@@ -11,6 +11,7 @@ mod chaos;
 mod conditions;
 mod config_errors;
 mod control;
+mod cores;
 mod guardian;
 mod hardening;
 mod instances;

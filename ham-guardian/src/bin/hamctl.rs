@@ -73,6 +73,32 @@ fn main() -> ExitCode {
         }
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
         Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
+        Command::Cores { entity, json } => {
+            let cores = ham_guardian::cores::list(&inst.cores_dir, entity.as_deref());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cores).expect("serialisable")
+                );
+            } else {
+                println!(
+                    "{:<23}  {:<16} {:>7} {:>6} {:>10}  PATH",
+                    "TIME (UTC)", "ENTITY", "PID", "SIGNAL", "BYTES"
+                );
+                for c in &cores {
+                    println!(
+                        "{}  {:<16} {:>7} {:>6} {:>10}  {}",
+                        utc(c.time_unix_ms),
+                        c.entity,
+                        c.pid,
+                        c.signal,
+                        c.bytes,
+                        c.path.display()
+                    );
+                }
+            }
+            return ExitCode::SUCCESS;
+        }
         Command::Send(req) => req,
         Command::Help | Command::Generate(_) => unreachable!("answered above"),
     };

@@ -24,6 +24,10 @@ pub enum Command {
         entity: String,
         json: bool,
     },
+    Cores {
+        entity: Option<String>,
+        json: bool,
+    },
     /// A request to the running ham.
     Send(Request),
 }
@@ -121,9 +125,9 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
     if tree && name != "status" {
         return Err(format!("--tree is an option of status, not of {name}"));
     }
-    if json && !matches!(name, "status" | "log" | "pss") {
+    if json && !matches!(name, "status" | "log" | "pss" | "cores") {
         return Err(format!(
-            "--json is an option of status, log and pss, not of {name}"
+            "--json is an option of status, log, pss and cores, not of {name}"
         ));
     }
     let entity = |what: &str| match rest {
@@ -147,6 +151,14 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
                 json,
             },
             _ => return Err("log takes at most one ENTITY".into()),
+        },
+        "cores" => match rest {
+            [] => Command::Cores { entity: None, json },
+            [e] => Command::Cores {
+                entity: Some(e.to_string()),
+                json,
+            },
+            _ => return Err("cores takes at most one ENTITY".into()),
         },
         "pss" => Command::Pss {
             entity: entity("pss")?,
@@ -233,6 +245,7 @@ mod tests {
             "log",
             "raise",
             "pss",
+            "cores",
             "ping",
         ] {
             assert!(described.contains(&w), "{w} is not in the help");
@@ -298,7 +311,7 @@ mod tests {
             ("ping now", "ping takes no arguments"),
             (
                 "stop x --json",
-                "--json is an option of status, log and pss",
+                "--json is an option of status, log, pss and cores",
             ),
             ("pss", "pss takes one ENTITY"),
             ("log --tree", "--tree is an option of status"),

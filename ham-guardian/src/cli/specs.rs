@@ -97,7 +97,7 @@ pub static HAMCTL: Spec = Spec {
             long: "json",
             short: None,
             value: None,
-            help: "status, log, pss: JSON instead of a table",
+            help: "status, log, pss, cores: JSON instead of a table",
         },
         Opt {
             long: "tree",
@@ -158,6 +158,13 @@ pub static HAMCTL: Spec = Spec {
             name: "raise",
             args: "ENTITY CLASS [SEVERITY [VALUE]]",
             help: "a detector's event: fires the entity's matching raise conditions",
+            words: &[],
+        },
+        Cmd {
+            name: "cores",
+            args: "[ENTITY] [--json]",
+            help: "the core files collected from entities with `cores = true`: entity, pid, \
+                   signal, time, size and path, oldest first (read from cores_dir)",
             words: &[],
         },
         Cmd {

@@ -275,6 +275,7 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     };
 
     Ok(EntityConfig {
+        cores: e.cores,
         mts,
         accept_from: Vec::new(), // resolved once every name is known
         pss,

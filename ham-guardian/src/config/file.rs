@@ -31,6 +31,12 @@ pub(super) fn parse_with(
             || PathBuf::from(DEFAULT_STATE_DIR),
             |d| ctx.path(d.get_ref()),
         ),
+        cores_dir: cores_dir(
+            &ctx,
+            ham.cores_dir.as_ref(),
+            ham.state_dir.as_ref(),
+            &ham.name,
+        ),
         cgroup: cgroup_mode(&ctx, ham.cgroup.as_ref())?,
     };
     // Syslog: `/dev/log` unless configured; "" turns it off.
@@ -234,6 +240,11 @@ pub(super) fn parse_with(
         client_gid,
         heartbeat_grid_ns,
         ring_slots,
+        cores_keep: ham.cores_keep.as_ref().map_or(4, |k| (*k.get_ref()).max(1)),
+        cores_max_bytes: ham
+            .cores_max_bytes
+            .as_ref()
+            .map_or(1 << 30, |b| *b.get_ref()),
         ring_abandon_after_ns,
         entities,
         groups,

@@ -104,6 +104,11 @@ impl Daemon {
         self.kill_cgroup(i);
         // An attachment ends with its process.
         self.end_attachment(i);
+        // Its core, if it left one.
+        if let LastExit::Signal(sig) = exit {
+            let pid = self.entities[i].rec.pid;
+            self.collect_core(i, pid, sig);
+        }
         let now = mono_ns();
         let shutting_down = self.shutdown.is_some();
         let e = &mut self.entities[i];

@@ -49,6 +49,7 @@ macro_rules! say {
 mod authz;
 mod clients;
 mod conns;
+mod cores;
 mod entity;
 mod exits;
 mod guardian_link;

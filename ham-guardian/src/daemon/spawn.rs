@@ -349,6 +349,9 @@ pub(super) fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Res
     let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, env)?;
     spec.new_process_group();
     spec.user(ec.uid, ec.gid);
+    if ec.cores {
+        spec.core_unlimited();
+    }
     if let Some(dir) = &ec.cwd {
         spec.cwd(dir)?;
     }
