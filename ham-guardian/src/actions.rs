@@ -46,6 +46,8 @@ pub enum Trigger {
     /// A death after a lifetime shorter than this (a restart that did not live its minimum
     /// lifetime).
     LifetimeShorter { than: u64 },
+    /// A core of the entity was collected (`cores = true`); `HAM_CORE` is its path.
+    Core,
 }
 
 impl Trigger {
@@ -77,6 +79,7 @@ impl Trigger {
                 within: 0,
             },
             "lifetime-shorter" => Self::LifetimeShorter { than: 0 },
+            "core" => Self::Core,
             _ => return None,
         })
     }
@@ -97,6 +100,7 @@ impl Trigger {
             Self::ExitsWithin { .. } => "exits-within",
             Self::RestartsWithin { .. } => "restarts-within",
             Self::LifetimeShorter { .. } => "lifetime-shorter",
+            Self::Core => "core",
         }
     }
 
@@ -108,6 +112,7 @@ impl Trigger {
             (Self::AbnormalDeath, Event::Death { abnormal, .. }) => *abnormal,
             (Self::Restart, Event::Restart { .. }) => true,
             (Self::Attach, Event::Attach) | (Self::Detach, Event::Detach) => true,
+            (Self::Core, Event::Core { .. }) => true,
             (Self::HeartbeatMissedLow, Event::HeartbeatMissed { high: false })
             | (Self::HeartbeatMissedHigh, Event::HeartbeatMissed { high: true }) => true,
             (Self::State { from, to }, Event::State { from: f, to: t }) => {
@@ -178,6 +183,10 @@ pub enum Event {
     HeartbeatMissed {
         high: bool,
     },
+    /// A core was collected, at `path`.
+    Core {
+        path: String,
+    },
 }
 
 impl Event {
@@ -194,6 +203,7 @@ impl Event {
             Self::Detach => "detach",
             Self::HeartbeatMissed { high: false } => "heartbeat-missed-low",
             Self::HeartbeatMissed { high: true } => "heartbeat-missed-high",
+            Self::Core { .. } => "core",
         }
     }
 }

@@ -10,10 +10,15 @@ fn a_crash_leaves_a_core_listed_by_hamctl_cores_with_its_signal() {
     let work = tempfile::tempdir().unwrap();
     let pattern = ham_guardian::cores::Pattern::of_system().unwrap();
     // The program is `sh`, killed by its own SIGSEGV in the folder given.
+    let seen = work.path().join("seen");
+    // Its `core` condition's command is told where the core is.
     let body = format!(
         "[[entity]]\nname = \"crash\"\ncommand = [\"/bin/sh\", \"-c\", \"kill -SEGV $$\"]\n\
-         cwd = \"{}\"\nrestart = \"never\"\ncores = true\n",
-        work.path().display()
+         cwd = \"{}\"\nrestart = \"never\"\ncores = true\n\
+         [[entity.condition]]\non = \"core\"\n[[entity.condition.action]]\ndo = \"execute\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo $HAM_CORE > {}\"]\n",
+        work.path().display(),
+        seen.display()
     );
     let ham = Ham::start_with("cores", "state_dir = \"state\"\n", &body, &[]);
     ham.wait_for("crash exited", |s| entity(s, "crash")["state"] == "exited");
@@ -41,6 +46,8 @@ fn a_crash_leaves_a_core_listed_by_hamctl_cores_with_its_signal() {
     );
     // Moved, not copied: nothing is left where the kernel wrote it.
     assert!(!work.path().join("core").exists());
+    wait_until(&ham, "the core condition's command", || seen.exists());
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), path);
     let table = text(&ham.ctl(&["cores", "crash"]).stdout);
     assert!(table.contains("crash") && table.contains(" 11 "), "{table}");
 }

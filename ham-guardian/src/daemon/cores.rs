@@ -69,6 +69,17 @@ impl Daemon {
         let core = crate::cores::core_name(pid, signal, unix_ns() / 1_000_000);
         let instance = self.cfg.instance.name.clone();
         let entity = name.clone();
+        // The loop hears of a collected core (its `core` conditions fire then).
+        let news = match &self.core_news {
+            Some(n) => Some(n.clone()),
+            None => match CoreNews::start(&self.epoll) {
+                Ok(n) => Some(self.core_news.insert(n).clone()),
+                Err(err) => {
+                    say!(self, "{name}: its core conditions cannot fire: {err}");
+                    None
+                }
+            },
+        };
         let spawned = std::thread::Builder::new()
             .name("ham-core".into())
             .spawn(move || {
@@ -81,10 +92,15 @@ impl Daemon {
                     return;
                 }
                 match crate::cores::collect(&from, &dir, &entity, &core, keep, max) {
-                    Ok(to) => said(format_args!(
-                        "{entity}: core of pid {pid} in {}",
-                        to.display()
-                    )),
+                    Ok(to) => {
+                        said(format_args!(
+                            "{entity}: core of pid {pid} in {}",
+                            to.display()
+                        ));
+                        if let Some(n) = news {
+                            n.tell(i, entity, to);
+                        }
+                    }
                     Err(err) => said(format_args!(
                         "{entity}: cannot collect the core {}: {err}",
                         from.display()
@@ -93,6 +109,59 @@ impl Daemon {
             });
         if let Err(err) = spawned {
             say!(self, "{name}: cannot collect its core: {err}");
+        }
+    }
+}
+
+/// Collected cores, from their threads to the loop: a list and an eventfd it watches.
+#[derive(Clone)]
+pub(super) struct CoreNews {
+    done: std::sync::Arc<std::sync::Mutex<Vec<(EntityId, String, std::path::PathBuf)>>>,
+    fd: std::sync::Arc<OwnedFd>,
+}
+
+impl CoreNews {
+    fn start(epoll: &OwnedFd) -> io::Result<Self> {
+        let fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        epoll::add(
+            epoll,
+            &fd,
+            Token::CoreCollected.data(),
+            epoll::EventFlags::IN,
+        )?;
+        Ok(Self {
+            done: Default::default(),
+            fd: std::sync::Arc::new(fd),
+        })
+    }
+
+    fn tell(&self, i: EntityId, entity: String, path: std::path::PathBuf) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((i, entity, path));
+        let _ = rustix::io::write(&*self.fd, &1u64.to_ne_bytes());
+    }
+}
+
+impl Daemon {
+    /// Cores were collected: their entities' `core` conditions fire (`HAM_CORE`).
+    pub(super) fn on_core_collected(&mut self) {
+        let Some(n) = &self.core_news else { return };
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&*n.fd, &mut buf);
+        let done = std::mem::take(&mut *n.done.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, entity, path) in done {
+            // Still that entity (not removed meanwhile).
+            if self.entities.get(i).is_some_and(|e| e.cfg.name == entity) {
+                let event = crate::actions::Event::Core {
+                    path: path.display().to_string(),
+                };
+                self.fire(i, event, None);
+            }
         }
     }
 }

@@ -42,6 +42,8 @@ impl RunEvent {
                 ..
             } => r.raise = Some((class.clone(), *severity, *value)),
             Event::State { from, to } => r.state = Some((*from, *to)),
+            // The core's path is kept (and journaled) as the run's reason.
+            Event::Core { path } => r.reason = path.clone(),
             _ => {}
         }
         r
@@ -143,7 +145,12 @@ impl Daemon {
             env.push(("HAM_STATE_TO".to_owned(), to.to_string()));
         }
         if !ev.reason.is_empty() {
-            env.push(("HAM_REASON".to_owned(), ev.reason.clone()));
+            let var = if condition == "core" {
+                "HAM_CORE"
+            } else {
+                "HAM_REASON"
+            };
+            env.push((var.to_owned(), ev.reason.clone()));
         }
         env
     }

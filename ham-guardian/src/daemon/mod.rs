@@ -174,6 +174,8 @@ pub struct Daemon {
     defs: toml::Table,
     /// The thread that writes durable checkpoints, once one was needed.
     committer: Option<pss::Committer>,
+    /// How collected cores reach the loop, once one was.
+    core_news: Option<cores::CoreNews>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -258,6 +260,7 @@ impl Daemon {
                     Some(Token::Action(id)) => self.on_action_exit(id),
                     Some(Token::Sub(id)) => self.on_subscriber(id),
                     Some(Token::PssCommitted) => self.on_pss_committed(),
+                    Some(Token::CoreCollected) => self.on_core_collected(),
                     None => {}
                 }
             }

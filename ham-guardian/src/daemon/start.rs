@@ -325,6 +325,7 @@ impl Daemon {
             next_sub: 0,
             defs: toml::Table::new(),
             committer: None,
+            core_news: None,
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,

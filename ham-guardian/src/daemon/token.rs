@@ -24,6 +24,8 @@ pub(super) enum Token {
     Handoff,
     /// The checkpoint committer finished writes.
     PssCommitted,
+    /// A core was collected.
+    CoreCollected,
     /// A control connection.
     Conn(u64),
     /// The pidfd of the process of entity `i`.
@@ -49,6 +51,7 @@ impl Token {
             Self::Doorbell => (0, 7),
             Self::Handoff => (0, 8),
             Self::PssCommitted => (0, 9),
+            Self::CoreCollected => (0, 10),
             Self::Conn(id) => (1, id & ID),
             Self::Pidfd(i) => (2, u64::from(i.raw())),
             Self::Action(id) => (3, u64::from(id.raw())),
@@ -69,6 +72,7 @@ impl Token {
             (0, 7) => Self::Doorbell,
             (0, 8) => Self::Handoff,
             (0, 9) => Self::PssCommitted,
+            (0, 10) => Self::CoreCollected,
             (1, id) => Self::Conn(id),
             (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
             (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
@@ -99,6 +103,7 @@ mod tests {
             Token::Doorbell,
             Token::Handoff,
             Token::PssCommitted,
+            Token::CoreCollected,
             Token::Conn(0),
             Token::Conn(0xffff_ffff),
             Token::Conn((1 << 56) - 1),
