@@ -181,3 +181,63 @@ fn only_accepted_senders_send_and_a_full_queue_refuses_without_blocking() {
     assert!(recv(true).ends_with("\t1\ttx1\n"));
     assert_eq!(recv(false), "", "empty");
 }
+
+#[test]
+fn a_receiver_that_checkpoints_the_last_id_counts_each_message_exactly_once_through_kills() {
+    let adder = std::path::Path::new(HAM)
+        .parent()
+        .unwrap()
+        .join("examples/mts_exactly_once");
+    assert!(
+        adder.exists(),
+        "{}: `cargo test` builds it",
+        adder.display()
+    );
+    let body = format!(
+        "[[entity]]\nname = \"adder\"\ncommand = [\"{}\"]\npolicy = {{ kind = \"immediate\" }}\n\
+         mts_queue = 512\n",
+        adder.display()
+    );
+    let ham = Ham::start("mts-once", &body);
+    ham.wait_for("adder running", |s| running(s, "adder"));
+    let state = || -> Option<(u64, u64)> {
+        let req = Request::PssRead {
+            entity: "adder".into(),
+            key: Some("state".into()),
+        };
+        let r = control::request(&ham.socket_path(), &req, Duration::from_secs(5)).ok()?;
+        let v = Vec::from(r.pss?).into_iter().next()?.value;
+        Some((
+            u64::from_le_bytes(v[..8].try_into().ok()?),
+            u64::from_le_bytes(v[8..16].try_into().ok()?),
+        ))
+    };
+    let socket = ham.socket_path();
+    let mut kills = 0;
+    for n in 1..=300u64 {
+        let req = Request::MtsSend {
+            to: "adder".into(),
+            key: 0xadd0_0000 + n,
+            data: n.to_string().into_bytes(),
+        };
+        let r = control::request(&socket, &req, Duration::from_secs(5)).unwrap();
+        assert!(r.ok, "{:?}", r.error);
+        // Every 30 messages, kill the adder wherever it is.
+        if n % 30 == 0 {
+            let s = ham.status();
+            if kill_and_wait(pid_of(&s, "adder")) {
+                kills += 1;
+            }
+        }
+    }
+    assert!(kills >= 8, "{kills} kills");
+    wait_until(&ham, "every message counted", || {
+        state().is_some_and(|(_, sum)| sum >= 45_150)
+    });
+    let (_, sum) = state().unwrap();
+    assert_eq!(
+        sum,
+        (1..=300u64).sum::<u64>(),
+        "each message counted exactly once"
+    );
+}
