@@ -38,6 +38,14 @@ pub fn mts_queue(name: &str, slot: u32) -> String {
     format!("/ham.{name}.mts.{slot}")
 }
 
+/// The file of entity `entity`'s durable message queue.
+pub fn mts_file(state_dir: &Path, name: &str, entity: &str) -> PathBuf {
+    state_dir
+        .join(name)
+        .join("mts")
+        .join(format!("{entity}.mts"))
+}
+
 /// The file of entity `entity`'s durable checkpoints.
 pub fn pss_file(state_dir: &Path, name: &str, entity: &str) -> PathBuf {
     state_dir

@@ -134,6 +134,8 @@ struct RawEntity {
     mts_queue: Option<Spanned<u32>>,
     mts_message_max: Option<Spanned<u32>>,
     #[serde(default)]
+    mts_durable: bool,
+    #[serde(default)]
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
@@ -358,6 +360,8 @@ pub struct EntityConfig {
     pub cores: bool,
     /// The shape of its message queue (`mts_queue`, `mts_message_max`).
     pub mts: ham_core::mts::Shape,
+    /// Its queue is also on disk: it survives a reboot (`mts_durable`).
+    pub mts_durable: bool,
 }
 
 /// `mts_queue` and `mts_message_max` when not given (a queue of about 290 KiB, made on the

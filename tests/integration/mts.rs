@@ -241,3 +241,50 @@ fn a_receiver_that_checkpoints_the_last_id_counts_each_message_exactly_once_thro
         "each message counted exactly once"
     );
 }
+
+#[test]
+fn a_durable_queue_survives_a_shutdown_and_a_new_ham_with_its_ids_and_order() {
+    let body = "[[entity]]\nname = \"rx\"\ncommand = [\"sleep\", \"1000\"]\nmts_durable = true\n";
+    let mut ham = Ham::start_with("mts-durable", "state_dir = \"state\"\n", body, &[]);
+    let socket = ham.socket_path();
+    // A send to a durable queue is answered once the message is on disk.
+    let mut ids = Vec::new();
+    for (k, m) in ["one", "two", "three"].iter().enumerate() {
+        let r = control::request(
+            &socket,
+            &Request::MtsSend {
+                to: "rx".into(),
+                key: 0xd0_0000 + k as u64,
+                data: m.as_bytes().to_vec(),
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(r.ok, "{:?}", r.error);
+        ids.push(r.message.unwrap());
+    }
+    let recv = |ham: &Ham, ack: bool| {
+        let mut cmd = std::process::Command::new(CLIENT);
+        cmd.args(["--entity", "rx", "recv"])
+            .env("HAM_CONFIG", &ham.config);
+        if ack {
+            cmd.arg("--ack");
+        }
+        text(&cmd.output().unwrap().stdout)
+    };
+    let first = recv(&ham, true);
+    assert!(first.ends_with("\t1\tone\n"), "{first}");
+    assert!(ham.ctl(&["shutdown"]).status.success());
+    assert_eq!(ham.wait_exit(), 0);
+    // The reboot stand-in: nothing in shared memory, the same state_dir.
+    ham.spawn(&[]);
+    ham.wait_for("rx running again", |s| running(s, "rx"));
+    let second = recv(&ham, true);
+    let third = recv(&ham, true);
+    assert!(
+        second.ends_with("\ttwo\n") && ids[1].ends_with(second.split('\t').next().unwrap()),
+        "{second} {ids:?}"
+    );
+    assert!(third.ends_with("\tthree\n"), "{third}");
+    assert_eq!(recv(&ham, false), "", "nothing more");
+}

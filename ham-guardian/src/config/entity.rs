@@ -277,6 +277,7 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     Ok(EntityConfig {
         cores: e.cores,
         mts,
+        mts_durable: e.mts_durable,
         accept_from: Vec::new(), // resolved once every name is known
         pss,
         limits,

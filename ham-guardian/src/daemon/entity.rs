@@ -53,6 +53,9 @@ pub(super) struct Entity {
     pub(super) mts: Option<ham_core::mts::MtsMap>,
     /// Its processes waiting for a message.
     pub(super) mts_waiters: Vec<super::mts::MtsWaiter>,
+    /// Its durable queue's file: the last message id on disk, a write under way, the
+    /// senders waiting for theirs.
+    pub(super) mts_durable: super::pss::Durable,
 }
 
 impl Entity {
@@ -98,6 +101,7 @@ impl Entity {
             pss_durable: Default::default(),
             mts: None,
             mts_waiters: Vec::new(),
+            mts_durable: Default::default(),
         }
     }
 }

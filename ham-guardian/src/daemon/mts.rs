@@ -19,6 +19,14 @@ pub(super) struct MtsWaiter {
 }
 
 impl Daemon {
+    fn mts_file(&self, i: EntityId) -> std::path::PathBuf {
+        ham_core::paths::mts_file(
+            &self.cfg.instance.state_dir,
+            &self.cfg.instance.name,
+            &self.entities[i].cfg.name,
+        )
+    }
+
     fn mts_name(&self, i: EntityId) -> String {
         ham_core::paths::mts_queue(&self.cfg.instance.name, self.entities[i].slot.0)
     }
@@ -45,10 +53,17 @@ impl Daemon {
                 Err(SegmentError::NotFound { .. }) => None,
                 Err(e) => return Err(format!("{entity}: its message queue: {e}")),
             };
+            let durable = self.entities[i].cfg.mts_durable && self.mts_file(i).exists();
             let q = match found {
                 Some(q) => q,
-                None if make => MtsMap::create(&name, self.entities[i].cfg.mts, &entity)
-                    .map_err(|e| format!("{entity}: cannot make its message queue: {e}"))?,
+                None if make || durable => {
+                    let q = MtsMap::create(&name, self.entities[i].cfg.mts, &entity)
+                        .map_err(|e| format!("{entity}: cannot make its message queue: {e}"))?;
+                    if durable {
+                        self.mts_restore(&q, i);
+                    }
+                    q
+                }
                 None => return Ok(None),
             };
             self.entities[i].mts = Some(q);
@@ -56,9 +71,140 @@ impl Daemon {
         Ok(self.entities[i].mts.as_ref())
     }
 
+    /// Fills a new queue from entity `i`'s durable file (a cold start: a reboot).
+    fn mts_restore(&self, q: &MtsMap, i: EntityId) {
+        let (path, entity) = (self.mts_file(i), &self.entities[i].cfg.name);
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ham_core::mts::decode_queue(&b))
+        {
+            Ok(messages) => {
+                let n = messages.len();
+                for m in &messages {
+                    if let Err(e) = q.restore(m) {
+                        say!(self, "{entity}: message {} not restored: {e}", m.id);
+                    }
+                }
+                say!(
+                    self,
+                    "{entity}: {n} queued message(s) restored from {}",
+                    path.display()
+                );
+            }
+            Err(why) => say!(
+                self,
+                "{entity}: {} is not used: {why}; its queued messages are lost",
+                path.display()
+            ),
+        }
+    }
+
+    /// `mts-send`, answered: at once, or for a durable queue once the message is on disk.
+    pub(super) fn mts_send_answer(
+        &mut self,
+        i: EntityId,
+        peer: Peer,
+        key: u64,
+        data: &[u8],
+        stream: UnixStream,
+    ) {
+        let r = self.mts_send(i, peer, key, data);
+        let id = r
+            .message
+            .as_deref()
+            .filter(|_| r.ok && self.entities[i].cfg.mts_durable)
+            .and_then(|m| m.rsplit(' ').next()?.parse::<u64>().ok());
+        match id {
+            Some(id) if id > self.entities[i].mts_durable.committed => {
+                self.entities[i].mts_durable.waiters.push((stream, id));
+                self.mts_commit(i);
+            }
+            _ => reply(stream, &r),
+        }
+    }
+
+    /// Hands entity `i`'s queue to the committer, unless a write of it is under way.
+    pub(super) fn mts_commit(&mut self, i: EntityId) {
+        if self.entities[i].mts_durable.writing.is_some() {
+            self.entities[i].mts_durable.again = true;
+            return;
+        }
+        let Some(q) = self.entities[i].mts.as_ref() else {
+            return;
+        };
+        let seq = q.last_id();
+        let job = super::pss::Job {
+            store: super::pss::Store::Mts,
+            entity: i,
+            epoch: self.entities[i].mts_durable.epoch,
+            seq,
+            path: self.mts_file(i),
+            bytes: ham_core::mts::encode_queue(&q.messages()),
+        };
+        match self.submit(job) {
+            Ok(()) => {
+                let d = &mut self.entities[i].mts_durable;
+                d.writing = Some(seq);
+                d.again = false;
+            }
+            Err(why) => {
+                say!(self, "{why}");
+                self.mts_answer(i, Err(why));
+            }
+        }
+    }
+
+    /// The committer wrote (or not) a queue's file.
+    pub(super) fn mts_committed(&mut self, d: super::pss::Done) {
+        let i = d.entity;
+        let dur = &mut self.entities[i].mts_durable;
+        dur.writing = None;
+        if d.epoch != dur.epoch {
+            if d.result.is_ok() && self.entities[i].mts.is_none() {
+                let _ = std::fs::remove_file(&d.path);
+            }
+            return;
+        }
+        match d.result {
+            Ok(()) => {
+                dur.committed = dur.committed.max(d.seq);
+                self.mts_answer(i, Ok(d.seq));
+            }
+            Err(why) => {
+                let why = format!(
+                    "{}: cannot write {}: {why}",
+                    self.entities[i].cfg.name,
+                    d.path.display()
+                );
+                self.say_limited("mts-commit", format_args!("{why}"));
+                self.mts_answer(i, Err(why));
+            }
+        }
+        let dur = &self.entities[i].mts_durable;
+        if dur.again || !dur.waiters.is_empty() {
+            self.mts_commit(i);
+        }
+    }
+
+    /// Answers the senders whose message a commit of ids up to `seq` has on disk (all of
+    /// them on an error: their message is queued, not durable).
+    fn mts_answer(&mut self, i: EntityId, result: Result<u64, String>) {
+        let to = self.entities[i].cfg.name.clone();
+        for (stream, id) in std::mem::take(&mut self.entities[i].mts_durable.waiters) {
+            match &result {
+                Ok(seq) if id <= *seq => reply(
+                    stream,
+                    &Response::ok(format!("queued for `{to}` as message {id}")),
+                ),
+                Ok(_) => self.entities[i].mts_durable.waiters.push((stream, id)),
+                Err(why) => reply(stream, &Response::errno(libc::EIO, why.clone())),
+            }
+        }
+    }
+
     /// `mts-send`: queues a message for entity `i`, from root or from the process of an
     /// entity its `accept_from` names; a waiting receiver gets it at once.
-    pub(super) fn mts_send(&mut self, i: EntityId, peer: Peer, key: u64, data: &[u8]) -> Response {
+    fn mts_send(&mut self, i: EntityId, peer: Peer, key: u64, data: &[u8]) -> Response {
         let to = self.entities[i].cfg.name.clone();
         let senders: Vec<String> = self.entities[i]
             .cfg
@@ -156,6 +302,9 @@ impl Daemon {
             return Response::errno(errno, why);
         }
         let acked = matches!(self.mts_queue(i, false), Ok(Some(q)) if q.ack(id));
+        if acked && self.entities[i].cfg.mts_durable {
+            self.mts_commit(i);
+        }
         if acked {
             // The next message, for a receiver that waits.
             self.mts_wake(i);
@@ -196,6 +345,17 @@ impl Daemon {
     pub(super) fn mts_drop(&mut self, i: EntityId) {
         self.entities[i].mts = None;
         MtsMap::unlink(&self.mts_name(i));
+        let d = &mut self.entities[i].mts_durable;
+        d.epoch += 1;
+        d.committed = 0;
+        d.again = false;
+        self.mts_answer(i, Err("the queue was dropped".into()));
+        let path = self.mts_file(i);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => say!(self, "cannot remove {}: {e}", path.display()),
+        }
     }
 }
 

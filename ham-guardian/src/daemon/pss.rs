@@ -188,30 +188,36 @@ impl Daemon {
             .filter(|v| v.flags & FLAG_DURABLE != 0)
             .collect();
         let job = Job {
+            store: Store::Pss,
             entity: i,
             epoch: self.entities[i].pss_durable.epoch,
             seq,
             path: self.pss_file(i),
             bytes: ham_core::pss::encode_durable(&values),
         };
+        match self.submit(job) {
+            Ok(()) => self.entities[i].pss_durable.writing = Some(seq),
+            Err(why) => {
+                say!(self, "{why}");
+                self.pss_answer(i, Err(why));
+            }
+        }
+    }
+
+    /// Hands a file to the committer (started on first use).
+    pub(super) fn submit(&mut self, job: Job) -> Result<(), String> {
         let committer = match &self.committer {
             Some(c) => c,
             None => match Committer::start(&self.epoll) {
                 Ok(c) => self.committer.insert(c),
-                Err(e) => {
-                    let why = format!("cannot start the checkpoint committer: {e}");
-                    say!(self, "{why}");
-                    self.pss_answer(i, Err(why));
-                    return;
-                }
+                Err(e) => return Err(format!("cannot start the committer: {e}")),
             },
         };
-        if committer.jobs.send(job).is_ok() {
-            self.entities[i].pss_durable.writing = Some(seq);
-        } else {
+        if committer.jobs.send(job).is_err() {
             self.committer = None; // its thread is gone: a new one next time
-            self.pss_answer(i, Err("the checkpoint committer stopped".into()));
+            return Err("the committer stopped".into());
         }
+        Ok(())
     }
 
     /// The committer finished some writes: their waiters are answered, and an entity whose
@@ -224,6 +230,10 @@ impl Daemon {
             std::mem::take(&mut *c.done.lock().unwrap_or_else(|p| p.into_inner()));
         for d in done {
             if d.entity.index() >= self.entities.len() {
+                continue;
+            }
+            if d.store == Store::Mts {
+                self.mts_committed(d);
                 continue;
             }
             let e = &mut self.entities[d.entity];
@@ -358,24 +368,37 @@ pub(super) struct Durable {
     pub waiters: Vec<(UnixStream, u64)>,
     /// Bumped when the store is emptied or forgotten: a write begun before is void.
     pub epoch: u64,
+    /// It changed while a write was under way (an acknowledged message): write again.
+    pub again: bool,
+}
+
+/// What a committed file is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Store {
+    /// An entity's durable checkpoints.
+    Pss,
+    /// An entity's durable message queue.
+    Mts,
 }
 
 /// A file to write.
-struct Job {
-    entity: EntityId,
-    epoch: u64,
-    seq: u64,
-    path: std::path::PathBuf,
-    bytes: Vec<u8>,
+pub(super) struct Job {
+    pub store: Store,
+    pub entity: EntityId,
+    pub epoch: u64,
+    pub seq: u64,
+    pub path: std::path::PathBuf,
+    pub bytes: Vec<u8>,
 }
 
 /// A file written (or not).
-struct Done {
-    entity: EntityId,
-    epoch: u64,
-    seq: u64,
-    path: std::path::PathBuf,
-    result: Result<(), String>,
+pub(super) struct Done {
+    pub store: Store,
+    pub entity: EntityId,
+    pub epoch: u64,
+    pub seq: u64,
+    pub path: std::path::PathBuf,
+    pub result: Result<(), String>,
 }
 
 /// The thread that writes durable checkpoint files, so that the loop never waits for a
@@ -385,6 +408,7 @@ pub(super) struct Committer {
     jobs: std::sync::mpsc::Sender<Job>,
     done: std::sync::Arc<std::sync::Mutex<Vec<Done>>>,
     done_fd: std::sync::Arc<OwnedFd>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Committer {
@@ -402,7 +426,7 @@ impl Committer {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (out, bell) = (done.clone(), done_fd.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ham-pss-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -412,6 +436,7 @@ impl Committer {
                         .into_iter()
                         .map(|j| Done {
                             result: write_whole(&j.path, &j.bytes).map_err(|e| e.to_string()),
+                            store: j.store,
                             entity: j.entity,
                             epoch: j.epoch,
                             seq: j.seq,
@@ -428,7 +453,27 @@ impl Committer {
             jobs: tx,
             done,
             done_fd,
+            thread,
         })
+    }
+
+    /// Writes what it was given, then stops (at a shutdown); what could not be written.
+    pub(super) fn finish(self) -> Result<(), String> {
+        drop(self.jobs);
+        let _ = self.thread.join();
+        let failed: Vec<String> =
+            std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .filter_map(|d| d.result.err().map(|e| format!("{}: {e}", d.path.display())))
+                .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "durable files not written at shutdown: {}",
+                failed.join("; ")
+            ))
+        }
     }
 }
 
@@ -438,7 +483,9 @@ impl Committer {
 fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("pss.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     {
         let mut f = OpenOptions::new()
             .write(true)

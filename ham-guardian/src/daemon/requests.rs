@@ -104,8 +104,7 @@ impl Daemon {
             }
             (Request::PssSync { .. }, Some(i)) => self.pss_sync(i, peer, stream),
             (Request::MtsSend { key, data, .. }, Some(i)) => {
-                let r = self.mts_send(i, peer, key, &data);
-                reply(stream, &r);
+                self.mts_send_answer(i, peer, key, &data, stream)
             }
             (Request::MtsRecv { wait_ns, .. }, Some(i)) => self.mts_recv(i, peer, wait_ns, stream),
             (Request::MtsAck { id, .. }, Some(i)) => {

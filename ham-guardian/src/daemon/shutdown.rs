@@ -137,6 +137,19 @@ impl Daemon {
 
     /// Everything is stopped: stop the Guardian, remove what this instance made, answer.
     pub(super) fn finish(&mut self) {
+        // Durable queues as they are now (an acknowledgement's write may be pending), then
+        // every write the committer has, before the files are the only copy.
+        for i in EntityId::all(self.entities.len()) {
+            if self.entities[i].cfg.mts_durable && self.entities[i].mts.is_some() {
+                self.entities[i].mts_durable.writing = None;
+                self.mts_commit(i);
+            }
+        }
+        if let Some(c) = self.committer.take() {
+            if let Err(why) = c.finish() {
+                say!(self, "{why}");
+            }
+        }
         if let Some(cg) = &self.cgroups {
             for left in cg.remove_all() {
                 say!(self, "cgroup left behind: {left}");
