@@ -288,3 +288,54 @@ fn a_durable_queue_survives_a_shutdown_and_a_new_ham_with_its_ids_and_order() {
     assert!(third.ends_with("\tthree\n"), "{third}");
     assert_eq!(recv(&ham, false), "", "nothing more");
 }
+
+#[test]
+fn a_stateless_restart_drops_the_queue_and_a_stateful_one_keeps_it() {
+    // Every death a failed try (none lives an hour): a stateful restart, then stateless.
+    let body = "[[entity]]\nname = \"rx\"\ncommand = [\"sleep\", \"1000\"]\n\
+        policy = { kind = \"stages\", stages = [\
+        { action = \"stateful-restart\", retries = 1, min_lifetime = \"1h\" }, \
+        { action = \"stateless-restart\", retries = 5, min_lifetime = \"1h\" }] }\n";
+    let ham = Ham::start("mts-stateless", body);
+    let send = |k: u64| {
+        let r = control::request(
+            &ham.socket_path(),
+            &Request::MtsSend {
+                to: "rx".into(),
+                key: 0x57a7_0000 + k,
+                data: format!("m{k}").into_bytes(),
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(r.ok, "{:?}", r.error);
+    };
+    let queued = || {
+        let r = control::request(
+            &ham.socket_path(),
+            &Request::MtsRecv {
+                entity: "rx".into(),
+                wait_ns: 0,
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        r.mts.map(|m| String::from_utf8_lossy(&m.data).into_owned())
+    };
+    let kill = |restarts: u64| {
+        let s = ham.wait_for("rx running", |s| running(s, "rx"));
+        assert!(kill_and_wait(pid_of(&s, "rx")));
+        ham.wait_for("rx restarted", |s| {
+            running(s, "rx") && entity(s, "rx")["restarts"] == restarts
+        });
+    };
+    send(1);
+    kill(1); // stateful
+    assert_eq!(
+        queued().as_deref(),
+        Some("m1"),
+        "kept through a stateful restart"
+    );
+    kill(2); // stateless
+    assert_eq!(queued(), None, "dropped by a stateless restart");
+}
