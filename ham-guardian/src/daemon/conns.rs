@@ -139,6 +139,9 @@ impl Daemon {
                         opened: crate::mono_ns(),
                     },
                 );
+                // A client writes its request right after it connects: read it now, and
+                // save the loop a wake-up (if it is not there yet, epoll says when it is).
+                self.on_conn(id);
             }
             if self.conns.len() >= CONN_MAX {
                 // The rest wait in the listen backlog until a connection closes.
