@@ -14,16 +14,13 @@
 //!
 //! Layout (`#[repr(C)]`, versioned, checked on map): [`BeatPage`], in one page.
 
-use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::Mode;
+use memmap2::MmapRaw;
 use rustix::shm;
 
-use crate::segment::{SegmentError, check_owned};
+use crate::segment::SegmentError;
 
 /// `b"HAMBEAT\0"` read as a little-endian `u64`.
 pub const BEAT_MAGIC: u64 = u64::from_le_bytes(*b"HAMBEAT\0");
@@ -56,48 +53,13 @@ pub struct BeatMap {
     map: MmapRaw,
 }
 
-fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
-    move |source| SegmentError::Io {
-        name: name.to_owned(),
-        what,
-        source,
-    }
-}
-
 impl BeatMap {
     /// ham's side: replaces the page `name` (a page of ham's own is unlinked first; one
     /// that is not is refused) with a new one, exclusively, and returns it with a
     /// descriptor to hand to the client.
     pub fn create(name: &str, pid: u32, now_ns: u64) -> Result<(Self, OwnedFd), SegmentError> {
-        crate::segment::probe_foreign(name, BEAT_MODE)?;
-        let _ = shm::unlink(name);
-        let fd = shm::open(
-            name,
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_raw_mode(BEAT_MODE),
-        )
-        .map_err(|e| io_err(name, "shm_open")(e.into()))?;
-        let made = (|| {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(BEAT_MODE))
-                .map_err(|e| io_err(name, "fchmod")(e.into()))?;
-            // Allocated now, not on first touch: a full /dev/shm fails here, with a
-            // message, instead of a SIGBUS later.
-            rustix::fs::fallocate(
-                &fd,
-                rustix::fs::FallocateFlags::empty(),
-                0,
-                BEAT_PAGE_SIZE as u64,
-            )
-            .map_err(|e| io_err(name, "fallocate")(e.into()))?;
-            Self::map(&fd, name)
-        })();
-        let page = match made {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = shm::unlink(name);
-                return Err(e);
-            }
-        };
+        let fd = crate::segment::create_owned(name, BEAT_MODE, BEAT_PAGE_SIZE as u64)?;
+        let page = Self::map(&fd, name).inspect_err(|_| Self::unlink(name))?;
         let p = page.page();
         p.version.store(BEAT_LAYOUT_VERSION, Ordering::Relaxed);
         p.pid.store(pid, Ordering::Relaxed);
@@ -109,19 +71,7 @@ impl BeatMap {
 
     /// A successor's side: the page `name` a predecessor made, if it is ham's own.
     pub fn open(name: &str) -> Result<Self, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                SegmentError::NotFound { name: name.into() }
-            } else {
-                io_err(name, "shm_open")(e.into())
-            }
-        })?;
-        check_owned(
-            &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
-            name,
-            BEAT_MODE,
-        )?;
-        let page = Self::map(&fd, name)?;
+        let page = Self::map(&crate::segment::open_owned(name, BEAT_MODE)?, name)?;
         page.validate(name)?;
         Ok(page)
     }
@@ -139,43 +89,17 @@ impl BeatMap {
     }
 
     fn map(fd: &impl AsFd, name: &str) -> Result<Self, SegmentError> {
-        let file = File::from(
-            fd.as_fd()
-                .try_clone_to_owned()
-                .map_err(io_err(name, "dup"))?,
-        );
-        let len = file.metadata().map_err(io_err(name, "fstat"))?.len();
-        if len < BEAT_PAGE_SIZE as u64 {
-            return Err(SegmentError::Geometry {
-                name: name.into(),
-                why: format!("{len} bytes, a heartbeat page has {BEAT_PAGE_SIZE}"),
-            });
-        }
-        let map = MmapOptions::new()
-            .len(BEAT_PAGE_SIZE)
-            .map_raw(&file)
-            .map_err(io_err(name, "mmap"))?;
+        let (map, _) = crate::segment::map_whole(fd, name, BEAT_PAGE_SIZE)?;
         Ok(Self { map })
     }
 
     fn validate(&self, name: &str) -> Result<(), SegmentError> {
         let p = self.page();
-        let magic = p.magic.load(Ordering::Acquire);
-        if magic != BEAT_MAGIC {
-            return Err(SegmentError::BadMagic {
-                name: name.into(),
-                found: magic,
-            });
-        }
-        let v = p.version.load(Ordering::Relaxed);
-        if v != BEAT_LAYOUT_VERSION {
-            return Err(SegmentError::Version {
-                name: name.into(),
-                found: v,
-                expected: BEAT_LAYOUT_VERSION,
-            });
-        }
-        Ok(())
+        crate::segment::check_version(
+            name,
+            (p.magic.load(Ordering::Acquire), BEAT_MAGIC),
+            (p.version.load(Ordering::Relaxed), BEAT_LAYOUT_VERSION),
+        )
     }
 
     /// The page's words.

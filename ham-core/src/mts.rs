@@ -18,21 +18,17 @@
 //! duplicates). A delivery is one store of `delivery`; an acknowledgement one store of
 //! `state = 0`.
 
-use std::fs::File;
-use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::Mode;
-use rustix::shm;
+use memmap2::MmapRaw;
 
-use crate::segment::{SegmentError, check_owned};
+use crate::segment::SegmentError;
 
 /// `b"HAMMTS\0\0"` read as a little-endian `u64`.
 pub const MTS_MAGIC: u64 = u64::from_le_bytes(*b"HAMMTS\0\0");
 /// Bumped on any change to the layout.
-pub const MTS_LAYOUT_VERSION: u32 = 1;
+pub const MTS_LAYOUT_VERSION: u32 = 2;
 /// ham's user only.
 pub const MTS_MODE: u32 = 0o600;
 /// Words of a slot before its message.
@@ -124,14 +120,6 @@ pub struct MtsMap {
     shape: Shape,
 }
 
-fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
-    move |source| SegmentError::Io {
-        name: name.to_owned(),
-        what,
-        source,
-    }
-}
-
 fn name_words(s: &str) -> [u64; 8] {
     let mut b = [0u8; 64];
     let n = s.len().min(64);
@@ -162,13 +150,7 @@ const W_UID_LEN: usize = 5; // uid << 32 | len
 const W_SENDER: usize = 6; // 8 words
 const W_SUM: usize = 14; // checksum of the message's words
 
-fn checksum(words: impl Iterator<Item = u64>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in words {
-        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h | 1
-}
+use crate::pss::{checksum, checksum_bytes};
 
 impl MtsMap {
     /// A new queue `name` (one of ham's own by that name is replaced; one that is not is
@@ -178,33 +160,8 @@ impl MtsMap {
             name: name.into(),
             why,
         })?;
-        crate::segment::probe_foreign(name, MTS_MODE)?;
-        let _ = shm::unlink(name);
-        let fd = shm::open(
-            name,
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_raw_mode(MTS_MODE),
-        )
-        .map_err(|e| io_err(name, "shm_open")(e.into()))?;
-        let made = (|| {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(MTS_MODE))
-                .map_err(|e| io_err(name, "fchmod")(e.into()))?;
-            rustix::fs::fallocate(
-                &fd,
-                rustix::fs::FallocateFlags::empty(),
-                0,
-                shape.region_bytes() as u64,
-            )
-            .map_err(|e| io_err(name, "fallocate")(e.into()))?;
-            Self::map(&fd, name, Some(shape))
-        })();
-        let q = match made {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = shm::unlink(name);
-                return Err(e);
-            }
-        };
+        let fd = crate::segment::create_owned(name, MTS_MODE, shape.region_bytes() as u64)?;
+        let q = Self::map(&fd, name, Some(shape)).inspect_err(|_| Self::unlink(name))?;
         let h = q.header();
         h.version.store(MTS_LAYOUT_VERSION, Ordering::Relaxed);
         h.capacity.store(shape.capacity, Ordering::Relaxed);
@@ -219,62 +176,28 @@ impl MtsMap {
 
     /// A predecessor's queue `name`, if it is ham's own.
     pub fn open(name: &str) -> Result<Self, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                SegmentError::NotFound { name: name.into() }
-            } else {
-                io_err(name, "shm_open")(e.into())
-            }
-        })?;
-        check_owned(
-            &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
-            name,
-            MTS_MODE,
-        )?;
-        Self::map(&fd, name, None)
+        Self::map(&crate::segment::open_owned(name, MTS_MODE)?, name, None)
     }
 
     pub fn unlink(name: &str) {
-        let _ = shm::unlink(name);
+        let _ = rustix::shm::unlink(name);
     }
 
     fn map(fd: &impl AsFd, name: &str, made: Option<Shape>) -> Result<Self, SegmentError> {
-        let file = File::from(
-            fd.as_fd()
-                .try_clone_to_owned()
-                .map_err(io_err(name, "dup"))?,
-        );
-        let len = file.metadata().map_err(io_err(name, "fstat"))?.len() as usize;
+        let (map, len) = crate::segment::map_whole(fd, name, HEADER_BYTES)?;
         let bad = |why: String| SegmentError::Geometry {
             name: name.into(),
             why,
         };
-        if len < HEADER_BYTES {
-            return Err(bad(format!("{len} bytes, less than a header")));
-        }
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(&file)
-            .map_err(io_err(name, "mmap"))?;
         let shape = match made {
             Some(s) => s,
             None => {
                 let h: &MtsHeader = crate::shm::view(&map, 0).expect("a header fits");
-                let magic = h.magic.load(Ordering::Acquire);
-                if magic != MTS_MAGIC {
-                    return Err(SegmentError::BadMagic {
-                        name: name.into(),
-                        found: magic,
-                    });
-                }
-                let v = h.version.load(Ordering::Relaxed);
-                if v != MTS_LAYOUT_VERSION {
-                    return Err(SegmentError::Version {
-                        name: name.into(),
-                        found: v,
-                        expected: MTS_LAYOUT_VERSION,
-                    });
-                }
+                crate::segment::check_version(
+                    name,
+                    (h.magic.load(Ordering::Acquire), MTS_MAGIC),
+                    (h.version.load(Ordering::Relaxed), MTS_LAYOUT_VERSION),
+                )?;
                 Shape {
                     capacity: h.capacity.load(Ordering::Relaxed),
                     message_max: h.message_max.load(Ordering::Relaxed),
@@ -409,7 +332,7 @@ impl MtsMap {
         for (x, y) in w[W_SENDER..W_SENDER + 8].iter().zip(name_words(sender)) {
             x.store(y, Ordering::Relaxed);
         }
-        w[W_SUM].store(checksum(words.into_iter()), Ordering::Relaxed);
+        w[W_SUM].store(checksum(words), Ordering::Relaxed);
         // The commit (Release: a successor that sees 1 sees the slot whole).
         w[W_STATE].store(1, Ordering::Release);
         Ok(id)
@@ -491,11 +414,7 @@ pub fn encode_queue(messages: &[Message]) -> Vec<u8> {
         out.extend_from_slice(m.sender.as_bytes());
         out.extend_from_slice(&m.bytes);
     }
-    let sum = checksum(out.chunks(8).map(|c| {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(b)
-    }));
+    let sum = checksum_bytes(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
 }
@@ -506,11 +425,7 @@ pub fn decode_queue(bytes: &[u8]) -> Result<Vec<Message>, String> {
         return Err("not a ham queue file".into());
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
-    let want = checksum(body.chunks(8).map(|c| {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(b)
-    }));
+    let want = checksum_bytes(body);
     if u64::from_le_bytes(sum.try_into().expect("8")) != want {
         return Err("its checksum does not match (a torn or damaged file)".into());
     }

@@ -26,16 +26,12 @@
 //! (it takes two puts to reach the copy being read), and it reads again. No state of a
 //! dead writer makes a reader wait: there is no "write in progress" mark to be left set.
 
-use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::Mode;
-use rustix::shm;
+use memmap2::MmapRaw;
 
-use crate::segment::{SegmentError, check_owned};
+use crate::segment::SegmentError;
 
 /// `b"HAMPSS\0\0"` read as a little-endian `u64`.
 pub const PSS_MAGIC: u64 = u64::from_le_bytes(*b"HAMPSS\0\0");
@@ -182,14 +178,6 @@ pub struct PssMap {
     pid: u64,
 }
 
-fn io_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> SegmentError + 'a {
-    move |source| SegmentError::Io {
-        name: name.to_owned(),
-        what,
-        source,
-    }
-}
-
 /// FNV-1a over words, then a final mix: a checksum, not a defence (the writer is trusted
 /// with its own data; this catches torn copies).
 #[derive(Clone, Copy)]
@@ -208,7 +196,16 @@ impl Sum {
     }
 }
 
-fn checksum(words: impl IntoIterator<Item = u64>) -> u64 {
+/// [`checksum`] of bytes, as little-endian words (the last one padded with zeros).
+pub(crate) fn checksum_bytes(bytes: &[u8]) -> u64 {
+    checksum(bytes.chunks(8).map(|c| {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(b)
+    }))
+}
+
+pub(crate) fn checksum(words: impl IntoIterator<Item = u64>) -> u64 {
     let mut s = Sum::new();
     for w in words {
         s.add(w);
@@ -272,35 +269,8 @@ impl PssMap {
             name: name.into(),
             why,
         })?;
-        crate::segment::probe_foreign(name, PSS_MODE)?;
-        let _ = shm::unlink(name);
-        let fd = shm::open(
-            name,
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::from_raw_mode(PSS_MODE),
-        )
-        .map_err(|e| io_err(name, "shm_open")(e.into()))?;
-        let made = (|| {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(PSS_MODE))
-                .map_err(|e| io_err(name, "fchmod")(e.into()))?;
-            // Allocated now: a full /dev/shm fails here, with a message, not with a SIGBUS
-            // in the entity's process later.
-            rustix::fs::fallocate(
-                &fd,
-                rustix::fs::FallocateFlags::empty(),
-                0,
-                geo.region_bytes() as u64,
-            )
-            .map_err(|e| io_err(name, "fallocate")(e.into()))?;
-            Self::map(&fd, name, Some(geo))
-        })();
-        let region = match made {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = shm::unlink(name);
-                return Err(e);
-            }
-        };
+        let fd = crate::segment::create_owned(name, PSS_MODE, geo.region_bytes() as u64)?;
+        let region = Self::map(&fd, name, Some(geo)).inspect_err(|_| Self::unlink(name))?;
         let h = region.header();
         h.version.store(PSS_LAYOUT_VERSION, Ordering::Relaxed);
         h.keys.store(geo.keys, Ordering::Relaxed);
@@ -320,31 +290,12 @@ impl PssMap {
 
     /// A successor's side: the region `name` a predecessor made, if it is ham's own.
     pub fn open(name: &str) -> Result<Self, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                SegmentError::NotFound { name: name.into() }
-            } else {
-                io_err(name, "shm_open")(e.into())
-            }
-        })?;
-        check_owned(
-            &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
-            name,
-            PSS_MODE,
-        )?;
-        Self::map(&fd, name, None)
+        Self::map(&crate::segment::open_owned(name, PSS_MODE)?, name, None)
     }
 
     /// A descriptor of the region `name` (for an entity's process that asks for it).
     pub fn descriptor(name: &str) -> Result<OwnedFd, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty())
-            .map_err(|e| io_err(name, "shm_open")(e.into()))?;
-        check_owned(
-            &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
-            name,
-            PSS_MODE,
-        )?;
-        Ok(fd)
+        crate::segment::open_owned(name, PSS_MODE)
     }
 
     /// The entity's side: the region behind a descriptor ham handed over.
@@ -354,47 +305,22 @@ impl PssMap {
 
     /// Removes the name (mappings stay valid). Missing is not an error.
     pub fn unlink(name: &str) {
-        let _ = shm::unlink(name);
+        let _ = rustix::shm::unlink(name);
     }
 
     /// Maps the region; `made` is the geometry of a region being made (its header is not
     /// written yet), `None` to read and check it from the header.
     fn map(fd: &impl AsFd, name: &str, made: Option<Geometry>) -> Result<Self, SegmentError> {
-        let file = File::from(
-            fd.as_fd()
-                .try_clone_to_owned()
-                .map_err(io_err(name, "dup"))?,
-        );
-        let len = file.metadata().map_err(io_err(name, "fstat"))?.len() as usize;
-        if len < HEADER_BYTES {
-            return Err(SegmentError::Geometry {
-                name: name.into(),
-                why: format!("{len} bytes, less than a header"),
-            });
-        }
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(&file)
-            .map_err(io_err(name, "mmap"))?;
+        let (map, len) = crate::segment::map_whole(fd, name, HEADER_BYTES)?;
         let geo = match made {
             Some(g) => g,
             None => {
                 let h: &PssHeader = crate::shm::view(&map, 0).expect("the mapping holds a header");
-                let magic = h.magic.load(Ordering::Acquire);
-                if magic != PSS_MAGIC {
-                    return Err(SegmentError::BadMagic {
-                        name: name.into(),
-                        found: magic,
-                    });
-                }
-                let v = h.version.load(Ordering::Relaxed);
-                if v != PSS_LAYOUT_VERSION {
-                    return Err(SegmentError::Version {
-                        name: name.into(),
-                        found: v,
-                        expected: PSS_LAYOUT_VERSION,
-                    });
-                }
+                crate::segment::check_version(
+                    name,
+                    (h.magic.load(Ordering::Acquire), PSS_MAGIC),
+                    (h.version.load(Ordering::Relaxed), PSS_LAYOUT_VERSION),
+                )?;
                 Geometry {
                     keys: h.keys.load(Ordering::Relaxed),
                     value_max: h.value_max.load(Ordering::Relaxed),
@@ -776,11 +702,7 @@ pub fn encode_durable(values: &[Value]) -> Vec<u8> {
         out.extend_from_slice(v.key.as_bytes());
         out.extend_from_slice(&v.bytes);
     }
-    let sum = checksum(out.chunks(8).map(|c| {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(b)
-    }));
+    let sum = checksum_bytes(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
 }
@@ -791,11 +713,7 @@ pub fn decode_durable(bytes: &[u8]) -> Result<Vec<Value>, String> {
         return Err("not a ham checkpoint file".into());
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
-    let want = checksum(body.chunks(8).map(|c| {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(b)
-    }));
+    let want = checksum_bytes(body);
     if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != want {
         return Err("its checksum does not match (a torn or damaged file)".into());
     }

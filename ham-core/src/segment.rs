@@ -131,6 +131,98 @@ pub fn check_owned(file: &File, name: &str, mode: u32) -> Result<(), SegmentErro
     Ok(())
 }
 
+/// A new shm object `name` of ham's own: `mode`, `len` bytes allocated now (a full
+/// `/dev/shm` fails here, with a message, and not with a SIGBUS in a process later). An
+/// object of ham's own by that name is replaced; one that is not is refused. The name is
+/// removed again if anything after its creation fails.
+pub fn create_owned(name: &str, mode: u32, len: u64) -> Result<std::os::fd::OwnedFd, SegmentError> {
+    probe_foreign(name, mode)?;
+    let _ = shm::unlink(name);
+    let fd = shm::open(
+        name,
+        shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| io_err(name, "shm_open")(e.into()))?;
+    let sized = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+        .map_err(|e| io_err(name, "fchmod")(e.into()))
+        .and_then(|()| {
+            rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len)
+                .map_err(|e| io_err(name, "fallocate")(e.into()))
+        });
+    if let Err(e) = sized {
+        let _ = shm::unlink(name);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// The shm object `name`, if it is ham's own with `mode` ([`SegmentError::NotFound`] when
+/// there is none).
+pub fn open_owned(name: &str, mode: u32) -> Result<std::os::fd::OwnedFd, SegmentError> {
+    let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::NOENT {
+            SegmentError::NotFound { name: name.into() }
+        } else {
+            io_err(name, "shm_open")(e.into())
+        }
+    })?;
+    check_owned(
+        &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
+        name,
+        mode,
+    )?;
+    Ok(fd)
+}
+
+/// Maps the whole object behind `fd` (which must have at least `min` bytes): the mapping
+/// and its length.
+pub fn map_whole(
+    fd: &impl std::os::fd::AsFd,
+    name: &str,
+    min: usize,
+) -> Result<(MmapRaw, usize), SegmentError> {
+    let file = File::from(
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(name, "dup"))?,
+    );
+    let len = file.metadata().map_err(io_err(name, "fstat"))?.len() as usize;
+    if len < min {
+        return Err(SegmentError::Geometry {
+            name: name.into(),
+            why: format!("{len} bytes, less than its {min}"),
+        });
+    }
+    let map = memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(&file)
+        .map_err(io_err(name, "mmap"))?;
+    Ok((map, len))
+}
+
+/// A mapped object's magic and layout version, checked.
+pub fn check_version(
+    name: &str,
+    magic: (u64, u64),
+    version: (u32, u32),
+) -> Result<(), SegmentError> {
+    if magic.0 != magic.1 {
+        return Err(SegmentError::BadMagic {
+            name: name.into(),
+            found: magic.0,
+        });
+    }
+    if version.0 != version.1 {
+        return Err(SegmentError::Version {
+            name: name.into(),
+            found: version.0,
+            expected: version.1,
+        });
+    }
+    Ok(())
+}
+
 /// Who owns the object `name`, if it exists and is not ham's own ([`check_owned`]).
 pub fn probe_foreign(name: &str, mode: u32) -> Result<(), SegmentError> {
     match shm::open(name, shm::OFlags::RDONLY, Mode::empty()) {

@@ -140,34 +140,22 @@ pub(super) fn parse_with(
             ));
         }
         let names: Vec<String> = entities.iter().map(|e| e.name.clone()).collect();
-        entities[i].raise_from = e
-            .get_ref()
-            .raise_from
-            .iter()
-            .map(|r| {
-                names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
-                    ctx.err(
-                        Some(r.span()),
-                        Some(format!("entity[{i}].raise_from")),
-                        format!("no entity named `{}`", r.get_ref()),
-                    )
+        // Names of other entities, as their indices.
+        let resolve = |key: &str, list: &[Spanned<String>]| -> Result<Vec<usize>, ConfigError> {
+            list.iter()
+                .map(|r| {
+                    names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
+                        ctx.err(
+                            Some(r.span()),
+                            Some(format!("entity[{i}].{key}")),
+                            format!("no entity named `{}`", r.get_ref()),
+                        )
+                    })
                 })
-            })
-            .collect::<Result<_, _>>()?;
-        entities[i].accept_from = e
-            .get_ref()
-            .accept_from
-            .iter()
-            .map(|r| {
-                names.iter().position(|n| n == r.get_ref()).ok_or_else(|| {
-                    ctx.err(
-                        Some(r.span()),
-                        Some(format!("entity[{i}].accept_from")),
-                        format!("no entity named `{}`", r.get_ref()),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+                .collect()
+        };
+        entities[i].raise_from = resolve("raise_from", &e.get_ref().raise_from)?;
+        entities[i].accept_from = resolve("accept_from", &e.get_ref().accept_from)?;
         entities[i].conditions = e
             .get_ref()
             .condition
