@@ -339,3 +339,54 @@ fn a_stateless_restart_drops_the_queue_and_a_stateful_one_keeps_it() {
     kill(2); // stateless
     assert_eq!(queued(), None, "dropped by a stateless restart");
 }
+
+/// Whether process `pid` is blocked reading a Unix socket (ham-client waiting for an
+/// answer).
+fn reading_socket(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .is_ok_and(|w| w.starts_with("unix_stream_read"))
+}
+
+#[test]
+fn receivers_killed_while_waiting_leave_no_place_taken_and_get_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    // The receiver is ham-client itself, waiting up to an hour.
+    let body = format!(
+        "[[entity]]\nname = \"rx\"\ncommand = [\"/bin/sh\", \"-c\", \"exec {CLIENT} recv --wait 1h --ack >> {}\"]\n\
+         policy = {{ kind = \"immediate\" }}\n",
+        out.display()
+    );
+    let ham = Ham::start("mts-waiters", &body);
+    // More kills than there are places for waiting receivers (16), each while it waits.
+    for k in 1..=20u64 {
+        let s = ham.wait_for("rx running", |s| {
+            running(s, "rx") && entity(s, "rx")["restarts"] == k - 1
+        });
+        let pid = pid_of(&s, "rx");
+        // Blocked reading, and still after a while: its `recv` is held by ham (its `hello`
+        // before it is answered at once).
+        wait_until(&ham, "rx waiting", || reading_socket(pid));
+        std::thread::sleep(Duration::from_millis(20));
+        wait_until(&ham, "rx still waiting", || reading_socket(pid));
+        assert!(kill_and_wait(pid));
+    }
+    ham.wait_for("rx running", |s| {
+        running(s, "rx") && entity(s, "rx")["restarts"] == 20
+    });
+    let r = control::request(
+        &ham.socket_path(),
+        &Request::MtsSend {
+            to: "rx".into(),
+            key: 0x1a57,
+            data: b"last".to_vec(),
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    // The live receiver gets it (not one of the dead, not refused for want of a place).
+    wait_until(&ham, "the message received", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.ends_with("\tlast\n"))
+    });
+}

@@ -18,6 +18,22 @@ pub(super) struct MtsWaiter {
     until: u64,
 }
 
+impl MtsWaiter {
+    /// The receiver closed its end (it was killed, or gave up): a message must not be
+    /// handed to it.
+    fn gone(&self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            rustix::net::recv(
+                &self.stream,
+                &mut b,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
+            ),
+            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET | rustix::io::Errno::PIPE)
+        )
+    }
+}
+
 impl Daemon {
     fn mts_file(&self, i: EntityId) -> std::path::PathBuf {
         ham_core::paths::mts_file(
@@ -252,6 +268,8 @@ impl Daemon {
             reply(stream, &no_message(&entity));
             return;
         }
+        // Receivers that went away while waiting (killed) hold no place.
+        self.entities[i].mts_waiters.retain(|w| !w.gone());
         if self.entities[i].mts_waiters.len() >= WAITERS_PER_ENTITY {
             reply(
                 stream,
@@ -286,6 +304,7 @@ impl Daemon {
 
     /// A message came for entity `i`: its first waiting receiver gets it.
     fn mts_wake(&mut self, i: EntityId) {
+        self.entities[i].mts_waiters.retain(|w| !w.gone());
         if self.entities[i].mts_waiters.is_empty() {
             return;
         }
