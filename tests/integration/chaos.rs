@@ -57,6 +57,7 @@ fn chaos_kills_end_in_one_process_per_entity_and_matching_counters() {
     ham.wait_for("all running", |s| names.iter().all(|n| running(s, n)));
 
     let mut expected: HashMap<&str, u64> = names.iter().map(|n| (*n, 0)).collect();
+    let mut killed = std::collections::HashSet::new();
     let (mut ham_kills, mut guardian_kills) = (0, 0);
     let mut done = 0;
     let mut pair_gone_since: Option<std::time::Instant> = None;
@@ -94,15 +95,18 @@ fn chaos_kills_end_in_one_process_per_entity_and_matching_counters() {
             }
         } else {
             let name = names[rng.below(names.len() as u64) as usize];
-            // Only the live process of that entity, checked through its environment.
+            // Only the live process of that entity, checked through its environment, and
+            // not one killed already (a process that is still exiting is still listed: a
+            // second kill of it is no second death).
             let procs = entity_processes(&ham.name, name);
             match procs.as_slice() {
                 [pid]
-                    if nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                    .is_ok() =>
+                    if start_time(*pid).is_some_and(|st| killed.insert((*pid, st)))
+                        && nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(*pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        )
+                        .is_ok() =>
                 {
                     *expected.get_mut(name).unwrap() += 1;
                     true
