@@ -879,8 +879,9 @@ fn a_death_between_the_release_and_running_is_counted() {
     sigkill(app); // restart 1; the HAM dies right after releasing the new process
     assert_eq!(ham.wait_exit(), -1);
     assert!(fired.exists());
-    let released = pid_of(&ham.status(), "app");
-    assert_ne!(released, app);
+    let s = ham.status();
+    let released = pid_of(&s, "app");
+    assert_ne!(released, app, "{s}\n{}", ham.stderr());
     assert!(kill_and_wait(released), "the released process ran");
     assert!(kill_and_wait(guardian));
     std::fs::remove_file(format!("{fired_s}.armed")).unwrap();
