@@ -220,13 +220,8 @@ fn main() -> ExitCode {
 /// `ham-client pss put|get|delete|list`.
 fn pss(client: &Client, words: &[String], a: &Args) -> ExitCode {
     use ham_detector_sdk::{Durability, Scope};
-    let entity = match a
-        .entity
-        .clone()
-        .or_else(|| std::env::var("HAM_ENTITY").ok())
-    {
-        Some(e) => e,
-        None => return usage("pss: --entity ENTITY (or run it from an entity: $HAM_ENTITY)"),
+    let Some(entity) = own_entity(a) else {
+        return usage("pss: --entity ENTITY (or run it from an entity: $HAM_ENTITY)");
     };
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     if (a.shared || a.durable) && words.first() != Some(&"put") {

@@ -124,13 +124,8 @@ impl Daemon {
         data: &[u8],
         stream: UnixStream,
     ) {
-        let r = self.mts_send(i, peer, key, data);
-        let id = r
-            .message
-            .as_deref()
-            .filter(|_| r.ok && self.entities[i].cfg.mts_durable)
-            .and_then(|m| m.rsplit(' ').next()?.parse::<u64>().ok());
-        match id {
+        let (r, id) = self.mts_send(i, peer, key, data);
+        match id.filter(|_| self.entities[i].cfg.mts_durable) {
             Some(id) if id > self.entities[i].mts_durable.committed => {
                 self.entities[i].mts_durable.waiters.push((stream, id));
                 self.mts_commit(i);
@@ -220,7 +215,14 @@ impl Daemon {
 
     /// `mts-send`: queues a message for entity `i`, from root or from the process of an
     /// entity its `accept_from` names; a waiting receiver gets it at once.
-    fn mts_send(&mut self, i: EntityId, peer: Peer, key: u64, data: &[u8]) -> Response {
+    /// The answer, and the message's id when it was queued.
+    fn mts_send(
+        &mut self,
+        i: EntityId,
+        peer: Peer,
+        key: u64,
+        data: &[u8],
+    ) -> (Response, Option<u64>) {
         let to = self.entities[i].cfg.name.clone();
         let senders: Vec<String> = self.entities[i]
             .cfg
@@ -233,22 +235,31 @@ impl Daemon {
         });
         let sender = match sender {
             Ok(s) => s,
-            Err((errno, why)) => return Response::errno(errno, why),
+            Err((errno, why)) => return (Response::errno(errno, why), None),
         };
         let queue = match self.mts_queue(i, true) {
             Ok(Some(q)) => q,
-            Ok(None) => return Response::errno(libc::EIO, format!("`{to}` has no queue")),
-            Err(why) => return Response::errno(libc::ENOSPC, why),
+            Ok(None) => {
+                return (
+                    Response::errno(libc::EIO, format!("`{to}` has no queue")),
+                    None,
+                );
+            }
+            Err(why) => return (Response::errno(libc::ENOSPC, why), None),
         };
         match queue.push(key, &sender, peer.uid, data) {
             Ok(id) => {
                 self.mts_wake(i);
-                Response::ok(format!("queued for `{to}` as message {id}"))
+                let r = Response::ok(format!("queued for `{to}` as message {id}"));
+                (r, Some(id))
             }
-            Err(e @ MtsError::Full { .. }) => Response::errno(libc::ENOSPC, format!("`{to}`: {e}")),
-            Err(e @ MtsError::TooLarge { .. }) => {
-                Response::errno(libc::EMSGSIZE, format!("`{to}`: {e}"))
+            Err(e @ MtsError::Full { .. }) => {
+                (Response::errno(libc::ENOSPC, format!("`{to}`: {e}")), None)
             }
+            Err(e @ MtsError::TooLarge { .. }) => (
+                Response::errno(libc::EMSGSIZE, format!("`{to}`: {e}")),
+                None,
+            ),
         }
     }
 
