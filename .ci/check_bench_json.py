@@ -31,7 +31,7 @@ SYSTEMS = {
     "storm_restart": {"ham-idle", "ham-storm"},
     "heartbeat_miss_delay": {"ham"},
     "pss_put": {"ham", "pwrite-shm", "ham-durable", "file-fsync"},
-    "mts_roundtrip": {"ham", "unix-dgram"},
+    "mts_roundtrip": {"ham", "unix-dgram", "unix-relay"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 

@@ -26,11 +26,12 @@ pub fn mts_roundtrip(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<S
             "a message from Client::send until a receiver waiting in Client::recv has it \
              (the receiver acknowledges it, then waits again; {GAP:?} between samples), \
              {samples} samples; unix-dgram = a datagram over a Unix socket pair to a thread \
-             blocked in recv"
+             blocked in recv; unix-relay = the same through a relay process (the floor of \
+             any broker in a process of its own)"
         ),
         systems: Vec::new(),
         ratios: true,
-        ratio_pairs: vec![("ham", "unix-dgram")],
+        ratio_pairs: vec![("ham", "unix-relay"), ("ham", "unix-dgram")],
         columns: Vec::new(),
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
@@ -81,7 +82,15 @@ pub fn mts_roundtrip(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<S
     eprintln!("[mts_roundtrip] unix-dgram");
     res.systems.push((
         "unix-dgram".into(),
-        match unix_dgram(samples) {
+        match unix_dgram(samples, false) {
+            Ok(v) => measured(&v, 0, Map::new()),
+            Err(e) => Outcome::Failed(e),
+        },
+    ));
+    eprintln!("[mts_roundtrip] unix-relay");
+    res.systems.push((
+        "unix-relay".into(),
+        match unix_dgram(samples, true) {
             Ok(v) => measured(&v, 0, Map::new()),
             Err(e) => Outcome::Failed(e),
         },
@@ -92,18 +101,35 @@ pub fn mts_roundtrip(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<S
         }
     }
     res.notes.push(
-        "ham's path: the sender's connection and request, ham's loop, the queue's store, the \
-         held recv request's answer, the receiver's read; on this 2-vCPU VM a wake-up of an \
-         idle vCPU costs tens of µs (see ring_latency)"
+        "ham's path: the request on the sender's session, ham's loop, the queue's store, the \
+         held recv request's answer, the receiver's read: two wake-ups across address spaces, \
+         as unix-relay; on this 2-vCPU VM a wake-up of an idle vCPU costs tens of µs"
             .into(),
     );
     Ok(res)
 }
 
-fn unix_dgram(samples: usize) -> Result<Vec<f64>> {
-    let (a, b) = UnixDatagram::pair().map_err(|e| format!("socketpair: {e}"))?;
+/// Datagrams from this thread to a thread blocked in `recv`; with `relay`, through a
+/// process in between (`ham-bench __relay`) that receives each and sends it on: the floor
+/// of a message through a broker in a process of its own, as ham is (two wake-ups instead
+/// of one, and two switches between address spaces).
+fn unix_dgram(samples: usize, relay: bool) -> Result<Vec<f64>> {
+    let (a, mid) = UnixDatagram::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (b, relay_proc) = if relay {
+        let (out, b) = UnixDatagram::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let child = std::process::Command::new(me)
+            .arg("__relay")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(mid)))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out)))
+            .spawn()
+            .map_err(|e| format!("the relay process: {e}"))?;
+        (b, Some(KillOnDrop(child)))
+    } else {
+        (mid, None)
+    };
     let (tx, rx) = mpsc::channel::<u64>();
-    std::thread::scope(|sc| {
+    let v = std::thread::scope(|sc| {
         sc.spawn(move || {
             let mut buf = [0u8; 16];
             while let Ok(n) = b.recv(&mut buf) {
@@ -125,5 +151,33 @@ fn unix_dgram(samples: usize) -> Result<Vec<f64>> {
         }
         let _ = a.send(b"stop");
         Ok(v.split_off(5))
-    })
+    });
+    drop(relay_proc);
+    v
+}
+
+/// The relay process: datagrams from its stdin's socket go on to its stdout's, until a
+/// 4-byte one (the bench's "stop") or an error.
+pub fn relay() -> ! {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the bench made this process with fds 0 and 1 set to datagram sockets, owned
+    // by nothing else in this process (only `main` runs, and it comes straight here).
+    let (from, to) = unsafe { (UnixDatagram::from_raw_fd(0), UnixDatagram::from_raw_fd(1)) };
+    let mut buf = [0u8; 16];
+    while let Ok(n) = from.recv(&mut buf) {
+        if to.send(&buf[..n]).is_err() || n == 4 {
+            break;
+        }
+    }
+    std::process::exit(0)
+}
+
+/// The relay process, killed and reaped however the measurement ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
