@@ -22,6 +22,10 @@ pub enum Request {
     DeviceRestart { enabled: bool },
     /// A client's first words: answered with its token (for the detector ring).
     Hello,
+    /// This connection stays open: every further request line on it is answered on it,
+    /// in turn (the SDK's `Client` asks this once, and saves a connection per request).
+    /// ham may close an idle session when its uid needs the connection for another.
+    Session,
     /// A client attaches a heartbeat to an entity (its own, unless it is privileged):
     /// answered with the heartbeat slot.
     Attach {
@@ -118,6 +122,7 @@ impl Request {
         match self {
             Self::Ping
             | Self::Hello
+            | Self::Session
             | Self::Attach { .. }
             | Self::Ready { .. }
             | Self::Lookup { .. }

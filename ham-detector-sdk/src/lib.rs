@@ -35,7 +35,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use ham_core::beat::BeatMap;
@@ -170,24 +170,42 @@ pub struct Client {
     token: u64,
     pid: u32,
     uid: u32,
+    /// The connection requests go over, kept open ([`Request::Session`]); made again
+    /// whenever ham closed it (a takeover, or its uid needed the connection).
+    session: Mutex<Option<Session>>,
+}
+
+/// A control connection ham keeps open, and the process that made it (ham knows the
+/// connection by that process: a child that inherited it makes its own).
+struct Session {
+    stream: UnixStream,
+    pid: u32,
 }
 
 pub use ham_core::clock::mono_ns;
 
 /// Sends one request line and reads one answer line.
 fn request_on(stream: &UnixStream, req: &Request) -> Result<Response, Error> {
-    request_with_fd(stream, req).map(|(r, _)| r)
+    exchange(stream, &request_line(req)).map(|(r, _)| r)
 }
 
-/// [`request_on`], also taking a descriptor ham attached to the answer (`SCM_RIGHTS`).
-fn request_with_fd(
-    stream: &UnixStream,
-    req: &Request,
-) -> Result<(Response, Option<OwnedFd>), Error> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+/// `req` as the line the control protocol sends.
+fn request_line(req: &Request) -> Vec<u8> {
     let mut line = serde_json::to_vec(req).expect("a request always serialises");
     line.push(b'\n');
-    (&*stream).write_all(&line)?;
+    line
+}
+
+/// Sends `line` and reads one answer line, also taking a descriptor ham attached to the
+/// answer (`SCM_RIGHTS`).
+fn exchange(stream: &UnixStream, line: &[u8]) -> Result<(Response, Option<OwnedFd>), Error> {
+    (&*stream).write_all(line)?;
+    read_answer(stream)
+}
+
+/// Reads one answer line (and a descriptor attached to it).
+fn read_answer(stream: &UnixStream) -> Result<(Response, Option<OwnedFd>), Error> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     // The first bytes of the answer carry the descriptor, if any.
     let mut first = [0u8; 4096];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -269,19 +287,58 @@ fn retrying<T>(req: &Request, mut once: impl FnMut() -> Result<T, Error>) -> Res
     }
 }
 
+/// How long a client waits for the answer to a request ham does not hold.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// One request on a new connection, asked again through a takeover if it is idempotent.
 fn ask(path: &Path, req: &Request) -> Result<(Response, Option<OwnedFd>), Error> {
-    retrying(req, || request_with_fd(&connect_socket(path)?, req))
+    ask_within(path, req, ANSWER_WITHIN)
 }
 
-fn connect_socket(path: &Path) -> Result<UnixStream, Error> {
-    let s = UnixStream::connect(path).map_err(|source| Error::Connect {
+/// [`ask`], waiting up to `answer_within` for the answer.
+fn ask_within(
+    path: &Path,
+    req: &Request,
+    answer_within: Duration,
+) -> Result<(Response, Option<OwnedFd>), Error> {
+    let line = request_line(req);
+    retrying(req, || {
+        exchange(&connect_socket(path, answer_within)?, &line)
+    })
+}
+
+/// A connection to ham's control socket, reads timing out after `answer_within`.
+///
+/// Everything is set up before `connect`, and the caller writes its request right after:
+/// ham wakes at the connection and reads the request in the same turn when it is there
+/// already. (Set up after `connect`, the request came a few µs late; ham found nothing,
+/// slept, and woke again for it: a second wake-up on every request.)
+fn connect_socket(path: &Path, answer_within: Duration) -> Result<UnixStream, Error> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(answer_within))
+        .map_err(std::io::Error::from)?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(Duration::from_secs(10)))
+        .map_err(std::io::Error::from)?;
+    let connected = SocketAddrUnix::new(path).and_then(|addr| {
+        loop {
+            match rustix::net::connect(&fd, &addr) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r,
+            }
+        }
+    });
+    connected.map_err(|e| Error::Connect {
         path: path.to_owned(),
-        source,
+        source: e.into(),
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
+    Ok(UnixStream::from(fd))
 }
 
 impl Client {
@@ -293,18 +350,23 @@ impl Client {
     /// Connects to the instance at `location`.
     pub fn connect_to(location: &Location) -> Result<Self, Error> {
         let seg = ClientSegment::open(&ham_core::paths::client_segment(&location.name))?;
-        let (r, _) = ask(&location.socket(), &Request::Hello)?;
+        let mut client = Self {
+            seg: Arc::new(seg),
+            location: location.clone(),
+            token: 0,
+            pid: 0,
+            uid: 0,
+            session: Mutex::new(None),
+        };
+        let r = client.request(&Request::Hello)?;
         let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
             return Err(Error::BadAnswer("hello without a token".into()));
         };
         // The pid and uid ham knows this process by (its pid namespace, its effective uid).
-        Ok(Self {
-            seg: Arc::new(seg),
-            location: location.clone(),
-            token,
-            pid: pid as u32,
-            uid,
-        })
+        client.token = token;
+        client.pid = pid as u32;
+        client.uid = uid;
+        Ok(client)
     }
 
     /// Where this client's ham is.
@@ -313,7 +375,61 @@ impl Client {
     }
 
     fn request(&self, req: &Request) -> Result<Response, Error> {
-        ask(&self.location.socket(), req).map(|(r, _)| r)
+        self.request_fd(req).map(|(r, _)| r)
+    }
+
+    /// `req` over this client's session (a new connection when another thread is using
+    /// it), asked again through a takeover if it is idempotent.
+    fn request_fd(&self, req: &Request) -> Result<(Response, Option<OwnedFd>), Error> {
+        let line = request_line(req);
+        retrying(req, || match self.session.try_lock() {
+            Ok(mut session) => self.on_session(&mut session, &line),
+            Err(TryLockError::Poisoned(p)) => self.on_session(&mut p.into_inner(), &line),
+            Err(TryLockError::WouldBlock) => exchange(
+                &connect_socket(&self.location.socket(), ANSWER_WITHIN)?,
+                &line,
+            ),
+        })
+    }
+
+    /// Sends `line` on the session (made first if there is none, or ham closed it) and
+    /// reads the answer.
+    fn on_session(
+        &self,
+        session: &mut Option<Session>,
+        line: &[u8],
+    ) -> Result<(Response, Option<OwnedFd>), Error> {
+        let me = std::process::id();
+        if let Some(s) = session.as_ref().filter(|s| s.pid == me) {
+            // A session ham closed refuses the write (EPIPE): nothing was asked, so any
+            // request may go on a new one. Once written, an answer that does not come is a
+            // takeover's (asked again only if idempotent).
+            if (&s.stream).write_all(line).is_ok() {
+                let r = read_answer(&s.stream);
+                if matches!(&r, Err(e) if !matches!(e, Error::Refused { .. })) {
+                    *session = None;
+                }
+                return r;
+            }
+        }
+        *session = None;
+        let stream = connect_socket(&self.location.socket(), ANSWER_WITHIN)?;
+        match exchange(&stream, &request_line(&Request::Session)) {
+            Ok(_) => {}
+            // A ham that has no sessions: a connection per request.
+            Err(Error::Refused { .. }) => {
+                return exchange(
+                    &connect_socket(&self.location.socket(), ANSWER_WITHIN)?,
+                    line,
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        let r = exchange(&stream, line);
+        if !matches!(&r, Err(e) if !matches!(e, Error::Refused { .. })) {
+            *session = Some(Session { stream, pid: me });
+        }
+        r
     }
 
     /// Attaches this process to `entity` with a heartbeat: `missed_low` / `missed_high`
@@ -340,16 +456,13 @@ impl Client {
         missed_low: u32,
         missed_high: u32,
     ) -> Result<Heartbeat, Error> {
-        let (r, fd) = ask(
-            &self.location.socket(),
-            &Request::Attach {
-                entity: entity.to_owned(),
-                pid,
-                period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
-                missed_low,
-                missed_high,
-            },
-        )?;
+        let (r, fd) = self.request_fd(&Request::Attach {
+            entity: entity.to_owned(),
+            pid,
+            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+            missed_low,
+            missed_high,
+        })?;
         let slot = r
             .slot
             .ok_or_else(|| Error::BadAnswer("attach without a slot".into()))?;
@@ -478,8 +591,7 @@ impl Client {
     /// Stops ham: every entity, then the HAM and its Guardian (root or ham's user only).
     /// Answers once everything is down (each entity may take its `stop_timeout`).
     pub fn shutdown(&self) -> Result<(), Error> {
-        let s = connect_socket(&self.location.socket())?;
-        s.set_read_timeout(Some(Duration::from_secs(600)))?;
+        let s = connect_socket(&self.location.socket(), Duration::from_secs(600))?;
         request_on(&s, &Request::Shutdown).map(|_| ())
     }
 
@@ -573,9 +685,8 @@ impl Subscription {
         signal: Option<i32>,
         req: &Request,
     ) -> Result<Self, Error> {
-        let stream = connect_socket(&location.socket())?;
-        let mut line = serde_json::to_vec(req).expect("serialises");
-        line.push(b'\n');
+        let line = request_line(req);
+        let stream = connect_socket(&location.socket(), Duration::from_secs(10))?;
         (&stream).write_all(&line)?;
         stream.set_read_timeout(None)?;
         let mut reader = BufReader::new(stream);

@@ -87,9 +87,5 @@ impl Client {
 
 /// [`ask`] for a request ham holds up to `wait`: the connection's read timeout is longer.
 fn ask_waiting(path: &Path, req: &Request, wait: Duration) -> Result<Response, Error> {
-    retrying(req, || {
-        let s = connect_socket(path)?;
-        s.set_read_timeout(Some(wait + Duration::from_secs(10)))?;
-        request_on(&s, req)
-    })
+    ask_within(path, req, wait + Duration::from_secs(10)).map(|(r, _)| r)
 }

@@ -53,7 +53,7 @@ impl Client {
         let req = Request::PssOpen {
             entity: entity.to_owned(),
         };
-        let (_, fd) = ask(&self.location.socket(), &req)?;
+        let (_, fd) = self.request_fd(&req)?;
         let fd = fd.ok_or_else(|| Error::BadAnswer("pss-open without a descriptor".into()))?;
         let map = PssMap::from_fd(&fd)
             .map_err(|e| Error::BadAnswer(format!("the checkpoint store ham handed over: {e}")))?;

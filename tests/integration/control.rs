@@ -197,3 +197,57 @@ fn garbage_on_the_control_socket_is_answered_and_ham_carries_on() {
         running(s, "a") && entity(s, "a")["restarts"] == 1
     });
 }
+
+/// Sends `line` on `c` and reads one answer line.
+fn ask_on(c: &std::os::unix::net::UnixStream, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    (&*c).write_all(line.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(c).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[test]
+fn a_session_answers_request_after_request_on_one_connection() {
+    let ham = Ham::start("session", &sleeper("a"));
+    ham.wait_for("running", |s| running(s, "a"));
+    let c = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Without asking for a session, a connection answers one request and ends.
+    let one = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
+    one.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(ask_on(&one, "{\"cmd\":\"ping\"}\n")["message"], "pong");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut &one, &mut rest).unwrap();
+    assert!(rest.is_empty(), "more after the answer: {rest:?}");
+
+    let a = ask_on(&c, "{\"cmd\":\"session\"}\n");
+    assert_eq!(a["ok"], true, "{a}");
+    for _ in 0..3 {
+        assert_eq!(ask_on(&c, "{\"cmd\":\"ping\"}\n")["message"], "pong");
+    }
+    // A bad line is answered, and the session goes on.
+    let a = ask_on(&c, "{\"cmd\": \"stop\", \"entity\": 42}\n");
+    assert!(a["error"].as_str().unwrap().contains("bad request"), "{a}");
+    let a = ask_on(&c, "{\"cmd\":\"hello\"}\n");
+    assert_eq!(a["peer"][0], std::process::id(), "{a}");
+    // A request that acts: stop `a` on the session, then start it again.
+    let a = ask_on(&c, "{\"cmd\":\"stop\",\"entity\":\"a\"}\n");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(entity(&ham.status(), "a")["state"], "stopped");
+    let a = ask_on(&c, "{\"cmd\":\"start\",\"entity\":\"a\"}\n");
+    assert_eq!(a["ok"], true, "{a}");
+    ham.wait_for("a running again", |s| running(s, "a"));
+    // Two lines written at once are both answered, in turn.
+    {
+        use std::io::{BufRead, Write};
+        (&c).write_all(b"{\"cmd\":\"ping\"}\n{\"cmd\":\"hello\"}\n")
+            .unwrap();
+        let mut r = std::io::BufReader::new(&c);
+        let (mut first, mut second) = (String::new(), String::new());
+        r.read_line(&mut first).unwrap();
+        r.read_line(&mut second).unwrap();
+        assert!(first.contains("pong"), "{first}");
+        assert!(second.contains("token"), "{second}");
+    }
+}

@@ -305,6 +305,78 @@ fn still_open(conns: &[std::os::unix::net::UnixStream]) -> usize {
         .count()
 }
 
+/// Opens `n` sessions (`{"cmd":"session"}`, answered) to `socket` as a client-group member.
+fn sessions_as_member(socket: &std::path::Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
+    use std::io::{BufRead, Write};
+    let socket = socket.to_owned();
+    as_member(move || {
+        (0..n)
+            .map(|_| {
+                let c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                c.set_read_timeout(Some(DEADLINE)).unwrap();
+                (&c).write_all(b"{\"cmd\":\"session\"}\n").unwrap();
+                let mut answer = String::new();
+                // One byte at a time: nothing of a later answer is taken from the socket.
+                let mut r = std::io::BufReader::with_capacity(1, &c);
+                r.read_line(&mut answer).unwrap();
+                assert!(answer.contains("\"ok\":true"), "{answer}");
+                c
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn a_members_idle_sessions_give_way_to_its_new_connections() {
+    // Sessions (a connection the SDK keeps for its requests) count toward the member's 16
+    // connections, but hold nothing: when the member needs another connection, ham closes
+    // its longest idle session instead of refusing, and idle sessions are not closed as
+    // silent connections are.
+    let ham = Ham::configured("sessions", "client_group = \"65534\"\n", &sleeper("a"));
+    let mut ham = ham;
+    ham.spawn(&[]);
+    ham.wait_for("running", |s| running(s, "a"));
+    let sessions = sessions_as_member(&ham.socket_path(), 16);
+    assert_eq!(still_open(&sessions[..1]), 1);
+    // A 17th connection of the member: answered, and the first session (idle longest) closed.
+    let socket = ham.socket_path();
+    let answer = as_member(move || {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c.write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
+        let mut a = String::new();
+        c.read_to_string(&mut a).unwrap();
+        a
+    });
+    assert!(answer.contains("pong"), "{answer}");
+    assert_eq!(
+        still_open(&sessions[..1]),
+        0,
+        "the longest idle session was closed"
+    );
+    assert_eq!(still_open(&sessions[1..]), 15, "the others stay");
+    // Silent connections (no request) are closed after 5 s; sessions are not.
+    let silent = connect_as_member(&ham.socket_path(), 1);
+    wait_until(&ham, "the silent connection closed", || {
+        still_open(&silent) == 0
+    });
+    assert_eq!(still_open(&sessions[1..]), 15, "idle sessions are kept");
+    for c in &sessions[1..] {
+        c.set_nonblocking(false).unwrap();
+    }
+    let a = {
+        use std::io::{BufRead, Write};
+        (&sessions[1]).write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
+        let mut a = String::new();
+        std::io::BufReader::new(&sessions[1])
+            .read_line(&mut a)
+            .unwrap();
+        a
+    };
+    assert!(a.contains("pong"), "a kept session still answers: {a}");
+}
+
 #[test]
 fn a_member_holding_many_connections_cannot_starve_ham() {
     // Point 5: a member held 1,100 idle connections at RLIMIT_NOFILE 1024; the HAM spun on

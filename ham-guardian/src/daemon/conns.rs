@@ -10,7 +10,7 @@
 //! second at most, instead of spinning on `accept`.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
@@ -23,8 +23,13 @@ pub(super) struct Conn {
     pub(super) stream: UnixStream,
     pub(super) buf: Vec<u8>,
     pub(super) peer: Peer,
-    /// When it was accepted: a request not complete `CONN_TIMEOUT_NS` later is dropped.
+    /// When it was accepted, or (a session) when its last request was whole: a request
+    /// not whole `CONN_TIMEOUT_NS` later is dropped.
     pub(super) opened: u64,
+    /// It asked to stay open (`Request::Session`): each request line is answered on a
+    /// duplicate of it, and it is read again. Idle, it may be closed for another
+    /// connection of its uid (the SDK then opens a new one).
+    pub(super) session: bool,
 }
 
 /// Open connections in all.
@@ -117,33 +122,32 @@ impl Daemon {
                 );
                 continue;
             }
-            if stream.set_nonblocking(true).is_err() {
+            // Answers are written blocking, within a second; requests are read with
+            // MSG_DONTWAIT, so the descriptor's own mode never changes.
+            if stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+                .is_err()
+            {
                 continue;
             }
-            let id = self.next_conn;
-            self.next_conn += 1;
-            if epoll::add(
-                &self.epoll,
-                &stream,
-                Token::Conn(id).data(),
-                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-            )
-            .is_ok()
-            {
-                self.conns.insert(
-                    id,
-                    Conn {
-                        stream,
-                        buf: Vec::new(),
-                        peer,
-                        opened: crate::mono_ns(),
-                    },
-                );
-                // A client writes its request right after it connects: read it now, and
-                // save the loop a wake-up (if it is not there yet, epoll says when it is).
-                self.on_conn(id);
+            let mut conn = Conn {
+                stream,
+                buf: Vec::new(),
+                peer,
+                opened: crate::mono_ns(),
+                session: false,
+            };
+            // A client writes its request right after it connects: most often the whole
+            // line is there now, and the connection never enters the epoll set.
+            let closed = read_available(&mut conn);
+            if request_ended(&conn, closed) {
+                if let Some(conn) = self.take_requests(conn, closed) {
+                    self.keep(conn);
+                }
+            } else {
+                self.keep(conn);
             }
-            if self.conns.len() >= CONN_MAX {
+            if self.conns.len() >= CONN_MAX && !self.close_idle_session(None) {
                 // The rest wait in the listen backlog until a connection closes.
                 self.pause_accept();
                 return;
@@ -151,8 +155,56 @@ impl Daemon {
         }
     }
 
+    /// Watches `conn` for its (next) request.
+    fn keep(&mut self, conn: Conn) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if epoll::add(
+            &self.epoll,
+            &conn.stream,
+            Token::Conn(id).data(),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+        )
+        .is_ok()
+        {
+            self.conns.insert(id, conn);
+        }
+    }
+
+    /// Closes the session of `uid` (any uid: `None`) that has been idle longest, for a
+    /// new connection: whether there was one. Its client sees the connection closed before
+    /// it writes its next request, and opens a new one.
+    fn close_idle_session(&mut self, uid: Option<u32>) -> bool {
+        let mut idle: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session && c.buf.is_empty() && uid.is_none_or(|u| c.peer.uid == u))
+            .map(|(&id, c)| (c.opened, id))
+            .collect();
+        idle.sort_unstable();
+        // Not one whose next request is there already, unread.
+        let mut peek = [0u8; 1];
+        let Some(id) = idle.into_iter().map(|(_, id)| id).find(|id| {
+            matches!(
+                rustix::net::recv(
+                    &self.conns[id].stream,
+                    &mut peek,
+                    rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+                ),
+                Err(rustix::io::Errno::AGAIN)
+            )
+        }) else {
+            return false;
+        };
+        let c = self.conns.remove(&id).expect("found above");
+        let _ = epoll::delete(&self.epoll, &c.stream);
+        // Every duplicate too (a request it holds): the client must not wait on it.
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        true
+    }
+
     /// The connection limits, for a new connection from `peer`.
-    fn may_connect(&self, peer: Peer) -> Result<(), String> {
+    fn may_connect(&mut self, peer: Peer) -> Result<(), String> {
         if peer.uid == 0 || peer.uid == self.my_uid {
             return Ok(()); // the reserve is theirs; CONN_MAX pauses accepting
         }
@@ -161,13 +213,13 @@ impl Daemon {
             .values()
             .filter(|c| c.peer.uid == peer.uid)
             .count();
-        if from_uid >= CONN_PER_UID {
+        if from_uid >= CONN_PER_UID && !self.close_idle_session(Some(peer.uid)) {
             return Err(format!(
                 "uid {} has {from_uid} control connections open (at most {CONN_PER_UID})",
                 peer.uid
             ));
         }
-        if self.conns.len() >= CONN_MAX - CONN_RESERVED {
+        if self.conns.len() >= CONN_MAX - CONN_RESERVED && !self.close_idle_session(None) {
             return Err(format!(
                 "{} control connections are open (at most {} for unprivileged users)",
                 self.conns.len(),
@@ -202,7 +254,9 @@ impl Daemon {
         let stale: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| now.saturating_sub(c.opened) > CONN_TIMEOUT_NS)
+            .filter(|(_, c)| {
+                (!c.session || !c.buf.is_empty()) && now.saturating_sub(c.opened) > CONN_TIMEOUT_NS
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in &stale {
@@ -227,53 +281,107 @@ impl Daemon {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let mut chunk = [0u8; 1024];
-        let mut closed = false;
-        loop {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-            if conn.buf.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        let line_end = conn.buf.iter().position(|&b| b == b'\n');
-        if line_end.is_none() && !closed && conn.buf.len() <= MAX_REQUEST {
+        let closed = read_available(conn);
+        if !request_ended(conn, closed) {
             return; // wait for the rest of the line
         }
         let conn = self.conns.remove(&id).expect("present above");
-        let _ = epoll::delete(&self.epoll, &conn.stream);
-        self.resume_accept();
-        let _ = conn.stream.set_nonblocking(false);
-        let _ = conn
-            .stream
-            .set_write_timeout(Some(std::time::Duration::from_secs(1)));
-        let Some(end) = line_end else {
-            if !conn.buf.is_empty() {
-                reply(
-                    conn.stream,
-                    &Response::err(format!(
-                        "request is not one line of at most {MAX_REQUEST} bytes"
-                    )),
-                );
+        let was_session = conn.session;
+        if !was_session {
+            // Answered and done (unless it asks for a session): out of the epoll set before
+            // its descriptor goes to whoever answers it.
+            let _ = epoll::delete(&self.epoll, &conn.stream);
+        }
+        match self.take_requests(conn, closed) {
+            Some(conn) if was_session => {
+                self.conns.insert(id, conn); // still watched under its id
             }
-            return;
-        };
-        match serde_json::from_slice::<Request>(&conn.buf[..end]) {
-            Ok(req) => self.handle(req, conn.stream, conn.peer),
-            Err(e) => reply(conn.stream, &Response::err(format!("bad request: {e}"))),
+            Some(conn) => self.keep(conn),
+            None => self.resume_accept(),
         }
     }
+
+    /// Answers `conn`'s request (its line is whole, or will not be); a session's every
+    /// whole line. Gives back a session to read again, `None` when the connection is done.
+    fn take_requests(&mut self, mut conn: Conn, closed: bool) -> Option<Conn> {
+        // A session ends here: out of the epoll set first (a request it holds keeps the
+        // socket open, and an event for an id no longer known would come again for ever).
+        let end_session = |d: &Self, c: &Conn| {
+            if c.session {
+                let _ = epoll::delete(&d.epoll, &c.stream);
+            }
+        };
+        loop {
+            let Some(end) = conn.buf.iter().position(|&b| b == b'\n') else {
+                if conn.session && !closed && conn.buf.len() <= MAX_REQUEST {
+                    return Some(conn); // the rest of the next line comes later
+                }
+                end_session(self, &conn);
+                if !conn.buf.is_empty() {
+                    reply(
+                        conn.stream,
+                        &Response::err(format!(
+                            "request is not one line of at most {MAX_REQUEST} bytes"
+                        )),
+                    );
+                }
+                return None;
+            };
+            let parsed = serde_json::from_slice::<Request>(&conn.buf[..end]);
+            conn.buf.drain(..=end);
+            if matches!(parsed, Ok(Request::Session)) {
+                conn.session = true;
+            }
+            if !conn.session {
+                match parsed {
+                    Ok(req) => self.handle(req, conn.stream, conn.peer),
+                    Err(e) => reply(conn.stream, &Response::err(format!("bad request: {e}"))),
+                }
+                return None;
+            }
+            // A session: the request is answered on a duplicate, the connection stays.
+            conn.opened = crate::mono_ns();
+            let Ok(answer_on) = conn.stream.try_clone() else {
+                end_session(self, &conn); // no descriptor: closed, the client opens another
+                return None;
+            };
+            match parsed {
+                Ok(req) => self.handle(req, answer_on, conn.peer),
+                Err(e) => reply(answer_on, &Response::err(format!("bad request: {e}"))),
+            }
+            if closed && !conn.buf.contains(&b'\n') {
+                end_session(self, &conn);
+                return None;
+            }
+        }
+    }
+}
+
+/// Reads what `conn`'s peer has sent, without blocking, until its line ends or it is over
+/// [`MAX_REQUEST`]: whether the peer closed (or the connection broke).
+fn read_available(conn: &mut Conn) -> bool {
+    let mut chunk = [0u8; 1024];
+    loop {
+        match rustix::net::recv(&conn.stream, &mut chunk, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return true,
+            Ok((n, _)) => {
+                let n = n.min(chunk.len());
+                conn.buf.extend_from_slice(&chunk[..n]);
+                if chunk[..n].contains(&b'\n') || conn.buf.len() > MAX_REQUEST {
+                    return false;
+                }
+            }
+            Err(rustix::io::Errno::AGAIN) => return false,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Whether `conn`'s request is as whole as it will be: its line ended, it is too long, or
+/// its peer closed.
+fn request_ended(conn: &Conn, closed: bool) -> bool {
+    closed || conn.buf.len() > MAX_REQUEST || conn.buf.contains(&b'\n')
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ impl Daemon {
         };
         match (req, entity) {
             (Request::Ping, _) => reply(stream, &Response::ok("pong")),
+            // Taken by the connection before it gets here (`conns.rs`); asked on a session
+            // already, it is one.
+            (Request::Session, _) => reply(stream, &Response::ok("session")),
             (Request::Hello, _) => {
                 let key = self.clients.as_ref().map(|c| c.key);
                 match key {
