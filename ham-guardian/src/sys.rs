@@ -14,6 +14,20 @@ pub use notify::{NotifyMessage, recv_notify};
 pub use pidfd::{pidfd_exit_status, pidfd_info_exit_supported};
 pub use proc_connector::ProcConnector;
 
+/// Bytes written on the socket `fd` that its peer has not read yet (`SIOCOUTQ`, which is
+/// `TIOCOUTQ`'s number; 0 when the kernel does not say).
+pub fn unread_bytes(fd: impl AsFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points to `n`, alive and
+    // writable for the call; the descriptor is borrowed, so open.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCOUTQ, &raw mut n) };
+    if r == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// The pid of a child that has exited and is waiting to be reaped, without reaping it
 /// (`waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT)`). `Ok(None)` when there is none.
 pub fn peek_exited_child() -> io::Result<Option<i32>> {

@@ -209,6 +209,7 @@ fn ask_on(c: &std::os::unix::net::UnixStream, line: &str) -> serde_json::Value {
 
 #[test]
 fn a_session_answers_request_after_request_on_one_connection() {
+    use std::io::Write;
     let ham = Ham::start("session", &sleeper("a"));
     ham.wait_for("running", |s| running(s, "a"));
     let c = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
@@ -238,16 +239,31 @@ fn a_session_answers_request_after_request_on_one_connection() {
     let a = ask_on(&c, "{\"cmd\":\"start\",\"entity\":\"a\"}\n");
     assert_eq!(a["ok"], true, "{a}");
     ham.wait_for("a running again", |s| running(s, "a"));
-    // Two lines written at once are both answered, in turn.
+    // A session that asks again before reading its answers is answered once, then closed
+    // (its answers would fill the socket, and each further write hold ham's loop).
     {
-        use std::io::{BufRead, Write};
+        use std::io::Read;
         (&c).write_all(b"{\"cmd\":\"ping\"}\n{\"cmd\":\"hello\"}\n")
             .unwrap();
-        let mut r = std::io::BufReader::new(&c);
-        let (mut first, mut second) = (String::new(), String::new());
-        r.read_line(&mut first).unwrap();
-        r.read_line(&mut second).unwrap();
-        assert!(first.contains("pong"), "{first}");
-        assert!(second.contains("token"), "{second}");
+        // Read nothing until ham has closed its end (so the first answer is unread when
+        // ham takes the second line, whatever the timing).
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&c),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, DEADLINE.as_millis() as i32) };
+        assert_eq!(n, 1, "ham did not close the session");
+        let mut rest = String::new();
+        (&c).read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("pong") && !rest.contains("token"), "{rest}");
     }
+    assert!(ham.ctl(&["ping"]).status.success());
+    assert!(
+        ham.stderr()
+            .contains("asked again before reading its answers"),
+        "{}",
+        ham.stderr()
+    );
 }

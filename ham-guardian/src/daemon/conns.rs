@@ -281,7 +281,11 @@ impl Daemon {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        let was_empty = conn.buf.is_empty();
         let closed = read_available(conn);
+        if conn.session && was_empty && !conn.buf.is_empty() {
+            conn.opened = crate::mono_ns(); // a new request begins: its 5 s start now
+        }
         if !request_ended(conn, closed) {
             return; // wait for the rest of the line
         }
@@ -339,7 +343,21 @@ impl Daemon {
                 }
                 return None;
             }
-            // A session: the request is answered on a duplicate, the connection stays.
+            // A session: the request is answered on a duplicate, the connection stays. Its
+            // client reads each answer before it asks again; one that does not would fill
+            // the socket with answers until each write held the loop for its timeout.
+            if crate::sys::unread_bytes(&conn.stream) > 0 {
+                end_session(self, &conn);
+                self.say_limited(
+                    "session-unread",
+                    format_args!(
+                        "closed a control session of uid {} (pid {}): it asked again before \
+                         reading its answers",
+                        conn.peer.uid, conn.peer.pid
+                    ),
+                );
+                return None;
+            }
             conn.opened = crate::mono_ns();
             let Ok(answer_on) = conn.stream.try_clone() else {
                 end_session(self, &conn); // no descriptor: closed, the client opens another
