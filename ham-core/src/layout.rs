@@ -528,6 +528,48 @@ pub struct EntityRecord {
     /// Bit k set: the entity's condition k (in configuration order) was pruned by a
     /// restart because it does not re-arm (QNX `HREARMAFTERRESTART` unset).
     pub disarmed: u64,
+    /// How its next (or current) process starts (`HAM_RESTART`): kept here so that a
+    /// successor that carries out a restart its predecessor began tells the process what
+    /// the predecessor decided.
+    pub restart_kind: RestartKind,
+}
+
+/// How a process starts (`HAM_RESTART` in its environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartKind {
+    /// Started, not restarted: by ham at its start, or by an operator.
+    #[default]
+    First,
+    /// An automatic restart that keeps its checkpoints.
+    Stateful,
+    /// An automatic restart that starts from an empty store.
+    Stateless,
+}
+
+impl RestartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartKind::First => "first",
+            RestartKind::Stateful => "stateful",
+            RestartKind::Stateless => "stateless",
+        }
+    }
+
+    fn to_bits(self) -> u64 {
+        match self {
+            RestartKind::First => 0,
+            RestartKind::Stateful => 1,
+            RestartKind::Stateless => 2,
+        }
+    }
+
+    fn from_bits(b: u64) -> Self {
+        match b & 3 {
+            1 => RestartKind::Stateful,
+            2 => RestartKind::Stateless,
+            _ => RestartKind::First,
+        }
+    }
 }
 
 /// What a client asked for when it attached: a beat every `period_ns`; `missed_low` and
@@ -564,6 +606,7 @@ impl EntityRecord {
             restart_stamps: crate::engine::Stamps::default(),
             heartbeat: None,
             disarmed: 0,
+            restart_kind: RestartKind::First,
         }
     }
 
@@ -592,7 +635,8 @@ impl EntityRecord {
         b[word::PENDING] = u64::from(self.restart_pending)
             | (u64::from(self.restart_automatic) << 1)
             | (u64::from(self.device_restart_pending) << 2)
-            | (u64::from(self.ready) << 3);
+            | (u64::from(self.ready) << 3)
+            | (self.restart_kind.to_bits() << 4);
         let (ex, ex_len) = self.exit_stamps.to_words();
         let (rs, rs_len) = self.restart_stamps.to_words();
         b[word::EXITS..word::EXITS + ex.len()].copy_from_slice(&ex);
@@ -647,6 +691,7 @@ impl EntityRecord {
             restart_automatic: b[word::PENDING] & 2 == 2,
             device_restart_pending: b[word::PENDING] & 4 == 4,
             ready: b[word::PENDING] & 8 == 8,
+            restart_kind: RestartKind::from_bits(b[word::PENDING] >> 4),
             exit_stamps: crate::engine::Stamps::from_words(
                 b[word::EXITS..word::EXITS + crate::engine::STAMPS]
                     .try_into()
@@ -881,6 +926,7 @@ mod tests {
                 missed_high: 4,
             }),
             disarmed: 0b101,
+            restart_kind: RestartKind::Stateless,
         }
     }
 

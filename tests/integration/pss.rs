@@ -419,3 +419,52 @@ fn concurrent_durable_puts_all_reach_the_disk() {
     want.sort();
     assert_eq!(keys, want);
 }
+
+#[test]
+fn a_successor_tells_a_restarted_process_what_its_predecessor_decided() {
+    // HAM_RESTART was kept only in the HAM's memory: a HAM killed after it had decided a
+    // stateful restart (and published `starting`) and before the fork left its successor to
+    // start the process as `first`. It is in the entity's record now.
+    let marks = tempfile::tempdir().unwrap();
+    let fired = marks.path().join("fired");
+    let fired_s = fired.display().to_string();
+    let seen = marks.path().join("seen");
+    let body = format!(
+        "[[entity]]\nname = \"app\"\ncommand = [\"/bin/sh\", \"-c\", \
+         \"echo \\\"$HAM_RESTART $HAM_PREVIOUS_EXIT\\\" >> {}; exec sleep 1000\"]\n",
+        seen.display()
+    );
+    let env = [
+        ("HAM_FAILPOINT", "spawn:after-starting"),
+        ("HAM_FAILPOINT_FILE", fired_s.as_str()),
+    ];
+    let mut ham = Ham::start_with("pss-restart-kind", "", &body, &env);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    // The first start is past its failpoint once the loop answers (one thread, one call).
+    assert!(ham.ctl(&["ping"]).status.success());
+    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    let first = pid_of(&s, "app");
+    assert!(kill_and_wait(first));
+    // The HAM dies between publishing `starting` and forking; its Guardian takes over and
+    // starts the process.
+    assert_eq!(ham.wait_exit(), -1);
+    assert!(fired.exists());
+    let s = ham.wait_for("app running under the successor", |s| {
+        s["ham"]["alive"] == true && running(s, "app") && pid_of(s, "app") != first
+    });
+    assert_eq!(entity(&s, "app")["restarts"], 1, "{s}");
+    wait_until(&ham, "the second process's line", || {
+        std::fs::read_to_string(&seen).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    let lines: Vec<String> = std::fs::read_to_string(&seen)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["first none", "stateful signal:9"],
+        "{}",
+        ham.stderr()
+    );
+}

@@ -45,8 +45,6 @@ pub(super) struct Entity {
     pub(super) waiters: Vec<(UnixStream, WaitFor)>,
     /// Its checkpoint store, once a process opened it (or a reader asked).
     pub(super) pss: Option<ham_core::pss::PssMap>,
-    /// How its next process starts (`HAM_RESTART`).
-    pub(super) restart_kind: super::pss::RestartKind,
     /// Its durable checkpoints: what is on disk, what is being written, who waits.
     pub(super) pss_durable: super::pss::Durable,
     /// Its message queue, once a message was sent to it (or a predecessor's was found).
@@ -97,7 +95,6 @@ impl Entity {
             env,
             waiters: Vec::new(),
             pss: None,
-            restart_kind: Default::default(),
             pss_durable: Default::default(),
             mts: None,
             mts_waiters: Vec::new(),

@@ -99,18 +99,18 @@ impl Daemon {
                 Effect::CountStart => {
                     let e = &mut self.entities[i];
                     e.rec.starts += 1;
-                    e.restart_kind = super::pss::RestartKind::First;
+                    e.rec.restart_kind = ham_core::layout::RestartKind::First;
                 }
                 Effect::CountRestart => {
                     restarted = Some(self.count_restart(i));
-                    self.entities[i].restart_kind = if why.stateless {
+                    self.entities[i].rec.restart_kind = if why.stateless {
                         // Its next process starts from an empty checkpoint store, and with
                         // no message waiting.
                         self.pss_clear(i);
                         self.mts_drop(i);
-                        super::pss::RestartKind::Stateless
+                        ham_core::layout::RestartKind::Stateless
                     } else {
-                        super::pss::RestartKind::Stateful
+                        ham_core::layout::RestartKind::Stateful
                     };
                 }
                 Effect::Spawn => self.spawn(i),

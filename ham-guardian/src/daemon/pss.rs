@@ -13,28 +13,6 @@ use ham_core::pss::{FLAG_DURABLE, PssMap};
 
 use super::*;
 
-/// How a process starts (`HAM_RESTART` in its environment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum RestartKind {
-    /// Started, not restarted: by ham at its start, or by an operator.
-    #[default]
-    First,
-    /// An automatic restart that keeps its checkpoints.
-    Stateful,
-    /// An automatic restart that starts from an empty store.
-    Stateless,
-}
-
-impl RestartKind {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            RestartKind::First => "first",
-            RestartKind::Stateful => "stateful",
-            RestartKind::Stateless => "stateless",
-        }
-    }
-}
-
 /// `HAM_PREVIOUS_EXIT`: how the previous process ended (`none` if there was none).
 pub(super) fn previous_exit(rec: &EntityRecord) -> String {
     if rec.exited_unix_ns == 0 {

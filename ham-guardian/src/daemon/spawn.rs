@@ -124,7 +124,7 @@ impl Daemon {
         // How it starts: first, or restarted with or without its checkpoints, and how the
         // process before it ended.
         let mut env = e.env.clone();
-        env.push(("HAM_RESTART".into(), e.restart_kind.as_str().into()));
+        env.push(("HAM_RESTART".into(), e.rec.restart_kind.as_str().into()));
         env.push((
             "HAM_PREVIOUS_EXIT".into(),
             super::pss::previous_exit(&e.rec),
