@@ -416,6 +416,14 @@ ptrdiff_t ham_pss_get(const char *key, void *buf, size_t len);
 ptrdiff_t ham_pss_get_entity(const char *ename, const char *key, void *buf, size_t len);
 
 /*
+ Lists the keys of this process's entity's store into `buf` (at most `len` bytes): each
+ key followed by a NUL, in byte order. Returns the length the whole list takes, which is
+ more than `len` when `buf` was too small (call again with a larger one); 0 for an empty
+ store. `-1` and `errno`: `EPERM` (not an entity's process), `EINVAL`.
+ */
+ptrdiff_t ham_pss_keys(char *buf, size_t len);
+
+/*
  Deletes `key` from this process's entity's store: 0, or `-1` and `errno` (`ENOENT`
  when it was not there).
  */

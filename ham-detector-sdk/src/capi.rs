@@ -1661,6 +1661,28 @@ pub unsafe extern "C" fn ham_pss_get_entity(
     }
 }
 
+/// Lists the keys of this process's entity's store into `buf` (at most `len` bytes): each
+/// key followed by a NUL, in byte order. Returns the length the whole list takes, which is
+/// more than `len` when `buf` was too small (call again with a larger one); 0 for an empty
+/// store. `-1` and `errno`: `EPERM` (not an entity's process), `EINVAL`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ham_pss_keys(buf: *mut c_char, len: usize) -> isize {
+    match with_pss(|p| Ok(p.keys())) {
+        Ok(keys) => {
+            let mut names: Vec<String> = keys.into_iter().map(|(k, _, _)| k).collect();
+            names.sort();
+            let mut list = Vec::new();
+            for k in names {
+                list.extend_from_slice(k.as_bytes());
+                list.push(0);
+            }
+            // SAFETY: the caller passes `len` writable bytes at `buf` (or len 0).
+            unsafe { copy_out(&list, buf.cast(), len) }
+        }
+        Err(e) => fail_int(e) as isize,
+    }
+}
+
 /// Deletes `key` from this process's entity's store: 0, or `-1` and `errno` (`ENOENT`
 /// when it was not there).
 #[unsafe(no_mangle)]

@@ -214,6 +214,19 @@ fn a_c_counter_goes_on_from_its_checkpoint_after_each_kill() {
             "kill {kill}: count {c} at the kill, started from {from}"
         );
         last = from;
+        // It listed its keys (`ham_pss_keys`) before putting any.
+        let req = ham_guardian::control::Request::PssRead {
+            entity: "counter".into(),
+            key: Some("keys-at-start".into()),
+        };
+        let r = ham_guardian::control::request(
+            &ham.socket_path(),
+            &req,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        let listed = Vec::from(r.pss.unwrap()).remove(0).value;
+        assert_eq!(listed, b"count\0keys-at-start\0started-from\0");
     }
 }
 
