@@ -18,8 +18,9 @@ _hamctl() {
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss ping" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
+        cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status" -- "$cur")) ;;
     esac
 }
 complete -F _hamctl hamctl

@@ -332,7 +332,8 @@ mod word {
     pub const EXITED_UNIX: usize = 18;
     pub const POLICY: usize = 19; // POLICY..POLICY+engine::MEMORY_WORDS
     pub const PENDING: usize = 54; // bit 0: start again once stopped; bit 1: automatically;
-    // bit 2: a device restart to journal
+    // bit 2: a device restart to journal; bit 3: ready; bits 4-5: the restart kind
+    // (HAM_RESTART: 0 first, 1 stateful, 2 stateless)
     pub const EXITS: usize = 55; // EXITS..EXITS+16: recent automatic exits (for conditions)
     pub const RESTARTS_AT: usize = 71; // ..+16: recent automatic restarts
     pub const STAMP_LENS: usize = 87; // exits len | restarts len << 8

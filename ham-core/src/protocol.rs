@@ -91,6 +91,63 @@ pub enum Request {
     MtsRecv { entity: String, wait_ns: u64 },
     /// Message `id` of entity `entity`'s queue is handled: it leaves the queue.
     MtsAck { entity: String, id: u64 },
+    /// The cluster agent's report of what it knows (only from the agent's process, or root
+    /// and ham's user); ham keeps the last one for `cluster-status`.
+    ClusterReport { state: Box<ClusterState> },
+    /// The cluster as this node knows it: answered in `cluster`.
+    ClusterStatus,
+}
+
+/// What a node knows of its cluster (`hamctl cluster status --json` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: String,
+    pub node: String,
+    pub view: ClusterView,
+    /// The node holding the master role, if one is known.
+    #[serde(default)]
+    pub master: Option<String>,
+    #[serde(default)]
+    pub singletons: Vec<ClusterSingleton>,
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, ClusterSetting>,
+    /// This node cannot vouch for the view: its lease was not renewed within its TTL, etcd
+    /// could not be read (no majority), or the agent has not reported.
+    pub stale: bool,
+    /// Why it is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The members of the cluster, and the id of this view of them (the etcd revision of the
+/// change that made it: a new one at every join and leave).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: u64,
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub node: String,
+    /// When it joined (Unix ms).
+    pub since: u64,
+}
+
+/// A singleton entity: its owner (if any) and the fencing token it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSingleton {
+    pub name: String,
+    pub owner: Option<String>,
+    pub token: u64,
+}
+
+/// A cluster-wide setting: its value, the node it was set on and the etcd revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSetting {
+    pub value: String,
+    pub origin: String,
+    pub revision: u64,
 }
 
 /// A message as `MtsRecv` answers it.
@@ -133,7 +190,9 @@ impl Request {
             | Self::PssRead { .. }
             | Self::MtsSend { .. }
             | Self::MtsRecv { .. }
-            | Self::MtsAck { .. } => true,
+            | Self::MtsAck { .. }
+            | Self::ClusterReport { .. }
+            | Self::ClusterStatus => true,
             Self::Verbose { op, .. } => *op == VerboseOp::Get,
             Self::Define {
                 change: Change::Control { command, .. },
@@ -173,6 +232,9 @@ pub struct Response {
     /// `mts-recv`: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mts: Option<Box<MtsItem>>,
+    /// `cluster-status`: what this node knows of its cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Box<ClusterState>>,
 }
 
 impl Response {
@@ -188,6 +250,7 @@ impl Response {
             flags: None,
             pss: None,
             mts: None,
+            cluster: None,
         }
     }
     /// A refusal with the errno a C caller gets.
@@ -208,6 +271,7 @@ impl Response {
             flags: None,
             pss: None,
             mts: None,
+            cluster: None,
         }
     }
     /// The response as one line, newline included.

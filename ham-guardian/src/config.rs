@@ -34,6 +34,7 @@ pub const INSTANCE_NAME_MAX: usize = 32;
 struct RawFile {
     ham: Spanned<RawHam>,
     device: Option<RawDevice>,
+    cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     entity: Vec<Spanned<RawEntity>>,
     #[serde(default)]
@@ -50,6 +51,16 @@ struct RawGroup {
     name: Spanned<String>,
     strategy: Option<Spanned<String>>,
     members: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    node: Spanned<String>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    lease_ttl: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +419,30 @@ pub struct Config {
     pub ring_abandon_after_ns: u64,
     pub entities: Vec<EntityConfig>,
     pub groups: Vec<Group>,
+    /// `[cluster]`: this box is a node of a cluster kept in etcd (None: single box).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The entity ham adds to run its cluster agent when `[cluster]` is set.
+pub const CLUSTER_AGENT_ENTITY: &str = "ham-cluster";
+/// `[cluster] lease_ttl` when unset, and its floor (etcd raises shorter TTLs to its own
+/// minimum, about 1.5 s with default timing).
+pub const DEFAULT_LEASE_TTL: &str = "5s";
+pub const MIN_LEASE_TTL_NS: u64 = 2_000_000_000;
+
+/// `[cluster]`: the cluster this box is a node of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The cluster's name: its keys live under `/ham/<name>/` in etcd.
+    pub name: String,
+    /// This box's name in the cluster.
+    pub node: String,
+    /// etcd client URLs (`http://host:port`), this box's own member first.
+    pub endpoints: Vec<String>,
+    /// The lease this node's registration (and its placements) hang on.
+    pub lease_ttl_ns: u64,
+    /// The agent's program (default: `ham-cluster` beside the `ham` binary).
+    pub agent: PathBuf,
 }
 
 /// `[ham] cgroup`: how entities' processes are tracked.

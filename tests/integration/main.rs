@@ -8,6 +8,7 @@ mod util;
 
 mod capi;
 mod chaos;
+mod cluster;
 mod conditions;
 mod config_errors;
 mod control;

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
         }
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
         Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
+        Command::ClusterStatus { json } => return print_cluster(&inst, json, args.timeout),
         Command::Cores { entity, json } => {
             let cores = ham_guardian::cores::list(&inst.cores_dir, entity.as_deref());
             if json {
@@ -159,6 +160,77 @@ fn print_log(inst: &config::Instance, entity: Option<&str>, json: bool) -> ExitC
 }
 
 /// `hamctl pss ENTITY`: the entity's keys, as ham reads them.
+fn print_cluster(inst: &config::Instance, json: bool, timeout: std::time::Duration) -> ExitCode {
+    let state = match control::request(
+        &inst.socket_path(),
+        &control::Request::ClusterStatus,
+        timeout,
+    ) {
+        Ok(r) if r.ok => match r.cluster {
+            Some(c) => *c,
+            None => {
+                eprintln!("hamctl: ham answered cluster-status without a state");
+                return ExitCode::from(exit::FAILED as u8);
+            }
+        },
+        Ok(r) => {
+            eprintln!(
+                "hamctl: {}",
+                r.error.unwrap_or_else(|| "request failed".into())
+            );
+            return ExitCode::from(exit::FAILED as u8);
+        }
+        Err(e) => {
+            eprintln!("hamctl: {e}");
+            return ExitCode::from(exit::UNAVAILABLE as u8);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&state).expect("serialisable")
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("cluster {}, node {}", state.cluster, state.node);
+    match (&state.stale, &state.why) {
+        (true, Some(why)) => println!("view STALE: {why}"),
+        (true, None) => println!("view STALE"),
+        (false, _) => {}
+    }
+    println!(
+        "view {} ({} members)",
+        state.view.id,
+        state.view.members.len()
+    );
+    for m in &state.view.members {
+        let me = if m.node == state.node {
+            "  (this node)"
+        } else {
+            ""
+        };
+        println!("  {:<24} since {}{me}", m.node, utc(m.since));
+    }
+    if let Some(m) = &state.master {
+        println!("master {m}");
+    }
+    for s in &state.singletons {
+        println!(
+            "singleton {:<24} owner {:<16} token {}",
+            s.name,
+            s.owner.as_deref().unwrap_or("-"),
+            s.token
+        );
+    }
+    for (k, v) in &state.settings {
+        println!(
+            "setting {k} = {} (from {}, revision {})",
+            v.value, v.origin, v.revision
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn print_pss(
     inst: &config::Instance,
     entity: &str,

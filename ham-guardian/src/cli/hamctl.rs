@@ -28,6 +28,10 @@ pub enum Command {
         entity: Option<String>,
         json: bool,
     },
+    /// `cluster status`: what this node knows of its cluster.
+    ClusterStatus {
+        json: bool,
+    },
     /// A request to the running ham.
     Send(Request),
 }
@@ -125,9 +129,9 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
     if tree && name != "status" {
         return Err(format!("--tree is an option of status, not of {name}"));
     }
-    if json && !matches!(name, "status" | "log" | "pss" | "cores") {
+    if json && !matches!(name, "status" | "log" | "pss" | "cores" | "cluster") {
         return Err(format!(
-            "--json is an option of status, log, pss and cores, not of {name}"
+            "--json is an option of status, log, pss, cores and cluster status, not of {name}"
         ));
     }
     let entity = |what: &str| match rest {
@@ -163,6 +167,10 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
         "pss" => Command::Pss {
             entity: entity("pss")?,
             json,
+        },
+        "cluster" => match rest {
+            ["status"] => Command::ClusterStatus { json },
+            _ => return Err("cluster takes status".into()),
         },
         "start" => Command::Send(Request::Start {
             entity: entity("start")?,
@@ -222,6 +230,7 @@ mod tests {
                 .args
                 .replace("[--json|--tree]", "")
                 .replace("enable|disable", "enable")
+                .replace("status [--json]", "status --json")
                 .replace("[ENTITY] [--json]", "x --json")
                 .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")
@@ -246,6 +255,7 @@ mod tests {
             "raise",
             "pss",
             "cores",
+            "cluster",
             "ping",
         ] {
             assert!(described.contains(&w), "{w} is not in the help");
@@ -311,7 +321,7 @@ mod tests {
             ("ping now", "ping takes no arguments"),
             (
                 "stop x --json",
-                "--json is an option of status, log, pss and cores",
+                "--json is an option of status, log, pss, cores and cluster status",
             ),
             ("pss", "pss takes one ENTITY"),
             ("log --tree", "--tree is an option of status"),

@@ -97,7 +97,7 @@ pub static HAMCTL: Spec = Spec {
             long: "json",
             short: None,
             value: None,
-            help: "status, log, pss, cores: JSON instead of a table",
+            help: "status, log, pss, cores, cluster status: JSON instead of a table",
         },
         Opt {
             long: "tree",
@@ -173,6 +173,13 @@ pub static HAMCTL: Spec = Spec {
             help: "an entity's checkpoint store: each key with its scope, durability, size, \
                    generation and value",
             words: &[],
+        },
+        Cmd {
+            name: "cluster",
+            args: "status [--json]",
+            help: "the cluster as this node knows it ([cluster]): the view's id and members, \
+                   the master, singletons and settings, and whether the view is stale",
+            words: &["status"],
         },
         Cmd {
             name: "ping",

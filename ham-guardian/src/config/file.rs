@@ -218,6 +218,28 @@ pub(super) fn parse_with(
         }
     };
 
+    let cluster = match &raw.cluster {
+        None => None,
+        Some(c) => {
+            let cl = cluster(&ctx, c.get_ref())?;
+            if let Some(e) = raw
+                .entity
+                .iter()
+                .find(|e| e.get_ref().name.get_ref() == CLUSTER_AGENT_ENTITY)
+            {
+                return Err(ctx.err(
+                    Some(e.get_ref().name.span()),
+                    Some("entity.name".into()),
+                    format!(
+                        "`{CLUSTER_AGENT_ENTITY}` is the entity ham adds for [cluster]'s agent"
+                    ),
+                ));
+            }
+            entities.push(agent_entity(&ctx, entities.len(), &cl)?);
+            Some(cl)
+        }
+    };
+
     Ok(Config {
         path: file.to_owned(),
         instance,
@@ -236,7 +258,132 @@ pub(super) fn parse_with(
         ring_abandon_after_ns,
         entities,
         groups,
+        cluster,
     })
+}
+
+/// A cluster or node name: it goes into etcd keys.
+fn cluster_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn cluster(ctx: &Ctx, c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
+    for (key, v) in [("cluster.name", &c.name), ("cluster.node", &c.node)] {
+        if !cluster_name_ok(v.get_ref()) {
+            return Err(ctx.err(
+                Some(v.span()),
+                Some(key.into()),
+                "must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+    }
+    if c.endpoints.get_ref().is_empty() {
+        return Err(ctx.err(
+            Some(c.endpoints.span()),
+            Some("cluster.endpoints".into()),
+            "at least one etcd client URL (this box's own member first)",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    for e in c.endpoints.get_ref() {
+        let url = e.get_ref().trim_end_matches('/');
+        let Some(rest) = url.strip_prefix("http://") else {
+            let why = if url.starts_with("https://") {
+                "TLS is not supported yet: use etcd's plain client URL on a trusted network"
+            } else {
+                "must be an etcd client URL, `http://host:port`"
+            };
+            return Err(ctx.err(Some(e.span()), Some("cluster.endpoints".into()), why));
+        };
+        if rest.is_empty() || rest.contains('/') {
+            return Err(ctx.err(
+                Some(e.span()),
+                Some("cluster.endpoints".into()),
+                "must be `http://host:port`, with no path",
+            ));
+        }
+        endpoints.push(url.to_owned());
+    }
+    let lease_ttl_ns = match &c.lease_ttl {
+        None => duration::parse_ns(DEFAULT_LEASE_TTL).expect("default parses"),
+        Some(t) => {
+            let ns = duration::parse_ns(t.get_ref())
+                .map_err(|why| ctx.err(Some(t.span()), Some("cluster.lease_ttl".into()), why))?;
+            if ns < MIN_LEASE_TTL_NS || ns % 1_000_000_000 != 0 {
+                return Err(ctx.err(
+                    Some(t.span()),
+                    Some("cluster.lease_ttl".into()),
+                    "must be a whole number of seconds, at least 2s (etcd's leases count in seconds)",
+                ));
+            }
+            ns
+        }
+    };
+    let agent = match &c.agent {
+        Some(a) => {
+            let search = std::env::var("PATH").unwrap_or_default();
+            ctx.program(a.get_ref(), a.span().start, &search)
+                .map_err(|why| ctx.err(Some(a.span()), Some("cluster.agent".into()), why))?
+        }
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join(CLUSTER_AGENT_ENTITY)))
+                .unwrap_or_else(|| PathBuf::from(CLUSTER_AGENT_ENTITY));
+            if ctx.strict && !is_executable(&beside) {
+                return Err(ctx.err(
+                    None,
+                    Some("cluster.agent".into()),
+                    format!(
+                        "no agent at {} (build it: cargo build -p ham-cluster; or set \
+                         cluster.agent)",
+                        beside.display()
+                    ),
+                ));
+            }
+            beside
+        }
+    };
+    Ok(ClusterConfig {
+        name: c.name.get_ref().clone(),
+        node: c.node.get_ref().clone(),
+        endpoints,
+        lease_ttl_ns,
+        agent,
+    })
+}
+
+/// The entity that runs the cluster agent: restarted at once, stopped quickly.
+fn agent_entity(ctx: &Ctx, i: usize, c: &ClusterConfig) -> Result<EntityConfig, ConfigError> {
+    let text = format!(
+        "name = {}\ncommand = [{}]\nstop_timeout = \"2s\"\n",
+        toml_string(CLUSTER_AGENT_ENTITY),
+        toml_string(&c.agent.to_string_lossy())
+    );
+    let raw: RawEntity = toml::from_str(&text).map_err(|e| {
+        ctx.err(
+            None,
+            Some("cluster".into()),
+            format!("the agent's entity: {e}"),
+        )
+    })?;
+    // Its program was checked above; errors point into this text, not the file's.
+    let own = Ctx {
+        file: ctx.file,
+        text: &text,
+        dir: ctx.dir.clone(),
+        strict: false,
+        runtime_from: usize::MAX,
+    };
+    entity(&own, i, &raw)
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
 }
 
 pub(super) fn is_executable(p: &Path) -> bool {

@@ -84,9 +84,16 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
         | Request::MtsSend { .. }
         | Request::MtsRecv { .. }
         | Request::MtsAck { .. }
+        | Request::ClusterStatus
         | Request::Verbose {
             op: VerboseOp::Get, ..
         } => Ok(Grant::Client),
+        // Only the agent ham runs for [cluster] reports what the cluster is.
+        Request::ClusterReport { .. }
+            if caller.is_process_of(crate::config::CLUSTER_AGENT_ENTITY) =>
+        {
+            Ok(Grant::Entity(crate::config::CLUSTER_AGENT_ENTITY.into()))
+        }
         Request::Define {
             change: Change::Condition { entity, .. } | Change::Action { entity, .. },
         } if caller.is_process_of(entity) => Ok(Grant::Entity(entity.clone())),

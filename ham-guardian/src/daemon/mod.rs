@@ -48,6 +48,7 @@ macro_rules! say {
 
 mod authz;
 mod clients;
+mod cluster;
 mod conns;
 mod cores;
 mod entity;
@@ -154,6 +155,8 @@ pub struct Daemon {
     accept_paused: bool,
     /// Repeated log lines, at most one a second per kind.
     limited: conns::RateLimit,
+    /// The cluster agent's last report, and when it came.
+    cluster: Option<(ham_core::protocol::ClusterState, u64)>,
     entities: entity::EntityTable,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,

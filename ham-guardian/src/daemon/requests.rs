@@ -64,6 +64,11 @@ impl Daemon {
             // Taken by the connection before it gets here (`conns.rs`); asked on a session
             // already, it is one.
             (Request::Session, _) => reply(stream, &Response::ok("session")),
+            (Request::ClusterReport { state }, _) => {
+                let r = self.cluster_report(*state);
+                reply(stream, &r);
+            }
+            (Request::ClusterStatus, _) => reply(stream, &self.cluster_status()),
             (Request::Hello, _) => {
                 let key = self.clients.as_ref().map(|c| c.key);
                 match key {

@@ -340,6 +340,7 @@ impl Daemon {
             deferred: Default::default(),
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
+            cluster: None,
             next_conn: 0,
             entities: Default::default(),
             shutdown: None,

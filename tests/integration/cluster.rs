@@ -1,0 +1,330 @@
+//! Issue 15: many boxes on etcd. Three etcd members and three ham instances on loopback,
+//! each with its own ports and folders; the tests kill only what they started.
+//!
+//! Without `etcd` on PATH these tests say they are skipped and pass, unless
+//! `HAM_REQUIRE_ETCD=1` (set by `.ci/run`, which installs etcd-server) makes that a failure.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// etcd's server, or `None` (the test is skipped, and says so).
+fn etcd_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HAM_REQUIRE_ETCD").is_none(),
+            "HAM_REQUIRE_ETCD is set and there is no etcd on PATH (apt-get install etcd-server)"
+        );
+        eprintln!("skipped: no etcd on PATH (apt-get install etcd-server)");
+    }
+    found
+}
+
+/// The agent ham runs for [cluster]: beside `ham` (cargo test --workspace builds it).
+fn agent_bin() -> PathBuf {
+    let p = Path::new(HAM).parent().unwrap().join("ham-cluster");
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p ham-cluster`)",
+        p.display()
+    );
+    p
+}
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET on loopback: the body, if it answered.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+struct Member {
+    child: Child,
+    client: u16,
+}
+
+/// An etcd cluster of the test's own: its members are the test's children, killed and
+/// reaped on drop.
+struct Etcd {
+    _dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl Etcd {
+    fn start(bin: &Path, n: usize) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("ham-etcd-")
+            .tempdir()
+            .unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let token = unique_name("etcd");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+                let child = Command::new(bin)
+                    .arg("--name")
+                    .arg(format!("m{i}"))
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("m{i}")))
+                    .arg("--listen-client-urls")
+                    .arg(format!("http://127.0.0.1:{client}"))
+                    .arg("--advertise-client-urls")
+                    .arg(format!("http://127.0.0.1:{client}"))
+                    .arg("--listen-peer-urls")
+                    .arg(format!("http://127.0.0.1:{peer}"))
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(format!("http://127.0.0.1:{peer}"))
+                    .arg("--initial-cluster")
+                    .arg(initial.join(","))
+                    .arg("--initial-cluster-token")
+                    .arg(&token)
+                    .arg("--initial-cluster-state")
+                    .arg("new")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("etcd starts");
+                Member { child, client }
+            })
+            .collect();
+        let etcd = Etcd { _dir: dir, members };
+        for m in &etcd.members {
+            let deadline = std::time::Instant::now() + DEADLINE;
+            while !http_get(m.client, "/health").is_some_and(|b| b.contains("\"true\"")) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "etcd on port {} not healthy",
+                    m.client
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        etcd
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client)
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.members[i].child.id() as i32),
+            sig,
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+    }
+}
+
+/// A ham instance as node `node` of cluster `cluster`, using only `endpoint` (so that
+/// stopping that etcd member cuts this node off), with a lease of 2 s.
+fn node(cluster: &str, node: &str, endpoint: &str) -> Ham {
+    let body = format!(
+        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\nendpoints = [\"{endpoint}\"]\n\
+         lease_ttl = \"2s\"\nagent = \"{}\"\n\n{}",
+        agent_bin().display(),
+        sleeper("app")
+    );
+    Ham::start(&format!("cl-{node}"), &body)
+}
+
+/// `hamctl cluster status --json`, if ham answered.
+fn cluster_status(ham: &Ham) -> Option<Value> {
+    let out = ham.ctl(&["cluster", "status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn members(s: &Value) -> Vec<String> {
+    s["view"]["members"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|m| m["node"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every ham in `hams` reports a fresh view of exactly `want`, the same view on
+/// each: its id.
+fn converged(hams: &[&Ham], want: &[&str], what: &str) -> u64 {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let last = hams.iter().map(|h| cluster_status(h)).collect::<Vec<_>>();
+        let ok = last.iter().all(|s| {
+            s.as_ref()
+                .is_some_and(|s| s["stale"] == false && members(s) == want)
+        });
+        let ids: Vec<u64> = last
+            .iter()
+            .filter_map(|s| s.as_ref().and_then(|s| s["view"]["id"].as_u64()))
+            .collect();
+        if ok && ids.len() == hams.len() && ids.iter().all(|&i| i == ids[0] && i > 0) {
+            return ids[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the views did not converge on {want:?}: {last:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_view_forms_loses_a_cut_off_node_and_re_forms_without_an_operator() {
+    let Some(bin) = etcd_bin() else { return };
+    let etcd = Etcd::start(&bin, 3);
+    let cluster = unique_name("c").replace('-', "_");
+    let a = node(&cluster, "a", &etcd.url(0));
+    let b = node(&cluster, "b", &etcd.url(1));
+    let c = node(&cluster, "c", &etcd.url(2));
+    let v1 = converged(&[&a, &b, &c], &["a", "b", "c"], "at start");
+
+    // c's agent hangs: its lease is not renewed, so c leaves the others' view, and c's
+    // own view goes stale (ham holds the deadline, not the agent).
+    let agent = pid_of(&c.status(), "ham-cluster");
+    let stop = |sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), sig).unwrap();
+    };
+    stop(nix::sys::signal::Signal::SIGSTOP);
+    let v2 = converged(&[&a, &b], &["a", "b"], "c's agent stopped");
+    assert_ne!(v2, v1, "a leave is a new view");
+    wait_until(&c, "c's view stale", || {
+        cluster_status(&c).is_some_and(|s| s["stale"] == true)
+    });
+    stop(nix::sys::signal::Signal::SIGCONT);
+    let v3 = converged(&[&a, &b, &c], &["a", "b", "c"], "c's agent continued");
+    assert!(v3 > v2, "a join is a new view ({v3} after {v2})");
+
+    // c's etcd member stops: c cannot renew (its only endpoint), the majority goes on
+    // without it; when the member comes back, so does c.
+    etcd.signal(2, nix::sys::signal::Signal::SIGSTOP);
+    let v4 = converged(&[&a, &b], &["a", "b"], "c's etcd member stopped");
+    assert!(v4 > v3);
+    wait_until(&c, "c's view stale", || {
+        cluster_status(&c).is_some_and(|s| s["stale"] == true)
+    });
+    etcd.signal(2, nix::sys::signal::Signal::SIGCONT);
+    let v5 = converged(&[&a, &b, &c], &["a", "b", "c"], "c's etcd member back");
+    assert!(v5 > v4);
+    // Through all of it, the local entity ran on: same process on c.
+    assert!(running(&c.status(), "app"));
+}
+
+#[test]
+fn cluster_configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (table, want) in [
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = []\n",
+            "cluster.endpoints",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a b\"\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+            "cluster.node",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"https://10.0.0.1:2379\"]\n",
+            "TLS is not supported",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             lease_ttl = \"1500ms\"\n",
+            "cluster.lease_ttl",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             agent = \"/nonexistent/agent\"\n",
+            "cluster.agent",
+        ),
+    ] {
+        let cfg = write_config(dir.path(), "cfgerr", table);
+        let out = Command::new(HAM)
+            .arg("--check-config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{table}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{table}: {err}");
+    }
+    // The agent's entity name is ham's.
+    let table = format!(
+        "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+         agent = \"{}\"\n\n{}",
+        agent_bin().display(),
+        sleeper("ham-cluster")
+    );
+    let cfg = write_config(dir.path(), "cfgerr", &table);
+    let out = Command::new(HAM)
+        .arg("--check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("the entity ham adds"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn without_a_cluster_table_cluster_status_says_so() {
+    let ham = Ham::start("nocluster", &sleeper("a"));
+    let out = ham.ctl(&["cluster", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has no [cluster] table"),
+        "{}",
+        text(&out.stderr)
+    );
+    // And nothing runs besides the configured entity.
+    let s = ham.status();
+    assert_eq!(s["entities"].as_array().unwrap().len(), 1);
+}
