@@ -3,4 +3,5 @@
 //! the cluster safe.
 
 pub mod etcd;
+pub mod placement;
 pub mod view;

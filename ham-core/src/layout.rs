@@ -111,7 +111,13 @@ pub struct Header {
     /// What the limits on what clients can make ham hold refused or dropped, indexed by
     /// `LIMIT_*` (0 in a segment from before they existed: nothing counted yet).
     limit_counts: [AtomicU64; LIMITS],
-    _reserved: [AtomicU64; 18 - LIMITS],
+    /// CLOCK_MONOTONIC ns by which what the cluster placed here must be stopped (the
+    /// cluster agent's last renewed lease, less a margin); 0: none. Kept here so that a
+    /// successor fences at the same moment.
+    fence_at: AtomicU64,
+    /// The etcd lease `fence_at` belongs to (what is placed here hangs on it).
+    fence_lease: AtomicU64,
+    _reserved: [AtomicU64; 16 - LIMITS],
     /// The detector ring consumer's position and counts (consumed, rejected, abandoned),
     /// kept here where no client can write them: one A/B record, so that a HAM killed while
     /// recording leaves the previous record whole.
@@ -302,6 +308,18 @@ impl Header {
     pub fn limit_counts(&self) -> [u64; LIMITS] {
         std::array::from_fn(|i| self.limit_counts[i].load(Ordering::Relaxed))
     }
+    pub(crate) fn set_fence(&self, lease: u64, at: u64) {
+        self.fence_lease.store(lease, Ordering::Relaxed);
+        self.fence_at.store(at, Ordering::Relaxed);
+    }
+    /// The cluster lease what is placed here hangs on, and when it must be stopped by
+    /// (0, 0: none).
+    pub fn fence(&self) -> (u64, u64) {
+        (
+            self.fence_lease.load(Ordering::Relaxed),
+            self.fence_at.load(Ordering::Relaxed),
+        )
+    }
     pub(crate) fn bump_ham_failures(&self) {
         self.ham_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -340,6 +358,7 @@ mod word {
     pub const HB_PERIOD: usize = 88; // heartbeat period in ns (0: not attached)
     pub const HB_MISSED: usize = 89; // missed_low | missed_high << 32
     pub const DISARMED: usize = 90; // bit k: condition k was pruned by a restart (no re-arm)
+    pub const FENCING_TOKEN: usize = 91; // the cluster placed it here with this token (0: not)
     pub const BODY_WORDS: usize = 95;
 }
 const BODY_WORDS: usize = word::BODY_WORDS;
@@ -533,6 +552,9 @@ pub struct EntityRecord {
     /// successor that carries out a restart its predecessor began tells the process what
     /// the predecessor decided.
     pub restart_kind: RestartKind,
+    /// The cluster placed it on this node with this fencing token (0: not placed): a
+    /// successor keeps running it under the same token, until the fence deadline.
+    pub fencing_token: u64,
 }
 
 /// How a process starts (`HAM_RESTART` in its environment).
@@ -608,6 +630,7 @@ impl EntityRecord {
             heartbeat: None,
             disarmed: 0,
             restart_kind: RestartKind::First,
+            fencing_token: 0,
         }
     }
 
@@ -644,6 +667,7 @@ impl EntityRecord {
         b[word::RESTARTS_AT..word::RESTARTS_AT + rs.len()].copy_from_slice(&rs);
         b[word::STAMP_LENS] = u64::from(ex_len) | (u64::from(rs_len) << 8);
         b[word::DISARMED] = self.disarmed;
+        b[word::FENCING_TOKEN] = self.fencing_token;
         if let Some(hb) = self.heartbeat {
             b[word::HB_PERIOD] = hb.period_ns;
             b[word::HB_MISSED] = u64::from(hb.missed_low) | (u64::from(hb.missed_high) << 32);
@@ -706,6 +730,7 @@ impl EntityRecord {
                 ((b[word::STAMP_LENS] >> 8) & 0xff) as u8,
             ),
             disarmed: b[word::DISARMED],
+            fencing_token: b[word::FENCING_TOKEN],
             heartbeat: (b[word::HB_PERIOD] != 0).then(|| HeartbeatSpec {
                 period_ns: b[word::HB_PERIOD],
                 missed_low: (b[word::HB_MISSED] & 0xffff_ffff) as u32,
@@ -928,6 +953,7 @@ mod tests {
             }),
             disarmed: 0b101,
             restart_kind: RestartKind::Stateless,
+            fencing_token: 17,
         }
     }
 

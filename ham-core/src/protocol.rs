@@ -96,6 +96,13 @@ pub enum Request {
     ClusterReport { state: Box<ClusterState> },
     /// The cluster as this node knows it: answered in `cluster`.
     ClusterStatus,
+    /// The cluster placed entity `entity` on this node with fencing token `token` (only
+    /// from the agent): ham starts it (again, if it ran with an older token), and answers
+    /// once it runs.
+    ClusterPlace { entity: String, token: u64 },
+    /// Entity `entity` is no longer placed here (only from the agent): ham stops it, and
+    /// answers once it is down.
+    ClusterUnplace { entity: String },
 }
 
 /// What a node knows of its cluster (`hamctl cluster status --json` prints it).
@@ -117,6 +124,14 @@ pub struct ClusterState {
     /// Why it is stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The agent's lease (0: none), so that an agent that was restarted can take it up
+    /// again while it lives.
+    #[serde(default)]
+    pub lease: u64,
+    /// CLOCK_MONOTONIC ns by which what is placed here must be stopped: the send time of
+    /// the last renewal etcd accepted, plus the TTL, less a margin (0: nothing may run).
+    #[serde(default)]
+    pub fence_at: u64,
 }
 
 /// The members of the cluster, and the id of this view of them (the etcd revision of the
@@ -192,7 +207,9 @@ impl Request {
             | Self::MtsRecv { .. }
             | Self::MtsAck { .. }
             | Self::ClusterReport { .. }
-            | Self::ClusterStatus => true,
+            | Self::ClusterStatus
+            | Self::ClusterPlace { .. }
+            | Self::ClusterUnplace { .. } => true,
             Self::Verbose { op, .. } => *op == VerboseOp::Get,
             Self::Define {
                 change: Change::Control { command, .. },

@@ -620,6 +620,12 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Records the cluster lease and its fence deadline (`Header::fence`).
+    pub fn set_fence(&self, lease: u64, at: u64) -> Result<(), SegmentError> {
+        self.owned()?.set_fence(lease, at);
+        Ok(())
+    }
+
     pub fn bump_ham_failures(&self) -> Result<(), SegmentError> {
         self.owned()?.bump_ham_failures();
         Ok(())

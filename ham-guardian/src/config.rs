@@ -172,6 +172,15 @@ struct RawEntity {
     pids_max: Option<Spanned<u64>>,
     cpu_weight: Option<Spanned<u64>>,
     pss_max: Option<Spanned<RawPssMax>>,
+    /// `one-of-n` or `m-of-n`: the cluster places it ([cluster]).
+    placement: Option<Spanned<String>>,
+    #[serde(default)]
+    preferred: Vec<Spanned<String>>,
+    #[serde(default)]
+    fail_back: bool,
+    #[serde(default)]
+    preferred_only: bool,
+    count: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +382,22 @@ pub struct EntityConfig {
     pub mts: ham_core::mts::Shape,
     /// Its queue is also on disk: it survives a reboot (`mts_durable`).
     pub mts_durable: bool,
+    /// Where the cluster runs it (`placement`); `None`: here, as any entity.
+    pub placement: Option<Placement>,
+}
+
+/// `placement`: the entity runs on as many nodes of the cluster as it says, and only where
+/// the cluster placed it (WebSphere's "One of N" and "M of N" policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// How many nodes run it at once (1: one-of-n).
+    pub count: u32,
+    /// Nodes in the order they are preferred.
+    pub preferred: Vec<String>,
+    /// When a more preferred node joins, the one running it gives it up to it.
+    pub fail_back: bool,
+    /// Only the preferred nodes may run it.
+    pub preferred_only: bool,
 }
 
 /// `mts_queue` and `mts_message_max` when not given (a queue of about 290 KiB, made on the

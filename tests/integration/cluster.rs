@@ -283,6 +283,26 @@ fn cluster_configuration_errors_name_the_key() {
              agent = \"/nonexistent/agent\"\n",
             "cluster.agent",
         ),
+        (
+            "[[entity]]\nname = \"w\"\ncommand = [\"sleep\", \"1\"]\nplacement = \"one-of-n\"\n",
+            "placement needs a [cluster] table",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             agent = \"/bin/true\"\n\n[[entity]]\nname = \"w\"\ncommand = [\"sleep\", \"1\"]\n\
+             placement = \"one-of-n\"\nstop_timeout = \"5s\"\n",
+            "must stop within a third of cluster.lease_ttl",
+        ),
+        (
+            "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             agent = \"/bin/true\"\n\n[[entity]]\nname = \"w\"\ncommand = [\"sleep\", \"1\"]\n\
+             placement = \"m-of-n\"\nstop_timeout = \"1s\"\n",
+            "needs `count`",
+        ),
+        (
+            "[[entity]]\nname = \"w\"\ncommand = [\"sleep\", \"1\"]\nfail_back = true\n",
+            "`fail_back` goes with `placement`",
+        ),
     ] {
         let cfg = write_config(dir.path(), "cfgerr", table);
         let out = Command::new(HAM)
@@ -327,4 +347,259 @@ fn without_a_cluster_table_cluster_status_says_so() {
     // And nothing runs besides the configured entity.
     let s = ham.status();
     assert_eq!(s["entities"].as_array().unwrap().len(), 1);
+}
+
+/// A node whose body also holds `writer`: a one-of-n singleton that appends
+/// `<token> <node>` to `resource` every 20 ms (the stand-in for a shared resource).
+fn singleton_node(cluster: &str, node: &str, endpoint: &str, resource: &Path) -> Ham {
+    let body = format!(
+        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\nendpoints = [\"{endpoint}\"]\n\
+         lease_ttl = \"2s\"\nagent = \"{}\"\n\n\
+         [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"300ms\"\n\
+         env = {{ NODE = \"{node}\" }}\n\
+         command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE\\\" \
+         >> {}; sleep 0.02; done\"]\n",
+        agent_bin().display(),
+        resource.display()
+    );
+    Ham::start(&format!("sg-{node}"), &body)
+}
+
+/// The resource's writes, in order: (token, node).
+fn writes(resource: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(resource)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once(' ')?;
+            Some((t.parse().ok()?, n.to_owned()))
+        })
+        .collect()
+}
+
+/// The resource never saw a lower token after a higher one (which is also what two
+/// writers at once would show), nor one token from two nodes.
+fn check_fenced(w: &[(u64, String)]) {
+    let mut owner_of = std::collections::BTreeMap::new();
+    for (k, pair) in w.windows(2).enumerate() {
+        assert!(
+            pair[1].0 >= pair[0].0,
+            "write {} has token {} after token {}: {:?}",
+            k + 1,
+            pair[1].0,
+            pair[0].0,
+            &w[k.saturating_sub(5)..(k + 5).min(w.len())]
+        );
+    }
+    for (t, n) in w {
+        assert_ne!(*t, 0, "a write without a token");
+        let first = owner_of.entry(*t).or_insert_with(|| n.clone());
+        assert_eq!(first, n, "token {t} written from {first} and {n}");
+    }
+}
+
+/// The singleton's owner and token as `ham` (fresh) sees it.
+fn owner(ham: &Ham) -> Option<(String, u64)> {
+    let s = cluster_status(ham)?;
+    if s["stale"] != false {
+        return None;
+    }
+    let w = s["singletons"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == "writer")?
+        .clone();
+    Some((w["owner"].as_str()?.to_owned(), w["token"].as_u64()?))
+}
+
+/// The owner every node agrees on, which is also the last writer to the resource.
+fn agreed_owner(hams: &[Ham], resource: &Path) -> (String, u64) {
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let last = writes(resource).last().cloned();
+        let seen: Vec<Option<(String, u64)>> = hams.iter().map(owner).collect();
+        if let Some((t, n)) = &last {
+            if seen.iter().all(|o| o.as_ref() == Some(&(n.clone(), *t))) {
+                return (n.clone(), *t);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the nodes do not agree on the owner: {seen:?}, last write {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
+    let Some(bin) = etcd_bin() else { return };
+    let failovers: usize = std::env::var("HAM_CLUSTER_FAILOVERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let etcd = Etcd::start(&bin, 3);
+    let cluster = unique_name("s").replace('-', "_");
+    let work = tempfile::tempdir().unwrap();
+    let resource = work.path().join("resource");
+    let names = ["a", "b", "c"];
+    let mut hams: Vec<Ham> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| singleton_node(&cluster, n, &etcd.url(i), &resource))
+        .collect();
+    let all: Vec<&Ham> = hams.iter().collect();
+    converged(&all, &names, "at start");
+    let deadline = |what: &str, cond: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + DEADLINE;
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < until,
+                "{what}; writes: {:?}",
+                writes(&resource).iter().rev().take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    deadline("the singleton placed and writing", &|| {
+        !writes(&resource).is_empty() && hams.iter().all(|h| owner(h).is_some())
+    });
+    let mut moves = Vec::new();
+    for k in 0..failovers {
+        let (from, token) = agreed_owner(&hams, &resource);
+        let i = names.iter().position(|n| *n == from).unwrap();
+        let agent = pid_of(&hams[i].status(), "ham-cluster");
+        let signal = |sig| {
+            if k % 2 == 0 {
+                // Its agent hangs: no renewal; ham fences the singleton by its deadline.
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), sig).unwrap();
+            } else {
+                // Its etcd member stops: the same, seen from etcd's side.
+                etcd.signal(i, sig);
+            }
+        };
+        let started = std::time::Instant::now();
+        signal(nix::sys::signal::Signal::SIGSTOP);
+        // Another node owns it with a higher token, and its writes have begun.
+        deadline(&format!("failover {k} away from {from}"), &|| {
+            (0..3)
+                .filter(|&j| j != i)
+                .any(|j| owner(&hams[j]).is_some_and(|(o, t)| o != from && t > token))
+                && writes(&resource).last().is_some_and(|(t, _)| *t > token)
+        });
+        moves.push(started.elapsed());
+        signal(nix::sys::signal::Signal::SIGCONT);
+        converged(&all, &names, &format!("after failover {k}"));
+        check_fenced(&writes(&resource));
+    }
+    // Its agent killed (ham restarts it, and it takes its lease up again), then the owner's
+    // whole pair killed and started again (a warm start): it runs on, where it was, with
+    // the same token.
+    let (from, token) = agreed_owner(&hams, &resource);
+    let i = names.iter().position(|n| *n == from).unwrap();
+    sigkill(pid_of(&hams[i].status(), "ham-cluster"));
+    let before = writes(&resource).len();
+    deadline("writes go on after the agent's kill", &|| {
+        writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token))
+    });
+    check_fenced(&writes(&resource));
+    let w = writes(&resource);
+    assert_eq!(
+        w.last().unwrap().0,
+        token,
+        "the agent's restart moved nothing"
+    );
+    // The owner's HAM and Guardian both killed (its Guardian held still, so the pair dies
+    // together): the singleton and the agent are entities, and run on; the agent keeps
+    // the lease, so nothing moves. A new ham (a warm start) takes them up.
+    let s = hams[i].status();
+    let guardian = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guardian),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    sigkill(hams[i].pid());
+    assert_eq!(hams[i].wait_exit(), -1);
+    assert!(kill_and_wait(guardian));
+    let before = writes(&resource).len();
+    deadline("writes go on with no ham on the owner's node", &|| {
+        writes(&resource).len() > before + 20
+    });
+    hams[i].spawn(&[]);
+    hams[i].wait_for("the warm start", |s| {
+        s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+    });
+    let before = writes(&resource).len();
+    deadline("writes go on after the warm start", &|| {
+        writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token))
+    });
+    check_fenced(&writes(&resource));
+    assert_eq!(writes(&resource).last().unwrap().0, token, "nothing moved");
+    eprintln!(
+        "{failovers} failovers (lease_ttl 2s): {:?}",
+        moves.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn only_the_agent_reports_places_and_unplaces() {
+    // A member of the client group may read the cluster's state, not write it: a forged
+    // report (a fresh view, a far fence deadline) or a placement would let it run a
+    // singleton here that runs elsewhere too.
+    let body = format!(
+        "[cluster]\nname = \"c\"\nnode = \"a\"\nendpoints = [\"http://127.0.0.1:9\"]\n\
+         agent = \"{}\"\n\n\
+         [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"1s\"\n\
+         command = [\"sleep\", \"1000\"]\n",
+        agent_bin().display()
+    );
+    let ham = Ham::start_with("cl-authz", "client_group = \"65534\"\n", &body, &[]);
+    let socket = ham.socket_path();
+    let answers = crate::hardening::as_member(move || {
+        use ham_guardian::control::{Request, request};
+        let state = ham_core::protocol::ClusterState {
+            cluster: "c".into(),
+            node: "a".into(),
+            lease: 1,
+            fence_at: u64::MAX,
+            ..Default::default()
+        };
+        [
+            Request::ClusterReport {
+                state: Box::new(state),
+            },
+            Request::ClusterPlace {
+                entity: "writer".into(),
+                token: 99,
+            },
+            Request::ClusterUnplace {
+                entity: "writer".into(),
+            },
+            Request::ClusterStatus,
+        ]
+        .into_iter()
+        .map(|r| request(&socket, &r, Duration::from_secs(5)).map(|a| (a.ok, a.errno)))
+        .collect::<Vec<_>>()
+    });
+    let eperm = Some(libc::EPERM);
+    assert!(
+        matches!(answers[0], Ok((false, e)) if e == eperm),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[1], Ok((false, e)) if e == eperm),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[2], Ok((false, e)) if e == eperm),
+        "{answers:?}"
+    );
+    assert!(matches!(answers[3], Ok((true, _))), "{answers:?}");
+    // Not placed by anyone: it does not run, and an operator cannot start it either.
+    let s = ham.status();
+    assert_eq!(entity(&s, "writer")["state"], "stopped");
+    let out = ham.ctl(&["start", "writer"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("where the cluster places it"));
 }

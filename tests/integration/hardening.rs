@@ -262,7 +262,7 @@ fn a_low_descriptor_limit_still_starts_entities_and_says_how_many_fit() {
 /// Runs `f` as uid/gid 65534 (a client-group member), on a thread that changes only its
 /// own credentials (raw `setresuid`, not glibc's, which would change every thread's): the
 /// kernel records them at `connect`, and checks them at `open`.
-fn as_member<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn as_member<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // SAFETY: plain system calls on this thread's credentials.

@@ -274,7 +274,10 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
         cpu_weight: e.cpu_weight.as_ref().map(|v| *v.get_ref()),
     };
 
+    let placement = placement(ctx, e, &key)?;
+
     Ok(EntityConfig {
+        placement,
         cores: e.cores,
         mts,
         mts_durable: e.mts_durable,
@@ -305,4 +308,70 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
         restart,
         output,
     })
+}
+
+/// `placement` and its options (checked against `[cluster]` once the whole file is read).
+fn placement(
+    ctx: &Ctx,
+    e: &RawEntity,
+    key: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Placement>, ConfigError> {
+    let Some(kind) = &e.placement else {
+        for (name, set) in [
+            ("preferred", !e.preferred.is_empty()),
+            ("fail_back", e.fail_back),
+            ("preferred_only", e.preferred_only),
+            ("count", e.count.is_some()),
+        ] {
+            if set {
+                return Err(ctx.err(
+                    Some(e.name.span()),
+                    key(name),
+                    format!("`{name}` goes with `placement` (one-of-n or m-of-n)"),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let count = match (kind.get_ref().as_str(), &e.count) {
+        ("one-of-n", None) => 1,
+        ("one-of-n", Some(c)) => {
+            return Err(ctx.err(
+                Some(c.span()),
+                key("count"),
+                "`count` goes with placement = \"m-of-n\"",
+            ));
+        }
+        ("m-of-n", Some(c)) if (1..=64).contains(c.get_ref()) => *c.get_ref(),
+        ("m-of-n", Some(c)) => {
+            return Err(ctx.err(Some(c.span()), key("count"), "must be between 1 and 64"));
+        }
+        ("m-of-n", None) => {
+            return Err(ctx.err(
+                Some(kind.span()),
+                key("count"),
+                "placement = \"m-of-n\" needs `count` (how many nodes run it)",
+            ));
+        }
+        _ => {
+            return Err(ctx.err(
+                Some(kind.span()),
+                key("placement"),
+                "must be \"one-of-n\" or \"m-of-n\"",
+            ));
+        }
+    };
+    if e.preferred_only && e.preferred.is_empty() {
+        return Err(ctx.err(
+            Some(kind.span()),
+            key("preferred_only"),
+            "preferred_only needs a `preferred` list",
+        ));
+    }
+    Ok(Some(Placement {
+        count,
+        preferred: e.preferred.iter().map(|p| p.get_ref().clone()).collect(),
+        fail_back: e.fail_back,
+        preferred_only: e.preferred_only,
+    }))
 }

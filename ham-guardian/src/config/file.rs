@@ -218,6 +218,49 @@ pub(super) fn parse_with(
         }
     };
 
+    // What the cluster places needs a cluster, and must stop within a third of its lease
+    // (ham stops it before the lease can expire: see docs/ARCHITECTURE.md).
+    let lease_ttl_ns = raw
+        .cluster
+        .as_ref()
+        .map(|c| cluster(&ctx, c.get_ref()).map(|c| c.lease_ttl_ns))
+        .transpose()?;
+    for (i, e) in raw.entity.iter().enumerate() {
+        let (Some(kind), Some(ent)) = (&e.get_ref().placement, entities.get(i)) else {
+            continue;
+        };
+        let Some(ttl) = lease_ttl_ns else {
+            return Err(ctx.err(
+                Some(kind.span()),
+                Some(format!("entity[{i}].placement")),
+                "placement needs a [cluster] table",
+            ));
+        };
+        if ent.stop_timeout_ns > ttl / 3 {
+            return Err(ctx.err(
+                Some(kind.span()),
+                Some(format!("entity[{i}].stop_timeout")),
+                format!(
+                    "a placed entity must stop within a third of cluster.lease_ttl ({}), \
+                     so that ham stops it before its lease can expire; stop_timeout is {}",
+                    duration::format_ns(ttl / 3),
+                    duration::format_ns(ent.stop_timeout_ns)
+                ),
+            ));
+        }
+        if let Some(p) = e
+            .get_ref()
+            .preferred
+            .iter()
+            .find(|p| !cluster_name_ok(p.get_ref()))
+        {
+            return Err(ctx.err(
+                Some(p.span()),
+                Some(format!("entity[{i}].preferred")),
+                "a node name: 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+    }
     let cluster = match &raw.cluster {
         None => None,
         Some(c) => {

@@ -90,6 +90,8 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
         } => Ok(Grant::Client),
         // Only the agent ham runs for [cluster] reports what the cluster is.
         Request::ClusterReport { .. }
+        | Request::ClusterPlace { .. }
+        | Request::ClusterUnplace { .. }
             if caller.is_process_of(crate::config::CLUSTER_AGENT_ENTITY) =>
         {
             Ok(Grant::Entity(crate::config::CLUSTER_AGENT_ENTITY.into()))

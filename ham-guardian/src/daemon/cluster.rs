@@ -42,6 +42,9 @@ impl Daemon {
                 }
             }
         }
+        if state.lease != 0 && state.fence_at != 0 {
+            self.set_fence(state.lease, state.fence_at);
+        }
         self.cluster = Some((state, mono_ns()));
         Response::ok("reported")
     }
@@ -78,5 +81,164 @@ impl Daemon {
         let mut r = Response::ok("cluster");
         r.cluster = Some(Box::new(state));
         r
+    }
+}
+
+impl Daemon {
+    /// The longest `stop_timeout` of the entities the cluster places: ham begins stopping
+    /// them that long before the fence deadline, so that each is gone (SIGKILL at its stop
+    /// timeout) by then.
+    fn fence_lead(&self) -> u64 {
+        self.entities
+            .iter()
+            .filter(|e| e.cfg.placement.is_some())
+            .map(|e| e.cfg.stop_timeout_ns)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When the self-fencing deadline's timer fires (0: none).
+    pub(super) fn fence_timer_at(&self) -> u64 {
+        if self.fence_at == 0 {
+            0
+        } else {
+            self.fence_at.saturating_sub(self.fence_lead())
+        }
+    }
+
+    /// A renewal of lease `lease`, good until `at` (from the agent, or a predecessor's
+    /// header): kept in the segment, and its timer armed. What was placed under another
+    /// lease hangs on that one, which is gone or going (the agent takes a new lease only
+    /// when its old one expired, or it could not take it up again): it stops now.
+    pub(super) fn set_fence(&mut self, lease: u64, at: u64) {
+        if (lease, at) == (self.fence_lease, self.fence_at) {
+            return;
+        }
+        if self.fence_lease != 0 && lease != self.fence_lease {
+            self.self_fence();
+        }
+        self.fence_lease = lease;
+        self.fence_at = at;
+        let written = self.writer.set_fence(lease, at);
+        self.wrote(written);
+        let t = self.fence_timer_at();
+        if t != 0 {
+            self.schedule(t, Deadline::ClusterFence);
+        }
+    }
+
+    /// The fence deadline came without a renewal: everything the cluster placed here is
+    /// stopped, so that it is gone before the lease can expire and another node take it.
+    pub(super) fn self_fence(&mut self) {
+        let now = mono_ns();
+        let why = if now >= self.fence_timer_at() {
+            format!(
+                "the cluster lease was not renewed in time (its deadline, less the stop \
+                 timeout, passed {} ms ago)",
+                (now - self.fence_timer_at()) / 1_000_000
+            )
+        } else {
+            "the cluster lease it was placed under is gone".to_owned()
+        };
+        for i in EntityId::all(self.entities.len()) {
+            let e = &mut self.entities[i];
+            if e.cfg.placement.is_none() || e.rec.fencing_token == 0 {
+                continue;
+            }
+            let (name, token) = (e.cfg.name.clone(), e.rec.fencing_token);
+            e.rec.fencing_token = 0;
+            say!(
+                self,
+                "{name}: self-fencing (token {token}): {why}; stopping it"
+            );
+            self.record(i, None, "cluster", "stop", "self-fenced");
+            self.begin_stop(i, Wanted::Down);
+            self.publish(i);
+            self.answer_waiters(i);
+        }
+    }
+
+    /// `cluster-place`: the agent won entity `i` for this node with `token`.
+    pub(super) fn cluster_place(&mut self, i: EntityId, token: u64, stream: UnixStream) {
+        let name = self.entities[i].cfg.name.clone();
+        if self.entities[i].cfg.placement.is_none() {
+            reply(
+                stream,
+                &Response::errno(libc::EINVAL, format!("`{name}` has no placement")),
+            );
+            return;
+        }
+        let lead = self.fence_lead();
+        if self.fence_at == 0 || mono_ns() + lead >= self.fence_at {
+            reply(
+                stream,
+                &Response::errno(
+                    libc::EAGAIN,
+                    "this node's cluster lease is not current: nothing is placed here until \
+                     the agent has renewed it",
+                ),
+            );
+            return;
+        }
+        let e = &mut self.entities[i];
+        if token < e.rec.fencing_token {
+            let held = e.rec.fencing_token;
+            reply(
+                stream,
+                &Response::errno(
+                    libc::EINVAL,
+                    format!("`{name}`: token {token} is older than the one it runs with ({held})"),
+                ),
+            );
+            return;
+        }
+        let up = matches!(e.wanted, Wanted::Up | Wanted::AutoRestart | Wanted::Restart)
+            && !matches!(e.rec.state, EntityState::Stopped | EntityState::Exited);
+        if token == e.rec.fencing_token && up {
+            reply(stream, &Response::ok(format!("{name} placed here already")));
+            return;
+        }
+        let had_process = e.rec.state.has_process();
+        e.rec.fencing_token = token;
+        e.waiters.push((stream, WaitFor::Up));
+        say!(self, "{name}: placed here by the cluster (token {token})");
+        if had_process {
+            // It runs with an older token in its environment: a new process gets this one.
+            self.record(i, None, "cluster", "restart", "placed with a new token");
+            self.begin_stop(i, Wanted::Restart);
+        } else {
+            let e = &mut self.entities[i];
+            e.rec.policy = ham_core::engine::decide_operator_start(&e.rec.policy);
+            self.record(i, None, "cluster", "start", "placed");
+            let why = lifecycle::Why::new("cluster", "placed here");
+            self.step(i, ham_core::lifecycle::Input::Start, &why);
+        }
+        self.publish(i);
+        self.answer_waiters(i);
+        let t = self.fence_timer_at();
+        if t != 0 {
+            self.schedule(t, Deadline::ClusterFence);
+        }
+    }
+
+    /// `cluster-unplace`: entity `i` no longer runs here (answered once it is down).
+    pub(super) fn cluster_unplace(&mut self, i: EntityId, stream: UnixStream) {
+        let name = self.entities[i].cfg.name.clone();
+        if self.entities[i].cfg.placement.is_none() {
+            reply(
+                stream,
+                &Response::errno(libc::EINVAL, format!("`{name}` has no placement")),
+            );
+            return;
+        }
+        let token = std::mem::take(&mut self.entities[i].rec.fencing_token);
+        if token != 0 {
+            say!(self, "{name}: no longer placed here (token {token})");
+            self.record(i, None, "cluster", "stop", "unplaced");
+        }
+        self.entities[i].waiters.push((stream, WaitFor::Down));
+        self.begin_stop(i, Wanted::Down);
+        self.publish(i);
+        self.answer_waiters(i);
     }
 }

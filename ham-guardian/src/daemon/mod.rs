@@ -157,6 +157,11 @@ pub struct Daemon {
     limited: conns::RateLimit,
     /// The cluster agent's last report, and when it came.
     cluster: Option<(ham_core::protocol::ClusterState, u64)>,
+    /// CLOCK_MONOTONIC ns by which what the cluster placed here is stopped (0: none; kept
+    /// in the segment's header too).
+    fence_at: u64,
+    /// The cluster lease `fence_at` belongs to.
+    fence_lease: u64,
     entities: entity::EntityTable,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,

@@ -47,6 +47,8 @@ impl Daemon {
             | Request::MtsSend { to: entity, .. }
             | Request::MtsRecv { entity, .. }
             | Request::MtsAck { entity, .. }
+            | Request::ClusterPlace { entity, .. }
+            | Request::ClusterUnplace { entity }
             | Request::Raise { entity, .. } => match self.entities.id_of(entity) {
                 Some(i) => Some(i),
                 None => {
@@ -69,6 +71,20 @@ impl Daemon {
                 reply(stream, &r);
             }
             (Request::ClusterStatus, _) => reply(stream, &self.cluster_status()),
+            (Request::ClusterPlace { token, .. }, Some(i)) => self.cluster_place(i, token, stream),
+            (Request::ClusterUnplace { .. }, Some(i)) => self.cluster_unplace(i, stream),
+            (Request::Start { .. } | Request::Restart { .. }, Some(i))
+                if self.entities[i].cfg.placement.is_some() =>
+            {
+                let name = &self.entities[i].cfg.name;
+                reply(
+                    stream,
+                    &Response::errno(
+                        libc::EBUSY,
+                        format!("`{name}` runs where the cluster places it (placement)"),
+                    ),
+                );
+            }
             (Request::Hello, _) => {
                 let key = self.clients.as_ref().map(|c| c.key);
                 match key {

@@ -129,6 +129,12 @@ impl Daemon {
             "HAM_PREVIOUS_EXIT".into(),
             super::pss::previous_exit(&e.rec),
         ));
+        // Placed by the cluster: the token it shows with every write to what it shares
+        // (strictly higher at each new owner), and its name.
+        if e.cfg.placement.is_some() {
+            env.push(("HAM_FENCING_TOKEN".into(), e.rec.fencing_token.to_string()));
+            env.push(("HAM_SINGLETON".into(), e.cfg.name.clone()));
+        }
         let forked = build_spec(&e.cfg, &env).and_then(|mut spec| {
             if let Some(slot) = slot {
                 spec.released_in(slot);

@@ -341,6 +341,8 @@ impl Daemon {
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
             cluster: None,
+            fence_at: 0,
+            fence_lease: 0,
             next_conn: 0,
             entities: Default::default(),
             shutdown: None,

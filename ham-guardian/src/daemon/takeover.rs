@@ -8,6 +8,8 @@ impl Daemon {
     /// start time), records of entities no longer configured are stopped and freed, and
     /// new entities get a free slot and are started.
     pub(super) fn adopt(&mut self, mut passed: HashMap<u32, Passed>) {
+        // What the cluster placed here stops when the predecessor would have stopped it.
+        let (lease, at) = self.writer.segment().header().fence();
         let mut found: HashMap<String, (SlotIndex, EntityRecord)> = HashMap::new();
         for (slot, rec) in self.writer.segment().records() {
             match rec {
@@ -71,6 +73,9 @@ impl Daemon {
             }
         }
         self.entities.link_dependents();
+        if at != 0 {
+            self.set_fence(lease, at);
+        }
         // Records of processes that may still run come first, so that the proc connector is
         // listening before any of them can die unseen.
         if to_resume.iter().any(|&i| self.entities[i].rec.pid > 0) {
@@ -82,6 +87,13 @@ impl Daemon {
         }
         for i in EntityId::all(self.entities.len()) {
             self.prepare_cgroup(i);
+        }
+        // The cluster places these: they start when it does, not now.
+        let (placed, to_start): (Vec<EntityId>, Vec<EntityId>) = to_start
+            .into_iter()
+            .partition(|&i| self.entities[i].cfg.placement.is_some());
+        for i in placed {
+            self.publish(i);
         }
         for &i in &to_start {
             // No record: whatever still runs in its cgroup (a record lost or unreadable, a

@@ -29,6 +29,8 @@ pub(super) enum Deadline {
     RingStall,
     /// A receiver waiting for a message gives up.
     MtsWait(EntityId),
+    /// The cluster lease was not renewed in time: what the cluster placed here stops.
+    ClusterFence,
 }
 
 /// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
@@ -197,6 +199,7 @@ impl Daemon {
                     self.step(i, ham_core::lifecycle::Input::StopTimeout, &why);
                 }
                 Deadline::MtsWait(i) => self.mts_timeouts(i, now),
+                Deadline::ClusterFence => self.self_fence(),
                 Deadline::Retry(i) => {
                     if self.shutdown.is_none() {
                         let why = super::lifecycle::Why::new("start", "retrying");
@@ -237,6 +240,7 @@ impl Daemon {
                 .as_ref()
                 .is_some_and(|c| c.stall_timer == Some(at)),
             Deadline::MtsWait(i) => self.mts_deadline(i) == Some(at),
+            Deadline::ClusterFence => self.fence_timer_at() == at,
         }
     }
 
