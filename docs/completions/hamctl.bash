@@ -7,7 +7,7 @@ _hamctl() {
         --timeout) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --timeout --json --tree --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --tree --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -20,7 +20,7 @@ _hamctl() {
     case "$command" in
         '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
-        cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status" -- "$cur")) ;;
+        cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set" -- "$cur")) ;;
     esac
 }
 complete -F _hamctl hamctl

@@ -265,6 +265,46 @@ impl Etcd {
         Ok(v["succeeded"].as_bool() == Some(true))
     }
 
+    /// A transaction that runs only while `guard`'s create revision is `create_revision`
+    /// (it is still the key this node made, e.g. the master's): puts, then deletes.
+    /// Whether it ran.
+    pub fn txn_guarded(
+        &self,
+        guard: &str,
+        create_revision: u64,
+        puts: &[(&str, &[u8])],
+        deletes: &[&str],
+    ) -> Result<bool, EtcdError> {
+        let mut ops: Vec<Value> = puts
+            .iter()
+            .map(|(k, v)| json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(v) } }))
+            .collect();
+        ops.extend(
+            deletes
+                .iter()
+                .map(|k| json!({ "request_delete_range": { "key": b64(k.as_bytes()) } })),
+        );
+        let v = self.post(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [{ "key": b64(guard.as_bytes()), "target": "CREATE",
+                              "result": "EQUAL",
+                              "create_revision": create_revision.to_string() }],
+                "success": ops,
+            }),
+        )?;
+        Ok(v["succeeded"].as_bool() == Some(true))
+    }
+
+    /// One key (a linearizable read), if it exists.
+    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let v = self.post("/v3/kv/range", &json!({ "key": b64(key.as_bytes()) }))?;
+        match v["kvs"].as_array().and_then(|a| a.first()) {
+            Some(kv) => kv_of(kv).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Every key under `prefix` (a linearizable read), and the revision it was read at.
     pub fn range_prefix(&self, prefix: &str) -> Result<(u64, Vec<Kv>), EtcdError> {
         let v = self.post(

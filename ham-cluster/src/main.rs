@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use ham_cluster::etcd::{Etcd, EtcdError};
 use ham_cluster::placement::{self, Decision};
 use ham_cluster::view::{Registration, View};
-use ham_core::protocol::{ClusterSingleton, ClusterState, Request};
+use ham_core::protocol::{ClusterSetting, ClusterSingleton, ClusterState, ClusterWork, Request};
 use ham_guardian::config::{ClusterConfig, Placement};
 
 /// What the agent knows, shared by its two threads.
@@ -34,6 +34,10 @@ struct Known {
     fence_at: u64,
     /// The placed entities' holders, as last read.
     singletons: Vec<ClusterSingleton>,
+    /// The node holding `roles/master`, as last read.
+    master: Option<String>,
+    /// The cluster-wide settings, as last read (and applied here).
+    settings: BTreeMap<String, ClusterSetting>,
 }
 
 struct Agent {
@@ -78,9 +82,9 @@ impl Agent {
             cluster: self.cfg.name.clone(),
             node: self.cfg.node.clone(),
             view: k.view.to_protocol(),
-            master: None,
+            master: k.master.clone(),
             singletons: k.singletons.clone(),
-            settings: Default::default(),
+            settings: k.settings.clone(),
             stale,
             why,
             lease: k.lease.unwrap_or(0),
@@ -431,6 +435,290 @@ impl Agent {
     }
 }
 
+/// What a node asks the master to write (`requests/<node>-<id>-<ns>`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SetRequest {
+    key: String,
+    value: String,
+    origin: String,
+}
+
+/// What `config/<key>` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Setting {
+    value: String,
+    origin: String,
+}
+
+impl Agent {
+    /// This node's lease and whether it is fresh (renewed within its TTL, etcd read).
+    fn lease_now(&self) -> (Option<u64>, bool) {
+        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = k.renewed.is_some_and(|t| t.elapsed() < self.ttl()) && k.view_error.is_none();
+        (k.lease, fresh)
+    }
+
+    /// The master role: held by whoever created `roles/master` (under its lease); the
+    /// master writes what nodes ask (`requests/`) into `config/`, each write guarded by its
+    /// key's create revision, so that a deposed master's write fails.
+    fn master_forever(&self) {
+        let role = format!("{}roles/master", self.prefix());
+        let requests = format!("{}requests/", self.prefix());
+        let config = format!("{}config/", self.prefix());
+        loop {
+            let (lease, fresh) = self.lease_now();
+            let Some(lease) = lease else {
+                std::thread::sleep(self.ttl() / 4);
+                continue;
+            };
+            let holder = match self.etcd.get(&role) {
+                Ok(h) => h,
+                Err(_) => {
+                    std::thread::sleep(self.ttl() / 4);
+                    continue;
+                }
+            };
+            let holder = match holder {
+                Some(kv) => Some(kv),
+                None if fresh => match self.etcd.create(&role, self.cfg.node.as_bytes(), lease) {
+                    Ok(Some(rev)) => {
+                        eprintln!("ham-cluster: this node is the master (revision {rev})");
+                        self.etcd.get(&role).ok().flatten()
+                    }
+                    _ => self.etcd.get(&role).ok().flatten(),
+                },
+                None => None,
+            };
+            let master = holder
+                .as_ref()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let changed = {
+                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = k.master != master;
+                k.master = master;
+                changed
+            };
+            if changed {
+                self.report();
+            }
+            let mine = holder
+                .as_ref()
+                .filter(|kv| kv.value == self.cfg.node.as_bytes() && kv.lease == lease)
+                .map(|kv| kv.create_revision);
+            let mut rev = 0;
+            if let (Some(my_rev), true) = (mine, fresh) {
+                if let Ok((r, asked)) = self.etcd.range_prefix(&requests) {
+                    rev = r;
+                    for kv in asked {
+                        let Ok(req) = serde_json::from_slice::<SetRequest>(&kv.value) else {
+                            let _ = self.etcd.txn_guarded(&role, my_rev, &[], &[&kv.key]);
+                            continue;
+                        };
+                        if ham_core::protocol::check_cluster_setting(&req.key, &req.value).is_err()
+                        {
+                            let _ = self.etcd.txn_guarded(&role, my_rev, &[], &[&kv.key]);
+                            continue;
+                        }
+                        let value = serde_json::to_vec(&Setting {
+                            value: req.value.clone(),
+                            origin: req.origin.clone(),
+                        })
+                        .expect("serialises");
+                        let key = format!("{config}{}", req.key);
+                        match self.etcd.txn_guarded(
+                            &role,
+                            my_rev,
+                            &[(key.as_str(), value.as_slice())],
+                            &[&kv.key],
+                        ) {
+                            Ok(true) => eprintln!(
+                                "ham-cluster: master: {} = {} (asked by {})",
+                                req.key, req.value, req.origin
+                            ),
+                            Ok(false) => {
+                                eprintln!("ham-cluster: no longer the master; not writing");
+                                break;
+                            }
+                            Err(e) => eprintln!("ham-cluster: master: {e}"),
+                        }
+                    }
+                }
+            }
+            // Until a request or the role changes, or a while.
+            let from = if rev == 0 { 0 } else { rev + 1 };
+            let watched = self.prefix();
+            let (req_p, role_p) = (requests.clone(), role.clone());
+            if from == 0 {
+                std::thread::sleep(self.ttl() / 4);
+            } else {
+                let _ = self
+                    .etcd
+                    .watch_prefix(&watched, from, self.ttl() / 2, |events| {
+                        !events.iter().any(|e| {
+                            let k = match e {
+                                ham_cluster::etcd::Event::Put(kv) => kv.key.as_str(),
+                                ham_cluster::etcd::Event::Delete { key, .. } => key.as_str(),
+                            };
+                            k.starts_with(&req_p) || k == role_p
+                        })
+                    });
+            }
+        }
+    }
+
+    /// Applies the cluster-wide settings here, in revision order: all of them at start (a
+    /// node that was down catches up), then each change.
+    fn apply_settings_forever(&self) {
+        let config = format!("{}config/", self.prefix());
+        let mut applied: BTreeMap<String, u64> = BTreeMap::new();
+        loop {
+            let (rev, kvs) = match self.etcd.range_prefix(&config) {
+                Ok(r) => r,
+                Err(_) => {
+                    std::thread::sleep(self.ttl() / 4);
+                    continue;
+                }
+            };
+            let mut kvs = kvs;
+            kvs.sort_by_key(|kv| kv.mod_revision);
+            for kv in &kvs {
+                self.apply(&config, kv, &mut applied);
+            }
+            let _ = self
+                .etcd
+                .watch_prefix(&config, rev + 1, self.ttl(), |events| {
+                    for e in events {
+                        if let ham_cluster::etcd::Event::Put(kv) = e {
+                            self.apply(&config, &kv, &mut applied);
+                        }
+                    }
+                    true
+                });
+        }
+    }
+
+    /// Applies one setting (once per revision), and records it for the status.
+    fn apply(&self, prefix: &str, kv: &ham_cluster::etcd::Kv, applied: &mut BTreeMap<String, u64>) {
+        let Some(key) = kv.key.strip_prefix(prefix) else {
+            return;
+        };
+        if applied.get(key) == Some(&kv.mod_revision) {
+            return;
+        }
+        let Ok(s) = serde_json::from_slice::<Setting>(&kv.value) else {
+            eprintln!("ham-cluster: setting {key}: not a setting, left alone");
+            return;
+        };
+        let req = Request::ClusterApply {
+            key: key.to_owned(),
+            value: s.value.clone(),
+            origin: s.origin.clone(),
+            revision: kv.mod_revision,
+        };
+        match ham_guardian::control::request(&self.socket, &req, Duration::from_secs(5)) {
+            Ok(r) if r.ok => {
+                applied.insert(key.to_owned(), kv.mod_revision);
+                {
+                    let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    k.settings.insert(
+                        key.to_owned(),
+                        ClusterSetting {
+                            value: s.value,
+                            origin: s.origin,
+                            revision: kv.mod_revision,
+                        },
+                    );
+                }
+                self.report();
+            }
+            Ok(r) => eprintln!(
+                "ham-cluster: setting {key}: ham refused it: {}",
+                r.error.unwrap_or_default()
+            ),
+            // Not applied: read again at the next turn (the watch's time limit).
+            Err(e) => eprintln!("ham-cluster: setting {key}: {e}"),
+        }
+    }
+
+    /// Takes the settings asked on this node (`hamctl cluster set`) from ham, asks the
+    /// master for each, and tells ham how it went.
+    fn work_forever(&self) {
+        loop {
+            let work = match ham_guardian::control::request(
+                &self.socket,
+                &Request::ClusterNext,
+                Duration::from_secs(60),
+            ) {
+                Ok(r) if r.ok => r
+                    .message
+                    .and_then(|m| serde_json::from_str::<ClusterWork>(&m).ok()),
+                _ => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    None
+                }
+            };
+            let Some(work) = work else {
+                continue;
+            };
+            let error = self.ask_master(&work).err();
+            let done = Request::ClusterDone { id: work.id, error };
+            let _ = ham_guardian::control::request(&self.socket, &done, Duration::from_secs(5));
+        }
+    }
+
+    /// Puts a request for the master and waits until `config/<key>` holds it.
+    fn ask_master(&self, work: &ClusterWork) -> Result<(), String> {
+        let (lease, fresh) = self.lease_now();
+        let (Some(lease), true) = (lease, fresh) else {
+            return Err("this node's view of the cluster is stale: not asking the master".into());
+        };
+        let key = format!(
+            "{}requests/{}-{}-{}",
+            self.prefix(),
+            self.cfg.node,
+            work.id,
+            ham_core::clock::mono_ns()
+        );
+        let req = serde_json::to_vec(&SetRequest {
+            key: work.key.clone(),
+            value: work.value.clone(),
+            origin: self.cfg.node.clone(),
+        })
+        .expect("serialises");
+        let rev = self
+            .etcd
+            .put(&key, &req, lease)
+            .map_err(|e| e.to_string())?;
+        let target = format!("{}config/{}", self.prefix(), work.key);
+        let written = |kv: &ham_cluster::etcd::Kv| {
+            kv.mod_revision > rev
+                && serde_json::from_slice::<Setting>(&kv.value)
+                    .is_ok_and(|s| s.value == work.value && s.origin == self.cfg.node)
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(kv)) = self.etcd.get(&target) {
+                if written(&kv) {
+                    return Ok(());
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            let _ = self.etcd.watch_prefix(&target, rev + 1, left, |_| false);
+        }
+        let master = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .master
+            .clone()
+            .unwrap_or_else(|| "none".into());
+        Err(format!(
+            "the master (now: {master}) did not write {} = {} within 10 s",
+            work.key, work.value
+        ))
+    }
+}
+
 fn config_path() -> Result<PathBuf, String> {
     let mut args = std::env::args_os().skip(1);
     match (args.next(), args.next(), args.next()) {
@@ -485,6 +773,8 @@ fn main() -> ExitCode {
             lease: None,
             fence_at: 0,
             singletons: Vec::new(),
+            master: None,
+            settings: BTreeMap::new(),
         }),
     });
     eprintln!(
@@ -497,5 +787,11 @@ fn main() -> ExitCode {
     std::thread::spawn(move || follower.follow_view());
     let placer = Arc::clone(&agent);
     std::thread::spawn(move || placer.place_forever());
+    let master = Arc::clone(&agent);
+    std::thread::spawn(move || master.master_forever());
+    let applier = Arc::clone(&agent);
+    std::thread::spawn(move || applier.apply_settings_forever());
+    let worker = Arc::clone(&agent);
+    std::thread::spawn(move || worker.work_forever());
     agent.keep_registered()
 }

@@ -103,6 +103,60 @@ pub enum Request {
     /// Entity `entity` is no longer placed here (only from the agent): ham stops it, and
     /// answers once it is down.
     ClusterUnplace { entity: String },
+    /// A cluster-wide setting, written through the cluster's master (`hamctl cluster set`,
+    /// `hamctl device-restart … --cluster`): answered once the master wrote it, or why not.
+    ClusterSet { key: String, value: String },
+    /// The agent waits for work (held until there is some): answered with a
+    /// [`ClusterWork`] as JSON in `message`.
+    ClusterNext,
+    /// The agent's outcome of work `id` (no error: done).
+    ClusterDone {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A setting the cluster holds, for this node to apply (the agent sends them in
+    /// revision order, and all again when it starts).
+    ClusterApply {
+        key: String,
+        value: String,
+        origin: String,
+        revision: u64,
+    },
+}
+
+/// Work ham hands its cluster agent (`cluster-next`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterWork {
+    pub id: u64,
+    /// A setting to write through the master.
+    pub key: String,
+    pub value: String,
+}
+
+/// The cluster-wide settings, and the values each takes.
+pub const CLUSTER_SETTINGS: &[(&str, &[&str])] = &[
+    ("device-restart", &["enabled", "disabled"]),
+    ("verbosity", &["0", "1", "2", "3"]),
+];
+
+/// Whether `key` = `value` is a cluster-wide setting, or why not.
+pub fn check_cluster_setting(key: &str, value: &str) -> Result<(), String> {
+    match CLUSTER_SETTINGS.iter().find(|(k, _)| *k == key) {
+        None => Err(format!(
+            "no cluster-wide setting `{key}` (there are: {})",
+            CLUSTER_SETTINGS
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some((_, values)) if !values.contains(&value) => Err(format!(
+            "`{key}` takes {}, not `{value}`",
+            values.join(", ")
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// What a node knows of its cluster (`hamctl cluster status --json` prints it).
@@ -209,7 +263,10 @@ impl Request {
             | Self::ClusterReport { .. }
             | Self::ClusterStatus
             | Self::ClusterPlace { .. }
-            | Self::ClusterUnplace { .. } => true,
+            | Self::ClusterUnplace { .. }
+            | Self::ClusterNext
+            | Self::ClusterDone { .. }
+            | Self::ClusterApply { .. } => true,
             Self::Verbose { op, .. } => *op == VerboseOp::Get,
             Self::Define {
                 change: Change::Control { command, .. },

@@ -603,3 +603,69 @@ fn only_the_agent_reports_places_and_unplaces() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("where the cluster places it"));
 }
+
+/// A setting in `hamctl cluster status --json` of `ham`: (value, origin).
+fn setting(ham: &Ham, key: &str) -> Option<(String, String)> {
+    let s = cluster_status(ham)?;
+    let v = &s["settings"][key];
+    Some((
+        v["value"].as_str()?.to_owned(),
+        v["origin"].as_str()?.to_owned(),
+    ))
+}
+
+#[test]
+fn a_setting_changed_on_any_node_reaches_every_node_through_the_master() {
+    let Some(bin) = etcd_bin() else { return };
+    let etcd = Etcd::start(&bin, 3);
+    let cluster = unique_name("m").replace('-', "_");
+    let a = node(&cluster, "a", &etcd.url(0));
+    let b = node(&cluster, "b", &etcd.url(1));
+    let mut c = node(&cluster, "c", &etcd.url(2));
+    converged(&[&a, &b, &c], &["a", "b", "c"], "at start");
+    // One master, the same for all.
+    wait_until(&a, "one master known to all", || {
+        let m: Vec<Option<String>> = [&a, &b, &c]
+            .iter()
+            .map(|h| cluster_status(h).and_then(|s| s["master"].as_str().map(str::to_owned)))
+            .collect();
+        m[0].is_some() && m.iter().all(|x| *x == m[0])
+    });
+    // Asked on b (whichever node is the master), applied on every node.
+    let out = b.ctl(&["device-restart", "disable", "--cluster"]);
+    assert!(out.status.success(), "{}{}", text(&out.stderr), b.stderr());
+    for h in [&a, &b, &c] {
+        wait_until(h, "device-restart disabled everywhere", || {
+            setting(h, "device-restart") == Some(("disabled".into(), "b".into()))
+                && h.status()["device_restart"] == false
+        });
+    }
+    // c is down while the setting changes again; back, it applies what it missed.
+    assert!(c.ctl(&["shutdown"]).status.success());
+    assert_eq!(c.wait_exit(), 0);
+    let out = a.ctl(&["cluster", "set", "device-restart", "enabled"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = a.ctl(&["cluster", "set", "verbosity", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.spawn(&[]);
+    c.wait_for("c back", |s| s["ham"]["alive"] == true);
+    wait_until(&c, "c caught up", || {
+        setting(&c, "device-restart") == Some(("enabled".into(), "a".into()))
+            && setting(&c, "verbosity") == Some(("2".into(), "a".into()))
+            && c.status()["device_restart"] == true
+    });
+    assert!(
+        c.stderr()
+            .contains("cluster setting device-restart = enabled (set on a")
+    );
+    // What is not a setting is refused where it is asked, naming what there is.
+    let out = a.ctl(&["cluster", "set", "reboot-now", "yes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no cluster-wide setting `reboot-now`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = a.ctl(&["cluster", "set", "device-restart", "maybe"]);
+    assert!(text(&out.stderr).contains("takes enabled, disabled"));
+}

@@ -69,6 +69,7 @@ pub fn parse(
     let mut p = lexopt::Parser::from_args(args);
     let (mut config, mut timeout) = (None, Duration::from_secs(60));
     let (mut json, mut tree, mut generate, mut help) = (false, false, None, false);
+    let mut cluster = false;
     let mut words: Vec<String> = Vec::new();
     while let Some(arg) = p.next().map_err(lexopt_error)? {
         match arg {
@@ -87,6 +88,7 @@ pub fn parse(
             }
             Long("json") => json = true,
             Long("tree") => tree = true,
+            Long("cluster") => cluster = true,
             Long("man") => generate = Some(GenerateKind::Man),
             Long("completions") => {
                 let sh = p
@@ -111,7 +113,7 @@ pub fn parse(
     } else if let Some(g) = generate {
         Command::Generate(g)
     } else {
-        command(&words, json, tree)?
+        command(&words, json, tree, cluster)?
     };
     Ok(Args {
         config,
@@ -120,12 +122,17 @@ pub fn parse(
     })
 }
 
-fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> {
+fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Command, String> {
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
     let (name, rest) = match w.split_first() {
         Some((n, r)) => (*n, r),
         None => return Err("no command given".into()),
     };
+    if cluster && name != "device-restart" {
+        return Err(format!(
+            "--cluster is an option of device-restart, not of {name}"
+        ));
+    }
     if tree && name != "status" {
         return Err(format!("--tree is an option of status, not of {name}"));
     }
@@ -170,7 +177,11 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
         },
         "cluster" => match rest {
             ["status"] => Command::ClusterStatus { json },
-            _ => return Err("cluster takes status".into()),
+            ["set", key, value] if !json => Command::Send(Request::ClusterSet {
+                key: key.to_string(),
+                value: value.to_string(),
+            }),
+            _ => return Err("cluster takes status [--json], or set KEY VALUE".into()),
         },
         "start" => Command::Send(Request::Start {
             entity: entity("start")?,
@@ -183,9 +194,14 @@ fn command(words: &[String], json: bool, tree: bool) -> Result<Command, String> 
         }),
         "shutdown" => none(Command::Send(Request::Shutdown))?,
         "ping" => none(Command::Send(Request::Ping))?,
-        "device-restart" => match rest {
-            ["enable"] => Command::Send(Request::DeviceRestart { enabled: true }),
-            ["disable"] => Command::Send(Request::DeviceRestart { enabled: false }),
+        "device-restart" => match (rest, cluster) {
+            (["enable"], false) => Command::Send(Request::DeviceRestart { enabled: true }),
+            (["disable"], false) => Command::Send(Request::DeviceRestart { enabled: false }),
+            // Through the cluster's master, to every node.
+            (["enable" | "disable"], true) => Command::Send(Request::ClusterSet {
+                key: "device-restart".into(),
+                value: format!("{}d", rest[0]),
+            }),
             _ => return Err("device-restart takes enable or disable".into()),
         },
         "raise" => match rest {
@@ -229,8 +245,9 @@ mod tests {
             let sample = c
                 .args
                 .replace("[--json|--tree]", "")
+                .replace("enable|disable [--cluster]", "enable --cluster")
                 .replace("enable|disable", "enable")
-                .replace("status [--json]", "status --json")
+                .replace("status [--json] | set KEY VALUE", "status --json")
                 .replace("[ENTITY] [--json]", "x --json")
                 .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")
@@ -260,6 +277,42 @@ mod tests {
         ] {
             assert!(described.contains(&w), "{w} is not in the help");
         }
+    }
+
+    #[test]
+    fn cluster_wide_settings_go_through_cluster_set() {
+        let set = |k: &str, v: &str| {
+            Command::Send(Request::ClusterSet {
+                key: k.into(),
+                value: v.into(),
+            })
+        };
+        assert_eq!(
+            parse_words("device-restart disable --cluster")
+                .unwrap()
+                .command,
+            set("device-restart", "disabled")
+        );
+        assert_eq!(
+            parse_words("--cluster device-restart enable")
+                .unwrap()
+                .command,
+            set("device-restart", "enabled")
+        );
+        assert_eq!(
+            parse_words("cluster set verbosity 2").unwrap().command,
+            set("verbosity", "2")
+        );
+        assert_eq!(
+            parse_words("device-restart disable").unwrap().command,
+            Command::Send(Request::DeviceRestart { enabled: false })
+        );
+        let e = parse_words("stop x --cluster").unwrap_err();
+        assert!(
+            e.contains("--cluster is an option of device-restart"),
+            "{e}"
+        );
+        assert!(parse_words("cluster set verbosity").is_err());
     }
 
     #[test]

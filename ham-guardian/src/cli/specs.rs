@@ -100,6 +100,12 @@ pub static HAMCTL: Spec = Spec {
             help: "status, log, pss, cores, cluster status: JSON instead of a table",
         },
         Opt {
+            long: "cluster",
+            short: None,
+            value: None,
+            help: "device-restart: on every node of the cluster, through its master",
+        },
+        Opt {
             long: "tree",
             short: None,
             value: None,
@@ -144,8 +150,9 @@ pub static HAMCTL: Spec = Spec {
         },
         Cmd {
             name: "device-restart",
-            args: "enable|disable",
-            help: "allow or forbid escalations to a device restart",
+            args: "enable|disable [--cluster]",
+            help: "allow or forbid escalations to a device restart (--cluster: on every node, \
+                   written through the cluster's master)",
             words: &["enable", "disable"],
         },
         Cmd {
@@ -176,10 +183,12 @@ pub static HAMCTL: Spec = Spec {
         },
         Cmd {
             name: "cluster",
-            args: "status [--json]",
-            help: "the cluster as this node knows it ([cluster]): the view's id and members, \
-                   the master, singletons and settings, and whether the view is stale",
-            words: &["status"],
+            args: "status [--json] | set KEY VALUE",
+            help: "status: the cluster as this node knows it ([cluster]): the view's id and \
+                   members, the master, singletons and settings, and whether the view is \
+                   stale; set: a cluster-wide setting (device-restart enabled|disabled, \
+                   verbosity 0-3), written through the master and applied on every node",
+            words: &["status", "set"],
         },
         Cmd {
             name: "ping",

@@ -92,6 +92,9 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
         Request::ClusterReport { .. }
         | Request::ClusterPlace { .. }
         | Request::ClusterUnplace { .. }
+        | Request::ClusterNext
+        | Request::ClusterDone { .. }
+        | Request::ClusterApply { .. }
             if caller.is_process_of(crate::config::CLUSTER_AGENT_ENTITY) =>
         {
             Ok(Grant::Entity(crate::config::CLUSTER_AGENT_ENTITY.into()))

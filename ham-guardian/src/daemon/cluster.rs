@@ -2,9 +2,29 @@
 //! and answers `cluster-status` with it, stale when the agent has not reported within the
 //! lease's TTL (it died, hangs, or cannot reach ham).
 
-use ham_core::protocol::ClusterState;
+use std::collections::{HashMap, VecDeque};
+
+use ham_core::protocol::{ClusterState, ClusterWork};
 
 use super::*;
+
+/// Settings waiting to be written through the master (at most [`WORK_MAX`]).
+#[derive(Default)]
+pub(super) struct Work {
+    queued: VecDeque<ClusterWork>,
+    /// Requests waiting for their setting's outcome, by work id.
+    asked: HashMap<u64, UnixStream>,
+    /// The agent's `cluster-next`, held until there is work.
+    agent: Option<UnixStream>,
+    next_id: u64,
+}
+
+const WORK_MAX: usize = 64;
+
+/// [`reply`], saying whether the answer was written.
+fn reply_sent(mut stream: UnixStream, r: &Response) -> io::Result<()> {
+    stream.write_all(&r.to_line())
+}
 
 impl Daemon {
     /// The agent's report (the caller is the agent's process: `authz::may`).
@@ -240,5 +260,119 @@ impl Daemon {
         self.begin_stop(i, Wanted::Down);
         self.publish(i);
         self.answer_waiters(i);
+    }
+}
+
+impl Daemon {
+    /// `cluster-set`: queued for the agent (which writes it through the master); answered
+    /// when the agent says how it went.
+    pub(super) fn cluster_set(&mut self, key: String, value: String, stream: UnixStream) {
+        if self.cfg.cluster.is_none() {
+            reply(
+                stream,
+                &Response::errno(
+                    libc::ENOENT,
+                    format!("{} has no [cluster] table", self.cfg.path.display()),
+                ),
+            );
+            return;
+        }
+        if let Err(why) = ham_core::protocol::check_cluster_setting(&key, &value) {
+            reply(stream, &Response::errno(libc::EINVAL, why));
+            return;
+        }
+        let w = &mut self.cluster_work;
+        if w.asked.len() >= WORK_MAX {
+            reply(
+                stream,
+                &Response::errno(libc::EAGAIN, "too many cluster settings waiting"),
+            );
+            return;
+        }
+        w.next_id += 1;
+        let id = w.next_id;
+        w.queued.push_back(ClusterWork { id, key, value });
+        w.asked.insert(id, stream);
+        self.hand_work();
+    }
+
+    /// `cluster-next`: the agent's request for work, answered now or held.
+    pub(super) fn cluster_next(&mut self, stream: UnixStream) {
+        self.cluster_work.agent = Some(stream);
+        self.hand_work();
+    }
+
+    /// Hands the oldest queued work to a waiting agent.
+    fn hand_work(&mut self) {
+        let w = &mut self.cluster_work;
+        if w.agent.is_none() || w.queued.is_empty() {
+            return; // held until both are there
+        }
+        let (Some(agent), Some(work)) = (w.agent.take(), w.queued.pop_front()) else {
+            return;
+        };
+        let r = Response::ok(serde_json::to_string(&work).expect("serialises"));
+        if reply_sent(agent, &r).is_err() {
+            // The agent went away: the work waits for the next one.
+            self.cluster_work.queued.push_front(work);
+        }
+    }
+
+    /// `cluster-done`: the outcome of work `id`, for the request that asked it.
+    pub(super) fn cluster_done(&mut self, id: u64, error: Option<String>) {
+        let Some(asker) = self.cluster_work.asked.remove(&id) else {
+            return;
+        };
+        let r = match error {
+            None => Response::ok("written through the cluster's master"),
+            Some(why) => Response::errno(libc::EIO, why),
+        };
+        reply(asker, &r);
+    }
+
+    /// `cluster-apply`: a setting the cluster holds, applied on this node.
+    pub(super) fn cluster_apply(
+        &mut self,
+        key: &str,
+        value: &str,
+        origin: &str,
+        revision: u64,
+    ) -> Response {
+        if let Err(why) = ham_core::protocol::check_cluster_setting(key, value) {
+            return Response::errno(libc::EINVAL, why);
+        }
+        let changed = match key {
+            "device-restart" => {
+                let enabled = value == "enabled";
+                let off = self.writer.segment().header().flags()
+                    & ham_core::layout::FLAG_DEVICE_RESTART_OFF
+                    != 0;
+                if off == enabled {
+                    if let Err(e) = self.set_device_restart(enabled) {
+                        return Response::err(e);
+                    }
+                    true
+                } else {
+                    false
+                }
+            }
+            "verbosity" => {
+                let level: u32 = value.parse().unwrap_or(1);
+                let changed = crate::log::verbosity() != level;
+                if changed {
+                    crate::log::set_verbosity(level);
+                    self.wrote(self.writer.set_verbosity(level));
+                }
+                changed
+            }
+            _ => false,
+        };
+        if changed {
+            say!(
+                self,
+                "cluster setting {key} = {value} (set on {origin}, revision {revision})"
+            );
+        }
+        Response::ok("applied")
     }
 }

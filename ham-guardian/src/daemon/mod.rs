@@ -162,6 +162,9 @@ pub struct Daemon {
     fence_at: u64,
     /// The cluster lease `fence_at` belongs to.
     fence_lease: u64,
+    /// Settings to write through the cluster's master, the requests waiting for how it went,
+    /// and the agent's request waiting for work.
+    cluster_work: cluster::Work,
     entities: entity::EntityTable,
     shutdown: Option<Vec<UnixStream>>,
     my_uid: u32,

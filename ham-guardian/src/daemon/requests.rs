@@ -73,6 +73,24 @@ impl Daemon {
             (Request::ClusterStatus, _) => reply(stream, &self.cluster_status()),
             (Request::ClusterPlace { token, .. }, Some(i)) => self.cluster_place(i, token, stream),
             (Request::ClusterUnplace { .. }, Some(i)) => self.cluster_unplace(i, stream),
+            (Request::ClusterSet { key, value }, _) => self.cluster_set(key, value, stream),
+            (Request::ClusterNext, _) => self.cluster_next(stream),
+            (Request::ClusterDone { id, error }, _) => {
+                self.cluster_done(id, error);
+                reply(stream, &Response::ok("noted"));
+            }
+            (
+                Request::ClusterApply {
+                    key,
+                    value,
+                    origin,
+                    revision,
+                },
+                _,
+            ) => {
+                let r = self.cluster_apply(&key, &value, &origin, revision);
+                reply(stream, &r);
+            }
             (Request::Start { .. } | Request::Restart { .. }, Some(i))
                 if self.entities[i].cfg.placement.is_some() =>
             {
