@@ -669,3 +669,212 @@ fn a_setting_changed_on_any_node_reaches_every_node_through_the_master() {
     let out = a.ctl(&["cluster", "set", "device-restart", "maybe"]);
     assert!(text(&out.stderr).contains("takes enabled, disabled"));
 }
+
+/// Three network namespaces of the test's own, each with a veth into a bridge in a fourth
+/// (the "switch"): node k is 10.213.0.(k+1). Deleted on drop (their links go with them).
+struct Net {
+    names: Vec<String>,
+    switch: String,
+}
+
+impl Net {
+    /// `None` (and the test says it is skipped) without the right to make namespaces.
+    fn new() -> Option<Net> {
+        let tag = std::process::id() % 100_000;
+        let switch = format!("hs{tag}");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                text(&out.stderr)
+            );
+        };
+        if !Command::new("ip")
+            .args(["netns", "add", &switch])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                std::env::var_os("HAM_REQUIRE_NETNS").is_none(),
+                "HAM_REQUIRE_NETNS is set and `ip netns add` fails (needs CAP_NET_ADMIN)"
+            );
+            eprintln!("skipped: cannot make network namespaces (needs CAP_NET_ADMIN)");
+            return None;
+        }
+        let mut net = Net {
+            names: Vec::new(),
+            switch: switch.clone(),
+        };
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for k in 0..3 {
+            let ns = format!("hn{tag}{k}");
+            ip(&["netns", "add", &ns]);
+            net.names.push(ns.clone());
+            let (inner, outer) = (format!("v{k}"), format!("s{tag}{k}"));
+            ip(&[
+                "link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &outer,
+                "netns", &switch,
+            ]);
+            ip(&["-n", &switch, "link", "set", &outer, "master", "br0"]);
+            ip(&["-n", &switch, "link", "set", &outer, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.213.0.{}/24", k + 1),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        Some(net)
+    }
+
+    /// Cuts node k off the others (`up = false`), or joins it again.
+    fn link(&self, k: usize, up: bool) {
+        let outer = format!("s{}{k}", std::process::id() % 100_000);
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &outer,
+                if up { "up" } else { "down" },
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.names.iter().chain([&self.switch]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// etcd members, one in each of `net`'s namespaces (10.213.0.k+1:2379).
+fn etcd_in(net: &Net, bin: &Path, dir: &Path) -> Vec<Member> {
+    let initial: Vec<String> = (0..3)
+        .map(|k| format!("m{k}=http://10.213.0.{}:2380", k + 1))
+        .collect();
+    let token = unique_name("netcd");
+    let members: Vec<Member> = (0..3)
+        .map(|k| {
+            let addr = format!("10.213.0.{}", k + 1);
+            let log = std::fs::File::create(dir.join(format!("m{k}.log"))).unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", &net.names[k]])
+                .arg(bin)
+                .arg("--name")
+                .arg(format!("m{k}"))
+                .arg("--data-dir")
+                .arg(dir.join(format!("m{k}")))
+                .arg("--listen-client-urls")
+                .arg(format!("http://{addr}:2379"))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://{addr}:2379"))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://{addr}:2380"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://{addr}:2380"))
+                .arg("--initial-cluster")
+                .arg(initial.join(","))
+                .arg("--initial-cluster-token")
+                .arg(&token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd starts");
+            Member {
+                child,
+                client: 2379,
+            }
+        })
+        .collect();
+    members
+}
+
+#[test]
+fn a_partitioned_node_fences_its_singleton_the_majority_replaces_it_and_the_heal_converges() {
+    let Some(bin) = etcd_bin() else { return };
+    let Some(net) = Net::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let members = etcd_in(&net, &bin, dir.path());
+    let _etcd = Etcd {
+        _dir: tempfile::tempdir().unwrap(),
+        members,
+    };
+    let cluster = unique_name("p").replace('-', "_");
+    let resource = dir.path().join("resource");
+    let names = ["a", "b", "c"];
+    let mut hams: Vec<Ham> = Vec::new();
+    for (k, n) in names.iter().enumerate() {
+        let body = format!(
+            "[cluster]\nname = \"{cluster}\"\nnode = \"{n}\"\n\
+             endpoints = [\"http://10.213.0.{}:2379\"]\nlease_ttl = \"2s\"\nagent = \"{}\"\n\n\
+             [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"300ms\"\n\
+             env = {{ NODE = \"{n}\" }}\n\
+             command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE\\\" \
+             >> {}; sleep 0.02; done\"]\n\n{}",
+            k + 1,
+            agent_bin().display(),
+            resource.display(),
+            sleeper("local")
+        );
+        let mut h = Ham::configured(&format!("pt-{n}"), "", &body);
+        h.spawn_in_netns(&net.names[k]);
+        h.wait_for("up", |s| {
+            s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+        });
+        hams.push(h);
+    }
+    let all: Vec<&Ham> = hams.iter().collect();
+    converged(&all, &names, "at start");
+    let (from, token) = agreed_owner(&hams, &resource);
+    let i = names.iter().position(|n| *n == from).unwrap();
+    let local = pid_of(&hams[i].status(), "local");
+    // The owner's node is cut off: its side is the minority.
+    net.link(i, false);
+    let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+    let majority: Vec<&Ham> = others.iter().map(|&j| &hams[j]).collect();
+    let rest: Vec<&str> = others.iter().map(|&j| names[j]).collect();
+    converged(&majority, &rest, "the majority after the cut");
+    wait_until(&hams[i], "the minority stale", || {
+        cluster_status(&hams[i]).is_some_and(|s| s["stale"] == true)
+    });
+    wait_until(
+        &hams[others[0]],
+        "the singleton re-placed on the majority",
+        || {
+            writes(&resource)
+                .last()
+                .is_some_and(|(t, n)| *t > token && *n != from)
+        },
+    );
+    // The minority fenced its copy, and kept its local entity running.
+    hams[i].wait_for("the minority's copy stopped", |s| {
+        entity(s, "writer")["state"] == "stopped"
+    });
+    assert_eq!(pid_of(&hams[i].status(), "local"), local);
+    // A setting changed on the majority meanwhile.
+    let out = hams[others[0]].ctl(&["cluster", "set", "verbosity", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Healed: the minority rejoins, its view and settings converge.
+    net.link(i, true);
+    converged(&all, &names, "after the heal");
+    wait_until(&hams[i], "the setting reached the healed node", || {
+        setting(&hams[i], "verbosity").is_some_and(|(v, _)| v == "2")
+    });
+    check_fenced(&writes(&resource));
+}

@@ -118,6 +118,25 @@ impl Ham {
         cmd
     }
 
+    /// Starts `ham` as [`Ham::spawn`] does, inside network namespace `netns`
+    /// (`ip netns exec NS ham …`, which becomes ham: the child's pid is ham's).
+    pub fn spawn_in_netns(&mut self, netns: &str) {
+        let plain = self.command(&[]);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(plain.get_program())
+            .args(plain.get_args());
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ham.stderr"))
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        self.child = Some(cmd.spawn().expect("ip netns exec ham starts"));
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
