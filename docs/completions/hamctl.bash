@@ -20,7 +20,7 @@ _hamctl() {
     case "$command" in
         '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
-        cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set" -- "$cur")) ;;
+        cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set switchover" -- "$cur")) ;;
     esac
 }
 complete -F _hamctl hamctl

@@ -38,6 +38,11 @@ struct Known {
     master: Option<String>,
     /// The cluster-wide settings, as last read (and applied here).
     settings: BTreeMap<String, ClusterSetting>,
+    /// The active supervisor, as last read.
+    active: Option<String>,
+    /// Handing over (a switchover): until then this node takes neither the supervisor
+    /// role nor singletons, and gives up those it holds.
+    resigning_until: Option<Instant>,
 }
 
 struct Agent {
@@ -89,6 +94,13 @@ impl Agent {
             why,
             lease: k.lease.unwrap_or(0),
             fence_at: k.fence_at,
+            standbys: k
+                .view
+                .supervisors()
+                .filter(|n| Some(*n) != k.active.as_deref())
+                .map(str::to_owned)
+                .collect(),
+            active: k.active.clone(),
         }
     }
 
@@ -145,6 +157,7 @@ impl Agent {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             pid: std::process::id(),
+            supervisor: self.cfg.supervisor,
         };
         let key = format!("{}{}", self.members_prefix(), self.cfg.node);
         self.etcd
@@ -322,7 +335,16 @@ impl Agent {
                     view: &view,
                     fresh,
                 };
-                let d = placement::decide(name, p, &prefix, &holders, me);
+                let mut d = placement::decide(name, p, &prefix, &holders, me);
+                if self.resigning() {
+                    // Handing over: what it holds goes (stopped first), nothing new.
+                    d = match d {
+                        Decision::Run { key, token } | Decision::Resign { key, token } => {
+                            Decision::Resign { key, token }
+                        }
+                        _ => Decision::Nothing,
+                    };
+                }
                 match d {
                     Decision::Run { key, token } => {
                         // Asked every turn (ham answers at once when it runs it already):
@@ -451,6 +473,104 @@ struct Setting {
 }
 
 impl Agent {
+    /// Whether this node is handing over (a switchover under way).
+    fn resigning(&self) -> bool {
+        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        k.resigning_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The supervisor role: `roles/active`, created if absent under the holder's lease by a
+    /// `role = "supervisor"` node (every node follows who holds it). A node handing over
+    /// deletes it (guarded) and waits.
+    fn active_forever(&self) {
+        let role = format!("{}roles/active", self.prefix());
+        loop {
+            let (lease, fresh) = self.lease_now();
+            let resigning = self.resigning();
+            let holder = match (lease, self.etcd.get(&role)) {
+                (Some(lease), Ok(h)) => {
+                    let mine = h.as_ref().is_some_and(|kv| {
+                        kv.value == self.cfg.node.as_bytes() && kv.lease == lease
+                    });
+                    match h {
+                        Some(kv) if mine && resigning => {
+                            let _ = self.etcd.delete_if_created_at(&role, kv.create_revision);
+                            eprintln!("ham-cluster: gave up the active supervisor role");
+                            None
+                        }
+                        None if fresh && !resigning && self.cfg.supervisor => {
+                            if let Ok(Some(_)) =
+                                self.etcd.create(&role, self.cfg.node.as_bytes(), lease)
+                            {
+                                eprintln!("ham-cluster: this node is the active supervisor");
+                            }
+                            self.etcd.get(&role).ok().flatten()
+                        }
+                        h => h,
+                    }
+                }
+                _ => {
+                    std::thread::sleep(self.ttl() / 4);
+                    continue;
+                }
+            };
+            let active = holder.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let changed = {
+                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = k.active != active;
+                k.active = active;
+                changed
+            };
+            if changed {
+                self.report();
+            }
+            std::thread::sleep(self.ttl() / 8);
+        }
+    }
+
+    /// A switchover: this node, the active supervisor, stops what the cluster placed here
+    /// and gives up its keys and its role; a standby takes the role. Done when it has.
+    fn switchover(&self) -> Result<String, String> {
+        let (active, standbys) = {
+            let s = self.state();
+            (s.active, s.standbys)
+        };
+        if active.as_deref() != Some(self.cfg.node.as_str()) {
+            return Err(format!(
+                "this node is not the active supervisor (active: {})",
+                active.unwrap_or_else(|| "none".into())
+            ));
+        }
+        if standbys.is_empty() {
+            return Err("no standby supervisor in the view".into());
+        }
+        eprintln!(
+            "ham-cluster: switching over (standbys: {})",
+            standbys.join(", ")
+        );
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resigning_until = Some(Instant::now() + self.ttl() * 3);
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            // Done when another node is active and this one holds no singleton any more.
+            let (now, holds) = {
+                let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let holds = k
+                    .singletons
+                    .iter()
+                    .any(|s| s.owner.as_deref() == Some(self.cfg.node.as_str()));
+                (k.active.clone(), holds)
+            };
+            if let Some(n) = now.filter(|n| *n != self.cfg.node && !holds) {
+                return Ok(format!("switched over: {n} is the active supervisor"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("no standby took the active role (and this node's singletons) within 15 s".into())
+    }
+
     /// This node's lease and whether it is fresh (renewed within its TTL, etcd read).
     fn lease_now(&self) -> (Option<u64>, bool) {
         let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -660,7 +780,11 @@ impl Agent {
             let Some(work) = work else {
                 continue;
             };
-            let error = self.ask_master(&work).err();
+            let error = if work.key == ham_core::protocol::SWITCHOVER {
+                self.switchover().err()
+            } else {
+                self.ask_master(&work).err()
+            };
             let done = Request::ClusterDone { id: work.id, error };
             let _ = ham_guardian::control::request(&self.socket, &done, Duration::from_secs(5));
         }
@@ -775,6 +899,8 @@ fn main() -> ExitCode {
             singletons: Vec::new(),
             master: None,
             settings: BTreeMap::new(),
+            active: None,
+            resigning_until: None,
         }),
     });
     eprintln!(
@@ -793,5 +919,7 @@ fn main() -> ExitCode {
     std::thread::spawn(move || applier.apply_settings_forever());
     let worker = Arc::clone(&agent);
     std::thread::spawn(move || worker.work_forever());
+    let active = Arc::clone(&agent);
+    std::thread::spawn(move || active.active_forever());
     agent.keep_registered()
 }

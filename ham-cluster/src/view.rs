@@ -17,11 +17,15 @@ pub struct Registration {
     /// When it registered (Unix ms).
     pub since: u64,
     pub pid: u32,
+    /// `role = "supervisor"`.
+    #[serde(default)]
+    pub supervisor: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
     since: u64,
+    supervisor: bool,
     /// The create revision of its key: a node that left and came back has a new one.
     created: u64,
 }
@@ -42,13 +46,14 @@ impl View {
 
     fn member_of(prefix: &str, kv: &Kv) -> Option<(String, Member)> {
         let node = Self::node_of(prefix, &kv.key)?;
-        let since = serde_json::from_slice::<Registration>(&kv.value)
-            .map(|r| r.since)
-            .unwrap_or(0);
+        let (since, supervisor) = serde_json::from_slice::<Registration>(&kv.value)
+            .map(|r| (r.since, r.supervisor))
+            .unwrap_or((0, false));
         Some((
             node.to_owned(),
             Member {
                 since,
+                supervisor,
                 created: kv.create_revision,
             },
         ))
@@ -114,6 +119,14 @@ impl View {
         self.members.keys().map(String::as_str)
     }
 
+    /// The supervisors in the view.
+    pub fn supervisors(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.supervisor)
+            .map(|(n, _)| n.as_str())
+    }
+
     /// As `hamctl cluster status` shows it.
     pub fn to_protocol(&self) -> ClusterView {
         ClusterView {
@@ -143,6 +156,7 @@ mod tests {
                 node: node.into(),
                 since: created * 1000,
                 pid: 1,
+                supervisor: false,
             })
             .unwrap(),
             create_revision: created,

@@ -106,6 +106,9 @@ pub enum Request {
     /// A cluster-wide setting, written through the cluster's master (`hamctl cluster set`,
     /// `hamctl device-restart … --cluster`): answered once the master wrote it, or why not.
     ClusterSet { key: String, value: String },
+    /// The active supervisor hands its role and its singletons to a standby (`hamctl
+    /// cluster switchover`): answered once a standby is active, or why not.
+    ClusterSwitchover,
     /// The agent waits for work (held until there is some): answered with a
     /// [`ClusterWork`] as JSON in `message`.
     ClusterNext,
@@ -129,10 +132,13 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterWork {
     pub id: u64,
-    /// A setting to write through the master.
+    /// A setting to write through the master, or [`SWITCHOVER`].
     pub key: String,
     pub value: String,
 }
+
+/// [`ClusterWork::key`] of a switchover (not a setting).
+pub const SWITCHOVER: &str = "switchover";
 
 /// The cluster-wide settings, and the values each takes.
 pub const CLUSTER_SETTINGS: &[(&str, &[&str])] = &[
@@ -186,6 +192,12 @@ pub struct ClusterState {
     /// the last renewal etcd accepted, plus the TTL, less a margin (0: nothing may run).
     #[serde(default)]
     pub fence_at: u64,
+    /// The active supervisor (`role = "supervisor"` nodes elect one), and the other
+    /// supervisors in the view: its standbys.
+    #[serde(default)]
+    pub active: Option<String>,
+    #[serde(default)]
+    pub standbys: Vec<String>,
 }
 
 /// The members of the cluster, and the id of this view of them (the etcd revision of the

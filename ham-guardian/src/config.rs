@@ -61,6 +61,7 @@ struct RawCluster {
     endpoints: Spanned<Vec<Spanned<String>>>,
     lease_ttl: Option<Spanned<String>>,
     agent: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +469,10 @@ pub struct ClusterConfig {
     pub lease_ttl_ns: u64,
     /// The agent's program (default: `ham-cluster` beside the `ham` binary).
     pub agent: PathBuf,
+    /// `role = "supervisor"`: one of the nodes that elect an active supervisor (NX-OS's dual
+    /// supervisors); an escalation to a device restart on the active one, with a standby in
+    /// the view, becomes a switchover.
+    pub supervisor: bool,
 }
 
 /// `[ham] cgroup`: how entities' processes are tracked.

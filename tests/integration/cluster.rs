@@ -42,15 +42,6 @@ fn agent_bin() -> PathBuf {
     p
 }
 
-/// A port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A plain HTTP GET on loopback: the body, if it answered.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -83,7 +74,13 @@ impl Etcd {
             .prefix("ham-etcd-")
             .tempdir()
             .unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        // All held at once while they are chosen, so no two are the same.
+        let held: Vec<std::net::TcpListener> = (0..2 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port = |k: usize| held[k].local_addr().unwrap().port();
+        let ports: Vec<(u16, u16)> = (0..n).map(|i| (port(2 * i), port(2 * i + 1))).collect();
+        drop(held);
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -877,4 +874,140 @@ fn a_partitioned_node_fences_its_singleton_the_majority_replaces_it_and_the_heal
         setting(&hams[i], "verbosity").is_some_and(|(v, _)| v == "2")
     });
     check_fenced(&writes(&resource));
+}
+
+/// The active supervisor as `ham` (fresh) sees it.
+fn active(ham: &Ham) -> Option<String> {
+    let s = cluster_status(ham)?;
+    if s["stale"] != false {
+        return None;
+    }
+    s["active"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn an_escalation_on_the_active_supervisor_becomes_a_switchover_when_a_standby_is_there() {
+    let Some(bin) = etcd_bin() else { return };
+    let etcd = Etcd::start(&bin, 3);
+    let cluster = unique_name("w").replace('-', "_");
+    let marks = tempfile::tempdir().unwrap();
+    let resource = marks.path().join("resource");
+    let names = ["a", "b", "c"];
+    let mut hams: Vec<Ham> = Vec::new();
+    for (k, n) in names.iter().enumerate() {
+        let role = if *n == "c" { "member" } else { "supervisor" };
+        let marker = marks.path().join(format!("device-restarted-{n}"));
+        let body = format!(
+            "[cluster]\nname = \"{cluster}\"\nnode = \"{n}\"\nendpoints = [\"{}\"]\n\
+             lease_ttl = \"2s\"\nrole = \"{role}\"\nagent = \"{}\"\n\n\
+             [device]\nrestart_command = [\"/usr/bin/touch\", \"{}\"]\n\n\
+             [[entity]]\nname = \"trip\"\ncommand = [\"sleep\", \"1000\"]\n\
+             policy = {{ kind = \"intensity\", max = 1, within = \"1m\", then = \"device-restart\" }}\n\n\
+             [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"300ms\"\n\
+             preferred = [\"a\", \"b\"]\npreferred_only = true\nenv = {{ NODE = \"{n}\" }}\n\
+             command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE\\\" \
+             >> {}; sleep 0.02; done\"]\n",
+            etcd.url(k),
+            agent_bin().display(),
+            marker.display(),
+            resource.display()
+        );
+        hams.push(Ham::start(&format!("sw-{n}"), &body));
+    }
+    let all: Vec<&Ham> = hams.iter().collect();
+    converged(&all, &names, "at start");
+    let agreed = |hams: &[&Ham]| -> String {
+        let until = std::time::Instant::now() + DEADLINE;
+        loop {
+            let seen: Vec<Option<String>> = hams.iter().map(|h| active(h)).collect();
+            if seen[0].is_some() && seen.iter().all(|x| *x == seen[0]) {
+                return seen[0].clone().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no agreed active: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = agreed(&all);
+    assert_ne!(first, "c", "a member is never the active supervisor");
+    // The singleton runs on a supervisor (preferred_only); make it the active one's.
+    let (owner_node, _) = agreed_owner(&hams, &resource);
+    if owner_node != first {
+        let o = names.iter().position(|n| *n == owner_node).unwrap();
+        let out = hams[o].ctl(&["cluster", "switchover"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        wait_until(&hams[o], "the roles swapped", || {
+            all.iter()
+                .all(|h| active(h).as_deref() == Some(owner_node.as_str()))
+        });
+    }
+    let first = agreed(&all);
+    let i = names.iter().position(|n| *n == first).unwrap();
+    let standby = if first == "a" { "b" } else { "a" };
+    let (_, token) = agreed_owner(&hams, &resource);
+    // By hand: the active hands over its role and its singleton to the standby.
+    let out = hams[i].ctl(&["cluster", "switchover"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stderr),
+        hams[i].stderr()
+    );
+    assert_eq!(agreed(&all), standby);
+    // The singleton went with the role.
+    wait_until(&hams[i], "the singleton on the new active", || {
+        writes(&resource)
+            .last()
+            .is_some_and(|(t, n)| n == standby && *t > token)
+    });
+    assert_eq!(agreed_owner(&hams, &resource).0, standby);
+    check_fenced(&writes(&resource));
+    // An escalation to a device restart on the (new) active, with a standby in the view:
+    // a switchover instead, and the device is not restarted.
+    let j = names.iter().position(|n| *n == standby).unwrap();
+    wait_until(&hams[j], "the standby in the view again", || {
+        cluster_status(&hams[j])
+            .is_some_and(|s| s["standbys"].as_array().is_some_and(|v| !v.is_empty()))
+    });
+    for _ in 0..2 {
+        let old = pid_of(&hams[j].status(), "trip");
+        assert!(kill_and_wait(old));
+        hams[j].wait_for("trip's death handled", |s| {
+            entity(s, "trip")["pid"].as_i64() != Some(i64::from(old))
+        });
+    }
+    wait_until(&hams[j], "switched back over", || {
+        all.iter()
+            .all(|h| active(h).as_deref() == Some(first.as_str()))
+    });
+    assert!(
+        hams[j].stderr().contains("a switchover instead"),
+        "{}",
+        hams[j].stderr()
+    );
+    assert!(
+        !marks
+            .path()
+            .join(format!("device-restarted-{standby}"))
+            .exists()
+    );
+    // With no standby (the other supervisor gone), the device restart happens as before.
+    let other = names.iter().position(|n| *n == standby).unwrap();
+    assert!(hams[other].ctl(&["shutdown"]).status.success());
+    let rest: Vec<&Ham> = (0..3).filter(|&k| k != other).map(|k| &hams[k]).collect();
+    let left: Vec<&str> = (0..3).filter(|&k| k != other).map(|k| names[k]).collect();
+    converged(&rest, &left, "the standby gone");
+    for _ in 0..2 {
+        let old = pid_of(&hams[i].status(), "trip");
+        assert!(kill_and_wait(old));
+        hams[i].wait_for("trip's death handled", |s| {
+            entity(s, "trip")["pid"].as_i64() != Some(i64::from(old))
+        });
+    }
+    let marker = marks.path().join(format!("device-restarted-{first}"));
+    wait_until(&hams[i], "the device restart's stand-in ran", || {
+        marker.exists()
+    });
 }

@@ -177,11 +177,14 @@ fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Co
         },
         "cluster" => match rest {
             ["status"] => Command::ClusterStatus { json },
+            ["switchover"] if !json => Command::Send(Request::ClusterSwitchover),
             ["set", key, value] if !json => Command::Send(Request::ClusterSet {
                 key: key.to_string(),
                 value: value.to_string(),
             }),
-            _ => return Err("cluster takes status [--json], or set KEY VALUE".into()),
+            _ => {
+                return Err("cluster takes status [--json], set KEY VALUE, or switchover".into());
+            }
         },
         "start" => Command::Send(Request::Start {
             entity: entity("start")?,
@@ -247,7 +250,10 @@ mod tests {
                 .replace("[--json|--tree]", "")
                 .replace("enable|disable [--cluster]", "enable --cluster")
                 .replace("enable|disable", "enable")
-                .replace("status [--json] | set KEY VALUE", "status --json")
+                .replace(
+                    "status [--json] | set KEY VALUE | switchover",
+                    "status --json",
+                )
                 .replace("[ENTITY] [--json]", "x --json")
                 .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")

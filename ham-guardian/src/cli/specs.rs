@@ -183,12 +183,13 @@ pub static HAMCTL: Spec = Spec {
         },
         Cmd {
             name: "cluster",
-            args: "status [--json] | set KEY VALUE",
+            args: "status [--json] | set KEY VALUE | switchover",
             help: "status: the cluster as this node knows it ([cluster]): the view's id and \
                    members, the master, singletons and settings, and whether the view is \
                    stale; set: a cluster-wide setting (device-restart enabled|disabled, \
-                   verbosity 0-3), written through the master and applied on every node",
-            words: &["status", "set"],
+                   verbosity 0-3), written through the master and applied on every node; \
+                   switchover: the active supervisor hands its role and singletons to a standby",
+            words: &["status", "set", "switchover"],
         },
         Cmd {
             name: "ping",

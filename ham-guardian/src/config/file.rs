@@ -390,7 +390,20 @@ fn cluster(ctx: &Ctx, c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
             beside
         }
     };
+    let supervisor = match &c.role {
+        None => false,
+        Some(r) if r.get_ref() == "supervisor" => true,
+        Some(r) if r.get_ref() == "member" => false,
+        Some(r) => {
+            return Err(ctx.err(
+                Some(r.span()),
+                Some("cluster.role".into()),
+                "must be \"supervisor\" or \"member\"",
+            ));
+        }
+    };
     Ok(ClusterConfig {
+        supervisor,
         name: c.name.get_ref().clone(),
         node: c.node.get_ref().clone(),
         endpoints,

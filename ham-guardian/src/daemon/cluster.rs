@@ -12,8 +12,8 @@ use super::*;
 #[derive(Default)]
 pub(super) struct Work {
     queued: VecDeque<ClusterWork>,
-    /// Requests waiting for their setting's outcome, by work id.
-    asked: HashMap<u64, UnixStream>,
+    /// Requests waiting for their work's outcome, by work id (with what was asked).
+    asked: HashMap<u64, (UnixStream, String)>,
     /// The agent's `cluster-next`, held until there is work.
     agent: Option<UnixStream>,
     next_id: u64,
@@ -291,9 +291,55 @@ impl Daemon {
         }
         w.next_id += 1;
         let id = w.next_id;
-        w.queued.push_back(ClusterWork { id, key, value });
-        w.asked.insert(id, stream);
+        w.queued.push_back(ClusterWork {
+            id,
+            key: key.clone(),
+            value,
+        });
+        w.asked.insert(id, (stream, key));
         self.hand_work();
+    }
+
+    /// `cluster-switchover` (an operator's), or `None` for the one an escalation asks: the
+    /// agent hands this node's supervisor role and singletons to a standby.
+    pub(super) fn cluster_switchover(&mut self, asker: Option<UnixStream>) {
+        if self.cfg.cluster.as_ref().is_none_or(|c| !c.supervisor) {
+            if let Some(s) = asker {
+                reply(
+                    s,
+                    &Response::errno(
+                        libc::EINVAL,
+                        "this node is not a supervisor ([cluster] role)",
+                    ),
+                );
+            }
+            return;
+        }
+        let w = &mut self.cluster_work;
+        w.next_id += 1;
+        let id = w.next_id;
+        w.queued.push_back(ClusterWork {
+            id,
+            key: ham_core::protocol::SWITCHOVER.into(),
+            value: String::new(),
+        });
+        if let Some(s) = asker {
+            w.asked
+                .insert(id, (s, ham_core::protocol::SWITCHOVER.into()));
+        }
+        self.hand_work();
+    }
+
+    /// The standby a switchover would hand over to, if this node is the active supervisor
+    /// of a fresh view that has one.
+    pub(super) fn switchover_standby(&self) -> Option<String> {
+        let cfg = self.cfg.cluster.as_ref().filter(|c| c.supervisor)?;
+        let (s, at) = self.cluster.as_ref()?;
+        let fresh = !s.stale && mono_ns().saturating_sub(*at) <= cfg.lease_ttl_ns;
+        if !fresh || s.active.as_deref() != Some(cfg.node.as_str()) {
+            return None;
+        }
+        s.standbys.first().cloned()
     }
 
     /// `cluster-next`: the agent's request for work, answered now or held.
@@ -320,10 +366,13 @@ impl Daemon {
 
     /// `cluster-done`: the outcome of work `id`, for the request that asked it.
     pub(super) fn cluster_done(&mut self, id: u64, error: Option<String>) {
-        let Some(asker) = self.cluster_work.asked.remove(&id) else {
+        let Some((asker, key)) = self.cluster_work.asked.remove(&id) else {
             return;
         };
         let r = match error {
+            None if key == ham_core::protocol::SWITCHOVER => {
+                Response::ok("switched over: a standby is the active supervisor")
+            }
             None => Response::ok("written through the cluster's master"),
             Some(why) => Response::errno(libc::EIO, why),
         };

@@ -75,6 +75,7 @@ impl Daemon {
             (Request::ClusterUnplace { .. }, Some(i)) => self.cluster_unplace(i, stream),
             (Request::ClusterSet { key, value }, _) => self.cluster_set(key, value, stream),
             (Request::ClusterNext, _) => self.cluster_next(stream),
+            (Request::ClusterSwitchover, _) => self.cluster_switchover(Some(stream)),
             (Request::ClusterDone { id, error }, _) => {
                 self.cluster_done(id, error);
                 reply(stream, &Response::ok("noted"));

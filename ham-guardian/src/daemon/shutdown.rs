@@ -8,6 +8,11 @@ impl Daemon {
     pub(super) fn device_restart(&mut self, reason: &str, run: Option<RunId>) -> String {
         let result = if self.writer.segment().header().flags() & FLAG_DEVICE_RESTART_OFF != 0 {
             "skipped: switched off (hamctl device-restart disable)".to_owned()
+        } else if let Some(standby) = self.switchover_standby() {
+            // The active supervisor with a healthy standby: NX-OS switches over where a
+            // lone supervisor resets.
+            self.cluster_switchover(None);
+            format!("a switchover instead: this node's role and singletons go to {standby}")
         } else if let Some((path, argv)) = self.cfg.device_restart.clone() {
             // What led here must be on disk before the device goes down.
             self.plog.sync();
