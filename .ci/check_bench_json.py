@@ -21,6 +21,7 @@ REQUIRED = {
     "storm_restart",
     "pss_put",
     "mts_roundtrip",
+    "cluster_failover",
 }
 # The systems each SDK scenario must report (they have no peers to skip).
 SYSTEMS = {
@@ -32,6 +33,7 @@ SYSTEMS = {
     "heartbeat_miss_delay": {"ham"},
     "pss_put": {"ham", "pwrite-shm", "ham-durable", "file-fsync"},
     "mts_roundtrip": {"ham", "unix-dgram", "unix-relay"},
+    "cluster_failover": {"ham", "view"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 

@@ -88,6 +88,7 @@
 //! segments removed.
 
 mod bare;
+mod cluster;
 mod mts;
 mod pss;
 mod report;
@@ -106,7 +107,7 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "restart_latency",
     "restart_storm",
     "takeover",
@@ -120,12 +121,13 @@ const SCENARIOS: [&str; 13] = [
     "storm_restart",
     "pss_put",
     "mts_roundtrip",
+    "cluster_failover",
 ];
 
 const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
 scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
            ring_throughput ring_latency heartbeat_miss_delay storm_ping storm_restart
-           pss_put mts_roundtrip (default: all)";
+           pss_put mts_roundtrip cluster_failover (default: all)";
 
 struct Opts {
     quick: bool,
@@ -300,6 +302,7 @@ fn run(o: &Opts) -> Result<bool> {
             )],
             "pss_put" => vec![(pss::pss_put(&ctx, &p, &mut problems)?, 1)],
             "mts_roundtrip" => vec![(mts::mts_roundtrip(&ctx, &p, &mut problems)?, 1)],
+            "cluster_failover" => vec![(cluster::cluster_failover(&ctx, &p, &mut problems)?, 1)],
             _ => unreachable!("checked in parse_args"),
         };
         for (res, _) in &r {

@@ -524,7 +524,7 @@ impl Agent {
             if changed {
                 self.report();
             }
-            std::thread::sleep(self.ttl() / 8);
+            std::thread::sleep(self.ttl() / 4);
         }
     }
 

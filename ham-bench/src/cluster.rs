@@ -1,0 +1,348 @@
+//! `cluster_failover`: three etcd members and three ham nodes on loopback (`lease_ttl` 2 s),
+//! a one-of-n singleton that appends `<token> <node>` to a file every 5 ms. Its owner's agent
+//! is stopped (SIGSTOP): `ham` is the time until a write with a higher token comes from
+//! another node (the singleton running elsewhere); `view` is the time until both other nodes'
+//! views no longer have the owner (its lease expired and they saw it) — the floor any
+//! failover built on etcd leases waits for. Each round then lets the agent go on and waits
+//! for the view to re-form with all three. Needs `etcd` on PATH (Debian's `etcd-server`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::report::{Outcome, ScenarioResult};
+use crate::scenarios::{Params, Problems, progress};
+use crate::sdk::measured;
+use crate::sys::{self, Result, mono_ns};
+use crate::systems::Ctx;
+
+const TTL_S: u64 = 2;
+const NODES: [&str; 3] = ["a", "b", "c"];
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Processes this scenario started, killed and reaped however it ends.
+struct Owned(Vec<Child>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    t.contains("\"health\":\"true\"")
+}
+
+fn until(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let end = Instant::now() + WAIT;
+    while !cond() {
+        sys::check_interrupted()?;
+        if Instant::now() > end {
+            return Err(format!("{what}: not within {WAIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+struct Node {
+    config: PathBuf,
+    child: Child,
+}
+
+fn cluster_status(hamctl: &Path, config: &Path) -> Option<Value> {
+    let out = Command::new(hamctl)
+        .arg("-c")
+        .arg(config)
+        .args(["cluster", "status", "--json"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn members(s: &Value) -> Vec<String> {
+    s["view"]["members"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|m| m["node"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn last_write(resource: &Path) -> Option<(u64, String)> {
+    let t = std::fs::read_to_string(resource).ok()?;
+    let l = t.lines().last()?;
+    let (tok, n) = l.split_once(' ')?;
+    Some((tok.parse().ok()?, n.to_owned()))
+}
+
+pub fn cluster_failover(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<ScenarioResult> {
+    let rounds = if p.n < 100 { 3 } else { 20 };
+    let mut res = ScenarioResult {
+        scenario: "cluster_failover",
+        unit: "ms",
+        title: format!(
+            "3 etcd members + 3 ham nodes on loopback, lease_ttl {TTL_S}s, {rounds} rounds: the \
+             owner's agent stopped -> ham = the singleton writing on another node; view = both \
+             other nodes' views without the owner"
+        ),
+        systems: Vec::new(),
+        ratios: true,
+        ratio_pairs: vec![("ham", "view")],
+        columns: Vec::new(),
+        ratio_metrics: Vec::new(),
+        notes: Vec::new(),
+    };
+    let etcd = match sys::which("etcd") {
+        Some(e) => e,
+        None => {
+            for s in ["ham", "view"] {
+                res.systems.push((
+                    s.into(),
+                    Outcome::Skipped("etcd not installed (apt-get install etcd-server)".into()),
+                ));
+            }
+            return Ok(res);
+        }
+    };
+    let agent = ctx.ham.with_file_name("ham-cluster");
+    if !agent.exists() {
+        return Err(format!(
+            "{} missing (cargo build --release -p ham-cluster)",
+            agent.display()
+        ));
+    }
+    let dir = ctx.base.join(format!("cluster-{}", mono_ns()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir: {e}"))?;
+    let (failover, view) = run(ctx, &etcd, &agent, &dir, rounds)?;
+    let extra = |v: &[f64]| {
+        let mut m = Map::new();
+        m.insert("lease_ttl_ms".into(), json!(TTL_S * 1000));
+        m.insert("rounds".into(), json!(v.len()));
+        m
+    };
+    res.systems
+        .push(("ham".into(), measured(&failover, 0, extra(&failover))));
+    res.systems
+        .push(("view".into(), measured(&view, 0, extra(&view))));
+    for (name, o) in &res.systems {
+        if let Outcome::Measured { stats, .. } = o {
+            progress(format!(
+                "{name}: median {:.0} ms ({:.2}x lease_ttl)",
+                stats.median,
+                stats.median / (TTL_S * 1000) as f64
+            ));
+        }
+    }
+    res.notes.push(format!(
+        "ham holds the fence deadline: the owner's copy is stopped before its lease (TTL \
+         {TTL_S} s) can expire; the failover then waits for etcd to expire it, the others to \
+         see it, one campaign and one start"
+    ));
+    let _ = problems;
+    Ok(res)
+}
+
+fn run(
+    ctx: &Ctx,
+    etcd: &Path,
+    agent: &Path,
+    dir: &Path,
+    rounds: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    // Ports chosen together, so no two are the same.
+    let held: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| format!("bind: {e}"))?;
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+        .collect();
+    drop(held);
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+        .collect();
+    let mut owned = Owned(Vec::new());
+    for i in 0..3 {
+        let (client, peer) = (ports[2 * i], ports[2 * i + 1]);
+        let log = std::fs::File::create(dir.join(format!("etcd{i}.log")))
+            .map_err(|e| format!("log: {e}"))?;
+        let child = Command::new(etcd)
+            .arg("--name")
+            .arg(format!("m{i}"))
+            .arg("--data-dir")
+            .arg(dir.join(format!("m{i}")))
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-token")
+            .arg(format!("hb{}", ctx.pid))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("etcd: {e}"))?;
+        owned.0.push(child);
+    }
+    for i in 0..3 {
+        until("etcd healthy", || healthy(ports[2 * i]))?;
+    }
+    let resource = dir.join("resource");
+    let cluster = format!("hb{}", ctx.pid);
+    let mut nodes = Vec::new();
+    for (i, n) in NODES.iter().enumerate() {
+        let ndir = dir.join(n);
+        std::fs::create_dir_all(&ndir).map_err(|e| format!("mkdir: {e}"))?;
+        let config = ndir.join("ham.toml");
+        let text = format!(
+            "[ham]\nname = \"{}cl{n}\"\nrun_dir = \"run\"\nlog_dir = \"log\"\nsyslog = \"\"\n\n\
+             [cluster]\nname = \"{cluster}\"\nnode = \"{n}\"\n\
+             endpoints = [\"http://127.0.0.1:{}\"]\nlease_ttl = \"{TTL_S}s\"\nagent = \"{}\"\n\n\
+             [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"300ms\"\n\
+             env = {{ NODE = \"{n}\" }}\n\
+             command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE\\\" \
+             >> {}; sleep 0.005; done\"]\n",
+            ctx.instance_prefix(),
+            ports[2 * i],
+            agent.display(),
+            resource.display()
+        );
+        std::fs::write(&config, text).map_err(|e| format!("config: {e}"))?;
+        let out = std::fs::File::create(ndir.join("out.log")).map_err(|e| format!("log: {e}"))?;
+        let child = Command::new(&ctx.ham)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("ham: {e}"))?;
+        nodes.push(Node { config, child });
+    }
+    let result = rounds_of(ctx, &nodes, &resource, rounds);
+    for n in &mut nodes {
+        let _ = Command::new(&ctx.hamctl)
+            .arg("-c")
+            .arg(&n.config)
+            .args(["--timeout", "20s", "shutdown"])
+            .output();
+        let _ = n.child.kill();
+        let _ = n.child.wait();
+    }
+    drop(owned);
+    result
+}
+
+fn rounds_of(
+    ctx: &Ctx,
+    nodes: &[Node],
+    resource: &Path,
+    rounds: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let status = |k: usize| cluster_status(&ctx.hamctl, &nodes[k].config);
+    let all3 =
+        || (0..3).all(|k| status(k).is_some_and(|s| s["stale"] == false && members(&s) == NODES));
+    until("the view with all three", all3)?;
+    until("the singleton writing", || last_write(resource).is_some())?;
+    let (mut failover, mut view) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // The owner every node agrees on, and the last writer.
+        let mut owner = None;
+        until("an agreed owner", || {
+            let Some((t, n)) = last_write(resource) else {
+                return false;
+            };
+            let agree = (0..3).all(|k| {
+                status(k).is_some_and(|s| {
+                    s["singletons"].as_array().is_some_and(|v| {
+                        v.iter().any(|x| {
+                            x["owner"].as_str() == Some(n.as_str())
+                                && x["token"].as_u64() == Some(t)
+                        })
+                    })
+                })
+            });
+            if agree {
+                owner = Some((t, n));
+            }
+            agree
+        })?;
+        let (token, from) = owner.expect("set above");
+        let i = NODES.iter().position(|n| *n == from).expect("a node");
+        let agent = status(i)
+            .and_then(|_| {
+                let out = Command::new(&ctx.hamctl)
+                    .arg("-c")
+                    .arg(&nodes[i].config)
+                    .args(["status", "--json"])
+                    .output()
+                    .ok()?;
+                let s: Value = serde_json::from_slice(&out.stdout).ok()?;
+                s["entities"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["name"] == "ham-cluster")?["pid"]
+                    .as_i64()
+            })
+            .ok_or("the owner's agent pid")? as i32;
+        let t0 = Instant::now();
+        sys::kill(agent, libc::SIGSTOP);
+        let (mut moved, mut left) = (None, None);
+        let r2 = until("the failover and the view", || {
+            if moved.is_none() && last_write(resource).is_some_and(|(t, n)| t > token && n != from)
+            {
+                moved = Some(t0.elapsed());
+            }
+            if left.is_none()
+                && (0..3)
+                    .filter(|&k| k != i)
+                    .all(|k| status(k).is_some_and(|s| !members(&s).contains(&from)))
+            {
+                left = Some(t0.elapsed());
+            }
+            moved.is_some() && left.is_some()
+        });
+        sys::kill(agent, libc::SIGCONT);
+        r2?;
+        failover.push(moved.expect("set").as_secs_f64() * 1000.0);
+        view.push(left.expect("set").as_secs_f64() * 1000.0);
+        until("the view re-formed", all3)?;
+        eprintln!(
+            "[cluster_failover] round {}: failover {:.0} ms, view {:.0} ms",
+            r + 1,
+            failover[r],
+            view[r]
+        );
+    }
+    Ok((failover, view))
+}
