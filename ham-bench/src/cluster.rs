@@ -91,11 +91,32 @@ fn members(s: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every write: (token, node, wall-clock ns).
+fn writes(resource: &Path) -> Vec<(u64, String, u64)> {
+    std::fs::read_to_string(resource)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            Some((
+                w.next()?.parse().ok()?,
+                w.next()?.to_owned(),
+                w.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 fn last_write(resource: &Path) -> Option<(u64, String)> {
-    let t = std::fs::read_to_string(resource).ok()?;
-    let l = t.lines().last()?;
-    let (tok, n) = l.split_once(' ')?;
-    Some((tok.parse().ok()?, n.to_owned()))
+    writes(resource).pop().map(|(t, n, _)| (t, n))
+}
+
+/// The time between the old owner's last write and the new owner's first (ms).
+fn gap(resource: &Path, old: u64) -> Option<f64> {
+    let w = writes(resource);
+    let last_old = w.iter().rev().find(|x| x.0 == old)?.2;
+    let first_new = w.iter().find(|x| x.0 > old)?.2;
+    Some(first_new.saturating_sub(last_old) as f64 / 1e6)
 }
 
 pub fn cluster_failover(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<ScenarioResult> {
@@ -106,7 +127,8 @@ pub fn cluster_failover(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Resul
         title: format!(
             "3 etcd members + 3 ham nodes on loopback, lease_ttl {TTL_S}s, {rounds} rounds: the \
              owner's agent stopped -> ham = the singleton writing on another node; view = both \
-             other nodes' views without the owner"
+             other nodes' views without the owner; gap = the old owner's last write to the new \
+             owner's first"
         ),
         systems: Vec::new(),
         ratios: true,
@@ -136,7 +158,7 @@ pub fn cluster_failover(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Resul
     }
     let dir = ctx.base.join(format!("cluster-{}", mono_ns()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir: {e}"))?;
-    let (failover, view) = run(ctx, &etcd, &agent, &dir, rounds)?;
+    let (failover, view, gaps) = run(ctx, &etcd, &agent, &dir, rounds)?;
     let extra = |v: &[f64]| {
         let mut m = Map::new();
         m.insert("lease_ttl_ms".into(), json!(TTL_S * 1000));
@@ -147,6 +169,10 @@ pub fn cluster_failover(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Resul
         .push(("ham".into(), measured(&failover, 0, extra(&failover))));
     res.systems
         .push(("view".into(), measured(&view, 0, extra(&view))));
+    // How long the singleton ran nowhere: the old owner's last write to the new one's first
+    // (the fence's margin and stop, then the expiry, the campaign, the start).
+    res.systems
+        .push(("gap".into(), measured(&gaps, 0, extra(&gaps))));
     for (name, o) in &res.systems {
         if let Outcome::Measured { stats, .. } = o {
             progress(format!(
@@ -171,7 +197,7 @@ fn run(
     agent: &Path,
     dir: &Path,
     rounds: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     // Ports chosen together, so no two are the same.
     let held: Vec<std::net::TcpListener> = (0..6)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -230,7 +256,7 @@ fn run(
              endpoints = [\"http://127.0.0.1:{}\"]\nlease_ttl = \"{TTL_S}s\"\nagent = \"{}\"\n\n\
              [[entity]]\nname = \"writer\"\nplacement = \"one-of-n\"\nstop_timeout = \"300ms\"\n\
              env = {{ NODE = \"{n}\" }}\n\
-             command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE\\\" \
+             command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE $(date +%s%N)\\\" \
              >> {}; sleep 0.005; done\"]\n",
             ctx.instance_prefix(),
             ports[2 * i],
@@ -268,13 +294,13 @@ fn rounds_of(
     nodes: &[Node],
     resource: &Path,
     rounds: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let status = |k: usize| cluster_status(&ctx.hamctl, &nodes[k].config);
     let all3 =
         || (0..3).all(|k| status(k).is_some_and(|s| s["stale"] == false && members(&s) == NODES));
     until("the view with all three", all3)?;
     until("the singleton writing", || last_write(resource).is_some())?;
-    let (mut failover, mut view) = (Vec::new(), Vec::new());
+    let (mut failover, mut view, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         // The owner every node agrees on, and the last writer.
         let mut owner = None;
@@ -336,13 +362,15 @@ fn rounds_of(
         r2?;
         failover.push(moved.expect("set").as_secs_f64() * 1000.0);
         view.push(left.expect("set").as_secs_f64() * 1000.0);
+        gaps.push(gap(resource, token).ok_or("no gap: writes missing")?);
         until("the view re-formed", all3)?;
         eprintln!(
-            "[cluster_failover] round {}: failover {:.0} ms, view {:.0} ms",
+            "[cluster_failover] round {}: failover {:.0} ms, view {:.0} ms, gap {:.0} ms",
             r + 1,
             failover[r],
-            view[r]
+            view[r],
+            gaps[r]
         );
     }
-    Ok((failover, view))
+    Ok((failover, view, gaps))
 }
