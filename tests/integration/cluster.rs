@@ -1011,3 +1011,84 @@ fn an_escalation_on_the_active_supervisor_becomes_a_switchover_when_a_standby_is
         marker.exists()
     });
 }
+
+#[test]
+fn m_of_n_runs_on_count_nodes_and_fail_back_returns_to_the_preferred_node() {
+    let Some(bin) = etcd_bin() else { return };
+    let etcd = Etcd::start(&bin, 3);
+    let cluster = unique_name("n").replace('-', "_");
+    let names = ["a", "b", "c"];
+    let hams: Vec<Ham> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            let body = format!(
+                "[cluster]\nname = \"{cluster}\"\nnode = \"{n}\"\nendpoints = [\"{}\"]\n\
+                 lease_ttl = \"2s\"\nagent = \"{}\"\n\n\
+                 [[entity]]\nname = \"web\"\nplacement = \"m-of-n\"\ncount = 2\n\
+                 stop_timeout = \"300ms\"\ncommand = [\"sleep\", \"1000\"]\n\n\
+                 [[entity]]\nname = \"db\"\nplacement = \"one-of-n\"\n\
+                 preferred = [\"a\", \"b\", \"c\"]\nfail_back = true\n\
+                 stop_timeout = \"300ms\"\ncommand = [\"sleep\", \"1000\"]\n",
+                etcd.url(k),
+                agent_bin().display()
+            );
+            Ham::start(&format!("mn-{n}"), &body)
+        })
+        .collect();
+    let all: Vec<&Ham> = hams.iter().collect();
+    converged(&all, &names, "at start");
+    let runs = |e: &str| -> Vec<&str> {
+        (0..3)
+            .filter(|&k| hams[k].try_status().is_some_and(|s| running(&s, e)))
+            .map(|k| names[k])
+            .collect()
+    };
+    let tokens = |e: &str| -> Vec<u64> {
+        (0..3)
+            .filter_map(|k| {
+                let s = hams[k].try_status()?;
+                running(&s, e).then(|| {
+                    let pid = pid_of(&s, e);
+                    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    env.split(|&b| b == 0)
+                        .find_map(|kv| kv.strip_prefix(b"HAM_FENCING_TOKEN="))
+                        .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+                        .unwrap_or(0)
+                })
+            })
+            .collect()
+    };
+    wait_until(&hams[0], "web on two nodes, db on a", || {
+        runs("web").len() == 2 && runs("db") == ["a"]
+    });
+    let t = tokens("web");
+    assert!(
+        t.len() == 2 && t[0] != t[1] && t.iter().all(|&x| x > 0),
+        "{t:?}"
+    );
+    let db_token = tokens("db")[0];
+    // a's agent stops: db goes to b (next preferred), and web (if a ran it) to the node
+    // that did not run it; two copies of web throughout, never three.
+    let agent = pid_of(&hams[0].status(), "ham-cluster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    wait_until(
+        &hams[1],
+        "db on b, web still on two nodes without a",
+        || runs("db") == ["b"] && runs("web").len() == 2 && !runs("web").contains(&"a"),
+    );
+    assert!(tokens("db")[0] > db_token);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    converged(&all, &names, "a back");
+    // Fail back: a is more preferred than b, so b hands db back to it.
+    wait_until(&hams[0], "db back on a", || runs("db") == ["a"]);
+    assert!(runs("web").len() == 2, "{:?}", runs("web"));
+}
