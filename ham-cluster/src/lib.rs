@@ -3,5 +3,6 @@
 //! the cluster safe.
 
 pub mod etcd;
+pub mod fence;
 pub mod placement;
 pub mod view;

@@ -4,7 +4,8 @@
 //! ham (`cluster-report`), which `hamctl cluster status` shows. It holds no deadline that
 //! keeps anything safe: ham does (a dead or hung agent is a stale view, never two owners).
 //!
-//! Usage: `ham-cluster [-c FILE]` (FILE: `$HAM_CONFIG`, which ham sets for its entities).
+//! Usage: `ham-cluster [--fence] [-c FILE]` (FILE: `$HAM_CONFIG`, which ham sets for its
+//! entities; `--fence`: the fence keeper, see `fence.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -843,19 +844,25 @@ impl Agent {
     }
 }
 
-fn config_path() -> Result<PathBuf, String> {
-    let mut args = std::env::args_os().skip(1);
-    match (args.next(), args.next(), args.next()) {
-        (None, ..) => std::env::var_os("HAM_CONFIG")
-            .map(PathBuf::from)
-            .ok_or_else(|| "no configuration: -c FILE, or HAM_CONFIG".into()),
-        (Some(flag), Some(file), None) if flag == "-c" || flag == "--config" => Ok(file.into()),
-        _ => Err("usage: ham-cluster [-c FILE]".into()),
+/// The configuration's path, and whether this is the fence keeper (`--fence`).
+fn config_path() -> Result<(PathBuf, bool), String> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let fence = args.first().is_some_and(|a| a == "--fence");
+    if fence {
+        args.remove(0);
     }
+    let path = match args.as_slice() {
+        [] => std::env::var_os("HAM_CONFIG")
+            .map(PathBuf::from)
+            .ok_or_else(|| "no configuration: -c FILE, or HAM_CONFIG".to_owned())?,
+        [flag, file] if flag == "-c" || flag == "--config" => file.into(),
+        _ => return Err("usage: ham-cluster [--fence] [-c FILE]".into()),
+    };
+    Ok((path, fence))
 }
 
 fn main() -> ExitCode {
-    let path = match config_path() {
+    let (path, fence) = match config_path() {
         Ok(p) => p,
         Err(why) => {
             eprintln!("ham-cluster: {why}");
@@ -869,6 +876,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if fence {
+        ham_cluster::fence::keep(&cfg.instance.segment_name());
+    }
     let Some(cluster) = cfg.cluster.clone() else {
         eprintln!(
             "ham-cluster: {} has no [cluster] table: nothing to do",

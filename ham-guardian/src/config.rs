@@ -451,6 +451,9 @@ pub struct Config {
 
 /// The entity ham adds to run its cluster agent when `[cluster]` is set.
 pub const CLUSTER_AGENT_ENTITY: &str = "ham-cluster";
+/// The entity ham adds to keep the fence deadline if ham itself and the agent are gone
+/// (`ham-cluster --fence`).
+pub const CLUSTER_FENCE_ENTITY: &str = "ham-fence";
 /// `[cluster] lease_ttl` when unset, and its floor (etcd raises shorter TTLs to its own
 /// minimum, about 1.5 s with default timing).
 pub const DEFAULT_LEASE_TTL: &str = "5s";

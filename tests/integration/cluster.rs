@@ -325,7 +325,7 @@ fn cluster_configuration_errors_name_the_key() {
         .output()
         .unwrap();
     assert!(
-        text(&out.stderr).contains("the entity ham adds"),
+        text(&out.stderr).contains("is an entity ham adds for [cluster]"),
         "{}",
         text(&out.stderr)
     );
@@ -533,6 +533,47 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
     });
     check_fenced(&writes(&resource));
     assert_eq!(writes(&resource).last().unwrap().0, token, "nothing moved");
+    // The owner's pair and its agent all killed: nobody renews the lease; the fence keeper
+    // (`ham-fence`, an entity too) kills the orphaned copy by the fence deadline, before the
+    // lease expires and another node starts its own.
+    let s = hams[i].status();
+    let (agent, guardian) = (
+        pid_of(&s, "ham-cluster"),
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    let orphan = pid_of(&s, "writer");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guardian),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    sigkill(hams[i].pid());
+    assert_eq!(hams[i].wait_exit(), -1);
+    assert!(kill_and_wait(guardian));
+    assert!(kill_and_wait(agent));
+    let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+    deadline("another node took the singleton over", &|| {
+        writes(&resource)
+            .last()
+            .is_some_and(|(t, n)| *t > token && *n != from)
+    });
+    check_fenced(&writes(&resource));
+    // Gone (or a zombie its new parent has not reaped yet).
+    let state = std::fs::read_to_string(format!("/proc/{orphan}/stat"))
+        .ok()
+        .and_then(|t| t.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
+        .flatten();
+    assert!(
+        matches!(state, None | Some('Z')),
+        "the orphaned copy (pid {orphan}) still runs: state {state:?}"
+    );
+    hams[i].spawn(&[]);
+    hams[i].wait_for("the warm start", |s| {
+        s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+    });
+    let all: Vec<&Ham> = hams.iter().collect();
+    converged(&all, &names, "the owner back");
+    let _ = others;
     eprintln!(
         "{failovers} failovers (lease_ttl 2s): {:?}",
         moves.iter().map(|d| d.as_millis()).collect::<Vec<_>>()

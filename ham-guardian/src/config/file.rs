@@ -265,20 +265,33 @@ pub(super) fn parse_with(
         None => None,
         Some(c) => {
             let cl = cluster(&ctx, c.get_ref())?;
-            if let Some(e) = raw
-                .entity
-                .iter()
-                .find(|e| e.get_ref().name.get_ref() == CLUSTER_AGENT_ENTITY)
-            {
-                return Err(ctx.err(
-                    Some(e.get_ref().name.span()),
-                    Some("entity.name".into()),
-                    format!(
-                        "`{CLUSTER_AGENT_ENTITY}` is the entity ham adds for [cluster]'s agent"
-                    ),
-                ));
+            for own in [CLUSTER_AGENT_ENTITY, CLUSTER_FENCE_ENTITY] {
+                if let Some(e) = raw
+                    .entity
+                    .iter()
+                    .find(|e| e.get_ref().name.get_ref() == own)
+                {
+                    return Err(ctx.err(
+                        Some(e.get_ref().name.span()),
+                        Some("entity.name".into()),
+                        format!("`{own}` is an entity ham adds for [cluster]"),
+                    ));
+                }
             }
-            entities.push(agent_entity(&ctx, entities.len(), &cl)?);
+            entities.push(agent_entity(
+                &ctx,
+                entities.len(),
+                &cl,
+                CLUSTER_AGENT_ENTITY,
+                &[],
+            )?);
+            entities.push(agent_entity(
+                &ctx,
+                entities.len(),
+                &cl,
+                CLUSTER_FENCE_ENTITY,
+                &["--fence"],
+            )?);
             Some(cl)
         }
     };
@@ -412,12 +425,23 @@ fn cluster(ctx: &Ctx, c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
     })
 }
 
-/// The entity that runs the cluster agent: restarted at once, stopped quickly.
-fn agent_entity(ctx: &Ctx, i: usize, c: &ClusterConfig) -> Result<EntityConfig, ConfigError> {
+/// An entity ham adds for [cluster]: the agent, or (`--fence`) the fence keeper, both the
+/// agent's program. Restarted at once, stopped quickly.
+fn agent_entity(
+    ctx: &Ctx,
+    i: usize,
+    c: &ClusterConfig,
+    name: &str,
+    args: &[&str],
+) -> Result<EntityConfig, ConfigError> {
+    let argv: Vec<String> = std::iter::once(c.agent.to_string_lossy().into_owned())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| toml_string(&a))
+        .collect();
     let text = format!(
         "name = {}\ncommand = [{}]\nstop_timeout = \"2s\"\n",
-        toml_string(CLUSTER_AGENT_ENTITY),
-        toml_string(&c.agent.to_string_lossy())
+        toml_string(name),
+        argv.join(", ")
     );
     let raw: RawEntity = toml::from_str(&text).map_err(|e| {
         ctx.err(
