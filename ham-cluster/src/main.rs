@@ -46,6 +46,14 @@ struct Known {
     resigning_until: Option<Instant>,
 }
 
+impl Known {
+    /// The lease was renewed within `ttl` and etcd could be read: this node may vouch for
+    /// what it knows (and place something new).
+    fn fresh(&self, ttl: Duration) -> bool {
+        self.renewed.is_some_and(|t| t.elapsed() < ttl) && self.view_error.is_none()
+    }
+}
+
 struct Agent {
     cfg: ClusterConfig,
     /// The entities the cluster places, with their placement.
@@ -56,6 +64,12 @@ struct Agent {
 }
 
 impl Agent {
+    /// What the agent knows (a thread that panicked holding it left nothing half-written
+    /// that matters: every field is replaced whole).
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn prefix(&self) -> String {
         format!("/ham/{}/", self.cfg.name)
     }
@@ -71,9 +85,8 @@ impl Agent {
     /// What ham shows: stale when the lease was not renewed within its TTL, or the view
     /// could not be read.
     fn state(&self) -> ClusterState {
-        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let renewed_lately = k.renewed.is_some_and(|t| t.elapsed() < self.ttl());
-        let stale = !renewed_lately || k.view_error.is_some();
+        let k = self.known();
+        let stale = !k.fresh(self.ttl());
         let why = if stale {
             Some(
                 k.lease_error
@@ -119,7 +132,7 @@ impl Agent {
     /// Records a renewal's outcome (said once when it starts failing, and when it
     /// recovers); `sent`: when the renewal that succeeded was sent (CLOCK_MONOTONIC ns).
     fn set_lease(&self, lease: Option<u64>, sent: u64, r: Result<(), String>) {
-        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k = self.known();
         k.lease = lease;
         match r {
             Ok(()) => {
@@ -227,7 +240,7 @@ impl Agent {
         loop {
             let r = self.etcd.range_prefix(&prefix).and_then(|(rev, kvs)| {
                 let changed = {
-                    let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut k = self.known();
                     k.view_error = None;
                     k.view.relist(&prefix, rev, &kvs)
                 };
@@ -237,7 +250,7 @@ impl Agent {
                 self.etcd
                     .watch_prefix(&prefix, rev + 1, self.ttl(), |events| {
                         let changed = {
-                            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut k = self.known();
                             k.view.apply(&prefix, &events)
                         };
                         if changed {
@@ -249,7 +262,7 @@ impl Agent {
             if let Err(e) = r {
                 let why = e.to_string();
                 let first = {
-                    let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut k = self.known();
                     let first = k.view_error.as_deref() != Some(why.as_str());
                     k.view_error = Some(why.clone());
                     first
@@ -269,23 +282,22 @@ impl Agent {
 impl Agent {
     /// Asks ham to run entity `name` with `token` (answered once it runs).
     fn place(&self, name: &str, token: u64) -> Result<(), String> {
-        let req = Request::ClusterPlace {
+        self.ask_ham(&Request::ClusterPlace {
             entity: name.to_owned(),
             token,
-        };
-        match ham_guardian::control::request(&self.socket, &req, Duration::from_secs(30)) {
-            Ok(r) if r.ok => Ok(()),
-            Ok(r) => Err(r.error.unwrap_or_else(|| "refused".into())),
-            Err(e) => Err(e.to_string()),
-        }
+        })
     }
 
     /// Asks ham to stop entity `name` (answered once it is down).
     fn unplace(&self, name: &str) -> Result<(), String> {
-        let req = Request::ClusterUnplace {
+        self.ask_ham(&Request::ClusterUnplace {
             entity: name.to_owned(),
-        };
-        match ham_guardian::control::request(&self.socket, &req, Duration::from_secs(30)) {
+        })
+    }
+
+    /// `req` to ham, which may hold it while an entity starts or stops.
+    fn ask_ham(&self, req: &Request) -> Result<(), String> {
+        match ham_guardian::control::request(&self.socket, req, Duration::from_secs(30)) {
             Ok(r) if r.ok => Ok(()),
             Ok(r) => Err(r.error.unwrap_or_else(|| "refused".into())),
             Err(e) => Err(e.to_string()),
@@ -307,11 +319,9 @@ impl Agent {
         let mut free_since: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
             let (lease, fresh, view) = {
-                let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                let fresh =
-                    k.renewed.is_some_and(|t| t.elapsed() < self.ttl()) && k.view_error.is_none();
+                let k = self.known();
                 let view: Vec<String> = k.view.nodes().map(str::to_owned).collect();
-                (k.lease, fresh, view)
+                (k.lease, k.fresh(self.ttl()), view)
             };
             let Some(lease) = lease else {
                 std::thread::sleep(step);
@@ -436,7 +446,7 @@ impl Agent {
                 })
                 .collect();
             let changed = {
-                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let mut k = self.known();
                 let changed = k.singletons != singletons;
                 k.singletons = singletons;
                 changed
@@ -476,7 +486,7 @@ struct Setting {
 impl Agent {
     /// Whether this node is handing over (a switchover under way).
     fn resigning(&self) -> bool {
-        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let k = self.known();
         k.resigning_until.is_some_and(|t| Instant::now() < t)
     }
 
@@ -517,7 +527,7 @@ impl Agent {
             };
             let active = holder.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             let changed = {
-                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let mut k = self.known();
                 let changed = k.active != active;
                 k.active = active;
                 changed
@@ -557,7 +567,7 @@ impl Agent {
         while Instant::now() < until {
             // Done when another node is active and this one holds no singleton any more.
             let (now, holds) = {
-                let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let k = self.known();
                 let holds = k
                     .singletons
                     .iter()
@@ -574,9 +584,8 @@ impl Agent {
 
     /// This node's lease and whether it is fresh (renewed within its TTL, etcd read).
     fn lease_now(&self) -> (Option<u64>, bool) {
-        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = k.renewed.is_some_and(|t| t.elapsed() < self.ttl()) && k.view_error.is_none();
-        (k.lease, fresh)
+        let k = self.known();
+        (k.lease, k.fresh(self.ttl()))
     }
 
     /// The master role: held by whoever created `roles/master` (under its lease); the
@@ -614,7 +623,7 @@ impl Agent {
                 .as_ref()
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             let changed = {
-                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let mut k = self.known();
                 let changed = k.master != master;
                 k.master = master;
                 changed
@@ -740,7 +749,7 @@ impl Agent {
             Ok(r) if r.ok => {
                 applied.insert(key.to_owned(), kv.mod_revision);
                 {
-                    let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut k = self.known();
                     k.settings.insert(
                         key.to_owned(),
                         ClusterSetting {

@@ -160,30 +160,36 @@ fn print_log(inst: &config::Instance, entity: Option<&str>, json: bool) -> ExitC
 }
 
 /// `hamctl pss ENTITY`: the entity's keys, as ham reads them.
-fn print_cluster(inst: &config::Instance, json: bool, timeout: std::time::Duration) -> ExitCode {
-    let state = match control::request(
-        &inst.socket_path(),
-        &control::Request::ClusterStatus,
-        timeout,
-    ) {
-        Ok(r) if r.ok => match r.cluster {
-            Some(c) => *c,
-            None => {
-                eprintln!("hamctl: ham answered cluster-status without a state");
-                return ExitCode::from(exit::FAILED as u8);
-            }
-        },
+/// `req`'s answer when ham granted it; otherwise says why and gives the exit code.
+fn ask(
+    inst: &config::Instance,
+    req: &control::Request,
+    timeout: std::time::Duration,
+) -> Result<control::Response, ExitCode> {
+    match control::request(&inst.socket_path(), req, timeout) {
+        Ok(r) if r.ok => Ok(r),
         Ok(r) => {
             eprintln!(
                 "hamctl: {}",
                 r.error.unwrap_or_else(|| "request failed".into())
             );
-            return ExitCode::from(exit::FAILED as u8);
+            Err(ExitCode::from(exit::FAILED as u8))
         }
         Err(e) => {
             eprintln!("hamctl: {e}");
-            return ExitCode::from(exit::UNAVAILABLE as u8);
+            Err(ExitCode::from(exit::UNAVAILABLE as u8))
         }
+    }
+}
+
+fn print_cluster(inst: &config::Instance, json: bool, timeout: std::time::Duration) -> ExitCode {
+    let r = match ask(inst, &control::Request::ClusterStatus, timeout) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let Some(state) = r.cluster.map(|c| *c) else {
+        eprintln!("hamctl: ham answered cluster-status without a state");
+        return ExitCode::from(exit::FAILED as u8);
     };
     if json {
         println!(
@@ -241,19 +247,9 @@ fn print_pss(
         entity: entity.to_owned(),
         key: None,
     };
-    let items = match control::request(&inst.socket_path(), &req, timeout) {
-        Ok(r) if r.ok => r.pss.map(Vec::from).unwrap_or_default(),
-        Ok(r) => {
-            eprintln!(
-                "hamctl: {}",
-                r.error.unwrap_or_else(|| "request failed".into())
-            );
-            return ExitCode::from(exit::FAILED as u8);
-        }
-        Err(e) => {
-            eprintln!("hamctl: {e}");
-            return ExitCode::from(exit::UNAVAILABLE as u8);
-        }
+    let items = match ask(inst, &req, timeout) {
+        Ok(r) => r.pss.map(Vec::from).unwrap_or_default(),
+        Err(code) => return code,
     };
     if json {
         println!(

@@ -178,16 +178,10 @@ impl Daemon {
         }
     }
 
-    /// `cluster-place`: the agent won entity `i` for this node with `token`.
+    /// `cluster-place`: the agent won entity `i` (one with a placement: `handle` checks) for
+    /// this node with `token`.
     pub(super) fn cluster_place(&mut self, i: EntityId, token: u64, stream: UnixStream) {
         let name = self.entities[i].cfg.name.clone();
-        if self.entities[i].cfg.placement.is_none() {
-            reply(
-                stream,
-                &Response::errno(libc::EINVAL, format!("`{name}` has no placement")),
-            );
-            return;
-        }
         let lead = self.fence_lead();
         if self.fence_at == 0 || mono_ns() + lead >= self.fence_at {
             reply(
@@ -244,13 +238,6 @@ impl Daemon {
     /// `cluster-unplace`: entity `i` no longer runs here (answered once it is down).
     pub(super) fn cluster_unplace(&mut self, i: EntityId, stream: UnixStream) {
         let name = self.entities[i].cfg.name.clone();
-        if self.entities[i].cfg.placement.is_none() {
-            reply(
-                stream,
-                &Response::errno(libc::EINVAL, format!("`{name}` has no placement")),
-            );
-            return;
-        }
         let token = std::mem::take(&mut self.entities[i].rec.fencing_token);
         if token != 0 {
             say!(self, "{name}: no longer placed here (token {token})");

@@ -383,7 +383,6 @@ fn read_available(conn: &mut Conn) -> bool {
         match rustix::net::recv(&conn.stream, &mut chunk, rustix::net::RecvFlags::DONTWAIT) {
             Ok((0, _)) => return true,
             Ok((n, _)) => {
-                let n = n.min(chunk.len());
                 conn.buf.extend_from_slice(&chunk[..n]);
                 if chunk[..n].contains(&b'\n') || conn.buf.len() > MAX_REQUEST {
                     return false;

@@ -71,6 +71,15 @@ impl Daemon {
                 reply(stream, &r);
             }
             (Request::ClusterStatus, _) => reply(stream, &self.cluster_status()),
+            (Request::ClusterPlace { .. } | Request::ClusterUnplace { .. }, Some(i))
+                if self.entities[i].cfg.placement.is_none() =>
+            {
+                let name = &self.entities[i].cfg.name;
+                reply(
+                    stream,
+                    &Response::errno(libc::EINVAL, format!("`{name}` has no placement")),
+                );
+            }
             (Request::ClusterPlace { token, .. }, Some(i)) => self.cluster_place(i, token, stream),
             (Request::ClusterUnplace { .. }, Some(i)) => self.cluster_unplace(i, stream),
             (Request::ClusterSet { key, value }, _) => self.cluster_set(key, value, stream),
