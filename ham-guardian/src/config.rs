@@ -34,6 +34,7 @@ pub const INSTANCE_NAME_MAX: usize = 32;
 struct RawFile {
     ham: Spanned<RawHam>,
     device: Option<RawDevice>,
+    watchdog: Option<Spanned<RawWatchdog>>,
     cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     entity: Vec<Spanned<RawEntity>>,
@@ -68,6 +69,14 @@ struct RawCluster {
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     restart_command: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    device: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    magic_close: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,7 +456,22 @@ pub struct Config {
     pub groups: Vec<Group>,
     /// `[cluster]`: this box is a node of a cluster kept in etcd (None: single box).
     pub cluster: Option<ClusterConfig>,
+    /// `[watchdog]`: a hardware watchdog the HAM's loop feeds (None: none).
+    pub watchdog: Option<WatchdogConfig>,
 }
+
+/// `[watchdog]`: the device, its timeout, and whether a clean shutdown disarms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    pub device: PathBuf,
+    /// Set on the device (`WDIOC_SETTIMEOUT`, whole seconds); the loop feeds it every third.
+    pub timeout_ns: u64,
+    /// Write `V` before the last close at a clean shutdown, so the device stops counting.
+    pub magic_close: bool,
+}
+
+/// `[watchdog] timeout` when unset.
+pub const DEFAULT_WATCHDOG_TIMEOUT: &str = "30s";
 
 /// The entity ham adds to run its cluster agent when `[cluster]` is set.
 pub const CLUSTER_AGENT_ENTITY: &str = "ham-cluster";

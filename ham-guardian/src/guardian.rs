@@ -50,9 +50,10 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let memfd = sys::take_inherited(handoff::FD_CONFIG).map_err(io_err("config memfd"))?;
     let listener = sys::take_inherited(handoff::FD_LISTENER).map_err(io_err("control listener"))?;
     let notify = sys::take_inherited(handoff::FD_NOTIFY).map_err(io_err("notify socket"))?;
-    let sockets = Sockets {
+    let mut sockets = Sockets {
         listener: UnixListener::from(listener),
         notify: std::os::unix::net::UnixDatagram::from(notify),
+        watchdog: None,
     };
     let mut text = String::new();
     std::fs::File::from(memfd)
@@ -63,6 +64,17 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         source: std::io::Error::other(e.to_string()),
     })?;
     let name = cfg.instance.name.clone();
+    if cfg.watchdog.is_some() {
+        sockets.watchdog = sys::take_inherited(handoff::FD_WATCHDOG).ok();
+        if sockets.watchdog.is_none() {
+            log(
+                &name,
+                format_args!(
+                    "no watchdog descriptor was handed over: it is not fed after a takeover"
+                ),
+            );
+        }
+    }
 
     let signals = crate::daemon::signalfd().map_err(|e| io_err("signalfd")(e.into()))?;
 

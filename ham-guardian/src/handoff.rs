@@ -21,6 +21,8 @@ pub const FD_CONFIG: RawFd = 4;
 pub const FD_LISTENER: RawFd = 5;
 /// The sd_notify datagram socket, so notifications are not lost in a takeover.
 pub const FD_NOTIFY: RawFd = 6;
+/// The hardware watchdog (`[watchdog]` only), so a takeover never closes it.
+pub const FD_WATCHDOG: RawFd = 7;
 
 /// One message: slot, pid, start time (16 bytes), with the pidfd attached.
 const MSG_LEN: usize = 16;

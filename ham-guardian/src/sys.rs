@@ -574,6 +574,22 @@ pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// `WDIOC_SETTIMEOUT` (`_IOWR('W', 6, int)`, linux/watchdog.h): asks a watchdog device for a
+/// timeout of `secs`; returns the timeout it chose. Fails (ENOTTY) on anything that is not a
+/// watchdog device.
+pub fn watchdog_set_timeout(fd: &impl AsRawFd, secs: i32) -> io::Result<i32> {
+    const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+    let mut v: libc::c_int = secs;
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one c_int through the pointer, which points
+    // at `v`, alive and exclusively borrowed for the call; other drivers reject the request
+    // number without touching memory.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut v as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
 /// Returns the heap's free memory to the kernel (glibc `malloc_trim(0)`): parsing the
 /// configuration leaves freed pages behind that a long-lived supervisor should not keep.
 pub fn trim_heap() {

@@ -26,3 +26,4 @@ mod recovery;
 mod runtime;
 mod sdk;
 mod supervision;
+mod watchdog;

@@ -296,6 +296,12 @@ pub(super) fn parse_with(
         }
     };
 
+    let watchdog = raw
+        .watchdog
+        .as_ref()
+        .map(|w| watchdog(&ctx, w, liveness_timeout_ns))
+        .transpose()?;
+
     Ok(Config {
         path: file.to_owned(),
         instance,
@@ -315,6 +321,66 @@ pub(super) fn parse_with(
         entities,
         groups,
         cluster,
+        watchdog,
+    })
+}
+
+/// `[watchdog]`: a timeout in whole seconds (the device's unit), long enough that a
+/// takeover — the Guardian fencing a hung HAM after `liveness_timeout` — never lets it
+/// fire.
+fn watchdog(
+    ctx: &Ctx,
+    w: &Spanned<RawWatchdog>,
+    liveness_timeout_ns: u64,
+) -> Result<WatchdogConfig, ConfigError> {
+    let raw = w.get_ref();
+    if raw.device.get_ref().is_empty() {
+        return Err(ctx.err(
+            Some(raw.device.span()),
+            Some("watchdog.device".into()),
+            "an empty path",
+        ));
+    }
+    let timeout_ns = match &raw.timeout {
+        None => duration::parse_ns(DEFAULT_WATCHDOG_TIMEOUT).expect("default parses"),
+        Some(t) => {
+            let key = Some("watchdog.timeout".to_owned());
+            let ns = duration::parse_ns(t.get_ref()).map_err(|why| ctx.err(Some(t.span()), key.clone(), why))?;
+            if ns == 0 || ns % 1_000_000_000 != 0 {
+                return Err(ctx.err(
+                    Some(t.span()),
+                    key,
+                    "whole seconds, at least 1s (a watchdog device counts in seconds)",
+                ));
+            }
+            if ns < 2 * liveness_timeout_ns {
+                return Err(ctx.err(
+                    Some(t.span()),
+                    key,
+                    format!(
+                        "at least twice ham.liveness_timeout ({}), so that a takeover does not \
+                         let the device reset the box",
+                        duration::format_ns(2 * liveness_timeout_ns)
+                    ),
+                ));
+            }
+            ns
+        }
+    };
+    if timeout_ns < 2 * liveness_timeout_ns {
+        return Err(ctx.err(
+            Some(w.span()),
+            Some("watchdog.timeout".into()),
+            format!(
+                "the default ({DEFAULT_WATCHDOG_TIMEOUT}) is less than twice ham.liveness_timeout; \
+                 set a longer timeout"
+            ),
+        ));
+    }
+    Ok(WatchdogConfig {
+        device: ctx.path(raw.device.get_ref()),
+        timeout_ns,
+        magic_close: raw.magic_close.unwrap_or(true),
     })
 }
 

@@ -17,7 +17,11 @@ impl Daemon {
         if self.shutdown.is_some() {
             return;
         }
-        let sockets = (&self.listener, &self.notify);
+        let sockets = SocketRefs(
+            &self.listener,
+            &self.notify,
+            self.hw_watchdog.as_ref().map(|h| &h.fd),
+        );
         match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
@@ -216,7 +220,7 @@ pub(super) fn spawn_guardian_process<'a>(
     config_text: &str,
     sockets: impl Into<SocketRefs<'a>>,
 ) -> io::Result<GuardianProc> {
-    let SocketRefs(listener, notify) = sockets.into();
+    let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::SEQPACKET,
@@ -247,8 +251,11 @@ pub(super) fn spawn_guardian_process<'a>(
     spec.fd(theirs, handoff::FD_SOCKET)
         .fd(memfd, handoff::FD_CONFIG)
         .fd(listener, handoff::FD_LISTENER)
-        .fd(notify, handoff::FD_NOTIFY)
-        .exec_if_orphaned();
+        .fd(notify, handoff::FD_NOTIFY);
+    if let Some(w) = watchdog {
+        spec.fd(w.try_clone()?, handoff::FD_WATCHDOG);
+    }
+    spec.exec_if_orphaned();
     let pending = spec.fork()?;
     failpoint::hit("guardian:after-fork");
     let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {

@@ -71,6 +71,7 @@ mod subscribers;
 mod takeover;
 mod timers;
 mod token;
+mod watchdog;
 
 use clients::{Clients, Peer, Subscriber};
 use exits::{decode_wait_status, decode_waitid, describe};
@@ -115,12 +116,15 @@ fn io_ctx<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Daem
     }
 }
 
-/// The sockets an instance keeps through takeovers: handed to each Guardian.
+/// The descriptors an instance keeps through takeovers: handed to each Guardian.
 pub struct Sockets {
     /// The control socket.
     pub listener: UnixListener,
     /// The sd_notify socket (SO_PASSCRED: each datagram names its sender).
     pub notify: std::os::unix::net::UnixDatagram,
+    /// The hardware watchdog (`[watchdog] device`), open once for the instance's life: a
+    /// takeover must never close it.
+    pub watchdog: Option<OwnedFd>,
 }
 
 /// How this HAM came to be.
@@ -187,6 +191,8 @@ pub struct Daemon {
     committer: Option<pss::Committer>,
     /// How collected cores reach the loop, once one was.
     core_news: Option<cores::CoreNews>,
+    /// The hardware watchdog this loop feeds.
+    hw_watchdog: Option<watchdog::Hw>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -228,6 +234,7 @@ impl Daemon {
             self.begin_shutdown(None);
         }
         self.schedule_tick(mono_ns());
+        self.feed_watchdog(mono_ns());
         sys::trim_heap();
         let mut events = Vec::with_capacity(64);
         let no_wait = rustix::time::Timespec {
@@ -364,18 +371,17 @@ fn reply_with_fd(mut stream: UnixStream, r: &Response, fd: Option<&OwnedFd>) {
     }
 }
 
-/// Borrowed sockets to hand to a Guardian.
-struct SocketRefs<'a>(&'a UnixListener, &'a std::os::unix::net::UnixDatagram);
+/// Borrowed descriptors to hand to a Guardian: the control listener, the notify socket
+/// and the hardware watchdog, if any.
+struct SocketRefs<'a>(
+    &'a UnixListener,
+    &'a std::os::unix::net::UnixDatagram,
+    Option<&'a OwnedFd>,
+);
 
 impl<'a> From<&'a Sockets> for SocketRefs<'a> {
     fn from(s: &'a Sockets) -> Self {
-        Self(&s.listener, &s.notify)
-    }
-}
-
-impl<'a> From<(&'a UnixListener, &'a std::os::unix::net::UnixDatagram)> for SocketRefs<'a> {
-    fn from((l, n): (&'a UnixListener, &'a std::os::unix::net::UnixDatagram)) -> Self {
-        Self(l, n)
+        Self(&s.listener, &s.notify, s.watchdog.as_ref())
     }
 }
 

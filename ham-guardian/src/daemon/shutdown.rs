@@ -171,6 +171,7 @@ impl Daemon {
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
             );
         }
+        self.disarm_watchdog();
         let inst = &self.cfg.instance;
         let _ = std::fs::remove_file(inst.socket_path());
         let _ = std::fs::remove_file(inst.notify_path());

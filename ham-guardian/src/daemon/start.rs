@@ -101,6 +101,10 @@ impl Daemon {
         let sockets = Sockets {
             listener: bind_socket(&inst.socket_path(), cfg.client_gid)?,
             notify: bind_notify(&inst.notify_path())?,
+            watchdog: match &cfg.watchdog {
+                Some(w) => Some(watchdog::open(&inst.name, w)?),
+                None => None,
+            },
         };
         Self::build(cfg, config_text, writer, sockets, Origin::Started)
     }
@@ -189,7 +193,11 @@ impl Daemon {
         sockets: Sockets,
         origin: Origin,
     ) -> Result<Self, DaemonError> {
-        let Sockets { listener, notify } = sockets;
+        let Sockets {
+            listener,
+            notify,
+            watchdog: hw_watchdog,
+        } = sockets;
         notify
             .set_nonblocking(true)
             .map_err(io_ctx("notify socket O_NONBLOCK"))?;
@@ -326,6 +334,7 @@ impl Daemon {
             defs: toml::Table::new(),
             committer: None,
             core_news: None,
+            hw_watchdog: hw_watchdog.map(|fd| watchdog::Hw { fd, next: 0 }),
             my_uid: rustix::process::geteuid().as_raw(),
             config_text,
             writer,

@@ -31,6 +31,8 @@ pub(super) enum Deadline {
     MtsWait(EntityId),
     /// The cluster lease was not renewed in time: what the cluster placed here stops.
     ClusterFence,
+    /// The hardware watchdog is fed.
+    Feed,
 }
 
 /// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
@@ -154,6 +156,7 @@ impl Daemon {
                     self.check_guardian(now);
                 }
                 Deadline::GuardianRetry => self.spawn_guardian(),
+                Deadline::Feed => self.feed_watchdog(now),
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
                 Deadline::Heartbeat(i) => self.check_heartbeat(i),
@@ -241,6 +244,7 @@ impl Daemon {
                 .is_some_and(|c| c.stall_timer == Some(at)),
             Deadline::MtsWait(i) => self.mts_deadline(i) == Some(at),
             Deadline::ClusterFence => self.fence_timer_at() == at,
+            Deadline::Feed => self.hw_watchdog.as_ref().is_some_and(|h| h.next == at),
         }
     }
 
