@@ -35,6 +35,7 @@ struct RawFile {
     ham: Spanned<RawHam>,
     device: Option<RawDevice>,
     watchdog: Option<Spanned<RawWatchdog>>,
+    metrics: Option<RawMetrics>,
     cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     entity: Vec<Spanned<RawEntity>>,
@@ -77,6 +78,13 @@ struct RawWatchdog {
     device: Spanned<String>,
     timeout: Option<Spanned<String>>,
     magic_close: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Spanned<String>,
+    interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,7 +466,12 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[watchdog]`: a hardware watchdog the HAM's loop feeds (None: none).
     pub watchdog: Option<WatchdogConfig>,
+    /// `[metrics] textfile`: where the Prometheus exposition is written, and how often.
+    pub metrics: Option<(PathBuf, u64)>,
 }
+
+/// `[metrics] interval` when unset (node_exporter's default scrape interval).
+pub const DEFAULT_METRICS_INTERVAL: &str = "15s";
 
 /// `[watchdog]`: the device, its timeout, and whether a clean shutdown disarms it.
 #[derive(Debug, Clone, PartialEq, Eq)]

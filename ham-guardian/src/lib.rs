@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod guardian;
 pub mod handoff;
 pub mod log;
+pub mod metrics;
 pub mod procfs;
 pub mod proclog;
 pub mod status;

@@ -27,3 +27,4 @@ mod runtime;
 mod sdk;
 mod supervision;
 mod watchdog;
+mod metrics;

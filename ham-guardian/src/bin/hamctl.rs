@@ -71,6 +71,19 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Metrics => {
+            return match status::read(&inst.segment_name(), mono_ns()) {
+                Ok(s) => {
+                    print!("{}", ham_guardian::metrics::render(&inst.name, &s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    print!("{}", ham_guardian::metrics::render_down(&inst.name));
+                    eprintln!("hamctl: instance `{}` is not running: {e}", inst.name);
+                    ExitCode::from(exit::UNAVAILABLE as u8)
+                }
+            };
+        }
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
         Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
         Command::ClusterStatus { json } => return print_cluster(&inst, json, args.timeout),

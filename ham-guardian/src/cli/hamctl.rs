@@ -28,6 +28,8 @@ pub enum Command {
         entity: Option<String>,
         json: bool,
     },
+    /// `metrics`: the status as Prometheus text.
+    Metrics,
     /// `cluster status`: what this node knows of its cluster.
     ClusterStatus {
         json: bool,
@@ -155,6 +157,7 @@ fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Co
     Ok(match name {
         "status" if json && tree => return Err("status takes --json or --tree, not both".into()),
         "status" => none(Command::Status { json, tree })?,
+        "metrics" => none(Command::Metrics)?,
         "log" => match rest {
             [] => Command::Log { entity: None, json },
             [e] => Command::Log {

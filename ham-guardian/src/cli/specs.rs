@@ -192,6 +192,15 @@ pub static HAMCTL: Spec = Spec {
             words: &["status", "set", "switchover"],
         },
         Cmd {
+            name: "metrics",
+            args: "",
+            help: "the instance's status in Prometheus text format (read from the state \
+                   segment, as status): ham_up, ham_takeovers_total, ham_entity_up, \
+                   ham_entity_restarts_total, ham_heartbeat_missed_total, \
+                   ham_ring_events_total and more; only ham_up 0 when it is not running",
+            words: &[],
+        },
+        Cmd {
             name: "ping",
             args: "",
             help: "check that ham's loop answers",

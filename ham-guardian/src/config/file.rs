@@ -301,6 +301,34 @@ pub(super) fn parse_with(
         .as_ref()
         .map(|w| watchdog(&ctx, w, liveness_timeout_ns))
         .transpose()?;
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => {
+            let interval = m.interval.as_ref().map_or(DEFAULT_METRICS_INTERVAL, |i| i.get_ref());
+            let ns = duration::parse_ns(interval).map_err(|why| {
+                ctx.err(
+                    m.interval.as_ref().map(|i| i.span()),
+                    Some("metrics.interval".into()),
+                    why,
+                )
+            })?;
+            if ns < 100_000_000 {
+                return Err(ctx.err(
+                    m.interval.as_ref().map(|i| i.span()),
+                    Some("metrics.interval".into()),
+                    "at least 100ms",
+                ));
+            }
+            if m.textfile.get_ref().is_empty() {
+                return Err(ctx.err(
+                    Some(m.textfile.span()),
+                    Some("metrics.textfile".into()),
+                    "an empty path",
+                ));
+            }
+            Some((ctx.path(m.textfile.get_ref()), ns))
+        }
+    };
 
     Ok(Config {
         path: file.to_owned(),
@@ -322,6 +350,7 @@ pub(super) fn parse_with(
         groups,
         cluster,
         watchdog,
+        metrics,
     })
 }
 

@@ -193,6 +193,8 @@ pub struct Daemon {
     core_news: Option<cores::CoreNews>,
     /// The hardware watchdog this loop feeds.
     hw_watchdog: Option<watchdog::Hw>,
+    /// The `[metrics] textfile` writer.
+    metrics: Option<crate::metrics::Textfile>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};

@@ -172,6 +172,9 @@ impl Daemon {
             );
         }
         self.disarm_watchdog();
+        if let Some(m) = self.metrics.take() {
+            m.finish();
+        }
         let inst = &self.cfg.instance;
         let _ = std::fs::remove_file(inst.socket_path());
         let _ = std::fs::remove_file(inst.notify_path());

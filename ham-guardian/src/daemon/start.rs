@@ -327,7 +327,23 @@ impl Daemon {
                 None
             }
         };
+        let metrics = cfg.metrics.as_ref().and_then(|(path, every)| {
+            crate::metrics::Textfile::start(
+                inst.name.clone(),
+                inst.segment_name(),
+                path.clone(),
+                std::time::Duration::from_nanos(*every),
+            )
+            .inspect_err(|e| {
+                log(
+                    &inst.name,
+                    format_args!("cannot start the metrics writer: {e}; going on without it"),
+                )
+            })
+            .ok()
+        });
         Ok(Self {
+            metrics,
             clients,
             subscribers: HashMap::new(),
             next_sub: 0,
