@@ -18,7 +18,7 @@ _hamctl() {
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster ping" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster metrics ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
         cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set switchover" -- "$cur")) ;;
     esac

@@ -14,6 +14,8 @@ pub enum Mode {
     Generate(GenerateKind),
     /// Run the instance the file describes.
     Run(PathBuf),
+    /// `--wait-running`: as `Run`, once nothing runs the instance any more.
+    RunWhenGone(PathBuf),
     /// Validate the file and exit.
     Check(PathBuf),
     /// Internal: the Guardian role, as a HAM starts it (`daemon::guardian_link`), with the
@@ -29,7 +31,7 @@ pub fn parse(
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(args);
     let mut config: Option<PathBuf> = None;
-    let (mut check, mut guardian) = (false, false);
+    let (mut check, mut guardian, mut wait) = (false, false, false);
     let (mut ham_pid, mut ham_start) = (None, None);
     let mut early = None;
     while let Some(arg) = p.next().map_err(lexopt_error)? {
@@ -53,6 +55,7 @@ pub fn parse(
                 }
             }
             Long("guardian") => guardian = true,
+            Long("wait-running") => wait = true,
             Long("ham-pid") => {
                 let v = p
                     .value()
@@ -88,7 +91,11 @@ pub fn parse(
     Ok(match (guardian, ham_pid, ham_start) {
         (true, Some(pid), Some(start)) => Mode::Guardian(path, pid, start),
         (true, ..) => return Err("--guardian needs --ham-pid and --ham-start".into()),
+        (false, None, None) if check && wait => {
+            return Err("--wait-running goes with --config, not --check-config".into());
+        }
         (false, None, None) if check => Mode::Check(path),
+        (false, None, None) if wait => Mode::RunWhenGone(path),
         (false, None, None) => Mode::Run(path),
         (false, ..) => return Err("--ham-pid and --ham-start go with --guardian".into()),
     })
@@ -125,6 +132,11 @@ mod tests {
             Mode::Guardian("a.toml".into(), 10, 99)
         );
         assert_eq!(parse_words("-V").unwrap(), Mode::Version);
+        assert_eq!(
+            parse_words("-c a.toml --wait-running").unwrap(),
+            Mode::RunWhenGone("a.toml".into())
+        );
+        assert!(parse_words("--check-config a.toml --wait-running").is_err());
         assert_eq!(parse_words("-c a.toml --help").unwrap(), Mode::Help);
         assert_eq!(
             parse_words("--man").unwrap(),

@@ -4,6 +4,8 @@
 //! against that description. The generated files are kept in `docs/man/` and
 //! `docs/completions/`; a test fails when they drift (`HAM_WRITE_DOCS=1` rewrites them).
 
+#[cfg(test)]
+mod config_man;
 pub mod ham;
 pub mod hamctl;
 mod render;
@@ -34,6 +36,8 @@ pub struct Cmd {
 /// A program's command line.
 pub struct Spec {
     pub name: &'static str,
+    /// Its man page's section: 8 for the daemon and its control tool, 1 for the rest.
+    pub section: u8,
     /// One line: what the program is.
     pub about: &'static str,
     /// The usage lines after the program's name.
@@ -57,10 +61,14 @@ impl Generate {
     pub fn render(&self, spec: &Spec) -> Result<String, String> {
         match self {
             Generate::Man => Ok(spec.man_page()),
-            Generate::Completions(sh) if sh == "bash" => Ok(spec.bash_completion()),
-            Generate::Completions(sh) => Err(format!(
-                "--completions: `{sh}` is not a shell completions are made for (bash)"
-            )),
+            Generate::Completions(sh) => match sh.as_str() {
+                "bash" => Ok(spec.bash_completion()),
+                "zsh" => Ok(spec.zsh_completion()),
+                "fish" => Ok(spec.fish_completion()),
+                _ => Err(format!(
+                    "--completions: `{sh}` is not a shell completions are made for (bash, zsh, fish)"
+                )),
+            },
         }
     }
 }
@@ -86,21 +94,42 @@ pub fn negative_number(p: &mut lexopt::Parser, first: char) -> Result<String, le
 mod tests {
     use super::*;
 
-    /// The man pages and completions in `docs/` are what the specs generate
+    /// The man pages and completions in `docs/` are what the specs generate, and
+    /// ham.toml(5) is the README's configuration reference
     /// (`HAM_WRITE_DOCS=1 cargo test -p ham-guardian --lib cli` rewrites them).
     #[test]
     fn generated_docs_are_current() {
-        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = root.join("docs");
         let write = std::env::var_os("HAM_WRITE_DOCS").is_some();
         let mut stale = Vec::new();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let mut files = vec![(
+            docs.join("man/ham.toml.5"),
+            super::config_man::man_page(&readme),
+        )];
         for spec in [&HAM, &HAMCTL, &HAM_CLIENT] {
-            for (path, text) in [
-                (docs.join(format!("man/{}.1", spec.name)), spec.man_page()),
+            files.extend([
+                (
+                    docs.join(format!("man/{}.{}", spec.name, spec.section)),
+                    spec.man_page(),
+                ),
                 (
                     docs.join(format!("completions/{}.bash", spec.name)),
                     spec.bash_completion(),
                 ),
-            ] {
+                (
+                    docs.join(format!("completions/_{}", spec.name)),
+                    spec.zsh_completion(),
+                ),
+                (
+                    docs.join(format!("completions/{}.fish", spec.name)),
+                    spec.fish_completion(),
+                ),
+            ]);
+        }
+        {
+            for (path, text) in files {
                 if write {
                     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                     std::fs::write(&path, &text).unwrap();
@@ -142,17 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn only_bash_completions_are_made() {
+    fn completions_are_made_for_bash_zsh_and_fish() {
         assert!(
             Generate::Completions("bash".into())
                 .render(&HAMCTL)
                 .unwrap()
                 .contains("complete -F _hamctl hamctl")
         );
-        let e = Generate::Completions("fish".into())
+        let e = Generate::Completions("tcsh".into())
             .render(&HAMCTL)
             .unwrap_err();
-        assert!(e.contains("`fish`"), "{e}");
+        assert!(e.contains("`tcsh`") && e.contains("bash, zsh, fish"), "{e}");
     }
 
     /// `script`, then `line` completed at its end, in bash (`None` without bash).

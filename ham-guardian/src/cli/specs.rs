@@ -10,7 +10,7 @@ const GENERATE: [Opt; 2] = [
         long: "completions",
         short: None,
         value: Some("SHELL"),
-        help: "print the shell completion script (bash) and exit",
+        help: "print the shell completion script (bash, zsh or fish) and exit",
     },
     Opt {
         long: "man",
@@ -36,9 +36,10 @@ const HELP: Opt = Opt {
 
 pub static HAM: Spec = Spec {
     name: "ham",
+    section: 8,
     about: "self-healing process supervisor (the HAM and its Guardian)",
     synopsis: &[
-        "[-c|--config FILE]",
+        "[-c|--config FILE] [--wait-running]",
         "--check-config FILE",
         "-h|--help | -V|--version | --man | --completions SHELL",
     ],
@@ -48,6 +49,15 @@ pub static HAM: Spec = Spec {
             short: Some('c'),
             value: Some("FILE"),
             help: "run the instance FILE describes",
+        },
+        Opt {
+            long: "wait-running",
+            short: None,
+            value: None,
+            help: "for init systems that respawn ham (busybox, procd): if the instance \
+                   already runs (its Guardian took over from the HAM they started), wait \
+                   until it is gone, then start it warm; SIGTERM while waiting shuts the \
+                   instance down",
         },
         Opt {
             long: "check-config",
@@ -83,6 +93,7 @@ pub static HAM: Spec = Spec {
 
 pub static HAMCTL: Spec = Spec {
     name: "hamctl",
+    section: 8,
     about: "status and control of a running ham",
     synopsis: &["[-c|--config FILE] [--timeout DURATION] COMMAND"],
     options: &[
@@ -224,6 +235,7 @@ pub static HAMCTL: Spec = Spec {
 
 pub static HAM_CLIENT: Spec = Spec {
     name: "ham-client",
+    section: 1,
     about: "the detector SDK from the shell: heartbeats, detector events, subscriptions",
     synopsis: &["[-c|--config FILE] COMMAND"],
     options: &[
