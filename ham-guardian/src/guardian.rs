@@ -26,6 +26,24 @@ const TOK_TIMER: u64 = 4;
 
 use crate::log::guardian as log;
 
+/// The environment variable a HAM starts its Guardian with: `PID START CONFIG` (the HAM's
+/// pid and start time, and the configuration's path).
+pub const ENV: &str = "HAM_GUARDIAN";
+
+/// The value of [`ENV`].
+pub fn env_value(ham_pid: i32, ham_start: u64, config: &std::path::Path) -> String {
+    format!("{ham_pid} {ham_start} {}", config.display())
+}
+
+/// Parses [`ENV`]'s value: the configuration's path, the HAM's pid and start time.
+pub fn parse_env(v: &str) -> Option<(PathBuf, i32, u64)> {
+    let mut it = v.splitn(3, ' ');
+    let pid = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    let path = it.next().filter(|p| !p.is_empty())?;
+    Some((PathBuf::from(path), pid, start))
+}
+
 /// Runs the Guardian role for the HAM `ham_pid` (started at `ham_start`); returns the
 /// process's exit code.
 pub fn run(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> i32 {
@@ -64,6 +82,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         source: std::io::Error::other(e.to_string()),
     })?;
     let name = cfg.instance.name.clone();
+    sys::set_title(&format!("ham: guardian {name}"));
     if cfg.watchdog.is_some() {
         sockets.watchdog = sys::take_inherited(handoff::FD_WATCHDOG).ok();
         if sockets.watchdog.is_none() {
@@ -285,5 +304,6 @@ fn promote(
         Err(e) => return Err(e.into()),
     }
     log(&name, format_args!("the HAM is gone: taking over"));
+    sys::set_title(&format!("ham: HAM {name}"));
     Daemon::promote(cfg, text, sockets, passed)?.run()
 }

@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod procfs;
 pub mod proclog;
+pub mod respawned;
 pub mod status;
 pub mod sys;
 

@@ -76,8 +76,14 @@ const STATES: [EntityState; 8] = [
 /// The exposition text for an instance whose status cannot be read (not running).
 pub fn render_down(instance: &str) -> String {
     let mut out = String::new();
-    Family::new(&mut out, instance, "ham_up", "gauge", "1 if the instance's HAM runs.")
-        .sample(&[], 0);
+    Family::new(
+        &mut out,
+        instance,
+        "ham_up",
+        "gauge",
+        "1 if the instance's HAM runs.",
+    )
+    .sample(&[], 0);
     out
 }
 
@@ -86,7 +92,14 @@ pub fn render(instance: &str, s: &Status) -> String {
     let mut out = String::new();
     let o = &mut out;
     let alive = u8::from(s.ham.alive);
-    Family::new(o, instance, "ham_up", "gauge", "1 if the instance's HAM runs.").sample(&[], alive);
+    Family::new(
+        o,
+        instance,
+        "ham_up",
+        "gauge",
+        "1 if the instance's HAM runs.",
+    )
+    .sample(&[], alive);
     Family::new(
         o,
         instance,
@@ -95,7 +108,10 @@ pub fn render(instance: &str, s: &Status) -> String {
         "The HAM's version and how it started (cold or warm).",
     )
     .sample(
-        &[("version", env!("CARGO_PKG_VERSION")), ("start", s.ham.start)],
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("start", s.ham.start),
+        ],
         1,
     );
     Family::new(
@@ -158,7 +174,10 @@ pub fn render(instance: &str, s: &Status) -> String {
     );
     for e in &s.entities {
         for st in STATES.map(EntityState::as_str) {
-            f.sample(&[("entity", &e.name), ("state", st)], u8::from(e.state == st));
+            f.sample(
+                &[("entity", &e.name), ("state", st)],
+                u8::from(e.state == st),
+            );
         }
     }
     let mut f = Family::new(
@@ -206,10 +225,7 @@ pub fn render(instance: &str, s: &Status) -> String {
             Some(ExitJson::Signal(n)) => ("signal", n.to_string()),
             Some(ExitJson::Unknown(_)) => ("unknown", String::new()),
         };
-        f.sample(
-            &[("entity", &e.name), ("kind", kind), ("value", &value)],
-            1,
-        );
+        f.sample(&[("entity", &e.name), ("kind", kind), ("value", &value)], 1);
     }
     let mut f = Family::new(
         o,
@@ -261,7 +277,10 @@ pub fn render(instance: &str, s: &Status) -> String {
 /// over it (node_exporter never reads half a file).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

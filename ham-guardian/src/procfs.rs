@@ -19,6 +19,15 @@ fn read_stat(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
+/// Where this process's command line lies in its memory: `arg_start` and `arg_end`
+/// (fields 48 and 49 of `/proc/self/stat`, Linux ≥ 3.5).
+pub fn own_args_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let start = field(&stat, 48)?.parse().ok()?;
+    let end = field(&stat, 49)?.parse().ok()?;
+    Some((start, end))
+}
+
 /// Field `n` (numbered from 1, as proc(5) does) of a `/proc/PID/stat` text. The command name
 /// (field 2) may hold spaces and parentheses, so fields are counted from the last `)`.
 fn field(stat: &str, n: usize) -> Option<&str> {

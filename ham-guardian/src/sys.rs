@@ -583,11 +583,43 @@ pub fn watchdog_set_timeout(fd: &impl AsRawFd, secs: i32) -> io::Result<i32> {
     // SAFETY: WDIOC_SETTIMEOUT reads and writes one c_int through the pointer, which points
     // at `v`, alive and exclusively borrowed for the call; other drivers reject the request
     // number without touching memory.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut v as *mut libc::c_int) };
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            WDIOC_SETTIMEOUT as _,
+            &mut v as *mut libc::c_int,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(v)
+}
+
+/// Names this process as `ps` and `top` show it: `comm` (what `top` and `pidof` match) is
+/// `ham`, and the command line becomes `title`, written over the original arguments in
+/// place (setproctitle's way) when it fits in them; otherwise the command line is left as
+/// it is. Returns whether the title was written.
+pub fn set_title(title: &str) -> bool {
+    let _ = rustix::thread::set_name(c"ham");
+    let Some((start, end)) = crate::procfs::own_args_area() else {
+        return false;
+    };
+    let len = end.saturating_sub(start);
+    if start == 0 || title.len() + 1 > len || title.as_bytes().contains(&0) {
+        return false;
+    }
+    let mut bytes = vec![0u8; len];
+    bytes[..title.len()].copy_from_slice(title.as_bytes());
+    // SAFETY: [arg_start, arg_end) is the block of argument strings the kernel copied onto
+    // this process's stack at execve: mapped, writable, owned by this process for its life
+    // and never freed. Nothing else writes it; readers (std::env::args, which reads the
+    // NUL-terminated strings through the saved argv pointers) see NUL-terminated text
+    // before and after, since the block ends with NULs. `bytes` is exactly `len` long.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, len);
+    }
+    true
 }
 
 /// Returns the heap's free memory to the kernel (glibc `malloc_trim(0)`): parsing the

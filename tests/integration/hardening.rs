@@ -691,7 +691,7 @@ impl Drop for ShmNs {
         let _ = self.run(&[HAMCTL, "-c", self.ham.config.to_str().unwrap(), "shutdown"]);
         // Whatever of this instance is left, its pair or its entities (its segments vanish
         // with the namespace).
-        let pair = ham_processes_of(&self.ham.config);
+        let pair = ham_processes_of(&self.ham.name);
         let entities = processes_where(|env| env_has(env, "HAM_INSTANCE", &self.ham.name));
         for pid in pair.into_iter().chain(entities) {
             let _ = nix::sys::signal::kill(

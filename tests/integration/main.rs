@@ -6,6 +6,7 @@
 
 mod util;
 
+mod boot;
 mod capi;
 mod chaos;
 mod cluster;
@@ -15,9 +16,12 @@ mod control;
 mod cores;
 mod guardian;
 mod hardening;
+mod install;
 mod instances;
+mod metrics;
 mod mts;
 mod notify;
+mod operate;
 mod ordering;
 mod pss;
 mod qnx;
@@ -27,4 +31,3 @@ mod runtime;
 mod sdk;
 mod supervision;
 mod watchdog;
-mod metrics;

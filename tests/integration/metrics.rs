@@ -46,19 +46,17 @@ fn promtool(text: &str) -> Option<String> {
 
 /// The value of the series `name{ham="<instance>",labels}`.
 fn value(text: &str, name: &str, labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once("{ham=\"")?;
-            let (_instance, rest) = rest.split_once('"')?;
-            let want = if labels.is_empty() {
-                "}".to_owned()
-            } else {
-                format!(",{labels}}}")
-            };
-            (n == name && rest == want).then(|| v.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once("{ham=\"")?;
+        let (_instance, rest) = rest.split_once('"')?;
+        let want = if labels.is_empty() {
+            "}".to_owned()
+        } else {
+            format!(",{labels}}}")
+        };
+        (n == name && rest == want).then(|| v.parse().ok())?
+    })
 }
 
 fn crasher(name: &str) -> String {
@@ -94,7 +92,10 @@ fn hamctl_metrics_and_the_textfile_are_valid_prometheus_text_and_follow_the_stat
         value(&m, "ham_entity_state", "entity=\"a\",state=\"held-off\""),
         Some(0.0)
     );
-    assert_eq!(value(&m, "ham_entity_restarts_total", "entity=\"a\""), Some(0.0));
+    assert_eq!(
+        value(&m, "ham_entity_restarts_total", "entity=\"a\""),
+        Some(0.0)
+    );
     let restarts = value(&m, "ham_entity_restarts_total", "entity=\"b\"").unwrap();
     assert!(
         restarts >= entity(&s, "b")["restarts"].as_u64().unwrap() as f64,

@@ -272,7 +272,7 @@ impl Drop for Ham {
         let start = Instant::now();
         loop {
             let ours = self.child.as_ref().map_or(0, |c| c.id() as i32);
-            let pair: Vec<i32> = ham_processes_of(&self.config)
+            let pair: Vec<i32> = ham_processes_of(&self.name)
                 .into_iter()
                 .filter(|&pid| pid != ours)
                 .collect();
@@ -520,9 +520,10 @@ pub fn wait_child(child: &mut Child) -> Option<std::process::ExitStatus> {
     None
 }
 
-/// The live `ham` processes (HAMs and Guardians) running configuration file `config`.
-pub fn ham_processes_of(config: &Path) -> Vec<i32> {
-    let config = config.to_string_lossy().into_owned();
+/// The live `ham` processes (HAMs and Guardians) of instance `name`: they name themselves
+/// `ham: HAM NAME` and `ham: guardian NAME`.
+pub fn ham_processes_of(name: &str) -> Vec<i32> {
+    let titles = [format!("ham: HAM {name}"), format!("ham: guardian {name}")];
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -530,9 +531,8 @@ pub fn ham_processes_of(config: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let mut args = c.split(|&b| b == 0);
-                args.next().is_some_and(|a| a.ends_with(b"ham"))
-                    && args.any(|a| a == config.as_bytes())
+                let first = c.split(|&b| b == 0).next().unwrap_or_default();
+                titles.iter().any(|t| first == t.as_bytes())
             })
         })
         .collect()

@@ -30,7 +30,10 @@ enum Seen {
 
 impl Device {
     fn open(path: &std::path::Path) -> Device {
-        let st = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        let st = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
         assert!(st.success(), "mkfifo {}", path.display());
         // Non-blocking: opening does not wait for a writer, reading does not block.
         let f = std::fs::OpenOptions::new()
@@ -48,7 +51,10 @@ impl Device {
             let left = end.saturating_duration_since(Instant::now());
             let ts = rustix::time::Timespec::try_from(left).unwrap();
             let fd = self.0.as_fd();
-            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
             let n = match rustix::event::poll(&mut fds, Some(&ts)) {
                 Ok(n) => n,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -136,8 +142,7 @@ fn pair(s: &serde_json::Value) -> (i32, i32) {
 }
 
 #[test]
-fn the_watchdog_is_fed_kept_through_takeovers_starved_by_a_stopped_pair_and_disarmed_at_shutdown()
-{
+fn the_watchdog_is_fed_kept_through_takeovers_starved_by_a_stopped_pair_and_disarmed_at_shutdown() {
     let body = format!(
         "[watchdog]\ndevice = \"wd\"\ntimeout = \"{}s\"\n\n{}",
         TIMEOUT.as_secs(),
@@ -211,10 +216,7 @@ fn the_watchdog_is_fed_kept_through_takeovers_starved_by_a_stopped_pair_and_disa
 #[test]
 fn a_watchdog_that_cannot_be_opened_stops_the_start_with_its_path() {
     // A FIFO with no reader: the non-blocking open fails (ENXIO) at once, naming the path.
-    let body = format!(
-        "[watchdog]\ndevice = \"wd\"\n\n{}",
-        sleeper("a")
-    );
+    let body = format!("[watchdog]\ndevice = \"wd\"\n\n{}", sleeper("a"));
     let mut ham = Ham::configured("wdbad", "", &body);
     let st = std::process::Command::new("mkfifo")
         .arg(ham.dir.path().join("wd"))

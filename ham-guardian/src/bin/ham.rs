@@ -6,6 +6,16 @@ use ham_guardian::cli::{self, ham::Mode};
 use ham_guardian::{config, daemon::Daemon, exit};
 
 fn main() -> ExitCode {
+    // A Guardian, as its HAM starts it: what it needs is in its environment.
+    if let Some(v) = std::env::var_os(ham_guardian::guardian::ENV) {
+        let Some((path, pid, start)) = v.to_str().and_then(ham_guardian::guardian::parse_env)
+        else {
+            eprintln!("ham: {} is malformed", ham_guardian::guardian::ENV);
+            return ExitCode::from(exit::USAGE as u8);
+        };
+        ham_guardian::sys::raise_nofile();
+        return ExitCode::from(ham_guardian::guardian::run(path, pid, start) as u8);
+    }
     let mode = match cli::ham::parse(std::env::args_os().skip(1), std::env::var_os("HAM_CONFIG")) {
         Ok(m) => m,
         Err(e) => {
@@ -15,6 +25,7 @@ fn main() -> ExitCode {
     };
     // Before anything opens a descriptor: ham holds one per entity (and per connection).
     ham_guardian::sys::raise_nofile();
+    let mut wait = false;
     let (path, check) = match mode {
         Mode::Help => {
             println!("{}", cli::HAM.usage());
@@ -37,6 +48,10 @@ fn main() -> ExitCode {
             };
         }
         Mode::Run(p) => (p, false),
+        Mode::RunWhenGone(p) => {
+            wait = true;
+            (p, false)
+        }
         Mode::Check(p) => (p, true),
         Mode::Guardian(p, pid, start) => {
             return ExitCode::from(ham_guardian::guardian::run(p, pid, start) as u8);
@@ -68,6 +83,16 @@ fn main() -> ExitCode {
             cfg.entities.len()
         );
         return ExitCode::SUCCESS;
+    }
+    if wait {
+        match ham_guardian::respawned::wait(&cfg) {
+            Ok(ham_guardian::respawned::Waited::Free) => {}
+            Ok(ham_guardian::respawned::Waited::ShutDown) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ham: {e}");
+                return ExitCode::from(exit::UNAVAILABLE as u8);
+            }
+        }
     }
     let code = match Daemon::start(cfg, text).and_then(Daemon::run) {
         Ok(code) => code,

@@ -304,7 +304,10 @@ pub(super) fn parse_with(
     let metrics = match &raw.metrics {
         None => None,
         Some(m) => {
-            let interval = m.interval.as_ref().map_or(DEFAULT_METRICS_INTERVAL, |i| i.get_ref());
+            let interval = m
+                .interval
+                .as_ref()
+                .map_or(DEFAULT_METRICS_INTERVAL, |i| i.get_ref());
             let ns = duration::parse_ns(interval).map_err(|why| {
                 ctx.err(
                     m.interval.as_ref().map(|i| i.span()),
@@ -374,7 +377,8 @@ fn watchdog(
         None => duration::parse_ns(DEFAULT_WATCHDOG_TIMEOUT).expect("default parses"),
         Some(t) => {
             let key = Some("watchdog.timeout".to_owned());
-            let ns = duration::parse_ns(t.get_ref()).map_err(|why| ctx.err(Some(t.span()), key.clone(), why))?;
+            let ns = duration::parse_ns(t.get_ref())
+                .map_err(|why| ctx.err(Some(t.span()), key.clone(), why))?;
             if ns == 0 || ns % 1_000_000_000 != 0 {
                 return Err(ctx.err(
                     Some(t.span()),

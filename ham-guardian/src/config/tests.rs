@@ -384,13 +384,20 @@ fn a_watchdog_needs_whole_seconds_and_room_for_a_takeover() {
     assert_eq!(w.device, Path::new("/dev/watchdog"));
     assert_eq!(w.timeout_ns, 30_000_000_000);
     assert!(w.magic_close);
-    let e = parse_str(&format!("{base}[watchdog]\ndevice = \"wd\"\ntimeout = \"1500ms\"\n"))
-        .unwrap_err();
+    let e = parse_str(&format!(
+        "{base}[watchdog]\ndevice = \"wd\"\ntimeout = \"1500ms\"\n"
+    ))
+    .unwrap_err();
     assert_eq!(e.key.as_deref(), Some("watchdog.timeout"));
     assert!(e.message.contains("whole seconds"), "{e}");
-    let e = parse_str(&format!("{base}[watchdog]\ndevice = \"wd\"\ntimeout = \"3s\"\n"))
-        .unwrap_err();
-    assert!(e.message.contains("twice ham.liveness_timeout (4.00s)"), "{e}");
+    let e = parse_str(&format!(
+        "{base}[watchdog]\ndevice = \"wd\"\ntimeout = \"3s\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.message.contains("twice ham.liveness_timeout (4.00s)"),
+        "{e}"
+    );
     let e = parse_str(&format!("{base}[watchdog]\ntimeout = \"3s\"\n")).unwrap_err();
     assert!(e.to_string().contains("device"), "{e}");
     assert!(parse_str(base).unwrap().watchdog.is_none());

@@ -233,19 +233,18 @@ pub(super) fn spawn_guardian_process<'a>(
     let listener = listener.as_fd().try_clone_to_owned()?;
     let notify = notify.as_fd().try_clone_to_owned()?;
     let me = std::process::id() as i32;
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    // What the Guardian needs travels in its environment, so that its command line is
+    // only its name (`ps` shows `ham: guardian NAME`).
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k != crate::guardian::ENV)
+        .collect();
+    env.push((
+        crate::guardian::ENV.into(),
+        crate::guardian::env_value(me, procfs::start_time(me).unwrap_or(0), &cfg.path),
+    ));
     let mut spec = SpawnSpec::new(
         Path::new("/proc/self/exe"),
-        &[
-            "ham".into(),
-            "--guardian".into(),
-            "--config".into(),
-            cfg.path.display().to_string(),
-            "--ham-pid".into(),
-            me.to_string(),
-            "--ham-start".into(),
-            procfs::start_time(me).unwrap_or(0).to_string(),
-        ],
+        &[format!("ham: guardian {}", cfg.instance.name)],
         &env,
     )?;
     spec.fd(theirs, handoff::FD_SOCKET)

@@ -68,6 +68,7 @@ mod shutdown;
 mod spawn;
 mod start;
 mod subscribers;
+mod systemd;
 mod takeover;
 mod timers;
 mod token;
@@ -195,6 +196,8 @@ pub struct Daemon {
     hw_watchdog: Option<watchdog::Hw>,
     /// The `[metrics] textfile` writer.
     metrics: Option<crate::metrics::Textfile>,
+    /// The service manager that started ham, if it speaks sd_notify.
+    systemd: Option<systemd::Manager>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -237,6 +240,7 @@ impl Daemon {
         }
         self.schedule_tick(mono_ns());
         self.feed_watchdog(mono_ns());
+        self.systemd_begin(promoted);
         sys::trim_heap();
         let mut events = Vec::with_capacity(64);
         let no_wait = rustix::time::Timespec {
@@ -250,6 +254,7 @@ impl Daemon {
                 self.finish();
                 return Ok(crate::exit::OK);
             }
+            self.systemd_ready();
             self.rearm_timer();
             self.arm_ring();
             events.clear();

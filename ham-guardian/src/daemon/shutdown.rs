@@ -102,6 +102,7 @@ impl Daemon {
             waiters.extend(requester);
             return;
         }
+        self.systemd_stopping();
         // Written before anything is stopped, so a Guardian never mistakes this for a crash:
         // if this HAM dies now, the Guardian finishes the shutdown instead of resurrecting.
         let written = self.writer.set_stop_intent();

@@ -78,6 +78,7 @@ impl Daemon {
         }
         let me = std::process::id() as i32;
         let my_start = procfs::start_time(me).unwrap_or(0);
+        sys::set_title(&format!("ham: HAM {}", inst.name));
         let (seg, flags) = match warm {
             Some(seg) => {
                 let h = seg.header().snapshot();
@@ -343,6 +344,7 @@ impl Daemon {
             .ok()
         });
         Ok(Self {
+            systemd: systemd::Manager::from_env(),
             metrics,
             clients,
             subscribers: HashMap::new(),

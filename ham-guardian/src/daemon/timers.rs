@@ -33,6 +33,8 @@ pub(super) enum Deadline {
     ClusterFence,
     /// The hardware watchdog is fed.
     Feed,
+    /// The service manager's watchdog (`WATCHDOG_USEC`) is pinged.
+    SystemdWatchdog,
 }
 
 /// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
@@ -157,6 +159,7 @@ impl Daemon {
                 }
                 Deadline::GuardianRetry => self.spawn_guardian(),
                 Deadline::Feed => self.feed_watchdog(now),
+                Deadline::SystemdWatchdog => self.systemd_watchdog(now),
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
                 Deadline::Heartbeat(i) => self.check_heartbeat(i),
@@ -245,6 +248,9 @@ impl Daemon {
             Deadline::MtsWait(i) => self.mts_deadline(i) == Some(at),
             Deadline::ClusterFence => self.fence_timer_at() == at,
             Deadline::Feed => self.hw_watchdog.as_ref().is_some_and(|h| h.next == at),
+            Deadline::SystemdWatchdog => {
+                self.systemd.as_ref().is_some_and(|m| m.watchdog_next == at)
+            }
         }
     }
 

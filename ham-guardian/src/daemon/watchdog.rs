@@ -15,14 +15,20 @@ pub(super) struct Hw {
 
 /// Opens the device (write-only, non-blocking: a stand-in FIFO with no reader, or a device
 /// another process holds, is refused at once) and sets its timeout.
-pub(super) fn open(instance: &str, w: &crate::config::WatchdogConfig) -> Result<OwnedFd, DaemonError> {
+pub(super) fn open(
+    instance: &str,
+    w: &crate::config::WatchdogConfig,
+) -> Result<OwnedFd, DaemonError> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(
         &w.device,
         OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
         Mode::empty(),
     )
-    .map_err(io_ctx(format!("opening the watchdog {}", w.device.display())))?;
+    .map_err(io_ctx(format!(
+        "opening the watchdog {}",
+        w.device.display()
+    )))?;
     let asked = i32::try_from(w.timeout_ns / 1_000_000_000).unwrap_or(i32::MAX);
     let r = sys::watchdog_set_timeout(&fd, asked);
     let what = match r {
@@ -68,7 +74,10 @@ impl Daemon {
         if self.cfg.watchdog.as_ref().is_some_and(|w| w.magic_close) {
             match rustix::io::write(&fd, b"V") {
                 Ok(_) => say!(self, "watchdog disarmed (magic close)"),
-                Err(e) => say!(self, "cannot disarm the watchdog: {e}; it will reset the box"),
+                Err(e) => say!(
+                    self,
+                    "cannot disarm the watchdog: {e}; it will reset the box"
+                ),
             }
         }
         drop(fd);
