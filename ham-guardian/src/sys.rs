@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+pub mod kernel;
 mod notify;
 mod pidfd;
 mod proc_connector;
@@ -278,6 +279,9 @@ impl SpawnSpec {
         // prepared above (they stay valid: the child's copy of memory is not freed) and
         // never returns.
         let (pid, in_cgroup) = match &self.cgroup {
+            // clone3(CLONE_INTO_CGROUP) came with 5.7; before, the caller moves the child.
+            // SAFETY: as for the fork below.
+            Some(_) if !kernel::at_least(5, 7) => (unsafe { libc::fork() }, false),
             Some(dir) => match clone_into_cgroup(dir) {
                 Ok(pid) => (pid, true),
                 // Not supported here (or not that cgroup): an ordinary fork.

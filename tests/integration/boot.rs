@@ -290,3 +290,58 @@ fn zombies_of(pid: i32) -> Vec<i32> {
         })
         .collect()
 }
+
+#[test]
+fn on_an_older_kernel_the_fallbacks_keep_supervision_whole() {
+    // HAM_KERNEL_COMPAT=5.4: no clone3 into a cgroup (children are moved), no PIDFD_INFO_EXIT
+    // (exit statuses of orphans from the proc connector, or unknown).
+    let mut ham = Ham::configured("compat", "", &format!("{}{}", sleeper("a"), sleeper("b")));
+    ham.spawn(&[("HAM_KERNEL_COMPAT", "5.4")]);
+    let s = ham.wait_for("both running", |s| {
+        running(s, "a") && running(s, "b") && s["guardian"]["alive"] == true
+    });
+    let err = ham.stderr();
+    assert!(err.contains("acting as 5.4 (HAM_KERNEL_COMPAT)"), "{err}");
+    assert!(err.contains("PIDFD_INFO_EXIT needs 6.15"), "{err}");
+    let sources: Vec<&str> = s["exit_sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(!sources.contains(&"pidfd_info_exit"), "{sources:?}");
+    if entity(&s, "a")["tracking"] == "cgroup" {
+        // Moved into its cgroup after the fork, as on 5.4.
+        assert!(err.contains("clone3 into a cgroup needs 5.7"), "{err}");
+        let a = pid_of(&s, "a");
+        let cg = std::fs::read_to_string(format!("/proc/{a}/cgroup")).unwrap();
+        assert!(
+            cg.trim_end().ends_with(&format!("/ham.{}/a", ham.name)),
+            "a is not in its cgroup: {cg}"
+        );
+    }
+    // The HAM killed, then b: the promoted Guardian is not b's parent, so without
+    // PIDFD_INFO_EXIT b's exit status comes from the proc connector where it runs, or is
+    // `unknown`; either way b is restarted.
+    let (h, a, b) = (ham.pid(), pid_of(&s, "a"), pid_of(&s, "b"));
+    let g = s["guardian"]["pid"].clone();
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["guardian"]["alive"] == true
+    });
+    sigkill(b);
+    let s = ham.wait_for("b restarted under the promoted guardian", |s| {
+        running(s, "b") && entity(s, "b")["restarts"] == 1
+    });
+    let last = &entity(&s, "b")["last_exit"];
+    if sources.contains(&"proc_connector") {
+        assert!(
+            *last == serde_json::json!({"signal": 9}) || *last == serde_json::json!({"unknown": true}),
+            "{last}"
+        );
+    } else {
+        assert_eq!(*last, serde_json::json!({"unknown": true}));
+    }
+    assert_eq!(pid_of(&s, "a"), a, "a was adopted, not restarted");
+}

@@ -6,6 +6,7 @@ impl Daemon {
     /// `ham -c FILE`: refuses if the instance runs; starts warm from a valid segment whose
     /// HAM and Guardian are both gone, cold otherwise.
     pub fn start(cfg: Config, config_text: String) -> Result<Self, DaemonError> {
+        check_kernel()?;
         let inst = cfg.instance.clone();
         std::fs::create_dir_all(&inst.run_dir).map_err(io_ctx(format!(
             "creating run_dir {}",
@@ -211,6 +212,7 @@ impl Daemon {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(io_ctx("PR_SET_CHILD_SUBREAPER"))?;
 
+        log_kernel(&inst.name);
         let mut sources = EXIT_SOURCE_WAITID;
         if sys::pidfd_info_exit_supported() {
             sources |= EXIT_SOURCE_PIDFD_INFO;
@@ -385,6 +387,52 @@ impl Daemon {
             cfg,
         })
     }
+}
+
+/// Says which kernel ham acts on, and each fallback that is in use on it.
+fn log_kernel(instance: &str) {
+    use sys::kernel;
+    let (real, acting) = (kernel::running(), kernel::acting());
+    let mut fallbacks = Vec::new();
+    if !kernel::at_least(5, 7) {
+        fallbacks.push("each entity is moved into its cgroup after fork (clone3 into a cgroup needs 5.7)");
+    }
+    if !kernel::at_least(6, 15) {
+        fallbacks.push(
+            "a process that dies while no HAM is its parent has its exit status from the proc \
+             connector, or unknown (PIDFD_INFO_EXIT needs 6.15)",
+        );
+    }
+    let as_ = if acting < real {
+        format!(", acting as {}.{} ({})", acting.0, acting.1, kernel::COMPAT_ENV)
+    } else {
+        String::new()
+    };
+    log(
+        instance,
+        format_args!(
+            "kernel {}.{}{as_}{}{}",
+            real.0,
+            real.1,
+            if fallbacks.is_empty() { "" } else { ": " },
+            fallbacks.join("; ")
+        ),
+    );
+}
+
+/// Refuses a kernel older than ham needs, saying why.
+pub(crate) fn check_kernel() -> Result<(), DaemonError> {
+    let (have, need) = (sys::kernel::running(), sys::kernel::MINIMUM);
+    if have < need {
+        return Err(DaemonError::Io {
+            what: format!(
+                "ham needs Linux {}.{} or later (pidfd_open, waitid(P_PIDFD)); this is {}.{}",
+                need.0, need.1, have.0, have.1
+            ),
+            source: io::Error::from_raw_os_error(libc::ENOSYS),
+        });
+    }
+    Ok(())
 }
 
 /// 128 random bits (the client-token key), or the reason there are none: a predictable

@@ -32,6 +32,9 @@ pub(super) struct PidfdInfo {
 /// `ioctl(PIDFD_GET_INFO)` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15). `Ok(None)`: not available
 /// (yet: not reaped, or an older kernel).
 pub fn pidfd_exit_status(pidfd: impl AsFd) -> io::Result<Option<i32>> {
+    if !pidfd_info_exit_supported() {
+        return Ok(None);
+    }
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_EXIT,
         ..Default::default()
@@ -52,10 +55,5 @@ pub fn pidfd_exit_status(pidfd: impl AsFd) -> io::Result<Option<i32>> {
 
 /// Whether this kernel has `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` (Linux ≥ 6.15).
 pub fn pidfd_info_exit_supported() -> bool {
-    let v = rustix::system::uname();
-    let release = v.release().to_string_lossy();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 15)
+    super::kernel::at_least(6, 15)
 }
