@@ -7,7 +7,7 @@ _ham_client() {
         --period|--low|--high|--beats|--count|--signal|--entity|--wait) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --period --low --high --beats --count --signal --entity --shared --durable --wait --ack --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --period --low --high --beats --count --signal --entity --shared --durable --wait --ack --version --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do

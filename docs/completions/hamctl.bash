@@ -7,7 +7,7 @@ _hamctl() {
         --timeout) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --tree --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --tree --version --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do

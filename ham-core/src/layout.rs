@@ -45,6 +45,9 @@ pub const FLAG_WARM_START: u32 = 1 << 1;
 /// Header flag: an operator switched device restarts off (`hamctl device-restart disable`);
 /// escalations to a device restart are logged and skipped.
 pub const FLAG_DEVICE_RESTART_OFF: u32 = 1 << 2;
+/// Header flag: this HAM is a Guardian that took over from a HAM that died or was fenced
+/// (set with [`FLAG_WARM_START`]; a cold or warm start clears it).
+pub const FLAG_TOOK_OVER: u32 = 1 << 3;
 
 /// Exit status source: `waitid` on the HAM's own children.
 pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;

@@ -584,6 +584,11 @@ impl Instance {
     pub fn pid_path(&self) -> PathBuf {
         ham_core::paths::pid_file(&self.run_dir, &self.name)
     }
+    /// The file that names the configuration the running HAM was started with (so hamctl
+    /// can say when it was given another one for the same instance).
+    pub fn config_note_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.config", self.name))
+    }
     /// The sd_notify socket (`NOTIFY_SOCKET` of entities with `notify = true`).
     pub fn notify_path(&self) -> PathBuf {
         ham_core::paths::notify_socket(&self.run_dir, &self.name)

@@ -20,6 +20,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "permission denied on {path}: only root, the user ham runs as and members of its \
+         client_group may use it"
+    )]
+    Denied { path: String },
     #[error("talking to ham: {0}")]
     Io(#[from] std::io::Error),
     #[error("ham closed the connection without answering")]
@@ -30,9 +35,13 @@ pub enum ClientError {
 
 /// Sends one request and waits (at most `timeout`) for its answer.
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        let path = socket.display().to_string();
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::Denied { path }
+        } else {
+            ClientError::Connect { path, source }
+        }
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

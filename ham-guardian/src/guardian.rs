@@ -117,7 +117,14 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             );
             let flags = seg.header().flags();
             drop(seg);
-            return promote(cfg, text, sockets, HashMap::new(), flags);
+            return promote(
+                cfg,
+                text,
+                sockets,
+                HashMap::new(),
+                flags,
+                Some((ham_pid, false)),
+            );
         }
     };
 
@@ -163,6 +170,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     );
     sys::trim_heap();
     let mut passed: HashMap<u32, Passed> = HashMap::new();
+    let from;
     let mut sock_open = true;
     let mut last_liveness = seg.header().snapshot().liveness_ns;
     let mut seen_at = mono_ns();
@@ -175,6 +183,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             Err(e) => return Err(io_err("epoll_wait")(e.into())),
         }
         let mut ham_gone = false;
+        let mut fenced = false;
         for ev in events.drain(..) {
             match ev.data.u64() {
                 TOK_HAM => ham_gone = true,
@@ -230,6 +239,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                         );
                         fence(&name, &ham_pidfd);
                         ham_gone = true;
+                        fenced = true;
                     }
                 }
                 _ => {}
@@ -239,13 +249,14 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             if sock_open {
                 handoff::recv_all(&sock, &mut passed);
             }
+            from = Some((ham_pid, fenced));
             break;
         }
     }
     drop(sock);
     let flags = seg.header().flags();
     drop(seg);
-    promote(cfg, text, sockets, passed, flags)
+    promote(cfg, text, sockets, passed, flags, from)
 }
 
 /// SIGKILL through the pidfd, then wait until the kernel reports the exit: only then is it
@@ -279,6 +290,7 @@ fn promote(
     sockets: Sockets,
     passed: HashMap<u32, Passed>,
     flags: u32,
+    from: Option<(i32, bool)>,
 ) -> Result<i32, DaemonError> {
     let name = cfg.instance.name.clone();
     match Segment::open(&cfg.instance.segment_name(), Access::ReadOnly) {
@@ -305,5 +317,5 @@ fn promote(
     }
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
-    Daemon::promote(cfg, text, sockets, passed)?.run()
+    Daemon::promote(cfg, text, sockets, passed, from)?.run()
 }

@@ -18,6 +18,10 @@ use crate::status::ExitJson;
 /// Size at which the log is rotated.
 const ROTATE_AT: u64 = 4 << 20;
 
+/// The entity name of the process log's lines about the pair itself (not a valid entity
+/// name, so never an entity's).
+pub const HAM_ENTRY: &str = "[ham]";
+
 /// One line of the process log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -28,6 +32,9 @@ pub struct LogRecord {
     pub exit: Option<ExitJson>,
     /// What happened: `death`, `abnormal-death`, `hold-off-over`, `escalation`, `operator`.
     pub condition: String,
+    /// The configured name of the condition whose action this line is, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// What ham did: `restart`, `hold-off`, `give-up`, `stay-down`, `device-restart`, `start`,
     /// `stop`.
     pub action: String,
@@ -161,6 +168,7 @@ mod tests {
             pid: Some(1),
             exit: Some(ExitJson::Signal(9)),
             condition: "abnormal-death".into(),
+            name: None,
             action: "restart".into(),
             result: "ok".into(),
         }

@@ -39,7 +39,8 @@ pub struct HamStatus {
     pub epoch: u64,
     /// Whether that pid still runs with the recorded start time.
     pub alive: bool,
-    /// "cold" (a new segment) or "warm" (an existing one re-adopted).
+    /// "cold" (a new segment), "warm" (a segment left by a dead pair, re-adopted) or
+    /// "took-over" (a Guardian that replaced its dead or fenced HAM).
     pub start: &'static str,
     /// A shutdown has been asked for.
     pub stopping: bool,
@@ -97,6 +98,13 @@ pub struct EntityStatus {
     pub uptime_ns: Option<u64>,
     /// The heartbeat an SDK client attached with, if any.
     pub heartbeat: Option<HeartbeatStatus>,
+    /// When its last process ended (wall clock, ms since the Unix epoch).
+    pub last_exit_unix_ms: Option<u64>,
+    /// While `held-off`: nanoseconds until its policy lets it start again.
+    pub held_off_left_ns: Option<u64>,
+    /// While `backoff`: why its start failed (from the process log; `null` until looked up
+    /// by `hamctl`, or if the log does not say).
+    pub backoff_reason: Option<String>,
     /// How its processes are tracked: `cgroup` (every process it starts, in its cgroup),
     /// `process-group` (its process group only), or `unknown` before it is looked up.
     pub tracking: &'static str,
@@ -136,6 +144,24 @@ pub fn read(segment_name: &str, now_mono_ns: u64) -> Result<Status, SegmentError
 }
 
 impl Status {
+    /// Fills in why each entity in `backoff` could not start: the newest `backoff` line of
+    /// the process log `log` for it.
+    pub fn look_up_backoff(&mut self, log: &std::path::Path) {
+        if !self.entities.iter().any(|e| e.state == "backoff") {
+            return;
+        }
+        let Ok(records) = crate::proclog::read(log) else {
+            return;
+        };
+        for e in self.entities.iter_mut().filter(|e| e.state == "backoff") {
+            e.backoff_reason = records
+                .iter()
+                .rev()
+                .find(|r| r.entity == e.name && r.action == "backoff")
+                .map(|r| r.result.clone());
+        }
+    }
+
     /// Fills in each entity's `tracking`: `cgroup` when the running HAM keeps it in a
     /// cgroup (its directory exists where that HAM puts them), else `process-group`.
     pub fn look_up_tracking(&mut self, inst: &crate::config::Instance) {
@@ -184,6 +210,11 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
                         missed_low: h.missed_low,
                         missed_high: h.missed_high,
                     }),
+                    last_exit_unix_ms: (r.exited_unix_ns > 0 && r.last_exit != LastExit::None)
+                        .then_some(r.exited_unix_ns / 1_000_000),
+                    held_off_left_ns: (r.state == EntityState::HeldOff)
+                        .then(|| r.policy.held_until.saturating_sub(now_mono_ns)),
+                    backoff_reason: None,
                     tracking: "unknown",
                     name: r.name,
                 });
@@ -196,7 +227,9 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
             pid: h.ham_pid,
             epoch: h.epoch,
             alive: procfs::is_alive(h.ham_pid, h.ham_start_time),
-            start: if h.flags & FLAG_WARM_START != 0 {
+            start: if h.flags & ham_core::layout::FLAG_TOOK_OVER != 0 {
+                "took-over"
+            } else if h.flags & FLAG_WARM_START != 0 {
                 "warm"
             } else {
                 "cold"
@@ -242,11 +275,15 @@ impl Status {
     /// The aligned table `hamctl status` prints.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "ham pid {}{} · epoch {} · {} start",
+            "ham pid {}{} · epoch {} · {}",
             self.ham.pid,
             if self.ham.alive { "" } else { " (not running)" },
             self.ham.epoch,
-            self.ham.start
+            match self.ham.start {
+                "took-over" => "took over",
+                "warm" => "warm start",
+                _ => "cold start",
+            }
         );
         match &self.guardian {
             Some(g) => out.push_str(&format!(
@@ -258,7 +295,7 @@ impl Status {
         }
         if self.ham.failures > 0 || self.guardian.as_ref().is_some_and(|g| g.failures > 0) {
             out.push_str(&format!(
-                " · failures: ham {}, guardian {}",
+                " · takeovers {}, guardians replaced {}",
                 self.ham.failures,
                 self.guardian.as_ref().map_or(0, |g| g.failures)
             ));
@@ -279,17 +316,33 @@ impl Status {
             "LAST EXIT",
             "UPTIME",
         ];
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let rows: Vec<[String; 7]> = self
             .entities
             .iter()
             .map(|e| {
+                let state = match e.held_off_left_ns {
+                    Some(left) => format!("{} ({} left)", e.state, format_ns(left)),
+                    None => e.state.to_owned(),
+                };
+                let exit = match (&e.last_exit, e.last_exit_unix_ms) {
+                    (Some(x), Some(at)) => format!(
+                        "{} ({} ago)",
+                        x.human(),
+                        format_ns(now_ms.saturating_sub(at) * 1_000_000)
+                    ),
+                    (Some(x), None) => x.human(),
+                    (None, _) => "-".into(),
+                };
                 [
                     e.name.clone(),
-                    e.state.to_owned(),
+                    state,
                     e.pid.map_or("-".into(), |p| p.to_string()),
                     e.restarts.to_string(),
                     e.starts.to_string(),
-                    e.last_exit.as_ref().map_or("-".into(), ExitJson::human),
+                    exit,
                     e.uptime_ns.map_or("-".into(), format_ns),
                 ]
             })
@@ -316,9 +369,18 @@ impl Status {
         for row in &rows {
             line(row.iter().map(String::as_str).collect());
         }
+        for e in &self.entities {
+            if let Some(why) = &e.backoff_reason {
+                out.push_str(&format!("{}: backoff: {why}\n", e.name));
+            }
+        }
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
         }
+        out.push_str(
+            "RESTARTS: automatic restarts after a death; STARTS: the other starts (the first, \
+             hamctl start and restart)\n",
+        );
         out
     }
 }
@@ -470,17 +532,37 @@ mod tests {
                     last_exit: Some(ExitJson::Signal(9)),
                     uptime_ns: Some(1_500_000_000),
                     heartbeat: None,
+                    last_exit_unix_ms: None,
+                    held_off_left_ns: None,
+                    backoff_reason: None,
                     tracking: "unknown",
                 },
                 EntityStatus {
                     name: "b".into(),
                     pid: None,
-                    state: "stopped",
+                    state: "held-off",
+                    restarts: 5,
+                    starts: 1,
+                    last_exit: Some(ExitJson::Code(3)),
+                    uptime_ns: None,
+                    heartbeat: None,
+                    last_exit_unix_ms: Some(1),
+                    held_off_left_ns: Some(250_000_000_000),
+                    backoff_reason: None,
+                    tracking: "unknown",
+                },
+                EntityStatus {
+                    name: "c".into(),
+                    pid: None,
+                    state: "backoff",
                     restarts: 0,
                     starts: 1,
                     last_exit: None,
                     uptime_ns: None,
                     heartbeat: None,
+                    last_exit_unix_ms: None,
+                    held_off_left_ns: None,
+                    backoff_reason: Some("cannot start /x: No such file".into()),
                     tracking: "unknown",
                 },
             ],
@@ -492,10 +574,17 @@ mod tests {
         };
         let t = s.to_table();
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(lines.len(), 7, "{t}");
+        assert!(lines[0].contains("cold start"), "{t}");
         let col = lines[1].find("STATE").unwrap();
         assert_eq!(lines[2].find("running"), Some(col), "{t}");
-        assert_eq!(lines[3].find("stopped"), Some(col), "{t}");
+        assert_eq!(lines[3].find("held-off (4m10s left)"), Some(col), "{t}");
+        assert!(
+            lines[3].contains("code 3 ("),
+            "the time since the exit: {t}"
+        );
         assert!(lines[2].ends_with("1.50s"), "{t}");
+        assert_eq!(lines[5], "c: backoff: cannot start /x: No such file", "{t}");
+        assert!(lines[6].starts_with("RESTARTS: automatic restarts"), "{t}");
     }
 }

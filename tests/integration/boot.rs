@@ -337,7 +337,8 @@ fn on_an_older_kernel_the_fallbacks_keep_supervision_whole() {
     let last = &entity(&s, "b")["last_exit"];
     if sources.contains(&"proc_connector") {
         assert!(
-            *last == serde_json::json!({"signal": 9}) || *last == serde_json::json!({"unknown": true}),
+            *last == serde_json::json!({"signal": 9})
+                || *last == serde_json::json!({"unknown": true}),
             "{last}"
         );
     } else {

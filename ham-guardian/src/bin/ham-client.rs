@@ -45,6 +45,10 @@ fn parse_args() -> Result<Args, lexopt::Error> {
                 println!("{}", HAM_CLIENT.usage());
                 std::process::exit(exit::OK);
             }
+            Short('V') | Long("version") => {
+                println!("ham-client {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(exit::OK);
+            }
             Long("man") => a.generate = Some(Generate::Man),
             Long("completions") => a.generate = Some(Generate::Completions(p.value()?.string()?)),
             Short('c') | Long("config") => a.config = Some(p.value()?.into()),

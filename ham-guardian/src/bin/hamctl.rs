@@ -18,6 +18,10 @@ fn main() -> ExitCode {
             println!("{}", HAMCTL.usage());
             return ExitCode::SUCCESS;
         }
+        Command::Version => {
+            println!("hamctl {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Command::Generate(g) => {
             return match g.to_generate().render(&HAMCTL) {
                 Ok(text) => {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED as u8);
         }
     };
+    other_config_note(&inst, &args.config);
     let req = match args.command {
         Command::Status { tree: true, .. } => {
             return match status::tree(&args.config, &inst.segment_name(), mono_ns()) {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Status { json, .. } => {
             return match status::read(&inst.segment_name(), mono_ns()).map(|mut s| {
                 s.look_up_tracking(&inst);
+                s.look_up_backoff(&inst.process_log_path());
                 s
             }) {
                 Ok(s) if json => {
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("hamctl: instance `{}` is not running: {e}", inst.name);
+                    eprintln!("hamctl: {}", unreadable(&inst, &e));
                     ExitCode::from(exit::UNAVAILABLE as u8)
                 }
             };
@@ -79,7 +85,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     print!("{}", ham_guardian::metrics::render_down(&inst.name));
-                    eprintln!("hamctl: instance `{}` is not running: {e}", inst.name);
+                    eprintln!("hamctl: {}", unreadable(&inst, &e));
                     ExitCode::from(exit::UNAVAILABLE as u8)
                 }
             };
@@ -114,7 +120,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Send(req) => req,
-        Command::Help | Command::Generate(_) => unreachable!("answered above"),
+        Command::Help | Command::Version | Command::Generate(_) => {
+            unreachable!("answered above")
+        }
     };
     match control::request(&inst.socket_path(), &req, args.timeout) {
         Ok(r) if r.ok => {
@@ -163,7 +171,10 @@ fn print_log(inst: &config::Instance, entity: Option<&str>, json: bool) -> ExitC
                 r.entity,
                 r.pid.map_or("-".into(), |p| p.to_string()),
                 r.exit.as_ref().map_or("-".into(), |x| x.human()),
-                r.condition,
+                match &r.name {
+                    Some(n) if *n != r.condition => format!("{} ({n})", r.condition),
+                    _ => r.condition.clone(),
+                },
                 r.action,
                 r.result
             );
@@ -326,6 +337,45 @@ fn utc(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Says so when the instance this file names runs from another configuration file: the
+/// answers are that one's.
+fn other_config_note(inst: &config::Instance, given: &std::path::Path) {
+    let Ok(running) = std::fs::read_to_string(inst.config_note_path()) else {
+        return;
+    };
+    let running = std::path::PathBuf::from(running.trim_end_matches('\n'));
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    let given = std::path::absolute(given).unwrap_or_else(|_| given.to_owned());
+    if !same(&running, &given) {
+        eprintln!(
+            "hamctl: note: instance `{}` runs {}, not {}",
+            inst.name,
+            running.display(),
+            given.display()
+        );
+    }
+}
+
+/// Why the state segment could not be read, in an operator's words.
+fn unreadable(inst: &config::Instance, e: &ham_core::segment::SegmentError) -> String {
+    use ham_core::segment::SegmentError;
+    match e {
+        SegmentError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!(
+                "permission denied reading instance `{}`'s state segment: only root, the user \
+                 ham runs as and members of its client_group may",
+                inst.name
+            )
+        }
+        SegmentError::NotFound { .. } => format!("instance `{}` is not running ({e})", inst.name),
+        _ => format!("cannot read instance `{}`'s state: {e}", inst.name),
+    }
 }
 
 fn usage(msg: &str) -> ExitCode {

@@ -11,6 +11,7 @@ use crate::control::Request;
 #[derive(Debug, PartialEq)]
 pub enum Command {
     Help,
+    Version,
     Generate(GenerateKind),
     Status {
         json: bool,
@@ -71,11 +72,13 @@ pub fn parse(
     let mut p = lexopt::Parser::from_args(args);
     let (mut config, mut timeout) = (None, Duration::from_secs(60));
     let (mut json, mut tree, mut generate, mut help) = (false, false, None, false);
+    let mut version = false;
     let mut cluster = false;
     let mut words: Vec<String> = Vec::new();
     while let Some(arg) = p.next().map_err(lexopt_error)? {
         match arg {
             Short('h') | Long("help") => help = true,
+            Short('V') | Long("version") => version = true,
             Short('c') | Long("config") => {
                 config = Some(PathBuf::from(p.value().map_err(lexopt_error)?))
             }
@@ -110,8 +113,13 @@ pub fn parse(
     let config = config
         .or_else(|| env_config.map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG));
-    let command = if help {
+    let command = if help
+        || (words.is_empty() && generate.is_none() && !version && !json && !tree && !cluster)
+    {
+        // `hamctl` alone: the help, as asked for.
         Command::Help
+    } else if version {
+        Command::Version
     } else if let Some(g) = generate {
         Command::Generate(g)
     } else {
@@ -145,6 +153,7 @@ fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Co
     }
     let entity = |what: &str| match rest {
         [e] => Ok(e.to_string()),
+        [] => Err(format!("{what}: which entity? (hamctl {what} ENTITY)")),
         _ => Err(format!("{what} takes one ENTITY")),
     };
     let none = |c: Command| {
@@ -376,16 +385,16 @@ mod tests {
     #[test]
     fn bad_command_lines_say_why() {
         for (line, why) in [
-            ("", "no command"),
+            ("--json", "no command"),
             ("frobnicate", "unknown command `frobnicate`"),
-            ("stop", "stop takes one ENTITY"),
+            ("stop", "stop: which entity? (hamctl stop ENTITY)"),
             ("stop a b", "stop takes one ENTITY"),
             ("ping now", "ping takes no arguments"),
             (
                 "stop x --json",
                 "--json is an option of status, log, pss, cores and cluster status",
             ),
-            ("pss", "pss takes one ENTITY"),
+            ("pss", "pss: which entity?"),
             ("log --tree", "--tree is an option of status"),
             ("status --json --tree", "not both"),
             ("raise x c high", "SEVERITY must be a whole number"),

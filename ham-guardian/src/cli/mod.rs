@@ -73,9 +73,19 @@ impl Generate {
     }
 }
 
-/// A usage error: the message `PROGRAM: ...` and the usage.
+/// A usage error: the message `PROGRAM: ...`, the synopsis and where the rest is (the whole
+/// help would bury the one line that matters).
 pub fn usage_error(spec: &Spec, msg: &str) -> String {
-    format!("{}: {msg}\n{}", spec.name, spec.usage())
+    let mut s = format!("{}: {msg}\n", spec.name);
+    for (k, syn) in spec.synopsis.iter().enumerate() {
+        let lead = if k == 0 { "usage:" } else { "      " };
+        s.push_str(&format!("{lead} {} {syn}\n", spec.name));
+    }
+    s.push_str(&format!(
+        "`{} --help` lists every command and option",
+        spec.name
+    ));
+    s
 }
 
 /// `lexopt`'s errors in the words of our usage messages.

@@ -27,6 +27,13 @@ const CONFIG: Opt = Opt {
     help: "the instance's configuration",
 };
 
+const VERSION: Opt = Opt {
+    long: "version",
+    short: Some('V'),
+    value: None,
+    help: "print the version and exit",
+};
+
 const HELP: Opt = Opt {
     long: "help",
     short: Some('h'),
@@ -122,6 +129,7 @@ pub static HAMCTL: Spec = Spec {
             value: None,
             help: "status: entities, conditions and actions with their flags",
         },
+        VERSION,
         HELP,
         GENERATE[0],
         GENERATE[1],
@@ -306,6 +314,7 @@ pub static HAM_CLIENT: Spec = Spec {
             value: None,
             help: "recv: acknowledge the message once printed (it leaves the queue)",
         },
+        VERSION,
         HELP,
         GENERATE[0],
         GENERATE[1],

@@ -262,6 +262,7 @@ impl Daemon {
         // As a successor would: reuse a client segment of ham's own if one is there.
         let origin = Origin::Promoted {
             passed: Default::default(),
+            from: None,
         };
         match Clients::open(&self.cfg, &origin, true, key, &self.writer) {
             Ok(c) => {

@@ -31,6 +31,8 @@ impl Daemon {
             Err(e) => {
                 let at = mono_ns() + 1_000_000_000;
                 say!(self, "cannot start the guardian: {e}; retrying in 1s");
+                let what = format!("cannot start one: {e}; retrying in 1s");
+                self.record_ham(None, "guardian-start", "retry", &what);
                 self.guardian.retry_at = Some(at);
                 self.schedule(at, Deadline::GuardianRetry);
             }
@@ -74,6 +76,7 @@ impl Daemon {
         if silent >= timeout {
             g.seen_at = now; // one fence per silence
             let pid = g.pid;
+            self.guardian.fenced = Some(pid);
             let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
             say!(
                 self,
@@ -109,7 +112,21 @@ impl Daemon {
             describe(how)
         );
         self.wrote(self.writer.bump_guardian_failures());
+        let fenced = self.guardian.fenced.take() == Some(g.pid);
         self.spawn_guardian();
+        let now = match &self.guardian.proc {
+            Some(n) => format!("guardian pid {} started", n.pid),
+            None => "no new guardian yet (retrying)".to_owned(),
+        };
+        let (cond, what) = if fenced {
+            (
+                "guardian-fenced",
+                format!("stopped turning its loop; {now}"),
+            )
+        } else {
+            ("guardian-died", format!("{}; {now}", describe(how)))
+        };
+        self.record_ham(Some(g.pid), cond, "replace", &what);
     }
 
     /// Gives the Guardian a duplicate of an entity's pidfd (best effort: without it the
@@ -144,6 +161,8 @@ pub(super) struct GuardianLink {
     pub(super) proc: Option<GuardianProc>,
     /// A Guardian that could not be started is tried again then.
     pub(super) retry_at: Option<u64>,
+    /// The pid of the Guardian this HAM fenced, until its death is seen.
+    pub(super) fenced: Option<i32>,
     /// (slot, pid, start time, a duplicate of the pidfd), sent in order.
     backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), OwnedFd)>,
 }

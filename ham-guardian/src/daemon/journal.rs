@@ -442,7 +442,7 @@ impl Daemon {
                 Outcome::Exited(ws) if matches!(kind, ActionKind::Execute { .. }) => {
                     match super::decode_wait_status(ws) {
                         LastExit::Code(0) => {
-                            self.record(i, None, cond, "execute", &format!("pid {pid} exited 0"));
+                            self.run_record(id, "execute", &format!("pid {pid} exited 0"));
                         }
                         other => {
                             let why = format!("pid {pid} {}", super::describe(other));
@@ -459,7 +459,7 @@ impl Daemon {
                 _ => {
                     // A device restart that ran (or may have: it is not repeated).
                     let what = format!("pid {pid}, started by the previous HAM");
-                    self.record(i, rec.gone, cond, "device-restart", &what);
+                    self.run_record(id, "device-restart", &what);
                     self.advance(id);
                 }
             },

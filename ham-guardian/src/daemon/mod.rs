@@ -134,7 +134,12 @@ pub enum Origin {
     Started,
     /// A Guardian promoting itself after its HAM died or was fenced, with what the HAM
     /// handed over.
-    Promoted { passed: HashMap<u32, Passed> },
+    Promoted {
+        passed: HashMap<u32, Passed>,
+        /// The HAM it replaced, and whether it fenced it (a stopped or hung HAM) rather
+        /// than saw it die.
+        from: Option<(i32, bool)>,
+    },
 }
 
 /// The HAM role.
@@ -217,8 +222,34 @@ impl Daemon {
             failpoint::hit("promote:after-guardian");
         }
         let passed = match self.origin.take() {
-            Some(Origin::Promoted { passed }) => passed,
-            _ => HashMap::new(),
+            Some(Origin::Promoted { passed, from }) => {
+                if let Some((pid, fenced)) = from {
+                    let (cond, how) = if fenced {
+                        ("ham-fenced", "stopped turning its loop and was fenced")
+                    } else {
+                        ("ham-died", "died")
+                    };
+                    let what = format!(
+                        "HAM pid {pid} {how}; guardian pid {} took over (epoch {})",
+                        std::process::id(),
+                        self.writer.epoch()
+                    );
+                    self.record_ham(Some(pid), cond, "take-over", &what);
+                }
+                passed
+            }
+            _ => {
+                if self.writer.segment().header().flags() & FLAG_WARM_START != 0 {
+                    let what = format!(
+                        "the HAM and its guardian were gone; pid {} re-adopted the segment \
+                         (epoch {})",
+                        std::process::id(),
+                        self.writer.epoch()
+                    );
+                    self.record_ham(None, "pair-gone", "warm-start", &what);
+                }
+                HashMap::new()
+            }
         };
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();

@@ -364,7 +364,7 @@ impl Daemon {
             let name = self.entities[i].cfg.name.clone();
             if let Some(result) = self.run_client_action(i, cond, &action.kind) {
                 match result {
-                    Ok(what) => self.record(i, None, cond, action.kind.name(), &what),
+                    Ok(what) => self.run_record(id, action.kind.name(), &what),
                     Err(why) => self.action_failed(id, &action, action.kind.name(), &why),
                 }
                 continue;
@@ -378,7 +378,7 @@ impl Daemon {
                 | ActionKind::HoldOff { .. } => {}
                 ActionKind::Log { message } => {
                     say!(self, "{name}: {cond}: {message}");
-                    self.record(i, None, cond, "log", message);
+                    self.run_record(id, "log", message);
                 }
                 ActionKind::Delay { ns } => {
                     let until = mono_ns() + ns;
@@ -393,7 +393,7 @@ impl Daemon {
                 ActionKind::WaitFor { path, timeout_ns } => {
                     if path.exists() {
                         let what = format!("{} exists", path.display());
-                        self.record(i, None, cond, "waitfor", &what);
+                        self.run_record(id, "waitfor", &what);
                         continue;
                     }
                     let now = mono_ns();
@@ -416,7 +416,7 @@ impl Daemon {
                     if target.pidfd.is_some() && target.rec.state.has_process() {
                         signal_entity(target, *signal);
                         let what = format!("signal {signal} to {}", target.cfg.name);
-                        self.record(i, None, cond, "signal", &what);
+                        self.run_record(id, "signal", &what);
                     } else {
                         let why = format!("{} is not running", target.cfg.name);
                         self.action_failed(id, &action, "signal", &why);
@@ -424,14 +424,14 @@ impl Daemon {
                 }
                 ActionKind::DeviceRestart => {
                     let run = &self.runs[&id];
-                    let (reason, gone) = if run.event.reason.is_empty() {
-                        (format!("{name}: {cond}"), None)
+                    let reason = if run.event.reason.is_empty() {
+                        format!("{name}: {cond}")
                     } else {
-                        (run.event.reason.clone(), run.event.gone)
+                        run.event.reason.clone()
                     };
                     let result = self.device_restart(&reason, Some(id));
                     if result.starts_with("running") {
-                        self.record(i, gone, cond, "device-restart", &result);
+                        self.run_record(id, "device-restart", &result);
                     } else {
                         self.action_failed(id, &action, "device-restart", &result);
                     }
@@ -523,7 +523,7 @@ impl Daemon {
         }
         let name = self.entities[i].cfg.name.clone();
         say!(self, "{name}: {cond}: {what} failed: {why}");
-        self.record(i, None, cond, what, &format!("failed: {why}"));
+        self.run_record(id, what, &format!("failed: {why}"));
     }
 
     /// A command run by an action exited.
@@ -550,10 +550,9 @@ impl Daemon {
         let Some(Wait::Exec { pid, action, .. }) = run.waiting.take() else {
             return;
         };
-        let (i, cond) = (run.entity, run.condition);
         self.runs.exec_ended(pid);
         if status == LastExit::Code(0) {
-            self.record(i, None, cond, "execute", &format!("pid {pid} exited 0"));
+            self.run_record(id, "execute", &format!("pid {pid} exited 0"));
         } else {
             let why = format!("pid {pid} {}", describe(status));
             self.action_failed(id, &action, "execute", &why);
@@ -570,8 +569,7 @@ impl Daemon {
         match &run.waiting {
             Some(Wait::Delay { until }) if *until == at => {
                 run.waiting = None;
-                let (i, cond) = (run.entity, run.condition);
-                self.record(i, None, cond, "delay", "waited");
+                self.run_record(id, "delay", "waited");
                 self.advance(id);
             }
             Some(Wait::Exec {
@@ -585,11 +583,10 @@ impl Daemon {
                 next,
             }) if *next == at => {
                 let (path, deadline) = (path.clone(), *deadline);
-                let (i, cond) = (run.entity, run.condition);
                 if path.exists() {
                     run.waiting = None;
                     let what = format!("{} exists", path.display());
-                    self.record(i, None, cond, "waitfor", &what);
+                    self.run_record(id, "waitfor", &what);
                     self.advance(id);
                 } else if at >= deadline {
                     run.waiting = None;
@@ -612,12 +609,62 @@ impl Daemon {
         }
     }
 
+    /// Appends a condition run's line to the process log: the condition by its type and,
+    /// if it has one, its name; the pid of the death that fired it.
+    pub(super) fn run_record(&mut self, id: RunId, action: &str, result: &str) {
+        let Some(run) = self.runs.get(&id) else {
+            return;
+        };
+        let (i, kind, gone) = (run.entity, run.condition, run.event.gone);
+        let named = self.entities[i]
+            .cfg
+            .conditions
+            .get(usize::from(run.cond))
+            .and_then(|c| c.name.as_deref());
+        let name = named.map(str::to_owned);
+        self.record_named(i, gone, kind, name, action, result);
+    }
+
+    /// Appends a line about the pair itself (takeovers, Guardians, warm starts) to the
+    /// process log, under the entity name `[ham]` (no entity can be named so).
+    pub(super) fn record_ham(
+        &mut self,
+        pid: Option<i32>,
+        condition: &str,
+        action: &str,
+        result: &str,
+    ) {
+        let rec = LogRecord {
+            time_unix_ms: unix_ns() / 1_000_000,
+            entity: crate::proclog::HAM_ENTRY.to_owned(),
+            pid,
+            exit: None,
+            condition: condition.to_owned(),
+            name: None,
+            action: action.to_owned(),
+            result: result.to_owned(),
+        };
+        self.plog.append(&rec);
+    }
+
     /// Appends to the process log.
     pub(super) fn record(
         &mut self,
         i: EntityId,
         gone: Option<(i32, LastExit)>,
         condition: &str,
+        action: &str,
+        result: &str,
+    ) {
+        self.record_named(i, gone, condition, None, action, result);
+    }
+
+    fn record_named(
+        &mut self,
+        i: EntityId,
+        gone: Option<(i32, LastExit)>,
+        condition: &str,
+        name: Option<String>,
         action: &str,
         result: &str,
     ) {
@@ -630,6 +677,7 @@ impl Daemon {
                 .or((e.rec.pid > 0).then_some(e.rec.pid)),
             exit: gone.and_then(|(_, x)| crate::status::ExitJson::from(x)),
             condition: condition.to_owned(),
+            name,
             action: action.to_owned(),
             result: result.to_owned(),
         };

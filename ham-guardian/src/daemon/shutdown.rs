@@ -180,6 +180,7 @@ impl Daemon {
         let _ = std::fs::remove_file(inst.socket_path());
         let _ = std::fs::remove_file(inst.notify_path());
         let _ = std::fs::remove_file(inst.pid_path());
+        let _ = std::fs::remove_file(inst.config_note_path());
         if let Err(e) = Segment::unlink(&inst.segment_name()) {
             say!(self, "{e}");
         }

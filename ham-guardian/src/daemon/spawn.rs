@@ -223,14 +223,18 @@ impl Daemon {
                 let why = super::lifecycle::Why::new("start", &msg);
                 self.step(i, ham_core::lifecycle::Input::SpawnFailed, &why);
                 let e = &self.entities[i];
-                let delay = e.retry_at.unwrap_or(now).saturating_sub(now);
+                let delay =
+                    ham_core::duration::format_ns(e.retry_at.unwrap_or(now).saturating_sub(now));
                 log(
                     &self.cfg.instance.name,
-                    format_args!(
-                        "{}: {msg}; retrying in {}",
-                        e.cfg.name,
-                        ham_core::duration::format_ns(delay)
-                    ),
+                    format_args!("{}: {msg}; retrying in {delay}", e.cfg.name),
+                );
+                self.record(
+                    i,
+                    None,
+                    "start",
+                    "backoff",
+                    &format!("{msg}; retrying in {delay}"),
                 );
             }
         }

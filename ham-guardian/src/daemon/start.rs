@@ -117,6 +117,7 @@ impl Daemon {
         config_text: String,
         sockets: Sockets,
         passed: HashMap<u32, Passed>,
+        from: Option<(i32, bool)>,
     ) -> Result<Self, DaemonError> {
         let seg_name = cfg.instance.segment_name();
         let seg = match Segment::open(&seg_name, Access::ReadWrite) {
@@ -161,7 +162,7 @@ impl Daemon {
             0
         };
         let flags = writer.segment().header().flags();
-        writer.set_flags(flags | FLAG_WARM_START | off)?;
+        writer.set_flags(flags | FLAG_WARM_START | ham_core::layout::FLAG_TOOK_OVER | off)?;
         match &guardian {
             Some(g) => writer.set_guardian(g.pid, g.start_time)?,
             None => writer.set_guardian(0, 0)?,
@@ -182,7 +183,7 @@ impl Daemon {
             config_text,
             writer,
             sockets,
-            Origin::Promoted { passed },
+            Origin::Promoted { passed, from },
         )?;
         d.guardian.proc = guardian;
         Ok(d)
@@ -225,6 +226,7 @@ impl Daemon {
         let me = std::process::id();
         std::fs::write(inst.pid_path(), format!("{me}\n"))
             .map_err(io_ctx(format!("writing {}", inst.pid_path().display())))?;
+        let _ = std::fs::write(inst.config_note_path(), format!("{}\n", cfg.path.display()));
 
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io_ctx("epoll_create"))?;
         let timerfd = rustix::time::timerfd_create(
@@ -395,7 +397,9 @@ fn log_kernel(instance: &str) {
     let (real, acting) = (kernel::running(), kernel::acting());
     let mut fallbacks = Vec::new();
     if !kernel::at_least(5, 7) {
-        fallbacks.push("each entity is moved into its cgroup after fork (clone3 into a cgroup needs 5.7)");
+        fallbacks.push(
+            "each entity is moved into its cgroup after fork (clone3 into a cgroup needs 5.7)",
+        );
     }
     if !kernel::at_least(6, 15) {
         fallbacks.push(
@@ -404,7 +408,12 @@ fn log_kernel(instance: &str) {
         );
     }
     let as_ = if acting < real {
-        format!(", acting as {}.{} ({})", acting.0, acting.1, kernel::COMPAT_ENV)
+        format!(
+            ", acting as {}.{} ({})",
+            acting.0,
+            acting.1,
+            kernel::COMPAT_ENV
+        )
     } else {
         String::new()
     };
