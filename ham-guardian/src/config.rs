@@ -15,6 +15,7 @@ use toml::Spanned;
 
 mod entity;
 mod file;
+mod recover;
 mod rules;
 
 use entity::entity;
@@ -298,6 +299,18 @@ pub struct ConfigError {
     pub message: String,
     /// The offending line of the file, for display.
     pub source_line: Option<String>,
+    /// The other errors found in the same pass, in the order of the file.
+    pub more: Vec<ConfigError>,
+}
+
+impl ConfigError {
+    /// One error that carries all of `errors` (the first, then the rest in `more`).
+    fn all(mut errors: Vec<ConfigError>) -> ConfigError {
+        errors.sort_by_key(|e| (e.line, e.column));
+        let mut first = errors.remove(0);
+        first.more = errors;
+        first
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -319,6 +332,12 @@ impl fmt::Display for ConfigError {
                 src,
                 " ".repeat(self.column.saturating_sub(1))
             )?;
+        }
+        for e in &self.more {
+            write!(f, "\n{e}")?;
+        }
+        if !self.more.is_empty() {
+            write!(f, "\n{} errors", self.more.len() + 1)?;
         }
         Ok(())
     }
@@ -674,6 +693,7 @@ impl Ctx<'_> {
             key,
             message: msg.into(),
             source_line,
+            more: Vec::new(),
         }
     }
 
@@ -717,6 +737,7 @@ fn read(path: &Path) -> Result<(PathBuf, String), ConfigError> {
         key: None,
         message: format!("cannot read: {e}"),
         source_line: None,
+        more: Vec::new(),
     })?;
     Ok((abs, text))
 }

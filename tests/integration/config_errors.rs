@@ -53,13 +53,13 @@ fn refused(b: &Broken, line: usize, col: usize, words: &str) {
 #[test]
 fn unknown_key() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = [\"true\"]\nrestrat = \"never\"\n");
-    refused(&b, 15, 1, "unknown field `restrat`");
+    refused(&b, 15, 1, "unknown key `restrat`; did you mean `restart`?");
 }
 
 #[test]
 fn bad_type() {
     let b = broken("[[entity]]\nname = \"x\"\ncommand = \"true\"\n");
-    refused(&b, 14, 11, "`command`");
+    refused(&b, 14, 11, "`entity[1].command`: expected a list");
 }
 
 #[test]

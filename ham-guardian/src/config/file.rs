@@ -15,7 +15,7 @@ pub(super) fn parse_with(
         strict,
         runtime_from,
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| de_error(&ctx, e))?;
+    let raw: RawFile = recover::deserialize(&ctx).map_err(ConfigError::all)?;
     let ham = raw.ham.get_ref();
     let instance = Instance {
         name: instance_name(&ctx, &ham.name)?,
@@ -112,13 +112,21 @@ pub(super) fn parse_with(
         ));
     }
 
+    // Each entity is checked on its own: the errors of all of them are told in one pass.
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut entities = Vec::with_capacity(raw.entity.len());
+    let mut errors = Vec::new();
     for (i, e) in raw.entity.iter().enumerate() {
-        let ent = entity(&ctx, i, e.get_ref())?;
+        let ent = match entity(&ctx, i, e.get_ref()) {
+            Ok(ent) => ent,
+            Err(err) => {
+                errors.push(err);
+                continue;
+            }
+        };
         if let Some(first) = seen.insert(ent.name.clone(), i) {
             let (line, _) = line_col(text, raw.entity[first].get_ref().name.span().start);
-            return Err(ctx.err(
+            errors.push(ctx.err(
                 Some(e.get_ref().name.span()),
                 Some(format!("entity[{i}].name")),
                 format!(
@@ -128,6 +136,9 @@ pub(super) fn parse_with(
             ));
         }
         entities.push(ent);
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::all(errors));
     }
     resolve_after(&ctx, &raw.entity, &mut entities)?;
     let groups = groups(&ctx, &raw.group, &mut entities)?;

@@ -58,7 +58,62 @@ fn unknown_key_is_located() {
 fn bad_type_is_located() {
     let e = err_of("[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = \"true\"\n");
     assert_eq!(e.line, 5, "{e}");
-    assert_eq!(e.key.as_deref(), Some("command"), "{e}");
+    assert_eq!(e.key.as_deref(), Some("entity[0].command"), "{e}");
+    assert!(e.message.contains("expected a list"), "{e}");
+}
+
+#[test]
+fn every_error_is_told_in_one_pass_with_its_path_and_the_key_meant() {
+    let e = err_of(
+        "[ham]\nname = \"x\"\nliveness_timout = \"2s\"\n\n[[entity]]\nname = \"a\"\ncommand = [\"true\"]\nstop_timeout = 5\n\n[[entity]]\ncomand = [\"true\"]\n\n[[entity]]\nname = \"c\"\ncommand = [\"true\"]\nrestrat = \"always\"\n",
+    );
+    let all: Vec<(usize, Option<&str>, &str)> = std::iter::once(&e)
+        .chain(&e.more)
+        .map(|e| (e.line, e.key.as_deref(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            (
+                3,
+                Some("ham.liveness_timout"),
+                "unknown key `liveness_timout`; did you mean `liveness_timeout`?"
+            ),
+            (
+                8,
+                Some("entity[0].stop_timeout"),
+                "expected text in quotes, found the number 5 (a duration is text with a unit, like \"5s\")"
+            ),
+            (
+                10,
+                Some("entity[1]"),
+                "the key `name` is required here and missing"
+            ),
+            (
+                11,
+                Some("entity[1].comand"),
+                "unknown key `comand`; did you mean `command`?"
+            ),
+            (
+                16,
+                Some("entity[2].restrat"),
+                "unknown key `restrat`; did you mean `restart`?"
+            ),
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().ends_with("5 errors"), "{e}");
+    // Past the data errors, each entity's own errors are told together too.
+    let e = err_of(
+        "[ham]\nname = \"x\"\n[[entity]]\nname = \"a\"\ncommand = [\"/no/such\"]\n[[entity]]\nname = \"b\"\ncommand = [\"true\"]\nstop_timeout = \"5 parsecs\"\n",
+    );
+    assert_eq!(e.more.len(), 1, "{e}");
+    assert_eq!(e.key.as_deref(), Some("entity[0].command"), "{e}");
+    assert_eq!(
+        e.more[0].key.as_deref(),
+        Some("entity[1].stop_timeout"),
+        "{e}"
+    );
 }
 
 #[test]
