@@ -4,21 +4,21 @@ _hamctl() {
     case "$prev" in
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --completions) COMPREPLY=($(compgen -W "bash" -- "$cur")); return ;;
-        --timeout) return ;;
+        --timeout|--lines|-n) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --tree --version --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --follow --lines --tree --version --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            --config|-c|--timeout|--completions) ((i++)) ;;
+            --config|-c|--timeout|--lines|-n|--completions) ((i++)) ;;
             -*) ;;
             *) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log raise cores pss cluster metrics ping" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log logs raise cores pss cluster metrics ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
         cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set switchover" -- "$cur")) ;;
     esac

@@ -178,6 +178,9 @@ struct RawEntity {
     stop_timeout: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
     output: Option<Spanned<String>>,
+    output_max_bytes: Option<Spanned<u64>>,
+    output_keep: Option<Spanned<u32>>,
+    output_syslog: Option<Spanned<bool>>,
     policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     after: Vec<Spanned<String>>,
@@ -356,6 +359,32 @@ pub enum Output {
     Inherit,
     /// Appended to this file (created if missing).
     File(PathBuf),
+    /// `output = "log"`: captured through a pipe, stamped and kept in
+    /// `<log_dir>/<instance>/<entity>/current`, rotated (see `outlog`).
+    Log(OutputLog),
+}
+
+/// How captured output is kept (`output = "log"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLog {
+    /// `current` is archived once it holds this many bytes (`output_max_bytes`).
+    pub max_bytes: u64,
+    /// Archived files kept (`output_keep`).
+    pub keep: u32,
+    /// Each line also goes to syslog (`output_syslog`).
+    pub syslog: bool,
+}
+
+/// `output_max_bytes` and `output_keep` when unset (s6-log's defaults are 99999 bytes and
+/// 10 files; a megabyte suits a box that keeps its logs on flash).
+pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 1 << 20;
+pub const DEFAULT_OUTPUT_KEEP: u32 = 10;
+
+impl Instance {
+    /// Where entity `entity`'s captured output is kept.
+    pub fn output_dir(&self, entity: &str) -> PathBuf {
+        self.log_dir.join(&self.name).join(entity)
+    }
 }
 
 /// Whose sd_notify messages an entity accepts (systemd's `NotifyAccess=`): `main` its main

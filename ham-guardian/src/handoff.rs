@@ -24,6 +24,18 @@ pub const FD_NOTIFY: RawFd = 6;
 /// The hardware watchdog (`[watchdog]` only), so a takeover never closes it.
 pub const FD_WATCHDOG: RawFd = 7;
 
+/// The `pid` of a message that carries an entity's output pipe (`output = "log"`): its read
+/// end, or its write end. The Guardian holds both, so that a takeover never leaves the pipe
+/// without a reader and its successor can give new processes the same pipe.
+pub const PIPE_READ: i32 = -1;
+pub const PIPE_WRITE: i32 = -2;
+
+/// Where [`recv_all`] files the end `end` ([`PIPE_READ`] or [`PIPE_WRITE`]) of slot
+/// `slot`'s pipe (slots are below 2^30).
+pub fn pipe_key(slot: u32, end: i32) -> u32 {
+    slot | if end == PIPE_READ { 1 << 31 } else { 1 << 30 }
+}
+
 /// One message: slot, pid, start time (16 bytes), with the pidfd attached.
 const MSG_LEN: usize = 16;
 
@@ -81,8 +93,8 @@ pub fn drain_beats(sock: &OwnedFd) -> bool {
     }
 }
 
-/// Receives every queued message into `into` (newest per slot wins). Returns `false` once
-/// the HAM's end is closed.
+/// Receives every queued message into `into` (newest per slot wins; an output pipe's ends
+/// under [`pipe_key`]). Returns `false` once the HAM's end is closed.
 pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
     loop {
         let mut msg = [0u8; MSG_LEN];
@@ -117,8 +129,12 @@ pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
         let slot = u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes"));
         let pid = i32::from_ne_bytes(msg[4..8].try_into().expect("4 bytes"));
         let start_time = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
+        let key = match pid {
+            PIPE_READ | PIPE_WRITE => pipe_key(slot, pid),
+            _ => slot,
+        };
         into.insert(
-            slot,
+            key,
             Passed {
                 pid,
                 start_time,

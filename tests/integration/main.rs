@@ -23,6 +23,7 @@ mod mts;
 mod notify;
 mod operate;
 mod ordering;
+mod output;
 mod pss;
 mod qnx;
 mod qnx_examples;

@@ -90,6 +90,11 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Logs {
+            entity,
+            lines,
+            follow,
+        } => return print_logs(&inst, &entity, lines, follow),
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
         Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
         Command::ClusterStatus { json } => return print_cluster(&inst, json, args.timeout),
@@ -319,24 +324,48 @@ fn preview(v: &[u8]) -> String {
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` UTC from milliseconds since the Unix epoch.
 fn utc(ms: u64) -> String {
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d, hh, mm, ss) = ham_guardian::civil(ms / 1000);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}.{:03}",
+        ms % 1000
     )
+}
+
+/// `hamctl logs ENTITY`: the last lines of its captured output, then (`-f`) the new ones.
+fn print_logs(inst: &config::Instance, entity: &str, lines: usize, follow: bool) -> ExitCode {
+    use std::io::Write;
+    let dir = inst.output_dir(entity);
+    if !dir.is_dir() {
+        eprintln!(
+            "hamctl: no captured output for `{entity}` in {} (is its output = \"log\"?)",
+            dir.display()
+        );
+        return ExitCode::from(exit::FAILED as u8);
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    match ham_guardian::outlog::tail(&dir, lines) {
+        Ok(ls) => {
+            for l in ls {
+                let _ = out.write_all(&l);
+            }
+        }
+        Err(e) => {
+            eprintln!("hamctl: reading {}: {e}", dir.display());
+            return ExitCode::from(exit::UNAVAILABLE as u8);
+        }
+    }
+    let _ = out.flush();
+    if follow {
+        let from = std::fs::metadata(dir.join("current")).map_or(0, |m| m.len());
+        if let Err(e) = ham_guardian::outlog::follow(&dir, from, &mut out) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("hamctl: following {}: {e}", dir.display());
+                return ExitCode::from(exit::UNAVAILABLE as u8);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Says so when the instance this file names runs from another configuration file: the

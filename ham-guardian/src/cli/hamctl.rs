@@ -31,6 +31,12 @@ pub enum Command {
     },
     /// `metrics`: the status as Prometheus text.
     Metrics,
+    /// `logs ENTITY`: its captured output.
+    Logs {
+        entity: String,
+        lines: usize,
+        follow: bool,
+    },
     /// `cluster status`: what this node knows of its cluster.
     ClusterStatus {
         json: bool,
@@ -73,12 +79,25 @@ pub fn parse(
     let (mut config, mut timeout) = (None, Duration::from_secs(60));
     let (mut json, mut tree, mut generate, mut help) = (false, false, None, false);
     let mut version = false;
+    let (mut follow, mut lines) = (false, None::<usize>);
     let mut cluster = false;
     let mut words: Vec<String> = Vec::new();
     while let Some(arg) = p.next().map_err(lexopt_error)? {
         match arg {
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => version = true,
+            Short('f') | Long("follow") => follow = true,
+            Short('n') | Long("lines") => {
+                let v = p
+                    .value()
+                    .map_err(lexopt_error)?
+                    .string()
+                    .map_err(lexopt_error)?;
+                lines = Some(
+                    v.parse()
+                        .map_err(|_| format!("--lines: `{v}` is not a number of lines"))?,
+                );
+            }
             Short('c') | Long("config") => {
                 config = Some(PathBuf::from(p.value().map_err(lexopt_error)?))
             }
@@ -125,6 +144,17 @@ pub fn parse(
     } else {
         command(&words, json, tree, cluster)?
     };
+    let command = match command {
+        Command::Logs { entity, .. } => Command::Logs {
+            entity,
+            lines: lines.unwrap_or(10),
+            follow,
+        },
+        _ if follow || lines.is_some() => {
+            return Err("-f and -n are options of logs".into());
+        }
+        c => c,
+    };
     Ok(Args {
         config,
         timeout,
@@ -167,6 +197,11 @@ fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Co
         "status" if json && tree => return Err("status takes --json or --tree, not both".into()),
         "status" => none(Command::Status { json, tree })?,
         "metrics" => none(Command::Metrics)?,
+        "logs" => Command::Logs {
+            entity: entity("logs")?,
+            lines: 10,
+            follow: false,
+        },
         "log" => match rest {
             [] => Command::Log { entity: None, json },
             [e] => Command::Log {
@@ -269,6 +304,7 @@ mod tests {
                 .replace("[ENTITY] [--json]", "x --json")
                 .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")
+                .replace("[-n N] [-f]", "-n 5 -f")
                 .replace("ENTITY", "x")
                 .replace("CLASS", "overheat");
             let line = format!("{} {sample}", c.name);
@@ -380,6 +416,28 @@ mod tests {
         assert_eq!(a.config, PathBuf::from("/opt.toml"));
         let a = parse(["ping".into()], None).unwrap();
         assert_eq!(a.config, PathBuf::from(crate::config::DEFAULT_CONFIG));
+    }
+
+    #[test]
+    fn logs_takes_lines_and_follow() {
+        assert_eq!(
+            parse_words("logs w -n 5 -f").unwrap().command,
+            Command::Logs {
+                entity: "w".into(),
+                lines: 5,
+                follow: true
+            }
+        );
+        assert_eq!(
+            parse_words("logs w").unwrap().command,
+            Command::Logs {
+                entity: "w".into(),
+                lines: 10,
+                follow: false
+            }
+        );
+        assert!(parse_words("status -f").is_err());
+        assert!(parse_words("logs w -n many").is_err());
     }
 
     #[test]

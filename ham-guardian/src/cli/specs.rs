@@ -124,6 +124,18 @@ pub static HAMCTL: Spec = Spec {
             help: "device-restart: on every node of the cluster, through its master",
         },
         Opt {
+            long: "follow",
+            short: Some('f'),
+            value: None,
+            help: "logs: go on printing new lines",
+        },
+        Opt {
+            long: "lines",
+            short: Some('n'),
+            value: Some("N"),
+            help: "logs: how many of the last lines (default 10)",
+        },
+        Opt {
             long: "tree",
             short: None,
             value: None,
@@ -178,6 +190,14 @@ pub static HAMCTL: Spec = Spec {
             name: "log",
             args: "[ENTITY] [--json]",
             help: "the process log: conditions seen and actions taken, newest last",
+            words: &[],
+        },
+        Cmd {
+            name: "logs",
+            args: "ENTITY [-n N] [-f]",
+            help: "the captured output of an entity with output = \"log\": its last N lines \
+                   (10), each stamped with the time ham read it; -f: then the new lines as \
+                   they come, across rotations, until interrupted",
             words: &[],
         },
         Cmd {

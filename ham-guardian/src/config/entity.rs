@@ -150,6 +150,27 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     let output = match &e.output {
         None => Output::Inherit,
         Some(o) if o.get_ref() == "inherit" => Output::Inherit,
+        Some(o) if o.get_ref() == "log" => {
+            let max_bytes =
+                e.output_max_bytes
+                    .as_ref()
+                    .map_or(Ok(DEFAULT_OUTPUT_MAX_BYTES), |b| match *b.get_ref() {
+                        n if n >= 4096 => Ok(n),
+                        _ => Err(ctx.err(
+                            Some(b.span()),
+                            key("output_max_bytes"),
+                            "at least 4096 bytes",
+                        )),
+                    })?;
+            Output::Log(OutputLog {
+                max_bytes,
+                keep: e
+                    .output_keep
+                    .as_ref()
+                    .map_or(DEFAULT_OUTPUT_KEEP, |k| *k.get_ref()),
+                syslog: e.output_syslog.as_ref().is_some_and(|s| *s.get_ref()),
+            })
+        }
         Some(o) if o.get_ref().is_empty() => {
             return Err(ctx.err(Some(o.span()), key("output"), "output path is empty"));
         }
@@ -167,6 +188,23 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
             }
         }
     };
+
+    for (given, name) in [
+        (
+            e.output_max_bytes.as_ref().map(|v| v.span()),
+            "output_max_bytes",
+        ),
+        (e.output_keep.as_ref().map(|v| v.span()), "output_keep"),
+        (e.output_syslog.as_ref().map(|v| v.span()), "output_syslog"),
+    ] {
+        if let (Some(span), false) = (given, matches!(output, Output::Log(_))) {
+            return Err(ctx.err(
+                Some(span),
+                key(name),
+                format!("{name} goes with output = \"log\""),
+            ));
+        }
+    }
 
     let policy = match &e.policy {
         None => Recovery::Engine(ham_core::engine::Policy::switch_preset()),

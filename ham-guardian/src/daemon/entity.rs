@@ -54,6 +54,8 @@ pub(super) struct Entity {
     /// Its durable queue's file: the last message id on disk, a write under way, the
     /// senders waiting for theirs.
     pub(super) mts_durable: super::pss::Durable,
+    /// Its output pipe (`output = "log"`): read end, write end.
+    pub(super) out: Option<super::output::Pipe>,
 }
 
 impl Entity {
@@ -99,6 +101,7 @@ impl Entity {
             mts: None,
             mts_waiters: Vec::new(),
             mts_durable: Default::default(),
+            out: None,
         }
     }
 }

@@ -22,7 +22,12 @@ impl Daemon {
             &self.notify,
             self.hw_watchdog.as_ref().map(|h| &h.fd),
         );
-        match spawn_guardian_process(&self.cfg, &self.config_text, sockets) {
+        let pipes: Vec<(u32, &OwnedFd, &OwnedFd)> = self
+            .entities
+            .iter()
+            .filter_map(|e| e.out.as_ref().map(|(r, w)| (e.slot.0, r, w)))
+            .collect();
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian.proc = Some(g);
@@ -57,6 +62,9 @@ impl Daemon {
                     say!(self, "cannot hand pid {} to the guardian: {err}", e.rec.pid);
                 }
             }
+        }
+        for i in EntityId::all(self.entities.len()) {
+            self.send_output_to_guardian(i);
         }
     }
 
@@ -181,7 +189,7 @@ impl GuardianLink {
 
     /// Sends `who`'s pidfd now, or keeps a duplicate (in order) while the socket is full,
     /// watching it for room.
-    fn send(
+    pub(super) fn send(
         &mut self,
         epoll: &OwnedFd,
         who: (ham_core::layout::SlotIndex, i32, u64),
@@ -238,6 +246,7 @@ pub(super) fn spawn_guardian_process<'a>(
     cfg: &Config,
     config_text: &str,
     sockets: impl Into<SocketRefs<'a>>,
+    pipes: &[(u32, &OwnedFd, &OwnedFd)],
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
@@ -246,6 +255,14 @@ pub(super) fn spawn_guardian_process<'a>(
         rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
         None,
     )?;
+    // The output pipes go into the socket before the Guardian exists: in flight, they are
+    // held open even if this process dies before the Guardian reads them, so an entity's
+    // pipe never loses its last reader in a takeover. (What does not fit now is sent again
+    // by `guardian_started`.)
+    for (slot, r, w) in pipes {
+        let _ = handoff::send(&ours, *slot, handoff::PIPE_READ, 0, r);
+        let _ = handoff::send(&ours, *slot, handoff::PIPE_WRITE, 0, w);
+    }
     let memfd = rustix::fs::memfd_create("ham-config", rustix::fs::MemfdFlags::CLOEXEC)?;
     rustix::io::write(&memfd, config_text.as_bytes())?;
     rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0))?;

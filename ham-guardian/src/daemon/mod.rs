@@ -59,6 +59,7 @@ mod journal;
 mod lifecycle;
 mod mts;
 mod notify;
+mod output;
 mod pss;
 mod removal;
 mod requests;
@@ -203,6 +204,8 @@ pub struct Daemon {
     metrics: Option<crate::metrics::Textfile>,
     /// The service manager that started ham, if it speaks sd_notify.
     systemd: Option<systemd::Manager>,
+    /// The thread that keeps captured output (`output = "log"`), once one is needed.
+    logger: Option<crate::outlog::Logger>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};

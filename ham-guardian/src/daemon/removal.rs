@@ -57,6 +57,7 @@ impl Daemon {
         }
         self.unwatch_pidfd(i);
         self.end_attachment(i);
+        self.drop_output(i);
         self.patches.retain(|p| p.entity != i);
         self.deferred.remove(i);
         if pid > 0 {

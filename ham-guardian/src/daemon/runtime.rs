@@ -604,6 +604,7 @@ impl Daemon {
             debug_assert_eq!(pushed, i, "a new entity's place is its configuration index");
         }
         self.prepare_cgroup(i);
+        self.prepare_output(i, &mut HashMap::new());
         self.publish(i);
         i
     }

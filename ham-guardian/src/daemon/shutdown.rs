@@ -172,6 +172,7 @@ impl Daemon {
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
             );
         }
+        self.finish_output();
         self.disarm_watchdog();
         if let Some(m) = self.metrics.take() {
             m.finish();

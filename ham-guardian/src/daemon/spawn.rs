@@ -135,7 +135,8 @@ impl Daemon {
             env.push(("HAM_FENCING_TOKEN".into(), e.rec.fencing_token.to_string()));
             env.push(("HAM_SINGLETON".into(), e.cfg.name.clone()));
         }
-        let forked = build_spec(&e.cfg, &env).and_then(|mut spec| {
+        let out = e.out.as_ref().map(|(_, w)| w);
+        let forked = build_spec(&e.cfg, &env, out).and_then(|mut spec| {
             if let Some(slot) = slot {
                 spec.released_in(slot);
             }
@@ -355,7 +356,11 @@ pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String
 
 /// What an entity's child gets: its own process group, stdin from /dev/null, output as
 /// configured, and `env` (see [`entity_env`]).
-pub(super) fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Result<SpawnSpec> {
+pub(super) fn build_spec(
+    ec: &EntityConfig,
+    env: &[(String, String)],
+    out: Option<&OwnedFd>,
+) -> io::Result<SpawnSpec> {
     let mut spec = SpawnSpec::new(&ec.exec_path, &ec.argv, env)?;
     spec.new_process_group();
     spec.user(ec.uid, ec.gid);
@@ -371,14 +376,23 @@ pub(super) fn build_spec(ec: &EntityConfig, env: &[(String, String)]) -> io::Res
     }
     let devnull = OpenOptions::new().read(true).open("/dev/null")?;
     spec.fd(devnull.into(), 0);
-    if let Output::File(path) = &ec.output {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-        spec.fd(f.try_clone()?.into(), 1);
-        spec.fd(f.into(), 2);
+    match (&ec.output, out) {
+        (Output::File(path), _) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                })?;
+            spec.fd(f.try_clone()?.into(), 1);
+            spec.fd(f.into(), 2);
+        }
+        (Output::Log(_), Some(w)) => {
+            spec.fd(w.try_clone()?, 1);
+            spec.fd(w.try_clone()?, 2);
+        }
+        _ => {}
     }
     Ok(spec)
 }

@@ -142,7 +142,21 @@ impl Daemon {
         let me = std::process::id() as i32;
         // A new Guardian first: if this process dies anywhere in the takeover, that one
         // finds its parent gone and takes over in turn.
-        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets) {
+        // The output pipes handed over, to the next Guardian from its first moment.
+        let mut ends: HashMap<u32, (Option<&OwnedFd>, Option<&OwnedFd>)> = HashMap::new();
+        for (key, p) in &passed {
+            let slot = key & !(3 << 30);
+            if *key == handoff::pipe_key(slot, handoff::PIPE_READ) {
+                ends.entry(slot).or_default().0 = Some(&p.pidfd);
+            } else if *key == handoff::pipe_key(slot, handoff::PIPE_WRITE) {
+                ends.entry(slot).or_default().1 = Some(&p.pidfd);
+            }
+        }
+        let pipes: Vec<(u32, &OwnedFd, &OwnedFd)> = ends
+            .into_iter()
+            .filter_map(|(s, e)| Some((s, e.0?, e.1?)))
+            .collect();
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes) {
             Ok(g) => Some(g),
             Err(e) => {
                 log(
@@ -349,6 +363,7 @@ impl Daemon {
         });
         Ok(Self {
             systemd: systemd::Manager::from_env(),
+            logger: None,
             metrics,
             clients,
             subscribers: HashMap::new(),

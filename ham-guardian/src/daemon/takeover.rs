@@ -73,6 +73,10 @@ impl Daemon {
             }
         }
         self.entities.link_dependents();
+        // Output pipes before anything starts or is resumed (a dead one is restarted there).
+        for i in EntityId::all(self.entities.len()) {
+            self.prepare_output(i, &mut passed);
+        }
         if at != 0 {
             self.set_fence(lease, at);
         }

@@ -1,0 +1,229 @@
+//! Captured output (`output = "log"`): lines stamped into `<log_dir>/<instance>/<entity>/
+//! current`, rotated by size, kept across takeovers with no line lost or written twice, and
+//! read back with `hamctl logs`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+/// An entity that writes `line 1` … `line N` (in bursts of 100), then sleeps.
+fn writer(name: &str, n: u32, extra: &str) -> String {
+    format!(
+        "[[entity]]\nname = \"{name}\"\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line $i; [ $((i % 100)) = 0 ] && sleep 0.02; done; exec sleep 100000\"]\noutput = \"log\"\n{extra}\n"
+    )
+}
+
+/// Every line kept for `entity` (archives oldest first, then `current`), checked to be
+/// stamped; returns the numbers they carry.
+fn kept_numbers(ham: &Ham, entity: &str) -> Vec<u32> {
+    let dir = ham.dir.path().join("log").join(&ham.name).join(entity);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('@'))
+        .collect();
+    files.sort();
+    files.push(dir.join("current"));
+    let mut nums = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for l in text.lines() {
+            let (ts, rest) = l.split_once(' ').expect("a stamp, then the line");
+            assert!(
+                ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+                "not a stamp: {l}"
+            );
+            let n = rest
+                .strip_prefix("line ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{}: not a numbered line: {l}", f.display()));
+            nums.push(n);
+        }
+    }
+    nums
+}
+
+fn last_kept(ham: &Ham, entity: &str) -> Option<u32> {
+    let p = ham
+        .dir
+        .path()
+        .join("log")
+        .join(&ham.name)
+        .join(entity)
+        .join("current");
+    let text = std::fs::read_to_string(p).ok()?;
+    text.lines().last()?.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn output_is_kept_across_20_ham_kills_with_no_line_lost_or_written_twice() {
+    const N: u32 = 20_000;
+    let body = writer("w", N, "output_max_bytes = 65536\noutput_keep = 1000\n");
+    let mut ham = Ham::start_with("out20", "liveness_timeout = \"300ms\"", &body, &[]);
+    let s = ham.wait_for("w running", |s| running(s, "w"));
+    let w = pid_of(&s, "w");
+    let mut killed = 0;
+    while killed < 20 {
+        let s = ham.wait_for("a HAM with its guardian", |s| {
+            s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+        });
+        let h = s["ham"]["pid"].as_i64().unwrap() as i32;
+        let g = s["guardian"]["pid"].clone();
+        sigkill(h);
+        if killed == 0 {
+            assert_eq!(ham.wait_exit(), -1);
+        }
+        ham.wait_for("the guardian promoted", |s| {
+            s["ham"]["pid"] == g && s["ham"]["alive"] == true
+        });
+        killed += 1;
+    }
+    wait_until(&ham, "the last line kept", || {
+        last_kept(&ham, "w") == Some(N)
+    });
+    // The writer never saw its pipe without a reader (SIGPIPE): same process, never
+    // restarted.
+    let s = ham.status();
+    assert_eq!(pid_of(&s, "w"), w, "{}", ham.stderr());
+    assert_eq!(entity(&s, "w")["restarts"], 0);
+    let nums = kept_numbers(&ham, "w");
+    let expected: Vec<u32> = (1..=N).collect();
+    if nums != expected {
+        let missing: Vec<u32> = expected
+            .iter()
+            .filter(|n| !nums.contains(n))
+            .take(10)
+            .copied()
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let doubled: Vec<u32> = nums
+            .iter()
+            .filter(|n| !seen.insert(**n))
+            .take(10)
+            .copied()
+            .collect();
+        panic!(
+            "{} lines kept for {N} written; missing {missing:?}…, doubled {doubled:?}…",
+            nums.len()
+        );
+    }
+    let archives = std::fs::read_dir(ham.dir.path().join("log").join(&ham.name).join("w"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('@'))
+        .count();
+    assert!(
+        archives >= 2,
+        "current was rotated while ham was killed: {archives}"
+    );
+}
+
+#[test]
+fn rotation_keeps_current_and_the_newest_archives() {
+    const N: u32 = 3000;
+    let body = writer("r", N, "output_max_bytes = 8192\noutput_keep = 3\n");
+    let ham = Ham::start("rotate", &body);
+    wait_until(&ham, "the last line kept", || {
+        last_kept(&ham, "r") == Some(N)
+    });
+    let dir = ham.dir.path().join("log").join(&ham.name).join("r");
+    let archives: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('@'))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert_eq!(archives.len(), 3, "{archives:?}");
+    assert!(
+        archives.iter().all(|&b| (8192..8192 + 65536).contains(&b)),
+        "each archive is current as it reached the limit: {archives:?}"
+    );
+    // What is kept is the newest lines, in order, none missing.
+    let nums = kept_numbers(&ham, "r");
+    let first = nums[0];
+    assert!(first > 1, "the oldest archives went");
+    assert_eq!(nums, (first..=N).collect::<Vec<_>>());
+}
+
+#[test]
+fn hamctl_logs_prints_the_last_lines_and_follows_new_ones() {
+    let body = format!(
+        "{}[[entity]]\nname = \"plain\"\ncommand = [\"sleep\", \"1000\"]\n",
+        writer("l", 50, "output_syslog = true\n")
+    );
+    let ham = Ham::start_with("logs", "syslog = \"syslog.sock\"", &body, &[]);
+    wait_until(&ham, "50 lines", || last_kept(&ham, "l") == Some(50));
+    let out = ham.ctl(&["logs", "l", "-n", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_owned())
+        .collect();
+    assert_eq!(shown, ["line 48", "line 49", "line 50"]);
+    // An entity without captured output: said so.
+    let out = ham.ctl(&["logs", "plain"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("output = \"log\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // -f: a restart of l writes 50 more lines; the follower sees them arrive.
+    let mut follower = Command::new(HAMCTL)
+        .args([
+            "-c",
+            ham.config.to_str().unwrap(),
+            "logs",
+            "l",
+            "-n",
+            "1",
+            "-f",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().ends_with(" line 50"));
+    let out = ham.ctl(&["restart", "l"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.split_once(' ').unwrap().1.to_owned());
+        if seen.len() == 50 {
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(
+        seen,
+        (1..=50).map(|n| format!("line {n}")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn captured_lines_can_also_go_to_syslog() {
+    let mut ham = Ham::configured(
+        "outsys",
+        "syslog = \"syslog.sock\"",
+        &writer("s", 3, "output_syslog = true\n"),
+    );
+    let sock = std::os::unix::net::UnixDatagram::bind(ham.dir.path().join("syslog.sock")).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    ham.spawn(&[]);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got.len() < 3 {
+        let n = sock.recv(&mut buf).expect("a syslog line");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // The process log's restart lines go there too; only s's output is counted.
+        if m.starts_with("<30>s: ") {
+            got.push(m);
+        }
+    }
+    assert_eq!(got, ["<30>s: line 1", "<30>s: line 2", "<30>s: line 3"]);
+}
