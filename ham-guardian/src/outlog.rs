@@ -363,8 +363,9 @@ impl Thread {
             }
             // Behind by more than three quarters of the pipe: drop the oldest lines rather
             // than let the entity block on a full pipe.
-            if avail > PIPE_SIZE / 4 * 3 {
-                let lines = sink.skip(avail - PIPE_SIZE / 2, &mut self.buf);
+            let size = rustix::pipe::fcntl_getpipe_size(&sink.read).unwrap_or(PIPE_SIZE);
+            if avail > size / 4 * 3 {
+                let lines = sink.skip(avail - size / 2, &mut self.buf);
                 sink.dropped += lines;
                 (self.say)(&format!(
                     "{}: output: the disk could not keep up; {lines} lines dropped ({} so far)",
