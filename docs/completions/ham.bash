@@ -6,7 +6,7 @@ _ham() {
         --completions) COMPREPLY=($(compgen -W "bash" -- "$cur")); return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --wait-running --check-config --version --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --wait-running --check-config --version --layouts --help --completions --man" -- "$cur")); return
     fi
 }
 complete -F _ham ham

@@ -2,23 +2,23 @@
 _hamctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     case "$prev" in
-        --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config|-c|--binary) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --completions) COMPREPLY=($(compgen -W "bash" -- "$cur")); return ;;
         --timeout|--lines|-n) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --follow --lines --tree --version --help --completions --man" -- "$cur")); return
+        COMPREPLY=($(compgen -W "--config --timeout --json --cluster --binary --follow --lines --tree --version --help --completions --man" -- "$cur")); return
     fi
     local i command=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            --config|-c|--timeout|--lines|-n|--completions) ((i++)) ;;
+            --config|-c|--timeout|--binary|--lines|-n|--completions) ((i++)) ;;
             -*) ;;
             *) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     case "$command" in
-        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log logs raise cores pss cluster metrics ping" -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W "status start stop restart shutdown device-restart log logs raise cores pss cluster upgrade metrics ping" -- "$cur")) ;;
         device-restart) [[ "$prev" == device-restart ]] && COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
         cluster) [[ "$prev" == cluster ]] && COMPREPLY=($(compgen -W "status set switchover" -- "$cur")) ;;
     esac

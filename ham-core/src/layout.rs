@@ -32,7 +32,22 @@ use crate::client::RingRecord;
 /// `b"HAMSTATE"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HAMSTATE");
 /// Bumped on every incompatible change of anything in this module.
+#[cfg(not(feature = "next-layout"))]
 pub const LAYOUT_VERSION: u32 = 8;
+/// The test build's next layout (feature `next-layout`): layout 8 and a count of live
+/// upgrades in the header.
+#[cfg(feature = "next-layout")]
+pub const LAYOUT_VERSION: u32 = 9;
+
+/// The older layouts this build migrates in place when it takes a segment over (a live
+/// upgrade, or a warm start by a newer ham), by the steps in [`Header::migrate`]. Only
+/// layouts whose header and records read as this one's may be listed (changes that fill
+/// reserved words): readers (a Guardian, `hamctl`) read such a segment as it is, and only
+/// the HAM that takes it over migrates it, before it writes anything else.
+#[cfg(not(feature = "next-layout"))]
+pub const MIGRATES_FROM: &[u32] = &[];
+#[cfg(feature = "next-layout")]
+pub const MIGRATES_FROM: &[u32] = &[8];
 /// Longest entity name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
@@ -48,6 +63,9 @@ pub const FLAG_DEVICE_RESTART_OFF: u32 = 1 << 2;
 /// Header flag: this HAM is a Guardian that took over from a HAM that died or was fenced
 /// (set with [`FLAG_WARM_START`]; a cold or warm start clears it).
 pub const FLAG_TOOK_OVER: u32 = 1 << 3;
+/// Header flag: the HAM handed the instance over to a Guardian of a new binary and exited
+/// (`hamctl upgrade`); that Guardian's takeover clears it.
+pub const FLAG_UPGRADING: u32 = 1 << 4;
 
 /// Exit status source: `waitid` on the HAM's own children.
 pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;
@@ -120,6 +138,12 @@ pub struct Header {
     fence_at: AtomicU64,
     /// The etcd lease `fence_at` belongs to (what is placed here hangs on it).
     fence_lease: AtomicU64,
+    /// Layout 9 (the test layout): live upgrades this segment went through.
+    #[cfg(feature = "next-layout")]
+    upgrades: AtomicU64,
+    #[cfg(feature = "next-layout")]
+    _reserved: [AtomicU64; 15 - LIMITS],
+    #[cfg(not(feature = "next-layout"))]
     _reserved: [AtomicU64; 16 - LIMITS],
     /// The detector ring consumer's position and counts (consumed, rejected, abandoned),
     /// kept here where no client can write them: one A/B record, so that a HAM killed while
@@ -187,6 +211,30 @@ impl Header {
     }
     pub fn layout_version(&self) -> u32 {
         self.layout_version.load(Ordering::Relaxed)
+    }
+
+    /// Makes a segment of layout `from` (one of [`MIGRATES_FROM`]) one of this layout, in
+    /// place; by the HAM that owns it, before anything else is written. Each step only
+    /// fills words that were reserved (zero) in the older layout, then stores the version.
+    pub(crate) fn migrate(&self, from: u32) {
+        let mut v = from;
+        while v < LAYOUT_VERSION {
+            #[cfg(feature = "next-layout")]
+            if v == 8 {
+                // 8 → 9: `upgrades` was a reserved word (zero); this migration is one.
+                self.upgrades.fetch_add(1, Ordering::Relaxed);
+            }
+            v += 1;
+        }
+        self.layout_version.store(LAYOUT_VERSION, Ordering::Release);
+    }
+
+    /// Live upgrades this segment went through (layout 9 only; `None` before).
+    pub fn upgrades(&self) -> Option<u64> {
+        #[cfg(feature = "next-layout")]
+        return Some(self.upgrades.load(Ordering::Relaxed));
+        #[cfg(not(feature = "next-layout"))]
+        None
     }
     pub fn header_size(&self) -> u32 {
         self.header_size.load(Ordering::Relaxed)

@@ -18,6 +18,9 @@ pub enum Request {
     Restart { entity: String },
     /// Stop every entity, remove the segment and the socket, and exit 0.
     Shutdown,
+    /// Hand the instance over to the ham binary at `binary` (absolute), as a takeover:
+    /// answered once its Guardian holds everything, just before this HAM exits.
+    Upgrade { binary: String },
     /// Switch escalations to a device restart on or off (kept across takeovers and starts).
     DeviceRestart { enabled: bool },
     /// A client's first words: answered with its token (for the detector ring).

@@ -15,8 +15,8 @@ use rustix::shm;
 use crate::blob::Blob;
 use crate::journal::{RUN_SLOTS, RunRecord, RunSlot};
 use crate::layout::{
-    EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, RecordError,
-    SlotIndex,
+    EntityRecord, EntitySlot, FLAG_STOP_INTENT, Header, Hook, LAYOUT_VERSION, MAGIC, MIGRATES_FROM,
+    RecordError, SlotIndex,
 };
 
 /// Why a segment could not be created, opened or written.
@@ -349,10 +349,11 @@ impl Segment {
                 found: magic,
             });
         }
-        if h.layout_version() != LAYOUT_VERSION {
+        let version = h.layout_version();
+        if version != LAYOUT_VERSION && !MIGRATES_FROM.contains(&version) {
             return Err(SegmentError::Version {
                 name: name.into(),
-                found: h.layout_version(),
+                found: version,
                 expected: LAYOUT_VERSION,
             });
         }
@@ -379,6 +380,50 @@ impl Segment {
         }
         seg.capacity = capacity;
         Ok(seg)
+    }
+
+    /// Whether the segment is of an older layout this build migrates (see
+    /// [`crate::layout::MIGRATES_FROM`]); its records must not be read before
+    /// [`Segment::migrate`].
+    pub fn needs_migration(&self) -> Option<u32> {
+        let v = self.header().layout_version();
+        (v != LAYOUT_VERSION).then_some(v)
+    }
+
+    /// Migrates an older layout to this one, in place (read-write segments only, by the
+    /// HAM taking it over). Returns the layout it was.
+    pub fn migrate(&self) -> Result<Option<u32>, SegmentError> {
+        let Some(from) = self.needs_migration() else {
+            return Ok(None);
+        };
+        if self.access != Access::ReadWrite {
+            return Err(io_err(&self.name, "migrate")(io::Error::from(
+                io::ErrorKind::PermissionDenied,
+            )));
+        }
+        self.header().migrate(from);
+        Ok(Some(from))
+    }
+
+    /// The layout version of the segment `name`, read without checking anything else (for
+    /// a binary that may not read it at all: `hamctl upgrade` asks before it hands over).
+    pub fn peek_version(name: &str) -> Result<u32, SegmentError> {
+        let fd = shm::open(name, shm::OFlags::RDONLY, Mode::empty()).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                SegmentError::NotFound { name: name.into() }
+            } else {
+                io_err(name, "shm_open")(e.into())
+            }
+        })?;
+        let mut b = [0u8; 12];
+        rustix::io::pread(&fd, &mut b, 0).map_err(|e| io_err(name, "read")(e.into()))?;
+        if u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) != MAGIC {
+            return Err(SegmentError::BadMagic {
+                name: name.into(),
+                found: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            });
+        }
+        Ok(u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")))
     }
 
     /// Removes the name (mappings stay valid until unmapped). Missing is not an error.
@@ -474,7 +519,8 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Takes ownership of a read-write segment: bumps the epoch and records this HAM.
+    /// Takes ownership of a read-write segment: bumps the epoch (fencing any HAM before),
+    /// records this HAM, and migrates an older layout this build reads to its own.
     pub fn take(seg: Segment, pid: i32, start_time: u64) -> Result<Self, SegmentError> {
         if seg.access != Access::ReadWrite {
             return Err(io_err(&seg.name, "take ownership")(io::Error::from(
@@ -483,6 +529,7 @@ impl SegmentWriter {
         }
         let epoch = seg.header().next_epoch();
         seg.header().set_ham(pid, start_time);
+        seg.migrate()?;
         Ok(Self {
             seg,
             epoch,

@@ -117,14 +117,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             );
             let flags = seg.header().flags();
             drop(seg);
-            return promote(
-                cfg,
-                text,
-                sockets,
-                HashMap::new(),
-                flags,
-                Some((ham_pid, false)),
-            );
+            // What the HAM handed over before it went (pidfds, output pipes) is in the
+            // socket, and takes over with us.
+            let mut passed = HashMap::new();
+            handoff::recv_all(&sock, &mut passed);
+            return promote(cfg, text, sockets, passed, flags, Some((ham_pid, false)));
         }
     };
 

@@ -31,4 +31,5 @@ mod recovery;
 mod runtime;
 mod sdk;
 mod supervision;
+mod upgrade;
 mod watchdog;

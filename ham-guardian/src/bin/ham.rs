@@ -35,6 +35,13 @@ fn main() -> ExitCode {
             println!("ham {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Mode::Layouts => {
+            let mut all = vec![ham_core::layout::LAYOUT_VERSION];
+            all.extend_from_slice(ham_core::layout::MIGRATES_FROM);
+            let words: Vec<String> = all.iter().map(u32::to_string).collect();
+            println!("{}", words.join(" "));
+            return ExitCode::SUCCESS;
+        }
         Mode::Generate(g) => {
             return match g.to_generate().render(&cli::HAM) {
                 Ok(text) => {

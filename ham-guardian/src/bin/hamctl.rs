@@ -95,6 +95,7 @@ fn main() -> ExitCode {
             lines,
             follow,
         } => return print_logs(&inst, &entity, lines, follow),
+        Command::Upgrade { binary } => return upgrade(&inst, binary, args.timeout),
         Command::Log { entity, json } => return print_log(&inst, entity.as_deref(), json),
         Command::Pss { entity, json } => return print_pss(&inst, &entity, json, args.timeout),
         Command::ClusterStatus { json } => return print_cluster(&inst, json, args.timeout),
@@ -329,6 +330,153 @@ fn utc(ms: u64) -> String {
         "{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}.{:03}",
         ms % 1000
     )
+}
+
+/// `hamctl upgrade`: asks the new binary which layouts it runs on, refuses (changing
+/// nothing) if the running segment's is not one, else asks ham to hand over and waits
+/// until a HAM of the new binary runs the instance.
+fn upgrade(
+    inst: &config::Instance,
+    binary: Option<std::path::PathBuf>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    use ham_core::segment::Segment;
+    let fail = |code: i32, msg: String| {
+        eprintln!("hamctl: {msg}");
+        ExitCode::from(code as u8)
+    };
+    let seg = inst.segment_name();
+    let running = match Segment::peek_version(&seg) {
+        Ok(v) => v,
+        Err(e) => return fail(exit::UNAVAILABLE, format!("instance `{}`: {e}", inst.name)),
+    };
+    let pid = std::fs::read_to_string(inst.pid_path())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    // The file the running HAM was started from (a package upgrade replaces it: the link
+    // then ends in " (deleted)").
+    let binary = match binary {
+        Some(b) => std::path::absolute(&b).unwrap_or(b),
+        None => match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(p) => {
+                let s = p.to_string_lossy();
+                std::path::PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s))
+            }
+            Err(e) => {
+                return fail(
+                    exit::UNAVAILABLE,
+                    format!("cannot tell which binary ham pid {pid} runs ({e}); give --binary"),
+                );
+            }
+        },
+    };
+    let layouts = std::process::Command::new(&binary)
+        .arg("--layouts")
+        .output()
+        .map_err(|e| e.to_string())
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+            }
+        });
+    let layouts: Vec<u32> = match layouts {
+        Ok(t) => t
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect(),
+        Err(e) => {
+            return fail(
+                exit::FAILED,
+                format!(
+                    "{}: not a ham that can take over ({e}); nothing was changed",
+                    binary.display()
+                ),
+            );
+        }
+    };
+    let Some(&theirs) = layouts.first() else {
+        return fail(
+            exit::FAILED,
+            format!("{}: says no layout; nothing was changed", binary.display()),
+        );
+    };
+    if !layouts.contains(&running) {
+        return fail(
+            exit::FAILED,
+            format!(
+                "{} runs on state-segment layout {theirs}{}, and instance `{}`'s segment is \
+                 layout {running}: it cannot take it over. Nothing was changed; to switch, \
+                 stop the instance (hamctl shutdown) and start the new binary (its \
+                 entities restart)",
+                binary.display(),
+                match &layouts[1..] {
+                    [] => " and migrates none".to_owned(),
+                    older => format!(
+                        " and migrates {}",
+                        older
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+                inst.name
+            ),
+        );
+    }
+    let req = control::Request::Upgrade {
+        binary: binary.display().to_string(),
+    };
+    match control::request(&inst.socket_path(), &req, timeout) {
+        Ok(r) if r.ok => {
+            if let Some(m) = &r.message {
+                println!("{m}");
+            }
+        }
+        Ok(r) => {
+            return fail(
+                exit::FAILED,
+                r.error.unwrap_or_else(|| "upgrade refused".into()),
+            );
+        }
+        Err(e) => return fail(exit::UNAVAILABLE, e.to_string()),
+    }
+    // The new HAM writes its pid file once it has taken over.
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(inst.pid_path())
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        let exe = std::fs::read_link(format!("/proc/{now}/exe")).ok();
+        let wanted = binary.canonicalize().ok();
+        if now != pid && now > 0 && exe.is_some() && exe == wanted {
+            let layout = Segment::peek_version(&seg).unwrap_or(0);
+            println!(
+                "upgraded: ham pid {now} runs {} (state-segment layout {running}{})",
+                binary.display(),
+                if layout != running {
+                    format!(", migrated to {layout}")
+                } else {
+                    String::new()
+                }
+            );
+            return ExitCode::SUCCESS;
+        }
+        if start.elapsed() > timeout {
+            return fail(
+                exit::UNAVAILABLE,
+                format!(
+                    "no HAM of {} took over within {timeout:?}",
+                    binary.display()
+                ),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// `hamctl logs ENTITY`: the last lines of its captured output, then (`-f`) the new ones.

@@ -11,6 +11,9 @@ use super::lexopt_error;
 pub enum Mode {
     Help,
     Version,
+    /// `--layouts`: the segment layouts this binary runs on (its own, then those it
+    /// migrates), for `hamctl upgrade`.
+    Layouts,
     Generate(GenerateKind),
     /// Run the instance the file describes.
     Run(PathBuf),
@@ -38,6 +41,7 @@ pub fn parse(
         match arg {
             Short('h') | Long("help") => early = early.or(Some(Mode::Help)),
             Short('V') | Long("version") => early = early.or(Some(Mode::Version)),
+            Long("layouts") => early = early.or(Some(Mode::Layouts)),
             Long("man") => early = early.or(Some(Mode::Generate(GenerateKind::Man))),
             Long("completions") => {
                 let sh = p

@@ -31,6 +31,10 @@ pub enum Command {
     },
     /// `metrics`: the status as Prometheus text.
     Metrics,
+    /// `upgrade [--binary PATH]`.
+    Upgrade {
+        binary: Option<PathBuf>,
+    },
     /// `logs ENTITY`: its captured output.
     Logs {
         entity: String,
@@ -80,6 +84,7 @@ pub fn parse(
     let (mut json, mut tree, mut generate, mut help) = (false, false, None, false);
     let mut version = false;
     let (mut follow, mut lines) = (false, None::<usize>);
+    let mut binary: Option<PathBuf> = None;
     let mut cluster = false;
     let mut words: Vec<String> = Vec::new();
     while let Some(arg) = p.next().map_err(lexopt_error)? {
@@ -87,6 +92,7 @@ pub fn parse(
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => version = true,
             Short('f') | Long("follow") => follow = true,
+            Long("binary") => binary = Some(PathBuf::from(p.value().map_err(lexopt_error)?)),
             Short('n') | Long("lines") => {
                 let v = p
                     .value()
@@ -153,6 +159,8 @@ pub fn parse(
         _ if follow || lines.is_some() => {
             return Err("-f and -n are options of logs".into());
         }
+        Command::Upgrade { .. } => Command::Upgrade { binary },
+        _ if binary.is_some() => return Err("--binary is an option of upgrade".into()),
         c => c,
     };
     Ok(Args {
@@ -197,6 +205,7 @@ fn command(words: &[String], json: bool, tree: bool, cluster: bool) -> Result<Co
         "status" if json && tree => return Err("status takes --json or --tree, not both".into()),
         "status" => none(Command::Status { json, tree })?,
         "metrics" => none(Command::Metrics)?,
+        "upgrade" => none(Command::Upgrade { binary: None })?,
         "logs" => Command::Logs {
             entity: entity("logs")?,
             lines: 10,
@@ -305,6 +314,7 @@ mod tests {
                 .replace("ENTITY [--json]", "x --json")
                 .replace("[SEVERITY [VALUE]]", "2 -5")
                 .replace("[-n N] [-f]", "-n 5 -f")
+                .replace("[--binary PATH]", "--binary /usr/sbin/ham")
                 .replace("ENTITY", "x")
                 .replace("CLASS", "overheat");
             let line = format!("{} {sample}", c.name);

@@ -48,7 +48,7 @@ pub static HAM: Spec = Spec {
     synopsis: &[
         "[-c|--config FILE] [--wait-running]",
         "--check-config FILE",
-        "-h|--help | -V|--version | --man | --completions SHELL",
+        "-h|--help | -V|--version | --layouts | --man | --completions SHELL",
     ],
     options: &[
         Opt {
@@ -77,6 +77,13 @@ pub static HAM: Spec = Spec {
             short: Some('V'),
             value: None,
             help: "print the version and exit",
+        },
+        Opt {
+            long: "layouts",
+            short: None,
+            value: None,
+            help: "print the state-segment layouts this binary runs on (its own, then those \
+                   it migrates) and exit: what hamctl upgrade asks a new binary",
         },
         HELP,
         GENERATE[0],
@@ -122,6 +129,12 @@ pub static HAMCTL: Spec = Spec {
             short: None,
             value: None,
             help: "device-restart: on every node of the cluster, through its master",
+        },
+        Opt {
+            long: "binary",
+            short: None,
+            value: Some("FILE"),
+            help: "upgrade: the new ham binary (an absolute path)",
         },
         Opt {
             long: "follow",
@@ -229,6 +242,17 @@ pub static HAMCTL: Spec = Spec {
                    verbosity 0-3), written through the master and applied on every node; \
                    switchover: the active supervisor hands its role and singletons to a standby",
             words: &["status", "set", "switchover"],
+        },
+        Cmd {
+            name: "upgrade",
+            args: "[--binary PATH]",
+            help: "hand the running instance over to another ham binary (default: the file \
+                   the running HAM was started from, as replaced by a package upgrade) the \
+                   way a takeover does: no entity restarted, no pid changed, output pipes, \
+                   watchdog and sockets kept; the segment is migrated if the new binary's \
+                   layout is newer, and the upgrade is refused, changing nothing, if it \
+                   cannot take this segment over",
+            words: &[],
         },
         Cmd {
             name: "metrics",

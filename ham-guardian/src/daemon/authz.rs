@@ -252,6 +252,9 @@ mod tests {
             },
             condition("db"),
             Request::DeviceRestart { enabled: false },
+            Request::Upgrade {
+                binary: "/tmp/evil".into(),
+            },
         ] {
             assert_eq!(may(&root, &req), Ok(Grant::Operator), "{req:?}");
             let (errno, _) = may(&caller(200, 65534), &req).unwrap_err();

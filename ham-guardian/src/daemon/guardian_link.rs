@@ -9,6 +9,9 @@ pub(super) struct GuardianProc {
     pub(super) sock: OwnedFd,
     /// When it last showed it turns its loop (a beat on `sock`), or was started.
     pub(super) seen_at: u64,
+    /// It has beaten at least once: it runs its loop (its configuration read, the segment
+    /// mapped), so it can take over.
+    pub(super) beaten: bool,
 }
 
 impl Daemon {
@@ -17,6 +20,7 @@ impl Daemon {
         if self.shutdown.is_some() {
             return;
         }
+        let binary = self.guardian_binary();
         let sockets = SocketRefs(
             &self.listener,
             &self.notify,
@@ -27,11 +31,15 @@ impl Daemon {
             .iter()
             .filter_map(|e| e.out.as_ref().map(|(r, w)| (e.slot.0, r, w)))
             .collect();
-        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes) {
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes, &binary) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian.proc = Some(g);
                 self.guardian_started();
+            }
+            Err(e) if self.upgrade.is_some() => {
+                self.upgrade_failed(&e.to_string());
+                self.spawn_guardian();
             }
             Err(e) => {
                 let at = mono_ns() + 1_000_000_000;
@@ -79,6 +87,7 @@ impl Daemon {
         };
         if handoff::drain_beats(&g.sock) {
             g.seen_at = now;
+            g.beaten = true;
         }
         let silent = now.saturating_sub(g.seen_at);
         if silent >= timeout {
@@ -111,6 +120,20 @@ impl Daemon {
         };
         self.wrote(self.writer.set_guardian(0, 0));
         if self.shutdown.is_some() {
+            return;
+        }
+        if self.upgrade.as_ref().is_some_and(|u| !u.started) {
+            // Stopped for the upgrade: its successor runs the new binary.
+            self.spawn_guardian();
+            if let (Some(n), Some(u)) = (&self.guardian.proc, &self.upgrade) {
+                let what = format!(
+                    "guardian pid {} stopped; pid {} runs {}",
+                    g.pid,
+                    n.pid,
+                    u.binary.display()
+                );
+                self.record_ham(Some(g.pid), "upgrade", "replace", &what);
+            }
             return;
         }
         say!(
@@ -183,6 +206,11 @@ impl GuardianLink {
         self.proc.take()
     }
 
+    /// Nothing waits to be sent to the Guardian.
+    pub(super) fn idle(&self) -> bool {
+        self.backlog.is_empty()
+    }
+
     pub(super) fn is(&self, pid: i32) -> bool {
         self.proc.as_ref().is_some_and(|g| g.pid == pid)
     }
@@ -247,6 +275,7 @@ pub(super) fn spawn_guardian_process<'a>(
     config_text: &str,
     sockets: impl Into<SocketRefs<'a>>,
     pipes: &[(u32, &OwnedFd, &OwnedFd)],
+    binary: &Path,
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
@@ -279,7 +308,7 @@ pub(super) fn spawn_guardian_process<'a>(
         crate::guardian::env_value(me, procfs::start_time(me).unwrap_or(0), &cfg.path),
     ));
     let mut spec = SpawnSpec::new(
-        Path::new("/proc/self/exe"),
+        binary,
         &[format!("ham: guardian {}", cfg.instance.name)],
         &env,
     )?;
@@ -299,6 +328,7 @@ pub(super) fn spawn_guardian_process<'a>(
     })?;
     Ok(GuardianProc {
         seen_at: mono_ns(),
+        beaten: false,
         pid,
         start_time: procfs::start_time(pid).unwrap_or(0),
         pidfd,

@@ -73,6 +73,7 @@ mod systemd;
 mod takeover;
 mod timers;
 mod token;
+mod upgrade;
 mod watchdog;
 
 use clients::{Clients, Peer, Subscriber};
@@ -206,6 +207,8 @@ pub struct Daemon {
     systemd: Option<systemd::Manager>,
     /// The thread that keeps captured output (`output = "log"`), once one is needed.
     logger: Option<crate::outlog::Logger>,
+    /// `hamctl upgrade` under way.
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -226,8 +229,18 @@ impl Daemon {
         }
         let passed = match self.origin.take() {
             Some(Origin::Promoted { passed, from }) => {
+                let flags = self.writer.segment().header().flags();
+                let upgraded = flags & ham_core::layout::FLAG_UPGRADING != 0;
+                if upgraded {
+                    self.wrote(
+                        self.writer
+                            .set_flags(flags & !ham_core::layout::FLAG_UPGRADING),
+                    );
+                }
                 if let Some((pid, fenced)) = from {
-                    let (cond, how) = if fenced {
+                    let (cond, how) = if upgraded {
+                        ("upgrade", "handed over")
+                    } else if fenced {
                         ("ham-fenced", "stopped turning its loop and was fenced")
                     } else {
                         ("ham-died", "died")
@@ -286,6 +299,9 @@ impl Daemon {
             self.run_deferred();
             if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {
                 self.finish();
+                return Ok(crate::exit::OK);
+            }
+            if self.maybe_hand_over() {
                 return Ok(crate::exit::OK);
             }
             self.systemd_ready();

@@ -261,6 +261,7 @@ impl Daemon {
                 );
             }
             (Request::Shutdown, _) => self.begin_shutdown(Some(stream)),
+            (Request::Upgrade { binary }, _) => self.begin_upgrade(binary, stream),
             (Request::DeviceRestart { enabled }, _) => match self.set_device_restart(enabled) {
                 Ok(()) => reply(
                     stream,

@@ -94,7 +94,17 @@ impl Daemon {
             }
             None => (Segment::create(&seg_name, needed, unix_ns())?, 0),
         };
+        let older = seg.needs_migration();
         let writer = SegmentWriter::take(seg, me, my_start)?;
+        if let Some(v) = older {
+            log(
+                &inst.name,
+                format_args!(
+                    "segment {seg_name} migrated from layout {v} to {}",
+                    ham_core::layout::LAYOUT_VERSION
+                ),
+            );
+        }
         // The device-restart switch survives warm starts (header) and cold ones (log_dir).
         let old_flags = writer.segment().header().flags();
         let off = old_flags & FLAG_DEVICE_RESTART_OFF != 0 || device_restart_marker(&cfg).exists();
@@ -156,7 +166,9 @@ impl Daemon {
             .into_iter()
             .filter_map(|(s, e)| Some((s, e.0?, e.1?)))
             .collect();
-        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes) {
+        let self_exe = Path::new("/proc/self/exe");
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, self_exe)
+        {
             Ok(g) => Some(g),
             Err(e) => {
                 log(
@@ -166,7 +178,17 @@ impl Daemon {
                 None
             }
         };
+        let older = seg.needs_migration();
         let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
+        if let Some(v) = older {
+            log(
+                &cfg.instance.name,
+                format_args!(
+                    "segment {seg_name} migrated from layout {v} to {}",
+                    ham_core::layout::LAYOUT_VERSION
+                ),
+            );
+        }
         failpoint::hit("promote:after-epoch");
         writer.bump_ham_failures()?;
         // The device-restart switch, as `start` keeps it (a new segment has only the marker).
@@ -364,6 +386,7 @@ impl Daemon {
         Ok(Self {
             systemd: systemd::Manager::from_env(),
             logger: None,
+            upgrade: None,
             metrics,
             clients,
             subscribers: HashMap::new(),
