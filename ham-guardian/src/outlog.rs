@@ -24,7 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -453,17 +453,23 @@ impl Sink {
     /// pipe is the same (`resumed`); otherwise its pipe is gone, and a half-written batch is
     /// cut back.
     fn open(&mut self, resumed: bool) -> io::Result<()> {
-        std::fs::create_dir_all(&self.keep.dir)?;
+        // What services print may be secret: ham's user and group only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&self.keep.dir)?;
         let current = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
+            .mode(0o640)
             .open(self.keep.dir.join("current"))?;
         let state = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o640)
             .open(self.keep.dir.join("state"))?;
         let mut size = current.metadata()?.len();
         let mut text = String::new();
@@ -577,6 +583,7 @@ impl Sink {
                 .create(true)
                 .append(true)
                 .read(true)
+                .mode(0o640)
                 .open(dir.join("current"))?,
         );
         self.size = 0;

@@ -162,6 +162,21 @@ fn hamctl_logs_prints_the_last_lines_and_follows_new_ones() {
         .map(|l| l.split_once(' ').unwrap().1.to_owned())
         .collect();
     assert_eq!(shown, ["line 48", "line 49", "line 50"]);
+    // What a service prints may be secret: ham's user and group only.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ham.dir.path().join("log").join(&ham.name).join("l");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("current"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
     // An entity without captured output: said so.
     let out = ham.ctl(&["logs", "plain"]);
     assert_eq!(out.status.code(), Some(1));

@@ -14,13 +14,17 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
             && name.len() <= NAME_MAX
             && name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c))
+            // It names folders (cgroup, output, cores): never the one above or this one.
+            && name != "."
+            && name != "..";
     if !name_ok {
         return Err(ctx.err(
             Some(e.name.span()),
             key("name"),
             format!(
-                "entity name `{name}` must be 1 to {NAME_MAX} characters of A-Z a-z 0-9 - _ . @ :"
+                "entity name `{name}` must be 1 to {NAME_MAX} characters of A-Z a-z 0-9 - _ . @ : \
+                 (and not `.` or `..`)"
             ),
         ));
     }

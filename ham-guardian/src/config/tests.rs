@@ -457,3 +457,19 @@ fn a_watchdog_needs_whole_seconds_and_room_for_a_takeover() {
     assert!(e.to_string().contains("device"), "{e}");
     assert!(parse_str(base).unwrap().watchdog.is_none());
 }
+
+#[test]
+fn an_entity_named_dot_or_dot_dot_is_refused() {
+    // Names become folders (its cgroup, its output, its cores): `..` would be the parent.
+    for bad in [".", ".."] {
+        let e = parse_str(&format!(
+            "[ham]\nname = \"x\"\n[[entity]]\nname = \"{bad}\"\ncommand = [\"true\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("entity[0].name"), "{e}");
+    }
+    assert!(
+        parse_str("[ham]\nname = \"x\"\n[[entity]]\nname = \"a.b\"\ncommand = [\"true\"]\n")
+            .is_ok()
+    );
+}
