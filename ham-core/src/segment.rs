@@ -157,16 +157,21 @@ pub fn create_owned(name: &str, mode: u32, len: u64) -> Result<std::os::fd::Owne
     Ok(fd)
 }
 
-/// The shm object `name`, if it is ham's own with `mode` ([`SegmentError::NotFound`] when
-/// there is none).
-pub fn open_owned(name: &str, mode: u32) -> Result<std::os::fd::OwnedFd, SegmentError> {
-    let fd = shm::open(name, shm::OFlags::RDWR, Mode::empty()).map_err(|e| {
+/// Opens the existing shm object `name` ([`SegmentError::NotFound`] when there is none).
+fn shm_open(name: &str, flags: shm::OFlags) -> Result<std::os::fd::OwnedFd, SegmentError> {
+    shm::open(name, flags, Mode::empty()).map_err(|e| {
         if e == rustix::io::Errno::NOENT {
             SegmentError::NotFound { name: name.into() }
         } else {
             io_err(name, "shm_open")(e.into())
         }
-    })?;
+    })
+}
+
+/// The shm object `name`, if it is ham's own with `mode` ([`SegmentError::NotFound`] when
+/// there is none).
+pub fn open_owned(name: &str, mode: u32) -> Result<std::os::fd::OwnedFd, SegmentError> {
+    let fd = shm_open(name, shm::OFlags::RDWR)?;
     check_owned(
         &File::from(fd.try_clone().map_err(io_err(name, "dup"))?),
         name,
@@ -301,13 +306,7 @@ impl Segment {
             Access::ReadOnly => shm::OFlags::RDONLY,
             Access::ReadWrite => shm::OFlags::RDWR,
         };
-        let fd = shm::open(name, oflags, Mode::empty()).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                SegmentError::NotFound { name: name.into() }
-            } else {
-                io_err(name, "shm_open")(e.into())
-            }
-        })?;
+        let fd = shm_open(name, oflags)?;
         let file = File::from(fd);
         match check_owned(&file, name, STATE_MODE) {
             // Root reading another user's instance.
@@ -408,13 +407,7 @@ impl Segment {
     /// The layout version of the segment `name`, read without checking anything else (for
     /// a binary that may not read it at all: `hamctl upgrade` asks before it hands over).
     pub fn peek_version(name: &str) -> Result<u32, SegmentError> {
-        let fd = shm::open(name, shm::OFlags::RDONLY, Mode::empty()).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                SegmentError::NotFound { name: name.into() }
-            } else {
-                io_err(name, "shm_open")(e.into())
-            }
-        })?;
+        let fd = shm_open(name, shm::OFlags::RDONLY)?;
         let mut b = [0u8; 12];
         rustix::io::pread(&fd, &mut b, 0).map_err(|e| io_err(name, "read")(e.into()))?;
         if u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) != MAGIC {

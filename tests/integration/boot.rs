@@ -135,11 +135,7 @@ fn a_respawned_ham_waits_for_the_running_instance_starts_it_warm_and_stops_it_on
     // adopts `a` where it stands.
     let s = ham.status();
     let g2 = s["guardian"]["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(g2),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    sigstop(g2);
     assert!(kill_and_wait(g));
     assert!(kill_and_wait(g2));
     let bpid = b.0.id() as i64;

@@ -483,11 +483,7 @@ fn a_stopped_guardian_is_fenced_and_replaced() {
     let mut ham = Ham::start("stopped-guardian", &sleeper("app"));
     let s = ham.status();
     let old_guardian = s["guardian"]["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old_guardian),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    sigstop(old_guardian);
     let s = ham.wait_for("a new guardian", |s| {
         s["guardian"]["alive"] == true && s["guardian"]["pid"].as_i64() != Some(old_guardian.into())
     });

@@ -471,6 +471,15 @@ pub fn sleeper(name: &str) -> String {
     )
 }
 
+/// SIGSTOPs `pid` (a process the test started, or one of its instance's).
+pub fn sigstop(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+}
+
 /// SIGKILLs one of the pair and waits until it has really exited. A killed process that has
 /// not been scheduled yet still looks alive in /proc; without the wait, a loaded machine lets
 /// the next kill hit its partner too, and that is a double fault (a warm start), not chaos.

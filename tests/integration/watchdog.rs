@@ -107,7 +107,7 @@ struct Stopped(Vec<i32>);
 impl Stopped {
     fn new(pids: &[i32]) -> Stopped {
         for &p in pids {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGSTOP).unwrap();
+            sigstop(p);
         }
         let s = Stopped(pids.to_vec());
         for &p in pids {
