@@ -142,8 +142,10 @@ impl Agent {
                 k.renewed = Some(Instant::now());
                 // etcd counts the TTL from when its leader took the renewal, which is
                 // after it was sent: stopped by then, a process is gone before the lease.
+                // The margin is for a HAM that runs late (a loaded box, a stolen vCPU):
+                // 200 ms was seen to fall short under the soak's load.
                 let ttl = self.cfg.lease_ttl_ns;
-                let margin = (ttl / 10).max(200_000_000);
+                let margin = (ttl / 5).max(400_000_000);
                 k.fence_at = sent + ttl - margin;
             }
             Err(why) => {

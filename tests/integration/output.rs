@@ -45,16 +45,22 @@ fn kept_numbers(ham: &Ham, entity: &str) -> Vec<u32> {
     nums
 }
 
+/// The number of the last line kept: in `current`, or in the newest archive when `current`
+/// was just rotated and is empty.
 fn last_kept(ham: &Ham, entity: &str) -> Option<u32> {
-    let p = ham
-        .dir
-        .path()
-        .join("log")
-        .join(&ham.name)
-        .join(entity)
-        .join("current");
-    let text = std::fs::read_to_string(p).ok()?;
-    text.lines().last()?.rsplit(' ').next()?.parse().ok()
+    let dir = ham.dir.path().join("log").join(&ham.name).join(entity);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('@'))
+        .collect();
+    files.sort();
+    files.push(dir.join("current"));
+    files.iter().rev().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.lines().last()?.rsplit(' ').next()?.parse().ok()
+    })
 }
 
 #[test]
