@@ -22,10 +22,11 @@ REQUIRED = {
     "pss_put",
     "mts_roundtrip",
     "cluster_failover",
+    "scale",
 }
 # The systems each SDK scenario must report (they have no peers to skip).
 SYSTEMS = {
-    "heartbeat_cost": {"ham", "sd_notify"},
+    "heartbeat_cost": {"ham", "store", "sd_notify"},
     "ring_throughput": {"ham-1p", "ham-2p", "ham-4p"},
     "ring_latency": {"ham"},
     "storm_ping": {"ham-idle", "ham-storm"},
@@ -34,6 +35,8 @@ SYSTEMS = {
     "pss_put": {"ham", "pwrite-shm", "ham-durable", "file-fsync"},
     "mts_roundtrip": {"ham", "unix-dgram", "unix-relay"},
     "cluster_failover": {"ham", "view"},
+    # --quick measures 10 and 100 entities (the full run adds 1000 and 10000).
+    "scale": {"ham-10", "ham-100"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 

@@ -89,9 +89,12 @@
 
 mod bare;
 mod cluster;
+mod compare;
 mod mts;
+mod plot;
 mod pss;
 mod report;
+mod scale;
 mod scenarios;
 mod sdk;
 mod stamps;
@@ -107,7 +110,7 @@ use stamps::Stamps;
 use sys::Result;
 use systems::{ALL, Ctx};
 
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 15] = [
     "restart_latency",
     "restart_storm",
     "takeover",
@@ -122,17 +125,27 @@ const SCENARIOS: [&str; 14] = [
     "pss_put",
     "mts_roundtrip",
     "cluster_failover",
+    "scale",
 ];
 
-const USAGE: &str = "usage: ham-bench [--quick] [--json FILE] [--keep] [SCENARIO...]
+const USAGE: &str =
+    "usage: ham-bench [--quick] [--json FILE] [--keep] [--dynamic-child] [--plot DIR] [SCENARIO...]
+       ham-bench --compare OLD.json NEW.json [--noise A.json B.json]
 scenarios: restart_latency restart_storm takeover footprint idle heartbeat_cost
            ring_throughput ring_latency heartbeat_miss_delay storm_ping storm_restart
-           pss_put mts_roundtrip cluster_failover (default: all)";
+           pss_put mts_roundtrip cluster_failover scale (default: all)
+--dynamic-child: the services are the dynamically linked Rust ham-bench-child, not the
+                 static C one (compiled with cc -static at start)
+--plot DIR:      the scale scenario's curves as SVG files in DIR";
 
 struct Opts {
     quick: bool,
     json: Option<PathBuf>,
     keep: bool,
+    dynamic_child: bool,
+    compare: Option<(PathBuf, PathBuf)>,
+    noise: Option<(PathBuf, PathBuf)>,
+    plot: Option<PathBuf>,
     scenarios: Vec<&'static str>,
 }
 
@@ -141,6 +154,10 @@ fn parse_args(args: &[String]) -> std::result::Result<Opts, String> {
         quick: false,
         json: None,
         keep: false,
+        dynamic_child: false,
+        compare: None,
+        noise: None,
+        plot: None,
         scenarios: Vec::new(),
     };
     let mut it = args.iter();
@@ -148,6 +165,18 @@ fn parse_args(args: &[String]) -> std::result::Result<Opts, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--keep" => o.keep = true,
+            "--dynamic-child" => o.dynamic_child = true,
+            "--plot" => o.plot = Some(it.next().ok_or("--plot needs a DIR")?.into()),
+            "--compare" => {
+                let old = it.next().ok_or("--compare needs OLD.json NEW.json")?;
+                let new = it.next().ok_or("--compare needs OLD.json NEW.json")?;
+                o.compare = Some((old.into(), new.into()));
+            }
+            "--noise" => {
+                let a = it.next().ok_or("--noise needs A.json B.json")?;
+                let b = it.next().ok_or("--noise needs A.json B.json")?;
+                o.noise = Some((a.into(), b.into()));
+            }
             "--json" => o.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -159,6 +188,9 @@ fn parse_args(args: &[String]) -> std::result::Result<Opts, String> {
                 None => return Err(format!("unknown argument `{s}`")),
             },
         }
+    }
+    if o.noise.is_some() && o.compare.is_none() {
+        return Err("--noise goes with --compare".into());
     }
     if o.scenarios.is_empty() {
         o.scenarios = SCENARIOS.to_vec();
@@ -216,7 +248,7 @@ fn run(o: &Opts) -> Result<bool> {
         return Err(format!("{} exists already", base.display()));
     }
     std::fs::create_dir_all(&base).map_err(|e| format!("mkdir {}: {e}", base.display()))?;
-    let ctx = match Ctx::new(base.clone(), &bin_dir, me) {
+    let ctx = match Ctx::new(base.clone(), &bin_dir, me, !o.dynamic_child) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&base);
@@ -303,6 +335,15 @@ fn run(o: &Opts) -> Result<bool> {
             "pss_put" => vec![(pss::pss_put(&ctx, &p, &mut problems)?, 1)],
             "mts_roundtrip" => vec![(mts::mts_roundtrip(&ctx, &p, &mut problems)?, 1)],
             "cluster_failover" => vec![(cluster::cluster_failover(&ctx, &p, &mut problems)?, 1)],
+            "scale" => {
+                let (res, points) = scale::scale(&ctx, &mut stamps, &p, &mut problems)?;
+                if let Some(dir) = &o.plot {
+                    for f in plot::write_all(dir, &points)? {
+                        eprintln!("  plot written: {f}");
+                    }
+                }
+                vec![(res, 1)]
+            }
             _ => unreachable!("checked in parse_args"),
         };
         for (res, _) in &r {
@@ -365,6 +406,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some((old, new)) = &opts.compare {
+        let noise = opts.noise.as_ref().map(|(a, b)| (a.as_path(), b.as_path()));
+        return match compare::run(old, new, noise) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("ham-bench: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&opts) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -45,6 +45,8 @@ pub struct Params {
     pub pss_samples: usize,
     /// footprint: the numbers of services measured (quick: 100 only).
     pub footprint_sizes: &'static [usize],
+    /// scale: the numbers of entities.
+    pub scale_sizes: &'static [usize],
 }
 
 impl Params {
@@ -61,6 +63,7 @@ impl Params {
                 settle_scale: 0.3,
                 pss_samples: 2,
                 footprint_sizes: &[100],
+                scale_sizes: &[10, 100],
                 hb_batches: 20,
                 ring_events: 20_000,
                 ring_reps: 2,
@@ -81,6 +84,7 @@ impl Params {
                 settle_scale: 1.0,
                 pss_samples: 5,
                 footprint_sizes: &[1, 100],
+                scale_sizes: &[10, 100, 1000, 10_000],
                 lat_samples: 500,
                 miss_entities: 1000,
                 miss_samples: 40,

@@ -46,6 +46,11 @@ impl Stamps {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        // A storm of thousands of services writes thousands of lines at once: a report
+        // that finds the FIFO full is lost (the services write non-blocking). 1 MiB holds
+        // about 30 000 lines; failing to grow it only makes large runs fragile.
+        // SAFETY: F_SETPIPE_SZ on a descriptor we own; no memory is passed.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         Ok(Self {
             file,
             buf: Vec::with_capacity(1 << 16),

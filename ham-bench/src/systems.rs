@@ -79,8 +79,38 @@ pub struct Ctx {
     counter: Cell<u32>,
 }
 
+/// The C source of the static service.
+const CHILD_C: &str = include_str!("child.c");
+
+/// Compiles [`CHILD_C`] into `base/ham-bench-child-static` (`$CC`, else `cc`).
+fn compile_static_child(base: &Path) -> Result<PathBuf> {
+    let src = base.join("child.c");
+    let out = base.join("ham-bench-child-static");
+    fs::write(&src, CHILD_C).map_err(|e| format!("writing {}: {e}", src.display()))?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let res = std::process::Command::new(&cc)
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| {
+            format!("{cc}: {e} (the static service needs a C compiler; or --dynamic-child)")
+        })?;
+    if !res.status.success() {
+        return Err(format!(
+            "{cc} -static child.c failed ({}): {} (static libc: Debian's libc6-dev; or \
+             --dynamic-child)",
+            res.status,
+            String::from_utf8_lossy(&res.stderr).trim()
+        ));
+    }
+    fs::canonicalize(&out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
 impl Ctx {
-    pub fn new(base: PathBuf, bin_dir: &Path, me: PathBuf) -> Result<Self> {
+    /// `static_child`: the service is `src/child.c`, compiled here into `base` with
+    /// `cc -O2 -static` (the floor, no dynamic loader); else the Rust `ham-bench-child`.
+    pub fn new(base: PathBuf, bin_dir: &Path, me: PathBuf, static_child: bool) -> Result<Self> {
         let find = |name: &str| -> Result<PathBuf> {
             let p = bin_dir.join(name);
             fs::canonicalize(&p).map_err(|e| {
@@ -91,7 +121,11 @@ impl Ctx {
             })
         };
         Ok(Self {
-            child: find("ham-bench-child")?,
+            child: if static_child {
+                compile_static_child(&base)?
+            } else {
+                find("ham-bench-child")?
+            },
             ham: find("ham")?,
             hamctl: find("hamctl")?,
             fifo: base.join("stamps.fifo"),
@@ -514,6 +548,26 @@ impl<'a> Sup<'a> {
 
     /// Stops service `id` and leaves it down, with the supervisor's own command (an
     /// operator's `stop`): `Ok(false)` when this supervisor has none the bench can use.
+    /// Runs `hamctl ARGS` against this ham to completion, its output discarded; `Err` if it
+    /// fails.
+    pub fn hamctl_quiet(&self, args: &[&str]) -> Result<()> {
+        let config = self.ham_config.as_ref().ok_or("not a ham")?;
+        let st = Command::new(&self.ctx.hamctl)
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("hamctl: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("hamctl {}: {st}", args.join(" ")))
+        }
+    }
+
     pub fn stop_service(&self, id: &str) -> Result<bool> {
         let mut c = match self.kind {
             Kind::Ham => {
