@@ -25,7 +25,8 @@ use crate::segment::SegmentError;
 /// `b"HAMBEAT\0"` read as a little-endian `u64`.
 pub const BEAT_MAGIC: u64 = u64::from_le_bytes(*b"HAMBEAT\0");
 /// Bumped on any change to [`BeatPage`].
-pub const BEAT_LAYOUT_VERSION: u32 = 1;
+/// 2: the beat is a flag ham swaps back, not a time (2026-11-26).
+pub const BEAT_LAYOUT_VERSION: u32 = 2;
 /// The page's size: one page on every Linux ham runs on.
 pub const BEAT_PAGE_SIZE: usize = 4096;
 /// Its mode: ham's user only (the client gets a descriptor, never the name).
@@ -40,9 +41,10 @@ pub struct BeatPage {
     pub version: AtomicU32,
     /// The attached pid (written by ham; for display).
     pub pid: AtomicU32,
-    /// The client's last beat, `CLOCK_MONOTONIC` ns. Written by the client (Release),
-    /// read by ham (Acquire) at the entity's deadlines; ham stores one at attach.
-    pub beat_ns: AtomicU64,
+    /// Non-zero: the client beat since ham last looked. The client stores 1 (no clock
+    /// read, no read-modify-write); ham swaps it back to 0 at each of its checks, which
+    /// fall on multiples of the period, so a beat is known to the check that follows it.
+    pub beaten: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<BeatPage>() == 24);
@@ -57,13 +59,13 @@ impl BeatMap {
     /// ham's side: replaces the page `name` (a page of ham's own is unlinked first; one
     /// that is not is refused) with a new one, exclusively, and returns it with a
     /// descriptor to hand to the client.
-    pub fn create(name: &str, pid: u32, now_ns: u64) -> Result<(Self, OwnedFd), SegmentError> {
+    pub fn create(name: &str, pid: u32) -> Result<(Self, OwnedFd), SegmentError> {
         let fd = crate::segment::create_owned(name, BEAT_MODE, BEAT_PAGE_SIZE as u64)?;
         let page = Self::map(&fd, name).inspect_err(|_| Self::unlink(name))?;
         let p = page.page();
         p.version.store(BEAT_LAYOUT_VERSION, Ordering::Relaxed);
         p.pid.store(pid, Ordering::Relaxed);
-        p.beat_ns.store(now_ns, Ordering::Relaxed);
+        p.beaten.store(0, Ordering::Relaxed);
         // Release: whoever sees the magic sees the rest.
         p.magic.store(BEAT_MAGIC, Ordering::Release);
         Ok((page, fd))
@@ -108,16 +110,17 @@ impl BeatMap {
         crate::shm::view(&self.map, 0).expect("a heartbeat page holds its words")
     }
 
-    /// "I am alive" (the client): one store of `now_ns`, no syscall.
+    /// "I am alive" (the client): one plain store, no clock read, no syscall.
     #[inline]
-    pub fn beat(&self, now_ns: u64) {
-        // Release: pairs with ham's Acquire load in `last_beat`.
-        self.page().beat_ns.store(now_ns, Ordering::Release);
+    pub fn beat(&self) {
+        // Relaxed: the word carries no other data; ham's swap sees it or the next does.
+        self.page().beaten.store(1, Ordering::Relaxed);
     }
 
-    /// The last beat (ham).
-    pub fn last_beat(&self) -> u64 {
-        self.page().beat_ns.load(Ordering::Acquire)
+    /// Whether the client beat since the last call (ham, at each check): the word is
+    /// swapped back to 0 atomically, so a beat that lands meanwhile is seen next time.
+    pub fn take_beat(&self) -> bool {
+        self.page().beaten.swap(0, Ordering::Relaxed) != 0
     }
 }
 
@@ -128,18 +131,24 @@ mod tests {
     #[test]
     fn a_page_is_shared_through_its_descriptor_and_reopened_by_name() {
         let name = format!("/ham-core-test-beat-{}", std::process::id());
-        let (ham, fd) = BeatMap::create(&name, 7, 100).unwrap();
+        let (ham, fd) = BeatMap::create(&name, 7).unwrap();
         let client = BeatMap::from_fd(&fd).unwrap();
-        assert_eq!(client.last_beat(), 100);
-        client.beat(250);
-        assert_eq!(ham.last_beat(), 250);
+        assert!(!ham.take_beat(), "a new page has no beat");
+        client.beat();
+        client.beat();
+        assert!(ham.take_beat());
+        assert!(!ham.take_beat(), "taking a beat clears it");
+        client.beat();
         let successor = BeatMap::open(&name).unwrap();
-        assert_eq!(successor.last_beat(), 250);
+        assert!(
+            successor.take_beat(),
+            "a successor sees a beat its predecessor did not take"
+        );
         assert_eq!(successor.page().pid.load(Ordering::Relaxed), 7);
         // A new attachment of the slot: the old client's page is no longer ham's.
-        let (fresh, _) = BeatMap::create(&name, 8, 300).unwrap();
-        client.beat(999);
-        assert_eq!(fresh.last_beat(), 300);
+        let (fresh, _) = BeatMap::create(&name, 8).unwrap();
+        client.beat();
+        assert!(!fresh.take_beat());
         BeatMap::unlink(&name);
         assert!(matches!(
             BeatMap::open(&name),

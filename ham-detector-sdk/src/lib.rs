@@ -631,8 +631,9 @@ impl Client {
     }
 }
 
-/// A heartbeat attachment. [`beat`](Self::beat) is one atomic store of the time: call it
-/// at least once per period. It stays valid across takeovers.
+/// A heartbeat attachment. [`beat`](Self::beat) is one plain store to shared memory (no
+/// clock read, no syscall): call it at least once per period. It stays valid across
+/// takeovers.
 ///
 /// The beat goes to a page of shared memory that ham made for this attachment alone and
 /// handed over as a descriptor: no other client can write it, so none can forge or
@@ -645,12 +646,14 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// "I am alive": stores CLOCK_MONOTONIC (read through the vDSO) in this attachment's
-    /// heartbeat page.
+    /// "I am alive": marks this attachment's heartbeat page as beaten. ham looks at it at
+    /// multiples of the period: a client is reported missed-low at the first such check
+    /// that comes `missed_low` periods after the check that last saw a beat, that is
+    /// between `missed_low` and `missed_low + 1` periods after its last beat.
     #[inline]
     pub fn beat(&self) {
         if let Some(p) = &self.page {
-            p.beat(mono_ns());
+            p.beat();
         }
     }
     /// The entity's slot in ham's state segment.

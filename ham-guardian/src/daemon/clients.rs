@@ -41,13 +41,38 @@ const LOG_REJECTS: u64 = 20;
 /// attached with is in the entity record, so a successor rebuilds it).
 pub(super) struct Heartbeat {
     pub spec: HeartbeatSpec,
-    /// Beats before this time do not count (attach, takeover, `heartbeat-healthy`).
-    pub base: u64,
-    /// 0: no miss reported; 1: missed-low fired; 2: missed-high fired.
+    /// The check at which a beat was last seen, or when watching began (attach, takeover,
+    /// `heartbeat-healthy`).
+    pub seen: u64,
+    /// 0: no miss reported; 1: missed-low fired; 2: missed-high fired. A beat seen ends the
+    /// episode.
     pub fired: u8,
-    /// The last beat the fired conditions were about: a newer beat ends the episode.
-    pub fired_last: u64,
+    /// The next check.
     pub deadline: u64,
+}
+
+impl Heartbeat {
+    /// The check at `at`, having seen a beat since the last one or not: which misses
+    /// (low, high) are now due. A client is missed-low at the first check at least
+    /// `missed_low` periods after the check that last saw it beat: between `missed_low`
+    /// and `missed_low + 1` periods after its last beat.
+    pub fn check(&mut self, at: u64, beaten: bool) -> (bool, bool) {
+        if beaten {
+            self.seen = self.seen.max(at);
+            self.fired = 0;
+        }
+        let p = self.spec.period_ns;
+        let due = |n: u32| n != 0 && at >= self.seen.saturating_add(p.saturating_mul(u64::from(n)));
+        let low = self.fired == 0 && due(self.spec.missed_low);
+        if low {
+            self.fired = 1;
+        }
+        let high = self.fired <= 1 && due(self.spec.missed_high);
+        if high {
+            self.fired = 2;
+        }
+        (low, high)
+    }
 }
 
 /// A control connection's peer, as the kernel reported it at connect.
@@ -464,8 +489,8 @@ impl Daemon {
     }
 }
 
-/// `at` rounded up to the next multiple of `grid` (0: unchanged): deadlines of many clients
-/// then share one wake-up, each miss reported at most `grid` late.
+/// `at` rounded up to the next multiple of `grid` (0: unchanged): checks of clients with
+/// different periods then share wake-ups too, each miss reported at most `grid` late.
 pub(super) fn on_grid(at: u64, grid: u64) -> u64 {
     if grid == 0 {
         at
@@ -474,47 +499,76 @@ pub(super) fn on_grid(at: u64, grid: u64) -> u64 {
     }
 }
 
-/// When the monitor next needs to look: at the next threshold not yet reported, or one
-/// period from now once everything was reported (to notice beats resuming).
-pub(super) fn next_deadline(hb: &Heartbeat, last: u64, now: u64) -> u64 {
-    let p = hb.spec.period_ns.max(MIN_HEARTBEAT_PERIOD_NS);
-    let at = |n: u32| last.saturating_add(p.saturating_mul(u64::from(n)));
-    let t = match hb.fired {
-        0 if hb.spec.missed_low != 0 => at(hb.spec.missed_low),
-        0 | 1 if hb.spec.missed_high != 0 => at(hb.spec.missed_high),
-        _ => now + p,
-    };
-    t.max(now + 1)
+/// The check after `now`: the next multiple of the period (CLOCK_MONOTONIC), so that
+/// every client with that period is checked at the same instants; then onto `grid`.
+pub(super) fn next_check(spec: &HeartbeatSpec, now: u64, grid: u64) -> u64 {
+    let p = spec.period_ns.max(MIN_HEARTBEAT_PERIOD_NS);
+    on_grid((now / p).saturating_add(1).saturating_mul(p), grid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hb(low: u32, high: u32, fired: u8) -> Heartbeat {
+    const MS: u64 = MIN_HEARTBEAT_PERIOD_NS;
+
+    fn hb(low: u32, high: u32) -> Heartbeat {
         Heartbeat {
             spec: HeartbeatSpec {
-                period_ns: 100,
+                period_ns: 10 * MS,
                 missed_low: low,
                 missed_high: high,
             },
-            base: 0,
-            fired,
-            fired_last: 0,
+            seen: 3 * MS,
+            fired: 0,
             deadline: 0,
         }
     }
 
     #[test]
-    fn deadlines_are_the_next_unreported_threshold_and_share_a_grid() {
-        let ms = MIN_HEARTBEAT_PERIOD_NS; // periods below the floor count as the floor
-        assert_eq!(next_deadline(&hb(2, 4, 0), 1000, 1000), 1000 + 2 * ms);
-        assert_eq!(next_deadline(&hb(2, 4, 1), 1000, 1000), 1000 + 4 * ms);
-        assert_eq!(next_deadline(&hb(0, 4, 0), 1000, 1000), 1000 + 4 * ms);
-        // Everything reported: look again one period on, for the beats to resume.
-        assert_eq!(next_deadline(&hb(2, 4, 2), 0, 5000), 5000 + ms);
+    fn checks_fall_on_multiples_of_the_period_and_share_a_grid() {
+        let spec = hb(2, 4).spec;
+        assert_eq!(next_check(&spec, 3 * MS, 0), 10 * MS);
+        assert_eq!(next_check(&spec, 10 * MS, 0), 20 * MS, "strictly after now");
+        assert_eq!(next_check(&spec, 10 * MS + 1, 0), 20 * MS);
+        // Periods below the floor count as the floor.
+        let tiny = HeartbeatSpec {
+            period_ns: 10,
+            ..spec
+        };
+        assert_eq!(next_check(&tiny, 0, 0), MS);
+        assert_eq!(next_check(&spec, 3 * MS, 25 * MS), 25 * MS);
         assert_eq!(on_grid(1001, 0), 1001);
         assert_eq!(on_grid(1001, 250), 1250);
         assert_eq!(on_grid(1250, 250), 1250);
+    }
+
+    #[test]
+    fn a_miss_is_due_n_periods_after_the_check_that_last_saw_a_beat_and_fires_once() {
+        let mut h = hb(2, 4);
+        // Watching began at 3 ms: checks at 10 and 20 ms see nothing, and missed-low
+        // waits for 2 whole periods past 3 ms (the check at 30 ms).
+        assert_eq!(h.check(10 * MS, false), (false, false));
+        assert_eq!(h.check(20 * MS, false), (false, false));
+        assert_eq!(h.check(30 * MS, false), (true, false));
+        assert_eq!(h.check(40 * MS, false), (false, false), "low fires once");
+        assert_eq!(
+            h.check(50 * MS, true),
+            (false, false),
+            "a beat ends the episode"
+        );
+        assert_eq!(h.seen, 50 * MS);
+        assert_eq!(h.check(60 * MS, false), (false, false));
+        assert_eq!(
+            h.check(70 * MS, false),
+            (true, false),
+            "a new episode is reported"
+        );
+        assert_eq!(h.check(80 * MS, false), (false, false));
+        assert_eq!(h.check(90 * MS, false), (false, true), "high at 4 periods");
+        assert_eq!(h.check(200 * MS, false), (false, false), "and once");
+        // Missed-high only: both thresholds at once are reported as high alone.
+        let mut h = hb(0, 1);
+        assert_eq!(h.check(20 * MS, false), (false, true));
     }
 }

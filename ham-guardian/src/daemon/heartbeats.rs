@@ -77,7 +77,7 @@ impl Daemon {
         let beats = spec.missed_low | spec.missed_high != 0;
         let page = if beats {
             let name = ham_core::paths::beat_page(&self.cfg.instance.name, slot.0);
-            match ham_core::beat::BeatMap::create(&name, target as u32, now) {
+            match ham_core::beat::BeatMap::create(&name, target as u32) {
                 Ok(page) => Some(page),
                 Err(e) => {
                     self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
@@ -205,21 +205,20 @@ impl Daemon {
 
     // -- heartbeat deadlines ---------------------------------------------------------------
 
-    /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`.
+    /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`
+    /// (as if it had just beaten).
     pub(super) fn watch_heartbeat(&mut self, i: EntityId, now: u64) {
         let e = &mut self.entities[i];
         let Some(spec) = e.rec.heartbeat else {
             e.hb = None;
             return;
         };
-        let mut hb = Heartbeat {
+        let hb = Heartbeat {
             spec,
-            base: now,
+            seen: now,
             fired: 0,
-            fired_last: 0,
-            deadline: 0,
+            deadline: next_check(&spec, now, self.cfg.heartbeat_grid_ns),
         };
-        hb.deadline = on_grid(next_deadline(&hb, now, now), self.cfg.heartbeat_grid_ns);
         let at = hb.deadline;
         e.hb = Some(hb);
         self.schedule(at, Deadline::Heartbeat(i));
@@ -247,42 +246,27 @@ impl Daemon {
         }
     }
 
-    /// A heartbeat deadline came: fire what was missed, and set the next one.
-    pub(super) fn check_heartbeat(&mut self, i: EntityId) {
+    /// A heartbeat check came (`at`, a multiple of the period): a beat since the last one
+    /// moves the entity's last-seen time to `at`; otherwise what is now missed fires.
+    /// Checks of every client with the same period fall on the same instants, so they
+    /// share the HAM's wake-ups however many clients there are.
+    pub(super) fn check_heartbeat(&mut self, i: EntityId, at: u64) {
         let now = mono_ns();
-        let beat = self.entities[i]
+        let beaten = self.entities[i]
             .beat
             .as_ref()
-            .map_or(0, ham_core::beat::BeatMap::last_beat);
-        // A beat "from the future" is a stray write: it counts as no beat (it must not keep
-        // a hung process looking alive).
-        let beat = if beat > now { 0 } else { beat };
+            .is_some_and(ham_core::beat::BeatMap::take_beat);
         let grid = self.cfg.heartbeat_grid_ns;
         let Some(hb) = &mut self.entities[i].hb else {
             return;
         };
-        let last = beat.max(hb.base);
-        if hb.fired > 0 && last > hb.fired_last {
-            hb.fired = 0; // it beat again: a new miss will be reported again
-        }
-        let p = hb.spec.period_ns;
-        let due = |n: u32| n != 0 && now >= last.saturating_add(p.saturating_mul(u64::from(n)));
-        let low = hb.fired == 0 && due(hb.spec.missed_low);
-        if low {
-            hb.fired = 1;
-            hb.fired_last = last;
-        }
-        let high = hb.fired <= 1 && due(hb.spec.missed_high);
-        if high {
-            hb.fired = 2;
-            hb.fired_last = last;
-        }
-        hb.deadline = on_grid(next_deadline(hb, last, now), grid);
-        let at = hb.deadline;
-        self.schedule(at, Deadline::Heartbeat(i));
+        let (low, high) = hb.check(at, beaten);
+        hb.deadline = next_check(&hb.spec, at.max(now), grid);
+        let (next, silent) = (hb.deadline, at.saturating_sub(hb.seen));
+        self.schedule(next, Deadline::Heartbeat(i));
         for (missed, is_high) in [(low, false), (high, true)] {
             if missed {
-                self.heartbeat_missed(i, is_high, now.saturating_sub(last));
+                self.heartbeat_missed(i, is_high, silent);
             }
         }
     }

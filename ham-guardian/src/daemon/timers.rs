@@ -162,7 +162,7 @@ impl Daemon {
                 Deadline::SystemdWatchdog => self.systemd_watchdog(now),
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
-                Deadline::Heartbeat(i) => self.check_heartbeat(i),
+                Deadline::Heartbeat(i) => self.check_heartbeat(i, at),
                 Deadline::RingStall => {
                     if let Some(c) = &mut self.clients {
                         c.stall_timer = None;
