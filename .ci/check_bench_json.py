@@ -37,6 +37,8 @@ SYSTEMS = {
     "cluster_failover": {"ham", "view"},
     # --quick measures 10 and 100 entities (the full run adds 1000 and 10000).
     "scale": {"ham-10", "ham-100"},
+    # ham without heartbeats (and with exited and held-off entities), then with them.
+    "idle": {"ham-quiet", "ham"},
 }
 STATS = ("n", "median", "p90", "p99", "max")
 

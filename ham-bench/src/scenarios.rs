@@ -729,6 +729,88 @@ pub fn footprint(
 /// Services the idle scenario stops (with each supervisor's own command) before it measures.
 const IDLE_DOWN: usize = 10;
 
+/// ham's idle instance also holds what an operator's box holds besides running services:
+/// entities that exited for good (`restart = "never"`) and crash-loopers held off by their
+/// policy (a busy loop once hid there). Not counted among the 100 services.
+const IDLE_HAM_MORE: &str = "
+[[entity]]
+name = \"idle-exited-1\"
+command = [\"/bin/true\"]
+restart = \"never\"
+
+[[entity]]
+name = \"idle-exited-2\"
+command = [\"/bin/false\"]
+restart = \"never\"
+
+[[entity]]
+name = \"idle-held-1\"
+command = [\"/bin/false\"]
+policy = { kind = \"switch\", exits = 1, within = \"1m\", hold_off = \"10m\", holdoffs = 1000 }
+
+[[entity]]
+name = \"idle-held-2\"
+command = [\"/bin/false\"]
+policy = { kind = \"switch\", exits = 1, within = \"1m\", hold_off = \"10m\", holdoffs = 1000 }
+";
+
+/// One idle window: the supervisor's wake-ups and CPU over `p.idle_s`.
+fn idle_window(
+    sup: &Sup<'_>,
+    name: &str,
+    p: &Params,
+    problems: &mut Problems,
+) -> Result<Map<String, serde_json::Value>> {
+    let hz = sys::clock_ticks_per_s();
+    let pids = sup.sup_pids();
+    let a = sys::sample(&pids);
+    let t0 = mono_ns();
+    sys::sleep_interruptible(p.idle_s)?;
+    let b = sys::sample(&pids);
+    let secs = ms(mono_ns() - t0) / 1000.0;
+    let after = sup.sup_pids();
+    if after != pids || b.nproc != a.nproc {
+        problems.add(format!(
+            "idle {name}: supervisor processes changed during the window ({pids:?} → {after:?})"
+        ));
+    }
+    let wake = (b.voluntary + b.nonvoluntary) - (a.voluntary + a.nonvoluntary);
+    let per30 = wake as f64 * 30.0 / secs;
+    let cpu_ms = (b.ticks - a.ticks) as f64 * 1000.0 / hz as f64;
+    let sched_ms = ms(b.sched_ns - a.sched_ns);
+    progress(format!(
+        "{name}: {wake} wake-ups in {secs:.1} s ({per30:.0}/30 s), CPU {cpu_ms:.0} ms (schedstat {sched_ms:.2} ms)"
+    ));
+    let mut extra = Map::new();
+    extra.insert("per30".into(), json!(per30));
+    extra.insert("seconds".into(), json!((secs * 100.0).round() / 100.0));
+    extra.insert("wakeups".into(), json!(wake));
+    extra.insert("voluntary".into(), json!(b.voluntary - a.voluntary));
+    extra.insert(
+        "nonvoluntary".into(),
+        json!(b.nonvoluntary - a.nonvoluntary),
+    );
+    extra.insert("cpu_ms".into(), json!(cpu_ms));
+    extra.insert(
+        "cpu_ms_schedstat".into(),
+        json!((sched_ms * 1000.0).round() / 1000.0),
+    );
+    extra.insert("processes".into(), json!(a.nproc));
+    Ok(extra)
+}
+
+fn idle_outcome(mut extra: Map<String, serde_json::Value>) -> Outcome {
+    let per30 = extra
+        .remove("per30")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    Outcome::Measured {
+        stats: stats(&[per30]).expect("one value"),
+        failures: 0,
+        extra,
+    }
+}
+
 pub fn idle(
     ctx: &Ctx,
     stamps: &mut Stamps,
@@ -739,10 +821,11 @@ pub fn idle(
         scenario: "idle",
         unit: "wakeups/30s",
         title: format!(
-            "100 services, 10 of them stopped, idle for {} s (ham: each attached with a \
-             heartbeat, period {} s, missed-low after {}, beaten by the bench): context \
-             switches (voluntary + involuntary) of all supervisor processes, scaled to 30 s; \
-             CPU = utime+stime",
+            "100 services, 10 of them stopped, idle for {} s: context switches (voluntary + \
+             involuntary) of all supervisor processes, scaled to 30 s; CPU = utime+stime. \
+             ham-quiet: ham with no heartbeats, and 2 exited and 2 held-off entities besides; \
+             ham: then each running service attached with a heartbeat (period {} s, missed-low \
+             after {}, beaten by the bench)",
             p.idle_s,
             crate::sdk::IDLE_HB_PERIOD.as_secs(),
             crate::sdk::IDLE_HB_LOW
@@ -759,16 +842,28 @@ pub fn idle(
         ratio_metrics: vec!["cpu_ms", "cpu_ms_schedstat"],
         notes: Vec::new(),
     };
-    let hz = sys::clock_ticks_per_s();
     for kind in ALL {
         let name = kind.name().to_owned();
         if let Err(why) = kind.available() {
+            if kind == Kind::Ham {
+                res.systems
+                    .push(("ham-quiet".into(), Outcome::Skipped(why.clone())));
+            }
             res.systems.push((name, Outcome::Skipped(why)));
             continue;
         }
         eprintln!("[idle] {name}");
+        let mut quiet = None;
         let r = (|| -> Result<Outcome> {
-            let mut sup = start_up(ctx, stamps, kind, 100, "idle")?;
+            stamps.reset(100);
+            let t0 = mono_ns();
+            let more = if kind == Kind::Ham { IDLE_HAM_MORE } else { "" };
+            let mut sup = Sup::start_plus(ctx, kind, 100, "idle", more)?;
+            stamps.wait_all(60)?;
+            progress(format!(
+                "{name} with 100 services up in {:.0} ms",
+                ms(mono_ns() - t0)
+            ));
             // An operator leaves some services down: a supervisor must not spend anything on
             // them either (ham once spun at 100 % with any entity down).
             let mut down = 0;
@@ -776,6 +871,22 @@ pub fn idle(
                 if sup.stop_service(&service_id(i))? {
                     down += 1;
                 }
+            }
+            if kind == Kind::Ham {
+                // The held-off entities are held off before the window starts.
+                let deadline = mono_ns() + 10_000_000_000;
+                while !sup.ham_states_settled(&["idle-held-1", "idle-held-2"], "held-off") {
+                    if mono_ns() > deadline {
+                        return Err("the idle crash-loopers were not held off within 10 s".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
+                let mut extra = idle_window(&sup, "ham-quiet", p, problems)?;
+                extra.insert("stopped_services".into(), json!(down));
+                extra.insert("exited_entities".into(), json!(2));
+                extra.insert("held_off_entities".into(), json!(2));
+                quiet = Some(idle_outcome(extra));
             }
             // ham's services heartbeat, as the SDK lets them (the bench beats for them; its
             // own wake-ups are not counted).
@@ -793,60 +904,32 @@ pub fn idle(
                 None
             };
             sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
-            let pids = sup.sup_pids();
-            let a = sys::sample(&pids);
-            let t0 = mono_ns();
-            sys::sleep_interruptible(p.idle_s)?;
-            let b = sys::sample(&pids);
-            let secs = ms(mono_ns() - t0) / 1000.0;
-            let after = sup.sup_pids();
-            if after != pids || b.nproc != a.nproc {
-                problems.add(format!(
-                    "idle {name}: supervisor processes changed during the window ({pids:?} → {after:?})"
-                ));
-            }
-            let wake = (b.voluntary + b.nonvoluntary) - (a.voluntary + a.nonvoluntary);
-            let per30 = wake as f64 * 30.0 / secs;
-            let cpu_ms = (b.ticks - a.ticks) as f64 * 1000.0 / hz as f64;
-            let sched_ms = ms(b.sched_ns - a.sched_ns);
-            progress(format!(
-                "{wake} wake-ups in {secs:.1} s ({per30:.0}/30 s), CPU {cpu_ms:.0} ms (schedstat {sched_ms:.2} ms)"
-            ));
+            let mut extra = idle_window(&sup, &name, p, problems)?;
             let heartbeating = beats.is_some();
             drop(beats);
             finish(&mut sup, problems);
-            let mut extra = Map::new();
-            extra.insert("seconds".into(), json!((secs * 100.0).round() / 100.0));
-            extra.insert("wakeups".into(), json!(wake));
-            extra.insert("voluntary".into(), json!(b.voluntary - a.voluntary));
-            extra.insert(
-                "nonvoluntary".into(),
-                json!(b.nonvoluntary - a.nonvoluntary),
-            );
-            extra.insert("cpu_ms".into(), json!(cpu_ms));
-            extra.insert(
-                "cpu_ms_schedstat".into(),
-                json!((sched_ms * 1000.0).round() / 1000.0),
-            );
-            extra.insert("processes".into(), json!(a.nproc));
             if heartbeating {
                 extra.insert("heartbeating_services".into(), json!(100 - down));
             }
             extra.insert("stopped_services".into(), json!(down));
-            Ok(Outcome::Measured {
-                stats: stats(&[per30]).expect("one value"),
-                failures: 0,
-                extra,
-            })
+            Ok(idle_outcome(extra))
         })();
         sys::check_interrupted()?;
+        if kind == Kind::Ham {
+            let q = match (&r, quiet) {
+                (_, Some(q)) => q,
+                (Err(e), None) => Outcome::Failed(e.clone()),
+                (Ok(_), None) => Outcome::Failed("no quiet window".into()),
+            };
+            res.systems.push(("ham-quiet".into(), q));
+        }
         res.systems.push((name, r.unwrap_or_else(Outcome::Failed)));
     }
     res.notes.push(format!(
         "median = wake-ups per 30 s (one window of {} s); CPU ms = utime+stime over the window \
          ({} ms ticks); sched ms = /proc/PID/schedstat on-CPU time",
         p.idle_s,
-        1000 / hz
+        1000 / sys::clock_ticks_per_s()
     ));
     res.notes.push(format!(
         "{IDLE_DOWN} of the 100 services are stopped first with the supervisor's own command \
@@ -856,11 +939,10 @@ pub fn idle(
     res.notes.push(format!(
         "ham: every running service attached (attach_pid) with a {} s heartbeat, missed-low after {}; \
          the bench beats service i once a period at i/100 of it, as independent processes \
-         would; ham reads a slot only at its deadline (last beat + {} periods); peers: no \
-         heartbeats",
+         would; ham checks every client at multiples of the period, so they share its \
+         wake-ups; peers: no heartbeats",
         crate::sdk::IDLE_HB_PERIOD.as_secs(),
         crate::sdk::IDLE_HB_LOW,
-        crate::sdk::IDLE_HB_LOW
     ));
     Ok(res)
 }

@@ -244,10 +244,21 @@ fn toml_str(s: &str) -> String {
 impl<'a> Sup<'a> {
     /// Sets up and starts `kind` running `n` services. The caller has reset the stamps.
     pub fn start(ctx: &'a Ctx, kind: Kind, n: usize, label: &str) -> Result<Self> {
+        Self::start_plus(ctx, kind, n, label, "")
+    }
+
+    /// [`Sup::start`], and for ham the entities `ham_more` (TOML) besides the services.
+    pub fn start_plus(
+        ctx: &'a Ctx,
+        kind: Kind,
+        n: usize,
+        label: &str,
+        ham_more: &str,
+    ) -> Result<Self> {
         let child = ctx.child.to_string_lossy().into_owned();
         let fifo = ctx.fifo.to_string_lossy().into_owned();
         if kind == Kind::Ham {
-            let mut entities = String::new();
+            let mut entities = ham_more.to_owned();
             for i in 0..n {
                 let id = service_id(i);
                 let _ = writeln!(
@@ -566,6 +577,21 @@ impl<'a> Sup<'a> {
         } else {
             Err(format!("hamctl {}: {st}", args.join(" ")))
         }
+    }
+
+    /// Whether ham's entities `names` are all in `state` (as `hamctl status` names states).
+    pub fn ham_states_settled(&self, names: &[&str], state: &str) -> bool {
+        let Some(h) = &self.ham else { return false };
+        let recs: Vec<_> = h
+            .seg
+            .records()
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .collect();
+        names.iter().all(|n| {
+            recs.iter()
+                .any(|r| r.name == *n && r.state.as_str() == state)
+        })
     }
 
     pub fn stop_service(&self, id: &str) -> Result<bool> {

@@ -66,6 +66,9 @@ pub const FLAG_TOOK_OVER: u32 = 1 << 3;
 /// Header flag: the HAM handed the instance over to a Guardian of a new binary and exited
 /// (`hamctl upgrade`); that Guardian's takeover clears it.
 pub const FLAG_UPGRADING: u32 = 1 << 4;
+/// Header flag: the HAM stopped accepting control connections on purpose (no descriptor
+/// left, or at its cap) until one closes: a connection waiting then is not a hang.
+pub const FLAG_ACCEPT_PAUSED: u32 = 1 << 5;
 
 /// Exit status source: `waitid` on the HAM's own children.
 pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;
@@ -138,13 +141,17 @@ pub struct Header {
     fence_at: AtomicU64,
     /// The etcd lease `fence_at` belongs to (what is placed here hangs on it).
     fence_lease: AtomicU64,
+    /// CLOCK_MONOTONIC ns of the HAM's earliest deadline (its timer), 0: none. The
+    /// Guardian checks that the HAM turned its loop after it, `liveness_timeout` later (0
+    /// in a segment from before it existed: the Guardian watches events only).
+    deadline: AtomicU64,
     /// Layout 9 (the test layout): live upgrades this segment went through.
     #[cfg(feature = "next-layout")]
     upgrades: AtomicU64,
     #[cfg(feature = "next-layout")]
-    _reserved: [AtomicU64; 15 - LIMITS],
+    _reserved: [AtomicU64; 14 - LIMITS],
     #[cfg(not(feature = "next-layout"))]
-    _reserved: [AtomicU64; 16 - LIMITS],
+    _reserved: [AtomicU64; 15 - LIMITS],
     /// The detector ring consumer's position and counts (consumed, rejected, abandoned),
     /// kept here where no client can write them: one A/B record, so that a HAM killed while
     /// recording leaves the previous record whole.
@@ -295,6 +302,13 @@ impl Header {
     }
     pub(crate) fn set_liveness(&self, mono_ns: u64) {
         self.liveness.store(mono_ns, Ordering::Relaxed);
+    }
+    pub(crate) fn set_deadline(&self, mono_ns: u64) {
+        self.deadline.store(mono_ns, Ordering::Relaxed);
+    }
+    /// The HAM's earliest deadline (CLOCK_MONOTONIC ns), 0: none.
+    pub fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
     }
     pub(crate) fn set_flags(&self, flags: u32) {
         self.flags.store(flags, Ordering::Release);

@@ -614,6 +614,12 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Publishes the HAM's earliest deadline (0: none) for its Guardian.
+    pub fn set_deadline(&self, mono_ns: u64) -> Result<(), SegmentError> {
+        self.owned()?.set_deadline(mono_ns);
+        Ok(())
+    }
+
     pub fn set_guardian(&self, pid: i32, start_time: u64) -> Result<(), SegmentError> {
         self.owned()?.set_guardian(pid, start_time);
         Ok(())

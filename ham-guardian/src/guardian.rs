@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use ham_core::layout::FLAG_STOP_INTENT;
+use ham_core::layout::{FLAG_ACCEPT_PAUSED, FLAG_STOP_INTENT};
 use ham_core::segment::{Access, Segment, SegmentError};
 use rustix::event::epoll;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
@@ -23,6 +23,9 @@ const TOK_HAM: u64 = 1;
 const TOK_SOCK: u64 = 2;
 const TOK_SIGNAL: u64 = 3;
 const TOK_TIMER: u64 = 4;
+const TOK_LISTEN: u64 = 5;
+/// Or'ed with a slot: that slot's entity pidfd.
+const TOK_PIDFD: u64 = 1 << 40;
 
 use crate::log::guardian as log;
 
@@ -132,33 +135,20 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
     )
     .map_err(|e| io_err("timerfd")(e.into()))?;
-    let period = (cfg.liveness_timeout_ns / 4).max(1);
-    let ts = Timespec {
-        tv_sec: (period / 1_000_000_000) as i64,
-        tv_nsec: (period % 1_000_000_000) as i64,
-    };
-    rustix::time::timerfd_settime(
-        &timerfd,
-        TimerfdTimerFlags::empty(),
-        &Itimerspec {
-            it_interval: ts,
-            it_value: ts,
-        },
-    )
-    .map_err(|e| io_err("timerfd_settime")(e.into()))?;
-    for (fd, tok) in [
-        (ham_pidfd.as_fd(), TOK_HAM),
-        (sock.as_fd(), TOK_SOCK),
-        (signals.as_fd(), TOK_SIGNAL),
-        (timerfd.as_fd(), TOK_TIMER),
+    for (fd, tok, flags) in [
+        (ham_pidfd.as_fd(), TOK_HAM, epoll::EventFlags::IN),
+        (sock.as_fd(), TOK_SOCK, epoll::EventFlags::IN),
+        (signals.as_fd(), TOK_SIGNAL, epoll::EventFlags::IN),
+        (timerfd.as_fd(), TOK_TIMER, epoll::EventFlags::IN),
+        // A connection waiting: seen once, then looked at again only at its check.
+        (
+            sockets.listener.as_fd(),
+            TOK_LISTEN,
+            epoll::EventFlags::IN | epoll::EventFlags::ONESHOT,
+        ),
     ] {
-        epoll::add(
-            &epoll,
-            fd,
-            epoll::EventData::new_u64(tok),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| io_err("epoll_ctl")(e.into()))?;
+        epoll::add(&epoll, fd, epoll::EventData::new_u64(tok), flags)
+            .map_err(|e| io_err("epoll_ctl")(e.into()))?;
     }
 
     log(
@@ -166,11 +156,16 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
     );
     sys::trim_heap();
+    let timeout = cfg.liveness_timeout_ns;
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let from;
     let mut sock_open = true;
-    let mut last_liveness = seg.header().snapshot().liveness_ns;
-    let mut seen_at = mono_ns();
+    let mut watch = Watch::default();
+    watch.deadline_published(seg.header().deadline());
+    // Once, entering the loop: the HAM knows this Guardian runs (a live upgrade waits for
+    // it). There is no periodic beat: the HAM learns of a stopped Guardian from the kernel.
+    handoff::beat(&sock);
+    let mut armed_at = None;
     let mut events = Vec::with_capacity(8);
     loop {
         events.clear();
@@ -179,14 +174,37 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(io_err("epoll_wait")(e.into())),
         }
+        let now = mono_ns();
         let mut ham_gone = false;
         let mut fenced = false;
         for ev in events.drain(..) {
             match ev.data.u64() {
                 TOK_HAM => ham_gone = true,
-                TOK_SOCK if sock_open && !handoff::recv_all(&sock, &mut passed) => {
-                    sock_open = false;
-                    let _ = epoll::delete(&epoll, &sock);
+                TOK_SOCK if sock_open => {
+                    let mut fresh = HashMap::new();
+                    if !handoff::recv_all(&sock, &mut fresh) {
+                        sock_open = false;
+                        let _ = epoll::delete(&epoll, &sock);
+                    }
+                    for (key, p) in fresh {
+                        if let Some(old) = passed.remove(&key) {
+                            // Out of the epoll set before it is closed: the HAM holds the
+                            // same open file, which would keep a closed descriptor's
+                            // registration alive (and readable for ever once it died).
+                            let _ = epoll::delete(&epoll, &old.pidfd);
+                        }
+                        if p.pid > 0 {
+                            let _ = epoll::add(
+                                &epoll,
+                                &p.pidfd,
+                                epoll::EventData::new_u64(TOK_PIDFD | u64::from(key)),
+                                epoll::EventFlags::IN,
+                            );
+                        }
+                        passed.insert(key, p);
+                    }
+                    // A byte from the HAM says its deadline moved earlier.
+                    watch.deadline_published(seg.header().deadline());
                 }
                 TOK_SIGNAL => {
                     while let Ok(Some(info)) = signals.read_signal() {
@@ -212,34 +230,60 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 TOK_TIMER => {
                     let mut buf = [0u8; 8];
                     let _ = rustix::io::read(&timerfd, &mut buf);
-                    // Our own liveness, for the HAM (which fences a Guardian that stops).
-                    if sock_open {
-                        handoff::beat(&sock);
-                    }
-                    // The log verbosity the HAM was told (kept as level + 1; 0: never set).
-                    if let Some(v) = seg.header().verbosity().checked_sub(1) {
-                        crate::log::set_verbosity(v as u32);
-                    }
-                    let now = mono_ns();
-                    let live = seg.header().snapshot().liveness_ns;
-                    if live != last_liveness {
-                        last_liveness = live;
-                        seen_at = now;
-                    } else if now.saturating_sub(seen_at) >= cfg.liveness_timeout_ns {
-                        log(
-                            &name,
-                            format_args!(
-                                "the HAM (pid {}) has not turned its loop for {}: fencing it",
-                                ham_pid,
-                                ham_core::duration::format_ns(now - seen_at)
-                            ),
-                        );
-                        fence(&name, &ham_pidfd);
-                        ham_gone = true;
-                        fenced = true;
+                    armed_at = None;
+                }
+                TOK_LISTEN => {
+                    watch.conn.get_or_insert(now);
+                }
+                tok if tok & TOK_PIDFD != 0 => {
+                    let key = (tok & !TOK_PIDFD) as u32;
+                    if let Some(p) = passed.get(&key) {
+                        // Dead: seen once (it stays readable), then the HAM must handle it.
+                        let _ = epoll::delete(&epoll, &p.pidfd);
+                        watch.deaths.push((key, p.pid, now));
                     }
                 }
                 _ => {}
+            }
+        }
+        if !ham_gone {
+            // The log verbosity the HAM was told (kept as level + 1; 0: never set).
+            if let Some(v) = seg.header().verbosity().checked_sub(1) {
+                crate::log::set_verbosity(v as u32);
+            }
+            let h = seg.header();
+            let view = HamView {
+                liveness: h.snapshot().liveness_ns,
+                deadline: h.deadline(),
+                accept_paused: h.flags() & FLAG_ACCEPT_PAUSED != 0,
+            };
+            let pending = || listener_pending(&sockets.listener);
+            let still_runs = |slot: u32, pid: i32| {
+                seg.slot(ham_core::layout::SlotIndex(slot))
+                    .and_then(|s| s.read().ok().flatten())
+                    .is_some_and(|r| r.pid == pid && r.state.has_process())
+            };
+            let conn_before = watch.conn;
+            match watch.check(now, timeout, &view, pending, still_runs) {
+                Ok(()) => {}
+                Err(why) => {
+                    log(
+                        &name,
+                        format_args!("the HAM (pid {ham_pid}) {why}: fencing it"),
+                    );
+                    fence(&name, &ham_pidfd);
+                    ham_gone = true;
+                    fenced = true;
+                }
+            }
+            if conn_before.is_some() && watch.conn.is_none() {
+                // Looked at: watch for the next waiting connection.
+                let _ = epoll::modify(
+                    &epoll,
+                    &sockets.listener,
+                    epoll::EventData::new_u64(TOK_LISTEN),
+                    epoll::EventFlags::IN | epoll::EventFlags::ONESHOT,
+                );
             }
         }
         if ham_gone {
@@ -248,6 +292,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             }
             from = Some((ham_pid, fenced));
             break;
+        }
+        let next = watch.next_check(timeout);
+        if next != armed_at {
+            arm(&timerfd, next);
+            armed_at = next;
         }
     }
     drop(sock);
@@ -279,6 +328,147 @@ fn fence(name: &str, ham_pidfd: &OwnedFd) {
             ),
         }
     }
+}
+
+/// What the Guardian reads of its HAM at each look.
+struct HamView {
+    /// When the HAM last began a turn of its loop.
+    liveness: u64,
+    /// Its earliest deadline as published (0: none).
+    deadline: u64,
+    /// It stopped accepting connections on purpose (no descriptor left, or at its cap).
+    accept_paused: bool,
+}
+
+/// What the Guardian waits for its HAM to handle, each at most `liveness_timeout` after
+/// it happened: the HAM's own deadline, the deaths of entity processes (the Guardian holds
+/// their pidfds), a waiting control connection. Nothing else wakes it: an idle pair has no
+/// periodic wake-up, and a HAM that hangs (or is stopped) is fenced `liveness_timeout`
+/// after the first of these it fails to handle.
+#[derive(Default)]
+struct Watch {
+    /// The HAM's deadline being watched: it must begin a turn after it.
+    deadline: Option<u64>,
+    /// The watched deadline passed and a turn began after it, but that turn had not ended
+    /// (the deadline published was still that one) at this time: (deadline, time).
+    turn_unfinished: Option<(u64, u64)>,
+    /// Deaths seen: (slot, pid, when).
+    deaths: Vec<(u32, i32, u64)>,
+    /// A control connection seen waiting, when.
+    conn: Option<u64>,
+}
+
+impl Watch {
+    /// The HAM published `d` (0: no deadline): watched if earlier than what is watched.
+    fn deadline_published(&mut self, d: u64) {
+        if d != 0 && self.deadline.is_none_or(|w| d < w) {
+            self.deadline = Some(d);
+        }
+    }
+
+    /// When to look next: `timeout` after the earliest thing watched.
+    fn next_check(&self, timeout: u64) -> Option<u64> {
+        self.deadline
+            .into_iter()
+            .chain(self.turn_unfinished.map(|(_, t)| t))
+            .chain(self.deaths.iter().map(|d| d.2))
+            .chain(self.conn)
+            .min()
+            .map(|t| t.saturating_add(timeout))
+    }
+
+    /// Looks at everything due at `now`; `Err(why)` when the HAM failed to handle one in
+    /// time. `pending`: a connection waits on the listener; `still_runs(slot, pid)`: the
+    /// slot's record still names that (dead) process as running.
+    fn check(
+        &mut self,
+        now: u64,
+        timeout: u64,
+        ham: &HamView,
+        pending: impl Fn() -> bool,
+        still_runs: impl Fn(u32, i32) -> bool,
+    ) -> Result<(), String> {
+        let due = |t: u64| now >= t.saturating_add(timeout);
+        if let Some(w) = self.deadline.filter(|&w| due(w)) {
+            if ham.liveness < w {
+                return Err(format!(
+                    "has not turned its loop for {} past its deadline",
+                    ham_core::duration::format_ns(now - w)
+                ));
+            }
+            self.deadline = None;
+            if ham.deadline == w {
+                // It began a turn after the deadline but has not ended it (a turn ends by
+                // publishing the next deadline).
+                self.turn_unfinished = Some((w, now));
+            } else {
+                self.deadline_published(ham.deadline);
+            }
+        }
+        if let Some((w, since)) = self.turn_unfinished.filter(|&(_, t)| due(t)) {
+            if ham.deadline == w {
+                return Err(format!(
+                    "has not finished a turn of its loop for {}",
+                    ham_core::duration::format_ns(now - since)
+                ));
+            }
+            self.turn_unfinished = None;
+            self.deadline_published(ham.deadline);
+        }
+        if let Some(&(slot, pid, _)) = self
+            .deaths
+            .iter()
+            .find(|&&(slot, pid, at)| due(at) && still_runs(slot, pid))
+        {
+            return Err(format!(
+                "has not handled the death of pid {pid} (slot {slot}) in {}",
+                ham_core::duration::format_ns(timeout)
+            ));
+        }
+        self.deaths.retain(|&(_, _, at)| !due(at));
+        if let Some(at) = self.conn.filter(|&at| due(at)) {
+            if pending() && ham.liveness < at && !ham.accept_paused {
+                return Err(format!(
+                    "has not taken a control connection in {}",
+                    ham_core::duration::format_ns(now - at)
+                ));
+            }
+            self.conn = None;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a connection waits on the control listener (a look, no wait).
+fn listener_pending(listener: &UnixListener) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        listener,
+        rustix::event::PollFlags::IN,
+    )];
+    matches!(
+        rustix::event::poll(&mut fds, Some(&Timespec::default())),
+        Ok(n) if n > 0
+    )
+}
+
+/// Arms the timer at `at` (CLOCK_MONOTONIC ns), or disarms it.
+fn arm(timerfd: &OwnedFd, at: Option<u64>) {
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let value = at.map_or(zero, |at| Timespec {
+        tv_sec: (at / 1_000_000_000) as i64,
+        tv_nsec: (at % 1_000_000_000).max(1) as i64,
+    });
+    let _ = rustix::time::timerfd_settime(
+        timerfd,
+        TimerfdTimerFlags::ABSTIME,
+        &Itimerspec {
+            it_interval: zero,
+            it_value: value,
+        },
+    );
 }
 
 fn promote(
@@ -315,4 +505,138 @@ fn promote(
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
     Daemon::promote(cfg, text, sockets, passed, from)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_000;
+
+    fn ham(liveness: u64, deadline: u64) -> HamView {
+        HamView {
+            liveness,
+            deadline,
+            accept_paused: false,
+        }
+    }
+
+    fn no_conn() -> bool {
+        false
+    }
+
+    fn none_runs(_: u32, _: i32) -> bool {
+        false
+    }
+
+    #[test]
+    fn nothing_watched_means_no_wake_up() {
+        let w = Watch::default();
+        assert_eq!(w.next_check(T), None);
+    }
+
+    #[test]
+    fn a_deadline_is_checked_timeout_after_it_and_the_next_one_is_taken() {
+        let mut w = Watch::default();
+        w.deadline_published(5_000);
+        w.deadline_published(0);
+        w.deadline_published(7_000); // later: not what is watched
+        assert_eq!(w.next_check(T), Some(6_000));
+        w.deadline_published(4_000); // earlier (the HAM said so): watched instead
+        assert_eq!(w.next_check(T), Some(5_000));
+        // Not due yet: nothing looked at.
+        assert_eq!(
+            w.check(4_999, T, &ham(0, 4_000), no_conn, none_runs),
+            Ok(())
+        );
+        // The HAM turned after it and published the next one.
+        assert_eq!(
+            w.check(5_000, T, &ham(4_001, 9_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), Some(10_000));
+        // It did not turn after that one: hung.
+        let r = w.check(10_000, T, &ham(8_000, 9_000), no_conn, none_runs);
+        assert!(r.unwrap_err().contains("not turned its loop"));
+        // A HAM with no deadline left: nothing watched.
+        let mut w = Watch::default();
+        w.deadline_published(1_000);
+        assert_eq!(
+            w.check(2_000, T, &ham(1_500, 0), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), None);
+    }
+
+    #[test]
+    fn a_turn_that_began_after_the_deadline_must_end_within_the_timeout() {
+        let mut w = Watch::default();
+        w.deadline_published(1_000);
+        // It began a turn after the deadline, still publishing it: not ended yet.
+        assert_eq!(
+            w.check(2_000, T, &ham(1_200, 1_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), Some(3_000));
+        let r = w.check(3_000, T, &ham(1_200, 1_000), no_conn, none_runs);
+        assert!(r.unwrap_err().contains("not finished a turn"));
+        // One that ended it meanwhile is fine, and its new deadline is watched.
+        let mut w = Watch::default();
+        w.deadline_published(1_000);
+        assert_eq!(
+            w.check(2_000, T, &ham(1_200, 1_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(
+            w.check(3_000, T, &ham(1_200, 8_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), Some(9_000));
+    }
+
+    #[test]
+    fn a_death_must_leave_the_record_within_the_timeout() {
+        let mut w = Watch::default();
+        w.deaths.push((3, 42, 1_000));
+        assert_eq!(w.next_check(T), Some(2_000));
+        let runs = |slot: u32, pid: i32| slot == 3 && pid == 42;
+        assert_eq!(w.check(1_500, T, &ham(0, 0), no_conn, runs), Ok(()));
+        let r = w.check(2_000, T, &ham(0, 0), no_conn, runs);
+        assert!(r.unwrap_err().contains("death of pid 42"));
+        // Handled (the record names another process, or none): forgotten.
+        let mut w = Watch::default();
+        w.deaths.push((3, 42, 1_000));
+        assert_eq!(w.check(2_000, T, &ham(0, 0), no_conn, none_runs), Ok(()));
+        assert!(w.deaths.is_empty());
+        assert_eq!(w.next_check(T), None);
+    }
+
+    #[test]
+    fn a_waiting_connection_is_a_hang_unless_taken_turned_for_or_paused_on_purpose() {
+        let pending = || true;
+        let mut w = Watch {
+            conn: Some(1_000),
+            ..Watch::default()
+        };
+        let r = w.check(2_000, T, &ham(900, 0), pending, none_runs);
+        assert!(r.unwrap_err().contains("control connection"));
+        for (view, waits) in [
+            (ham(1_100, 0), true), // it turned after: a new connection waits
+            (ham(900, 0), false),  // it was taken
+            (
+                HamView {
+                    accept_paused: true,
+                    ..ham(900, 0)
+                },
+                true,
+            ),
+        ] {
+            let mut w = Watch {
+                conn: Some(1_000),
+                ..Watch::default()
+            };
+            assert_eq!(w.check(2_000, T, &view, move || waits, none_runs), Ok(()));
+            assert_eq!(w.conn, None);
+        }
+    }
 }

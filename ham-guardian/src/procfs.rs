@@ -6,7 +6,22 @@ use std::path::Path;
 /// `None` if there is no such process. With the pid it names one process: a reused pid has
 /// a different start time.
 pub fn start_time(pid: i32) -> Option<u64> {
-    start_time_in(Path::new("/proc"), pid)
+    // On every spawn's path before the release: one open, one read, one close (not
+    // read_to_string's statx and growing reads). A stat line is a few hundred bytes; one
+    // that fills the buffer is read again whole.
+    let mut buf = [0u8; 1024];
+    let path = format!("/proc/{pid}/stat");
+    let fd = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let n = rustix::io::read(&fd, &mut buf).ok()?;
+    if n == buf.len() {
+        return start_time_in(Path::new("/proc"), pid);
+    }
+    parse_start_time(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 fn start_time_in(proc_root: &Path, pid: i32) -> Option<u64> {
@@ -61,6 +76,14 @@ pub fn parent(pid: i32) -> Option<i32> {
 }
 
 /// True if `pid` runs (and is not a zombie) and started at `start_time`.
+/// Whether `pid`, started at `start_time`, is stopped (`T`: by a signal; `t`: by a
+/// tracer).
+pub fn is_stopped(pid: i32, start_time: u64) -> bool {
+    read_stat(pid).is_some_and(|stat| {
+        matches!(field(&stat, 3), Some("T" | "t")) && parse_start_time(&stat) == Some(start_time)
+    })
+}
+
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
     if pid <= 0 {
         return false;

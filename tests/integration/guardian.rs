@@ -85,20 +85,99 @@ fn a_stopped_ham_is_fenced_and_replaced() {
     );
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
     let (h, g, epoch) = pair(&s);
-    let a = pid_of(&s, "a");
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(h),
         nix::sys::signal::Signal::SIGSTOP,
     )
     .unwrap();
+    // Nothing happens, so nothing is left undone: the pair has no periodic wake-up, and a
+    // stopped HAM with nothing to do harms no one. Then `a` dies: the stopped HAM cannot
+    // handle it, and the Guardian (which holds a's pidfd) fences it `liveness_timeout`
+    // later. (The stop has landed once the state is `T`.)
+    wait_until(&ham, "the HAM stopped", || {
+        std::fs::read_to_string(format!("/proc/{h}/stat"))
+            .is_ok_and(|t| t.rsplit(") ").next().unwrap_or("").starts_with('T'))
+    });
+    sigkill(a);
     // The stopped HAM was killed (fenced) before anyone took its place: never two HAMs.
+    assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
+    let s = ham.wait_for("the guardian promoted, a restarted", |s| {
+        s["ham"]["pid"] == g
+            && s["ham"]["alive"] == true
+            && s["guardian"]["alive"] == true
+            && running(s, "a")
+    });
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    assert_ne!(pid_of(&s, "a"), a);
+    assert_eq!(entity(&s, "a")["restarts"], 1);
+    assert_eq!(pid_of(&s, "b"), b, "b was left alone");
+    assert!(
+        ham.stderr().contains("has not handled the death of pid")
+            && ham.stderr().contains("fencing it"),
+        "{}",
+        ham.stderr()
+    );
+}
+
+#[test]
+fn a_stopped_ham_is_fenced_at_the_first_request_it_does_not_take_and_the_request_answered() {
+    let mut ham = Ham::start_with(
+        "fence-conn",
+        "liveness_timeout = \"300ms\"",
+        &two_sleepers(),
+        &[],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = pair(&s);
+    let a = pid_of(&s, "a");
+    sigstop(h);
+    wait_until(&ham, "the HAM stopped", || {
+        std::fs::read_to_string(format!("/proc/{h}/stat"))
+            .is_ok_and(|t| t.rsplit(") ").next().unwrap_or("").starts_with('T'))
+    });
+    // The request waits on the listener the pair shares: the Guardian sees it, fences the
+    // HAM that does not take it, and answers it as the new HAM.
+    let out = ham.ctl(&["--timeout", "10s", "ping"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
+    let s = ham.status();
+    assert_eq!(pid_at(&s, "ham"), g);
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    assert_eq!(pid_of(&s, "a"), a, "nothing restarted");
+    assert!(
+        ham.stderr().contains("has not taken a control connection"),
+        "{}",
+        ham.stderr()
+    );
+}
+
+#[test]
+fn a_stopped_ham_with_a_deadline_is_fenced_at_it() {
+    // A HAM with a deadline (a held-off entity's, here) must turn its loop after it: stopped
+    // before it, it is fenced `liveness_timeout` after it, with nothing else happening.
+    let body = format!(
+        "{}\n[[entity]]\nname = \"held\"\ncommand = [\"/bin/false\"]\n\
+         policy = {{ kind = \"switch\", exits = 1, within = \"1m\", hold_off = \"1s\", \
+         holdoffs = 1000 }}\n",
+        sleeper("a")
+    );
+    let mut ham = Ham::start_with("fence-deadline", "liveness_timeout = \"300ms\"", &body, &[]);
+    let s = ham.wait_for("held held off", |s| {
+        entity(s, "held")["state"] == "held-off"
+    });
+    let (h, g, epoch) = pair(&s);
+    sigstop(h);
     assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
     let s = ham.wait_for("the guardian promoted", |s| {
         s["ham"]["pid"] == g && s["ham"]["alive"] == true && s["guardian"]["alive"] == true
     });
     assert_eq!(s["ham"]["epoch"], epoch + 1);
-    assert_eq!(pid_of(&s, "a"), a);
-    assert!(ham.stderr().contains("fencing it"), "{}", ham.stderr());
+    assert!(
+        ham.stderr().contains("past its deadline"),
+        "{}",
+        ham.stderr()
+    );
 }
 
 #[test]

@@ -488,7 +488,7 @@ fn a_stopped_guardian_is_fenced_and_replaced() {
         s["guardian"]["alive"] == true && s["guardian"]["pid"].as_i64() != Some(old_guardian.into())
     });
     assert!(
-        ham.stderr().contains("has not turned its loop"),
+        ham.stderr().contains("has been stopped for") && ham.stderr().contains("fencing it"),
         "{}",
         ham.stderr()
     );

@@ -238,7 +238,7 @@ impl Daemon {
         self.drain_ring();
     }
 
-    /// At each liveness tick: a ring with a published event while the HAM is armed means a
+    /// At each housekeeping tick: a ring with a published event while the HAM is armed means a
     /// doorbell was missed (it must not happen; if it does, this says so and recovers).
     pub(super) fn ring_safety_net(&mut self) {
         let Some(c) = &mut self.clients else {
@@ -279,7 +279,7 @@ impl Daemon {
     }
 
     /// A HAM that could not set up the client segment (no memory, no process for its
-    /// doorbell thread, …) tries again at each liveness tick: a transient failure must not
+    /// doorbell thread, …) tries again at each housekeeping tick: a transient failure must not
     /// leave it without heartbeats and the ring for good.
     fn retry_clients(&mut self) {
         let h = self.writer.segment().header();

@@ -6,7 +6,7 @@
 //! with [`CONN_RESERVED`] of them kept for root and ham's own user, and
 //! [`CONN_TIMEOUT_NS`] to send a whole request. When no descriptor is left for a new
 //! connection (`EMFILE`, `ENFILE`) the listener stays readable: ham takes it out of the
-//! epoll set until the next liveness tick or until a connection closes, and says so once a
+//! epoll set until the next housekeeping tick or until a connection closes, and says so once a
 //! second at most, instead of spinning on `accept`.
 
 use std::collections::HashMap;
@@ -233,6 +233,7 @@ impl Daemon {
         if !self.accept_paused {
             let _ = epoll::delete(&self.epoll, &self.listener);
             self.accept_paused = true;
+            self.publish_accept_paused();
         }
     }
 
@@ -245,10 +246,24 @@ impl Daemon {
                 epoll::EventFlags::IN,
             );
             self.accept_paused = added.is_err();
+            self.publish_accept_paused();
         }
     }
 
-    /// At each liveness tick: drops connections that have not sent a whole request in
+    /// Tells the Guardian whether a waiting connection is left waiting on purpose.
+    fn publish_accept_paused(&mut self) {
+        let flags = self.writer.segment().header().flags();
+        let want = if self.accept_paused {
+            flags | ham_core::layout::FLAG_ACCEPT_PAUSED
+        } else {
+            flags & !ham_core::layout::FLAG_ACCEPT_PAUSED
+        };
+        if want != flags {
+            self.wrote(self.writer.set_flags(want));
+        }
+    }
+
+    /// At each housekeeping tick: drops connections that have not sent a whole request in
     /// [`CONN_TIMEOUT_NS`], and listens again if accepting was paused.
     pub(super) fn sweep_conns(&mut self, now: u64) {
         let stale: Vec<u64> = self

@@ -7,11 +7,11 @@ pub(super) struct GuardianProc {
     pub(super) start_time: u64,
     pub(super) pidfd: OwnedFd,
     pub(super) sock: OwnedFd,
-    /// When it last showed it turns its loop (a beat on `sock`), or was started.
-    pub(super) seen_at: u64,
-    /// It has beaten at least once: it runs its loop (its configuration read, the segment
-    /// mapped), so it can take over.
+    /// It has beaten (once, as it enters its loop): it runs its loop (its configuration
+    /// read, the segment mapped), so it can take over.
     pub(super) beaten: bool,
+    /// It was seen stopped (SIGSTOP): when to fence it if it still is.
+    pub(super) stop_check: Option<u64>,
 }
 
 impl Daemon {
@@ -62,6 +62,14 @@ impl Daemon {
             Token::Guardian.data(),
             epoll::EventFlags::IN,
         );
+        // Its socket: readable when it beats (once, entering its loop), writable again
+        // when the backlog of pidfds can go on.
+        let _ = epoll::add(
+            &self.epoll,
+            &g.sock,
+            Token::Handoff.data(),
+            epoll::EventFlags::IN,
+        );
         self.guardian.retry_at = None;
         for e in &self.entities {
             if let Some(fd) = &e.pidfd {
@@ -76,31 +84,57 @@ impl Daemon {
         }
     }
 
-    /// The HAM watches its Guardian's liveness as the Guardian watches the HAM's: one
-    /// that has not beaten for `liveness_timeout` (stopped, or stuck) is fenced — SIGKILL
-    /// through its pidfd — and its death then starts a new one (`on_guardian_exit`).
-    /// Otherwise a stopped Guardian would leave the box unsupervised once the HAM died.
-    pub(super) fn check_guardian(&mut self, now: u64) {
+    /// A child stopped or went on (SIGCHLD): if it is the Guardian and it is stopped
+    /// (SIGSTOP), it is fenced once it has been for `liveness_timeout` — SIGKILL through its
+    /// pidfd — and its death then starts a new one (`on_guardian_exit`). Otherwise a
+    /// stopped Guardian would leave the box unsupervised once the HAM died. The kernel
+    /// tells the parent of a stop: no tick is needed to notice one.
+    pub(super) fn check_guardian_stopped(&mut self) {
+        let Some(g) = &mut self.guardian.proc else {
+            return;
+        };
+        let stopped = matches!(
+            rustix::process::waitid(
+                WaitId::PidFd(g.pidfd.as_fd()),
+                WaitIdOptions::STOPPED | WaitIdOptions::NOHANG,
+            ),
+            Ok(Some(st)) if st.stopped()
+        );
+        if stopped && g.stop_check.is_none() {
+            let at = mono_ns() + self.cfg.liveness_timeout_ns;
+            g.stop_check = Some(at);
+            self.schedule(at, Deadline::GuardianStopped);
+        }
+    }
+
+    /// `liveness_timeout` after the Guardian was seen stopped: fenced if it still is.
+    pub(super) fn guardian_still_stopped(&mut self) {
         let timeout = self.cfg.liveness_timeout_ns;
         let Some(g) = &mut self.guardian.proc else {
             return;
         };
-        if handoff::drain_beats(&g.sock) {
-            g.seen_at = now;
-            g.beaten = true;
+        g.stop_check = None;
+        if !procfs::is_stopped(g.pid, g.start_time) {
+            return; // it went on (SIGCONT)
         }
-        let silent = now.saturating_sub(g.seen_at);
-        if silent >= timeout {
-            g.seen_at = now; // one fence per silence
-            let pid = g.pid;
-            self.guardian.fenced = Some(pid);
-            let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
-            say!(
-                self,
-                "the guardian (pid {pid}) has not turned its loop for {}: fencing it",
-                ham_core::duration::format_ns(silent)
-            );
+        let pid = g.pid;
+        self.guardian.fenced = Some(pid);
+        let _ = rustix::process::pidfd_send_signal(&g.pidfd, rustix::process::Signal::KILL);
+        say!(
+            self,
+            "the guardian (pid {pid}) has been stopped for {}: fencing it",
+            ham_core::duration::format_ns(timeout)
+        );
+    }
+
+    /// The Guardian's socket: a beat (it runs its loop), or room for the backlog.
+    pub(super) fn on_handoff(&mut self) {
+        if let Some(g) = &mut self.guardian.proc {
+            if handoff::drain_beats(&g.sock) {
+                g.beaten = true;
+            }
         }
+        self.on_handoff_writable();
     }
 
     pub(super) fn on_guardian_exit(&mut self) {
@@ -231,11 +265,11 @@ impl GuardianLink {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Full (many attachments at once): keep it, and send when the Guardian
                     // has read some.
-                    let _ = epoll::add(
+                    let _ = epoll::modify(
                         epoll,
                         &g.sock,
                         Token::Handoff.data(),
-                        epoll::EventFlags::OUT,
+                        epoll::EventFlags::IN | epoll::EventFlags::OUT,
                     );
                 }
                 Err(e) => return Err(e),
@@ -261,7 +295,7 @@ impl GuardianLink {
             }
             self.backlog.pop_front();
         }
-        let _ = epoll::delete(epoll, &g.sock);
+        let _ = epoll::modify(epoll, &g.sock, Token::Handoff.data(), epoll::EventFlags::IN);
         failed
     }
 }
@@ -327,8 +361,8 @@ pub(super) fn spawn_guardian_process<'a>(
         e
     })?;
     Ok(GuardianProc {
-        seen_at: mono_ns(),
         beaten: false,
+        stop_check: None,
         pid,
         start_time: procfs::start_time(pid).unwrap_or(0),
         pidfd,

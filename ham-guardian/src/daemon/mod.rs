@@ -1,6 +1,7 @@
 //! The HAM role: one epoll loop over a pidfd per entity, the Guardian's pidfd, a signalfd,
 //! one timerfd for every deadline, and the control socket. Nothing polls: an idle HAM
-//! sleeps in `epoll_wait` until its next deadline (the liveness tick the Guardian watches).
+//! sleeps in `epoll_wait` until its next deadline, and with none it sleeps until something
+//! happens (the Guardian watches the events and the deadline it publishes, not a tick).
 //!
 //! Each entity is a small state machine (`EntityState`); every transition is published to
 //! the state segment in the order `docs/ARCHITECTURE.md` argues is crash-safe. What to do
@@ -163,8 +164,12 @@ pub struct Daemon {
     /// Spawns left in this turn of the loop.
     spawn_budget: u32,
     /// The listener is out of the epoll set (no fd for a connection, or at the cap) until
-    /// the next liveness tick or a connection closes.
+    /// the next housekeeping tick or a connection closes.
     accept_paused: bool,
+    /// A client was given a ring token (`hello`): the ring's safety net ticks from then on.
+    ring_used: bool,
+    /// The deadline last published for the Guardian (0: none).
+    published_deadline: u64,
     /// Repeated log lines, at most one a second per kind.
     limited: conns::RateLimit,
     /// The cluster agent's last report, and when it came.
@@ -285,7 +290,7 @@ impl Daemon {
             );
             self.begin_shutdown(None);
         }
-        self.schedule_tick(mono_ns());
+        self.ensure_housekeeping(mono_ns());
         self.feed_watchdog(mono_ns());
         self.systemd_begin(promoted);
         sys::trim_heap();
@@ -305,6 +310,7 @@ impl Daemon {
                 return Ok(crate::exit::OK);
             }
             self.systemd_ready();
+            self.ensure_housekeeping(mono_ns());
             self.rearm_timer();
             self.arm_ring();
             events.clear();
@@ -329,7 +335,7 @@ impl Daemon {
                     Some(Token::ProcConn) => self.drain_proc_connector(),
                     Some(Token::Notify) => self.on_notify(),
                     Some(Token::Doorbell) => self.on_doorbell(),
-                    Some(Token::Handoff) => self.on_handoff_writable(),
+                    Some(Token::Handoff) => self.on_handoff(),
                     Some(Token::Conn(id)) => self.on_conn(id),
                     Some(Token::Pidfd(i)) => self.on_pidfd(i),
                     Some(Token::Action(id)) => self.on_action_exit(id),

@@ -117,6 +117,7 @@ impl Daemon {
                 let key = self.clients.as_ref().map(|c| c.key);
                 match key {
                     Some(key) => {
+                        self.ring_used = true;
                         let mut r = Response::ok(format!("hello pid {}", peer.pid));
                         r.token = Some(ham_core::client::client_token(
                             key,

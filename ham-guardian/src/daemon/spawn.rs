@@ -165,7 +165,6 @@ impl Daemon {
                     e.rec.start_time = st;
                 }
                 self.publish(i);
-                self.send_to_guardian(self.entities[i].slot, pid, st, &pending.pidfd);
                 failpoint::hit("spawn:after-record-pid");
                 // The release is recorded before it happens: from here on the child runs
                 // even if this HAM dies (it reads this record), and its death is a death.
@@ -176,8 +175,15 @@ impl Daemon {
                     e.rec.started_unix_ns = unix_ns();
                 }
                 self.publish_record(i);
+                // The release first, the Guardian's copy of the pidfd after: the child
+                // does not wait for a syscall it does not need. A HAM that dies between
+                // the two leaves a record naming the pid and its start time, which a
+                // successor adopts as it adopts any process it was not handed.
                 let released = pending.release();
                 failpoint::hit("spawn:after-release");
+                if let Ok((_, pidfd)) = &released {
+                    self.send_to_guardian(self.entities[i].slot, pid, st, pidfd);
+                }
                 released.map_err(|(err, pidfd)| {
                     // The child reported the failure and exits: reap it here.
                     let _ = rustix::process::waitid(

@@ -309,7 +309,7 @@ impl Daemon {
                 ),
             );
         }
-        let tick_ns = (cfg.liveness_timeout_ns / 4).max(1);
+        let tick_ns = cfg.liveness_timeout_ns.max(1);
         let (plog, err) = ProcessLog::open(inst.process_log_path());
         if let Some(e) = err {
             log(
@@ -405,6 +405,8 @@ impl Daemon {
             notify,
             conns: HashMap::new(),
             accept_paused: false,
+            ring_used: false,
+            published_deadline: 0,
             cgroups,
             deferred: Default::default(),
             spawn_budget: SPAWNS_PER_TURN,

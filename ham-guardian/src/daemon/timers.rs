@@ -9,8 +9,12 @@ pub(super) enum Deadline {
     StopKill(EntityId),
     /// A failed spawn is tried again.
     Retry(EntityId),
-    /// The liveness word, and the tick's chores.
+    /// Housekeeping, only while something needs it (open control connections, a paused
+    /// listener, a ring clients were given tokens for, a client segment still to set up):
+    /// stale connections, the ring's safety net.
     Liveness,
+    /// A Guardian seen stopped (SIGSTOP) is fenced if it still is.
+    GuardianStopped,
     /// A Guardian that could not be started is tried again.
     GuardianRetry,
     /// A late exit status may have become readable.
@@ -44,7 +48,7 @@ pub(super) struct Timers {
     fd: OwnedFd,
     heap: BinaryHeap<Reverse<(u64, Deadline)>>,
     armed_at: Option<u64>,
-    /// The liveness tick's period, and the tick the heap holds.
+    /// The housekeeping tick's period, and the tick the heap holds.
     tick_ns: u64,
     next_tick: u64,
 }
@@ -65,10 +69,18 @@ impl Timers {
         self.heap.push(Reverse((at, deadline)));
     }
 
-    /// The next liveness tick from `now`.
+    /// The next housekeeping tick from `now`: one period on, rounded up to a whole second
+    /// (for periods of a second or more) so that it shares the wake-ups of heartbeat checks,
+    /// which fall on multiples of their periods.
     pub(super) fn next_tick(&mut self, now: u64) -> u64 {
-        self.next_tick = now + self.tick_ns;
+        let grid = self.tick_ns.min(1_000_000_000);
+        self.next_tick = (now + self.tick_ns).div_ceil(grid) * grid;
         self.next_tick
+    }
+
+    /// A housekeeping tick is pending.
+    pub(super) fn tick_pending(&self, now: u64) -> bool {
+        self.next_tick > now
     }
 
     /// The earliest deadline, due or not.
@@ -151,12 +163,13 @@ impl Daemon {
             }
             match deadline {
                 Deadline::Liveness => {
-                    self.wrote(self.writer.set_liveness(now));
-                    self.schedule_tick(now);
                     self.ring_safety_net();
                     self.sweep_conns(now);
-                    self.check_guardian(now);
+                    if self.housekeeping_needed() {
+                        self.schedule_tick(now);
+                    }
                 }
+                Deadline::GuardianStopped => self.guardian_still_stopped(),
                 Deadline::GuardianRetry => self.spawn_guardian(),
                 Deadline::Feed => self.feed_watchdog(now),
                 Deadline::SystemdWatchdog => self.systemd_watchdog(now),
@@ -225,6 +238,11 @@ impl Daemon {
             Deadline::Retry(i) => self.entities[i].retry_at == Some(at),
             Deadline::Liveness => self.timers.next_tick == at,
             Deadline::GuardianRetry => self.guardian.retry_at == Some(at),
+            Deadline::GuardianStopped => self
+                .guardian
+                .proc
+                .as_ref()
+                .is_some_and(|g| g.stop_check == Some(at)),
             Deadline::StatusPatch(_) => self.patches.iter().any(|p| p.at == at),
             Deadline::Action(id) => self.runs.get(&id).is_some_and(|r| match &r.waiting {
                 Some(Wait::Delay { until }) => *until == at,
@@ -271,6 +289,39 @@ impl Daemon {
         if let Err(e) = self.timers.arm() {
             say!(self, "cannot arm the timer: {e}");
         }
+        self.publish_deadline();
+    }
+
+    /// Whether housekeeping must tick (see [`Deadline::Liveness`]); with nothing of that
+    /// kind an idle HAM has no periodic wake-up at all.
+    pub(super) fn housekeeping_needed(&self) -> bool {
+        !self.conns.is_empty() || self.accept_paused || self.clients.is_none() || self.ring_used
+    }
+
+    /// Schedules a housekeeping tick if one is needed and none is pending.
+    pub(super) fn ensure_housekeeping(&mut self, now: u64) {
+        if self.housekeeping_needed() && !self.timers.tick_pending(now) {
+            self.schedule_tick(now);
+        }
+    }
+
+    /// Publishes the earliest deadline for the Guardian, which checks that this HAM turned
+    /// its loop after it (within `liveness_timeout`). A deadline earlier than the one
+    /// published before may be earlier than the one the Guardian watches: it is told (one
+    /// byte on its socket, which wakes it to read the new one).
+    fn publish_deadline(&mut self) {
+        let next = self.timers.peek().map_or(0, |(at, _)| at);
+        if next == self.published_deadline {
+            return;
+        }
+        let earlier = next != 0 && (self.published_deadline == 0 || next < self.published_deadline);
+        self.published_deadline = next;
+        self.wrote(self.writer.set_deadline(next));
+        if earlier {
+            if let Some(g) = &self.guardian.proc {
+                handoff::beat(&g.sock);
+            }
+        }
     }
 
     pub(super) fn on_signals(&mut self) {
@@ -281,7 +332,10 @@ impl Daemon {
                         say!(self, "signal {} received: shutting down", info.ssi_signo);
                         self.begin_shutdown(None);
                     }
-                    Ok(Signal::SIGCHLD) => self.reap_children(),
+                    Ok(Signal::SIGCHLD) => {
+                        self.reap_children();
+                        self.check_guardian_stopped();
+                    }
                     Ok(Signal::SIGHUP) => {
                         say!(
                             self,
