@@ -237,7 +237,9 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 }
                 tok if tok & TOK_PIDFD != 0 => {
                     let key = (tok & !TOK_PIDFD) as u32;
-                    if let Some(p) = passed.get(&key) {
+                    // The event may be stale: this batch can also have brought the slot's
+                    // next pidfd (handled above), which names a live process.
+                    if let Some(p) = passed.get(&key).filter(|p| readable(&p.pidfd)) {
                         // Dead: seen once (it stays readable), then the HAM must handle it.
                         let _ = epoll::delete(&epoll, &p.pidfd);
                         watch.deaths.push((key, p.pid, now));
@@ -390,18 +392,20 @@ impl Watch {
     ) -> Result<(), String> {
         let due = |t: u64| now >= t.saturating_add(timeout);
         if let Some(w) = self.deadline.filter(|&w| due(w)) {
-            if ham.liveness < w {
-                return Err(format!(
-                    "has not turned its loop for {} past its deadline",
-                    ham_core::duration::format_ns(now - w)
-                ));
-            }
             self.deadline = None;
             if ham.deadline == w {
-                // It began a turn after the deadline but has not ended it (a turn ends by
-                // publishing the next deadline).
+                // Still its earliest deadline: it must have begun a turn after it...
+                if ham.liveness < w {
+                    return Err(format!(
+                        "has not turned its loop for {} past its deadline",
+                        ham_core::duration::format_ns(now - w)
+                    ));
+                }
+                // ...and end it (a turn ends by publishing its next deadline).
                 self.turn_unfinished = Some((w, now));
             } else {
+                // It published another since: this one was handled, or dropped (a stop
+                // timeout whose process exited first). The new one is watched.
                 self.deadline_published(ham.deadline);
             }
         }
@@ -441,10 +445,13 @@ impl Watch {
 
 /// Whether a connection waits on the control listener (a look, no wait).
 fn listener_pending(listener: &UnixListener) -> bool {
-    let mut fds = [rustix::event::PollFd::new(
-        listener,
-        rustix::event::PollFlags::IN,
-    )];
+    readable(listener)
+}
+
+/// Whether `fd` is readable now (a look, no wait): a pidfd whose process exited, a
+/// listener with a connection waiting.
+fn readable(fd: &impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
     matches!(
         rustix::event::poll(&mut fds, Some(&Timespec::default())),
         Ok(n) if n > 0
@@ -558,6 +565,15 @@ mod tests {
         // It did not turn after that one: hung.
         let r = w.check(10_000, T, &ham(8_000, 9_000), no_conn, none_runs);
         assert!(r.unwrap_err().contains("not turned its loop"));
+        // A deadline dropped unhandled (a stop timeout whose process exited first): the HAM
+        // published a later one without turning at the first. Not a hang.
+        let mut w = Watch::default();
+        w.deadline_published(5_000);
+        assert_eq!(
+            w.check(6_000, T, &ham(1_000, 20_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), Some(21_000));
         // A HAM with no deadline left: nothing watched.
         let mut w = Watch::default();
         w.deadline_published(1_000);

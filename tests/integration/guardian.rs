@@ -153,6 +153,34 @@ fn a_stopped_ham_is_fenced_at_the_first_request_it_does_not_take_and_the_request
 }
 
 #[test]
+fn a_deadline_dropped_unhandled_is_not_taken_for_a_hang() {
+    // A stop arms a SIGKILL deadline (stop_timeout, 2 s); the process exits at once on
+    // SIGTERM, so the deadline is dropped without the HAM ever turning at it, and the HAM
+    // has nothing else to do. Its Guardian watched that deadline: it must see the HAM
+    // published another (none) and not fence it.
+    let ham = Ham::start_with(
+        "dropped-deadline",
+        "liveness_timeout = \"300ms\"",
+        &two_sleepers(),
+        &[],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, _, epoch) = pair(&s);
+    assert!(ham.ctl(&["stop", "a"]).status.success());
+    let stopped = std::time::Instant::now();
+    ham.wait_for("a stopped", |s| entity(s, "a")["state"] == "stopped");
+    // Absence over a bounded window: past the dropped deadline (2 s) + liveness_timeout,
+    // with a margin, nothing may have been fenced.
+    while stopped.elapsed() < std::time::Duration::from_millis(3_000) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let s = ham.status();
+    assert_eq!(pid_at(&s, "ham"), h, "{}", ham.stderr());
+    assert_eq!(s["ham"]["epoch"], epoch, "{}", ham.stderr());
+    assert!(!ham.stderr().contains("fencing"), "{}", ham.stderr());
+}
+
+#[test]
 fn a_stopped_ham_with_a_deadline_is_fenced_at_it() {
     // A HAM with a deadline (a held-off entity's, here) must turn its loop after it: stopped
     // before it, it is fenced `liveness_timeout` after it, with nothing else happening.
