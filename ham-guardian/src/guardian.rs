@@ -17,6 +17,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 
 use crate::daemon::{Daemon, DaemonError, Sockets};
 use crate::handoff::{self, Passed};
+use crate::sys::readable;
 use crate::{config, exit, mono_ns, procfs, sys};
 
 const TOK_HAM: u64 = 1;
@@ -446,16 +447,6 @@ impl Watch {
 /// Whether a connection waits on the control listener (a look, no wait).
 fn listener_pending(listener: &UnixListener) -> bool {
     readable(listener)
-}
-
-/// Whether `fd` is readable now (a look, no wait): a pidfd whose process exited, a
-/// listener with a connection waiting.
-fn readable(fd: &impl AsFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-    matches!(
-        rustix::event::poll(&mut fds, Some(&Timespec::default())),
-        Ok(n) if n > 0
-    )
 }
 
 /// Arms the timer at `at` (CLOCK_MONOTONIC ns), or disarms it.

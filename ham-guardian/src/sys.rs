@@ -564,6 +564,16 @@ impl Pending {
     }
 }
 
+/// Whether `fd` is readable now (a look, no wait): a pidfd whose process exited, a
+/// listener with a connection waiting.
+pub fn readable(fd: &impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    matches!(
+        rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())),
+        Ok(n) if n > 0
+    )
+}
+
 /// Takes ownership of a descriptor inherited across `execve` (the Guardian's handoff fds),
 /// after checking it is open, and marks it close-on-exec.
 pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {

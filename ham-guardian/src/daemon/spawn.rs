@@ -123,7 +123,7 @@ impl Daemon {
             .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
         // How it starts: first, or restarted with or without its checkpoints, and how the
         // process before it ended.
-        let mut env = e.env.clone();
+        let mut env = full_env(&e.cfg, &e.env);
         env.push(("HAM_RESTART".into(), e.rec.restart_kind.as_str().into()));
         env.push((
             "HAM_PREVIOUS_EXIT".into(),
@@ -327,20 +327,42 @@ pub(super) fn own_restart_command(cfg: &EntityConfig) -> Option<(std::path::Path
 
 /// An entity's environment: ham's own (without its HAM_* and failpoint variables), the
 /// entity's `env`, and the variables that name its instance. Computed once per entity.
+/// ham's environment as every entity inherits it (without the failpoints', the `HAM_*` and
+/// ham's own sd_notify variables): read once and shared, not copied into each entity (a
+/// few KiB each: the bulk of the HAM's heap per entity once).
+fn inherited_env() -> &'static [(String, String)] {
+    static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars()
+            .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()))
+            .filter(|(k, _)| !k.starts_with("HAM_"))
+            // ham's own sd_notify variables (if a service manager started it) are not its
+            // entities'.
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
+                )
+            })
+            .collect()
+    })
+}
+
+/// The whole environment of entity `ec`'s process: what it inherits from ham (less what
+/// its own `env` sets) and `own` (see [`entity_env`]).
+pub(super) fn full_env(ec: &EntityConfig, own: &[(String, String)]) -> Vec<(String, String)> {
+    inherited_env()
+        .iter()
+        .filter(|(k, _)| !ec.env.contains_key(k))
+        .chain(own)
+        .cloned()
+        .collect()
+}
+
+/// What entity `ec`'s environment adds to ham's: its own `env`, and ham's variables.
 pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()) && !ec.env.contains_key(k))
-        .filter(|(k, _)| !k.starts_with("HAM_"))
-        // ham's own sd_notify variables (if a service manager started it) are not its
-        // entities'.
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
-            )
-        })
-        .collect();
-    env.extend(ec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut env: Vec<(String, String)> =
+        ec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.push(("HAM_INSTANCE".into(), cfg.instance.name.clone()));
     env.push((
         "HAM_RUN_DIR".into(),

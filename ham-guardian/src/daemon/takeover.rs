@@ -53,6 +53,7 @@ impl Daemon {
         let cfgs = self.cfg.entities.clone();
         let mut to_resume = Vec::new();
         let mut to_start = Vec::new();
+        let mut existing_ids = HashSet::new();
         for ec in cfgs {
             let env = entity_env(&ec, &self.cfg);
             let (slot, rec, existing) = match found.remove(&ec.name) {
@@ -68,6 +69,7 @@ impl Daemon {
             let i = self.entities.push(Entity::new(ec, slot, rec, env));
             if existing {
                 to_resume.push(i);
+                existing_ids.insert(i);
             } else {
                 to_start.push(i);
             }
@@ -85,12 +87,35 @@ impl Daemon {
         if to_resume.iter().any(|&i| self.entities[i].rec.pid > 0) {
             self.ensure_proc_connector();
         }
-        for i in to_resume {
+        // What died while no HAM watched (or never started) first: its restart must not
+        // wait for the adoption of everything that still runs. A process handed over is
+        // dead if its pidfd is readable; one not handed over is looked at in turn.
+        let dead = |d: &Self, i: EntityId| {
+            let r = &d.entities[i].rec;
+            !r.state.has_process()
+                || passed
+                    .get(&d.entities[i].slot.0)
+                    .is_some_and(|p| p.pid == r.pid && sys::readable(&p.pidfd))
+        };
+        let (first, then): (Vec<EntityId>, Vec<EntityId>) =
+            to_resume.into_iter().partition(|&i| dead(self, i));
+        let mut adopted = 0usize;
+        for i in first.into_iter().chain(then) {
             let p = passed.remove(&self.entities[i].slot.0);
             self.resume(i, p);
+            adopted += usize::from(self.entities[i].adopted);
         }
+        if adopted > 0 {
+            say!(self, "adopted {adopted} running process(es)");
+        }
+        // A takeover's cgroups were made by its predecessor from the same configuration;
+        // a warm start (perhaps a new configuration) makes them, and writes their limits.
+        let promoted =
+            self.writer.segment().header().flags() & ham_core::layout::FLAG_TOOK_OVER != 0;
         for i in EntityId::all(self.entities.len()) {
-            self.prepare_cgroup(i);
+            if !(promoted && existing_ids.contains(&i)) {
+                self.prepare_cgroup(i);
+            }
         }
         // The cluster places these: they start when it does, not now.
         let (placed, to_start): (Vec<EntityId>, Vec<EntityId>) = to_start
@@ -205,7 +230,11 @@ impl Daemon {
                             e.rec.started_unix_ns = unix_ns();
                         }
                         let stopping = e.rec.state == EntityState::Stopping;
-                        say!(self, "{}: adopted pid {}", rec.name, rec.pid);
+                        // One line for all of them (`adopt`); each at a verbose log.
+                        crate::log::ham_verbose(
+                            &self.cfg.instance.name,
+                            format_args!("{}: adopted pid {}", rec.name, rec.pid),
+                        );
                         if stopping {
                             // Resume the stop (or the restart it was part of): signal again
                             // and arm a fresh deadline, with the intent the record gave.
