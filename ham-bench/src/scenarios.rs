@@ -729,6 +729,10 @@ pub fn footprint(
 /// Services the idle scenario stops (with each supervisor's own command) before it measures.
 const IDLE_DOWN: usize = 10;
 
+/// How long ham settles before an idle window: two of the bench's liveness timeouts (2 s)
+/// and a second for the housekeeping tick's rounding to whole seconds.
+const HAM_SETTLE_S: f64 = 5.0;
+
 /// ham's idle instance also holds what an operator's box holds besides running services:
 /// entities that exited for good (`restart = "never"`) and crash-loopers held off by their
 /// policy (a busy loop once hid there). Not counted among the 100 services.
@@ -881,7 +885,11 @@ pub fn idle(
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
+                // What an operator's last command set going ends within two liveness
+                // timeouts (2 s here): a housekeeping tick while its connection was open, the
+                // Guardian's checks of that connection and of the HAM's deadlines. Idle is
+                // measured after that.
+                sys::sleep_interruptible((settle_s(kind).max(HAM_SETTLE_S)) * p.settle_scale)?;
                 let mut extra = idle_window(&sup, "ham-quiet", p, problems)?;
                 extra.insert("stopped_services".into(), json!(down));
                 extra.insert("exited_entities".into(), json!(2));
@@ -903,7 +911,13 @@ pub fn idle(
             } else {
                 None
             };
-            sys::sleep_interruptible(settle_s(kind) * p.settle_scale)?;
+            let settle = settle_s(kind) * p.settle_scale;
+            let settle = if kind == Kind::Ham {
+                HAM_SETTLE_S * p.settle_scale
+            } else {
+                settle
+            };
+            sys::sleep_interruptible(settle)?;
             let mut extra = idle_window(&sup, &name, p, problems)?;
             let heartbeating = beats.is_some();
             drop(beats);

@@ -272,7 +272,13 @@ impl<'a> Sup<'a> {
                     toml_str(&fifo)
                 );
             }
-            return Self::start_ham(ctx, label, "", &entities);
+            // Past ham's default capacity (1024 entities), room for them all.
+            let extra = if n + 16 > 1024 {
+                format!("max_entities = {}\n", n + 16)
+            } else {
+                String::new()
+            };
+            return Self::start_ham(ctx, label, &extra, &entities);
         }
         let (_, dir) = ctx.new_dir(kind, label)?;
         let mut exes = Vec::new();
