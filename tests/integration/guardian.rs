@@ -86,19 +86,11 @@ fn a_stopped_ham_is_fenced_and_replaced() {
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
     let (h, g, epoch) = pair(&s);
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(h),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
     // Nothing happens, so nothing is left undone: the pair has no periodic wake-up, and a
     // stopped HAM with nothing to do harms no one. Then `a` dies: the stopped HAM cannot
     // handle it, and the Guardian (which holds a's pidfd) fences it `liveness_timeout`
-    // later. (The stop has landed once the state is `T`.)
-    wait_until(&ham, "the HAM stopped", || {
-        std::fs::read_to_string(format!("/proc/{h}/stat"))
-            .is_ok_and(|t| t.rsplit(") ").next().unwrap_or("").starts_with('T'))
-    });
+    // later.
+    sigstop_landed(&ham, h);
     sigkill(a);
     // The stopped HAM was killed (fenced) before anyone took its place: never two HAMs.
     assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
@@ -133,11 +125,7 @@ fn a_stopped_ham_is_fenced_at_the_first_request_it_does_not_take_and_the_request
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
     let (h, g, epoch) = pair(&s);
     let a = pid_of(&s, "a");
-    sigstop(h);
-    wait_until(&ham, "the HAM stopped", || {
-        std::fs::read_to_string(format!("/proc/{h}/stat"))
-            .is_ok_and(|t| t.rsplit(") ").next().unwrap_or("").starts_with('T'))
-    });
+    sigstop_landed(&ham, h);
     // The request waits on the listener the pair shares: the Guardian sees it, fences the
     // HAM that does not take it, and answers it as the new HAM.
     let out = ham.ctl(&["--timeout", "10s", "ping"]);

@@ -471,6 +471,15 @@ pub fn sleeper(name: &str) -> String {
     )
 }
 
+/// SIGSTOPs `pid` (one of `ham`'s processes) and waits until the stop has landed (state `T`).
+pub fn sigstop_landed(ham: &Ham, pid: i32) {
+    sigstop(pid);
+    wait_until(ham, &format!("pid {pid} stopped"), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|t| t.rsplit(") ").next().unwrap_or("").starts_with('T'))
+    });
+}
+
 /// SIGSTOPs `pid` (a process the test started, or one of its instance's).
 pub fn sigstop(pid: i32) {
     nix::sys::signal::kill(
