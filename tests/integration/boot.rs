@@ -17,7 +17,7 @@ fn await_message(sock: &UnixDatagram, what: &str, pred: impl Fn(&str) -> bool) -
         let left = DEADLINE.saturating_sub(start.elapsed());
         assert!(!left.is_zero(), "no {what}; the manager got {seen:?}");
         sock.set_read_timeout(Some(left)).unwrap();
-        match sock.recv(&mut buf) {
+        match recv_retrying(sock, &mut buf) {
             Ok(n) => {
                 let m = String::from_utf8_lossy(&buf[..n]).into_owned();
                 if pred(&m) {

@@ -239,7 +239,7 @@ fn captured_lines_can_also_go_to_syslog() {
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     while got.len() < 3 {
-        let n = sock.recv(&mut buf).expect("a syslog line");
+        let n = recv_retrying(&sock, &mut buf).expect("a syslog line");
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();
         // The process log's restart lines go there too; only s's output is counted.
         if m.starts_with("<30>s: ") {

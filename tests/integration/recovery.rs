@@ -99,9 +99,7 @@ fn each_restart_goes_to_syslog_at_log_err() {
     let pid = pid_of(&s, "web");
     sigkill(pid);
     let mut buf = [0u8; 512];
-    let n = rx
-        .recv(&mut buf)
-        .expect("a syslog message within the deadline");
+    let n = recv_retrying(&rx, &mut buf).expect("a syslog message within the deadline");
     let msg = String::from_utf8_lossy(&buf[..n]);
     assert!(msg.starts_with("<27>ham["), "{msg}");
     assert!(

@@ -471,6 +471,21 @@ pub fn sleeper(name: &str) -> String {
     )
 }
 
+/// `sock.recv`, again after a signal: a socket with a read timeout returns EINTR when any
+/// signal with a handler reaches this thread, whatever `SA_RESTART` says (tests in this
+/// process subscribe to signals).
+pub fn recv_retrying(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// SIGSTOPs `pid` (one of `ham`'s processes) and waits until the stop has landed (state `T`).
 pub fn sigstop_landed(ham: &Ham, pid: i32) {
     sigstop(pid);
