@@ -302,7 +302,8 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             armed_at = next;
         }
     }
-    drop(sock);
+    // The watching is over: nothing of it goes on in the promoted HAM.
+    drop((sock, epoll, timerfd));
     let flags = seg.header().flags();
     drop(seg);
     promote(cfg, text, sockets, passed, flags, from)

@@ -290,7 +290,7 @@ impl Daemon {
             );
             self.begin_shutdown(None);
         }
-        self.ensure_housekeeping(mono_ns());
+        self.ensure_housekeeping();
         self.feed_watchdog(mono_ns());
         self.systemd_begin(promoted);
         sys::trim_heap();
@@ -310,7 +310,7 @@ impl Daemon {
                 return Ok(crate::exit::OK);
             }
             self.systemd_ready();
-            self.ensure_housekeeping(mono_ns());
+            self.ensure_housekeeping();
             self.rearm_timer();
             self.arm_ring();
             events.clear();

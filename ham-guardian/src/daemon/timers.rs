@@ -12,7 +12,7 @@ pub(super) enum Deadline {
     /// Housekeeping, only while something needs it (open control connections, a paused
     /// listener, a ring clients were given tokens for, a client segment still to set up):
     /// stale connections, the ring's safety net.
-    Liveness,
+    Housekeeping,
     /// A Guardian seen stopped (SIGSTOP) is fenced if it still is.
     GuardianStopped,
     /// A Guardian that could not be started is tried again.
@@ -78,9 +78,9 @@ impl Timers {
         self.next_tick
     }
 
-    /// A housekeeping tick is pending.
-    pub(super) fn tick_pending(&self, now: u64) -> bool {
-        self.next_tick > now
+    /// A housekeeping tick is pending (0: none, since the last one fired).
+    pub(super) fn tick_pending(&self) -> bool {
+        self.next_tick != 0
     }
 
     /// The earliest deadline, due or not.
@@ -149,7 +149,7 @@ impl AsFd for Timers {
 impl Daemon {
     pub(super) fn schedule_tick(&mut self, now: u64) {
         let at = self.timers.next_tick(now);
-        self.schedule(at, Deadline::Liveness);
+        self.schedule(at, Deadline::Housekeeping);
     }
 
     // -- processes -------------------------------------------------------------------------
@@ -162,12 +162,12 @@ impl Daemon {
                 continue;
             }
             match deadline {
-                Deadline::Liveness => {
+                Deadline::Housekeeping => {
+                    // The next one, if still needed, at the loop's next turn
+                    // (`ensure_housekeeping`).
+                    self.timers.next_tick = 0;
                     self.ring_safety_net();
                     self.sweep_conns(now);
-                    if self.housekeeping_needed() {
-                        self.schedule_tick(now);
-                    }
                 }
                 Deadline::GuardianStopped => self.guardian_still_stopped(),
                 Deadline::GuardianRetry => self.spawn_guardian(),
@@ -236,7 +236,7 @@ impl Daemon {
             Deadline::Watchdog(i) => self.entities[i].watchdog_at == Some(at),
             Deadline::StopKill(i) => self.entities[i].stop_deadline == Some(at),
             Deadline::Retry(i) => self.entities[i].retry_at == Some(at),
-            Deadline::Liveness => self.timers.next_tick == at,
+            Deadline::Housekeeping => self.timers.next_tick == at,
             Deadline::GuardianRetry => self.guardian.retry_at == Some(at),
             Deadline::GuardianStopped => self
                 .guardian
@@ -292,16 +292,17 @@ impl Daemon {
         self.publish_deadline();
     }
 
-    /// Whether housekeeping must tick (see [`Deadline::Liveness`]); with nothing of that
+    /// Whether housekeeping must tick (see [`Deadline::Housekeeping`]); with nothing of that
     /// kind an idle HAM has no periodic wake-up at all.
     pub(super) fn housekeeping_needed(&self) -> bool {
         !self.conns.is_empty() || self.accept_paused || self.clients.is_none() || self.ring_used
     }
 
-    /// Schedules a housekeeping tick if one is needed and none is pending.
-    pub(super) fn ensure_housekeeping(&mut self, now: u64) {
-        if self.housekeeping_needed() && !self.timers.tick_pending(now) {
-            self.schedule_tick(now);
+    /// Schedules a housekeeping tick if one is needed and none is pending (once per turn
+    /// of the loop: the clock is read only when one is scheduled).
+    pub(super) fn ensure_housekeeping(&mut self) {
+        if self.housekeeping_needed() && !self.timers.tick_pending() {
+            self.schedule_tick(mono_ns());
         }
     }
 
@@ -383,11 +384,11 @@ mod tests {
         let mut t = timers();
         let e = EntityId::from_index(3);
         t.push(30, Deadline::Retry(e));
-        t.push(10, Deadline::Liveness);
+        t.push(10, Deadline::Housekeeping);
         t.push(20, Deadline::StopKill(e));
         t.push(20, Deadline::HoldOff(e));
         assert_eq!(t.pop_due(5), None, "nothing due yet");
-        assert_eq!(t.pop_due(25), Some((10, Deadline::Liveness)));
+        assert_eq!(t.pop_due(25), Some((10, Deadline::Housekeeping)));
         // Same time: by kind, so the order is the same on every run.
         assert_eq!(t.pop_due(25), Some((20, Deadline::StopKill(e))));
         assert_eq!(t.pop_due(25), Some((20, Deadline::HoldOff(e))));
@@ -401,7 +402,7 @@ mod tests {
         t.arm().unwrap();
         assert_eq!(t.armed_at(), None, "nothing to wait for");
         let soon = mono_ns() + 2_000_000;
-        t.push(soon + 1_000_000_000, Deadline::Liveness);
+        t.push(soon + 1_000_000_000, Deadline::Housekeeping);
         t.push(soon, Deadline::RingStall);
         t.arm().unwrap();
         assert_eq!(t.armed_at(), Some(soon));
