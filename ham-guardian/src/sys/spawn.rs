@@ -1,0 +1,1206 @@
+//! Starting a program with a release handshake: the child prepares itself, then waits
+//! before `execve` until the parent has recorded its pid (see `daemon::spawn`).
+//!
+//! On x86-64 the child is created by `clone3(CLONE_VM)`, as `posix_spawn` creates one: it
+//! shares this process's memory on a stack of its own, so nothing is copied for it (no
+//! page tables, no page copied on write) and its `execve` has nothing to unmap. A spawn
+//! then costs the same whatever the size of the HAM. Sharing memory binds the child:
+//! - it makes raw system calls only: no libc function (they write `errno`, in this
+//!   thread's TLS, which the child shares) and nothing that allocates;
+//! - everything it reads (paths, arguments, descriptors, its stack) is owned by the
+//!   [`Pending`] until the child is past `execve` or dead, which the end of its status
+//!   pipe says: a `Pending` dropped unreleased waits for that too;
+//! - it starts with every signal blocked (blocked here around the `clone3`) and sets
+//!   every signal that has a handler here back to its default before it unblocks any,
+//!   so no handler of this process ever runs on the child's stack;
+//! - the kernel gives it no rseq area and no robust-futex list (`CLONE_VM`), so it writes
+//!   into this process's memory only what it is told to (its pid, for `env_own_pid`).
+//!
+//! A HAM killed while the child waits takes only its own threads down: the child keeps
+//! the memory alive, reads the end of the release pipe and decides as before (exit, or
+//! run if the release was recorded). A HAM that dumps core or is chosen by the OOM killer
+//! takes the child with it (the kernel kills every process sharing that memory); the
+//! child then dies before running anything, or after its release was recorded, and a
+//! successor counts that death like any other.
+//!
+//! Elsewhere (another architecture, or a kernel or seccomp filter that refuses `clone3`)
+//! the child is forked; the same child code runs in its copy of memory.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::kernel;
+
+/// Everything a child needs, prepared before it is created so the child allocates nothing.
+pub struct SpawnSpec {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// `(source, target)`: the child gets `source` as fd `target` (without CLOEXEC).
+    fds: Vec<(OwnedFd, RawFd)>,
+    /// The cgroup (a directory descriptor) the child is created in (`clone3` with
+    /// `CLONE_INTO_CGROUP`), if any.
+    cgroup: Option<OwnedFd>,
+    new_process_group: bool,
+    exec_if_orphaned: bool,
+    /// RLIMIT_CORE raised to its highest (the entity's `cores`).
+    core_unlimited: bool,
+    released_in: ReleaseRecord,
+    /// `NAME=` and room for a pid: an environment variable the child sets to its own pid
+    /// before `execve` (`WATCHDOG_PID`, which only the child can know).
+    own_pid_var: Option<Vec<u8>>,
+}
+
+/// Where a forked child whose parent died before releasing it looks to decide whether it
+/// was released all the same (the parent records the release before it happens).
+#[derive(Clone, Copy)]
+enum ReleaseRecord {
+    /// Nowhere: an orphaned child never runs its program.
+    None,
+    /// An entity's record: released if it says `Running` with the child's pid.
+    Entity(*const ham_core::layout::EntitySlot),
+    /// A condition run's journal record: released if its command is `pid`, released.
+    Run(*const ham_core::journal::RunSlot),
+}
+
+fn cstr(s: &str, what: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+impl SpawnSpec {
+    pub fn new(
+        path: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        // A bare program name (a run-time definition's, not looked for when it was
+        // defined) is looked up in the `PATH` it runs with now.
+        let found;
+        let path = if !path.as_os_str().is_empty() && !path.as_os_str().as_bytes().contains(&b'/') {
+            let search = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            found = search
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| std::path::Path::new(d).join(path))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("`{}` not found in PATH ({search})", path.display()),
+                    )
+                })?;
+            found.as_path()
+        } else {
+            path
+        };
+        Ok(Self {
+            path: CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
+            })?,
+            argv: argv
+                .iter()
+                .map(|a| cstr(a, "argument"))
+                .collect::<io::Result<_>>()?,
+            envp: env
+                .iter()
+                .map(|(k, v)| cstr(&format!("{k}={v}"), "environment"))
+                .collect::<io::Result<_>>()?,
+            cwd: None,
+            uid: None,
+            gid: None,
+            fds: Vec::new(),
+            new_process_group: false,
+            core_unlimited: false,
+            exec_if_orphaned: false,
+            released_in: ReleaseRecord::None,
+            cgroup: None,
+            own_pid_var: None,
+        })
+    }
+    pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
+        use std::os::unix::ffi::OsStrExt;
+        self.cwd =
+            Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte")
+            })?);
+        Ok(self)
+    }
+    pub fn user(&mut self, uid: Option<u32>, gid: Option<u32>) -> &mut Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+    /// Gives the child `fd` as descriptor number `target`.
+    pub fn fd(&mut self, fd: OwnedFd, target: RawFd) -> &mut Self {
+        self.fds.push((fd, target));
+        self
+    }
+    /// The child may dump a core of any size (RLIMIT_CORE at its hard limit, unlimited if
+    /// this process may raise it).
+    pub fn core_unlimited(&mut self) -> &mut Self {
+        self.core_unlimited = true;
+        self
+    }
+
+    pub fn new_process_group(&mut self) -> &mut Self {
+        self.new_process_group = true;
+        self
+    }
+    /// Runs the program even if the parent dies before releasing the child (for a Guardian,
+    /// which then finds its HAM gone and takes over).
+    pub fn exec_if_orphaned(&mut self) -> &mut Self {
+        self.exec_if_orphaned = true;
+        self
+    }
+
+    /// If the parent dies before releasing the child, the child runs its program only if
+    /// `slot` (in the state segment, mapped shared and so the same in the child) already
+    /// says `Running` with the child's pid: the release was recorded, and a successor
+    /// will count the child's death. The mapping must outlive the fork (it is the HAM's
+    /// state segment, mapped for the HAM's lifetime).
+    pub fn released_in(&mut self, slot: &ham_core::layout::EntitySlot) -> &mut Self {
+        self.released_in = ReleaseRecord::Entity(slot);
+        self
+    }
+
+    /// Creates the child directly in the cgroup `dir` (an `O_DIRECTORY` descriptor):
+    /// `clone3(CLONE_INTO_CGROUP)`, Linux 5.7, which costs nothing more than a fork, where
+    /// moving it afterwards (`cgroup.procs`) can take milliseconds. [`Pending::in_cgroup`]
+    /// says whether it worked (the caller moves the child otherwise).
+    pub fn into_cgroup(&mut self, dir: OwnedFd) -> &mut Self {
+        self.cgroup = Some(dir);
+        self
+    }
+
+    /// [`released_in`](Self::released_in) for a command of a condition run: it runs if
+    /// its journal record `slot` says the command was released.
+    pub fn released_in_run(&mut self, slot: &ham_core::journal::RunSlot) -> &mut Self {
+        self.released_in = ReleaseRecord::Run(slot);
+        self
+    }
+
+    /// Gives the child `name=` its own pid in its environment.
+    pub fn env_own_pid(&mut self, name: &str) -> &mut Self {
+        let mut v = format!("{name}=").into_bytes();
+        // Ten digits for any pid, and the terminating NUL.
+        v.extend_from_slice(&[0u8; 11]);
+        self.own_pid_var = Some(v);
+        self
+    }
+
+    /// Creates a child that prepares itself (process group, signals at their defaults,
+    /// descriptors, limits, folder, user) and then waits, before `execve`, until
+    /// [`Pending::release`] is called. If this process dies first the child sees the end
+    /// of the release pipe and exits with status [`NOT_RELEASED`] without running anything,
+    /// unless its record says it was released: a program never runs unless its pid was
+    /// recorded first.
+    pub fn fork(self) -> io::Result<Pending> {
+        let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (st_r, st_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let prepared = Prepared::new(self, &go_r, &go_w, &st_r, &st_w);
+        let raw: *const ChildRaw = &raw const prepared.raw;
+        let want_cgroup = prepared.spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
+        // Every signal blocked across the clone: the child starts with them all blocked.
+        let all = SigMask::block_all()?;
+        let made = shared_memory_child(raw, want_cgroup);
+        let made = match made {
+            Some(r) => r,
+            None => forked_child(raw, want_cgroup),
+        };
+        drop(all);
+        let made = made?;
+        drop(go_r);
+        drop(st_w);
+        let pidfd = match made.pidfd {
+            Some(fd) => fd,
+            // The child is not reaped until we reap it, so the pidfd names exactly it. If
+            // it cannot be had, the child is let go unreleased (it exits) and waited for.
+            None => match rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(made.pid).expect("fork returned a positive pid"),
+                rustix::process::PidfdFlags::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    drop(Child {
+                        go: Some(go_w),
+                        status: st_r,
+                        prepared: Some(prepared),
+                        stack: made.stack,
+                    });
+                    return Err(e.into());
+                }
+            },
+        };
+        Ok(Pending {
+            pid: made.pid,
+            pidfd,
+            in_cgroup: made.in_cgroup,
+            child: Child {
+                go: Some(go_w),
+                status: st_r,
+                prepared: Some(prepared),
+                stack: made.stack,
+            },
+        })
+    }
+}
+
+/// The memory a child reads until it is past `execve`: the spec (strings, descriptors) and
+/// the tables of pointers into it. Boxed, so that its address does not change while the
+/// child holds it.
+struct Prepared {
+    spec: SpawnSpec,
+    /// Kept for the pointers in `raw`, never read here.
+    _argv: Vec<*const libc::c_char>,
+    _envp: Vec<*const libc::c_char>,
+    _fds: Vec<(RawFd, RawFd)>,
+    raw: ChildRaw,
+}
+
+impl Prepared {
+    fn new(
+        mut spec: SpawnSpec,
+        go_r: &OwnedFd,
+        go_w: &OwnedFd,
+        st_r: &OwnedFd,
+        st_w: &OwnedFd,
+    ) -> Box<Self> {
+        let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
+        let own_pid = match spec.own_pid_var.as_mut() {
+            Some(v) => {
+                let at = v.len() - 11;
+                envp.push(v.as_ptr().cast());
+                // SAFETY: `at` is within `v` (its last 11 bytes are the digits' room).
+                unsafe { v.as_mut_ptr().add(at) }
+            }
+            None => std::ptr::null_mut(),
+        };
+        envp.push(std::ptr::null());
+        let fds: Vec<(RawFd, RawFd)> = spec.fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+        // The pointers point into heap buffers (the CStrings', the vectors'), which moving
+        // `spec` and the vectors into the box below does not move.
+        let raw = ChildRaw {
+            path: spec.path.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            cwd: spec.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            uid: spec.uid,
+            gid: spec.gid,
+            fds: fds.as_ptr(),
+            nfds: fds.len().min(MAX_FDS),
+            new_process_group: spec.new_process_group,
+            exec_if_orphaned: spec.exec_if_orphaned,
+            core_unlimited: spec.core_unlimited,
+            nofile_soft: super::NOFILE_SOFT.load(Ordering::Relaxed),
+            released_in: spec.released_in,
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+            st_r: st_r.as_raw_fd(),
+            st_w: st_w.as_raw_fd(),
+            own_pid,
+        };
+        Box::new(Self {
+            spec,
+            _argv: argv,
+            _envp: envp,
+            _fds: fds,
+            raw,
+        })
+    }
+}
+
+/// What creating the child gave.
+struct Made {
+    pid: i32,
+    /// From `CLONE_PIDFD`; `None` when forked (the caller opens one).
+    pidfd: Option<OwnedFd>,
+    in_cgroup: bool,
+    /// The stack a child sharing our memory runs on.
+    stack: Option<Stack>,
+}
+
+/// `clone3` refused `CLONE_VM` here once (no clone3, or a seccomp filter): fork from then on.
+static SHARED_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Creates the child sharing our memory (see the module's comment), into the cgroup `dir`
+/// if one is given and the kernel can. `None`: not possible here, fork instead.
+#[cfg(target_arch = "x86_64")]
+fn shared_memory_child(raw: *const ChildRaw, dir: Option<RawFd>) -> Option<io::Result<Made>> {
+    if SHARED_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let stack = Stack::take().ok()?;
+    let cgroup = dir.filter(|_| kernel::at_least(5, 7));
+    let both = [cgroup, None];
+    // Into the cgroup first; where that is refused, outside it (the caller moves it).
+    let attempts = if cgroup.is_some() {
+        &both[..]
+    } else {
+        &both[1..]
+    };
+    let mut last = 0;
+    for dir in attempts {
+        let mut pidfd: libc::c_int = -1;
+        let args = CloneArgs {
+            flags: CLONE_VM | CLONE_PIDFD | if dir.is_some() { CLONE_INTO_CGROUP } else { 0 },
+            pidfd: (&raw mut pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.lowest() as u64,
+            stack_size: stack.size() as u64,
+            cgroup: dir.map_or(0, |d| d as u64),
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid clone_args whose stack is `stack`, a mapping of our own
+        // that nothing else uses and that the caller keeps (in the Pending) until the child
+        // is past execve or dead; `raw` points into a Prepared the caller keeps as long. The
+        // child runs `child_main` on that stack, which makes raw system calls only (see the
+        // module's comment); signals are blocked around this call by the caller.
+        let r = unsafe { clone3_shared(&args, shared_child_entry, raw) };
+        if r > 0 {
+            // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor, ours alone.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            return Some(Ok(Made {
+                pid: r as i32,
+                pidfd: Some(pidfd),
+                in_cgroup: dir.is_some(),
+                stack: Some(stack),
+            }));
+        }
+        last = -r;
+    }
+    stack.give_back();
+    match last as i32 {
+        // Not to be had here: fork, now and from now on.
+        libc::ENOSYS | libc::EPERM | libc::EINVAL => {
+            SHARED_REFUSED.store(true, Ordering::Relaxed);
+            None
+        }
+        // The limits a fork would meet too (pids, memory).
+        e => Some(Err(io::Error::from_raw_os_error(e))),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn shared_memory_child(_: *const ChildRaw, _: Option<RawFd>) -> Option<io::Result<Made>> {
+    None
+}
+
+/// Forks the child (into the cgroup `dir` with `clone3(CLONE_INTO_CGROUP)` where the
+/// kernel can).
+fn forked_child(raw: *const ChildRaw, dir: Option<RawFd>) -> io::Result<Made> {
+    // clone3(CLONE_INTO_CGROUP) came with 5.7; before, the caller moves the child.
+    let (pid, in_cgroup) = match dir.filter(|_| kernel::at_least(5, 7)) {
+        Some(dir) => match clone_into_cgroup(dir) {
+            Ok(pid) => (pid, true),
+            // Not supported here (or not that cgroup): an ordinary fork.
+            // SAFETY: as for the fork below.
+            Err(_) => (unsafe { libc::fork() }, false),
+        },
+        // SAFETY: fork has no memory-safety preconditions. In the child we call only
+        // `child_main`, which makes raw system calls on pointers prepared before (they
+        // stay valid: the child's copy of memory is not freed) and never returns.
+        None => (unsafe { libc::fork() }, false),
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; we are the child of a fork and `raw` points into the
+        // Prepared our copy of memory holds.
+        unsafe { child_main(&*raw) }
+    }
+    Ok(Made {
+        pid,
+        pidfd: None,
+        in_cgroup,
+        stack: None,
+    })
+}
+
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(2)` with `CLONE_INTO_CGROUP`, otherwise like `fork`: the child starts in the
+/// cgroup `dir`. Returns the child's pid in the parent, 0 in the child.
+fn clone_into_cgroup(dir: RawFd) -> io::Result<i32> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads `size` bytes of `args`, which outlives the call; without
+    // CLONE_VM the child gets a copy of our memory, as with fork, and the caller runs only
+    // `child_main` in it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
+/// `clone3(args)`; the child (return value 0) calls `entry(arg)` on the stack `args` names
+/// and never comes back here. Returns the child's pid, or a negative errno.
+///
+/// # Safety
+/// `args` must name a stack of at least a few pages that nothing else uses while the child
+/// runs on it, and `entry` must never return; with `CLONE_VM` the child shares all memory,
+/// so `entry` must obey the rules of the module's comment.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_shared(
+    args: &CloneArgs,
+    entry: unsafe extern "C" fn(*const ChildRaw) -> !,
+    arg: *const ChildRaw,
+) -> isize {
+    let r: isize;
+    // SAFETY: the caller's contract. In the parent this is one system call (rcx and r11
+    // clobbered, as by any). In the child the kernel has set rsp to the top of the new
+    // stack (16-byte aligned: a mapping's end), so `call` leaves it as a function entry
+    // expects; rbp is cleared to end frame-pointer walks; r12 and r13, preserved across
+    // the system call, carry the argument and the entry point.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => r,
+            in("rdi") std::ptr::from_ref(args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    r
+}
+
+/// Where a child sharing our memory starts.
+///
+/// # Safety
+/// Only as the entry point [`clone3_shared`] calls, with a pointer into a live [`Prepared`].
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn shared_child_entry(raw: *const ChildRaw) -> ! {
+    // SAFETY: the caller's contract.
+    unsafe { child_main(&*raw) }
+}
+
+/// This thread's signal mask, blocked entirely while this lives and restored after.
+struct SigMask(libc::sigset_t);
+
+impl SigMask {
+    fn block_all() -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write only into
+        // the sets passed, which live across the calls.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let r = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+            Ok(Self(old))
+        }
+    }
+}
+
+impl Drop for SigMask {
+    fn drop(&mut self) {
+        // SAFETY: restores the set saved by block_all, which this owns.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
+/// A child's stack: an anonymous mapping with a guard page below it. One is kept for the
+/// next spawn, so a restart does not map, fault in and unmap one.
+struct Stack {
+    base: usize,
+    len: usize,
+}
+
+// SAFETY: a Stack is a mapping of its own, owned by whoever holds the value; nothing about
+// it is tied to the thread that made it.
+unsafe impl Send for Stack {}
+
+/// The stack kept for the next spawn.
+static SPARE_STACK: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
+
+impl Stack {
+    /// The child's frames are small (no allocation, a few locals), even unoptimised.
+    const SIZE: usize = 128 * 1024;
+    const GUARD: usize = 4096;
+
+    fn take() -> io::Result<Self> {
+        if let Some(s) = SPARE_STACK.lock().ok().and_then(|mut g| g.take()) {
+            return Ok(s);
+        }
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: a new private anonymous mapping, at an address the kernel chooses; no
+        // existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let s = Self {
+            base: base as usize,
+            len,
+        };
+        // SAFETY: the lowest page of the mapping just made, ours alone.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
+    /// The lowest address the child may use (above the guard page).
+    fn lowest(&self) -> usize {
+        self.base + Self::GUARD
+    }
+
+    fn size(&self) -> usize {
+        self.len - Self::GUARD
+    }
+
+    /// Keeps it for the next spawn (or unmaps it, if one is kept already).
+    fn give_back(self) {
+        if let Ok(mut g) = SPARE_STACK.lock()
+            && g.is_none()
+        {
+            *g = Some(self);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours (made in `take`) and no child runs on it any more:
+        // a Stack is dropped or given back only once its child is past execve or dead.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+/// Exit status of a child whose parent died before releasing it.
+pub const NOT_RELEASED: i32 = 125;
+/// Exit status of a child whose preparation or `execve` failed.
+pub const EXEC_FAILED: i32 = 127;
+
+/// Descriptors a child is given at most.
+const MAX_FDS: usize = 16;
+
+struct ChildRaw {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    fds: *const (RawFd, RawFd),
+    nfds: usize,
+    new_process_group: bool,
+    exec_if_orphaned: bool,
+    core_unlimited: bool,
+    /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
+    nofile_soft: u64,
+    /// The record that says whether an orphaned child was released (see `released_in`).
+    released_in: ReleaseRecord,
+    go_r: RawFd,
+    go_w: RawFd,
+    st_r: RawFd,
+    st_w: RawFd,
+    /// Where the child writes its pid in decimal, NUL-terminated (11 bytes of room), or
+    /// null.
+    own_pid: *mut u8,
+}
+
+/// The raw system calls a child makes: the kernel's return value, a negative errno on
+/// failure, and nothing written anywhere else (no `errno`).
+mod raw {
+    /// A system call with up to four arguments.
+    ///
+    /// # Safety
+    /// As the system call `n`'s own: pointers passed must be valid for what it does.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) unsafe fn sc(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let r: isize;
+        // SAFETY: the caller's contract; `syscall` clobbers rcx and r11 and nothing else.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => r,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack, preserves_flags),
+            );
+        }
+        r
+    }
+
+    /// Elsewhere the child is forked (its own copy of memory), so libc's `syscall`, which
+    /// writes `errno`, is as good.
+    ///
+    /// # Safety
+    /// As the system call `n`'s own.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn sc(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let r = libc::syscall(n, a, b, c, d);
+            if r == -1 {
+                -(*libc::__errno_location() as isize)
+            } else {
+                r as isize
+            }
+        }
+    }
+}
+
+/// The kernel's `struct sigaction` on x86-64, for resetting handlers to their default.
+#[cfg(target_arch = "x86_64")]
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The size of the kernel's signal set on x86-64 (64 signals).
+#[cfg(target_arch = "x86_64")]
+const SIGSETSIZE: usize = 8;
+
+/// In the child: every signal back to its default but those ignored (an ignored signal
+/// stays ignored across execve, as under any supervisor) and SIGPIPE, which ham ignores
+/// for itself. Signals are all blocked until just before execve, so no handler of the
+/// parent's runs in the child meanwhile.
+///
+/// # Safety
+/// Only in a new child, which makes raw system calls only.
+#[cfg(target_arch = "x86_64")]
+unsafe fn signals_to_defaults() {
+    let dfl = KernelSigaction::default();
+    for sig in 1..=64usize {
+        if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+            continue;
+        }
+        let mut old = KernelSigaction::default();
+        // SAFETY: rt_sigaction writes one kernel sigaction into `old` and reads `dfl`,
+        // both alive on this stack for the calls.
+        unsafe {
+            let r = raw::sc(
+                libc::SYS_rt_sigaction,
+                sig,
+                0,
+                (&raw mut old) as usize,
+                SIGSETSIZE,
+            );
+            let handled = old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
+            if r == 0 && (handled || sig == libc::SIGPIPE as usize) {
+                raw::sc(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    (&raw const dfl) as usize,
+                    0,
+                    SIGSETSIZE,
+                );
+            }
+        }
+    }
+}
+
+/// Elsewhere the child is forked: a handler of the parent's would run on the child's own
+/// copy of memory, so only SIGPIPE needs its default back.
+///
+/// # Safety
+/// Only in a forked child.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn signals_to_defaults() {
+    // SAFETY: signal() changes one disposition of this (forked) process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// In the child, just before execve: the program starts with no signal blocked.
+///
+/// # Safety
+/// Only in a new child.
+unsafe fn unblock_signals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let empty = 0u64;
+        // SAFETY: rt_sigprocmask reads one kernel signal set, alive for the call.
+        unsafe {
+            raw::sc(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                (&raw const empty) as usize,
+                0,
+                SIGSETSIZE,
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: a forked child's own mask; the set is alive for the call.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The child's side of [`SpawnSpec::fork`]: prepare, wait for the release, `execve`.
+///
+/// # Safety
+/// Must be called only in a new child (forked, or sharing memory on a stack of its own),
+/// with every pointer in `c` valid until it is past `execve` or dead.
+unsafe fn child_main(c: &ChildRaw) -> ! {
+    use libc::{
+        SYS_chdir, SYS_close, SYS_dup3, SYS_execve, SYS_exit_group, SYS_fcntl, SYS_getpid,
+        SYS_getuid, SYS_prlimit64, SYS_read, SYS_setgid, SYS_setgroups, SYS_setpgid, SYS_setuid,
+        SYS_write,
+    };
+    use raw::sc;
+    // SAFETY: raw system calls only, on descriptors, strings and tables the parent keeps
+    // valid for us (see the module's comment); nothing allocates or touches TLS.
+    unsafe {
+        let fail = |err: isize| -> ! {
+            let b = (-err as i32).to_ne_bytes();
+            sc(SYS_write, c.st_w as usize, b.as_ptr() as usize, b.len(), 0);
+            loop {
+                sc(SYS_exit_group, EXEC_FAILED as usize, 0, 0, 0);
+            }
+        };
+        // Our copies of the parent's ends: without closing go_w, the parent's death would
+        // never look like an end of file.
+        sc(SYS_close, c.go_w as usize, 0, 0, 0);
+        sc(SYS_close, c.st_r as usize, 0, 0, 0);
+        if c.new_process_group {
+            let r = sc(SYS_setpgid, 0, 0, 0, 0);
+            if r < 0 {
+                fail(r);
+            }
+        }
+        signals_to_defaults();
+        // The descriptor limit ham was started with, not the one it raised for itself.
+        if c.nofile_soft > 0 {
+            let mut lim = [0u64; 2];
+            let r = sc(
+                SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE as usize,
+                0,
+                lim.as_mut_ptr() as usize,
+            );
+            if r == 0 {
+                lim[0] = c.nofile_soft.min(lim[1]);
+                sc(
+                    SYS_prlimit64,
+                    0,
+                    libc::RLIMIT_NOFILE as usize,
+                    lim.as_ptr() as usize,
+                    0,
+                );
+            }
+        }
+        if c.core_unlimited {
+            let mut lim = [libc::RLIM_INFINITY, libc::RLIM_INFINITY];
+            let core = libc::RLIMIT_CORE as usize;
+            if sc(SYS_prlimit64, 0, core, lim.as_ptr() as usize, 0) != 0
+                && sc(SYS_prlimit64, 0, core, 0, lim.as_mut_ptr() as usize) == 0
+            {
+                lim[0] = lim[1];
+                sc(SYS_prlimit64, 0, core, lim.as_ptr() as usize, 0);
+            }
+        }
+        // Move every source above the targets first, so no dup clobbers a later source
+        // (above the highest target, not at a fixed number a low limit may not allow).
+        let fds = std::slice::from_raw_parts(c.fds, c.nfds);
+        let mut moved = [0 as RawFd; MAX_FDS];
+        let floor = fds.iter().map(|&(_, t)| t + 1).max().unwrap_or(0);
+        for (m, &(src, _)) in moved.iter_mut().zip(fds) {
+            let fd = sc(
+                SYS_fcntl,
+                src as usize,
+                libc::F_DUPFD_CLOEXEC as usize,
+                floor as usize,
+                0,
+            );
+            if fd < 0 {
+                fail(fd);
+            }
+            *m = fd as RawFd;
+        }
+        for (&m, &(_, target)) in moved.iter().zip(fds) {
+            // `m` is above every target, so never equal to `target` (which dup3 refuses).
+            let r = sc(SYS_dup3, m as usize, target as usize, 0, 0);
+            if r < 0 {
+                fail(r);
+            }
+        }
+        if !c.cwd.is_null() {
+            let r = sc(SYS_chdir, c.cwd as usize, 0, 0, 0);
+            if r < 0 {
+                fail(r);
+            }
+        }
+        // Per-thread system calls, not glibc's setgroups/setgid/setuid: those change the
+        // ids of every thread glibc knows of (its "setxid" broadcast), and glibc still lists
+        // the parent's threads here (the doorbell thread): the child would wait for them
+        // for ever. This child is a process of one thread, so the call is the whole process.
+        if let Some(gid) = c.gid {
+            if sc(SYS_getuid, 0, 0, 0, 0) == 0 {
+                sc(SYS_setgroups, 0, 0, 0, 0);
+            }
+            let r = sc(SYS_setgid, gid as usize, 0, 0, 0);
+            if r < 0 {
+                fail(r);
+            }
+        }
+        if let Some(uid) = c.uid {
+            let r = sc(SYS_setuid, uid as usize, 0, 0, 0);
+            if r < 0 {
+                fail(r);
+            }
+        }
+        // Wait for the parent to record our pid.
+        let mut b = 0u8;
+        loop {
+            let r = sc(SYS_read, c.go_r as usize, (&raw mut b) as usize, 1, 0);
+            if r == 1 {
+                break;
+            }
+            if r == -(libc::EINTR as isize) {
+                continue;
+            }
+            if c.exec_if_orphaned {
+                break;
+            }
+            // Our HAM died before releasing us: run only if it had already recorded the
+            // release (then a successor counts our death like any other).
+            // SAFETY: the pointers of `released_in` point into the state segment's shared
+            // mapping, which is ours too (shared, or inherited by fork at the same address;
+            // see `released_in`).
+            let pid = sc(SYS_getpid, 0, 0, 0, 0) as i32;
+            let released = match c.released_in {
+                ReleaseRecord::None => false,
+                ReleaseRecord::Entity(slot) => (*slot).says_running(pid),
+                ReleaseRecord::Run(slot) => (*slot).says_released(pid),
+            };
+            if released {
+                break;
+            }
+            loop {
+                sc(SYS_exit_group, NOT_RELEASED as usize, 0, 0, 0);
+            }
+        }
+        if !c.own_pid.is_null() {
+            // Our pid, in decimal, into the room the parent left.
+            let mut digits = [0u8; 10];
+            let mut n = sc(SYS_getpid, 0, 0, 0, 0) as u32;
+            let mut k = digits.len();
+            loop {
+                k -= 1;
+                digits[k] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 || k == 0 {
+                    break;
+                }
+            }
+            let len = digits.len() - k;
+            std::ptr::copy_nonoverlapping(digits.as_ptr().add(k), c.own_pid, len);
+            *c.own_pid.add(len) = 0;
+        }
+        unblock_signals();
+        let r = sc(
+            SYS_execve,
+            c.path as usize,
+            c.argv as usize,
+            c.envp as usize,
+            0,
+        );
+        fail(r)
+    }
+}
+
+/// A child waiting to be released into `execve`.
+pub struct Pending {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// Created in the cgroup [`SpawnSpec::into_cgroup`] named.
+    pub in_cgroup: bool,
+    child: Child,
+}
+
+/// The parent's ends of the handshake and what the child reads meanwhile. Dropped, it lets
+/// the child go (unreleased: it exits, unless its record says it was released) and waits
+/// until the child is past execve or dead before it frees any of it.
+struct Child {
+    go: Option<OwnedFd>,
+    status: OwnedFd,
+    prepared: Option<Box<Prepared>>,
+    stack: Option<Stack>,
+}
+
+impl Child {
+    /// Reads the status pipe to its end: the child is past execve (the pipe is
+    /// close-on-exec) or dead. Returns the bytes it wrote first (an errno, if it failed).
+    fn wait_done(&mut self) -> io::Result<([u8; 4], usize)> {
+        let mut buf = [0u8; 4];
+        let mut got = 0;
+        let mut first_err = None;
+        loop {
+            let mut sink = [0u8; 4];
+            let into = if got < 4 {
+                &mut buf[got..]
+            } else {
+                &mut sink[..]
+            };
+            match rustix::io::read(&self.status, into) {
+                Ok(0) => break,
+                Ok(n) if got < 4 => got += n,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    first_err = Some(e);
+                    break;
+                }
+            }
+        }
+        match first_err {
+            None => {
+                // Only now is nothing of ours in use by the child.
+                self.prepared.take();
+                if let Some(s) = self.stack.take() {
+                    s.give_back();
+                }
+                Ok((buf, got))
+            }
+            Some(e) => {
+                // Whether the child still reads them is unknown: they are never freed.
+                if let Some(p) = self.prepared.take() {
+                    Box::leak(p);
+                }
+                if let Some(s) = self.stack.take() {
+                    std::mem::forget(s);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.go.take();
+        if self.prepared.is_some() {
+            let _ = self.wait_done();
+        }
+    }
+}
+
+impl Pending {
+    /// Lets the child run its program and waits until `execve` succeeded (the status
+    /// pipe closes) or failed (the child reports errno and exits with [`EXEC_FAILED`]).
+    pub fn release(self) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
+        let Pending {
+            pid,
+            pidfd,
+            mut child,
+            ..
+        } = self;
+        if let Some(go) = child.go.take() {
+            // A child that already failed has closed its end; EPIPE is then expected.
+            let _ = rustix::io::write(&go, b"g");
+        }
+        match child.wait_done() {
+            Ok((_, 0)) => Ok((pid, pidfd)),
+            Ok((buf, _)) => Err((io::Error::from_raw_os_error(i32::from_ne_bytes(buf)), pidfd)),
+            Err(e) => Err((e, pidfd)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn spec(script: &str) -> SpawnSpec {
+        SpawnSpec::new(
+            std::path::Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), script.into()],
+            &[("PATH".into(), "/usr/bin:/bin".into())],
+        )
+        .unwrap()
+    }
+
+    fn wait_status(pidfd: &OwnedFd) -> rustix::process::WaitIdStatus {
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn released_child_runs_its_program() {
+        let p = spec("exit 7").fork().unwrap();
+        let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
+    }
+
+    #[test]
+    fn unreleased_child_never_runs_its_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let p = spec(&format!("touch {}", marker.display())).fork().unwrap();
+        let Pending { pidfd, child, .. } = p;
+        drop(child); // as if ham died before releasing it
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(NOT_RELEASED));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let p = SpawnSpec::new(std::path::Path::new("/nonexistent/x"), &["x".into()], &[])
+            .unwrap()
+            .fork()
+            .unwrap();
+        let (err, pidfd) = p.release().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(EXEC_FAILED));
+    }
+
+    #[test]
+    fn a_failed_preparation_names_its_errno() {
+        let mut s = spec("exit 0");
+        s.cwd(std::path::Path::new("/nonexistent/dir")).unwrap();
+        let (err, pidfd) = s.fork().unwrap().release().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(EXEC_FAILED));
+    }
+
+    /// The parent blocks every signal around the child's creation and ignores SIGPIPE;
+    /// the program must start with none blocked and SIGPIPE at its default.
+    #[test]
+    fn the_program_starts_with_no_signal_blocked_and_sigpipe_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("status");
+        let mut s = SpawnSpec::new(
+            std::path::Path::new("/bin/cat"),
+            &["cat".into(), "/proc/self/status".into()],
+            &[],
+        )
+        .unwrap();
+        s.fd(std::fs::File::create(&out).unwrap().into(), 1);
+        let (_, pidfd) = s.fork().unwrap().release().map_err(|(e, _)| e).unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let field = |name: &str| {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(field("SigBlk:"), 0, "{text}");
+        assert_eq!(field("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{text}");
+    }
+
+    /// Each child gets its own pid in its environment, written by the child into memory it
+    /// may share with this process, and spawns in a row reuse the kept stack.
+    #[test]
+    fn children_in_a_row_each_see_their_own_pid() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("pid");
+            let mut s = spec("printf %s \"$OWN_PID\"");
+            s.env_own_pid("OWN_PID");
+            s.fd(std::fs::File::create(&out).unwrap().into(), 1);
+            let (pid, pidfd) = s.fork().unwrap().release().map_err(|(e, _)| e).unwrap();
+            assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), pid.to_string());
+        }
+    }
+
+    #[test]
+    fn exit_status_of_a_reaped_process_through_its_pidfd() {
+        if !super::super::pidfd_info_exit_supported() {
+            return; // nothing to check on this kernel; ham falls back (status "unknown")
+        }
+        let p = spec("exit 9").fork().unwrap();
+        let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+        let copy = pidfd.try_clone().unwrap();
+        wait_status(&pidfd); // reaped here, as another process (init) would
+        assert_eq!(
+            super::super::pidfd_exit_status(&copy).unwrap(),
+            Some(9 << 8)
+        );
+    }
+}
