@@ -211,6 +211,12 @@ impl SpawnSpec {
     /// unless its record says it was released: a program never runs unless its pid was
     /// recorded first.
     pub fn fork(self) -> io::Result<Pending> {
+        self.create(true)
+    }
+
+    /// [`fork`](Self::fork), sharing memory with the child only if `share` (and the kernel
+    /// lets us): the tests run both ways.
+    fn create(self, share: bool) -> io::Result<Pending> {
         let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (st_r, st_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let prepared = Prepared::new(self, &go_r, &go_w, &st_r, &st_w);
@@ -218,7 +224,9 @@ impl SpawnSpec {
         let want_cgroup = prepared.spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
         // Every signal blocked across the clone: the child starts with them all blocked.
         let all = SigMask::block_all()?;
-        let made = shared_memory_child(raw, want_cgroup);
+        let made = share
+            .then(|| shared_memory_child(raw, want_cgroup))
+            .flatten();
         let made = match made {
             Some(r) => r,
             None => forked_child(raw, want_cgroup),
@@ -1114,6 +1122,11 @@ mod tests {
     #[test]
     fn released_child_runs_its_program() {
         let p = spec("exit 7").fork().unwrap();
+        // On x86-64 the child shares our memory, unless this kernel refused it (then every
+        // spawn forks, and says so here).
+        if cfg!(target_arch = "x86_64") && !SHARED_REFUSED.load(Ordering::Relaxed) {
+            assert!(p.child.stack.is_some(), "the child was forked");
+        }
         let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
         assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
     }
@@ -1187,6 +1200,34 @@ mod tests {
             assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
             assert_eq!(std::fs::read_to_string(&out).unwrap(), pid.to_string());
         }
+    }
+
+    /// Where `clone3` refuses `CLONE_VM` the child is forked: the handshake holds the same.
+    #[test]
+    fn a_forked_child_keeps_the_handshake() {
+        let (_, pidfd) = spec("exit 3")
+            .create(false)
+            .unwrap()
+            .release()
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(3));
+
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let p = spec(&format!("touch {}", marker.display()))
+            .create(false)
+            .unwrap();
+        let Pending { pidfd, child, .. } = p;
+        drop(child);
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(NOT_RELEASED));
+        assert!(!marker.exists());
+
+        let mut s = spec("exit 0");
+        s.cwd(std::path::Path::new("/nonexistent/dir")).unwrap();
+        let (err, pidfd) = s.create(false).unwrap().release().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(EXEC_FAILED));
     }
 
     #[test]
