@@ -17,12 +17,46 @@ pub fn set_verbosity(v: u32) {
     VERBOSITY.store(v, Relaxed);
 }
 
+thread_local! {
+    /// This thread's lines held back (see [`hold`]).
+    static HELD: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Holds this thread's lines back until [`write_held`]. The HAM holds what it says about a
+/// death until the replacement is released, and writes it while that process execs: the
+/// lines come out in the same order, a fraction of a millisecond later, and the restart
+/// does not wait for them.
+pub fn hold() {
+    HELD.with(|h| {
+        h.borrow_mut().get_or_insert_with(String::new);
+    });
+}
+
+/// Writes the lines held since [`hold`], in one `write`, and stops holding.
+pub fn write_held() {
+    use std::io::Write;
+    if let Some(text) = HELD.with(|h| h.borrow_mut().take())
+        && !text.is_empty()
+    {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
 /// Writes one line to stderr in a single `write`, so the lines of the HAM and its Guardian
-/// (which share stderr) never interleave mid-line.
+/// (which share stderr) never interleave mid-line; or holds it (see [`hold`]).
 pub fn line(prefix: std::fmt::Arguments, msg: std::fmt::Arguments) {
     use std::io::Write;
     let line = format!("{prefix}: {msg}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let held = HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(buf) => {
+            buf.push_str(&line);
+            true
+        }
+        None => false,
+    });
+    if !held {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 /// A line from the HAM of `instance`, unless quiet.

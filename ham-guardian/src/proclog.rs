@@ -45,6 +45,8 @@ pub struct LogRecord {
 pub struct ProcessLog {
     path: PathBuf,
     file: Option<File>,
+    /// Lines held back (see [`ProcessLog::hold`]).
+    held: Option<Vec<u8>>,
 }
 
 impl ProcessLog {
@@ -65,20 +67,53 @@ impl ProcessLog {
                     Self {
                         path,
                         file: Some(f),
+                        held: None,
                     },
                     None,
                 )
             }
-            Err(e) => (Self { path, file: None }, Some(e)),
+            Err(e) => (
+                Self {
+                    path,
+                    file: None,
+                    held: None,
+                },
+                Some(e),
+            ),
         }
     }
 
-    /// Appends one record in a single write.
+    /// Appends one record in a single write, or holds it (see [`ProcessLog::hold`]).
     pub fn append(&mut self, rec: &LogRecord) {
-        let Some(f) = &mut self.file else { return };
+        if self.file.is_none() {
+            return;
+        }
         let mut line = serde_json::to_vec(rec).expect("a log record always serialises");
         line.push(b'\n');
-        let _ = f.write_all(&line);
+        match &mut self.held {
+            Some(held) => held.extend_from_slice(&line),
+            None => self.write(&line),
+        }
+    }
+
+    /// Holds the records appended from now on until [`ProcessLog::write_held`] (as
+    /// `log::hold` does for ham's log).
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the records held since [`ProcessLog::hold`], in one write, and stops holding.
+    pub fn write_held(&mut self) {
+        if let Some(held) = self.held.take()
+            && !held.is_empty()
+        {
+            self.write(&held);
+        }
+    }
+
+    fn write(&mut self, lines: &[u8]) {
+        let Some(f) = &mut self.file else { return };
+        let _ = f.write_all(lines);
         if f.metadata().is_ok_and(|m| m.len() > ROTATE_AT) {
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
@@ -93,8 +128,9 @@ impl ProcessLog {
         }
     }
 
-    /// Forces what was appended to disk (before a device restart).
-    pub fn sync(&self) {
+    /// Forces what was appended to disk, held records included (before a device restart).
+    pub fn sync(&mut self) {
+        self.write_held();
         if let Some(f) = &self.file {
             let _ = f.sync_data();
         }
@@ -134,6 +170,8 @@ pub fn read(path: &Path) -> io::Result<Vec<LogRecord>> {
 pub struct Syslog {
     sock: Option<UnixDatagram>,
     path: Option<PathBuf>,
+    /// Messages held back (see [`ProcessLog::hold`]).
+    held: std::cell::RefCell<Option<Vec<String>>>,
 }
 
 /// LOG_DAEMON (3) × 8 + LOG_ERR (3).
@@ -145,11 +183,39 @@ impl Syslog {
         if let Some(s) = &sock {
             let _ = s.set_nonblocking(true);
         }
-        Self { sock, path }
+        Self {
+            sock,
+            path,
+            held: std::cell::RefCell::new(None),
+        }
     }
 
-    /// Sends one LOG_ERR message; a missing or full syslog never blocks ham.
+    /// Holds the messages sent from now on until [`Syslog::write_held`].
+    pub fn hold(&self) {
+        self.held.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Sends the messages held since [`Syslog::hold`] and stops holding.
+    pub fn write_held(&self) {
+        let held = self.held.borrow_mut().take();
+        for msg in held.into_iter().flatten() {
+            self.send(&msg);
+        }
+    }
+
+    /// Sends one LOG_ERR message, or holds it; a missing or full syslog never blocks ham.
     pub fn err(&self, msg: &str) {
+        if self.sock.is_none() {
+            return;
+        }
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.push(msg.to_owned());
+            return;
+        }
+        self.send(msg);
+    }
+
+    fn send(&self, msg: &str) {
         if let (Some(sock), Some(path)) = (&self.sock, &self.path) {
             let line = format!("<{PRI_DAEMON_ERR}>ham[{}]: {msg}", std::process::id());
             let _ = sock.send_to(line.as_bytes(), path);
@@ -212,5 +278,52 @@ mod tests {
         let msg = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(msg.starts_with("<27>ham["), "{msg}");
         assert!(msg.ends_with("]: web restarted"), "{msg}");
+    }
+
+    /// What is held comes out at `write_held`, in order, after what was written before;
+    /// a sync (before a device restart) writes what is held first.
+    #[test]
+    fn held_records_and_messages_come_out_in_order_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let (mut log, _) = ProcessLog::open(path.clone());
+        let times =
+            |p: &Path| -> Vec<u64> { read(p).unwrap().iter().map(|r| r.time_unix_ms).collect() };
+        log.append(&rec(1));
+        log.hold();
+        log.append(&rec(2));
+        log.append(&rec(3));
+        assert_eq!(times(&path), vec![1]);
+        log.write_held();
+        assert_eq!(times(&path), vec![1, 2, 3]);
+        log.append(&rec(4));
+        assert_eq!(times(&path), vec![1, 2, 3, 4]);
+        log.hold();
+        log.append(&rec(5));
+        log.sync();
+        assert_eq!(times(&path), vec![1, 2, 3, 4, 5]);
+
+        let sock = dir.path().join("log.sock");
+        let rx = UnixDatagram::bind(&sock).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let sys = Syslog::new(Some(sock));
+        sys.hold();
+        sys.err("one");
+        sys.err("two");
+        let mut buf = [0u8; 256];
+        assert!(rx.recv(&mut buf).is_err(), "a held message was sent");
+        sys.write_held();
+        for want in ["one", "two"] {
+            let n = rx.recv(&mut buf).unwrap();
+            let msg = std::str::from_utf8(&buf[..n]).unwrap();
+            assert!(msg.ends_with(&format!("]: {want}")), "{msg}");
+        }
+        sys.err("three");
+        let n = rx.recv(&mut buf).unwrap();
+        assert!(
+            std::str::from_utf8(&buf[..n])
+                .unwrap()
+                .ends_with("]: three")
+        );
     }
 }

@@ -16,6 +16,15 @@ pub(super) struct StatusPatch {
 impl Daemon {
     /// The entity's pidfd is readable: its process has exited.
     pub(super) fn on_pidfd(&mut self, i: EntityId) {
+        // What is said about the death is written while its replacement execs (or at the
+        // end, if nothing is started), and the dead process reaped then too.
+        self.hold_logs();
+        self.on_pidfd_held(i);
+        self.write_held_logs();
+        self.reap_handled();
+    }
+
+    fn on_pidfd_held(&mut self, i: EntityId) {
         let Some(e) = self.entities.get(i) else {
             return;
         };
@@ -36,13 +45,18 @@ impl Daemon {
                     .map(decode_wait_status),
             }
         } else {
+            // Its status without reaping it: the zombie is reaped after the replacement is
+            // started (`reap_handled`).
             match rustix::process::waitid(
                 WaitId::PidFd(fd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
             ) {
                 // A stale event from this batch for a process already handled: still running.
                 Ok(None) => return,
-                Ok(Some(st)) => Some(decode_waitid(&st)),
+                Ok(Some(st)) => {
+                    self.unreaped.push(pid);
+                    Some(decode_waitid(&st))
+                }
                 Err(_) => None,
             }
         };
@@ -73,6 +87,30 @@ impl Daemon {
             self.stop_next_layer();
         }
         self.release_proc_connector_if_idle();
+    }
+
+    /// Holds ham's log, the process log and syslog back (see `log::hold`).
+    pub(super) fn hold_logs(&mut self) {
+        crate::log::hold();
+        self.plog.hold();
+        self.syslog.hold();
+    }
+
+    /// Writes what [`hold_logs`](Self::hold_logs) held, and stops holding.
+    pub(super) fn write_held_logs(&mut self) {
+        crate::log::write_held();
+        self.plog.write_held();
+        self.syslog.write_held();
+    }
+
+    /// Reaps the children whose deaths were handled (`unreaped`).
+    pub(super) fn reap_handled(&mut self) {
+        for pid in self.unreaped.drain(..) {
+            if let Some(p) = Pid::from_raw(pid) {
+                // Reaped already if the SIGCHLD scan came first (ECHILD): nothing to do.
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+            }
+        }
     }
 
     /// SIGKILLs whatever is left in entity `i`'s cgroup (its main process has exited, or

@@ -189,6 +189,10 @@ pub struct Daemon {
     proc_conn: Option<ProcConnector>,
     exit_cache: HashMap<i32, i32>,
     patches: Vec<StatusPatch>,
+    /// Children whose death was handled but who are not reaped yet (a zombie keeps its
+    /// pid, so nothing else can have it): reaped while the replacement execs, off the
+    /// restart's path (`reap_handled`).
+    unreaped: Vec<i32>,
     origin: Option<Origin>,
     plog: ProcessLog,
     syslog: Syslog,

@@ -15,6 +15,7 @@ impl Daemon {
             format!("a switchover instead: this node's role and singletons go to {standby}")
         } else if let Some((path, argv)) = self.cfg.device_restart.clone() {
             // What led here must be on disk before the device goes down.
+            self.write_held_logs();
             self.plog.sync();
             let env = [
                 ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),

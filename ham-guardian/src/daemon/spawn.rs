@@ -179,7 +179,12 @@ impl Daemon {
                 // does not wait for a syscall it does not need. A HAM that dies between
                 // the two leaves a record naming the pid and its start time, which a
                 // successor adopts as it adopts any process it was not handed.
-                let released = pending.release();
+                // While it execs: what was said about the death it replaces, and the reaping
+                // of that death's process (see `on_pidfd`).
+                let released = pending.release_while(|| {
+                    self.write_held_logs();
+                    self.reap_handled();
+                });
                 failpoint::hit("spawn:after-release");
                 if let Ok((_, pidfd)) = &released {
                     self.send_to_guardian(self.entities[i].slot, pid, st, pidfd);

@@ -422,6 +422,7 @@ impl Daemon {
             proc_conn: None,
             exit_cache: HashMap::new(),
             patches: Vec::new(),
+            unreaped: Vec::new(),
             origin: Some(origin),
             plog,
             syslog,

@@ -1078,6 +1078,15 @@ impl Pending {
     /// Lets the child run its program and waits until `execve` succeeded (the status
     /// pipe closes) or failed (the child reports errno and exits with [`EXEC_FAILED`]).
     pub fn release(self) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
+        self.release_while(|| {})
+    }
+
+    /// [`release`](Self::release), doing `meanwhile` while the child execs (it no longer
+    /// waits for us).
+    pub fn release_while(
+        self,
+        meanwhile: impl FnOnce(),
+    ) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
         let Pending {
             pid,
             pidfd,
@@ -1088,6 +1097,7 @@ impl Pending {
             // A child that already failed has closed its end; EPIPE is then expected.
             let _ = rustix::io::write(&go, b"g");
         }
+        meanwhile();
         match child.wait_done() {
             Ok((_, 0)) => Ok((pid, pidfd)),
             Ok((buf, _)) => Err((io::Error::from_raw_os_error(i32::from_ne_bytes(buf)), pidfd)),
