@@ -158,7 +158,14 @@ impl Daemon {
                         self.say_limited("cgroup-enter", format_args!("{msg}"));
                     }
                 }
-                let st = procfs::start_time(pid).unwrap_or(0);
+                let st = pending
+                    .start_time
+                    .or_else(|| procfs::start_time(pid))
+                    .unwrap_or(0);
+                debug_assert!(
+                    pending.start_time.is_none() || pending.start_time == procfs::start_time(pid),
+                    "the start time known at the clone is not /proc's"
+                );
                 {
                     let e = &mut self.entities[i];
                     e.rec.pid = pid;

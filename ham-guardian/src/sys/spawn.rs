@@ -224,6 +224,7 @@ impl SpawnSpec {
         let want_cgroup = prepared.spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
         // Every signal blocked across the clone: the child starts with them all blocked.
         let all = SigMask::block_all()?;
+        let before = boottime_ns();
         let made = share
             .then(|| shared_memory_child(raw, want_cgroup))
             .flatten();
@@ -231,6 +232,7 @@ impl SpawnSpec {
             Some(r) => r,
             None => forked_child(raw, want_cgroup),
         };
+        let after = boottime_ns();
         drop(all);
         let made = made?;
         drop(go_r);
@@ -258,6 +260,7 @@ impl SpawnSpec {
         Ok(Pending {
             pid: made.pid,
             pidfd,
+            start_time: start_time_between(before, after),
             in_cgroup: made.in_cgroup,
             child: Child {
                 go: Some(go_w),
@@ -333,6 +336,35 @@ impl Prepared {
             raw,
         })
     }
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock of a process's start time.
+fn boottime_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The start time (field 22 of `/proc/PID/stat`) of a process created between `before`
+/// and `after` (`CLOCK_BOOTTIME`), when both fall in the same clock tick; `None` otherwise
+/// (about once in a hundred spawns: then it is read from `/proc`).
+///
+/// The kernel stamps a new task with the boot-time clock inside `clone3`
+/// (`start_boottime`), and `/proc` shows it in ticks of `USER_HZ`, truncated
+/// (`nsec_to_clock_t`), offset by the reader's time namespace as `CLOCK_BOOTTIME` is here.
+/// So two readings of that clock around the call that fall in one tick name the tick
+/// exactly, with no `/proc` lookup on the spawn's path.
+fn start_time_between(before: u64, after: u64) -> Option<u64> {
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let tick = *TICK_NS.get_or_init(|| {
+        // SAFETY: sysconf only reads a system parameter.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        // Exact only where a tick is a whole number of nanoseconds (USER_HZ 100).
+        match u64::try_from(hz) {
+            Ok(hz) if hz > 0 && 1_000_000_000 % hz == 0 => 1_000_000_000 / hz,
+            _ => 0,
+        }
+    });
+    (tick > 0 && before <= after && before / tick == after / tick).then(|| before / tick)
 }
 
 /// What creating the child gave.
@@ -1002,6 +1034,9 @@ unsafe fn child_main(c: &ChildRaw) -> ! {
 pub struct Pending {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// Its start time as `/proc/PID/stat` shows it, when known without reading it (see
+    /// `start_time_between`).
+    pub start_time: Option<u64>,
     /// Created in the cgroup [`SpawnSpec::into_cgroup`] named.
     pub in_cgroup: bool,
     child: Child,
@@ -1210,6 +1245,25 @@ mod tests {
             assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
             assert_eq!(std::fs::read_to_string(&out).unwrap(), pid.to_string());
         }
+    }
+
+    /// The start time known from the clock around the clone is the one `/proc` shows (a
+    /// successor adopts a process by pid and start time: a wrong one would not be adopted).
+    #[test]
+    fn the_start_time_known_at_the_clone_is_the_one_proc_shows() {
+        let mut known = 0;
+        for _ in 0..200 {
+            let p = spec("exit 0").fork().unwrap();
+            let from_proc = crate::procfs::start_time(p.pid);
+            if let Some(st) = p.start_time {
+                assert_eq!(Some(st), from_proc, "pid {}", p.pid);
+                known += 1;
+            }
+            let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+            wait_status(&pidfd);
+        }
+        // Only a spawn across a tick's edge (10 ms) reads /proc.
+        assert!(known >= 150, "known for {known} of 200");
     }
 
     /// Where `clone3` refuses `CLONE_VM` the child is forked: the handshake holds the same.
