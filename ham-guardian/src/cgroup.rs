@@ -164,9 +164,19 @@ impl Cgroups {
             .unwrap_or_default()
     }
 
-    /// Whether any process is in entity `name`'s cgroup.
+    /// Whether any process is in entity `name`'s cgroup: one open, one short read, at
+    /// every death (not the whole list, and no statx).
     pub fn populated(&self, name: &str) -> bool {
-        !self.pids(name).is_empty()
+        let path = self.entity_dir(name).join("cgroup.procs");
+        let Ok(fd) = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) else {
+            return false;
+        };
+        let mut buf = [0u8; 16];
+        matches!(rustix::io::read(&fd, &mut buf), Ok(n) if n > 0)
     }
 
     /// SIGKILLs every process in entity `name`'s cgroup, in passes until a pass finds none

@@ -116,7 +116,7 @@ fn environment_cwd_and_output_file_are_applied() {
         r#"
 [[entity]]
 name = "env"
-command = ["/bin/sh", "-c", "echo \"$GREETING $HAM_ENTITY $HAM_INSTANCE\"; pwd; echo oops >&2"]
+command = ["/bin/sh", "-c", "echo \"$GREETING $HAM_ENTITY $HAM_INSTANCE $FROM_HAM\"; env | grep -c ^GREETING=; pwd; echo oops >&2"]
 env = {{ GREETING = "hello" }}
 cwd = "{}"
 output = "{}"
@@ -125,12 +125,22 @@ restart = "never"
         work.display(),
         out.display()
     );
-    let ham = Ham::start("env", &body);
+    // ham's own environment is inherited, less what the entity's `env` sets (once).
+    let ham = Ham::start_with(
+        "env",
+        "",
+        &body,
+        &[("FROM_HAM", "inherited"), ("GREETING", "ham's")],
+    );
     ham.wait_for("env exited", |s| entity(s, "env")["state"] == "exited");
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
         text,
-        format!("hello env {}\n{}\noops\n", ham.name, work.display())
+        format!(
+            "hello env {} inherited\n1\n{}\noops\n",
+            ham.name,
+            work.display()
+        )
     );
 }
 

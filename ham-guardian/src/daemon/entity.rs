@@ -29,7 +29,7 @@ pub(super) struct Entity {
     pub(super) deaths: u64,
     /// Running for its `ready_after`: entities that start `after` it may start.
     pub(super) ready: bool,
-    /// What its environment adds to ham's, built once (see `entity_env`, `full_env`).
+    /// What its environment adds to ham's, built once (see `entity_env`, `inherited_env_for`).
     pub(super) env: Vec<(String, String)>,
     /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
     pub(super) watchdog_at: Option<u64>,

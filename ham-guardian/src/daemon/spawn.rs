@@ -1,6 +1,7 @@
 //! Starting entities' processes, in order and within each turn's budget.
 
 use super::*;
+use std::ffi::{CStr, CString};
 
 /// Spawns a turn's budget did not allow, each with whether its restart conditions fire
 /// once it runs: entities that were not crash-looping first, each queue in order.
@@ -123,7 +124,7 @@ impl Daemon {
             .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
         // How it starts: first, or restarted with or without its checkpoints, and how the
         // process before it ended.
-        let mut env = full_env(&e.cfg, &e.env);
+        let mut env = e.env.clone();
         env.push(("HAM_RESTART".into(), e.rec.restart_kind.as_str().into()));
         env.push((
             "HAM_PREVIOUS_EXIT".into(),
@@ -137,6 +138,7 @@ impl Daemon {
         }
         let out = e.out.as_ref().map(|(_, w)| w);
         let forked = build_spec(&e.cfg, &env, out).and_then(|mut spec| {
+            spec.env_shared(inherited_env_for(&e.cfg));
             if let Some(slot) = slot {
                 spec.released_in(slot);
             }
@@ -337,13 +339,12 @@ pub(super) fn own_restart_command(cfg: &EntityConfig) -> Option<(std::path::Path
     cfg.conditions.iter().find_map(|c| find(&c.actions))
 }
 
-/// An entity's environment: ham's own (without its HAM_* and failpoint variables), the
-/// entity's `env`, and the variables that name its instance. Computed once per entity.
 /// ham's environment as every entity inherits it (without the failpoints', the `HAM_*` and
-/// ham's own sd_notify variables): read once and shared, not copied into each entity (a
-/// few KiB each: the bulk of the HAM's heap per entity once).
-fn inherited_env() -> &'static [(String, String)] {
-    static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+/// ham's own sd_notify variables), as `NAME=value` strings with the length of each name:
+/// built once and shared by every spawn — not copied into each entity (a few KiB each: the
+/// bulk of the HAM's heap per entity once), nor formatted again at each start.
+fn inherited_env() -> &'static [(usize, CString)] {
+    static ENV: std::sync::OnceLock<Vec<(usize, CString)>> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
         std::env::vars()
             .filter(|(k, _)| !failpoint::ENV.contains(&k.as_str()))
@@ -356,19 +357,23 @@ fn inherited_env() -> &'static [(String, String)] {
                     "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
                 )
             })
+            // A variable with a NUL byte cannot be passed on (std::env::vars never has one).
+            .filter_map(|(k, v)| Some((k.len(), CString::new(format!("{k}={v}")).ok()?)))
             .collect()
     })
 }
 
-/// The whole environment of entity `ec`'s process: what it inherits from ham (less what
-/// its own `env` sets) and `own` (see [`entity_env`]).
-pub(super) fn full_env(ec: &EntityConfig, own: &[(String, String)]) -> Vec<(String, String)> {
+/// What entity `ec`'s process inherits from ham: [`inherited_env`] less what its own `env`
+/// sets (its own variables come after, see [`entity_env`]).
+fn inherited_env_for(ec: &EntityConfig) -> impl Iterator<Item = &'static CStr> + '_ {
     inherited_env()
         .iter()
-        .filter(|(k, _)| !ec.env.contains_key(k))
-        .chain(own)
-        .cloned()
-        .collect()
+        .filter(move |(klen, var)| {
+            ec.env.is_empty()
+                || std::str::from_utf8(&var.as_bytes()[..*klen])
+                    .is_ok_and(|k| !ec.env.contains_key(k))
+        })
+        .map(|(_, var)| var.as_c_str())
 }
 
 /// What entity `ec`'s environment adds to ham's: its own `env`, and ham's variables.

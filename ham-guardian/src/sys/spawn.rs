@@ -37,6 +37,8 @@ use super::kernel;
 pub struct SpawnSpec {
     path: CString,
     argv: Vec<CString>,
+    /// The environment every child shares (see [`SpawnSpec::env_shared`]), then this one's.
+    env_shared: Vec<&'static std::ffi::CStr>,
     envp: Vec<CString>,
     cwd: Option<CString>,
     uid: Option<u32>,
@@ -121,6 +123,7 @@ impl SpawnSpec {
                 .iter()
                 .map(|(k, v)| cstr(&format!("{k}={v}"), "environment"))
                 .collect::<io::Result<_>>()?,
+            env_shared: Vec::new(),
             cwd: None,
             uid: None,
             gid: None,
@@ -133,6 +136,17 @@ impl SpawnSpec {
             own_pid_var: None,
         })
     }
+    /// Puts `vars` (`NAME=value`, built once and never freed) first in the environment,
+    /// before the variables given to [`SpawnSpec::new`]: an environment every child
+    /// inherits is not formatted again for each.
+    pub fn env_shared(
+        &mut self,
+        vars: impl IntoIterator<Item = &'static std::ffi::CStr>,
+    ) -> &mut Self {
+        self.env_shared = vars.into_iter().collect();
+        self
+    }
+
     pub fn cwd(&mut self, dir: &std::path::Path) -> io::Result<&mut Self> {
         use std::os::unix::ffi::OsStrExt;
         self.cwd =
@@ -294,7 +308,12 @@ impl Prepared {
     ) -> Box<Self> {
         let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
+        let mut envp: Vec<*const libc::c_char> = spec
+            .env_shared
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(spec.envp.iter().map(|e| e.as_ptr()))
+            .collect();
         let own_pid = match spec.own_pid_var.as_mut() {
             Some(v) => {
                 let at = v.len() - 11;
