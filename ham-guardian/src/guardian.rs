@@ -125,7 +125,8 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             // socket, and takes over with us.
             let mut passed = HashMap::new();
             handoff::recv_all(&sock, &mut passed);
-            return promote(cfg, text, sockets, passed, flags, Some((ham_pid, false)));
+            let from = Some((ham_pid, false));
+            return promote(cfg, text, sockets, passed, flags, from, Box::new(sock));
         }
     };
 
@@ -302,11 +303,12 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             armed_at = next;
         }
     }
-    // The watching is over: nothing of it goes on in the promoted HAM.
-    drop((sock, epoll, timerfd));
+    // The watching is over: nothing of it goes on in the promoted HAM, which drops it once
+    // the takeover is done (closing an epoll set of a pidfd per entity, and unmapping,
+    // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.header().flags();
-    drop(seg);
-    promote(cfg, text, sockets, passed, flags, from)
+    let watching = Box::new((sock, epoll, timerfd, seg));
+    promote(cfg, text, sockets, passed, flags, from, watching)
 }
 
 /// SIGKILL through the pidfd, then wait until the kernel reports the exit: only then is it
@@ -477,6 +479,7 @@ fn promote(
     passed: HashMap<u32, Passed>,
     flags: u32,
     from: Option<(i32, bool)>,
+    watching: Box<dyn std::any::Any>,
 ) -> Result<i32, DaemonError> {
     let name = cfg.instance.name.clone();
     match Segment::open(&cfg.instance.segment_name(), Access::ReadOnly) {
@@ -503,7 +506,9 @@ fn promote(
     }
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
-    Daemon::promote(cfg, text, sockets, passed, from)?.run()
+    let mut ham = Daemon::promote(cfg, text, sockets, passed, from)?;
+    ham.drop_after_takeover(watching);
+    ham.run()
 }
 
 #[cfg(test)]

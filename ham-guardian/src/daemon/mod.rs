@@ -218,11 +218,18 @@ pub struct Daemon {
     logger: Option<crate::outlog::Logger>,
     /// `hamctl upgrade` under way.
     upgrade: Option<upgrade::Upgrade>,
+    /// What a promoted Guardian watched with, dropped once the takeover is done.
+    leftovers: Option<Box<dyn std::any::Any>>,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
 
 impl Daemon {
+    /// Keeps `what` until the takeover is done (the promoted Guardian's watching set).
+    pub fn drop_after_takeover(&mut self, what: Box<dyn std::any::Any>) {
+        self.leftovers = Some(what);
+    }
+
     /// Starts the Guardian, takes over or starts every entity, and runs until a shutdown
     /// completes. Returns the exit code.
     pub fn run(mut self) -> Result<i32, DaemonError> {
@@ -279,6 +286,7 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
         self.adopt(passed);
+        self.leftovers = None;
         self.resume_heartbeats();
         self.resume_runs();
         if cold {

@@ -1061,6 +1061,24 @@ pub struct Pending {
     child: Child,
 }
 
+/// A released child whose `execve` was not waited for ([`Pending::release_detached`]).
+/// Dropped, it waits until the child is past `execve` or dead (it holds what the child
+/// reads until then).
+pub struct Execing {
+    child: Child,
+}
+
+impl Execing {
+    /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
+    /// preparation or `execve`.
+    pub fn finish(mut self) -> io::Result<()> {
+        match self.child.wait_done()? {
+            (_, 0) => Ok(()),
+            (buf, _) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
+        }
+    }
+}
+
 /// The parent's ends of the handshake and what the child reads meanwhile. Dropped, it lets
 /// the child go (unreleased: it exits, unless its record says it was released) and waits
 /// until the child is past execve or dead before it frees any of it.
@@ -1133,6 +1151,21 @@ impl Pending {
     /// pipe closes) or failed (the child reports errno and exits with [`EXEC_FAILED`]).
     pub fn release(self) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
         self.release_while(|| {})
+    }
+
+    /// Lets the child run its program without waiting for its `execve`: the returned
+    /// [`Execing`] says later how that went (and until then keeps what the child reads).
+    pub fn release_detached(self) -> (i32, OwnedFd, Execing) {
+        let Pending {
+            pid,
+            pidfd,
+            mut child,
+            ..
+        } = self;
+        if let Some(go) = child.go.take() {
+            let _ = rustix::io::write(&go, b"g");
+        }
+        (pid, pidfd, Execing { child })
     }
 
     /// [`release`](Self::release), doing `meanwhile` while the child execs (it no longer
@@ -1283,6 +1316,23 @@ mod tests {
         }
         // Only a spawn across a tick's edge (10 ms) reads /proc.
         assert!(known >= 150, "known for {known} of 200");
+    }
+
+    /// A child released without waiting for its execve: it runs, and its failure is told
+    /// when asked.
+    #[test]
+    fn a_detached_release_runs_the_program_and_tells_a_failure_later() {
+        let (_, pidfd, execing) = spec("exit 4").fork().unwrap().release_detached();
+        execing.finish().unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(4));
+        let p = SpawnSpec::new(std::path::Path::new("/nonexistent/x"), &["x".into()], &[])
+            .unwrap()
+            .fork()
+            .unwrap();
+        let (_, pidfd, execing) = p.release_detached();
+        let err = execing.finish().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(EXEC_FAILED));
     }
 
     /// Where `clone3` refuses `CLONE_VM` the child is forked: the handshake holds the same.
