@@ -286,6 +286,10 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
         self.adopt(passed);
+        if promoted && let Err(e) = start::write_pid_files(&self.cfg) {
+            let path = self.cfg.instance.pid_path();
+            say!(self, "cannot write {}: {e}", path.display());
+        }
         self.leftovers = None;
         self.resume_heartbeats();
         self.resume_runs();

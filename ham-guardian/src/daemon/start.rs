@@ -261,9 +261,12 @@ impl Daemon {
         writer.set_exit_sources(sources)?;
 
         let me = std::process::id();
-        std::fs::write(inst.pid_path(), format!("{me}\n"))
-            .map_err(io_ctx(format!("writing {}", inst.pid_path().display())))?;
-        let _ = std::fs::write(inst.config_note_path(), format!("{}\n", cfg.path.display()));
+        // A takeover writes them once it has taken over (`run`): creating two files can take
+        // a millisecond that the entities waiting for it need not wait.
+        if !matches!(origin, Origin::Promoted { .. }) {
+            write_pid_files(&cfg)
+                .map_err(io_ctx(format!("writing {}", inst.pid_path().display())))?;
+        }
 
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io_ctx("epoll_create"))?;
         let timerfd = rustix::time::timerfd_create(
@@ -552,4 +555,13 @@ pub(super) fn bind_socket(
         .set_nonblocking(true)
         .map_err(io_ctx("socket O_NONBLOCK"))?;
     Ok(listener)
+}
+
+/// The pid file (what `hamctl upgrade` waits on) and the note of the configuration file
+/// this HAM runs.
+pub(super) fn write_pid_files(cfg: &Config) -> std::io::Result<()> {
+    let inst = &cfg.instance;
+    std::fs::write(inst.pid_path(), format!("{}\n", std::process::id()))?;
+    let _ = std::fs::write(inst.config_note_path(), format!("{}\n", cfg.path.display()));
+    Ok(())
 }
