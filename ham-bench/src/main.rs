@@ -238,6 +238,9 @@ fn machine() -> String {
 fn run(o: &Opts) -> Result<bool> {
     sys::install_interrupt_handler();
     sys::become_subreaper();
+    // scale's 10,000 entities: ham's pidfds with room to spare (where we may raise it).
+    let nofile = sys::raise_nofile_hard(65_536);
+    eprintln!("RLIMIT_NOFILE hard limit for the supervisors: {nofile}");
     let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let bin_dir = me
         .parent()

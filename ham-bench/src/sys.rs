@@ -52,6 +52,33 @@ pub fn tight_timer_slack() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
 }
 
+/// Raises RLIMIT_NOFILE's hard limit to at least `n` where this process may (root), for
+/// what it starts: ham holds a pidfd per running entity, and at times a second one in
+/// flight to its Guardian, so 10,000 entities need more than a common 20,000 (ham warns at
+/// start when its limit is short). Returns the hard limit in force.
+pub fn raise_nofile_hard(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct passed, alive for both.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_max < n {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_cur,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return n;
+            }
+        }
+    }
+    lim.rlim_max
+}
+
 /// Makes this process the reaper of orphaned descendants. PID 1 of some containers never
 /// reaps, and a takeover orphans the killed HAM's children; without this they would stay
 /// zombies for good. [`reap`] collects them.
