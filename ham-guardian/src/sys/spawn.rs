@@ -1163,6 +1163,7 @@ impl Pending {
             ..
         } = self;
         if let Some(go) = child.go.take() {
+            // A child that already failed has closed its end; EPIPE is then expected.
             let _ = rustix::io::write(&go, b"g");
         }
         (pid, pidfd, Execing { child })
@@ -1174,20 +1175,10 @@ impl Pending {
         self,
         meanwhile: impl FnOnce(),
     ) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
-        let Pending {
-            pid,
-            pidfd,
-            mut child,
-            ..
-        } = self;
-        if let Some(go) = child.go.take() {
-            // A child that already failed has closed its end; EPIPE is then expected.
-            let _ = rustix::io::write(&go, b"g");
-        }
+        let (pid, pidfd, execing) = self.release_detached();
         meanwhile();
-        match child.wait_done() {
-            Ok((_, 0)) => Ok((pid, pidfd)),
-            Ok((buf, _)) => Err((io::Error::from_raw_os_error(i32::from_ne_bytes(buf)), pidfd)),
+        match execing.finish() {
+            Ok(()) => Ok((pid, pidfd)),
             Err(e) => Err((e, pidfd)),
         }
     }
