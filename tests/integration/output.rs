@@ -131,16 +131,21 @@ fn rotation_keeps_current_and_the_newest_archives() {
     const N: u32 = 3000;
     let body = writer("r", N, "output_max_bytes = 8192\noutput_keep = 3\n");
     let ham = Ham::start("rotate", &body);
-    wait_until(&ham, "the last line kept", || {
-        last_kept(&ham, "r") == Some(N)
-    });
     let dir = ham.dir.path().join("log").join(&ham.name).join("r");
-    let archives: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('@'))
-        .map(|e| e.metadata().unwrap().len())
-        .collect();
+    let archives = || -> Vec<u64> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('@'))
+            .map(|e| e.metadata().unwrap().len())
+            .collect()
+    };
+    // The last line can be kept by a rotation still under way (its archive made, the
+    // oldest not yet deleted): wait for the rotation to finish too, not only for the line.
+    wait_until(&ham, "the last line kept and 3 archives", || {
+        last_kept(&ham, "r") == Some(N) && archives().len() == 3
+    });
+    let archives = archives();
     assert_eq!(archives.len(), 3, "{archives:?}");
     assert!(
         archives.iter().all(|&b| (8192..8192 + 65536).contains(&b)),
