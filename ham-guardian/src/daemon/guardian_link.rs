@@ -12,9 +12,6 @@ pub(super) struct GuardianProc {
     pub(super) beaten: bool,
     /// It was seen stopped (SIGSTOP): when to fence it if it still is.
     pub(super) stop_check: Option<u64>,
-    /// Started by a takeover, which does not wait for its `execve`: how that went, asked
-    /// once it beats or dies.
-    pub(super) execing: Option<sys::Execing>,
 }
 
 impl Daemon {
@@ -34,14 +31,7 @@ impl Daemon {
             .iter()
             .filter_map(|e| e.out.as_ref().map(|(r, w)| (e.slot.0, r, w)))
             .collect();
-        match spawn_guardian_process(
-            &self.cfg,
-            &self.config_text,
-            sockets,
-            &pipes,
-            &binary,
-            false,
-        ) {
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes, &binary) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian.proc = Some(g);
@@ -142,17 +132,13 @@ impl Daemon {
         if let Some(g) = &mut self.guardian.proc {
             if handoff::drain_beats(&g.sock) {
                 g.beaten = true;
-                // It runs its loop, so it is long past its execve.
-                if let Some(e) = g.execing.take() {
-                    let _ = e.finish();
-                }
             }
         }
         self.on_handoff_writable();
     }
 
     pub(super) fn on_guardian_exit(&mut self) {
-        let Some(mut g) = self.guardian.take() else {
+        let Some(g) = self.guardian.take() else {
             return;
         };
         let how = match rustix::process::waitid(
@@ -166,10 +152,6 @@ impl Daemon {
             }
             Err(_) => LastExit::Unknown,
         };
-        // Started by a takeover without waiting for its execve: say why that failed.
-        if let Some(Err(e)) = g.execing.take().map(sys::Execing::finish) {
-            say!(self, "the guardian (pid {}) could not run ham: {e}", g.pid);
-        }
         self.wrote(self.writer.set_guardian(0, 0));
         if self.shutdown.is_some() {
             return;
@@ -328,7 +310,6 @@ pub(super) fn spawn_guardian_process<'a>(
     sockets: impl Into<SocketRefs<'a>>,
     pipes: &[(u32, &OwnedFd, &OwnedFd)],
     binary: &Path,
-    detached: bool,
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
@@ -376,19 +357,10 @@ pub(super) fn spawn_guardian_process<'a>(
     let pending = spec.fork()?;
     failpoint::hit("guardian:after-fork");
     let start_time = pending.start_time;
-    // A takeover does not wait for the Guardian's execve (it runs even if we die, and a
-    // failed one is seen as its death); any other start does, so that a failed upgrade is
-    // told at once.
-    let (pid, pidfd, execing) = if detached {
-        let (pid, pidfd, execing) = pending.release_detached();
-        (pid, pidfd, Some(execing))
-    } else {
-        let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
-            let _ = wait_pidfd(&pidfd, 1_000);
-            e
-        })?;
-        (pid, pidfd, None)
-    };
+    let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
+        let _ = wait_pidfd(&pidfd, 1_000);
+        e
+    })?;
     Ok(GuardianProc {
         beaten: false,
         stop_check: None,
@@ -396,6 +368,5 @@ pub(super) fn spawn_guardian_process<'a>(
         start_time: start_time.or_else(|| procfs::start_time(pid)).unwrap_or(0),
         pidfd,
         sock: ours,
-        execing,
     })
 }

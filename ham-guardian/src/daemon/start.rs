@@ -167,18 +167,17 @@ impl Daemon {
             .filter_map(|(s, e)| Some((s, e.0?, e.1?)))
             .collect();
         let self_exe = Path::new("/proc/self/exe");
-        // Not waiting for its execve: the takeover goes on while it loads.
-        let guardian =
-            match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, self_exe, true) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    log(
-                        &cfg.instance.name,
-                        format_args!("cannot start a guardian yet: {e}"),
-                    );
-                    None
-                }
-            };
+        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, self_exe)
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log(
+                    &cfg.instance.name,
+                    format_args!("cannot start a guardian yet: {e}"),
+                );
+                None
+            }
+        };
         let older = seg.needs_migration();
         let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
         if let Some(v) = older {
