@@ -20,8 +20,7 @@ impl Daemon {
         // end, if nothing is started), and the dead process reaped then too.
         self.hold_logs();
         self.on_pidfd_held(i);
-        self.write_held_logs();
-        self.reap_handled();
+        self.after_deaths();
     }
 
     fn on_pidfd_held(&mut self, i: EntityId) {
@@ -103,8 +102,15 @@ impl Daemon {
         self.syslog.write_held();
     }
 
+    /// What waits until a death's replacement is released: the held lines written and the
+    /// dead process reaped (both cheap to repeat: nothing held, nothing unreaped).
+    pub(super) fn after_deaths(&mut self) {
+        self.write_held_logs();
+        self.reap_handled();
+    }
+
     /// Reaps the children whose deaths were handled (`unreaped`).
-    pub(super) fn reap_handled(&mut self) {
+    fn reap_handled(&mut self) {
         for pid in self.unreaped.drain(..) {
             if let Some(p) = Pid::from_raw(pid) {
                 // Reaped already if the SIGCHLD scan came first (ECHILD): nothing to do.

@@ -190,10 +190,7 @@ impl Daemon {
                 // successor adopts as it adopts any process it was not handed.
                 // While it execs: what was said about the death it replaces, and the reaping
                 // of that death's process (see `on_pidfd`).
-                let released = pending.release_while(|| {
-                    self.write_held_logs();
-                    self.reap_handled();
-                });
+                let released = pending.release_while(|| self.after_deaths());
                 failpoint::hit("spawn:after-release");
                 if let Ok((_, pidfd)) = &released {
                     self.send_to_guardian(self.entities[i].slot, pid, st, pidfd);

@@ -1064,14 +1064,14 @@ pub struct Pending {
 /// A released child whose `execve` was not waited for ([`Pending::release_detached`]).
 /// Dropped, it waits until the child is past `execve` or dead (it holds what the child
 /// reads until then).
-pub struct Execing {
+struct Execing {
     child: Child,
 }
 
 impl Execing {
     /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
     /// preparation or `execve`.
-    pub fn finish(mut self) -> io::Result<()> {
+    fn finish(mut self) -> io::Result<()> {
         match self.child.wait_done()? {
             (_, 0) => Ok(()),
             (buf, _) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
@@ -1155,7 +1155,7 @@ impl Pending {
 
     /// Lets the child run its program without waiting for its `execve`: the returned
     /// [`Execing`] says later how that went (and until then keeps what the child reads).
-    pub fn release_detached(self) -> (i32, OwnedFd, Execing) {
+    fn release_detached(self) -> (i32, OwnedFd, Execing) {
         let Pending {
             pid,
             pidfd,
