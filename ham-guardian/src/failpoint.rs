@@ -4,7 +4,8 @@
 //! Compiled in debug builds only (`cfg(debug_assertions)`); in a release build [`hit`] is
 //! an empty inline function. A failpoint fires when `HAM_FAILPOINT` names it, the file
 //! `$HAM_FAILPOINT_FILE.armed` exists, and `$HAM_FAILPOINT_FILE` does not: it creates that
-//! file (so it fires once, whichever process reaches it) and kills its own process.
+//! file (so it fires once, whichever process reaches it) and kills its own process (a
+//! Guardian's failpoint kills its HAM).
 
 /// Every failpoint, in the order a restart passes them.
 pub const ALL: &[&str] = &[
@@ -45,11 +46,29 @@ pub const CONTROL: &[&str] = &["control:request"];
 /// what a transient shortage (no process, no memory) does.
 pub const FAILURES: &[&str] = &["clients:setup"];
 
+/// Failpoints in the Guardian: reached there, the Guardian kills its HAM (SIGKILL, then waits
+/// for the exit) instead of itself. `guardian:beat-unread`: the HAM is stopped (SIGSTOP)
+/// before the Guardian beats and killed after, so it dies with the beat unread, and the
+/// Guardian's next read of the handoff socket reports ECONNRESET before what the HAM handed
+/// over.
+pub const GUARDIAN: &[&str] = &["guardian:beat-unread"];
+
 /// The environment variables a failpoint reads; ham removes them from entities' environment.
 pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
 
 #[cfg(debug_assertions)]
 pub fn hit(name: &'static str) {
+    if fires(name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether the failpoint `name` fires now (once, whichever process reaches it first): the
+/// caller then does what it stands for. [`hit`] kills its own process; a Guardian's
+/// failpoint ([`GUARDIAN`]) kills its HAM.
+#[cfg(debug_assertions)]
+pub fn fires(name: &'static str) -> bool {
     use std::sync::OnceLock;
     static ARMED: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
     let Some((want, file)) = ARMED.get_or_init(|| {
@@ -57,25 +76,28 @@ pub fn hit(name: &'static str) {
         let file = std::env::var_os("HAM_FAILPOINT_FILE")?;
         Some((name, file.into()))
     }) else {
-        return;
+        return false;
     };
     if want != name {
-        return;
+        return false;
     }
     let mut armed = file.clone().into_os_string();
     armed.push(".armed");
     if !std::path::Path::new(&armed).exists() {
-        return;
+        return false;
     }
-    if std::fs::OpenOptions::new()
+    // Created once: whoever creates it fires.
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(file)
-        .is_err()
-    {
-        return; // already fired
-    }
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        .is_ok()
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fires(_name: &'static str) -> bool {
+    false
 }
 
 #[cfg(not(debug_assertions))]

@@ -109,7 +109,11 @@ pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
         let n = match r {
             Ok(r) => r.bytes,
             Err(rustix::io::Errno::AGAIN) => return true,
-            Err(rustix::io::Errno::INTR) => continue,
+            // The HAM closed its end with bytes of ours unread (a beat): the kernel reports
+            // ECONNRESET once, before what is still queued. What is queued must be read:
+            // taking the error for the end would drop the pidfds and output pipes in flight,
+            // and an entity's pipe would lose its last reader.
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNRESET) => continue,
             Err(_) => return false,
         };
         let mut fd = None;
@@ -171,5 +175,30 @@ mod tests {
         assert_eq!((got[&7].pid, got[&7].start_time), (1235, 100));
         drop(a);
         assert!(!recv_all(&b, &mut got));
+    }
+
+    /// A HAM killed before it read its Guardian's beat: the Guardian's first read reports
+    /// ECONNRESET, and everything the HAM sent is still queued behind it.
+    #[test]
+    fn what_was_sent_is_received_after_the_ham_died_with_a_beat_unread() {
+        let (ham, guardian) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        send(&ham, 3, PIPE_READ, 0, &r).unwrap();
+        send(&ham, 3, PIPE_WRITE, 0, &w).unwrap();
+        beat(&guardian);
+        drop(ham);
+        drop(r);
+        let mut got = HashMap::new();
+        assert!(!recv_all(&guardian, &mut got), "the HAM's end is closed");
+        assert_eq!(got.len(), 2);
+        // The read end received is the pipe's: a write still finds a reader.
+        assert!(got.contains_key(&pipe_key(3, PIPE_READ)));
+        assert_eq!(rustix::io::write(&w, b"x"), Ok(1));
     }
 }

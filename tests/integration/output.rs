@@ -126,6 +126,48 @@ fn output_is_kept_across_20_ham_kills_with_no_line_lost_or_written_twice() {
     );
 }
 
+/// A HAM killed after its Guardian beat and before it read the beat: the Guardian's next read
+/// of the handoff socket reports ECONNRESET, ahead of the output pipe's ends still queued in
+/// it. They must be received all the same: otherwise the promoted HAM makes a new pipe, the
+/// old one loses its last reader, and the writer dies of SIGPIPE.
+#[test]
+fn output_keeps_its_reader_when_the_ham_dies_with_its_guardians_beat_unread() {
+    // Still writing after both takeovers (200 bursts, 20 ms apart).
+    const N: u32 = 20_000;
+    let marks = tempfile::tempdir().unwrap();
+    let fired = marks.path().join("fired");
+    let fired_s = fired.display().to_string();
+    let body = writer("w", N, "");
+    let mut ham = Ham::start_with(
+        "beat",
+        "",
+        &body,
+        &[
+            ("HAM_FAILPOINT", "guardian:beat-unread"),
+            ("HAM_FAILPOINT_FILE", &fired_s),
+        ],
+    );
+    let s = ham.wait_for("w running", |s| running(s, "w"));
+    let w = pid_of(&s, "w");
+    // Armed now: the next Guardian to beat kills its HAM. That is the Guardian started by
+    // the HAM promoted when the first HAM is killed.
+    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    let first = s["ham"]["pid"].as_i64().unwrap() as i32;
+    sigkill(first);
+    assert_eq!(ham.wait_exit(), -1);
+    wait_until(&ham, "the failpoint to fire", || fired.exists());
+    ham.wait_for("two takeovers", |s| {
+        s["ham"]["epoch"].as_u64() == Some(3) && s["ham"]["alive"] == true
+    });
+    wait_until(&ham, "the last line kept", || {
+        last_kept(&ham, "w") == Some(N)
+    });
+    let s = ham.status();
+    assert_eq!(pid_of(&s, "w"), w, "{}", ham.stderr());
+    assert_eq!(entity(&s, "w")["restarts"], 0, "{}", ham.stderr());
+    assert_eq!(kept_numbers(&ham, "w"), (1..=N).collect::<Vec<_>>());
+}
+
 #[test]
 fn rotation_keeps_current_and_the_newest_archives() {
     const N: u32 = 3000;
