@@ -168,6 +168,46 @@ fn output_keeps_its_reader_when_the_ham_dies_with_its_guardians_beat_unread() {
     assert_eq!(kept_numbers(&ham, "w"), (1..=N).collect::<Vec<_>>());
 }
 
+/// Both HAM and Guardian killed: the pipe of a writer that still runs is gone with them. The
+/// warm start says so, and the writer's next process writes into a new pipe that is kept.
+#[test]
+fn a_warm_start_says_a_running_writers_output_was_lost_and_its_next_process_is_kept() {
+    let body = "[[entity]]\nname = \"w\"\ncommand = [\"/bin/sh\", \"-c\", \"echo line 1; exec sleep 100000\"]\noutput = \"log\"\n";
+    let mut ham = Ham::start("lostpipe", body);
+    let s = ham.wait_for("w running", |s| running(s, "w"));
+    let w = pid_of(&s, "w");
+    wait_until(&ham, "its line kept", || last_kept(&ham, "w") == Some(1));
+    let (h, g) = (
+        s["ham"]["pid"].as_i64().unwrap() as i32,
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    // Both die: the Guardian stopped so that it cannot take over, then the HAM, then it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1);
+    assert!(kill_and_wait(g));
+    ham.spawn(&[]);
+    let s = ham.wait_for("a warm start", |s| {
+        s["ham"]["pid"] == ham.pid() && running(s, "w")
+    });
+    assert_eq!(pid_of(&s, "w"), w, "adopted, not restarted");
+    assert!(
+        ham.stderr().contains(&format!(
+            "w: its output pipe was not handed over; what pid {w} writes is not kept"
+        )),
+        "{}",
+        ham.stderr()
+    );
+    assert!(ham.ctl(&["restart", "w"]).status.success());
+    wait_until(&ham, "the new process's line kept", || {
+        kept_numbers(&ham, "w") == [1, 1]
+    });
+}
+
 #[test]
 fn rotation_keeps_current_and_the_newest_archives() {
     const N: u32 = 3000;

@@ -25,16 +25,29 @@ impl Daemon {
         let name = self.entities[i].cfg.name.clone();
         let (pipe, resumed) = match handed {
             (Some(r), Some(w)) => ((r.pidfd, w.pidfd), true),
-            _ => match outlog::pipe() {
-                Ok(p) => (p, false),
-                Err(e) => {
+            _ => {
+                let rec = &self.entities[i].rec;
+                if rec.state.has_process() && rec.pid > 0 {
+                    // Taken over (or started warm) without the pipe: a process still running
+                    // writes into the old one, which this HAM cannot read.
                     say!(
                         self,
-                        "{name}: cannot make its output pipe: {e}; its output goes to ham's"
+                        "{name}: its output pipe was not handed over; what pid {} writes is \
+                         not kept until it restarts",
+                        rec.pid
                     );
-                    return;
                 }
-            },
+                match outlog::pipe() {
+                    Ok(p) => (p, false),
+                    Err(e) => {
+                        say!(
+                            self,
+                            "{name}: cannot make its output pipe: {e}; its output goes to ham's"
+                        );
+                        return;
+                    }
+                }
+            }
         };
         let keep = outlog::Keep {
             dir: self.cfg.instance.output_dir(&name),
