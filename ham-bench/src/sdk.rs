@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ham_core::client::{
-    self as ring, ClientSegment, Consumer, KIND_RAISE, Polled, PushError, RingEvent,
+    self as ring, ClientSegment, Consumer, KIND_RAISE, Name, Polled, PushError, RingEvent,
 };
 use ham_detector_sdk::{Client, Error as SdkError, Heartbeat, Location};
 use serde_json::{Map, json};
@@ -352,12 +352,30 @@ enum RingRun {
     Stalled(String, u64),
 }
 
-/// One run: every client pushes `each` events from its own thread.
-fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRun> {
-    let c0 = &clients[0];
+/// One producer's push of event `i`: `Ok(true)` pushed, `Ok(false)` the ring was full.
+type Push<'a> = &'a (dyn Fn(u64) -> Result<bool> + Sync);
+
+/// `Client::raise` as a [`Push`].
+fn raise_push(c: &Client) -> impl Fn(u64) -> Result<bool> + Sync + '_ {
+    move |i| match c.raise("sink", "bench", 0, i as i64) {
+        Ok(()) => Ok(true),
+        Err(SdkError::Push(PushError::Full)) => Ok(false),
+        Err(e) => Err(format!("raise: {e}")),
+    }
+}
+
+/// One run: every producer pushes `each` events from its own thread, into `seg`'s ring.
+fn ring_run(producers: &[Push<'_>], seg: &ClientSegment, each: u64) -> Result<RingRun> {
+    let position = || {
+        let h = seg.header();
+        (
+            h.head.load(Ordering::Acquire),
+            h.tail.load(Ordering::Acquire),
+        )
+    };
     let deadline = mono_ns() + 5_000_000_000;
     let tail0 = loop {
-        let (h, t) = c0.ring_position();
+        let (h, t) = position();
         if h == t {
             break t;
         }
@@ -366,7 +384,7 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    let total = each * clients.len() as u64;
+    let total = each * producers.len() as u64;
     let target = tail0 + total;
     let go = AtomicBool::new(false);
     let abort = AtomicBool::new(false);
@@ -375,9 +393,9 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
     let full = AtomicU64::new(0);
     let (t0, t1, stalled) = std::thread::scope(|s| -> Result<(u64, u64, Option<String>)> {
         let _abort = SetOnDrop(&abort);
-        let producers: Vec<_> = clients
+        let threads: Vec<_> = producers
             .iter()
-            .map(|c| {
+            .map(|push| {
                 let (go, abort, ready, first, full) = (&go, &abort, &ready, &first, &full);
                 s.spawn(move || -> Result<()> {
                     ready.fetch_add(1, Ordering::SeqCst);
@@ -389,25 +407,19 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
                     }
                     first.fetch_min(mono_ns(), Ordering::AcqRel);
                     for i in 0..each {
-                        loop {
-                            match c.raise("sink", "bench", 0, i as i64) {
-                                Ok(()) => break,
-                                Err(SdkError::Push(PushError::Full)) => {
-                                    full.fetch_add(1, Ordering::Relaxed);
-                                    if abort.load(Ordering::Relaxed) {
-                                        return Ok(());
-                                    }
-                                    std::thread::yield_now();
-                                }
-                                Err(e) => return Err(format!("raise: {e}")),
+                        while !push(i)? {
+                            full.fetch_add(1, Ordering::Relaxed);
+                            if abort.load(Ordering::Relaxed) {
+                                return Ok(());
                             }
+                            std::thread::yield_now();
                         }
                     }
                     Ok(())
                 })
             })
             .collect();
-        while ready.load(Ordering::SeqCst) < clients.len() {
+        while ready.load(Ordering::SeqCst) < producers.len() {
             std::thread::yield_now();
         }
         go.store(true, Ordering::Release);
@@ -415,7 +427,7 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
         let mut moved_at = mono_ns();
         let mut stalled = None;
         let t1 = loop {
-            let (head, tail) = c0.ring_position();
+            let (head, tail) = position();
             let now = mono_ns();
             if tail >= target {
                 break now;
@@ -445,7 +457,7 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
             }
             std::thread::sleep(Duration::from_micros(200));
         };
-        for h in producers {
+        for h in threads {
             h.join().map_err(|_| "a producer panicked".to_owned())??;
         }
         Ok((first.load(Ordering::Acquire), t1, stalled))
@@ -455,6 +467,46 @@ fn ring_run(clients: &[Client], seg: &ClientSegment, each: u64) -> Result<RingRu
         Some(why) => RingRun::Stalled(why, full),
         None => RingRun::Done(total as f64 * 1e9 / (t1 - t0) as f64, full),
     })
+}
+
+/// The floor for `ring_throughput`: the same ring (ham-core's, 1024 slots) in a segment of
+/// the bench's own, drained by [`bare_consumer`] (a thread asleep on the futex doorbell when
+/// the ring is empty, no validation past the ring's own, nothing done per event), with the
+/// producers pushing the event `Client::raise` builds.
+fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
+    let name = format!("/ham.{}bare-tp.client", ctx.instance_prefix());
+    ClientSegment::unlink(&name);
+    let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
+    let ev = RingEvent {
+        kind: KIND_RAISE,
+        pid: std::process::id(),
+        uid: 0,
+        token: 0,
+        entity: Name::new("sink").expect("short"),
+        class: Name::new("bench").expect("short"),
+        severity: 0,
+        value: 0,
+        from: 0,
+        to: 0,
+    };
+    let stop = AtomicBool::new(false);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| bare_consumer(&seg, &stop));
+        let _stop = StopConsumer(&stop, &seg, &ev);
+        let push = |i: u64| {
+            let mut e = ev.clone();
+            e.value = i as i64;
+            match seg.push(&e) {
+                Ok(()) => Ok(true),
+                Err(PushError::Full) => Ok(false),
+                Err(e) => Err(format!("push: {e}")),
+            }
+        };
+        let pushes: Vec<Push<'_>> = (0..producers).map(|_| &push as Push<'_>).collect();
+        ring_run(&pushes, &seg, each)
+    });
+    ClientSegment::unlink(&name);
+    r
 }
 
 /// A ham for `ring_throughput`: one entity, four clients, and a second mapping of its
@@ -492,11 +544,50 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
         ),
         systems: Vec::new(),
         ratios: false,
-        ratio_pairs: vec![("ham-2p", "ham-1p"), ("ham-4p", "ham-1p")],
+        ratio_pairs: vec![
+            ("ham-1p", "bare-1p"),
+            ("ham-2p", "bare-2p"),
+            ("ham-4p", "bare-4p"),
+            ("ham-2p", "ham-1p"),
+            ("ham-4p", "ham-1p"),
+        ],
         columns: vec![("full_retries", "full")],
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
     };
+    eprintln!("[ring_throughput] bare");
+    for producers in [1usize, 2, 4] {
+        let name = ["bare-1p", "bare-2p", "bare-4p"][producers.ilog2() as usize];
+        let mut rates = Vec::new();
+        let mut full = 0;
+        let mut fails = 0;
+        for _ in 0..p.ring_reps {
+            sys::check_interrupted()?;
+            match bare_ring_run(ctx, producers, p.ring_events)? {
+                RingRun::Done(rate, f) => {
+                    rates.push(rate);
+                    full += f;
+                }
+                RingRun::Stalled(why, f) => {
+                    full += f;
+                    fails += 1;
+                    problems.add(format!("ring_throughput, {name}: {why}"));
+                }
+            }
+        }
+        if let Some(s) = stats(&rates) {
+            progress(format!(
+                "{producers} producer(s): median {:.0} events/s, {full} full-ring retries",
+                s.median
+            ));
+        }
+        let mut extra = Map::new();
+        extra.insert("producers".into(), json!(producers));
+        extra.insert("events_per_producer".into(), json!(p.ring_events));
+        extra.insert("full_retries".into(), json!(full));
+        res.systems
+            .push((name.into(), measured(&rates, fails, extra)));
+    }
     eprintln!("[ring_throughput] ham");
     let mut runs: Vec<(usize, Vec<f64>, u64, usize)> = Vec::new();
     let mut counts = [0u64; 3];
@@ -508,7 +599,12 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
             let mut stalls = 0;
             for _ in 0..p.ring_reps {
                 sys::check_interrupted()?;
-                match ring_run(&ham.clients[..producers], &ham.seg, p.ring_events)? {
+                let run = {
+                    let pushes: Vec<_> = ham.clients[..producers].iter().map(raise_push).collect();
+                    let pushes: Vec<Push<'_>> = pushes.iter().map(|p| p as Push<'_>).collect();
+                    ring_run(&pushes, &ham.seg, p.ring_events)?
+                };
+                match run {
                     RingRun::Done(rate, f) => {
                         ham.pushed += p.ring_events * producers as u64;
                         rates.push(rate);
@@ -659,8 +755,8 @@ fn bare_latency(ctx: &Ctx, n: usize) -> Result<(Vec<f64>, u64)> {
         pid: std::process::id(),
         uid: 0,
         token: 0,
-        entity: "sink".into(),
-        class: "bench".into(),
+        entity: Name::new("sink").unwrap(),
+        class: Name::new("bench").unwrap(),
         severity: 0,
         value: 0,
         from: 0,

@@ -174,6 +174,94 @@ pub struct RingSlot {
 #[cfg(not(loom))]
 const _: () = assert!(size_of::<RingSlot>() == 128);
 
+/// An entity's name or an event's class as the ring carries it: at most [`NAME_BYTES`]
+/// bytes of UTF-8, held inline, so that neither a producer nor the HAM allocates per event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Name {
+    /// Invariant: `bytes[..len]` is UTF-8 and the rest is zero (both constructors check).
+    len: u8,
+    bytes: [u8; NAME_BYTES],
+}
+
+impl Name {
+    /// `s`, if it fits.
+    pub fn new(s: &str) -> Result<Self, PushError> {
+        let b = s.as_bytes();
+        if b.len() > NAME_BYTES {
+            return Err(PushError::TooLong);
+        }
+        let mut bytes = [0u8; NAME_BYTES];
+        bytes[..b.len()].copy_from_slice(b);
+        Ok(Self {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Never empty by mistake: `new` copies a `str` and `from_words` checks, and the fields
+        // are private (the check costs a few nanoseconds, and this crate has no `unsafe` here).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// The four words a ring slot holds it in (zero-padded, little-endian).
+    fn words(&self) -> [u64; 4] {
+        let mut out = [0u64; 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u64::from_le_bytes(self.bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        }
+        out
+    }
+
+    /// Back from a slot's words: `None` unless UTF-8 up to the first zero, zeros after it.
+    fn from_words(words: &[u64]) -> Option<Self> {
+        let mut bytes = [0u8; NAME_BYTES];
+        for (i, w) in words.iter().take(4).enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
+        if bytes[len..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        std::str::from_utf8(&bytes[..len]).ok()?;
+        Some(Self {
+            len: len as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An event on the ring, as a producer gives it and the consumer returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingEvent {
@@ -182,8 +270,8 @@ pub struct RingEvent {
     pub pid: u32,
     pub uid: u32,
     pub token: u64,
-    pub entity: String,
-    pub class: String,
+    pub entity: Name,
+    pub class: Name,
     pub severity: u32,
     pub value: i64,
     /// For `KIND_STATE`: from and to.
@@ -534,17 +622,29 @@ impl<'a> Ring<'a> {
     /// [`push`](Self::push) with a hook run between the claim and the publish (tests kill
     /// the producer there).
     pub fn push_with(&self, ev: &RingEvent, after_claim: impl FnOnce()) -> Result<(), PushError> {
-        let entity = pack_name(&ev.entity).ok_or(PushError::TooLong)?;
-        let class = pack_name(&ev.class).ok_or(PushError::TooLong)?;
+        let (entity, class) = (ev.entity.words(), ev.class.words());
         let h = self.header;
         let ring = self.slots;
         let cap = ring.len() as u64;
         let ticket = loop {
             let head = h.head.load(Ordering::Acquire);
-            let tail = h.tail.load(Ordering::Acquire);
-            if head.wrapping_sub(tail) >= cap {
-                h.dropped_full.fetch_add(1, Ordering::Relaxed);
-                return Err(PushError::Full);
+            // The slot says whether it is free for this ticket: then `tail` (the consumer's
+            // line, written at every event) need not be read, and does not travel between
+            // the cores at every push.
+            let free = ring[(head & (cap - 1)) as usize]
+                .seq
+                .load(Ordering::Acquire)
+                == head;
+            if !free {
+                // A lap behind (full), `head` moved on meanwhile, or a stray write: `tail`
+                // tells. The consumer frees a slot (`seq`) before it moves `tail` past it,
+                // so room by `tail` with the slot not free is one of the latter two; the
+                // compare-exchange below then fails (retry) or the publish is refused.
+                let tail = h.tail.load(Ordering::Acquire);
+                if head.wrapping_sub(tail) >= cap {
+                    h.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    return Err(PushError::Full);
+                }
             }
             if h.head
                 .compare_exchange_weak(
@@ -616,33 +716,6 @@ impl<'a> Ring<'a> {
         let slot = &self.slots[(ticket & (self.slots.len() as u64 - 1)) as usize];
         (slot, slot.seq.load(Ordering::Acquire))
     }
-}
-
-fn pack_name(s: &str) -> Option<[u64; 4]> {
-    let b = s.as_bytes();
-    if b.len() > NAME_BYTES {
-        return None;
-    }
-    let mut bytes = [0u8; NAME_BYTES];
-    bytes[..b.len()].copy_from_slice(b);
-    let mut out = [0u64; 4];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    }
-    Some(out)
-}
-
-fn unpack_name(words: &[u64]) -> Option<String> {
-    let mut bytes = Vec::with_capacity(NAME_BYTES);
-    for w in words {
-        bytes.extend_from_slice(&w.to_le_bytes());
-    }
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    if bytes[end..].iter().any(|&b| b != 0) {
-        return None;
-    }
-    bytes.truncate(end);
-    String::from_utf8(bytes).ok()
 }
 
 /// Checksum over a slot's words (except the checksum itself) and its ticket, so a slot
@@ -975,8 +1048,9 @@ fn decode(ticket: u64, body: &[u64; SLOT_WORDS]) -> Result<RingEvent, &'static s
     if kind != KIND_RAISE && kind != KIND_STATE {
         return Err("unknown event kind");
     }
-    let entity = unpack_name(&body[w::ENTITY..w::ENTITY + 4]).ok_or("entity name not UTF-8")?;
-    let class = unpack_name(&body[w::CLASS..w::CLASS + 4]).ok_or("class not UTF-8")?;
+    let entity =
+        Name::from_words(&body[w::ENTITY..w::ENTITY + 4]).ok_or("entity name not UTF-8")?;
+    let class = Name::from_words(&body[w::CLASS..w::CLASS + 4]).ok_or("class not UTF-8")?;
     let uid = body[w::UID];
     if uid > u64::from(u32::MAX) {
         return Err("uid out of range");
@@ -1098,8 +1172,8 @@ mod tests {
             pid: std::process::id(),
             uid: 0,
             token: 7,
-            entity: "db".into(),
-            class: "disk".into(),
+            entity: Name::new("db").unwrap(),
+            class: Name::new("disk").unwrap(),
             severity: 3,
             value: i,
             from: 0,
@@ -1169,6 +1243,21 @@ mod tests {
         assert_eq!(r, Err(PushError::Abandoned));
         assert_eq!(s.header().tail.load(Ordering::Acquire), t + 1);
         ClientSegment::unlink(s.name());
+    }
+
+    #[test]
+    fn a_name_is_inline_utf8_of_at_most_32_bytes_and_checked_off_the_ring() {
+        let n = Name::new("dévice-9").unwrap();
+        assert_eq!(n, "dévice-9");
+        assert_eq!(Name::from_words(&n.words()), Some(n));
+        assert_eq!(Name::new(&"x".repeat(32)).unwrap().len(), 32);
+        assert_eq!(Name::new(&"x".repeat(33)), Err(PushError::TooLong));
+        // Off the ring: bytes after the first zero, or bytes that are not UTF-8, are refused.
+        let mut words = Name::new("ab").unwrap().words();
+        words[1] = 1;
+        assert_eq!(Name::from_words(&words), None);
+        assert_eq!(Name::from_words(&[0xff, 0, 0, 0]), None);
+        assert_eq!(Name::from_words(&[0; 4]), Some(Name::new("").unwrap()));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! (`.ci/run` runs it). In an ordinary build this file is empty.
 #![cfg(loom)]
 
-use ham_core::client::{AsRing, BELL_RUNG, Consumer, ModelRing, Polled, PushError, RingEvent};
+use ham_core::client::{
+    AsRing, BELL_RUNG, Consumer, ModelRing, Name, Polled, PushError, RingEvent,
+};
 use loom::sync::Arc;
 use loom::sync::atomic::Ordering;
 
@@ -15,8 +17,8 @@ fn event(pid: u32, value: i64) -> RingEvent {
         pid,
         uid: 1000,
         token: 7,
-        entity: "db".into(),
-        class: "disk".into(),
+        entity: Name::new("db").unwrap(),
+        class: Name::new("disk").unwrap(),
         severity: 2,
         value,
         from: 0,

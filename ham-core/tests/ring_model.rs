@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ham_core::client::{ClientSegment, Consumer, KIND_RAISE, Polled, PushError, RingEvent};
+use ham_core::client::{ClientSegment, Consumer, KIND_RAISE, Name, Polled, PushError, RingEvent};
 use ham_core::segment::{Access, Segment, SegmentWriter};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -119,8 +119,8 @@ fn event(pid: u32, value: i64) -> RingEvent {
         pid,
         uid: 0,
         token: 7,
-        entity: "db".into(),
-        class: "tick".into(),
+        entity: Name::new("db").unwrap(),
+        class: Name::new("tick").unwrap(),
         severity: 0,
         value,
         from: 0,

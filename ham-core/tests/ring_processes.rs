@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ham_core::client::{ClientSegment, Consumer, KIND_RAISE, Polled, PushError, RingEvent};
+use ham_core::client::{ClientSegment, Consumer, KIND_RAISE, Name, Polled, PushError, RingEvent};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
@@ -142,8 +142,8 @@ fn event(value: i64) -> RingEvent {
         pid: std::process::id(),
         uid: rustix::process::getuid().as_raw(),
         token: 0x7e57,
-        entity: "e".into(),
-        class: "c".into(),
+        entity: Name::new("e").unwrap(),
+        class: Name::new("c").unwrap(),
         severity: 0,
         value,
         from: 0,

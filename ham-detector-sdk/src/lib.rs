@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use ham_core::beat::BeatMap;
-use ham_core::client::{ClientSegment, KIND_RAISE, KIND_STATE, PushError, RingEvent};
+use ham_core::client::{ClientSegment, KIND_RAISE, KIND_STATE, Name, PushError, RingEvent};
 pub use ham_core::protocol::Notification;
 pub use ham_core::protocol::{Change, ControlCommand};
 use ham_core::protocol::{Request, Response};
@@ -490,25 +490,25 @@ impl Client {
         .map(|_| ())
     }
 
-    fn event(&self, kind: u32, entity: &str, class: &str) -> RingEvent {
-        RingEvent {
+    fn event(&self, kind: u32, entity: &str, class: &str) -> Result<RingEvent, PushError> {
+        Ok(RingEvent {
             kind,
             pid: self.pid,
             uid: self.uid,
             token: self.token,
-            entity: entity.to_owned(),
-            class: class.to_owned(),
+            entity: Name::new(entity)?,
+            class: Name::new(class)?,
             severity: 0,
             value: 0,
             from: 0,
             to: 0,
-        }
+        })
     }
 
     /// Raises a detector event on `entity`: its `raise` conditions that match `class`
     /// (and `severity`) fire. Never blocks; a full ring returns [`PushError::Full`].
     pub fn raise(&self, entity: &str, class: &str, severity: u32, value: i64) -> Result<(), Error> {
-        let mut ev = self.event(KIND_RAISE, entity, class);
+        let mut ev = self.event(KIND_RAISE, entity, class)?;
         ev.severity = severity;
         ev.value = value;
         Ok(self.seg.push(&ev)?)
@@ -516,7 +516,7 @@ impl Client {
 
     /// Reports that `entity` went from state `from` to `to` (its `state` conditions fire).
     pub fn state(&self, entity: &str, from: u32, to: u32) -> Result<(), Error> {
-        let mut ev = self.event(KIND_STATE, entity, "");
+        let mut ev = self.event(KIND_STATE, entity, "")?;
         ev.from = from;
         ev.to = to;
         Ok(self.seg.push(&ev)?)
@@ -532,7 +532,7 @@ impl Client {
         value: i64,
         hook: impl FnOnce(),
     ) -> Result<(), Error> {
-        let mut ev = self.event(KIND_RAISE, entity, class);
+        let mut ev = self.event(KIND_RAISE, entity, class)?;
         ev.value = value;
         Ok(self.seg.push_with(&ev, hook)?)
     }
@@ -567,7 +567,7 @@ impl Client {
         rclass: u32,
         severity: u32,
     ) -> Result<(), Error> {
-        let mut ev = self.event(KIND_RAISE, entity, &rclass.to_string());
+        let mut ev = self.event(KIND_RAISE, entity, &rclass.to_string())?;
         ev.severity = severity;
         ev.from = rtype;
         Ok(self.seg.push(&ev)?)

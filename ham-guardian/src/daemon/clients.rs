@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ham_core::client::{
-    ClientSegment, Consumer, KIND_RAISE, KIND_STATE, Polled, RingEvent, RingRecord, client_token,
+    ClientSegment, Consumer, KIND_RAISE, KIND_STATE, Name, Polled, RingEvent, RingRecord,
+    client_token,
 };
 use ham_core::layout::HeartbeatSpec;
 use ham_core::segment::SegmentWriter;
@@ -312,11 +313,14 @@ impl Daemon {
 
     pub(super) fn drain_ring(&mut self) {
         let now = mono_ns();
+        // The last event let through in this drain: a detector's burst (same process, same
+        // entity) is checked once per drain, not once per event.
+        let mut passed = None;
         for _ in 0..DRAIN_BUDGET {
             let Some(c) = &mut self.clients else { return };
             let polled = c.consumer.poll(&c.seg, now, is_dead);
             match polled {
-                Polled::Event(ev) => self.on_ring_event(ev),
+                Polled::Event(ev) => self.on_ring_event(ev, &mut passed),
                 Polled::Rejected(why) => {
                     self.ring_reject(format_args!("rejected: {why}"));
                     if why.ends_with("ring repaired") {
@@ -368,7 +372,23 @@ impl Daemon {
         }
     }
 
-    fn on_ring_event(&mut self, ev: RingEvent) {
+    /// One event off the ring. `passed`: the sender, token and entity of the last event let
+    /// through in this drain, and the entity's id (what an event like it need not check
+    /// again: its token, the entity's name, the sender's right to raise on it).
+    fn on_ring_event(
+        &mut self,
+        ev: RingEvent,
+        passed: &mut Option<(u32, u32, u64, Name, EntityId)>,
+    ) {
+        let same = |p: &(u32, u32, u64, Name, EntityId)| {
+            (p.0, p.1, p.2, p.3) == (ev.pid, ev.uid, ev.token, ev.entity)
+        };
+        if let Some(i) = passed.as_ref().filter(|p| same(p)).map(|p| p.4) {
+            if self.act_on_ring_event(i, ev) {
+                *passed = None;
+            }
+            return;
+        }
         let Some(c) = &mut self.clients else { return };
         // A denied event was taken off the ring but not acted on: it counts as rejected,
         // not consumed.
@@ -379,7 +399,7 @@ impl Daemon {
                 ev.pid, ev.uid
             ));
         }
-        let Some(i) = self.entities.id_of(&ev.entity) else {
+        let Some(i) = self.entities.id_of(ev.entity.as_str()) else {
             c.consumer.deny();
             return self.ring_reject(format_args!(
                 "event from pid {} for unknown entity `{}`",
@@ -396,9 +416,24 @@ impl Daemon {
                 ev.pid, ev.uid
             ));
         }
+        let remember = (ev.pid, ev.uid, ev.token, ev.entity, i);
+        if !self.act_on_ring_event(i, ev) {
+            *passed = Some(remember);
+        }
+    }
+
+    /// What a ring event let through does; whether it fired anything. What fires runs
+    /// actions, and those may change what the next event must be checked against: the next
+    /// one is then checked in full.
+    fn act_on_ring_event(&mut self, i: EntityId, ev: RingEvent) -> bool {
         match ev.kind {
             KIND_RAISE => {
-                self.raise(i, ev.class, (ev.severity, ev.value, ev.from), ev.pid as i32);
+                self.raise(
+                    i,
+                    &ev.class,
+                    (ev.severity, ev.value, ev.from),
+                    ev.pid as i32,
+                ) > 0
             }
             KIND_STATE => {
                 let what = format!("pid {}: state {} -> {}", ev.pid, ev.from, ev.to);
@@ -411,8 +446,9 @@ impl Daemon {
                     },
                     None,
                 );
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -437,12 +473,24 @@ impl Daemon {
     pub(super) fn raise(
         &mut self,
         i: EntityId,
-        class: String,
+        class: &str,
         (severity, value, rtype): (u32, i64, u32),
         from_pid: i32,
     ) -> usize {
+        // Most events have no condition listening (a detector reporting as it goes): they
+        // cost no allocation.
+        let listens = |c: &crate::actions::Condition| {
+            c.enabled
+                && matches!(
+                    c.trigger,
+                    crate::actions::Trigger::Raise { .. } | crate::actions::Trigger::Any
+                )
+        };
+        if !self.entities[i].cfg.conditions.iter().any(listens) {
+            return 0;
+        }
         let event = Event::Raise {
-            class,
+            class: class.to_owned(),
             severity,
             value,
             rtype,

@@ -255,7 +255,7 @@ impl Daemon {
                 },
                 Some(i),
             ) => {
-                let n = self.raise(i, class, (severity, value, 0), 0);
+                let n = self.raise(i, &class, (severity, value, 0), 0);
                 reply(
                     stream,
                     &Response::ok(format!("raised; {n} condition(s) matched")),
