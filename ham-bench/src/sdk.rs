@@ -539,7 +539,8 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
         title: format!(
             "Client::raise from 1, 2 and 4 producer threads, {} events each, on an entity with \
              no raise condition: events ÷ (first push → ham's tail past the last event); {} \
-             repetitions; a full ring is retried after a yield",
+             repetitions; a full ring is retried after a yield. bare: the same ring and event, \
+             drained by a thread of the bench's own that does nothing per event (the floor)",
             p.ring_events, p.ring_reps
         ),
         systems: Vec::new(),
