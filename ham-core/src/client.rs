@@ -115,9 +115,15 @@ pub struct ClientHeader {
     /// (`BELL_AWAKE`, `BELL_ASLEEP`, `BELL_RUNG`) in the low 2. See [`bell`].
     pub sleeping: AtomicU32,
     _pad3: AtomicU32,
-    /// `FUTEX_WAKE`s producers issued (for the benchmark).
+    /// Wake-ups producers rang (a `FUTEX_WAKE`, or a write to the bell; for the benchmark).
     pub wakes: AtomicU64,
-    _pad4: [AtomicU64; 6],
+    /// Which bell the HAM listens on (0: none; a HAM's own eventfd, handed to clients at
+    /// `hello` and from HAM to HAM at a takeover). A producer holding the bell of this id
+    /// writes to it instead of `FUTEX_WAKE`: the HAM's loop wakes at once, with no doorbell
+    /// thread between. Any other id (a HAM that started again without it, a client's stray
+    /// write) sends it back to the futex, which the doorbell thread always watches.
+    pub bell_id: AtomicU64,
+    _pad4: [AtomicU64; 5],
 }
 
 #[cfg(not(loom))]
@@ -299,6 +305,8 @@ pub struct ClientSegment {
     file: File,
     hb_slots: u32,
     ring_slots: u32,
+    /// The HAM's bell and its id, once `hello` handed it over (see [`ClientHeader::bell_id`]).
+    bell: std::sync::OnceLock<(std::os::fd::OwnedFd, u64)>,
 }
 
 /// Bytes a client segment with these counts takes (whole pages).
@@ -373,6 +381,7 @@ impl ClientSegment {
             file,
             hb_slots,
             ring_slots,
+            bell: Default::default(),
         };
         let h = seg.header();
         h.version.store(CLIENT_LAYOUT_VERSION, Ordering::Relaxed);
@@ -435,6 +444,7 @@ impl ClientSegment {
             file,
             hb_slots: 0,
             ring_slots: 0,
+            bell: Default::default(),
         };
         let h = seg.header();
         if h.magic.load(Ordering::Acquire) != CLIENT_MAGIC {
@@ -549,6 +559,26 @@ impl ClientSegment {
         self.header().ham_pid.store(pid, Ordering::Relaxed);
     }
 
+    /// The producer's side: the bell `hello` handed over, with its id. Set once; a later
+    /// one is refused (returned).
+    pub fn set_bell(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        id: u64,
+    ) -> Result<(), (std::os::fd::OwnedFd, u64)> {
+        self.bell.set((fd, id))
+    }
+
+    /// The HAM's side: the bell it listens on is `id` from now on.
+    pub fn set_bell_id(&self, id: u64) {
+        self.header().bell_id.store(id, Ordering::Release);
+    }
+
+    /// The id of the bell the HAM listens on (0: none).
+    pub fn bell_id(&self) -> u64 {
+        self.header().bell_id.load(Ordering::Acquire)
+    }
+
     /// Stores a beat in slot `i` (the client's side). Out of range is ignored.
     #[inline]
     pub fn beat(&self, i: u32, now_ns: u64) {
@@ -575,6 +605,8 @@ impl ClientSegment {
 pub struct Ring<'a> {
     header: &'a ClientHeader,
     slots: &'a [RingSlot],
+    /// The HAM's bell, if this producer holds it.
+    bell: Option<&'a (std::os::fd::OwnedFd, u64)>,
 }
 
 /// What holds a ring.
@@ -600,6 +632,7 @@ impl AsRing for ClientSegment {
         Ring {
             header: self.header(),
             slots: self.ring(),
+            bell: self.bell.get(),
         }
     }
 }
@@ -706,7 +739,10 @@ impl<'a> Ring<'a> {
                 .is_ok()
         {
             h.wakes.fetch_add(1, Ordering::Relaxed);
-            futex_wake(&h.sleeping);
+            match self.bell {
+                Some((fd, id)) if h.bell_id.load(Ordering::Relaxed) == *id => ring_bell(fd),
+                _ => futex_wake(&h.sleeping),
+            }
         }
         Ok(())
     }
@@ -1069,6 +1105,16 @@ fn decode(ticket: u64, body: &[u64; SLOT_WORDS]) -> Result<RingEvent, &'static s
     })
 }
 
+/// Rings the HAM's bell (its eventfd): one write, never blocking (the count saturating
+/// only after 2^64 - 2 rings the HAM has not read).
+#[cfg(not(loom))]
+fn ring_bell(fd: &std::os::fd::OwnedFd) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+#[cfg(loom)]
+fn ring_bell(_fd: &std::os::fd::OwnedFd) {}
+
 /// Blocks until the doorbell word leaves `value` (or a spurious wake-up). Shared futex:
 /// the word is in a segment mapped by several processes.
 #[cfg(not(loom))]
@@ -1135,6 +1181,7 @@ impl AsRing for ModelRing {
         Ring {
             header: &self.header,
             slots: &self.slots,
+            bell: None,
         }
     }
 }

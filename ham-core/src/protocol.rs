@@ -306,6 +306,9 @@ pub struct Response {
     pub token: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<(i32, u32)>,
+    /// `hello`: the id of the bell attached to the answer (`ClientHeader::bell_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bell: Option<u64>,
     /// `attach`: the heartbeat slot in the client segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
@@ -334,6 +337,7 @@ impl Response {
             error: None,
             token: None,
             peer: None,
+            bell: None,
             slot: None,
             errno: None,
             flags: None,
@@ -355,6 +359,7 @@ impl Response {
             error: Some(error.into()),
             token: None,
             peer: None,
+            bell: None,
             slot: None,
             errno: None,
             flags: None,

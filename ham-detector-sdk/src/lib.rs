@@ -341,6 +341,13 @@ fn connect_socket(path: &Path, answer_within: Duration) -> Result<UnixStream, Er
     Ok(UnixStream::from(fd))
 }
 
+/// Whether `fd` is an eventfd (what ham hands over as its bell).
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
 impl Client {
     /// Connects to the instance this process belongs to (see [`from_env`]).
     pub fn connect() -> Result<Self, Error> {
@@ -358,10 +365,17 @@ impl Client {
             uid: 0,
             session: Mutex::new(None),
         };
-        let r = client.request(&Request::Hello)?;
+        let (r, bell) = client.request_fd(&Request::Hello)?;
         let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
             return Err(Error::BadAnswer("hello without a token".into()));
         };
+        // ham's bell: pushes then wake its loop directly. Only an eventfd is rung (a
+        // descriptor of any other kind is dropped, and the futex doorbell is used).
+        if let (Some(fd), Some(id)) = (bell, r.bell) {
+            if is_eventfd(&fd) {
+                let _ = client.seg.set_bell(fd, id);
+            }
+        }
         // The pid and uid ham knows this process by (its pid namespace, its effective uid).
         client.token = token;
         client.pid = pid as u32;

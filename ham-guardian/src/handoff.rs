@@ -30,6 +30,14 @@ pub const FD_WATCHDOG: RawFd = 7;
 pub const PIPE_READ: i32 = -1;
 pub const PIPE_WRITE: i32 = -2;
 
+/// The `pid` of a message that carries the HAM's bell (the eventfd SDK clients ring,
+/// `ClientHeader::bell_id`): the successor listens on the same one, so clients' bells keep
+/// working through a takeover.
+pub const BELL: i32 = -3;
+
+/// Where [`recv_all`] files the bell (no slot or pipe key is ever all ones).
+pub const BELL_KEY: u32 = u32::MAX;
+
 /// Where [`recv_all`] files the end `end` ([`PIPE_READ`] or [`PIPE_WRITE`]) of slot
 /// `slot`'s pipe (slots are below 2^30).
 pub fn pipe_key(slot: u32, end: i32) -> u32 {
@@ -135,6 +143,7 @@ pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
         let start_time = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
         let key = match pid {
             PIPE_READ | PIPE_WRITE => pipe_key(slot, pid),
+            BELL => BELL_KEY,
             _ => slot,
         };
         into.insert(

@@ -611,3 +611,117 @@ fn ham_client_takes_options_anywhere_and_a_negative_value() {
         std::fs::read_to_string(&out).is_ok_and(|t| t == "3 -5\n")
     });
 }
+
+/// The voluntary context switches of the HAM's doorbell thread (it wakes once per futex
+/// ring it turns into an eventfd write).
+fn doorbell_wakes(ham_pid: i32) -> u64 {
+    for t in std::fs::read_dir(format!("/proc/{ham_pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "doorbell" {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        }
+    }
+    panic!("no doorbell thread in HAM pid {ham_pid}");
+}
+
+#[test]
+fn a_client_rings_the_hams_bell_which_a_takeover_keeps_and_a_new_pair_replaces() {
+    let body = format!(
+        "{}[[entity.condition]]\non = \"raise\"\nclass = \"ping\"\n\
+         [[entity.condition.action]]\ndo = \"notify\"\ntopic = \"pong\"\n",
+        sleeper("db")
+    );
+    let mut ham = Ham::start("bell", &body);
+    ham.wait_for("db running", |s| running(s, "db"));
+    let loc = ham_detector_sdk::Location::from_config(&ham.config).unwrap();
+    let c = ham_detector_sdk::Client::connect_to(&loc).unwrap();
+    let seg =
+        ham_core::client::ClientSegment::open(&ham_core::paths::client_segment(&ham.name)).unwrap();
+    let first_bell = seg.bell_id();
+    assert_ne!(first_bell, 0);
+    // A raise while the HAM sleeps reaches a subscriber (whose connection, idle, does not
+    // wake the HAM): the ring woke it. `rings` raises; returns the doorbell thread's wakes
+    // over them.
+    let rings = |ham: &Ham, n: usize| -> u64 {
+        let h = ham.status()["ham"]["pid"].as_i64().unwrap() as i32;
+        let mut sub = Reaped(
+            client(ham, &["subscribe", "pong", "--count", &n.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(sub.0.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "subscribed pong");
+        let before = doorbell_wakes(h);
+        for k in 0..n {
+            // Raised once the HAM is asleep (it says so in the doorbell word), so that each
+            // raise must ring.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while seg
+                .header()
+                .sleeping
+                .load(std::sync::atomic::Ordering::SeqCst)
+                & 3
+                != ham_core::client::BELL_ASLEEP
+            {
+                assert!(std::time::Instant::now() < deadline, "the HAM never slept");
+                std::thread::yield_now();
+            }
+            c.raise("db", "ping", 0, k as i64).unwrap();
+            let note = lines.next().expect("a notification").unwrap();
+            assert!(note.contains("\"topic\":\"pong\""), "{note}");
+        }
+        let after = doorbell_wakes(h);
+        assert!(sub.0.wait().unwrap().success());
+        after - before
+    };
+    assert_eq!(rings(&ham, 5), 0, "the bell, not the futex, woke the HAM");
+
+    // A takeover: the successor listens on the same bell.
+    let s = ham.status();
+    let (h, g) = (
+        s["ham"]["pid"].as_i64().unwrap() as i32,
+        s["guardian"]["pid"].clone(),
+    );
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1);
+    ham.wait_for("the guardian promoted, with a guardian", |s| {
+        s["ham"]["pid"] == g && s["guardian"]["alive"] == true
+    });
+    assert_eq!(seg.bell_id(), first_bell);
+    assert_eq!(rings(&ham, 5), 0, "the bell went on through the takeover");
+
+    // Both die: the new pair has a bell of its own; the client's is not it, so it rings the
+    // futex, and its events still come through.
+    let s = ham.status();
+    let (h, g) = (
+        s["ham"]["pid"].as_i64().unwrap() as i32,
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    assert!(kill_and_wait(h));
+    assert!(kill_and_wait(g));
+    ham.spawn(&[]);
+    ham.wait_for("a warm start", |s| {
+        s["ham"]["pid"] == ham.pid() && running(s, "db")
+    });
+    assert_ne!(seg.bell_id(), first_bell);
+    assert!(
+        rings(&ham, 5) >= 5,
+        "the futex doorbell woke the HAM, at each raise"
+    );
+}

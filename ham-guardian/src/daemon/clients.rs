@@ -101,7 +101,11 @@ pub(super) const SUBS_RESERVED: usize = 64;
 pub(super) struct Clients {
     pub seg: Arc<ClientSegment>,
     pub consumer: Consumer,
+    /// Written by the doorbell thread when a producer rang the futex.
     pub doorbell: OwnedFd,
+    /// The bell clients ring directly (an eventfd handed to them at `hello`), and its id.
+    pub bell: OwnedFd,
+    pub bell_id: u64,
     pub armed: bool,
     /// The stalled-claim deadline a timer is set for (one at a time).
     pub stall_timer: Option<u64>,
@@ -120,6 +124,7 @@ impl Clients {
         warm: bool,
         key: [u64; 2],
         writer: &SegmentWriter,
+        handed_bell: Option<OwnedFd>,
     ) -> io::Result<Self> {
         if crate::failpoint::fails("clients:setup") {
             return Err(io::Error::other("failpoint clients:setup"));
@@ -130,6 +135,7 @@ impl Clients {
             .flatten()
             .filter(|s| s.check_owned().is_ok())
             .filter(|s| s.hb_slots() == 0 && s.ring_slots() == cfg.ring_slots);
+        let reused = reuse.is_some();
         let (seg, start) = match reuse {
             // The predecessor's record, from the state segment (a client cannot move it).
             Some(s) => (s, writer.segment().header().ring_state()),
@@ -155,6 +161,20 @@ impl Clients {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
+        // The predecessor's bell, on the ring it was made for, goes on: its clients hold it.
+        // Otherwise a new one, with another id (clients holding an older bell see the id
+        // differ and ring the futex).
+        let (bell, bell_id) = match handed_bell {
+            Some(fd) if reused && seg.bell_id() != 0 => (fd, seg.bell_id()),
+            _ => (
+                rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )?,
+                seg.bell_id().wrapping_add(1).max(1),
+            ),
+        };
+        seg.set_bell_id(bell_id);
         let ring = doorbell.try_clone()?;
         let waiter = Arc::clone(&seg);
         std::thread::Builder::new()
@@ -164,6 +184,8 @@ impl Clients {
             seg,
             consumer,
             doorbell,
+            bell,
+            bell_id,
             armed: false,
             stall_timer: None,
             key,
@@ -233,6 +255,7 @@ impl Daemon {
         if let Some(c) = &mut self.clients {
             let mut buf = [0u8; 8];
             let _ = rustix::io::read(&c.doorbell, &mut buf);
+            let _ = rustix::io::read(&c.bell, &mut buf);
             c.armed = false;
             c.consumer.awake(&c.seg);
         }
@@ -269,6 +292,7 @@ impl Daemon {
                 ),
             );
             c.seg.rewrite_header();
+            c.seg.set_bell_id(c.bell_id);
         }
         if c.armed && c.consumer.has_published(&c.seg) {
             log(
@@ -290,7 +314,7 @@ impl Daemon {
             passed: Default::default(),
             from: None,
         };
-        match Clients::open(&self.cfg, &origin, true, key, &self.writer) {
+        match Clients::open(&self.cfg, &origin, true, key, &self.writer, None) {
             Ok(c) => {
                 self.clients = Some(c);
                 match self.watch_clients() {
@@ -526,12 +550,14 @@ impl Daemon {
     /// The doorbell and subscribers in the epoll set.
     pub(super) fn watch_clients(&self) -> io::Result<()> {
         if let Some(c) = &self.clients {
-            epoll::add(
-                &self.epoll,
-                c.doorbell.as_fd(),
-                Token::Doorbell.data(),
-                epoll::EventFlags::IN,
-            )?;
+            for fd in [&c.doorbell, &c.bell] {
+                epoll::add(
+                    &self.epoll,
+                    fd.as_fd(),
+                    Token::Doorbell.data(),
+                    epoll::EventFlags::IN,
+                )?;
+            }
         }
         Ok(())
     }

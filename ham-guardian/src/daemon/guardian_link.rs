@@ -31,7 +31,8 @@ impl Daemon {
             .iter()
             .filter_map(|e| e.out.as_ref().map(|(r, w)| (e.slot.0, r, w)))
             .collect();
-        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes, &binary) {
+        let bell = self.clients.as_ref().map(|c| &c.bell);
+        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes, bell, &binary) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian.proc = Some(g);
@@ -81,6 +82,12 @@ impl Daemon {
         }
         for i in EntityId::all(self.entities.len()) {
             self.send_output_to_guardian(i);
+        }
+        if let Some(c) = &self.clients {
+            let who = (ham_core::layout::SlotIndex(0), handoff::BELL, 0);
+            if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell) {
+                say!(self, "cannot hand the clients' bell to the guardian: {err}");
+            }
         }
     }
 
@@ -309,6 +316,7 @@ pub(super) fn spawn_guardian_process<'a>(
     config_text: &str,
     sockets: impl Into<SocketRefs<'a>>,
     pipes: &[(u32, &OwnedFd, &OwnedFd)],
+    bell: Option<&OwnedFd>,
     binary: &Path,
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
@@ -325,6 +333,10 @@ pub(super) fn spawn_guardian_process<'a>(
     for (slot, r, w) in pipes {
         let _ = handoff::send(&ours, *slot, handoff::PIPE_READ, 0, r);
         let _ = handoff::send(&ours, *slot, handoff::PIPE_WRITE, 0, w);
+    }
+    // The clients' bell likewise: the next HAM listens on the one they hold.
+    if let Some(b) = bell {
+        let _ = handoff::send(&ours, 0, handoff::BELL, 0, b);
     }
     let memfd = rustix::fs::memfd_create("ham-config", rustix::fs::MemfdFlags::CLOEXEC)?;
     rustix::io::write(&memfd, config_text.as_bytes())?;

@@ -114,18 +114,19 @@ impl Daemon {
                 );
             }
             (Request::Hello, _) => {
-                let key = self.clients.as_ref().map(|c| c.key);
-                match key {
-                    Some(key) => {
-                        self.ring_used = true;
+                self.ring_used |= self.clients.is_some();
+                match &self.clients {
+                    Some(c) => {
                         let mut r = Response::ok(format!("hello pid {}", peer.pid));
                         r.token = Some(ham_core::client::client_token(
-                            key,
+                            c.key,
                             peer.pid as u32,
                             peer.uid,
                         ));
                         r.peer = Some((peer.pid, peer.uid));
-                        reply(stream, &r);
+                        // The bell, so that the client's pushes wake the loop directly.
+                        r.bell = Some(c.bell_id);
+                        reply_with_fd(stream, &r, Some(&c.bell));
                     }
                     None => reply(
                         stream,

@@ -167,17 +167,18 @@ impl Daemon {
             .filter_map(|(s, e)| Some((s, e.0?, e.1?)))
             .collect();
         let self_exe = Path::new("/proc/self/exe");
-        let guardian = match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, self_exe)
-        {
-            Ok(g) => Some(g),
-            Err(e) => {
-                log(
-                    &cfg.instance.name,
-                    format_args!("cannot start a guardian yet: {e}"),
-                );
-                None
-            }
-        };
+        let bell = passed.get(&handoff::BELL_KEY).map(|p| &p.pidfd);
+        let guardian =
+            match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, bell, self_exe) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    log(
+                        &cfg.instance.name,
+                        format_args!("cannot start a guardian yet: {e}"),
+                    );
+                    None
+                }
+            };
         let older = seg.needs_migration();
         let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
         if let Some(v) = older {
@@ -230,7 +231,7 @@ impl Daemon {
         config_text: String,
         mut writer: SegmentWriter,
         sockets: Sockets,
-        origin: Origin,
+        mut origin: Origin,
     ) -> Result<Self, DaemonError> {
         let Sockets {
             listener,
@@ -336,7 +337,14 @@ impl Daemon {
         if v > 0 {
             crate::log::set_verbosity((v - 1) as u32);
         }
-        let clients = match Clients::open(&cfg, &origin, warm, key, &writer) {
+        // The predecessor's bell (SDK clients hold it), if it handed one over.
+        let bell = match &mut origin {
+            Origin::Promoted { passed, .. } => {
+                passed.remove(&crate::handoff::BELL_KEY).map(|p| p.pidfd)
+            }
+            _ => None,
+        };
+        let clients = match Clients::open(&cfg, &origin, warm, key, &writer, bell) {
             Ok(c) => Some(c),
             Err(e) => {
                 log(
