@@ -1079,12 +1079,73 @@ pub fn heartbeat_miss_delay(
         ));
     }
     res.systems.push(("ham".into(), o));
+    eprintln!("[heartbeat_miss_delay] bare");
+    let bare = match bare_miss_floor(p.miss_samples, period_ns) {
+        Ok(v) => measured(&v, 0, Map::new()),
+        Err(e) => Outcome::Failed(e),
+    };
+    res.systems.push(("bare".into(), bare));
+    res.ratios = true;
     res.notes.push(
         "delay = the notification read by the subscriber − (the check that saw the victim's \
          last beat + missed_low × period): ham checks every client at multiples of its period"
             .into(),
     );
+    res.notes.push(
+        "bare (the floor): a thread asleep until the same kind of instant (clock_nanosleep, \
+         TIMER_ABSTIME, a multiple of the period) sends a datagram to a thread blocked on it, \
+         which stamps it: the timer's and one hand-off's wake-ups, nothing checked"
+            .into(),
+    );
     Ok(res)
+}
+
+/// `heartbeat_miss_delay`'s floor: `n` delays (ms) from a deadline (a multiple of
+/// `period_ns`, CLOCK_MONOTONIC) to a datagram sent at it by a timer-woken thread being read
+/// by another thread.
+fn bare_miss_floor(n: usize, period_ns: u64) -> Result<Vec<f64>> {
+    let (a, b) = UnixDatagram::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (to_timer, deadlines) = mpsc::channel::<u64>();
+    let timer = std::thread::spawn(move || {
+        while let Ok(at) = deadlines.recv() {
+            let ts = libc::timespec {
+                tv_sec: (at / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: `ts` is a valid timespec that lives across the call; the remaining-time
+            // pointer may be null with TIMER_ABSTIME.
+            while unsafe {
+                libc::clock_nanosleep(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TIMER_ABSTIME,
+                    &ts,
+                    std::ptr::null_mut(),
+                )
+            } == libc::EINTR
+            {}
+            if a.send(&[1]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut v = Vec::with_capacity(n);
+    let r = (|| -> Result<()> {
+        for _ in 0..n {
+            sys::check_interrupted()?;
+            let now = mono_ns();
+            let at = (now / period_ns + 2) * period_ns;
+            to_timer
+                .send(at)
+                .map_err(|_| "the timer thread ended".to_owned())?;
+            let mut buf = [0u8; 1];
+            b.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
+            v.push((mono_ns() as f64 - at as f64) / 1e6);
+        }
+        Ok(())
+    })();
+    drop(to_timer);
+    let _ = timer.join();
+    r.map(|()| v)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -246,27 +246,55 @@ impl Daemon {
         }
     }
 
-    /// A heartbeat check came (`at`, a multiple of the period): a beat since the last one
-    /// moves the entity's last-seen time to `at`; otherwise what is now missed fires.
-    /// Checks of every client with the same period fall on the same instants, so they
-    /// share the HAM's wake-ups however many clients there are.
-    pub(super) fn check_heartbeat(&mut self, i: EntityId, at: u64) {
+    /// Heartbeat checks came (each `(entity, at)`, `at` a multiple of its period): a beat
+    /// since the last check moves the entity's last-seen time to `at`; otherwise what is now
+    /// missed fires. Checks of every client with the same period fall on the same instants,
+    /// so they share the HAM's wake-ups however many clients there are. Every client is
+    /// looked at first, then the misses are reported, then the next checks are scheduled:
+    /// a miss is not kept waiting behind the rescheduling of a thousand clients that beat.
+    pub(super) fn check_heartbeats(&mut self, due: &[(EntityId, u64)]) {
         let now = mono_ns();
-        let beaten = self.entities[i]
-            .beat
-            .as_ref()
-            .is_some_and(ham_core::beat::BeatMap::take_beat);
         let grid = self.cfg.heartbeat_grid_ns;
-        let Some(hb) = &mut self.entities[i].hb else {
-            return;
-        };
-        let (low, high) = hb.check(at, beaten);
-        hb.deadline = next_check(&hb.spec, at.max(now), grid);
-        let (next, silent) = (hb.deadline, at.saturating_sub(hb.seen));
-        self.schedule(next, Deadline::Heartbeat(i));
-        for (missed, is_high) in [(low, false), (high, true)] {
-            if missed {
-                self.heartbeat_missed(i, is_high, silent);
+        let mut missed = Vec::new();
+        let mut next = Vec::with_capacity(due.len());
+        for &(i, at) in due {
+            let e = &mut self.entities[i];
+            let beaten = e
+                .beat
+                .as_ref()
+                .is_some_and(ham_core::beat::BeatMap::take_beat);
+            let Some(hb) = &mut e.hb else { continue };
+            let (low, high) = hb.check(at, beaten);
+            hb.deadline = next_check(&hb.spec, at.max(now), grid);
+            next.push((i, hb.deadline));
+            if low || high {
+                missed.push((i, low, high, at.saturating_sub(hb.seen)));
+            }
+        }
+        // What is said about the misses is written once they are reported (their
+        // notifications sent, their actions begun), in the same order.
+        if !missed.is_empty() {
+            self.hold_logs();
+        }
+        for &(i, low, high, silent) in &missed {
+            for (missed, is_high) in [(low, false), (high, true)] {
+                if missed {
+                    self.heartbeat_missed(i, is_high, silent);
+                }
+            }
+        }
+        if !missed.is_empty() {
+            self.write_held_logs();
+        }
+        for (i, at) in next {
+            // Unless a miss's handling ended the attachment, or made it anew (which scheduled
+            // its own check).
+            if self.entities[i]
+                .hb
+                .as_ref()
+                .is_some_and(|hb| hb.deadline == at)
+            {
+                self.schedule(at, Deadline::Heartbeat(i));
             }
         }
     }

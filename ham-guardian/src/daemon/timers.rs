@@ -157,6 +157,9 @@ impl Daemon {
     pub(super) fn on_timer(&mut self) {
         self.timers.fired();
         let now = mono_ns();
+        // Heartbeat checks due together (every client of a period falls on the same
+        // instants) are made together, after the rest (see `check_heartbeats`).
+        let mut heartbeats = Vec::new();
         while let Some((at, deadline)) = self.timers.pop_due(now) {
             if !self.timer_is_current(deadline, at) {
                 continue;
@@ -175,7 +178,7 @@ impl Daemon {
                 Deadline::SystemdWatchdog => self.systemd_watchdog(now),
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
-                Deadline::Heartbeat(i) => self.check_heartbeat(i, at),
+                Deadline::Heartbeat(i) => heartbeats.push((i, at)),
                 Deadline::RingStall => {
                     if let Some(c) = &mut self.clients {
                         c.stall_timer = None;
@@ -226,6 +229,9 @@ impl Daemon {
                     }
                 }
             }
+        }
+        if !heartbeats.is_empty() {
+            self.check_heartbeats(&heartbeats);
         }
     }
 
