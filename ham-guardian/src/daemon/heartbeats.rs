@@ -221,7 +221,17 @@ impl Daemon {
         };
         let at = hb.deadline;
         e.hb = Some(hb);
-        self.schedule(at, Deadline::Heartbeat(i));
+        self.schedule_heartbeat(i, at);
+    }
+
+    /// Entity `i`'s next heartbeat check is at `at`: listed there, with one timer entry per
+    /// instant.
+    fn schedule_heartbeat(&mut self, i: EntityId, at: u64) {
+        let due = self.hb_due.entry(at).or_default();
+        if due.is_empty() {
+            self.timers.push(at, Deadline::Heartbeats);
+        }
+        due.push(i);
     }
 
     /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
@@ -259,6 +269,10 @@ impl Daemon {
         let mut next = Vec::with_capacity(due.len());
         for &(i, at) in due {
             let e = &mut self.entities[i];
+            // Listed at `at` for a check that has moved since, or ended: not this one's.
+            if e.hb.as_ref().is_none_or(|hb| hb.deadline != at) {
+                continue;
+            }
             let beaten = e
                 .beat
                 .as_ref()
@@ -294,7 +308,7 @@ impl Daemon {
                 .as_ref()
                 .is_some_and(|hb| hb.deadline == at)
             {
-                self.schedule(at, Deadline::Heartbeat(i));
+                self.schedule_heartbeat(i, at);
             }
         }
     }

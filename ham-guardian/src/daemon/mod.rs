@@ -147,6 +147,9 @@ pub enum Origin {
 
 /// The HAM role.
 pub struct Daemon {
+    /// The entities whose heartbeat check falls at each instant (an entry may be stale: its
+    /// entity's `hb.deadline` moved; it is then skipped).
+    hb_due: std::collections::BTreeMap<u64, Vec<EntityId>>,
     cfg: Config,
     config_text: String,
     writer: SegmentWriter,

@@ -421,6 +421,7 @@ impl Daemon {
             published_deadline: 0,
             cgroups,
             deferred: Default::default(),
+            hb_due: Default::default(),
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
             cluster: None,

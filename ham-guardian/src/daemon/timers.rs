@@ -27,8 +27,9 @@ pub(super) enum Deadline {
     Action(RunId),
     /// An sd_notify watchdog.
     Watchdog(EntityId),
-    /// An attached client's heartbeat window.
-    Heartbeat(EntityId),
+    /// The heartbeat checks due at this instant (`Daemon::hb_due`): one timer entry for all
+    /// the clients whose checks fall on it, however many.
+    Heartbeats,
     /// The ring's stalled-slot check.
     RingStall,
     /// A receiver waiting for a message gives up.
@@ -178,7 +179,11 @@ impl Daemon {
                 Deadline::SystemdWatchdog => self.systemd_watchdog(now),
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
-                Deadline::Heartbeat(i) => heartbeats.push((i, at)),
+                Deadline::Heartbeats => {
+                    if let Some(due) = self.hb_due.remove(&at) {
+                        heartbeats.extend(due.into_iter().map(|i| (i, at)));
+                    }
+                }
                 Deadline::RingStall => {
                     if let Some(c) = &mut self.clients {
                         c.stall_timer = None;
@@ -261,10 +266,7 @@ impl Daemon {
                 e.rec.started_mono_ns + e.cfg.ready_after_ns == at
             }
             Deadline::HoldOff(i) => self.entities[i].rec.policy.held_until == at,
-            Deadline::Heartbeat(i) => self.entities[i]
-                .hb
-                .as_ref()
-                .is_some_and(|h| h.deadline == at),
+            Deadline::Heartbeats => self.hb_due.contains_key(&at),
             Deadline::RingStall => self
                 .clients
                 .as_ref()
