@@ -162,6 +162,9 @@ pub fn sigqueue(pid: i32, signal: i32, value: i32) -> io::Result<()> {
 /// The client segment's mapping, for the SIGBUS handler: base, length, descriptor.
 /// RLIMIT_NOFILE's soft limit as ham found it: every process ham starts gets it back.
 pub(crate) static NOFILE_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// RLIMIT_NOFILE's hard limit as ham found it (ham never changes it), so that a child sets
+/// its limit without reading it first.
+pub(crate) static NOFILE_HARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `setrlimit(RLIMIT_NOFILE)`: raises the soft limit on descriptors to the hard one (ham
 /// holds a pidfd per entity, and the Guardian a copy of each), remembering the soft limit
@@ -171,6 +174,7 @@ pub fn raise_nofile() -> (u64, u64) {
         return (0, 0);
     };
     NOFILE_SOFT.store(soft, std::sync::atomic::Ordering::Relaxed);
+    NOFILE_HARD.store(hard, std::sync::atomic::Ordering::Relaxed);
     let lim = libc::rlimit {
         rlim_cur: hard,
         rlim_max: hard,
@@ -277,6 +281,7 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    spawn::dispositions_changed();
     Ok(())
 }
 

@@ -29,7 +29,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::kernel;
 
@@ -340,6 +340,8 @@ impl Prepared {
             exec_if_orphaned: spec.exec_if_orphaned,
             core_unlimited: spec.core_unlimited,
             nofile_soft: super::NOFILE_SOFT.load(Ordering::Relaxed),
+            nofile_hard: super::NOFILE_HARD.load(Ordering::Relaxed),
+            reset_signals: reset_signals(),
             released_in: spec.released_in,
             go_r: go_r.as_raw_fd(),
             go_w: go_w.as_raw_fd(),
@@ -720,8 +722,13 @@ struct ChildRaw {
     new_process_group: bool,
     exec_if_orphaned: bool,
     core_unlimited: bool,
-    /// RLIMIT_NOFILE's soft limit for the child (0: as it is).
+    /// RLIMIT_NOFILE's soft limit for the child (0: as it is), and the hard limit (0:
+    /// unknown: read it).
     nofile_soft: u64,
+    nofile_hard: u64,
+    /// The signals (bit `sig - 1`) the child sets back to their default: those the parent
+    /// handles, and SIGPIPE (see [`reset_signals`]).
+    reset_signals: u64,
     /// The record that says whether an orphaned child was released (see `released_in`).
     released_in: ReleaseRecord,
     go_r: RawFd,
@@ -795,33 +802,81 @@ struct KernelSigaction {
 #[cfg(target_arch = "x86_64")]
 const SIGSETSIZE: usize = 8;
 
-/// In the child: every signal back to its default but those ignored (an ignored signal
-/// stays ignored across execve, as under any supervisor) and SIGPIPE, which ham ignores
-/// for itself. Signals are all blocked until just before execve, so no handler of the
-/// parent's runs in the child meanwhile.
-///
-/// # Safety
-/// Only in a new child, which makes raw system calls only.
-#[cfg(target_arch = "x86_64")]
-unsafe fn signals_to_defaults() {
-    let dfl = KernelSigaction::default();
+/// The signals a child sets back to its default (bit `sig - 1`): every one this process
+/// handles (a handler of ours must never run in a child that shares our memory), and
+/// SIGPIPE, which ham ignores for itself; an ignored signal otherwise stays ignored across
+/// execve, as under any supervisor. Read from the kernel once (64 `rt_sigaction`s) and kept:
+/// ham sets handlers only before its first spawn and in `sys::guard_mapping`, which calls
+/// [`dispositions_changed`]. Debug builds read them again at every spawn and check.
+fn reset_signals() -> u64 {
+    let known = RESET_SIGNALS.load(Ordering::Acquire);
+    let mask = if known == 0 {
+        let m = read_reset_signals();
+        RESET_SIGNALS.store(m, Ordering::Release);
+        m
+    } else {
+        known
+    };
+    debug_assert_eq!(
+        mask,
+        read_reset_signals(),
+        "a signal disposition changed without dispositions_changed()"
+    );
+    mask
+}
+
+/// The cached [`reset_signals`] (0: not read yet; never 0 once read, SIGPIPE is in it).
+static RESET_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+/// A handler was set or removed: [`reset_signals`] reads the dispositions again.
+pub(crate) fn dispositions_changed() {
+    RESET_SIGNALS.store(read_reset_signals(), Ordering::Release);
+}
+
+/// Reads every signal's disposition from the kernel (the raw system call: glibc's
+/// `sigaction` refuses its own internal signals, which have handlers too).
+fn read_reset_signals() -> u64 {
+    // SIGPIPE, and glibc's two internal signals (32 and 33), whose handlers it sets when
+    // the first thread starts, whenever that is: always set back (a default set again is
+    // no change, and no one ignores them).
+    let mut mask = 1u64 << (libc::SIGPIPE - 1) | 1 << 31 | 1 << 32;
+    #[cfg(target_arch = "x86_64")]
     for sig in 1..=64usize {
         if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
             continue;
         }
         let mut old = KernelSigaction::default();
-        // SAFETY: rt_sigaction writes one kernel sigaction into `old` and reads `dfl`,
-        // both alive on this stack for the calls.
-        unsafe {
-            let r = raw::sc(
+        // SAFETY: rt_sigaction writes one kernel sigaction into `old`, alive on this stack
+        // for the call, and changes nothing.
+        let r = unsafe {
+            raw::sc(
                 libc::SYS_rt_sigaction,
                 sig,
                 0,
                 (&raw mut old) as usize,
                 SIGSETSIZE,
-            );
-            let handled = old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
-            if r == 0 && (handled || sig == libc::SIGPIPE as usize) {
+            )
+        };
+        if r == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN {
+            mask |= 1 << (sig - 1);
+        }
+    }
+    mask
+}
+
+/// In the child: the signals of `reset` (see [`reset_signals`]) back to their default.
+/// Signals are all blocked until just before execve, so no handler of the parent's runs in
+/// the child meanwhile.
+///
+/// # Safety
+/// Only in a new child, which makes raw system calls only.
+#[cfg(target_arch = "x86_64")]
+unsafe fn signals_to_defaults(reset: u64) {
+    let dfl = KernelSigaction::default();
+    for sig in 1..=64usize {
+        if reset & (1 << (sig - 1)) != 0 {
+            // SAFETY: rt_sigaction reads `dfl`, alive on this stack for the call.
+            unsafe {
                 raw::sc(
                     libc::SYS_rt_sigaction,
                     sig,
@@ -840,7 +895,7 @@ unsafe fn signals_to_defaults() {
 /// # Safety
 /// Only in a forked child.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn signals_to_defaults() {
+unsafe fn signals_to_defaults(_reset: u64) {
     // SAFETY: signal() changes one disposition of this (forked) process.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -907,9 +962,18 @@ unsafe fn child_main(c: &ChildRaw) -> ! {
                 fail(r);
             }
         }
-        signals_to_defaults();
+        signals_to_defaults(c.reset_signals);
         // The descriptor limit ham was started with, not the one it raised for itself.
-        if c.nofile_soft > 0 {
+        if c.nofile_soft > 0 && c.nofile_hard > 0 {
+            let lim = [c.nofile_soft.min(c.nofile_hard), c.nofile_hard];
+            sc(
+                SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE as usize,
+                lim.as_ptr() as usize,
+                0,
+            );
+        } else if c.nofile_soft > 0 {
             let mut lim = [0u64; 2];
             let r = sc(
                 SYS_prlimit64,
