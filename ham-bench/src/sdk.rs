@@ -796,8 +796,9 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
         unit: "µs",
         title: format!(
             "one Client::raise with the consumer asleep → the ring's tail passes the event; {} \
-             samples ≥ {} ms apart; ham = the HAM (futex doorbell → its doorbell thread → \
-             eventfd → epoll loop); bare = a consumer thread in the bench asleep on the futex",
+             samples ≥ {} ms apart; ham = the HAM (the client writes the bell, an eventfd in \
+             ham's epoll set, handed over at hello); bare = a consumer thread in the bench \
+             asleep on the futex",
             p.lat_samples,
             LATENCY_GAP_NS / 1_000_000
         ),
