@@ -469,15 +469,10 @@ fn ring_run(producers: &[Push<'_>], seg: &ClientSegment, each: u64) -> Result<Ri
     })
 }
 
-/// The floor for `ring_throughput`: the same ring (ham-core's, 1024 slots) in a segment of
-/// the bench's own, drained by [`bare_consumer`] (a thread asleep on the futex doorbell when
-/// the ring is empty, no validation past the ring's own, nothing done per event), with the
-/// producers pushing the event `Client::raise` builds.
-fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
-    let name = format!("/ham.{}bare-tp.client", ctx.instance_prefix());
-    ClientSegment::unlink(&name);
-    let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
-    let ev = RingEvent {
+/// The event the bare consumers' producers push (what `Client::raise("sink", "bench", ..)`
+/// builds).
+fn bench_event() -> RingEvent {
+    RingEvent {
         kind: KIND_RAISE,
         pid: std::process::id(),
         uid: 0,
@@ -488,7 +483,18 @@ fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
         value: 0,
         from: 0,
         to: 0,
-    };
+    }
+}
+
+/// The floor for `ring_throughput`: the same ring (ham-core's, 1024 slots) in a segment of
+/// the bench's own, drained by [`bare_consumer`] (a thread asleep on the futex doorbell when
+/// the ring is empty, no validation past the ring's own, nothing done per event), with the
+/// producers pushing the event `Client::raise` builds.
+fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
+    let name = format!("/ham.{}bare-tp.client", ctx.instance_prefix());
+    ClientSegment::unlink(&name);
+    let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
+    let ev = bench_event();
     let stop = AtomicBool::new(false);
     let r = std::thread::scope(|s| {
         s.spawn(|| bare_consumer(&seg, &stop));
@@ -751,18 +757,7 @@ impl Drop for StopConsumer<'_> {
 fn bare_latency(ctx: &Ctx, n: usize) -> Result<(Vec<f64>, u64)> {
     let name = format!("/ham.{}bare-ring.client", ctx.instance_prefix());
     let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
-    let ev = RingEvent {
-        kind: KIND_RAISE,
-        pid: std::process::id(),
-        uid: 0,
-        token: 0,
-        entity: Name::new("sink").unwrap(),
-        class: Name::new("bench").unwrap(),
-        severity: 0,
-        value: 0,
-        from: 0,
-        to: 0,
-    };
+    let ev = bench_event();
     let stop = AtomicBool::new(false);
     let r = std::thread::scope(|s| {
         s.spawn(|| bare_consumer(&seg, &stop));

@@ -205,17 +205,7 @@ fn after_both_die_a_new_ham_starts_warm() {
     let (h, g, epoch) = pair(&s);
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
     assert_eq!(s["ham"]["start"], "cold");
-    // Both die: stop the Guardian so it cannot take over, kill the HAM, then the Guardian.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(g),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    sigkill(h);
-    assert_eq!(ham.wait_exit(), -1);
-    // Wait for the Guardian's death too: a new ham rightly refuses to start while the old
-    // Guardian still runs.
-    assert!(kill_and_wait(g));
+    kill_pair(&mut ham, h, g);
     // While nobody supervises, b dies.
     sigkill(b);
     ham.spawn(&[]);

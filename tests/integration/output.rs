@@ -181,15 +181,7 @@ fn a_warm_start_says_a_running_writers_output_was_lost_and_its_next_process_is_k
         s["ham"]["pid"].as_i64().unwrap() as i32,
         s["guardian"]["pid"].as_i64().unwrap() as i32,
     );
-    // Both die: the Guardian stopped so that it cannot take over, then the HAM, then it.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(g),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    sigkill(h);
-    assert_eq!(ham.wait_exit(), -1);
-    assert!(kill_and_wait(g));
+    kill_pair(&mut ham, h, g);
     ham.spawn(&[]);
     let s = ham.wait_for("a warm start", |s| {
         s["ham"]["pid"] == ham.pid() && running(s, "w")

@@ -708,13 +708,7 @@ fn a_client_rings_the_hams_bell_which_a_takeover_keeps_and_a_new_pair_replaces()
         s["ham"]["pid"].as_i64().unwrap() as i32,
         s["guardian"]["pid"].as_i64().unwrap() as i32,
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(g),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    assert!(kill_and_wait(h));
-    assert!(kill_and_wait(g));
+    kill_pair(&mut ham, h, g);
     ham.spawn(&[]);
     ham.wait_for("a warm start", |s| {
         s["ham"]["pid"] == ham.pid() && running(s, "db")

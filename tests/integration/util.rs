@@ -507,6 +507,24 @@ pub fn sigstop(pid: i32) {
 /// SIGKILLs one of the pair and waits until it has really exited. A killed process that has
 /// not been scheduled yet still looks alive in /proc; without the wait, a loaded machine lets
 /// the next kill hit its partner too, and that is a double fault (a warm start), not chaos.
+/// Both processes of the pair die and neither takes over: the Guardian `g` is stopped
+/// first, then the HAM `h` is killed (and reaped, if it is the one `ham` started), then `g`.
+pub fn kill_pair(ham: &mut Ham, h: i32, g: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    if ham.child.is_some() && h == ham.pid() {
+        sigkill(h);
+        assert_eq!(ham.wait_exit(), -1);
+    } else {
+        assert!(kill_and_wait(h));
+    }
+    // Dead, not only killed: a new ham rightly refuses to start while the old Guardian runs.
+    assert!(kill_and_wait(g));
+}
+
 pub fn kill_and_wait(pid: i32) -> bool {
     let Some(p) = rustix::process::Pid::from_raw(pid) else {
         return false;
