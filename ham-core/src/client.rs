@@ -123,7 +123,9 @@ pub struct ClientHeader {
     /// thread between. Any other id (a HAM that started again without it, a client's stray
     /// write) sends it back to the futex, which the doorbell thread always watches.
     pub bell_id: AtomicU64,
-    _pad4: [AtomicU64; 5],
+    /// Of `wakes`, those rung on the bell (for the benchmark and the tests).
+    pub bell_rings: AtomicU64,
+    _pad4: [AtomicU64; 4],
 }
 
 #[cfg(not(loom))]
@@ -740,7 +742,10 @@ impl<'a> Ring<'a> {
         {
             h.wakes.fetch_add(1, Ordering::Relaxed);
             match self.bell {
-                Some((fd, id)) if h.bell_id.load(Ordering::Relaxed) == *id => ring_bell(fd),
+                Some((fd, id)) if h.bell_id.load(Ordering::Relaxed) == *id => {
+                    h.bell_rings.fetch_add(1, Ordering::Relaxed);
+                    ring_bell(fd);
+                }
                 _ => futex_wake(&h.sleeping),
             }
         }
