@@ -829,6 +829,50 @@ fn a_successor_that_could_not_set_up_the_client_segment_tries_again() {
             .contains("client segment is set up (at a retry)")
     });
     assert!(raise(&ham).status.success(), "{}", ham.stderr());
+    // The Guardian that was started before the retry is given the new bell, so that its
+    // successor listens on the one clients hold (it keeps its id).
+    let seg =
+        ham_core::client::ClientSegment::open(&ham_core::paths::client_segment(&ham.name)).unwrap();
+    let bell = seg.bell_id();
+    assert_ne!(bell, 0);
+    // A client of this HAM holds its bell.
+    let loc = ham_detector_sdk::Location::from_config(&ham.config).unwrap();
+    let c = ham_detector_sdk::Client::connect_to(&loc).unwrap();
+    let s = ham.status();
+    let (h, g) = (
+        s["ham"]["pid"].as_i64().unwrap() as i32,
+        s["guardian"]["pid"].clone(),
+    );
+    assert!(kill_and_wait(h));
+    ham.wait_for("the guardian promoted again", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true
+    });
+    // Answered: the successor has set its clients up.
+    assert!(raise(&ham).status.success(), "{}", ham.stderr());
+    assert_eq!(seg.bell_id(), bell, "{}", ham.stderr());
+    // ...and it listens on that bell: the client's ring wakes it (a ring into a bell no one
+    // listens on would wait for the housekeeping check, which says so).
+    let consumed = ham.status()["ring"]["consumed"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seg
+        .header()
+        .sleeping
+        .load(std::sync::atomic::Ordering::SeqCst)
+        & 3
+        != ham_core::client::BELL_ASLEEP
+    {
+        assert!(std::time::Instant::now() < deadline, "the HAM never slept");
+        std::thread::yield_now();
+    }
+    c.raise("app", "y", 0, 0).unwrap();
+    ham.wait_for("the event consumed", |s| {
+        s["ring"]["consumed"].as_u64() == Some(consumed + 1)
+    });
+    assert!(
+        !ham.stderr().contains("no doorbell rung"),
+        "{}",
+        ham.stderr()
+    );
 }
 
 #[test]

@@ -327,6 +327,14 @@ impl Daemon {
                         format_args!("cannot watch the doorbell: {e}"),
                     ),
                 }
+                // The Guardian running now was started without a bell: it gets this one, so
+                // that a successor listens on the bell clients are given from now on.
+                if let Some(c) = &self.clients {
+                    let who = (ham_core::layout::SlotIndex(0), crate::handoff::BELL, 0);
+                    if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell) {
+                        say!(self, "cannot hand the clients' bell to the guardian: {err}");
+                    }
+                }
             }
             Err(e) => self.say_limited(
                 "clients-retry",
