@@ -1168,6 +1168,8 @@ impl ModelRing {
             sleeping: AtomicU32::new(0),
             _pad3: AtomicU32::new(0),
             wakes: AtomicU64::new(0),
+            bell_id: AtomicU64::new(0),
+            bell_rings: AtomicU64::new(0),
             _pad4: std::array::from_fn(|_| AtomicU64::new(0)),
         };
         let slots = (0..slots as u64)
