@@ -213,6 +213,35 @@ fn doorbell_thread(seg: &ClientSegment, ring: &OwnedFd) {
     }
 }
 
+/// The last ring event a drain let through: its sender, token and entity, checked (token,
+/// entity lookup, right to raise), and the entity's id.
+pub(super) struct LetThrough {
+    pid: u32,
+    uid: u32,
+    token: u64,
+    entity: Name,
+    id: EntityId,
+}
+
+impl LetThrough {
+    fn of(ev: &RingEvent, id: EntityId) -> Self {
+        Self {
+            pid: ev.pid,
+            uid: ev.uid,
+            token: ev.token,
+            entity: ev.entity,
+            id,
+        }
+    }
+
+    /// The entity `ev` is for, if `ev` is from the same sender with the same token for the
+    /// same entity (so the same checks would let it through).
+    fn entity_of(&self, ev: &RingEvent) -> Option<EntityId> {
+        ((self.pid, self.uid, self.token, self.entity) == (ev.pid, ev.uid, ev.token, ev.entity))
+            .then_some(self.id)
+    }
+}
+
 /// Whether a process is proven gone (a ring claimer): no such pid, or its pidfd says so.
 pub(super) fn is_dead(pid: u32) -> bool {
     // A claim word is a client's write: a pid out of range is no process of ours to test.
@@ -404,18 +433,10 @@ impl Daemon {
         }
     }
 
-    /// One event off the ring. `passed`: the sender, token and entity of the last event let
-    /// through in this drain, and the entity's id (what an event like it need not check
-    /// again: its token, the entity's name, the sender's right to raise on it).
-    fn on_ring_event(
-        &mut self,
-        ev: RingEvent,
-        passed: &mut Option<(u32, u32, u64, Name, EntityId)>,
-    ) {
-        let same = |p: &(u32, u32, u64, Name, EntityId)| {
-            (p.0, p.1, p.2, p.3) == (ev.pid, ev.uid, ev.token, ev.entity)
-        };
-        if let Some(i) = passed.as_ref().filter(|p| same(p)).map(|p| p.4) {
+    /// One event off the ring. `passed`: the last event let through in this drain (an event
+    /// like it need not be checked again).
+    fn on_ring_event(&mut self, ev: RingEvent, passed: &mut Option<LetThrough>) {
+        if let Some(i) = passed.as_ref().and_then(|p| p.entity_of(&ev)) {
             if self.act_on_ring_event(i, ev) {
                 *passed = None;
             }
@@ -448,7 +469,7 @@ impl Daemon {
                 ev.pid, ev.uid
             ));
         }
-        let remember = (ev.pid, ev.uid, ev.token, ev.entity, i);
+        let remember = LetThrough::of(&ev, i);
         if !self.act_on_ring_event(i, ev) {
             *passed = Some(remember);
         }
