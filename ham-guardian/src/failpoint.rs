@@ -100,6 +100,27 @@ pub fn fires(_name: &'static str) -> bool {
     false
 }
 
+/// [`fires`] in the Guardian of HAM `ham_pid`, unless `$HAM_FAILPOINT_FILE.armed` names that
+/// HAM's pid (a test that arms it while the first Guardian may not have beaten yet spares it).
+#[cfg(debug_assertions)]
+pub fn fires_in_guardian_of(name: &'static str, ham_pid: i32) -> bool {
+    let spared = std::env::var_os("HAM_FAILPOINT_FILE")
+        .map(|f| {
+            let mut armed = f;
+            armed.push(".armed");
+            armed
+        })
+        .and_then(|a| std::fs::read_to_string(a).ok())
+        .is_some_and(|t| t.trim() == ham_pid.to_string());
+    !spared && fires(name)
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fires_in_guardian_of(_name: &'static str, _ham_pid: i32) -> bool {
+    false
+}
+
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn hit(_name: &'static str) {}

@@ -166,7 +166,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     watch.deadline_published(seg.header().deadline());
     // Once, entering the loop: the HAM knows this Guardian runs (a live upgrade waits for
     // it). There is no periodic beat: the HAM learns of a stopped Guardian from the kernel.
-    let beat_unread = crate::failpoint::fires("guardian:beat-unread");
+    let beat_unread = crate::failpoint::fires_in_guardian_of("guardian:beat-unread", ham_pid);
     if beat_unread {
         // The HAM stopped first, so that it cannot read the beat before it dies.
         let _ = rustix::process::pidfd_send_signal(&ham_pidfd, rustix::process::Signal::STOP);

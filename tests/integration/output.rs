@@ -150,9 +150,10 @@ fn output_keeps_its_reader_when_the_ham_dies_with_its_guardians_beat_unread() {
     let s = ham.wait_for("w running", |s| running(s, "w"));
     let w = pid_of(&s, "w");
     // Armed now: the next Guardian to beat kills its HAM. That is the Guardian started by
-    // the HAM promoted when the first HAM is killed.
-    std::fs::write(format!("{fired_s}.armed"), "").unwrap();
+    // the HAM promoted when the first HAM is killed (the first Guardian, which may beat only
+    // now on a loaded machine, is spared: the armed file names its HAM).
     let first = s["ham"]["pid"].as_i64().unwrap() as i32;
+    std::fs::write(format!("{fired_s}.armed"), first.to_string()).unwrap();
     let promoted = s["guardian"]["pid"].clone();
     sigkill(first);
     assert_eq!(ham.wait_exit(), -1);
