@@ -162,7 +162,12 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let from;
     let mut sock_open = true;
-    let mut watch = Watch::default();
+    // What the HAM had to do before this Guardian watched it counts from now: a promoted HAM
+    // inherits its predecessor's deadline, which may be long past when its first turn comes.
+    let mut watch = Watch {
+        since: mono_ns(),
+        ..Watch::default()
+    };
     watch.deadline_published(seg.header().deadline());
     // Once, entering the loop: the HAM knows this Guardian runs (a live upgrade waits for
     // it). There is no periodic beat: the HAM learns of a stopped Guardian from the kernel.
@@ -364,6 +369,10 @@ struct HamView {
 /// after the first of these it fails to handle.
 #[derive(Default)]
 struct Watch {
+    /// When this watch began. A deadline published before it is checked `timeout` after it
+    /// instead: a HAM that has just taken over has its predecessor's deadline, which may have
+    /// passed during the takeover, and it had no turn to handle it in.
+    since: u64,
     /// The HAM's deadline being watched: it must begin a turn after it.
     deadline: Option<u64>,
     /// The watched deadline passed and a turn began after it, but that turn had not ended
@@ -386,6 +395,7 @@ impl Watch {
     /// When to look next: `timeout` after the earliest thing watched.
     fn next_check(&self, timeout: u64) -> Option<u64> {
         self.deadline
+            .map(|w| w.max(self.since))
             .into_iter()
             .chain(self.turn_unfinished.map(|(_, t)| t))
             .chain(self.deaths.iter().map(|d| d.2))
@@ -406,7 +416,7 @@ impl Watch {
         still_runs: impl Fn(u32, i32) -> bool,
     ) -> Result<(), String> {
         let due = |t: u64| now >= t.saturating_add(timeout);
-        if let Some(w) = self.deadline.filter(|&w| due(w)) {
+        if let Some(w) = self.deadline.filter(|&w| due(w.max(self.since))) {
             self.deadline = None;
             if ham.deadline == w {
                 // Still its earliest deadline: it must have begun a turn after it...
@@ -590,6 +600,36 @@ mod tests {
             Ok(())
         );
         assert_eq!(w.next_check(T), None);
+    }
+
+    #[test]
+    fn a_deadline_past_when_the_watch_began_counts_from_then() {
+        // A promoted HAM publishes its predecessor's deadline, passed during the takeover.
+        let mut w = Watch {
+            since: 10_000,
+            ..Watch::default()
+        };
+        w.deadline_published(5_000);
+        assert_eq!(w.next_check(T), Some(11_000));
+        // Its first turn has not come yet, a timeout after the deadline: not a hang.
+        assert_eq!(
+            w.check(10_500, T, &ham(4_000, 5_000), no_conn, none_runs),
+            Ok(())
+        );
+        // It has not come a timeout after the watch began: a hang.
+        let r = w.check(11_000, T, &ham(4_000, 5_000), no_conn, none_runs);
+        assert!(r.unwrap_err().contains("not turned its loop"));
+        // One that came in time and handled the deadline is fine.
+        let mut w = Watch {
+            since: 10_000,
+            ..Watch::default()
+        };
+        w.deadline_published(5_000);
+        assert_eq!(
+            w.check(11_000, T, &ham(10_200, 12_000), no_conn, none_runs),
+            Ok(())
+        );
+        assert_eq!(w.next_check(T), Some(13_000));
     }
 
     #[test]
