@@ -12,6 +12,9 @@ pub(super) struct GuardianProc {
     pub(super) beaten: bool,
     /// It was seen stopped (SIGSTOP): when to fence it if it still is.
     pub(super) stop_check: Option<u64>,
+    /// Started by a takeover, which does not wait for its `execve`: how that went, asked
+    /// once the takeover has adopted, or when it beats or dies.
+    pub(super) execing: Option<sys::Execing>,
 }
 
 impl Daemon {
@@ -32,7 +35,15 @@ impl Daemon {
             .filter_map(|e| e.out.as_ref().map(|(r, w)| (e.slot.0, r, w)))
             .collect();
         let bell = self.clients.as_ref().map(|c| &c.bell);
-        match spawn_guardian_process(&self.cfg, &self.config_text, sockets, &pipes, bell, &binary) {
+        match spawn_guardian_process(
+            &self.cfg,
+            &self.config_text,
+            sockets,
+            &pipes,
+            bell,
+            &binary,
+            false,
+        ) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
                 self.guardian.proc = Some(g);
@@ -139,13 +150,17 @@ impl Daemon {
         if let Some(g) = &mut self.guardian.proc {
             if handoff::drain_beats(&g.sock) {
                 g.beaten = true;
+                // It runs its loop, so it is long past its execve.
+                if let Some(e) = g.execing.take() {
+                    let _ = e.finish();
+                }
             }
         }
         self.on_handoff_writable();
     }
 
     pub(super) fn on_guardian_exit(&mut self) {
-        let Some(g) = self.guardian.take() else {
+        let Some(mut g) = self.guardian.take() else {
             return;
         };
         let how = match rustix::process::waitid(
@@ -159,6 +174,10 @@ impl Daemon {
             }
             Err(_) => LastExit::Unknown,
         };
+        // Started by a takeover without waiting for its execve: say why that failed.
+        if let Some(Err(e)) = g.execing.take().map(sys::Execing::finish) {
+            say!(self, "the guardian (pid {}) could not run ham: {e}", g.pid);
+        }
         self.wrote(self.writer.set_guardian(0, 0));
         if self.shutdown.is_some() {
             return;
@@ -318,6 +337,7 @@ pub(super) fn spawn_guardian_process<'a>(
     pipes: &[(u32, &OwnedFd, &OwnedFd)],
     bell: Option<&OwnedFd>,
     binary: &Path,
+    detached: bool,
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
@@ -369,11 +389,21 @@ pub(super) fn spawn_guardian_process<'a>(
     let pending = spec.fork()?;
     failpoint::hit("guardian:after-fork");
     let start_time = pending.start_time;
-    let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
-        let _ = wait_pidfd(&pidfd, 1_000);
-        e
-    })?;
+    // A takeover does not wait for the Guardian's execve (the child runs even if we die,
+    // and a failed execve is seen as its death); any other start does, so that a failed
+    // upgrade is told at once.
+    let (pid, pidfd, execing) = if detached {
+        let (pid, pidfd, execing) = pending.release_detached();
+        (pid, pidfd, Some(execing))
+    } else {
+        let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {
+            let _ = wait_pidfd(&pidfd, 1_000);
+            e
+        })?;
+        (pid, pidfd, None)
+    };
     Ok(GuardianProc {
+        execing,
         beaten: false,
         stop_check: None,
         pid,

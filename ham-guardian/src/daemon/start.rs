@@ -168,17 +168,25 @@ impl Daemon {
             .collect();
         let self_exe = Path::new("/proc/self/exe");
         let bell = passed.get(&handoff::BELL_KEY).map(|p| &p.pidfd);
-        let guardian =
-            match spawn_guardian_process(&cfg, &config_text, &sockets, &pipes, bell, self_exe) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    log(
-                        &cfg.instance.name,
-                        format_args!("cannot start a guardian yet: {e}"),
-                    );
-                    None
-                }
-            };
+        // Not waiting for its execve: the takeover goes on while it loads.
+        let guardian = match spawn_guardian_process(
+            &cfg,
+            &config_text,
+            &sockets,
+            &pipes,
+            bell,
+            self_exe,
+            true,
+        ) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log(
+                    &cfg.instance.name,
+                    format_args!("cannot start a guardian yet: {e}"),
+                );
+                None
+            }
+        };
         let older = seg.needs_migration();
         let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
         if let Some(v) = older {

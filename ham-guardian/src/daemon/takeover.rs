@@ -50,7 +50,9 @@ impl Daemon {
         }
         let mut used: HashSet<SlotIndex> = found.values().map(|(s, _)| *s).collect();
         let mut next_free = SlotIndex(0);
-        let cfgs = self.cfg.entities.clone();
+        // Moved, not copied: each entity keeps its own configuration from here on (a reload
+        // brings a whole new one).
+        let cfgs = std::mem::take(&mut self.cfg.entities);
         let mut to_resume = Vec::new();
         let mut to_start = Vec::new();
         let mut existing_ids = HashSet::new();

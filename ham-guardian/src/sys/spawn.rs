@@ -1128,14 +1128,14 @@ pub struct Pending {
 /// A released child whose `execve` was not waited for ([`Pending::release_detached`]).
 /// Dropped, it waits until the child is past `execve` or dead (it holds what the child
 /// reads until then).
-struct Execing {
+pub struct Execing {
     child: Child,
 }
 
 impl Execing {
     /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
     /// preparation or `execve`.
-    fn finish(mut self) -> io::Result<()> {
+    pub fn finish(mut self) -> io::Result<()> {
         match self.child.wait_done()? {
             (_, 0) => Ok(()),
             (buf, _) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
@@ -1219,7 +1219,7 @@ impl Pending {
 
     /// Lets the child run its program without waiting for its `execve`: the returned
     /// [`Execing`] says later how that went (and until then keeps what the child reads).
-    fn release_detached(self) -> (i32, OwnedFd, Execing) {
+    pub fn release_detached(self) -> (i32, OwnedFd, Execing) {
         let Pending {
             pid,
             pidfd,
