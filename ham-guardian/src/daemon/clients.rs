@@ -279,12 +279,12 @@ impl Daemon {
         }
     }
 
-    /// The doorbell rang (or we rang it): take what the ring holds.
-    pub(super) fn on_doorbell(&mut self) {
+    /// The doorbell (`bell` false: the doorbell thread's, or ours) or the bell rang: read
+    /// that eventfd (only the one that rang), then take what the ring holds.
+    pub(super) fn on_doorbell(&mut self, bell: bool) {
         if let Some(c) = &mut self.clients {
             let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&c.doorbell, &mut buf);
-            let _ = rustix::io::read(&c.bell, &mut buf);
+            let _ = rustix::io::read(if bell { &c.bell } else { &c.doorbell }, &mut buf);
             c.armed = false;
             c.consumer.awake(&c.seg);
         }
@@ -579,13 +579,8 @@ impl Daemon {
     /// The doorbell and subscribers in the epoll set.
     pub(super) fn watch_clients(&self) -> io::Result<()> {
         if let Some(c) = &self.clients {
-            for fd in [&c.doorbell, &c.bell] {
-                epoll::add(
-                    &self.epoll,
-                    fd.as_fd(),
-                    Token::Doorbell.data(),
-                    epoll::EventFlags::IN,
-                )?;
+            for (fd, tok) in [(&c.doorbell, Token::Doorbell), (&c.bell, Token::Bell)] {
+                epoll::add(&self.epoll, fd.as_fd(), tok.data(), epoll::EventFlags::IN)?;
             }
         }
         Ok(())

@@ -18,8 +18,10 @@ pub(super) enum Token {
     ProcConn,
     /// The sd_notify socket.
     Notify,
-    /// The client segment's doorbell (an eventfd).
+    /// The client segment's doorbell (an eventfd the doorbell thread writes).
     Doorbell,
+    /// The bell (an eventfd clients write themselves).
+    Bell,
     /// The handoff socket to the Guardian became writable.
     Handoff,
     /// The checkpoint committer finished writes.
@@ -52,6 +54,7 @@ impl Token {
             Self::Handoff => (0, 8),
             Self::PssCommitted => (0, 9),
             Self::CoreCollected => (0, 10),
+            Self::Bell => (0, 11),
             Self::Conn(id) => (1, id & ID),
             Self::Pidfd(i) => (2, u64::from(i.raw())),
             Self::Action(id) => (3, u64::from(id.raw())),
@@ -73,6 +76,7 @@ impl Token {
             (0, 8) => Self::Handoff,
             (0, 9) => Self::PssCommitted,
             (0, 10) => Self::CoreCollected,
+            (0, 11) => Self::Bell,
             (1, id) => Self::Conn(id),
             (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
             (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
@@ -104,6 +108,7 @@ mod tests {
             Token::Handoff,
             Token::PssCommitted,
             Token::CoreCollected,
+            Token::Bell,
             Token::Conn(0),
             Token::Conn(0xffff_ffff),
             Token::Conn((1 << 56) - 1),
