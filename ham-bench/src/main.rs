@@ -399,6 +399,13 @@ fn main() -> ExitCode {
         };
         bare::run(n, child.as_ref(), fifo.as_ref());
     }
+    if args.first().map(String::as_str) == Some("__bare-consumer") {
+        let Some(seg) = args.get(1) else {
+            eprintln!("usage: ham-bench __bare-consumer SEGMENT");
+            return ExitCode::from(2);
+        };
+        sdk::bare_consumer_process(seg);
+    }
     if args.first().map(String::as_str) == Some("__relay") {
         mts::relay();
     }

@@ -754,13 +754,54 @@ impl Drop for StopConsumer<'_> {
     }
 }
 
-fn bare_latency(ctx: &Ctx, n: usize) -> Result<(Vec<f64>, u64)> {
-    let name = format!("/ham.{}bare-ring.client", ctx.instance_prefix());
+/// `ham-bench __bare-consumer SEGMENT`: the bare consumer as a process of its own, on a
+/// segment the bench made, until the bench kills it.
+pub fn bare_consumer_process(name: &str) -> ! {
+    match ClientSegment::open(name) {
+        Ok(seg) => {
+            bare_consumer(&seg, &AtomicBool::new(false));
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("ham-bench __bare-consumer: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Kills and reaps the bare consumer process when the measurement ends, however it ends.
+struct ConsumerProcess(std::process::Child);
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The floor's latency: its consumer a thread of the bench (`process` false) or a process
+/// of its own, as the HAM is (`process` true).
+fn bare_latency(ctx: &Ctx, n: usize, process: bool) -> Result<(Vec<f64>, u64)> {
+    let name = format!(
+        "/ham.{}bare-ring{}.client",
+        ctx.instance_prefix(),
+        if process { "-proc" } else { "" }
+    );
     let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
     let ev = bench_event();
     let stop = AtomicBool::new(false);
     let r = std::thread::scope(|s| {
-        s.spawn(|| bare_consumer(&seg, &stop));
+        let _child = if process {
+            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            let child = std::process::Command::new(exe)
+                .args(["__bare-consumer", &name])
+                .spawn()
+                .map_err(|e| format!("starting the bare consumer process: {e}"))?;
+            Some(ConsumerProcess(child))
+        } else {
+            s.spawn(|| bare_consumer(&seg, &stop));
+            None
+        };
         let _stop = StopConsumer(&stop, &seg, &ev);
         let h = seg.header();
         // Let the consumer go to sleep first.
@@ -793,7 +834,8 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
             "one Client::raise with the consumer asleep → the ring's tail passes the event; {} \
              samples ≥ {} ms apart; ham = the HAM (the client writes the bell, an eventfd in \
              ham's epoll set, handed over at hello); bare = a consumer thread in the bench \
-             asleep on the futex",
+             asleep on the futex; bare-proc = the same consumer in a process of its own, as \
+             the HAM is",
             p.lat_samples,
             LATENCY_GAP_NS / 1_000_000
         ),
@@ -831,10 +873,13 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
     })();
     sys::check_interrupted()?;
     eprintln!("[ring_latency] bare");
-    let bare = bare_latency(ctx, p.lat_samples);
+    let bare = bare_latency(ctx, p.lat_samples, false);
+    sys::check_interrupted()?;
+    eprintln!("[ring_latency] bare-proc");
+    let bare_proc = bare_latency(ctx, p.lat_samples, true);
     sys::check_interrupted()?;
     let total = (p.lat_samples + LATENCY_WARMUP) as u64;
-    for (name, r) in [("ham", ham), ("bare", bare)] {
+    for (name, r) in [("ham", ham), ("bare", bare), ("bare-proc", bare_proc)] {
         let o = match r {
             Ok((v, wakes)) => {
                 if wakes != total {
