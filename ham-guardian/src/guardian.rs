@@ -158,6 +158,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
     );
     sys::trim_heap();
+    sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let from;

@@ -313,6 +313,7 @@ impl Daemon {
         self.feed_watchdog(mono_ns());
         self.systemd_begin(promoted);
         sys::trim_heap();
+        sys::unmap_startup_code();
         let mut events = Vec::with_capacity(64);
         let no_wait = rustix::time::Timespec {
             tv_sec: 0,
