@@ -82,7 +82,9 @@ impl Daemon {
         };
         failpoint::hit("exit:before-record");
         self.on_exit(i, late);
-        if self.shutdown.is_some() {
+        // What it starts after may be free to stop now (nothing else can be: looking at
+        // every entity at every exit made a shutdown O(n²)).
+        if self.shutdown.is_some() && !self.entities[i].cfg.after.is_empty() {
             self.stop_next_layer();
         }
         self.release_proc_connector_if_idle();

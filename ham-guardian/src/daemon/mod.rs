@@ -187,6 +187,9 @@ pub struct Daemon {
     cluster_work: cluster::Work,
     entities: entity::EntityTable,
     shutdown: Option<Vec<UnixStream>>,
+    /// During a shutdown: entities left to stop once this turn's budget was spent (the
+    /// next turn stops more, without waiting).
+    stops_left: bool,
     my_uid: u32,
     guardian: guardian_link::GuardianLink,
     proc_conn: Option<ProcConnector>,
@@ -335,7 +338,10 @@ impl Daemon {
             self.arm_ring();
             events.clear();
             // With spawns still deferred, look at what came in and come straight back.
-            let timeout = (!self.deferred.is_empty()).then_some(&no_wait);
+            if self.stops_left && self.shutdown.is_some() {
+                self.stop_next_layer();
+            }
+            let timeout = (!self.deferred.is_empty() || self.stops_left).then_some(&no_wait);
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),

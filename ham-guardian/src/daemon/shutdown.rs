@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Entities a shutdown stops per turn of the loop (see `Daemon::stop_next_layer`).
+const STOPS_PER_TURN: u32 = 256;
+
 impl Daemon {
     /// Runs `[device] restart_command`, unless an operator switched device restarts off or
     /// none is configured; says what happened.
@@ -115,9 +118,14 @@ impl Daemon {
     }
 
     /// During a shutdown: stops every entity that no live entity starts `after`, in reverse
-    /// order of the configuration; called again as entities exit, so dependents always stop
-    /// before what they depend on.
+    /// order of the configuration, up to `STOPS_PER_TURN` of them per turn of the loop (the
+    /// loop comes straight back for the rest: stopping 10,000 at once took one turn over
+    /// `liveness_timeout`, and the Guardian fenced the HAM). Called again when an entity
+    /// that starts `after` others exits, so dependents always stop before what they
+    /// depend on.
     pub(super) fn stop_next_layer(&mut self) {
+        self.stops_left = false;
+        let mut budget = STOPS_PER_TURN;
         let alive = |e: &Entity| {
             matches!(
                 e.rec.state,
@@ -137,6 +145,11 @@ impl Daemon {
                 .iter()
                 .any(|&d| alive(&self.entities[d]));
             if !needed {
+                if budget == 0 {
+                    self.stops_left = true;
+                    return;
+                }
+                budget -= 1;
                 self.begin_stop(i, Wanted::Down);
             }
         }

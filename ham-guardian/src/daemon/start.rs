@@ -439,6 +439,7 @@ impl Daemon {
             next_conn: 0,
             entities: Default::default(),
             shutdown: None,
+            stops_left: false,
             guardian: Default::default(),
             proc_conn: None,
             exit_cache: HashMap::new(),
