@@ -69,6 +69,10 @@ pub const FLAG_UPGRADING: u32 = 1 << 4;
 /// Header flag: the HAM stopped accepting control connections on purpose (no descriptor
 /// left, or at its cap) until one closes: a connection waiting then is not a hang.
 pub const FLAG_ACCEPT_PAUSED: u32 = 1 << 5;
+/// Header flag: the HAM the header names has taken the segment over (a takeover or a warm
+/// start) and is still adopting what its predecessor left: until it clears this, the records
+/// are as that predecessor left them.
+pub const FLAG_ADOPTING: u32 = 1 << 6;
 
 /// Exit status source: `waitid` on the HAM's own children.
 pub const EXIT_SOURCE_WAITID: u32 = 1 << 0;

@@ -42,6 +42,8 @@ pub struct HamStatus {
     /// "cold" (a new segment), "warm" (a segment left by a dead pair, re-adopted) or
     /// "took-over" (a Guardian that replaced its dead or fenced HAM).
     pub start: &'static str,
+    /// A warm start or takeover under way: the records are still the predecessor's.
+    pub adopting: bool,
     /// A shutdown has been asked for.
     pub stopping: bool,
     pub failures: u32,
@@ -234,6 +236,7 @@ pub fn from_segment(seg: &Segment, now_mono_ns: u64) -> Status {
             } else {
                 "cold"
             },
+            adopting: h.flags & ham_core::layout::FLAG_ADOPTING != 0,
             stopping: h.flags & FLAG_STOP_INTENT != 0,
             failures: h.ham_failures,
         },
@@ -275,7 +278,7 @@ impl Status {
     /// The aligned table `hamctl status` prints.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "ham pid {}{} · epoch {} · {}",
+            "ham pid {}{} · epoch {} · {}{}",
             self.ham.pid,
             if self.ham.alive { "" } else { " (not running)" },
             self.ham.epoch,
@@ -283,6 +286,11 @@ impl Status {
                 "took-over" => "took over",
                 "warm" => "warm start",
                 _ => "cold start",
+            },
+            if self.ham.adopting {
+                ", still adopting: the entities below are as its predecessor left them"
+            } else {
+                ""
             }
         );
         match &self.guardian {
@@ -511,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn the_table_says_a_ham_still_adopting() {
+        let mut s = Status {
+            ham: HamStatus {
+                pid: 10,
+                epoch: 2,
+                alive: true,
+                start: "took-over",
+                adopting: true,
+                stopping: false,
+                failures: 1,
+            },
+            guardian: None,
+            entities: Vec::new(),
+            device_restart: true,
+            exit_sources: Vec::new(),
+            ring: RingStatus::default(),
+            limits: LimitStatus::default(),
+            errors: Vec::new(),
+        };
+        let first = |s: &Status| s.to_table().lines().next().unwrap_or_default().to_owned();
+        assert!(
+            first(&s).contains("took over, still adopting"),
+            "{}",
+            first(&s)
+        );
+        s.ham.adopting = false;
+        assert!(!first(&s).contains("adopting"), "{}", first(&s));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["ham"]["adopting"], false);
+    }
+
+    #[test]
     fn table_is_aligned() {
         let s = Status {
             ham: HamStatus {
@@ -518,6 +558,7 @@ mod tests {
                 epoch: 1,
                 alive: true,
                 start: "cold",
+                adopting: false,
                 stopping: false,
                 failures: 0,
             },

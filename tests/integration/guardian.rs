@@ -209,8 +209,12 @@ fn after_both_die_a_new_ham_starts_warm() {
     // While nobody supervises, b dies.
     sigkill(b);
     ham.spawn(&[]);
-    let s = ham.wait_for("a warm start with b restarted", |s| {
-        s["ham"]["pid"] == ham.pid() && running(s, "b") && entity(s, "b")["restarts"] == 1
+    // Once it has adopted, it says so.
+    let s = ham.wait_for("a warm start with b restarted, adopted", |s| {
+        s["ham"]["pid"] == ham.pid()
+            && running(s, "b")
+            && entity(s, "b")["restarts"] == 1
+            && s["ham"]["adopting"] == false
     });
     assert_eq!(s["ham"]["start"], "warm");
     assert_eq!(s["ham"]["epoch"], epoch + 1);
@@ -294,7 +298,9 @@ fn survive_failpoint(fp: &str) {
         let pair_up = s["ham"]["alive"] == true
             && s["guardian"]["alive"] == true
             && s["ham"]["pid"] != h
-            && s["ham"]["epoch"] == 1 + takeovers;
+            && s["ham"]["epoch"] == 1 + takeovers
+            // A HAM killed while adopting left the flag set; its successor clears it.
+            && s["ham"]["adopting"] == false;
         let a_ok = match trigger_of(fp) {
             Trigger::KillEntity => running(s, "a") && entity(s, "a")["restarts"] == 1,
             Trigger::Stop => entity(s, "a")["state"] == "stopped",

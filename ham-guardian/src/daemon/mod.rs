@@ -299,6 +299,14 @@ impl Daemon {
         self.leftovers = None;
         self.resume_heartbeats();
         self.resume_runs();
+        // Adopted: the records are this HAM's now (`hamctl status` stops saying "adopting").
+        let flags = self.writer.segment().header().flags();
+        if flags & ham_core::layout::FLAG_ADOPTING != 0 {
+            self.wrote(
+                self.writer
+                    .set_flags(flags & !ham_core::layout::FLAG_ADOPTING),
+            );
+        }
         if cold {
             self.run_now_actions();
         }

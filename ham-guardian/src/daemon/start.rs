@@ -90,7 +90,7 @@ impl Daemon {
                         h.epoch, h.ham_pid
                     ),
                 );
-                (seg, FLAG_WARM_START)
+                (seg, FLAG_WARM_START | ham_core::layout::FLAG_ADOPTING)
             }
             None => (Segment::create(&seg_name, needed, unix_ns())?, 0),
         };
@@ -207,7 +207,13 @@ impl Daemon {
             0
         };
         let flags = writer.segment().header().flags();
-        writer.set_flags(flags | FLAG_WARM_START | ham_core::layout::FLAG_TOOK_OVER | off)?;
+        writer.set_flags(
+            flags
+                | FLAG_WARM_START
+                | ham_core::layout::FLAG_TOOK_OVER
+                | ham_core::layout::FLAG_ADOPTING
+                | off,
+        )?;
         match &guardian {
             Some(g) => writer.set_guardian(g.pid, g.start_time)?,
             None => writer.set_guardian(0, 0)?,
