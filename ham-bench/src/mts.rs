@@ -172,8 +172,9 @@ pub fn relay() -> ! {
     std::process::exit(0)
 }
 
-/// The relay process, killed and reaped however the measurement ends.
-struct KillOnDrop(std::process::Child);
+/// A helper process of the bench (the relay, the bare ring consumer), killed and reaped
+/// however the measurement ends.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

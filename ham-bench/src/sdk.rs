@@ -769,16 +769,6 @@ pub fn bare_consumer_process(name: &str) -> ! {
     }
 }
 
-/// Kills and reaps the bare consumer process when the measurement ends, however it ends.
-struct ConsumerProcess(std::process::Child);
-
-impl Drop for ConsumerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The floor's latency: its consumer a thread of the bench (`process` false) or a process
 /// of its own, as the HAM is (`process` true).
 fn bare_latency(ctx: &Ctx, n: usize, process: bool) -> Result<(Vec<f64>, u64)> {
@@ -797,7 +787,7 @@ fn bare_latency(ctx: &Ctx, n: usize, process: bool) -> Result<(Vec<f64>, u64)> {
                 .args(["__bare-consumer", &name])
                 .spawn()
                 .map_err(|e| format!("starting the bare consumer process: {e}"))?;
-            Some(ConsumerProcess(child))
+            Some(crate::mts::KillOnDrop(child))
         } else {
             s.spawn(|| bare_consumer(&seg, &stop));
             None
