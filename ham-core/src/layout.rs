@@ -882,12 +882,13 @@ impl<const N: usize> Slot<N> {
                     .load()
                     .filter(|b| b[word::GEN] != 0 && (b[word::GEN] % 2) as usize == i)
             };
-            match (valid(0), valid(1)) {
-                (Some(a), Some(b)) => {
-                    return Ok(Some(if b[word::GEN] > a[word::GEN] { b } else { a }));
-                }
-                (Some(x), None) | (None, Some(x)) => return Ok(Some(x)),
-                (None, None) => {
+            // The copy that says it is newer first: if it validates, no valid copy is newer
+            // (generations only grow), and the other need not be checksummed.
+            let said = |i: usize| self.copies[i].body[word::GEN].load(Ordering::Relaxed);
+            let first = usize::from(said(1) > said(0));
+            match valid(first).or_else(|| valid(1 - first)) {
+                Some(x) => return Ok(Some(x)),
+                None => {
                     // A writer killed mid-store leaves checksum 0, so two zero checksums mean
                     // free (never published, or cleared). A non-zero, mismatching checksum is
                     // a read that raced the writer: read again.
