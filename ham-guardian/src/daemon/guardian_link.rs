@@ -13,7 +13,7 @@ pub(super) struct GuardianProc {
     /// It was seen stopped (SIGSTOP): when to fence it if it still is.
     pub(super) stop_check: Option<u64>,
     /// Started by a takeover, which does not wait for its `execve`: how that went, asked
-    /// once the takeover has adopted, or when it beats or dies.
+    /// when it beats (long past its `execve`) or dies.
     pub(super) execing: Option<sys::Execing>,
 }
 
