@@ -224,7 +224,9 @@ fn a_receiver_that_checkpoints_the_last_id_counts_each_message_exactly_once_thro
         assert!(r.ok, "{:?}", r.error);
         // Every 30 messages, kill the adder wherever it is.
         if n % 30 == 0 {
-            let s = ham.status();
+            // Wherever it is, once it runs again (the last kill's restart may still be on
+            // its way).
+            let s = ham.wait_for("adder running", |s| running(s, "adder"));
             if kill_and_wait(pid_of(&s, "adder")) {
                 kills += 1;
             }

@@ -348,7 +348,10 @@ fn only_an_entitys_processes_write_its_store_and_others_read_only_its_shared_key
         &[],
     );
     wait_until(&ham, "the puts", || read(&ham, "app").len() == 2);
-    wait_until(&ham, "other's tries", || out("put.rc").exists());
+    // `echo $? > put.rc` creates the file before it writes the status: waited for whole.
+    wait_until(&ham, "other's tries", || {
+        std::fs::read_to_string(out("put.rc")).is_ok_and(|s| s.ends_with('\n'))
+    });
     let rc = |name: &str| {
         std::fs::read_to_string(out(&format!("{name}.rc")))
             .unwrap()
