@@ -297,6 +297,28 @@ impl Agent {
         })
     }
 
+    /// ham did not run `name` under `key` (`why`): the key is given up once ham says the
+    /// entity is down here, never before. A refusal can come while a copy still runs (the
+    /// fence deadline is near and ham is stopping it), and a request can fail while it runs
+    /// on (ham is being taken over): another node must not win the key meanwhile. Whether
+    /// the key went.
+    fn give_up(&self, name: &str, key: &str, token: u64, why: &str) -> bool {
+        match self.unplace(name) {
+            Ok(()) => {
+                eprintln!("ham-cluster: {name}: ham did not run it ({why}); giving up its key");
+                let _ = self.etcd.delete_if_created_at(key, token);
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "ham-cluster: {name}: ham did not run it ({why}) and cannot say it is down \
+                     ({e}); keeping its key"
+                );
+                false
+            }
+        }
+    }
+
     /// `req` to ham, which may hold it while an entity starts or stops.
     fn ask_ham(&self, req: &Request) -> Result<(), String> {
         match ham_guardian::control::request(&self.socket, req, Duration::from_secs(30)) {
@@ -370,12 +392,9 @@ impl Agent {
                                 }
                             }
                             Err(why) => {
-                                eprintln!(
-                                    "ham-cluster: {name}: ham did not run it ({why}); giving \
-                                     up its key"
-                                );
-                                held.remove(name);
-                                let _ = self.etcd.delete_if_created_at(&key, token);
+                                if self.give_up(name, &key, token, &why) {
+                                    held.remove(name);
+                                }
                             }
                         }
                     }
@@ -399,11 +418,10 @@ impl Agent {
                                         eprintln!("ham-cluster: {name}: runs here (token {token})");
                                     }
                                     Err(why) => {
-                                        eprintln!(
-                                            "ham-cluster: {name}: ham did not run it ({why}); \
-                                             giving up its key"
-                                        );
-                                        let _ = self.etcd.delete_if_created_at(&key, token);
+                                        if !self.give_up(name, &key, token, &why) {
+                                            // Kept: asked again (Run) at the next turn.
+                                            held.insert(name.clone(), token);
+                                        }
                                     }
                                 }
                             }

@@ -487,7 +487,25 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
         moves.push(started.elapsed());
         signal(nix::sys::signal::Signal::SIGCONT);
         converged(&all, &names, &format!("after failover {k}"));
-        check_fenced(&writes(&resource));
+        let w = writes(&resource);
+        if std::panic::catch_unwind(|| check_fenced(&w)).is_err() {
+            // What each node said of the cluster and the singleton, to tell a late fence
+            // from a missing one.
+            for (n, h) in names.iter().zip(&hams) {
+                eprintln!(
+                    "node {n} (failover {k}, {from}'s {}):",
+                    ["agent", "etcd member"][k % 2]
+                );
+                for l in h
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains("fenc") || l.contains("cluster") || l.contains("writer"))
+                {
+                    eprintln!("  {l}");
+                }
+            }
+            panic!("fencing violated at failover {k}");
+        }
     }
     // Its agent killed (ham restarts it, and it takes its lease up again), then the owner's
     // whole pair killed and started again (a warm start): it runs on, where it was, with
