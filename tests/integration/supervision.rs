@@ -226,3 +226,56 @@ fn an_idle_pair_wakes_only_at_its_liveness_deadlines() {
         "woke (ham, guardian) = {woke:?} times in 1 s"
     );
 }
+
+#[test]
+fn deaths_of_one_wake_up_come_back_once_each_and_a_missing_program_backs_off() {
+    // The restarts of one wake-up are released without waiting for each `execve` (they
+    // exec side by side): each entity comes back once, as its own program, in one copy; one
+    // whose program went missing meanwhile fails its start (backoff, said) and holds up
+    // none of the others.
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("gone.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sleepers: Vec<String> = (0..30).map(|k| format!("s{k}")).collect();
+    let mut body: String = sleepers.iter().map(|n| sleeper(n)).collect();
+    body += &format!(
+        "[[entity]]\nname = \"gone\"\ncommand = [\"{}\"]\n",
+        script.display()
+    );
+    let ham = Ham::start("exec-side-by-side", &body);
+    let s = ham.wait_for("all running", |s| {
+        sleepers.iter().all(|n| running(s, n)) && running(s, "gone")
+    });
+    let before: Vec<i32> = sleepers.iter().map(|n| pid_of(&s, n)).collect();
+    std::fs::remove_file(&script).unwrap();
+    sigkill(pid_of(&s, "gone"));
+    for &p in &before {
+        sigkill(p);
+    }
+    let s = ham.wait_for("the sleepers back, gone backing off", |s| {
+        sleepers
+            .iter()
+            .zip(&before)
+            .all(|(n, &p)| running(s, n) && pid_of(s, n) != p)
+            && entity(s, "gone")["state"] == "backoff"
+    });
+    for n in &sleepers {
+        let e = entity(&s, n);
+        assert_eq!(e["restarts"], 1, "{n}: {e}");
+        let pid = pid_of(&s, n);
+        // Past its `execve`: the process runs `sleep`, and it is the entity's only one.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            exe.ends_with("sleep"),
+            "{n}: pid {pid} runs {}",
+            exe.display()
+        );
+        assert_eq!(entity_processes(&ham.name, n), vec![pid], "{n}");
+    }
+    let log = ham.stderr();
+    assert!(
+        log.contains(&format!("gone: cannot start {}", script.display())),
+        "{log}"
+    );
+}

@@ -17,6 +17,8 @@ pub(super) struct Entity {
     pub(super) slot: SlotIndex,
     pub(super) rec: EntityRecord,
     pub(super) pidfd: Option<OwnedFd>,
+    /// Its process, released, while its `execve` is not known yet (`Daemon::settle_exec`).
+    pub(super) exec: Option<super::spawn::PendingExec>,
     /// The process is not our child (adopted after a takeover or a warm start): its exit
     /// status comes from the proc connector or its pidfd, not from `waitid`.
     pub(super) adopted: bool,
@@ -79,6 +81,7 @@ impl Entity {
             slot,
             rec,
             pidfd: None,
+            exec: None,
             beat: None,
             adopted: false,
             wanted: Wanted::Up,

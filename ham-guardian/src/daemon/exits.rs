@@ -336,6 +336,12 @@ impl Daemon {
                 self.find_entity(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
+            } else if let Some(i) =
+                self.find_entity(|e| e.exec.as_ref().is_some_and(|x| x.pid() == pid))
+            {
+                // Dead before its `execve` was taken up: taken up now, then its death
+                // (its pidfd is watched from here on).
+                self.settle_exec(i);
             } else if self.guardian.is(pid) {
                 self.on_guardian_exit();
             } else if let Some(id) = self.runs.waiting_for(pid) {

@@ -81,6 +81,11 @@ impl Daemon {
     /// [`Daemon::step`] without firing the `restart` conditions: returns whether they are
     /// to fire (for a step inside another, the recovery's answer to an exit).
     fn step_effects(&mut self, i: EntityId, input: Input, why: &Why) -> bool {
+        // An entity whose `execve` is pending is settled first: what comes next acts on a
+        // started process or a failed start, not on the release in between.
+        if !matches!(input, Input::Spawned | Input::SpawnFailed) {
+            self.settle_exec(i);
+        }
         let e = &mut self.entities[i];
         let next = lifecycle::step(e.rec.state, e.wanted, input);
         e.rec.state = next.state;

@@ -182,6 +182,8 @@ pub struct Daemon {
     fence_at: u64,
     /// The cluster lease `fence_at` belongs to.
     fence_lease: u64,
+    /// Entities whose released child's `execve` is not known yet (`settle_exec`).
+    execing: Vec<EntityId>,
     /// Settings to write through the cluster's master, the requests waiting for how it went,
     /// and the agent's request waiting for work.
     cluster_work: cluster::Work,
@@ -333,9 +335,15 @@ impl Daemon {
         loop {
             self.spawn_budget = SPAWNS_PER_TURN;
             self.run_deferred();
-            if self.shutdown.is_some() && self.entities.iter().all(|e| e.pidfd.is_none()) {
+            if self.shutdown.is_some()
+                && self.execing.is_empty()
+                && self.entities.iter().all(|e| e.pidfd.is_none())
+            {
                 self.finish();
                 return Ok(crate::exit::OK);
+            }
+            if self.upgrade.is_some() {
+                self.settle_execs();
             }
             if self.maybe_hand_over() {
                 return Ok(crate::exit::OK);
@@ -361,7 +369,15 @@ impl Daemon {
             }
             self.wrote(self.writer.set_liveness(mono_ns()));
             for ev in events.drain(..) {
-                match Token::decode(ev.data.u64()) {
+                let token = Token::decode(ev.data.u64());
+                // Deaths are handled with execs still pending (a storm's restarts exec side
+                // by side); anything else sees every entity's start complete.
+                if !self.execing.is_empty()
+                    && !matches!(token, Some(Token::Pidfd(_) | Token::Exec(_)))
+                {
+                    self.settle_execs();
+                }
+                match token {
                     Some(Token::Signal) => self.on_signals(),
                     Some(Token::Timer) => self.on_timer(),
                     Some(Token::Listen) => self.on_accept(),
@@ -373,6 +389,7 @@ impl Daemon {
                     Some(Token::Handoff) => self.on_handoff(),
                     Some(Token::Conn(id)) => self.on_conn(id),
                     Some(Token::Pidfd(i)) => self.on_pidfd(i),
+                    Some(Token::Exec(i)) => self.settle_exec(i),
                     Some(Token::Action(id)) => self.on_action_exit(id),
                     Some(Token::Sub(id)) => self.on_subscriber(id),
                     Some(Token::PssCommitted) => self.on_pss_committed(),

@@ -312,7 +312,11 @@ impl Daemon {
         if e.waiters.is_empty() {
             return;
         }
-        let state = e.rec.state;
+        // Released, its `execve` not known yet: still starting, as far as waiters go.
+        let state = match e.exec {
+            Some(_) => EntityState::Starting,
+            None => e.rec.state,
+        };
         let name = e.cfg.name.clone();
         let pid = e.rec.pid;
         let spawn_error = e.last_spawn_error.clone();

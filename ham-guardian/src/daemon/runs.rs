@@ -412,6 +412,8 @@ impl Daemon {
                     return;
                 }
                 ActionKind::Signal { entity, signal } => {
+                    // A target restarted by the same wake-up is signalled past its `execve`.
+                    self.settle_exec(EntityId::from_index(*entity));
                     let target = &self.entities[EntityId::from_index(*entity)];
                     if target.pidfd.is_some() && target.rec.state.has_process() {
                         signal_entity(target, *signal);

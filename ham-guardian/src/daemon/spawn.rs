@@ -42,6 +42,22 @@ impl Deferred {
     }
 }
 
+/// A released child whose `execve` is not known yet, with what its start needs then.
+pub(super) struct PendingExec {
+    execing: sys::Execing,
+    pid: i32,
+    pidfd: OwnedFd,
+    start_time: u64,
+    /// When its start began (`spawn`'s clock).
+    started: u64,
+}
+
+impl PendingExec {
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
 /// Processes one turn of the loop may start: a restart storm (or a cold start of many
 /// entities) goes on over several turns, each of which also serves the control socket,
 /// the timers and the liveness word. The rest wait, in order, as `starting` (an entity
@@ -73,6 +89,7 @@ impl Daemon {
     /// leaves a record naming a process that runs — a child orphaned between 4 and 5 reads
     /// the record and runs — so its death, whenever it comes, is counted.
     pub(super) fn spawn(&mut self, i: EntityId) {
+        self.settle_exec(i);
         let now = mono_ns();
         if self.entities[i].cfg.attach_only && self.entities[i].cfg.argv.is_empty() {
             // ham cannot start it: it waits for a process to attach itself.
@@ -147,65 +164,113 @@ impl Daemon {
             }
             spec.fork()
         });
-        let result = match forked {
-            Ok(pending) => {
-                failpoint::hit("spawn:after-fork");
-                let pid = pending.pid;
-                // Into its cgroup before it runs anything (it waits for its release), if
-                // it was not created there.
-                if let (Some(cg), false) = (&self.cgroups, pending.in_cgroup) {
-                    let name = &self.entities[i].cfg.name;
-                    if let Err(e) = cg.enter(name, pid) {
-                        let msg = format!("{name}: cannot put pid {pid} in its cgroup: {e}");
-                        self.say_limited("cgroup-enter", format_args!("{msg}"));
-                    }
-                }
-                let st = pending
-                    .start_time
-                    .or_else(|| procfs::start_time(pid))
-                    .unwrap_or(0);
-                debug_assert!(
-                    pending.start_time.is_none() || pending.start_time == procfs::start_time(pid),
-                    "the start time known at the clone is not /proc's"
-                );
-                {
-                    let e = &mut self.entities[i];
-                    e.rec.pid = pid;
-                    e.rec.start_time = st;
-                }
-                self.publish(i);
-                failpoint::hit("spawn:after-record-pid");
-                // The release is recorded before it happens: from here on the child runs
-                // even if this HAM dies (it reads this record), and its death is a death.
-                {
-                    let e = &mut self.entities[i];
-                    e.rec.state = EntityState::Running;
-                    e.rec.started_mono_ns = now;
-                    e.rec.started_unix_ns = unix_ns();
-                }
-                self.publish_record(i);
-                // The release first, the Guardian's copy of the pidfd after: the child
-                // does not wait for a syscall it does not need. A HAM that dies between
-                // the two leaves a record naming the pid and its start time, which a
-                // successor adopts as it adopts any process it was not handed.
-                // While it execs: what was said about the death it replaces, and the reaping
-                // of that death's process (see `on_pidfd`).
-                let released = pending.release_while(|| self.after_deaths());
-                failpoint::hit("spawn:after-release");
-                if let Ok((_, pidfd)) = &released {
-                    self.send_to_guardian(self.entities[i].slot, pid, st, pidfd);
-                }
-                released.map_err(|(err, pidfd)| {
-                    // The child reported the failure and exits: reap it here.
-                    let _ = rustix::process::waitid(
-                        WaitId::PidFd(pidfd.as_fd()),
-                        WaitIdOptions::EXITED,
-                    );
-                    err
-                })
-            }
-            Err(e) => Err(e),
+        let pending = match forked {
+            Ok(pending) => pending,
+            Err(e) => return self.spawned(i, Err(e), now),
         };
+        failpoint::hit("spawn:after-fork");
+        let pid = pending.pid;
+        // Into its cgroup before it runs anything (it waits for its release), if it was not
+        // created there.
+        if let (Some(cg), false) = (&self.cgroups, pending.in_cgroup) {
+            let name = &self.entities[i].cfg.name;
+            if let Err(e) = cg.enter(name, pid) {
+                let msg = format!("{name}: cannot put pid {pid} in its cgroup: {e}");
+                self.say_limited("cgroup-enter", format_args!("{msg}"));
+            }
+        }
+        let st = pending
+            .start_time
+            .or_else(|| procfs::start_time(pid))
+            .unwrap_or(0);
+        debug_assert!(
+            pending.start_time.is_none() || pending.start_time == procfs::start_time(pid),
+            "the start time known at the clone is not /proc's"
+        );
+        {
+            let e = &mut self.entities[i];
+            e.rec.pid = pid;
+            e.rec.start_time = st;
+        }
+        self.publish(i);
+        failpoint::hit("spawn:after-record-pid");
+        // The release is recorded before it happens: from here on the child runs even if
+        // this HAM dies (it reads this record), and its death is a death.
+        {
+            let e = &mut self.entities[i];
+            e.rec.state = EntityState::Running;
+            e.rec.started_mono_ns = now;
+            e.rec.started_unix_ns = unix_ns();
+        }
+        self.publish_record(i);
+        // Released without waiting for its `execve`: meanwhile, what was said about the
+        // death it replaces is written and that death's process reaped (see `on_pidfd`),
+        // and the other deaths of the same wake-up are handled, their children exec'ing
+        // side by side. How the `execve` went is taken up when its status pipe says
+        // (`Token::Exec`), or before anything else may look at the entity (`settle_exec`).
+        let (pid, pidfd, execing) = pending.release_detached();
+        self.after_deaths();
+        failpoint::hit("spawn:after-release");
+        let watched = epoll::add(
+            &self.epoll,
+            &execing,
+            Token::Exec(i).data(),
+            epoll::EventFlags::IN,
+        );
+        self.entities[i].exec = Some(PendingExec {
+            execing,
+            pid,
+            pidfd,
+            start_time: st,
+            started: now,
+        });
+        self.execing.push(i);
+        if watched.is_err() {
+            self.settle_exec(i);
+        }
+    }
+
+    /// Takes up entity `i`'s `execve` (waiting for it if it is not known yet): the rest of
+    /// its start ([`Daemon::spawned`]). Nothing to do if none is pending.
+    pub(super) fn settle_exec(&mut self, i: EntityId) {
+        let Some(p) = self.entities[i].exec.take() else {
+            return;
+        };
+        self.execing.retain(|&j| j != i);
+        let _ = epoll::delete(&self.epoll, &p.execing);
+        let PendingExec {
+            execing,
+            pid,
+            pidfd,
+            start_time,
+            started,
+        } = p;
+        let result = match execing.finish() {
+            Ok(()) => {
+                self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
+                Ok((pid, pidfd))
+            }
+            Err(err) => {
+                // The child reported the failure and exits: reap it here.
+                let _ =
+                    rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+                Err(err)
+            }
+        };
+        self.spawned(i, result, started);
+    }
+
+    /// Takes up every `execve` still pending: before anything but a death is handled, so
+    /// that nothing else sees an entity between its release and its `execve`.
+    pub(super) fn settle_execs(&mut self) {
+        while let Some(&i) = self.execing.first() {
+            self.settle_exec(i);
+        }
+    }
+
+    /// The end of entity `i`'s start, begun at `now`: running (its pidfd watched), or a
+    /// failed start retried after its backoff.
+    fn spawned(&mut self, i: EntityId, result: io::Result<(i32, OwnedFd)>, now: u64) {
         let watched = match &result {
             Ok((_, pidfd)) => self.watch(i, pidfd),
             Err(_) => Ok(()),

@@ -441,6 +441,7 @@ impl Daemon {
             cluster: None,
             fence_at: 0,
             fence_lease: 0,
+            execing: Vec::new(),
             cluster_work: Default::default(),
             next_conn: 0,
             entities: Default::default(),

@@ -214,6 +214,8 @@ impl Daemon {
                     e.cfg.argv = argv.clone();
                 }
                 self.restart_asked(j, cond);
+                // Whether its program ran is part of the answer.
+                self.settle_exec(j);
                 let e = &self.entities[j];
                 match (e.rec.state, &e.last_spawn_error) {
                     // Its program could not be run (QNX checks it at spawn time): the

@@ -32,6 +32,8 @@ pub(super) enum Token {
     Conn(u64),
     /// The pidfd of the process of entity `i`.
     Pidfd(super::EntityId),
+    /// The status pipe of entity `i`'s released child (its `execve` went, or failed).
+    Exec(super::EntityId),
     /// The pidfd of a command condition run `id` waits for.
     Action(super::RunId),
     /// A subscriber's connection.
@@ -59,6 +61,7 @@ impl Token {
             Self::Pidfd(i) => (2, u64::from(i.raw())),
             Self::Action(id) => (3, u64::from(id.raw())),
             Self::Sub(id) => (4, id & ID),
+            Self::Exec(i) => (5, u64::from(i.raw())),
         };
         (kind << KIND) | id
     }
@@ -81,6 +84,7 @@ impl Token {
             (2, id) => Self::Pidfd(super::EntityId::from_raw(u32::try_from(id).ok()?)),
             (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
             (4, id) => Self::Sub(id),
+            (5, id) => Self::Exec(super::EntityId::from_raw(u32::try_from(id).ok()?)),
             _ => return None,
         })
     }
@@ -113,6 +117,8 @@ mod tests {
             Token::Conn(0xffff_ffff),
             Token::Conn((1 << 56) - 1),
             Token::Pidfd(super::super::EntityId::from_raw(7)),
+            Token::Exec(super::super::EntityId::from_raw(7)),
+            Token::Exec(super::super::EntityId::from_raw(u32::MAX)),
             Token::Pidfd(super::super::EntityId::from_raw(u32::MAX)),
             Token::Action(super::super::RunId::from_raw(u32::MAX)),
             Token::Sub(42),

@@ -28,7 +28,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::kernel;
@@ -1130,6 +1130,14 @@ pub struct Pending {
 /// reads until then).
 pub struct Execing {
     child: Child,
+}
+
+impl AsFd for Execing {
+    /// The status pipe's read end: readable (or hung up) once the child is past `execve`
+    /// or dead, so that [`Execing::finish`] no longer waits.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.child.status.as_fd()
+    }
 }
 
 impl Execing {
