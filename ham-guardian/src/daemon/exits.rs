@@ -337,7 +337,7 @@ impl Daemon {
             {
                 self.on_pidfd(i);
             } else if let Some(i) =
-                self.find_entity(|e| e.exec.as_ref().is_some_and(|x| x.pid() == pid))
+                self.find_entity(|e| e.exec.as_ref().is_some_and(|x| x.pid == pid))
             {
                 // Dead before its `execve` was taken up: taken up now, then its death
                 // (its pidfd is watched from here on).

@@ -45,17 +45,11 @@ impl Deferred {
 /// A released child whose `execve` is not known yet, with what its start needs then.
 pub(super) struct PendingExec {
     execing: sys::Execing,
-    pid: i32,
+    pub(super) pid: i32,
     pidfd: OwnedFd,
     start_time: u64,
     /// When its start began (`spawn`'s clock).
     started: u64,
-}
-
-impl PendingExec {
-    pub(super) fn pid(&self) -> i32 {
-        self.pid
-    }
 }
 
 /// Processes one turn of the loop may start: a restart storm (or a cold start of many

@@ -1222,7 +1222,11 @@ impl Pending {
     /// Lets the child run its program and waits until `execve` succeeded (the status
     /// pipe closes) or failed (the child reports errno and exits with [`EXEC_FAILED`]).
     pub fn release(self) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
-        self.release_while(|| {})
+        let (pid, pidfd, execing) = self.release_detached();
+        match execing.finish() {
+            Ok(()) => Ok((pid, pidfd)),
+            Err(e) => Err((e, pidfd)),
+        }
     }
 
     /// Lets the child run its program without waiting for its `execve`: the returned
@@ -1239,20 +1243,6 @@ impl Pending {
             let _ = rustix::io::write(&go, b"g");
         }
         (pid, pidfd, Execing { child })
-    }
-
-    /// [`release`](Self::release), doing `meanwhile` while the child execs (it no longer
-    /// waits for us).
-    pub fn release_while(
-        self,
-        meanwhile: impl FnOnce(),
-    ) -> Result<(i32, OwnedFd), (io::Error, OwnedFd)> {
-        let (pid, pidfd, execing) = self.release_detached();
-        meanwhile();
-        match execing.finish() {
-            Ok(()) => Ok((pid, pidfd)),
-            Err(e) => Err((e, pidfd)),
-        }
     }
 }
 
