@@ -135,7 +135,7 @@ fn chaos_kills_end_in_one_process_per_entity_and_matching_counters() {
         },
     );
     for n in names {
-        let procs = entity_processes(&ham.name, n);
+        let procs = entity_processes_n(&ham.name, n, 1);
         assert_eq!(
             procs,
             vec![pid_of(&s, n)],

@@ -53,7 +53,7 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
         running(s, "a") && entity(s, "a")["last_exit"] == json!({"signal": 9})
     });
     assert_eq!(entity(&s, "a")["restarts"], 1);
-    assert_eq!(entity_processes(&ham.name, "a").len(), 1);
+    assert_eq!(entity_processes_n(&ham.name, "a", 1).len(), 1);
     assert!(
         ham.ctl(&["ping"]).status.success(),
         "the control socket survived"
@@ -319,7 +319,7 @@ fn survive_failpoint(fp: &str) {
         _ => 1,
     };
     assert_eq!(
-        entity_processes(&ham.name, "a").len(),
+        entity_processes_n(&ham.name, "a", expected_a).len(),
         expected_a,
         "{fp}: processes of a: status {s}"
     );

@@ -96,7 +96,7 @@ fn one_for_all_restarts_every_member_when_one_dies() {
     });
     for (n, old) in ["a", "b", "c"].iter().zip(&before) {
         assert_ne!(pid_of(&s, n), *old, "{n} kept its process");
-        assert_eq!(entity_processes(&ham.name, n).len(), 1, "{n}");
+        assert_eq!(entity_processes_n(&ham.name, n, 1).len(), 1, "{n}");
     }
 }
 

@@ -271,7 +271,7 @@ fn deaths_of_one_wake_up_come_back_once_each_and_a_missing_program_backs_off() {
             "{n}: pid {pid} runs {}",
             exe.display()
         );
-        assert_eq!(entity_processes(&ham.name, n), vec![pid], "{n}");
+        assert_eq!(entity_processes_n(&ham.name, n, 1), vec![pid], "{n}");
     }
     let log = ham.stderr();
     assert!(

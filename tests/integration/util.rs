@@ -395,6 +395,21 @@ pub fn entity_processes(instance: &str, entity: &str) -> Vec<i32> {
     })
 }
 
+/// The processes of `entity` ([`entity_processes`]) once `/proc` shows `n` of them, or as
+/// they are after [`DEADLINE`] (for the caller's assertion to show). A process just past its
+/// `execve` shows an empty environment for a moment — the kernel sets it up after closing
+/// the descriptors whose end tells ham the `execve` went — and is missed until then.
+pub fn entity_processes_n(instance: &str, entity: &str, n: usize) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let procs = entity_processes(instance, entity);
+        if procs.len() == n || start.elapsed() >= DEADLINE {
+            return procs;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `cond` holds (e.g. a file a hook writes), failing the test with `what` and
 /// ham's stderr after [`DEADLINE`].
 pub fn wait_until(ham: &Ham, what: &str, cond: impl Fn() -> bool) {
