@@ -47,7 +47,6 @@ pub(super) struct PendingExec {
     execing: sys::Execing,
     pub(super) pid: i32,
     pidfd: OwnedFd,
-    start_time: u64,
     /// When its start began (`spawn`'s clock).
     started: u64,
 }
@@ -203,6 +202,10 @@ impl Daemon {
         // side by side. How the `execve` went is taken up when its status pipe says
         // (`Token::Exec`), or before anything else may look at the entity (`settle_exec`).
         let (pid, pidfd, execing) = pending.release_detached();
+        // The Guardian watches it from its release on: a HAM that hangs before it takes the
+        // `execve` up is still fenced when the process dies (a failed `execve` is a death
+        // the HAM handles at once, as `SpawnFailed`).
+        self.send_to_guardian(self.entities[i].slot, pid, st, &pidfd);
         self.after_deaths();
         failpoint::hit("spawn:after-release");
         let watched = epoll::add(
@@ -215,7 +218,6 @@ impl Daemon {
             execing,
             pid,
             pidfd,
-            start_time: st,
             started: now,
         });
         self.execing.push(i);
@@ -236,14 +238,10 @@ impl Daemon {
             execing,
             pid,
             pidfd,
-            start_time,
             started,
         } = p;
         let result = match execing.finish() {
-            Ok(()) => {
-                self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
-                Ok((pid, pidfd))
-            }
+            Ok(()) => Ok((pid, pidfd)),
             Err(err) => {
                 // The child reported the failure and exits: reap it here.
                 let _ =
