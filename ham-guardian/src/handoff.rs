@@ -151,7 +151,9 @@ pub fn recv_all(sock: &OwnedFd, into: &mut HashMap<u32, Passed>) -> bool {
             Passed {
                 pid,
                 start_time,
-                pidfd,
+                // Held for as long as its process lives, here and in a promoted HAM: out of
+                // the way of what each new child needs (see `sys::high_fd`).
+                pidfd: crate::sys::high_fd(pidfd),
             },
         );
     }

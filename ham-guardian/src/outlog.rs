@@ -55,7 +55,8 @@ pub struct Keep {
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let _ = rustix::pipe::fcntl_setpipe_size(&r, PIPE_SIZE);
-    Ok((r, w))
+    // Held for the entity's life: out of the way of what each new child needs.
+    Ok((crate::sys::high_fd(r), crate::sys::high_fd(w)))
 }
 
 /// What the loop tells the thread.

@@ -301,7 +301,10 @@ impl GuardianLink {
                 Err(e) => return Err(e),
             }
         }
-        self.backlog.push_back((who, pidfd.try_clone()?));
+        // Kept high, as the pidfd it copies: a cold start of thousands fills the backlog,
+        // and copies kept low would be copied into every child (see `sys::high_fd`).
+        self.backlog
+            .push_back((who, crate::sys::high_fd(pidfd.try_clone()?)));
         Ok(())
     }
 

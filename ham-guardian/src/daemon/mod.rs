@@ -389,7 +389,7 @@ impl Daemon {
                     Some(Token::Handoff) => self.on_handoff(),
                     Some(Token::Conn(id)) => self.on_conn(id),
                     Some(Token::Pidfd(i)) => self.on_pidfd(i),
-                    Some(Token::Exec(i)) => self.settle_exec(i),
+                    Some(Token::Exec(i)) => self.on_exec(i),
                     Some(Token::Action(id)) => self.on_action_exit(id),
                     Some(Token::Sub(id)) => self.on_subscriber(id),
                     Some(Token::PssCommitted) => self.on_pss_committed(),

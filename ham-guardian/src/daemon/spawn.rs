@@ -252,6 +252,16 @@ impl Daemon {
         self.spawned(i, result, started);
     }
 
+    /// Entity `i`'s status pipe said something: its `execve` is taken up if that was it
+    /// (not the child saying it has a descriptor table of its own).
+    pub(super) fn on_exec(&mut self, i: EntityId) {
+        if let Some(p) = self.entities[i].exec.as_mut()
+            && p.execing.ready()
+        {
+            self.settle_exec(i);
+        }
+    }
+
     /// Takes up every `execve` still pending: before anything but a death is handled, so
     /// that nothing else sees an entity between its release and its `execve`.
     pub(super) fn settle_execs(&mut self) {

@@ -16,6 +16,15 @@
 //! - the kernel gives it no rseq area and no robust-futex list (`CLONE_VM`), so it writes
 //!   into this process's memory only what it is told to (its pid, for `env_own_pid`).
 //!
+//! Where the kernel has `close_range(CLOSE_RANGE_UNSHARE)` (5.9) the child also shares our
+//! descriptor table (`CLONE_FILES`) and, before it touches any descriptor, takes a table
+//! of its own holding only our descriptors below the highest it needs. The kernel would
+//! otherwise copy our whole table into every child (a pidfd per entity: 10,000 at 10,000
+//! entities), and the child's `execve` would close each copy again. Long-lived descriptors
+//! (pidfds) are kept high ([`high_fd`]) so that what a child needs lies below them. Until
+//! the child says on its status pipe that it has its own table, our copies of its pipe
+//! ends stay open: closed earlier, they would be closed for the child too.
+//!
 //! A HAM killed while the child waits takes only its own threads down: the child keeps
 //! the memory alive, reads the end of the release pipe and decides as before (exit, or
 //! run if the release was recorded). A HAM that dumps core or is chosen by the OOM killer
@@ -232,8 +241,13 @@ impl SpawnSpec {
     /// lets us): the tests run both ways.
     fn create(self, share: bool) -> io::Result<Pending> {
         let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (st_r, st_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let prepared = Prepared::new(self, &go_r, &go_w, &st_r, &st_w);
+        // Non-blocking: a child sharing our table first says it has its own, and the loop
+        // reads that without waiting for the rest (see `Execing::ready`).
+        let (st_r, st_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        let share_files = share && can_share_files();
+        let prepared = Prepared::new(self, &go_r, &go_w, &st_r, &st_w, share_files);
         let raw: *const ChildRaw = &raw const prepared.raw;
         let want_cgroup = prepared.spec.cgroup.as_ref().map(AsRawFd::as_raw_fd);
         // Every signal blocked across the clone: the child starts with them all blocked.
@@ -249,8 +263,10 @@ impl SpawnSpec {
         let after = boottime_ns();
         drop(all);
         let made = made?;
-        drop(go_r);
-        drop(st_w);
+        let made = Made {
+            pidfd: made.pidfd.map(high_fd),
+            ..made
+        };
         let pidfd = match made.pidfd {
             Some(fd) => fd,
             // The child is not reaped until we reap it, so the pidfd names exactly it. If
@@ -261,27 +277,51 @@ impl SpawnSpec {
             ) {
                 Ok(fd) => fd,
                 Err(e) => {
-                    drop(Child {
-                        go: Some(go_w),
-                        status: st_r,
-                        prepared: Some(prepared),
-                        stack: made.stack,
-                    });
+                    // A forked child has a table of its own and never shares ours.
+                    drop((go_r, st_w));
+                    drop(Child::new(go_w, st_r, prepared, made.stack, None));
                     return Err(e.into());
                 }
             },
         };
+        // Our copies of the child's ends. A child sharing our table needs them there until
+        // it has a table of its own (it says so on the status pipe): kept until then, with
+        // a pidfd to see it die first (see `Child::pump`).
+        let shared = if share_files {
+            match pidfd.try_clone() {
+                Ok(watch) => Some(SharedTable {
+                    _go_r: go_r,
+                    _st_w: st_w,
+                    watch,
+                }),
+                Err(e) => {
+                    // Without one the child's end could not be told: let it go unreleased
+                    // (it exits) and wait for that: killed, waited for (then it holds no
+                    // table), and only then our copies closed.
+                    let _ =
+                        rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+                    let _ = rustix::process::waitid(
+                        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                        rustix::process::WaitIdOptions::EXITED,
+                    );
+                    drop((go_r, st_w));
+                    drop(Child::new(go_w, st_r, prepared, made.stack, None));
+                    return Err(e);
+                }
+            }
+        } else {
+            drop((go_r, st_w));
+            None
+        };
+        let mut child = Child::new(go_w, st_r, prepared, made.stack, shared);
+        // Likely said already: then the loop is not woken for it.
+        let _ = child.pump(false);
         Ok(Pending {
             pid: made.pid,
             pidfd,
             start_time: start_time_between(before, after),
             in_cgroup: made.in_cgroup,
-            child: Child {
-                go: Some(go_w),
-                status: st_r,
-                prepared: Some(prepared),
-                stack: made.stack,
-            },
+            child,
         })
     }
 }
@@ -305,6 +345,7 @@ impl Prepared {
         go_w: &OwnedFd,
         st_r: &OwnedFd,
         st_w: &OwnedFd,
+        share_files: bool,
     ) -> Box<Self> {
         let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -325,6 +366,18 @@ impl Prepared {
         };
         envp.push(std::ptr::null());
         let fds: Vec<(RawFd, RawFd)> = spec.fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+        // The child keeps our descriptors below the first one above all it needs (the
+        // standard three at least); the rest of our table (a pidfd per entity) it never
+        // copies.
+        let unshare_below = if share_files {
+            fds.iter()
+                .map(|&(src, _)| src)
+                .chain([go_r.as_raw_fd(), st_w.as_raw_fd(), 2])
+                .max()
+                .map_or(0, |m| m as u32 + 1)
+        } else {
+            0
+        };
         // The pointers point into heap buffers (the CStrings', the vectors'), which moving
         // `spec` and the vectors into the box below does not move.
         let raw = ChildRaw {
@@ -348,6 +401,7 @@ impl Prepared {
             st_r: st_r.as_raw_fd(),
             st_w: st_w.as_raw_fd(),
             own_pid,
+            unshare_below,
         };
         Box::new(Self {
             spec,
@@ -401,6 +455,49 @@ struct Made {
 /// `clone3` refused `CLONE_VM` here once (no clone3, or a seccomp filter): fork from then on.
 static SHARED_REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// A child could not get a table of its own once (`close_range` refused): children copy
+/// ours from then on.
+static SHARE_FILES_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a child may be created sharing our descriptor table and then keep only the
+/// low part of it (see `ChildRaw::unshare_below`). The kernel copies a process's whole
+/// table into each child it creates, and the child's `execve` then closes each copy
+/// (close-on-exec): with a pidfd per entity, that grew a restart from 0.8 ms at 100
+/// entities to 2.9 ms at 10,000. `close_range` with `CLOSE_RANGE_UNSHARE` came with 5.9.
+fn can_share_files() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if SHARE_FILES_REFUSED.load(Ordering::Relaxed) {
+        return false;
+    }
+    *PROBED.get_or_init(|| {
+        // A range with no descriptor in it: closes nothing, and fails only where the
+        // call is unknown or filtered.
+        let top = i32::MAX as u32;
+        kernel::at_least(5, 9)
+            // SAFETY: close_range on a range no descriptor can be in changes nothing.
+            && unsafe { libc::syscall(libc::SYS_close_range, top, top, 0) } == 0
+    })
+}
+
+/// Descriptors kept for as long as a child lives (pidfds) go at or above this number, where
+/// the limit allows it, so that what a new child needs sits below them and it copies none
+/// of them (see [`can_share_files`]).
+const HIGH_FDS: u64 = 1024;
+
+/// `fd` moved at or above [`HIGH_FDS`] (or left where it is, if the limit on descriptors is
+/// too low for that to leave room below).
+pub(crate) fn high_fd(fd: OwnedFd) -> OwnedFd {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| super::rlimit_nofile().map_or(0, |(soft, _)| soft));
+    if limit < 4 * HIGH_FDS || fd.as_raw_fd() as u64 >= HIGH_FDS {
+        return fd;
+    }
+    match rustix::io::fcntl_dupfd_cloexec(&fd, HIGH_FDS as RawFd) {
+        Ok(high) => high,
+        Err(_) => fd,
+    }
+}
+
 /// Creates the child sharing our memory (see the module's comment), into the cgroup `dir`
 /// if one is given and the kernel can. `None`: not possible here, fork instead.
 #[cfg(target_arch = "x86_64")]
@@ -409,6 +506,9 @@ fn shared_memory_child(raw: *const ChildRaw, dir: Option<RawFd>) -> Option<io::R
         return None;
     }
     let stack = Stack::take().ok()?;
+    // SAFETY: `raw` points into a live Prepared (the caller's contract), not written
+    // meanwhile.
+    let share_files = unsafe { (*raw).unshare_below } > 0;
     let cgroup = dir.filter(|_| kernel::at_least(5, 7));
     let both = [cgroup, None];
     // Into the cgroup first; where that is refused, outside it (the caller moves it).
@@ -421,7 +521,10 @@ fn shared_memory_child(raw: *const ChildRaw, dir: Option<RawFd>) -> Option<io::R
     for dir in attempts {
         let mut pidfd: libc::c_int = -1;
         let args = CloneArgs {
-            flags: CLONE_VM | CLONE_PIDFD | if dir.is_some() { CLONE_INTO_CGROUP } else { 0 },
+            flags: CLONE_VM
+                | CLONE_PIDFD
+                | if dir.is_some() { CLONE_INTO_CGROUP } else { 0 }
+                | if share_files { CLONE_FILES } else { 0 },
             pidfd: (&raw mut pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: stack.lowest() as u64,
@@ -497,6 +600,7 @@ fn forked_child(raw: *const ChildRaw, dir: Option<RawFd>) -> io::Result<Made> {
 }
 
 const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_FILES: u64 = libc::CLONE_FILES as u64;
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -738,7 +842,20 @@ struct ChildRaw {
     /// Where the child writes its pid in decimal, NUL-terminated (11 bytes of room), or
     /// null.
     own_pid: *mut u8,
+    /// 0, or the child was created sharing our descriptor table (`CLONE_FILES`): its first
+    /// act is `close_range(unshare_below, ~0, CLOSE_RANGE_UNSHARE)`, which gives it a table
+    /// of its own holding only our descriptors below this number (every one it needs is),
+    /// and then it says so on the status pipe ([`UNSHARED`], or [`UNSHARE_FAILED`]).
+    unshare_below: u32,
 }
+
+/// The first byte a child created sharing our descriptor table writes on its status pipe
+/// once it has a table of its own: from then on closing our copies of its ends is ours to
+/// do (before, it would close them for the child too).
+const UNSHARED: u8 = b'U';
+/// The first byte when the child could not get a table of its own; an errno follows, and
+/// the child exits without running anything.
+const UNSHARE_FAILED: u8 = b'F';
 
 /// The raw system calls a child makes: the kernel's return value, a negative errno on
 /// failure, and nothing written anywhere else (no `errno`).
@@ -937,9 +1054,9 @@ unsafe fn unblock_signals() {
 /// with every pointer in `c` valid until it is past `execve` or dead.
 unsafe fn child_main(c: &ChildRaw) -> ! {
     use libc::{
-        SYS_chdir, SYS_close, SYS_dup3, SYS_execve, SYS_exit_group, SYS_fcntl, SYS_getpid,
-        SYS_getuid, SYS_prlimit64, SYS_read, SYS_setgid, SYS_setgroups, SYS_setpgid, SYS_setuid,
-        SYS_write,
+        SYS_chdir, SYS_close, SYS_close_range, SYS_dup3, SYS_execve, SYS_exit_group, SYS_fcntl,
+        SYS_getpid, SYS_getuid, SYS_prlimit64, SYS_read, SYS_setgid, SYS_setgroups, SYS_setpgid,
+        SYS_setuid, SYS_write,
     };
     use raw::sc;
     // SAFETY: raw system calls only, on descriptors, strings and tables the parent keeps
@@ -952,6 +1069,29 @@ unsafe fn child_main(c: &ChildRaw) -> ! {
                 sc(SYS_exit_group, EXEC_FAILED as usize, 0, 0, 0);
             }
         };
+        if c.unshare_below > 0 {
+            // A table of our own, before anything touches a descriptor: until then every
+            // close or dup here would be the parent's too. Only the descriptors below
+            // `unshare_below` are copied (the kernel copies none above when the range to
+            // close runs to the end), not one per entity.
+            let r = sc(
+                SYS_close_range,
+                c.unshare_below as usize,
+                !0u32 as usize,
+                libc::CLOSE_RANGE_UNSHARE as usize,
+                0,
+            );
+            if r < 0 {
+                let e = (-r as i32).to_ne_bytes();
+                let b = [UNSHARE_FAILED, e[0], e[1], e[2], e[3]];
+                sc(SYS_write, c.st_w as usize, b.as_ptr() as usize, b.len(), 0);
+                loop {
+                    sc(SYS_exit_group, EXEC_FAILED as usize, 0, 0, 0);
+                }
+            }
+            let b = [UNSHARED];
+            sc(SYS_write, c.st_w as usize, b.as_ptr() as usize, 1, 0);
+        }
         // Our copies of the parent's ends: without closing go_w, the parent's death would
         // never look like an end of file.
         sc(SYS_close, c.go_w as usize, 0, 0, 0);
@@ -1141,6 +1281,15 @@ impl AsFd for Execing {
 }
 
 impl Execing {
+    /// Reads what the status pipe says without waiting: whether the child is past `execve`
+    /// or dead ([`Execing::finish`] then does not wait). A child that shared our
+    /// descriptor table first says it has its own, which is not that: the pipe then stays
+    /// quiet until the `execve`.
+    pub fn ready(&mut self) -> bool {
+        // An error reading it is told by `finish` (which reads again).
+        self.child.pump(false).unwrap_or(true)
+    }
+
     /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
     /// preparation or `execve`.
     pub fn finish(mut self) -> io::Result<()> {
@@ -1156,46 +1305,126 @@ impl Execing {
 /// until the child is past execve or dead before it frees any of it.
 struct Child {
     go: Option<OwnedFd>,
+    /// The status pipe's read end (non-blocking).
     status: OwnedFd,
     prepared: Option<Box<Prepared>>,
     stack: Option<Stack>,
+    /// While a child created sharing our descriptor table has not said it has its own.
+    shared: Option<SharedTable>,
+    /// The errno the child wrote, as far as read (`got` bytes).
+    errno: [u8; 4],
+    got: usize,
+    /// The status pipe reached its end: past execve, or dead.
+    done: bool,
+}
+
+/// What a child sharing our descriptor table needs there until it has a table of its own.
+struct SharedTable {
+    /// Our copies of the child's ends: closed now they would be the child's too.
+    _go_r: OwnedFd,
+    _st_w: OwnedFd,
+    /// The child's pidfd: a child that dies before it says anything holds no table (ours
+    /// then needs no care), and only our copy of its end keeps the status pipe open.
+    watch: OwnedFd,
 }
 
 impl Child {
+    fn new(
+        go: OwnedFd,
+        status: OwnedFd,
+        prepared: Box<Prepared>,
+        stack: Option<Stack>,
+        shared: Option<SharedTable>,
+    ) -> Self {
+        Self {
+            go: Some(go),
+            status,
+            prepared: Some(prepared),
+            stack,
+            shared,
+            errno: [0; 4],
+            got: 0,
+            done: false,
+        }
+    }
+
+    /// Reads what the status pipe has; waits for its end if `block`. Whether it reached its
+    /// end (the child is past execve or dead).
+    fn pump(&mut self, block: bool) -> io::Result<bool> {
+        while !self.done {
+            let mut b = [0u8; 8];
+            match rustix::io::read(&self.status, &mut b) {
+                Ok(0) => self.done = true,
+                Ok(n) => {
+                    let mut bytes = &b[..n];
+                    if self.shared.is_some() {
+                        // The first byte of a child that shared our table: it has its own
+                        // now (or never will, and exits): our copies may go.
+                        self.shared = None;
+                        if bytes[0] == UNSHARED {
+                            bytes = &bytes[1..];
+                        } else {
+                            debug_assert_eq!(bytes[0], UNSHARE_FAILED);
+                            SHARE_FILES_REFUSED.store(true, Ordering::Relaxed);
+                            bytes = &bytes[1..];
+                        }
+                    }
+                    for &x in bytes {
+                        if self.got < 4 {
+                            self.errno[self.got] = x;
+                            self.got += 1;
+                        }
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    if !block {
+                        return Ok(false);
+                    }
+                    self.wait_readable()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sleeps until the status pipe has something, or (while the child shares our table)
+    /// the child is dead: then our copies go, and the pipe ends.
+    fn wait_readable(&mut self) -> io::Result<()> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let mut fds = [
+            PollFd::new(&self.status, PollFlags::IN),
+            PollFd::new(
+                self.shared.as_ref().map_or(&self.status, |s| &s.watch),
+                PollFlags::IN,
+            ),
+        ];
+        let n = if self.shared.is_some() { 2 } else { 1 };
+        match poll(&mut fds[..n], None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let died = n == 2 && !fds[1].revents().is_empty();
+        if died && fds[0].revents().is_empty() {
+            self.shared = None;
+        }
+        Ok(())
+    }
+
     /// Reads the status pipe to its end: the child is past execve (the pipe is
     /// close-on-exec) or dead. Returns the bytes it wrote first (an errno, if it failed).
     fn wait_done(&mut self) -> io::Result<([u8; 4], usize)> {
-        let mut buf = [0u8; 4];
-        let mut got = 0;
-        let mut first_err = None;
-        loop {
-            let mut sink = [0u8; 4];
-            let into = if got < 4 {
-                &mut buf[got..]
-            } else {
-                &mut sink[..]
-            };
-            match rustix::io::read(&self.status, into) {
-                Ok(0) => break,
-                Ok(n) if got < 4 => got += n,
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    first_err = Some(e);
-                    break;
-                }
-            }
-        }
-        match first_err {
-            None => {
+        match self.pump(true) {
+            Ok(_) => {
                 // Only now is nothing of ours in use by the child.
                 self.prepared.take();
                 if let Some(s) = self.stack.take() {
                     s.give_back();
                 }
-                Ok((buf, got))
+                Ok((self.errno, self.got))
             }
-            Some(e) => {
+            Err(e) => {
                 // Whether the child still reads them is unknown: they are never freed.
                 if let Some(p) = self.prepared.take() {
                     Box::leak(p);
@@ -1203,7 +1432,11 @@ impl Child {
                 if let Some(s) = self.stack.take() {
                     std::mem::forget(s);
                 }
-                Err(e.into())
+                // Nor is whether it still shares our table: our copies stay too.
+                if let Some(s) = self.shared.take() {
+                    std::mem::forget(s);
+                }
+                Err(e)
             }
         }
     }
@@ -1242,6 +1475,9 @@ impl Pending {
             // A child that already failed has closed its end; EPIPE is then expected.
             let _ = rustix::io::write(&go, b"g");
         }
+        // What it said meanwhile (that it has a table of its own), so that the loop is
+        // woken only by its `execve`.
+        let _ = child.pump(false);
         (pid, pidfd, Execing { child })
     }
 }
@@ -1429,5 +1665,81 @@ mod tests {
             super::super::pidfd_exit_status(&copy).unwrap(),
             Some(9 << 8)
         );
+    }
+
+    /// A child created sharing our descriptor table keeps only what lies below the
+    /// descriptors it needs: none of the many above them (a pidfd per entity in a HAM).
+    #[test]
+    fn a_child_copies_none_of_our_high_descriptors() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let limit = crate::sys::rlimit_nofile().unwrap().0;
+        let base = (limit / 2).min(3000) as RawFd;
+        // 200 descriptors far above anything a test opens.
+        let high: Vec<OwnedFd> = (0..200)
+            .map(|k| rustix::io::fcntl_dupfd_cloexec(&null, base + k).unwrap())
+            .collect();
+        let top = high.iter().map(AsRawFd::as_raw_fd).min().unwrap();
+        let mut p = spec("exit 0").fork().unwrap();
+        let share = can_share_files();
+        if share {
+            assert!(p.child.shared.is_some() || p.child.got == 0);
+        }
+        // Until it has said it has a table of its own (a child that copied ours at its
+        // creation says nothing, and has every descriptor).
+        while p.child.shared.is_some() {
+            p.child.wait_readable().unwrap();
+            p.child.pump(false).unwrap();
+        }
+        let theirs: Vec<RawFd> = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(theirs.contains(&2), "{theirs:?}");
+        let copied = theirs.iter().filter(|&&fd| fd >= top).count();
+        if share {
+            assert_eq!(
+                copied, 0,
+                "the child copied our high descriptors: {theirs:?}"
+            );
+        } else {
+            assert_eq!(copied, high.len(), "{theirs:?}");
+        }
+        let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
+        // Its pidfd lies above what the next child needs, where the limit leaves room.
+        if limit >= 4 * HIGH_FDS {
+            assert!(
+                pidfd.as_raw_fd() as u64 >= HIGH_FDS,
+                "{}",
+                pidfd.as_raw_fd()
+            );
+        }
+        drop(high);
+    }
+
+    /// A child killed before it had a table of its own (while only our copies of its ends
+    /// kept the status pipe open) still ends its spawn: nothing waits for it for ever.
+    #[test]
+    fn a_child_killed_at_its_creation_never_leaves_us_waiting() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                let p = spec("exit 0").fork().unwrap();
+                rustix::process::pidfd_send_signal(&p.pidfd, rustix::process::Signal::KILL)
+                    .unwrap();
+                let pidfd = match p.release() {
+                    Ok((_, pidfd)) | Err((_, pidfd)) => pidfd,
+                };
+                let st = wait_status(&pidfd);
+                // Killed, or (if it got that far first) its program ran and exited.
+                assert!(
+                    st.terminating_signal() == Some(libc::SIGKILL) || st.exit_status() == Some(0),
+                    "{st:?}"
+                );
+            }
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a spawn waited for ever for a child killed at its creation");
     }
 }
