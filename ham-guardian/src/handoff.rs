@@ -61,7 +61,7 @@ pub fn send(
     slot: u32,
     pid: i32,
     start_time: u64,
-    pidfd: &OwnedFd,
+    pidfd: impl AsFd,
 ) -> io::Result<()> {
     let mut msg = [0u8; MSG_LEN];
     msg[0..4].copy_from_slice(&slot.to_ne_bytes());

@@ -239,7 +239,22 @@ impl Daemon {
 
     /// The Guardian's socket has room again: send what waits, in order.
     pub(super) fn on_handoff_writable(&mut self) {
-        for (pid, e) in self.guardian.flush(&self.epoll) {
+        let entities = &self.entities;
+        // An entity's process waiting in the backlog: its pidfd as the entity holds it now
+        // (running, or released with its `execve` pending), if it is still that process.
+        let lookup = |slot: ham_core::layout::SlotIndex, pid: i32| {
+            entities
+                .iter()
+                .find(|e| e.slot == slot)
+                .filter(|e| e.rec.pid == pid)
+                .and_then(|e| {
+                    e.pidfd
+                        .as_ref()
+                        .or(e.exec.as_ref().map(|x| &x.pidfd))
+                        .map(|fd| fd.as_fd())
+                })
+        };
+        for (pid, e) in self.guardian.flush(&self.epoll, lookup) {
             say!(self, "cannot hand pid {pid} to the guardian: {e}");
         }
     }
@@ -254,8 +269,11 @@ pub(super) struct GuardianLink {
     pub(super) retry_at: Option<u64>,
     /// The pid of the Guardian this HAM fenced, until its death is seen.
     pub(super) fenced: Option<i32>,
-    /// (slot, pid, start time, a duplicate of the pidfd), sent in order.
-    backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), OwnedFd)>,
+    /// (slot, pid, start time) and what to send, in order: a duplicate of the descriptor,
+    /// or none for an entity's process (its pidfd is looked up when it is sent: a cold
+    /// start of thousands would otherwise hold a second descriptor per entity, up to the
+    /// limit, while the Guardian catches up).
+    backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), Option<OwnedFd>)>,
 }
 
 impl GuardianLink {
@@ -301,22 +319,39 @@ impl GuardianLink {
                 Err(e) => return Err(e),
             }
         }
-        // Kept high, as the pidfd it copies: a cold start of thousands fills the backlog,
-        // and copies kept low would be copied into every child (see `sys::high_fd`).
-        self.backlog
-            .push_back((who, crate::sys::high_fd(pidfd.try_clone()?)));
+        let keep = if who.1 > 0 {
+            None
+        } else {
+            Some(crate::sys::high_fd(pidfd.try_clone()?))
+        };
+        self.backlog.push_back((who, keep));
         Ok(())
     }
 
     /// Sends what waits, in order, until the socket is full again; the ones that could not
     /// be sent at all are dropped and returned (pid, why).
-    fn flush(&mut self, epoll: &OwnedFd) -> Vec<(i32, io::Error)> {
+    fn flush<'a>(
+        &mut self,
+        epoll: &OwnedFd,
+        entity_pidfd: impl Fn(ham_core::layout::SlotIndex, i32) -> Option<std::os::fd::BorrowedFd<'a>>,
+    ) -> Vec<(i32, io::Error)> {
         let mut failed = Vec::new();
         let Some(g) = &self.proc else {
             self.backlog.clear();
             return failed;
         };
         while let Some(((slot, pid, start_time), fd)) = self.backlog.front() {
+            let fd = match fd {
+                Some(fd) => fd.as_fd(),
+                None => match entity_pidfd(*slot, *pid) {
+                    Some(fd) => fd,
+                    // Gone or replaced since: its successor's pidfd is queued after it.
+                    None => {
+                        self.backlog.pop_front();
+                        continue;
+                    }
+                },
+            };
             match handoff::send(&g.sock, slot.0, *pid, *start_time, fd) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return failed,

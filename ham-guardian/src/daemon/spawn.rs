@@ -46,7 +46,7 @@ impl Deferred {
 pub(super) struct PendingExec {
     execing: sys::Execing,
     pub(super) pid: i32,
-    pidfd: OwnedFd,
+    pub(super) pidfd: OwnedFd,
     /// When its start began (`spawn`'s clock).
     started: u64,
 }
