@@ -514,9 +514,28 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
     let i = names.iter().position(|n| *n == from).unwrap();
     sigkill(pid_of(&hams[i].status(), "ham-cluster"));
     let before = writes(&resource).len();
-    deadline("writes go on after the agent's kill", &|| {
-        writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token))
-    });
+    let until = std::time::Instant::now() + DEADLINE;
+    while !(writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token)))
+    {
+        if std::time::Instant::now() >= until {
+            // What the owner's node says of the cluster, and what its ham said: a stale
+            // view, another token, or an agent that did not come back.
+            let err = hams[i].stderr();
+            let said: Vec<&str> = err
+                .lines()
+                .filter(|l| l.contains("cluster") || l.contains("fenc") || l.contains("writer"))
+                .collect();
+            panic!(
+                "writes go on after the agent's kill: owner {from} with token {token} expected; \
+                 its node's cluster status {:?}; owners {:?}; last writes {:?}; its ham said:\n{}",
+                cluster_status(&hams[i]),
+                hams.iter().map(owner).collect::<Vec<_>>(),
+                writes(&resource).iter().rev().take(5).collect::<Vec<_>>(),
+                said.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     check_fenced(&writes(&resource));
     let w = writes(&resource);
     assert_eq!(

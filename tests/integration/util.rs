@@ -70,8 +70,13 @@ impl Ham {
     pub fn start_with(tag: &str, ham_extra: &str, body: &str, env: &[(&str, &str)]) -> Ham {
         let mut ham = Self::configured(tag, ham_extra, body);
         ham.spawn(env);
+        // Every configured entity listed too: the pair can be up a moment before the HAM
+        // has published the records, and a test looking an entity up then found none.
+        let configured = body.matches("[[entity]]").count();
         ham.wait_for("ham and its guardian to be up", |s| {
-            s["guardian"]["alive"] == true && s["ham"]["alive"] == true
+            s["guardian"]["alive"] == true
+                && s["ham"]["alive"] == true
+                && s["entities"].as_array().map_or(0, Vec::len) >= configured
         });
         ham
     }
