@@ -409,6 +409,21 @@ fn owner(ham: &Ham) -> Option<(String, u64)> {
     Some((w["owner"].as_str()?.to_owned(), w["token"].as_u64()?))
 }
 
+/// What each node sees of the cluster now, and what its ham logged of the cluster, the
+/// fence and the singleton: printed when a cluster test fails.
+fn print_cluster_views(names: &[&str], hams: &[Ham]) {
+    for (n, h) in names.iter().zip(hams) {
+        eprintln!("node {n}: cluster status {:?}", cluster_status(h));
+        for l in h
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("fenc") || l.contains("cluster") || l.contains("writer"))
+        {
+            eprintln!("  {l}");
+        }
+    }
+}
+
 /// The owner every node agrees on, which is also the last writer to the resource.
 fn agreed_owner(hams: &[Ham], resource: &Path) -> (String, u64) {
     let until = std::time::Instant::now() + DEADLINE;
@@ -447,18 +462,22 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
         .collect();
     let all: Vec<&Ham> = hams.iter().collect();
     converged(&all, &names, "at start");
-    let deadline = |what: &str, cond: &dyn Fn() -> bool| {
+    // Waits for `cond`; at the deadline, says what each node saw of the cluster and what its
+    // ham logged of it, and the last writes.
+    let deadline = |hams: &[Ham], what: &str, cond: &dyn Fn() -> bool| {
         let until = std::time::Instant::now() + DEADLINE;
         while !cond() {
-            assert!(
-                std::time::Instant::now() < until,
-                "{what}; writes: {:?}",
-                writes(&resource).iter().rev().take(5).collect::<Vec<_>>()
-            );
+            if std::time::Instant::now() >= until {
+                print_cluster_views(&names, hams);
+                panic!(
+                    "{what}; writes: {:?}",
+                    writes(&resource).iter().rev().take(5).collect::<Vec<_>>()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    deadline("the singleton placed and writing", &|| {
+    deadline(&hams, "the singleton placed and writing", &|| {
         !writes(&resource).is_empty() && hams.iter().all(|h| owner(h).is_some())
     });
     let mut moves = Vec::new();
@@ -478,7 +497,7 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
         let started = std::time::Instant::now();
         signal(nix::sys::signal::Signal::SIGSTOP);
         // Another node owns it with a higher token, and its writes have begun.
-        deadline(&format!("failover {k} away from {from}"), &|| {
+        deadline(&hams, &format!("failover {k} away from {from}"), &|| {
             (0..3)
                 .filter(|&j| j != i)
                 .any(|j| owner(&hams[j]).is_some_and(|(o, t)| o != from && t > token))
@@ -491,19 +510,11 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
         if std::panic::catch_unwind(|| check_fenced(&w)).is_err() {
             // What each node said of the cluster and the singleton, to tell a late fence
             // from a missing one.
-            for (n, h) in names.iter().zip(&hams) {
-                eprintln!(
-                    "node {n} (failover {k}, {from}'s {}):",
-                    ["agent", "etcd member"][k % 2]
-                );
-                for l in h
-                    .stderr()
-                    .lines()
-                    .filter(|l| l.contains("fenc") || l.contains("cluster") || l.contains("writer"))
-                {
-                    eprintln!("  {l}");
-                }
-            }
+            eprintln!(
+                "failover {k}: {from}'s {} was stopped",
+                ["agent", "etcd member"][k % 2]
+            );
+            print_cluster_views(&names, &hams);
             panic!("fencing violated at failover {k}");
         }
     }
@@ -514,28 +525,9 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
     let i = names.iter().position(|n| *n == from).unwrap();
     sigkill(pid_of(&hams[i].status(), "ham-cluster"));
     let before = writes(&resource).len();
-    let until = std::time::Instant::now() + DEADLINE;
-    while !(writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token)))
-    {
-        if std::time::Instant::now() >= until {
-            // What the owner's node says of the cluster, and what its ham said: a stale
-            // view, another token, or an agent that did not come back.
-            let err = hams[i].stderr();
-            let said: Vec<&str> = err
-                .lines()
-                .filter(|l| l.contains("cluster") || l.contains("fenc") || l.contains("writer"))
-                .collect();
-            panic!(
-                "writes go on after the agent's kill: owner {from} with token {token} expected; \
-                 its node's cluster status {:?}; owners {:?}; last writes {:?}; its ham said:\n{}",
-                cluster_status(&hams[i]),
-                hams.iter().map(owner).collect::<Vec<_>>(),
-                writes(&resource).iter().rev().take(5).collect::<Vec<_>>(),
-                said.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    deadline(&hams, "writes go on after the agent's kill", &|| {
+        writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token))
+    });
     check_fenced(&writes(&resource));
     let w = writes(&resource);
     assert_eq!(
@@ -557,15 +549,17 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
     assert_eq!(hams[i].wait_exit(), -1);
     assert!(kill_and_wait(guardian));
     let before = writes(&resource).len();
-    deadline("writes go on with no ham on the owner's node", &|| {
-        writes(&resource).len() > before + 20
-    });
+    deadline(
+        &hams,
+        "writes go on with no ham on the owner's node",
+        &|| writes(&resource).len() > before + 20,
+    );
     hams[i].spawn(&[]);
     hams[i].wait_for("the warm start", |s| {
         s["ham"]["alive"] == true && s["guardian"]["alive"] == true
     });
     let before = writes(&resource).len();
-    deadline("writes go on after the warm start", &|| {
+    deadline(&hams, "writes go on after the warm start", &|| {
         writes(&resource).len() > before + 20 && owner(&hams[i]) == Some((from.clone(), token))
     });
     check_fenced(&writes(&resource));
@@ -589,7 +583,7 @@ fn a_singleton_runs_on_one_node_and_its_token_only_grows_across_failovers() {
     assert!(kill_and_wait(guardian));
     assert!(kill_and_wait(agent));
     let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
-    deadline("another node took the singleton over", &|| {
+    deadline(&hams, "another node took the singleton over", &|| {
         writes(&resource)
             .last()
             .is_some_and(|(t, n)| *t > token && *n != from)

@@ -360,7 +360,7 @@ impl Daemon {
                 // that a successor listens on the bell clients are given from now on.
                 if let Some(c) = &self.clients {
                     let who = (ham_core::layout::SlotIndex(0), crate::handoff::BELL, 0);
-                    if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell) {
+                    if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell, None) {
                         say!(self, "cannot hand the clients' bell to the guardian: {err}");
                     }
                 }

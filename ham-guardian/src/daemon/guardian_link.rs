@@ -83,10 +83,11 @@ impl Daemon {
             epoll::EventFlags::IN,
         );
         self.guardian.retry_at = None;
-        for e in &self.entities {
+        for i in EntityId::all(self.entities.len()) {
+            let e = &self.entities[i];
             if let Some(fd) = &e.pidfd {
                 let who = (e.slot, e.rec.pid, e.rec.start_time);
-                if let Err(err) = self.guardian.send(&self.epoll, who, fd) {
+                if let Err(err) = self.guardian.send(&self.epoll, who, fd, Some(i)) {
                     say!(self, "cannot hand pid {} to the guardian: {err}", e.rec.pid);
                 }
             }
@@ -96,7 +97,7 @@ impl Daemon {
         }
         if let Some(c) = &self.clients {
             let who = (ham_core::layout::SlotIndex(0), handoff::BELL, 0);
-            if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell) {
+            if let Err(err) = self.guardian.send(&self.epoll, who, &c.bell, None) {
                 say!(self, "cannot hand the clients' bell to the guardian: {err}");
             }
         }
@@ -224,15 +225,13 @@ impl Daemon {
     /// Guardian falls back to pidfd_open + start time at a takeover).
     pub(super) fn send_to_guardian(
         &mut self,
-        slot: ham_core::layout::SlotIndex,
+        i: EntityId,
         pid: i32,
         start_time: u64,
         pidfd: &OwnedFd,
     ) {
-        if let Err(e) = self
-            .guardian
-            .send(&self.epoll, (slot, pid, start_time), pidfd)
-        {
+        let who = (self.entities[i].slot, pid, start_time);
+        if let Err(e) = self.guardian.send(&self.epoll, who, pidfd, Some(i)) {
             say!(self, "cannot hand pid {pid} to the guardian: {e}");
         }
     }
@@ -242,22 +241,28 @@ impl Daemon {
         let entities = &self.entities;
         // An entity's process waiting in the backlog: its pidfd as the entity holds it now
         // (running, or released with its `execve` pending), if it is still that process.
-        let lookup = |slot: ham_core::layout::SlotIndex, pid: i32| {
-            entities
-                .iter()
-                .find(|e| e.slot == slot)
-                .filter(|e| e.rec.pid == pid)
-                .and_then(|e| {
-                    e.pidfd
-                        .as_ref()
-                        .or(e.exec.as_ref().map(|x| &x.pidfd))
-                        .map(|fd| fd.as_fd())
-                })
+        let lookup = |i: EntityId, pid: i32| {
+            entities.get(i).filter(|e| e.rec.pid == pid).and_then(|e| {
+                e.pidfd
+                    .as_ref()
+                    .or(e.exec.as_ref().map(|x| &x.pidfd))
+                    .map(|fd| fd.as_fd())
+            })
         };
         for (pid, e) in self.guardian.flush(&self.epoll, lookup) {
             say!(self, "cannot hand pid {pid} to the guardian: {e}");
         }
     }
+}
+
+/// A descriptor waiting for room in the Guardian's socket.
+enum Waiting {
+    /// An entity's process: the pidfd the entity holds when its turn comes. A cold start of
+    /// thousands, faster than the Guardian reads, would otherwise hold a second descriptor
+    /// per entity, up to the limit.
+    Entity(EntityId),
+    /// The bell or an output pipe, which belong to no process: a duplicate.
+    Fd(OwnedFd),
 }
 
 /// The link to the Guardian: its process, when to try starting one again, and the pidfds
@@ -269,11 +274,8 @@ pub(super) struct GuardianLink {
     pub(super) retry_at: Option<u64>,
     /// The pid of the Guardian this HAM fenced, until its death is seen.
     pub(super) fenced: Option<i32>,
-    /// (slot, pid, start time) and what to send, in order: a duplicate of the descriptor,
-    /// or none for an entity's process (its pidfd is looked up when it is sent: a cold
-    /// start of thousands would otherwise hold a second descriptor per entity, up to the
-    /// limit, while the Guardian catches up).
-    backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), Option<OwnedFd>)>,
+    /// (slot, pid, start time) and what to send, in order.
+    backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), Waiting)>,
 }
 
 impl GuardianLink {
@@ -293,13 +295,15 @@ impl GuardianLink {
         self.proc.as_ref().is_some_and(|g| g.pid == pid)
     }
 
-    /// Sends `who`'s pidfd now, or keeps a duplicate (in order) while the socket is full,
-    /// watching it for room.
+    /// Sends `who`'s descriptor now, or keeps it waiting (in order) while the socket is
+    /// full, watching it for room: as entity `entity`'s process (its pidfd looked up when
+    /// it is sent), or else as a duplicate.
     pub(super) fn send(
         &mut self,
         epoll: &OwnedFd,
         who: (ham_core::layout::SlotIndex, i32, u64),
         pidfd: &OwnedFd,
+        entity: Option<EntityId>,
     ) -> io::Result<()> {
         // (sendmsg duplicates the descriptor into the message; ours stays ours)
         let Some(g) = &self.proc else { return Ok(()) };
@@ -319,12 +323,11 @@ impl GuardianLink {
                 Err(e) => return Err(e),
             }
         }
-        let keep = if who.1 > 0 {
-            None
-        } else {
-            Some(crate::sys::high_fd(pidfd.try_clone()?))
+        let waiting = match entity {
+            Some(i) => Waiting::Entity(i),
+            None => Waiting::Fd(crate::sys::high_fd(pidfd.try_clone()?)),
         };
-        self.backlog.push_back((who, keep));
+        self.backlog.push_back((who, waiting));
         Ok(())
     }
 
@@ -333,7 +336,7 @@ impl GuardianLink {
     fn flush<'a>(
         &mut self,
         epoll: &OwnedFd,
-        entity_pidfd: impl Fn(ham_core::layout::SlotIndex, i32) -> Option<std::os::fd::BorrowedFd<'a>>,
+        entity_pidfd: impl Fn(EntityId, i32) -> Option<std::os::fd::BorrowedFd<'a>>,
     ) -> Vec<(i32, io::Error)> {
         let mut failed = Vec::new();
         let Some(g) = &self.proc else {
@@ -342,8 +345,8 @@ impl GuardianLink {
         };
         while let Some(((slot, pid, start_time), fd)) = self.backlog.front() {
             let fd = match fd {
-                Some(fd) => fd.as_fd(),
-                None => match entity_pidfd(*slot, *pid) {
+                Waiting::Fd(fd) => fd.as_fd(),
+                Waiting::Entity(i) => match entity_pidfd(*i, *pid) {
                     Some(fd) => fd,
                     // Gone or replaced since: its successor's pidfd is queued after it.
                     None => {

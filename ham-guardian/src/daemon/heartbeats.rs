@@ -150,7 +150,7 @@ impl Daemon {
         let why = super::lifecycle::Why::new("attach", "attached");
         self.step(i, ham_core::lifecycle::Input::Attached, &why);
         self.watch(i, &pidfd).map_err(|e| format!("epoll: {e}"))?;
-        self.send_to_guardian(self.entities[i].slot, pid, start_time, &pidfd);
+        self.send_to_guardian(i, pid, start_time, &pidfd);
         self.entities[i].pidfd = Some(pidfd);
         self.became_running(i, now);
         Ok(())

@@ -92,7 +92,7 @@ impl Daemon {
         let Some((r, w)) = &e.out else { return };
         let slot = e.slot;
         for (end, fd) in [(handoff::PIPE_READ, r), (handoff::PIPE_WRITE, w)] {
-            if let Err(err) = self.guardian.send(&self.epoll, (slot, end, 0), fd) {
+            if let Err(err) = self.guardian.send(&self.epoll, (slot, end, 0), fd, None) {
                 say!(self, "cannot hand an output pipe to the guardian: {err}");
             }
         }

@@ -205,7 +205,7 @@ impl Daemon {
         // The Guardian watches it from its release on: a HAM that hangs before it takes the
         // `execve` up is still fenced when the process dies (a failed `execve` is a death
         // the HAM handles at once, as `SpawnFailed`).
-        self.send_to_guardian(self.entities[i].slot, pid, st, &pidfd);
+        self.send_to_guardian(i, pid, st, &pidfd);
         self.after_deaths();
         failpoint::hit("spawn:after-release");
         let watched = epoll::add(

@@ -217,12 +217,7 @@ impl Daemon {
                         if let Err(e) = self.watch(i, &pidfd) {
                             say!(self, "{}: cannot watch pid {}: {e}", rec.name, rec.pid);
                         }
-                        self.send_to_guardian(
-                            self.entities[i].slot,
-                            rec.pid,
-                            rec.start_time,
-                            &pidfd,
-                        );
+                        self.send_to_guardian(i, rec.pid, rec.start_time, &pidfd);
                         let e = &mut self.entities[i];
                         e.pidfd = Some(pidfd);
                         e.adopted = true;
