@@ -141,15 +141,18 @@ pub fn trim_heap() {
     }
 }
 
-/// Gives back this process's mappings of its own binary once it has started: what is used
-/// from here on is mapped again at its first use (a minor fault, from the page cache); the
-/// rest (configuration parsing, the CLI, start-up) stops counting in the process's
-/// footprint. The kernel maps a binary 64 KiB around each fault (a whole folio with large
-/// folios), so start-up alone left nearly all of the binary's 1.9 MiB of code and read-only
-/// data mapped in each process of the pair. Dropped: each read-only, private mapping of
-/// `/proc/self/exe` none of whose pages was ever written (`Anonymous: 0 kB` in smaps: the
-/// relocated read-only data after RELRO was written, and is kept). Best effort: on any
-/// failure nothing changes.
+/// Gives back this process's mappings of its own binary and of its shared libraries once it
+/// has started: what is used from here on is mapped again at its first use (a minor fault,
+/// from the page cache); the rest (configuration parsing, the CLI, start-up) stops counting
+/// in the process's footprint. The kernel maps a file 64 KiB around each fault (a whole
+/// folio with large folios), so start-up alone left nearly all of the binary's 1.9 MiB of
+/// code and read-only data mapped in each process of the pair, and the loop's own faults
+/// mapped a megabyte back around the code it runs (and 0.3 MiB of libc in each). Where the
+/// kernel can (see [`no_fault_around`]), the mappings are first registered so that a fault
+/// maps its own page only. Dropped: each read-only, private mapping of `/proc/self/exe` or
+/// of a library none of whose pages was ever written (`Anonymous: 0 kB` in smaps: relocated
+/// read-only data after RELRO was written, and is kept). Best effort: on any failure nothing
+/// changes.
 pub fn unmap_startup_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
@@ -158,24 +161,42 @@ pub fn unmap_startup_code() {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
+    let ranges = unwritten_mappings(&smaps, exe);
+    no_fault_around(&ranges);
+    for &(start, end) in &ranges {
+        // SAFETY: the range is one whole mapping of this process, as /proc/self/smaps
+        // lists it: a private, read-only mapping of the binary or of a library, mapped for
+        // the life of the process (nothing here unloads a library), none of whose pages was
+        // ever written (no anonymous copy), and which nothing can write now (not writable).
+        // Each page is therefore the file's, and MADV_DONTNEED changes no content: a thread
+        // (or a CLONE_VM child) reading or running it meanwhile faults the same bytes back
+        // in.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// Whether a mapped file is a shared library (the loader, libc, libgcc_s: `*.so*`).
+fn is_library(path: &str) -> bool {
+    path.starts_with('/')
+        && std::path::Path::new(path)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(".so"))
+}
+
+/// The private, read-only mappings of `exe` and of the shared libraries that `smaps` (this
+/// process's) lists with no anonymous page: (start, end) of each.
+fn unwritten_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
     // (start, end) of the mapping being read, if it is one of the binary's read-only ones.
     let mut current: Option<(usize, usize)> = None;
     for line in smaps.lines() {
         if let Some(kb) = line.strip_prefix("Anonymous:") {
-            let Some((start, end)) = current.take() else {
-                continue;
-            };
-            if kb.trim() != "0 kB" {
-                continue;
-            }
-            // SAFETY: the range is one whole mapping of this process, as /proc/self/smaps
-            // lists it: a private, read-only mapping of the binary, mapped for the life of
-            // the process, none of whose pages was ever written (no anonymous copy), and
-            // which nothing can write now (not writable). Each page is therefore the file's,
-            // and MADV_DONTNEED changes no content: a thread (or a CLONE_VM child) reading
-            // or running it meanwhile faults the same bytes back in.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            if let Some(range) = current.take()
+                && kb.trim() == "0 kB"
+            {
+                found.push(range);
             }
             continue;
         }
@@ -194,8 +215,84 @@ pub fn unmap_startup_code() {
             && perms.starts_with('r')
             && &perms[1..2] == "-"
             && perms.ends_with('p')
-            && f.nth(3) == Some(exe);
+            && f.nth(3).is_some_and(|path| path == exe || is_library(path));
         current = ours.then_some((start, end));
+    }
+    found
+}
+
+/// Makes a fault in each of `ranges` (whole mappings of the binary, read-only) map its own
+/// page, not the 64 KiB around it: the code a long-lived loop runs is scattered through the
+/// binary, and fault-around mapped about a megabyte of code around the few hundred KiB it
+/// runs. The kernel faults around in every mapping but those registered with a userfaultfd
+/// for write-protection (`uffd_disable_fault_around`); with `UFFD_FEATURE_WP_ASYNC` (Linux
+/// 6.7) any mapping can be, and a write fault would be resolved by the kernel itself, with no
+/// handler. These mappings are not writable, so none happens: the registration only turns
+/// fault-around off. The userfaultfd must stay open (closing it unregisters), so it is kept
+/// for the life of the process; `UFFD_USER_MODE_ONLY` needs no privilege. Where the kernel
+/// refuses, nothing changes (the mappings fault around as before).
+fn no_fault_around(ranges: &[(usize, usize)]) {
+    // From linux/userfaultfd.h (the libc crate does not have the newer ones).
+    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    const UFFD_API: u64 = 0xaa;
+    const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+    const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+    // _IOWR(0xaa, 0x3f, struct uffdio_api) and _IOWR(0xaa, 0x00, struct uffdio_register).
+    const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+    const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+    #[repr(C)]
+    struct UffdioApi {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct UffdioRegister {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    static UFFD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let uffd = UFFD.get_or_init(|| {
+        // SAFETY: userfaultfd(2) takes flags and returns a new descriptor or -1; no memory
+        // is passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_userfaultfd,
+                libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor just returned by the kernel, owned by no one else.
+        let fd = spawn::high_fd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: UFFD_FEATURE_WP_ASYNC,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes one struct uffdio_api (24 bytes, the layout
+        // above) through the pointer, which points to `api`, alive and writable for the
+        // call; the descriptor is open (owned above).
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &raw mut api) };
+        (r == 0 && api.features & UFFD_FEATURE_WP_ASYNC != 0).then_some(fd)
+    });
+    let Some(uffd) = uffd else { return };
+    for &(start, end) in ranges {
+        let mut reg = UffdioRegister {
+            start: start as u64,
+            len: (end - start) as u64,
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register (32 bytes,
+        // the layout above) through the pointer, which points to `reg`, alive and writable
+        // for the call. It changes no memory: it marks the range's mapping, which is whole
+        // and read-only, so that a write fault there would be resolved by the kernel (none
+        // can happen) and a read fault maps its page alone.
+        let _ = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &raw mut reg) };
     }
 }
 
@@ -345,3 +442,92 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
 }
 
 // -- sd_notify datagrams ------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unwritten_read_only_private_mappings_of_the_binary_and_libraries_are_dropped() {
+        let smaps = "\
+5600-5700 r--p 00000000 fe:00 11 /opt/ham/bin/ham
+Rss:                 192 kB
+Anonymous:             0 kB
+5700-5800 r-xp 00057000 fe:00 11 /opt/ham/bin/ham
+Anonymous:             0 kB
+5800-5900 r--p 001dc000 fe:00 11 /opt/ham/bin/ham
+Anonymous:            44 kB
+5900-5a00 rw-p 001e6000 fe:00 11 /opt/ham/bin/ham
+Anonymous:             8 kB
+6000-6100 r-xp 00028000 fe:00 12 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
+6100-6200 r--p 00000000 fe:00 13 /usr/share/zoneinfo/UTC
+Anonymous:             0 kB
+6200-6300 r--s 00000000 00:1b 14 /dev/shm/ham.t.state
+Anonymous:             0 kB
+6300-6400 rw-p 00000000 00:00 0 
+Anonymous:             4 kB
+6400-6500 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+6500-6600 r-xp 00000000 fe:00 11 /opt/ham/bin/ham (deleted)
+Anonymous:             0 kB
+";
+        assert_eq!(
+            unwritten_mappings(smaps, "/opt/ham/bin/ham"),
+            vec![
+                (0x5600, 0x5700),
+                (0x5700, 0x5800),
+                (0x6000, 0x6100),
+                (0x6500, 0x6600)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_registered_mapping_maps_only_the_pages_touched() {
+        // A private, read-only mapping of a 1 MiB file (smaller than a huge page, which a
+        // fault may map whole), one byte read every 64 KiB: faulted around, each read maps
+        // 16 pages; registered, one.
+        let path = std::env::temp_dir().join(format!("ham-fault-around-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let len = 1usize << 20;
+        // SAFETY: a new private, read-only mapping of `len` bytes of an open file; it is
+        // only read below, and unmapped before the end of the test.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let start = at as usize;
+        no_fault_around(&[(start, start + len)]);
+        for off in (0..len).step_by(64 << 10) {
+            // SAFETY: inside the mapping made above, readable.
+            let b = unsafe { std::ptr::read_volatile((start + off) as *const u8) };
+            assert_eq!(b, 7);
+        }
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{start:x}-");
+        let rss_kb: u64 = smaps
+            .lines()
+            .skip_while(|l| !l.starts_with(&head))
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .expect("the mapping is listed with its Rss");
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(at, len) };
+        let touched = (len / (64 << 10)) as u64 * 4;
+        if kernel::at_least(6, 7) {
+            assert_eq!(rss_kb, touched, "one page per read, no fault-around");
+        } else {
+            assert!(rss_kb >= touched);
+        }
+    }
+}
