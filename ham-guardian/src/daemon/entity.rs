@@ -31,8 +31,6 @@ pub(super) struct Entity {
     pub(super) deaths: u64,
     /// Running for its `ready_after`: entities that start `after` it may start.
     pub(super) ready: bool,
-    /// What its environment adds to ham's, built once (see `entity_env`, `inherited_env_for`).
-    pub(super) env: Vec<(String, String)>,
     /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
     pub(super) watchdog_at: Option<u64>,
     pub(super) watchdog_ns: Option<u64>,
@@ -61,12 +59,7 @@ pub(super) struct Entity {
 }
 
 impl Entity {
-    pub(super) fn new(
-        mut cfg: EntityConfig,
-        slot: SlotIndex,
-        rec: EntityRecord,
-        env: Vec<(String, String)>,
-    ) -> Self {
+    pub(super) fn new(mut cfg: EntityConfig, slot: SlotIndex, rec: EntityRecord) -> Self {
         // A self-attached entity that ham (re)starts runs its restart action's command line
         // (QNX: "from now on with `path`"); a successor finds it there too.
         if cfg.attach_only && cfg.argv.is_empty() {
@@ -97,7 +90,6 @@ impl Entity {
             hb: None,
             pruned_now: 0,
             hold_after_stop: None,
-            env,
             waiters: Vec::new(),
             pss: None,
             pss_durable: Default::default(),
@@ -286,12 +278,7 @@ after = ["db"]
         let mut t = EntityTable::default();
         for (k, ec) in cfg.entities.iter().enumerate() {
             let rec = EntityRecord::new(&ec.name);
-            let id = t.push(Entity::new(
-                ec.clone(),
-                SlotIndex(k as u32),
-                rec,
-                Vec::new(),
-            ));
+            let id = t.push(Entity::new(ec.clone(), SlotIndex(k as u32), rec));
             assert_eq!(id.index(), k);
         }
         t.link_dependents();
@@ -321,17 +308,14 @@ after = ["db"]
         let mut free_cfg = cfgs[2].clone();
         free_cfg.name = format!("{}{}", crate::config::FREE_ENTRY, 2);
         let rec = EntityRecord::new(&free_cfg.name);
-        t.replace(
-            cache,
-            Entity::new(free_cfg.clone(), SlotIndex(2), rec, Vec::new()),
-        );
+        t.replace(cache, Entity::new(free_cfg.clone(), SlotIndex(2), rec));
         assert_eq!(t.id_of("cache"), None);
         assert_eq!(t.id_of(&free_cfg.name), None, "free entries are not named");
         // A new entity takes the place, under its own name.
         let mut new_cfg = cfgs[2].clone();
         new_cfg.name = "queue".into();
         let rec = EntityRecord::new("queue");
-        t.replace(cache, Entity::new(new_cfg, SlotIndex(2), rec, Vec::new()));
+        t.replace(cache, Entity::new(new_cfg, SlotIndex(2), rec));
         assert_eq!(t.id_of("queue"), Some(cache));
         assert_eq!(t.len(), 3);
     }

@@ -80,7 +80,7 @@ mod watchdog;
 use clients::{Clients, Peer, Subscriber};
 use exits::{decode_wait_status, decode_waitid, describe};
 use guardian_link::spawn_guardian_process;
-use spawn::{entity_env, own_restart_command};
+use spawn::own_restart_command;
 use start::device_restart_marker;
 use takeover::{stop_recorded_processes, wait_pidfd};
 use token::Token;

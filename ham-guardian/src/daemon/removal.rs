@@ -70,9 +70,8 @@ impl Daemon {
         }
         let ec = cfg.entities[i.index()].clone();
         debug_assert_eq!(ec.name, free);
-        let env = entity_env(&ec, &cfg);
         self.entities
-            .replace(i, Entity::new(ec, slot, EntityRecord::new(&free), env));
+            .replace(i, Entity::new(ec, slot, EntityRecord::new(&free)));
         self.entities[i].rec.state = EntityState::Stopped;
         self.cfg = cfg;
         self.publish(i);

@@ -18,7 +18,7 @@ use ham_core::EntityState;
 use ham_core::protocol::{Change, ControlCommand, Response};
 use toml::{Table, Value};
 
-use super::{Daemon, Entity, EntityId, entity_env, log};
+use super::{Daemon, Entity, EntityId, log};
 use crate::config::{Config, EntityConfig};
 use ham_core::layout::SlotIndex;
 
@@ -588,11 +588,10 @@ impl Daemon {
     /// A new entity at index `i` of the configuration: a free entry's place (and slot), or
     /// a new one at the end, in a free slot of the segment.
     fn add_entity(&mut self, ec: EntityConfig, i: EntityId) -> EntityId {
-        let env = entity_env(&ec, &self.cfg);
         let rec = EntityRecord::new(&ec.name);
         if i.index() < self.entities.len() {
             let slot = self.entities[i].slot;
-            self.entities.replace(i, Entity::new(ec, slot, rec, env));
+            self.entities.replace(i, Entity::new(ec, slot, rec));
         } else {
             let used: std::collections::HashSet<SlotIndex> =
                 self.entities.iter().map(|e| e.slot).collect();
@@ -600,7 +599,7 @@ impl Daemon {
                 .map(SlotIndex)
                 .find(|s| !used.contains(s))
                 .unwrap_or(SlotIndex(u32::MAX));
-            let pushed = self.entities.push(Entity::new(ec, slot, rec, env));
+            let pushed = self.entities.push(Entity::new(ec, slot, rec));
             debug_assert_eq!(pushed, i, "a new entity's place is its configuration index");
         }
         self.prepare_cgroup(i);

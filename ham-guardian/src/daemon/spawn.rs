@@ -134,7 +134,9 @@ impl Daemon {
             .and_then(|cg| cg.open_dir(&e.cfg.name).ok());
         // How it starts: first, or restarted with or without its checkpoints, and how the
         // process before it ended.
-        let mut env = e.env.clone();
+        // Built at each start rather than kept: a few strings per entity, the same for
+        // every start, and most entities start seldom.
+        let mut env = entity_env(&e.cfg, &self.cfg);
         env.push(("HAM_RESTART".into(), e.rec.restart_kind.as_str().into()));
         env.push((
             "HAM_PREVIOUS_EXIT".into(),

@@ -57,7 +57,6 @@ impl Daemon {
         let mut to_start = Vec::new();
         let mut existing_ids = HashSet::new();
         for ec in cfgs {
-            let env = entity_env(&ec, &self.cfg);
             let (slot, rec, existing) = match found.remove(&ec.name) {
                 Some((slot, rec)) => (slot, rec, true),
                 None => {
@@ -68,7 +67,7 @@ impl Daemon {
                     (next_free, EntityRecord::new(&ec.name), false)
                 }
             };
-            let i = self.entities.push(Entity::new(ec, slot, rec, env));
+            let i = self.entities.push(Entity::new(ec, slot, rec));
             if existing {
                 to_resume.push(i);
                 existing_ids.insert(i);
