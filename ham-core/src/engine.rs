@@ -100,20 +100,34 @@ impl Policy {
 pub const STAMPS: usize = 16;
 
 /// The most recent timestamps of one kind of event, newest last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// The ring is allocated at the first stamp: most entities never exit, and each entity's
+/// record holds four of these (136 bytes each, inline, in the HAM's table of entities).
+#[derive(Debug, Clone, Default)]
 pub struct Stamps {
-    at: [Nanos; STAMPS],
+    /// `None` while empty (`len` is then 0).
+    at: Option<Box<[Nanos; STAMPS]>>,
     len: u8,
 }
 
+/// Two rings are equal when they hold the same stamps (what lies past `len` is no stamp).
+impl PartialEq for Stamps {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Stamps {}
+
 impl Stamps {
     pub fn push(&mut self, t: Nanos) {
+        let at = self.at.get_or_insert_with(|| Box::new([0; STAMPS]));
         if (self.len as usize) < STAMPS {
-            self.at[self.len as usize] = t;
+            at[self.len as usize] = t;
             self.len += 1;
         } else {
-            self.at.rotate_left(1);
-            self.at[STAMPS - 1] = t;
+            at.rotate_left(1);
+            at[STAMPS - 1] = t;
         }
     }
     /// Events in the half-open window `(now - within, now]`.
@@ -127,24 +141,32 @@ impl Stamps {
     pub fn clear(&mut self) {
         *self = Self::default();
     }
-    /// The stamps as `STAMPS` words plus the length (for a record).
+    /// The stamps as `STAMPS` words plus the length (for a record); words past the length
+    /// are 0.
     pub fn to_words(&self) -> ([u64; STAMPS], u8) {
-        (self.at, self.len)
+        let mut w = [0; STAMPS];
+        let s = self.as_slice();
+        w[..s.len()].copy_from_slice(s);
+        (w, s.len() as u8)
     }
     /// The inverse of [`Stamps::to_words`]; a length out of range is clamped.
     pub fn from_words(at: [u64; STAMPS], len: u8) -> Self {
+        let len = len.min(STAMPS as u8);
         Self {
-            at,
-            len: len.min(STAMPS as u8),
+            at: (len > 0).then(|| Box::new(at)),
+            len,
         }
     }
     pub fn as_slice(&self) -> &[Nanos] {
-        &self.at[..(self.len as usize).min(STAMPS)]
+        match &self.at {
+            Some(at) => &at[..(self.len as usize).min(STAMPS)],
+            None => &[],
+        }
     }
 }
 
-/// What a policy remembers about one entity. Fixed size, plain data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a policy remembers about one entity.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Memory {
     /// Exits that counted towards the policy (automatic restarts only).
     pub exits: Stamps,
@@ -170,10 +192,12 @@ impl Memory {
     /// Encodes the memory as plain words for the state segment's record.
     pub fn to_words(&self) -> [u64; MEMORY_WORDS] {
         let mut w = [0u64; MEMORY_WORDS];
-        w[..STAMPS].copy_from_slice(&self.exits.at);
-        w[STAMPS..2 * STAMPS].copy_from_slice(&self.holdoffs.at);
-        w[2 * STAMPS] = u64::from(self.exits.len)
-            | (u64::from(self.holdoffs.len) << 8)
+        let (exits, exits_len) = self.exits.to_words();
+        let (holdoffs, holdoffs_len) = self.holdoffs.to_words();
+        w[..STAMPS].copy_from_slice(&exits);
+        w[STAMPS..2 * STAMPS].copy_from_slice(&holdoffs);
+        w[2 * STAMPS] = u64::from(exits_len)
+            | (u64::from(holdoffs_len) << 8)
             | (u64::from(self.gave_up) << 16)
             | (u64::from(self.backoff_n) << 24);
         w[2 * STAMPS + 1] = u64::from(self.stage) | (u64::from(self.tries) << 32);
@@ -184,18 +208,19 @@ impl Memory {
     /// Decodes words written by [`Memory::to_words`]; out-of-range lengths are clamped, so
     /// any bit pattern gives a usable memory.
     pub fn from_words(w: &[u64; MEMORY_WORDS]) -> Self {
-        let mut m = Self::default();
-        m.exits.at.copy_from_slice(&w[..STAMPS]);
-        m.holdoffs.at.copy_from_slice(&w[STAMPS..2 * STAMPS]);
+        let ring = |from: usize| -> [u64; STAMPS] {
+            w[from..from + STAMPS].try_into().expect("STAMPS words")
+        };
         let flags = w[2 * STAMPS];
-        m.exits.len = ((flags & 0xff) as u8).min(STAMPS as u8);
-        m.holdoffs.len = (((flags >> 8) & 0xff) as u8).min(STAMPS as u8);
-        m.gave_up = (flags >> 16) & 1 == 1;
-        m.backoff_n = ((flags >> 24) & 0xffff) as u16;
-        m.stage = (w[2 * STAMPS + 1] & 0xffff_ffff) as u32;
-        m.tries = (w[2 * STAMPS + 1] >> 32) as u32;
-        m.held_until = w[2 * STAMPS + 2];
-        m
+        Self {
+            exits: Stamps::from_words(ring(0), (flags & 0xff) as u8),
+            holdoffs: Stamps::from_words(ring(STAMPS), ((flags >> 8) & 0xff) as u8),
+            gave_up: (flags >> 16) & 1 == 1,
+            backoff_n: ((flags >> 24) & 0xffff) as u16,
+            stage: (w[2 * STAMPS + 1] & 0xffff_ffff) as u32,
+            tries: (w[2 * STAMPS + 1] >> 32) as u32,
+            held_until: w[2 * STAMPS + 2],
+        }
     }
 }
 
@@ -316,7 +341,7 @@ pub fn recover(
     now: Nanos,
 ) -> (Memory, Decision) {
     let (mut mem, decision) = match recovery {
-        Recovery::Immediate => (*mem, Decision::Restart { stateless: false }),
+        Recovery::Immediate => (mem.clone(), Decision::Restart { stateless: false }),
         Recovery::Engine(p) => decide(p, mem, Event::Exit { lifetime }, now),
     };
     let decision = match backoff {
@@ -328,7 +353,7 @@ pub fn recover(
 
 /// The memory after an operator start (see [`decide`]).
 pub fn decide_operator_start(mem: &Memory) -> Memory {
-    let mut m = *mem;
+    let mut m = mem.clone();
     m.gave_up = false;
     m.held_until = 0;
     m.backoff_n = 0;
@@ -339,7 +364,7 @@ pub fn decide_operator_start(mem: &Memory) -> Memory {
 /// successor that finds the new memory published knows the decision was taken, and one that
 /// finds the old memory takes the same decision again.
 pub fn decide(policy: &Policy, mem: &Memory, event: Event, now: Nanos) -> (Memory, Decision) {
-    let mut m = *mem;
+    let mut m = mem.clone();
     let lifetime = match event {
         Event::OperatorStart => {
             // An operator start resets what the policy concluded, but not the history of
@@ -450,7 +475,7 @@ mod tests {
         assert_eq!(d, Decision::Restart { stateless: false });
         // The switch preset: the 5th quick exit within 2 minutes holds it off for 5 minutes.
         let switch = Recovery::Engine(Policy::switch_preset());
-        let mut mem = fresh;
+        let mut mem = fresh.clone();
         let mut now = 100 * S;
         for _ in 0..4 {
             let (m, d) = recover(&switch, None, &mem, quick, now);
@@ -697,6 +722,34 @@ mod tests {
         assert_eq!(s.within(40, 5), 5);
     }
 
+    #[test]
+    fn an_empty_ring_holds_no_stamp_memory_and_compares_by_its_stamps() {
+        // What an entity that never exited keeps: a pointer and a length, not 16 words.
+        assert!(std::mem::size_of::<Stamps>() <= 16);
+        assert_eq!(Stamps::default().as_slice(), &[] as &[Nanos]);
+        // Read from a record: a length of 0 is empty whatever the words past it say.
+        assert_eq!(Stamps::from_words([7; STAMPS], 0), Stamps::default());
+        let mut s = Stamps::from_words([9; STAMPS], 2);
+        assert_eq!(s.as_slice(), &[9, 9]);
+        s.clear();
+        assert_eq!(s, Stamps::default());
+        // Words past the length are written as 0, and read back to the same ring.
+        let mut s = Stamps::default();
+        for t in [5, 6, 7] {
+            s.push(t);
+        }
+        let (w, len) = s.to_words();
+        assert_eq!((&w[..4], len), (&[5, 6, 7, 0][..], 3));
+        assert_eq!(Stamps::from_words(w, len), s);
+        let mut m = Memory::default();
+        m.holdoffs.push(11);
+        assert_eq!(Memory::from_words(&m.to_words()), m);
+        assert_eq!(
+            Memory::from_words(&Memory::default().to_words()),
+            Memory::default()
+        );
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -743,7 +796,7 @@ mod tests {
                 for (i, g) in gaps.iter().enumerate() {
                     now += g * S;
                     if i == cut {
-                        at_cut = Some((m, now));
+                        at_cut = Some((m.clone(), now));
                     }
                     let (n, d) = decide(&policy, &m, Event::Exit { lifetime: g * S }, now);
                     m = n;

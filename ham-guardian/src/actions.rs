@@ -393,7 +393,7 @@ mod tests {
             fired.push(t.matches(&Event::Death {
                 abnormal: true,
                 lifetime: s,
-                exits: Some(exits),
+                exits: Some(exits.clone()),
                 now: k * s,
             }));
         }

@@ -188,7 +188,7 @@ impl Daemon {
         let death = Event::Death {
             abnormal: exit.is_abnormal(),
             lifetime: now.saturating_sub(e.rec.started_mono_ns),
-            exits: automatic.then_some(e.rec.exit_stamps),
+            exits: automatic.then(|| e.rec.exit_stamps.clone()),
             now,
         };
         let restarts_before = e.rec.restarts;

@@ -723,7 +723,7 @@ impl Daemon {
         if e.rec.state == EntityState::Running {
             // Now, not the exit's time: the stamp of this restart is newer than the exit.
             let restarted = Event::Restart {
-                restarts: e.rec.restart_stamps,
+                restarts: e.rec.restart_stamps.clone(),
                 now: mono_ns(),
             };
             // As QNX's CONDRESTART: about the new process (HAM_PID is its pid).
