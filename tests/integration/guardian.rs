@@ -339,3 +339,49 @@ fn a_kill_at_every_failpoint_ends_in_a_correct_state() {
         survive_failpoint(fp);
     }
 }
+
+#[test]
+fn a_promoted_ham_with_no_deadline_of_its_own_is_not_fenced_for_its_predecessors() {
+    // The HAM publishes its earliest deadline in the state segment for the Guardian. A
+    // promoted HAM finds its predecessor's there; with no deadline of its own it must still
+    // replace it, or its Guardian waits for a turn after a deadline no one has, fences it,
+    // and so on with each successor (seen once in CI: a takeover every 2 × liveness_timeout).
+    let mut ham = Ham::start_with(
+        "stale-deadline",
+        "liveness_timeout = \"300ms\"",
+        &two_sleepers(),
+        &[],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, epoch) = pair(&s);
+    // An idle control connection makes the HAM tick (housekeeping): a deadline is published.
+    let conn = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
+    let seg = ham_core::segment::Segment::open(
+        &ham_core::paths::state_segment(&ham.name),
+        ham_core::segment::Access::ReadOnly,
+    )
+    .unwrap();
+    wait_until(&ham, "a deadline published", || {
+        seg.header().deadline() != 0
+    });
+    sigkill(h);
+    assert_eq!(ham.wait_exit(), -1);
+    // The connection was the dead HAM's: its successor has nothing to tick for.
+    drop(conn);
+    ham.wait_for("the guardian promoted", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true && s["guardian"]["alive"] == true
+    });
+    let promoted = std::time::Instant::now();
+    wait_until(&ham, "the predecessor's deadline replaced", || {
+        seg.header().deadline() == 0
+    });
+    // Absence over a bounded window: past twice the liveness timeout, with a margin,
+    // nothing may have been fenced.
+    while promoted.elapsed() < std::time::Duration::from_millis(1_500) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let s = ham.status();
+    assert_eq!(pid_at(&s, "ham"), g, "{}", ham.stderr());
+    assert_eq!(s["ham"]["epoch"], epoch + 1, "{}", ham.stderr());
+    assert!(!ham.stderr().contains("fencing"), "{}", ham.stderr());
+}

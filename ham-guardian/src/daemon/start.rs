@@ -346,6 +346,10 @@ impl Daemon {
             writer.set_client_key(key)?;
         }
         let warm = writer.segment().header().flags() & FLAG_WARM_START != 0;
+        // What the header says now is a predecessor's deadline (a takeover, a warm start):
+        // this HAM's first turn must replace it, even with no deadline of its own (0), or
+        // the Guardian waits for a turn after a deadline no one has any more, and fences it.
+        let inherited_deadline = writer.segment().header().deadline();
         // The log verbosity a predecessor was told to use.
         let v = writer.segment().header().verbosity();
         if v > 0 {
@@ -432,7 +436,7 @@ impl Daemon {
             conns: HashMap::new(),
             accept_paused: false,
             ring_used: false,
-            published_deadline: 0,
+            published_deadline: inherited_deadline,
             cgroups,
             deferred: Default::default(),
             hb_due: Default::default(),
