@@ -14,6 +14,7 @@
  *   qnx_client waitfor NAME                    waitfor with a NULL path; NOWAIT refusals
  *   qnx_client pulse-define NAME CHID CODE VALUE  raise → notify_pulse
  *   qnx_client pulse-wait CHID N               receives N pulses through ham_pulse_open
+ *                                              (says `reconnected` after a takeover)
  */
 #include <errno.h>
 #include <poll.h>
@@ -233,9 +234,13 @@ static void pulse_wait(int chid, int n) {
         }
         ham_pulse_t pulse;
         if (ham_pulse_receive(fd, &pulse, 0) == -1) {
-            if (errno == EAGAIN)
-                continue; /* nothing yet, or reconnected after a takeover */
-            fail("ham_pulse_receive");
+            if (errno != EAGAIN)
+                fail("ham_pulse_receive");
+            /* Nothing yet; or the HAM was gone (the descriptor hung up) and this call
+             * subscribed again with its successor: said, so that a test can wait for it. */
+            if (p.revents & POLLHUP)
+                say("reconnected");
+            continue;
         }
         printf("pulse %d %d %d %s %s %d\n", pulse.chid, pulse.code, pulse.value, pulse.entity,
                pulse.condition, (int)pulse.pid);

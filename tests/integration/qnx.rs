@@ -314,6 +314,9 @@ fn a_c_client_receives_pulses_on_a_descriptor_across_a_takeover() {
     ham.wait_for("the guardian promoted", |s| {
         s["ham"]["pid"] == g && s["ham"]["alive"] == true
     });
+    // A pulse goes to the subscribers of the moment: wait until the client has subscribed
+    // again with the new HAM (a raise before that reaches no one).
+    assert_eq!(out.next().unwrap().unwrap(), "reconnected");
     assert!(ham.ctl(&["raise", "src", "poke"]).status.success());
     assert_eq!(out.next().unwrap().unwrap(), want);
     assert!(wait_child(&mut w.0).is_some_and(|s| s.success()));
