@@ -221,10 +221,10 @@ fn unwritten_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     found
 }
 
-/// Makes a fault in each of `ranges` (whole mappings of the binary, read-only) map its own
-/// page, not the 64 KiB around it: the code a long-lived loop runs is scattered through the
-/// binary, and fault-around mapped about a megabyte of code around the few hundred KiB it
-/// runs. The kernel faults around in every mapping but those registered with a userfaultfd
+/// Makes a fault in each of `ranges` (whole read-only mappings of the binary or of a library)
+/// map its own page, not the 64 KiB around it: the code a long-lived loop runs is scattered
+/// through the binary, and fault-around mapped about a megabyte of code around the few
+/// hundred KiB it runs. The kernel faults around in every mapping but those registered with a userfaultfd
 /// for write-protection (`uffd_disable_fault_around`); with `UFFD_FEATURE_WP_ASYNC` (Linux
 /// 6.7) any mapping can be, and a write fault would be resolved by the kernel itself, with no
 /// handler. These mappings are not writable, so none happens: the registration only turns
@@ -232,7 +232,9 @@ fn unwritten_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
 /// for the life of the process; `UFFD_USER_MODE_ONLY` needs no privilege. Where the kernel
 /// refuses, nothing changes (the mappings fault around as before).
 fn no_fault_around(ranges: &[(usize, usize)]) {
-    // From linux/userfaultfd.h (the libc crate does not have the newer ones).
+    // From linux/userfaultfd.h (the libc crate does not have the newer ones). The ioctl
+    // numbers are the generic encoding (x86, Arm, RISC-V); where they differ the ioctl
+    // fails and nothing changes.
     const UFFD_USER_MODE_ONLY: libc::c_int = 1;
     const UFFD_API: u64 = 0xaa;
     const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
