@@ -666,17 +666,24 @@ fn compact_time(unix_ns: u64) -> String {
     )
 }
 
-/// The last `n` lines of an entity's output (across archives when `current` has fewer).
-pub fn tail(dir: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
+/// The last `n` lines of an entity's output (across archives when `current` has fewer), and
+/// how many bytes of `current` they were read from: where following must go on, so that no
+/// line written meanwhile is lost.
+pub fn tail(dir: &Path, n: usize) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let mut files = archives(dir);
-    files.push(dir.join("current"));
+    let current = dir.join("current");
+    files.push(current.clone());
     let mut lines: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut read_of_current = 0;
     for f in files.iter().rev() {
         let Ok(mut file) = File::open(f) else {
             continue;
         };
         let mut all = Vec::new();
         file.read_to_end(&mut all)?;
+        if *f == current {
+            read_of_current = all.len() as u64;
+        }
         let mut these: Vec<Vec<u8>> = all
             .split_inclusive(|&b| b == b'\n')
             .map(<[u8]>::to_vec)
@@ -691,7 +698,7 @@ pub fn tail(dir: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
             break;
         }
     }
-    Ok(lines.into())
+    Ok((lines.into(), read_of_current))
 }
 
 /// Writes new lines of `current` to `out` as they come (following rotations), from byte
@@ -749,6 +756,28 @@ mod tests {
     fn unstamping_gives_back_the_lines() {
         let raw = b"a b\n\nc\n";
         assert_eq!(unstamp(&stamp(raw, 1_795_687_769_123_456_789)), raw);
+    }
+
+    #[test]
+    fn the_tail_says_where_following_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("current"), b"one\ntwo\nthree\n").unwrap();
+        let (lines, end) = tail(dir.path(), 2).unwrap();
+        assert_eq!(lines, [b"two\n".to_vec(), b"three\n".to_vec()]);
+        assert_eq!(end, 14);
+        // Lines written after the tail are past `end`: following from it shows them.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("current"))
+            .unwrap();
+        f.write_all(b"four\n").unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("current")).unwrap().len() - end,
+            5
+        );
+        // No output at all yet: following starts at the beginning.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(tail(empty.path(), 3).unwrap(), (Vec::new(), 0));
     }
 
     #[test]

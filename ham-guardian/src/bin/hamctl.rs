@@ -492,20 +492,22 @@ fn print_logs(inst: &config::Instance, entity: &str, lines: usize, follow: bool)
     }
     let out = std::io::stdout();
     let mut out = out.lock();
-    match ham_guardian::outlog::tail(&dir, lines) {
-        Ok(ls) => {
+    let from = match ham_guardian::outlog::tail(&dir, lines) {
+        Ok((ls, end)) => {
             for l in ls {
                 let _ = out.write_all(&l);
             }
+            end
         }
         Err(e) => {
             eprintln!("hamctl: reading {}: {e}", dir.display());
             return ExitCode::from(exit::UNAVAILABLE as u8);
         }
-    }
+    };
     let _ = out.flush();
     if follow {
-        let from = std::fs::metadata(dir.join("current")).map_or(0, |m| m.len());
+        // From where the tail read, not from the file's length now: lines written since
+        // (a restart's, say, while this was printing) would otherwise never be shown.
         if let Err(e) = ham_guardian::outlog::follow(&dir, from, &mut out) {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("hamctl: following {}: {e}", dir.display());
