@@ -162,7 +162,7 @@ pub fn unmap_startup_code() {
         return;
     };
     let ranges = unwritten_mappings(&smaps, exe);
-    no_fault_around(&ranges);
+    let _ = no_fault_around(&ranges);
     for &(start, end) in &ranges {
         // SAFETY: the range is one whole mapping of this process, as /proc/self/smaps
         // lists it: a private, read-only mapping of the binary or of a library, mapped for
@@ -177,12 +177,14 @@ pub fn unmap_startup_code() {
     }
 }
 
-/// Whether a mapped file is a shared library (the loader, libc, libgcc_s: `*.so*`).
+/// Whether a mapped file is a shared library (the loader, libc, libgcc_s): named `*.so` or
+/// `*.so.*`.
 fn is_library(path: &str) -> bool {
     path.starts_with('/')
-        && std::path::Path::new(path)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains(".so"))
+        && std::path::Path::new(path).file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.ends_with(".so") || n.contains(".so.")
+        })
 }
 
 /// The private, read-only mappings of `exe` and of the shared libraries that `smaps` (this
@@ -230,8 +232,9 @@ fn unwritten_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
 /// handler. These mappings are not writable, so none happens: the registration only turns
 /// fault-around off. The userfaultfd must stay open (closing it unregisters), so it is kept
 /// for the life of the process; `UFFD_USER_MODE_ONLY` needs no privilege. Where the kernel
-/// refuses, nothing changes (the mappings fault around as before).
-fn no_fault_around(ranges: &[(usize, usize)]) {
+/// refuses, nothing changes (the mappings fault around as before). Returns whether every
+/// range was registered.
+fn no_fault_around(ranges: &[(usize, usize)]) -> bool {
     // From linux/userfaultfd.h (the libc crate does not have the newer ones). The ioctl
     // numbers are the generic encoding (x86, Arm, RISC-V); where they differ the ioctl
     // fails and nothing changes.
@@ -281,7 +284,8 @@ fn no_fault_around(ranges: &[(usize, usize)]) {
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &raw mut api) };
         (r == 0 && api.features & UFFD_FEATURE_WP_ASYNC != 0).then_some(fd)
     });
-    let Some(uffd) = uffd else { return };
+    let Some(uffd) = uffd else { return false };
+    let mut all = true;
     for &(start, end) in ranges {
         let mut reg = UffdioRegister {
             start: start as u64,
@@ -294,8 +298,9 @@ fn no_fault_around(ranges: &[(usize, usize)]) {
         // for the call. It changes no memory: it marks the range's mapping, which is whole
         // and read-only, so that a write fault there would be resolved by the kernel (none
         // can happen) and a read fault maps its page alone.
-        let _ = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &raw mut reg) };
+        all &= unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &raw mut reg) } == 0;
     }
+    all
 }
 
 /// `sigqueue(3)`: `signal` with an integer value to `pid`.
@@ -465,6 +470,8 @@ Anonymous:             8 kB
 Anonymous:             0 kB
 6100-6200 r--p 00000000 fe:00 13 /usr/share/zoneinfo/UTC
 Anonymous:             0 kB
+6150-6160 r--p 00000000 fe:00 15 /run/app/data.sock
+Anonymous:             0 kB
 6200-6300 r--s 00000000 00:1b 14 /dev/shm/ham.t.state
 Anonymous:             0 kB
 6300-6400 rw-p 00000000 00:00 0 
@@ -509,7 +516,7 @@ Anonymous:             0 kB
         };
         assert_ne!(at, libc::MAP_FAILED);
         let start = at as usize;
-        no_fault_around(&[(start, start + len)]);
+        let registered = no_fault_around(&[(start, start + len)]);
         for off in (0..len).step_by(64 << 10) {
             // SAFETY: inside the mapping made above, readable.
             let b = unsafe { std::ptr::read_volatile((start + off) as *const u8) };
@@ -526,10 +533,15 @@ Anonymous:             0 kB
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(at, len) };
         let touched = (len / (64 << 10)) as u64 * 4;
-        if kernel::at_least(6, 7) {
+        if registered {
             assert_eq!(rss_kb, touched, "one page per read, no fault-around");
         } else {
-            assert!(rss_kb >= touched);
+            // Before 6.7 the kernel has no asynchronous write-protection: nothing to check.
+            assert!(
+                !kernel::at_least(6, 7),
+                "the kernel refused the registration"
+            );
+            eprintln!("skipped: no UFFD_FEATURE_WP_ASYNC before Linux 6.7");
         }
     }
 }

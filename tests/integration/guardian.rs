@@ -23,6 +23,14 @@ fn two_sleepers() -> String {
     format!("{}{}", sleeper("a"), sleeper("b"))
 }
 
+/// Two sleepers, both running, under a pair whose Guardian fences 300 ms after the first
+/// event its HAM leaves unhandled: the instance and its status then.
+fn quick_fencing(tag: &str) -> (Ham, Value) {
+    let ham = Ham::start_with(tag, "liveness_timeout = \"300ms\"", &two_sleepers(), &[]);
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    (ham, s)
+}
+
 #[test]
 fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
     let mut ham = Ham::start("takeover", &two_sleepers());
@@ -77,13 +85,7 @@ fn a_sigkilled_guardian_is_replaced() {
 
 #[test]
 fn a_stopped_ham_is_fenced_and_replaced() {
-    let mut ham = Ham::start_with(
-        "fence",
-        "liveness_timeout = \"300ms\"",
-        &two_sleepers(),
-        &[],
-    );
-    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (mut ham, s) = quick_fencing("fence");
     let (h, g, epoch) = pair(&s);
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
     // Nothing happens, so nothing is left undone: the pair has no periodic wake-up, and a
@@ -116,13 +118,7 @@ fn a_stopped_ham_is_fenced_and_replaced() {
 
 #[test]
 fn a_stopped_ham_is_fenced_at_the_first_request_it_does_not_take_and_the_request_answered() {
-    let mut ham = Ham::start_with(
-        "fence-conn",
-        "liveness_timeout = \"300ms\"",
-        &two_sleepers(),
-        &[],
-    );
-    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (mut ham, s) = quick_fencing("fence-conn");
     let (h, g, epoch) = pair(&s);
     let a = pid_of(&s, "a");
     sigstop_landed(&ham, h);
@@ -148,13 +144,7 @@ fn a_deadline_dropped_unhandled_is_not_taken_for_a_hang() {
     // SIGTERM, so the deadline is dropped without the HAM ever turning at it, and the HAM
     // has nothing else to do. Its Guardian watched that deadline: it must see the HAM
     // published another (none) and not fence it.
-    let ham = Ham::start_with(
-        "dropped-deadline",
-        "liveness_timeout = \"300ms\"",
-        &two_sleepers(),
-        &[],
-    );
-    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (ham, s) = quick_fencing("dropped-deadline");
     let (h, _, epoch) = pair(&s);
     assert!(ham.ctl(&["stop", "a"]).status.success());
     let stopped = std::time::Instant::now();
@@ -346,13 +336,7 @@ fn a_promoted_ham_with_no_deadline_of_its_own_is_not_fenced_for_its_predecessors
     // promoted HAM finds its predecessor's there; with no deadline of its own it must still
     // replace it, or its Guardian waits for a turn after a deadline no one has, fences it,
     // and so on with each successor (seen once in CI: a takeover every 2 × liveness_timeout).
-    let mut ham = Ham::start_with(
-        "stale-deadline",
-        "liveness_timeout = \"300ms\"",
-        &two_sleepers(),
-        &[],
-    );
-    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (mut ham, s) = quick_fencing("stale-deadline");
     let (h, g, epoch) = pair(&s);
     // An idle control connection makes the HAM tick (housekeeping): a deadline is published.
     let conn = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
