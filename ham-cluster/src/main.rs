@@ -921,7 +921,7 @@ fn main() -> ExitCode {
     let placed = cfg
         .entities
         .iter()
-        .filter_map(|e| e.placement.clone().map(|p| (e.name.clone(), p)))
+        .filter_map(|e| e.rare.placement.clone().map(|p| (e.name.clone(), p)))
         .collect();
     let agent = Arc::new(Agent {
         placed,

@@ -11,6 +11,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::cold::{AtRest, Cold};
 use ham_core::duration;
 use ham_core::layout::NAME_MAX;
 use ham_core::policy::RestartMode;
@@ -407,8 +408,6 @@ pub struct EntityConfig {
     pub argv: Vec<String>,
     /// The absolute path that is executed.
     pub exec_path: PathBuf,
-    pub env: BTreeMap<String, String>,
-    pub cwd: Option<PathBuf>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub stop_signal: i32,
@@ -423,8 +422,6 @@ pub struct EntityConfig {
     pub ready_after_ns: u64,
     /// The group it belongs to (index into `Config::groups`).
     pub group: Option<usize>,
-    /// Delay before automatic restarts, if any.
-    pub backoff: Option<ham_core::engine::Backoff>,
     /// Conditions and their actions (resolved once every entity name is known).
     pub conditions: Vec<crate::actions::Condition>,
     /// It speaks sd_notify: it gets `NOTIFY_SOCKET`, and is ready once it sends `READY=1`.
@@ -433,11 +430,28 @@ pub struct EntityConfig {
     pub notify_access: NotifyAccess,
     /// Ready only once the process says so (SDK `ready()`, or `READY=1`).
     pub wait_ready: bool,
-    /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
-    pub watchdog_ns: Option<u64>,
     /// ham never starts it: a process attaches itself under its name (QNX's self-attached
     /// entity). `argv` is empty.
     pub attach_only: bool,
+    /// It runs with RLIMIT_CORE raised, and its cores are collected (`cores`).
+    pub cores: bool,
+    /// Its queue is also on disk: it survives a reboot (`mts_durable`).
+    pub mts_durable: bool,
+    /// The settings most entities leave unset, behind one pointer (see [`RareSettings`]).
+    pub rare: Cold<RareSettings>,
+}
+
+/// An entity's settings that most entities leave at their defaults. They are kept apart
+/// (in a [`Cold`]) so that an entity that sets none of them costs 8 bytes for them, in the
+/// HAM's table and in the Guardian's copy of the configuration alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RareSettings {
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Delay before automatic restarts, if any.
+    pub backoff: Option<ham_core::engine::Backoff>,
+    /// sd_notify watchdog: `WATCHDOG=1` expected at least this often (`WATCHDOG_USEC`).
+    pub watchdog_ns: Option<u64>,
     /// Resource limits for its cgroup (`memory_max`, `pids_max`, `cpu_weight`).
     pub limits: CgroupLimits,
     /// Other entities whose processes may raise events on this one (indices).
@@ -446,14 +460,37 @@ pub struct EntityConfig {
     pub pss: ham_core::pss::Geometry,
     /// Entities whose processes may send it messages (indices; root may too).
     pub accept_from: Vec<usize>,
-    /// It runs with RLIMIT_CORE raised, and its cores are collected (`cores`).
-    pub cores: bool,
     /// The shape of its message queue (`mts_queue`, `mts_message_max`).
     pub mts: ham_core::mts::Shape,
-    /// Its queue is also on disk: it survives a reboot (`mts_durable`).
-    pub mts_durable: bool,
     /// Where the cluster runs it (`placement`); `None`: here, as any entity.
     pub placement: Option<Placement>,
+}
+
+/// Every rare setting at its default.
+static NO_RARE_SETTINGS: RareSettings = RareSettings {
+    env: BTreeMap::new(),
+    cwd: None,
+    backoff: None,
+    watchdog_ns: None,
+    limits: CgroupLimits {
+        memory_max: None,
+        pids_max: None,
+        cpu_weight: None,
+    },
+    raise_from: Vec::new(),
+    pss: DEFAULT_PSS,
+    accept_from: Vec::new(),
+    mts: DEFAULT_MTS,
+    placement: None,
+};
+
+impl AtRest for RareSettings {
+    fn at_rest() -> &'static Self {
+        &NO_RARE_SETTINGS
+    }
+    fn fresh() -> Self {
+        NO_RARE_SETTINGS.clone()
+    }
 }
 
 /// `placement`: the entity runs on as many nodes of the cluster as it says, and only where

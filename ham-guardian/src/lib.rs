@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod cgroup;
 pub mod cli;
+pub mod cold;
 pub mod config;
 pub mod control;
 pub mod cores;

@@ -319,30 +319,32 @@ pub(super) fn entity(ctx: &Ctx, i: usize, e: &RawEntity) -> Result<EntityConfig,
     let placement = placement(ctx, e, &key)?;
 
     Ok(EntityConfig {
-        placement,
         cores: e.cores,
-        mts,
         mts_durable: e.mts_durable,
-        accept_from: Vec::new(), // resolved once every name is known
-        pss,
-        limits,
         attach_only: e.attach_only,
         wait_ready: e.wait_ready || e.notify,
-        raise_from: Vec::new(), // resolved once every name is known
         notify: e.notify,
         notify_access,
-        watchdog_ns,
         conditions: Vec::new(), // resolved once every name is known
-        backoff,
-        after: Vec::new(), // resolved once every name is known
-        group: None,       // likewise
+        after: Vec::new(),      // resolved once every name is known
+        group: None,            // likewise
         ready_after_ns,
         policy,
         name: name.clone(),
         argv,
         exec_path,
-        env: e.env.clone(),
-        cwd,
+        rare: Cold::new(RareSettings {
+            placement,
+            mts,
+            accept_from: Vec::new(), // resolved once every name is known
+            pss,
+            limits,
+            raise_from: Vec::new(), // resolved once every name is known
+            watchdog_ns,
+            backoff,
+            env: e.env.clone(),
+            cwd,
+        }),
         uid,
         gid,
         stop_signal,

@@ -167,8 +167,15 @@ pub(super) fn parse_with(
                 })
                 .collect()
         };
-        entities[i].raise_from = resolve("raise_from", &e.get_ref().raise_from)?;
-        entities[i].accept_from = resolve("accept_from", &e.get_ref().accept_from)?;
+        // Written only when given: an entity that lists neither stays at rest.
+        let raise_from = resolve("raise_from", &e.get_ref().raise_from)?;
+        if !raise_from.is_empty() {
+            entities[i].rare.raise_from = raise_from;
+        }
+        let accept_from = resolve("accept_from", &e.get_ref().accept_from)?;
+        if !accept_from.is_empty() {
+            entities[i].rare.accept_from = accept_from;
+        }
         entities[i].conditions = e
             .get_ref()
             .condition

@@ -277,7 +277,7 @@ fn backoffs_parse_and_refuse_misplaced_keys() {
     ))
     .unwrap();
     assert_eq!(
-        c.entities[0].backoff,
+        c.entities[0].rare.backoff,
         Some(Backoff::Fixed {
             delay: 2_000_000_000,
             reset_after: 60_000_000_000
@@ -345,7 +345,7 @@ fn a_watchdog_needs_notify() {
         "{e}"
     );
     let c = parse_str(&format!("{base}notify = true\nwatchdog = \"1s\"\n")).unwrap();
-    assert_eq!(c.entities[0].watchdog_ns, Some(1_000_000_000));
+    assert_eq!(c.entities[0].rare.watchdog_ns, Some(1_000_000_000));
     assert!(c.entities[0].notify);
 }
 

@@ -513,6 +513,7 @@ impl Daemon {
         let e = &self.entities[i];
         let from = e
             .cfg
+            .rare
             .raise_from
             .iter()
             .map(|&j| self.entities[EntityId::from_index(j)].cfg.name.as_str());

@@ -111,7 +111,7 @@ impl Daemon {
     fn fence_lead(&self) -> u64 {
         self.entities
             .iter()
-            .filter(|e| e.cfg.placement.is_some())
+            .filter(|e| e.cfg.rare.placement.is_some())
             .map(|e| e.cfg.stop_timeout_ns)
             .max()
             .unwrap_or(0)
@@ -162,7 +162,7 @@ impl Daemon {
         };
         for i in EntityId::all(self.entities.len()) {
             let e = &mut self.entities[i];
-            if e.cfg.placement.is_none() || e.rec.fencing_token == 0 {
+            if e.cfg.rare.placement.is_none() || e.rec.fencing_token == 0 {
                 continue;
             }
             let (name, token) = (e.cfg.name.clone(), e.rec.fencing_token);

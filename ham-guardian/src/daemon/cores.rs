@@ -54,7 +54,7 @@ impl Daemon {
             .cfg
             .gid
             .unwrap_or_else(|| rustix::process::getegid().as_raw());
-        let cwd = e.cfg.cwd.clone().unwrap_or_else(|| {
+        let cwd = e.cfg.rare.cwd.clone().unwrap_or_else(|| {
             std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"))
         });
         let from = match pattern.core_path(pid, &comm, uid, gid, signal, &cwd) {

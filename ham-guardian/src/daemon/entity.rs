@@ -4,6 +4,7 @@
 //! detached run-time entity leaves a free entry).
 
 use super::*;
+use crate::cold::{AtRest, Cold};
 
 /// A request that is answered once an entity reaches a state.
 #[derive(Clone, Copy)]
@@ -18,7 +19,7 @@ pub(super) struct Entity {
     pub(super) rec: EntityRecord,
     pub(super) pidfd: Option<OwnedFd>,
     /// Its process, released, while its `execve` is not known yet (`Daemon::settle_exec`).
-    pub(super) exec: Option<super::spawn::PendingExec>,
+    pub(super) exec: Option<Box<super::spawn::PendingExec>>,
     /// The process is not our child (adopted after a takeover or a warm start): its exit
     /// status comes from the proc connector or its pidfd, not from `waitid`.
     pub(super) adopted: bool,
@@ -35,25 +36,16 @@ pub(super) struct Entity {
     pub(super) watchdog_at: Option<u64>,
     pub(super) watchdog_ns: Option<u64>,
     /// Its SDK heartbeat monitor, while a client is attached with one.
-    pub(super) hb: Option<clients::Heartbeat>,
+    pub(super) hb: Option<Box<clients::Heartbeat>>,
     /// The attached client's heartbeat page (`ham_core::beat`), while it has one.
-    pub(super) beat: Option<ham_core::beat::BeatMap>,
+    pub(super) beat: Option<Box<ham_core::beat::BeatMap>>,
     /// Conditions the restart being handled has just pruned (they still fire for it).
     pub(super) pruned_now: u64,
     /// A `hold-off` action stops it: once down, it is held off this long.
     pub(super) hold_after_stop: Option<u64>,
     pub(super) waiters: Vec<(UnixStream, WaitFor)>,
-    /// Its checkpoint store, once a process opened it (or a reader asked).
-    pub(super) pss: Option<ham_core::pss::PssMap>,
-    /// Its durable checkpoints: what is on disk, what is being written, who waits.
-    pub(super) pss_durable: super::pss::Durable,
-    /// Its message queue, once a message was sent to it (or a predecessor's was found).
-    pub(super) mts: Option<ham_core::mts::MtsMap>,
-    /// Its processes waiting for a message.
-    pub(super) mts_waiters: Vec<super::mts::MtsWaiter>,
-    /// Its durable queue's file: the last message id on disk, a write under way, the
-    /// senders waiting for theirs.
-    pub(super) mts_durable: super::pss::Durable,
+    /// Its checkpoint store and message queue: allocated when first used.
+    pub(super) stores: Cold<Stores>,
     /// Its output pipe (`output = "log"`): read end, write end.
     pub(super) out: Option<super::output::Pipe>,
 }
@@ -91,12 +83,47 @@ impl Entity {
             pruned_now: 0,
             hold_after_stop: None,
             waiters: Vec::new(),
+            stores: Cold::rest(),
+            out: None,
+        }
+    }
+}
+
+/// An entity's checkpoint store and message queue, with who waits on them: few entities
+/// have either, so the table keeps them in a [`Cold`] (allocated at first use).
+pub(super) struct Stores {
+    /// Its checkpoint store, once a process opened it (or a reader asked).
+    pub(super) pss: Option<ham_core::pss::PssMap>,
+    /// Its durable checkpoints: what is on disk, what is being written, who waits.
+    pub(super) pss_durable: super::pss::Durable,
+    /// Its message queue, once a message was sent to it (or a predecessor's was found).
+    pub(super) mts: Option<ham_core::mts::MtsMap>,
+    /// Its processes waiting for a message.
+    pub(super) mts_waiters: Vec<super::mts::MtsWaiter>,
+    /// Its durable queue's file: the last message id on disk, a write under way, the
+    /// senders waiting for theirs.
+    pub(super) mts_durable: super::pss::Durable,
+}
+
+static NO_STORES: Stores = Stores {
+    pss: None,
+    pss_durable: super::pss::Durable::NONE,
+    mts: None,
+    mts_waiters: Vec::new(),
+    mts_durable: super::pss::Durable::NONE,
+};
+
+impl AtRest for Stores {
+    fn at_rest() -> &'static Self {
+        &NO_STORES
+    }
+    fn fresh() -> Self {
+        Self {
             pss: None,
-            pss_durable: Default::default(),
+            pss_durable: super::pss::Durable::NONE,
             mts: None,
             mts_waiters: Vec::new(),
-            mts_durable: Default::default(),
-            out: None,
+            mts_durable: super::pss::Durable::NONE,
         }
     }
 }

@@ -100,7 +100,7 @@ impl Daemon {
             }
         }
         let page_fd = page.map(|(map, fd)| {
-            self.entities[i].beat = Some(map);
+            self.entities[i].beat = Some(Box::new(map));
             fd
         });
         let e = &mut self.entities[i];
@@ -220,7 +220,7 @@ impl Daemon {
             deadline: next_check(&spec, now, self.cfg.heartbeat_grid_ns),
         };
         let at = hb.deadline;
-        e.hb = Some(hb);
+        e.hb = Some(Box::new(hb));
         self.schedule_heartbeat(i, at);
     }
 
@@ -273,10 +273,7 @@ impl Daemon {
             if e.hb.as_ref().is_none_or(|hb| hb.deadline != at) {
                 continue;
             }
-            let beaten = e
-                .beat
-                .as_ref()
-                .is_some_and(ham_core::beat::BeatMap::take_beat);
+            let beaten = e.beat.as_ref().is_some_and(|b| b.take_beat());
             let Some(hb) = &mut e.hb else { continue };
             let (low, high) = hb.check(at, beaten);
             hb.deadline = next_check(&hb.spec, at.max(now), grid);
@@ -363,7 +360,7 @@ impl Daemon {
             };
             match page {
                 Ok(page) => {
-                    self.entities[i].beat = Some(page);
+                    self.entities[i].beat = Some(Box::new(page));
                     self.watch_heartbeat(i, now);
                 }
                 Err(why) => {

@@ -195,7 +195,7 @@ impl Daemon {
         let lifetime = now.saturating_sub(e.rec.started_mono_ns);
         let (mem, decision) = ham_core::engine::recover(
             &e.cfg.policy,
-            e.cfg.backoff.as_ref(),
+            e.cfg.rare.backoff.as_ref(),
             &e.rec.policy,
             lifetime,
             now,

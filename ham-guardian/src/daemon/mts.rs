@@ -57,7 +57,7 @@ impl Daemon {
     /// Entity `i`'s queue: held, left by a predecessor (if it is this entity's), or (with
     /// `make`) new.
     fn mts_queue(&mut self, i: EntityId, make: bool) -> Result<Option<&MtsMap>, String> {
-        if self.entities[i].mts.is_none() {
+        if self.entities[i].stores.mts.is_none() {
             let name = self.mts_name(i);
             let entity = self.entities[i].cfg.name.clone();
             let found = match MtsMap::open(&name) {
@@ -73,7 +73,7 @@ impl Daemon {
             let q = match found {
                 Some(q) => q,
                 None if make || durable => {
-                    let q = MtsMap::create(&name, self.entities[i].cfg.mts, &entity)
+                    let q = MtsMap::create(&name, self.entities[i].cfg.rare.mts, &entity)
                         .map_err(|e| format!("{entity}: cannot make its message queue: {e}"))?;
                     if durable {
                         self.mts_restore(&q, i);
@@ -82,9 +82,9 @@ impl Daemon {
                 }
                 None => return Ok(None),
             };
-            self.entities[i].mts = Some(q);
+            self.entities[i].stores.mts = Some(q);
         }
-        Ok(self.entities[i].mts.as_ref())
+        Ok(self.entities[i].stores.mts.as_ref())
     }
 
     /// Fills a new queue from entity `i`'s durable file (a cold start: a reboot).
@@ -126,8 +126,12 @@ impl Daemon {
     ) {
         let (r, id) = self.mts_send(i, peer, key, data);
         match id.filter(|_| self.entities[i].cfg.mts_durable) {
-            Some(id) if id > self.entities[i].mts_durable.committed => {
-                self.entities[i].mts_durable.waiters.push((stream, id));
+            Some(id) if id > self.entities[i].stores.mts_durable.committed => {
+                self.entities[i]
+                    .stores
+                    .mts_durable
+                    .waiters
+                    .push((stream, id));
                 self.mts_commit(i);
             }
             _ => reply(stream, &r),
@@ -136,25 +140,25 @@ impl Daemon {
 
     /// Hands entity `i`'s queue to the committer, unless a write of it is under way.
     pub(super) fn mts_commit(&mut self, i: EntityId) {
-        if self.entities[i].mts_durable.writing.is_some() {
-            self.entities[i].mts_durable.again = true;
+        if self.entities[i].stores.mts_durable.writing.is_some() {
+            self.entities[i].stores.mts_durable.again = true;
             return;
         }
-        let Some(q) = self.entities[i].mts.as_ref() else {
+        let Some(q) = self.entities[i].stores.mts.as_ref() else {
             return;
         };
         let seq = q.last_id();
         let job = super::pss::Job {
             store: super::pss::Store::Mts,
             entity: i,
-            epoch: self.entities[i].mts_durable.epoch,
+            epoch: self.entities[i].stores.mts_durable.epoch,
             seq,
             path: self.mts_file(i),
             bytes: ham_core::mts::encode_queue(&q.messages()),
         };
         match self.submit(job) {
             Ok(()) => {
-                let d = &mut self.entities[i].mts_durable;
+                let d = &mut self.entities[i].stores.mts_durable;
                 d.writing = Some(seq);
                 d.again = false;
             }
@@ -168,10 +172,10 @@ impl Daemon {
     /// The committer wrote (or not) a queue's file.
     pub(super) fn mts_committed(&mut self, d: super::pss::Done) {
         let i = d.entity;
-        let dur = &mut self.entities[i].mts_durable;
+        let dur = &mut self.entities[i].stores.mts_durable;
         dur.writing = None;
         if d.epoch != dur.epoch {
-            if d.result.is_ok() && self.entities[i].mts.is_none() {
+            if d.result.is_ok() && self.entities[i].stores.mts.is_none() {
                 let _ = std::fs::remove_file(&d.path);
             }
             return;
@@ -191,7 +195,7 @@ impl Daemon {
                 self.mts_answer(i, Err(why));
             }
         }
-        let dur = &self.entities[i].mts_durable;
+        let dur = &self.entities[i].stores.mts_durable;
         if dur.again || !dur.waiters.is_empty() {
             self.mts_commit(i);
         }
@@ -201,13 +205,17 @@ impl Daemon {
     /// them on an error: their message is queued, not durable).
     fn mts_answer(&mut self, i: EntityId, result: Result<u64, String>) {
         let to = self.entities[i].cfg.name.clone();
-        for (stream, id) in std::mem::take(&mut self.entities[i].mts_durable.waiters) {
+        for (stream, id) in std::mem::take(&mut self.entities[i].stores.mts_durable.waiters) {
             match &result {
                 Ok(seq) if id <= *seq => reply(
                     stream,
                     &Response::ok(format!("queued for `{to}` as message {id}")),
                 ),
-                Ok(_) => self.entities[i].mts_durable.waiters.push((stream, id)),
+                Ok(_) => self.entities[i]
+                    .stores
+                    .mts_durable
+                    .waiters
+                    .push((stream, id)),
                 Err(why) => reply(stream, &Response::errno(libc::EIO, why.clone())),
             }
         }
@@ -226,6 +234,7 @@ impl Daemon {
         let to = self.entities[i].cfg.name.clone();
         let senders: Vec<String> = self.entities[i]
             .cfg
+            .rare
             .accept_from
             .iter()
             .map(|&j| self.entities[EntityId::from_index(j)].cfg.name.clone())
@@ -280,8 +289,8 @@ impl Daemon {
             return;
         }
         // Receivers that went away while waiting (killed) hold no place.
-        self.entities[i].mts_waiters.retain(|w| !w.gone());
-        if self.entities[i].mts_waiters.len() >= WAITERS_PER_ENTITY {
+        self.entities[i].stores.mts_waiters.retain(|w| !w.gone());
+        if self.entities[i].stores.mts_waiters.len() >= WAITERS_PER_ENTITY {
             reply(
                 stream,
                 &Response::errno(
@@ -293,6 +302,7 @@ impl Daemon {
         }
         let until = mono_ns().saturating_add(wait_ns.min(3_600_000_000_000));
         self.entities[i]
+            .stores
             .mts_waiters
             .push(MtsWaiter { stream, until });
         self.mts_schedule(i);
@@ -315,12 +325,12 @@ impl Daemon {
 
     /// A message came for entity `i`: its first waiting receiver gets it.
     fn mts_wake(&mut self, i: EntityId) {
-        self.entities[i].mts_waiters.retain(|w| !w.gone());
-        if self.entities[i].mts_waiters.is_empty() {
+        self.entities[i].stores.mts_waiters.retain(|w| !w.gone());
+        if self.entities[i].stores.mts_waiters.is_empty() {
             return;
         }
         if let Some(r) = self.mts_take(i) {
-            let w = self.entities[i].mts_waiters.remove(0);
+            let w = self.entities[i].stores.mts_waiters.remove(0);
             reply(w.stream, &r);
         }
     }
@@ -350,10 +360,11 @@ impl Daemon {
     /// Waiting receivers of entity `i` whose wait is over get `EAGAIN`.
     pub(super) fn mts_timeouts(&mut self, i: EntityId, now: u64) {
         let entity = self.entities[i].cfg.name.clone();
-        let (over, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entities[i].mts_waiters)
-            .into_iter()
-            .partition(|w| w.until <= now);
-        self.entities[i].mts_waiters = still;
+        let (over, still): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.entities[i].stores.mts_waiters)
+                .into_iter()
+                .partition(|w| w.until <= now);
+        self.entities[i].stores.mts_waiters = still;
         for w in over {
             reply(w.stream, &no_message(&entity));
         }
@@ -362,7 +373,12 @@ impl Daemon {
 
     /// The deadline of entity `i`'s first waiting receiver.
     pub(super) fn mts_deadline(&self, i: EntityId) -> Option<u64> {
-        self.entities[i].mts_waiters.iter().map(|w| w.until).min()
+        self.entities[i]
+            .stores
+            .mts_waiters
+            .iter()
+            .map(|w| w.until)
+            .min()
     }
 
     fn mts_schedule(&mut self, i: EntityId) {
@@ -373,13 +389,16 @@ impl Daemon {
 
     /// A stateless restart, or entity `i` is gone: its queue goes with what it held.
     pub(super) fn mts_drop(&mut self, i: EntityId) {
-        self.entities[i].mts = None;
+        self.entities[i].stores.mts = None;
         MtsMap::unlink(&self.mts_name(i));
-        let d = &mut self.entities[i].mts_durable;
-        d.epoch += 1;
-        d.committed = 0;
-        d.again = false;
-        self.mts_answer(i, Err("the queue was dropped".into()));
+        // Stores never used have no write to void and no one waiting: they stay at rest.
+        if self.entities[i].stores.is_allocated() {
+            let d = &mut self.entities[i].stores.mts_durable;
+            d.epoch += 1;
+            d.committed = 0;
+            d.again = false;
+            self.mts_answer(i, Err("the queue was dropped".into()));
+        }
         let path = self.mts_file(i);
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -155,7 +155,7 @@ impl Daemon {
         if let Some(p) = period {
             e.watchdog_ns = Some(p);
         }
-        let Some(ns) = e.watchdog_ns.or(e.cfg.watchdog_ns) else {
+        let Some(ns) = e.watchdog_ns.or(e.cfg.rare.watchdog_ns) else {
             return;
         };
         let at = now + ns;

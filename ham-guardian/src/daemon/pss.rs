@@ -44,7 +44,7 @@ impl Daemon {
     /// `make` false, no new region is made unless there is a durable file (a reader of an
     /// entity that never used its store costs no memory): `Ok(None)`.
     fn pss_region(&mut self, i: EntityId, make: bool) -> Result<Option<&PssMap>, String> {
-        if self.entities[i].pss.is_none() {
+        if self.entities[i].stores.pss.is_none() {
             let name = self.pss_name(i);
             let entity = self.entities[i].cfg.name.clone();
             let found = match PssMap::open(&name) {
@@ -62,16 +62,16 @@ impl Daemon {
                 None if make || self.pss_file(i).exists() => self.pss_create(i, &name)?,
                 None => return Ok(None),
             };
-            self.entities[i].pss = Some(map);
+            self.entities[i].stores.pss = Some(map);
         }
-        Ok(self.entities[i].pss.as_ref())
+        Ok(self.entities[i].stores.pss.as_ref())
     }
 
     /// A new region for entity `i`, with its durable keys from disk.
     fn pss_create(&mut self, i: EntityId, name: &str) -> Result<PssMap, String> {
         let e = &self.entities[i];
         let entity = e.cfg.name.clone();
-        let (map, _fd) = PssMap::create(name, e.cfg.pss, &entity)
+        let (map, _fd) = PssMap::create(name, e.cfg.rare.pss, &entity)
             .map_err(|err| format!("{entity}: cannot make its checkpoint store: {err}"))?;
         let path = self.pss_file(i);
         match std::fs::read(&path) {
@@ -142,21 +142,21 @@ impl Daemon {
             }
         };
         let e = &mut self.entities[i];
-        if seq <= e.pss_durable.committed {
+        if seq <= e.stores.pss_durable.committed {
             reply(stream, &Response::ok(format!("`{entity}`: on disk")));
             return;
         }
-        e.pss_durable.waiters.push((stream, seq));
+        e.stores.pss_durable.waiters.push((stream, seq));
         self.pss_commit(i);
     }
 
     /// Hands entity `i`'s durable keys to the committer, unless a write of them is under
     /// way (its waiters then get the next one).
     fn pss_commit(&mut self, i: EntityId) {
-        if self.entities[i].pss_durable.writing.is_some() {
+        if self.entities[i].stores.pss_durable.writing.is_some() {
             return;
         }
-        let Some(map) = self.entities[i].pss.as_ref() else {
+        let Some(map) = self.entities[i].stores.pss.as_ref() else {
             return;
         };
         let seq = map.seq();
@@ -168,13 +168,13 @@ impl Daemon {
         let job = Job {
             store: Store::Pss,
             entity: i,
-            epoch: self.entities[i].pss_durable.epoch,
+            epoch: self.entities[i].stores.pss_durable.epoch,
             seq,
             path: self.pss_file(i),
             bytes: ham_core::pss::encode_durable(&values),
         };
         match self.submit(job) {
-            Ok(()) => self.entities[i].pss_durable.writing = Some(seq),
+            Ok(()) => self.entities[i].stores.pss_durable.writing = Some(seq),
             Err(why) => {
                 say!(self, "{why}");
                 self.pss_answer(i, Err(why));
@@ -215,18 +215,18 @@ impl Daemon {
                 continue;
             }
             let e = &mut self.entities[d.entity];
-            if d.epoch != e.pss_durable.epoch {
+            if d.epoch != e.stores.pss_durable.epoch {
                 // Written for a store emptied since (a stateless restart): not its keys.
-                if d.result.is_ok() && e.pss.is_none() {
+                if d.result.is_ok() && e.stores.pss.is_none() {
                     let _ = std::fs::remove_file(&d.path);
                 }
-                e.pss_durable.writing = None;
+                e.stores.pss_durable.writing = None;
                 continue;
             }
-            e.pss_durable.writing = None;
+            e.stores.pss_durable.writing = None;
             match d.result {
                 Ok(()) => {
-                    e.pss_durable.committed = e.pss_durable.committed.max(d.seq);
+                    e.stores.pss_durable.committed = e.stores.pss_durable.committed.max(d.seq);
                     self.pss_answer(d.entity, Ok(d.seq));
                 }
                 Err(why) => {
@@ -239,7 +239,12 @@ impl Daemon {
                     self.pss_answer(d.entity, Err(why));
                 }
             }
-            if !self.entities[d.entity].pss_durable.waiters.is_empty() {
+            if !self.entities[d.entity]
+                .stores
+                .pss_durable
+                .waiters
+                .is_empty()
+            {
                 self.pss_commit(d.entity);
             }
         }
@@ -249,13 +254,17 @@ impl Daemon {
     /// error).
     fn pss_answer(&mut self, i: EntityId, result: Result<u64, String>) {
         let name = self.entities[i].cfg.name.clone();
-        let waiters = std::mem::take(&mut self.entities[i].pss_durable.waiters);
+        let waiters = std::mem::take(&mut self.entities[i].stores.pss_durable.waiters);
         for (stream, want) in waiters {
             match &result {
                 Ok(seq) if want <= *seq => {
                     reply(stream, &Response::ok(format!("`{name}`: on disk")));
                 }
-                Ok(_) => self.entities[i].pss_durable.waiters.push((stream, want)),
+                Ok(_) => self.entities[i]
+                    .stores
+                    .pss_durable
+                    .waiters
+                    .push((stream, want)),
                 Err(why) => reply(stream, &Response::errno(libc::EIO, why.clone())),
             }
         }
@@ -319,10 +328,15 @@ impl Daemon {
     /// Entity `i`'s store is dropped: what it had on disk, and writes under way, are void;
     /// its sync waiters are answered (their keys are gone).
     fn pss_reset(&mut self, i: EntityId) {
-        let d = &mut self.entities[i].pss_durable;
+        // Stores never used have no write to void and no one waiting: they stay at rest
+        // (a stateless restart of any entity comes here).
+        if !self.entities[i].stores.is_allocated() {
+            return;
+        }
+        let d = &mut self.entities[i].stores.pss_durable;
         d.epoch += 1;
         d.committed = 0;
-        self.entities[i].pss = None;
+        self.entities[i].stores.pss = None;
         self.pss_answer(i, Err("the checkpoint store was emptied".into()));
     }
 
@@ -335,7 +349,6 @@ impl Daemon {
 }
 
 /// Where an entity's durable keys stand.
-#[derive(Default)]
 pub(super) struct Durable {
     /// The region's sequence number the file on disk has (this HAM's knowledge: a
     /// successor starts at 0 and writes once more).
@@ -348,6 +361,17 @@ pub(super) struct Durable {
     pub epoch: u64,
     /// It changed while a write was under way (an acknowledged message): write again.
     pub again: bool,
+}
+
+impl Durable {
+    /// Nothing on disk known, nothing under way.
+    pub const NONE: Self = Self {
+        committed: 0,
+        writing: None,
+        waiters: Vec::new(),
+        epoch: 0,
+        again: false,
+    };
 }
 
 /// What a committed file is of.

@@ -72,7 +72,7 @@ impl Daemon {
             }
             (Request::ClusterStatus, _) => reply(stream, &self.cluster_status()),
             (Request::ClusterPlace { .. } | Request::ClusterUnplace { .. }, Some(i))
-                if self.entities[i].cfg.placement.is_none() =>
+                if self.entities[i].cfg.rare.placement.is_none() =>
             {
                 let name = &self.entities[i].cfg.name;
                 reply(
@@ -102,7 +102,7 @@ impl Daemon {
                 reply(stream, &r);
             }
             (Request::Start { .. } | Request::Restart { .. }, Some(i))
-                if self.entities[i].cfg.placement.is_some() =>
+                if self.entities[i].cfg.rare.placement.is_some() =>
             {
                 let name = &self.entities[i].cfg.name;
                 reply(

@@ -160,8 +160,8 @@ impl Daemon {
         // Durable queues as they are now (an acknowledgement's write may be pending), then
         // every write the committer has, before the files are the only copy.
         for i in EntityId::all(self.entities.len()) {
-            if self.entities[i].cfg.mts_durable && self.entities[i].mts.is_some() {
-                self.entities[i].mts_durable.writing = None;
+            if self.entities[i].cfg.mts_durable && self.entities[i].stores.mts.is_some() {
+                self.entities[i].stores.mts_durable.writing = None;
                 self.mts_commit(i);
             }
         }

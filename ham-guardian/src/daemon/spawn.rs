@@ -144,7 +144,7 @@ impl Daemon {
         ));
         // Placed by the cluster: the token it shows with every write to what it shares
         // (strictly higher at each new owner), and its name.
-        if e.cfg.placement.is_some() {
+        if e.cfg.rare.placement.is_some() {
             env.push(("HAM_FENCING_TOKEN".into(), e.rec.fencing_token.to_string()));
             env.push(("HAM_SINGLETON".into(), e.cfg.name.clone()));
         }
@@ -216,12 +216,12 @@ impl Daemon {
             Token::Exec(i).data(),
             epoll::EventFlags::IN,
         );
-        self.entities[i].exec = Some(PendingExec {
+        self.entities[i].exec = Some(Box::new(PendingExec {
             execing,
             pid,
             pidfd,
             started: now,
-        });
+        }));
         self.execing.push(i);
         if watched.is_err() {
             self.settle_exec(i);
@@ -241,7 +241,7 @@ impl Daemon {
             pid,
             pidfd,
             started,
-        } = p;
+        } = *p;
         let result = match execing.finish() {
             Ok(()) => Ok((pid, pidfd)),
             Err(err) => {
@@ -372,7 +372,7 @@ impl Daemon {
         // just petted it, so the takeover itself never looks like a missed beat. A
         // `notify` entity's starts when it says READY=1 (as systemd's), so a slow start-up
         // is not a hang.
-        if let Some(ns) = e.cfg.watchdog_ns.filter(|_| !e.cfg.notify || e.ready) {
+        if let Some(ns) = e.cfg.rare.watchdog_ns.filter(|_| !e.cfg.notify || e.ready) {
             let at = now + ns;
             e.watchdog_at = Some(at);
             self.schedule(at, Deadline::Watchdog(i));
@@ -435,17 +435,21 @@ fn inherited_env_for(ec: &EntityConfig) -> impl Iterator<Item = &'static CStr> +
     inherited_env()
         .iter()
         .filter(move |(klen, var)| {
-            ec.env.is_empty()
+            ec.rare.env.is_empty()
                 || std::str::from_utf8(&var.as_bytes()[..*klen])
-                    .is_ok_and(|k| !ec.env.contains_key(k))
+                    .is_ok_and(|k| !ec.rare.env.contains_key(k))
         })
         .map(|(_, var)| var.as_c_str())
 }
 
 /// What entity `ec`'s environment adds to ham's: its own `env`, and ham's variables.
 pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> =
-        ec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> = ec
+        .rare
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     env.push(("HAM_INSTANCE".into(), cfg.instance.name.clone()));
     env.push((
         "HAM_RUN_DIR".into(),
@@ -458,7 +462,7 @@ pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String
             "NOTIFY_SOCKET".into(),
             cfg.instance.notify_path().display().to_string(),
         ));
-        if let Some(ns) = ec.watchdog_ns {
+        if let Some(ns) = ec.rare.watchdog_ns {
             env.push(("WATCHDOG_USEC".into(), (ns / 1000).to_string()));
         }
     }
@@ -478,10 +482,10 @@ pub(super) fn build_spec(
     if ec.cores {
         spec.core_unlimited();
     }
-    if let Some(dir) = &ec.cwd {
+    if let Some(dir) = &ec.rare.cwd {
         spec.cwd(dir)?;
     }
-    if ec.notify && ec.watchdog_ns.is_some() {
+    if ec.notify && ec.rare.watchdog_ns.is_some() {
         // As systemd: the watchdog is the main process's, not its children's.
         spec.env_own_pid("WATCHDOG_PID");
     }

@@ -121,7 +121,7 @@ impl Daemon {
         // The cluster places these: they start when it does, not now.
         let (placed, to_start): (Vec<EntityId>, Vec<EntityId>) = to_start
             .into_iter()
-            .partition(|&i| self.entities[i].cfg.placement.is_some());
+            .partition(|&i| self.entities[i].cfg.rare.placement.is_some());
         for i in placed {
             self.publish(i);
         }
@@ -166,7 +166,7 @@ impl Daemon {
         if crate::config::is_free_entry(&e.cfg.name) {
             return;
         }
-        match cg.prepare(&e.cfg.name, &e.cfg.limits) {
+        match cg.prepare(&e.cfg.name, &e.cfg.rare.limits) {
             Ok(not_applied) => {
                 for why in not_applied {
                     say!(self, "{}: limit not applied: {why}", e.cfg.name);

@@ -195,7 +195,7 @@ impl Daemon {
                     if e.rec.state == EntityState::Running && self.shutdown.is_none() {
                         // A heartbeat-missed-high like any other: the entity's conditions
                         // decide, SIGABRT + restart if it has none.
-                        let silent = e.watchdog_ns.or(e.cfg.watchdog_ns).unwrap_or(0);
+                        let silent = e.watchdog_ns.or(e.cfg.rare.watchdog_ns).unwrap_or(0);
                         self.heartbeat_missed(i, true, silent);
                     }
                 }
