@@ -46,7 +46,10 @@ fn a_crash_leaves_a_core_listed_by_hamctl_cores_with_its_signal() {
     );
     // Moved, not copied: nothing is left where the kernel wrote it.
     assert!(!work.path().join("core").exists());
-    wait_until(&ham, "the core condition's command", || seen.exists());
+    // The shell creates the file before `echo` writes to it: wait for the whole line.
+    wait_until(&ham, "the core condition's command", || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n'))
+    });
     assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), path);
     let table = text(&ham.ctl(&["cores", "crash"]).stdout);
     assert!(table.contains("crash") && table.contains(" 11 "), "{table}");
