@@ -42,7 +42,7 @@ impl Daemon {
             &pipes,
             bell,
             &binary,
-            false,
+            GuardianStart::Wait,
         ) {
             Ok(g) => {
                 self.wrote(self.writer.set_guardian(g.pid, g.start_time));
@@ -367,6 +367,32 @@ impl GuardianLink {
     }
 }
 
+/// How [`spawn_guardian_process`] lets the new Guardian go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum GuardianStart {
+    /// Released, and its `execve` waited for (a failed upgrade is told at once).
+    Wait,
+    /// Held before its `execve` until [`Daemon::release_guardian`], or until
+    /// [`GUARDIAN_HOLD_NS`] has passed, or this process dies: a takeover's, so that the
+    /// Guardian's start-up (about a millisecond and a half of CPU) does not compete with
+    /// the restarts of the entities that died with the HAM.
+    Held,
+}
+
+/// Longest a takeover holds its new Guardian back (see [`GuardianStart::Held`]), or the
+/// liveness timeout if shorter: a HAM hung in its takeover is then watched, and fenced,
+/// as any other.
+pub(super) const GUARDIAN_HOLD_NS: u64 = 100_000_000;
+
+impl Daemon {
+    /// Lets a Guardian held by the takeover go (see [`GuardianStart::Held`]).
+    pub(super) fn release_guardian(&mut self) {
+        if let Some(x) = self.guardian.proc.as_mut().and_then(|g| g.execing.as_mut()) {
+            x.release();
+        }
+    }
+}
+
 /// Starts a Guardian: this same binary in the Guardian role, told which process is its HAM,
 /// and handed the config text, a socket for pidfds, and the control listener (so clients
 /// queue through a takeover). If this process dies before releasing it, the child runs
@@ -378,7 +404,7 @@ pub(super) fn spawn_guardian_process<'a>(
     pipes: &[(u32, &OwnedFd, &OwnedFd)],
     bell: Option<&OwnedFd>,
     binary: &Path,
-    detached: bool,
+    start: GuardianStart,
 ) -> io::Result<GuardianProc> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
@@ -427,14 +453,17 @@ pub(super) fn spawn_guardian_process<'a>(
         spec.fd(w.try_clone()?, handoff::FD_WATCHDOG);
     }
     spec.exec_if_orphaned();
+    if start == GuardianStart::Held {
+        spec.release_within(GUARDIAN_HOLD_NS.min(cfg.liveness_timeout_ns));
+    }
     let pending = spec.fork()?;
     failpoint::hit("guardian:after-fork");
     let start_time = pending.start_time;
     // A takeover does not wait for the Guardian's execve (the child runs even if we die,
     // and a failed execve is seen as its death); any other start does, so that a failed
     // upgrade is told at once.
-    let (pid, pidfd, execing) = if detached {
-        let (pid, pidfd, execing) = pending.release_detached();
+    let (pid, pidfd, execing) = if start == GuardianStart::Held {
+        let (pid, pidfd, execing) = pending.hold();
         (pid, pidfd, Some(execing))
     } else {
         let (pid, pidfd) = pending.release().map_err(|(e, pidfd)| {

@@ -79,7 +79,7 @@ mod watchdog;
 
 use clients::{Clients, Peer, Subscriber};
 use exits::{decode_wait_status, decode_waitid, describe};
-use guardian_link::spawn_guardian_process;
+use guardian_link::{GuardianStart, spawn_guardian_process};
 use spawn::own_restart_command;
 use start::device_restart_marker;
 use takeover::{stop_recorded_processes, wait_pidfd};
@@ -335,6 +335,8 @@ impl Daemon {
         loop {
             self.spawn_budget = SPAWNS_PER_TURN;
             self.run_deferred();
+            // A takeover's Guardian goes once the first restarts are under way.
+            self.release_guardian();
             if self.shutdown.is_some()
                 && self.execing.is_empty()
                 && self.entities.iter().all(|e| e.pidfd.is_none())

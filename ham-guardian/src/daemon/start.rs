@@ -168,7 +168,8 @@ impl Daemon {
             .collect();
         let self_exe = Path::new("/proc/self/exe");
         let bell = passed.get(&handoff::BELL_KEY).map(|p| &p.pidfd);
-        // Not waiting for its execve: the takeover goes on while it loads.
+        // Held before its execve until the entities that died with the HAM are started
+        // again (`run`), or for a bounded time: if this process dies, it runs at once.
         let guardian = match spawn_guardian_process(
             &cfg,
             &config_text,
@@ -176,7 +177,7 @@ impl Daemon {
             &pipes,
             bell,
             self_exe,
-            true,
+            GuardianStart::Held,
         ) {
             Ok(g) => Some(g),
             Err(e) => {

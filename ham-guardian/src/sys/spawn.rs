@@ -59,6 +59,9 @@ pub struct SpawnSpec {
     cgroup: Option<OwnedFd>,
     new_process_group: bool,
     exec_if_orphaned: bool,
+    /// Nanoseconds after which a child not yet released runs its program all the same
+    /// (0: it waits for ever). See [`SpawnSpec::release_within`].
+    release_within_ns: u64,
     /// RLIMIT_CORE raised to its highest (the entity's `cores`).
     core_unlimited: bool,
     released_in: ReleaseRecord,
@@ -140,6 +143,7 @@ impl SpawnSpec {
             new_process_group: false,
             core_unlimited: false,
             exec_if_orphaned: false,
+            release_within_ns: 0,
             released_in: ReleaseRecord::None,
             cgroup: None,
             own_pid_var: None,
@@ -189,6 +193,15 @@ impl SpawnSpec {
     /// which then finds its HAM gone and takes over).
     pub fn exec_if_orphaned(&mut self) -> &mut Self {
         self.exec_if_orphaned = true;
+        self
+    }
+
+    /// The child runs its program `ns` nanoseconds after it was created if it was not
+    /// released by then, as if released (with [`exec_if_orphaned`](Self::exec_if_orphaned):
+    /// a process that must run whatever its parent does, held back only while the parent
+    /// is busy; see [`Pending::hold`]).
+    pub fn release_within(&mut self, ns: u64) -> &mut Self {
+        self.release_within_ns = ns;
         self
     }
 
@@ -386,6 +399,7 @@ impl Prepared {
             nfds: fds.len().min(MAX_FDS),
             new_process_group: spec.new_process_group,
             exec_if_orphaned: spec.exec_if_orphaned,
+            release_within_ns: spec.release_within_ns,
             core_unlimited: spec.core_unlimited,
             nofile_soft: super::NOFILE_SOFT.load(Ordering::Relaxed),
             nofile_hard: super::NOFILE_HARD.load(Ordering::Relaxed),
@@ -820,6 +834,7 @@ struct ChildRaw {
     nfds: usize,
     new_process_group: bool,
     exec_if_orphaned: bool,
+    release_within_ns: u64,
     core_unlimited: bool,
     /// RLIMIT_NOFILE's soft limit for the child (0: as it is), and the hard limit (0:
     /// unknown: read it).
@@ -1050,8 +1065,8 @@ unsafe fn unblock_signals() {
 unsafe fn child_main(c: &ChildRaw) -> ! {
     use libc::{
         SYS_chdir, SYS_close, SYS_close_range, SYS_dup3, SYS_execve, SYS_exit_group, SYS_fcntl,
-        SYS_getpid, SYS_getuid, SYS_prlimit64, SYS_read, SYS_setgid, SYS_setgroups, SYS_setpgid,
-        SYS_setuid, SYS_write,
+        SYS_getpid, SYS_getuid, SYS_ppoll, SYS_prlimit64, SYS_read, SYS_setgid, SYS_setgroups,
+        SYS_setpgid, SYS_setuid, SYS_write,
     };
     use raw::sc;
     // SAFETY: raw system calls only, on descriptors, strings and tables the parent keeps
@@ -1188,9 +1203,42 @@ unsafe fn child_main(c: &ChildRaw) -> ! {
                 fail(r);
             }
         }
+        // Held back for at most `release_within_ns`: then we run as if released. The kernel
+        // counts the time left down in `ts` across an interruption.
+        let mut timed_out = false;
+        if c.release_within_ns != 0 {
+            let ns = c.release_within_ns;
+            let mut ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            };
+            let mut pfd = libc::pollfd {
+                fd: c.go_r,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // No signal mask (null): the fifth argument is then not read.
+                let r = sc(
+                    SYS_ppoll,
+                    (&raw mut pfd) as usize,
+                    1,
+                    (&raw mut ts) as usize,
+                    0,
+                );
+                if r == -(libc::EINTR as isize) {
+                    continue;
+                }
+                timed_out = r == 0;
+                break;
+            }
+        }
         // Wait for the parent to record our pid.
         let mut b = 0u8;
         loop {
+            if timed_out {
+                break;
+            }
             let r = sc(SYS_read, c.go_r as usize, (&raw mut b) as usize, 1, 0);
             if r == 1 {
                 break;
@@ -1288,6 +1336,7 @@ impl Execing {
     /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
     /// preparation or `execve`.
     pub fn finish(mut self) -> io::Result<()> {
+        self.release();
         match self.child.wait_done()? {
             (_, 0) => Ok(()),
             (buf, _) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
@@ -1457,22 +1506,49 @@ impl Pending {
     /// Lets the child run its program without waiting for its `execve`: the returned
     /// [`Execing`] says later how that went (and until then keeps what the child reads).
     pub fn release_detached(self) -> (i32, OwnedFd, Execing) {
+        let (pid, pidfd, mut execing) = self.hold();
+        execing.release();
+        (pid, pidfd, execing)
+    }
+
+    /// Keeps the child waiting: [`Execing::release`] lets it go (and dropping the
+    /// `Execing` does). A child spawned with [`SpawnSpec::release_within`] goes by itself
+    /// when that time is up.
+    pub fn hold(self) -> (i32, OwnedFd, Execing) {
         let Pending {
-            pid,
-            pidfd,
-            mut child,
-            ..
+            pid, pidfd, child, ..
         } = self;
-        if let Some(go) = child.go.take() {
-            // A child that already failed has closed its end; EPIPE is then expected.
-            let _ = rustix::io::write(&go, b"g");
-        }
+        (pid, pidfd, Execing { child })
+    }
+}
+
+impl Execing {
+    /// Lets a child held by [`Pending::hold`] run its program (nothing if it was released).
+    pub fn release(&mut self) {
+        let child = &mut self.child;
+        let Some(go) = child.go.take() else {
+            return;
+        };
+        // A child that already failed, or went by itself, has closed its end; EPIPE is then
+        // expected.
+        let _ = rustix::io::write(&go, b"g");
         // What a child sharing our table said meanwhile (that it has a table of its own),
         // so that the loop is woken only by its `execve`.
         if child.shared.is_some() {
             let _ = child.pump(false);
         }
-        (pid, pidfd, Execing { child })
+    }
+
+    /// Whether it waits to be released.
+    pub fn held(&self) -> bool {
+        self.child.go.is_some()
+    }
+}
+
+impl Drop for Execing {
+    /// Waiting for a held child's `execve` (as the child's own drop does) would never end.
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -1509,6 +1585,36 @@ mod tests {
         }
         let (_, pidfd) = p.release().map_err(|(e, _)| e).unwrap();
         assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
+    }
+
+    #[test]
+    fn a_held_child_runs_once_released() {
+        let mut s = spec("exit 7");
+        s.exec_if_orphaned();
+        let (_, pidfd, mut execing) = s.fork().unwrap().hold();
+        assert!(execing.held());
+        // Still waiting: not exited (it cannot have run `exit 7` without its release).
+        let st = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+        )
+        .unwrap();
+        assert!(st.is_none(), "a held child ran");
+        execing.release();
+        assert!(!execing.held());
+        execing.finish().unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
+    }
+
+    #[test]
+    fn a_held_child_goes_by_itself_after_release_within() {
+        let mut s = spec("exit 7");
+        s.exec_if_orphaned().release_within(20_000_000);
+        let (_, pidfd, execing) = s.fork().unwrap().hold();
+        // Never released: it runs its program when the time is up.
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
+        assert!(execing.held());
+        execing.finish().unwrap();
     }
 
     #[test]
