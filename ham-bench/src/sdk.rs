@@ -596,7 +596,7 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
             .push((name.into(), measured(&rates, fails, extra)));
     }
     eprintln!("[ring_throughput] ham");
-    let mut runs: Vec<(usize, Vec<f64>, u64, usize)> = Vec::new();
+    let mut runs: Vec<(usize, Vec<f64>, u64, usize, u64)> = Vec::new();
     let mut counts = [0u64; 3];
     let result = (|| -> Result<()> {
         let mut ham = ring_ham(ctx)?;
@@ -604,6 +604,8 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
             let mut rates = Vec::new();
             let mut full = 0;
             let mut stalls = 0;
+            // Wake-ups producers rang (ham asleep when an event came), over the runs.
+            let wakes0 = ham.seg.header().wakes.load(Ordering::Relaxed);
             for _ in 0..p.ring_reps {
                 sys::check_interrupted()?;
                 let run = {
@@ -632,14 +634,20 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            let wakes = ham
+                .seg
+                .header()
+                .wakes
+                .load(Ordering::Relaxed)
+                .wrapping_sub(wakes0);
             if let Some(s) = stats(&rates) {
                 progress(format!(
                     "{producers} producer(s): median {:.0} events/s, {full} full-ring retries, \
-                     {stalls} stalled",
+                     {wakes} wake-ups rung, {stalls} stalled",
                     s.median
                 ));
             }
-            runs.push((producers, rates, full, stalls));
+            runs.push((producers, rates, full, stalls, wakes));
         }
         counts = check_ring(&ham.sup, "ring_throughput", Some(ham.pushed), problems);
         finish(&mut ham.sup, problems);
@@ -648,11 +656,12 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
     sys::check_interrupted()?;
     for (k, name) in [(1, "ham-1p"), (2, "ham-2p"), (4, "ham-4p")] {
         let o = match (runs.iter().find(|r| r.0 == k), &result) {
-            (Some((_, rates, full, stalls)), _) => {
+            (Some((_, rates, full, stalls, wakes)), _) => {
                 let mut extra = Map::new();
                 extra.insert("producers".into(), json!(k));
                 extra.insert("events_per_producer".into(), json!(p.ring_events));
                 extra.insert("full_retries".into(), json!(full));
+                extra.insert("wakes".into(), json!(wakes));
                 measured(rates, *stalls, extra)
             }
             (None, Err(e)) => Outcome::Failed(e.clone()),

@@ -222,16 +222,39 @@ impl Name {
     }
 
     /// Back from a slot's words: `None` unless UTF-8 up to the first zero, zeros after it.
+    ///
+    /// A word at a time (the HAM decodes two names per ring event): the first zero byte is
+    /// found with the usual bit trick, and names of ASCII only (every byte below 0x80, the
+    /// common case) need no further UTF-8 check.
     fn from_words(words: &[u64]) -> Option<Self> {
+        const LOW: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let words: [u64; 4] = words.get(..4)?.try_into().ok()?;
+        let mut len = NAME_BYTES;
+        for (i, &w) in words.iter().enumerate() {
+            // The lowest byte flagged here is the word's first zero byte (a flag above it
+            // may be false, from the borrow, but none below it is).
+            let zeros = w.wrapping_sub(LOW) & !w & HIGH;
+            if zeros != 0 {
+                let k = (zeros.trailing_zeros() / 8) as usize;
+                // Nothing but zeros after the first zero: the rest of this word, and every
+                // word after it.
+                let rest = w >> (8 * k);
+                if rest != 0 || words[i + 1..].iter().any(|&x| x != 0) {
+                    return None;
+                }
+                len = i * 8 + k;
+                break;
+            }
+        }
         let mut bytes = [0u8; NAME_BYTES];
-        for (i, w) in words.iter().take(4).enumerate() {
+        for (i, w) in words.iter().enumerate() {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
-        let len = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
-        if bytes[len..].iter().any(|&b| b != 0) {
-            return None;
+        let ascii = words.iter().fold(0, |a, &w| a | w) & HIGH == 0;
+        if !ascii {
+            std::str::from_utf8(&bytes[..len]).ok()?;
         }
-        std::str::from_utf8(&bytes[..len]).ok()?;
         Some(Self {
             len: len as u8,
             bytes,
@@ -1312,6 +1335,59 @@ mod tests {
         assert_eq!(Name::from_words(&words), None);
         assert_eq!(Name::from_words(&[0xff, 0, 0, 0]), None);
         assert_eq!(Name::from_words(&[0; 4]), Some(Name::new("").unwrap()));
+    }
+
+    /// `from_words` works a word at a time: it must agree with the plain reading, a byte at
+    /// a time, on every kind of byte (zero, ASCII, UTF-8 lead and continuation, invalid) in
+    /// every place.
+    #[test]
+    fn a_name_read_a_word_at_a_time_agrees_with_a_byte_at_a_time() {
+        fn bytewise(words: &[u64; 4]) -> Option<(usize, [u8; NAME_BYTES])> {
+            let mut bytes = [0u8; NAME_BYTES];
+            for (i, w) in words.iter().enumerate() {
+                bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            let len = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
+            if bytes[len..].iter().any(|&b| b != 0) {
+                return None;
+            }
+            std::str::from_utf8(&bytes[..len]).ok()?;
+            Some((len, bytes))
+        }
+        let alphabet = [0x00u8, 0x01, 0x41, 0x7f, 0x80, 0xbf, 0xc3, 0xa9, 0xe2, 0xff];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut valid, mut invalid) = (0, 0);
+        for _ in 0..200_000 {
+            let mut bytes = [0u8; NAME_BYTES];
+            // Mostly a name then zeros (the shape producers write), sometimes any bytes.
+            let len = (next() % 33) as usize;
+            let tail_noise = next() % 4 == 0;
+            for (i, b) in bytes.iter_mut().enumerate() {
+                if i < len || tail_noise {
+                    *b = alphabet[(next() % alphabet.len() as u64) as usize];
+                }
+            }
+            let mut words = [0u64; 4];
+            for (i, w) in words.iter_mut().enumerate() {
+                *w = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+            }
+            let want = bytewise(&words);
+            let got = Name::from_words(&words).map(|n| (usize::from(n.len), n.bytes));
+            assert_eq!(got, want, "{bytes:02x?}");
+            if want.is_some() {
+                valid += 1;
+            } else {
+                invalid += 1;
+            }
+        }
+        // Both answers were exercised.
+        assert!(valid > 5_000 && invalid > 5_000, "{valid} {invalid}");
     }
 
     #[test]
