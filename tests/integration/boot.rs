@@ -99,15 +99,6 @@ fn respawned(ham: &Ham) -> Reaped {
     Reaped(cmd.spawn().unwrap())
 }
 
-/// A child that is killed and reaped when dropped.
-struct Reaped(std::process::Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_respawned_ham_waits_for_the_running_instance_starts_it_warm_and_stops_it_on_sigterm() {
     let mut ham = Ham::start("respawn", &sleeper("a"));

@@ -1,19 +1,11 @@
 //! The C API: the programs in `examples/c/` are compiled against `include/ham.h` and the
 //! library Cargo built, and run against a real ham.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::util::*;
-
-pub struct Reaped(pub Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Compiles `examples/c/NAME.c` into `dir` against the SDK's header and shared library:
 /// an installed copy if `HAM_C_SDK_PREFIX` names one (`scripts/install-sdk.sh PREFIX`, as
@@ -90,8 +82,8 @@ fn a_c_monitor_attaches_adds_a_death_condition_and_survives_a_takeover_between_c
         .spawn()
         .unwrap(),
     );
-    let mut lines = BufReader::new(mon.0.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "paused");
+    let mut lines = Lines::new(mon.0.stdout.take().unwrap(), "the monitor");
+    assert_eq!(lines.next_line(), "paused");
     // Between ham_condition and ham_action_restart: the HAM dies.
     let g = ham.status()["guardian"]["pid"].clone();
     sigkill(ham.pid());
@@ -100,7 +92,7 @@ fn a_c_monitor_attaches_adds_a_death_condition_and_survives_a_takeover_between_c
         s["ham"]["pid"] == g && s["ham"]["alive"] == true
     });
     writeln!(mon.0.stdin.take().unwrap(), "go").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    assert_eq!(lines.next_line(), "done");
     assert!(mon.0.wait().unwrap().success());
     // What the first call made is there, and the actions added after the takeover act.
     let s = ham.status();
@@ -136,11 +128,11 @@ fn a_c_client_heartbeats_then_stops_and_its_missed_condition_fires() {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "attached");
+    let mut lines = Lines::new(client.0.stdout.take().unwrap(), "the C client");
+    assert_eq!(lines.next_line(), "attached");
     let s = ham.wait_for("hb attached", |s| running(s, "hb"));
     assert_eq!(entity(&s, "hb")["heartbeat"]["period_ns"], 50_000_000);
-    assert_eq!(lines.next().unwrap().unwrap(), "stopped beating");
+    assert_eq!(lines.next_line(), "stopped beating");
     wait_until(&ham, "the missed-low action", || {
         std::fs::read_to_string(&marker).is_ok_and(|t| t == "heartbeat-missed-low\n")
     });

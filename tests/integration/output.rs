@@ -2,7 +2,6 @@
 //! current`, rotated by size, kept across takeovers with no line lost or written twice, and
 //! read back with `hamctl logs`.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use crate::util::*;
@@ -278,33 +277,31 @@ fn hamctl_logs_prints_the_last_lines_and_follows_new_ones() {
     );
 
     // -f: a restart of l writes 50 more lines; the follower sees them arrive.
-    let mut follower = Command::new(HAMCTL)
-        .args([
-            "-c",
-            ham.config.to_str().unwrap(),
-            "logs",
-            "l",
-            "-n",
-            "1",
-            "-f",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().ends_with(" line 50"));
+    let mut follower = Reaped(
+        Command::new(HAMCTL)
+            .args([
+                "-c",
+                ham.config.to_str().unwrap(),
+                "logs",
+                "l",
+                "-n",
+                "1",
+                "-f",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = Lines::new(follower.0.stdout.take().unwrap(), "hamctl logs -f");
+    assert!(lines.next_line().ends_with(" line 50"));
     let out = ham.ctl(&["restart", "l"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
+    while seen.len() < 50 {
+        let l = lines.next_line();
         seen.push(l.split_once(' ').unwrap().1.to_owned());
-        if seen.len() == 50 {
-            break;
-        }
     }
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
     assert_eq!(
         seen,
         (1..=50).map(|n| format!("line {n}")).collect::<Vec<_>>()

@@ -1,11 +1,10 @@
 //! QNX HAM programs work as QNX's documentation says (issue 12): each test runs
 //! `tests/c/qnx_client.c`, a C program built against `<ha/ham.h>`, against a real ham.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::capi::{Reaped, build_c_at, run_c};
+use crate::capi::{build_c_at, run_c};
 use crate::util::*;
 
 fn client(dir: &Path) -> PathBuf {
@@ -253,8 +252,8 @@ fn a_self_attachment_without_heartbeat_and_its_death_are_logged_as_they_are() {
             .unwrap(),
     );
     let pid = c.0.id();
-    let mut out = BufReader::new(c.0.stdout.take().unwrap()).lines();
-    assert_eq!(out.next().unwrap().unwrap(), "attached");
+    let mut out = Lines::new(c.0.stdout.take().unwrap(), "the C client");
+    assert_eq!(out.next_line(), "attached");
     let said = format!("quiet: attached: pid {pid}, no heartbeat");
     assert!(ham.stderr().contains(&said), "{}", ham.stderr());
     c.0.kill().unwrap();
@@ -296,8 +295,8 @@ fn a_c_client_receives_pulses_on_a_descriptor_across_a_takeover() {
             .spawn()
             .unwrap(),
     );
-    let mut out = BufReader::new(w.0.stdout.take().unwrap()).lines();
-    assert_eq!(out.next().unwrap().unwrap(), "open");
+    let mut out = Lines::new(w.0.stdout.take().unwrap(), "the pulse waiter");
+    assert_eq!(out.next_line(), "open");
     run_ok(
         &ham,
         &prog,
@@ -306,7 +305,7 @@ fn a_c_client_receives_pulses_on_a_descriptor_across_a_takeover() {
     );
     assert!(ham.ctl(&["raise", "src", "poke"]).status.success());
     let want = format!("pulse 7 42 99 src raise {src}");
-    assert_eq!(out.next().unwrap().unwrap(), want);
+    assert_eq!(out.next_line(), want);
     // The HAM dies; the descriptor stays the client's, and the next pulse comes through.
     let g = ham.status()["guardian"]["pid"].clone();
     sigkill(ham.pid());
@@ -316,8 +315,8 @@ fn a_c_client_receives_pulses_on_a_descriptor_across_a_takeover() {
     });
     // A pulse goes to the subscribers of the moment: wait until the client has subscribed
     // again with the new HAM (a raise before that reaches no one).
-    assert_eq!(out.next().unwrap().unwrap(), "reconnected");
+    assert_eq!(out.next_line(), "reconnected");
     assert!(ham.ctl(&["raise", "src", "poke"]).status.success());
-    assert_eq!(out.next().unwrap().unwrap(), want);
+    assert_eq!(out.next_line(), want);
     assert!(wait_child(&mut w.0).is_some_and(|s| s.success()));
 }

@@ -2,13 +2,12 @@
 //! written for ham as `examples/c/qnx_*.c`: compiled against `<ha/ham.h>` and run against
 //! a real ham.
 
-use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::capi::{Reaped, build_c, run_c};
+use crate::capi::{build_c, run_c};
 use crate::util::*;
 
 /// A process standing in for a daemon that runs before anyone attaches it to ham.
@@ -35,14 +34,6 @@ fn define(ham: &Ham, prog: &Path, args: &[&str]) {
 fn kill_daemon(d: &mut Reaped) {
     d.0.kill().unwrap();
     d.0.wait().unwrap();
-}
-
-/// The next line the program printed; fails with its exit status if there is none.
-fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, prog: &mut Reaped) -> String {
-    match lines.next() {
-        Some(Ok(l)) => l,
-        _ => panic!("the program stopped printing: {:?}", prog.0.try_wait()),
-    }
 }
 
 fn result(r: &Value) -> &str {
@@ -184,12 +175,12 @@ fn qnx_heartbeat_client_that_goes_silent_fires_its_missed_conditions_and_is_not_
             .unwrap(),
     );
     let pid = client.0.id() as i32;
-    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
-    assert_eq!(next_line(&mut lines, &mut client), "attached");
+    let mut lines = Lines::new(client.0.stdout.take().unwrap(), "the heartbeating client");
+    assert_eq!(lines.next_line(), "attached");
     let s = ham.wait_for("hb attached", |s| running(s, "hb"));
     assert_eq!(pid_of(&s, "hb"), pid);
     assert_eq!(entity(&s, "hb")["heartbeat"]["period_ns"], 50_000_000);
-    assert_eq!(next_line(&mut lines, &mut client), "stopped beating");
+    assert_eq!(lines.next_line(), "stopped beating");
 
     // The configured condition, and the two the client added to itself, fire.
     wait_until(&ham, "the configured missed-high action", || {

@@ -4,20 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::util::*;
 
 pub const HAM_CLIENT: &str = env!("CARGO_BIN_EXE_ham-client");
-
-/// A child process killed and reaped when dropped.
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn client(ham: &Ham, args: &[&str]) -> Command {
     let mut c = Command::new(HAM_CLIENT);

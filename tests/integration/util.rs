@@ -429,6 +429,64 @@ pub fn wait_until(ham: &Ham, what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// A child process killed and reaped when dropped (also when the test fails).
+pub struct Reaped(pub Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a child writes on a pipe (its stdout), each awaited for at most [`DEADLINE`]:
+/// a line that never comes fails the test with what came before, instead of hanging it. A
+/// thread reads the pipe; it ends when the pipe closes (the child's death).
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<std::io::Result<String>>,
+    what: String,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// `what` names the child in a failure's message.
+    pub fn new(pipe: impl std::io::Read + Send + 'static, what: &str) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(pipe).lines() {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            what: what.to_owned(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, failing the test if none comes within [`DEADLINE`] or the pipe
+    /// closes first.
+    pub fn next_line(&mut self) -> String {
+        match self.rx.recv_timeout(DEADLINE) {
+            Ok(Ok(l)) => {
+                self.seen.push(l.clone());
+                l
+            }
+            Ok(Err(e)) => panic!("reading {}: {e}; lines so far: {:?}", self.what, self.seen),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                "no line from {} within {DEADLINE:?}; lines so far: {:?}",
+                self.what, self.seen
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
+                "{} closed its output; lines so far: {:?}",
+                self.what, self.seen
+            ),
+        }
+    }
+}
+
 /// Field 22 of /proc/PID/stat, or None if no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
