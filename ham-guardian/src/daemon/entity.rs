@@ -207,6 +207,13 @@ impl EntityTable {
     }
 
     /// Adds an entity at the end.
+    /// Room for `n` more entities.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.list.reserve_exact(n);
+        self.dependents.reserve_exact(n);
+        self.by_name.reserve(n);
+    }
+
     pub(super) fn push(&mut self, e: Entity) -> EntityId {
         let i = EntityId::from_index(self.list.len());
         if !crate::config::is_free_entry(&e.cfg.name) {

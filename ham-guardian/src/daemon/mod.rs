@@ -228,6 +228,8 @@ pub struct Daemon {
     upgrade: Option<upgrade::Upgrade>,
     /// What a promoted Guardian watched with, dropped once the takeover is done.
     leftovers: Option<Box<dyn std::any::Any>>,
+    /// The heap was trimmed once the start-up's spawns were done (see `run`).
+    trimmed_after_start: bool,
 }
 
 use crate::log::{ham as log, ham_verbose as verbose};
@@ -337,6 +339,13 @@ impl Daemon {
             self.run_deferred();
             // A takeover's Guardian goes once the first restarts are under way.
             self.release_guardian();
+            // The start-up's spawns (thousands, for a large box) leave the heap holed with
+            // what each start allocated and freed between what stays: given back once,
+            // when the last of them has exec'd.
+            if !self.trimmed_after_start && self.deferred.is_empty() && self.execing.is_empty() {
+                self.trimmed_after_start = true;
+                sys::trim_heap();
+            }
             if self.shutdown.is_some()
                 && self.execing.is_empty()
                 && self.entities.iter().all(|e| e.pidfd.is_none())

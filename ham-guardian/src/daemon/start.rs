@@ -418,6 +418,7 @@ impl Daemon {
             logger: None,
             upgrade: None,
             leftovers: None,
+            trimmed_after_start: false,
             metrics,
             clients,
             subscribers: HashMap::new(),

@@ -56,6 +56,8 @@ impl Daemon {
         let mut to_resume = Vec::new();
         let mut to_start = Vec::new();
         let mut existing_ids = HashSet::new();
+        // The table's size is known: allocated once, not doubled (and copied) ten times.
+        self.entities.reserve(cfgs.len());
         for ec in cfgs {
             let (slot, rec, existing) = match found.remove(&ec.name) {
                 Some((slot, rec)) => (slot, rec, true),
