@@ -181,30 +181,63 @@ impl Agent {
         Ok(())
     }
 
-    /// The lease an earlier agent of this node reported to ham, if it still lives: taken
-    /// up again, so that what is placed here under it stays placed.
-    fn earlier_lease(&self) -> Option<u64> {
+    /// The lease an earlier agent of this node reported to ham. Asked before this agent
+    /// reports anything: its first report (no lease yet) would replace it.
+    fn reported_lease(&self) -> Option<u64> {
         let r = ham_guardian::control::request(
             &self.socket,
             &Request::ClusterStatus,
             Duration::from_secs(2),
         )
         .ok()?;
-        let lease = r.cluster.filter(|c| c.lease != 0)?.lease;
-        match self.etcd.keepalive(lease) {
-            Ok(_) => {
-                eprintln!("ham-cluster: taking up lease {lease:x} again");
-                Some(lease)
+        Some(r.cluster.filter(|c| c.lease != 0)?.lease)
+    }
+
+    /// `lease` (an earlier agent's), if it still lives: taken up again, so that what is
+    /// placed here under it stays placed.
+    fn take_up(&self, lease: u64) -> Option<u64> {
+        // The lease outlives the earlier agent by at most a TTL. Until then only etcd's
+        // "gone" says it is gone: an etcd that does not answer in time (a loaded box) says
+        // nothing of it, and registering anew would give up what is placed under it (its
+        // singletons would fence themselves and move for nothing).
+        let until = Instant::now() + self.ttl();
+        let mut said = None;
+        loop {
+            match self.etcd.keepalive(lease) {
+                Ok(_) => {
+                    eprintln!("ham-cluster: taking up lease {lease:x} again");
+                    return Some(lease);
+                }
+                Err(EtcdError::LeaseGone) => {
+                    eprintln!("ham-cluster: lease {lease:x} of the earlier agent is gone");
+                    return None;
+                }
+                Err(why) if Instant::now() < until => {
+                    let why = why.to_string();
+                    if said.as_ref() != Some(&why) {
+                        eprintln!(
+                            "ham-cluster: taking up lease {lease:x} again: {why}; trying again"
+                        );
+                        said = Some(why);
+                    }
+                    std::thread::sleep(self.ttl() / 10);
+                }
+                Err(why) => {
+                    eprintln!(
+                        "ham-cluster: lease {lease:x} of the earlier agent not renewed within \
+                         its TTL ({why}): registering anew"
+                    );
+                    return None;
+                }
             }
-            Err(_) => None,
         }
     }
 
     /// Keeps this node registered: renews its lease every third of the TTL, registers again
     /// when the lease is gone (it expired while etcd could not be reached).
-    fn keep_registered(&self) -> ! {
+    fn keep_registered(&self, earlier: Option<u64>) -> ! {
         let period = self.ttl() / 3;
-        let mut lease = self.earlier_lease();
+        let mut lease = earlier.and_then(|l| self.take_up(l));
         if let Some(l) = lease {
             // Its registration may have been written by the earlier agent: again, the same.
             let _ = self.put_registration(l);
@@ -948,6 +981,10 @@ fn main() -> ExitCode {
         agent.cfg.node,
         agent.cfg.endpoints.join(", ")
     );
+    // The earlier agent's lease, from ham, before any thread of this one reports: it is
+    // what this agent reports until it knows whether it can take it up again.
+    let earlier = agent.reported_lease();
+    agent.known().lease = earlier;
     let follower = Arc::clone(&agent);
     std::thread::spawn(move || follower.follow_view());
     let placer = Arc::clone(&agent);
@@ -960,5 +997,5 @@ fn main() -> ExitCode {
     std::thread::spawn(move || worker.work_forever());
     let active = Arc::clone(&agent);
     std::thread::spawn(move || active.active_forever());
-    agent.keep_registered()
+    agent.keep_registered(earlier)
 }
