@@ -1125,6 +1125,12 @@ fn a_corrupted_record_or_header_never_leaves_two_copies_or_none() {
         let s = ham.wait_for("app running", |s| running(s, "app"));
         let (app, g) = (pid_of(&s, "app"), s["guardian"]["pid"].clone());
         assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+        // The Guardian must have mapped the segment before it is corrupted: one that starts
+        // after cannot read it, and exits (a soak run scribbled first).
+        let watching = format!("guardian: pid {g} watching HAM pid {}", ham.pid());
+        wait_until(&ham, "the guardian watching", || {
+            ham.stderr().contains(&watching)
+        });
         // Slot 0 (after the 512-byte header) holds app's record.
         scribble(&ham, offset, len);
         sigkill(ham.pid());
