@@ -105,26 +105,25 @@ pub(super) struct Stores {
     pub(super) mts_durable: super::pss::Durable,
 }
 
-static NO_STORES: Stores = Stores {
-    pss: None,
-    pss_durable: super::pss::Durable::NONE,
-    mts: None,
-    mts_waiters: Vec::new(),
-    mts_durable: super::pss::Durable::NONE,
-};
+impl Stores {
+    /// Neither store, no one waiting.
+    const NONE: Self = Self {
+        pss: None,
+        pss_durable: super::pss::Durable::NONE,
+        mts: None,
+        mts_waiters: Vec::new(),
+        mts_durable: super::pss::Durable::NONE,
+    };
+}
+
+static NO_STORES: Stores = Stores::NONE;
 
 impl AtRest for Stores {
     fn at_rest() -> &'static Self {
         &NO_STORES
     }
     fn fresh() -> Self {
-        Self {
-            pss: None,
-            pss_durable: super::pss::Durable::NONE,
-            mts: None,
-            mts_waiters: Vec::new(),
-            mts_durable: super::pss::Durable::NONE,
-        }
+        Stores::NONE
     }
 }
 
