@@ -289,6 +289,44 @@ impl Header {
         self.magic.store(MAGIC, Ordering::Release);
     }
 
+    /// Rewrites the words that say what the segment is (magic, layout, sizes), as `init` wrote
+    /// them, where any differs: by the HAM that owns it, whose mapping and capacity are the
+    /// truth. Returns what was wrong (`None`: intact, nothing written).
+    pub(crate) fn mend(&self, total_size: u64, capacity: u32) -> Option<String> {
+        let header = std::mem::size_of::<Header>();
+        let slot = std::mem::size_of::<EntitySlot>();
+        let found = [
+            ("magic", self.magic(), MAGIC),
+            (
+                "layout",
+                self.layout_version().into(),
+                LAYOUT_VERSION.into(),
+            ),
+            ("header size", self.header_size().into(), header as u64),
+            ("size", self.total_size(), total_size),
+            ("capacity", self.entity_capacity().into(), capacity.into()),
+            ("slot size", self.slot_size().into(), slot as u64),
+            ("slot offset", self.entities_offset(), header as u64),
+        ];
+        let wrong: Vec<String> = found
+            .iter()
+            .filter(|(_, was, want)| was != want)
+            .map(|(what, was, want)| format!("{what} {was:#x} (not {want:#x})"))
+            .collect();
+        if wrong.is_empty() {
+            return None;
+        }
+        self.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        self.header_size.store(header as u32, Ordering::Relaxed);
+        self.total_size.store(total_size, Ordering::Relaxed);
+        self.entity_capacity.store(capacity, Ordering::Relaxed);
+        self.slot_size.store(slot as u32, Ordering::Relaxed);
+        self.entities_offset.store(header as u64, Ordering::Relaxed);
+        // Release, as in `init`: a reader that sees the magic sees the rest.
+        self.magic.store(MAGIC, Ordering::Release);
+        Some(wrong.join(", "))
+    }
+
     /// Takes the next epoch: atomic, so two would-be owners never get the same one, and the
     /// older one's next write sees it is fenced.
     pub(crate) fn next_epoch(&self) -> u64 {

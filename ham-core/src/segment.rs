@@ -555,6 +555,14 @@ impl SegmentWriter {
         Ok(h)
     }
 
+    /// Rewrites the header's description of the segment (magic, layout, sizes) if anything
+    /// scribbled over it, so that a Guardian or `hamctl` can map it again; `Some(what was
+    /// wrong)` when it did. Nothing else in the header is touched.
+    pub fn mend_header(&self) -> Result<Option<String>, SegmentError> {
+        let h = self.owned()?;
+        Ok(h.mend(self.seg.map.len() as u64, self.seg.capacity))
+    }
+
     /// Publishes `rec` into slot `index` and returns the new generation.
     pub fn publish(&self, index: SlotIndex, rec: &EntityRecord) -> Result<u64, SegmentError> {
         let h = self.owned()?;
@@ -743,6 +751,44 @@ mod tests {
             })
         ));
         assert!(second.publish(SlotIndex(0), &rec).is_ok());
+    }
+
+    #[test]
+    fn the_owner_mends_a_scribbled_header_and_only_that() {
+        use std::os::unix::fs::FileExt;
+        let name = unique("mend");
+        let _guard = Unlink(name.clone());
+        let w = SegmentWriter::take(Segment::create(&name, 4, 7).unwrap(), 1, 1).unwrap();
+        let mut rec = EntityRecord::new("app");
+        rec.pid = 42;
+        w.publish(SlotIndex(1), &rec).unwrap();
+        assert_eq!(
+            w.mend_header().unwrap(),
+            None,
+            "an intact header is left alone"
+        );
+        let file = File::from(shm_open(&name, shm::OFlags::RDWR).unwrap());
+        // The magic and the capacity (offset 24) scribbled over.
+        file.write_all_at(&[0xA5; 8], 0).unwrap();
+        file.write_all_at(&[0xA5; 4], 24).unwrap();
+        assert!(matches!(
+            Segment::open(&name, Access::ReadOnly),
+            Err(SegmentError::BadMagic { .. })
+        ));
+        let what = w.mend_header().unwrap().expect("scribbled");
+        assert!(
+            what.contains("magic") && what.contains("capacity"),
+            "{what}"
+        );
+        let ro = Segment::open(&name, Access::ReadOnly).unwrap();
+        assert_eq!(ro.capacity(), 4);
+        let snap = ro.header().snapshot();
+        assert_eq!((snap.epoch, snap.ham_pid, snap.created_unix_ns), (1, 1, 7));
+        assert_eq!(ro.records()[0].1.as_ref().unwrap().pid, 42);
+        // A fenced owner mends nothing.
+        let _second = SegmentWriter::take(Segment::open(&name, Access::ReadWrite).unwrap(), 2, 2);
+        file.write_all_at(&[0xA5; 8], 0).unwrap();
+        assert!(matches!(w.mend_header(), Err(SegmentError::Fenced { .. })));
     }
 
     #[test]

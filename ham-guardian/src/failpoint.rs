@@ -44,7 +44,7 @@ pub const CONTROL: &[&str] = &["control:request"];
 
 /// Failpoints that make a step fail (an error, not a death) for as long as they are armed:
 /// what a transient shortage (no process, no memory) does.
-pub const FAILURES: &[&str] = &["clients:setup"];
+pub const FAILURES: &[&str] = &["clients:setup", "guardian:start"];
 
 /// Failpoints in the Guardian: reached there, the Guardian kills its HAM (SIGKILL, then waits
 /// for the exit) instead of itself. `guardian:beat-unread`: the HAM is stopped (SIGSTOP)
@@ -52,6 +52,12 @@ pub const FAILURES: &[&str] = &["clients:setup"];
 /// Guardian's next read of the handoff socket reports ECONNRESET before what the HAM handed
 /// over.
 pub const GUARDIAN: &[&str] = &["guardian:beat-unread"];
+
+/// A failpoint that corrupts instead of killing: `guardian:scribble-header`, reached by a
+/// Guardian right before it maps the state segment, overwrites the segment's magic (as a
+/// stray write landing between the HAM's check of its header and the Guardian's look
+/// would). Fires once, in a Guardian of any HAM but the one `.armed` names.
+pub const SCRIBBLES: &[&str] = &["guardian:scribble-header"];
 
 /// The environment variables a failpoint reads; ham removes them from entities' environment.
 pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
@@ -145,3 +151,21 @@ pub fn fails(name: &'static str) -> bool {
 pub fn fails(_name: &'static str) -> bool {
     false
 }
+
+/// [`SCRIBBLES`]: if `guardian:scribble-header` fires in this Guardian of `ham_pid`, the
+/// magic of the segment `name` is overwritten.
+#[cfg(debug_assertions)]
+pub fn scribble_header(name: &str, ham_pid: i32) {
+    use std::os::unix::fs::FileExt;
+    if !fires_in_guardian_of("guardian:scribble-header", ham_pid) {
+        return;
+    }
+    let fd = rustix::shm::open(name, rustix::shm::OFlags::RDWR, rustix::fs::Mode::empty());
+    if let Ok(fd) = fd {
+        let _ = std::fs::File::from(fd).write_all_at(&[0xA5; 8], 0);
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn scribble_header(_name: &str, _ham_pid: i32) {}

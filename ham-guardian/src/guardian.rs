@@ -68,6 +68,11 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 }
 
 fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, DaemonError> {
+    if crate::failpoint::fails("guardian:start") {
+        return Err(io_err("starting (failpoint guardian:start)")(
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        ));
+    }
     let sock = sys::take_inherited(handoff::FD_SOCKET).map_err(io_err("handoff socket"))?;
     let memfd = sys::take_inherited(handoff::FD_CONFIG).map_err(io_err("config memfd"))?;
     let listener = sys::take_inherited(handoff::FD_LISTENER).map_err(io_err("control listener"))?;
@@ -101,7 +106,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
 
     let signals = crate::daemon::signalfd().map_err(|e| io_err("signalfd")(e.into()))?;
 
-    let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadOnly)?;
+    // A segment this Guardian cannot read (its header scribbled over) leaves the HAM watched
+    // by its pidfd alone: were it to exit instead, its HAM would start another, as blind,
+    // and nothing would take over once the HAM died.
+    crate::failpoint::scribble_header(&cfg.instance.segment_name(), ham_pid);
+    let mut seg = open_segment(&cfg, &name, ham_pid, false)?;
     // Our HAM is our parent. Open its pidfd first, then check that it is still our parent
     // and the process that started at `ham_start`: if it died before or meanwhile, we were
     // reparented and take over at once.
@@ -119,7 +128,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 &name,
                 format_args!("HAM pid {ham_pid} died before this guardian started"),
             );
-            let flags = seg.header().flags();
+            let flags = seg.as_ref().map_or(0, |s| s.header().flags());
             drop(seg);
             // What the HAM handed over before it went (pidfds, output pipes) is in the
             // socket, and takes over with us.
@@ -169,7 +178,9 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         since: mono_ns(),
         ..Watch::default()
     };
-    watch.deadline_published(seg.header().deadline());
+    if let Some(s) = &seg {
+        watch.deadline_published(s.header().deadline());
+    }
     // Once, entering the loop: the HAM knows this Guardian runs (a live upgrade waits for
     // it). There is no periodic beat: the HAM learns of a stopped Guardian from the kernel.
     let beat_unread = crate::failpoint::fires_in_guardian_of("guardian:beat-unread", ham_pid);
@@ -222,8 +233,15 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                         }
                         passed.insert(key, p);
                     }
+                    if seg.is_none() {
+                        // Read again: the HAM mends the header it owns when this Guardian
+                        // beats, and then says so (a beat of its own).
+                        seg = open_segment(&cfg, &name, ham_pid, true).unwrap_or(None);
+                    }
                     // A byte from the HAM says its deadline moved earlier.
-                    watch.deadline_published(seg.header().deadline());
+                    if let Some(s) = &seg {
+                        watch.deadline_published(s.header().deadline());
+                    }
                 }
                 TOK_SIGNAL => {
                     while let Ok(Some(info)) = signals.read_signal() {
@@ -231,7 +249,24 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                         if sig != libc::SIGTERM && sig != libc::SIGINT {
                             continue;
                         }
-                        if seg.header().flags() & FLAG_STOP_INTENT != 0 {
+                        let Some(s) = &seg else {
+                            // Whether our HAM is shutting down cannot be read: it is asked
+                            // to (if it already is, nothing changes), and this Guardian
+                            // goes. A HAM that goes on starts another.
+                            log(
+                                &name,
+                                format_args!(
+                                    "signal {sig}, the state segment unreadable: asking the \
+                                     HAM to shut down, and exiting"
+                                ),
+                            );
+                            let _ = rustix::process::pidfd_send_signal(
+                                &ham_pidfd,
+                                rustix::process::Signal::TERM,
+                            );
+                            return Ok(exit::OK);
+                        };
+                        if s.header().flags() & FLAG_STOP_INTENT != 0 {
                             // Our HAM is shutting down and asks us to go.
                             return Ok(exit::OK);
                         }
@@ -267,7 +302,12 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 _ => {}
             }
         }
-        if !ham_gone {
+        if seg.is_none() {
+            // Nothing to check them against: the HAM's death alone is watched.
+            watch.deaths.clear();
+            watch.conn = None;
+        }
+        if let (false, Some(seg)) = (ham_gone, &seg) {
             // The log verbosity the HAM was told (kept as level + 1; 0: never set).
             if let Some(v) = seg.header().verbosity().checked_sub(1) {
                 crate::log::set_verbosity(v as u32);
@@ -323,9 +363,41 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // The watching is over: nothing of it goes on in the promoted HAM, which drops it once
     // the takeover is done (closing an epoll set of a pidfd per entity, and unmapping,
     // take a fraction of a millisecond the takeover need not wait for).
-    let flags = seg.header().flags();
+    let flags = seg.as_ref().map_or(0, |s| s.header().flags());
     let watching = Box::new((sock, epoll, timerfd, seg));
     promote(cfg, text, sockets, passed, flags, from, watching)
+}
+
+/// Maps the state segment read-only. One that is not ham's (its magic or geometry
+/// scribbled over) gives `None`, said in the log: the first time as what this Guardian
+/// does about it; when read `again`, only once it reads.
+fn open_segment(
+    cfg: &config::Config,
+    name: &str,
+    ham_pid: i32,
+    again: bool,
+) -> Result<Option<Segment>, DaemonError> {
+    match Segment::open(&cfg.instance.segment_name(), Access::ReadOnly) {
+        Ok(seg) => {
+            if again {
+                log(name, format_args!("the state segment reads again"));
+            }
+            Ok(Some(seg))
+        }
+        Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => {
+            if !again {
+                log(
+                    name,
+                    format_args!(
+                        "{e}: watching HAM pid {ham_pid} by its pidfd only (a hang is not \
+                         detected); if it dies, this guardian takes over without the segment"
+                    ),
+                );
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// SIGKILL through the pidfd, then wait until the kernel reports the exit: only then is it

@@ -1150,6 +1150,142 @@ fn a_corrupted_record_or_header_never_leaves_two_copies_or_none() {
     }
 }
 
+#[test]
+fn a_header_scribbled_over_is_mended_before_the_next_guardian_maps_it() {
+    // A Guardian that started on a scribbled header could not read the segment and exited;
+    // its HAM started another at once, which exited too (a busy loop), and once the HAM
+    // died nothing took over. The HAM now mends the header before it starts a Guardian.
+    let mut ham = Ham::start("mend-header", &sleeper("app"));
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let (app, g) = (
+        pid_of(&s, "app"),
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    let watching = |g: i32| format!("guardian: pid {g} watching HAM pid {}", ham.pid());
+    wait_until(&ham, "the guardian watching", || {
+        ham.stderr().contains(&watching(g))
+    });
+    scribble(&ham, 0, 8);
+    sigkill(g);
+    let s = ham.wait_for("a new guardian", |s| {
+        s["guardian"]["alive"] == true && s["guardian"]["pid"].as_i64() != Some(g.into())
+    });
+    let g2 = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    wait_until(&ham, "the new guardian watching", || {
+        ham.stderr().contains(&watching(g2))
+    });
+    let log = ham.stderr();
+    assert!(log.contains("header was scribbled over (magic"), "{log}");
+    assert!(!log.contains("pidfd only"), "{log}");
+    // It read the segment: the takeover is warm, app is adopted, not started again.
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("taken over", |s| {
+        s["ham"]["pid"] == g2 && s["ham"]["alive"] == true && running(s, "app")
+    });
+    assert_eq!(pid_of(&s, "app"), app, "{}", ham.stderr());
+    assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+}
+
+#[test]
+fn a_guardian_that_finds_the_header_scribbled_over_watches_blind_until_the_ham_mends_it() {
+    // The scribble lands after the HAM's check and before the Guardian maps the segment (a
+    // failpoint makes the Guardian write it). The Guardian must not exit: it watches its
+    // HAM by the pidfd alone, the HAM mends the header when it beats, and it reads again.
+    let work = tempfile::tempdir().unwrap();
+    let fp = work.path().join("fp");
+    let fp_s = fp.display().to_string();
+    let env = [
+        ("HAM_FAILPOINT", "guardian:scribble-header"),
+        ("HAM_FAILPOINT_FILE", fp_s.as_str()),
+    ];
+    let mut ham = Ham::start_with("blind-guardian", "", &sleeper("app"), &env);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let (app, g) = (
+        pid_of(&s, "app"),
+        s["guardian"]["pid"].as_i64().unwrap() as i32,
+    );
+    let watching = |g: i32| format!("guardian: pid {g} watching HAM pid {}", ham.pid());
+    wait_until(&ham, "the guardian watching", || {
+        ham.stderr().contains(&watching(g))
+    });
+    std::fs::write(format!("{fp_s}.armed"), "").unwrap();
+    sigkill(g);
+    wait_until(&ham, "the new guardian reading the segment again", || {
+        ham.stderr()
+            .contains("guardian: the state segment reads again")
+    });
+    assert!(fp.exists(), "the scribble failpoint fired");
+    let log = ham.stderr();
+    let blind = log.find("by its pidfd only").expect("watched blind");
+    let mended = log
+        .find("header was scribbled over (magic")
+        .expect("mended");
+    let again = log.find("reads again").unwrap();
+    assert!(blind < again && mended < again, "{log}");
+    let g2 = ham.status()["guardian"]["pid"].as_i64().unwrap() as i32;
+    assert!(log.contains(&watching(g2)), "{log}");
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("taken over", |s| {
+        s["ham"]["pid"] == g2 && s["ham"]["alive"] == true && running(s, "app")
+    });
+    assert_eq!(pid_of(&s, "app"), app, "{}", ham.stderr());
+    assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+}
+
+#[test]
+fn guardians_that_cannot_start_are_started_again_ever_later_not_in_a_busy_loop() {
+    // A Guardian that died before it watched (here a failpoint fails its start, as a
+    // shortage of descriptors would) was replaced at once, again and again: the HAM spun.
+    let work = tempfile::tempdir().unwrap();
+    let fp = work.path().join("fp");
+    let fp_s = fp.display().to_string();
+    let armed = format!("{fp_s}.armed");
+    let env = [
+        ("HAM_FAILPOINT", "guardian:start"),
+        ("HAM_FAILPOINT_FILE", fp_s.as_str()),
+    ];
+    let ham = Ham::start_with("guardian-backoff", "", &sleeper("app"), &env);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let g = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    let watching = |g: i32| format!("guardian: pid {g} watching HAM pid {}", ham.pid());
+    wait_until(&ham, "the guardian watching", || {
+        ham.stderr().contains(&watching(g))
+    });
+    std::fs::write(&armed, "").unwrap();
+    sigkill(g);
+    wait_until(&ham, "four guardians in a row failing", || {
+        ham.stderr()
+            .contains("the 4th in a row to die before it watched")
+    });
+    let log = ham.stderr();
+    for (nth, wait) in [("2nd", "10ms"), ("3rd", "20ms"), ("4th", "40ms")] {
+        let line =
+            format!("the {nth} in a row to die before it watched; the next starts in {wait}");
+        assert!(log.contains(&line), "{line}\n{log}");
+    }
+    // The first to fail was replaced at once.
+    assert!(!log.contains("the 1st in a row"), "{log}");
+    std::fs::remove_file(&armed).unwrap();
+    let s = ham.wait_for("a guardian watching again", |s| {
+        s["guardian"]["alive"] == true
+            && s["guardian"]["pid"]
+                .as_i64()
+                .is_some_and(|p| ham.stderr().contains(&watching(p as i32)))
+    });
+    // One that watched resets the count: its death is followed by a new one at once.
+    let g = s["guardian"]["pid"].as_i64().unwrap() as i32;
+    let before = ham.stderr().len();
+    sigkill(g);
+    wait_until(&ham, "the next guardian started at once", || {
+        ham.stderr()[before..].contains(&format!(
+            "guardian pid {g} died (killed by signal 9); guardian pid"
+        ))
+    });
+    assert_eq!(entity_processes(&ham.name, "app"), vec![pid_of(&s, "app")]);
+}
+
 /// Whether a zombie `ham` (a forked child that never ran its program) waits for init.
 fn orphaned_ham_zombies() -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {

@@ -23,6 +23,8 @@ impl Daemon {
         if self.shutdown.is_some() {
             return;
         }
+        self.guardian.retry_at = None;
+        self.mend_header();
         let binary = self.guardian_binary();
         let sockets = SocketRefs(
             &self.listener,
@@ -155,9 +157,32 @@ impl Daemon {
                 if let Some(e) = g.execing.take() {
                     let _ = e.finish();
                 }
+                // It mapped the segment just before: if the header it found was scribbled
+                // over, it watches blind until told to look again.
+                if self.mend_header() {
+                    if let Some(g) = &self.guardian.proc {
+                        handoff::beat(&g.sock);
+                    }
+                }
             }
         }
         self.on_handoff_writable();
+    }
+
+    /// A Guardian must be able to read what it guards: a header scribbled over (its magic,
+    /// layout or sizes) is written again, from this HAM's mapping and capacity. Checked
+    /// when a Guardian starts and when it beats (a few loads); whether it was mended.
+    fn mend_header(&mut self) -> bool {
+        let Some(what) = self.wrote(self.writer.mend_header()).flatten() else {
+            return false;
+        };
+        say!(
+            self,
+            "the state segment's header was scribbled over ({what}): mended"
+        );
+        let what = format!("header scribbled over ({what}): mended");
+        self.record_ham(None, "segment-header", "mend", &what);
+        true
     }
 
     pub(super) fn on_guardian_exit(&mut self) {
@@ -197,19 +222,44 @@ impl Daemon {
             }
             return;
         }
+        self.wrote(self.writer.bump_guardian_failures());
+        let fenced = self.guardian.fenced.take() == Some(g.pid);
+        // One that died before it watched (its configuration, the segment or a descriptor
+        // failed it) is likely to be followed by another: after the second in a row the
+        // next start waits, doubling, so that a Guardian that cannot start does not make
+        // the HAM a busy loop. One that watched resets the count.
+        let early = if g.beaten {
+            self.guardian.early_deaths = 0;
+            None
+        } else {
+            self.guardian.early_deaths += 1;
+            guardian_backoff_ns(self.guardian.early_deaths)
+        };
+        let now = match early {
+            None => {
+                self.spawn_guardian();
+                match &self.guardian.proc {
+                    Some(n) => format!("guardian pid {} started", n.pid),
+                    None => "no new guardian yet (retrying)".to_owned(),
+                }
+            }
+            Some(wait) => {
+                let at = mono_ns() + wait;
+                self.guardian.retry_at = Some(at);
+                self.schedule(at, Deadline::GuardianRetry);
+                format!(
+                    "the {} in a row to die before it watched; the next starts in {}",
+                    ordinal(self.guardian.early_deaths),
+                    ham_core::duration::format_ns(wait)
+                )
+            }
+        };
         say!(
             self,
-            "guardian pid {} died ({}); starting a new one",
+            "guardian pid {} died ({}); {now}",
             g.pid,
             describe(how)
         );
-        self.wrote(self.writer.bump_guardian_failures());
-        let fenced = self.guardian.fenced.take() == Some(g.pid);
-        self.spawn_guardian();
-        let now = match &self.guardian.proc {
-            Some(n) => format!("guardian pid {} started", n.pid),
-            None => "no new guardian yet (retrying)".to_owned(),
-        };
         let (cond, what) = if fenced {
             (
                 "guardian-fenced",
@@ -274,6 +324,8 @@ pub(super) struct GuardianLink {
     pub(super) retry_at: Option<u64>,
     /// The pid of the Guardian this HAM fenced, until its death is seen.
     pub(super) fenced: Option<i32>,
+    /// Guardians in a row that died before they watched (see [`guardian_backoff_ns`]).
+    pub(super) early_deaths: u32,
     /// (slot, pid, start time) and what to send, in order.
     backlog: std::collections::VecDeque<((ham_core::layout::SlotIndex, i32, u64), Waiting)>,
 }
@@ -365,6 +417,27 @@ impl GuardianLink {
         let _ = epoll::modify(epoll, &g.sock, Token::Handoff.data(), epoll::EventFlags::IN);
         failed
     }
+}
+
+/// How long to wait before starting a Guardian after `early` in a row died before they
+/// watched: at once after the first, then 10 ms doubling up to 1 s (`None`: at once).
+pub(super) fn guardian_backoff_ns(early: u32) -> Option<u64> {
+    const FIRST: u64 = 10_000_000;
+    const MOST: u64 = 1_000_000_000;
+    let n = early.checked_sub(2)?;
+    Some(FIRST.saturating_mul(1u64 << n.min(16)).min(MOST))
+}
+
+/// "1st", "2nd", "3rd", "4th", ...
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// How [`spawn_guardian_process`] lets the new Guardian go.
@@ -481,4 +554,30 @@ pub(super) fn spawn_guardian_process<'a>(
         pidfd,
         sock: ours,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guardians_that_die_before_they_watch_are_started_again_ever_later_up_to_a_second() {
+        let waits: Vec<Option<u64>> = (0..12).map(guardian_backoff_ns).collect();
+        let ms = |n: u64| Some(n * 1_000_000);
+        assert_eq!(waits[..4], [None, None, ms(10), ms(20)]);
+        assert_eq!(waits[8], ms(640));
+        assert!(waits[9..].iter().all(|&w| w == ms(1000)), "{waits:?}");
+        assert_eq!(guardian_backoff_ns(u32::MAX), ms(1000));
+    }
+
+    #[test]
+    fn ordinals() {
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111]
+            .map(ordinal)
+            .into();
+        let want = [
+            "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th",
+        ];
+        assert_eq!(got, want);
+    }
 }
