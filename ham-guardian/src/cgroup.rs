@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{CgroupLimits, CgroupMode};
 
+/// What [`Cgroups::open`] found: the cgroups, none (off), or why there are none.
+pub type Opened = Result<Option<Cgroups>, String>;
+
 /// An instance's cgroups.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -68,7 +71,7 @@ fn write(path: &Path, what: &str) -> io::Result<()> {
 impl Cgroups {
     /// Sets up the instance's cgroup directory; `Err` says why ham falls back to process
     /// groups (`Ok(None)`: cgroups are off).
-    pub fn open(mode: &CgroupMode, instance: &str) -> Result<Option<Self>, String> {
+    pub fn open(mode: &CgroupMode, instance: &str) -> Opened {
         if *mode == CgroupMode::Off {
             return Ok(None);
         }

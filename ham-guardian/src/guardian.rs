@@ -135,7 +135,16 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             let mut passed = HashMap::new();
             handoff::recv_all(&sock, &mut passed);
             let from = Some((ham_pid, false));
-            return promote(cfg, text, sockets, passed, flags, from, Box::new(sock));
+            return promote(
+                cfg,
+                text,
+                sockets,
+                passed,
+                flags,
+                from,
+                Box::new(sock),
+                None,
+            );
         }
     };
 
@@ -166,6 +175,9 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         &name,
         format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
     );
+    // The entities' cgroups, found now (the HAM's are this process's: it is our parent), so
+    // that a takeover need not look for them while entities wait.
+    let cgroups = crate::cgroup::Cgroups::open(&cfg.instance.cgroup, &name);
     sys::trim_heap();
     sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
@@ -365,7 +377,16 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.as_ref().map_or(0, |s| s.header().flags());
     let watching = Box::new((sock, epoll, timerfd, seg));
-    promote(cfg, text, sockets, passed, flags, from, watching)
+    promote(
+        cfg,
+        text,
+        sockets,
+        passed,
+        flags,
+        from,
+        watching,
+        Some(cgroups),
+    )
 }
 
 /// Maps the state segment read-only. One that is not ham's (its magic or geometry
@@ -566,6 +587,7 @@ fn arm(timerfd: &OwnedFd, at: Option<u64>) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn promote(
     cfg: config::Config,
     text: String,
@@ -574,9 +596,13 @@ fn promote(
     flags: u32,
     from: Option<(i32, bool)>,
     watching: Box<dyn std::any::Any>,
+    cgroups: Option<crate::cgroup::Opened>,
 ) -> Result<i32, DaemonError> {
     let name = cfg.instance.name.clone();
-    match Segment::open(&cfg.instance.segment_name(), Access::ReadOnly) {
+    // Mapped for writing at once: this process owns it from here on (once more than we
+    // map it: `Daemon::promote` takes the next epoch, which fences any other owner).
+    let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadWrite);
+    match &seg {
         Ok(seg) => {
             let h = seg.header().snapshot();
             if procfs::is_alive(h.ham_pid, h.ham_start_time)
@@ -596,11 +622,11 @@ fn promote(
         }
         // Corrupted: taken over cold (`Daemon::promote`), never left unsupervised.
         Err(SegmentError::BadMagic { .. } | SegmentError::Geometry { .. }) => {}
-        Err(e) => return Err(e.into()),
+        Err(_) => return Err(seg.err().expect("an error").into()),
     }
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
-    let mut ham = Daemon::promote(cfg, text, sockets, passed, from)?;
+    let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, cgroups)?;
     ham.drop_after_takeover(watching);
     ham.run()
 }

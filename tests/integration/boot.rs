@@ -317,19 +317,25 @@ fn on_an_older_kernel_the_fallbacks_keep_supervision_whole() {
     ham.wait_for("the guardian promoted", |s| {
         s["ham"]["pid"] == g && s["guardian"]["alive"] == true
     });
+    let killed = serde_json::json!({"signal": 9});
+    let unknown = serde_json::json!({"unknown": true});
+    let connector = sources.contains(&"proc_connector");
     sigkill(b);
     let s = ham.wait_for("b restarted under the promoted guardian", |s| {
-        running(s, "b") && entity(s, "b")["restarts"] == 1
+        running(s, "b")
+            && entity(s, "b")["restarts"] == 1
+            && (!connector || entity(s, "b")["last_exit"] == killed)
     });
     let last = &entity(&s, "b")["last_exit"];
-    if sources.contains(&"proc_connector") {
-        assert!(
-            *last == serde_json::json!({"signal": 9})
-                || *last == serde_json::json!({"unknown": true}),
-            "{last}"
-        );
-    } else {
-        assert_eq!(*last, serde_json::json!({"unknown": true}));
-    }
+    assert_eq!(last, if connector { &killed } else { &unknown });
     assert_eq!(pid_of(&s, "a"), a, "a was adopted, not restarted");
+    // a is still adopted after b's death changed what the connector is read for.
+    sigkill(a);
+    let s = ham.wait_for("a restarted with what is known of its exit", |s| {
+        running(s, "a")
+            && entity(s, "a")["restarts"] == 1
+            && (!connector || entity(s, "a")["last_exit"] == killed)
+    });
+    let last = &entity(&s, "a")["last_exit"];
+    assert_eq!(last, if connector { &killed } else { &unknown });
 }

@@ -67,6 +67,7 @@ impl Daemon {
                 // (The proc connector's message is sent just after the pidfd wakes us.)
                 if let Ok(dup) = fd.try_clone() {
                     let at = mono_ns() + 1_000_000;
+                    self.exit_watch_changed();
                     self.patches.push(StatusPatch {
                         entity: i,
                         pid,
@@ -163,7 +164,7 @@ impl Daemon {
         e.ready = false;
         e.rec.ready = false;
         e.watchdog_at = None;
-        e.adopted = false;
+        let was_adopted = std::mem::take(&mut e.adopted);
         e.stop_deadline = None;
         e.rec.pid = 0;
         e.rec.start_time = 0;
@@ -193,6 +194,10 @@ impl Daemon {
         };
         let restarts_before = e.rec.restarts;
         let hold = e.hold_after_stop.take().filter(|_| !shutting_down);
+        if was_adopted {
+            self.exit_watch_changed();
+        }
+        let e = &mut self.entities[i];
         let gone = Some((old_pid, exit));
         let text = format!("pid {old_pid} {how}");
         let cond = condition_of(exit);
@@ -315,6 +320,9 @@ impl Daemon {
                 _ => {} // nobody reaped it within ~30 s: it stays "unknown"
             }
         }
+        if keep.len() != self.patches.len() {
+            self.exit_watch_changed();
+        }
         self.patches = keep;
         self.release_proc_connector_if_idle();
     }
@@ -380,19 +388,28 @@ impl Daemon {
         {
             self.proc_conn = None;
             self.exit_cache.clear();
+            self.exit_watch = None;
         }
     }
 
     pub(super) fn drain_proc_connector(&mut self) {
         let Some(pc) = &self.proc_conn else { return };
-        let adopted: HashSet<i32> = self
-            .entities
-            .iter()
-            .filter(|e| e.adopted)
-            .map(|e| e.rec.pid)
-            .chain(self.patches.iter().map(|p| p.pid))
-            .collect();
-        pc.drain(|pid| adopted.contains(&pid), &mut self.exit_cache);
+        let (entities, patches) = (&self.entities, &self.patches);
+        let watched = self.exit_watch.get_or_insert_with(|| {
+            entities
+                .iter()
+                .filter(|e| e.adopted)
+                .map(|e| e.rec.pid)
+                .chain(patches.iter().map(|p| p.pid))
+                .collect()
+        });
+        pc.drain(|pid| watched.contains(&pid), &mut self.exit_cache);
+    }
+
+    /// An entity was adopted or no longer is, or a status patch came or went: the pids the
+    /// proc connector is read for are gathered again when next needed.
+    pub(super) fn exit_watch_changed(&mut self) {
+        self.exit_watch = None;
     }
 
     // -- control socket --------------------------------------------------------------------

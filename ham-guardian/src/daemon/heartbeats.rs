@@ -147,6 +147,7 @@ impl Daemon {
             e.rec.started_unix_ns = unix_ns();
             e.adopted = true;
         }
+        self.exit_watch_changed();
         let why = super::lifecycle::Why::new("attach", "attached");
         self.step(i, ham_core::lifecycle::Input::Attached, &why);
         self.watch(i, &pidfd).map_err(|e| format!("epoll: {e}"))?;

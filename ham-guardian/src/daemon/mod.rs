@@ -196,6 +196,11 @@ pub struct Daemon {
     guardian: guardian_link::GuardianLink,
     proc_conn: Option<ProcConnector>,
     exit_cache: HashMap<i32, i32>,
+    /// The pids whose exits the proc connector is read for (adopted entities' and those of
+    /// `patches`), made when it is first needed: `None` after any of them changes
+    /// ([`Daemon::exit_watch_changed`]), so that an exit elsewhere on the box costs a
+    /// lookup, not a walk over every entity.
+    exit_watch: Option<HashSet<i32>>,
     patches: Vec<StatusPatch>,
     /// Children whose death was handled but who are not reaped yet (a zombie keeps its
     /// pid, so nothing else can have it): reaped while the replacement execs, off the
@@ -208,6 +213,9 @@ pub struct Daemon {
     runs: runs::Runs,
     /// The client segment (heartbeats, detector ring), if it could be set up.
     clients: Option<Clients>,
+    /// A takeover sets up the client segment after its first restarts
+    /// (`set_up_clients_after_takeover`): until then, the predecessor's bell, if handed over.
+    takeover_bell: Option<Option<OwnedFd>>,
     subscribers: HashMap<u64, Subscriber>,
     next_sub: u64,
     /// The run-time definitions document (see `runtime.rs`).
@@ -296,6 +304,9 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
         self.adopt(passed);
+        if let Some(bell) = self.takeover_bell.take() {
+            self.set_up_clients_after_takeover(bell);
+        }
         if promoted && let Err(e) = start::write_pid_files(&self.cfg) {
             let path = self.cfg.instance.pid_path();
             say!(self, "cannot write {}: {e}", path.display());
@@ -314,7 +325,8 @@ impl Daemon {
         if cold {
             self.run_now_actions();
         }
-        if let Err(e) = self.watch_clients() {
+        // (A takeover's are watched where they are set up, after `adopt`.)
+        if !promoted && let Err(e) = self.watch_clients() {
             say!(self, "cannot watch the doorbell: {e}");
         }
         if self.writer.segment().header().flags() & FLAG_STOP_INTENT != 0 {
@@ -327,8 +339,6 @@ impl Daemon {
         self.ensure_housekeeping();
         self.feed_watchdog(mono_ns());
         self.systemd_begin(promoted);
-        sys::trim_heap();
-        sys::unmap_startup_code();
         let mut events = Vec::with_capacity(64);
         let no_wait = rustix::time::Timespec {
             tv_sec: 0,
@@ -341,10 +351,13 @@ impl Daemon {
             self.release_guardian();
             // The start-up's spawns (thousands, for a large box) leave the heap holed with
             // what each start allocated and freed between what stays: given back once,
-            // when the last of them has exec'd.
+            // when the last of them has exec'd, with the start-up's code. Not before: a
+            // takeover's restarts would wait for it (reading smaps alone takes about
+            // 0.1 ms), and then fault back in the code they run.
             if !self.trimmed_after_start && self.deferred.is_empty() && self.execing.is_empty() {
                 self.trimmed_after_start = true;
                 sys::trim_heap();
+                sys::unmap_startup_code();
             }
             if self.shutdown.is_some()
                 && self.execing.is_empty()

@@ -59,6 +59,7 @@ impl Daemon {
         self.end_attachment(i);
         self.drop_output(i);
         self.patches.retain(|p| p.entity != i);
+        self.exit_watch_changed();
         self.deferred.remove(i);
         if pid > 0 {
             if let Some(cg) = &self.cgroups {

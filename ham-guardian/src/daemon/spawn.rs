@@ -94,12 +94,14 @@ impl Daemon {
             self.step(i, ham_core::lifecycle::Input::NothingToRun, &why);
             return;
         }
+        if std::mem::take(&mut self.entities[i].adopted) {
+            self.exit_watch_changed();
+        }
         {
             let e = &mut self.entities[i];
             e.stop_deadline = None;
             e.retry_at = None;
             e.wanted = Wanted::Up;
-            e.adopted = false;
             e.ready = false;
             e.rec.ready = false;
             e.rec.restart_pending = false;

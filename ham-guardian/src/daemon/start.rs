@@ -118,19 +118,23 @@ impl Daemon {
                 None => None,
             },
         };
-        Self::build(cfg, config_text, writer, sockets, Origin::Started)
+        Self::build(cfg, config_text, writer, sockets, Origin::Started, None)
     }
 
-    /// A Guardian taking over: the old HAM is dead (or fenced and dead).
+    /// A Guardian taking over: the old HAM is dead (or fenced and dead). `seg`: the state
+    /// segment as the Guardian opened it (read-write); `cgroups`: what the Guardian found of
+    /// the entities' cgroups (`None`: looked for now).
     pub fn promote(
         cfg: Config,
         config_text: String,
         sockets: Sockets,
         passed: HashMap<u32, Passed>,
         from: Option<(i32, bool)>,
+        seg: Result<Segment, SegmentError>,
+        cgroups: Option<crate::cgroup::Opened>,
     ) -> Result<Self, DaemonError> {
         let seg_name = cfg.instance.segment_name();
-        let seg = match Segment::open(&seg_name, Access::ReadWrite) {
+        let seg = match seg {
             Ok(seg) => seg,
             Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => {
                 // Corrupted under us: the HAM we watched is dead, so no one else can be
@@ -236,6 +240,7 @@ impl Daemon {
             writer,
             sockets,
             Origin::Promoted { passed, from },
+            cgroups,
         )?;
         d.guardian.proc = guardian;
         Ok(d)
@@ -247,6 +252,7 @@ impl Daemon {
         mut writer: SegmentWriter,
         sockets: Sockets,
         mut origin: Origin,
+        cgroups: Option<crate::cgroup::Opened>,
     ) -> Result<Self, DaemonError> {
         let Sockets {
             listener,
@@ -266,14 +272,20 @@ impl Daemon {
             .map_err(io_ctx("PR_SET_CHILD_SUBREAPER"))?;
 
         log_kernel(&inst.name);
-        let mut sources = EXIT_SOURCE_WAITID;
-        if sys::pidfd_info_exit_supported() {
-            sources |= EXIT_SOURCE_PIDFD_INFO;
+        // Where exit statuses come from: what the predecessor found, in a takeover (the same
+        // kernel and rights; probing the connector costs a netlink socket and an RCU
+        // callback that the entities waiting for the takeover need not wait for).
+        let found = writer.segment().header().snapshot().exit_sources;
+        if found == 0 || !matches!(origin, Origin::Promoted { .. }) {
+            let mut sources = EXIT_SOURCE_WAITID;
+            if sys::pidfd_info_exit_supported() {
+                sources |= EXIT_SOURCE_PIDFD_INFO;
+            }
+            if ProcConnector::open().is_ok() {
+                sources |= EXIT_SOURCE_PROC_CONNECTOR;
+            }
+            writer.set_exit_sources(sources)?;
         }
-        if ProcConnector::open().is_ok() {
-            sources |= EXIT_SOURCE_PROC_CONNECTOR;
-        }
-        writer.set_exit_sources(sources)?;
 
         let me = std::process::id();
         // A takeover writes them once it has taken over (`run`): creating two files can take
@@ -363,8 +375,16 @@ impl Daemon {
             }
             _ => None,
         };
-        let clients = match Clients::open(&cfg, &origin, warm, key, &writer, bell) {
-            Ok(c) => Some(c),
+        // A takeover's are set up once the entities that died with the HAM are started
+        // again (`run`).
+        let (opened, takeover_bell) = if matches!(origin, Origin::Promoted { .. }) {
+            (Ok(None), Some(bell))
+        } else {
+            let c = Clients::open(&cfg, &origin, warm, key, &writer, bell);
+            (c.map(Some), None)
+        };
+        let clients = match opened {
+            Ok(c) => c,
             Err(e) => {
                 log(
                     &inst.name,
@@ -375,7 +395,9 @@ impl Daemon {
                 None
             }
         };
-        let cgroups = match crate::cgroup::Cgroups::open(&inst.cgroup, &inst.name) {
+        let cgroups =
+            cgroups.unwrap_or_else(|| crate::cgroup::Cgroups::open(&inst.cgroup, &inst.name));
+        let cgroups = match cgroups {
             Ok(Some(cg)) => {
                 log(
                     &inst.name,
@@ -421,6 +443,7 @@ impl Daemon {
             trimmed_after_start: false,
             metrics,
             clients,
+            takeover_bell,
             subscribers: HashMap::new(),
             next_sub: 0,
             defs: toml::Table::new(),
@@ -456,6 +479,7 @@ impl Daemon {
             guardian: Default::default(),
             proc_conn: None,
             exit_cache: HashMap::new(),
+            exit_watch: None,
             patches: Vec::new(),
             unreaped: Vec::new(),
             origin: Some(origin),

@@ -222,6 +222,7 @@ impl Daemon {
                         let e = &mut self.entities[i];
                         e.pidfd = Some(pidfd);
                         e.adopted = true;
+                        self.exit_watch = None;
                         let starting = e.rec.state == EntityState::Starting;
                         if starting {
                             e.rec.started_mono_ns = mono_ns();

@@ -32,7 +32,10 @@ impl ProcConnector {
             Some(netlink::CONNECTOR),
         )?;
         rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, CN_IDX_PROC))?;
-        rustix::io::write(&fd, &listen_message(std::process::id()))?;
+        // Exits only, where the kernel filters (Linux ≥ 6.6): otherwise every fork and exec
+        // on the box would wake the HAM too.
+        let exits_only = kernel::at_least(6, 6);
+        rustix::io::write(&fd, &listen_message(std::process::id(), exits_only))?;
         Ok(Self { fd })
     }
 
@@ -56,9 +59,12 @@ impl ProcConnector {
     }
 }
 
-/// `nlmsghdr` + `cn_msg { id: {idx, val}, seq, ack, len, flags }` + `PROC_CN_MCAST_LISTEN`.
-fn listen_message(port: u32) -> Vec<u8> {
-    let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
+/// `nlmsghdr` + `cn_msg { id: {idx, val}, seq, ack, len, flags }` + `PROC_CN_MCAST_LISTEN`,
+/// and with `exits_only` the event filter after it (`struct proc_input`, Linux ≥ 6.6: an
+/// older kernel ignores a payload of that size, and would not listen at all).
+fn listen_message(port: u32, exits_only: bool) -> Vec<u8> {
+    let payload: u16 = if exits_only { 8 } else { 4 };
+    let total = NLMSG_HDRLEN + CN_MSG_LEN + usize::from(payload);
     let mut msg = Vec::with_capacity(total);
     msg.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
     msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes()); // nlmsg_type
@@ -69,9 +75,12 @@ fn listen_message(port: u32) -> Vec<u8> {
     msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes()); // id.val
     msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
     msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
-    msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+    msg.extend_from_slice(&payload.to_ne_bytes()); // len
     msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
     msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    if exits_only {
+        msg.extend_from_slice(&PROC_EVENT_EXIT.to_ne_bytes()); // proc_input.event_type
+    }
     msg
 }
 
@@ -118,7 +127,7 @@ mod tests {
 
     /// One netlink message carrying a `proc_event` of kind `what` for `pid`/`tgid`.
     fn event(what: u32, pid: u32, tgid: u32, code: u32) -> Vec<u8> {
-        let mut m = listen_message(0);
+        let mut m = listen_message(0, false);
         m.truncate(NLMSG_HDRLEN + CN_MSG_LEN);
         m.extend_from_slice(&what.to_ne_bytes());
         m.extend_from_slice(&0u32.to_ne_bytes()); // cpu
@@ -155,10 +164,64 @@ mod tests {
 
     #[test]
     fn listen_message_is_the_kernels_layout() {
-        let m = listen_message(7);
+        let m = listen_message(7, false);
         assert_eq!(m.len(), 40);
         assert_eq!(u32_at(&m, 0), 40);
         assert_eq!(u32_at(&m, 12), 7);
+        assert_eq!(u32::from(u16::from_ne_bytes([m[32], m[33]])), 4);
         assert_eq!(u32_at(&m, 36), PROC_CN_MCAST_LISTEN);
+        let m = listen_message(7, true);
+        assert_eq!((m.len(), u32_at(&m, 0)), (44, 44));
+        assert_eq!(u32::from(u16::from_ne_bytes([m[32], m[33]])), 8);
+        assert_eq!(u32_at(&m, 36), PROC_CN_MCAST_LISTEN);
+        assert_eq!(u32_at(&m, 40), PROC_EVENT_EXIT);
+    }
+
+    /// Every message's `what` in one datagram.
+    fn kinds(buf: &[u8]) -> Vec<u32> {
+        let mut off = 0;
+        let mut out = Vec::new();
+        while off + NLMSG_HDRLEN + CN_MSG_LEN + 4 <= buf.len() {
+            let len = u32_at(buf, off) as usize;
+            if len < NLMSG_HDRLEN || off + len > buf.len() {
+                break;
+            }
+            out.push(u32_at(buf, off + NLMSG_HDRLEN + CN_MSG_LEN));
+            off += (len + 3) & !3;
+        }
+        out
+    }
+
+    #[test]
+    fn the_kernel_sends_exits_only_and_the_exit_of_a_child_arrives() {
+        // Needs CAP_NET_ADMIN (root, as the other cgroup and connector tests).
+        let Ok(pc) = ProcConnector::open() else {
+            eprintln!("skipped: no proc connector here (not root?)");
+            return;
+        };
+        let child = std::process::Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let status = child.wait_with_output().unwrap().status;
+        assert_eq!(status.code(), Some(3));
+        // The exit is queued by the time the child is reaped; other processes' events may
+        // be there too.
+        let mut seen = Vec::new();
+        let mut found = None;
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = rustix::io::read(&pc.fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend(kinds(&buf[..n]));
+            found = found.or(exits(&buf[..n]).find(|&(p, _)| p == pid));
+        }
+        assert_eq!(found, Some((pid, 3 << 8)), "kinds seen: {seen:x?}");
+        if kernel::at_least(6, 6) {
+            // The fork and the exec of the child were not sent.
+            assert!(seen.iter().all(|&k| k == PROC_EVENT_EXIT), "{seen:x?}");
+        }
     }
 }
