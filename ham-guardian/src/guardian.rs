@@ -4,7 +4,7 @@
 //! fences it first (SIGKILL through the pidfd, then waits for the exit) — it promotes
 //! itself to HAM and carries on from the segment.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -15,7 +15,7 @@ use ham_core::segment::{Access, Segment, SegmentError};
 use rustix::event::epoll;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-use crate::daemon::{Daemon, DaemonError, Sockets};
+use crate::daemon::{Daemon, DaemonError, Found, Sockets};
 use crate::handoff::{self, Passed};
 use crate::sys::readable;
 use crate::{config, exit, mono_ns, procfs, sys};
@@ -143,7 +143,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 flags,
                 from,
                 Box::new(sock),
-                None,
+                Found::default(),
             );
         }
     };
@@ -178,6 +178,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // The entities' cgroups, found now (the HAM's are this process's: it is our parent), so
     // that a takeover need not look for them while entities wait.
     let cgroups = crate::cgroup::Cgroups::open(&cfg.instance.cgroup, &name);
+    let _ = procfs::own_start_time();
     sys::trim_heap();
     sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
@@ -376,17 +377,48 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // the takeover is done (closing an epoll set of a pidfd per entity, and unmapping,
     // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.as_ref().map_or(0, |s| s.header().flags());
+    let dead = dead_now(&epoll, &passed, &watch.deaths);
     let watching = Box::new((sock, epoll, timerfd, seg));
-    promote(
-        cfg,
-        text,
-        sockets,
-        passed,
-        flags,
-        from,
-        watching,
-        Some(cgroups),
+    let found = Found {
+        cgroups: Some(cgroups),
+        dead: Some(dead),
+    };
+    promote(cfg, text, sockets, passed, flags, from, watching, found)
+}
+
+/// The handed-over processes (slot, pid) that are dead when the HAM is: those seen dying,
+/// and those whose pidfd is readable now, in one look at the set that holds them all (not
+/// a look per entity: the takeover restarts these first, and must not wait for a walk).
+fn dead_now(
+    epoll: &OwnedFd,
+    passed: &HashMap<u32, Passed>,
+    deaths: &[(u32, i32, u64)],
+) -> HashSet<(u32, i32)> {
+    let mut dead: HashSet<(u32, i32)> = deaths.iter().map(|&(s, p, _)| (s, p)).collect();
+    // Room for every descriptor in the set: one call returns every ready one.
+    let mut events = Vec::with_capacity(passed.len() + 8);
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if epoll::wait(
+        epoll,
+        rustix::buffer::spare_capacity(&mut events),
+        Some(&zero),
     )
+    .is_ok()
+    {
+        for ev in &events {
+            let tok = ev.data.u64();
+            if tok & TOK_PIDFD != 0 {
+                let key = (tok & !TOK_PIDFD) as u32;
+                if let Some(p) = passed.get(&key).filter(|p| p.pid > 0) {
+                    dead.insert((key, p.pid));
+                }
+            }
+        }
+    }
+    dead
 }
 
 /// Maps the state segment read-only. One that is not ham's (its magic or geometry
@@ -596,7 +628,7 @@ fn promote(
     flags: u32,
     from: Option<(i32, bool)>,
     watching: Box<dyn std::any::Any>,
-    cgroups: Option<crate::cgroup::Opened>,
+    found: Found,
 ) -> Result<i32, DaemonError> {
     let name = cfg.instance.name.clone();
     // Mapped for writing at once: this process owns it from here on (once more than we
@@ -626,7 +658,7 @@ fn promote(
     }
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
-    let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, cgroups)?;
+    let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, found)?;
     ham.drop_after_takeover(watching);
     ham.run()
 }

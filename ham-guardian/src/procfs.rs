@@ -5,6 +5,13 @@ use std::path::Path;
 /// The start time of `pid` (field 22 of `/proc/PID/stat`, clock ticks since boot), or
 /// `None` if there is no such process. With the pid it names one process: a reused pid has
 /// a different start time.
+/// This process's start time, read once (it never changes): a takeover needs it twice,
+/// and a Guardian reads it while it waits.
+pub fn own_start_time() -> Option<u64> {
+    static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| start_time(std::process::id() as i32))
+}
+
 pub fn start_time(pid: i32) -> Option<u64> {
     // On every spawn's path before the release: one open, one read, one close (not
     // read_to_string's statx and growing reads). A stat line is a few hundred bytes; one

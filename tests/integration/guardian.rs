@@ -69,6 +69,32 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_ham_and_an_entity_killed_at_once_the_entity_is_restarted_once_and_the_other_adopted() {
+    // The Guardian tells its takeover which handed-over processes are dead (one look at its
+    // epoll set): those are restarted first, every other one is adopted as it runs.
+    let mut ham = Ham::start("ham-and-entity", &two_sleepers());
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (h, g, _) = pair(&s);
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
+    // The Guardian holds both pidfds before the kills.
+    let watching = format!("guardian: pid {g} watching HAM pid {h}");
+    wait_until(&ham, "the guardian watching", || {
+        ham.stderr().contains(&watching)
+    });
+    sigkill(h);
+    sigkill(a);
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("taken over, a restarted", |s| {
+        s["ham"]["pid"] == g && running(s, "a") && pid_of(s, "a") != a
+    });
+    assert_eq!(entity(&s, "a")["restarts"], 1, "{s}");
+    assert_eq!(pid_of(&s, "b"), b, "b was adopted, not restarted");
+    assert_eq!(entity(&s, "b")["restarts"], 0);
+    assert_eq!(entity_processes(&ham.name, "a"), vec![pid_of(&s, "a")]);
+    assert_eq!(entity_processes(&ham.name, "b"), vec![b]);
+}
+
+#[test]
 fn a_sigkilled_guardian_is_replaced() {
     let ham = Ham::start("guardian", &two_sleepers());
     let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));

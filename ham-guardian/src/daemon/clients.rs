@@ -373,6 +373,7 @@ impl Daemon {
         let origin = Origin::Promoted {
             passed: Default::default(),
             from: None,
+            dead: None,
         };
         let c = Clients::open(&self.cfg, &origin, true, key, &self.writer, bell)?;
         self.clients = Some(c);

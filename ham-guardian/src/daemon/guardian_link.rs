@@ -511,7 +511,7 @@ pub(super) fn spawn_guardian_process<'a>(
         .collect();
     env.push((
         crate::guardian::ENV.into(),
-        crate::guardian::env_value(me, procfs::start_time(me).unwrap_or(0), &cfg.path),
+        crate::guardian::env_value(me, procfs::own_start_time().unwrap_or(0), &cfg.path),
     ));
     let mut spec = SpawnSpec::new(
         binary,

@@ -142,7 +142,19 @@ pub enum Origin {
         /// The HAM it replaced, and whether it fenced it (a stopped or hung HAM) rather
         /// than saw it die.
         from: Option<(i32, bool)>,
+        /// The handed-over processes (slot, pid) the Guardian knew dead (`None`: it did
+        /// not look; each is then looked at).
+        dead: Option<HashSet<(u32, i32)>>,
     },
+}
+
+/// What a Guardian found while it watched, for its takeover (each `None`: looked for then).
+#[derive(Default)]
+pub struct Found {
+    /// The entities' cgroups.
+    pub cgroups: Option<crate::cgroup::Opened>,
+    /// The handed-over processes (slot, pid) dead when the HAM was.
+    pub dead: Option<HashSet<(u32, i32)>>,
 }
 
 /// The HAM role.
@@ -261,8 +273,8 @@ impl Daemon {
         if promoted {
             failpoint::hit("promote:after-guardian");
         }
-        let passed = match self.origin.take() {
-            Some(Origin::Promoted { passed, from }) => {
+        let (passed, dead) = match self.origin.take() {
+            Some(Origin::Promoted { passed, from, dead }) => {
                 let flags = self.writer.segment().header().flags();
                 let upgraded = flags & ham_core::layout::FLAG_UPGRADING != 0;
                 if upgraded {
@@ -286,7 +298,7 @@ impl Daemon {
                     );
                     self.record_ham(Some(pid), cond, "take-over", &what);
                 }
-                passed
+                (passed, dead)
             }
             _ => {
                 if self.writer.segment().header().flags() & FLAG_WARM_START != 0 {
@@ -298,12 +310,12 @@ impl Daemon {
                     );
                     self.record_ham(None, "pair-gone", "warm-start", &what);
                 }
-                HashMap::new()
+                (HashMap::new(), None)
             }
         };
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
-        self.adopt(passed);
+        self.adopt(passed, dead);
         if let Some(bell) = self.takeover_bell.take() {
             self.set_up_clients_after_takeover(bell);
         }

@@ -131,7 +131,7 @@ impl Daemon {
         passed: HashMap<u32, Passed>,
         from: Option<(i32, bool)>,
         seg: Result<Segment, SegmentError>,
-        cgroups: Option<crate::cgroup::Opened>,
+        found: Found,
     ) -> Result<Self, DaemonError> {
         let seg_name = cfg.instance.segment_name();
         let seg = match seg {
@@ -193,7 +193,7 @@ impl Daemon {
             }
         };
         let older = seg.needs_migration();
-        let writer = SegmentWriter::take(seg, me, procfs::start_time(me).unwrap_or(0))?;
+        let writer = SegmentWriter::take(seg, me, procfs::own_start_time().unwrap_or(0))?;
         if let Some(v) = older {
             log(
                 &cfg.instance.name,
@@ -239,8 +239,12 @@ impl Daemon {
             config_text,
             writer,
             sockets,
-            Origin::Promoted { passed, from },
-            cgroups,
+            Origin::Promoted {
+                passed,
+                from,
+                dead: found.dead,
+            },
+            found.cgroups,
         )?;
         d.guardian.proc = guardian;
         Ok(d)

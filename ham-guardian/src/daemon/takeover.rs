@@ -7,7 +7,13 @@ impl Daemon {
     /// records of configured entities are resumed (their processes adopted, checked by pid +
     /// start time), records of entities no longer configured are stopped and freed, and
     /// new entities get a free slot and are started.
-    pub(super) fn adopt(&mut self, mut passed: HashMap<u32, Passed>) {
+    /// `known_dead`: the handed-over processes (slot, pid) known dead (see [`Found`]); `None`:
+    /// each is looked at.
+    pub(super) fn adopt(
+        &mut self,
+        mut passed: HashMap<u32, Passed>,
+        known_dead: Option<HashSet<(u32, i32)>>,
+    ) {
         // What the cluster placed here stops when the predecessor would have stopped it.
         let (lease, at) = self.writer.segment().header().fence();
         let mut found: HashMap<String, (SlotIndex, EntityRecord)> = HashMap::new();
@@ -92,13 +98,18 @@ impl Daemon {
         }
         // What died while no HAM watched (or never started) first: its restart must not
         // wait for the adoption of everything that still runs. A process handed over is
-        // dead if its pidfd is readable; one not handed over is looked at in turn.
+        // dead if the Guardian found it so (one look for all) or else if its pidfd is
+        // readable; one not handed over is looked at in turn.
         let dead = |d: &Self, i: EntityId| {
-            let r = &d.entities[i].rec;
+            let (r, slot) = (&d.entities[i].rec, d.entities[i].slot.0);
             !r.state.has_process()
-                || passed
-                    .get(&d.entities[i].slot.0)
-                    .is_some_and(|p| p.pid == r.pid && sys::readable(&p.pidfd))
+                || passed.get(&slot).is_some_and(|p| {
+                    p.pid == r.pid
+                        && match &known_dead {
+                            Some(known) => known.contains(&(slot, r.pid)),
+                            None => sys::readable(&p.pidfd),
+                        }
+                })
         };
         let (first, then): (Vec<EntityId>, Vec<EntityId>) =
             to_resume.into_iter().partition(|&i| dead(self, i));
