@@ -179,6 +179,8 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // that a takeover need not look for them while entities wait.
     let cgroups = crate::cgroup::Cgroups::open(&cfg.instance.cgroup, &name);
     let _ = procfs::own_start_time();
+    // The start of the Guardian a takeover would need: made now, forked then.
+    let successor = crate::daemon::prepare_successor(&cfg, &text, &sockets);
     sys::trim_heap();
     sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
@@ -382,6 +384,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let found = Found {
         cgroups: Some(cgroups),
         dead: Some(dead),
+        successor,
     };
     promote(cfg, text, sockets, passed, flags, from, watching, found)
 }

@@ -466,19 +466,23 @@ impl Daemon {
     }
 }
 
-/// Starts a Guardian: this same binary in the Guardian role, told which process is its HAM,
-/// and handed the config text, a socket for pidfds, and the control listener (so clients
-/// queue through a takeover). If this process dies before releasing it, the child runs
-/// anyway, finds its HAM gone, and takes over.
-pub(super) fn spawn_guardian_process<'a>(
+/// A Guardian's start, prepared: its socket, its configuration's memfd, its descriptors,
+/// environment and command line, all but the fork. A Guardian prepares its successor's
+/// while it watches, so that its takeover only forks it.
+pub struct GuardianSpec {
+    spec: SpawnSpec,
+    ours: OwnedFd,
+}
+
+/// Prepares a Guardian: this same binary in the Guardian role, told which process is its HAM
+/// (this one, or the Guardian preparing it, which will be), and handed the config text, a
+/// socket for pidfds, and the control listener (so clients queue through a takeover).
+pub(super) fn prepare_guardian<'a>(
     cfg: &Config,
     config_text: &str,
     sockets: impl Into<SocketRefs<'a>>,
-    pipes: &[(u32, &OwnedFd, &OwnedFd)],
-    bell: Option<&OwnedFd>,
     binary: &Path,
-    start: GuardianStart,
-) -> io::Result<GuardianProc> {
+) -> io::Result<GuardianSpec> {
     let SocketRefs(listener, notify, watchdog) = sockets.into();
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
@@ -486,18 +490,6 @@ pub(super) fn spawn_guardian_process<'a>(
         rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
         None,
     )?;
-    // The output pipes go into the socket before the Guardian exists: in flight, they are
-    // held open even if this process dies before the Guardian reads them, so an entity's
-    // pipe never loses its last reader in a takeover. (What does not fit now is sent again
-    // by `guardian_started`.)
-    for (slot, r, w) in pipes {
-        let _ = handoff::send(&ours, *slot, handoff::PIPE_READ, 0, r);
-        let _ = handoff::send(&ours, *slot, handoff::PIPE_WRITE, 0, w);
-    }
-    // The clients' bell likewise: the next HAM listens on the one they hold.
-    if let Some(b) = bell {
-        let _ = handoff::send(&ours, 0, handoff::BELL, 0, b);
-    }
     let memfd = rustix::fs::memfd_create("ham-config", rustix::fs::MemfdFlags::CLOEXEC)?;
     rustix::io::write(&memfd, config_text.as_bytes())?;
     rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0))?;
@@ -526,6 +518,45 @@ pub(super) fn spawn_guardian_process<'a>(
         spec.fd(w.try_clone()?, handoff::FD_WATCHDOG);
     }
     spec.exec_if_orphaned();
+    Ok(GuardianSpec { spec, ours })
+}
+
+/// Starts a Guardian (see [`prepare_guardian`]). If this process dies before releasing it,
+/// the child runs anyway, finds its HAM gone, and takes over.
+pub(super) fn spawn_guardian_process<'a>(
+    cfg: &Config,
+    config_text: &str,
+    sockets: impl Into<SocketRefs<'a>>,
+    pipes: &[(u32, &OwnedFd, &OwnedFd)],
+    bell: Option<&OwnedFd>,
+    binary: &Path,
+    start: GuardianStart,
+) -> io::Result<GuardianProc> {
+    let prepared = prepare_guardian(cfg, config_text, sockets, binary)?;
+    start_guardian(prepared, cfg, pipes, bell, start)
+}
+
+/// Starts a prepared Guardian.
+pub(super) fn start_guardian(
+    prepared: GuardianSpec,
+    cfg: &Config,
+    pipes: &[(u32, &OwnedFd, &OwnedFd)],
+    bell: Option<&OwnedFd>,
+    start: GuardianStart,
+) -> io::Result<GuardianProc> {
+    let GuardianSpec { mut spec, ours } = prepared;
+    // The output pipes go into the socket before the Guardian exists: in flight, they are
+    // held open even if this process dies before the Guardian reads them, so an entity's
+    // pipe never loses its last reader in a takeover. (What does not fit now is sent again
+    // by `guardian_started`.)
+    for (slot, r, w) in pipes {
+        let _ = handoff::send(&ours, *slot, handoff::PIPE_READ, 0, r);
+        let _ = handoff::send(&ours, *slot, handoff::PIPE_WRITE, 0, w);
+    }
+    // The clients' bell likewise: the next HAM listens on the one they hold.
+    if let Some(b) = bell {
+        let _ = handoff::send(&ours, 0, handoff::BELL, 0, b);
+    }
     if start == GuardianStart::Held {
         spec.release_within(GUARDIAN_HOLD_NS.min(cfg.liveness_timeout_ns));
     }

@@ -79,7 +79,18 @@ mod watchdog;
 
 use clients::{Clients, Peer, Subscriber};
 use exits::{decode_wait_status, decode_waitid, describe};
-use guardian_link::{GuardianStart, spawn_guardian_process};
+pub use guardian_link::GuardianSpec;
+use guardian_link::{GuardianStart, prepare_guardian, start_guardian};
+
+/// A Guardian prepares the start of the Guardian its takeover will need (see
+/// [`GuardianSpec`]); `None` if it cannot now (the takeover then prepares it).
+pub fn prepare_successor(
+    cfg: &crate::config::Config,
+    config_text: &str,
+    sockets: &Sockets,
+) -> Option<GuardianSpec> {
+    prepare_guardian(cfg, config_text, sockets, Path::new("/proc/self/exe")).ok()
+}
 use spawn::own_restart_command;
 use start::device_restart_marker;
 use takeover::{stop_recorded_processes, wait_pidfd};
@@ -155,6 +166,8 @@ pub struct Found {
     pub cgroups: Option<crate::cgroup::Opened>,
     /// The handed-over processes (slot, pid) dead when the HAM was.
     pub dead: Option<HashSet<(u32, i32)>>,
+    /// The start of the next Guardian, prepared.
+    pub successor: Option<GuardianSpec>,
 }
 
 /// The HAM role.

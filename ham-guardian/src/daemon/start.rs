@@ -174,15 +174,13 @@ impl Daemon {
         let bell = passed.get(&handoff::BELL_KEY).map(|p| &p.pidfd);
         // Held before its execve until the entities that died with the HAM are started
         // again (`run`), or for a bounded time: if this process dies, it runs at once.
-        let guardian = match spawn_guardian_process(
-            &cfg,
-            &config_text,
-            &sockets,
-            &pipes,
-            bell,
-            self_exe,
-            GuardianStart::Held,
-        ) {
+        let prepared = match found.successor {
+            Some(p) => Ok(p),
+            None => prepare_guardian(&cfg, &config_text, &sockets, self_exe),
+        };
+        let started =
+            prepared.and_then(|p| start_guardian(p, &cfg, &pipes, bell, GuardianStart::Held));
+        let guardian = match started {
             Ok(g) => Some(g),
             Err(e) => {
                 log(
