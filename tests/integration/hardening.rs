@@ -1150,6 +1150,17 @@ fn a_corrupted_record_or_header_never_leaves_two_copies_or_none() {
     }
 }
 
+/// SIGKILLs the HAM; Guardian `g` must take over warm: `app` adopted (pid `app`, one copy).
+fn kill_ham_and_see_app_adopted_by(ham: &mut Ham, g: i32, app: i32) {
+    sigkill(ham.pid());
+    assert_eq!(ham.wait_exit(), -1);
+    let s = ham.wait_for("taken over", |s| {
+        s["ham"]["pid"] == g && s["ham"]["alive"] == true && running(s, "app")
+    });
+    assert_eq!(pid_of(&s, "app"), app, "{}", ham.stderr());
+    assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+}
+
 #[test]
 fn a_header_scribbled_over_is_mended_before_the_next_guardian_maps_it() {
     // A Guardian that started on a scribbled header could not read the segment and exited;
@@ -1178,13 +1189,7 @@ fn a_header_scribbled_over_is_mended_before_the_next_guardian_maps_it() {
     assert!(log.contains("header was scribbled over (magic"), "{log}");
     assert!(!log.contains("pidfd only"), "{log}");
     // It read the segment: the takeover is warm, app is adopted, not started again.
-    sigkill(ham.pid());
-    assert_eq!(ham.wait_exit(), -1);
-    let s = ham.wait_for("taken over", |s| {
-        s["ham"]["pid"] == g2 && s["ham"]["alive"] == true && running(s, "app")
-    });
-    assert_eq!(pid_of(&s, "app"), app, "{}", ham.stderr());
-    assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+    kill_ham_and_see_app_adopted_by(&mut ham, g2, app);
 }
 
 #[test]
@@ -1225,13 +1230,7 @@ fn a_guardian_that_finds_the_header_scribbled_over_watches_blind_until_the_ham_m
     assert!(blind < again && mended < again, "{log}");
     let g2 = ham.status()["guardian"]["pid"].as_i64().unwrap() as i32;
     assert!(log.contains(&watching(g2)), "{log}");
-    sigkill(ham.pid());
-    assert_eq!(ham.wait_exit(), -1);
-    let s = ham.wait_for("taken over", |s| {
-        s["ham"]["pid"] == g2 && s["ham"]["alive"] == true && running(s, "app")
-    });
-    assert_eq!(pid_of(&s, "app"), app, "{}", ham.stderr());
-    assert_eq!(entity_processes(&ham.name, "app"), vec![app]);
+    kill_ham_and_see_app_adopted_by(&mut ham, g2, app);
 }
 
 #[test]

@@ -9,10 +9,14 @@ use crate::util::*;
 fn an_entity_starts_after_its_dependency_is_ready_and_stops_before_it() {
     let work = tempfile::tempdir().unwrap();
     let order = work.path().join("order");
+    // Each says when its trap is set (a SIGTERM before that kills it without a word: a
+    // soak run stopped web that early).
+    let up_file = |name: &str| work.path().join(format!("{name}.up"));
     let svc = |name: &str| {
         format!(
-            "[\"/bin/sh\", \"-c\", \"trap 'echo {name} >> {}; exit 0' TERM; while :; do sleep 0.05; done\"]",
-            order.display()
+            "[\"/bin/sh\", \"-c\", \"trap 'echo {name} >> {}; exit 0' TERM; : > {}; while :; do sleep 0.05; done\"]",
+            order.display(),
+            up_file(name).display()
         )
     };
     let body = format!(
@@ -32,6 +36,9 @@ fn an_entity_starts_after_its_dependency_is_ready_and_stops_before_it() {
         up("db") >= up("web") + 300_000_000,
         "web started before db had run 300 ms: {s}"
     );
+    wait_until(&ham, "both traps set", || {
+        up_file("web").exists() && up_file("db").exists()
+    });
     assert!(ham.ctl(&["shutdown"]).status.success());
     assert_eq!(ham.wait_exit(), 0);
     // web (which needs db) was stopped, and gone, before db was asked to stop.
