@@ -364,6 +364,12 @@ impl Daemon {
         self.ensure_housekeeping();
         self.feed_watchdog(mono_ns());
         self.systemd_begin(promoted);
+        // Start-up code and heap given back now, before the loop; a takeover's once its
+        // restarts have exec'd (see below), which must not wait for it.
+        if !promoted {
+            sys::trim_heap();
+            sys::unmap_startup_code();
+        }
         let mut events = Vec::with_capacity(64);
         let no_wait = rustix::time::Timespec {
             tv_sec: 0,
@@ -376,13 +382,15 @@ impl Daemon {
             self.release_guardian();
             // The start-up's spawns (thousands, for a large box) leave the heap holed with
             // what each start allocated and freed between what stays: given back once,
-            // when the last of them has exec'd, with the start-up's code. Not before: a
-            // takeover's restarts would wait for it (reading smaps alone takes about
-            // 0.1 ms), and then fault back in the code they run.
+            // when the last of them has exec'd; a takeover's start-up code too (its
+            // restarts did not wait for it: reading smaps alone takes about 0.1 ms, and
+            // they would have faulted back in the code they run).
             if !self.trimmed_after_start && self.deferred.is_empty() && self.execing.is_empty() {
                 self.trimmed_after_start = true;
                 sys::trim_heap();
-                sys::unmap_startup_code();
+                if promoted {
+                    sys::unmap_startup_code();
+                }
             }
             if self.shutdown.is_some()
                 && self.execing.is_empty()
