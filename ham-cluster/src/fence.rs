@@ -35,7 +35,7 @@ pub fn keep(segment_name: &str) -> ! {
             }
             Err(e) => {
                 if !said_missing {
-                    eprintln!("ham-fence: {e}; looking again every second");
+                    crate::say!("ham-fence: {e}; looking again every second");
                     said_missing = true;
                 }
                 std::thread::sleep(LOOK_EVERY);
@@ -60,7 +60,7 @@ pub fn keep(segment_name: &str) -> ! {
             .collect();
         let alive = |pid: i32, start: u64| ham_guardian::procfs::start_time(pid) == Some(start);
         for (name, pid) in to_kill(&records, alive) {
-            eprintln!(
+            crate::say!(
                 "ham-fence: {name} (pid {pid}) still runs past the fence deadline (no ham stopped \
                  it): killing it and its process group"
             );

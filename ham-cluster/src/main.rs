@@ -125,7 +125,7 @@ impl Agent {
             state: Box::new(self.state()),
         };
         if let Err(e) = ham_guardian::control::request(&self.socket, &req, Duration::from_secs(2)) {
-            eprintln!("ham-cluster: reporting to ham: {e}");
+            ham_cluster::say!("ham-cluster: reporting to ham: {e}");
         }
     }
 
@@ -137,7 +137,7 @@ impl Agent {
         match r {
             Ok(()) => {
                 if k.lease_error.take().is_some() {
-                    eprintln!("ham-cluster: the lease is renewed again");
+                    ham_cluster::say!("ham-cluster: the lease is renewed again");
                 }
                 k.renewed = Some(Instant::now());
                 // etcd counts the TTL from when its leader took the renewal, which is
@@ -150,7 +150,7 @@ impl Agent {
             }
             Err(why) => {
                 if k.lease_error.as_deref() != Some(why.as_str()) {
-                    eprintln!("ham-cluster: renewing the lease: {why}");
+                    ham_cluster::say!("ham-cluster: renewing the lease: {why}");
                 }
                 k.lease_error = Some(why);
             }
@@ -205,17 +205,17 @@ impl Agent {
         loop {
             match self.etcd.keepalive(lease) {
                 Ok(_) => {
-                    eprintln!("ham-cluster: taking up lease {lease:x} again");
+                    ham_cluster::say!("ham-cluster: taking up lease {lease:x} again");
                     return Some(lease);
                 }
                 Err(EtcdError::LeaseGone) => {
-                    eprintln!("ham-cluster: lease {lease:x} of the earlier agent is gone");
+                    ham_cluster::say!("ham-cluster: lease {lease:x} of the earlier agent is gone");
                     return None;
                 }
                 Err(why) if Instant::now() < until => {
                     let why = why.to_string();
                     if said.as_ref() != Some(&why) {
-                        eprintln!(
+                        ham_cluster::say!(
                             "ham-cluster: taking up lease {lease:x} again: {why}; trying again"
                         );
                         said = Some(why);
@@ -223,7 +223,7 @@ impl Agent {
                     std::thread::sleep(self.ttl() / 10);
                 }
                 Err(why) => {
-                    eprintln!(
+                    ham_cluster::say!(
                         "ham-cluster: lease {lease:x} of the earlier agent not renewed within \
                          its TTL ({why}): registering anew"
                     );
@@ -247,7 +247,7 @@ impl Agent {
             let sent = ham_core::clock::mono_ns();
             let r = match lease {
                 None => self.register().map(|l| {
-                    eprintln!(
+                    ham_cluster::say!(
                         "ham-cluster: node {} registered (lease {l:x})",
                         self.cfg.node
                     );
@@ -255,7 +255,7 @@ impl Agent {
                 }),
                 Some(l) => match self.etcd.keepalive(l) {
                     Err(EtcdError::LeaseGone) => {
-                        eprintln!("ham-cluster: lease {l:x} expired; registering again");
+                        ham_cluster::say!("ham-cluster: lease {l:x} expired; registering again");
                         lease = None;
                         Err(EtcdError::LeaseGone)
                     }
@@ -303,7 +303,7 @@ impl Agent {
                     first
                 };
                 if first {
-                    eprintln!("ham-cluster: the view: {why}");
+                    ham_cluster::say!("ham-cluster: the view: {why}");
                     self.report();
                 }
                 // Not a busy loop on an unreachable etcd: each try waits its timeout, and
@@ -338,12 +338,14 @@ impl Agent {
     fn give_up(&self, name: &str, key: &str, token: u64, why: &str) -> bool {
         match self.unplace(name) {
             Ok(()) => {
-                eprintln!("ham-cluster: {name}: ham did not run it ({why}); giving up its key");
+                ham_cluster::say!(
+                    "ham-cluster: {name}: ham did not run it ({why}); giving up its key"
+                );
                 let _ = self.etcd.delete_if_created_at(key, token);
                 true
             }
             Err(e) => {
-                eprintln!(
+                ham_cluster::say!(
                     "ham-cluster: {name}: ham did not run it ({why}) and cannot say it is down \
                      ({e}); keeping its key"
                 );
@@ -421,7 +423,9 @@ impl Agent {
                         match self.place(name, token) {
                             Ok(()) => {
                                 if held.insert(name.clone(), token) != Some(token) {
-                                    eprintln!("ham-cluster: {name}: runs here (token {token})");
+                                    ham_cluster::say!(
+                                        "ham-cluster: {name}: runs here (token {token})"
+                                    );
                                 }
                             }
                             Err(why) => {
@@ -444,11 +448,13 @@ impl Agent {
                         free_since.remove(&key);
                         match self.etcd.create(&key, self.cfg.node.as_bytes(), lease) {
                             Ok(Some(token)) => {
-                                eprintln!("ham-cluster: {name}: won with token {token}");
+                                ham_cluster::say!("ham-cluster: {name}: won with token {token}");
                                 match self.place(name, token) {
                                     Ok(()) => {
                                         held.insert(name.clone(), token);
-                                        eprintln!("ham-cluster: {name}: runs here (token {token})");
+                                        ham_cluster::say!(
+                                            "ham-cluster: {name}: runs here (token {token})"
+                                        );
                                     }
                                     Err(why) => {
                                         if !self.give_up(name, &key, token, &why) {
@@ -459,12 +465,12 @@ impl Agent {
                                 }
                             }
                             Ok(None) => {} // another node was first
-                            Err(e) => eprintln!("ham-cluster: {name}: campaign: {e}"),
+                            Err(e) => ham_cluster::say!("ham-cluster: {name}: campaign: {e}"),
                         }
                         wake = Duration::ZERO; // read again at once
                     }
                     Decision::Resign { key, token } => {
-                        eprintln!(
+                        ham_cluster::say!(
                             "ham-cluster: {name}: a more preferred node is here; handing over"
                         );
                         // Stopped first, then the key goes: never two at once.
@@ -559,14 +565,16 @@ impl Agent {
                     match h {
                         Some(kv) if mine && resigning => {
                             let _ = self.etcd.delete_if_created_at(&role, kv.create_revision);
-                            eprintln!("ham-cluster: gave up the active supervisor role");
+                            ham_cluster::say!("ham-cluster: gave up the active supervisor role");
                             None
                         }
                         None if fresh && !resigning && self.cfg.supervisor => {
                             if let Ok(Some(_)) =
                                 self.etcd.create(&role, self.cfg.node.as_bytes(), lease)
                             {
-                                eprintln!("ham-cluster: this node is the active supervisor");
+                                ham_cluster::say!(
+                                    "ham-cluster: this node is the active supervisor"
+                                );
                             }
                             self.etcd.get(&role).ok().flatten()
                         }
@@ -608,7 +616,7 @@ impl Agent {
         if standbys.is_empty() {
             return Err("no standby supervisor in the view".into());
         }
-        eprintln!(
+        ham_cluster::say!(
             "ham-cluster: switching over (standbys: {})",
             standbys.join(", ")
         );
@@ -665,7 +673,7 @@ impl Agent {
                 Some(kv) => Some(kv),
                 None if fresh => match self.etcd.create(&role, self.cfg.node.as_bytes(), lease) {
                     Ok(Some(rev)) => {
-                        eprintln!("ham-cluster: this node is the master (revision {rev})");
+                        ham_cluster::say!("ham-cluster: this node is the master (revision {rev})");
                         self.etcd.get(&role).ok().flatten()
                     }
                     _ => self.etcd.get(&role).ok().flatten(),
@@ -714,15 +722,17 @@ impl Agent {
                             &[(key.as_str(), value.as_slice())],
                             &[&kv.key],
                         ) {
-                            Ok(true) => eprintln!(
+                            Ok(true) => ham_cluster::say!(
                                 "ham-cluster: master: {} = {} (asked by {})",
-                                req.key, req.value, req.origin
+                                req.key,
+                                req.value,
+                                req.origin
                             ),
                             Ok(false) => {
-                                eprintln!("ham-cluster: no longer the master; not writing");
+                                ham_cluster::say!("ham-cluster: no longer the master; not writing");
                                 break;
                             }
-                            Err(e) => eprintln!("ham-cluster: master: {e}"),
+                            Err(e) => ham_cluster::say!("ham-cluster: master: {e}"),
                         }
                     }
                 }
@@ -789,7 +799,7 @@ impl Agent {
             return;
         }
         let Ok(s) = serde_json::from_slice::<Setting>(&kv.value) else {
-            eprintln!("ham-cluster: setting {key}: not a setting, left alone");
+            ham_cluster::say!("ham-cluster: setting {key}: not a setting, left alone");
             return;
         };
         let req = Request::ClusterApply {
@@ -814,12 +824,12 @@ impl Agent {
                 }
                 self.report();
             }
-            Ok(r) => eprintln!(
+            Ok(r) => ham_cluster::say!(
                 "ham-cluster: setting {key}: ham refused it: {}",
                 r.error.unwrap_or_default()
             ),
             // Not applied: read again at the next turn (the watch's time limit).
-            Err(e) => eprintln!("ham-cluster: setting {key}: {e}"),
+            Err(e) => ham_cluster::say!("ham-cluster: setting {key}: {e}"),
         }
     }
 
@@ -927,14 +937,14 @@ fn main() -> ExitCode {
     let (path, fence) = match config_path() {
         Ok(p) => p,
         Err(why) => {
-            eprintln!("ham-cluster: {why}");
+            ham_cluster::say!("ham-cluster: {why}");
             return ExitCode::from(2);
         }
     };
     let cfg = match ham_guardian::config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ham-cluster: {e}");
+            ham_cluster::say!("ham-cluster: {e}");
             return ExitCode::from(1);
         }
     };
@@ -942,7 +952,7 @@ fn main() -> ExitCode {
         ham_cluster::fence::keep(&cfg.instance.segment_name());
     }
     let Some(cluster) = cfg.cluster.clone() else {
-        eprintln!(
+        ham_cluster::say!(
             "ham-cluster: {} has no [cluster] table: nothing to do",
             path.display()
         );
@@ -975,7 +985,7 @@ fn main() -> ExitCode {
             resigning_until: None,
         }),
     });
-    eprintln!(
+    ham_cluster::say!(
         "ham-cluster: cluster {}, node {}, etcd {}",
         agent.cfg.name,
         agent.cfg.node,

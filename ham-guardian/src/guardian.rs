@@ -171,10 +171,6 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             .map_err(|e| io_err("epoll_ctl")(e.into()))?;
     }
 
-    log(
-        &name,
-        format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
-    );
     // The entities' cgroups, found now (the HAM's are this process's: it is our parent), so
     // that a takeover need not look for them while entities wait.
     let cgroups = crate::cgroup::Cgroups::open(&cfg.instance.cgroup, &name);
@@ -207,6 +203,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         }
     }
     handoff::beat(&sock);
+    // Said once the beat is sent: a Guardian that has said it counts as one that watched.
+    log(
+        &name,
+        format_args!("pid {} watching HAM pid {ham_pid}", std::process::id()),
+    );
     if beat_unread {
         fence(&name, &ham_pidfd);
     }

@@ -189,6 +189,10 @@ impl Daemon {
         let Some(mut g) = self.guardian.take() else {
             return;
         };
+        // A beat it sent before it died counts: it had entered its loop.
+        if handoff::drain_beats(&g.sock) {
+            g.beaten = true;
+        }
         let how = match rustix::process::waitid(
             WaitId::PidFd(g.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
