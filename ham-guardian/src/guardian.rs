@@ -637,8 +637,7 @@ fn promote(
     let name = cfg.instance.name.clone();
     // Mapped for writing at once: this process owns it from here on (once more than we
     // map it: `Daemon::promote` takes the next epoch, which fences any other owner).
-    let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadWrite);
-    match &seg {
+    let seg = match Segment::open(&cfg.instance.segment_name(), Access::ReadWrite) {
         Ok(seg) => {
             let h = seg.header().snapshot();
             if procfs::is_alive(h.ham_pid, h.ham_start_time)
@@ -651,15 +650,16 @@ fn promote(
                 );
                 return Ok(exit::OK);
             }
+            Ok(seg)
         }
         Err(SegmentError::NotFound { .. }) if flags & FLAG_STOP_INTENT != 0 => {
             // The HAM finished its shutdown and removed the segment: nothing to take over.
             return Ok(exit::OK);
         }
         // Corrupted: taken over cold (`Daemon::promote`), never left unsupervised.
-        Err(SegmentError::BadMagic { .. } | SegmentError::Geometry { .. }) => {}
-        Err(_) => return Err(seg.err().expect("an error").into()),
-    }
+        Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => Err(e),
+        Err(e) => return Err(e.into()),
+    };
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
     let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, found)?;
