@@ -364,15 +364,18 @@ fn raise_push(c: &Client) -> impl Fn(u64) -> Result<bool> + Sync + '_ {
     }
 }
 
-/// One run: every producer pushes `each` events from its own thread, into `seg`'s ring.
-fn ring_run(producers: &[Push<'_>], seg: &ClientSegment, each: u64) -> Result<RingRun> {
-    let position = || {
-        let h = seg.header();
-        (
-            h.head.load(Ordering::Acquire),
-            h.tail.load(Ordering::Acquire),
-        )
-    };
+/// Where a ring is: events pushed (as far as the consumer's side can tell) and consumed.
+type Position<'a> = &'a (dyn Fn() -> (u64, u64) + Sync);
+
+/// One run: every producer pushes `each` events from its own thread; `position` tells
+/// when the consumer has taken them all, and `seg` (the client segment) what its doorbell
+/// says if it stops.
+fn ring_run(
+    producers: &[Push<'_>],
+    seg: &ClientSegment,
+    position: Position<'_>,
+    each: u64,
+) -> Result<RingRun> {
     let deadline = mono_ns() + 5_000_000_000;
     let tail0 = loop {
         let (h, t) = position();
@@ -509,10 +512,152 @@ fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
             }
         };
         let pushes: Vec<Push<'_>> = (0..producers).map(|_| &push as Push<'_>).collect();
-        ring_run(&pushes, &seg, each)
+        let h = seg.header();
+        let position = || {
+            (
+                h.head.load(Ordering::Acquire),
+                h.tail.load(Ordering::Acquire),
+            )
+        };
+        ring_run(&pushes, &seg, &position, each)
     });
     ClientSegment::unlink(&name);
     r
+}
+
+/// The floor for `ring_throughput` with lanes (what `Client::raise` pushes on): one lane
+/// per producer (`ham_core::lane`, as ham makes them, saying the consumer issues
+/// `membarrier`) and a doorbell word in a client segment of the bench's own, drained by
+/// [`bare_lane_consumer`] (a thread that takes each lane's events in turn, does nothing per
+/// event, and sleeps on the doorbell as the HAM does, `membarrier` included).
+fn bare_lane_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
+    use ham_core::lane::{LaneMap, LaneProducer};
+    let prefix = format!("/ham.{}bare-lane", ctx.instance_prefix());
+    let seg_name = format!("{prefix}.client");
+    ClientSegment::unlink(&seg_name);
+    let seg = ClientSegment::create(&seg_name, 0, 1024, None).map_err(|e| e.to_string())?;
+    let names: Vec<String> = (0..producers).map(|k| format!("{prefix}.{k}")).collect();
+    let made = names
+        .iter()
+        .map(|n| {
+            LaneMap::create(
+                n,
+                std::process::id(),
+                0,
+                ham_core::lane::membarrier_available(),
+            )
+        })
+        .collect::<std::result::Result<Vec<_>, _>>();
+    for n in &names {
+        LaneMap::unlink(n);
+    }
+    let (lanes, fds): (Vec<_>, Vec<_>) = made.map_err(|e| e.to_string())?.into_iter().unzip();
+    ClientSegment::unlink(&seg_name);
+    let registered = ham_core::lane::register_producer();
+    let mut made = Vec::new();
+    for fd in &fds {
+        let map = LaneMap::from_fd(fd).map_err(|e| e.to_string())?;
+        made.push(LaneProducer::new(map, registered).map_err(|e| e.to_string())?);
+    }
+    let ev = bench_event();
+    let stop = AtomicBool::new(false);
+    let taken = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| bare_lane_consumer(&seg, &lanes, &stop, &taken));
+        let _stop = StopLaneConsumer(&stop, &seg);
+        let pushes: Vec<_> = made
+            .iter()
+            .map(|p| {
+                let seg = &seg;
+                let ev = &ev;
+                move |i: u64| {
+                    let mut e = ev.clone();
+                    e.value = i as i64;
+                    match p.push(&e, &seg.header().sleeping) {
+                        Ok(wake) => {
+                            if wake {
+                                seg.ring_doorbell();
+                            }
+                            Ok(true)
+                        }
+                        Err(PushError::Full) => Ok(false),
+                        Err(e) => Err(format!("push: {e}")),
+                    }
+                }
+            })
+            .collect();
+        let pushes: Vec<Push<'_>> = pushes.iter().map(|p| p as Push<'_>).collect();
+        let position = || {
+            let t = taken.load(Ordering::Acquire);
+            (t, t)
+        };
+        ring_run(&pushes, &seg, &position, each)
+    })
+}
+
+/// The bare lane consumer: every lane in turn until all are empty, then the doorbell as the
+/// HAM rings it down ("asleep", fence, `membarrier`, a last look, the futex).
+fn bare_lane_consumer(
+    seg: &ClientSegment,
+    lanes: &[ham_core::lane::LaneMap],
+    stop: &AtomicBool,
+    taken: &AtomicU64,
+) {
+    use ham_core::lane::{LaneConsumer, LanePolled};
+    let mut shared = Consumer::new(seg, 100_000_000);
+    let mut cs: Vec<LaneConsumer> = lanes.iter().map(LaneConsumer::resume).collect();
+    let h = seg.header();
+    let membarrier = ham_core::lane::membarrier_available();
+    loop {
+        let mut any = true;
+        while any {
+            any = false;
+            for (c, l) in cs.iter_mut().zip(lanes) {
+                let mut n = 0;
+                while let LanePolled::Event(_) | LanePolled::Rejected(_) = c.poll(l, 0, 0, 0) {
+                    n += 1;
+                    if n == 1024 {
+                        break;
+                    }
+                }
+                if n > 0 {
+                    taken.fetch_add(n, Ordering::Release);
+                    any = true;
+                }
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if shared.prepare_sleep(seg) {
+            if membarrier {
+                let _ = ham_core::lane::membarrier();
+            }
+            if cs.iter().zip(lanes).any(|(c, l)| c.has_published(l)) || stop.load(Ordering::SeqCst)
+            {
+                shared.awake(seg);
+                continue;
+            }
+            let v = h.sleeping.load(Ordering::Acquire);
+            if v & 3 == ring::BELL_ASLEEP {
+                ring::futex_wait(&h.sleeping, v);
+            }
+            shared.awake(seg);
+        }
+    }
+}
+
+/// Stops the bare lane consumer: the flag, then a ring of its doorbell.
+struct StopLaneConsumer<'a>(&'a AtomicBool, &'a ClientSegment);
+
+impl Drop for StopLaneConsumer<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        let h = self.1.header();
+        // Whatever state the word is in: a new value and a wake.
+        h.sleeping.fetch_add(4, Ordering::SeqCst);
+        ring::futex_wake(&h.sleeping);
+    }
 }
 
 /// A ham for `ring_throughput`: one entity, four clients, and a second mapping of its
@@ -543,10 +688,12 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
         scenario: "ring_throughput",
         unit: "events/s",
         title: format!(
-            "Client::raise from 1, 2 and 4 producer threads, {} events each, on an entity with \
-             no raise condition: events ÷ (first push → ham's tail past the last event); {} \
-             repetitions; a full ring is retried after a yield. bare: the same ring and event, \
-             drained by a thread of the bench's own that does nothing per event (the floor)",
+            "Client::raise from 1, 2 and 4 producer threads (a client each, so a lane each), \
+             {} events each, on an entity with no raise condition: events ÷ (first push → ham \
+             has taken the last event); {} repetitions; a full ring is retried after a yield. \
+             bare: the same lanes and event, drained by a thread of the bench's own that does \
+             nothing per event and sleeps as the HAM does (the floor); shared: the shared ring \
+             (ham-core's, 1024 slots) drained the same way, the floor before lanes",
             p.ring_events, p.ring_reps
         ),
         systems: Vec::new(),
@@ -563,14 +710,28 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
         notes: Vec::new(),
     };
     eprintln!("[ring_throughput] bare");
-    for producers in [1usize, 2, 4] {
-        let name = ["bare-1p", "bare-2p", "bare-4p"][producers.ilog2() as usize];
+    for (lanes, producers) in [1usize, 2, 4]
+        .into_iter()
+        .map(|n| (true, n))
+        .chain([1usize, 2, 4].into_iter().map(|n| (false, n)))
+    {
+        let k = producers.ilog2() as usize;
+        let name = if lanes {
+            ["bare-1p", "bare-2p", "bare-4p"][k]
+        } else {
+            ["shared-1p", "shared-2p", "shared-4p"][k]
+        };
         let mut rates = Vec::new();
         let mut full = 0;
         let mut fails = 0;
         for _ in 0..p.ring_reps {
             sys::check_interrupted()?;
-            match bare_ring_run(ctx, producers, p.ring_events)? {
+            let run = if lanes {
+                bare_lane_run(ctx, producers, p.ring_events)?
+            } else {
+                bare_ring_run(ctx, producers, p.ring_events)?
+            };
+            match run {
                 RingRun::Done(rate, f) => {
                     rates.push(rate);
                     full += f;
@@ -584,7 +745,7 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
         }
         if let Some(s) = stats(&rates) {
             progress(format!(
-                "{producers} producer(s): median {:.0} events/s, {full} full-ring retries",
+                "{name}: median {:.0} events/s, {full} full-ring retries",
                 s.median
             ));
         }
@@ -611,7 +772,20 @@ pub fn ring_throughput(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result
                 let run = {
                     let pushes: Vec<_> = ham.clients[..producers].iter().map(raise_push).collect();
                     let pushes: Vec<Push<'_>> = pushes.iter().map(|p| p as Push<'_>).collect();
-                    ring_run(&pushes, &ham.seg, p.ring_events)?
+                    // Each client pushes on a lane of its own (the SDK asks one at connect),
+                    // or on the shared ring: what the HAM has taken off all of them is in its
+                    // state segment's ring counts, published after each drain.
+                    let state = &ham.sup.ham.as_ref().expect("a ham instance").seg;
+                    let pushed = ham.pushed;
+                    let taken = || {
+                        let c = state.header().ring_counts();
+                        c[0] + c[1] + c[2]
+                    };
+                    let position = || {
+                        let t = taken();
+                        (t.max(pushed), t)
+                    };
+                    ring_run(&pushes, &ham.seg, &position, p.ring_events)?
                 };
                 match run {
                     RingRun::Done(rate, f) => {

@@ -73,9 +73,21 @@ impl BeatMap {
 
     /// A successor's side: the page `name` a predecessor made, if it is ham's own.
     pub fn open(name: &str) -> Result<Self, SegmentError> {
-        let page = Self::map(&crate::segment::open_owned(name, BEAT_MODE)?, name)?;
+        Self::open_with_fd(name).map(|(page, _)| page)
+    }
+
+    /// [`open`](Self::open), and the page's descriptor (ham keeps it to grow the page back
+    /// if its client shrinks it).
+    pub fn open_with_fd(name: &str) -> Result<(Self, OwnedFd), SegmentError> {
+        let fd = crate::segment::open_owned(name, BEAT_MODE)?;
+        let page = Self::map(&fd, name)?;
         page.validate(name)?;
-        Ok(page)
+        Ok((page, fd))
+    }
+
+    /// Where the mapping is, and how long.
+    pub fn mapping(&self) -> (usize, usize) {
+        (self.map.as_ptr() as usize, self.map.len())
     }
 
     /// The client's side: the page behind a descriptor ham handed over.

@@ -398,6 +398,12 @@ impl Header {
             _ => None,
         }
     }
+    /// The generation of the ring consumer's last record (the next one is this + 1; a
+    /// single writer publishes them). Lanes keep their position at each record under it
+    /// (`ham_core::lane`).
+    pub fn ring_generation(&self) -> u64 {
+        self.ring.current_generation()
+    }
     /// Where the detector ring's consumer stopped.
     pub fn ring_tail(&self) -> u64 {
         self.ring_state().unwrap_or_default().tail
@@ -943,6 +949,20 @@ impl<const N: usize> Slot<N> {
         ))
     }
 
+    /// The generation the next publish follows: the newest valid one's. A copy that no
+    /// longer validates (the previous writer died mid-store) is simply not counted: the
+    /// next publish overwrites it, never the newest valid one.
+    pub(crate) fn current_generation(&self) -> u64 {
+        match self.newest() {
+            Ok(Some(body)) => body[word::GEN],
+            Ok(None) | Err(_) => {
+                let g0 = self.copies[0].load().map(|b| b[word::GEN]).unwrap_or(0);
+                let g1 = self.copies[1].load().map(|b| b[word::GEN]).unwrap_or(0);
+                g0.max(g1)
+            }
+        }
+    }
+
     /// Publishes the body `encode(generation)` as the next generation and returns it.
     /// Single writer only: the caller must be the HAM owning the current epoch (enforced by
     /// `SegmentWriter`).
@@ -951,17 +971,7 @@ impl<const N: usize> Slot<N> {
         encode: impl FnOnce(u64) -> [u64; N],
         hook: Option<Hook>,
     ) -> u64 {
-        // A copy that no longer validates (the previous writer died mid-store) is simply not
-        // counted: we overwrite it, never the newest valid one.
-        let current = match self.newest() {
-            Ok(Some(body)) => body[word::GEN],
-            Ok(None) | Err(_) => {
-                let g0 = self.copies[0].load().map(|b| b[word::GEN]).unwrap_or(0);
-                let g1 = self.copies[1].load().map(|b| b[word::GEN]).unwrap_or(0);
-                g0.max(g1)
-            }
-        };
-        let next = current + 1;
+        let next = self.current_generation() + 1;
         self.copies[(next % 2) as usize].store(&encode(next), hook);
         next
     }

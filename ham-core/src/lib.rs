@@ -12,13 +12,16 @@
 //! * [`blob`] — the run-time definitions document (A/B copies of variable length).
 //! * [`client`] — the client segment: heartbeat slots and the detector ring (MPSC, crash-
 //!   proof, validated by its consumer).
+//! * [`lane`] — a detector ring of one producer's own (SPSC, private, no locked
+//!   instruction per event), for producers that push many events.
 //! * [`protocol`] — the control socket's JSON request and response types.
 //! * [`duration`] — the duration syntax used in configuration files.
 //! * [`clock`] — the monotonic and wall clocks, read the same way everywhere.
 //! * [`paths`] — where an instance's things are (names, defaults, its run directory).
 //!
 //! `unsafe` is denied here except in [`shm`] (the shared-memory contract: which types may be
-//! shared, and the one checked view of a mapping), and where a mapping is made.
+//! shared, and the one checked view of a mapping), where a mapping is made, and the one `madvise` of
+//! [`lane::ForkGuard`].
 #![deny(unsafe_code)]
 
 pub mod beat;
@@ -28,6 +31,8 @@ pub mod clock;
 pub mod duration;
 pub mod engine;
 pub mod journal;
+#[cfg(not(loom))]
+pub mod lane;
 pub mod layout;
 pub mod lifecycle;
 pub mod mts;

@@ -28,6 +28,30 @@ pub fn beat_page(name: &str, slot: u32) -> String {
     format!("/ham.{name}.hb.{slot}")
 }
 
+/// Lane `n` of instance `name` (`ham_core::lane`), made for the process `pid` (started at
+/// `start`, in clock ticks after boot) of user `uid`: the name is how a successor knows
+/// whose the lane is.
+pub fn lane(name: &str, pid: u32, start: u64, uid: u32, n: u64) -> String {
+    format!("/ham.{name}.lane.{pid}.{start}.{uid}.{n}")
+}
+
+/// The owner (pid, start, uid) and number of a lane of instance `name`, from the name of
+/// its file under `/dev/shm` (no leading slash); `None` for any other file.
+pub fn parse_lane(name: &str, file: &str) -> Option<(u32, u64, u32, u64)> {
+    let rest = file
+        .strip_prefix("ham.")?
+        .strip_prefix(name)?
+        .strip_prefix(".lane.")?;
+    let mut it = rest.split('.');
+    let parsed = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    it.next().is_none().then_some(parsed)
+}
+
 /// The checkpoint store (`ham_core::pss`) of the entity in `slot` of instance `name`.
 pub fn pss_region(name: &str, slot: u32) -> String {
     format!("/ham.{name}.pss.{slot}")
@@ -195,6 +219,21 @@ mod tests {
         let text = "[[entity]]\nname = \"web\"\n[ham] # main\nname = \"a\\u0062c\"\n";
         assert_eq!(instance_keys(text).unwrap().name, "abc");
         assert_eq!(instance_keys(text).unwrap().run_dir, None);
+    }
+
+    #[test]
+    fn a_lanes_owner_is_read_back_from_its_name_and_only_its_instances() {
+        let n = lane("demo", 42, 1234, 1000, 7);
+        assert_eq!(n, "/ham.demo.lane.42.1234.1000.7");
+        assert_eq!(parse_lane("demo", &n[1..]), Some((42, 1234, 1000, 7)));
+        assert_eq!(parse_lane("dem", &n[1..]), None, "another instance's");
+        assert_eq!(parse_lane("demo", "ham.demo.hb.3"), None);
+        assert_eq!(parse_lane("demo", "ham.demo.lane.42.1234.1000"), None);
+        assert_eq!(parse_lane("demo", "ham.demo.lane.42.1234.1000.7.8"), None);
+        assert_eq!(parse_lane("demo", "ham.demo.lane.x.1234.1000.7"), None);
+        let dotted = lane("a.lane.1", 1, 2, 3, 4);
+        assert_eq!(parse_lane("a", &dotted[1..]), None);
+        assert_eq!(parse_lane("a.lane.1", &dotted[1..]), Some((1, 2, 3, 4)));
     }
 
     #[test]

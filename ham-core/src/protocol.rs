@@ -25,6 +25,9 @@ pub enum Request {
     DeviceRestart { enabled: bool },
     /// A client's first words: answered with its token (for the detector ring).
     Hello,
+    /// A client asks for a lane of its own (`ham_core::lane`): answered with the lane's
+    /// descriptor attached, or refused (no lanes left for it; it then uses the shared ring).
+    Lane,
     /// This connection stays open: every further request line on it is answered on it,
     /// in turn (the SDK's `Client` asks this once, and saves a connection per request).
     /// ham may close an idle session when its uid needs the connection for another.
@@ -263,6 +266,7 @@ impl Request {
         match self {
             Self::Ping
             | Self::Hello
+            | Self::Lane
             | Self::Session
             | Self::Attach { .. }
             | Self::Ready { .. }

@@ -37,6 +37,13 @@ unsafe impl Shared for crate::client::HeartbeatSlot {}
 // SAFETY: repr(C): a sequence word and SLOT_WORDS words, all `AtomicU64`.
 #[cfg(not(loom))]
 unsafe impl Shared for crate::client::RingSlot {}
+// SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (or arrays of them), no padding
+// (192 bytes, asserted in `lane`).
+#[cfg(not(loom))]
+unsafe impl Shared for crate::lane::LaneHeader {}
+// SAFETY: repr(C): a sequence word and 15 words, all `AtomicU64` (128 bytes, asserted).
+#[cfg(not(loom))]
+unsafe impl Shared for crate::lane::LaneSlot {}
 // SAFETY: repr(C): magic, version, pid, beat, all atomics.
 unsafe impl Shared for crate::beat::BeatPage {}
 // SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (or arrays of them), no padding

@@ -173,6 +173,79 @@ pub struct Client {
     /// The connection requests go over, kept open ([`Request::Session`]); made again
     /// whenever ham closed it (a takeover, or its uid needed the connection).
     session: Mutex<Option<Session>>,
+    /// This client's own detector ring, if ham gave it one (see [`Lane`]).
+    lane: Option<Lane>,
+}
+
+/// A lane (`ham_core::lane`): a detector ring this client alone writes, with no locked
+/// instruction per event. One thread at a time is its producer: the first that pushes,
+/// until it exits (the next to push then takes it). Events from any other thread, and from
+/// a child forked after `connect`, go through the shared ring.
+struct Lane {
+    producer: ham_core::lane::LaneProducer,
+    /// The tag of the thread that pushes here (0: none now).
+    owner: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The lanes this thread holds, let go when it exits.
+struct Held(Vec<Arc<std::sync::atomic::AtomicU64>>, u64);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for owner in &self.0 {
+            // Release: the next owner (its Acquire) sees this thread's last ticket.
+            let _ = owner.compare_exchange(
+                self.1,
+                0,
+                std::sync::atomic::Ordering::Release,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+thread_local! {
+    static HELD: std::cell::RefCell<Held> = std::cell::RefCell::new(Held(Vec::new(), {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }));
+}
+
+/// This thread's tag: a number no other thread of this process has (0 is never one).
+fn thread_tag() -> u64 {
+    HELD.try_with(|h| h.borrow().1).unwrap_or(u64::MAX)
+}
+
+impl Lane {
+    /// Whether the calling thread pushes here: the owner, or it takes the lane now that no
+    /// thread holds it.
+    #[inline]
+    fn mine(&self) -> bool {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        if !self.producer.usable_here() {
+            return false;
+        }
+        let me = thread_tag();
+        match self.owner.load(Relaxed) {
+            0 if me != u64::MAX => {
+                let took = self.owner.compare_exchange(0, me, Acquire, Relaxed).is_ok();
+                if took {
+                    HELD.with(|h| h.borrow_mut().0.push(Arc::clone(&self.owner)));
+                }
+                took
+            }
+            o => o == me,
+        }
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // The holder's list keeps the word alive; nothing more to do: a dropped client's
+        // lane is let go with its mapping (ham retires it when this process exits).
+        let _ = HELD.try_with(|h| h.borrow_mut().0.retain(|o| !Arc::ptr_eq(o, &self.owner)));
+    }
 }
 
 /// A control connection ham keeps open, and the process that made it (ham knows the
@@ -364,6 +437,7 @@ impl Client {
             pid: 0,
             uid: 0,
             session: Mutex::new(None),
+            lane: None,
         };
         let (r, bell) = client.request_fd(&Request::Hello)?;
         let (Some(token), Some((pid, uid))) = (r.token, r.peer) else {
@@ -380,7 +454,43 @@ impl Client {
         client.token = token;
         client.pid = pid as u32;
         client.uid = uid;
+        // A lane of its own, if ham has one to give (an older ham, or one out of lanes,
+        // refuses: the shared ring serves).
+        client.lane = client.open_lane();
         Ok(client)
+    }
+
+    fn open_lane(&self) -> Option<Lane> {
+        let (r, fd) = self.request_fd(&Request::Lane).ok()?;
+        let map = ham_core::lane::LaneMap::from_fd(&fd.filter(|_| r.ok)?).ok()?;
+        let producer =
+            ham_core::lane::LaneProducer::new(map, ham_core::lane::register_producer()).ok()?;
+        Some(Lane {
+            producer,
+            owner: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// Publishes `ev`: on this client's lane if the calling thread is its producer, else on
+    /// the shared ring. Never blocks.
+    #[inline]
+    fn push(&self, ev: &RingEvent) -> Result<(), Error> {
+        match &self.lane {
+            Some(l) if l.mine() => {
+                if l.producer.push(ev, &self.seg.header().sleeping)? {
+                    self.seg.ring_doorbell();
+                }
+                Ok(())
+            }
+            _ => Ok(self.seg.push(ev)?),
+        }
+    }
+
+    /// Whether this thread's events go through a lane of this client's own (for tests and
+    /// the benchmark).
+    #[doc(hidden)]
+    pub fn on_lane(&self) -> bool {
+        self.lane.as_ref().is_some_and(Lane::mine)
     }
 
     /// Where this client's ham is.
@@ -525,7 +635,7 @@ impl Client {
         let mut ev = self.event(KIND_RAISE, entity, class)?;
         ev.severity = severity;
         ev.value = value;
-        Ok(self.seg.push(&ev)?)
+        self.push(&ev)
     }
 
     /// Reports that `entity` went from state `from` to `to` (its `state` conditions fire).
@@ -533,7 +643,7 @@ impl Client {
         let mut ev = self.event(KIND_STATE, entity, "")?;
         ev.from = from;
         ev.to = to;
-        Ok(self.seg.push(&ev)?)
+        self.push(&ev)
     }
 
     /// [`raise`](Self::raise) with a hook between claiming and publishing the slot: for
@@ -556,6 +666,15 @@ impl Client {
     /// (the benchmark's publish-to-consume latency).
     #[doc(hidden)]
     pub fn ring_position(&self) -> (u64, u64) {
+        if let Some(l) = self.lane.as_ref().filter(|l| l.mine()) {
+            return (
+                l.producer.next(),
+                l.producer
+                    .header()
+                    .tail
+                    .load(std::sync::atomic::Ordering::Acquire),
+            );
+        }
         let h = self.seg.header();
         (
             h.head.load(std::sync::atomic::Ordering::Acquire),
@@ -584,7 +703,7 @@ impl Client {
         let mut ev = self.event(KIND_RAISE, entity, &rclass.to_string())?;
         ev.severity = severity;
         ev.from = rtype;
-        Ok(self.seg.push(&ev)?)
+        self.push(&ev)
     }
 
     /// Whether `entity` (and its `condition`, and that condition's `action`) exists.
@@ -616,12 +735,20 @@ impl Client {
             .map(|r| r.flags.unwrap_or(0))
     }
 
-    /// Events producers dropped because the ring was full (all producers, this run of ham).
+    /// Events producers dropped because the ring was full (all producers, this run of ham),
+    /// and those this client dropped because its lane was.
     pub fn dropped(&self) -> u64 {
+        let lane = self.lane.as_ref().map_or(0, |l| {
+            l.producer
+                .header()
+                .dropped_full
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
         self.seg
             .header()
             .dropped_full
             .load(std::sync::atomic::Ordering::Relaxed)
+            + lane
     }
 
     /// Subscribes to the `notify` actions on `topic` (`*`: all topics).

@@ -35,6 +35,13 @@ pub const DEFAULT_SYSLOG: &str = "/dev/log";
 /// Longest instance name (it becomes part of a shm object name and a socket path).
 pub const INSTANCE_NAME_MAX: usize = 32;
 
+/// Lanes (`ham_core::lane`, 32 KiB of `/dev/shm` each) ham hands out at most: in all, to one
+/// process, and to one user other than root and ham's own. A client refused one uses the
+/// shared ring.
+pub const LANES_MAX: usize = 128;
+pub const LANES_PER_PID: usize = 16;
+pub const LANES_PER_UID: usize = 32;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {

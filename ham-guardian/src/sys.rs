@@ -362,9 +362,26 @@ pub fn rlimit_nofile() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
-static GUARD_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static GUARD_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static GUARD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// A mapping the SIGBUS handler grows back: where, how long, and the descriptor plus one
+/// (0: the entry is free; all zeros, so the table costs no memory until it is used).
+struct Guarded {
+    base: std::sync::atomic::AtomicUsize,
+    len: std::sync::atomic::AtomicUsize,
+    fd1: std::sync::atomic::AtomicI32,
+}
+
+/// Mappings guarded: the client segment's in the first entry; then a lane's or a heartbeat
+/// page's each (one per lane ham allows, one per entity a segment can hold).
+const GUARDS: usize = 1 + crate::config::LANES_MAX + 65_536;
+static GUARDED: [Guarded; GUARDS] = [const {
+    Guarded {
+        base: std::sync::atomic::AtomicUsize::new(0),
+        len: std::sync::atomic::AtomicUsize::new(0),
+        fd1: std::sync::atomic::AtomicI32::new(0),
+    }
+}; GUARDS];
+/// Where the search for a free entry starts.
+static GUARD_HINT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 /// Times the handler grew the object back (read by the loop to repair the header).
 pub static GUARD_REPAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Pages of the client segment the handler replaced by private zero pages, there being no
@@ -378,24 +395,70 @@ pub static GUARD_LOST_PAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::A
 /// (the ring's consumer then repairs what it finds, and counts it). Any other SIGBUS is
 /// re-raised with the default action.
 pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
+    set_guard(0, base, len, fd);
+    set_sigbus_handler()
+}
+
+fn set_guard(i: usize, base: usize, len: usize, fd: RawFd) {
     use std::sync::atomic::Ordering::SeqCst;
-    GUARD_BASE.store(base, SeqCst);
-    GUARD_LEN.store(len, SeqCst);
-    GUARD_FD.store(fd, SeqCst);
+    let g = &GUARDED[i];
+    // Out of the handler's sight while it changes (the handler only runs on the thread
+    // that touches the mapping, the loop's, which is the one changing it: this is for
+    // clarity, not a race).
+    g.fd1.store(0, SeqCst);
+    g.base.store(base, SeqCst);
+    g.len.store(len, SeqCst);
+    g.fd1.store(fd.saturating_add(1).max(0), SeqCst);
+}
+
+/// An entry of the SIGBUS guard's table, given back when dropped. Its owner drops it before
+/// the mapping and the descriptor it names (declare it first: fields drop in order).
+#[derive(Debug)]
+pub struct Guard(usize);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        set_guard(self.0, 0, 0, -1);
+    }
+}
+
+/// Guards one more mapping its client can shrink (a lane, a heartbeat page: the client
+/// holds a descriptor it can `ftruncate`), as [`guard_mapping`] does the client segment.
+/// `None` when every entry is taken (there is one per lane ham allows and one per entity).
+pub fn guard_more(base: usize, len: usize, fd: RawFd) -> io::Result<Option<Guard>> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let hint = GUARD_HINT.load(SeqCst).clamp(1, GUARDS - 1);
+    let Some(i) = (hint..GUARDS)
+        .chain(1..hint)
+        .find(|&i| GUARDED[i].fd1.load(SeqCst) == 0)
+    else {
+        return Ok(None);
+    };
+    set_guard(i, base, len, fd);
+    GUARD_HINT.store(i + 1, SeqCst);
+    set_sigbus_handler()?;
+    Ok(Some(Guard(i)))
+}
+
+fn set_sigbus_handler() -> io::Result<()> {
+    static SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SET.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         use std::sync::atomic::Ordering::SeqCst;
         // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_addr is
         // the faulting address for SIGBUS.
         let addr = unsafe { (*info).si_addr() } as usize;
-        let (base, len, fd) = (
-            GUARD_BASE.load(SeqCst),
-            GUARD_LEN.load(SeqCst),
-            GUARD_FD.load(SeqCst),
-        );
-        if fd >= 0 && addr >= base && addr < base + len {
+        let hit = GUARDED.iter().find_map(|g| {
+            let (base, len, fd1) = (g.base.load(SeqCst), g.len.load(SeqCst), g.fd1.load(SeqCst));
+            (fd1 > 0 && addr >= base && addr < base + len).then_some((base, len, fd1 - 1))
+        });
+        if let Some((base, len, fd)) = hit {
             let page = addr & !(4095usize);
-            // SAFETY: ftruncate and fallocate are plain system calls on the segment's
-            // descriptor, kept open by the ClientSegment for as long as the guard is set.
+            // SAFETY: ftruncate and fallocate are plain system calls on the mapping's
+            // descriptor, kept open by its owner (the ClientSegment, a lane) for as long as
+            // the guard is set.
             let grown = unsafe {
                 libc::ftruncate(fd, len as libc::off_t) == 0
                     && libc::fallocate(fd, 0, (page - base) as libc::off_t, 4096) == 0
@@ -407,9 +470,9 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
             // No memory left for the page (/dev/shm full): put a private zero page in its
             // place, so the access completes instead of faulting for ever; the ring's
             // consumer reads zeros there (nothing published) and the loop says so.
-            // SAFETY: MAP_FIXED over one page of our own mapping of the client segment,
-            // which only ham's atomics read; nothing holds a reference into that page
-            // across this handler.
+            // SAFETY: MAP_FIXED over one page of our own mapping of the client segment or
+            // a lane, which only ham's atomics read; nothing holds a reference into that
+            // page across this handler.
             let p = unsafe {
                 libc::mmap(
                     page as *mut libc::c_void,
@@ -445,6 +508,7 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
         }
     }
     spawn::dispositions_changed();
+    SET.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -1360,3 +1360,48 @@ fn a_command_journaled_but_never_released_runs_after_a_takeover() {
         "it ran once"
     );
 }
+
+#[test]
+fn a_client_that_shrinks_its_heartbeat_page_does_not_bring_ham_down() {
+    // The client holds a descriptor of its heartbeat page it can `ftruncate`; the HAM reads
+    // the page at each check, and died of SIGBUS (one takeover per attachment, as often as
+    // a client liked). Now the page is grown back, and the client only loses its beats.
+    let body = format!(
+        "{}[[entity]]\nname = \"probe\"\nattach_only = true\n\
+         [[entity.condition]]\non = \"heartbeat-missed-low\"\n\
+         [[entity.condition.action]]\ndo = \"log\"\nmessage = \"missed\"\n",
+        sleeper("db")
+    );
+    let ham = Ham::start("beat-shrink", &body);
+    let s = ham.wait_for("db running", |s| running(s, "db"));
+    let pid = s["ham"]["pid"].clone();
+    let child = Reaped(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    let (answer, fd) = ask_fd(
+        &ham,
+        &format!(
+            r#"{{"cmd":"attach","entity":"probe","pid":{},"period_ns":10000000,"missed_low":3,"missed_high":0}}"#,
+            child.0.id()
+        ),
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    let fd = fd.expect("the heartbeat page's descriptor");
+    rustix::fs::ftruncate(&fd, 0).unwrap();
+    // The HAM reads the page at its next checks: the miss it reports proves it did.
+    wait_until(&ham, "the missed heartbeat reported", || {
+        ham.log_of("probe")
+            .iter()
+            .any(|r| r["condition"] == "heartbeat-missed-low")
+    });
+    let s = ham.status();
+    assert_eq!(s["ham"]["pid"], pid, "the HAM died:\n{}", ham.stderr());
+    assert_eq!(s["ham"]["failures"], 0);
+    assert!(
+        rustix::fs::fstat(&fd).unwrap().st_size > 0,
+        "the page grown back"
+    );
+}

@@ -18,6 +18,7 @@ mod guardian;
 mod hardening;
 mod install;
 mod instances;
+mod lanes;
 mod metrics;
 mod mts;
 mod notify;

@@ -410,10 +410,13 @@ fn clients_notice_nothing_of_repeated_takeovers() {
     });
     let loc = ham_detector_sdk::Location::from_config(&ham.config).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started, on_lane) = std::sync::mpsc::channel();
     let producer = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let c = ham_detector_sdk::Client::connect_to(&loc).unwrap();
+            // Its events go through its lane (and the takeovers must carry it on).
+            let _ = started.send(c.on_lane());
             let mut pushed = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match c.raise("sink", "tick", 0, pushed as i64) {
@@ -426,6 +429,11 @@ fn clients_notice_nothing_of_repeated_takeovers() {
             pushed
         })
     };
+    assert_eq!(
+        on_lane.recv_timeout(DEADLINE),
+        Ok(true),
+        "the producer has a lane"
+    );
     for k in 0..20 {
         let s = ham.status();
         let h = s["ham"]["pid"].as_i64().unwrap() as i32;

@@ -666,3 +666,33 @@ pub fn ham_processes_of(name: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// One request line on a new connection, and the answer with the descriptor attached.
+pub fn ask_fd(ham: &Ham, line: &str) -> (serde_json::Value, Option<std::os::fd::OwnedFd>) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(ham.socket_path()).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut first = [0u8; 4096];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let n = rustix::net::recvmsg(
+        &s,
+        &mut [std::io::IoSliceMut::new(&mut first)],
+        &mut anc,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap()
+    .bytes;
+    let mut fd = None;
+    for msg in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            fd = fds.into_iter().next();
+        }
+    }
+    let mut answer = String::from_utf8_lossy(&first[..n]).into_owned();
+    if !answer.ends_with('\n') {
+        std::io::BufReader::new(&s).read_line(&mut answer).unwrap();
+    }
+    (serde_json::from_str(answer.trim_end()).unwrap(), fd)
+}

@@ -72,6 +72,7 @@ pub(super) fn may(caller: &Caller, req: &Request) -> Result<Grant, (i32, String)
     match req {
         Request::Ping
         | Request::Hello
+        | Request::Lane
         | Request::Session
         | Request::Attach { .. }
         | Request::Detach { .. }
@@ -263,6 +264,7 @@ mod tests {
         for req in [
             Request::Ping,
             Request::Hello,
+            Request::Lane,
             Request::Session,
             Request::Ready {
                 entity: "web".into(),

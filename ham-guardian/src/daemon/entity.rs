@@ -38,7 +38,7 @@ pub(super) struct Entity {
     /// Its SDK heartbeat monitor, while a client is attached with one.
     pub(super) hb: Option<Box<clients::Heartbeat>>,
     /// The attached client's heartbeat page (`ham_core::beat`), while it has one.
-    pub(super) beat: Option<Box<ham_core::beat::BeatMap>>,
+    pub(super) beat: Option<Box<super::heartbeats::HamBeat>>,
     /// Conditions the restart being handled has just pruned (they still fire for it).
     pub(super) pruned_now: u64,
     /// A `hold-off` action stops it: once down, it is held off this long.

@@ -12,6 +12,39 @@ use super::{Daemon, Deadline, EntityId, log};
 use crate::actions::{Event, Trigger};
 use crate::{mono_ns, procfs, unix_ns};
 
+/// A heartbeat page as the HAM holds it: mapped, its descriptor kept, and guarded. Its
+/// client holds a descriptor it can `ftruncate`; the HAM reading a shrunk page died of
+/// SIGBUS (and its successor found the page unreadable): the guard grows it back instead.
+pub(super) struct HamBeat {
+    /// First: given back before the mapping and the descriptor go (fields drop in order).
+    _guard: crate::sys::Guard,
+    page: ham_core::beat::BeatMap,
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl HamBeat {
+    fn new(page: ham_core::beat::BeatMap, fd: std::os::fd::OwnedFd) -> Result<Self, String> {
+        use std::os::fd::AsRawFd;
+        let (base, len) = page.mapping();
+        match crate::sys::guard_more(base, len, fd.as_raw_fd()) {
+            Ok(Some(guard)) => Ok(Self {
+                _guard: guard,
+                page,
+                _fd: fd,
+            }),
+            Ok(None) => Err("no entry left in the SIGBUS guard".into()),
+            Err(e) => Err(format!("cannot guard it: {e}")),
+        }
+    }
+}
+
+impl std::ops::Deref for HamBeat {
+    type Target = ham_core::beat::BeatMap;
+    fn deref(&self) -> &Self::Target {
+        &self.page
+    }
+}
+
 impl Daemon {
     /// Attaches a process to entity `i`; with a heartbeat, the answer comes with the
     /// descriptor of the client's heartbeat page.
@@ -77,7 +110,15 @@ impl Daemon {
         let beats = spec.missed_low | spec.missed_high != 0;
         let page = if beats {
             let name = ham_core::paths::beat_page(&self.cfg.instance.name, slot.0);
-            match ham_core::beat::BeatMap::create(&name, target as u32) {
+            let made = ham_core::beat::BeatMap::create(&name, target as u32)
+                .map_err(|e| e.to_string())
+                .and_then(|(map, fd)| {
+                    let handed = fd.try_clone().map_err(|e| format!("dup: {e}"))?;
+                    HamBeat::new(map, fd)
+                        .map(|b| (b, handed))
+                        .inspect_err(|_| ham_core::beat::BeatMap::unlink(&name))
+                });
+            match made {
                 Ok(page) => Some(page),
                 Err(e) => {
                     self.say_limited("beat-page", format_args!("{name}: attach: {e}"));
@@ -355,7 +396,9 @@ impl Daemon {
             }
             let name = ham_core::paths::beat_page(&self.cfg.instance.name, self.entities[i].slot.0);
             let page = if self.entities[i].rec.state.has_process() {
-                ham_core::beat::BeatMap::open(&name).map_err(|e| e.to_string())
+                ham_core::beat::BeatMap::open_with_fd(&name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(map, fd)| HamBeat::new(map, fd))
             } else {
                 Err("its process is gone".to_owned())
             };

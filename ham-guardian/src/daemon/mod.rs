@@ -57,6 +57,7 @@ mod exits;
 mod guardian_link;
 mod heartbeats;
 mod journal;
+mod lanes;
 mod lifecycle;
 mod mts;
 mod notify;
@@ -451,6 +452,7 @@ impl Daemon {
                     Some(Token::Sub(id)) => self.on_subscriber(id),
                     Some(Token::PssCommitted) => self.on_pss_committed(),
                     Some(Token::CoreCollected) => self.on_core_collected(),
+                    Some(Token::Lane(n)) => self.on_lane_owner_exit(n),
                     None => {}
                 }
             }

@@ -134,6 +134,10 @@ impl Daemon {
                     ),
                 }
             }
+            (Request::Lane, _) => {
+                let (r, fd) = self.open_lane(peer);
+                reply_with_fd(stream, &r, fd.as_ref());
+            }
             (
                 Request::Attach {
                     pid,

@@ -200,6 +200,9 @@ impl Daemon {
             say!(self, "{e}");
         }
         ham_core::client::ClientSegment::unlink(&ham_core::paths::client_segment(&inst.name));
+        if let Some(c) = &self.clients {
+            c.lanes.unlink_all();
+        }
         for e in &self.entities {
             ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(&inst.name, e.slot.0));
             // As a reboot would: only durable checkpoints (on disk) outlive a shutdown.

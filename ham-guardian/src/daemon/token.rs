@@ -38,6 +38,8 @@ pub(super) enum Token {
     Action(super::RunId),
     /// A subscriber's connection.
     Sub(u64),
+    /// The pidfd of the process lane `id` was made for.
+    Lane(u64),
 }
 
 const KIND: u64 = 56;
@@ -62,6 +64,7 @@ impl Token {
             Self::Action(id) => (3, u64::from(id.raw())),
             Self::Sub(id) => (4, id & ID),
             Self::Exec(i) => (5, u64::from(i.raw())),
+            Self::Lane(id) => (6, id & ID),
         };
         (kind << KIND) | id
     }
@@ -85,6 +88,7 @@ impl Token {
             (3, id) => Self::Action(super::RunId::from_raw(u32::try_from(id).ok()?)),
             (4, id) => Self::Sub(id),
             (5, id) => Self::Exec(super::EntityId::from_raw(u32::try_from(id).ok()?)),
+            (6, id) => Self::Lane(id),
             _ => return None,
         })
     }
@@ -122,6 +126,8 @@ mod tests {
             Token::Pidfd(super::super::EntityId::from_raw(u32::MAX)),
             Token::Action(super::super::RunId::from_raw(u32::MAX)),
             Token::Sub(42),
+            Token::Lane(0),
+            Token::Lane((1 << 56) - 1),
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
         }
