@@ -526,10 +526,9 @@ fn bare_ring_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
 }
 
 /// The floor for `ring_throughput` with lanes (what `Client::raise` pushes on): one lane
-/// per producer (`ham_core::lane`, as ham makes them, saying the consumer issues
-/// `membarrier`) and a doorbell word in a client segment of the bench's own, drained by
+/// per producer (`ham_core::lane`, as ham makes them) and a doorbell word in a client segment of the bench's own, drained by
 /// [`bare_lane_consumer`] (a thread that takes each lane's events in turn, does nothing per
-/// event, and sleeps on the doorbell as the HAM does, `membarrier` included).
+/// event, and sleeps on the doorbell as the HAM does).
 fn bare_lane_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
     use ham_core::lane::{LaneMap, LaneProducer};
     let prefix = format!("/ham.{}bare-lane", ctx.instance_prefix());
@@ -539,25 +538,17 @@ fn bare_lane_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
     let names: Vec<String> = (0..producers).map(|k| format!("{prefix}.{k}")).collect();
     let made = names
         .iter()
-        .map(|n| {
-            LaneMap::create(
-                n,
-                std::process::id(),
-                0,
-                ham_core::lane::membarrier_available(),
-            )
-        })
+        .map(|n| LaneMap::create(n, std::process::id(), 0))
         .collect::<std::result::Result<Vec<_>, _>>();
     for n in &names {
         LaneMap::unlink(n);
     }
     let (lanes, fds): (Vec<_>, Vec<_>) = made.map_err(|e| e.to_string())?.into_iter().unzip();
     ClientSegment::unlink(&seg_name);
-    let registered = ham_core::lane::register_producer();
     let mut made = Vec::new();
     for fd in &fds {
         let map = LaneMap::from_fd(fd).map_err(|e| e.to_string())?;
-        made.push(LaneProducer::new(map, registered).map_err(|e| e.to_string())?);
+        made.push(LaneProducer::new(map).map_err(|e| e.to_string())?);
     }
     let ev = bench_event();
     let stop = AtomicBool::new(false);
@@ -596,7 +587,7 @@ fn bare_lane_run(ctx: &Ctx, producers: usize, each: u64) -> Result<RingRun> {
 }
 
 /// The bare lane consumer: every lane in turn until all are empty, then the doorbell as the
-/// HAM rings it down ("asleep", fence, `membarrier`, a last look, the futex).
+/// HAM rings it down ("asleep", fence, a last look, the futex).
 fn bare_lane_consumer(
     seg: &ClientSegment,
     lanes: &[ham_core::lane::LaneMap],
@@ -607,7 +598,6 @@ fn bare_lane_consumer(
     let mut shared = Consumer::new(seg, 100_000_000);
     let mut cs: Vec<LaneConsumer> = lanes.iter().map(LaneConsumer::resume).collect();
     let h = seg.header();
-    let membarrier = ham_core::lane::membarrier_available();
     loop {
         let mut any = true;
         while any {
@@ -630,9 +620,6 @@ fn bare_lane_consumer(
             return;
         }
         if shared.prepare_sleep(seg) {
-            if membarrier {
-                let _ = ham_core::lane::membarrier();
-            }
             if cs.iter().zip(lanes).any(|(c, l)| c.has_published(l)) || stop.load(Ordering::SeqCst)
             {
                 shared.awake(seg);

@@ -796,7 +796,7 @@ impl<'a> Ring<'a> {
 }
 
 /// Wakes the HAM if its doorbell word says it sleeps (a producer's last step, after its
-/// publish and the fence or `membarrier` that orders the two): one producer swaps "asleep"
+/// publish and the fence that orders the two): one producer swaps "asleep"
 /// for "rung" and writes the HAM's bell (if it holds the one the HAM listens on) or wakes
 /// the futex.
 pub fn ring_doorbell(h: &ClientHeader, bell: Option<&(std::os::fd::OwnedFd, u64)>) {

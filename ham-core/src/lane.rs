@@ -22,16 +22,13 @@
 //! before it stores `tail`, and may die between the two). The owner could move `tail` too:
 //! it only makes the HAM skip or re-read the owner's own events.
 //!
-//! **Doorbell.** A lane has none of its own: after publishing, the producer looks at the
-//! client segment's doorbell word like any producer ([`crate::client::ring_doorbell`]). The
-//! look must not be reordered before the publish (or the HAM could go to sleep on an event
-//! it did not see): the shared ring fences there, at every push. A lane's producer need not
-//! if the HAM, after saying it sleeps and before its last look at the lanes, forces a fence
-//! on every CPU running a registered producer (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`,
-//! Linux 4.16): the producer's store and load are then ordered by that fence whenever they
-//! race with the HAM's sleep, and otherwise need no order. A producer registered for it
-//! (`MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`) on a lane whose HAM says it issues it
-//! ([`LaneHeader::membarrier`]) pushes with no fence; any other fences.
+//! **Doorbell.** A lane has none of its own: after publishing, the producer fences and
+//! looks at the client segment's doorbell word like any producer
+//! ([`crate::client::ring_doorbell`]). The fence stays: the HAM's side could do without it
+//! (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` after it says it sleeps), and that was
+//! measured: it made pushes no faster here, and it sent an interrupt to every CPU running a
+//! client each time the HAM went to sleep (in a virtual machine, microseconds each, taken
+//! from the clients; the ring's latency rose with it).
 //!
 //! Layout (`#[repr(C)]`, versioned, checked on map):
 //! ```text
@@ -39,7 +36,7 @@
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use memmap2::MmapRaw;
 use rustix::shm;
@@ -70,10 +67,7 @@ pub struct LaneHeader {
     /// The owner, as ham knows it (written by ham; for display: ham trusts the name).
     pub pid: AtomicU32,
     pub uid: AtomicU32,
-    /// 1: the HAM forces a fence on registered producers before its last look at the lane
-    /// ([`crate::lane`], "Doorbell"), so a registered producer need not fence its pushes.
-    pub membarrier: AtomicU32,
-    _pad0: [AtomicU32; 9],
+    _pad0: [AtomicU32; 10],
     // -- line 1: the consumer -------------------------------------------------------------
     /// Events the HAM has taken off the lane.
     pub tail: AtomicU64,
@@ -129,12 +123,7 @@ pub struct LaneMap {
 impl LaneMap {
     /// ham's side: a new lane `name` (a stale one of ham's own is replaced; one that is not
     /// ham's is refused) for the owner `pid`/`uid`, and the descriptor to hand over.
-    pub fn create(
-        name: &str,
-        pid: u32,
-        uid: u32,
-        membarrier: bool,
-    ) -> Result<(Self, OwnedFd), SegmentError> {
+    pub fn create(name: &str, pid: u32, uid: u32) -> Result<(Self, OwnedFd), SegmentError> {
         let fd = crate::segment::create_owned(name, LANE_MODE, lane_size(LANE_SLOTS) as u64)?;
         let lane = Self::map(&fd, name, LANE_SLOTS).inspect_err(|_| Self::unlink(name))?;
         let h = lane.header();
@@ -142,7 +131,6 @@ impl LaneMap {
         h.slots.store(LANE_SLOTS, Ordering::Relaxed);
         h.pid.store(pid, Ordering::Relaxed);
         h.uid.store(uid, Ordering::Relaxed);
-        h.membarrier.store(u32::from(membarrier), Ordering::Relaxed);
         // Release: whoever sees the magic sees the rest.
         h.magic.store(LANE_MAGIC, Ordering::Release);
         Ok((lane, fd))
@@ -265,31 +253,19 @@ pub struct LaneProducer {
     lane: LaneMap,
     /// The next ticket (only the pushing thread loads and stores it).
     next: AtomicU64,
-    /// Whether this process registered for the HAM's `membarrier` (see [`crate::lane`],
-    /// "Doorbell"): its pushes skip their fence while the lane says the HAM issues one.
-    registered: bool,
     fork: ForkGuard,
 }
 
 impl LaneProducer {
-    /// The producer of `lane`, which may skip its fence if `registered` (this process asked
-    /// for the HAM's `membarrier`) and the HAM says it issues one.
-    pub fn new(lane: LaneMap, registered: bool) -> std::io::Result<Self> {
+    /// The producer of `lane`.
+    pub fn new(lane: LaneMap) -> std::io::Result<Self> {
         // Where the consumer is: the producer's tickets go on from there.
         let next = AtomicU64::new(lane.header().tail.load(Ordering::Acquire));
         Ok(Self {
             lane,
             next,
-            registered,
             fork: ForkGuard::new()?,
         })
-    }
-
-    /// Whether pushes skip their fence (looked at each push: a HAM whose `membarrier`
-    /// fails clears the lane's word, and pushes fence again).
-    #[inline]
-    pub fn unfenced(&self) -> bool {
-        self.registered && self.lane.header().membarrier.load(Ordering::Relaxed) == 1
     }
 
     /// Whether this process may push here: not a child forked after the lane was handed
@@ -336,14 +312,9 @@ impl LaneProducer {
         }
         slot.seq.store(free | 1, Ordering::Release);
         self.next.store(t.wrapping_add(1), Ordering::Relaxed);
-        if self.unfenced() {
-            // The HAM's membarrier orders the store above before the load below whenever
-            // the two race with its sleep; the compiler must not reorder them either.
-            compiler_fence(Ordering::SeqCst);
-        } else {
-            // Pairs with the HAM's fence between saying it sleeps and its last look.
-            fence(Ordering::SeqCst);
-        }
+        // Pairs with the HAM's fence between saying it sleeps and its last look: either it
+        // sees this event, or this producer sees it sleeping.
+        fence(Ordering::SeqCst);
         Ok(sleeping.load(Ordering::Relaxed) & 3 == crate::client::BELL_ASLEEP)
     }
 
@@ -500,30 +471,6 @@ fn decode(
     })
 }
 
-/// Asks the kernel to include this process in the HAM's `membarrier` (once per process;
-/// the answer is kept). A producer of a process that could not register fences its pushes.
-pub fn register_producer() -> bool {
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterGlobalExpedited)
-            .is_ok()
-    })
-}
-
-/// Whether this kernel offers the HAM's side (`MEMBARRIER_CMD_GLOBAL_EXPEDITED`).
-pub fn membarrier_available() -> bool {
-    rustix::thread::membarrier_query()
-        .contains_command(rustix::thread::MembarrierCommand::GlobalExpedited)
-}
-
-/// The HAM's side: a full fence on every CPU now running a thread of a registered producer
-/// (and on every other such thread before it runs again). Issued after saying "asleep" and
-/// before the last look at the lanes.
-pub fn membarrier() -> std::io::Result<()> {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited)
-        .map_err(std::io::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,19 +493,15 @@ mod tests {
 
     fn lane(tag: &str) -> (String, LaneMap, OwnedFd) {
         let name = format!("/ham-core-test-lane-{tag}-{}", std::process::id());
-        let (lane, fd) = LaneMap::create(&name, 42, 1000, false).unwrap();
+        let (lane, fd) = LaneMap::create(&name, 42, 1000).unwrap();
         (name, lane, fd)
     }
 
     #[test]
     fn events_go_through_in_order_with_the_owners_identity() {
         let (name, ham, fd) = lane("order");
-        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap(), true).unwrap();
+        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         assert!(p.usable_here());
-        assert!(
-            !p.unfenced(),
-            "a HAM that does not issue membarrier: the producer fences"
-        );
         let mut c = LaneConsumer::resume(&ham);
         let awake = AtomicU32::new(0);
         for round in 0..3 {
@@ -586,7 +529,7 @@ mod tests {
     #[test]
     fn a_successor_resumes_where_the_lane_says_and_steps_over_freed_slots() {
         let (name, ham, fd) = lane("resume");
-        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap(), false).unwrap();
+        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         let awake = AtomicU32::new(0);
         for i in 0..10 {
             p.push(&event("db", i), &awake).unwrap();
@@ -609,7 +552,7 @@ mod tests {
         // The same, once the producer has filled the lane again: the freed slot holds its
         // next lap's event (the successor must not wait on it).
         let (name, ham, fd) = lane("resume-lap");
-        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap(), false).unwrap();
+        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         let mut c = LaneConsumer::resume(&ham);
         for i in 0..i64::from(LANE_SLOTS) {
             p.push(&event("db", i), &awake).unwrap();
@@ -677,7 +620,7 @@ mod tests {
     #[test]
     fn a_thread_pushing_while_another_drains_loses_nothing() {
         let (name, ham, fd) = lane("threads");
-        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap(), register_producer()).unwrap();
+        let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         let awake = AtomicU32::new(0);
         const N: i64 = 200_000;
         std::thread::scope(|s| {

@@ -463,8 +463,7 @@ impl Client {
     fn open_lane(&self) -> Option<Lane> {
         let (r, fd) = self.request_fd(&Request::Lane).ok()?;
         let map = ham_core::lane::LaneMap::from_fd(&fd.filter(|_| r.ok)?).ok()?;
-        let producer =
-            ham_core::lane::LaneProducer::new(map, ham_core::lane::register_producer()).ok()?;
+        let producer = ham_core::lane::LaneProducer::new(map).ok()?;
         Some(Lane {
             producer,
             owner: Arc::new(std::sync::atomic::AtomicU64::new(0)),

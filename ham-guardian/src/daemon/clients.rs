@@ -39,12 +39,13 @@ const DRAIN_BUDGET: usize = 4096;
 const LOG_REJECTS: u64 = 20;
 /// A drain that takes this many events is a flood's: before it sleeps, the HAM looks at the
 /// rings for up to [`FLOOD_SPIN_NS`] more. Each sleep costs a wake-up (the producer's write to
-/// the bell, the scheduler) and, with lanes, a `membarrier`; a HAM faster than a steady
+/// the bell, the scheduler); a HAM faster than a steady
 /// producer slept after every few dozen events and spent its time there (about 11,000 sleeps
 /// for 500,000 events in `ring_throughput`). A lone event or a small burst never spins.
 const FLOOD_EVENTS: u64 = 8;
 const FLOOD_SPIN_NS: u64 = 50_000;
 const FLOOD_LOOK_NS: u64 = 4_000;
+const FLOOD_TURN_NS: u64 = 500_000;
 
 /// The heartbeat monitor of one attached entity (in the daemon's memory; what it was
 /// attached with is in the entity record, so a successor rebuilds it).
@@ -292,37 +293,49 @@ impl Daemon {
     /// work, ring it ourselves so the next wait returns at once (with any other event that
     /// is ready: a flood on the ring never starves the rest).
     pub(super) fn arm_ring(&mut self) {
-        let Some(c) = &mut self.clients else { return };
+        let Some(c) = &self.clients else { return };
         if c.armed {
             return;
         }
-        // In a flood, more is on its way: look for it a while before sleeping. What comes
-        // is taken at the loop's next turn (which serves whatever else is ready first); the
-        // flood ends when nothing came for the whole while.
+        // In a flood, more is on its way: look for it a while before sleeping; the flood
+        // ends when nothing came for the whole while.
         if c.flood {
-            let start = mono_ns();
-            let mut look = start;
+            // What comes is drained here, for up to FLOOD_TURN_NS: a turn of the loop (the
+            // doorbell's write, epoll_wait, its read) cost more than the events it came for.
+            // Then the loop turns, and serves whatever else is ready.
+            let turn = mono_ns();
+            let mut quiet = turn;
+            let mut look = turn;
             loop {
                 // A look every few microseconds, not at every instant: a look takes the line
                 // the producer is writing, and events taken a few dozen at a time are read
                 // from lines it has finished with.
                 let now = mono_ns();
                 if now >= look {
+                    let Some(c) = &self.clients else { return };
                     if c.consumer.has_published(&c.seg) || c.lanes.need_drain() {
-                        let _ = rustix::io::write(&c.doorbell, &1u64.to_ne_bytes());
-                        return;
-                    }
-                    if now >= start + FLOOD_SPIN_NS {
+                        if now >= turn + FLOOD_TURN_NS {
+                            let _ = rustix::io::write(&c.doorbell, &1u64.to_ne_bytes());
+                            return;
+                        }
+                        self.drain_ring();
+                        quiet = mono_ns();
+                    } else if now >= quiet + FLOOD_SPIN_NS {
                         break;
                     }
                     look = now + FLOOD_LOOK_NS;
                 }
-                std::hint::spin_loop();
+                // A producer woken on this CPU (wake-ups go to the waker's CPU) gets it:
+                // spinning here would starve the very thread the HAM waits for, until the
+                // scheduler moved one of them (milliseconds).
+                std::thread::yield_now();
             }
-            c.flood = false;
+            if let Some(c) = &mut self.clients {
+                c.flood = false;
+            }
         }
-        // The shared ring's look, then the lanes' (after the membarrier their producers
-        // count on, which must follow "asleep").
+        let Some(c) = &mut self.clients else { return };
+        // The shared ring's look, then the lanes' (both after "asleep" and its fence).
         let idle = c.consumer.prepare_sleep(&c.seg) && !self.lanes_want_drain();
         let Some(c) = &mut self.clients else { return };
         if idle {
@@ -577,6 +590,8 @@ impl Daemon {
     /// one is then checked in full.
     fn act_on_ring_event(&mut self, i: EntityId, ev: RingEvent) -> bool {
         match ev.kind {
+            // Most events have no condition listening (a detector reporting as it goes).
+            KIND_RAISE if !self.listens_to_raise(i) => false,
             KIND_RAISE => {
                 self.raise(
                     i,
@@ -600,6 +615,17 @@ impl Daemon {
             }
             _ => false,
         }
+    }
+
+    /// Whether any condition of entity `i` may fire on a raise.
+    fn listens_to_raise(&self, i: EntityId) -> bool {
+        self.entities[i].cfg.conditions.iter().any(|c| {
+            c.enabled
+                && matches!(
+                    c.trigger,
+                    crate::actions::Trigger::Raise { .. } | crate::actions::Trigger::Any
+                )
+        })
     }
 
     /// The rule for acting on an entity (raise, attach, detach): root and ham's own user
@@ -630,14 +656,7 @@ impl Daemon {
     ) -> usize {
         // Most events have no condition listening (a detector reporting as it goes): they
         // cost no allocation.
-        let listens = |c: &crate::actions::Condition| {
-            c.enabled
-                && matches!(
-                    c.trigger,
-                    crate::actions::Trigger::Raise { .. } | crate::actions::Trigger::Any
-                )
-        };
-        if !self.entities[i].cfg.conditions.iter().any(listens) {
+        if !self.listens_to_raise(i) {
             return 0;
         }
         let event = Event::Raise {

@@ -47,9 +47,6 @@ pub(super) struct Lanes {
     pub open: BTreeMap<u64, Lane>,
     /// The next lane's number (also past every number a predecessor used).
     next: u64,
-    /// Whether this HAM issues `membarrier` before it sleeps (lanes made by it say so to
-    /// their producers, which then need not fence).
-    pub membarrier: bool,
     /// Where the last drain stopped (lanes take turns).
     cursor: u64,
 }
@@ -63,12 +60,9 @@ fn owner_pidfd(pid: u32, start: u64) -> Option<OwnedFd> {
 }
 
 impl Lanes {
-    /// No lanes; `membarrier` if this kernel offers it.
+    /// No lanes.
     pub(super) fn new() -> Self {
-        Self {
-            membarrier: ham_core::lane::membarrier_available(),
-            ..Self::default()
-        }
+        Self::default()
     }
 
     /// Every lane of instance `inst` under `/dev/shm`, with its owner (if it still runs) and
@@ -234,8 +228,8 @@ impl Daemon {
         let n = lanes.next;
         lanes.next += 1;
         let name = ham_core::paths::lane(&inst, pid, start, peer.uid, n);
-        let (map, fd) = LaneMap::create(&name, pid, peer.uid, lanes.membarrier)
-            .map_err(|e| (libc::ENOSPC, e.to_string()))?;
+        let (map, fd) =
+            LaneMap::create(&name, pid, peer.uid).map_err(|e| (libc::ENOSPC, e.to_string()))?;
         let fail = |why: String| {
             LaneMap::unlink(&name);
             (libc::ENOSPC, why)
@@ -356,33 +350,9 @@ impl Daemon {
         }
     }
 
-    /// Before the loop sleeps, after the doorbell says "asleep" (and its fence): the fence
-    /// lanes' producers did not make, then a look at every lane. Whether one holds work.
-    pub(super) fn lanes_want_drain(&mut self) -> bool {
-        let Some(c) = &mut self.clients else {
-            return false;
-        };
-        if c.lanes.open.is_empty() {
-            return false;
-        }
-        if c.lanes.membarrier {
-            if let Err(e) = ham_core::lane::membarrier() {
-                // Producers fence from their next push on; the housekeeping tick finds an
-                // event one of them published unfenced meanwhile.
-                c.lanes.membarrier = false;
-                for l in c.lanes.open.values() {
-                    l.map
-                        .header()
-                        .membarrier
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
-                }
-                log(
-                    &self.cfg.instance.name,
-                    format_args!("membarrier failed ({e}): detector lanes' producers now fence"),
-                );
-            }
-        }
-        let Some(c) = &self.clients else { return false };
-        c.lanes.need_drain()
+    /// Before the loop sleeps, after the doorbell says "asleep" (and its fence): a look at
+    /// every lane. Whether one holds work (or a lane to retire).
+    pub(super) fn lanes_want_drain(&self) -> bool {
+        self.clients.as_ref().is_some_and(|c| c.lanes.need_drain())
     }
 }
