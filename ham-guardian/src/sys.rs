@@ -363,7 +363,7 @@ pub fn rlimit_nofile() -> io::Result<(u64, u64)> {
 }
 
 /// A mapping the SIGBUS handler grows back: where, how long, and the descriptor plus one
-/// (0: the entry is free; all zeros, so the table costs no memory until it is used).
+/// (0: the entry is free).
 struct Guarded {
     base: std::sync::atomic::AtomicUsize,
     len: std::sync::atomic::AtomicUsize,
@@ -373,13 +373,27 @@ struct Guarded {
 /// Mappings guarded: the client segment's in the first entry; then a lane's or a heartbeat
 /// page's each (one per lane ham allows, one per entity a segment can hold).
 const GUARDS: usize = 1 + crate::config::LANES_MAX + 65_536;
-static GUARDED: [Guarded; GUARDS] = [const {
-    Guarded {
-        base: std::sync::atomic::AtomicUsize::new(0),
-        len: std::sync::atomic::AtomicUsize::new(0),
-        fd1: std::sync::atomic::AtomicI32::new(0),
-    }
-}; GUARDS];
+/// The table, made at the first guard. Zeroed memory from the allocator (fresh pages for a
+/// table this size), so only the entries used cost memory: as a static it sat in `.bss`,
+/// and the HAM and the Guardian each carried 70 KiB more of it resident.
+static GUARDED: std::sync::OnceLock<Box<[Guarded]>> = std::sync::OnceLock::new();
+
+fn guard_table() -> &'static [Guarded] {
+    GUARDED.get_or_init(|| {
+        let layout = std::alloc::Layout::array::<Guarded>(GUARDS).expect("a table that fits");
+        // SAFETY: the layout is non-zero in size. All-zero bytes are a valid `Guarded` (three
+        // atomic integers; 0: a free entry), so the zeroed allocation holds GUARDS valid
+        // values, and it is owned by the Box made from it (allocated with this layout by the
+        // global allocator, as Box<[Guarded]> frees it).
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout).cast::<Guarded>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, GUARDS))
+        }
+    })
+}
 /// Where the search for a free entry starts.
 static GUARD_HINT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 /// Times the handler grew the object back (read by the loop to repair the header).
@@ -401,7 +415,7 @@ pub fn guard_mapping(base: usize, len: usize, fd: RawFd) -> io::Result<()> {
 
 fn set_guard(i: usize, base: usize, len: usize, fd: RawFd) {
     use std::sync::atomic::Ordering::SeqCst;
-    let g = &GUARDED[i];
+    let g = &guard_table()[i];
     // Out of the handler's sight while it changes (the handler only runs on the thread
     // that touches the mapping, the loop's, which is the one changing it: this is for
     // clarity, not a race).
@@ -430,7 +444,7 @@ pub fn guard_more(base: usize, len: usize, fd: RawFd) -> io::Result<Option<Guard
     let hint = GUARD_HINT.load(SeqCst).clamp(1, GUARDS - 1);
     let Some(i) = (hint..GUARDS)
         .chain(1..hint)
-        .find(|&i| GUARDED[i].fd1.load(SeqCst) == 0)
+        .find(|&i| guard_table()[i].fd1.load(SeqCst) == 0)
     else {
         return Ok(None);
     };
@@ -450,7 +464,9 @@ fn set_sigbus_handler() -> io::Result<()> {
         // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; si_addr is
         // the faulting address for SIGBUS.
         let addr = unsafe { (*info).si_addr() } as usize;
-        let hit = GUARDED.iter().find_map(|g| {
+        // The table exists: a guard was set before the handler was.
+        let table = GUARDED.get().map_or(&[][..], |t| &t[..]);
+        let hit = table.iter().find_map(|g| {
             let (base, len, fd1) = (g.base.load(SeqCst), g.len.load(SeqCst), g.fd1.load(SeqCst));
             (fd1 > 0 && addr >= base && addr < base + len).then_some((base, len, fd1 - 1))
         });
