@@ -625,10 +625,7 @@ fn bare_lane_consumer(
                 shared.awake(seg);
                 continue;
             }
-            let v = h.sleeping.load(Ordering::Acquire);
-            if v & 3 == ring::BELL_ASLEEP {
-                ring::futex_wait(&h.sleeping, v);
-            }
+            sleep_on_doorbell(h);
             shared.awake(seg);
         }
     }
@@ -904,12 +901,17 @@ fn bare_consumer(seg: &ClientSegment, stop: &AtomicBool) {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            let v = h.sleeping.load(Ordering::Acquire);
-            if v & 3 == ring::BELL_ASLEEP {
-                ring::futex_wait(&h.sleeping, v);
-            }
+            sleep_on_doorbell(h);
             c.awake(seg);
         }
+    }
+}
+
+/// A bare consumer's sleep: on the doorbell word, while it says "asleep".
+fn sleep_on_doorbell(h: &ring::ClientHeader) {
+    let v = h.sleeping.load(Ordering::Acquire);
+    if v & 3 == ring::BELL_ASLEEP {
+        ring::futex_wait(&h.sleeping, v);
     }
 }
 
