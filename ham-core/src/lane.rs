@@ -491,15 +491,31 @@ mod tests {
         }
     }
 
-    fn lane(tag: &str) -> (String, LaneMap, OwnedFd) {
-        let name = format!("/ham-core-test-lane-{tag}-{}", std::process::id());
+    /// A lane's name, removed when the test ends (passed or not).
+    struct Named(String);
+
+    impl std::ops::Deref for Named {
+        type Target = str;
+        fn deref(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            LaneMap::unlink(&self.0);
+        }
+    }
+
+    fn lane(tag: &str) -> (Named, LaneMap, OwnedFd) {
+        let name = Named(format!("/ham-core-test-lane-{tag}-{}", std::process::id()));
         let (lane, fd) = LaneMap::create(&name, 42, 1000).unwrap();
         (name, lane, fd)
     }
 
     #[test]
     fn events_go_through_in_order_with_the_owners_identity() {
-        let (name, ham, fd) = lane("order");
+        let (_name, ham, fd) = lane("order");
         let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         assert!(p.usable_here());
         let mut c = LaneConsumer::resume(&ham);
@@ -523,7 +539,6 @@ mod tests {
         assert_eq!(ham.header().dropped_full.load(Ordering::Relaxed), 3);
         let asleep = AtomicU32::new(bell(5, BELL_ASLEEP));
         assert_eq!(p.push(&event("db", 1), &asleep), Ok(true), "asleep: ring");
-        LaneMap::unlink(&name);
     }
 
     #[test]
@@ -551,7 +566,7 @@ mod tests {
         assert_eq!(ev.value, 5);
         // The same, once the producer has filled the lane again: the freed slot holds its
         // next lap's event (the successor must not wait on it).
-        let (name, ham, fd) = lane("resume-lap");
+        let (_name, ham, fd) = lane("resume-lap");
         let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         let mut c = LaneConsumer::resume(&ham);
         for i in 0..i64::from(LANE_SLOTS) {
@@ -573,12 +588,11 @@ mod tests {
             assert_eq!(ev.value, want);
         }
         assert_eq!(c2.poll(&ham, 1, 1, 1), LanePolled::Empty);
-        LaneMap::unlink(&name);
     }
 
     #[test]
     fn stray_bytes_are_rejected_and_a_producer_dying_mid_write_publishes_nothing() {
-        let (name, ham, _fd) = lane("stray");
+        let (_name, ham, _fd) = lane("stray");
         let mut c = LaneConsumer::resume(&ham);
         // Words written, sequence not: a producer killed before it published.
         ham.slot(0).words[w::KIND].store(u64::from(KIND_RAISE), Ordering::Relaxed);
@@ -600,12 +614,11 @@ mod tests {
         // A sequence no producer writes: the lane looks empty (only its owner is harmed).
         ham.slot(2).seq.store(12345, Ordering::Release);
         assert_eq!(c.poll(&ham, 1, 1, 1), LanePolled::Empty);
-        LaneMap::unlink(&name);
     }
 
     #[test]
     fn a_lane_of_another_layout_or_geometry_is_refused() {
-        let (name, ham, fd) = lane("layout");
+        let (_name, ham, fd) = lane("layout");
         ham.header().slots.store(3, Ordering::Relaxed);
         assert!(matches!(
             LaneMap::from_fd(&fd),
@@ -614,12 +627,11 @@ mod tests {
         ham.header().slots.store(LANE_SLOTS, Ordering::Relaxed);
         ham.header().version.store(99, Ordering::Relaxed);
         assert!(LaneMap::from_fd(&fd).is_err());
-        LaneMap::unlink(&name);
     }
 
     #[test]
     fn a_thread_pushing_while_another_drains_loses_nothing() {
-        let (name, ham, fd) = lane("threads");
+        let (_name, ham, fd) = lane("threads");
         let p = LaneProducer::new(LaneMap::from_fd(&fd).unwrap()).unwrap();
         let awake = AtomicU32::new(0);
         const N: i64 = 200_000;
@@ -644,6 +656,5 @@ mod tests {
                 }
             }
         });
-        LaneMap::unlink(&name);
     }
 }
