@@ -242,8 +242,8 @@ impl Lane {
 
 impl Drop for Lane {
     fn drop(&mut self) {
-        // The holder's list keeps the word alive; nothing more to do: a dropped client's
-        // lane is let go with its mapping (ham retires it when this process exits).
+        // This thread's list of held lanes forgets it (another thread holding it keeps only
+        // the word alive until it exits). ham retires the lane when this process exits.
         let _ = HELD.try_with(|h| h.borrow_mut().0.retain(|o| !Arc::ptr_eq(o, &self.owner)));
     }
 }

@@ -97,16 +97,22 @@ fn an_entity_cannot_smuggle_a_command_in_a_nested_or_fail_list() {
     );
 }
 
-/// `ham` as root on `squatted`'s configuration: it must refuse, naming the squatter.
-fn refused_as_squatted(squatted: &Ham, uid: u32) {
-    let err_path = squatted.dir.path().join("refused.stderr");
-    let mut child = squatted
+/// A second `ham` on `ham`'s configuration, run to its end: how it ended, and what it said
+/// on stderr (kept in `<tag>.stderr` in the test's folder).
+fn second_ham(ham: &Ham, tag: &str) -> (Option<std::process::ExitStatus>, String) {
+    let err_path = ham.dir.path().join(format!("{tag}.stderr"));
+    let mut child = ham
         .command(&[])
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
     let status = wait_child(&mut child);
-    let err = std::fs::read_to_string(&err_path).unwrap();
+    (status, std::fs::read_to_string(&err_path).unwrap())
+}
+
+/// `ham` as root on `squatted`'s configuration: it must refuse, naming the squatter.
+fn refused_as_squatted(squatted: &Ham, uid: u32) {
+    let (status, err) = second_ham(squatted, "refused");
     assert!(
         status.is_some_and(|s| !s.success()),
         "ham started on a squatted name: {err}"
@@ -896,22 +902,15 @@ fn a_ham_that_cannot_read_a_live_instances_segment_refuses_to_start() {
             .write_all_at(b, 0)
             .unwrap();
     };
-    let err_path = ham.dir.path().join("second.stderr");
     // The HAM mends a header scribbled over when its Guardian beats (once, entering its
     // loop): a patch made before that beat is handled may be undone, and the second `ham`
     // then finds a readable live instance ("already running"). Patched again until it holds.
     let mut tries = 0;
     let (status, err) = loop {
         patch(&bytes);
-        let mut second = ham
-            .command(&[])
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .unwrap();
-        let status = wait_child(&mut second);
+        let (status, err) = second_ham(&ham, "second");
         let mended = std::fs::read(&seg).unwrap()[8..12] != bytes[8..12];
         patch(&original[..12]);
-        let err = std::fs::read_to_string(&err_path).unwrap();
         if !(mended && err.contains("already running")) {
             break (status, err);
         }

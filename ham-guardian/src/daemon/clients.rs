@@ -251,7 +251,7 @@ pub(super) struct LetThrough {
 }
 
 impl LetThrough {
-    pub(super) fn of(ev: &RingEvent, id: EntityId) -> Self {
+    fn of(ev: &RingEvent, id: EntityId) -> Self {
         Self {
             pid: ev.pid,
             uid: ev.uid,
@@ -263,7 +263,7 @@ impl LetThrough {
 
     /// The entity `ev` is for, if `ev` is from the same sender with the same token for the
     /// same entity (so the same checks would let it through).
-    pub(super) fn entity_of(&self, ev: &RingEvent) -> Option<EntityId> {
+    fn entity_of(&self, ev: &RingEvent) -> Option<EntityId> {
         ((self.pid, self.uid, self.token, self.entity) == (ev.pid, ev.uid, ev.token, ev.entity))
             .then_some(self.id)
     }
@@ -297,12 +297,12 @@ impl Daemon {
         if c.armed {
             return;
         }
-        // In a flood, more is on its way: look for it a while before sleeping; the flood
-        // ends when nothing came for the whole while.
+        // In a flood, more is on its way: look for it a while before sleeping, and drain what
+        // comes here, for up to FLOOD_TURN_NS (a turn of the loop, the doorbell's write,
+        // epoll_wait and its read, cost more than the events it came for); then the loop
+        // turns and serves whatever else is ready. The flood ends after FLOOD_SPIN_NS of
+        // nothing.
         if c.flood {
-            // What comes is drained here, for up to FLOOD_TURN_NS: a turn of the loop (the
-            // doorbell's write, epoll_wait, its read) cost more than the events it came for.
-            // Then the loop turns, and serves whatever else is ready.
             let turn = mono_ns();
             let mut quiet = turn;
             let mut look = turn;
@@ -336,8 +336,7 @@ impl Daemon {
         }
         let Some(c) = &mut self.clients else { return };
         // The shared ring's look, then the lanes' (both after "asleep" and its fence).
-        let idle = c.consumer.prepare_sleep(&c.seg) && !self.lanes_want_drain();
-        let Some(c) = &mut self.clients else { return };
+        let idle = c.consumer.prepare_sleep(&c.seg) && !c.lanes.need_drain();
         if idle {
             // No wake-up for the doorbell thread: a producer's FUTEX_WAKE reaches it whatever
             // value it waits on, and it then finds this generation's "rung".

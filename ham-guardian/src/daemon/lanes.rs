@@ -59,6 +59,23 @@ fn owner_pidfd(pid: u32, start: u64) -> Option<OwnedFd> {
     (crate::procfs::start_time(pid as i32) == Some(start)).then_some(fd)
 }
 
+/// The lanes of instance `inst` under `/dev/shm`: each one's shm name and what that name
+/// says (owner pid, start time, uid, number).
+fn lane_files(inst: &str) -> impl Iterator<Item = (String, (u32, u64, u32, u64))> + '_ {
+    std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let file = entry.file_name();
+            let (pid, start, uid, n) = ham_core::paths::parse_lane(inst, file.to_str()?)?;
+            Some((
+                ham_core::paths::lane(inst, pid, start, uid, n),
+                (pid, start, uid, n),
+            ))
+        })
+}
+
 impl Lanes {
     /// No lanes.
     pub(super) fn new() -> Self {
@@ -69,18 +86,7 @@ impl Lanes {
     /// where its consumer stopped. A lane that cannot be read or guarded is removed.
     pub(super) fn adopt(inst: &str, key: [u64; 2]) -> Self {
         let mut lanes = Self::new();
-        let Ok(dir) = std::fs::read_dir("/dev/shm") else {
-            return lanes;
-        };
-        for entry in dir.flatten() {
-            let file = entry.file_name();
-            let Some((pid, start, uid, n)) = file
-                .to_str()
-                .and_then(|f| ham_core::paths::parse_lane(inst, f))
-            else {
-                continue;
-            };
-            let name = ham_core::paths::lane(inst, pid, start, uid, n);
+        for (name, (pid, start, uid, n)) in lane_files(inst) {
             lanes.next = lanes.next.max(n.saturating_add(1));
             let (map, fd) = match LaneMap::open(&name) {
                 Ok(x) => x,
@@ -128,20 +134,10 @@ impl Lanes {
     /// A cold start: the lanes a previous run left are of no use (their producers hold a
     /// client segment that is gone); they are removed.
     pub(super) fn remove_stale(inst: &str) {
-        let Ok(dir) = std::fs::read_dir("/dev/shm") else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let file = entry.file_name();
-            if let Some((pid, start, uid, n)) = file
-                .to_str()
-                .and_then(|f| ham_core::paths::parse_lane(inst, f))
-            {
-                let name = ham_core::paths::lane(inst, pid, start, uid, n);
-                // Only ham's own (a name someone else squats is left to the operator).
-                if LaneMap::open(&name).is_ok() {
-                    LaneMap::unlink(&name);
-                }
+        for (name, _) in lane_files(inst) {
+            // Only ham's own (a name someone else squats is left to the operator).
+            if LaneMap::open(&name).is_ok() {
+                LaneMap::unlink(&name);
             }
         }
     }
@@ -278,27 +274,21 @@ impl Daemon {
     pub(super) fn drain_lanes(&mut self, passed: &mut Option<LetThrough>) -> Vec<u64> {
         let mut total = 0;
         let mut retire = Vec::new();
-        let start = self.clients.as_ref().map_or(0, |c| c.lanes.cursor);
-        // The lanes from the cursor on, then those before it.
-        let mut next = Some(start);
-        let mut wrapped = false;
-        while let Some(from) = next {
-            let Some(c) = &self.clients else {
-                return retire;
-            };
-            let found = if wrapped {
-                c.lanes.open.range(from..start).next().map(|(&n, _)| n)
-            } else {
-                c.lanes.open.range(from..).next().map(|(&n, _)| n)
-            };
-            let Some(n) = found else {
-                if wrapped || start == 0 {
-                    break;
-                }
-                (wrapped, next) = (true, Some(0));
-                continue;
-            };
-            next = n.checked_add(1);
+        // The lanes from the cursor on, then those before it (their numbers, copied: at most
+        // LANES_MAX, on the stack).
+        let mut order = [0u64; LANES_MAX];
+        let mut count = 0;
+        if let Some(c) = &self.clients {
+            let lanes = &c.lanes.open;
+            let turn = lanes
+                .range(c.lanes.cursor..)
+                .chain(lanes.range(..c.lanes.cursor));
+            for ((&n, _), slot) in turn.zip(order.iter_mut()) {
+                *slot = n;
+                count += 1;
+            }
+        }
+        for &n in &order[..count] {
             let mut taken = 0;
             loop {
                 if taken == LANE_BUDGET || total == LANES_BUDGET {
@@ -348,11 +338,5 @@ impl Daemon {
                 LaneMap::unlink(&l.name);
             }
         }
-    }
-
-    /// Before the loop sleeps, after the doorbell says "asleep" (and its fence): a look at
-    /// every lane. Whether one holds work (or a lane to retire).
-    pub(super) fn lanes_want_drain(&self) -> bool {
-        self.clients.as_ref().is_some_and(|c| c.lanes.need_drain())
     }
 }
