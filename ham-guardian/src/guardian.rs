@@ -177,6 +177,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let _ = procfs::own_start_time();
     // The start of the Guardian a takeover would need: made now, forked then.
     let successor = crate::daemon::prepare_successor(&cfg, &text, &sockets);
+    sys::warm_up_spawns();
     sys::trim_heap();
     sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
@@ -386,6 +387,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         cgroups: Some(cgroups),
         dead: Some(dead),
         successor,
+        ham_dead: Some((ham_pid, ham_start)),
     };
     promote(cfg, text, sockets, passed, flags, from, watching, found)
 }
@@ -640,7 +642,9 @@ fn promote(
     let seg = match Segment::open(&cfg.instance.segment_name(), Access::ReadWrite) {
         Ok(seg) => {
             let h = seg.header().snapshot();
-            if procfs::is_alive(h.ham_pid, h.ham_start_time)
+            let seen_dead = found.ham_dead == Some((h.ham_pid, h.ham_start_time));
+            if !seen_dead
+                && procfs::is_alive(h.ham_pid, h.ham_start_time)
                 && h.ham_pid != std::process::id() as i32
             {
                 // Someone else (a new `ham`) owns it already: we are not needed.
@@ -660,9 +664,13 @@ fn promote(
         Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => Err(e),
         Err(e) => return Err(e.into()),
     };
+    // What is said until the entities that died with the HAM are started again is held
+    // and written then (`Daemon::run`): a write to the log is time they would wait.
+    crate::log::hold();
     log(&name, format_args!("the HAM is gone: taking over"));
     sys::set_title(&format!("ham: HAM {name}"));
-    let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, found)?;
+    let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, found)
+        .inspect_err(|_| crate::log::write_held())?;
     ham.drop_after_takeover(watching);
     ham.run()
 }

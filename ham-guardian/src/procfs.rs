@@ -44,10 +44,15 @@ fn read_stat(pid: i32) -> Option<String> {
 /// Where this process's command line lies in its memory: `arg_start` and `arg_end`
 /// (fields 48 and 49 of `/proc/self/stat`, Linux ≥ 3.5).
 pub fn own_args_area() -> Option<(usize, usize)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let start = field(&stat, 48)?.parse().ok()?;
-    let end = field(&stat, 49)?.parse().ok()?;
-    Some((start, end))
+    // Read once: the area never moves, and a Guardian that takes over retitles itself on
+    // the path of the restarts it makes.
+    static AREA: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *AREA.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let start = field(&stat, 48)?.parse().ok()?;
+        let end = field(&stat, 49)?.parse().ok()?;
+        Some((start, end))
+    })
 }
 
 /// Field `n` (numbered from 1, as proc(5) does) of a `/proc/PID/stat` text. The command name

@@ -169,6 +169,9 @@ pub struct Found {
     pub dead: Option<HashSet<(u32, i32)>>,
     /// The start of the next Guardian, prepared.
     pub successor: Option<GuardianSpec>,
+    /// The HAM this Guardian watched (pid, start time), seen dead through its pidfd: if the
+    /// segment still names it, no look in /proc is needed to know it is not running.
+    pub ham_dead: Option<(i32, u64)>,
 }
 
 /// The HAM role.
@@ -278,6 +281,11 @@ impl Daemon {
     /// completes. Returns the exit code.
     pub fn run(mut self) -> Result<i32, DaemonError> {
         let promoted = matches!(self.origin, Some(Origin::Promoted { .. }));
+        if promoted {
+            // Held (as `promote` began to) until the first restart is released, or the
+            // adoption is done.
+            self.hold_logs();
+        }
         // The Guardian comes first: from here on, a death of this HAM is covered.
         if self.guardian.proc.is_some() {
             self.guardian_started();
@@ -330,6 +338,7 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
         self.adopt(passed, dead);
+        self.write_held_logs();
         if let Some(bell) = self.takeover_bell.take() {
             self.set_up_clients_after_takeover(bell);
         }

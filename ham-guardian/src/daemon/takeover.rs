@@ -91,11 +91,6 @@ impl Daemon {
         if at != 0 {
             self.set_fence(lease, at);
         }
-        // Records of processes that may still run come first, so that the proc connector is
-        // listening before any of them can die unseen.
-        if to_resume.iter().any(|&i| self.entities[i].rec.pid > 0) {
-            self.ensure_proc_connector();
-        }
         // What died while no HAM watched (or never started) first: its restart must not
         // wait for the adoption of everything that still runs. A process handed over is
         // dead if the Guardian found it so (one look for all) or else if its pidfd is
@@ -114,7 +109,17 @@ impl Daemon {
         let (first, then): (Vec<EntityId>, Vec<EntityId>) =
             to_resume.into_iter().partition(|&i| dead(self, i));
         let mut adopted = 0usize;
-        for i in first.into_iter().chain(then) {
+        for i in first {
+            let p = passed.remove(&self.entities[i].slot.0);
+            self.resume(i, p);
+        }
+        // Then the records of processes that may still run, the proc connector listening
+        // first so that none of them can die unseen (those above are dead already: their
+        // exit status is in their pidfd, or unknown).
+        if then.iter().any(|&i| self.entities[i].rec.pid > 0) {
+            self.ensure_proc_connector();
+        }
+        for i in then {
             let p = passed.remove(&self.entities[i].slot.0);
             self.resume(i, p);
             adopted += usize::from(self.entities[i].adopted);

@@ -955,6 +955,14 @@ fn reset_signals() -> u64 {
 /// The cached [`reset_signals`] (0: not read yet; never 0 once read, SIGPIPE is in it).
 static RESET_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
+/// Reads now what a first spawn would (the dispositions, 64 system calls; the kernel's
+/// version): a Guardian does this while it watches, so that the takeover's first fork, the
+/// next Guardian's, does not.
+pub fn warm_up() {
+    let _ = reset_signals();
+    let _ = super::kernel::acting();
+}
+
 /// A handler was set or removed: [`reset_signals`] reads the dispositions again.
 pub(crate) fn dispositions_changed() {
     RESET_SIGNALS.store(read_reset_signals(), Ordering::Release);
