@@ -401,10 +401,10 @@ fn main() -> ExitCode {
     }
     if args.first().map(String::as_str) == Some("__bare-consumer") {
         let Some(seg) = args.get(1) else {
-            eprintln!("usage: ham-bench __bare-consumer SEGMENT");
+            eprintln!("usage: ham-bench __bare-consumer SEGMENT [BELL_FD]");
             return ExitCode::from(2);
         };
-        sdk::bare_consumer_process(seg);
+        sdk::bare_consumer_process(seg, args.get(2));
     }
     if args.first().map(String::as_str) == Some("__relay") {
         mts::relay();

@@ -926,11 +926,60 @@ impl Drop for StopConsumer<'_> {
     }
 }
 
-/// `ham-bench __bare-consumer SEGMENT`: the bare consumer as a process of its own, on a
-/// segment the bench made, until the bench kills it.
-pub fn bare_consumer_process(name: &str) -> ! {
+/// The bare consumer of a process that waits on many descriptors, as the HAM does: asleep
+/// in `epoll_wait` on an eventfd (`bell`, inherited) that producers write, the loop's own
+/// mechanism without the loop.
+fn bare_epoll_consumer(seg: &ClientSegment, bell: std::os::fd::OwnedFd) -> Result<()> {
+    use rustix::event::epoll;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
+    epoll::add(
+        &ep,
+        &bell,
+        epoll::EventData::new_u64(1),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| format!("epoll_ctl: {e}"))?;
+    let mut c = Consumer::new(seg, 100_000_000);
+    let mut events = Vec::with_capacity(4);
+    loop {
+        loop {
+            match c.poll(seg, mono_ns(), |_| false) {
+                Polled::Empty => break,
+                Polled::Stalled { .. } => std::thread::yield_now(),
+                _ => {}
+            }
+        }
+        if c.prepare_sleep(seg) {
+            events.clear();
+            let _ = epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None);
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&bell, &mut buf);
+            c.awake(seg);
+        }
+    }
+}
+
+/// `ham-bench __bare-consumer SEGMENT [BELL_FD]`: the bare consumer as a process of its own,
+/// on a segment the bench made, until the bench kills it; with a descriptor number, the
+/// epoll one on that inherited eventfd.
+pub fn bare_consumer_process(name: &str, bell: Option<&String>) -> ! {
     match ClientSegment::open(name) {
         Ok(seg) => {
+            if let Some(fd) = bell {
+                let Ok(fd) = fd.parse::<i32>() else {
+                    eprintln!("ham-bench __bare-consumer: {fd}: not a descriptor number");
+                    std::process::exit(2)
+                };
+                // SAFETY: the bench started this process with the eventfd open at that
+                // number, for this process alone to own.
+                #[allow(unsafe_code)]
+                let bell =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                if let Err(e) = bare_epoll_consumer(&seg, bell) {
+                    eprintln!("ham-bench __bare-consumer: {e}");
+                    std::process::exit(2)
+                }
+            }
             bare_consumer(&seg, &AtomicBool::new(false));
             std::process::exit(0)
         }
@@ -941,28 +990,59 @@ pub fn bare_consumer_process(name: &str) -> ! {
     }
 }
 
-/// The floor's latency: its consumer a thread of the bench (`process` false) or a process
-/// of its own, as the HAM is (`process` true).
-fn bare_latency(ctx: &Ctx, n: usize, process: bool) -> Result<(Vec<f64>, u64)> {
+/// Where the floor's consumer runs and what it sleeps on.
+#[derive(Clone, Copy, PartialEq)]
+enum Floor {
+    /// A thread of the bench, on the futex.
+    Thread,
+    /// A process of its own, as the HAM is, on the futex.
+    Process,
+    /// A process of its own in `epoll_wait`, on an eventfd the producer writes: what a loop
+    /// that waits on many descriptors (the HAM's) can sleep on.
+    Epoll,
+}
+
+/// The floor's latency, its consumer as `floor` says.
+fn bare_latency(ctx: &Ctx, n: usize, floor: Floor) -> Result<(Vec<f64>, u64)> {
     let name = format!(
         "/ham.{}bare-ring{}.client",
         ctx.instance_prefix(),
-        if process { "-proc" } else { "" }
+        match floor {
+            Floor::Thread => "",
+            Floor::Process => "-proc",
+            Floor::Epoll => "-epoll",
+        }
     );
     let seg = ClientSegment::create(&name, 1, 1024, None).map_err(|e| e.to_string())?;
     let ev = bench_event();
     let stop = AtomicBool::new(false);
     let r = std::thread::scope(|s| {
-        let _child = if process {
-            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-            let child = std::process::Command::new(exe)
-                .args(["__bare-consumer", &name])
-                .spawn()
-                .map_err(|e| format!("starting the bare consumer process: {e}"))?;
-            Some(crate::mts::KillOnDrop(child))
-        } else {
+        let _child = if floor == Floor::Thread {
             s.spawn(|| bare_consumer(&seg, &stop));
             None
+        } else {
+            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["__bare-consumer", &name]);
+            // The consumer's eventfd: inherited (not close-on-exec), and a copy of it for
+            // the producer, which writes it as an SDK client writes the HAM's bell.
+            let inherited = if floor == Floor::Epoll {
+                let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty())
+                    .map_err(|e| format!("eventfd: {e}"))?;
+                let ours =
+                    rustix::io::fcntl_dupfd_cloexec(&fd, 3).map_err(|e| format!("dup: {e}"))?;
+                seg.set_bell_id(1);
+                let _ = seg.set_bell(ours, 1);
+                cmd.arg(fd.as_raw_fd().to_string());
+                Some(fd)
+            } else {
+                None
+            };
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("starting the bare consumer process: {e}"))?;
+            drop(inherited);
+            Some(crate::mts::KillOnDrop(child))
         };
         let _stop = StopConsumer(&stop, &seg, &ev);
         let h = seg.header();
@@ -997,7 +1077,8 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
              samples ≥ {} ms apart; ham = the HAM (the client writes the bell, an eventfd in \
              ham's epoll set, handed over at hello); bare = a consumer thread in the bench \
              asleep on the futex; bare-proc = the same consumer in a process of its own, as \
-             the HAM is",
+             the HAM is; bare-epoll = that process asleep in epoll_wait on an eventfd the \
+             producer writes (the HAM's mechanism, without its loop)",
             p.lat_samples,
             LATENCY_GAP_NS / 1_000_000
         ),
@@ -1035,13 +1116,21 @@ pub fn ring_latency(ctx: &Ctx, p: &Params, problems: &mut Problems) -> Result<Sc
     })();
     sys::check_interrupted()?;
     eprintln!("[ring_latency] bare");
-    let bare = bare_latency(ctx, p.lat_samples, false);
+    let bare = bare_latency(ctx, p.lat_samples, Floor::Thread);
     sys::check_interrupted()?;
     eprintln!("[ring_latency] bare-proc");
-    let bare_proc = bare_latency(ctx, p.lat_samples, true);
+    let bare_proc = bare_latency(ctx, p.lat_samples, Floor::Process);
+    sys::check_interrupted()?;
+    eprintln!("[ring_latency] bare-epoll");
+    let bare_epoll = bare_latency(ctx, p.lat_samples, Floor::Epoll);
     sys::check_interrupted()?;
     let total = (p.lat_samples + LATENCY_WARMUP) as u64;
-    for (name, r) in [("ham", ham), ("bare", bare), ("bare-proc", bare_proc)] {
+    for (name, r) in [
+        ("ham", ham),
+        ("bare", bare),
+        ("bare-proc", bare_proc),
+        ("bare-epoll", bare_epoll),
+    ] {
         let o = match r {
             Ok((v, wakes)) => {
                 if wakes != total {
