@@ -92,6 +92,25 @@ fn a_ham_and_an_entity_killed_at_once_the_entity_is_restarted_once_and_the_other
     assert_eq!(entity(&s, "b")["restarts"], 0);
     assert_eq!(entity_processes(&ham.name, "a"), vec![pid_of(&s, "a")]);
     assert_eq!(entity_processes(&ham.name, "b"), vec![b]);
+    // How a died is filled in after its restart: from its zombie, which root can read until
+    // something reaps it (its parent was the HAM), or from its pidfd once reaped (Linux
+    // 6.15). Without either it stays `unknown`.
+    let pidfd_info = s["exit_sources"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|x| x == "pidfd_info_exit"));
+    if nix::unistd::geteuid().is_root() && pidfd_info {
+        let s = ham.wait_for("a's status learned", |s| {
+            entity(s, "a")["last_exit"] == json!({"signal": 9})
+        });
+        assert_eq!(entity(&s, "a")["restarts"], 1, "{s}");
+        let log =
+            std::fs::read_to_string(ham.dir.path().join("log").join(format!("{}.log", ham.name)))
+                .unwrap_or_default();
+        assert!(
+            log.contains("\"exit-status\""),
+            "the process log says it: {log}"
+        );
+    }
 }
 
 #[test]

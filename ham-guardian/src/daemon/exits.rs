@@ -3,10 +3,12 @@
 use super::*;
 
 /// An adopted entity died before anyone could tell how; its status may still come through
-/// its pidfd once something reaps it.
+/// its pidfd once something reaps it, or from its zombie until then.
 pub(super) struct StatusPatch {
     pub(super) entity: EntityId,
     pub(super) pid: i32,
+    /// The process's start time (its zombie is told from a process that reused the pid).
+    pub(super) start_time: u64,
     pub(super) death: u64,
     pub(super) pidfd: OwnedFd,
     pub(super) tries: u32,
@@ -30,7 +32,7 @@ impl Daemon {
         if e.pidfd.is_none() {
             return;
         }
-        let (pid, adopted) = (e.rec.pid, e.adopted);
+        let (pid, start_time, adopted) = (e.rec.pid, e.rec.start_time, e.adopted);
         if adopted {
             self.drain_proc_connector();
         }
@@ -62,21 +64,11 @@ impl Daemon {
         let late = match status {
             Some(s) => s,
             None => {
-                // Dead (the pidfd said so), status not known yet: go on, and fill it in if
-                // its pidfd gives it once something reaps the process.
-                // (The proc connector's message is sent just after the pidfd wakes us.)
+                // Dead (the pidfd said so), status not known yet: go on, and fill it in
+                // once it is. (The proc connector's message is sent just after the pidfd
+                // wakes us.)
                 if let Ok(dup) = fd.try_clone() {
-                    let at = mono_ns() + 1_000_000;
-                    self.exit_watch_changed();
-                    self.patches.push(StatusPatch {
-                        entity: i,
-                        pid,
-                        death: self.entities[i].deaths + 1,
-                        pidfd: dup,
-                        tries: 0,
-                        at,
-                    });
-                    self.schedule(at, Deadline::StatusPatch(i));
+                    self.expect_status(i, pid, start_time, dup);
                 }
                 LastExit::Unknown
             }
@@ -89,6 +81,24 @@ impl Daemon {
             self.stop_next_layer();
         }
         self.release_proc_connector_if_idle();
+    }
+
+    /// Entity `i`'s process `pid` (started at `start_time`) died with its status unknown:
+    /// it is filled in when the proc connector, the pidfd (once something reaps it) or,
+    /// until then, its zombie tells it, for the death about to be counted.
+    pub(super) fn expect_status(&mut self, i: EntityId, pid: i32, start_time: u64, pidfd: OwnedFd) {
+        let at = mono_ns() + 1_000_000;
+        self.exit_watch_changed();
+        self.patches.push(StatusPatch {
+            entity: i,
+            pid,
+            start_time,
+            death: self.entities[i].deaths + 1,
+            pidfd,
+            tries: 0,
+            at,
+        });
+        self.schedule(at, Deadline::StatusPatch(i));
     }
 
     /// Holds ham's log, the process log and syslog back (see `log::hold`).
@@ -288,7 +298,7 @@ impl Daemon {
             }
             let status = match self.exit_cache.remove(&p.pid) {
                 Some(ws) => Ok(Some(ws)),
-                None => sys::pidfd_exit_status(&p.pidfd),
+                None => sys::pidfd_exit_status(&p.pidfd).map(|ws| ws.or_else(|| zombie(&p))),
             };
             match status {
                 Ok(Some(ws)) => {
@@ -452,4 +462,14 @@ pub fn decode_wait_status(ws: i32) -> LastExit {
     } else {
         LastExit::Unknown
     }
+}
+
+/// The wait status of a patch's process while it is a zombie no one has reaped (its exit
+/// code in `/proc/PID/stat`). Root only: to another user the kernel shows 0 there, which
+/// would read as a clean exit.
+fn zombie(p: &StatusPatch) -> Option<i32> {
+    rustix::process::geteuid()
+        .is_root()
+        .then(|| procfs::zombie_status(p.pid, p.start_time))
+        .flatten()
 }
