@@ -878,6 +878,17 @@ fn latency_samples(
     Ok(v)
 }
 
+/// Takes every event the ring holds, doing nothing with them (a floor's consumer).
+fn drain_all(c: &mut Consumer, seg: &ClientSegment) {
+    loop {
+        match c.poll(seg, mono_ns(), |_| false) {
+            Polled::Empty => break,
+            Polled::Stalled { .. } => std::thread::yield_now(),
+            _ => {}
+        }
+    }
+}
+
 /// The floor: a consumer thread of the bench's own, asleep on the same futex doorbell,
 /// draining with ham-core's `Consumer` (the HAM's path adds its doorbell thread, an eventfd
 /// and its epoll loop).
@@ -885,13 +896,7 @@ fn bare_consumer(seg: &ClientSegment, stop: &AtomicBool) {
     let mut c = Consumer::new(seg, 100_000_000);
     let h = seg.header();
     loop {
-        loop {
-            match c.poll(seg, mono_ns(), |_| false) {
-                Polled::Empty => break,
-                Polled::Stalled { .. } => std::thread::yield_now(),
-                _ => {}
-            }
-        }
+        drain_all(&mut c, seg);
         if stop.load(Ordering::SeqCst) {
             return;
         }
@@ -942,13 +947,7 @@ fn bare_epoll_consumer(seg: &ClientSegment, bell: std::os::fd::OwnedFd) -> Resul
     let mut c = Consumer::new(seg, 100_000_000);
     let mut events = Vec::with_capacity(4);
     loop {
-        loop {
-            match c.poll(seg, mono_ns(), |_| false) {
-                Polled::Empty => break,
-                Polled::Stalled { .. } => std::thread::yield_now(),
-                _ => {}
-            }
-        }
+        drain_all(&mut c, seg);
         if c.prepare_sleep(seg) {
             events.clear();
             let _ = epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None);
