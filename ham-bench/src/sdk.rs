@@ -933,8 +933,11 @@ impl Drop for StopConsumer<'_> {
 
 /// The bare consumer of a process that waits on many descriptors, as the HAM does: asleep
 /// in `epoll_wait` on an eventfd (`bell`, inherited) that producers write, the loop's own
-/// mechanism without the loop.
-fn bare_epoll_consumer(seg: &ClientSegment, bell: std::os::fd::OwnedFd) -> Result<()> {
+/// mechanism without the loop. Returns only if it cannot set that up.
+fn bare_epoll_consumer(
+    seg: &ClientSegment,
+    bell: std::os::fd::OwnedFd,
+) -> Result<std::convert::Infallible> {
     use rustix::event::epoll;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
     epoll::add(
@@ -974,10 +977,9 @@ pub fn bare_consumer_process(name: &str, bell: Option<&String>) -> ! {
                 #[allow(unsafe_code)]
                 let bell =
                     unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                if let Err(e) = bare_epoll_consumer(&seg, bell) {
-                    eprintln!("ham-bench __bare-consumer: {e}");
-                    std::process::exit(2)
-                }
+                let Err(e) = bare_epoll_consumer(&seg, bell);
+                eprintln!("ham-bench __bare-consumer: {e}");
+                std::process::exit(2)
             }
             bare_consumer(&seg, &AtomicBool::new(false));
             std::process::exit(0)

@@ -338,7 +338,10 @@ impl Daemon {
         let cold = !promoted && self.writer.segment().header().flags() & FLAG_WARM_START == 0;
         self.load_defs();
         self.adopt(passed, dead);
-        self.write_held_logs();
+        if promoted {
+            // Written already if a restart was released (`spawn`); otherwise now.
+            self.write_held_logs();
+        }
         if let Some(bell) = self.takeover_bell.take() {
             self.set_up_clients_after_takeover(bell);
         }

@@ -274,22 +274,22 @@ impl Daemon {
                         }
                     }
                     None => {
-                        // It died while no HAM was watching. How, its handed-over pidfd says
-                        // once something reaps it (its parent was the HAM), its zombie until
-                        // then: filled in after the restart, off its path.
-                        let status = passed
-                            .as_ref()
-                            .and_then(|p| sys::pidfd_exit_status(&p.pidfd).ok().flatten())
-                            .map_or(LastExit::Unknown, decode_wait_status);
-                        if status == LastExit::Unknown
-                            && rec.state != EntityState::Starting
-                            && let Some(p) = passed
-                        {
-                            self.expect_status(i, rec.pid, rec.start_time, p.pidfd);
-                        }
+                        // It died while no HAM was watching.
                         if rec.state == EntityState::Starting {
                             self.spawn(i);
                         } else {
+                            // How, its handed-over pidfd says once something reaps it (its
+                            // parent was the HAM), its zombie until then: filled in after the
+                            // restart, off its path.
+                            let status = passed
+                                .as_ref()
+                                .and_then(|p| sys::pidfd_exit_status(&p.pidfd).ok().flatten())
+                                .map_or(LastExit::Unknown, decode_wait_status);
+                            if status == LastExit::Unknown
+                                && let Some(p) = passed
+                            {
+                                self.expect_status(i, rec.pid, rec.start_time, p.pidfd);
+                            }
                             say!(
                                 self,
                                 "{}: pid {} died while no HAM was watching",
