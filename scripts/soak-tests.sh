@@ -16,6 +16,12 @@ if ! command -v stress-ng >/dev/null 2>&1; then
     || { echo "soak: cannot install stress-ng (apt-get install stress-ng)" >&2; exit 2; }
 fi
 
+# The whole suite, as CI runs it: what its tests run besides ham is installed, and a test
+# whose tool is missing fails instead of skipping (a machine without etcd once skipped every
+# cluster test here, silently).
+bash scripts/test-deps.sh >/dev/null || { echo "soak: cannot install what the tests need (scripts/test-deps.sh)" >&2; exit 2; }
+export HAM_REQUIRE_ETCD=1 HAM_REQUIRE_PROMTOOL=1 HAM_REQUIRE_PIDNS=1
+
 # Build first, without the load, so every run measures the tests only.
 cargo test --workspace --no-run >/dev/null 2>&1 || { echo "soak: the tests do not build" >&2; exit 2; }
 
