@@ -250,6 +250,47 @@ impl Etcd {
         })
     }
 
+    /// [`create`](Self::create), and in the same transaction `marker` (no lease): the mark
+    /// that the key is held, which only [`release`](Self::release) takes away. A key that
+    /// is gone while its mark is there was not handed over: its lease ended.
+    pub fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: u64,
+        marker: &str,
+    ) -> Result<Option<u64>, EtcdError> {
+        let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
+        if lease != 0 {
+            put["lease"] = json!(lease.to_string());
+        }
+        let mark = json!({ "key": b64(marker.as_bytes()), "value": b64(value) });
+        let v = self.post(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [{ "key": b64(key.as_bytes()), "target": "CREATE",
+                              "result": "EQUAL", "create_revision": "0" }],
+                "success": [{ "request_put": put }, { "request_put": mark }],
+            }),
+        )?;
+        Ok(if v["succeeded"].as_bool() == Some(true) {
+            Some(num(&v["header"]["revision"]))
+        } else {
+            None
+        })
+    }
+
+    /// Hands `key` over: deletes it and its `marker` if its create revision is
+    /// `create_revision` (it is still the one this node claimed). Whether it did.
+    pub fn release(
+        &self,
+        key: &str,
+        create_revision: u64,
+        marker: &str,
+    ) -> Result<bool, EtcdError> {
+        self.txn_guarded(key, create_revision, &[], &[key, marker])
+    }
+
     /// Deletes `key` if its create revision is `create_revision` (it is still the one this
     /// node made): whether it did.
     pub fn delete_if_created_at(&self, key: &str, create_revision: u64) -> Result<bool, EtcdError> {

@@ -78,6 +78,21 @@ impl Agent {
         format!("{}members/", self.prefix())
     }
 
+    fn singletons_prefix(&self) -> String {
+        format!("{}singletons/", self.prefix())
+    }
+
+    /// Where the marks of held singleton keys live (`held/<what follows singletons/>`).
+    fn held_prefix(&self) -> String {
+        format!("{}held/", self.prefix())
+    }
+
+    /// The mark that singleton key `key` is held (see `Etcd::claim`).
+    fn marker(&self, key: &str) -> String {
+        let rel = key.strip_prefix(&self.singletons_prefix()).unwrap_or(key);
+        format!("{}{rel}", self.held_prefix())
+    }
+
     fn ttl(&self) -> Duration {
         Duration::from_nanos(self.cfg.lease_ttl_ns)
     }
@@ -341,7 +356,7 @@ impl Agent {
                 ham_cluster::say!(
                     "ham-cluster: {name}: ham did not run it ({why}); giving up its key"
                 );
-                let _ = self.etcd.delete_if_created_at(key, token);
+                let _ = self.etcd.release(key, token, &self.marker(key));
                 true
             }
             Err(e) => {
@@ -370,12 +385,15 @@ impl Agent {
         if self.placed.is_empty() {
             return;
         }
-        let prefix = format!("{}singletons/", self.prefix());
+        let prefix = self.singletons_prefix();
         let step = self.ttl() / 4;
+        let lock_delay = Duration::from_nanos(self.cfg.lock_delay_ns);
         // Entity → the token it runs with here (as ham confirmed).
         let mut held: BTreeMap<String, u64> = BTreeMap::new();
         // Key → when it was first seen free (campaigns wait their rank's steps from there).
         let mut free_since: BTreeMap<String, Instant> = BTreeMap::new();
+        // Free keys whose last owner did not hand them over, said once per free spell.
+        let mut said_unreleased: std::collections::BTreeSet<String> = Default::default();
         loop {
             let (lease, fresh, view) = {
                 let k = self.known();
@@ -396,6 +414,9 @@ impl Agent {
                 }
             };
             let holders = placement::holders(&prefix, &kvs);
+            // The marks of held keys, read once a turn if something is free here to campaign
+            // for (None: not read yet; unreadable counts as marked: the safe side).
+            let mut marks: Option<Result<Vec<String>, EtcdError>> = None;
             let view: Vec<&str> = view.iter().map(String::as_str).collect();
             let mut wake = self.ttl() / 2;
             for (name, p) in &self.placed {
@@ -440,13 +461,43 @@ impl Agent {
                             let _ = self.unplace(name);
                         }
                         let since = *free_since.entry(key.clone()).or_insert_with(Instant::now);
-                        let turn = step * rank as u32;
+                        // Its last owner did not hand it over (the mark is still there): its
+                        // lease ended, maybe early (a stale etcd leader revokes leases it
+                        // did not see renewed, etcd-io/etcd#15247) while that owner, told
+                        // nothing, runs it on until its own fence deadline — at most a TTL
+                        // after it last saw the lease renewed. So the campaign waits the
+                        // lock delay too, counted from when the key was seen free.
+                        let marker = self.marker(&key);
+                        let unreleased = match marks.get_or_insert_with(|| {
+                            self.etcd
+                                .range_prefix(&self.held_prefix())
+                                .map(|(_, kvs)| kvs.into_iter().map(|kv| kv.key).collect())
+                        }) {
+                            Ok(m) => m.contains(&marker),
+                            Err(_) => true,
+                        };
+                        let mut turn = step * rank as u32;
+                        if unreleased && !lock_delay.is_zero() {
+                            turn += lock_delay;
+                            if said_unreleased.insert(key.clone()) {
+                                ham_cluster::say!(
+                                    "ham-cluster: {name}: its last owner did not hand it over \
+                                     (its lease ended); campaigning after the lock delay ({} \
+                                     ms), by when that owner has fenced itself",
+                                    lock_delay.as_millis()
+                                );
+                            }
+                        }
                         if since.elapsed() < turn {
                             wake = wake.min(turn - since.elapsed());
                             continue;
                         }
                         free_since.remove(&key);
-                        match self.etcd.create(&key, self.cfg.node.as_bytes(), lease) {
+                        said_unreleased.remove(&key);
+                        match self
+                            .etcd
+                            .claim(&key, self.cfg.node.as_bytes(), lease, &marker)
+                        {
                             Ok(Some(token)) => {
                                 ham_cluster::say!("ham-cluster: {name}: won with token {token}");
                                 match self.place(name, token) {
@@ -476,7 +527,7 @@ impl Agent {
                         // Stopped first, then the key goes: never two at once.
                         if self.unplace(name).is_ok() {
                             held.remove(name);
-                            let _ = self.etcd.delete_if_created_at(&key, token);
+                            let _ = self.etcd.release(&key, token, &self.marker(&key));
                         }
                     }
                     Decision::Nothing => {
@@ -487,6 +538,7 @@ impl Agent {
                 }
             }
             free_since.retain(|k, _| !holders.contains_key(k));
+            said_unreleased.retain(|k| !holders.contains_key(k));
             let singletons: Vec<ClusterSingleton> = self
                 .placed
                 .iter()

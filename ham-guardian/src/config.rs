@@ -75,6 +75,7 @@ struct RawCluster {
     node: Spanned<String>,
     endpoints: Spanned<Vec<Spanned<String>>>,
     lease_ttl: Option<Spanned<String>>,
+    lock_delay: Option<Spanned<String>>,
     agent: Option<Spanned<String>>,
     role: Option<Spanned<String>>,
 }
@@ -603,6 +604,11 @@ pub struct ClusterConfig {
     pub endpoints: Vec<String>,
     /// The lease this node's registration (and its placements) hang on.
     pub lease_ttl_ns: u64,
+    /// How long a node that finds a singleton's key free waits before it campaigns for it,
+    /// when the key's last owner did not hand it over (its lease ended): that owner may
+    /// have been told nothing (etcd ended the lease early: a stale leader's revocation,
+    /// etcd-io/etcd#15247) and fences itself only at its own deadline. Default: the TTL.
+    pub lock_delay_ns: u64,
     /// The agent's program (default: `ham-cluster` beside the `ham` binary).
     pub agent: PathBuf,
     /// `role = "supervisor"`: one of the nodes that elect an active supervisor (NX-OS's dual

@@ -496,6 +496,13 @@ fn cluster(ctx: &Ctx, c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
             ns
         }
     };
+    // As long as the lease by default: the owner of a key whose lease etcd ended early is
+    // gone by then, as if the lease had run its course.
+    let lock_delay_ns = match &c.lock_delay {
+        None => lease_ttl_ns,
+        Some(t) => duration::parse_ns(t.get_ref())
+            .map_err(|why| ctx.err(Some(t.span()), Some("cluster.lock_delay".into()), why))?,
+    };
     let agent = match &c.agent {
         Some(a) => {
             let search = std::env::var("PATH").unwrap_or_default();
@@ -539,6 +546,7 @@ fn cluster(ctx: &Ctx, c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
         node: c.node.get_ref().clone(),
         endpoints,
         lease_ttl_ns,
+        lock_delay_ns,
         agent,
     })
 }
