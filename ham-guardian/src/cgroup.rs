@@ -11,8 +11,10 @@
 //! to process groups, and says so.
 
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::config::{CgroupLimits, CgroupMode};
 
@@ -20,13 +22,17 @@ use crate::config::{CgroupLimits, CgroupMode};
 pub type Opened = Result<Option<Cgroups>, String>;
 
 /// An instance's cgroups.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cgroups {
     /// `<base>/ham.<instance>`.
     dir: PathBuf,
     /// Controllers available to the entities' cgroups (`cgroup.controllers` of `dir`,
     /// once enabled in its `cgroup.subtree_control`).
     controllers: Vec<String>,
+    /// `dir`, open (`O_PATH`): what an entity's restart opens there (its directory for
+    /// `clone3`, its `cgroup.procs`) is found from here, one name deep, not walked to from
+    /// `/` through the cgroup mount each time.
+    at: OwnedFd,
 }
 
 /// The cgroup2 mount point, from mountinfo(5): the field after ` - ` is the type.
@@ -86,7 +92,17 @@ impl Cgroups {
                 controllers.push(c.to_owned());
             }
         }
-        Ok(Some(Self { dir, controllers }))
+        let at = rustix::fs::open(
+            &dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Some(Self {
+            dir,
+            controllers,
+            at,
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -129,11 +145,22 @@ impl Cgroups {
 
     /// Entity `name`'s cgroup directory, open (`O_DIRECTORY`), for `clone3`.
     pub fn open_dir(&self, name: &str) -> io::Result<std::os::fd::OwnedFd> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(self.entity_dir(name))?;
-        Ok(f.into())
+        Ok(rustix::fs::openat(
+            &self.at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Entity `name`'s `cgroup.procs`, open for reading.
+    fn open_procs(&self, name: &str) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            &self.at,
+            format!("{name}/cgroup.procs"),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
     }
 
     /// Moves `pid` into entity `name`'s cgroup (its children follow it).
@@ -162,24 +189,47 @@ impl Cgroups {
 
     /// The live processes in entity `name`'s cgroup (`cgroup.procs`).
     fn pids(&self, name: &str) -> Vec<i32> {
-        std::fs::read_to_string(self.entity_dir(name).join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        let Ok(fd) = self.open_procs(name) else {
+            return Vec::new();
+        };
+        // Read to the end by hand: `read_to_string` first asks the size (`statx`) and the
+        // position (`lseek`), two system calls a cgroup file answers with nothing useful.
+        let mut text = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = rustix::io::read(&fd, &mut buf) {
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 
     /// Whether any process is in entity `name`'s cgroup: one open, one short read, at
     /// every death (not the whole list, and no statx).
     pub fn populated(&self, name: &str) -> bool {
-        let path = self.entity_dir(name).join("cgroup.procs");
-        let Ok(fd) = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) else {
+        let Ok(fd) = self.open_procs(name) else {
             return false;
         };
         let mut buf = [0u8; 16];
         matches!(rustix::io::read(&fd, &mut buf), Ok(n) if n > 0)
+    }
+
+    /// [`kill`](Self::kill), sparing `keep` (a new process of the entity's, not released
+    /// yet): one read of `cgroup.procs` when it holds nothing else.
+    pub fn kill_but(&self, name: &str, keep: i32) -> io::Result<()> {
+        for _ in 0..16 {
+            let pids: Vec<i32> = self.pids(name).into_iter().filter(|&p| p != keep).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// SIGKILLs every process in entity `name`'s cgroup, in passes until a pass finds none

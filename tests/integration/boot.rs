@@ -258,6 +258,45 @@ fn ham_as_pid_1_of_a_pid_namespace_reaps_orphans_and_stops_on_sigterm() {
     );
 }
 
+/// A SIGCHLD that names an entity's process can stand for an orphan's death as well
+/// (signals of one kind merge while pending). The HAM no longer walks every child at each
+/// entity death (a SIGCHLD naming a child it reaped already waits for a sweep a second
+/// later): the orphans still go. Each round kills an entity's process group at once (its
+/// shell and the shell's background child, which ham inherits as subreaper as its parent
+/// dies), and at the end no zombie is left under the HAM.
+#[test]
+fn orphans_that_die_with_their_entity_are_reaped_too() {
+    let body = "[[entity]]\nname = \"family\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 1000 & \
+                echo started >> family.count; wait\"]\ncwd = \".\"\n\
+                policy = { kind = \"immediate\" }\n";
+    let ham = Ham::start("orph", body);
+    let count = ham.dir.path().join("family.count");
+    let started = || {
+        std::fs::read_to_string(&count)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let ham_pid = ham.pid();
+    for round in 1..=10 {
+        wait_until(&ham, &format!("start {round}"), || started() >= round);
+        let s = ham.wait_for("the entity running", |s| running(s, "family"));
+        let pid = pid_of(&s, "family");
+        // Its own process group (ham starts every entity in one): the shell and its child.
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_until(&ham, "the entity's restart", || {
+            ham.try_status()
+                .is_some_and(|s| running(&s, "family") && pid_of(&s, "family") != pid)
+        });
+    }
+    wait_until(&ham, "no zombie left under the HAM", || {
+        zombies_of(ham_pid).is_empty()
+    });
+}
+
 /// The children of `pid` (from /proc/PID/task/*/children).
 fn children_of(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

@@ -23,6 +23,10 @@ pub(super) struct Entity {
     /// The process is not our child (adopted after a takeover or a warm start): its exit
     /// status comes from the proc connector or its pidfd, not from `waitid`.
     pub(super) adopted: bool,
+    /// Its process died and what it may have left in its cgroup is not killed yet: by its
+    /// restart, between the fork and the release (off the restart's path), or at the end
+    /// of the death's handling if nothing starts it (`Daemon::kill_leftovers`).
+    pub(super) leftovers: bool,
     pub(super) wanted: Wanted,
     pub(super) stop_deadline: Option<u64>,
     pub(super) retry_at: Option<u64>,
@@ -69,6 +73,7 @@ impl Entity {
             exec: None,
             beat: None,
             adopted: false,
+            leftovers: false,
             wanted: Wanted::Up,
             stop_deadline: None,
             retry_at: None,

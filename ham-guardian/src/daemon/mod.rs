@@ -235,6 +235,13 @@ pub struct Daemon {
     /// pid, so nothing else can have it): reaped while the replacement execs, off the
     /// restart's path (`reap_handled`).
     unreaped: Vec<i32>,
+    /// The last pids `reap_handled` reaped (at most `exits::REAPED_KEPT`): a SIGCHLD that names
+    /// one of them needs no walk over every child, only a sweep later (`on_sigchld`).
+    reaped_recently: std::collections::VecDeque<i32>,
+    /// Pidfds of processes that died, still in the epoll set until `unwatch_dead`.
+    dead_pidfds: Vec<OwnedFd>,
+    /// When the deferred sweep for orphans runs, if one is due.
+    sweep_at: Option<u64>,
     origin: Option<Origin>,
     plog: ProcessLog,
     syslog: Syslog,
@@ -423,6 +430,8 @@ impl Daemon {
             self.rearm_timer();
             self.arm_ring();
             events.clear();
+            // A dead process's pidfd is readable for ever: out of the set before waiting.
+            self.unwatch_dead();
             // With spawns still deferred, look at what came in and come straight back.
             if self.stops_left && self.shutdown.is_some() {
                 self.stop_next_layer();

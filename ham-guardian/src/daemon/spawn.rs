@@ -167,6 +167,9 @@ impl Daemon {
         };
         failpoint::hit("spawn:after-fork");
         let pid = pending.pid;
+        // What the process before it left in the cgroup, killed now that the child is
+        // forked (it prepares itself meanwhile) and before it is released.
+        self.kill_leftovers_but(i, pid);
         // Into its cgroup before it runs anything (it waits for its release), if it was not
         // created there.
         if let (Some(cg), false) = (&self.cgroups, pending.in_cgroup) {
@@ -471,6 +474,17 @@ pub(super) fn entity_env(ec: &EntityConfig, cfg: &Config) -> Vec<(String, String
     env
 }
 
+/// `/dev/null`, opened once (at a low number, so a child sharing our descriptor table keeps
+/// few: see `sys::spawn`); each child gets a copy (one `fcntl`, not an `open` each time).
+fn dev_null() -> io::Result<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd);
+    }
+    let fd: OwnedFd = OpenOptions::new().read(true).open("/dev/null")?.into();
+    Ok(NULL.get_or_init(|| fd))
+}
+
 /// What an entity's child gets: its own process group, stdin from /dev/null, output as
 /// configured, and `env` (see [`entity_env`]).
 pub(super) fn build_spec(
@@ -491,8 +505,7 @@ pub(super) fn build_spec(
         // As systemd: the watchdog is the main process's, not its children's.
         spec.env_own_pid("WATCHDOG_PID");
     }
-    let devnull = OpenOptions::new().read(true).open("/dev/null")?;
-    spec.fd(devnull.into(), 0);
+    spec.fd(dev_null()?.try_clone()?, 0);
     match (&ec.output, out) {
         (Output::File(path), _) => {
             let f = OpenOptions::new()

@@ -300,6 +300,7 @@ impl Daemon {
                                 self.entities[i].wanted = Wanted::Down;
                             }
                             self.on_exit(i, status);
+                            self.kill_leftovers(i);
                         }
                     }
                 }

@@ -40,6 +40,9 @@ pub(super) enum Deadline {
     Feed,
     /// The service manager's watchdog (`WATCHDOG_USEC`) is pinged.
     SystemdWatchdog,
+    /// Children no exit path of their own reaps (orphans ham inherited as subreaper) whose
+    /// SIGCHLD may have merged into one that named a child already handled.
+    ReapSweep,
 }
 
 /// Every deadline, in one heap, behind one timerfd armed at the earliest. Entries are never
@@ -177,6 +180,10 @@ impl Daemon {
                 Deadline::GuardianRetry => self.spawn_guardian(),
                 Deadline::Feed => self.feed_watchdog(now),
                 Deadline::SystemdWatchdog => self.systemd_watchdog(now),
+                Deadline::ReapSweep => {
+                    self.sweep_at = None;
+                    self.reap_children();
+                }
                 Deadline::StatusPatch(_) => self.try_patches(now),
                 Deadline::Action(id) => self.on_action_timer(id, at),
                 Deadline::Heartbeats => {
@@ -277,6 +284,7 @@ impl Daemon {
             Deadline::SystemdWatchdog => {
                 self.systemd.as_ref().is_some_and(|m| m.watchdog_next == at)
             }
+            Deadline::ReapSweep => self.sweep_at == Some(at),
         }
     }
 
@@ -353,7 +361,7 @@ impl Daemon {
                         self.begin_shutdown(None);
                     }
                     Ok(Signal::SIGCHLD) => {
-                        self.reap_children();
+                        self.on_sigchld(info.ssi_pid as i32);
                         self.check_guardian_stopped();
                     }
                     Ok(Signal::SIGHUP) => {
