@@ -450,9 +450,13 @@ impl Daemon {
             for ev in events.drain(..) {
                 let token = Token::decode(ev.data.u64());
                 // Deaths are handled with execs still pending (a storm's restarts exec side
-                // by side); anything else sees every entity's start complete.
+                // by side), SIGCHLD among them (`on_signals` settles them first for any other
+                // signal); anything else sees every entity's start complete.
                 if !self.execing.is_empty()
-                    && !matches!(token, Some(Token::Pidfd(_) | Token::Exec(_)))
+                    && !matches!(
+                        token,
+                        Some(Token::Pidfd(_) | Token::Exec(_) | Token::Signal)
+                    )
                 {
                     self.settle_execs();
                 }

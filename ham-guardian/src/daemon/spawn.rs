@@ -153,6 +153,9 @@ impl Daemon {
         let out = e.out.as_ref().map(|(_, w)| w);
         let forked = build_spec(&e.cfg, &env, out).and_then(|mut spec| {
             spec.env_shared(inherited_env_for(&e.cfg));
+            // Alone, the child prepares itself and execs beside us; in a storm (other
+            // children not past `execve` yet) the kernel spreads them.
+            spec.apart(self.execing.is_empty());
             if let Some(slot) = slot {
                 spec.released_in(slot);
             }

@@ -355,23 +355,30 @@ impl Daemon {
     pub(super) fn on_signals(&mut self) {
         loop {
             match self.signals.read_signal() {
-                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                        say!(self, "signal {} received: shutting down", info.ssi_signo);
-                        self.begin_shutdown(None);
-                    }
-                    Ok(Signal::SIGCHLD) => {
+                Ok(Some(info)) => {
+                    let signal = Signal::try_from(info.ssi_signo as i32);
+                    if matches!(signal, Ok(Signal::SIGCHLD)) {
                         self.on_sigchld(info.ssi_pid as i32);
                         self.check_guardian_stopped();
+                        continue;
                     }
-                    Ok(Signal::SIGHUP) => {
-                        say!(
-                            self,
-                            "SIGHUP: configuration reload is not supported; ignored"
-                        )
+                    // Anything but a death sees every entity's start complete (as any other
+                    // event of the loop does).
+                    self.settle_execs();
+                    match signal {
+                        Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                            say!(self, "signal {} received: shutting down", info.ssi_signo);
+                            self.begin_shutdown(None);
+                        }
+                        Ok(Signal::SIGHUP) => {
+                            say!(
+                                self,
+                                "SIGHUP: configuration reload is not supported; ignored"
+                            )
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
                 Ok(None) => break,
                 Err(e) => {
                     say!(self, "reading signals: {e}");

@@ -62,6 +62,8 @@ pub struct SpawnSpec {
     /// Nanoseconds after which a child not yet released runs its program all the same
     /// (0: it waits for ever). See [`SpawnSpec::release_within`].
     release_within_ns: u64,
+    /// Moved off our CPU until released (see [`apart`]).
+    apart: bool,
     /// RLIMIT_CORE raised to its highest (the entity's `cores`).
     core_unlimited: bool,
     released_in: ReleaseRecord,
@@ -144,11 +146,20 @@ impl SpawnSpec {
             core_unlimited: false,
             exec_if_orphaned: false,
             release_within_ns: 0,
+            apart: true,
             released_in: ReleaseRecord::None,
             cgroup: None,
             own_pid_var: None,
         })
     }
+    /// Whether the child is moved off our CPU until its release (the default; see
+    /// [`apart`]). Not worth it while other children start: they would all queue on the
+    /// other CPUs, held there until each has run once.
+    pub fn apart(&mut self, yes: bool) -> &mut Self {
+        self.apart = yes;
+        self
+    }
+
     /// Puts `vars` (`NAME=value`, built once and never freed) first in the environment,
     /// before the variables given to [`SpawnSpec::new`]: an environment every child
     /// inherits is not formatted again for each.
@@ -381,7 +392,7 @@ impl Prepared {
         envp.push(std::ptr::null());
         // A child that runs on its own once a bound has passed (`release_within`) could
         // run before we move it, and never get our CPUs back: not moved.
-        let affinity = (spec.release_within_ns == 0)
+        let affinity = (spec.apart && spec.release_within_ns == 0)
             .then(apart::our_cpus)
             .flatten()
             .map(Box::new);
