@@ -171,7 +171,18 @@ impl Daemon {
             }
         }
         if let Some(cg) = &self.cgroups {
-            for left in cg.remove_all() {
+            // The loop does not turn meanwhile: each cgroup counts as a turn (a deadline of
+            // now, met at once), or the Guardian, seeing the last deadline pass with no turn
+            // after it, fences the HAM (SIGKILL) in the middle of the shutdown of 10,000
+            // entities, and the `shutdown` request that waits here gets no answer. A HAM
+            // stuck on one cgroup is still fenced.
+            let writer = &self.writer;
+            let left = cg.remove_all(|| {
+                let now = mono_ns();
+                let _ = writer.set_liveness(now);
+                let _ = writer.set_deadline(now);
+            });
+            for left in left {
                 say!(self, "cgroup left behind: {left}");
             }
         }
