@@ -231,16 +231,31 @@ impl Etcd {
     /// Puts `key` only if it does not exist: `Some(revision)` (its create revision) if this
     /// call made it, `None` if it was there.
     pub fn create(&self, key: &str, value: &[u8], lease: u64) -> Result<Option<u64>, EtcdError> {
+        self.create_with(key, value, lease, None)
+    }
+
+    /// [`create`](Self::create), putting `also` (a key, no lease) in the same transaction.
+    fn create_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: u64,
+        also: Option<&str>,
+    ) -> Result<Option<u64>, EtcdError> {
         let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
         if lease != 0 {
             put["lease"] = json!(lease.to_string());
+        }
+        let mut ops = vec![json!({ "request_put": put })];
+        if let Some(k) = also {
+            ops.push(json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(value) } }));
         }
         let v = self.post(
             "/v3/kv/txn",
             &json!({
                 "compare": [{ "key": b64(key.as_bytes()), "target": "CREATE",
                               "result": "EQUAL", "create_revision": "0" }],
-                "success": [{ "request_put": put }],
+                "success": ops,
             }),
         )?;
         Ok(if v["succeeded"].as_bool() == Some(true) {
@@ -260,24 +275,7 @@ impl Etcd {
         lease: u64,
         marker: &str,
     ) -> Result<Option<u64>, EtcdError> {
-        let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
-        if lease != 0 {
-            put["lease"] = json!(lease.to_string());
-        }
-        let mark = json!({ "key": b64(marker.as_bytes()), "value": b64(value) });
-        let v = self.post(
-            "/v3/kv/txn",
-            &json!({
-                "compare": [{ "key": b64(key.as_bytes()), "target": "CREATE",
-                              "result": "EQUAL", "create_revision": "0" }],
-                "success": [{ "request_put": put }, { "request_put": mark }],
-            }),
-        )?;
-        Ok(if v["succeeded"].as_bool() == Some(true) {
-            Some(num(&v["header"]["revision"]))
-        } else {
-            None
-        })
+        self.create_with(key, value, lease, Some(marker))
     }
 
     /// Hands `key` over: deletes it and its `marker` if its create revision is

@@ -239,18 +239,8 @@ impl Cgroups {
     /// that entered the cgroup afterwards — the entity's next process, and the next, each
     /// killed at once — for as long as the killed ones were not all gone.
     pub fn kill(&self, name: &str) -> io::Result<()> {
-        for _ in 0..16 {
-            let pids = self.pids(name);
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        }
-        Ok(())
+        // No process has pid 0: nothing spared.
+        self.kill_but(name, 0)
     }
 
     /// Kills what is in entity `name`'s cgroup and waits (up to `timeout_ms`) until it is
