@@ -180,28 +180,26 @@ impl Daemon {
     /// What entity `i`'s dead process left in its cgroup, killed while its replacement
     /// `child` (already in that cgroup) waits for its release.
     pub(super) fn kill_leftovers_but(&mut self, i: EntityId, child: i32) {
-        if !std::mem::take(&mut self.entities[i].leftovers) {
-            return;
-        }
-        if let Some(cg) = &self.cgroups {
-            let name = &self.entities[i].cfg.name;
-            if let Err(e) = cg.kill_but(name, child) {
-                let msg = format!("{name}: cannot kill its cgroup: {e}");
-                self.say_limited("cgroup-kill", format_args!("{msg}"));
-            }
+        if std::mem::take(&mut self.entities[i].leftovers) {
+            self.kill_cgroup_but(i, child);
         }
     }
 
     /// SIGKILLs whatever is left in entity `i`'s cgroup (its main process has exited, or
     /// did not stop in time).
     pub(super) fn kill_cgroup(&mut self, i: EntityId) {
+        // No process has pid 0: nothing spared.
+        self.kill_cgroup_but(i, 0);
+    }
+
+    /// [`kill_cgroup`](Self::kill_cgroup), sparing process `keep`: one read of
+    /// `cgroup.procs` when the cgroup holds nothing else.
+    fn kill_cgroup_but(&mut self, i: EntityId, keep: i32) {
         if let Some(cg) = &self.cgroups {
             let name = &self.entities[i].cfg.name;
-            if cg.populated(name) {
-                if let Err(e) = cg.kill(name) {
-                    let msg = format!("{name}: cannot kill its cgroup: {e}");
-                    self.say_limited("cgroup-kill", format_args!("{msg}"));
-                }
+            if let Err(e) = cg.kill_but(name, keep) {
+                let msg = format!("{name}: cannot kill its cgroup: {e}");
+                self.say_limited("cgroup-kill", format_args!("{msg}"));
             }
         }
     }
