@@ -46,6 +46,11 @@ pub const CONTROL: &[&str] = &["control:request"];
 /// what a transient shortage (no process, no memory) does.
 pub const FAILURES: &[&str] = &["clients:setup", "guardian:start"];
 
+/// Failpoints that make a step slow for as long as they are armed, by the milliseconds
+/// written in `$HAM_FAILPOINT_FILE.armed`: `exit:slow`, the handling of each death (the pace
+/// of a HAM working through a storm at 10,000 entities, on a small box).
+pub const SLOWS: &[&str] = &["exit:slow"];
+
 /// Failpoints in the Guardian: reached there, the Guardian kills its HAM (SIGKILL, then waits
 /// for the exit) instead of itself. `guardian:beat-unread`: the HAM is stopped (SIGSTOP)
 /// before the Guardian beats and killed after, so it dies with the beat unread, and the
@@ -151,6 +156,33 @@ pub fn fails(name: &'static str) -> bool {
 pub fn fails(_name: &'static str) -> bool {
     false
 }
+
+/// [`SLOWS`]: if `HAM_FAILPOINT` names `name` and `$HAM_FAILPOINT_FILE.armed` holds a
+/// number of milliseconds, this step takes that much longer. Debug builds only.
+#[cfg(debug_assertions)]
+pub fn slow(name: &'static str) {
+    let (Ok(want), Some(file)) = (
+        std::env::var("HAM_FAILPOINT"),
+        std::env::var_os("HAM_FAILPOINT_FILE"),
+    ) else {
+        return;
+    };
+    if want != name {
+        return;
+    }
+    let mut armed = file;
+    armed.push(".armed");
+    if let Some(ms) = std::fs::read_to_string(armed)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn slow(_name: &'static str) {}
 
 /// [`SCRIBBLES`]: if `guardian:scribble-header` fires in this Guardian of `ham_pid`, the
 /// magic of the segment `name` is overwritten.

@@ -336,13 +336,19 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 accept_paused: h.flags() & FLAG_ACCEPT_PAUSED != 0,
             };
             let pending = || listener_pending(&sockets.listener);
-            let still_runs = |slot: u32, pid: i32| {
-                seg.slot(ham_core::layout::SlotIndex(slot))
+            let exited = |slot: u32, pid: i32| {
+                match seg
+                    .slot(ham_core::layout::SlotIndex(slot))
                     .and_then(|s| s.read().ok().flatten())
-                    .is_some_and(|r| r.pid == pid && r.state.has_process())
+                {
+                    Some(r) if r.pid == pid && r.state.has_process() => None,
+                    Some(r) => Some(r.exited_mono_ns),
+                    // Gone or unreadable: not named as running, and no progress known.
+                    None => Some(0),
+                }
             };
             let conn_before = watch.conn;
-            match watch.check(now, timeout, &view, pending, still_runs) {
+            match watch.check(now, timeout, &view, pending, exited) {
                 Ok(()) => {}
                 Err(why) => {
                     log(
@@ -510,8 +516,16 @@ struct Watch {
     /// The watched deadline passed and a turn began after it, but that turn had not ended
     /// (the deadline published was still that one) at this time: (deadline, time).
     turn_unfinished: Option<(u64, u64)>,
-    /// Deaths seen: (slot, pid, when).
+    /// Deaths seen and not known handled yet: (slot, pid, when).
     deaths: Vec<(u32, i32, u64)>,
+    /// When the HAM last handled one of them (the exit time it wrote in the record). A HAM
+    /// working through a backlog of deaths (a storm of thousands, the stops of a large
+    /// shutdown) handles the last of them later than `timeout` after they happened, but one
+    /// at least every `timeout`: a death is overdue `timeout` after itself or after the last
+    /// one handled, whichever is later. A hung HAM handles none: it is fenced `timeout` after
+    /// the first death it leaves, or, hung in the middle of a backlog, after the last death it
+    /// handled.
+    handled: u64,
     /// A control connection seen waiting, when.
     conn: Option<u64>,
 }
@@ -530,22 +544,23 @@ impl Watch {
             .map(|w| w.max(self.since))
             .into_iter()
             .chain(self.turn_unfinished.map(|(_, t)| t))
-            .chain(self.deaths.iter().map(|d| d.2))
+            .chain(self.deaths.iter().map(|d| d.2.max(self.handled)))
             .chain(self.conn)
             .min()
             .map(|t| t.saturating_add(timeout))
     }
 
     /// Looks at everything due at `now`; `Err(why)` when the HAM failed to handle one in
-    /// time. `pending`: a connection waits on the listener; `still_runs(slot, pid)`: the
-    /// slot's record still names that (dead) process as running.
+    /// time. `pending`: a connection waits on the listener; `exited(slot, pid)`: `None`
+    /// while the slot's record still names that (dead) process as running, else the time
+    /// the record says its last process exited (when the HAM handled that death).
     fn check(
         &mut self,
         now: u64,
         timeout: u64,
         ham: &HamView,
         pending: impl Fn() -> bool,
-        still_runs: impl Fn(u32, i32) -> bool,
+        exited: impl Fn(u32, i32) -> Option<u64>,
     ) -> Result<(), String> {
         let due = |t: u64| now >= t.saturating_add(timeout);
         if let Some(w) = self.deadline.filter(|&w| due(w.max(self.since))) {
@@ -576,17 +591,33 @@ impl Watch {
             self.turn_unfinished = None;
             self.deadline_published(ham.deadline);
         }
-        if let Some(&(slot, pid, _)) = self
-            .deaths
-            .iter()
-            .find(|&&(slot, pid, at)| due(at) && still_runs(slot, pid))
-        {
-            return Err(format!(
-                "has not handled the death of pid {pid} (slot {slot}) in {}",
-                ham_core::duration::format_ns(timeout)
-            ));
+        // The records are read only once a death is due: a storm brings deaths by the
+        // thousand, and the Guardian wakes for each.
+        if self.deaths.iter().any(|d| due(d.2.max(self.handled))) {
+            let mut handled = self.handled;
+            self.deaths
+                .retain(|&(slot, pid, _)| match exited(slot, pid) {
+                    Some(t) => {
+                        // (A time ahead of ours is not believed: it would hold the fence off.)
+                        handled = handled.max(t.min(now));
+                        false
+                    }
+                    None => true,
+                });
+            self.handled = handled;
+            if let Some(&(slot, pid, at)) = self.deaths.iter().find(|d| due(d.2.max(handled))) {
+                let fmt = ham_core::duration::format_ns;
+                let backlog = if handled > at {
+                    format!(", nor any other for {}", fmt(now - handled))
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "has not handled the death of pid {pid} (slot {slot}) in {}{backlog}",
+                    fmt(now - at)
+                ));
+            }
         }
-        self.deaths.retain(|&(_, _, at)| !due(at));
         if let Some(at) = self.conn.filter(|&at| due(at)) {
             if pending() && ham.liveness < at && !ham.accept_paused {
                 return Err(format!(
@@ -693,8 +724,9 @@ mod tests {
         false
     }
 
-    fn none_runs(_: u32, _: i32) -> bool {
-        false
+    /// Every death's record names another process, or none (no exit time known).
+    fn all_handled(_: u32, _: i32) -> Option<u64> {
+        Some(0)
     }
 
     #[test]
@@ -714,24 +746,24 @@ mod tests {
         assert_eq!(w.next_check(T), Some(5_000));
         // Not due yet: nothing looked at.
         assert_eq!(
-            w.check(4_999, T, &ham(0, 4_000), no_conn, none_runs),
+            w.check(4_999, T, &ham(0, 4_000), no_conn, all_handled),
             Ok(())
         );
         // The HAM turned after it and published the next one.
         assert_eq!(
-            w.check(5_000, T, &ham(4_001, 9_000), no_conn, none_runs),
+            w.check(5_000, T, &ham(4_001, 9_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), Some(10_000));
         // It did not turn after that one: hung.
-        let r = w.check(10_000, T, &ham(8_000, 9_000), no_conn, none_runs);
+        let r = w.check(10_000, T, &ham(8_000, 9_000), no_conn, all_handled);
         assert!(r.unwrap_err().contains("not turned its loop"));
         // A deadline dropped unhandled (a stop timeout whose process exited first): the HAM
         // published a later one without turning at the first. Not a hang.
         let mut w = Watch::default();
         w.deadline_published(5_000);
         assert_eq!(
-            w.check(6_000, T, &ham(1_000, 20_000), no_conn, none_runs),
+            w.check(6_000, T, &ham(1_000, 20_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), Some(21_000));
@@ -739,7 +771,7 @@ mod tests {
         let mut w = Watch::default();
         w.deadline_published(1_000);
         assert_eq!(
-            w.check(2_000, T, &ham(1_500, 0), no_conn, none_runs),
+            w.check(2_000, T, &ham(1_500, 0), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), None);
@@ -756,11 +788,11 @@ mod tests {
         assert_eq!(w.next_check(T), Some(11_000));
         // Its first turn has not come yet, a timeout after the deadline: not a hang.
         assert_eq!(
-            w.check(10_500, T, &ham(4_000, 5_000), no_conn, none_runs),
+            w.check(10_500, T, &ham(4_000, 5_000), no_conn, all_handled),
             Ok(())
         );
         // It has not come a timeout after the watch began: a hang.
-        let r = w.check(11_000, T, &ham(4_000, 5_000), no_conn, none_runs);
+        let r = w.check(11_000, T, &ham(4_000, 5_000), no_conn, all_handled);
         assert!(r.unwrap_err().contains("not turned its loop"));
         // One that came in time and handled the deadline is fine.
         let mut w = Watch {
@@ -769,7 +801,7 @@ mod tests {
         };
         w.deadline_published(5_000);
         assert_eq!(
-            w.check(11_000, T, &ham(10_200, 12_000), no_conn, none_runs),
+            w.check(11_000, T, &ham(10_200, 12_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), Some(13_000));
@@ -781,21 +813,21 @@ mod tests {
         w.deadline_published(1_000);
         // It began a turn after the deadline, still publishing it: not ended yet.
         assert_eq!(
-            w.check(2_000, T, &ham(1_200, 1_000), no_conn, none_runs),
+            w.check(2_000, T, &ham(1_200, 1_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), Some(3_000));
-        let r = w.check(3_000, T, &ham(1_200, 1_000), no_conn, none_runs);
+        let r = w.check(3_000, T, &ham(1_200, 1_000), no_conn, all_handled);
         assert!(r.unwrap_err().contains("not finished a turn"));
         // One that ended it meanwhile is fine, and its new deadline is watched.
         let mut w = Watch::default();
         w.deadline_published(1_000);
         assert_eq!(
-            w.check(2_000, T, &ham(1_200, 1_000), no_conn, none_runs),
+            w.check(2_000, T, &ham(1_200, 1_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(
-            w.check(3_000, T, &ham(1_200, 8_000), no_conn, none_runs),
+            w.check(3_000, T, &ham(1_200, 8_000), no_conn, all_handled),
             Ok(())
         );
         assert_eq!(w.next_check(T), Some(9_000));
@@ -806,16 +838,55 @@ mod tests {
         let mut w = Watch::default();
         w.deaths.push((3, 42, 1_000));
         assert_eq!(w.next_check(T), Some(2_000));
-        let runs = |slot: u32, pid: i32| slot == 3 && pid == 42;
+        let runs = |slot: u32, pid: i32| (slot != 3 || pid != 42).then_some(0);
         assert_eq!(w.check(1_500, T, &ham(0, 0), no_conn, runs), Ok(()));
         let r = w.check(2_000, T, &ham(0, 0), no_conn, runs);
         assert!(r.unwrap_err().contains("death of pid 42"));
         // Handled (the record names another process, or none): forgotten.
         let mut w = Watch::default();
         w.deaths.push((3, 42, 1_000));
-        assert_eq!(w.check(2_000, T, &ham(0, 0), no_conn, none_runs), Ok(()));
+        assert_eq!(w.check(2_000, T, &ham(0, 0), no_conn, all_handled), Ok(()));
         assert!(w.deaths.is_empty());
         assert_eq!(w.next_check(T), None);
+    }
+
+    #[test]
+    fn a_backlog_of_deaths_worked_through_is_not_a_hang_and_a_stall_in_it_is() {
+        use std::cell::RefCell;
+        // Four deaths at once; the HAM handles one every 600 (more than the timeout for
+        // the last of them all the same).
+        let mut w = Watch::default();
+        for pid in 1..=4 {
+            w.deaths.push((pid as u32, pid, 1_000));
+        }
+        let handled_at: RefCell<Vec<Option<u64>>> = RefCell::new(vec![None; 5]);
+        let exited = |slot: u32, _: i32| handled_at.borrow()[slot as usize];
+        handled_at.borrow_mut()[1] = Some(1_600);
+        // Due at 2 000: one was handled 400 ago, the others wait their turn.
+        assert_eq!(w.check(2_000, T, &ham(0, 0), no_conn, exited), Ok(()));
+        assert_eq!(w.deaths.len(), 3, "the handled one is forgotten");
+        assert_eq!(w.next_check(T), Some(2_600));
+        handled_at.borrow_mut()[2] = Some(2_200);
+        assert_eq!(w.check(2_600, T, &ham(0, 0), no_conn, exited), Ok(()));
+        assert_eq!(w.next_check(T), Some(3_200));
+        handled_at.borrow_mut()[3] = Some(2_800);
+        assert_eq!(w.check(3_200, T, &ham(0, 0), no_conn, exited), Ok(()));
+        // Then it stops handling them: fenced a timeout after the last one it handled.
+        assert_eq!(w.next_check(T), Some(3_800));
+        assert_eq!(w.check(3_799, T, &ham(0, 0), no_conn, exited), Ok(()));
+        let r = w.check(3_800, T, &ham(0, 0), no_conn, exited).unwrap_err();
+        assert!(
+            r.contains("death of pid 4") && r.contains("nor any other"),
+            "{r}"
+        );
+        // An exit time ahead of the Guardian's clock does not hold the fence off.
+        let mut w = Watch::default();
+        w.deaths.push((1, 1, 1_000));
+        w.deaths.push((2, 2, 1_000));
+        let future = |slot: u32, _: i32| (slot == 1).then_some(u64::MAX);
+        assert_eq!(w.check(2_000, T, &ham(0, 0), no_conn, future), Ok(()));
+        assert_eq!(w.next_check(T), Some(3_000));
+        assert!(w.check(3_000, T, &ham(0, 0), no_conn, future).is_err());
     }
 
     #[test]
@@ -825,7 +896,7 @@ mod tests {
             conn: Some(1_000),
             ..Watch::default()
         };
-        let r = w.check(2_000, T, &ham(900, 0), pending, none_runs);
+        let r = w.check(2_000, T, &ham(900, 0), pending, all_handled);
         assert!(r.unwrap_err().contains("control connection"));
         for (view, waits) in [
             (ham(1_100, 0), true), // it turned after: a new connection waits
@@ -842,7 +913,7 @@ mod tests {
                 conn: Some(1_000),
                 ..Watch::default()
             };
-            assert_eq!(w.check(2_000, T, &view, move || waits, none_runs), Ok(()));
+            assert_eq!(w.check(2_000, T, &view, move || waits, all_handled), Ok(()));
             assert_eq!(w.conn, None);
         }
     }

@@ -416,3 +416,92 @@ fn a_promoted_ham_with_no_deadline_of_its_own_is_not_fenced_for_its_predecessors
     assert_eq!(s["ham"]["epoch"], epoch + 1, "{}", ham.stderr());
     assert!(!ham.stderr().contains("fencing"), "{}", ham.stderr());
 }
+
+/// Eight sleepers killed at once under a HAM that takes 300 ms to handle each death
+/// (failpoint `exit:slow`, debug builds), with `liveness_timeout` 1 s: the last death is
+/// handled about 2.4 s after it happened. The instance, its status before the deaths, the
+/// failpoint's directory, the entities' names and their dead pids.
+fn a_backlog_of_deaths(tag: &str) -> (Ham, Value, tempfile::TempDir, Vec<String>, Vec<i32>) {
+    let work = tempfile::tempdir().unwrap();
+    let fp = work.path().join("fp");
+    let names: Vec<String> = (0..8).map(|k| format!("s{k}")).collect();
+    let body: String = names.iter().map(|n| sleeper(n)).collect();
+    let ham = Ham::start_with(
+        tag,
+        "liveness_timeout = \"1s\"",
+        &body,
+        &[
+            ("HAM_FAILPOINT", "exit:slow"),
+            ("HAM_FAILPOINT_FILE", fp.to_str().unwrap()),
+        ],
+    );
+    let s = ham.wait_for("all running", |s| names.iter().all(|n| running(s, n)));
+    let pids: Vec<i32> = names.iter().map(|n| pid_of(&s, n)).collect();
+    std::fs::write(work.path().join("fp.armed"), b"300").unwrap();
+    for &p in &pids {
+        sigkill(p);
+    }
+    (ham, s, work, names, pids)
+}
+
+/// How many of `pids` the HAM has said it handled the death of.
+fn deaths_said(ham: &Ham, pids: &[i32]) -> usize {
+    let err = ham.stderr();
+    pids.iter()
+        .filter(|p| err.contains(&format!("pid {p} killed by signal 9")))
+        .count()
+}
+
+#[test]
+fn a_ham_working_through_a_backlog_of_deaths_is_not_taken_for_a_hung_one() {
+    // The HAM handles one death every 300 ms, later than `liveness_timeout` after it for the
+    // last ones: it is working, not hung (at 10,000 entities a storm of 1,000 is handled so,
+    // and its Guardian fenced it three times in one storm). Watched through the log, not
+    // `hamctl`: the deaths of one batch are handled in one turn of the loop, and a request
+    // left waiting a second is a hang of its own.
+    let (ham, s, _work, names, pids) = a_backlog_of_deaths("backlog");
+    let (h, _, epoch) = pair(&s);
+    wait_until(&ham, "every death handled", || {
+        deaths_said(&ham, &pids) == pids.len()
+    });
+    let s = ham.wait_for("all restarted", |s| {
+        names
+            .iter()
+            .zip(&pids)
+            .all(|(n, &p)| running(s, n) && pid_of(s, n) != p)
+    });
+    assert_eq!(pair(&s).0, h, "{}", ham.stderr());
+    assert_eq!(s["ham"]["epoch"], epoch, "{}", ham.stderr());
+    assert!(!ham.stderr().contains("fencing"), "{}", ham.stderr());
+}
+
+#[test]
+fn a_ham_that_stops_in_a_backlog_of_deaths_is_fenced() {
+    // The same backlog; the HAM is stopped once it has handled two deaths. It handles no
+    // other: fenced `liveness_timeout` after the last it handled, and its successor restarts
+    // the rest.
+    // (Its status was taken before: a request during the backlog waits for the turn.)
+    let (mut ham, s, work, names, pids) = a_backlog_of_deaths("backlog-stop");
+    let (h, g, epoch) = pair(&s);
+    wait_until(&ham, "two deaths handled", || deaths_said(&ham, &pids) >= 2);
+    sigstop_landed(&ham, h);
+    std::fs::remove_file(work.path().join("fp.armed")).unwrap();
+    assert_eq!(ham.wait_exit(), -1, "the stopped HAM was killed");
+    let s = ham.wait_for("the guardian promoted, all restarted", |s| {
+        s["ham"]["pid"] == g
+            && s["ham"]["alive"] == true
+            && names
+                .iter()
+                .zip(&pids)
+                .all(|(n, &p)| running(s, n) && pid_of(s, n) != p)
+    });
+    assert_eq!(s["ham"]["epoch"], epoch + 1);
+    for n in &names {
+        assert_eq!(entity(&s, n)["restarts"], 1, "{n}: {}", ham.stderr());
+    }
+    assert!(
+        ham.stderr().contains("nor any other for"),
+        "{}",
+        ham.stderr()
+    );
+}

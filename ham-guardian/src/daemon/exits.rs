@@ -79,6 +79,7 @@ impl Daemon {
                 LastExit::Unknown
             }
         };
+        failpoint::slow("exit:slow");
         failpoint::hit("exit:before-record");
         self.on_exit(i, late);
         self.kill_leftovers(i);

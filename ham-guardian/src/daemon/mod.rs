@@ -104,6 +104,10 @@ use runs::{Run, RunId, Wait};
 use spawn::{Deferred, SPAWNS_PER_TURN};
 use timers::Deadline;
 
+/// How long one turn of the loop goes on handling deaths (a storm's) before it lets the
+/// others wait for the next turn.
+const DEATHS_PER_TURN_NS: u64 = 20_000_000;
+
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -446,9 +450,19 @@ impl Daemon {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(io_ctx("epoll_wait")(e)),
             }
-            self.wrote(self.writer.set_liveness(mono_ns()));
+            let turn_began = mono_ns();
+            self.wrote(self.writer.set_liveness(turn_began));
             for ev in events.drain(..) {
                 let token = Token::decode(ev.data.u64());
+                // Deaths are handled for a bounded time per turn; the rest come back at the
+                // next (a dead process's pidfd stays readable), so that a storm at 10,000
+                // entities, or a slow box, still turns the loop: its deadlines, requests and
+                // liveness do not wait for the whole storm.
+                if matches!(token, Some(Token::Pidfd(_)))
+                    && mono_ns().saturating_sub(turn_began) > DEATHS_PER_TURN_NS
+                {
+                    continue;
+                }
                 // Deaths are handled with execs still pending (a storm's restarts exec side
                 // by side), SIGCHLD among them (`on_signals` settles them first for any other
                 // signal); anything else sees every entity's start complete.
