@@ -185,6 +185,10 @@ pub(super) struct EntityTable {
     by_name: HashMap<String, EntityId>,
     /// For each entity, the entities that start `after` it (they stop before it).
     dependents: Vec<Vec<EntityId>>,
+    /// Each entity's pid as last indexed (its record's, once published), and the entity
+    /// each such pid is: who a SIGCHLD's pid is, without a look at every entity.
+    pids: Vec<i32>,
+    by_pid: HashMap<i32, EntityId>,
 }
 
 impl EntityTable {
@@ -215,6 +219,7 @@ impl EntityTable {
     pub(super) fn reserve(&mut self, n: usize) {
         self.list.reserve_exact(n);
         self.dependents.reserve_exact(n);
+        self.pids.reserve_exact(n);
         self.by_name.reserve(n);
     }
 
@@ -225,6 +230,8 @@ impl EntityTable {
         }
         self.list.push(e);
         self.dependents.push(Vec::new());
+        self.pids.push(0);
+        self.index_pid(i);
         i
     }
 
@@ -240,6 +247,36 @@ impl EntityTable {
             self.by_name.insert(name.clone(), i);
         }
         self.dependents[i.index()].clear();
+        self.index_pid(i);
+    }
+
+    /// Entity `i`'s pid is the one in its record now (called as the record is published,
+    /// and for a new entity).
+    pub(super) fn index_pid(&mut self, i: EntityId) {
+        let pid = self.list[i.index()].rec.pid;
+        let old = std::mem::replace(&mut self.pids[i.index()], pid);
+        if old == pid {
+            return;
+        }
+        if old > 0 && self.by_pid.get(&old) == Some(&i) {
+            self.by_pid.remove(&old);
+        }
+        if pid > 0 {
+            self.by_pid.insert(pid, i);
+        }
+    }
+
+    /// The first entity that `pred` holds for, among those whose record names `pid` (as
+    /// last published); any entity `pred` holds for if none does (a pid not indexed yet).
+    pub(super) fn find_by_pid(
+        &self,
+        pid: i32,
+        mut pred: impl FnMut(&Entity) -> bool,
+    ) -> Option<EntityId> {
+        match self.by_pid.get(&pid) {
+            Some(&i) if pred(&self.list[i.index()]) => Some(i),
+            _ => self.find(pred),
+        }
     }
 
     /// The entities that start `after` entity `i`.

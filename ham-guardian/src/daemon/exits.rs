@@ -158,7 +158,8 @@ impl Daemon {
         // HAM fenced by its Guardian for not handling deaths in time).
         let told_by_pidfd = |e: &Entity| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid;
         if pid > 0
-            && (self.reaped_recently.contains(&pid) || self.find_entity(told_by_pidfd).is_some())
+            && (self.reaped_recently.contains(&pid)
+                || self.entities.find_by_pid(pid, told_by_pidfd).is_some())
         {
             if self.sweep_at.is_none() {
                 let at = mono_ns() + SWEEP_AFTER_NS;
@@ -428,12 +429,14 @@ impl Daemon {
                     return;
                 }
             };
-            if let Some(i) =
-                self.find_entity(|e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
+            if let Some(i) = self
+                .entities
+                .find_by_pid(pid, |e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
                 self.on_pidfd(i);
-            } else if let Some(i) =
-                self.find_entity(|e| e.exec.as_ref().is_some_and(|x| x.pid == pid))
+            } else if let Some(i) = self
+                .entities
+                .find_by_pid(pid, |e| e.exec.as_ref().is_some_and(|x| x.pid == pid))
             {
                 // Dead before its `execve` was taken up: taken up now, then its death
                 // (its pidfd is watched from here on).

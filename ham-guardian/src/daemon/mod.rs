@@ -513,6 +513,7 @@ impl Daemon {
         if let Some(g) = self.wrote(written) {
             self.entities[i].rec.generation = g;
         }
+        self.entities.index_pid(i);
     }
 
     /// What became of a write to the state segment. Every write goes through here: a HAM
