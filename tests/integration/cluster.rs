@@ -154,6 +154,42 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.members[i].client)
     }
 
+    /// Member `i`'s id and the id of the leader it knows (etcd's status, ids as decimal).
+    fn status(&self, i: usize) -> Option<(String, String)> {
+        let body = http_post(self.members[i].client, "/v3/maintenance/status", "{}")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let id = v["header"]["member_id"].as_str()?.to_owned();
+        Some((id, v["leader"].as_str()?.to_owned()))
+    }
+
+    /// Makes sure member `i` is not the leader (leadership moved to another member if it
+    /// is), and waits until it knows another leader.
+    fn not_leader(&self, i: usize) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            match self.status(i) {
+                Some((id, leader)) if id != leader && leader != "0" => return,
+                Some((id, _)) => {
+                    let j = (i + 1) % self.members.len();
+                    if let Some((target, _)) = self.status(j).filter(|(t, _)| *t != id) {
+                        let body = format!("{{\"targetID\":\"{target}\"}}");
+                        let _ = http_post(
+                            self.members[i].client,
+                            "/v3/maintenance/transfer-leadership",
+                            &body,
+                        );
+                    }
+                }
+                None => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd member {i} is still the leader"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.members[i].child.id() as i32),
@@ -736,7 +772,11 @@ fn a_restarted_agent_takes_its_lease_up_again_through_an_etcd_that_is_slow_to_an
     let i = names.iter().position(|n| *n == from).unwrap();
     let lease = cluster_status(&hams[i]).unwrap()["lease"].as_u64().unwrap();
     // The owner's etcd member stops answering; its agent is killed, and ham starts another,
-    // whose first keepalive of the earlier lease times out.
+    // whose first keepalive of the earlier lease times out. A follower: a leader stalled so
+    // long may revoke the lease once it runs again (etcd-io/etcd#15247, what the lock delay
+    // is for, tested above), and the singleton then moves rightly. (With the member left to
+    // chance, the full suite failed here 2 runs in 6 one day: the owner's lease gone.)
+    etcd.not_leader(i);
     etcd.signal(i, nix::sys::signal::Signal::SIGSTOP);
     sigkill(pid_of(&hams[i].status(), "ham-cluster"));
     let retrying = format!("taking up lease {lease:x} again: ");
@@ -753,7 +793,12 @@ fn a_restarted_agent_takes_its_lease_up_again_through_an_etcd_that_is_slow_to_an
     wait_until(&hams[i], "writes to go on", || {
         writes(&resource).len() > before + 20
     });
-    assert_eq!(agreed_owner(&hams, &resource), (from.clone(), token));
+    assert_eq!(
+        agreed_owner(&hams, &resource),
+        (from.clone(), token),
+        "{}",
+        hams[i].stderr()
+    );
     assert_eq!(
         cluster_status(&hams[i]).unwrap()["lease"].as_u64(),
         Some(lease)
