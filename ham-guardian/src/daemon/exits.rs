@@ -161,11 +161,7 @@ impl Daemon {
             && (self.reaped_recently.contains(&pid)
                 || self.entities.find_by_pid(pid, told_by_pidfd).is_some())
         {
-            if self.sweep_at.is_none() {
-                let at = mono_ns() + SWEEP_AFTER_NS;
-                self.sweep_at = Some(at);
-                self.schedule(at, Deadline::ReapSweep);
-            }
+            self.sweep_later();
         } else {
             self.reap_children();
         }
@@ -419,6 +415,11 @@ impl Daemon {
     /// Reaps exited children. Entity processes and the Guardian go through their own exit
     /// paths (so the status lands where it belongs); anything else is an orphan that ham, as
     /// subreaper, inherited.
+    ///
+    /// A zombie that is an entity's process whose pidfd will tell the loop (in this turn's
+    /// batch or a later one) ends the walk: it is handled there, and what lies behind it is
+    /// for the next sweep. Each zombie found costs a walk over every child: a sweep that
+    /// came during a storm at 10,000 entities handled 357 of its deaths so, ~1 ms each.
     pub(super) fn reap_children(&mut self) {
         loop {
             let pid = match sys::peek_exited_child() {
@@ -433,6 +434,12 @@ impl Daemon {
                 .entities
                 .find_by_pid(pid, |e| e.pidfd.is_some() && !e.adopted && e.rec.pid == pid)
             {
+                // (Unless the last sweep was left to its pidfd already: one not in the loop's
+                // set, its watch refused, never tells.)
+                if std::mem::replace(&mut self.sweep_left_to, pid) != pid {
+                    self.sweep_later();
+                    return;
+                }
                 self.on_pidfd(i);
             } else if let Some(i) = self
                 .entities
@@ -448,6 +455,15 @@ impl Daemon {
             } else if let Some(p) = Pid::from_raw(pid) {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
             }
+        }
+    }
+
+    /// Schedules the sweep for orphans (`reap_children`) a second from now, unless one is.
+    fn sweep_later(&mut self) {
+        if self.sweep_at.is_none() {
+            let at = mono_ns() + SWEEP_AFTER_NS;
+            self.sweep_at = Some(at);
+            self.schedule(at, Deadline::ReapSweep);
         }
     }
 

@@ -242,6 +242,8 @@ pub struct Daemon {
     /// The last pids `reap_handled` reaped (at most `exits::REAPED_KEPT`): a SIGCHLD that names
     /// one of them needs no walk over every child, only a sweep later (`on_sigchld`).
     reaped_recently: std::collections::VecDeque<i32>,
+    /// The zombie at which the last walk for orphans stopped, left to its pidfd (0: none).
+    sweep_left_to: i32,
     /// Pidfds of processes that died, still in the epoll set until `unwatch_dead`.
     dead_pidfds: Vec<OwnedFd>,
     /// When the deferred sweep for orphans runs, if one is due.

@@ -7,13 +7,16 @@ use std::ffi::{CStr, CString};
 /// once it runs: entities that were not crash-looping first, each queue in order.
 #[derive(Default)]
 pub(super) struct Deferred {
-    pub(super) healthy: std::collections::VecDeque<(EntityId, bool)>,
-    pub(super) looping: std::collections::VecDeque<(EntityId, bool)>,
+    healthy: std::collections::VecDeque<(EntityId, bool)>,
+    looping: std::collections::VecDeque<(EntityId, bool)>,
+    /// Who is in either queue: a push (each of 10,000 first starts) or a restart's look
+    /// does not search them.
+    members: std::collections::HashSet<EntityId>,
 }
 
 impl Deferred {
     pub(super) fn push(&mut self, i: EntityId, healthy: bool) {
-        if self.find(i).is_none() {
+        if self.members.insert(i) {
             let q = if healthy {
                 &mut self.healthy
             } else {
@@ -23,22 +26,32 @@ impl Deferred {
         }
     }
     pub(super) fn find(&mut self, i: EntityId) -> Option<&mut (EntityId, bool)> {
+        if !self.members.contains(&i) {
+            return None;
+        }
         self.healthy
             .iter_mut()
             .chain(self.looping.iter_mut())
             .find(|(j, _)| *j == i)
     }
     pub(super) fn pop(&mut self) -> Option<(EntityId, bool)> {
-        self.healthy
+        let popped = self
+            .healthy
             .pop_front()
-            .or_else(|| self.looping.pop_front())
+            .or_else(|| self.looping.pop_front());
+        if let Some((i, _)) = popped {
+            self.members.remove(&i);
+        }
+        popped
     }
     pub(super) fn is_empty(&self) -> bool {
         self.healthy.is_empty() && self.looping.is_empty()
     }
     pub(super) fn remove(&mut self, i: EntityId) {
-        self.healthy.retain(|(j, _)| *j != i);
-        self.looping.retain(|(j, _)| *j != i);
+        if self.members.remove(&i) {
+            self.healthy.retain(|(j, _)| *j != i);
+            self.looping.retain(|(j, _)| *j != i);
+        }
     }
 }
 

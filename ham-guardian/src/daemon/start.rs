@@ -485,6 +485,7 @@ impl Daemon {
             patches: Vec::new(),
             unreaped: Vec::new(),
             reaped_recently: Default::default(),
+            sweep_left_to: 0,
             sweep_at: None,
             dead_pidfds: Vec::new(),
             origin: Some(origin),
