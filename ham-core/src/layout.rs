@@ -52,6 +52,14 @@ pub const MIGRATES_FROM: &[u32] = &[8];
 pub const NAME_MAX: usize = 63;
 const NAME_WORDS: usize = 8;
 
+/// [`Header::ham_lock`]'s bits, the kernel's for a robust futex (`linux/futex.h`): some
+/// thread may wait on the word (the kernel wakes one only when this is set)…
+pub const LOCK_WAITERS: u32 = 0x8000_0000;
+/// …the thread named by the word died holding it…
+pub const LOCK_OWNER_DIED: u32 = 0x4000_0000;
+/// …and the thread's id.
+pub const LOCK_TID_MASK: u32 = 0x3fff_ffff;
+
 /// Header flag: `hamctl shutdown` (or SIGTERM) was received; the HAM is stopping on purpose,
 /// and a Guardian must not take over.
 pub const FLAG_STOP_INTENT: u32 = 1 << 0;
@@ -123,7 +131,12 @@ pub struct Header {
     /// `EXIT_SOURCE_*` bits: where the HAM gets the exit status of processes that are not
     /// its children.
     exit_sources: AtomicU32,
-    _pad: AtomicU32,
+    /// The HAM's lock, a robust futex: the HAM's thread id or'ed with
+    /// [`LOCK_WAITERS`] while it runs; the kernel adds [`LOCK_OWNER_DIED`] and wakes a waiter
+    /// (its Guardian) as that thread exits, before the rest of the process is torn down.
+    /// 0 in a segment whose HAM predates it (padding until then, always zero): its Guardian
+    /// watches the pidfd alone. See `ham-guardian/src/sys/robust.rs`.
+    ham_lock: AtomicU32,
     /// Reserved for changes that span records (none does yet: each record is published on
     /// its own, see docs/ARCHITECTURE.md).
     intent: [AtomicU64; 8],
@@ -270,6 +283,11 @@ impl Header {
     }
     pub fn flags(&self) -> u32 {
         self.flags.load(Ordering::Acquire)
+    }
+
+    /// The HAM's lock word (see the field): written by the HAM and by the kernel only.
+    pub fn ham_lock(&self) -> &AtomicU32 {
+        &self.ham_lock
     }
 
     /// Fills in a zeroed header. The magic goes last, with `Release`.

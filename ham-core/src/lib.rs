@@ -20,7 +20,7 @@
 //! * [`paths`] — where an instance's things are (names, defaults, its run directory).
 //!
 //! `unsafe` is denied here except in [`shm`] (the shared-memory contract: which types may be
-//! shared, and the one checked view of a mapping), where a mapping is made, and the one `madvise` of
+//! shared, the one checked view of a mapping, and making a mapping writable), where a mapping is made, and the one `madvise` of
 //! [`lane::ForkGuard`].
 #![deny(unsafe_code)]
 

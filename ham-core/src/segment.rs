@@ -301,11 +301,49 @@ impl Segment {
         Self::open_checked(name, Access::ReadOnly, !root)
     }
 
+    /// Opens a segment as [`Segment::open`] read-only does, mapped read-only, but through a
+    /// descriptor open for writing, so that [`Segment::make_writable`] can later make the
+    /// same mapping writable: a Guardian watches through it and writes through it only
+    /// once it has taken over, without mapping the segment again.
+    pub fn open_promotable(name: &str) -> Result<Self, SegmentError> {
+        Self::open_fd(name, Access::ReadOnly, shm::OFlags::RDWR, true)
+    }
+
+    /// Maps now the pages of the header and of the slots in use (see
+    /// [`crate::shm::populate_read`]): a Guardian, so that reading every record at a
+    /// takeover takes no page fault. The pages are the HAM's too (it wrote them), so the
+    /// pair's memory does not grow.
+    pub fn populate_used(&self) -> Result<(), SegmentError> {
+        let used = size_of::<Header>()
+            + self.header().entity_count().min(self.capacity) as usize * size_of::<EntitySlot>();
+        crate::shm::populate_read(&self.map, used).map_err(io_err(&self.name, "madvise"))
+    }
+
+    /// Makes a mapping from [`Segment::open_promotable`] writable (nothing to do if it is).
+    pub fn make_writable(&mut self) -> Result<(), SegmentError> {
+        if self.access == Access::ReadWrite {
+            return Ok(());
+        }
+        // Refused (EACCES) unless the descriptor was open for writing (`open_promotable`).
+        crate::shm::make_writable(&self.map).map_err(io_err(&self.name, "mprotect"))?;
+        self.access = Access::ReadWrite;
+        Ok(())
+    }
+
     fn open_checked(name: &str, access: Access, owner: bool) -> Result<Self, SegmentError> {
         let oflags = match access {
             Access::ReadOnly => shm::OFlags::RDONLY,
             Access::ReadWrite => shm::OFlags::RDWR,
         };
+        Self::open_fd(name, access, oflags, owner)
+    }
+
+    fn open_fd(
+        name: &str,
+        access: Access,
+        oflags: shm::OFlags,
+        owner: bool,
+    ) -> Result<Self, SegmentError> {
         let fd = shm_open(name, oflags)?;
         let file = File::from(fd);
         match check_owned(&file, name, STATE_MODE) {
@@ -426,6 +464,12 @@ impl Segment {
             Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(io_err(name, "shm_unlink")(e.into())),
         }
+    }
+
+    /// Keeps this mapping for the life of the process: what the kernel must find mapped
+    /// until the process exits (the HAM's robust lock) is read through it.
+    pub fn into_static(self) -> &'static Segment {
+        Box::leak(Box::new(self))
     }
 
     pub fn name(&self) -> &str {

@@ -1,7 +1,8 @@
 //! The shared-memory contract, in one place: which types may live in a mapping that other
 //! processes write at any moment ([`Shared`]), and the one function that turns a mapping's
 //! bytes into references to them ([`view`], [`view_slice`]), checking bounds and alignment.
-//! Every other module reaches shared memory through these, with no `unsafe` of its own.
+//! Every other module reaches shared memory through these, with no `unsafe` of its own;
+//! [`make_writable`] adds write permission to a whole mapping.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -52,6 +53,38 @@ unsafe impl Shared for crate::pss::PssHeader {}
 // SAFETY: repr(C), all fields `AtomicU64` / `AtomicU32` (or arrays of them), no padding
 // (a 128-byte header, asserted in `mts`).
 unsafe impl Shared for crate::mts::MtsHeader {}
+
+/// Adds write permission to the whole of `map` (mapped read-only through a descriptor
+/// open for writing; EACCES otherwise).
+pub fn make_writable(map: &MmapRaw) -> std::io::Result<()> {
+    // SAFETY: the range is exactly the mapping `map` owns (its start and length); adding
+    // write permission moves nothing and invalidates no reference into it (every view of
+    // it is of `Shared` types, written only through atomics).
+    unsafe {
+        rustix::mm::mprotect(
+            map.as_mut_ptr().cast(),
+            map.len(),
+            rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
+        )
+    }
+    .map_err(Into::into)
+}
+
+/// Maps the pages of `map`'s first `len` bytes now (`MADV_POPULATE_READ`, Linux 5.14),
+/// so that reading them later takes no page fault. Only a hint: an older kernel refuses it.
+pub fn populate_read(map: &MmapRaw, len: usize) -> std::io::Result<()> {
+    let len = len.min(map.len());
+    // SAFETY: the range lies inside the mapping `map` owns; populating reads pages in and
+    // changes no memory.
+    unsafe {
+        rustix::mm::madvise(
+            map.as_mut_ptr().cast(),
+            len,
+            rustix::mm::Advice::LinuxPopulateRead,
+        )
+    }
+    .map_err(Into::into)
+}
 
 /// `count` values of `T` at byte `offset` of `map`, if they lie inside it and are aligned.
 /// The references live as long as the borrow of `map` (which owns the mapping).

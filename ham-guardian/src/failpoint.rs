@@ -64,6 +64,12 @@ pub const GUARDIAN: &[&str] = &["guardian:beat-unread"];
 /// would). Fires once, in a Guardian of any HAM but the one `.armed` names.
 pub const SCRIBBLES: &[&str] = &["guardian:scribble-header"];
 
+/// A failpoint that leaves the Guardian deaf to its HAM's pidfd while it is armed (looked at
+/// as the Guardian starts): `guardian:deaf-pidfd`. The HAM's death then reaches it only
+/// through the HAM's lock (`sys::robust`), which a test shows is enough, takeover after
+/// takeover.
+pub const DEAF: &[&str] = &["guardian:deaf-pidfd"];
+
 /// The environment variables a failpoint reads; ham removes them from entities' environment.
 pub const ENV: &[&str] = &["HAM_FAILPOINT", "HAM_FAILPOINT_FILE"];
 
@@ -136,7 +142,7 @@ pub fn fires_in_guardian_of(_name: &'static str, _ham_pid: i32) -> bool {
 #[inline(always)]
 pub fn hit(_name: &'static str) {}
 
-/// Whether the step `name` (one of [`FAILURES`]) is to fail now: `HAM_FAILPOINT` names it
+/// Whether the step `name` (one of [`FAILURES`], or [`DEAF`]) is to fail now: `HAM_FAILPOINT` names it
 /// and `$HAM_FAILPOINT_FILE.armed` exists. Debug builds only.
 #[cfg(debug_assertions)]
 pub fn fails(name: &'static str) -> bool {

@@ -25,6 +25,8 @@ const TOK_SOCK: u64 = 2;
 const TOK_SIGNAL: u64 = 3;
 const TOK_TIMER: u64 = 4;
 const TOK_LISTEN: u64 = 5;
+/// The HAM's lock says it died (`sys::robust`).
+const TOK_LOCK: u64 = 6;
 /// Or'ed with a slot: that slot's entity pidfd.
 const TOK_PIDFD: u64 = 1 << 40;
 
@@ -129,7 +131,6 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 format_args!("HAM pid {ham_pid} died before this guardian started"),
             );
             let flags = seg.as_ref().map_or(0, |s| s.header().flags());
-            drop(seg);
             // What the HAM handed over before it went (pidfds, output pipes) is in the
             // socket, and takes over with us.
             let mut passed = HashMap::new();
@@ -140,8 +141,8 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 text,
                 sockets,
                 passed,
-                flags,
-                from,
+                (flags, seg),
+                (from, None),
                 Box::new(sock),
                 Found::default(),
             );
@@ -155,8 +156,16 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
     )
     .map_err(|e| io_err("timerfd")(e.into()))?;
+    if !crate::failpoint::fails("guardian:deaf-pidfd") {
+        epoll::add(
+            &epoll,
+            &ham_pidfd,
+            epoll::EventData::new_u64(TOK_HAM),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| io_err("epoll_ctl")(e.into()))?;
+    }
     for (fd, tok, flags) in [
-        (ham_pidfd.as_fd(), TOK_HAM, epoll::EventFlags::IN),
         (sock.as_fd(), TOK_SOCK, epoll::EventFlags::IN),
         (signals.as_fd(), TOK_SIGNAL, epoll::EventFlags::IN),
         (timerfd.as_fd(), TOK_TIMER, epoll::EventFlags::IN),
@@ -171,6 +180,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             .map_err(|e| io_err("epoll_ctl")(e.into()))?;
     }
 
+    // The HAM's lock (`sys::robust`): its death told by the kernel as it begins, not once
+    // the HAM is torn down.
+    let lock_watch = seg
+        .as_ref()
+        .and_then(|_| watch_lock(&cfg, &name, ham_pid, &epoll));
     // The entities' cgroups, found now (the HAM's are this process's: it is our parent), so
     // that a takeover need not look for them while entities wait.
     let cgroups = crate::cgroup::Cgroups::open(&cfg.instance.cgroup, &name);
@@ -183,6 +197,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     let timeout = cfg.liveness_timeout_ns;
     let mut passed: HashMap<u32, Passed> = HashMap::new();
     let from;
+    let told_by;
     let mut sock_open = true;
     // What the HAM had to do before this Guardian watched it counts from now: a promoted HAM
     // inherits its predecessor's deadline, which may be long past when its first turn comes.
@@ -224,9 +239,19 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         let now = mono_ns();
         let mut ham_gone = false;
         let mut fenced = false;
+        let mut told = None;
         for ev in events.drain(..) {
             match ev.data.u64() {
-                TOK_HAM => ham_gone = true,
+                TOK_HAM => {
+                    ham_gone = true;
+                    told.get_or_insert("its pidfd");
+                }
+                TOK_LOCK => {
+                    // First in time whenever both are ready: the lock is marked at the
+                    // start of the HAM's exit, its pidfd at the end.
+                    ham_gone = true;
+                    told = Some("its lock");
+                }
                 TOK_SOCK if sock_open => {
                     let mut fresh = HashMap::new();
                     if !handoff::recv_all(&sock, &mut fresh) {
@@ -375,6 +400,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 handoff::recv_all(&sock, &mut passed);
             }
             from = Some((ham_pid, fenced));
+            told_by = told.filter(|_| !fenced);
             break;
         }
         let next = watch.next_check(timeout);
@@ -388,14 +414,68 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.as_ref().map_or(0, |s| s.header().flags());
     let dead = dead_now(&epoll, &passed, &watch.deaths);
-    let watching = Box::new((sock, epoll, timerfd, seg));
+    // Dropped (the lock's watcher stopped) before the promoted HAM holds the lock itself.
+    let watching = Box::new((sock, epoll, timerfd, lock_watch));
     let found = Found {
         cgroups: Some(cgroups),
         dead: Some(dead),
         successor,
         ham_dead: Some((ham_pid, ham_start)),
     };
-    promote(cfg, text, sockets, passed, flags, from, watching, found)
+    promote(
+        cfg,
+        text,
+        sockets,
+        passed,
+        (flags, seg),
+        (from, told_by),
+        watching,
+        found,
+    )
+}
+
+/// Starts a [`sys::robust::Watcher`] on the lock word of the HAM `ham_pid`, ringing an
+/// eventfd in `epoll` under [`TOK_LOCK`]; `None` (said in the log) if it cannot: the HAM's
+/// death is then seen by its pidfd alone.
+fn watch_lock(
+    cfg: &config::Config,
+    name: &str,
+    ham_pid: i32,
+    epoll: &OwnedFd,
+) -> Option<(sys::robust::Watcher, OwnedFd)> {
+    let started = (|| -> Result<_, String> {
+        let bell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("eventfd: {e}"))?;
+        // A mapping of its own, never unmapped: the watcher's thread sleeps on it for the
+        // life of the process.
+        let seg = Segment::open(&cfg.instance.segment_name(), Access::ReadOnly)
+            .map_err(|e| e.to_string())?
+            .into_static();
+        epoll::add(
+            epoll,
+            &bell,
+            epoll::EventData::new_u64(TOK_LOCK),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| format!("epoll_ctl: {e}"))?;
+        let ring = bell.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let w = sys::robust::Watcher::start(seg.header().ham_lock(), ham_pid as u32, ring)
+            .map_err(|e| format!("thread: {e}"))?;
+        Ok((w, bell))
+    })();
+    started
+        .inspect_err(|e| {
+            log(
+                name,
+                format_args!(
+                    "cannot watch the HAM's lock ({e}): its death is seen by its pidfd alone"
+                ),
+            )
+        })
+        .ok()
 }
 
 /// The handed-over processes (slot, pid) that are dead when the HAM is: those seen dying,
@@ -442,11 +522,14 @@ fn open_segment(
     ham_pid: i32,
     again: bool,
 ) -> Result<Option<Segment>, DaemonError> {
-    match Segment::open(&cfg.instance.segment_name(), Access::ReadOnly) {
+    // Mapped read-only; made writable in place should this Guardian take over.
+    match Segment::open_promotable(&cfg.instance.segment_name()) {
         Ok(seg) => {
             if again {
                 log(name, format_args!("the state segment reads again"));
             }
+            // Not needed: what is not mapped now is faulted in at a takeover.
+            let _ = seg.populate_used();
             Ok(Some(seg))
         }
         Err(e @ (SegmentError::BadMagic { .. } | SegmentError::Geometry { .. })) => {
@@ -662,15 +745,25 @@ fn promote(
     text: String,
     sockets: Sockets,
     passed: HashMap<u32, Passed>,
-    flags: u32,
-    from: Option<(i32, bool)>,
+    (flags, watched): (u32, Option<Segment>),
+    (from, told_by): (Option<(i32, bool)>, Option<&str>),
     watching: Box<dyn std::any::Any>,
     found: Found,
 ) -> Result<i32, DaemonError> {
     let name = cfg.instance.name.clone();
-    // Mapped for writing at once: this process owns it from here on (once more than we
-    // map it: `Daemon::promote` takes the next epoch, which fences any other owner).
-    let seg = match Segment::open(&cfg.instance.segment_name(), Access::ReadWrite) {
+    // Writable at once: this process owns it from here on (`Daemon::promote` takes the
+    // next epoch, which fences any other owner). The mapping this Guardian watched through
+    // is made writable (mapping it again took a tenth of a millisecond); after a shutdown
+    // the name is looked up, to see whether the HAM removed it.
+    let opened = match watched {
+        Some(mut seg) if flags & FLAG_STOP_INTENT == 0 => seg.make_writable().map(|()| seg),
+        _ => Segment::open(&cfg.instance.segment_name(), Access::ReadWrite),
+    }
+    .or_else(|e| match e {
+        SegmentError::Io { .. } => Segment::open(&cfg.instance.segment_name(), Access::ReadWrite),
+        e => Err(e),
+    });
+    let seg = match opened {
         Ok(seg) => {
             let h = seg.header().snapshot();
             let seen_dead = found.ham_dead == Some((h.ham_pid, h.ham_start_time));
@@ -698,7 +791,13 @@ fn promote(
     // What is said until the entities that died with the HAM are started again is held
     // and written then (`Daemon::run`): a write to the log is time they would wait.
     crate::log::hold();
-    log(&name, format_args!("the HAM is gone: taking over"));
+    match told_by {
+        Some(by) => log(
+            &name,
+            format_args!("the HAM is gone ({by} says so): taking over"),
+        ),
+        None => log(&name, format_args!("the HAM is gone: taking over")),
+    }
     sys::set_title(&format!("ham: HAM {name}"));
     let mut ham = Daemon::promote(cfg, text, sockets, passed, from, seg, found)
         .inspect_err(|_| crate::log::write_held())?;

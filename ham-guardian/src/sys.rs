@@ -9,6 +9,7 @@ pub mod kernel;
 mod notify;
 mod pidfd;
 mod proc_connector;
+pub mod robust;
 mod spawn;
 
 pub use notify::{NotifyMessage, recv_notify};

@@ -68,6 +68,59 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
     );
 }
 
+#[cfg(debug_assertions)]
+#[test]
+fn the_hams_lock_alone_tells_its_guardian_of_its_death_takeover_after_takeover() {
+    // The kernel tells a Guardian of its HAM's death twice: through the lock in the
+    // segment's header as the HAM's exit begins, through its pidfd as it ends. Here every
+    // Guardian is deaf to the pidfd (failpoint `guardian:deaf-pidfd`), and no event is left
+    // unhandled for a fence to find: only the lock can bring the takeover. Twice: the
+    // second HAM holds the lock as a promoted Guardian, and the watcher it ran as a Guardian
+    // must be gone (the kernel wakes one waiter on the word, which a stale watcher would take).
+    let work = tempfile::tempdir().unwrap();
+    let fp = work.path().join("fp");
+    std::fs::write(work.path().join("fp.armed"), b"").unwrap();
+    let mut ham = Ham::start_with(
+        "lock",
+        "",
+        &two_sleepers(),
+        &[
+            ("HAM_FAILPOINT", "guardian:deaf-pidfd"),
+            ("HAM_FAILPOINT_FILE", fp.to_str().unwrap()),
+        ],
+    );
+    let s = ham.wait_for("both running", |s| running(s, "a") && running(s, "b"));
+    let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
+    let (mut h, mut g, mut epoch) = pair(&s);
+    for round in 1..=2 {
+        sigkill(h);
+        if round == 1 {
+            assert_eq!(ham.wait_exit(), -1, "the HAM died of the signal");
+        }
+        let s = ham.wait_for("the guardian promoted, with a new guardian", |s| {
+            s["ham"]["pid"] == g
+                && s["ham"]["alive"] == true
+                && s["guardian"]["alive"] == true
+                && s["guardian"]["pid"] != g
+        });
+        assert_eq!(s["ham"]["epoch"], epoch + 1);
+        let err = ham.stderr();
+        assert_eq!(
+            err.matches("the HAM is gone (its lock says so)").count(),
+            round,
+            "{err}"
+        );
+        assert!(!err.contains("its pidfd says so"), "{err}");
+        assert!(!err.contains("fencing"), "{err}");
+        assert_eq!(
+            (pid_of(&s, "a"), pid_of(&s, "b")),
+            (a, b),
+            "nothing restarted"
+        );
+        (h, g, epoch) = pair(&s);
+    }
+}
+
 #[test]
 fn a_ham_and_an_entity_killed_at_once_the_entity_is_restarted_once_and_the_other_adopted() {
     // The Guardian tells its takeover which handed-over processes are dead (one look at its

@@ -290,6 +290,23 @@ impl Daemon {
         self.leftovers = Some(what);
     }
 
+    /// Holds the HAM's lock (`sys::robust`), through a mapping of the header kept for the
+    /// life of the process; if it cannot, the Guardian sees this HAM's death by its pidfd.
+    fn hold_lock(&mut self) {
+        let held = Segment::open(&self.cfg.instance.segment_name(), Access::ReadWrite)
+            .map_err(|e| e.to_string())
+            .and_then(|seg| {
+                sys::robust::hold(seg.into_static().header().ham_lock()).map_err(|e| e.to_string())
+            });
+        if let Err(e) = held {
+            say!(
+                self,
+                "cannot hold the HAM's lock ({e}): the guardian sees this HAM's death by its \
+                 pidfd alone"
+            );
+        }
+    }
+
     /// Starts the Guardian, takes over or starts every entity, and runs until a shutdown
     /// completes. Returns the exit code.
     pub fn run(mut self) -> Result<i32, DaemonError> {
@@ -362,7 +379,10 @@ impl Daemon {
             let path = self.cfg.instance.pid_path();
             say!(self, "cannot write {}: {e}", path.display());
         }
+        // The promoted Guardian's watching goes (its lock watcher first) before this HAM
+        // holds the lock its own Guardian watches.
         self.leftovers = None;
+        self.hold_lock();
         self.resume_heartbeats();
         self.resume_runs();
         // Adopted: the records are this HAM's now (`hamctl status` stops saying "adopting").
