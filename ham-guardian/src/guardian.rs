@@ -15,7 +15,7 @@ use ham_core::segment::{Access, Segment, SegmentError};
 use rustix::event::epoll;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
-use crate::daemon::{Daemon, DaemonError, Found, Sockets};
+use crate::daemon::{Daemon, DaemonError, Found, PreRead, Sockets};
 use crate::handoff::{self, Passed};
 use crate::sys::readable;
 use crate::{config, exit, mono_ns, procfs, sys};
@@ -414,6 +414,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.as_ref().map_or(0, |s| s.header().flags());
     let dead = dead_now(&epoll, &passed, &watch.deaths);
+    let pre_read = lock_watch.as_ref().map(|(_, _, p)| p.clone());
     // Dropped (the lock's watcher stopped) before the promoted HAM holds the lock itself.
     let watching = Box::new((sock, epoll, timerfd, lock_watch));
     let found = Found {
@@ -421,6 +422,7 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         dead: Some(dead),
         successor,
         ham_dead: Some((ham_pid, ham_start)),
+        pre_read,
     };
     promote(
         cfg,
@@ -442,7 +444,7 @@ fn watch_lock(
     name: &str,
     ham_pid: i32,
     epoll: &OwnedFd,
-) -> Option<(sys::robust::Watcher, OwnedFd)> {
+) -> Option<(sys::robust::Watcher, OwnedFd, PreRead)> {
     let started = (|| -> Result<_, String> {
         let bell = rustix::event::eventfd(
             0,
@@ -462,9 +464,18 @@ fn watch_lock(
         )
         .map_err(|e| format!("epoll_ctl: {e}"))?;
         let ring = bell.try_clone().map_err(|e| format!("dup: {e}"))?;
-        let w = sys::robust::Watcher::start(seg.header().ham_lock(), ham_pid as u32, ring)
-            .map_err(|e| format!("thread: {e}"))?;
-        Ok((w, bell))
+        let pre_read = PreRead::default();
+        let put = pre_read.clone();
+        // Once it has rung: the records read for the takeover, on whatever CPU is free
+        // (`SCHED_IDLE`: where the takeover's thread runs, this gives way to it at once).
+        let read_ahead = move || {
+            sys::robust::give_way();
+            put.put(seg.records());
+        };
+        let w =
+            sys::robust::Watcher::start(seg.header().ham_lock(), ham_pid as u32, ring, read_ahead)
+                .map_err(|e| format!("thread: {e}"))?;
+        Ok((w, bell, pre_read))
     })();
     started
         .inspect_err(|e| {

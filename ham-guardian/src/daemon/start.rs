@@ -245,6 +245,8 @@ impl Daemon {
             found.cgroups,
         )?;
         d.guardian.proc = guardian;
+        // Read before a migration rewrote them: of no use then.
+        d.pre_read = found.pre_read.filter(|_| older.is_none());
         Ok(d)
     }
 
@@ -443,6 +445,7 @@ impl Daemon {
             upgrade: None,
             leftovers: None,
             trimmed_after_start: false,
+            pre_read: None,
             metrics,
             clients,
             takeover_bell,

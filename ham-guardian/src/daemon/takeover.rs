@@ -17,7 +17,12 @@ impl Daemon {
         // What the cluster placed here stops when the predecessor would have stopped it.
         let (lease, at) = self.writer.segment().header().fence();
         let mut found: HashMap<String, (SlotIndex, EntityRecord)> = HashMap::new();
-        for (slot, rec) in self.writer.segment().records() {
+        let records = self
+            .pre_read
+            .take()
+            .and_then(|p| p.take())
+            .unwrap_or_else(|| self.writer.segment().records());
+        for (slot, rec) in records {
             match rec {
                 Ok(r) => {
                     found.insert(r.name.clone(), (slot, r));

@@ -110,13 +110,20 @@ impl Watcher {
     /// Starts watching `word` for the death of thread `owner` (the HAM's pid: its main
     /// thread). A word that does not name `owner` yet (a HAM that has not taken it, or
     /// whose build has no lock) is waited on until it changes.
-    pub fn start(word: &'static AtomicU32, owner: u32, bell: OwnedFd) -> io::Result<Self> {
+    /// Once it has rung, the thread runs `then` (work the takeover can use, done on
+    /// another CPU while the takeover's thread goes on).
+    pub fn start(
+        word: &'static AtomicU32,
+        owner: u32,
+        bell: OwnedFd,
+        then: impl FnOnce() + Send + 'static,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
             .name("ham-lock".into())
-            .stack_size(32 * 1024)
-            .spawn(move || watch(word, owner, &bell, &stopped))?;
+            .stack_size(64 * 1024)
+            .spawn(move || watch(word, owner, &bell, &stopped, then))?;
         Ok(Self { word, stop })
     }
 }
@@ -126,6 +133,15 @@ impl Drop for Watcher {
         self.stop.store(true, Ordering::Release);
         let _ = futex::wake(self.word, futex::Flags::empty(), u32::MAX);
     }
+}
+
+/// Makes the calling thread run only on a CPU nothing else wants (`SCHED_IDLE`): the
+/// watcher's thread once it has rung, so that what it does then never delays the takeover.
+pub fn give_way() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_setscheduler` reads `param`, a valid `sched_param` on our stack; pid 0
+    // is the calling thread. It changes only this thread's scheduling; a refusal is harmless.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 /// What the watcher makes of the word's value `v`, having seen `owner` hold it or not.
@@ -158,9 +174,9 @@ fn seen(v: u32, owner: u32, held: bool) -> Seen {
     }
 }
 
-fn watch(word: &AtomicU32, owner: u32, bell: &impl AsFd, stop: &AtomicBool) {
+fn watch(word: &AtomicU32, owner: u32, bell: &impl AsFd, stop: &AtomicBool, then: impl FnOnce()) {
     let mut held = false;
-    let mut rung = false;
+    let mut then = Some(then);
     loop {
         if stop.load(Ordering::Acquire) {
             return;
@@ -169,9 +185,11 @@ fn watch(word: &AtomicU32, owner: u32, bell: &impl AsFd, stop: &AtomicBool) {
         match seen(v, owner, held) {
             // Rung once, the thread sleeps on until stopped rather than exit: its exit
             // (unmapping its stack) would take the CPU the takeover's thread was woken on.
-            Seen::Died if !rung => {
+            Seen::Died if then.is_some() => {
                 let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
-                rung = true;
+                if let Some(f) = then.take() {
+                    f();
+                }
             }
             Seen::Other => return,
             Seen::Held => held = true,
@@ -220,7 +238,11 @@ mod tests {
         });
         let tid = tid_rx.recv().unwrap();
         assert_eq!(word.load(Ordering::Acquire), tid | LOCK_WAITERS);
-        let w = Watcher::start(word, tid, bell.try_clone().unwrap()).unwrap();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+        let w = Watcher::start(word, tid, bell.try_clone().unwrap(), move || {
+            ran_tx.send(()).unwrap()
+        })
+        .unwrap();
         go_tx.send(()).unwrap();
         holder.join().unwrap();
         // The holder's death is told by the kernel as the thread exits; 10 s is only a
@@ -241,6 +263,9 @@ mod tests {
         let mut buf = [0u8; 8];
         rustix::io::read(&bell, &mut buf).unwrap();
         assert_eq!(u64::from_ne_bytes(buf), 1);
+        ran_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("what is to follow the ring ran");
         assert_eq!(word.load(Ordering::Acquire), LOCK_WAITERS | LOCK_OWNER_DIED);
         drop(w);
         // Once per process.
