@@ -68,6 +68,28 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
     );
 }
 
+/// Whether Guardian `g`'s lock watcher (its thread `ham-lock`) is asleep on the lock word
+/// holding HAM `h`'s id (`FUTEX_WAITERS | h`): it has seen `h` hold the lock, and will be
+/// told of its death. Read from `/proc/G/task/T/syscall` (number, then arguments: the word,
+/// the operation, the value waited on). A death before that look reads, to the watcher,
+/// as a predecessor's mark, and is left to the pidfd.
+#[cfg(debug_assertions)]
+fn lock_watched(g: i32, h: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{g}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+        let f: Vec<&str> = call.split_whitespace().collect();
+        comm.trim() == "ham-lock"
+            && f.first() == Some(&libc::SYS_futex.to_string().as_str())
+            && f.get(3)
+                .and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+                == Some(h as u32 | 0x8000_0000)
+    })
+}
+
 #[cfg(debug_assertions)]
 #[test]
 fn the_hams_lock_alone_tells_its_guardian_of_its_death_takeover_after_takeover() {
@@ -93,6 +115,9 @@ fn the_hams_lock_alone_tells_its_guardian_of_its_death_takeover_after_takeover()
     let (a, b) = (pid_of(&s, "a"), pid_of(&s, "b"));
     let (mut h, mut g, mut epoch) = pair(&s);
     for round in 1..=2 {
+        wait_until(&ham, "the guardian watching its HAM's lock", || {
+            lock_watched(g, h)
+        });
         sigkill(h);
         if round == 1 {
             assert_eq!(ham.wait_exit(), -1, "the HAM died of the signal");

@@ -104,6 +104,9 @@ pub fn hold(word: &'static AtomicU32) -> io::Result<()> {
 pub struct Watcher {
     word: &'static AtomicU32,
     stop: Arc<AtomicBool>,
+    /// The thread has seen `owner` hold the word: from then on, its death is told. (A death
+    /// before that reads as a predecessor's mark, and is left to the pidfd.)
+    saw_owner: Arc<AtomicBool>,
 }
 
 impl Watcher {
@@ -119,12 +122,22 @@ impl Watcher {
         then: impl FnOnce() + Send + 'static,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let saw_owner = Arc::new(AtomicBool::new(false));
+        let (stopped, saw) = (stop.clone(), saw_owner.clone());
         std::thread::Builder::new()
             .name("ham-lock".into())
             .stack_size(64 * 1024)
-            .spawn(move || watch(word, owner, &bell, &stopped, then))?;
-        Ok(Self { word, stop })
+            .spawn(move || watch(word, owner, &bell, (&stopped, &saw), then))?;
+        Ok(Self {
+            word,
+            stop,
+            saw_owner,
+        })
+    }
+
+    /// Whether the thread has seen its owner hold the word (see the field).
+    pub fn saw_owner(&self) -> bool {
+        self.saw_owner.load(Ordering::Acquire)
     }
 }
 
@@ -174,7 +187,13 @@ fn seen(v: u32, owner: u32, held: bool) -> Seen {
     }
 }
 
-fn watch(word: &AtomicU32, owner: u32, bell: &impl AsFd, stop: &AtomicBool, then: impl FnOnce()) {
+fn watch(
+    word: &AtomicU32,
+    owner: u32,
+    bell: &impl AsFd,
+    (stop, saw_owner): (&AtomicBool, &AtomicBool),
+    then: impl FnOnce(),
+) {
     let mut held = false;
     let mut then = Some(then);
     loop {
@@ -192,7 +211,10 @@ fn watch(word: &AtomicU32, owner: u32, bell: &impl AsFd, stop: &AtomicBool, then
                 }
             }
             Seen::Other => return,
-            Seen::Held => held = true,
+            Seen::Held => {
+                held = true;
+                saw_owner.store(true, Ordering::Release);
+            }
             Seen::Died | Seen::NotYet => {}
         }
         // Returns at once if the word moved on since the load (EAGAIN), when woken, or on
@@ -243,6 +265,16 @@ mod tests {
             ran_tx.send(()).unwrap()
         })
         .unwrap();
+        // The holder exits only once the watcher has seen it hold the word: a death the
+        // watcher never saw held is left to the pidfd (a mark then reads as a predecessor's).
+        let since = std::time::Instant::now();
+        while !w.saw_owner() {
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(10),
+                "the watcher never looked at the word"
+            );
+            std::thread::yield_now();
+        }
         go_tx.send(()).unwrap();
         holder.join().unwrap();
         // The holder's death is told by the kernel as the thread exits; 10 s is only a
