@@ -19,6 +19,17 @@ fn pair(s: &Value) -> (i32, i32, u64) {
     )
 }
 
+/// The status once Guardian `g` has been promoted (alive, the HAM) and has a new, live
+/// Guardian.
+fn promoted(ham: &Ham, g: i32) -> Value {
+    ham.wait_for("the guardian promoted, with a new guardian", |s| {
+        s["ham"]["pid"] == g
+            && s["ham"]["alive"] == true
+            && s["guardian"]["alive"] == true
+            && s["guardian"]["pid"] != g
+    })
+}
+
 fn two_sleepers() -> String {
     format!("{}{}", sleeper("a"), sleeper("b"))
 }
@@ -40,12 +51,7 @@ fn a_sigkilled_ham_is_replaced_by_its_guardian_and_nothing_is_lost() {
 
     sigkill(h);
     assert_eq!(ham.wait_exit(), -1, "the HAM died of the signal");
-    let s = ham.wait_for("the guardian promoted, with a new guardian", |s| {
-        s["ham"]["pid"] == g
-            && s["ham"]["alive"] == true
-            && s["guardian"]["alive"] == true
-            && s["guardian"]["pid"] != g
-    });
+    let s = promoted(&ham, g);
     assert_eq!(s["ham"]["epoch"], epoch + 1);
     assert_eq!(s["ham"]["failures"], 1);
     // Entities kept running, each exactly once.
@@ -122,12 +128,7 @@ fn the_hams_lock_alone_tells_its_guardian_of_its_death_takeover_after_takeover()
         if round == 1 {
             assert_eq!(ham.wait_exit(), -1, "the HAM died of the signal");
         }
-        let s = ham.wait_for("the guardian promoted, with a new guardian", |s| {
-            s["ham"]["pid"] == g
-                && s["ham"]["alive"] == true
-                && s["guardian"]["alive"] == true
-                && s["guardian"]["pid"] != g
-        });
+        let s = promoted(&ham, g);
         assert_eq!(s["ham"]["epoch"], epoch + 1);
         let err = ham.stderr();
         assert_eq!(
