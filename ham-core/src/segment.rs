@@ -77,6 +77,9 @@ pub enum Access {
     ReadWrite,
 }
 
+/// Every record of a segment: its slot, and the record or why it could not be read.
+pub type Records = Vec<(SlotIndex, Result<EntityRecord, RecordError>)>;
+
 /// A mapped, validated state segment.
 pub struct Segment {
     name: String,
@@ -530,7 +533,7 @@ impl Segment {
 
     /// Reads every used slot: `(index, record)`; free slots are skipped, unreadable ones are
     /// returned as errors for the caller to report.
-    pub fn records(&self) -> Vec<(SlotIndex, Result<EntityRecord, RecordError>)> {
+    pub fn records(&self) -> Records {
         let count = self.header().entity_count().min(self.capacity);
         (0..count)
             .map(SlotIndex)

@@ -766,14 +766,14 @@ fn promote(
     // next epoch, which fences any other owner). The mapping this Guardian watched through
     // is made writable (mapping it again took a tenth of a millisecond); after a shutdown
     // the name is looked up, to see whether the HAM removed it.
+    let by_name = || Segment::open(&cfg.instance.segment_name(), Access::ReadWrite);
     let opened = match watched {
-        Some(mut seg) if flags & FLAG_STOP_INTENT == 0 => seg.make_writable().map(|()| seg),
-        _ => Segment::open(&cfg.instance.segment_name(), Access::ReadWrite),
-    }
-    .or_else(|e| match e {
-        SegmentError::Io { .. } => Segment::open(&cfg.instance.segment_name(), Access::ReadWrite),
-        e => Err(e),
-    });
+        Some(mut seg) if flags & FLAG_STOP_INTENT == 0 => match seg.make_writable() {
+            Ok(()) => Ok(seg),
+            Err(_) => by_name(),
+        },
+        _ => by_name(),
+    };
     let seg = match opened {
         Ok(seg) => {
             let h = seg.header().snapshot();

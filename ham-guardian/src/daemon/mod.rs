@@ -180,12 +180,6 @@ pub struct Found {
     pub pre_read: Option<PreRead>,
 }
 
-/// Every record of the segment (`Segment::records`).
-pub type Records = Vec<(
-    SlotIndex,
-    Result<EntityRecord, ham_core::layout::RecordError>,
-)>;
-
 /// The records, read by the Guardian's lock thread on another CPU once its HAM was dead
 /// (`guardian::watch_lock`), while the takeover's thread starts the next Guardian and
 /// builds the HAM: about 0.2 ms of cold memory at 100 entities that the restart of an
@@ -194,16 +188,16 @@ pub type Records = Vec<(
 /// the takeover would read itself; taken only if they are there (never waited for) and the
 /// segment needed no migration.
 #[derive(Clone, Default)]
-pub struct PreRead(std::sync::Arc<std::sync::Mutex<Option<Records>>>);
+pub struct PreRead(std::sync::Arc<std::sync::Mutex<Option<ham_core::segment::Records>>>);
 
 impl PreRead {
-    pub fn put(&self, records: Records) {
+    pub fn put(&self, records: ham_core::segment::Records) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(records);
         }
     }
 
-    fn take(&self) -> Option<Records> {
+    fn take(&self) -> Option<ham_core::segment::Records> {
         self.0.try_lock().ok()?.take()
     }
 }

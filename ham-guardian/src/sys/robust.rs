@@ -194,28 +194,24 @@ fn watch(
     (stop, saw_owner): (&AtomicBool, &AtomicBool),
     then: impl FnOnce(),
 ) {
-    let mut held = false;
     let mut then = Some(then);
     loop {
         if stop.load(Ordering::Acquire) {
             return;
         }
         let v = word.load(Ordering::Acquire);
-        match seen(v, owner, held) {
+        match seen(v, owner, saw_owner.load(Ordering::Relaxed)) {
             // Rung once, the thread sleeps on until stopped rather than exit: its exit
             // (unmapping its stack) would take the CPU the takeover's thread was woken on.
-            Seen::Died if then.is_some() => {
-                let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
+            Seen::Died => {
                 if let Some(f) = then.take() {
+                    let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
                     f();
                 }
             }
             Seen::Other => return,
-            Seen::Held => {
-                held = true;
-                saw_owner.store(true, Ordering::Release);
-            }
-            Seen::Died | Seen::NotYet => {}
+            Seen::Held => saw_owner.store(true, Ordering::Release),
+            Seen::NotYet => {}
         }
         // Returns at once if the word moved on since the load (EAGAIN), when woken, or on
         // a signal: the loop looks again in every case.
