@@ -187,6 +187,10 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The longest line of `cgroup.procs`: a pid (at most 2^22, 7 digits) and a newline,
+    /// with room to spare.
+    const MAX_PID_LINE: usize = 16;
+
     /// The live processes in entity `name`'s cgroup (`cgroup.procs`).
     fn pids(&self, name: &str) -> Vec<i32> {
         let Ok(fd) = self.open_procs(name) else {
@@ -194,10 +198,16 @@ impl Cgroups {
         };
         // Read to the end by hand: `read_to_string` first asks the size (`statx`) and the
         // position (`lseek`), two system calls a cgroup file answers with nothing useful.
+        // A read that leaves room for another line was the end: the kernel fills a read of
+        // a cgroup file with lines until the buffer is full or the lines run out (at every
+        // restart, the cgroup holds only the new child: one read, not two).
         let mut text = Vec::new();
         let mut buf = [0u8; 512];
         while let Ok(n @ 1..) = rustix::io::read(&fd, &mut buf) {
             text.extend_from_slice(&buf[..n]);
+            if n + Self::MAX_PID_LINE <= buf.len() {
+                break;
+            }
         }
         String::from_utf8_lossy(&text)
             .lines()

@@ -45,6 +45,9 @@ pub struct LogRecord {
 pub struct ProcessLog {
     path: PathBuf,
     file: Option<File>,
+    /// The file's size, as this process has made it (only one HAM writes at a time): not
+    /// asked of the kernel after each record.
+    size: u64,
     /// Lines held back (see [`ProcessLog::hold`]).
     held: Option<Vec<u8>>,
 }
@@ -63,10 +66,12 @@ impl ProcessLog {
                 if ends_without_newline(&path) {
                     let _ = f.write_all(b"\n");
                 }
+                let size = f.metadata().map_or(0, |m| m.len());
                 (
                     Self {
                         path,
                         file: Some(f),
+                        size,
                         held: None,
                     },
                     None,
@@ -76,6 +81,7 @@ impl ProcessLog {
                 Self {
                     path,
                     file: None,
+                    size: 0,
                     held: None,
                 },
                 Some(e),
@@ -113,8 +119,13 @@ impl ProcessLog {
 
     fn write(&mut self, lines: &[u8]) {
         let Some(f) = &mut self.file else { return };
-        let _ = f.write_all(lines);
-        if f.metadata().is_ok_and(|m| m.len() > ROTATE_AT) {
+        self.size = match f.write_all(lines) {
+            Ok(()) => self.size + lines.len() as u64,
+            // Perhaps written in part: asked.
+            Err(_) => f.metadata().map_or(self.size, |m| m.len()),
+        };
+        if self.size > ROTATE_AT {
+            self.size = 0;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
             let _ = std::fs::rename(&self.path, &old);
@@ -169,6 +180,8 @@ pub fn read(path: &Path) -> io::Result<Vec<LogRecord>> {
 /// A syslog sender (RFC 3164 datagrams on a Unix socket).
 pub struct Syslog {
     sock: Option<UnixDatagram>,
+    /// This process's pid, in every message (asked once, not at each).
+    pid: u32,
     path: Option<PathBuf>,
     /// Messages held back (see [`ProcessLog::hold`]).
     held: std::cell::RefCell<Option<Vec<String>>>,
@@ -185,6 +198,7 @@ impl Syslog {
         }
         Self {
             sock,
+            pid: std::process::id(),
             path,
             held: std::cell::RefCell::new(None),
         }
@@ -217,7 +231,7 @@ impl Syslog {
 
     fn send(&self, msg: &str) {
         if let (Some(sock), Some(path)) = (&self.sock, &self.path) {
-            let line = format!("<{PRI_DAEMON_ERR}>ham[{}]: {msg}", std::process::id());
+            let line = format!("<{PRI_DAEMON_ERR}>ham[{}]: {msg}", self.pid);
             let _ = sock.send_to(line.as_bytes(), path);
         }
     }
@@ -265,6 +279,44 @@ mod tests {
             .map(|r| r.time_unix_ms)
             .collect();
         assert_eq!(got, vec![1, 2, 4, 5]);
+    }
+
+    /// The log is rotated once it passes its size, counting what was there when it was
+    /// opened (a new HAM goes on with its predecessor's file), and nothing is lost.
+    #[test]
+    fn the_log_is_rotated_at_its_size_counting_what_an_earlier_ham_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let rotated = dir.path().join("x.log.1");
+        // Records of one length: times of as many digits.
+        let at = |n: u64| rec(1_000_000 + n);
+        let line_len = {
+            let mut l = serde_json::to_vec(&at(0)).unwrap();
+            l.push(b'\n');
+            l.len() as u64
+        };
+        // The record that takes the file past its size is the last one it holds.
+        let per_file = ROTATE_AT / line_len + 1;
+        // An earlier HAM wrote all but the last two records a file holds.
+        let (mut log, _) = ProcessLog::open(path.clone());
+        for n in 0..per_file - 2 {
+            log.append(&at(n));
+        }
+        drop(log);
+        assert!(!rotated.exists());
+        let (mut log, _) = ProcessLog::open(path.clone());
+        log.append(&at(per_file - 2));
+        assert!(!rotated.exists(), "rotated before its size");
+        log.append(&at(per_file - 1));
+        assert!(rotated.exists(), "not rotated past its size");
+        log.append(&at(per_file));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), line_len);
+        let got: Vec<u64> = read(&path)
+            .unwrap()
+            .iter()
+            .map(|r| r.time_unix_ms - 1_000_000)
+            .collect();
+        assert_eq!(got, (0..=per_file).collect::<Vec<u64>>());
     }
 
     #[test]

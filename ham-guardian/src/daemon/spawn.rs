@@ -521,7 +521,7 @@ pub(super) fn build_spec(
         // As systemd: the watchdog is the main process's, not its children's.
         spec.env_own_pid("WATCHDOG_PID");
     }
-    spec.fd(dev_null()?.try_clone()?, 0);
+    spec.fd_static(dev_null()?, 0);
     match (&ec.output, out) {
         (Output::File(path), _) => {
             let f = OpenOptions::new()

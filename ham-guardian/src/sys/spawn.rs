@@ -42,6 +42,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::kernel;
 
+/// A descriptor a child is given: one of the spec's own, or one that outlives any child.
+enum FdSource {
+    Owned(OwnedFd),
+    Static(BorrowedFd<'static>),
+}
+
+impl AsRawFd for FdSource {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Self::Owned(fd) => fd.as_raw_fd(),
+            Self::Static(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
 /// Everything a child needs, prepared before it is created so the child allocates nothing.
 pub struct SpawnSpec {
     path: CString,
@@ -53,7 +68,7 @@ pub struct SpawnSpec {
     uid: Option<u32>,
     gid: Option<u32>,
     /// `(source, target)`: the child gets `source` as fd `target` (without CLOEXEC).
-    fds: Vec<(OwnedFd, RawFd)>,
+    fds: Vec<(FdSource, RawFd)>,
     /// The cgroup (a directory descriptor) the child is created in (`clone3` with
     /// `CLONE_INTO_CGROUP`), if any.
     cgroup: Option<OwnedFd>,
@@ -186,7 +201,14 @@ impl SpawnSpec {
     }
     /// Gives the child `fd` as descriptor number `target`.
     pub fn fd(&mut self, fd: OwnedFd, target: RawFd) -> &mut Self {
-        self.fds.push((fd, target));
+        self.fds.push((FdSource::Owned(fd), target));
+        self
+    }
+    /// [`fd`](Self::fd) for a descriptor open for as long as this process runs (`/dev/null`
+    /// for every child's input): given as it is, not duplicated for the child and closed
+    /// again at each spawn.
+    pub fn fd_static(&mut self, fd: &'static OwnedFd, target: RawFd) -> &mut Self {
+        self.fds.push((FdSource::Static(fd.as_fd()), target));
         self
     }
     /// The child may dump a core of any size (RLIMIT_CORE at its hard limit, unlimited if
@@ -802,8 +824,11 @@ impl Drop for SigMask {
     }
 }
 
-/// A child's stack: an anonymous mapping with a guard page below it. One is kept for the
-/// next spawn, so a restart does not map, fault in and unmap one.
+/// A child's stack: an anonymous mapping with a guard page below it. Up to
+/// [`Stack::SPARES`] are kept for the next spawns, so that a restart, or each of a storm's
+/// (whose children are many at once before their `execve`), does not map, fault in and
+/// unmap one: an unmapping of memory this process's other threads share interrupts the
+/// other CPUs to flush their TLBs.
 struct Stack {
     base: usize,
     len: usize,
@@ -813,16 +838,19 @@ struct Stack {
 // it is tied to the thread that made it.
 unsafe impl Send for Stack {}
 
-/// The stack kept for the next spawn.
-static SPARE_STACK: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
+/// The stacks kept for the next spawns (at most [`Stack::SPARES`]).
+static SPARE_STACKS: std::sync::Mutex<Vec<Stack>> = std::sync::Mutex::new(Vec::new());
 
 impl Stack {
     /// The child's frames are small (no allocation, a few locals), even unoptimised.
     const SIZE: usize = 128 * 1024;
     const GUARD: usize = 4096;
+    /// A child touches one page of its stack: 16 spares hold 64 KiB of memory (and 2 MiB
+    /// of address space).
+    const SPARES: usize = 16;
 
     fn take() -> io::Result<Self> {
-        if let Some(s) = SPARE_STACK.lock().ok().and_then(|mut g| g.take()) {
+        if let Some(s) = SPARE_STACKS.lock().ok().and_then(|mut g| g.pop()) {
             return Ok(s);
         }
         let len = Self::SIZE + Self::GUARD;
@@ -861,12 +889,12 @@ impl Stack {
         self.len - Self::GUARD
     }
 
-    /// Keeps it for the next spawn (or unmaps it, if one is kept already).
+    /// Keeps it for a next spawn (or unmaps it, if as many as are kept are kept already).
     fn give_back(self) {
-        if let Ok(mut g) = SPARE_STACK.lock()
-            && g.is_none()
+        if let Ok(mut g) = SPARE_STACKS.lock()
+            && g.len() < Self::SPARES
         {
-            *g = Some(self);
+            g.push(self);
         }
     }
 }
@@ -1761,7 +1789,7 @@ mod tests {
     }
 
     /// Each child gets its own pid in its environment, written by the child into memory it
-    /// may share with this process, and spawns in a row reuse the kept stack.
+    /// may share with this process, and spawns in a row reuse the kept stacks.
     #[test]
     fn children_in_a_row_each_see_their_own_pid() {
         for _ in 0..20 {
