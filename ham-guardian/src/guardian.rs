@@ -196,6 +196,9 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     sys::unmap_startup_code();
     let timeout = cfg.liveness_timeout_ns;
     let mut passed: HashMap<u32, Passed> = HashMap::new();
+    // The keys whose pidfd in `passed` is in the epoll set (not yet seen dead): a replaced
+    // or dead one is taken out once, not again (a wasted call at every restart).
+    let mut watched: HashSet<u32> = HashSet::new();
     let from;
     let told_by;
     let mut sock_open = true;
@@ -240,6 +243,9 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
         let mut ham_gone = false;
         let mut fenced = false;
         let mut told = None;
+        // The keys given a new pidfd in this batch: an event of theirs later in the batch
+        // may be their previous pidfd's.
+        let mut replaced: Vec<u32> = Vec::new();
         for ev in events.drain(..) {
             match ev.data.u64() {
                 TOK_HAM => {
@@ -260,18 +266,25 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                     }
                     for (key, p) in fresh {
                         if let Some(old) = passed.remove(&key) {
-                            // Out of the epoll set before it is closed: the HAM holds the
-                            // same open file, which would keep a closed descriptor's
-                            // registration alive (and readable for ever once it died).
-                            let _ = epoll::delete(&epoll, &old.pidfd);
+                            replaced.push(key);
+                            if watched.remove(&key) {
+                                // Out of the epoll set before it is closed: the HAM holds
+                                // the same open file, which would keep a closed
+                                // descriptor's registration alive (and readable for ever
+                                // once it died).
+                                let _ = epoll::delete(&epoll, &old.pidfd);
+                            }
                         }
-                        if p.pid > 0 {
-                            let _ = epoll::add(
+                        if p.pid > 0
+                            && epoll::add(
                                 &epoll,
                                 &p.pidfd,
                                 epoll::EventData::new_u64(TOK_PIDFD | u64::from(key)),
                                 epoll::EventFlags::IN,
-                            );
+                            )
+                            .is_ok()
+                        {
+                            watched.insert(key);
                         }
                         passed.insert(key, p);
                     }
@@ -333,11 +346,14 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
                 }
                 tok if tok & TOK_PIDFD != 0 => {
                     let key = (tok & !TOK_PIDFD) as u32;
-                    // The event may be stale: this batch can also have brought the slot's
-                    // next pidfd (handled above), which names a live process.
-                    if let Some(p) = passed.get(&key).filter(|p| readable(&p.pidfd)) {
+                    // The event may be stale if this batch also brought the slot's next
+                    // pidfd (handled above), which may name a live process: looked at then.
+                    let stale = |p: &Passed| replaced.contains(&key) && !readable(&p.pidfd);
+                    if let Some(p) = passed.get(&key).filter(|p| !stale(p)) {
                         // Dead: seen once (it stays readable), then the HAM must handle it.
-                        let _ = epoll::delete(&epoll, &p.pidfd);
+                        if watched.remove(&key) {
+                            let _ = epoll::delete(&epoll, &p.pidfd);
+                        }
                         watch.deaths.push((key, p.pid, now));
                     }
                 }
