@@ -429,7 +429,10 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
     // the takeover is done (closing an epoll set of a pidfd per entity, and unmapping,
     // take a fraction of a millisecond the takeover need not wait for).
     let flags = seg.as_ref().map_or(0, |s| s.header().flags());
-    let dead = dead_now(&epoll, &passed, &watch.deaths);
+    let dead = Deaths {
+        seen: watch.deaths.iter().map(|&(s, p, _)| (s, p)).collect(),
+        set: epoll.try_clone().ok(),
+    };
     let pre_read = lock_watch.as_ref().map(|(_, _, p)| p.clone());
     // Dropped (the lock's watcher stopped) before the promoted HAM holds the lock itself.
     let watching = Box::new((sock, epoll, timerfd, lock_watch));
@@ -505,15 +508,35 @@ fn watch_lock(
         .ok()
 }
 
-/// The handed-over processes (slot, pid) that are dead when the HAM is: those seen dying,
-/// and those whose pidfd is readable now, in one look at the set that holds them all (not
-/// a look per entity: the takeover restarts these first, and must not wait for a walk).
-fn dead_now(
-    epoll: &OwnedFd,
-    passed: &HashMap<u32, Passed>,
-    deaths: &[(u32, i32, u64)],
-) -> HashSet<(u32, i32)> {
-    let mut dead: HashSet<(u32, i32)> = deaths.iter().map(|&(s, p, _)| (s, p)).collect();
+/// The handed-over processes a takeover finds dead: those the Guardian saw die, and those
+/// whose pidfd is readable when the takeover looks ([`Deaths::now`]), in one look at the
+/// Guardian's set that holds them all (not a look per entity: the takeover restarts these
+/// first, and must not wait for a walk).
+pub struct Deaths {
+    /// (slot, pid) seen dying while the HAM lived.
+    seen: HashSet<(u32, i32)>,
+    /// The Guardian's epoll set (a second descriptor of it: the set itself is closed with
+    /// the rest of the watching, after the takeover).
+    set: Option<OwnedFd>,
+}
+
+impl Deaths {
+    /// The handed-over processes (slot, pid) dead now. Looked at when the adoption begins,
+    /// not when the HAM was seen dead: an entity killed with its HAM (a chaos test, an OOM
+    /// kill) dies a little after it, its pidfd readable once its exit is done, and the
+    /// lock tells of the HAM's death before that. One seen alive here is adopted in turn,
+    /// and restarted then if it is found dead.
+    pub fn now(self, passed: &HashMap<u32, Passed>) -> HashSet<(u32, i32)> {
+        let mut dead = self.seen;
+        if let Some(set) = &self.set {
+            ready_pidfds(set, passed, &mut dead);
+        }
+        dead
+    }
+}
+
+/// Adds to `dead` the handed-over processes whose pidfd in the set `epoll` is readable.
+fn ready_pidfds(epoll: &OwnedFd, passed: &HashMap<u32, Passed>, dead: &mut HashSet<(u32, i32)>) {
     // Room for every descriptor in the set: one call returns every ready one.
     let mut events = Vec::with_capacity(passed.len() + 8);
     let zero = Timespec {
@@ -537,7 +560,6 @@ fn dead_now(
             }
         }
     }
-    dead
 }
 
 /// Maps the state segment read-only. One that is not ham's (its magic or geometry
@@ -853,6 +875,52 @@ mod tests {
     /// Every death's record names another process, or none (no exit time known).
     fn all_handled(_: u32, _: i32) -> Option<u64> {
         Some(0)
+    }
+
+    /// A process handed over that dies after the HAM (killed with it, its exit done a
+    /// little later) is known dead when the adoption looks, not only if it was dead when
+    /// the Guardian saw the HAM go; those seen dying before are kept.
+    #[test]
+    fn deaths_are_looked_at_again_when_the_adoption_begins() {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        epoll::add(
+            &epoll,
+            &pidfd,
+            epoll::EventData::new_u64(TOK_PIDFD | 7),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        let passed = HashMap::from([(
+            7,
+            Passed {
+                pid,
+                start_time: 1,
+                pidfd,
+            },
+        )]);
+        let deaths = || Deaths {
+            seen: HashSet::from([(3, 42)]),
+            set: Some(epoll.try_clone().unwrap()),
+        };
+        // Alive when the HAM was seen dead.
+        let at_the_hams_death = deaths();
+        assert_eq!(deaths().now(&passed), HashSet::from([(3, 42)]));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            at_the_hams_death.now(&passed),
+            HashSet::from([(3, 42), (7, pid)])
+        );
     }
 
     #[test]

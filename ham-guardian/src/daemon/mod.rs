@@ -158,9 +158,9 @@ pub enum Origin {
         /// The HAM it replaced, and whether it fenced it (a stopped or hung HAM) rather
         /// than saw it die.
         from: Option<(i32, bool)>,
-        /// The handed-over processes (slot, pid) the Guardian knew dead (`None`: it did
-        /// not look; each is then looked at).
-        dead: Option<HashSet<(u32, i32)>>,
+        /// The handed-over processes the Guardian knows dead (`None`: it did not look;
+        /// each is then looked at).
+        dead: Option<crate::guardian::Deaths>,
     },
 }
 
@@ -169,8 +169,8 @@ pub enum Origin {
 pub struct Found {
     /// The entities' cgroups.
     pub cgroups: Option<crate::cgroup::Opened>,
-    /// The handed-over processes (slot, pid) dead when the HAM was.
-    pub dead: Option<HashSet<(u32, i32)>>,
+    /// The handed-over processes dead (looked at again when the adoption begins).
+    pub dead: Option<crate::guardian::Deaths>,
     /// The start of the next Guardian, prepared.
     pub successor: Option<GuardianSpec>,
     /// The HAM this Guardian watched (pid, start time), seen dead through its pidfd: if the

@@ -7,12 +7,12 @@ impl Daemon {
     /// records of configured entities are resumed (their processes adopted, checked by pid +
     /// start time), records of entities no longer configured are stopped and freed, and
     /// new entities get a free slot and are started.
-    /// `known_dead`: the handed-over processes (slot, pid) known dead (see [`Found`]); `None`:
-    /// each is looked at.
+    /// `known_dead`: the handed-over processes the Guardian can tell dead (looked at when the
+    /// table is made, see [`crate::guardian::Deaths`]); `None`: each is looked at.
     pub(super) fn adopt(
         &mut self,
         mut passed: HashMap<u32, Passed>,
-        known_dead: Option<HashSet<(u32, i32)>>,
+        known_dead: Option<crate::guardian::Deaths>,
     ) {
         // What the cluster placed here stops when the predecessor would have stopped it.
         let (lease, at) = self.writer.segment().header().fence();
@@ -96,6 +96,7 @@ impl Daemon {
         if at != 0 {
             self.set_fence(lease, at);
         }
+        let known_dead = known_dead.map(|d| d.now(&passed));
         // What died while no HAM watched (or never started) first: its restart must not
         // wait for the adoption of everything that still runs. A process handed over is
         // dead if the Guardian found it so (one look for all) or else if its pidfd is
