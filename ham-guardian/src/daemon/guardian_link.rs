@@ -474,7 +474,7 @@ impl Daemon {
 /// environment and command line, all but the fork. A Guardian prepares its successor's
 /// while it watches, so that its takeover only forks it.
 pub struct GuardianSpec {
-    spec: SpawnSpec,
+    pub(super) spec: SpawnSpec,
     ours: OwnedFd,
 }
 

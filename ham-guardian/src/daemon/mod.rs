@@ -90,7 +90,9 @@ pub fn prepare_successor(
     config_text: &str,
     sockets: &Sockets,
 ) -> Option<GuardianSpec> {
-    prepare_guardian(cfg, config_text, sockets, Path::new("/proc/self/exe")).ok()
+    let mut g = prepare_guardian(cfg, config_text, sockets, Path::new("/proc/self/exe")).ok()?;
+    g.spec.make_pipes_now().ok()?;
+    Some(g)
 }
 use spawn::own_restart_command;
 use start::device_restart_marker;

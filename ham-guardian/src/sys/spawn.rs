@@ -77,6 +77,8 @@ pub struct SpawnSpec {
     /// Nanoseconds after which a child not yet released runs its program all the same
     /// (0: it waits for ever). See [`SpawnSpec::release_within`].
     release_within_ns: u64,
+    /// The release and status pipes, if made ahead ([`SpawnSpec::make_pipes_now`]).
+    pipes: Option<Pipes>,
     /// Moved off our CPU until released (see [`apart`]).
     apart: bool,
     /// RLIMIT_CORE raised to its highest (the entity's `cores`).
@@ -165,7 +167,17 @@ impl SpawnSpec {
             released_in: ReleaseRecord::None,
             cgroup: None,
             own_pid_var: None,
+            pipes: None,
         })
+    }
+    /// Makes the child's release and status pipes now rather than at [`fork`](Self::fork):
+    /// a spec prepared long before its fork (the next Guardian's, made while a Guardian
+    /// watches) keeps two system calls off the takeover that forks it.
+    pub fn make_pipes_now(&mut self) -> io::Result<&mut Self> {
+        if self.pipes.is_none() {
+            self.pipes = Some(Pipes::new()?);
+        }
+        Ok(self)
     }
     /// Whether the child is moved off our CPU until its release (the default; see
     /// [`apart`]). Not worth it while other children start: they would all queue on the
@@ -285,13 +297,16 @@ impl SpawnSpec {
 
     /// [`fork`](Self::fork), sharing memory with the child only if `share` (and the kernel
     /// lets us): the tests run both ways.
-    fn create(self, share: bool) -> io::Result<Pending> {
-        let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        // Non-blocking: a child sharing our table first says it has its own, and the loop
-        // reads that without waiting for the rest (see `Execing::ready`).
-        let (st_r, st_w) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )?;
+    fn create(mut self, share: bool) -> io::Result<Pending> {
+        let Pipes {
+            go_r,
+            go_w,
+            st_r,
+            st_w,
+        } = match self.pipes.take() {
+            Some(p) => p,
+            None => Pipes::new()?,
+        };
         let share_files = share && can_share_files();
         let prepared = Prepared::new(self, &go_r, &go_w, &st_r, &st_w, share_files);
         let raw: *const ChildRaw = &raw const prepared.raw;
@@ -366,6 +381,32 @@ impl SpawnSpec {
             start_time: start_time_between(before, after),
             in_cgroup: made.in_cgroup,
             child,
+        })
+    }
+}
+
+/// A child's release pipe (it reads `go_r`) and status pipe (it writes `st_w`), all four
+/// ends close-on-exec.
+struct Pipes {
+    go_r: OwnedFd,
+    go_w: OwnedFd,
+    st_r: OwnedFd,
+    st_w: OwnedFd,
+}
+
+impl Pipes {
+    fn new() -> io::Result<Self> {
+        let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // Non-blocking: a child sharing our table first says it has its own, and the loop
+        // reads that without waiting for the rest (see `Execing::ready`).
+        let (st_r, st_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        Ok(Self {
+            go_r,
+            go_w,
+            st_r,
+            st_w,
         })
     }
 }
@@ -1053,11 +1094,16 @@ fn reset_signals() -> u64 {
 static RESET_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
 /// Reads now what a first spawn would (the dispositions, 64 system calls; the kernel's
-/// version): a Guardian does this while it watches, so that the takeover's first fork, the
-/// next Guardian's, does not.
+/// version) and maps a stack: a Guardian does this while it watches, so that the takeover's
+/// first fork, the next Guardian's, does not.
 pub fn warm_up() {
     let _ = reset_signals();
     let _ = super::kernel::acting();
+    // A stack for the first child, mapped now (address space only until a child runs on
+    // it), not in the takeover that forks it.
+    if let Ok(s) = Stack::take() {
+        s.give_back();
+    }
 }
 
 /// A handler was set or removed: [`reset_signals`] reads the dispositions again.
@@ -1786,6 +1832,28 @@ mod tests {
         };
         assert_eq!(field("SigBlk:"), 0, "{text}");
         assert_eq!(field("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{text}");
+    }
+
+    /// A spec whose pipes were made ahead (the next Guardian's) forks, holds and releases
+    /// its child as any other, and a held child whose parent drops it unreleased does not
+    /// run its program.
+    #[test]
+    fn pipes_made_ahead_hold_and_release_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ran");
+        let mut s = spec(&format!("touch {}", out.display()));
+        s.make_pipes_now().unwrap();
+        let (_, pidfd) = s.fork().unwrap().release().map_err(|(e, _)| e).unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(0));
+        assert!(out.exists());
+        std::fs::remove_file(&out).unwrap();
+        let mut s = spec(&format!("touch {}", out.display()));
+        s.make_pipes_now().unwrap();
+        let p = s.fork().unwrap();
+        let pidfd = p.pidfd.try_clone().unwrap();
+        drop(p);
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(NOT_RELEASED));
+        assert!(!out.exists(), "an unreleased child ran its program");
     }
 
     /// Each child gets its own pid in its environment, written by the child into memory it
