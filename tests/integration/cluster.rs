@@ -1171,11 +1171,17 @@ fn an_escalation_on_the_active_supervisor_becomes_a_switchover_when_a_standby_is
     };
     let first = agreed(&all);
     assert_ne!(first, "c", "a member is never the active supervisor");
-    // The singleton runs on a supervisor (preferred_only); make it the active one's.
+    // The singleton runs on a supervisor (preferred_only); make it the active one's: when it
+    // runs on the standby, the active (which alone may) hands its role over to that standby.
     let (owner_node, _) = agreed_owner(&hams, &resource);
     if owner_node != first {
+        let a = names.iter().position(|n| *n == first).unwrap();
         let o = names.iter().position(|n| *n == owner_node).unwrap();
-        let out = hams[o].ctl(&["cluster", "switchover"]);
+        wait_until(&hams[a], "a standby in the active's view", || {
+            cluster_status(&hams[a])
+                .is_some_and(|s| s["standbys"].as_array().is_some_and(|v| !v.is_empty()))
+        });
+        let out = hams[a].ctl(&["cluster", "switchover"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         wait_until(&hams[o], "the roles swapped", || {
             all.iter()

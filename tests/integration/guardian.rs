@@ -130,12 +130,14 @@ fn the_hams_lock_alone_tells_its_guardian_of_its_death_takeover_after_takeover()
         }
         let s = promoted(&ham, g);
         assert_eq!(s["ham"]["epoch"], epoch + 1);
+        // What a takeover says is held until its adoption is done, which the status may
+        // show before: waited for.
+        let told = "the HAM is gone (its lock says so)";
+        wait_until(&ham, "the takeover saying what told it", || {
+            ham.stderr().matches(told).count() >= round
+        });
         let err = ham.stderr();
-        assert_eq!(
-            err.matches("the HAM is gone (its lock says so)").count(),
-            round,
-            "{err}"
-        );
+        assert_eq!(err.matches(told).count(), round, "{err}");
         assert!(!err.contains("its pidfd says so"), "{err}");
         assert!(!err.contains("fencing"), "{err}");
         assert_eq!(
