@@ -91,7 +91,8 @@ pub fn prepare_successor(
     sockets: &Sockets,
 ) -> Option<GuardianSpec> {
     let mut g = prepare_guardian(cfg, config_text, sockets, Path::new("/proc/self/exe")).ok()?;
-    g.spec.make_pipes_now().ok()?;
+    // Without them now, the fork makes them: the prepared rest is kept.
+    let _ = g.spec.make_pipes_now();
     Some(g)
 }
 use spawn::own_restart_command;
