@@ -536,7 +536,12 @@ impl Deaths {
 }
 
 /// Adds to `dead` the handed-over processes whose pidfd in the set `epoll` is readable.
+/// An event names a slot, and the set may still hold a registration of that slot's
+/// previous pidfd (its process replaced, the old descriptor still open in the dying HAM):
+/// only a slot whose *current* pidfd is readable counts, asked of all of them in one
+/// `poll`.
 fn ready_pidfds(epoll: &OwnedFd, passed: &HashMap<u32, Passed>, dead: &mut HashSet<(u32, i32)>) {
+    use rustix::event::{PollFd, PollFlags, poll};
     // Room for every descriptor in the set: one call returns every ready one.
     let mut events = Vec::with_capacity(passed.len() + 8);
     let zero = Timespec {
@@ -548,16 +553,35 @@ fn ready_pidfds(epoll: &OwnedFd, passed: &HashMap<u32, Passed>, dead: &mut HashS
         rustix::buffer::spare_capacity(&mut events),
         Some(&zero),
     )
-    .is_ok()
+    .is_err()
     {
-        for ev in &events {
-            let tok = ev.data.u64();
-            if tok & TOK_PIDFD != 0 {
-                let key = (tok & !TOK_PIDFD) as u32;
-                if let Some(p) = passed.get(&key).filter(|p| p.pid > 0) {
-                    dead.insert((key, p.pid));
-                }
-            }
+        return;
+    }
+    let said: Vec<(u32, &Passed)> = events
+        .iter()
+        .map(|ev| ev.data.u64())
+        .filter(|tok| tok & TOK_PIDFD != 0)
+        .filter_map(|tok| {
+            let key = (tok & !TOK_PIDFD) as u32;
+            passed.get(&key).filter(|p| p.pid > 0).map(|p| (key, p))
+        })
+        .collect();
+    if said.is_empty() {
+        return;
+    }
+    let mut fds: Vec<PollFd<'_>> = said
+        .iter()
+        .map(|(_, p)| PollFd::new(&p.pidfd, PollFlags::IN))
+        .collect();
+    if poll(&mut fds, Some(&zero)).is_err() {
+        // Not known which are exact: every one said counts (a live one is then found
+        // alive when it is adopted in turn).
+        dead.extend(said.iter().map(|(key, p)| (*key, p.pid)));
+        return;
+    }
+    for ((key, p), fd) in said.iter().zip(&fds) {
+        if !fd.revents().is_empty() {
+            dead.insert((*key, p.pid));
         }
     }
 }
@@ -921,6 +945,69 @@ mod tests {
             at_the_hams_death.now(&passed),
             HashSet::from([(3, 42), (7, pid)])
         );
+    }
+
+    #[test]
+    fn a_replaced_pidfd_still_in_the_set_does_not_make_its_successor_dead() {
+        /// Killed and reaped when dropped, should an assertion fail first.
+        struct Sleeper(std::process::Child);
+        impl Drop for Sleeper {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let spawn = || {
+            let child = Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("100")
+                    .spawn()
+                    .unwrap(),
+            );
+            let pidfd = rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(child.0.id() as i32).unwrap(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .unwrap();
+            (child, pidfd)
+        };
+        // Slot 7's first process, registered, then replaced: its registration stays while
+        // a descriptor of it is open (the dying HAM's copy).
+        let (old, old_fd) = spawn();
+        epoll::add(
+            &epoll,
+            &old_fd,
+            epoll::EventData::new_u64(TOK_PIDFD | 7),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        let (new, new_fd) = spawn();
+        let new_pid = new.0.id() as i32;
+        let passed = HashMap::from([(
+            7,
+            Passed {
+                pid: new_pid,
+                start_time: 1,
+                pidfd: new_fd.try_clone().unwrap(),
+            },
+        )]);
+        epoll::add(
+            &epoll,
+            &new_fd,
+            epoll::EventData::new_u64(TOK_PIDFD | 7),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        let deaths = || Deaths {
+            seen: HashSet::new(),
+            set: Some(epoll.try_clone().unwrap()),
+        };
+        drop(old);
+        assert!(readable(&old_fd), "the old registration is ready");
+        assert_eq!(deaths().now(&passed), HashSet::new());
+        drop(new);
+        assert_eq!(deaths().now(&passed), HashSet::from([(7, new_pid)]));
     }
 
     #[test]
