@@ -53,6 +53,8 @@ pub fn parse_env(v: &str) -> Option<(PathBuf, i32, u64)> {
 /// Runs the Guardian role for the HAM `ham_pid` (started at `ham_start`); returns the
 /// process's exit code.
 pub fn run(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> i32 {
+    // Woken, this thread runs soon (see `sys::sched`); so does the HAM it may become.
+    sys::sched::short_slice();
     match guard(config_path, ham_pid, ham_start) {
         Ok(code) => code,
         Err(e) => {
@@ -412,6 +414,11 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             }
         }
         if ham_gone {
+            // Lowered first, if the watcher raised this thread: the takeover runs as a
+            // normal thread.
+            if let Some((w, _, _)) = &lock_watch {
+                w.rung();
+            }
             if sock_open {
                 handoff::recv_all(&sock, &mut passed);
             }
@@ -488,12 +495,19 @@ fn watch_lock(
         // Once it has rung: the records read for the takeover, on whatever CPU is free
         // (`SCHED_IDLE`: where the takeover's thread runs, this gives way to it at once).
         let read_ahead = move || {
-            sys::robust::give_way();
+            sys::sched::give_way();
             put.put(seg.records());
         };
-        let w =
-            sys::robust::Watcher::start(seg.header().ham_lock(), ham_pid as u32, ring, read_ahead)
-                .map_err(|e| format!("thread: {e}"))?;
+        // The loop's thread (this one), raised to run first as the watcher rings.
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        let w = sys::robust::Watcher::start(
+            seg.header().ham_lock(),
+            ham_pid as u32,
+            ring,
+            me,
+            read_ahead,
+        )
+        .map_err(|e| format!("thread: {e}"))?;
         Ok((w, bell, pre_read))
     })();
     started

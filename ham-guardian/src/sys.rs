@@ -10,6 +10,7 @@ mod notify;
 mod pidfd;
 mod proc_connector;
 pub mod robust;
+pub mod sched;
 mod spawn;
 
 pub use notify::{NotifyMessage, recv_notify};

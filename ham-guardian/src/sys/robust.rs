@@ -107,6 +107,27 @@ pub struct Watcher {
     /// The thread has seen `owner` hold the word: from then on, its death is told. (A death
     /// before that reads as a predecessor's mark, and is left to the pidfd.)
     saw_owner: Arc<AtomicBool>,
+    raise: Arc<Raise>,
+}
+
+/// The thread the ring wakes, raised to run first just before the ring (see
+/// [`super::sched`]), and lowered by itself as soon as it has seen it ([`Watcher::rung`]).
+/// One lock orders the two: a thread lowered (or that never needed it) is never raised
+/// afterwards, so a takeover never runs at `SCHED_FIFO`.
+struct Raise {
+    /// The thread (0: none).
+    tid: i32,
+    state: std::sync::Mutex<RaiseState>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RaiseState {
+    /// Not raised yet; the watcher may.
+    Armed,
+    /// Raised by the watcher: the thread lowers itself.
+    Raised,
+    /// The ring was seen: never raised again.
+    Done,
 }
 
 impl Watcher {
@@ -115,24 +136,51 @@ impl Watcher {
     /// whose build has no lock) is waited on until it changes.
     /// Once it has rung, the thread runs `then` (work the takeover can use, done on
     /// another CPU while the takeover's thread goes on).
+    /// `raise`: the thread `bell` wakes (0: none), raised to run first just before the
+    /// ring; it calls [`Watcher::rung`] as soon as it has seen the ring.
     pub fn start(
         word: &'static AtomicU32,
         owner: u32,
         bell: OwnedFd,
+        raise: i32,
         then: impl FnOnce() + Send + 'static,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let saw_owner = Arc::new(AtomicBool::new(false));
-        let (stopped, saw) = (stop.clone(), saw_owner.clone());
+        let raise = Arc::new(Raise {
+            tid: raise,
+            state: std::sync::Mutex::new(RaiseState::Armed),
+        });
+        let (stopped, saw, raising) = (stop.clone(), saw_owner.clone(), raise.clone());
         std::thread::Builder::new()
             .name("ham-lock".into())
             .stack_size(64 * 1024)
-            .spawn(move || watch(word, owner, &bell, (&stopped, &saw), then))?;
+            .spawn(move || {
+                // Woken once, at the HAM's death: on a CPU at once (see `sched`).
+                super::sched::run_first(0);
+                watch(word, owner, &bell, (&stopped, &saw), &raising, then)
+            })?;
         Ok(Self {
             word,
             stop,
             saw_owner,
+            raise,
         })
+    }
+
+    /// Called by the thread the ring woke (the one given as `raise`), as soon as it has
+    /// seen the ring (or has left watching by another way): lowers it to a normal thread if
+    /// the watcher raised it, and makes sure the watcher never does after this.
+    pub fn rung(&self) {
+        let mut state = self
+            .raise
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *state == RaiseState::Raised {
+            super::sched::short_slice();
+        }
+        *state = RaiseState::Done;
     }
 
     /// Whether the thread has seen its owner hold the word (see the field).
@@ -146,15 +194,6 @@ impl Drop for Watcher {
         self.stop.store(true, Ordering::Release);
         let _ = futex::wake(self.word, futex::Flags::empty(), u32::MAX);
     }
-}
-
-/// Makes the calling thread run only on a CPU nothing else wants (`SCHED_IDLE`): the
-/// watcher's thread once it has rung, so that what it does then never delays the takeover.
-pub fn give_way() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `sched_setscheduler` reads `param`, a valid `sched_param` on our stack; pid 0
-    // is the calling thread. It changes only this thread's scheduling; a refusal is harmless.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 /// What the watcher makes of the word's value `v`, having seen `owner` hold it or not.
@@ -192,6 +231,7 @@ fn watch(
     owner: u32,
     bell: &impl AsFd,
     (stop, saw_owner): (&AtomicBool, &AtomicBool),
+    raise: &Raise,
     then: impl FnOnce(),
 ) {
     let mut then = Some(then);
@@ -205,6 +245,15 @@ fn watch(
             // (unmapping its stack) would take the CPU the takeover's thread was woken on.
             Seen::Died => {
                 if let Some(f) = then.take() {
+                    if raise.tid > 0 {
+                        let mut state = raise
+                            .state
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if *state == RaiseState::Armed && super::sched::run_first(raise.tid) {
+                            *state = RaiseState::Raised;
+                        }
+                    }
                     let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
                     f();
                 }
@@ -257,7 +306,7 @@ mod tests {
         let tid = tid_rx.recv().unwrap();
         assert_eq!(word.load(Ordering::Acquire), tid | LOCK_WAITERS);
         let (ran_tx, ran_rx) = std::sync::mpsc::channel();
-        let w = Watcher::start(word, tid, bell.try_clone().unwrap(), move || {
+        let w = Watcher::start(word, tid, bell.try_clone().unwrap(), 0, move || {
             ran_tx.send(()).unwrap()
         })
         .unwrap();
@@ -298,5 +347,72 @@ mod tests {
         drop(w);
         // Once per process.
         assert!(hold(word).is_err());
+    }
+
+    /// The word marked as the kernel marks it when its holder dies, and its waiters woken.
+    fn mark_dead(word: &AtomicU32) {
+        word.store(LOCK_WAITERS | LOCK_OWNER_DIED, Ordering::Release);
+        let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+    }
+
+    fn wait_rung(bell: &OwnedFd) {
+        let mut fds = [rustix::event::PollFd::new(
+            bell,
+            rustix::event::PollFlags::IN,
+        )];
+        let ten = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        assert_eq!(
+            rustix::event::poll(&mut fds, Some(&ten)).unwrap(),
+            1,
+            "no ring within 10 s"
+        );
+    }
+
+    fn watching(owner: u32, raise: i32) -> (&'static AtomicU32, OwnedFd, Watcher) {
+        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(owner | LOCK_WAITERS)));
+        let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let w = Watcher::start(word, owner, bell.try_clone().unwrap(), raise, || {}).unwrap();
+        let since = std::time::Instant::now();
+        while !w.saw_owner() {
+            assert!(since.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::yield_now();
+        }
+        (word, bell, w)
+    }
+
+    /// The thread the ring wakes runs first from just before the ring until it has seen it,
+    /// and is never raised once it has (a takeover never runs at `SCHED_FIFO`).
+    #[test]
+    fn the_woken_thread_runs_first_only_until_it_has_seen_the_ring() {
+        use super::super::sched::{own_policy_and_slice, run_first};
+        let fifo_allowed = std::thread::spawn(|| run_first(0)).join().unwrap();
+        std::thread::spawn(move || {
+            let me = rustix::thread::gettid().as_raw_nonzero().get();
+            let policy = || own_policy_and_slice().unwrap().0;
+            let (word, bell, w) = watching(4242, me);
+            mark_dead(word);
+            wait_rung(&bell);
+            let expected = if fifo_allowed {
+                libc::SCHED_FIFO
+            } else {
+                libc::SCHED_OTHER
+            };
+            assert_eq!(policy(), expected as i64);
+            w.rung();
+            assert_eq!(policy(), libc::SCHED_OTHER as i64);
+
+            // Seen (or left by another way) before the ring: never raised.
+            let (word, bell, w) = watching(4243, me);
+            w.rung();
+            mark_dead(word);
+            wait_rung(&bell);
+            assert_eq!(policy(), libc::SCHED_OTHER as i64);
+            drop(w);
+        })
+        .join()
+        .unwrap();
     }
 }
