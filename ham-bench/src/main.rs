@@ -12,7 +12,8 @@
 //! `--quick`: 10 services, 6 kills, 1 storm, 5 takeover kills of each kind, 1 s idle, the
 //! footprint at 100 services only, short settling; SDK:
 //! 20 beat batches, 20 000 ring events per producer × 2, 100 latency samples, 100 heartbeating
-//! entities with 10 misses. Full: 100 services, 200 kills, 5 storms, 100 + 100 takeover kills,
+//! entities with 10 misses. Full: 100 services, 400 kills and 10 storms (in 5 rounds, the
+//! systems taking turns), 100 + 100 takeover kills,
 //! 30 s idle; SDK: 100 batches, 100 000 events per producer × 5, 500 samples, 1000 entities
 //! with 40 misses. `--keep` keeps the work directory (configs, supervisor logs).
 //!

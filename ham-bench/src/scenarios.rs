@@ -27,6 +27,11 @@ pub struct Params {
     pub n: usize,
     pub kills: usize,
     pub storm_reps: usize,
+    /// restart_latency / restart_storm: the kills and storms of each system are split into
+    /// this many rounds, the systems taking turns (each round on a freshly started
+    /// supervisor), so that a stretch of a noisy host falls on every system alike rather
+    /// than on whichever ran then.
+    pub restart_rounds: usize,
     pub takeover_kills: usize,
     pub idle_s: f64,
     /// heartbeat_cost: batches of 10 000 beats (and datagrams).
@@ -58,6 +63,7 @@ impl Params {
                 n: 10,
                 kills: 6,
                 storm_reps: 1,
+                restart_rounds: 1,
                 takeover_kills: 5,
                 idle_s: 1.0,
                 settle_scale: 0.3,
@@ -74,8 +80,9 @@ impl Params {
         } else {
             Self {
                 n: 100,
-                kills: 200,
-                storm_reps: 5,
+                kills: 400,
+                storm_reps: 10,
+                restart_rounds: 5,
                 takeover_kills: 100,
                 idle_s: 30.0,
                 hb_batches: 100,
@@ -278,40 +285,63 @@ pub fn restart(
         ratio_metrics: Vec::new(),
         notes: Vec::new(),
     };
+    // The systems that can run, each with what its rounds measured so far and the first
+    // error that ended them.
+    let mut runs: Vec<(Kind, RestartRun, Result<()>)> = Vec::new();
     for kind in ALL {
-        let name = kind.name().to_owned();
-        if let Err(why) = kind.available() {
-            lat.systems
-                .push((name.clone(), Outcome::Skipped(why.clone())));
-            storm.systems.push((name, Outcome::Skipped(why)));
-            continue;
+        match kind.available() {
+            Ok(()) => runs.push((
+                kind,
+                RestartRun {
+                    lat: Vec::new(),
+                    lat_fail: 0,
+                    storm: Vec::new(),
+                    storm_fail: 0,
+                },
+                Ok(()),
+            )),
+            Err(why) => {
+                let name = kind.name().to_owned();
+                lat.systems
+                    .push((name.clone(), Outcome::Skipped(why.clone())));
+                storm.systems.push((name, Outcome::Skipped(why)));
+            }
         }
-        // supervisord restarts about once a second: fewer kills keep the run short.
-        let kills = if kind == Kind::Supervisord {
-            p.kills.min(50)
-        } else {
-            p.kills
-        };
-        eprintln!("[restart] {name}");
-        let mut run = RestartRun {
-            lat: Vec::new(),
-            lat_fail: 0,
-            storm: Vec::new(),
-            storm_fail: 0,
-        };
-        let result = (|| -> Result<()> {
-            let mut sup = start_up(ctx, stamps, kind, p.n, "restart")?;
-            std::thread::sleep(Duration::from_millis(300));
-            if want_lat {
-                latency_loop(ctx, stamps, kills, &mut run, &name)?;
+    }
+    let rounds = p.restart_rounds.max(1);
+    // Round `i` of `rounds` gets its share of `total`.
+    let share = |total: usize, i: usize| total / rounds + usize::from(i < total % rounds);
+    for round in 0..rounds {
+        for (kind, run, result) in &mut runs {
+            if result.is_err() {
+                continue;
             }
-            if want_storm {
-                storm_loop(ctx, stamps, p.storm_reps, &mut run)?;
-            }
-            finish(&mut sup, problems);
-            Ok(())
-        })();
-        sys::check_interrupted()?;
+            let kind = *kind;
+            let name = kind.name().to_owned();
+            // supervisord restarts about once a second: fewer kills keep the run short.
+            let kills = if kind == Kind::Supervisord {
+                p.kills.min(50)
+            } else {
+                p.kills
+            };
+            eprintln!("[restart] {name}, round {} of {rounds}", round + 1);
+            *result = (|| -> Result<()> {
+                let mut sup = start_up(ctx, stamps, kind, p.n, "restart")?;
+                std::thread::sleep(Duration::from_millis(300));
+                if want_lat {
+                    latency_loop(ctx, stamps, share(kills, round), run, &name)?;
+                }
+                if want_storm {
+                    storm_loop(ctx, stamps, share(p.storm_reps, round), run)?;
+                }
+                finish(&mut sup, problems);
+                Ok(())
+            })();
+            sys::check_interrupted()?;
+        }
+    }
+    for (kind, run, result) in runs {
+        let name = kind.name().to_owned();
         let outcome = |v: &[f64], fails: usize| match (&result, stats(v)) {
             (Err(e), _) => Outcome::Failed(e.clone()),
             (Ok(()), Some(stats)) => Outcome::Measured {
@@ -323,12 +353,12 @@ pub fn restart(
         };
         if let (Some(s), true) = (stats(&run.lat), want_lat) {
             progress(format!(
-                "restart latency: median {:.3} ms, p99 {:.3} ms, {} failures",
+                "{name}: restart latency: median {:.3} ms, p99 {:.3} ms, {} failures",
                 s.median, s.p99, run.lat_fail
             ));
         }
         if let (Some(s), true) = (stats(&run.storm), want_storm) {
-            progress(format!("storm: median {:.2} ms", s.median));
+            progress(format!("{name}: storm: median {:.2} ms", s.median));
         }
         if kind == Kind::Ham && (run.lat_fail > 0 || run.storm_fail > 0) {
             problems.add(format!(
@@ -347,6 +377,14 @@ pub fn restart(
         MIN_ALIVE_NS / 1_000_000,
         GAP_NS / 1_000_000
     ));
+    if rounds > 1 {
+        let note = format!(
+            "in {rounds} rounds, the systems taking turns (each round on a freshly started \
+             supervisor)"
+        );
+        lat.notes.push(note.clone());
+        storm.notes.push(note);
+    }
     if lat
         .systems
         .iter()
