@@ -53,8 +53,6 @@ pub fn parse_env(v: &str) -> Option<(PathBuf, i32, u64)> {
 /// Runs the Guardian role for the HAM `ham_pid` (started at `ham_start`); returns the
 /// process's exit code.
 pub fn run(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> i32 {
-    // Woken, this thread runs soon (see `sys::sched`); so does the HAM it may become.
-    sys::sched::short_slice();
     match guard(config_path, ham_pid, ham_start) {
         Ok(code) => code,
         Err(e) => {
@@ -414,8 +412,8 @@ fn guard(config_path: PathBuf, ham_pid: i32, ham_start: u64) -> Result<i32, Daem
             }
         }
         if ham_gone {
-            // Lowered first, if the watcher raised this thread: the takeover runs as a
-            // normal thread.
+            // Put back first, if the watcher raised this thread: the takeover runs as this
+            // thread ran before.
             if let Some((w, _, _)) = &lock_watch {
                 w.rung();
             }
@@ -499,12 +497,11 @@ fn watch_lock(
             put.put(seg.records());
         };
         // The loop's thread (this one), raised to run first as the watcher rings.
-        let me = rustix::thread::gettid().as_raw_nonzero().get();
         let w = sys::robust::Watcher::start(
             seg.header().ham_lock(),
             ham_pid as u32,
             ring,
-            me,
+            true,
             read_ahead,
         )
         .map_err(|e| format!("thread: {e}"))?;

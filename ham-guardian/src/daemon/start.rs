@@ -7,8 +7,6 @@ impl Daemon {
     /// HAM and Guardian are both gone, cold otherwise.
     pub fn start(cfg: Config, config_text: String) -> Result<Self, DaemonError> {
         check_kernel()?;
-        // Woken, the loop's thread runs soon (see `sys::sched`).
-        sys::sched::short_slice();
         let inst = cfg.instance.clone();
         std::fs::create_dir_all(&inst.run_dir).map_err(io_ctx(format!(
             "creating run_dir {}",

@@ -111,12 +111,14 @@ pub struct Watcher {
 }
 
 /// The thread the ring wakes, raised to run first just before the ring (see
-/// [`super::sched`]), and lowered by itself as soon as it has seen it ([`Watcher::rung`]).
-/// One lock orders the two: a thread lowered (or that never needed it) is never raised
-/// afterwards, so a takeover never runs at `SCHED_FIFO`.
+/// [`super::sched`]), and put back as it was by itself as soon as it has seen the ring
+/// ([`Watcher::rung`]). One lock orders the two: a thread put back (or that never needed it)
+/// is never raised afterwards, so a takeover never runs at `SCHED_FIFO`.
 struct Raise {
     /// The thread (0: none).
     tid: i32,
+    /// Its scheduling before the raise.
+    saved: Option<super::sched::Attr>,
     state: std::sync::Mutex<RaiseState>,
 }
 
@@ -124,7 +126,7 @@ struct Raise {
 enum RaiseState {
     /// Not raised yet; the watcher may.
     Armed,
-    /// Raised by the watcher: the thread lowers itself.
+    /// Raised by the watcher: the thread puts itself back.
     Raised,
     /// The ring was seen: never raised again.
     Done,
@@ -136,19 +138,26 @@ impl Watcher {
     /// whose build has no lock) is waited on until it changes.
     /// Once it has rung, the thread runs `then` (work the takeover can use, done on
     /// another CPU while the takeover's thread goes on).
-    /// `raise`: the thread `bell` wakes (0: none), raised to run first just before the
-    /// ring; it calls [`Watcher::rung`] as soon as it has seen the ring.
+    /// `raise`: the calling thread is the one `bell` wakes, raised to run first just
+    /// before the ring; it calls [`Watcher::rung`] as soon as it has seen the ring.
     pub fn start(
         word: &'static AtomicU32,
         owner: u32,
         bell: OwnedFd,
-        raise: i32,
+        raise: bool,
         then: impl FnOnce() + Send + 'static,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let saw_owner = Arc::new(AtomicBool::new(false));
+        // Only a thread whose scheduling can be put back is raised.
+        let saved = raise.then(super::sched::Attr::current).flatten();
         let raise = Arc::new(Raise {
-            tid: raise,
+            tid: if saved.is_some() {
+                rustix::thread::gettid().as_raw_nonzero().get()
+            } else {
+                0
+            },
+            saved,
             state: std::sync::Mutex::new(RaiseState::Armed),
         });
         let (stopped, saw, raising) = (stop.clone(), saw_owner.clone(), raise.clone());
@@ -168,17 +177,17 @@ impl Watcher {
         })
     }
 
-    /// Called by the thread the ring woke (the one given as `raise`), as soon as it has
-    /// seen the ring (or has left watching by another way): lowers it to a normal thread if
-    /// the watcher raised it, and makes sure the watcher never does after this.
+    /// Called by the thread the ring wakes (the one that started the watcher with `raise`),
+    /// as soon as it has seen the ring (or has left watching by another way): puts it back
+    /// as it was if the watcher raised it, and makes sure the watcher never does after this.
     pub fn rung(&self) {
         let mut state = self
             .raise
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *state == RaiseState::Raised {
-            super::sched::short_slice();
+        if let (RaiseState::Raised, Some(saved)) = (*state, &self.raise.saved) {
+            saved.restore();
         }
         *state = RaiseState::Done;
     }
@@ -306,7 +315,7 @@ mod tests {
         let tid = tid_rx.recv().unwrap();
         assert_eq!(word.load(Ordering::Acquire), tid | LOCK_WAITERS);
         let (ran_tx, ran_rx) = std::sync::mpsc::channel();
-        let w = Watcher::start(word, tid, bell.try_clone().unwrap(), 0, move || {
+        let w = Watcher::start(word, tid, bell.try_clone().unwrap(), false, move || {
             ran_tx.send(()).unwrap()
         })
         .unwrap();
@@ -371,7 +380,7 @@ mod tests {
         );
     }
 
-    fn watching(owner: u32, raise: i32) -> (&'static AtomicU32, OwnedFd, Watcher) {
+    fn watching(owner: u32, raise: bool) -> (&'static AtomicU32, OwnedFd, Watcher) {
         let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(owner | LOCK_WAITERS)));
         let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
         let w = Watcher::start(word, owner, bell.try_clone().unwrap(), raise, || {}).unwrap();
@@ -384,15 +393,16 @@ mod tests {
     }
 
     /// The thread the ring wakes runs first from just before the ring until it has seen it,
-    /// and is never raised once it has (a takeover never runs at `SCHED_FIFO`).
+    /// is put back then as it was (its nice value kept), and is never raised once it has
+    /// (a takeover never runs at `SCHED_FIFO`).
     #[test]
     fn the_woken_thread_runs_first_only_until_it_has_seen_the_ring() {
-        use super::super::sched::{own_policy_and_slice, run_first};
+        use super::super::sched::{own_policy_and_prio, run_first, set_own_nice};
         let fifo_allowed = std::thread::spawn(|| run_first(0)).join().unwrap();
         std::thread::spawn(move || {
-            let me = rustix::thread::gettid().as_raw_nonzero().get();
-            let policy = || own_policy_and_slice().unwrap().0;
-            let (word, bell, w) = watching(4242, me);
+            set_own_nice(2);
+            let before = own_policy_and_prio().unwrap();
+            let (word, bell, w) = watching(4242, true);
             mark_dead(word);
             wait_rung(&bell);
             let expected = if fifo_allowed {
@@ -400,16 +410,16 @@ mod tests {
             } else {
                 libc::SCHED_OTHER
             };
-            assert_eq!(policy(), expected as i64);
+            assert_eq!(own_policy_and_prio().unwrap().0, expected as i64);
             w.rung();
-            assert_eq!(policy(), libc::SCHED_OTHER as i64);
+            assert_eq!(own_policy_and_prio().unwrap(), before);
 
             // Seen (or left by another way) before the ring: never raised.
-            let (word, bell, w) = watching(4243, me);
+            let (word, bell, w) = watching(4243, true);
             w.rung();
             mark_dead(word);
             wait_rung(&bell);
-            assert_eq!(policy(), libc::SCHED_OTHER as i64);
+            assert_eq!(own_policy_and_prio().unwrap(), before);
             drop(w);
         })
         .join()

@@ -1,35 +1,33 @@
-//! Who runs first when woken: the scheduling of ham's own threads.
+//! Who runs first when woken: the scheduling of the threads of a takeover.
 //!
 //! A takeover is a chain of wake-ups (the HAM's death wakes the Guardian's lock watcher,
 //! whose ring wakes the Guardian's loop), and on a box this small each link can land on the
 //! CPU where the dead HAM is still being torn down (0.5 ms of the kernel closing its
 //! descriptors and unmapping its memory, not preempted there): measured on the 2-CPU
 //! machine of `docs/BENCHMARKS.md`, the loop saw the ring a median 0.28 ms after it was
-//! rung, up to 1.4 ms. Three settings take that off the takeover:
+//! rung, up to 1.4 ms. So:
 //!
-//! * the main threads of the HAM and the Guardian run with the shortest time slice the
-//!   kernel allows ([`short_slice`], 0.1 ms; 6.12+): woken, they preempt a thread of the
-//!   default slice (1.4 ms on that machine) rather than wait for it;
-//! * the lock watcher sleeps at `SCHED_FIFO` priority 1 ([`run_first`]): woken once, at
-//!   the HAM's death, it is put on a CPU at once; it raises the Guardian's loop the same
-//!   way just before it rings (the loop lowers itself back as soon as it sees the ring),
-//!   then runs as `SCHED_IDLE` ([`give_way`]);
-//! * none of it is inherited: a child (an entity, the next Guardian) or a thread starts
-//!   with the default policy and slice (`SCHED_FLAG_RESET_ON_FORK`).
+//! * the lock watcher sleeps at `SCHED_FIFO` priority 1 ([`run_first`]): woken once, at the
+//!   HAM's death, it is put on a CPU at once;
+//! * just before it rings, it raises the Guardian's loop the same way, and the loop puts
+//!   back what it had ([`Attr::restore`]: policy, nice value, slice, as the operator set
+//!   them) as soon as it sees the HAM gone, before any takeover work;
+//! * then the watcher runs as `SCHED_IDLE` ([`give_way`]).
 //!
-//! Each is a request: refused (no `CAP_SYS_NICE` for `SCHED_FIFO`, a kernel before 6.12
-//! for the slice), ham runs as before.
+//! `SCHED_FIFO` is not inherited (`SCHED_FLAG_RESET_ON_FORK`), and nothing forks while it
+//! holds. Each setting is a request: refused (no `CAP_SYS_NICE`), ham runs as before.
 
 /// `struct sched_attr` of `sched_setattr(2)`, as far as its `SCHED_FLAG_UTIL_CLAMP` fields
-/// (the size it says is the size the kernel reads).
+/// (the size it says is the size the kernel reads or writes).
 #[repr(C)]
+#[derive(Default)]
 struct SchedAttr {
     size: u32,
     policy: u32,
     flags: u64,
     nice: i32,
     priority: u32,
-    /// For `SCHED_OTHER` (6.12+): the time slice asked for, in ns (0.1–100 ms).
+    /// For `SCHED_OTHER` (6.12+): the time slice asked for, in ns (0: the default).
     runtime: u64,
     deadline: u64,
     period: u64,
@@ -39,45 +37,73 @@ struct SchedAttr {
 
 const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
-/// The shortest slice the kernel grants (`NSEC_PER_MSEC / 10`).
-const SHORT_SLICE_NS: u64 = 100_000;
+const ATTR_SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
 
-fn set_attr(tid: i32, policy: i32, priority: u32, runtime: u64) -> bool {
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: policy as u32,
-        flags: SCHED_FLAG_RESET_ON_FORK,
-        nice: 0,
-        priority,
-        runtime,
-        deadline: 0,
-        period: 0,
-        util_min: 0,
-        util_max: 0,
-    };
-    // SAFETY: `sched_setattr` reads `attr`, a valid `sched_attr` on our stack whose `size`
-    // field is its size; it changes only the scheduling of thread `tid` (0: the caller).
+fn set(tid: i32, attr: &SchedAttr) -> bool {
+    // SAFETY: `sched_setattr` reads `attr`, a valid `sched_attr` whose `size` field is its
+    // size; it changes only the scheduling of thread `tid` (0: the caller).
     let r = unsafe {
         libc::syscall(
             libc::SYS_sched_setattr,
             tid,
-            &raw const attr,
+            attr as *const SchedAttr,
             0 as libc::c_uint,
         )
     };
     r == 0
 }
 
-/// The calling thread as a normal (`SCHED_OTHER`) one with the shortest slice. Whether the
-/// kernel took it.
-pub fn short_slice() -> bool {
-    set_attr(0, libc::SCHED_OTHER, 0, SHORT_SLICE_NS)
+fn set_policy(tid: i32, policy: i32, priority: u32) -> bool {
+    set(
+        tid,
+        &SchedAttr {
+            size: ATTR_SIZE,
+            policy: policy as u32,
+            flags: SCHED_FLAG_RESET_ON_FORK,
+            priority,
+            ..SchedAttr::default()
+        },
+    )
 }
 
-/// Thread `tid` (0: the calling one) at `SCHED_FIFO` priority 1. Whether the kernel took
-/// it (it needs `CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at least 1).
+/// A thread's scheduling as it was, to be put back by [`Attr::restore`].
+pub struct Attr(SchedAttr);
+
+impl Attr {
+    /// The calling thread's (`None` if the kernel would not say).
+    pub fn current() -> Option<Self> {
+        let mut attr = SchedAttr::default();
+        // SAFETY: `sched_getattr` writes at most `ATTR_SIZE` bytes (the size of `attr`, on
+        // our stack and valid for writes) about the calling thread (0).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                0,
+                &raw mut attr,
+                ATTR_SIZE as libc::c_uint,
+                0 as libc::c_uint,
+            )
+        };
+        (r == 0).then(|| {
+            attr.size = ATTR_SIZE;
+            // Utilisation clamps it may report are not asked back (they need rights of
+            // their own): the policy, nice value, slice and reset-on-fork are.
+            attr.flags &= SCHED_FLAG_RESET_ON_FORK;
+            Self(attr)
+        })
+    }
+
+    /// Puts the calling thread back as it was. Whether the kernel took it.
+    pub fn restore(&self) -> bool {
+        set(0, &self.0)
+    }
+}
+
+/// Thread `tid` (0: the calling one) at `SCHED_FIFO` priority 1, not inherited by what it
+/// forks. Whether the kernel took it (it needs `CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at
+/// least 1).
 pub fn run_first(tid: i32) -> bool {
-    set_attr(tid, libc::SCHED_FIFO, 1, 0)
+    set_policy(tid, libc::SCHED_FIFO, 1)
 }
 
 /// Makes the calling thread run only on a CPU nothing else wants (`SCHED_IDLE`), and gives
@@ -86,22 +112,31 @@ pub fn run_first(tid: i32) -> bool {
 /// queued on this CPU, and a change of policy alone does not make the running thread give
 /// way (the loop saw the ring a median 0.28 ms after it, 0.08 ms with the yield).
 pub fn give_way() {
-    let _ = set_attr(0, libc::SCHED_IDLE, 0, 0);
+    let _ = set_policy(0, libc::SCHED_IDLE, 0);
     std::thread::yield_now();
 }
 
-/// The calling thread's policy and slice, from `/proc/thread-self/sched` (for the tests).
+/// The calling thread's policy and static priority (120 + its nice value, for a normal
+/// thread), from `/proc/thread-self/sched` (for the tests).
 #[cfg(test)]
-pub(crate) fn own_policy_and_slice() -> Option<(i64, i64)> {
+pub(crate) fn own_policy_and_prio() -> Option<(i64, i64)> {
     let text = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
     let field = |name: &str| {
         text.lines()
             .find(|l| l.split(':').next().map(str::trim) == Some(name))
             .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as i64)
+            .and_then(|v| v.trim().parse::<i64>().ok())
     };
-    Some((field("policy")?, field("se.slice").unwrap_or(-1)))
+    Some((field("policy")?, field("prio")?))
+}
+
+/// Sets the calling thread's nice value (raising it needs no privilege; for the tests).
+#[cfg(test)]
+pub(crate) fn set_own_nice(n: i32) {
+    let tid = rustix::thread::gettid().as_raw_nonzero().get();
+    // SAFETY: setpriority changes only the nice value of thread `tid`, the caller.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, n) };
+    assert_eq!(r, 0, "setpriority");
 }
 
 #[cfg(test)]
@@ -109,37 +144,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_slice_is_not_inherited_by_a_thread() {
-        let t = std::thread::spawn(|| {
-            if !short_slice() {
-                eprintln!("skipped: this kernel has no custom slices");
-                return;
-            }
-            let (policy, slice) = own_policy_and_slice().expect("/proc/thread-self/sched");
-            assert_eq!(policy, libc::SCHED_OTHER as i64);
-            if slice >= 0 {
-                assert_eq!(slice as u64, SHORT_SLICE_NS);
-            }
-            let child = std::thread::spawn(|| own_policy_and_slice().unwrap())
-                .join()
-                .unwrap();
-            assert_eq!(child.0, libc::SCHED_OTHER as i64);
-            if child.1 >= 0 {
-                assert_ne!(child.1 as u64, SHORT_SLICE_NS, "the slice was inherited");
-            }
-        });
-        t.join().unwrap();
-    }
-
-    #[test]
-    fn first_then_idle_then_back() {
-        let t = std::thread::spawn(|| {
+    fn first_then_put_back_as_it_was_and_first_is_not_inherited() {
+        std::thread::spawn(|| {
+            set_own_nice(3);
+            let before = own_policy_and_prio().unwrap();
+            assert_eq!(before, (libc::SCHED_OTHER as i64, 123));
+            let saved = Attr::current().expect("sched_getattr");
             if !run_first(0) {
                 eprintln!("skipped: SCHED_FIFO refused here");
                 return;
             }
-            assert_eq!(own_policy_and_slice().unwrap().0, libc::SCHED_FIFO as i64);
-            let child = std::thread::spawn(|| own_policy_and_slice().unwrap())
+            assert_eq!(own_policy_and_prio().unwrap().0, libc::SCHED_FIFO as i64);
+            let child = std::thread::spawn(|| own_policy_and_prio().unwrap())
                 .join()
                 .unwrap();
             assert_eq!(
@@ -147,11 +163,12 @@ mod tests {
                 libc::SCHED_OTHER as i64,
                 "SCHED_FIFO was inherited"
             );
+            assert!(saved.restore());
+            assert_eq!(own_policy_and_prio().unwrap(), before, "not put back");
             give_way();
-            assert_eq!(own_policy_and_slice().unwrap().0, libc::SCHED_IDLE as i64);
-            assert!(short_slice());
-            assert_eq!(own_policy_and_slice().unwrap().0, libc::SCHED_OTHER as i64);
-        });
-        t.join().unwrap();
+            assert_eq!(own_policy_and_prio().unwrap().0, libc::SCHED_IDLE as i64);
+        })
+        .join()
+        .unwrap();
     }
 }
