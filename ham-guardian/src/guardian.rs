@@ -915,26 +915,47 @@ mod tests {
     /// A process handed over that dies after the HAM (killed with it, its exit done a
     /// little later) is known dead when the adoption looks, not only if it was dead when
     /// the Guardian saw the HAM go; those seen dying before are kept.
-    #[test]
-    fn deaths_are_looked_at_again_when_the_adoption_begins() {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
+    /// A `sleep` killed and reaped when dropped (should an assertion fail first), and its
+    /// pidfd.
+    struct Sleeper(std::process::Child);
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    fn sleeper() -> (Sleeper, OwnedFd, i32) {
+        let child = Sleeper(
+            std::process::Command::new("sleep")
+                .arg("100")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id() as i32;
         let pidfd = rustix::process::pidfd_open(
             rustix::process::Pid::from_raw(pid).unwrap(),
             rustix::process::PidfdFlags::empty(),
         )
         .unwrap();
+        (child, pidfd, pid)
+    }
+
+    /// Registers `pidfd` in `epoll` as slot `key`'s, as the Guardian's loop does.
+    fn watch_slot(epoll: &OwnedFd, pidfd: &OwnedFd, key: u64) {
         epoll::add(
-            &epoll,
-            &pidfd,
-            epoll::EventData::new_u64(TOK_PIDFD | 7),
+            epoll,
+            pidfd,
+            epoll::EventData::new_u64(TOK_PIDFD | key),
             epoll::EventFlags::IN,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn deaths_are_looked_at_again_when_the_adoption_begins() {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let (child, pidfd, pid) = sleeper();
+        watch_slot(&epoll, &pidfd, 7);
         let passed = HashMap::from([(
             7,
             Passed {
@@ -950,8 +971,7 @@ mod tests {
         // Alive when the HAM was seen dead.
         let at_the_hams_death = deaths();
         assert_eq!(deaths().now(&passed), HashSet::from([(3, 42)]));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
         assert_eq!(
             at_the_hams_death.now(&passed),
             HashSet::from([(3, 42), (7, pid)])
@@ -960,41 +980,12 @@ mod tests {
 
     #[test]
     fn a_replaced_pidfd_still_in_the_set_does_not_make_its_successor_dead() {
-        /// Killed and reaped when dropped, should an assertion fail first.
-        struct Sleeper(std::process::Child);
-        impl Drop for Sleeper {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-        let spawn = || {
-            let child = Sleeper(
-                std::process::Command::new("sleep")
-                    .arg("100")
-                    .spawn()
-                    .unwrap(),
-            );
-            let pidfd = rustix::process::pidfd_open(
-                rustix::process::Pid::from_raw(child.0.id() as i32).unwrap(),
-                rustix::process::PidfdFlags::empty(),
-            )
-            .unwrap();
-            (child, pidfd)
-        };
         // Slot 7's first process, registered, then replaced: its registration stays while
         // a descriptor of it is open (the dying HAM's copy).
-        let (old, old_fd) = spawn();
-        epoll::add(
-            &epoll,
-            &old_fd,
-            epoll::EventData::new_u64(TOK_PIDFD | 7),
-            epoll::EventFlags::IN,
-        )
-        .unwrap();
-        let (new, new_fd) = spawn();
-        let new_pid = new.0.id() as i32;
+        let (old, old_fd, _) = sleeper();
+        watch_slot(&epoll, &old_fd, 7);
+        let (new, new_fd, new_pid) = sleeper();
         let passed = HashMap::from([(
             7,
             Passed {
@@ -1003,13 +994,7 @@ mod tests {
                 pidfd: new_fd.try_clone().unwrap(),
             },
         )]);
-        epoll::add(
-            &epoll,
-            &new_fd,
-            epoll::EventData::new_u64(TOK_PIDFD | 7),
-            epoll::EventFlags::IN,
-        )
-        .unwrap();
+        watch_slot(&epoll, &new_fd, 7);
         let deaths = || Deaths {
             seen: HashSet::new(),
             set: Some(epoll.try_clone().unwrap()),

@@ -115,10 +115,8 @@ pub struct Watcher {
 /// ([`Watcher::rung`]). One lock orders the two: a thread put back (or that never needed it)
 /// is never raised afterwards, so a takeover never runs at `SCHED_FIFO`.
 struct Raise {
-    /// The thread (0: none).
-    tid: i32,
-    /// Its scheduling before the raise.
-    saved: Option<super::sched::Attr>,
+    /// The thread, and its scheduling before the raise (`None`: nothing is raised).
+    target: Option<(i32, super::sched::Attr)>,
     state: std::sync::Mutex<RaiseState>,
 }
 
@@ -150,14 +148,12 @@ impl Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let saw_owner = Arc::new(AtomicBool::new(false));
         // Only a thread whose scheduling can be put back is raised.
-        let saved = raise.then(super::sched::Attr::current).flatten();
+        let target = raise
+            .then(super::sched::Attr::current)
+            .flatten()
+            .map(|saved| (rustix::thread::gettid().as_raw_nonzero().get(), saved));
         let raise = Arc::new(Raise {
-            tid: if saved.is_some() {
-                rustix::thread::gettid().as_raw_nonzero().get()
-            } else {
-                0
-            },
-            saved,
+            target,
             state: std::sync::Mutex::new(RaiseState::Armed),
         });
         let (stopped, saw, raising) = (stop.clone(), saw_owner.clone(), raise.clone());
@@ -186,7 +182,7 @@ impl Watcher {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let (RaiseState::Raised, Some(saved)) = (*state, &self.raise.saved) {
+        if let (RaiseState::Raised, Some((_, saved))) = (*state, &self.raise.target) {
             saved.restore();
         }
         *state = RaiseState::Done;
@@ -254,12 +250,12 @@ fn watch(
             // (unmapping its stack) would take the CPU the takeover's thread was woken on.
             Seen::Died => {
                 if let Some(f) = then.take() {
-                    if raise.tid > 0 {
+                    if let Some((tid, _)) = raise.target {
                         let mut state = raise
                             .state
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        if *state == RaiseState::Armed && super::sched::run_first(raise.tid) {
+                        if *state == RaiseState::Armed && super::sched::run_first(tid) {
                             *state = RaiseState::Raised;
                         }
                     }
@@ -333,19 +329,7 @@ mod tests {
         holder.join().unwrap();
         // The holder's death is told by the kernel as the thread exits; 10 s is only a
         // bound for a watcher that missed it.
-        let mut fds = [rustix::event::PollFd::new(
-            &bell,
-            rustix::event::PollFlags::IN,
-        )];
-        let ten = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        let n = rustix::event::poll(&mut fds, Some(&ten)).unwrap();
-        assert_eq!(
-            n, 1,
-            "the watcher did not ring within 10 s of the holder's exit"
-        );
+        wait_rung(&bell);
         let mut buf = [0u8; 8];
         rustix::io::read(&bell, &mut buf).unwrap();
         assert_eq!(u64::from_ne_bytes(buf), 1);
