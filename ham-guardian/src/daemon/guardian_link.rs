@@ -462,6 +462,15 @@ pub(super) enum GuardianStart {
 pub(super) const GUARDIAN_HOLD_NS: u64 = 100_000_000;
 
 impl Daemon {
+    /// Whether a Guardian is held by the takeover (see [`GuardianStart::Held`]).
+    pub(super) fn guardian_held(&self) -> bool {
+        self.guardian
+            .proc
+            .as_ref()
+            .and_then(|g| g.execing.as_ref())
+            .is_some_and(|x| x.held())
+    }
+
     /// Lets a Guardian held by the takeover go (see [`GuardianStart::Held`]).
     pub(super) fn release_guardian(&mut self) {
         if let Some(x) = self.guardian.proc.as_mut().and_then(|g| g.execing.as_mut()) {

@@ -244,6 +244,8 @@ pub struct Daemon {
     fence_lease: u64,
     /// Entities whose released child's `execve` is not known yet (`settle_exec`).
     execing: Vec<EntityId>,
+    /// How many deaths (pidfd events) the loop's current turn brought.
+    deaths_in_turn: usize,
     /// Settings to write through the cluster's master, the requests waiting for how it went,
     /// and the agent's request waiting for work.
     cluster_work: cluster::Work,
@@ -503,6 +505,10 @@ impl Daemon {
             }
             let turn_began = mono_ns();
             self.wrote(self.writer.set_liveness(turn_began));
+            self.deaths_in_turn = events
+                .iter()
+                .filter(|ev| matches!(Token::decode(ev.data.u64()), Some(Token::Pidfd(_))))
+                .count();
             for ev in events.drain(..) {
                 let token = Token::decode(ev.data.u64());
                 // Deaths are handled for a bounded time per turn; the rest come back at the

@@ -476,6 +476,7 @@ impl Daemon {
             fence_at: 0,
             fence_lease: 0,
             execing: Vec::new(),
+            deaths_in_turn: 0,
             cluster_work: Default::default(),
             next_conn: 0,
             entities: Default::default(),

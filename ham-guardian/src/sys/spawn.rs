@@ -1495,6 +1495,34 @@ impl Execing {
         self.child.pump(false).unwrap_or(true)
     }
 
+    /// Waits at most `ns` for what [`ready`](Self::ready) tells: the child past `execve` or
+    /// dead.
+    pub fn ready_within(&mut self, ns: u64) -> bool {
+        let end = ham_core::clock::mono_ns() + ns;
+        loop {
+            if self.ready() {
+                return true;
+            }
+            let now = ham_core::clock::mono_ns();
+            if now >= end {
+                return false;
+            }
+            let left = end - now;
+            let ts = rustix::event::Timespec {
+                tv_sec: (left / 1_000_000_000) as i64,
+                tv_nsec: (left % 1_000_000_000) as i64,
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                &self.child.status,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Waits until the child is past `execve` or dead: `Err` with the errno of a failed
     /// preparation or `execve`.
     pub fn finish(mut self) -> io::Result<()> {
@@ -1777,6 +1805,36 @@ mod tests {
         assert_eq!(wait_status(&pidfd).exit_status(), Some(7));
         assert!(execing.held());
         execing.finish().unwrap();
+    }
+
+    /// A start waited for as `vfork` would (see `Daemon::spawn`): the wait ends with the
+    /// `execve`, and a child that does not get there (held here, as one someone stopped
+    /// would be) holds its parent no longer than the bound.
+    #[test]
+    fn ready_within_ends_at_the_execve_or_at_its_bound() {
+        let (_, pidfd, mut execing) = spec("exit 3").fork().unwrap().release_detached();
+        assert!(
+            execing.ready_within(10_000_000_000),
+            "no execve within 10 s"
+        );
+        execing.finish().unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(3));
+
+        let mut s = spec("exit 4");
+        s.exec_if_orphaned();
+        let (_, pidfd, mut execing) = s.fork().unwrap().hold();
+        assert!(
+            !execing.ready_within(20_000_000),
+            "a held child reached execve"
+        );
+        assert!(execing.held());
+        execing.release();
+        assert!(
+            execing.ready_within(10_000_000_000),
+            "no execve within 10 s"
+        );
+        execing.finish().unwrap();
+        assert_eq!(wait_status(&pidfd).exit_status(), Some(4));
     }
 
     #[test]
