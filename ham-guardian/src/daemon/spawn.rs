@@ -167,10 +167,13 @@ impl Daemon {
             env.push(("HAM_SINGLETON".into(), e.cfg.name.clone()));
         }
         let out = e.out.as_ref().map(|(_, w)| w);
-        // A start alone: no other child between its fork and its `execve`, no other death
-        // in this turn, no start deferred, no takeover's Guardian held until the takeover's
+        // A restart alone: of a healthy entity (not a first start, and not a crash-looper,
+        // whose restarts, many a second, would each hold the loop until their `execve`),
+        // with no other child between its fork and its `execve`, no other death in this
+        // turn, no start deferred, no takeover's Guardian held until the takeover's
         // restarts are released (see below, at its release).
-        let alone = self.execing.is_empty()
+        let alone = healthy
+            && self.execing.is_empty()
             && self.deaths_in_turn <= 1
             && self.deferred.is_empty()
             && !self.guardian_held();
