@@ -912,9 +912,6 @@ mod tests {
         Some(0)
     }
 
-    /// A process handed over that dies after the HAM (killed with it, its exit done a
-    /// little later) is known dead when the adoption looks, not only if it was dead when
-    /// the Guardian saw the HAM go; those seen dying before are kept.
     /// A `sleep` killed and reaped when dropped (should an assertion fail first), and its
     /// pidfd.
     struct Sleeper(std::process::Child);
@@ -951,6 +948,9 @@ mod tests {
         .unwrap();
     }
 
+    /// A process handed over that dies after the HAM (killed with it, its exit done a
+    /// little later) is known dead when the adoption looks, not only if it was dead when
+    /// the Guardian saw the HAM go; those seen dying before are kept.
     #[test]
     fn deaths_are_looked_at_again_when_the_adoption_begins() {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();

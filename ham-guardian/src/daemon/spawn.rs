@@ -55,7 +55,7 @@ impl Deferred {
     }
 }
 
-/// How long a start alone waits for its child's `execve` (see [`Daemon::spawn`]).
+/// How long a restart alone waits for its child's `execve` (see [`Daemon::spawn`]).
 const EXEC_WAIT_NS: u64 = 1_000_000;
 
 /// A released child whose `execve` is not known yet, with what its start needs then.
@@ -239,16 +239,15 @@ impl Daemon {
         // Released without waiting for its `execve` (unless alone, below): meanwhile, what
         // was said about the death it replaces is written and that death's process reaped
         // (see `on_pidfd`), and the other deaths of the same wake-up are handled, their
-        // children exec'ing side by side. How the `execve` went is taken up when its status pipe says
-        // (`Token::Exec`), or before anything else may look at the entity (`settle_exec`).
+        // children exec'ing side by side. How the `execve` went is taken up when its status
+        // pipe says (`Token::Exec`), or before anything else may look at the entity
+        // (`settle_exec`).
         let (pid, pidfd, mut execing) = pending.release_detached();
         // Alone, it is waited for (at most `EXEC_WAIT_NS`: a child someone stopped does not
         // hold the loop) as `vfork` would: asleep, this CPU is the child's at once, with no
         // other CPU to wake, and what follows (the Guardian told, the logs, the reap) does
-        // not run ahead of it. Measured on the 2-vCPU VM of docs/BENCHMARKS.md, 1600
-        // restarts each: p99 4.18 → 2.83 ms (the bare loop's 1.78 and 1.76), median 1.145
-        // → 1.157 ms, against a child moved to another CPU; without the wait the median
-        // was 0.07 ms longer.
+        // not run ahead of it (the restart's p99 4.18 → 2.83 ms against a child moved to
+        // another CPU, the median the same: ARCHITECTURE, *Creating the child*).
         let exec_known = alone && execing.ready_within(EXEC_WAIT_NS);
         // The Guardian watches it from its release on: a HAM that hangs before it takes the
         // `execve` up is still fenced when the process dies (a failed `execve` is a death
