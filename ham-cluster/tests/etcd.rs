@@ -2,85 +2,29 @@
 //! leases, create-if-absent, the guarded write that a deposed master cannot make, and the
 //! watch. Skipped without `etcd` on PATH, unless `HAM_REQUIRE_ETCD=1`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ham_cluster::etcd::{Etcd, EtcdError, Event};
 
-struct Member(Child);
+#[path = "../../tests/support/etcd.rs"]
+mod support;
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// One etcd member of the test's own, and its client URL (None: skipped).
+fn etcd(dir: &std::path::Path) -> Option<(support::Member, String)> {
+    let bin = support::etcd_bin()?;
+    let mut members = support::start(&bin, dir, 1, "ham-cluster-test", Duration::from_secs(30));
+    let m = members.pop().unwrap();
+    let url = format!("http://127.0.0.1:{}", m.client);
+    Some((m, url))
 }
 
+/// A loopback port nothing listens on (taken by the kernel, then let go).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut t = String::new();
-    let _ = s.read_to_string(&mut t);
-    t.contains("\"health\":\"true\"")
-}
-
-/// One etcd member of the test's own, and its client URL (None: skipped).
-fn etcd(dir: &std::path::Path) -> Option<(Member, String)> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-    });
-    let Some(bin) = found else {
-        assert!(
-            std::env::var_os("HAM_REQUIRE_ETCD").is_none(),
-            "HAM_REQUIRE_ETCD is set and there is no etcd on PATH"
-        );
-        eprintln!("skipped: no etcd on PATH (apt-get install etcd-server)");
-        return None;
-    };
-    let (client, peer) = (free_port(), free_port());
-    let child = Command::new(bin)
-        .args(["--name", "m0", "--data-dir"])
-        .arg(dir.join("m0"))
-        .arg("--listen-client-urls")
-        .arg(format!("http://127.0.0.1:{client}"))
-        .arg("--advertise-client-urls")
-        .arg(format!("http://127.0.0.1:{client}"))
-        .arg("--listen-peer-urls")
-        .arg(format!("http://127.0.0.1:{peer}"))
-        .arg("--initial-advertise-peer-urls")
-        .arg(format!("http://127.0.0.1:{peer}"))
-        .arg("--initial-cluster")
-        .arg(format!("m0=http://127.0.0.1:{peer}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    let m = Member(child);
-    let until = Instant::now() + Duration::from_secs(30);
-    while !healthy(client) {
-        assert!(Instant::now() < until, "etcd not healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((m, format!("http://127.0.0.1:{client}")))
 }
 
 #[test]

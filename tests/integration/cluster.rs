@@ -7,29 +7,14 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::util::*;
 
-/// etcd's server, or `None` (the test is skipped, and says so).
-fn etcd_bin() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HAM_REQUIRE_ETCD").is_none(),
-            "HAM_REQUIRE_ETCD is set and there is no etcd on PATH (apt-get install etcd-server)"
-        );
-        eprintln!("skipped: no etcd on PATH (apt-get install etcd-server)");
-    }
-    found
-}
+use crate::etcd_support::{Member, etcd_bin};
 
 /// The agent ham runs for [cluster]: beside `ham` (cargo test --workspace builds it).
 fn agent_bin() -> PathBuf {
@@ -40,20 +25,6 @@ fn agent_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A plain HTTP GET on loopback: the body, if it answered.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split("\r\n\r\n").nth(1).map(str::to_owned)
 }
 
 /// A plain HTTP POST of JSON `body` on loopback (etcd's JSON gateway): the answer's body.
@@ -72,11 +43,6 @@ fn http_post(port: u16, path: &str, body: &str) -> Option<String> {
     text.split("\r\n\r\n").nth(1).map(str::to_owned)
 }
 
-struct Member {
-    child: Child,
-    client: u16,
-}
-
 /// An etcd cluster of the test's own: its members are the test's children, killed and
 /// reaped on drop.
 struct Etcd {
@@ -90,64 +56,9 @@ impl Etcd {
             .prefix("ham-etcd-")
             .tempdir()
             .unwrap();
-        // All held at once while they are chosen, so no two are the same.
-        let held: Vec<std::net::TcpListener> = (0..2 * n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let port = |k: usize| held[k].local_addr().unwrap().port();
-        let ports: Vec<(u16, u16)> = (0..n).map(|i| (port(2 * i), port(2 * i + 1))).collect();
-        drop(held);
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let token = unique_name("etcd");
-        let members = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(client, peer))| {
-                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-                let child = Command::new(bin)
-                    .arg("--name")
-                    .arg(format!("m{i}"))
-                    .arg("--data-dir")
-                    .arg(dir.path().join(format!("m{i}")))
-                    .arg("--listen-client-urls")
-                    .arg(format!("http://127.0.0.1:{client}"))
-                    .arg("--advertise-client-urls")
-                    .arg(format!("http://127.0.0.1:{client}"))
-                    .arg("--listen-peer-urls")
-                    .arg(format!("http://127.0.0.1:{peer}"))
-                    .arg("--initial-advertise-peer-urls")
-                    .arg(format!("http://127.0.0.1:{peer}"))
-                    .arg("--initial-cluster")
-                    .arg(initial.join(","))
-                    .arg("--initial-cluster-token")
-                    .arg(&token)
-                    .arg("--initial-cluster-state")
-                    .arg("new")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("etcd starts");
-                Member { child, client }
-            })
-            .collect();
-        let etcd = Etcd { _dir: dir, members };
-        for m in &etcd.members {
-            let deadline = std::time::Instant::now() + DEADLINE;
-            while !http_get(m.client, "/health").is_some_and(|b| b.contains("\"true\"")) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "etcd on port {} not healthy",
-                    m.client
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        etcd
+        let members =
+            crate::etcd_support::start(bin, dir.path(), n, &unique_name("etcd"), DEADLINE);
+        Etcd { _dir: dir, members }
     }
 
     fn url(&self, i: usize) -> String {
@@ -160,15 +71,6 @@ impl Etcd {
             sig,
         )
         .unwrap();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.child.kill();
-            let _ = m.child.wait();
-        }
     }
 }
 

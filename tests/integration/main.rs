@@ -6,6 +6,9 @@
 
 mod util;
 
+#[path = "../support/etcd.rs"]
+mod etcd_support;
+
 mod boot;
 mod capi;
 mod chaos;

@@ -1,0 +1,178 @@
+//! etcd members of a test's own, on loopback: shared by the integration tests
+//! (`tests/integration/cluster.rs`) and the agent's client tests (`ham-cluster/tests/etcd.rs`),
+//! which include this file by path.
+//!
+//! Ports: a port found free and then let go can be taken before etcd binds it, by another
+//! test's outgoing connection (those come from the kernel's ephemeral range) or by another
+//! test's etcd. So the ports are drawn below the ephemeral range, held together while they
+//! are chosen, and a member that exits before it is healthy (its log says why) has the whole
+//! set started again on fresh ports, a few times, before the test fails with that log.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One etcd member: the test's child, killed and reaped on drop.
+pub struct Member {
+    pub child: Child,
+    pub client: u16,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd's server on PATH, or `None`: the test is skipped and says so (it fails instead when
+/// `HAM_REQUIRE_ETCD` is set, as CI sets it).
+pub fn etcd_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HAM_REQUIRE_ETCD").is_none(),
+            "HAM_REQUIRE_ETCD is set and there is no etcd on PATH (apt-get install etcd-server)"
+        );
+        eprintln!("skipped: no etcd on PATH (apt-get install etcd-server)");
+    }
+    found
+}
+
+/// Whether the member on `port` answers `/health` with true.
+pub fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    t.contains("\"health\":\"true\"")
+}
+
+/// The lowest port of the kernel's ephemeral range (outgoing connections and `bind(:0)` take
+/// theirs from it); 32768 if it cannot be read.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `n` distinct loopback ports below the ephemeral range, each free when chosen (all held
+/// until the last is found).
+fn ports(n: usize, salt: u64) -> Vec<u16> {
+    let floor = u64::from(ephemeral_floor()).max(20_000);
+    let span = floor - 10_000;
+    // A start that differs between processes and attempts (std has no random numbers; the
+    // hasher's keys are random per process).
+    let mut h =
+        std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new());
+    std::hash::Hasher::write_u64(&mut h, salt);
+    let mut next = std::hash::Hasher::finish(&h) % span;
+    let mut held = Vec::new();
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = (10_000 + next) as u16;
+        next = (next + 7919) % span;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free loopback ports below {floor}");
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// The last lines of a member's log.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Starts an `n`-member cluster under `dir` (data and logs there) and returns once every
+/// member is healthy. Panics, with the member's log, if it cannot within `deadline`.
+pub fn start(bin: &Path, dir: &Path, n: usize, token: &str, deadline: Duration) -> Vec<Member> {
+    const ATTEMPTS: u64 = 5;
+    for attempt in 0..ATTEMPTS {
+        let base = dir.join(format!("try{attempt}"));
+        std::fs::create_dir_all(&base).unwrap();
+        let p = ports(2 * n, attempt ^ u64::from(std::process::id()));
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", p[2 * i + 1]))
+            .collect();
+        let logs: Vec<PathBuf> = (0..n).map(|i| base.join(format!("m{i}.log"))).collect();
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| {
+                let (client, peer) = (p[2 * i], p[2 * i + 1]);
+                let child = Command::new(bin)
+                    .arg("--name")
+                    .arg(format!("m{i}"))
+                    .arg("--data-dir")
+                    .arg(base.join(format!("m{i}")))
+                    .arg("--listen-client-urls")
+                    .arg(format!("http://127.0.0.1:{client}"))
+                    .arg("--advertise-client-urls")
+                    .arg(format!("http://127.0.0.1:{client}"))
+                    .arg("--listen-peer-urls")
+                    .arg(format!("http://127.0.0.1:{peer}"))
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(format!("http://127.0.0.1:{peer}"))
+                    .arg("--initial-cluster")
+                    .arg(initial.join(","))
+                    .arg("--initial-cluster-token")
+                    .arg(token)
+                    .arg("--initial-cluster-state")
+                    .arg("new")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&logs[i]).unwrap())
+                    .spawn()
+                    .expect("etcd starts");
+                Member { child, client }
+            })
+            .collect();
+        let until = Instant::now() + deadline;
+        let (i, status) = 'wait: loop {
+            let mut all = true;
+            for (i, m) in members.iter_mut().enumerate() {
+                if let Ok(Some(status)) = m.child.try_wait() {
+                    break 'wait (i, status);
+                }
+                all &= healthy(m.client);
+            }
+            if all {
+                return members;
+            }
+            assert!(
+                Instant::now() < until,
+                "etcd not healthy after {deadline:?} (ports {p:?}); member 0's log ends:\n{}",
+                tail(&logs[0])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let why = tail(&logs[i]);
+        eprintln!(
+            "etcd member m{i} exited ({status}) before it was healthy, attempt {}; its log ends:\n{why}",
+            attempt + 1
+        );
+        members.clear();
+    }
+    panic!("etcd: no attempt of {ATTEMPTS} started (see the logs above)");
+}
