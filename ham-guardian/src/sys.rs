@@ -18,7 +18,7 @@ pub use pidfd::{pidfd_exit_status, pidfd_info_exit_supported};
 pub use proc_connector::ProcConnector;
 pub(crate) use spawn::high_fd;
 pub use spawn::{
-    EXEC_FAILED, Execing, NOT_RELEASED, Pending, SpawnSpec, warm_up as warm_up_spawns,
+    EXEC_FAILED, Execing, NOT_RELEASED, Pending, SpawnSpec, stock_pipes, warm_up as warm_up_spawns,
 };
 
 /// Bytes written on the socket `fd` that its peer has not read yet (`SIOCOUTQ`, which is

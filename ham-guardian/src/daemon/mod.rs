@@ -489,6 +489,11 @@ impl Daemon {
             events.clear();
             // A dead process's pidfd is readable for ever: out of the set before waiting.
             self.unwatch_dead();
+            // The next child's pipes, made while nothing waits for them (not while children
+            // of a storm are still starting: their turns come first).
+            if self.execing.is_empty() {
+                sys::stock_pipes();
+            }
             // With spawns still deferred, look at what came in and come straight back.
             if self.stops_left && self.shutdown.is_some() {
                 self.stop_next_layer();
