@@ -156,6 +156,20 @@ fn the_process_log_and_status_tell_takeovers_guardian_replacements_and_failed_st
                 .is_some_and(|t| t.contains("cannot start"))),
         "{log:?}"
     );
+    // The restart is said (at its release, or here before its failed start) before what
+    // its start says, in the process log and in ham's.
+    let first = |action: &str| log.iter().position(|r| r["action"] == action);
+    assert!(
+        matches!((first("restart"), first("backoff")), (Some(r), Some(b)) if r < b),
+        "{log:?}"
+    );
+    let err = ham.stderr();
+    let at = |what: &str| err.find(what);
+    assert!(
+        matches!((at("b: pid"), at("restarting (restart 1)"), at("b: cannot start")),
+            (Some(d), Some(r), Some(c)) if d < r && r < c),
+        "{err}"
+    );
 
     // The Guardian killed: replaced, and the process log says so under `[ham]`.
     let (h, g) = (

@@ -65,6 +65,8 @@ impl RateLimit {
 impl Daemon {
     /// Writes a log line of `kind` unless one was written less than a second ago.
     pub(super) fn say_limited(&mut self, kind: &'static str, msg: std::fmt::Arguments) {
+        // After a restart not said yet (a cgroup's trouble while its replacement starts).
+        self.say_restart();
         if let Some(left_out) = self.limited.allow(kind, crate::mono_ns()) {
             if left_out > 0 {
                 log(

@@ -246,6 +246,8 @@ pub struct Daemon {
     execing: Vec<EntityId>,
     /// How many deaths (pidfd events) the loop's current turn brought.
     deaths_in_turn: usize,
+    /// A restart whose lines are still to be said (`lifecycle::RestartSaid`).
+    restart_unsaid: Option<lifecycle::RestartSaid>,
     /// Settings to write through the cluster's master, the requests waiting for how it went,
     /// and the agent's request waiting for work.
     cluster_work: cluster::Work,

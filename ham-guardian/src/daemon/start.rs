@@ -477,6 +477,7 @@ impl Daemon {
             fence_lease: 0,
             execing: Vec::new(),
             deaths_in_turn: 0,
+            restart_unsaid: None,
             cluster_work: Default::default(),
             next_conn: 0,
             entities: Default::default(),
