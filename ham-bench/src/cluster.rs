@@ -6,8 +6,6 @@
 //! failover built on etcd leases waits for. Each round then lets the agent go on and waits
 //! for the view to re-form with all three. Needs `etcd` on PATH (Debian's `etcd-server`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,31 +22,8 @@ const TTL_S: u64 = 2;
 const NODES: [&str; 3] = ["a", "b", "c"];
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Processes this scenario started, killed and reaped however it ends.
-struct Owned(Vec<Child>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut t = String::new();
-    let _ = s.read_to_string(&mut t);
-    t.contains("\"health\":\"true\"")
-}
+#[path = "../../tests/support/etcd.rs"]
+mod etcd_support;
 
 fn until(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let end = Instant::now() + WAIT;
@@ -198,51 +173,9 @@ fn run(
     dir: &Path,
     rounds: usize,
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    // Ports chosen together, so no two are the same.
-    let held: Vec<std::net::TcpListener> = (0..6)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| format!("bind: {e}"))?;
-    let ports: Vec<u16> = held
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
-        .collect();
-    drop(held);
-    let initial: Vec<String> = (0..3)
-        .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
-        .collect();
-    let mut owned = Owned(Vec::new());
-    for i in 0..3 {
-        let (client, peer) = (ports[2 * i], ports[2 * i + 1]);
-        let log = std::fs::File::create(dir.join(format!("etcd{i}.log")))
-            .map_err(|e| format!("log: {e}"))?;
-        let child = Command::new(etcd)
-            .arg("--name")
-            .arg(format!("m{i}"))
-            .arg("--data-dir")
-            .arg(dir.join(format!("m{i}")))
-            .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-cluster")
-            .arg(initial.join(","))
-            .arg("--initial-cluster-token")
-            .arg(format!("hb{}", ctx.pid))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("etcd: {e}"))?;
-        owned.0.push(child);
-    }
-    for i in 0..3 {
-        until("etcd healthy", || healthy(ports[2 * i]))?;
-    }
+    // Ports below the ephemeral range, started again on fresh ones if a member exits before
+    // it is healthy (another process took one meanwhile): shared with the tests.
+    let members = etcd_support::start(etcd, dir, 3, &format!("hb{}", ctx.pid), WAIT)?;
     let resource = dir.join("resource");
     let cluster = format!("hb{}", ctx.pid);
     let mut nodes = Vec::new();
@@ -259,7 +192,7 @@ fn run(
              command = [\"/bin/sh\", \"-c\", \"while :; do echo \\\"$HAM_FENCING_TOKEN $NODE $(date +%s%N)\\\" \
              >> {}; sleep 0.005; done\"]\n",
             ctx.instance_prefix(),
-            ports[2 * i],
+            members[i].client,
             agent.display(),
             resource.display()
         );
@@ -285,7 +218,7 @@ fn run(
         let _ = n.child.kill();
         let _ = n.child.wait();
     }
-    drop(owned);
+    drop(members);
     result
 }
 

@@ -12,7 +12,8 @@ mod support;
 /// One etcd member of the test's own, and its client URL (None: skipped).
 fn etcd(dir: &std::path::Path) -> Option<(support::Member, String)> {
     let bin = support::etcd_bin()?;
-    let mut members = support::start(&bin, dir, 1, "ham-cluster-test", Duration::from_secs(30));
+    let mut members = support::start(&bin, dir, 1, "ham-cluster-test", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
     let m = members.pop().unwrap();
     let url = format!("http://127.0.0.1:{}", m.client);
     Some((m, url))

@@ -57,7 +57,8 @@ impl Etcd {
             .tempdir()
             .unwrap();
         let members =
-            crate::etcd_support::start(bin, dir.path(), n, &unique_name("etcd"), DEADLINE);
+            crate::etcd_support::start(bin, dir.path(), n, &unique_name("etcd"), DEADLINE)
+                .unwrap_or_else(|e| panic!("{e}"));
         Etcd { _dir: dir, members }
     }
 

@@ -1,6 +1,7 @@
 //! etcd members of a test's own, on loopback: shared by the integration tests
-//! (`tests/integration/cluster.rs`) and the agent's client tests (`ham-cluster/tests/etcd.rs`),
-//! which include this file by path.
+//! (`tests/integration/cluster.rs`), the agent's client tests (`ham-cluster/tests/etcd.rs`)
+//! and the benchmark's `cluster_failover` (`ham-bench/src/cluster.rs`), which include this
+//! file by path.
 //!
 //! Ports: a port found free and then let go can be taken before etcd binds it, by another
 //! test's outgoing connection (those come from the kernel's ephemeral range) or by another
@@ -73,7 +74,7 @@ fn ephemeral_floor() -> u16 {
 
 /// `n` distinct loopback ports below the ephemeral range, each free when chosen (all held
 /// until the last is found).
-fn ports(n: usize, salt: u64) -> Vec<u16> {
+fn ports(n: usize, salt: u64) -> Result<Vec<u16>, String> {
     let floor = u64::from(ephemeral_floor()).max(20_000);
     let span = floor - 10_000;
     // A start that differs between processes and attempts (std has no random numbers; the
@@ -93,9 +94,11 @@ fn ports(n: usize, salt: u64) -> Vec<u16> {
             held.push(l);
         }
     }
-    assert_eq!(held.len(), n, "no {n} free loopback ports below {floor}");
+    if held.len() < n {
+        return Err(format!("no {n} free loopback ports below {floor}"));
+    }
     held.iter()
-        .map(|l| l.local_addr().unwrap().port())
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
         .collect()
 }
 
@@ -107,47 +110,54 @@ fn tail(path: &Path) -> String {
 }
 
 /// Starts an `n`-member cluster under `dir` (data and logs there) and returns once every
-/// member is healthy. Panics, with the member's log, if it cannot within `deadline`.
-pub fn start(bin: &Path, dir: &Path, n: usize, token: &str, deadline: Duration) -> Vec<Member> {
+/// member is healthy; if it cannot within `deadline`, why, with the member's log.
+pub fn start(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    token: &str,
+    deadline: Duration,
+) -> Result<Vec<Member>, String> {
     const ATTEMPTS: u64 = 5;
     for attempt in 0..ATTEMPTS {
         let base = dir.join(format!("try{attempt}"));
-        std::fs::create_dir_all(&base).unwrap();
-        let p = ports(2 * n, attempt ^ u64::from(std::process::id()));
+        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        let p = ports(2 * n, attempt ^ u64::from(std::process::id()))?;
         let initial: Vec<String> = (0..n)
             .map(|i| format!("m{i}=http://127.0.0.1:{}", p[2 * i + 1]))
             .collect();
         let logs: Vec<PathBuf> = (0..n).map(|i| base.join(format!("m{i}.log"))).collect();
-        let mut members: Vec<Member> = (0..n)
-            .map(|i| {
-                let (client, peer) = (p[2 * i], p[2 * i + 1]);
-                let child = Command::new(bin)
-                    .arg("--name")
-                    .arg(format!("m{i}"))
-                    .arg("--data-dir")
-                    .arg(base.join(format!("m{i}")))
-                    .arg("--listen-client-urls")
-                    .arg(format!("http://127.0.0.1:{client}"))
-                    .arg("--advertise-client-urls")
-                    .arg(format!("http://127.0.0.1:{client}"))
-                    .arg("--listen-peer-urls")
-                    .arg(format!("http://127.0.0.1:{peer}"))
-                    .arg("--initial-advertise-peer-urls")
-                    .arg(format!("http://127.0.0.1:{peer}"))
-                    .arg("--initial-cluster")
-                    .arg(initial.join(","))
-                    .arg("--initial-cluster-token")
-                    .arg(token)
-                    .arg("--initial-cluster-state")
-                    .arg("new")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&logs[i]).unwrap())
-                    .spawn()
-                    .expect("etcd starts");
-                Member { child, client }
-            })
-            .collect();
+        let mut members: Vec<Member> = Vec::with_capacity(n);
+        for i in 0..n {
+            let (client, peer) = (p[2 * i], p[2 * i + 1]);
+            let log = std::fs::File::create(&logs[i])
+                .map_err(|e| format!("{}: {e}", logs[i].display()))?;
+            let child = Command::new(bin)
+                .arg("--name")
+                .arg(format!("m{i}"))
+                .arg("--data-dir")
+                .arg(base.join(format!("m{i}")))
+                .arg("--listen-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-cluster")
+                .arg(initial.join(","))
+                .arg("--initial-cluster-token")
+                .arg(token)
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            members.push(Member { child, client });
+        }
         let until = Instant::now() + deadline;
         let (i, status) = 'wait: loop {
             let mut all = true;
@@ -158,13 +168,14 @@ pub fn start(bin: &Path, dir: &Path, n: usize, token: &str, deadline: Duration) 
                 all &= healthy(m.client);
             }
             if all {
-                return members;
+                return Ok(members);
             }
-            assert!(
-                Instant::now() < until,
-                "etcd not healthy after {deadline:?} (ports {p:?}); member 0's log ends:\n{}",
-                tail(&logs[0])
-            );
+            if Instant::now() >= until {
+                return Err(format!(
+                    "etcd not healthy after {deadline:?} (ports {p:?}); member 0's log ends:\n{}",
+                    tail(&logs[0])
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         let why = tail(&logs[i]);
@@ -174,5 +185,7 @@ pub fn start(bin: &Path, dir: &Path, n: usize, token: &str, deadline: Duration) 
         );
         members.clear();
     }
-    panic!("etcd: no attempt of {ATTEMPTS} started (see the logs above)");
+    Err(format!(
+        "etcd: no attempt of {ATTEMPTS} started (see the logs above)"
+    ))
 }
