@@ -1297,19 +1297,6 @@ fn guardians_that_cannot_start_are_started_again_ever_later_not_in_a_busy_loop()
     assert_eq!(entity_processes(&ham.name, "app"), vec![pid_of(&s, "app")]);
 }
 
-/// Whether a zombie `ham` (a forked child that never ran its program) waits for init.
-fn orphaned_ham_zombies() -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
-            let Some((comm, rest)) = st.split_once(") ") else {
-                return false;
-            };
-            let mut f = rest.split(' ');
-            comm.ends_with("(ham") && f.next() == Some("Z") && f.next() == Some("1")
-        })
-    })
-}
-
 #[test]
 fn a_command_journaled_but_never_released_runs_after_a_takeover() {
     // Point 14: the HAM died after forking a condition's command and journaling its pid,
@@ -1339,23 +1326,60 @@ fn a_command_journaled_but_never_released_runs_after_a_takeover() {
     sigkill(pid_of(&s, "app"));
     assert_eq!(ham.wait_exit(), -1, "the HAM died at the failpoint");
     // The unreleased command (a fork of ham, with ham's environment) exits and init reaps
-    // it, all before anything takes over. Each process seen with this test's environment is
-    // waited for until /proc has no entry of it (reaped); other tests' orphaned zombies,
-    // which init may be slow to reap on a loaded box, are not this test's business.
-    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
-    wait_until(&ham, "the unreleased command gone and reaped", || {
-        let live: Vec<i32> = processes_where(|env| env_has(env, "HAM_FAILPOINT_FILE", &fp_s))
-            .into_iter()
-            .filter(|&p| p != guardian)
-            .collect();
-        seen.borrow_mut().extend(live.iter().copied());
-        live.is_empty()
-            && seen
-                .borrow()
-                .iter()
-                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-            && (!seen.borrow().is_empty() || !orphaned_ham_zombies())
-    });
+    // it, all before anything takes over. Its pid is the one the dead HAM journaled (it
+    // waits for that command, not released); it and each process seen with this test's
+    // environment are waited for until /proc has no entry of them (reaped). (Other tests'
+    // orphaned zombies, which init may be slow to reap on a loaded box, are not this
+    // test's business: looking for any zombie `ham` of init's instead failed once in a soak.)
+    let seg = ham_core::segment::Segment::open(
+        &ham_core::paths::state_segment(&ham.name),
+        ham_core::segment::Access::ReadOnly,
+    )
+    .unwrap();
+    let unreleased: Vec<i32> = seg
+        .runs()
+        .into_iter()
+        .filter_map(|(_, r)| match r.ok()?.wait {
+            ham_core::journal::RunWait::Exec {
+                pid,
+                released: false,
+                ..
+            } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unreleased.len(), 1, "one command journaled, not released");
+    let seen = std::cell::RefCell::new(
+        unreleased
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<i32>>(),
+    );
+    let left = || {
+        seen.borrow()
+            .iter()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .map(|&p| describe_process(p))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    wait_until_showing(
+        &ham,
+        "the unreleased command gone and reaped",
+        || {
+            let live: Vec<i32> = processes_where(|env| env_has(env, "HAM_FAILPOINT_FILE", &fp_s))
+                .into_iter()
+                .filter(|&p| p != guardian)
+                .collect();
+            seen.borrow_mut().extend(live.iter().copied());
+            live.is_empty()
+                && seen
+                    .borrow()
+                    .iter()
+                    .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        },
+        left,
+    );
     nix::sys::signal::kill(g, nix::sys::signal::Signal::SIGCONT).unwrap();
     ham.wait_for("the guardian took over", |s| {
         s["ham"]["pid"].as_i64() == Some(guardian.into()) && s["ham"]["alive"] == true

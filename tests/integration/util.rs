@@ -429,6 +429,47 @@ pub fn wait_until(ham: &Ham, what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// [`wait_until`], with `left()` (what is still in the way) in the failure.
+pub fn wait_until_showing(
+    ham: &Ham,
+    what: &str,
+    cond: impl Fn() -> bool,
+    left: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; still there:\n{}\nham's stderr:\n{}",
+            left(),
+            ham.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What `/proc` says of process `pid`: its stat line, where it sleeps, its parent's, and
+/// where its descriptors lead (for a failure's message).
+pub fn describe_process(pid: i32) -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let to = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{}→{}", e.file_name().to_string_lossy(), to.display())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "pid {pid}: {} wchan {} fds [{}]",
+        read("stat").trim(),
+        read("wchan"),
+        fds.join(" ")
+    )
+}
+
 /// A child process killed and reaped when dropped (also when the test fails).
 pub struct Reaped(pub Child);
 impl Drop for Reaped {
