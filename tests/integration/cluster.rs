@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::util::*;
 
-use crate::etcd_support::{Member, etcd_bin};
+use crate::etcd_support::{Member, etcd_bin, member_args};
 
 /// The agent ham runs for [cluster]: beside `ham` (cargo test --workspace builds it).
 fn agent_bin() -> PathBuf {
@@ -911,25 +911,14 @@ fn etcd_in(net: &Net, bin: &Path, dir: &Path) -> Vec<Member> {
         .map(|k| {
             let addr = format!("10.213.0.{}", k + 1);
             let log = std::fs::File::create(dir.join(format!("m{k}.log"))).unwrap();
-            let child = Command::new("ip")
-                .args(["netns", "exec", &net.names[k]])
-                .arg(bin)
-                .arg("--name")
-                .arg(format!("m{k}"))
-                .arg("--data-dir")
-                .arg(dir.join(format!("m{k}")))
-                .arg("--listen-client-urls")
-                .arg(format!("http://{addr}:2379"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://{addr}:2379"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://{addr}:2380"))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://{addr}:2380"))
-                .arg("--initial-cluster")
-                .arg(initial.join(","))
-                .arg("--initial-cluster-token")
-                .arg(&token)
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &net.names[k]]).arg(bin);
+            let urls = (
+                &format!("http://{addr}:2379")[..],
+                &format!("http://{addr}:2380")[..],
+            );
+            let data = dir.join(format!("m{k}"));
+            let child = member_args(&mut cmd, k, &data, urls, &initial.join(","), &token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

@@ -102,6 +102,41 @@ fn ports(n: usize, salt: u64) -> Result<Vec<u16>, String> {
         .collect()
 }
 
+/// The arguments of member `m{i}` of a new cluster: its data under `data`, its client and
+/// peer URLs, every member's peer URL (`initial`), the cluster's `token`.
+pub fn member_args<'c>(
+    cmd: &'c mut Command,
+    i: usize,
+    data: &Path,
+    (client, peer): (&str, &str),
+    initial: &str,
+    token: &str,
+) -> &'c mut Command {
+    cmd.arg("--name")
+        .arg(format!("m{i}"))
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args([
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-token",
+            token,
+        ])
+        .args(["--initial-cluster-state", "new"])
+}
+
 /// The last lines of a member's log.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -132,30 +167,24 @@ pub fn start(
             let (client, peer) = (p[2 * i], p[2 * i + 1]);
             let log = std::fs::File::create(&logs[i])
                 .map_err(|e| format!("{}: {e}", logs[i].display()))?;
-            let child = Command::new(bin)
-                .arg("--name")
-                .arg(format!("m{i}"))
-                .arg("--data-dir")
-                .arg(base.join(format!("m{i}")))
-                .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-cluster")
-                .arg(initial.join(","))
-                .arg("--initial-cluster-token")
-                .arg(token)
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            let urls = (
+                &format!("http://127.0.0.1:{client}")[..],
+                &format!("http://127.0.0.1:{peer}")[..],
+            );
+            let data = base.join(format!("m{i}"));
+            let child = member_args(
+                &mut Command::new(bin),
+                i,
+                &data,
+                urls,
+                &initial.join(","),
+                token,
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
             members.push(Member { child, client });
         }
         let until = Instant::now() + deadline;

@@ -11,7 +11,6 @@ use ham_core::policy::Wanted;
 use super::{Daemon, Deadline, EntityId, log, signal_entity};
 use crate::{failpoint, mono_ns};
 
-/// Why an input happens, for the effects that log, record or wait.
 /// A restart counted and published, its lines not said yet (see `Daemon::say_restart`).
 pub(super) struct RestartSaid {
     i: EntityId,
@@ -22,6 +21,7 @@ pub(super) struct RestartSaid {
     text: String,
 }
 
+/// Why an input happens, for the effects that log, record or wait.
 pub(super) struct Why<'a> {
     /// The process that is gone and how, when a death caused it.
     pub gone: Option<(i32, LastExit)>,

@@ -196,10 +196,8 @@ impl Daemon {
         });
         let pending = match forked {
             Ok(pending) => pending,
-            Err(e) => {
-                self.say_restart();
-                return self.spawned(i, Err(e), now);
-            }
+            // Its step (`SpawnFailed`) says the restart before the failure.
+            Err(e) => return self.spawned(i, Err(e), now),
         };
         failpoint::hit("spawn:after-fork");
         let pid = pending.pid;
