@@ -2,12 +2,34 @@
 //! processes write at any moment ([`Shared`]), and the one function that turns a mapping's
 //! bytes into references to them ([`view`], [`view_slice`]), checking bounds and alignment.
 //! Every other module reaches shared memory through these, with no `unsafe` of its own;
-//! [`make_writable`] adds write permission to a whole mapping.
+//! [`make_writable`] adds write permission to a whole mapping; [`prefetch`] asks the CPU
+//! for a shared word's line ahead of time.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use memmap2::MmapRaw;
+
+/// Asks the CPU to bring `word`'s cache line in ahead of a locked instruction on it: such
+/// an instruction waits for its line before anything after it starts, so a loop of them over
+/// many pages took their misses (and the pages' TLB misses) one at a time; asked for ahead,
+/// they overlap. A hint: nothing is read into the program or written. A no-op where there is
+/// no such hint. (A prefetch for writing, `PREFETCHW`, is not in the baseline x86_64 target,
+/// and Rust does not yet let it be enabled for one function.)
+#[inline]
+pub fn prefetch<T: Shared>(word: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p: *const T = word;
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has (the target's
+        // baseline). A prefetch never faults and has no effect the program can see but
+        // timing, whatever the address; this one is a live reference's anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = word;
+}
 
 /// A type that may be read and written in place in a shared mapping.
 ///

@@ -39,10 +39,9 @@ pub(super) struct Entity {
     /// When its next sd_notify `WATCHDOG=1` is due, and the period it asked for.
     pub(super) watchdog_at: Option<u64>,
     pub(super) watchdog_ns: Option<u64>,
-    /// Its SDK heartbeat monitor, while a client is attached with one.
-    pub(super) hb: Option<Box<clients::Heartbeat>>,
-    /// The attached client's heartbeat page (`ham_core::beat`), while it has one.
-    pub(super) beat: Option<Box<super::heartbeats::HamBeat>>,
+    /// Its SDK heartbeat monitor (and the client's page) in `Daemon::monitors`, while a
+    /// client is attached with a heartbeat.
+    pub(super) monitor: Option<super::heartbeats::MonitorId>,
     /// Conditions the restart being handled has just pruned (they still fire for it).
     pub(super) pruned_now: u64,
     /// A `hold-off` action stops it: once down, it is held off this long.
@@ -71,7 +70,6 @@ impl Entity {
             rec,
             pidfd: None,
             exec: None,
-            beat: None,
             adopted: false,
             leftovers: false,
             wanted: Wanted::Up,
@@ -84,7 +82,7 @@ impl Entity {
             ready,
             watchdog_at: None,
             watchdog_ns: None,
-            hb: None,
+            monitor: None,
             pruned_now: 0,
             hold_after_stop: None,
             waiters: Vec::new(),

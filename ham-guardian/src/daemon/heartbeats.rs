@@ -45,6 +45,71 @@ impl std::ops::Deref for HamBeat {
     }
 }
 
+/// How many monitors ahead a check asks for their pages: enough misses in flight to
+/// overlap them, few enough that the first asked for are still cached when their turn comes.
+const PREFETCH_AHEAD: usize = 32;
+
+/// Where a heartbeat monitor sits in [`Monitors`].
+pub(super) type MonitorId = u32;
+
+/// An attached client's heartbeat monitor and its page: all a check reads.
+pub(super) struct Monitor {
+    pub entity: EntityId,
+    pub hb: Heartbeat,
+    pub beat: HamBeat,
+}
+
+/// Every heartbeat monitor, in one table. A check reads a monitor and its client's page,
+/// and nothing of the entity's unless it reports a miss: with a thousand clients, the
+/// pointers from each entity to a monitor and a page of their own (each a cache miss, and
+/// the pages' TLB misses besides) were most of the check's time. A monitor never moves while
+/// it lives (an ended one's place is reused), so the instants' lists name monitors by place;
+/// an entry whose monitor's deadline is not that instant (moved, ended, another's) is stale.
+#[derive(Default)]
+pub(super) struct Monitors {
+    slots: Vec<Option<Monitor>>,
+    free: Vec<MonitorId>,
+}
+
+impl Monitors {
+    fn insert(&mut self, m: Monitor) -> MonitorId {
+        match self.free.pop() {
+            Some(k) => {
+                self.slots[k as usize] = Some(m);
+                k
+            }
+            None => {
+                self.slots.push(Some(m));
+                (self.slots.len() - 1) as MonitorId
+            }
+        }
+    }
+
+    fn remove(&mut self, k: MonitorId) -> Option<Monitor> {
+        let m = self.slots.get_mut(k as usize)?.take()?;
+        self.free.push(k);
+        Some(m)
+    }
+
+    fn get_mut(&mut self, k: MonitorId) -> Option<&mut Monitor> {
+        self.slots.get_mut(k as usize)?.as_mut()
+    }
+
+    /// Monitor `k`'s page, asked for ahead of its check.
+    fn prefetch_page(&self, k: MonitorId) {
+        if let Some(Some(m)) = self.slots.get(k as usize) {
+            m.beat.prefetch();
+        }
+    }
+
+    /// Whether monitor `k` is due at `at` (its deadline is that instant).
+    fn due_at(&self, k: MonitorId, at: u64) -> bool {
+        self.slots
+            .get(k as usize)
+            .is_some_and(|m| m.as_ref().is_some_and(|m| m.hb.deadline == at))
+    }
+}
+
 impl Daemon {
     /// Attaches a process to entity `i`; with a heartbeat, the answer comes with the
     /// descriptor of the client's heartbeat page.
@@ -140,14 +205,13 @@ impl Daemon {
                 return Err(Response::err(why).into());
             }
         }
-        let page_fd = page.map(|(map, fd)| {
-            self.entities[i].beat = Some(Box::new(map));
-            fd
-        });
+        let (beat, page_fd) = page.unzip();
         let e = &mut self.entities[i];
         e.rec.heartbeat = beats.then_some(spec);
         self.publish(i);
-        self.watch_heartbeat(i, now);
+        if let Some(beat) = beat {
+            self.watch_heartbeat(i, beat, now);
+        }
         let what = if beats {
             format!(
                 "pid {target}, heartbeat every {}, missed low {} high {}",
@@ -247,12 +311,10 @@ impl Daemon {
 
     // -- heartbeat deadlines ---------------------------------------------------------------
 
-    /// (Re)starts the heartbeat monitor of entity `i` from its record, counting from `now`
-    /// (as if it had just beaten).
-    pub(super) fn watch_heartbeat(&mut self, i: EntityId, now: u64) {
-        let e = &mut self.entities[i];
-        let Some(spec) = e.rec.heartbeat else {
-            e.hb = None;
+    /// Starts the heartbeat monitor of entity `i` from its record, with its client's page,
+    /// counting from `now` (as if it had just beaten).
+    fn watch_heartbeat(&mut self, i: EntityId, beat: HamBeat, now: u64) {
+        let Some(spec) = self.entities[i].rec.heartbeat else {
             return;
         };
         let hb = Heartbeat {
@@ -262,66 +324,81 @@ impl Daemon {
             deadline: next_check(&spec, now, self.cfg.heartbeat_grid_ns),
         };
         let at = hb.deadline;
-        e.hb = Some(Box::new(hb));
-        self.schedule_heartbeat(i, at);
+        let k = self.monitors.insert(Monitor {
+            entity: i,
+            hb,
+            beat,
+        });
+        self.entities[i].monitor = Some(k);
+        self.schedule_heartbeats(at, &[k]);
     }
 
-    /// Entity `i`'s next heartbeat check is at `at`: listed there, with one timer entry per
-    /// instant.
-    fn schedule_heartbeat(&mut self, i: EntityId, at: u64) {
+    /// Monitors `ks`' next check is at `at`: listed there, with one timer entry per instant.
+    fn schedule_heartbeats(&mut self, at: u64, ks: &[MonitorId]) {
         let due = self.hb_due.entry(at).or_default();
         if due.is_empty() {
             self.timers.push(at, Deadline::Heartbeats);
         }
-        due.push(i);
+        due.extend_from_slice(ks);
     }
 
     /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
     pub(super) fn heartbeat_healthy(&mut self, i: EntityId) -> bool {
-        if self.entities[i].hb.is_none() {
+        let Some(k) = self.entities[i].monitor else {
             return false;
-        }
-        self.watch_heartbeat(i, mono_ns());
+        };
+        let now = mono_ns();
+        let grid = self.cfg.heartbeat_grid_ns;
+        let Some(m) = self.monitors.get_mut(k) else {
+            return false;
+        };
+        m.hb.seen = now;
+        m.hb.fired = 0;
+        m.hb.deadline = next_check(&m.hb.spec, now, grid);
+        let at = m.hb.deadline;
+        self.schedule_heartbeats(at, &[k]);
         true
     }
 
     /// The ending of a process ends its attachment, and its heartbeat page with it.
     pub(super) fn end_attachment(&mut self, i: EntityId) {
         let e = &mut self.entities[i];
-        e.hb = None;
         e.rec.heartbeat = None;
-        if e.beat.take().is_some() {
+        let ended = e.monitor.take().and_then(|k| self.monitors.remove(k));
+        if ended.is_some() {
             ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
                 &self.cfg.instance.name,
-                e.slot.0,
+                self.entities[i].slot.0,
             ));
         }
     }
 
-    /// Heartbeat checks came (each `(entity, at)`, `at` a multiple of its period): a beat
-    /// since the last check moves the entity's last-seen time to `at`; otherwise what is now
+    /// Heartbeat checks came (each `(monitor, at)`, `at` a multiple of its period): a beat
+    /// since the last check moves the client's last-seen time to `at`; otherwise what is now
     /// missed fires. Checks of every client with the same period fall on the same instants,
     /// so they share the HAM's wake-ups however many clients there are. Every client is
-    /// looked at first, then the misses are reported, then the next checks are scheduled:
-    /// a miss is not kept waiting behind the rescheduling of a thousand clients that beat.
-    pub(super) fn check_heartbeats(&mut self, due: &[(EntityId, u64)]) {
+    /// looked at first (its monitor and its page, nothing else), then the misses are
+    /// reported, then the next checks are listed: a miss is not kept waiting behind the
+    /// rescheduling of a thousand clients that beat.
+    pub(super) fn check_heartbeats(&mut self, due: &[(MonitorId, u64)]) {
         let now = mono_ns();
         let grid = self.cfg.heartbeat_grid_ns;
         let mut missed = Vec::new();
         let mut next = Vec::with_capacity(due.len());
-        for &(i, at) in due {
-            let e = &mut self.entities[i];
-            // Listed at `at` for a check that has moved since, or ended: not this one's.
-            if e.hb.as_ref().is_none_or(|hb| hb.deadline != at) {
-                continue;
+        for (n, &(k, at)) in due.iter().enumerate() {
+            if let Some(&(ahead, _)) = due.get(n + PREFETCH_AHEAD) {
+                self.monitors.prefetch_page(ahead);
             }
-            let beaten = e.beat.as_ref().is_some_and(|b| b.take_beat());
-            let Some(hb) = &mut e.hb else { continue };
-            let (low, high) = hb.check(at, beaten);
-            hb.deadline = next_check(&hb.spec, at.max(now), grid);
-            next.push((i, hb.deadline));
+            // Listed at `at` for a check that has moved since, or ended: not this one's.
+            let Some(m) = self.monitors.get_mut(k).filter(|m| m.hb.deadline == at) else {
+                continue;
+            };
+            let beaten = m.beat.take_beat();
+            let (low, high) = m.hb.check(at, beaten);
+            m.hb.deadline = next_check(&m.hb.spec, at.max(now), grid);
+            next.push((m.hb.deadline, k));
             if low || high {
-                missed.push((i, low, high, at.saturating_sub(hb.seen)));
+                missed.push((m.entity, low, high, at.saturating_sub(m.hb.seen)));
             }
         }
         // What is said about the misses is written once they are reported (their
@@ -339,16 +416,12 @@ impl Daemon {
         if !missed.is_empty() {
             self.write_held_logs();
         }
-        for (i, at) in next {
-            // Unless a miss's handling ended the attachment, or made it anew (which scheduled
-            // its own check).
-            if self.entities[i]
-                .hb
-                .as_ref()
-                .is_some_and(|hb| hb.deadline == at)
-            {
-                self.schedule_heartbeat(i, at);
-            }
+        // Unless a miss's handling ended the attachment, or made it anew (which listed its
+        // own check). The clients of one period share their next instant: one list each.
+        next.retain(|&(at, k)| self.monitors.due_at(k, at));
+        for group in next.chunk_by(|a, b| a.0 == b.0) {
+            let ks: Vec<MonitorId> = group.iter().map(|&(_, k)| k).collect();
+            self.schedule_heartbeats(group[0].0, &ks);
         }
     }
 
@@ -403,10 +476,7 @@ impl Daemon {
                 Err("its process is gone".to_owned())
             };
             match page {
-                Ok(page) => {
-                    self.entities[i].beat = Some(Box::new(page));
-                    self.watch_heartbeat(i, now);
-                }
+                Ok(page) => self.watch_heartbeat(i, page, now),
                 Err(why) => {
                     let entity = self.entities[i].cfg.name.clone();
                     log(
@@ -420,5 +490,70 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ham_core::beat::BeatMap;
+
+    /// A heartbeat page as the HAM holds it, its name already gone.
+    fn page(tag: &str) -> (HamBeat, BeatMap) {
+        let name = format!("/ham-guardian-test-monitor-{}-{tag}", std::process::id());
+        let (map, fd) = BeatMap::create(&name, 1).unwrap();
+        let client = BeatMap::open(&name).unwrap();
+        BeatMap::unlink(&name);
+        (HamBeat::new(map, fd).unwrap(), client)
+    }
+
+    fn monitor(entity: usize, deadline: u64, beat: HamBeat) -> Monitor {
+        Monitor {
+            entity: EntityId::from_index(entity),
+            hb: Heartbeat {
+                spec: HeartbeatSpec {
+                    period_ns: 10 * MIN_HEARTBEAT_PERIOD_NS,
+                    missed_low: 2,
+                    missed_high: 0,
+                },
+                seen: 0,
+                fired: 0,
+                deadline,
+            },
+            beat,
+        }
+    }
+
+    #[test]
+    fn an_ended_monitors_place_is_reused_and_its_old_entries_stay_stale() {
+        let mut ms = Monitors::default();
+        let (a_page, _) = page("a");
+        let (b_page, _) = page("b");
+        let (c_page, c_client) = page("c");
+        let a = ms.insert(monitor(0, 100, a_page));
+        let b = ms.insert(monitor(1, 100, b_page));
+        assert_ne!(a, b);
+        assert!(ms.due_at(a, 100) && ms.due_at(b, 100));
+        assert!(!ms.due_at(a, 200), "listed at another instant");
+        // `a` ends: its entry at 100 is stale, and stays so when its place is taken by a
+        // monitor due at another instant.
+        assert_eq!(ms.remove(a).map(|m| m.entity.index()), Some(0));
+        assert!(ms.remove(a).is_none(), "ended once");
+        assert!(!ms.due_at(a, 100));
+        let c = ms.insert(monitor(2, 300, c_page));
+        assert_eq!(c, a, "an ended monitor's place is reused");
+        assert!(!ms.due_at(c, 100) && ms.due_at(c, 300));
+        // The others never moved.
+        assert!(ms.due_at(b, 100));
+        assert!(!ms.due_at(7, 100), "a place never used");
+        // Asking for a page ahead changes nothing of what the check then takes.
+        ms.prefetch_page(c);
+        ms.prefetch_page(7);
+        c_client.beat();
+        ms.prefetch_page(c);
+        let m = ms.get_mut(c).unwrap();
+        assert_eq!(m.entity.index(), 2);
+        assert!(m.beat.take_beat());
+        assert!(!m.beat.take_beat(), "taken once");
     }
 }

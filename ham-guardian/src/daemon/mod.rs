@@ -207,9 +207,11 @@ impl PreRead {
 
 /// The HAM role.
 pub struct Daemon {
-    /// The entities whose heartbeat check falls at each instant (an entry may be stale: its
-    /// entity's `hb.deadline` moved; it is then skipped).
-    hb_due: std::collections::BTreeMap<u64, Vec<EntityId>>,
+    /// The heartbeat monitors whose check falls at each instant (an entry may be stale: the
+    /// monitor's deadline moved, or it ended; it is then skipped).
+    hb_due: std::collections::BTreeMap<u64, Vec<heartbeats::MonitorId>>,
+    /// Every heartbeat monitor, with its client's page.
+    monitors: heartbeats::Monitors,
     cfg: Config,
     config_text: String,
     writer: SegmentWriter,

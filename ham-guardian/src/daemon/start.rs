@@ -470,6 +470,7 @@ impl Daemon {
             cgroups,
             deferred: Default::default(),
             hb_due: Default::default(),
+            monitors: Default::default(),
             spawn_budget: SPAWNS_PER_TURN,
             limited: conns::RateLimit::default(),
             cluster: None,
