@@ -1115,6 +1115,67 @@ fn processes_that_leave_an_entity_die_with_it() {
     });
 }
 
+#[test]
+fn an_entity_whose_cgroup_folder_was_made_anew_while_it_was_down_still_has_its_leftovers_killed() {
+    // An administrator may remove an idle entity's cgroup folder and make it again (it can
+    // be removed while it holds no process): the entity's next process must go into the new
+    // folder, and what that process leaves behind must still be found and killed at the
+    // restart after it (nothing of ham's may still point at the folder that is gone).
+    let body = "[[entity]]\nname = \"app\"\n\
+                command = [\"/bin/sh\", \"-c\", \"sleep 100000 & exec sleep 100000\"]\n\
+                policy = { kind = \"immediate\" }\nstop_timeout = \"2s\"\n";
+    let ham = Ham::start("cg-anew", body);
+    let s = ham.wait_for("app running", |s| running(s, "app"));
+    let json = ham.ctl(&["status", "--json"]);
+    let st: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(entity(&st, "app")["tracking"], "cgroup", "{st}");
+    // A restart (so its folder is kept open), then a stop: the cgroup is empty.
+    sigkill(pid_of(&s, "app"));
+    ham.wait_for("app restarted", |s| {
+        running(s, "app") && entity(s, "app")["restarts"] == 1
+    });
+    let out = ham.ctl(&["stop", "app"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ham.wait_for("app stopped", |s| entity(s, "app")["state"] == "stopped");
+    wait_until(&ham, "app's processes gone", || {
+        entity_processes(&ham.name, "app").is_empty()
+    });
+    // Its folder made anew, as an administrator could.
+    let mode = ham_guardian::config::CgroupMode::Auto;
+    let folder = ham_guardian::cgroup::instance_dir(&mode, &ham.name, "self")
+        .expect("the instance's cgroup")
+        .join("app");
+    std::fs::remove_dir(&folder).unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    let out = ham.ctl(&["start", "app"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = ham.wait_for("app running again", |s| running(s, "app"));
+    let main = pid_of(&s, "app");
+    let procs = entity_processes_n(&ham.name, "app", 2);
+    let left: Vec<i32> = procs.iter().copied().filter(|&p| p != main).collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "app's sleep beside its main process: {procs:?}"
+    );
+    let cg = std::fs::read_to_string(format!("/proc/{main}/cgroup")).unwrap();
+    assert!(
+        cg.trim_end().ends_with("/app"),
+        "app is in its (new) folder: {cg}"
+    );
+    // Its death leaves the background sleep behind; the restart kills it.
+    sigkill(main);
+    ham.wait_for("app restarted after its folder was made anew", |s| {
+        running(s, "app") && pid_of(s, "app") != main
+    });
+    wait_until_showing(
+        &ham,
+        "the sleep app left behind killed at its restart",
+        || !entity_processes(&ham.name, "app").contains(&left[0]),
+        || describe_process(left[0]),
+    );
+}
+
 /// Overwrites `len` bytes at `offset` of the instance's state segment with 0xA5.
 fn scribble(ham: &Ham, offset: u64, len: usize) {
     use std::os::unix::fs::FileExt;
