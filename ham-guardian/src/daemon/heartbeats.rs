@@ -315,6 +315,13 @@ impl Daemon {
     /// counting from `now` (as if it had just beaten).
     fn watch_heartbeat(&mut self, i: EntityId, beat: HamBeat, now: u64) {
         let Some(spec) = self.entities[i].rec.heartbeat else {
+            // Not reached (a page is made only for an attachment with a heartbeat), but a
+            // page with no monitor would keep its name: nothing else would unlink it.
+            drop(beat);
+            ham_core::beat::BeatMap::unlink(&ham_core::paths::beat_page(
+                &self.cfg.instance.name,
+                self.entities[i].slot.0,
+            ));
             return;
         };
         let hb = Heartbeat {
