@@ -1129,7 +1129,7 @@ fn an_entity_whose_cgroup_folder_was_made_anew_while_it_was_down_still_has_its_l
     let json = ham.ctl(&["status", "--json"]);
     let st: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(entity(&st, "app")["tracking"], "cgroup", "{st}");
-    // A restart (so its folder is kept open), then a stop: the cgroup is empty.
+    // A restart, then a stop: the cgroup is empty.
     sigkill(pid_of(&s, "app"));
     ham.wait_for("app restarted", |s| {
         running(s, "app") && entity(s, "app")["restarts"] == 1
@@ -1416,10 +1416,11 @@ fn a_command_journaled_but_never_released_runs_after_a_takeover() {
             .copied()
             .collect::<std::collections::BTreeSet<i32>>(),
     );
+    let in_proc = |p: &i32| std::path::Path::new(&format!("/proc/{p}")).exists();
     let left = || {
         seen.borrow()
             .iter()
-            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .filter(|p| in_proc(p))
             .map(|&p| describe_process(p))
             .collect::<Vec<_>>()
             .join("\n")
@@ -1433,11 +1434,7 @@ fn a_command_journaled_but_never_released_runs_after_a_takeover() {
                 .filter(|&p| p != guardian)
                 .collect();
             seen.borrow_mut().extend(live.iter().copied());
-            live.is_empty()
-                && seen
-                    .borrow()
-                    .iter()
-                    .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            live.is_empty() && !seen.borrow().iter().any(in_proc)
         },
         left,
     );

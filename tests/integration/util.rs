@@ -418,15 +418,7 @@ pub fn entity_processes_n(instance: &str, entity: &str, n: usize) -> Vec<i32> {
 /// Waits until `cond` holds (e.g. a file a hook writes), failing the test with `what` and
 /// ham's stderr after [`DEADLINE`].
 pub fn wait_until(ham: &Ham, what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}:\n{}",
-            ham.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_showing(ham, what, cond, || "(nothing to show)".into());
 }
 
 /// [`wait_until`], with `left()` (what is still in the way) in the failure.

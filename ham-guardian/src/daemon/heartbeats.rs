@@ -104,9 +104,7 @@ impl Monitors {
 
     /// Whether monitor `k` is due at `at` (its deadline is that instant).
     fn due_at(&self, k: MonitorId, at: u64) -> bool {
-        self.slots
-            .get(k as usize)
-            .is_some_and(|m| m.as_ref().is_some_and(|m| m.hb.deadline == at))
+        matches!(self.slots.get(k as usize), Some(Some(m)) if m.hb.deadline == at)
     }
 }
 
@@ -337,16 +335,16 @@ impl Daemon {
             beat,
         });
         self.entities[i].monitor = Some(k);
-        self.schedule_heartbeats(at, &[k]);
+        self.schedule_heartbeats(at, [k]);
     }
 
     /// Monitors `ks`' next check is at `at`: listed there, with one timer entry per instant.
-    fn schedule_heartbeats(&mut self, at: u64, ks: &[MonitorId]) {
+    fn schedule_heartbeats(&mut self, at: u64, ks: impl IntoIterator<Item = MonitorId>) {
         let due = self.hb_due.entry(at).or_default();
         if due.is_empty() {
             self.timers.push(at, Deadline::Heartbeats);
         }
-        due.extend_from_slice(ks);
+        due.extend(ks);
     }
 
     /// Treat entity `i` as having just beaten (`heartbeat-healthy`).
@@ -363,7 +361,7 @@ impl Daemon {
         m.hb.fired = 0;
         m.hb.deadline = next_check(&m.hb.spec, now, grid);
         let at = m.hb.deadline;
-        self.schedule_heartbeats(at, &[k]);
+        self.schedule_heartbeats(at, [k]);
         true
     }
 
@@ -427,8 +425,7 @@ impl Daemon {
         // own check). The clients of one period share their next instant: one list each.
         next.retain(|&(at, k)| self.monitors.due_at(k, at));
         for group in next.chunk_by(|a, b| a.0 == b.0) {
-            let ks: Vec<MonitorId> = group.iter().map(|&(_, k)| k).collect();
-            self.schedule_heartbeats(group[0].0, &ks);
+            self.schedule_heartbeats(group[0].0, group.iter().map(|&(_, k)| k));
         }
     }
 
